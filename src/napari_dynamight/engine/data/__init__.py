@@ -1,0 +1,1 @@
+"""Particle tables and batched datasets built from RELION STAR files."""

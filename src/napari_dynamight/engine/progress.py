@@ -1,0 +1,60 @@
+"""The one way long engine operations report progress and honour cancellation.
+
+A long operation is a generator: it yields :class:`Progress` events and finally
+``return``s its result. The GUI runs the generator in a napari thread worker (whose
+``quit()`` takes effect at the next ``yield``); the CLI drives it with a progress bar.
+A consumer cancels by simply not asking for the next event (``generator.close()``):
+operations write their outputs atomically, so a cancelled run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import Cancelled
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event: ``step`` of ``total`` units of work in ``stage``."""
+
+    stage: str
+    step: int
+    total: int | None = None
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, self.step / self.total)
+
+
+ProgressGenerator = Generator[Progress, None, T]
+
+
+def run(
+    operation: ProgressGenerator[T],
+    on_progress: Callable[[Progress], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> T:
+    """Drive ``operation`` to its end and return its result.
+
+    ``on_progress`` sees every event; if ``should_stop`` returns true the generator is
+    closed and :class:`Cancelled` is raised.
+    """
+    try:
+        while True:
+            event = next(operation)
+            if on_progress is not None:
+                on_progress(event)
+            if should_stop is not None and should_stop():
+                operation.close()
+                raise Cancelled(f"{event.stage} cancelled at step {event.step}")
+    except StopIteration as finished:
+        return finished.value
