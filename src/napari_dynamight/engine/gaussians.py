@@ -1,0 +1,212 @@
+"""The Gaussian pseudo-atom model and its image formation (render to a map, project to images).
+
+Density: ``f(x) = Σ_j a_j exp(-|x - c_j|² / (2 σ_j²))`` with centres ``c_j`` in Å from the box centre
+(order x, y, z). Rendering and projection splat the centres onto the grid (tri/bilinear), Fourier
+transform, multiply by the exact Gaussian kernel and divide by the splat's own sinc² blur, so the result
+is the band-limited image of the continuous model, fast and differentiable on any device.
+
+A projection is the line integral along the beam divided by the voxel size: what summing a rendered
+map along z gives, which is also ``relion_project``'s scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+MAX_WIDTH_CLASSES = 16
+
+
+@dataclass
+class GaussianModel:
+    """N isotropic Gaussians: centres (N, 3) Å, peak amplitudes (N,), widths σ (N,) Å."""
+
+    positions_angstrom: torch.Tensor
+    amplitudes: torch.Tensor
+    sigmas_angstrom: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = self.positions_angstrom.shape[0]
+        self.amplitudes = torch.as_tensor(self.amplitudes).expand(n).clone() if torch.as_tensor(
+            self.amplitudes
+        ).numel() == 1 else torch.as_tensor(self.amplitudes)
+        self.sigmas_angstrom = torch.as_tensor(self.sigmas_angstrom).expand(n).clone() if torch.as_tensor(
+            self.sigmas_angstrom
+        ).numel() == 1 else torch.as_tensor(self.sigmas_angstrom)
+
+    @property
+    def n_gaussians(self) -> int:
+        return self.positions_angstrom.shape[0]
+
+    def to(self, device=None, dtype=None) -> "GaussianModel":
+        return GaussianModel(
+            *(t.to(device=device, dtype=dtype) for t in
+              (self.positions_angstrom, self.amplitudes, self.sigmas_angstrom))
+        )
+
+    def detach(self) -> "GaussianModel":
+        return GaussianModel(
+            self.positions_angstrom.detach(), self.amplitudes.detach(), self.sigmas_angstrom.detach()
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Plain tensors, safe to save with ``torch.save`` and load with ``weights_only=True``."""
+        return {
+            "positions_angstrom": self.positions_angstrom.detach().cpu(),
+            "amplitudes": self.amplitudes.detach().cpu(),
+            "sigmas_angstrom": self.sigmas_angstrom.detach().cpu(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "GaussianModel":
+        return cls(state["positions_angstrom"], state["amplitudes"], state["sigmas_angstrom"])
+
+
+def _width_classes(sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct widths and each Gaussian's class index (a Fourier kernel is applied per class)."""
+    values, index = torch.unique(sigmas.detach(), return_inverse=True)
+    if len(values) > MAX_WIDTH_CLASSES:
+        raise InputError(
+            f"Gaussian model has {len(values)} distinct widths; at most {MAX_WIDTH_CLASSES} width "
+            "classes are supported (share widths between Gaussians)"
+        )
+    if len(values) == 1:
+        return sigmas[:1], index
+    # keep the gradient: pick a representative Gaussian of each class
+    first = torch.zeros(len(values), dtype=torch.long, device=sigmas.device)
+    first.scatter_(0, index.flip(0), torch.arange(len(index) - 1, -1, -1, device=sigmas.device))
+    return sigmas[first], index
+
+
+def _splat(coords: torch.Tensor, weights: torch.Tensor, channel: torch.Tensor, n_channels: int,
+           box: int) -> torch.Tensor:
+    """Linear-interpolation splat of points onto a (batch, channel, box^d) grid.
+
+    ``coords`` (B, N, d) are continuous pixel indices in the order of the grid axes; points outside
+    the grid are dropped. ``weights`` (B, N) or (N,), ``channel`` (N,) class per point.
+    """
+    batch, n, dim = coords.shape
+    base = torch.floor(coords)
+    frac = coords - base
+    base = base.long()
+    weights = weights.expand(batch, n)
+    grid = coords.new_zeros(batch * n_channels * box**dim)
+    batch_offset = (torch.arange(batch, device=coords.device) * n_channels).view(batch, 1) + channel.view(1, n)
+    for corner in range(2**dim):
+        offsets = [(corner >> k) & 1 for k in range(dim)]
+        flat = batch_offset
+        w = weights
+        inside = torch.ones_like(weights, dtype=torch.bool)
+        for axis, o in enumerate(offsets):
+            idx = base[..., axis] + o
+            inside = inside & (idx >= 0) & (idx < box)
+            flat = flat * box + idx.clamp(0, box - 1)
+            w = w * (frac[..., axis] if o else 1.0 - frac[..., axis])
+        grid.index_add_(0, flat.reshape(-1), (w * inside).reshape(-1))
+    return grid.view(batch, n_channels, *([box] * dim))
+
+
+def _kernel_spectrum(sigmas: torch.Tensor, freq_sq: torch.Tensor, dim: int,
+                     pixel_size: float, sinc_correction: torch.Tensor) -> torch.Tensor:
+    """Fourier transform of the sampled Gaussian kernel of each width class, splat blur removed."""
+    s = sigmas.view(-1, *([1] * freq_sq.ndim))
+    norm = (2 * math.pi * s**2 / pixel_size**2) ** (dim / 2)
+    return norm * torch.exp(-2 * math.pi**2 * s**2 * freq_sq) / sinc_correction
+
+
+def _frequency_squared(box: int, pixel_size: float, dim: int, device, dtype):
+    """|f|² (1/Å²) of an rfftn grid of a box^dim array, and the splat's sinc² transfer function."""
+    full = torch.fft.fftfreq(box, d=pixel_size, device=device, dtype=dtype)
+    half = torch.fft.rfftfreq(box, d=pixel_size, device=device, dtype=dtype)
+    axes = [full] * (dim - 1) + [half]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    freq_sq = sum(g**2 for g in grids)
+    sinc = torch.ones_like(freq_sq)
+    for g in grids:
+        sinc = sinc * torch.sinc(g * pixel_size) ** 2
+    return freq_sq, sinc
+
+
+def render_volume(model: GaussianModel, box: int, voxel_size_angstrom: float) -> torch.Tensor:
+    """The model's density sampled on a box³ grid [z, y, x] with the given voxel size."""
+    positions = model.positions_angstrom
+    sigmas, channel = _width_classes(model.sigmas_angstrom)
+    coords = positions.flip(-1) / voxel_size_angstrom + box // 2  # (N, 3) in z, y, x index order
+    grid = _splat(coords.unsqueeze(0), model.amplitudes, channel, len(sigmas), box)[0]
+    freq_sq, sinc = _frequency_squared(box, voxel_size_angstrom, 3, positions.device, positions.dtype)
+    spectrum = torch.fft.rfftn(grid, dim=(-3, -2, -1))
+    spectrum = spectrum * _kernel_spectrum(sigmas, freq_sq, 3, voxel_size_angstrom, sinc)
+    return torch.fft.irfftn(spectrum.sum(0), s=(box, box, box), dim=(-3, -2, -1))
+
+
+def image_positions(positions_angstrom: torch.Tensor, rotations: torch.Tensor,
+                    shifts_angstrom: torch.Tensor) -> torch.Tensor:
+    """Where the centres land in each image (B, N, 2), Å from the box centre, x then y.
+
+    ``positions_angstrom`` is (N, 3) or per image (B, N, 3); the image position of map point ``x`` is
+    ``(A x)[:2] - origin`` (RELION: the particle centre sits at box centre − origin).
+    """
+    rotated = torch.einsum("bij,...nj->bni", rotations[:, :2, :], positions_angstrom)
+    return rotated - shifts_angstrom.unsqueeze(1)
+
+
+def project(
+    model: GaussianModel,
+    rotations: torch.Tensor,
+    shifts_angstrom: torch.Tensor,
+    box: int,
+    pixel_size_angstrom: float,
+    ctf: torch.Tensor | None = None,
+    positions_angstrom: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Projection images (B, box, box) [y, x] of the model under RELION poses, optionally CTF-filtered.
+
+    ``positions_angstrom`` (B, N, 3) overrides the model's centres per image (deformed models).
+    ``ctf`` is (B, box, box//2+1) in ``torch.fft.rfft2`` layout (see :func:`engine.ctf.compute_ctf`).
+    """
+    spectrum = project_spectrum(model, rotations, shifts_angstrom, box, pixel_size_angstrom, positions_angstrom)
+    if ctf is not None:
+        spectrum = spectrum * ctf
+    return torch.fft.irfft2(spectrum, s=(box, box))
+
+
+def project_spectrum(
+    model: GaussianModel,
+    rotations: torch.Tensor,
+    shifts_angstrom: torch.Tensor,
+    box: int,
+    pixel_size_angstrom: float,
+    positions_angstrom: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The rfft2 (B, box, box//2+1) of the projections, before any CTF (training losses use this)."""
+    positions = model.positions_angstrom if positions_angstrom is None else positions_angstrom
+    sigmas, channel = _width_classes(model.sigmas_angstrom)
+    xy = image_positions(positions, rotations, shifts_angstrom)
+    coords = xy.flip(-1) / pixel_size_angstrom + box // 2  # (B, N, 2) row, column
+    line_integral = model.amplitudes * math.sqrt(2 * math.pi) * model.sigmas_angstrom / pixel_size_angstrom
+    grid = _splat(coords, line_integral, channel, len(sigmas), box)
+    freq_sq, sinc = _frequency_squared(box, pixel_size_angstrom, 2, positions.device, positions.dtype)
+    kernel = _kernel_spectrum(sigmas, freq_sq, 2, pixel_size_angstrom, sinc)
+    return (torch.fft.rfft2(grid) * kernel).sum(1)
+
+
+def apply_ctf(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
+    """Filter real images (B, L, L) by CTFs (B, L, L//2+1) in rfft2 layout."""
+    box = images.shape[-1]
+    return torch.fft.irfft2(torch.fft.rfft2(images) * ctf, s=(box, box))
+
+
+def normalised_cross_correlation(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per-image NCC of two stacks (B, ...): mean-subtracted, unit-norm dot product."""
+    a = torch.as_tensor(np.array(a, dtype=np.float64)) if not isinstance(a, torch.Tensor) else a.double()
+    b = torch.as_tensor(np.array(b, dtype=np.float64)) if not isinstance(b, torch.Tensor) else b.double()
+    a = a.reshape(a.shape[0], -1)
+    b = b.reshape(b.shape[0], -1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-30)).numpy()
