@@ -7,6 +7,7 @@ Gaussians fading in and out), and their positions, amplitude and width are then 
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +157,6 @@ def load_model(path: str | Path) -> GaussianModel:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         return GaussianModel.from_state_dict(state)
-    except (KeyError, RuntimeError, EOFError) as error:
+    except (KeyError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise InputError(f"{path}: not a Gaussian model file ({error.__class__.__name__})") from None
 

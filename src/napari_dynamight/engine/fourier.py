@@ -12,8 +12,7 @@ def fourier_box(box: int, pixel_size_angstrom: float, target_pixel_size_angstrom
     The resampled pixel size is exactly ``box * pixel_size / fourier_box(...)``; it equals the target
     when the ratio of pixel sizes divides the box, and is within ``1 / box`` of it otherwise.
     """
-    size = int(round(box * pixel_size_angstrom / target_pixel_size_angstrom))
-    return max(2, size + (size % 2))
+    return max(2, 2 * int(round(box * pixel_size_angstrom / target_pixel_size_angstrom / 2)))
 
 
 def _centred_resize(array: torch.Tensor, size: int, dims: tuple[int, ...]) -> torch.Tensor:

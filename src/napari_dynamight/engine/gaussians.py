@@ -151,7 +151,10 @@ def image_positions(positions_angstrom: torch.Tensor, rotations: torch.Tensor,
     ``positions_angstrom`` is (N, 3) or per image (B, N, 3); the image position of map point ``x`` is
     ``(A x)[:2] - origin`` (RELION: the particle centre sits at box centre − origin).
     """
-    rotated = torch.einsum("bij,...nj->bni", rotations[:, :2, :], positions_angstrom)
+    if positions_angstrom.ndim == 2:
+        rotated = torch.einsum("bij,nj->bni", rotations[:, :2, :], positions_angstrom)
+    else:
+        rotated = torch.einsum("bij,bnj->bni", rotations[:, :2, :], positions_angstrom)
     return rotated - shifts_angstrom.unsqueeze(1)
 
 
