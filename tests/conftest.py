@@ -1,0 +1,73 @@
+"""Shared test fixtures: the real files in tests/data/ under short labels (see data/SOURCES.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import starfile
+
+DATA = Path(__file__).parent / "data"
+
+# Every particle STAR file in tests/data, by label.
+STAR_FILES = {
+    "relion31": DATA / "cryodrgn" / "relion31.star",
+    "relion31_6optics": DATA / "cryodrgn" / "relion31.6opticsgroups.star",
+    "relion5": DATA / "cryodrgn" / "relion5.star",
+    "empiar10076_relion30": DATA / "cryodrgn" / "empiar_10076_7.star",
+    "pfcrt_relion30": DATA / "cryodrgn" / "FinalRefinement-OriginalParticles-PfCRT.star",
+    "trpv1": DATA / "cryojax_trpv1" / "trpv1_small_stack.star",
+    "aspire65": DATA / "aspire_relion_proj" / "rln_proj_65.star",
+    "aspire65_shifted": DATA / "aspire_relion_proj" / "rln_proj_65_shifted.star",
+    "starfile_inter1965": DATA / "starfile" / "optics_group_inter1965.star",
+}
+# STAR files whose image stacks are in tests/data (TRPV1 needs the corrected copy, see trpv1_star).
+STAR_FILES_WITH_IMAGES = ["relion31", "aspire65", "aspire65_shifted"]
+
+TRPV1_STACK = DATA / "cryojax_trpv1" / "trpv1_small_stack.mrcs"
+TRPV1_MAP = DATA / "cryojax_trpv1" / "trpv1_volume.mrc"
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The folder of test data files."""
+    return DATA
+
+
+@pytest.fixture(params=sorted(STAR_FILES))
+def star_label(request) -> str:
+    """Every STAR fixture label, one test per file."""
+    return request.param
+
+
+@pytest.fixture
+def star_path(star_label) -> Path:
+    return STAR_FILES[star_label]
+
+
+def edit_star(source: Path, target: Path, edit) -> Path:
+    """Copy a STAR file, letting ``edit(blocks)`` change its dict of DataFrames first."""
+    blocks = starfile.read(source, always_dict=True)
+    edit(blocks)
+    starfile.write(blocks, target)
+    return target
+
+
+def write_trpv1_star(folder: Path, stack_name: str = "trpv1_small_stack.mrcs") -> Path:
+    """The TRPV1 STAR with ``rlnImageName`` pointing at ``stack_name`` (relative to ``folder``).
+
+    The fixture's names say ``./batch_0_restacked.mrc``, a file that was never published.
+    """
+
+    def rename(blocks):
+        names = blocks["particles"]["rlnImageName"].str.split("@").str[0]
+        blocks["particles"]["rlnImageName"] = names + "@" + stack_name
+
+    return edit_star(STAR_FILES["trpv1"], Path(folder) / "trpv1.star", rename)
+
+
+@pytest.fixture
+def trpv1_star(tmp_path) -> Path:
+    """A corrected copy of the TRPV1 STAR file in ``tmp_path``, next to a link to its stack."""
+    (tmp_path / TRPV1_STACK.name).symlink_to(TRPV1_STACK)
+    return write_trpv1_star(tmp_path)
