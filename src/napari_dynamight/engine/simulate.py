@@ -1,30 +1,31 @@
-"""Simulate a RELION 3.1 particle data set, with ground truth, from an atomic structure and its motion.
+"""Simulate a RELION 3.1 data set with ground truth from an atomic structure and its motion.
 
 Model. Every atom (hydrogens and waters dropped by default) is a 3D Gaussian whose peak amplitude is
 its atomic number and whose width σ is common to all atoms: ``max(1 Å, pixel size / 2)``. One Å is
 about the blur of a well-resolved cryo-EM map (B = 8π²σ² ≈ 80 Å²); at coarser pixels σ = pixel/2
-keeps real signal up to Nyquist (the kernel still has 29% of its amplitude there) while the atoms
-do not become sharper than the sampling can represent. All frames are shifted by ONE common vector:
-the atomic-number-weighted centre of the first trajectory frame (or of the structure), so the motion
+keeps real signal up to Nyquist (the kernel still has 29% of its amplitude there) while the atoms do
+not become sharper than the sampling can represent. All frames are shifted by ONE common vector: the
+atomic-number-weighted centre of the first trajectory frame (or of the structure), so the motion
 between frames is kept and not re-centred away.
 
 Each particle draws a frame (uniformly among the frames used), an orientation (uniform on SO(3)), an
 origin (normal, σ = ``origin_sd_angstrom`` per axis), a mean defocus (uniform in the range), an
-astigmatism ``|dU − dV|`` (uniform in 0..``astigmatism_angstrom``) at a uniform angle. The image is the
-Gaussian model's projection (``engine.gaussians.project``), multiplied by the CTF in Fourier space,
-plus white Gaussian noise.
+astigmatism ``|dU − dV|`` (uniform in 0..``astigmatism_angstrom``) at a uniform angle. The image is
+the Gaussian model's projection (``engine.gaussians.project``), multiplied by the CTF in Fourier
+space, plus white Gaussian noise.
 
 SNR definition. ``SNR = signal variance / noise variance``, where the signal variance is the pixel
 variance of the noise-free CTF-filtered images over the whole box, averaged over the first chunk of
-particles (they are a random sample of the same distribution). One noise level is used for all images,
-as a detector does. Because the variance is taken over the whole box, the same SNR in a larger box
-means less noise per particle pixel.
+particles (a random sample of the same distribution). One noise level is used for all images, as on
+a detector. Because the variance is taken over the whole box, the same SNR in a larger box means
+less noise per particle pixel.
 
 Outputs, in ``output_directory``: ``particles.star``, ``particles.mrcs``, ``consensus.mrc`` (the
-standard reconstruction of the simulated particles, weighted by its half-map FSC as refinement
-programs do) and ``ground_truth/labels.csv`` plus ``ground_truth/frame_NNN.mrc`` (each frame used,
-rendered without CTF at the same box and voxel size; NNN is the 0-based trajectory frame). Everything
-is written to a hidden staging folder first and moved into place only when the whole run succeeded.
+standard reconstruction of the simulated particles: mean of the half-set maps, FSC-weighted as
+refinement programs do) and ``ground_truth/labels.csv`` plus ``ground_truth/frame_NNN.mrc`` (each
+frame used, rendered without CTF at the same box and voxel size; NNN is the 0-based trajectory
+frame). Everything is written to a hidden staging folder first and moved into place only when the
+whole run succeeded.
 """
 
 from __future__ import annotations
@@ -84,8 +85,16 @@ def default_atom_sigma(pixel_size_angstrom: float) -> float:
     return max(1.0, 0.5 * pixel_size_angstrom)
 
 
-def _validate_numbers(n_particles, box, pixel_size_angstrom, snr, defocus_range_angstrom,
-                      astigmatism_angstrom, origin_sd_angstrom, chunk_size) -> None:
+def _validate_numbers(
+    n_particles,
+    box,
+    pixel_size_angstrom,
+    snr,
+    defocus_range_angstrom,
+    astigmatism_angstrom,
+    origin_sd_angstrom,
+    chunk_size,
+) -> None:
     if int(n_particles) != n_particles or n_particles < 1:
         raise InputError(f"n_particles {n_particles} is invalid: give a whole number >= 1")
     if int(box) != box or box < 16 or box % 2:
@@ -93,7 +102,9 @@ def _validate_numbers(n_particles, box, pixel_size_angstrom, snr, defocus_range_
     if not (math.isfinite(pixel_size_angstrom) and pixel_size_angstrom > 0):
         raise InputError(f"pixel size {pixel_size_angstrom} Å is invalid: give a positive number")
     if not snr > 0:
-        raise InputError(f"snr {snr} is invalid: give a positive number (inf for noise-free images)")
+        raise InputError(
+            f"snr {snr} is invalid: give a positive number (inf for noise-free images)"
+        )
     low, high = (float(v) for v in defocus_range_angstrom)
     if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
         raise InputError(f"defocus range {low} {high} Å is invalid: give 0 <= MIN <= MAX")
@@ -103,7 +114,9 @@ def _validate_numbers(n_particles, box, pixel_size_angstrom, snr, defocus_range_
         raise InputError(f"chunk size {chunk_size} is invalid: give a whole number >= 1")
 
 
-def _load_frames(structure: AtomicStructure, trajectory, frames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _load_frames(
+    structure: AtomicStructure, trajectory, frames
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(used frame numbers, their coordinates (F, n, 3) Å, frame 0's coordinates (n, 3) Å)."""
     if trajectory is None:
         if frames is not None and list(np.asarray(frames).ravel()) != [0]:
@@ -116,83 +129,196 @@ def _load_frames(structure: AtomicStructure, trajectory, frames) -> tuple[np.nda
             f"{info.path}: trajectory has {info.n_atoms} atoms but {structure.path} has "
             f"{structure.n_atoms_in_file}; give the structure the trajectory was written for"
         )
-    used = np.arange(info.n_frames) if frames is None else np.unique(np.asarray(frames, dtype=np.int64))
+    used = (
+        np.arange(info.n_frames)
+        if frames is None
+        else np.unique(np.asarray(frames, dtype=np.int64))
+    )
+    if used.size == 0:
+        raise InputError("no frames selected: choose at least one trajectory frame (or all)")
     wanted = np.union1d(used, [0])
     xyz = read_dcd(trajectory, info.n_atoms, wanted)[:, structure.atom_indices].astype(np.float64)
     return used, xyz[np.searchsorted(wanted, used)], xyz[0]
 
 
-def _draw_particles(rng: np.random.Generator, n: int, frames: np.ndarray, defocus_range, astigmatism,
-                    origin_sd) -> pd.DataFrame:
+def _draw_particles(
+    rng: np.random.Generator, n: int, frames: np.ndarray, defocus_range, astigmatism, origin_sd
+) -> pd.DataFrame:
     """Per-particle ground truth: frame, pose, origin, defocus, half set."""
     euler = random_euler_angles(n, rng)
     frame = frames[rng.integers(0, len(frames), n)]
     origin = rng.normal(0.0, origin_sd, (n, 2))
     mean_defocus = rng.uniform(defocus_range[0], defocus_range[1], n)
-    astig = rng.uniform(0.0, astigmatism, n)
+    astig = np.minimum(rng.uniform(0.0, astigmatism, n), mean_defocus)  # keeps defocus V >= 0
     angle = rng.uniform(0.0, 180.0, n)
     subset = np.zeros(n, dtype=np.int64)
     subset[rng.permutation(n)[: n // 2]] = 1
-    return pd.DataFrame({
-        "index": np.arange(n),
-        "image_name": [f"{i + 1:06d}@{STACK_NAME}" for i in range(n)],
-        "frame": frame,
-        "rot": euler[:, 0], "tilt": euler[:, 1], "psi": euler[:, 2],
-        "origin_x_angstrom": origin[:, 0], "origin_y_angstrom": origin[:, 1],
-        "defocus_u_angstrom": mean_defocus + astig / 2,
-        "defocus_v_angstrom": mean_defocus - astig / 2,
-        "defocus_angle_degrees": angle,
-        "random_subset": subset + 1,
-    })
+    return pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "image_name": [f"{i + 1:06d}@{STACK_NAME}" for i in range(n)],
+            "frame": frame,
+            "rot": euler[:, 0],
+            "tilt": euler[:, 1],
+            "psi": euler[:, 2],
+            "origin_x_angstrom": origin[:, 0],
+            "origin_y_angstrom": origin[:, 1],
+            "defocus_u_angstrom": mean_defocus + astig / 2,
+            "defocus_v_angstrom": mean_defocus - astig / 2,
+            "defocus_angle_degrees": angle,
+            "random_subset": subset + 1,
+        }
+    )
 
 
-def _star_blocks(labels: pd.DataFrame, box: int, pixel_size: float, voltage: float, cs: float,
-                 amplitude_contrast: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    optics = pd.DataFrame({
-        "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
-        "rlnImagePixelSize": [pixel_size], "rlnImageSize": [box], "rlnImageDimensionality": [2],
-        "rlnVoltage": [voltage], "rlnSphericalAberration": [cs],
-        "rlnAmplitudeContrast": [amplitude_contrast],
-    })
+def _ctf_params(
+    rows: pd.DataFrame, voltage: float, cs: float, amplitude_contrast: float
+) -> CtfParams:
+    return CtfParams.broadcast(
+        len(rows),
+        defocus_u_angstrom=rows["defocus_u_angstrom"].to_numpy(),
+        defocus_v_angstrom=rows["defocus_v_angstrom"].to_numpy(),
+        defocus_angle_degrees=rows["defocus_angle_degrees"].to_numpy(),
+        voltage_kilovolts=voltage,
+        spherical_aberration_millimetres=cs,
+        amplitude_contrast=amplitude_contrast,
+    )
+
+
+def _star_blocks(
+    labels: pd.DataFrame,
+    box: int,
+    pixel_size: float,
+    voltage: float,
+    cs: float,
+    amplitude_contrast: float,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The RELION 3.1 particles and optics tables of the simulated set."""
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnOpticsGroup": [1],
+            "rlnImagePixelSize": [pixel_size],
+            "rlnImageSize": [box],
+            "rlnImageDimensionality": [2],
+            "rlnVoltage": [voltage],
+            "rlnSphericalAberration": [cs],
+            "rlnAmplitudeContrast": [amplitude_contrast],
+        }
+    )
     n = len(labels)
-    particles = pd.DataFrame({
-        "rlnImageName": labels["image_name"],
-        "rlnAngleRot": labels["rot"], "rlnAngleTilt": labels["tilt"], "rlnAnglePsi": labels["psi"],
-        "rlnOriginXAngst": labels["origin_x_angstrom"], "rlnOriginYAngst": labels["origin_y_angstrom"],
-        "rlnDefocusU": labels["defocus_u_angstrom"], "rlnDefocusV": labels["defocus_v_angstrom"],
-        "rlnDefocusAngle": labels["defocus_angle_degrees"],
-        "rlnPhaseShift": np.zeros(n), "rlnCtfBfactor": np.zeros(n), "rlnCtfScalefactor": np.ones(n),
-        "rlnOpticsGroup": np.ones(n, dtype=np.int64), "rlnRandomSubset": labels["random_subset"],
-    })
-    return optics, particles
+    particles = pd.DataFrame(
+        {
+            "rlnImageName": labels["image_name"],
+            "rlnAngleRot": labels["rot"],
+            "rlnAngleTilt": labels["tilt"],
+            "rlnAnglePsi": labels["psi"],
+            "rlnOriginXAngst": labels["origin_x_angstrom"],
+            "rlnOriginYAngst": labels["origin_y_angstrom"],
+            "rlnDefocusU": labels["defocus_u_angstrom"],
+            "rlnDefocusV": labels["defocus_v_angstrom"],
+            "rlnDefocusAngle": labels["defocus_angle_degrees"],
+            "rlnPhaseShift": np.zeros(n),
+            "rlnCtfBfactor": np.zeros(n),
+            "rlnCtfScalefactor": np.ones(n),
+            "rlnOpticsGroup": np.ones(n, dtype=np.int64),
+            "rlnRandomSubset": labels["random_subset"],
+        }
+    )
+    return particles, optics
 
 
-def _fsc_weighted(accumulators: list[FourierAccumulator], pixel_size: float) -> tuple[torch.Tensor, np.ndarray]:
-    """The full reconstruction filtered by sqrt(2 FSC / (1 + FSC)) of its two half maps."""
-    halves = [acc.reconstruct() for acc in accumulators]
+def _fsc_weighted(accumulators: list[FourierAccumulator], pixel_size: float) -> torch.Tensor:
+    """The mean of the two half-set maps, filtered by sqrt(2 FSC / (1 + FSC)) of their FSC.
+
+    The halves are reconstructed one at a time (each accumulator dropped once used) to save memory.
+    """
+    halves = []
+    while accumulators:
+        halves.append(accumulators.pop(0).reconstruct().to(torch.float64))
     _, curve = fsc(halves[0], halves[1], pixel_size)
-    accumulators[0].merge(accumulators[1])
-    full = accumulators[0].reconstruct().to(torch.float64)
+    full = (halves[0] + halves[1]) / 2
     clipped = np.clip(curve, 0.0, 1.0)
     weight = torch.as_tensor(np.sqrt(2 * clipped / (1 + clipped)))
     radius = radial_index(tuple(full.shape)).clamp(max=len(weight) - 1)
     spectrum = torch.fft.rfftn(full) * weight[radius]
-    return torch.fft.irfftn(spectrum, s=full.shape).to(torch.float32), curve
+    return torch.fft.irfftn(spectrum, s=full.shape).to(torch.float32)
 
 
-def _project_frames(model: GaussianModel, frame_positions: torch.Tensor, frame_of_image: np.ndarray,
-                    rotations, shifts, box: int, pixel_size: float, ctf: torch.Tensor) -> torch.Tensor:
-    """CTF-filtered projections of a batch whose images show different frames (one call per frame)."""
+@dataclass
+class _Scene:
+    """The molecule as Gaussians: shared amplitudes/width, centred positions of every used frame."""
+
+    atoms: AtomicStructure
+    frames: np.ndarray  # 0-based trajectory frames used, sorted
+    model: GaussianModel  # positions are swapped per frame
+    frame_positions: torch.Tensor  # (F, n, 3) Å from the common centre
+    max_radius_angstrom: float
+
+    def at_frame(self, k: int) -> GaussianModel:
+        """The model with the positions of the k-th used frame."""
+        self.model.positions_angstrom = self.frame_positions[k]
+        return self.model
+
+
+def _scene(
+    structure,
+    trajectory,
+    frames,
+    box: int,
+    pixel_size: float,
+    sigma: float | None,
+    include_hydrogens: bool,
+    device,
+) -> _Scene:
+    atoms = read_structure(structure, drop_waters=True, drop_hydrogens=not include_hydrogens)
+    used, xyz, first = _load_frames(atoms, trajectory, frames)
+    weights = atoms.atomic_numbers.astype(np.float64)
+    xyz = xyz - (first * weights[:, None]).sum(0) / weights.sum()
+    max_radius = float(np.linalg.norm(xyz, axis=-1).max())
+    if max_radius > box * pixel_size / 2:
+        raise InputError(
+            f"{atoms.path}: atoms reach {max_radius:.1f} Å from the centre but the box is only "
+            f"{box * pixel_size:.1f} Å wide; use a larger box or pixel size"
+        )
+    sigma = default_atom_sigma(pixel_size) if sigma is None else sigma
+    if not sigma > 0:
+        raise InputError(f"atom width {sigma} Å is invalid: give a positive number")
+    positions = torch.as_tensor(xyz, dtype=torch.float32, device=device)
+    model = GaussianModel(
+        positions[0],
+        torch.as_tensor(weights, dtype=torch.float32, device=device),
+        torch.tensor(float(sigma), dtype=torch.float32, device=device),
+    )
+    return _Scene(atoms, used, model, positions, max_radius)
+
+
+def _project_frames(
+    scene: _Scene,
+    frame_of_image: np.ndarray,
+    rotations,
+    shifts,
+    box: int,
+    pixel_size: float,
+    ctf: torch.Tensor,
+) -> torch.Tensor:
+    """CTF-filtered projections of a batch whose images show different frames (a call per frame)."""
     images = torch.empty(len(frame_of_image), box, box, dtype=ctf.dtype, device=ctf.device)
     for k in np.unique(frame_of_image):
         index = torch.as_tensor(np.nonzero(frame_of_image == k)[0], device=ctf.device)
-        model.positions_angstrom = frame_positions[k]
-        images[index] = project(model, rotations[index], shifts[index], box, pixel_size, ctf=ctf[index])
+        images[index] = project(
+            scene.at_frame(k), rotations[index], shifts[index], box, pixel_size, ctf=ctf[index]
+        )
     return images
 
 
-def _half_set_accumulators(box, pixel_size, device) -> list[FourierAccumulator]:
-    return [FourierAccumulator(box, pixel_size, device=device) for _ in range(2)]
+def _poses(rows: pd.DataFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """RELION rotation matrices (B, 3, 3) and origins (B, 2) Å of some label rows."""
+    euler = torch.tensor(rows[["rot", "tilt", "psi"]].to_numpy(), dtype=torch.float32)
+    origins = rows[["origin_x_angstrom", "origin_y_angstrom"]].to_numpy()
+    return euler_to_matrix(euler).to(device), torch.tensor(
+        origins, dtype=torch.float32, device=device
+    )
 
 
 def simulate(
@@ -219,90 +345,75 @@ def simulate(
 ) -> ProgressGenerator[SimulationSummary]:
     """Write a simulated RELION 3.1 data set; a generator of Progress returning a SimulationSummary.
 
-    ``snr=math.inf`` gives noise-free images. ``frames`` (0-based trajectory frames, default all) are
-    the frames particles are drawn from. ``origin_sd_angstrom`` defaults to one pixel.
+    ``snr=math.inf`` gives noise-free images. ``frames`` (0-based trajectory frames, default all)
+    are the frames particles are drawn from. ``origin_sd_angstrom`` defaults to one pixel. All
+    inputs are checked before anything is written.
     """
     origin_sd = pixel_size_angstrom if origin_sd_angstrom is None else origin_sd_angstrom
-    _validate_numbers(n_particles, box, pixel_size_angstrom, snr, defocus_range_angstrom,
-                      astigmatism_angstrom, origin_sd, chunk_size)
+    _validate_numbers(
+        n_particles,
+        box,
+        pixel_size_angstrom,
+        snr,
+        defocus_range_angstrom,
+        astigmatism_angstrom,
+        origin_sd,
+        chunk_size,
+    )
+    n_particles, box, chunk_size = int(n_particles), int(box), int(chunk_size)
     output = Path(output_directory)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: exists and is not a folder; give a folder for the outputs")
-    atoms = read_structure(structure, drop_waters=True, drop_hydrogens=not include_hydrogens)
-    used, xyz, first = _load_frames(atoms, trajectory, frames)
-    weights = atoms.atomic_numbers.astype(np.float64)
-    centre = (first * weights[:, None]).sum(0) / weights.sum()
-    xyz = xyz - centre
-    max_radius = float(np.linalg.norm(xyz, axis=-1).max())
-    if max_radius > box * pixel_size_angstrom / 2:
-        raise InputError(
-            f"{atoms.path}: atoms reach {max_radius:.1f} Å from the centre but the box is only "
-            f"{box * pixel_size_angstrom:.1f} Å wide; use a larger box or pixel size"
-        )
-    sigma = default_atom_sigma(pixel_size_angstrom) if atom_sigma_angstrom is None else atom_sigma_angstrom
-    if not sigma > 0:
-        raise InputError(f"atom width {sigma} Å is invalid: give a positive number")
-
+    scene = _scene(
+        structure,
+        trajectory,
+        frames,
+        box,
+        pixel_size_angstrom,
+        atom_sigma_angstrom,
+        include_hydrogens,
+        device,
+    )
     seeds = np.random.SeedSequence(seed).spawn(2)
-    labels = _draw_particles(np.random.default_rng(seeds[0]), int(n_particles), used,
-                             defocus_range_angstrom, astigmatism_angstrom, origin_sd)
-    noise_rng = np.random.default_rng(seeds[1])
-    optics, particles = _star_blocks(labels, box, pixel_size_angstrom, voltage_kilovolts,
-                                     spherical_aberration_millimetres, amplitude_contrast)
+    labels = _draw_particles(
+        np.random.default_rng(seeds[0]),
+        n_particles,
+        scene.frames,
+        defocus_range_angstrom,
+        astigmatism_angstrom,
+        origin_sd,
+    )
+    optics = (voltage_kilovolts, spherical_aberration_millimetres, amplitude_contrast)
+    table = table_from_blocks(
+        *_star_blocks(labels, box, pixel_size_angstrom, *optics), output / "particles.star"
+    )
 
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".simulate-", dir=output))
     try:
-        table = table_from_blocks(particles, optics, output / "particles.star")
-        amplitudes = torch.as_tensor(weights, dtype=torch.float32, device=device)
-        model = GaussianModel(torch.as_tensor(xyz[0], dtype=torch.float32, device=device), amplitudes,
-                              torch.tensor(sigma, dtype=torch.float32, device=device))
-        frame_positions = torch.as_tensor(xyz, dtype=torch.float32, device=device)
-        accumulators = _half_set_accumulators(box, pixel_size_angstrom, device)
-        noise_variance = signal_variance = 0.0
-        with mrcfile.new_mmap(staging / STACK_NAME, shape=(int(n_particles), box, box), mrc_mode=2) as stack:
-            stack.set_image_stack()
-            stack.voxel_size = pixel_size_angstrom
-            for start in range(0, int(n_particles), chunk_size):
-                part = slice(start, min(start + chunk_size, int(n_particles)))
-                rows = labels.iloc[part]
-                rotations = euler_to_matrix(
-                    torch.tensor(rows[["rot", "tilt", "psi"]].to_numpy(), dtype=torch.float32)
-                ).to(device)
-                shifts = torch.tensor(rows[["origin_x_angstrom", "origin_y_angstrom"]].to_numpy(),
-                                         dtype=torch.float32, device=device)
-                ctf = compute_ctf(table.ctf.select(part).torch(device), box, pixel_size_angstrom)
-                images = _project_frames(model, frame_positions, np.searchsorted(used, rows["frame"].to_numpy()),
-                                         rotations, shifts, box, pixel_size_angstrom, ctf)
-                if start == 0:
-                    signal_variance = float(images.var(dim=(1, 2)).mean())
-                    noise_variance = 0.0 if math.isinf(snr) else signal_variance / snr
-                if noise_variance > 0:
-                    noise = noise_rng.standard_normal(images.shape, dtype=np.float32)
-                    images = images + math.sqrt(noise_variance) * torch.as_tensor(noise, device=device)
-                stack.data[part] = images.cpu().numpy()
-                subset = torch.tensor(rows["random_subset"].to_numpy(), device=device)
-                for half, acc in enumerate(accumulators):
-                    keep = subset == half + 1
-                    if keep.any():
-                        acc.add(images[keep], rotations[keep], shifts[keep], ctf[keep])
-                yield Progress("simulating particles", part.stop, int(n_particles),
-                               metrics={"signal_variance": signal_variance})
-        ground_truth = staging / "ground_truth"
-        ground_truth.mkdir()
-        for k, frame in enumerate(used):
-            model.positions_angstrom = frame_positions[k]
-            write_map(ground_truth / f"frame_{frame:03d}.mrc",
-                      render_volume(model, box, pixel_size_angstrom).cpu().numpy(), pixel_size_angstrom)
-            yield Progress("rendering frame maps", k + 1, len(used))
-        yield Progress("reconstructing consensus", 0, 1)
-        consensus, _ = _fsc_weighted(accumulators, pixel_size_angstrom)
-        write_map(staging / "consensus.mrc", consensus.cpu().numpy(), pixel_size_angstrom)
-        with atomic_path(ground_truth / "labels.csv") as tmp:
+        variances = yield from _write_images(
+            staging,
+            scene,
+            labels,
+            box,
+            pixel_size_angstrom,
+            optics,
+            snr,
+            np.random.default_rng(seeds[1]),
+            chunk_size,
+            device,
+        )
+        (staging / "ground_truth").mkdir()
+        for k, frame in enumerate(scene.frames):
+            volume = render_volume(scene.at_frame(k), box, pixel_size_angstrom).cpu().numpy()
+            write_map(
+                staging / "ground_truth" / f"frame_{frame:03d}.mrc", volume, pixel_size_angstrom
+            )
+            yield Progress("rendering frame maps", k + 1, len(scene.frames))
+        with atomic_path(staging / "ground_truth" / "labels.csv") as tmp:
             labels.to_csv(tmp, index=False)
         write_particles(staging / "particles.star", table)
-        yield Progress("reconstructing consensus", 1, 1)
         _publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -315,17 +426,72 @@ def simulate(
         stack=output / STACK_NAME,
         consensus_map=output / "consensus.mrc",
         labels_csv=output / "ground_truth" / "labels.csv",
-        frame_maps=tuple(output / "ground_truth" / f"frame_{f:03d}.mrc" for f in used),
-        frames=used,
-        n_particles=int(n_particles),
-        n_atoms=atoms.n_atoms,
-        box=int(box),
+        frame_maps=tuple(output / "ground_truth" / f"frame_{f:03d}.mrc" for f in scene.frames),
+        frames=scene.frames,
+        n_particles=n_particles,
+        n_atoms=scene.atoms.n_atoms,
+        box=box,
         pixel_size_angstrom=float(pixel_size_angstrom),
-        atom_sigma_angstrom=float(sigma),
-        signal_variance=signal_variance,
-        noise_variance=noise_variance,
-        max_radius_angstrom=max_radius,
+        atom_sigma_angstrom=float(scene.model.sigmas_angstrom[0]),
+        signal_variance=variances[0],
+        noise_variance=variances[1],
+        max_radius_angstrom=scene.max_radius_angstrom,
     )
+
+
+def _write_images(
+    staging: Path,
+    scene: _Scene,
+    labels: pd.DataFrame,
+    box: int,
+    pixel_size: float,
+    optics: tuple[float, float, float],
+    snr: float,
+    noise_rng: np.random.Generator,
+    chunk_size: int,
+    device,
+):
+    """Make the images chunk by chunk into a memory-mapped stack, then reconstruct the consensus.
+
+    Writes ``staging/particles.mrcs`` and ``staging/consensus.mrc``; yields Progress and returns
+    (signal variance, noise variance).
+    """
+    n = len(labels)
+    accumulators = [FourierAccumulator(box, pixel_size, device=device) for _ in range(2)]
+    signal_variance = noise_variance = 0.0
+    with mrcfile.new_mmap(staging / STACK_NAME, shape=(n, box, box), mrc_mode=2) as stack:
+        stack.set_image_stack()
+        stack.voxel_size = pixel_size
+        for start in range(0, n, chunk_size):
+            rows = labels.iloc[start : start + chunk_size]
+            rotations, shifts = _poses(rows, device)
+            ctf = compute_ctf(_ctf_params(rows, *optics).torch(device), box, pixel_size)
+            frame_index = np.searchsorted(scene.frames, rows["frame"].to_numpy())
+            images = _project_frames(scene, frame_index, rotations, shifts, box, pixel_size, ctf)
+            if start == 0:
+                signal_variance = float(images.var(dim=(1, 2)).mean())
+                noise_variance = 0.0 if math.isinf(snr) else signal_variance / snr
+            if noise_variance > 0:
+                noise = torch.as_tensor(noise_rng.standard_normal(images.shape, dtype=np.float32))
+                images = images + math.sqrt(noise_variance) * noise.to(device)
+            stack.data[start : start + len(rows)] = images.cpu().numpy()
+            subset = torch.tensor(rows["random_subset"].to_numpy(), device=device)
+            for half, accumulator in enumerate(accumulators):
+                keep = subset == half + 1
+                if keep.any():
+                    accumulator.add(images[keep], rotations[keep], shifts[keep], ctf[keep])
+            yield Progress(
+                "simulating particles",
+                start + len(rows),
+                n,
+                metrics={"signal_variance": signal_variance},
+            )
+    yield Progress("reconstructing consensus", 0, 1)
+    write_map(
+        staging / "consensus.mrc", _fsc_weighted(accumulators, pixel_size).cpu().numpy(), pixel_size
+    )
+    yield Progress("reconstructing consensus", 1, 1)
+    return signal_variance, noise_variance
 
 
 def _publish(staging: Path, output: Path) -> None:
@@ -334,11 +500,10 @@ def _publish(staging: Path, output: Path) -> None:
     An old ``ground_truth`` folder is replaced as a whole so no stale frame maps remain.
     """
     old_truth = output / "ground_truth"
+    retired = None
     if old_truth.exists():
         retired = Path(tempfile.mkdtemp(prefix=".old-ground-truth-", dir=output))
         os.replace(old_truth, retired / "ground_truth")
-    else:
-        retired = None
     for name in ("particles.mrcs", "consensus.mrc", "ground_truth", "particles.star"):
         os.replace(staging / name, output / name)
     staging.rmdir()

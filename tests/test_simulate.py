@@ -1,0 +1,271 @@
+"""The simulator: STAR/labels agreement, noise level, frame identity, bad input, RELION."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from napari_dynamight.cli import main
+from napari_dynamight.engine.ctf import compute_ctf
+from napari_dynamight.engine.errors import InputError
+from napari_dynamight.engine.fourier import fsc
+from napari_dynamight.engine.gaussians import normalised_cross_correlation
+from napari_dynamight.engine.geometry import euler_to_matrix
+from napari_dynamight.engine.io.mrc import read_map
+from napari_dynamight.engine.io.star import read_particles
+from napari_dynamight.engine.progress import run
+from napari_dynamight.engine.projector import project_volume
+from napari_dynamight.engine.simulate import simulate
+
+ADK = Path(__file__).parent / "data" / "adk"
+CLOSED, DCD = ADK / "adk_closed.pdb", ADK / "adk_dims.dcd"
+FRAMES = [0, 48, 97]
+SMALL = dict(
+    n_particles=240,
+    box=32,
+    pixel_size_angstrom=2.5,
+    defocus_range_angstrom=(8000, 20000),
+    seed=3,
+    frames=FRAMES,
+    chunk_size=100,
+)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """A noise-free run (3 chunks) over three frames of the AdK transition."""
+    folder = tmp_path_factory.mktemp("clean")
+    return run(simulate(CLOSED, DCD, output_directory=folder, snr=math.inf, **SMALL))
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """The same particles (same seed) with noise at SNR 0.1."""
+    folder = tmp_path_factory.mktemp("noisy")
+    return run(simulate(CLOSED, DCD, output_directory=folder, snr=0.1, **SMALL))
+
+
+def images(summary) -> np.ndarray:
+    with mrcfile.open(summary.stack) as mrc:
+        assert mrc.voxel_size.x == pytest.approx(summary.pixel_size_angstrom)
+        return np.array(mrc.data)
+
+
+def test_star_file_loads_and_matches_the_labels_exactly(clean):
+    table = read_particles(clean.particles_star)
+    labels = pd.read_csv(clean.labels_csv)
+    assert len(table) == len(labels) == 240
+    assert clean.particles_star.read_text().startswith("# version 30001")
+    assert table.optics is not None and len(table.optics) == 1
+    assert table.optics["rlnImageDimensionality"][0] == 2
+    np.testing.assert_array_equal(table.pixel_size_angstrom, 2.5)
+    np.testing.assert_array_equal(table.image_box, 32)
+    np.testing.assert_array_equal(table.ctf.voltage_kilovolts, 300.0)
+    np.testing.assert_array_equal(table.ctf.spherical_aberration_millimetres, 2.7)
+    np.testing.assert_array_equal(table.ctf.amplitude_contrast, 0.1)
+    np.testing.assert_array_equal(table.euler_degrees, labels[["rot", "tilt", "psi"]].to_numpy())
+    np.testing.assert_array_equal(
+        table.origin_angstrom, labels[["origin_x_angstrom", "origin_y_angstrom"]].to_numpy()
+    )
+    np.testing.assert_array_equal(table.ctf.defocus_u_angstrom, labels["defocus_u_angstrom"])
+    np.testing.assert_array_equal(table.ctf.defocus_v_angstrom, labels["defocus_v_angstrom"])
+    np.testing.assert_array_equal(table.ctf.defocus_angle_degrees, labels["defocus_angle_degrees"])
+    np.testing.assert_array_equal(table.image_indices, np.arange(240))
+    assert list(table.particles["rlnImageName"]) == list(labels["image_name"])
+    assert table.particles["rlnImageName"][0] == "000001@particles.mrcs"
+    mean_defocus = (labels["defocus_u_angstrom"] + labels["defocus_v_angstrom"]) / 2
+    assert mean_defocus.between(8000, 20000).all()
+    subsets = table.particles["rlnRandomSubset"].value_counts()
+    assert subsets[1] == subsets[2] == 120
+    assert set(labels["frame"]) == set(FRAMES)
+    assert [p.name for p in clean.frame_maps] == ["frame_000.mrc", "frame_048.mrc", "frame_097.mrc"]
+    for path in clean.frame_maps + (clean.consensus_map,):
+        volume, voxel = read_map(path)
+        assert volume.shape == (32, 32, 32) and voxel == pytest.approx(2.5)
+    assert images(clean).shape == (240, 32, 32)
+
+
+def test_noise_gives_the_requested_snr(clean, noisy):
+    pd.testing.assert_frame_equal(pd.read_csv(clean.labels_csv), pd.read_csv(noisy.labels_csv))
+    signal, data = images(clean).astype(np.float64), images(noisy).astype(np.float64)
+    noise = data - signal
+    measured = signal.var(axis=(1, 2)).mean() / noise.var()
+    print(f"requested SNR 0.1, measured {measured:.4f}; noise mean {noise.mean():.2e}")
+    assert measured == pytest.approx(0.1, rel=0.1)
+    assert abs(noise.mean()) < 0.05 * noise.std()
+    spectrum = np.abs(np.fft.rfft2(noise)) ** 2
+    low, high = spectrum[:, 1:4, 1:4].mean(), spectrum[:, 12:16, 12:16].mean()
+    assert low == pytest.approx(high, rel=0.2)  # white
+
+
+def test_images_show_their_own_frame(clean):
+    """Noise-free images of frame k match projections of frame k's map better than a far frame's."""
+    labels = pd.read_csv(clean.labels_csv)
+    table = read_particles(clean.particles_star)
+    data = torch.as_tensor(images(clean), dtype=torch.float64)
+    maps = {
+        f: torch.as_tensor(read_map(p)[0], dtype=torch.float64)
+        for f, p in zip(FRAMES, clean.frame_maps, strict=True)
+    }
+    rotations = euler_to_matrix(torch.as_tensor(table.euler_degrees))
+    shifts = torch.as_tensor(table.origin_angstrom)
+    ctf = compute_ctf(table.ctf.torch(dtype=torch.float64), 32, 2.5)
+    scores = {
+        f: normalised_cross_correlation(project_volume(maps[f], rotations, shifts, 2.5, ctf), data)
+        for f in FRAMES
+    }
+    far = {0: 97, 48: 0, 97: 0}
+    own = np.array([scores[f][i] for i, f in enumerate(labels["frame"])])
+    other = np.array([scores[far[f]][i] for i, f in enumerate(labels["frame"])])
+    print(
+        f"NCC with own frame: mean {own.mean():.4f} min {own.min():.4f}; "
+        f"far frame mean {other.mean():.4f}"
+    )
+    assert own.min() > 0.95
+    assert (own > other).mean() > 0.95
+    assert own.mean() - other.mean() > 0.05
+
+
+def test_consensus_is_the_reconstruction_of_the_particles(clean):
+    labels = pd.read_csv(clean.labels_csv)
+    counts = labels["frame"].value_counts()
+    mean_map = sum(
+        read_map(p)[0] * counts[f] for f, p in zip(FRAMES, clean.frame_maps, strict=True)
+    ) / len(labels)
+    consensus, _ = read_map(clean.consensus_map)
+    _, curve = fsc(consensus, mean_map, 2.5)
+    print("consensus vs particle-weighted mean of frame maps, FSC:", np.round(curve, 3))
+    assert curve[1:11].min() > 0.9
+
+
+BAD = [
+    (dict(box=33), "box 33"),
+    (dict(box=14), "box 14"),
+    (dict(snr=0.0), "snr 0.0"),
+    (dict(n_particles=0), "n_particles 0"),
+    (dict(defocus_range_angstrom=(20000, 5000)), "defocus range"),
+    (dict(frames=[0, 98]), "frames must lie in 0..97"),
+    (dict(frames=[]), "no frames selected"),
+    (dict(box=16), "box is only 40.0 Å wide"),
+    (dict(structure=ADK / "missing.pdb"), "not found"),
+    (dict(trajectory=ADK / "missing.dcd"), "not found"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_leaves_nothing_behind(tmp_path, change, message):
+    arguments = dict(structure=CLOSED, trajectory=DCD, snr=1.0, **SMALL) | change
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=message) as error:
+        run(simulate(output_directory=out, **arguments))
+    assert "\n" not in str(error.value)
+    assert not out.exists()
+
+
+def test_wrong_atom_count_and_cancel_leave_nothing_behind(tmp_path):
+    lines = CLOSED.read_text().splitlines()
+    (tmp_path / "short.pdb").write_text("\n".join(lines[:-20]) + "\n")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="trajectory has 3341 atoms but .*short.pdb has"):
+        run(simulate(tmp_path / "short.pdb", DCD, output_directory=existing, **SMALL))
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+    operation = simulate(CLOSED, DCD, output_directory=tmp_path / "cancelled", snr=1.0, **SMALL)
+    next(operation)
+    operation.close()
+    assert not (tmp_path / "cancelled").exists()
+    operation = simulate(CLOSED, DCD, output_directory=existing, snr=1.0, **SMALL)
+    next(operation)
+    operation.close()
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_command_line(tmp_path, capsys):
+    out = tmp_path / "sim"
+    common = [
+        "simulate",
+        "--structure",
+        str(CLOSED),
+        "--trajectory",
+        str(DCD),
+        "--output-directory",
+        str(out),
+        "--box",
+        "32",
+        "--pixel-size",
+        "2.5",
+    ]
+    assert (
+        main(
+            common + ["--n-particles", "20", "--snr", "0.05", "--frames", "90:98:4", "--seed", "1"]
+        )
+        == 0
+    )
+    labels = pd.read_csv(out / "ground_truth" / "labels.csv")
+    assert len(labels) == 20 and set(labels["frame"]) <= {90, 94}
+    assert sorted(p.name for p in (out / "ground_truth").iterdir()) == [
+        "frame_090.mrc",
+        "frame_094.mrc",
+        "labels.csv",
+    ]
+    assert "wrote 20 particles" in capsys.readouterr().out
+    # a second run into the same folder replaces everything, leaving no stale frame map
+    assert main(common + ["--n-particles", "10", "--frames", "5", "--snr", "inf"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "consensus.mrc",
+        "ground_truth",
+        "particles.mrcs",
+        "particles.star",
+    ]
+    assert sorted(p.name for p in (out / "ground_truth").iterdir()) == [
+        "frame_005.mrc",
+        "labels.csv",
+    ]
+    assert len(read_particles(out / "particles.star")) == 10
+    capsys.readouterr()
+    assert main(common[:-4] + ["--box", "31", "--output-directory", str(tmp_path / "bad")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: box 31") and "\n" not in error
+    assert not (tmp_path / "bad").exists()
+    assert main(common + ["--frames", "every other"]) == 2
+    assert "--frames" in capsys.readouterr().err
+
+
+@pytest.mark.relion
+def test_relion_reconstruct_recovers_the_frame_map(tmp_path):
+    """relion_reconstruct --ctf of 2,000 noise-free images of one frame gives back its map."""
+    summary = run(
+        simulate(
+            CLOSED,
+            DCD,
+            output_directory=tmp_path,
+            n_particles=2000,
+            box=32,
+            pixel_size_angstrom=2.5,
+            snr=math.inf,
+            frames=[97],
+            seed=5,
+            origin_sd_angstrom=5.0,  # 2 px: a wrong origin sign would blur the reconstruction
+        )
+    )
+    subprocess.run(
+        ["relion_reconstruct", "--i", "particles.star", "--o", "relion.mrc", "--ctf"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    ours, _ = read_map(summary.frame_maps[0])
+    theirs, _ = read_map(tmp_path / "relion.mrc")
+    frequency, curve = fsc(theirs, ours, 2.5)
+    print("relion_reconstruct vs frame 97 map, FSC by shell (1/Å: FSC):")
+    print(" ".join(f"{f:.3f}:{c:.3f}" for f, c in zip(frequency, curve, strict=True)))
+    two_thirds = int(round(2 / 3 * 16))
+    assert curve[: two_thirds + 1].min() >= 0.9
