@@ -101,18 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _drive(operation, description: str):
-    try:
-        from ._progress import drive
-    except ImportError:
-        from ..engine.progress import run
-
-        return run(operation)
-    return drive(operation, description)
-
-
 def run(args: argparse.Namespace) -> int:
     from ..engine.simulate import simulate
+    from ._progress import drive
 
     frames = parse_frames(args.frames)
     operation = simulate(
@@ -131,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         amplitude_contrast=args.amplitude_contrast,
         device=args.device,
     )
-    summary = _drive(operation, "simulate")
+    summary = drive(operation, "simulate")
     noise = "no noise" if math.isinf(args.snr) else f"SNR {args.snr:g}"
     print(
         f"wrote {summary.n_particles} particles ({summary.box} px, "

@@ -1,0 +1,197 @@
+"""napari readers for cryo-EM files: MRC maps, images and stacks, and RELION particle STAR files.
+
+Maps and images open as image layers whose world coordinates are Å measured from the box centre
+(index N // 2), the frame of the engine's Gaussian positions: scale = voxel size, translate =
+−(N // 2)·voxel size. The file type decides the layout:
+
+- ``*.mrcs``, or a non-cubic ``*.mrc``/``*.map`` with several sections: a stack of 2D images
+  (axis 0 = image index, scale 1), memory-mapped. The pixel size is the header's, which is often
+  wrong for particle stacks (1 or 0; 0 shows as 1): RELION's STAR file holds the true one.
+- a cubic ``*.mrc``/``*.map``: a 3D map with the header's voxel size.
+- ``*.star``: a particle STAR file. With poses, a points layer of the particles' viewing directions
+  on a sphere of radius box·pixel size / 2 around the box centre (radius 1 if the
+  file lacks box or pixel size) (so it surrounds the map opened
+  from the same project), coloured by defocus, with per-particle features (angles, defocus, optics
+  group, half set). Without poses, the first particle images at the STAR file's pixel size.
+  The layer's ``metadata["summary"]`` holds the same summary as ``napari-dynamight info``.
+
+Nothing heavy is imported at module import time: napari imports readers while it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+# Above this many particles the STAR reader shows a seeded random subset (napari points get slow).
+MAX_POINTS = 50_000
+# Number of particle images the STAR reader shows when the file has no poses.
+MAX_IMAGES = 64
+
+MRC_SUFFIXES = (".mrc", ".map", ".mrcs")
+
+
+def _single_path(path) -> str | None:
+    if isinstance(path, (list, tuple)):
+        return path[0] if len(path) == 1 else None
+    return os.fspath(path)
+
+
+def get_mrc_reader(path):
+    """Return :func:`read_mrc` for one MRC file name, else None (napari tries other readers)."""
+    single = _single_path(path)
+    if single is None or not single.lower().endswith(MRC_SUFFIXES):
+        return None
+    return read_mrc
+
+
+def get_star_reader(path):
+    """Return :func:`read_star` for one STAR file name, else None."""
+    single = _single_path(path)
+    if single is None or not single.lower().endswith(".star"):
+        return None
+    return read_star
+
+
+def _centred(shape: tuple[int, ...], spacing: float) -> list[float]:
+    return [-(n // 2) * spacing for n in shape]
+
+
+def read_mrc(path) -> list[tuple]:
+    """One image layer: a 3D map (scale = voxel size) or a stack of 2D images (see module doc)."""
+    import mrcfile
+    import numpy as np
+    from mrcfile.utils import data_dtype_from_header
+
+    from .engine.io.mrc import read_map, stack_shape
+
+    path = Path(_single_path(path))
+    nz, ny, nx = stack_shape(path)
+    is_stack = path.suffix.lower() == ".mrcs" or not (nz == ny == nx) or nz == 1
+    name = path.stem
+    if not is_stack:
+        volume, voxel_size = read_map(path)
+        voxel_size = voxel_size if voxel_size > 0 else 1.0
+        kwargs = {
+            "name": name,
+            "scale": [voxel_size] * 3,
+            "translate": _centred(volume.shape, voxel_size),
+            "colormap": "gray",
+            "metadata": {"path": str(path), "voxel_size_angstrom": voxel_size, "kind": "map"},
+        }
+        return [(volume, kwargs, "image")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mrc = mrcfile.open(path, mode="r", permissive=True, header_only=True)
+    with mrc:
+        pixel_size = float(mrc.voxel_size.x)
+        offset = 1024 + int(mrc.header.nsymbt)
+        dtype = data_dtype_from_header(mrc.header)
+    stack = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(nz, ny, nx))
+    pixel_size = pixel_size if pixel_size > 0 else 1.0
+    kwargs = {
+        "name": name,
+        "scale": [1.0, pixel_size, pixel_size],
+        "translate": [0.0, *_centred((ny, nx), pixel_size)],
+        "colormap": "gray",
+        "metadata": {"path": str(path), "pixel_size_angstrom": pixel_size, "kind": "stack"},
+    }
+    return [(stack, kwargs, "image")]
+
+
+def viewing_directions(euler_degrees):
+    """Unit vectors (N, 3) in x, y, z: each particle's projection direction in map coordinates.
+
+    That is the third row of RELION's rotation matrix A (the image z axis written in the map frame).
+    """
+    import numpy as np
+
+    rot, tilt = np.deg2rad(euler_degrees[:, 0]), np.deg2rad(euler_degrees[:, 1])
+    return np.stack([np.sin(tilt) * np.cos(rot), np.sin(tilt) * np.sin(rot), np.cos(tilt)], axis=1)
+
+
+def read_star(path) -> list[tuple]:
+    """Points at the viewing directions, or (without poses) an image of the first particles."""
+    import numpy as np
+
+    from .cli.info import summarise
+    from .engine.errors import InputError
+    from .engine.io.star import read_particles
+
+    path = Path(_single_path(path))
+    table = read_particles(path)
+    summary = summarise(table, path)
+    if summary["poses"]:
+        return [_directions_layer(table, path, summary)]
+    images = _first_images(table, path)
+    if images is None:
+        raise InputError(
+            f"{path}: has no poses (rlnAngleRot/Tilt/Psi) and its images were not found; "
+            "nothing to show (run 'napari-dynamight info' on it for a summary)"
+        )
+    pixel_size = float(table.pixel_size_angstrom[0])
+    kwargs = {
+        "name": f"{path.stem} (first {len(images)} particles)",
+        "scale": [1.0, pixel_size, pixel_size],
+        "translate": [0.0, *_centred(images.shape[1:], pixel_size)],
+        "colormap": "gray",
+        "metadata": {"path": str(path), "summary": summary, "pixel_size_angstrom": pixel_size},
+    }
+    return [(np.asarray(images), kwargs, "image")]
+
+
+def _directions_layer(table, path: Path, summary: dict) -> tuple:
+    import numpy as np
+
+    n = len(table.particles)
+    shown = np.arange(n)
+    if n > MAX_POINTS:
+        shown = np.sort(np.random.default_rng(0).choice(n, MAX_POINTS, replace=False))
+    euler = np.asarray(table.euler_degrees, dtype=np.float64)[shown]
+    radius = np.asarray(table.image_box, dtype=np.float64)[shown] * np.asarray(
+        table.pixel_size_angstrom, dtype=np.float64
+    )[shown] / 2
+    known = np.isfinite(radius) & (radius > 0)
+    radius[~known] = radius[known].max() if known.any() else 1.0
+    xyz = viewing_directions(euler) * radius[:, None]
+    features = {
+        "particle": shown,
+        "rot_degrees": euler[:, 0],
+        "tilt_degrees": euler[:, 1],
+        "psi_degrees": euler[:, 2],
+        "defocus_u_angstrom": np.asarray(table.ctf.defocus_u_angstrom, dtype=np.float64)[shown],
+        "defocus_v_angstrom": np.asarray(table.ctf.defocus_v_angstrom, dtype=np.float64)[shown],
+        "optics_group": np.asarray(table.optics_group)[shown],
+    }
+    if "rlnRandomSubset" in table.particles.columns:
+        features["half_set"] = table.particles["rlnRandomSubset"].to_numpy()[shown]
+    kwargs = {
+        "name": f"{path.stem} viewing directions",
+        "features": features,
+        "face_color": "defocus_u_angstrom",
+        "face_colormap": "viridis",
+        "border_width": 0,
+        "size": float(radius.max()) / 25,
+        "metadata": {"path": str(path), "summary": summary, "shown_particles": len(shown)},
+    }
+    return (xyz[:, ::-1].copy(), kwargs, "points")
+
+
+def _first_images(table, path: Path):
+    """Up to :data:`MAX_IMAGES` particle images (float32, one box), or None if none are readable."""
+    import numpy as np
+
+    from .engine.errors import InputError
+    from .engine.io.mrc import open_stack
+
+    images = []
+    for file_name, index in zip(table.image_files[:MAX_IMAGES], table.image_indices[:MAX_IMAGES]):
+        try:
+            with open_stack(file_name) as stack:
+                images.append(stack[int(index)])
+        except InputError:
+            break
+    if not images or len({image.shape for image in images}) != 1:
+        return None
+    return np.stack(images)

@@ -1,0 +1,98 @@
+"""Drive an engine progress generator from the terminal with a tqdm bar.
+
+The bar shows ``step`` of ``total`` for the current stage and, as a postfix, the event's
+metrics and message. Ctrl-C closes the generator (the engine's cancel: its outputs are written
+atomically, so nothing partial is left) and re-raises; the command line then exits with 130.
+Without a terminal (CI, log files) the bar becomes one plain line per stage and every few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TypeVar
+
+from tqdm import tqdm
+
+from ..engine.progress import Progress, ProgressGenerator
+
+T = TypeVar("T")
+
+
+class _LineStream:
+    """A stream for logs: each tqdm redraw becomes one line instead of a carriage return."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self._stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _postfix(event: Progress) -> str:
+    parts = [
+        f"{name}={value:.4g}" if isinstance(value, (int, float)) else f"{name}={value}"
+        for name, value in event.metrics.items()
+    ]
+    if event.message:
+        parts.append(event.message)
+    return " ".join(parts)
+
+
+def _is_terminal(stream) -> bool:
+    """True for a terminal with a known width (a zero-width pseudo-terminal counts as a log)."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _new_bar(description: str, total: int | None, stream) -> tqdm:
+    interactive = _is_terminal(stream)
+    return tqdm(
+        desc=description,
+        total=total,
+        file=stream if interactive else _LineStream(stream),
+        dynamic_ncols=interactive,
+        ncols=None if interactive else 100,
+        ascii=not interactive,
+        mininterval=0.1 if interactive else 5.0,
+        leave=True,
+    )
+
+
+def drive(operation: ProgressGenerator[T], description: str, file=None) -> T:
+    """Run ``operation`` to its end under a bar labelled ``description``; return its result."""
+    stream = sys.stderr if file is None else file
+    bar = None
+    stage = None
+    try:
+        while True:
+            event = next(operation)
+            if event.stage != stage:
+                stage = event.stage
+                label = f"{description}: {stage}" if stage else description
+                if bar is None:
+                    bar = _new_bar(label, event.total, stream)
+                else:
+                    bar.set_description(label, refresh=False)
+                    bar.set_postfix_str(_postfix(event), refresh=False)
+                    bar.reset(total=event.total)
+            elif event.total != bar.total:
+                bar.total = event.total
+            bar.n = event.step
+            bar.set_postfix_str(_postfix(event), refresh=False)
+            bar.update(0)
+    except StopIteration as finished:
+        return finished.value
+    except KeyboardInterrupt:
+        operation.close()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,167 @@
+"""napari readers: MRC maps and stacks with the right scale and values; STAR viewing directions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+from conftest import DATA, STAR_FILES, TRPV1_MAP, TRPV1_STACK, edit_star
+
+from napari_dynamight._reader import get_mrc_reader, get_star_reader, read_mrc, read_star
+from napari_dynamight.engine.errors import InputError
+from napari_dynamight.engine.geometry import euler_to_matrix_numpy
+from napari_dynamight.engine.io.mrc import write_map
+
+
+@pytest.fixture
+def small_map(tmp_path):
+    """A 24³ map with a distinct value in every voxel and a 2.5 Å voxel size."""
+    volume = np.arange(24**3, dtype=np.float32).reshape(24, 24, 24) / 1000
+    path = tmp_path / "small.mrc"
+    write_map(path, volume, 2.5)
+    return path, volume
+
+
+def test_reader_selection_by_extension(tmp_path):
+    assert get_mrc_reader("a.mrc") is read_mrc
+    assert get_mrc_reader("b.MRCS") is read_mrc
+    assert get_mrc_reader(["c.map"]) is read_mrc
+    assert get_mrc_reader("d.tif") is None
+    assert get_mrc_reader(["a.mrc", "b.mrc"]) is None
+    assert get_star_reader("p.star") is read_star
+    assert get_star_reader("p.mrc") is None
+
+
+def test_map_layer_has_voxel_size_scale_and_exact_values(small_map):
+    path, volume = small_map
+    [(data, kwargs, kind)] = get_mrc_reader(str(path))(str(path))
+    assert kind == "image"
+    np.testing.assert_array_equal(data, volume)
+    assert kwargs["scale"] == [2.5, 2.5, 2.5]
+    # World coordinates are Å from the box centre (index N // 2), as for the engine's Gaussians.
+    assert kwargs["translate"] == [-30.0, -30.0, -30.0]
+    assert kwargs["metadata"]["voxel_size_angstrom"] == 2.5
+
+
+def test_real_map_matches_mrcfile():
+    [(data, kwargs, _)] = read_mrc(TRPV1_MAP)
+    with mrcfile.open(TRPV1_MAP, permissive=True) as mrc:
+        np.testing.assert_array_equal(data, mrc.data)
+        assert kwargs["scale"] == pytest.approx([float(mrc.voxel_size.x)] * 3)
+    assert kwargs["scale"][0] == pytest.approx(4.88, abs=1e-5)
+
+
+def test_particle_stack_is_a_lazy_2d_stack():
+    [(data, kwargs, _)] = read_mrc(TRPV1_STACK)
+    assert isinstance(data, np.memmap)
+    with mrcfile.open(TRPV1_STACK, permissive=True) as mrc:
+        np.testing.assert_array_equal(data, mrc.data)
+    assert data.shape == (10, 48, 48)
+    assert kwargs["scale"] == pytest.approx([1.0, 4.88, 4.88], abs=1e-5)
+    assert kwargs["translate"][0] == 0.0
+
+
+def test_stack_with_zero_pixel_size_gets_unit_scale():
+    path = DATA / "aspire_relion_proj" / "rln_proj_65.mrcs"  # relion_project wrote voxel size 0
+    [(data, kwargs, _)] = read_mrc(path)
+    assert data.shape == (5, 65, 65)
+    assert kwargs["scale"] == [1.0, 1.0, 1.0]
+
+
+def test_non_cubic_mrc_opens_as_stack(tmp_path):
+    images = np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32)
+    path = tmp_path / "images.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(images)
+        mrc.voxel_size = 1.7
+    [(data, kwargs, _)] = read_mrc(path)
+    np.testing.assert_array_equal(data, images)
+    assert kwargs["scale"] == pytest.approx([1.0, 1.7, 1.7], rel=1e-6)
+
+
+def test_truncated_mrc_is_an_input_error(small_map, tmp_path):
+    path, _ = small_map
+    cut = tmp_path / "cut.mrc"
+    cut.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(InputError, match="truncated"):
+        read_mrc(cut)
+
+
+def test_star_reader_places_viewing_directions_on_a_sphere():
+    path = STAR_FILES["relion31"]
+    [(points, kwargs, kind)] = read_star(path)
+    assert kind == "points"
+    import starfile
+
+    particles = starfile.read(path, always_dict=True)["particles"]
+    euler = particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype=float)
+    radius = 256 * 2.806 / 2
+    # The viewing direction is the third row of RELION's matrix A; napari coordinates are [z, y, x].
+    expected = euler_to_matrix_numpy(euler)[:, 2, ::-1] * radius
+    np.testing.assert_allclose(points, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(kwargs["features"]["defocus_u_angstrom"], particles["rlnDefocusU"])
+    assert kwargs["metadata"]["summary"]["particles"] == 5
+
+
+def test_star_reader_keeps_half_sets_and_optics_groups():
+    [(points, kwargs, _)] = read_star(STAR_FILES["relion31_6optics"])
+    assert points.shape == (139, 3)
+    assert sorted(set(kwargs["features"]["optics_group"])) == [1, 2, 3, 4, 5, 6]
+    assert sorted(set(kwargs["features"]["half_set"])) == [1, 2]
+    radii = np.linalg.norm(points, axis=1)
+    assert radii.min() == pytest.approx(196 * 1.24 / 2)
+    assert radii.max() == pytest.approx(196 * 1.25 / 2)
+
+
+def test_star_without_poses_shows_first_images_at_star_pixel_size(tmp_path):
+    def drop_angles(blocks):
+        blocks["particles"] = blocks["particles"].drop(
+            columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+        )
+
+    path = edit_star(STAR_FILES["relion31"], tmp_path / "no_poses.star", drop_angles)
+    (tmp_path / "relion31.mrcs").symlink_to(DATA / "cryodrgn" / "relion31.mrcs")
+    [(images, kwargs, kind)] = read_star(path)
+    assert kind == "image"
+    with mrcfile.open(DATA / "cryodrgn" / "relion31.mrcs", permissive=True) as mrc:
+        np.testing.assert_array_equal(images, mrc.data)
+    assert kwargs["scale"] == pytest.approx([1.0, 2.806, 2.806])  # the header says 1.0
+
+
+def test_star_without_poses_or_images_is_a_clear_error():
+    with pytest.raises(InputError, match="no poses"):
+        read_star(STAR_FILES["empiar10076_relion30"])
+
+
+def test_reader_module_does_not_import_torch_or_qt():
+    code = (
+        "import sys, napari_dynamight._reader\n"
+        "heavy = [m for m in ('torch', 'qtpy', 'PyQt6', 'napari') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_open_mrc_in_napari(make_napari_viewer, small_map):
+    """Through napari's own plugin machinery, in a shown viewer (Xvfb via pytest-xvfb)."""
+    path, volume = small_map
+    viewer = make_napari_viewer(show=True)
+    [layer] = viewer.open(str(path), plugin="napari-dynamight")
+    np.testing.assert_array_equal(np.asarray(layer.data), volume)
+    np.testing.assert_allclose(layer.scale, [2.5, 2.5, 2.5])
+    np.testing.assert_allclose(layer.data_to_world([12, 12, 12]), [0.0, 0.0, 0.0])
+    viewer.dims.ndisplay = 3
+    screenshot = viewer.screenshot(canvas_only=True, flash=False)
+    assert screenshot[..., :3].std() > 5, "the map did not render"
+
+
+def test_open_star_in_napari(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    [layer] = viewer.open(str(STAR_FILES["trpv1"]), plugin="napari-dynamight")
+    assert layer._type_string == "points"
+    assert len(layer.data) == 10
+    np.testing.assert_allclose(np.linalg.norm(layer.data, axis=1), 48 * 4.88 / 2, rtol=1e-6)
