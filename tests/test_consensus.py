@@ -61,3 +61,14 @@ def test_model_file_round_trip(tmp_path, known_map):
     (tmp_path / "bad.pt").write_bytes(b"not a model")
     with pytest.raises(InputError, match="bad.pt"):
         load_model(tmp_path / "bad.pt")
+
+
+def test_isolated_noise_specks_get_no_gaussians(known_map):
+    _, volume = known_map
+    specked = volume.copy()
+    specked[2:4, 2:4, 2:4] = specked[36:38, 3:5, 30:32] = volume.max()  # 16 voxels of "noise"
+    model = fill_with_gaussians(specked, 1.5, 2000, seed=0)
+    index = np.round(model.positions_angstrom.numpy()[:, ::-1] / 1.5 + 20).astype(int)
+    in_specks = ((index >= [1, 1, 1]) & (index <= [4, 4, 4])).all(1) | (
+        (index >= [35, 2, 29]) & (index <= [38, 5, 32])).all(1)
+    assert not in_specks.any()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 import torch
 
 from .errors import InputError
@@ -42,6 +43,20 @@ def automatic_threshold(volume: np.ndarray) -> float:
     return float(np.clip(mean + 4.0 * std, 0.05 * peak, 0.5 * peak))
 
 
+def without_specks(region: np.ndarray, fraction: float = 0.05) -> np.ndarray:
+    """The region without connected pieces smaller than ``fraction`` of its largest piece.
+
+    Solvent noise that crosses the threshold forms isolated specks; Gaussians placed there would
+    model noise, not molecule.
+    """
+    labels, count = ndimage.label(region)
+    if count <= 1:
+        return region
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.concatenate([[False], sizes >= fraction * sizes.max()])
+    return keep[labels]
+
+
 def fill_with_gaussians(
     volume: np.ndarray,
     voxel_size_angstrom: float,
@@ -64,7 +79,7 @@ def fill_with_gaussians(
     inside = volume >= level
     if mask is not None:
         inside &= np.asarray(mask) > 0.5
-    voxels = np.argwhere(inside)
+    voxels = np.argwhere(without_specks(inside))
     if len(voxels) == 0:
         raise InputError(
             f"no voxel of the consensus map is above the threshold {level:.4g} "
