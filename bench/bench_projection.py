@@ -40,12 +40,15 @@ def _measure(n_gaussians: int, box: int, batch: int, device: str, backward: bool
             images.pow(2).sum().backward()
 
     step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return repeats * batch / (time.perf_counter() - start)
+    rates = []
+    for _ in range(3):  # the median of three rounds is robust to other load on the machine
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        rates.append(repeats * batch / (time.perf_counter() - start))
+    return float(np.median(rates))
 
 
 def main() -> None:
