@@ -215,6 +215,7 @@ def test_command_line(tmp_path, capsys):
         "frame_090.mrc",
         "frame_094.mrc",
         "labels.csv",
+        "simulation.json",
     ]
     assert "wrote 20 particles" in capsys.readouterr().out
     # a second run into the same folder replaces everything, leaving no stale frame map
@@ -228,6 +229,7 @@ def test_command_line(tmp_path, capsys):
     assert sorted(p.name for p in (out / "ground_truth").iterdir()) == [
         "frame_005.mrc",
         "labels.csv",
+        "simulation.json",
     ]
     assert len(read_particles(out / "particles.star")) == 10
     capsys.readouterr()
@@ -269,3 +271,14 @@ def test_relion_reconstruct_recovers_the_frame_map(tmp_path):
     print(" ".join(f"{f:.3f}:{c:.3f}" for f, c in zip(frequency, curve, strict=True)))
     two_thirds = int(round(2 / 3 * 16))
     assert curve[: two_thirds + 1].min() >= 0.9
+
+
+def test_simulation_settings_record_the_noise_level(tmp_path):
+    import json
+
+    summary = run(simulate(ADK / "adk_closed.pdb", None, output_directory=tmp_path / "sim", n_particles=40,
+                           box=32, pixel_size_angstrom=2.5, snr=0.5, seed=3))
+    settings = json.loads((tmp_path / "sim" / "ground_truth" / "simulation.json").read_text())
+    assert settings["noise_variance"] == summary.noise_variance > 0
+    assert settings["signal_variance"] / settings["noise_variance"] == pytest.approx(0.5)
+    assert settings["frames"] == [0] and settings["n_particles"] == 40

@@ -30,6 +30,7 @@ whole run succeeded.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -46,15 +47,14 @@ from .ctf import CtfParams, compute_ctf
 from .data.particles import table_from_blocks
 from .errors import InputError
 from .fourier import fsc, radial_index
-from .gaussians import GaussianModel, project, render_volume
+from .gaussians import render_volume
 from .geometry import euler_to_matrix, random_euler_angles
 from .io.atomic import atomic_path
-from .io.dcd import read_dcd, read_dcd_info
 from .io.mrc import write_map
 from .io.star import write_particles
-from .io.structure import AtomicStructure, read_structure
 from .progress import Progress, ProgressGenerator
 from .reconstruction.standard import FourierAccumulator
+from .scene import Scene, build_scene, project_frames
 
 STACK_NAME = "particles.mrcs"
 
@@ -78,11 +78,6 @@ class SimulationSummary:
     signal_variance: float
     noise_variance: float
     max_radius_angstrom: float
-
-
-def default_atom_sigma(pixel_size_angstrom: float) -> float:
-    """Width σ (Å) of every atom's Gaussian: max(1 Å, pixel size / 2); see the module docstring."""
-    return max(1.0, 0.5 * pixel_size_angstrom)
 
 
 def _validate_numbers(
@@ -112,33 +107,6 @@ def _validate_numbers(
         raise InputError("astigmatism and origin spread must be >= 0 Å")
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise InputError(f"chunk size {chunk_size} is invalid: give a whole number >= 1")
-
-
-def _load_frames(
-    structure: AtomicStructure, trajectory, frames
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(used frame numbers, their coordinates (F, n, 3) Å, frame 0's coordinates (n, 3) Å)."""
-    if trajectory is None:
-        if frames is not None and list(np.asarray(frames).ravel()) != [0]:
-            raise InputError("frames can only be chosen together with a trajectory; drop --frames")
-        xyz = structure.positions_angstrom[None]
-        return np.array([0]), xyz, xyz[0]
-    info = read_dcd_info(trajectory)
-    if info.n_atoms != structure.n_atoms_in_file:
-        raise InputError(
-            f"{info.path}: trajectory has {info.n_atoms} atoms but {structure.path} has "
-            f"{structure.n_atoms_in_file}; give the structure the trajectory was written for"
-        )
-    used = (
-        np.arange(info.n_frames)
-        if frames is None
-        else np.unique(np.asarray(frames, dtype=np.int64))
-    )
-    if used.size == 0:
-        raise InputError("no frames selected: choose at least one trajectory frame (or all)")
-    wanted = np.union1d(used, [0])
-    xyz = read_dcd(trajectory, info.n_atoms, wanted)[:, structure.atom_indices].astype(np.float64)
-    return used, xyz[np.searchsorted(wanted, used)], xyz[0]
 
 
 def _draw_particles(
@@ -245,73 +213,6 @@ def _fsc_weighted(accumulators: list[FourierAccumulator], pixel_size: float) -> 
     return torch.fft.irfftn(spectrum, s=full.shape).to(torch.float32)
 
 
-@dataclass
-class _Scene:
-    """The molecule as Gaussians: shared amplitudes/width, centred positions of every used frame."""
-
-    atoms: AtomicStructure
-    frames: np.ndarray  # 0-based trajectory frames used, sorted
-    model: GaussianModel  # positions are swapped per frame
-    frame_positions: torch.Tensor  # (F, n, 3) Å from the common centre
-    max_radius_angstrom: float
-
-    def at_frame(self, k: int) -> GaussianModel:
-        """The model with the positions of the k-th used frame."""
-        self.model.positions_angstrom = self.frame_positions[k]
-        return self.model
-
-
-def _scene(
-    structure,
-    trajectory,
-    frames,
-    box: int,
-    pixel_size: float,
-    sigma: float | None,
-    include_hydrogens: bool,
-    device,
-) -> _Scene:
-    atoms = read_structure(structure, drop_waters=True, drop_hydrogens=not include_hydrogens)
-    used, xyz, first = _load_frames(atoms, trajectory, frames)
-    weights = atoms.atomic_numbers.astype(np.float64)
-    xyz = xyz - (first * weights[:, None]).sum(0) / weights.sum()
-    max_radius = float(np.linalg.norm(xyz, axis=-1).max())
-    if max_radius > box * pixel_size / 2:
-        raise InputError(
-            f"{atoms.path}: atoms reach {max_radius:.1f} Å from the centre but the box is only "
-            f"{box * pixel_size:.1f} Å wide; use a larger box or pixel size"
-        )
-    sigma = default_atom_sigma(pixel_size) if sigma is None else sigma
-    if not sigma > 0:
-        raise InputError(f"atom width {sigma} Å is invalid: give a positive number")
-    positions = torch.as_tensor(xyz, dtype=torch.float32, device=device)
-    model = GaussianModel(
-        positions[0],
-        torch.as_tensor(weights, dtype=torch.float32, device=device),
-        torch.tensor(float(sigma), dtype=torch.float32, device=device),
-    )
-    return _Scene(atoms, used, model, positions, max_radius)
-
-
-def _project_frames(
-    scene: _Scene,
-    frame_of_image: np.ndarray,
-    rotations,
-    shifts,
-    box: int,
-    pixel_size: float,
-    ctf: torch.Tensor,
-) -> torch.Tensor:
-    """CTF-filtered projections of a batch whose images show different frames (a call per frame)."""
-    images = torch.empty(len(frame_of_image), box, box, dtype=ctf.dtype, device=ctf.device)
-    for k in np.unique(frame_of_image):
-        index = torch.as_tensor(np.nonzero(frame_of_image == k)[0], device=ctf.device)
-        images[index] = project(
-            scene.at_frame(k), rotations[index], shifts[index], box, pixel_size, ctf=ctf[index]
-        )
-    return images
-
-
 def _poses(rows: pd.DataFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
     """RELION rotation matrices (B, 3, 3) and origins (B, 2) Å of some label rows."""
     euler = torch.tensor(rows[["rot", "tilt", "psi"]].to_numpy(), dtype=torch.float32)
@@ -364,7 +265,7 @@ def simulate(
     output = Path(output_directory)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: exists and is not a folder; give a folder for the outputs")
-    scene = _scene(
+    scene = build_scene(
         structure,
         trajectory,
         frames,
@@ -413,6 +314,16 @@ def simulate(
             yield Progress("rendering frame maps", k + 1, len(scene.frames))
         with atomic_path(staging / "ground_truth" / "labels.csv") as tmp:
             labels.to_csv(tmp, index=False)
+        settings = {
+            "n_particles": n_particles, "box": box, "pixel_size_angstrom": float(pixel_size_angstrom),
+            "snr": None if math.isinf(snr) else float(snr), "seed": seed,
+            "atom_sigma_angstrom": float(scene.model.sigmas_angstrom[0]),
+            "signal_variance": variances[0], "noise_variance": variances[1],
+            "frames": [int(f) for f in scene.frames], "structure": str(structure),
+            "trajectory": None if trajectory is None else str(trajectory),
+        }
+        with atomic_path(staging / "ground_truth" / "simulation.json") as tmp:
+            tmp.write_text(json.dumps(settings, indent=2) + "\n")
         write_particles(staging / "particles.star", table)
         _publish(staging, output)
     except BaseException:
@@ -441,7 +352,7 @@ def simulate(
 
 def _write_images(
     staging: Path,
-    scene: _Scene,
+    scene: Scene,
     labels: pd.DataFrame,
     box: int,
     pixel_size: float,
@@ -467,7 +378,7 @@ def _write_images(
             rotations, shifts = _poses(rows, device)
             ctf = compute_ctf(_ctf_params(rows, *optics).torch(device), box, pixel_size)
             frame_index = np.searchsorted(scene.frames, rows["frame"].to_numpy())
-            images = _project_frames(scene, frame_index, rotations, shifts, box, pixel_size, ctf)
+            images = project_frames(scene, frame_index, rotations, shifts, box, pixel_size, ctf)
             if start == 0:
                 signal_variance = float(images.var(dim=(1, 2)).mean())
                 noise_variance = 0.0 if math.isinf(snr) else signal_variance / snr

@@ -1,0 +1,167 @@
+"""Metrics that compare learned motions with the simulation's ground truth.
+
+- Latent ordering: the latent space has no preferred axes or sign, so we take its principal
+  components (numpy SVD of the centred embedding) and report |Spearman| of each with the true
+  frame; the issue's criterion is the best of them.
+- Maps: Pearson correlation of a decoded per-particle volume with the particle's true frame map,
+  next to the consensus map's correlation with the same true map.
+- Error estimates: Spearman of the estimated error with the true motion size (per particle: RMSD of
+  its true frame from the mean structure; per Gaussian: the RMS motion of the atoms near it). It is
+  signed: larger errors should go with larger motion.
+- RMS displacement in Å, e.g. of the learned displacements on real signal and on pure noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.stats import spearmanr
+
+
+def abs_spearman(a, b) -> float:
+    """|Spearman ρ| of two 1D sequences; 0 when either is constant (no ordering at all)."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if len(a) != len(b):
+        raise ValueError(f"sequences differ in length: {len(a)} and {len(b)}")
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(abs(spearmanr(a, b).statistic))
+
+
+def principal_components(latent) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N, D) on the principal axes of a latent embedding (N, D), and explained variance ratios.
+
+    Components are ordered by decreasing variance; the sign of each is arbitrary.
+    """
+    x = np.asarray(latent, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    x = x - x.mean(axis=0)
+    _, singular, axes = np.linalg.svd(x, full_matrices=False)
+    variance = singular**2
+    total = variance.sum()
+    ratio = variance / total if total > 0 else np.zeros_like(variance)
+    return x @ axes.T, ratio
+
+
+@dataclass(frozen=True)
+class LatentOrdering:
+    """How well principal components of a latent embedding order particles by their true frame.
+
+    ``per_component[k]`` is |Spearman| of PC k (0-based) with the true frame; ``best`` is the largest
+    over the first ``n_components`` PCs and ``best_component`` its index.
+    """
+
+    per_component: tuple[float, ...]
+    explained_variance_ratio: tuple[float, ...]
+    best_component: int
+    best: float
+    first_component: float
+    n_components: int
+
+    def to_dict(self) -> dict:
+        return {
+            "per_component_abs_spearman": list(self.per_component),
+            "explained_variance_ratio": list(self.explained_variance_ratio),
+            "best_component": self.best_component,
+            "best_abs_spearman": self.best,
+            "first_component_abs_spearman": self.first_component,
+            "n_components_searched": self.n_components,
+        }
+
+
+def latent_frame_ordering(latent, true_frame, n_components: int | None = None) -> LatentOrdering:
+    """|Spearman| of each principal component of ``latent`` (N, D) with ``true_frame`` (N,).
+
+    ``n_components`` limits the search for the best component to the first k PCs (default: all).
+    """
+    scores, ratio = principal_components(latent)
+    frames = np.asarray(true_frame, dtype=np.float64).ravel()
+    if len(frames) != len(scores):
+        raise ValueError(f"latent has {len(scores)} rows but there are {len(frames)} true frames")
+    values = tuple(abs_spearman(scores[:, k], frames) for k in range(scores.shape[1]))
+    k = len(values) if n_components is None else max(1, min(int(n_components), len(values)))
+    best = int(np.argmax(values[:k]))
+    return LatentOrdering(
+        per_component=values,
+        explained_variance_ratio=tuple(float(r) for r in ratio),
+        best_component=best,
+        best=values[best],
+        first_component=values[0],
+        n_components=k,
+    )
+
+
+def map_correlation(a, b, mask=None) -> float:
+    """Pearson correlation of two maps over all voxels (or the voxels where ``mask`` is true)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"maps differ in shape: {a.shape} and {b.shape}")
+    if mask is not None:
+        keep = np.asarray(mask, dtype=bool)
+        a, b = a[keep], b[keep]
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    denominator = np.sqrt((a @ a) * (b @ b))
+    return float(a @ b / denominator) if denominator > 0 else 0.0
+
+
+def decoded_vs_consensus(decoded, truth, consensus, mask=None) -> dict:
+    """Per-particle correlation of decoded volumes and of the consensus with each true frame map.
+
+    ``decoded`` and ``truth`` are sequences of maps (one per particle, same order), ``consensus`` one
+    map. Returns the two arrays of correlations, their means and the fraction of particles whose
+    decoded volume beats the consensus.
+    """
+    decoded_cc, consensus_cc = [], []
+    for volume, true_map in zip(decoded, truth, strict=True):
+        decoded_cc.append(map_correlation(volume, true_map, mask))
+        consensus_cc.append(map_correlation(consensus, true_map, mask))
+    decoded_cc, consensus_cc = np.array(decoded_cc), np.array(consensus_cc)
+    return {
+        "decoded": decoded_cc,
+        "consensus": consensus_cc,
+        "mean_decoded": float(decoded_cc.mean()),
+        "mean_consensus": float(consensus_cc.mean()),
+        "fraction_decoded_better": float((decoded_cc > consensus_cc).mean()),
+    }
+
+
+def atom_motion(frame_positions) -> np.ndarray:
+    """RMS distance (Å) of each atom from its mean position over frames (F, n, 3) -> (n,)."""
+    x = np.asarray(frame_positions, dtype=np.float64)
+    deviation = x - x.mean(axis=0)
+    return np.sqrt((deviation**2).sum(-1).mean(0))
+
+
+def frame_motion(frame_positions, reference=None) -> np.ndarray:
+    """RMSD (Å, no superposition) of each frame (F, n, 3) from ``reference`` (n, 3), default the mean."""
+    x = np.asarray(frame_positions, dtype=np.float64)
+    ref = x.mean(axis=0) if reference is None else np.asarray(reference, dtype=np.float64)
+    return np.sqrt(((x - ref) ** 2).sum(-1).mean(-1))
+
+
+def motion_at(points, atom_positions, motion, k: int = 8) -> np.ndarray:
+    """Mean of ``motion`` (n,) over the ``k`` atoms nearest to each point (G, 3) Å -> (G,)."""
+    atoms = np.asarray(atom_positions, dtype=np.float64)
+    k = max(1, min(int(k), len(atoms)))
+    _, nearest = cKDTree(atoms).query(np.asarray(points, dtype=np.float64), k=k)
+    return np.asarray(motion, dtype=np.float64)[np.asarray(nearest).reshape(len(points), k)].mean(1)
+
+
+def error_motion_spearman(errors, motion) -> float:
+    """Signed Spearman ρ of error estimates with true motion size (positive = agreement)."""
+    a, b = (
+        np.asarray(errors, dtype=np.float64).ravel(),
+        np.asarray(motion, dtype=np.float64).ravel(),
+    )
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def rms_displacement(displacements) -> float:
+    """Root-mean-square length (Å) of displacement vectors (..., 3)."""
+    d = np.asarray(displacements, dtype=np.float64)
+    return float(np.sqrt((d**2).sum(-1).mean()))
