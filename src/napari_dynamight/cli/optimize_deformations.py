@@ -1,0 +1,94 @@
+"""Learn every particle's motion with two independent half-set VAEs (stage 3).
+
+Each half set trains its own encoder (image -> latent) and coordinate decoder (latent, position ->
+displacement) against its particles, with a Fourier-space data term weighted by the noise spectrum,
+distance-preserving and repulsion regularisers (weight λ balanced every epoch) and a KL term. 10% of
+the particles (--validation-fraction) stay out of decoder training and give error estimates. All
+inputs are checked before the first epoch. Images are Fourier-cropped to --box for training
+(default: about 3 Å/px, 32-128 px).
+
+Writes into RUN: checkpoints/ (every --checkpoint-every epochs and final.pt), latent_means.npy
+(N x D, input STAR order), latent_means_half2_validation.npy, particles.star (all input columns plus
+dmLatent1..D, dmHalfSet, dmValidation, dmErrorAngstrom, dmDisplacementAngstrom), consensus_half1/2
+(.pt, .mrc), gaussian_errors.csv, losses.jsonl, losses.png and run.json. Kill it at any time and
+run the same command with --resume to continue with the same result. See docs/deformations.md.
+
+Example:
+  napari-dynamight optimize-deformations --particles sim/particles.star \\
+      --consensus sim/consensus.mrc --output-directory run --epochs 60 --box 32 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..engine.deformation.settings import DeformationSettings
+
+_DEFAULTS = DeformationSettings()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--particles", type=Path, required=True, metavar="STAR", help="particle STAR file with poses and CTF")
+    add("--consensus", type=Path, required=True, metavar="MAP", help="consensus map of these particles (MRC)")
+    add("--output-directory", type=Path, required=True, metavar="RUN", help="run directory")
+    add("--mask", type=Path, metavar="MAP", help="only Gaussians inside this mask (> 0.5) move")
+    add("--consensus-model", type=Path, metavar="FILE", help="consensus Gaussians from fit-consensus "
+        "(default: fitted here from the consensus map)")
+    add("--n-gaussians", type=int, metavar="N", help="Gaussians when fitting here (default: 2 per residue)")
+    add("--threshold", type=float, help="map level for placing Gaussians when fitting here (default: automatic)")
+    add("--latent-dim", type=int, default=_DEFAULTS.latent_dim, metavar="D", help="latent dimension (default: 6)")
+    add("--epochs", type=int, default=_DEFAULTS.epochs, metavar="E", help=f"maximum epochs, honoured exactly "
+        f"(default: {_DEFAULTS.epochs})")
+    add("--batch-size", type=int, default=_DEFAULTS.batch_size, metavar="B", help="particles per step (default: 64)")
+    add("--box", type=int, metavar="PX", help="training box (default: about 3 Å/px, 32-128 px)")
+    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    add("--seed", type=int, default=0, metavar="S", help="seed of every random choice (default: 0)")
+    add("--resume", action="store_true", help="continue from the last checkpoint in RUN")
+    add("--positional-frequencies", type=int, default=_DEFAULTS.n_frequencies, metavar="F",
+        help="positional-encoding frequencies (default: 10)")
+    add("--decoder-depth", type=int, default=_DEFAULTS.decoder_depth, help="decoder hidden layers (default: 4)")
+    add("--decoder-width", type=int, default=_DEFAULTS.decoder_width, help="decoder layer width (default: 64)")
+    add("--regularisation-ratio", type=float, default=_DEFAULTS.regularisation_ratio,
+        help="λ·|∇reg| / |∇data| (default: 0.9)")
+    add("--warmup-epochs", type=int, default=_DEFAULTS.warmup_epochs, help="Gaussian-only epochs first (default: 2)")
+    add("--validation-fraction", type=float, default=_DEFAULTS.validation_fraction,
+        help="particles kept out of decoder training (default: 0.1)")
+    add("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, help="epochs between checkpoints (default: 5)")
+    add("--data-root", type=Path, metavar="DIR", help="folder that image names are relative to")
+    add("--threads", type=int, help="CPU threads for torch (default: all cores)")
+
+
+def settings_from(args: argparse.Namespace) -> DeformationSettings:
+    return DeformationSettings(
+        latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        n_frequencies=args.positional_frequencies, decoder_depth=args.decoder_depth,
+        decoder_width=args.decoder_width, regularisation_ratio=args.regularisation_ratio,
+        warmup_epochs=args.warmup_epochs, validation_fraction=args.validation_fraction,
+        checkpoint_every=args.checkpoint_every)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine.deformation.run import optimize_deformations
+    from ..engine.errors import InputError
+    from ._progress import drive
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    result = drive(
+        optimize_deformations(args.particles, args.consensus, args.output_directory,
+                              settings=settings_from(args), mask=args.mask, consensus_model=args.consensus_model,
+                              n_gaussians=args.n_gaussians, threshold=args.threshold, box=args.box,
+                              data_root=args.data_root, device=args.device, resume=args.resume),
+        "optimize deformations",
+    )
+    ending = "stopped by the data-loss rule" if result.stopped_early else "done"
+    print(f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, training box {result.train_box}: "
+          f"{result.seconds:.0f} s")
+    print(f"run directory: {result.run_directory}")
+    return 0

@@ -1,0 +1,101 @@
+"""Checkpoints: state dicts and plain tensors only (``torch.load(..., weights_only=True)`` reads them).
+
+A checkpoint holds, per half set, the encoder, decoder and optimiser state dicts, the Gaussian
+parameters, the noise spectrum, λ and the random generator's state, plus the epoch, the loss history,
+the stopping rule and the settings. Restoring it and training on gives exactly the run that was never
+interrupted. Files are written atomically (a temporary file renamed into place), so a kill during a
+write leaves the previous checkpoint intact and the new one absent.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..io.atomic import atomic_path
+from .trainer import HalfSet
+
+CHECKPOINT_FOLDER = "checkpoints"
+FINAL_NAME = "final.pt"
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+def half_state(half: HalfSet) -> dict:
+    """Everything that defines one half set's training state, as plain tensors and numbers."""
+    return {
+        "encoder": half.encoder.state_dict(),
+        "decoder": half.decoder.state_dict(),
+        "optimisers": {name: opt.state_dict() for name, opt in half.optimisers.items()},
+        "positions": half.positions.detach().cpu().clone(),
+        "base_amplitudes": half.base_amplitudes.cpu().clone(),
+        "base_sigmas": half.base_sigmas.cpu().clone(),
+        "log_amplitude_scale": half.log_amplitude_scale.detach().cpu().clone(),
+        "log_sigma_scale": half.log_sigma_scale.detach().cpu().clone(),
+        "moving": half.moving.cpu().clone(),
+        "noise": half.noise.state_dict(),
+        "lambda": float(half.lam),
+        "generator": half.generator.get_state(),
+        "train_rows": torch.as_tensor(half.train_rows),
+        "validation_rows": torch.as_tensor(half.validation_rows),
+    }
+
+
+def load_half_state(half: HalfSet, state: dict) -> None:
+    """Restore :func:`half_state` into a freshly built half set with the same settings."""
+    half.encoder.load_state_dict(state["encoder"])
+    half.decoder.load_state_dict(state["decoder"])
+    with torch.no_grad():
+        half.positions.copy_(state["positions"])
+        half.log_amplitude_scale.copy_(state["log_amplitude_scale"])
+        half.log_sigma_scale.copy_(state["log_sigma_scale"])
+    half.base_amplitudes = state["base_amplitudes"].to(half.device)
+    half.base_sigmas = state["base_sigmas"].to(half.device)
+    half.moving = state["moving"].to(half.device)
+    for name, opt in half.optimisers.items():
+        opt.load_state_dict(state["optimisers"][name])
+    half.noise.load_state_dict(state["noise"])
+    half.lam = float(state["lambda"])
+    half.generator.set_state(state["generator"])
+    half.train_rows = state["train_rows"].numpy()
+    half.validation_rows = state["validation_rows"].numpy()
+    half.rebuild_graph()
+
+
+def _serialise(state: dict, path: Path) -> None:
+    torch.save(state, path)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` atomically to ``path``."""
+    with atomic_path(path) as tmp:
+        _serialise(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint (tensors only) or raise InputError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise InputError(f"{path}: not a readable deformation checkpoint ({error.__class__.__name__}); "
+                         "delete it to resume from an earlier one") from None
+
+
+def epoch_path(run_directory: Path, epoch: int) -> Path:
+    return Path(run_directory) / CHECKPOINT_FOLDER / f"epoch_{epoch:04d}.pt"
+
+
+def final_path(run_directory: Path) -> Path:
+    return Path(run_directory) / CHECKPOINT_FOLDER / FINAL_NAME
+
+
+def latest_checkpoint(run_directory: Path) -> Path | None:
+    """The epoch checkpoint with the highest epoch in the run directory, if any."""
+    folder = Path(run_directory) / CHECKPOINT_FOLDER
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
+    return max(found)[1] if found else None

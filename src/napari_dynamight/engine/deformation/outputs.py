@@ -1,0 +1,110 @@
+"""The files a deformation run leaves in its run directory (each written atomically).
+
+| file | content |
+| --- | --- |
+| ``latent_means.npy`` | (N, D) float32, input STAR row order; each particle by its own half's encoder, validation particles by half 1's |
+| ``latent_means_half2_validation.npy`` | (N, D) float32: half 2's codes of the validation particles, NaN elsewhere |
+| ``particles.star`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` |
+| ``consensus_half1.pt`` / ``consensus_half2.pt`` (+ ``.mrc``) | each half's final reference Gaussian model (``engine.consensus.load_model``), and rendered at the consensus box |
+| ``gaussian_errors.csv`` | per Gaussian of half 1's reference: position (Å) and error estimate (Å) |
+| ``losses.jsonl`` / ``losses.png`` | one line per epoch and half: mode, data, regularisation, KL, λ; and their plot |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..consensus import save_model  # noqa: E402
+from ..data.particles import ParticleTable  # noqa: E402
+from ..gaussians import GaussianModel, render_volume  # noqa: E402
+from ..io.atomic import atomic_path  # noqa: E402
+from ..io.mrc import write_map  # noqa: E402
+from ..io.star import write_particles  # noqa: E402
+from .validation import ErrorEstimates  # noqa: E402
+
+LATENTS = "latent_means.npy"
+LATENTS_HALF2 = "latent_means_half2_validation.npy"
+PARTICLES = "particles.star"
+LOSS_LOG = "losses.jsonl"
+LOSS_PLOT = "losses.png"
+GAUSSIAN_ERRORS = "gaussian_errors.csv"
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+def own_half_latents(estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
+    """Each particle's code from its own half's encoder; validation particles from half 1's."""
+    first, second = estimates.latents
+    use_second = (halves == 2) & ~validation
+    return np.where(use_second[:, None], second, first).astype(np.float32)
+
+
+def write_latents(run: Path, estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
+    latents = own_half_latents(estimates, halves, validation)
+    save_array(run / LATENTS, latents)
+    second = np.full_like(latents, np.nan)
+    second[validation] = estimates.latents[1][validation]
+    save_array(run / LATENTS_HALF2, second.astype(np.float32))
+    return latents
+
+
+def write_particle_table(run: Path, table: ParticleTable, latents: np.ndarray, halves: np.ndarray,
+                         validation: np.ndarray, estimates: ErrorEstimates) -> None:
+    """The input table with every column kept and the per-particle results added."""
+    frame = table.particles.copy()
+    for k in range(latents.shape[1]):
+        frame[f"dmLatent{k + 1}"] = latents[:, k].astype(np.float64)
+    frame["dmHalfSet"] = halves.astype(np.int64)
+    frame["dmValidation"] = validation.astype(np.int64)
+    frame["dmErrorAngstrom"] = estimates.particle_error_angstrom.astype(np.float64)
+    own = np.where(halves == 2, estimates.displacement_rms_angstrom[1], estimates.displacement_rms_angstrom[0])
+    frame["dmDisplacementAngstrom"] = own.astype(np.float64)
+    write_particles(run / PARTICLES, replace(table, particles=frame))
+
+
+def write_half_models(run: Path, models: list[GaussianModel], box: int, voxel_size_angstrom: float) -> None:
+    for half, model in enumerate(models, 1):
+        save_model(run / f"consensus_half{half}.pt", model, box=box, voxel_size_angstrom=voxel_size_angstrom)
+        write_map(run / f"consensus_half{half}.mrc", render_volume(model, box, voxel_size_angstrom).numpy(),
+                  voxel_size_angstrom)
+
+
+def write_gaussian_errors(run: Path, positions: np.ndarray, errors: np.ndarray) -> None:
+    table = np.column_stack([positions, errors])
+    with atomic_path(run / GAUSSIAN_ERRORS) as tmp:
+        np.savetxt(tmp, table, delimiter=",", fmt="%.5f", comments="",
+                   header="x_angstrom,y_angstrom,z_angstrom,error_angstrom")
+
+
+def write_loss_log(run: Path, history: list[dict]) -> None:
+    """Rewrite the whole JSON-lines log (it is short) so a resumed run never duplicates lines."""
+    with atomic_path(run / LOSS_LOG) as tmp:
+        tmp.write_text("".join(json.dumps(entry) + "\n" for entry in history), encoding="utf-8")
+
+
+def plot_losses(run: Path, history: list[dict]) -> None:
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for half in (1, 2):
+        rows = [h for h in history if h["half"] == half]
+        epochs = [h["epoch"] for h in rows]
+        for axis, key in zip(axes, ("data", "regularisation", "lambda"), strict=True):
+            axis.plot(epochs, [h[key] for h in rows], label=f"half {half}")
+            axis.set_title(key)
+            axis.set_xlabel("epoch")
+    axes[0].legend()
+    figure.tight_layout()
+    with atomic_path(run / LOSS_PLOT) as tmp:
+        figure.savefig(tmp, format="png", dpi=80)
+    plt.close(figure)

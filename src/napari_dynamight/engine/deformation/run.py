@@ -1,0 +1,199 @@
+"""Stage 3 as one operation: two half-set VAEs learn every particle's deformation.
+
+``optimize_deformations`` is a generator of :class:`Progress` events (cancel by closing it) that
+checks every input, builds or loads the consensus Gaussian model, trains the two halves epoch by
+epoch on the schedule of ``schedule.py``, checkpoints every few epochs, and finally writes the outputs
+listed in ``outputs.py``. With ``resume=True`` it continues from the last checkpoint in the run
+directory and ends with the same result as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..consensus import automatic_threshold, fill_with_gaussians, fit_to_map, save_model
+from ..consensus_stage import suggested_gaussian_count
+from ..errors import InputError
+from ..gaussians import GaussianModel
+from ..io.atomic import atomic_path
+from ..progress import Progress, ProgressGenerator
+from . import checkpoint as ckpt
+from . import outputs
+from .batches import ParticleBatches
+from .inputs import RunInputs, moving_flags, read_inputs
+from .schedule import StopRule, epoch_mode, is_reference_update, update_references
+from .settings import DeformationSettings
+from .trainer import HalfSet
+from .validation import estimate_errors
+
+RUN_FILE = "run.json"
+INITIAL_MODEL = "consensus_initial.pt"
+
+
+@dataclass
+class DeformationResult:
+    run_directory: Path
+    epochs: int
+    stopped_early: bool
+    n_gaussians: int
+    train_box: int
+    seconds: float
+    latents: np.ndarray
+
+
+def _consensus_model(inputs: RunInputs, n_gaussians, threshold, seed, device) -> ProgressGenerator[GaussianModel]:
+    if inputs.consensus_model is not None:
+        return inputs.consensus_model
+    volume, voxel = inputs.consensus_map, inputs.voxel_size_angstrom
+    level = automatic_threshold(volume) if threshold is None else float(threshold)
+    count = suggested_gaussian_count(volume, voxel, level) if n_gaussians is None else int(n_gaussians)
+    start = fill_with_gaussians(volume, voxel, count, threshold=level, mask=None, seed=seed)
+    fit = yield from fit_to_map(start, volume, voxel, n_steps=200, device=device, threshold=level)
+    return fit.model
+
+
+def _check_run_directory(run: Path, resume: bool, settings: DeformationSettings) -> dict | None:
+    """The state of the last epoch checkpoint to resume from, or None; refuse to overwrite a run
+    without ``resume``. A resumed run may ask for more epochs; every other setting must match."""
+    if run.exists() and not run.is_dir():
+        raise InputError(f"{run}: exists and is not a folder; give a folder for the run")
+    latest = ckpt.latest_checkpoint(run)
+    final = ckpt.final_path(run)
+    if not resume:
+        if latest is not None or final.exists():
+            raise InputError(f"{run}: already holds a deformation run; add --resume to continue it "
+                             "or choose another --output-directory")
+        return None
+    if latest is None:
+        return None
+    state = ckpt.load_checkpoint(latest)
+    saved = DeformationSettings.from_dict(json.loads(state["settings"]))
+    changed = [k for k, v in saved.to_dict().items() if k != "epochs" and settings.to_dict()[k] != v]
+    if changed:
+        name = changed[0]
+        raise InputError(f"{latest}: was made with {name}={saved.to_dict()[name]!r}, not "
+                         f"{settings.to_dict()[name]!r}; resume with the run's original options")
+    return state
+
+
+def optimize_deformations(
+    particles: str | Path,
+    consensus: str | Path,
+    output_directory: str | Path,
+    *,
+    settings: DeformationSettings = DeformationSettings(),
+    mask: str | Path | None = None,
+    consensus_model: str | Path | None = None,
+    n_gaussians: int | None = None,
+    threshold: float | None = None,
+    box: int | None = None,
+    data_root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+) -> ProgressGenerator[DeformationResult]:
+    """Train the two half-set VAEs and write the run directory (see the module docstring)."""
+    started = time.perf_counter()
+    settings.check()
+    run = Path(output_directory)
+    resumed = _check_run_directory(run, resume, settings)
+    inputs = read_inputs(particles, consensus, mask, consensus_model, n_gaussians, box, data_root, device,
+                         settings.validation_fraction, settings.seed)
+    dev = inputs.device
+    yield Progress("preparing", 0, None, message=f"{len(inputs.table)} particles at box {inputs.train_box}")
+    batches = ParticleBatches(inputs.table, inputs.train_box, dev)
+    try:
+        if resumed is not None:
+            initial = GaussianModel.from_state_dict(resumed["initial_model"])
+        else:
+            initial = (yield from _consensus_model(inputs, n_gaussians, threshold, settings.seed, dev)).to("cpu")
+        moving = moving_flags(initial.positions_angstrom, inputs.mask, inputs.voxel_size_angstrom)
+        extent = 0.5 * inputs.consensus_map.shape[0] * inputs.voxel_size_angstrom
+        halves = []
+        for half in (1, 2):
+            members = inputs.halves == half
+            halves.append(HalfSet(half, initial, np.nonzero(members & ~inputs.validation)[0],
+                                  np.nonzero(members & inputs.validation)[0], batches.box, extent,
+                                  settings, moving, dev))
+        history, stop, epoch = [], StopRule(settings.stop_after_increases), 0
+        if resumed is not None:
+            for half, state in zip(halves, resumed["halves"], strict=True):
+                ckpt.load_half_state(half, state)
+            history = json.loads(resumed["history"])
+            stop.load_state_dict(json.loads(resumed["stop"]))
+            epoch = int(resumed["epoch"])
+        else:
+            run.mkdir(parents=True, exist_ok=True)
+            save_model(run / INITIAL_MODEL, initial, box=inputs.consensus_map.shape[0],
+                       voxel_size_angstrom=inputs.voxel_size_angstrom)
+            for half in halves:
+                subset = half.train_rows[: settings.noise_subset]
+                half.fit_amplitude(batches, subset)
+                half.estimate_noise(batches, subset, deform=False)
+        _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, None)
+
+        def state(stopped: bool) -> dict:
+            return {"epoch": epoch, "stopped": stopped, "settings": json.dumps(settings.to_dict()),
+                    "history": json.dumps(history), "stop": json.dumps(stop.state_dict()),
+                    "initial_model": initial.state_dict(), "halves": [ckpt.half_state(h) for h in halves]}
+
+        stopped = bool(resumed["stopped"]) if resumed is not None else False
+        while epoch < settings.epochs and not stopped:
+            epoch += 1
+            mode = epoch_mode(epoch, settings)
+            for index, half in enumerate(halves):
+                losses = yield from half.epoch(mode, batches, epoch, settings.epochs)
+                stop.record(index, losses["data"])
+                history.append({"epoch": epoch, "half": half.half, "mode": mode} | losses)
+                if mode == "warmup":
+                    half.estimate_noise(batches, half.train_rows[: settings.noise_subset], deform=False)
+            if is_reference_update(epoch, settings):
+                update_references(halves, batches, settings, batches.pixel_size_angstrom)
+                for half in halves:
+                    half.estimate_noise(batches, half.train_rows[: settings.noise_subset], deform=True)
+            stopped = stop.should_stop
+            outputs.write_loss_log(run, history)
+            if epoch % settings.checkpoint_every == 0 or epoch == settings.epochs or stopped:
+                ckpt.save_checkpoint(ckpt.epoch_path(run, epoch), state(stopped))
+        ckpt.save_checkpoint(ckpt.final_path(run), state(stopped))
+
+        estimates = yield from estimate_errors(halves, batches, np.nonzero(inputs.validation)[0])
+        latents = outputs.write_latents(run, estimates, inputs.halves, inputs.validation)
+        outputs.write_particle_table(run, inputs.table, latents, inputs.halves, inputs.validation, estimates)
+        models = [h.model(detach=True).to("cpu") for h in halves]
+        outputs.write_half_models(run, models, inputs.consensus_map.shape[0], inputs.voxel_size_angstrom)
+        outputs.write_gaussian_errors(run, models[0].positions_angstrom.numpy(), estimates.gaussian_error_angstrom)
+        outputs.plot_losses(run, history)
+        seconds = time.perf_counter() - started
+        _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial,
+                        {"epochs": epoch, "stopped_early": stopped and epoch < settings.epochs,
+                         "seconds_this_session": seconds})
+    finally:
+        batches.close()
+    return DeformationResult(run, epoch, stopped and epoch < settings.epochs, initial.n_gaussians,
+                             batches.box, seconds, latents)
+
+
+def _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, result) -> None:
+    """``run.json``: inputs, settings, sizes, and (at the end) the result; decode reads it."""
+    info = {
+        "particles": str(Path(particles).resolve()), "consensus": str(Path(consensus).resolve()),
+        "consensus_model": None if consensus_model is None else str(Path(consensus_model).resolve()),
+        "mask": None if mask is None else str(Path(mask).resolve()),
+        "n_particles": len(inputs.table), "n_gaussians": initial.n_gaussians,
+        "n_moving_gaussians": int(moving_flags(initial.positions_angstrom, inputs.mask,
+                                               inputs.voxel_size_angstrom).sum()),
+        "half_sizes": [int((inputs.halves == h).sum()) for h in (1, 2)],
+        "n_validation": int(inputs.validation.sum()),
+        "consensus_box": int(inputs.consensus_map.shape[0]),
+        "voxel_size_angstrom": float(inputs.voxel_size_angstrom),
+        "train_box": int(inputs.train_box), "device": str(inputs.device),
+        "settings": settings.to_dict(), "result": result,
+    }
+    with atomic_path(run / RUN_FILE) as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

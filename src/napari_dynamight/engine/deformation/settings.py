@@ -1,0 +1,79 @@
+"""Every option of a deformation run in one place, with the defaults and why they were chosen."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class DeformationSettings:
+    """Options of :func:`engine.deformation.run.optimize_deformations`.
+
+    Network sizes default to what trains in minutes on a 2-core CPU: the decoder's cost is
+    particles × Gaussians × width² × depth per step, so the paper's 8 layers of ~1000 units (10 M
+    parameters, made for a GPU and 10,000 Gaussians) would make a CPU epoch ~100× slower. Width 64,
+    depth 4 (6 linear layers in all) keeps the positional encoding's 10 frequencies and still fits the
+    smooth domain motions of a ~200-residue protein; both are options.
+    """
+
+    latent_dim: int = 6
+    n_frequencies: int = 10
+    decoder_width: int = 64
+    decoder_depth: int = 4
+    encoder_width: int = 256
+    epochs: int = 60
+    batch_size: int = 64
+    warmup_epochs: int = 2
+    consensus_period: int = 30  # every this many epochs ...
+    consensus_epochs: int = 5  # ... the last this many update only the Gaussians
+    reference_update_every: int = 10  # non-frozen epochs between reference replacements
+    alignment_mask_angstrom: float = 6.0
+    alignment_predictions: int = 100
+    stop_after_increases: int = 40
+    regularisation_ratio: float = 0.9
+    lambda_batches: int = 16  # batches per epoch whose separate gradients set λ
+    kl_weight: float = 0.02
+    initial_log_variance: float = 0.0
+    learning_rate_encoder: float = 1e-3
+    learning_rate_decoder: float = 1e-3
+    learning_rate_positions_angstrom: float = 0.01
+    learning_rate_scales: float = 1e-3
+    validation_fraction: float = 0.1
+    checkpoint_every: int = 5
+    noise_subset: int = 512
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise InputError (one line, naming the option) for values that cannot work."""
+        positive = ("latent_dim", "decoder_width", "encoder_width", "epochs", "batch_size",
+                    "consensus_period", "reference_update_every", "alignment_predictions",
+                    "stop_after_increases", "checkpoint_every", "noise_subset", "lambda_batches")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("n_frequencies", "decoder_depth", "warmup_epochs", "consensus_epochs"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.consensus_epochs >= self.consensus_period:
+            raise InputError(f"--consensus-epochs {self.consensus_epochs} must be below the period "
+                             f"{self.consensus_period}, else the networks never train")
+        if not 0.0 <= self.validation_fraction < 0.5:
+            raise InputError(f"--validation-fraction must be in [0, 0.5), got {self.validation_fraction}")
+        if not self.regularisation_ratio >= 0.0:
+            raise InputError(f"--regularisation-ratio must not be negative, got {self.regularisation_ratio}")
+        for name in ("learning_rate_encoder", "learning_rate_decoder", "learning_rate_positions_angstrom",
+                     "learning_rate_scales", "alignment_mask_angstrom"):
+            if not getattr(self, name) > 0.0:
+                raise InputError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+        if self.kl_weight < 0:
+            raise InputError(f"KL weight must not be negative, got {self.kl_weight}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DeformationSettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})

@@ -1,0 +1,67 @@
+"""Deformation error estimates from the two independent half-set models (method.md, "Validation").
+
+Each particle goes through both halves' encoder/decoder pairs. Both deformation fields are evaluated
+at the same points, half 1's reference positions (the references are kept in one conformation by the
+alignment step), and the distance between the two predicted positions of each Gaussian is the error
+estimate: per particle its RMS over Gaussians, per Gaussian its RMS over the validation particles.
+For validation particles neither decoder has seen the image, so their estimate is unbiased; for
+training particles one of the two halves was trained on it, so the value is a lower estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..progress import Progress
+from .batches import ParticleBatches
+from .trainer import HalfSet
+
+
+@dataclass
+class ErrorEstimates:
+    """Latent means of all rows by both halves, and the error estimates."""
+
+    latents: tuple[np.ndarray, np.ndarray]  # (N, D) per half, table row order
+    particle_error_angstrom: np.ndarray  # (N,)
+    gaussian_error_angstrom: np.ndarray  # (N_gaussians,) over validation rows (all rows if none)
+    displacement_rms_angstrom: tuple[np.ndarray, np.ndarray]  # (N,) each half's own RMS displacement
+
+
+@torch.no_grad()
+def estimate_errors(halves: list[HalfSet], batches: ParticleBatches, validation_rows: np.ndarray,
+                    batch_size: int = 128) -> Generator[Progress, None, ErrorEstimates]:
+    """Encode every particle with both halves and compare their deformation fields."""
+    n, n_gauss = batches.n, halves[0].positions.shape[0]
+    latent_dim = halves[0].settings.latent_dim
+    latents = [np.zeros((n, latent_dim), np.float32) for _ in halves]
+    motion = [np.zeros(n, np.float32) for _ in halves]
+    particle_error = np.zeros(n, np.float32)
+    is_validation = np.zeros(n, bool)
+    is_validation[validation_rows] = True
+    squares = torch.zeros(n_gauss, dtype=torch.float64, device=halves[0].device)
+    counted = 0
+    points = halves[0].positions.detach()
+    n_batches = (n + batch_size - 1) // batch_size
+    for step, start in enumerate(range(0, n, batch_size), 1):
+        rows = np.arange(start, min(start + batch_size, n))
+        batch = batches.get(rows)
+        predicted = []
+        for k, half in enumerate(halves):
+            z = half.encode(batch["encoder_input"])
+            latents[k][rows] = z.cpu().numpy()
+            own = half.deformed_positions(z)
+            motion[k][rows] = (own - half.positions).pow(2).sum(-1).mean(-1).sqrt().cpu().numpy()
+            predicted.append(half.deformed_positions(z, points))
+        distance_sq = (predicted[0] - predicted[1]).pow(2).sum(-1)  # (B, N)
+        particle_error[rows] = distance_sq.mean(-1).sqrt().cpu().numpy()
+        chosen = torch.as_tensor(is_validation[rows] if is_validation.any() else np.ones(len(rows), bool),
+                                 device=distance_sq.device)
+        squares += distance_sq[chosen].sum(0).double()
+        counted += int(chosen.sum())
+        yield Progress("error estimates", step, n_batches)
+    gaussian_error = (squares / max(counted, 1)).sqrt().float().cpu().numpy()
+    return ErrorEstimates((latents[0], latents[1]), particle_error, gaussian_error, (motion[0], motion[1]))

@@ -1,0 +1,48 @@
+"""A tiny simulated adenylate-kinase data set shared by the deformation tests (made once per session).
+
+400 particles at box 32 (2.5 Å/px, SNR 1) drawn from 25 frames spread over the closed -> open
+trajectory, and a 300-Gaussian consensus model fitted to its consensus map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from napari_dynamight.engine.consensus_stage import fit_consensus
+from napari_dynamight.engine.deformation.settings import DeformationSettings
+from napari_dynamight.engine.progress import run
+from napari_dynamight.engine.simulate import simulate
+
+ADK = Path(__file__).parent / "data" / "adk"
+
+# Small networks and few epochs: the whole test set must run in a few minutes on 2 cores.
+FAST = DeformationSettings(epochs=6, batch_size=32, warmup_epochs=1, decoder_width=32, decoder_depth=2,
+                           encoder_width=64, checkpoint_every=2, consensus_period=5, consensus_epochs=1,
+                           reference_update_every=2, alignment_predictions=10, noise_subset=64)
+
+
+@dataclass
+class Simulated:
+    folder: Path
+    star: Path
+    consensus: Path
+    model: Path
+    labels: pd.DataFrame
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory) -> Simulated:
+    folder = tmp_path_factory.mktemp("adk_sim")
+    run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=folder / "sim",
+                 n_particles=400, box=32, pixel_size_angstrom=2.5, snr=1.0, frames=list(range(0, 98, 4)),
+                 seed=0))
+    sim = folder / "sim"
+    fit = run(fit_consensus(sim / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100))
+    assert math.isfinite(fit.correlation) and fit.correlation > 0.9
+    return Simulated(folder, sim / "particles.star", sim / "consensus.mrc", fit.model_path,
+                     pd.read_csv(sim / "ground_truth" / "labels.csv"))

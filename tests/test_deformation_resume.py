@@ -1,0 +1,66 @@
+"""Resume: a run killed after a checkpoint, or during a checkpoint write, ends exactly like a straight run."""
+
+import numpy as np
+import pytest
+
+from _deformation_data import FAST, simulated  # noqa: F401
+from napari_dynamight.engine.deformation import checkpoint
+from napari_dynamight.engine.deformation.run import optimize_deformations
+from napari_dynamight.engine.progress import run
+
+
+def start(simulated, out, resume=False):  # noqa: F811
+    return optimize_deformations(simulated.star, simulated.consensus, out, settings=FAST,
+                                 consensus_model=simulated.model, resume=resume)
+
+
+@pytest.fixture(scope="module")
+def straight(simulated, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("straight") / "run"
+    run(start(simulated, out))
+    return np.load(out / "latent_means.npy"), out
+
+
+def test_kill_after_a_checkpoint_then_resume_gives_the_same_result(simulated, straight, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    operation = start(simulated, out)
+    for event in operation:  # stop (= close the generator, the engine's cancel) inside epoch 4
+        if "epoch 4/" in event.stage and event.step == 2:
+            break
+    operation.close()
+    assert checkpoint.latest_checkpoint(out).name == "epoch_0002.pt"
+    assert not (out / "latent_means.npy").exists()
+    run(start(simulated, out, resume=True))
+    latents, reference = np.load(out / "latent_means.npy"), straight[0]
+    assert np.abs(latents - reference).max() < 1e-6
+    assert (out / "losses.jsonl").read_text() == (straight[1] / "losses.jsonl").read_text()
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(simulated, straight, tmp_path, monkeypatch):  # noqa: F811
+    out = tmp_path / "run"
+    real = checkpoint._serialise
+
+    def dying(state, path):
+        if state["epoch"] == 4:
+            path.write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt  # as if the process were killed here
+        real(state, path)
+
+    monkeypatch.setattr(checkpoint, "_serialise", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(start(simulated, out))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0002.pt"]  # no temp file left
+    monkeypatch.setattr(checkpoint, "_serialise", real)
+    run(start(simulated, out, resume=True))
+    assert np.abs(np.load(out / "latent_means.npy") - straight[0]).max() < 1e-6
+
+
+def test_resume_of_a_finished_run_rewrites_the_same_outputs(simulated, straight, tmp_path):  # noqa: F811
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight[1], out)
+    (out / "latent_means.npy").unlink()
+    result = run(start(simulated, out, resume=True))
+    assert result.epochs == 6
+    assert np.abs(np.load(out / "latent_means.npy") - straight[0]).max() < 1e-6
