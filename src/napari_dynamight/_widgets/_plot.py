@@ -1,0 +1,161 @@
+"""The latent scatter plot: matplotlib in Qt, points up to a threshold and a density image above it.
+
+The plot only draws; the selection model lives in numpy (``engine.explore``). Above
+:data:`DENSITY_THRESHOLD` points a 2D histogram is drawn instead of markers (a full scatter of 10⁶
+points takes seconds; a histogram image tens of milliseconds), coloured by the mean of the chosen
+value in each bin. Clicks, drags and lassos are reported through callbacks in data coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from matplotlib.widgets import LassoSelector
+
+DENSITY_THRESHOLD = 200_000
+BINS = 200
+
+
+def binned_mean(coords: np.ndarray, values: np.ndarray, extent, bins: int = BINS):
+    """(bins, bins) mean of ``values`` per bin (NaN where empty), indexed [y, x]; and the counts."""
+    (x0, x1), (y0, y1) = extent
+    ix = np.clip(((coords[:, 0] - x0) / max(x1 - x0, 1e-12) * bins).astype(np.int64), 0, bins - 1)
+    iy = np.clip(((coords[:, 1] - y0) / max(y1 - y0, 1e-12) * bins).astype(np.int64), 0, bins - 1)
+    flat = iy * bins + ix
+    counts = np.bincount(flat, minlength=bins * bins)
+    sums = np.bincount(flat, weights=values, minlength=bins * bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts
+    return mean.reshape(bins, bins), counts.reshape(bins, bins)
+
+
+class LatentPlot(FigureCanvasQTAgg):
+    """Scatter or density of 2D coordinates; ``mode`` "decode" (click/drag) or "lasso"."""
+
+    def __init__(self, on_point: Callable | None = None, on_lasso: Callable | None = None,
+                 density_threshold: int = DENSITY_THRESHOLD):
+        self.figure = Figure(figsize=(4, 4), layout="constrained")
+        super().__init__(self.figure)
+        self.axes = self.figure.add_subplot(1, 1, 1)
+        self.on_point, self.on_lasso = on_point, on_lasso
+        self.density_threshold = density_threshold
+        self.coords = np.zeros((0, 2), np.float32)
+        self.artist = None
+        self.selected_artist = None
+        self.marker = self.axes.plot([], [], "x", color="red", markersize=10, mew=2)[0]
+        self.path_line = self.axes.plot([], [], "-", color="black", lw=1.5)[0]
+        self.colorbar = None
+        self.mode = "decode"
+        self._dragging = False
+        self.lasso = LassoSelector(self.axes, self._lasso_done, useblit=False)
+        self.lasso.set_active(False)
+        self.mpl_connect("button_press_event", self._press)
+        self.mpl_connect("motion_notify_event", self._motion)
+        self.mpl_connect("button_release_event", self._release)
+
+    @property
+    def density(self) -> bool:
+        return len(self.coords) > self.density_threshold
+
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
+        self.lasso.set_active(mode == "lasso")
+
+    def set_data(self, coords: np.ndarray, values: np.ndarray, label: str, cmap: str = "viridis"):
+        """Draw ``coords`` coloured by ``values`` (a new data set: axes limits reset)."""
+        self.coords = np.asarray(coords, dtype=np.float32)
+        if self.artist is not None:
+            self.artist.remove()
+            self.artist = None
+        low, high = self.coords.min(axis=0), self.coords.max(axis=0)
+        pad = 0.02 * np.maximum(high - low, 1e-6)
+        self.extent = ((low[0] - pad[0], high[0] + pad[0]), (low[1] - pad[1], high[1] + pad[1]))
+        self.axes.set_xlim(*self.extent[0])
+        self.axes.set_ylim(*self.extent[1])
+        if self.density:
+            image, _ = binned_mean(self.coords, values, self.extent)
+            (x0, x1), (y0, y1) = self.extent
+            self.artist = self.axes.imshow(image, origin="lower", extent=(x0, x1, y0, y1),
+                                           aspect="auto", cmap=cmap, interpolation="nearest")
+        else:
+            size = float(np.clip(2e4 / max(len(self.coords), 1), 0.5, 20))
+            self.artist = self.axes.scatter(self.coords[:, 0], self.coords[:, 1], c=values, s=size,
+                                            cmap=cmap, linewidths=0, rasterized=True)
+        if self.colorbar is None:
+            self.colorbar = self.figure.colorbar(self.artist, ax=self.axes)
+        else:
+            self.colorbar.update_normal(self.artist)
+        self.set_selected(np.zeros(len(self.coords), dtype=bool))
+        self.recolour(values, label)
+
+    def recolour(self, values: np.ndarray, label: str) -> None:
+        """Colour by new per-particle ``values`` without redrawing the points' positions."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.density:
+            image, _ = binned_mean(self.coords, values, self.extent)
+            self.artist.set_data(image)
+            shown = image[np.isfinite(image)]
+        else:
+            self.artist.set_array(values)
+            shown = values[np.isfinite(values)]
+        low, high = (float(shown.min()), float(shown.max())) if len(shown) else (0.0, 1.0)
+        self.artist.set_clim(low, high if high > low else low + 1e-6)
+        self.colorbar.update_normal(self.artist)
+        self.colorbar.set_label(label)
+        self.draw_idle()
+
+    def set_selected(self, mask: np.ndarray) -> None:
+        """Outline the selected particles (density mode: a red-tinted image of their bins)."""
+        if self.selected_artist is not None:
+            self.selected_artist.remove()
+            self.selected_artist = None
+        if mask.any():
+            if self.density:
+                _, counts = binned_mean(self.coords[mask], np.zeros(int(mask.sum())), self.extent)
+                (x0, x1), (y0, y1) = self.extent
+                overlay = np.zeros((*counts.shape, 4), np.float32)
+                overlay[counts > 0] = (1, 0, 0, 0.5)
+                self.selected_artist = self.axes.imshow(overlay, origin="lower", aspect="auto",
+                                                        extent=(x0, x1, y0, y1))
+            else:
+                chosen = self.coords[mask]
+                self.selected_artist = self.axes.scatter(chosen[:, 0], chosen[:, 1], s=8,
+                                                         facecolors="none", edgecolors="red",
+                                                         linewidths=0.6, rasterized=True)
+        self.draw_idle()
+
+    def show_marker(self, point) -> None:
+        self.marker.set_data([point[0]], [point[1]])
+        self.draw_idle()
+
+    def show_path(self, points_2d) -> None:
+        points_2d = np.asarray(points_2d)
+        self.path_line.set_data(points_2d[:, 0], points_2d[:, 1]) if len(points_2d) else \
+            self.path_line.set_data([], [])
+        self.draw_idle()
+
+    def _press(self, event) -> None:
+        if self.mode != "decode" or event.inaxes is not self.axes or event.button != 1:
+            return
+        self._dragging = True
+        self._report(event)
+
+    def _motion(self, event) -> None:
+        if self._dragging and event.inaxes is self.axes:
+            self._report(event)
+
+    def _release(self, event) -> None:
+        self._dragging = False
+
+    def _report(self, event) -> None:
+        point = np.array([event.xdata, event.ydata], dtype=np.float64)
+        self.show_marker(point)
+        if self.on_point is not None:
+            self.on_point(point)
+
+    def _lasso_done(self, vertices) -> None:
+        if self.on_lasso is not None and len(vertices) >= 3:
+            self.on_lasso(np.asarray(vertices, dtype=np.float64))

@@ -1,0 +1,49 @@
+"""Open napari on a deformation run's latent space: the explorer, with the run loaded.
+
+RUN is the folder 'napari-dynamight optimize-deformations' wrote (latent_means.npy, particles.star,
+the checkpoints), or that run's particles.star alone (then volumes cannot be decoded). The latent
+means are checked before napari starts. In the explorer, click or drag in the plot to see the volume
+of that latent point, draw a lasso to select particles, export a selection as a STAR file, and save
+the volumes or a movie along a path.
+
+example:
+  napari-dynamight explore run
+  napari-dynamight explore run/particles.star --embedding pca
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_path", type=Path, metavar="RUN",
+                        help="deformation run folder, or its particles.star")
+    parser.add_argument("--embedding", choices=("pca", "umap"), default="pca",
+                        help="2D embedding of the latent means (umap needs umap-learn; "
+                             "default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.explore import embed, load_run
+    from .demo import _check_display
+
+    data = load_run(args.run_path)
+    embed(data.latents[:2], args.embedding)  # fails now, not in the GUI, if umap-learn is missing
+    _check_display()
+    import napari
+
+    viewer = napari.Viewer(title=f"napari-dynamight explore {args.run_path}")
+    open_explorer(viewer, args.run_path, args.embedding)
+    napari.run()
+    return 0
+
+
+def open_explorer(viewer, run_path: Path, embedding: str = "pca"):
+    """Dock the explorer in ``viewer`` and load ``run_path`` into it; returns the widget."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
+    widget.method.value = embedding
+    widget.run.value = run_path
+    widget.open_run(run_path)
+    return widget

@@ -1,0 +1,38 @@
+"""Decode a series of latent points (a path): one volume per point, optionally saved as MRC files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io.mrc import write_map
+from ..progress import Progress, ProgressGenerator
+from .decoding import Decoded, Decoder
+
+
+@dataclass(frozen=True)
+class FrameProgress(Progress):
+    """A progress event that carries the frame just decoded (for a viewer to show and capture)."""
+
+    decoded: Decoded | None = None
+
+
+def decode_path(decoder: Decoder, latents: np.ndarray, folder: str | os.PathLike | None = None,
+                prefix: str = "path") -> ProgressGenerator[list[Path]]:
+    """Decode every latent point in order, yielding each frame; with ``folder``, write
+    ``prefix_NNN.mrc`` files there."""
+    latents = np.asarray(latents, dtype=np.float32)
+    written = []
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    for index, latent in enumerate(latents):
+        decoded = decoder.decode(latent)
+        if folder is not None:
+            path = Path(folder) / f"{prefix}_{index:03d}.mrc"
+            write_map(path, decoded.volume, decoded.voxel_size_angstrom)
+            written.append(path)
+        yield FrameProgress("decode path", index + 1, len(latents), decoded=decoded)
+    return written

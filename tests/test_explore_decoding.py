@@ -1,0 +1,96 @@
+"""The explorer on a real (tiny) deformation run: decoding through DeformationRun, half comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_dynamight.engine.errors import InputError
+from napari_dynamight.engine.explore import load_run
+from napari_dynamight.engine.explore.decoding import open_decoder
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """200 simulated AdK particles, 200 Gaussians, one epoch at box 32 (about 20 s)."""
+    from napari_dynamight._sample import simulated_adk
+    from napari_dynamight.engine.consensus_stage import fit_consensus
+    from napari_dynamight.engine.deformation.run import optimize_deformations
+    from napari_dynamight.engine.deformation.settings import DeformationSettings
+    from napari_dynamight.engine.progress import run
+
+    folder = tmp_path_factory.mktemp("explore_run")
+    data = simulated_adk(folder / "data")
+    fit = run(fit_consensus(data / "consensus.mrc", folder / "consensus", n_gaussians=200, n_steps=10))
+    settings = DeformationSettings(epochs=1, warmup_epochs=0, latent_dim=4, checkpoint_every=1)
+    run(optimize_deformations(data / "particles.star", data / "consensus.mrc", folder / "run",
+                              settings=settings, consensus_model=fit.model_path, box=32))
+    return folder / "run"
+
+
+@pytest.mark.slow
+def test_decode_matches_the_deformation_engine(tiny_run):
+    from napari_dynamight.engine.deformation.decode import DeformationRun
+
+    decoder = open_decoder(tiny_run)
+    reference = DeformationRun.load(tiny_run)
+    data = load_run(tiny_run)
+    assert decoder.latent_dim == data.latents.shape[1] == 4
+    particle = int(np.nonzero(reference.half_sets == 2)[0][0])
+    for half in (1, 2):
+        decoded = decoder.decode(data.latents[particle], half=half)
+        latent = data.latents[particle]
+        np.testing.assert_allclose(decoded.volume, reference.volume(latent, half).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(decoded.positions_angstrom,
+                                   reference.positions(latent, half)[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(decoded.consensus_angstrom,
+                                   reference.reference(half).positions_angstrom.numpy())
+    assert decoded.volume.shape == (64, 64, 64) and decoded.voxel_size_angstrom == pytest.approx(1.5)
+    with pytest.raises(InputError, match="4 latent dimensions"):
+        decoder.decode(np.zeros(3))
+
+
+@pytest.mark.slow
+def test_half_comparison_for_validation_particles(tiny_run):
+    decoder = open_decoder(tiny_run)
+    data = load_run(tiny_run)
+    validation = np.nonzero(data.table.particles["dmValidation"].to_numpy() == 1)[0]
+    np.testing.assert_array_equal(np.nonzero(decoder.validation)[0], validation)
+    comparison = decoder.compare_halves(int(validation[0]))
+    expected = np.linalg.norm(comparison.half1.displacements_angstrom
+                              - comparison.half2.displacements_angstrom, axis=1)
+    np.testing.assert_allclose(comparison.difference_angstrom, expected)
+    half2 = np.load(tiny_run / "latent_means_half2_validation.npy")[validation[0]]
+    np.testing.assert_allclose(comparison.half2.latent, half2)
+    training = int(np.nonzero(~decoder.validation)[0][0])
+    with pytest.raises(InputError, match="not a validation particle"):
+        decoder.compare_halves(training)
+
+
+@pytest.mark.slow
+def test_explorer_decodes_the_run(qtbot, make_napari_viewer, tiny_run):
+    from napari_dynamight._widgets.explorer import HALVES_LAYER, VOLUME_LAYER
+    from napari_dynamight.cli.explore import open_explorer
+    from napari_dynamight.engine.deformation.decode import DeformationRun
+
+    viewer = make_napari_viewer(show=True)
+    widget = open_explorer(viewer, tiny_run)
+    reference = DeformationRun.load(tiny_run)
+    busy = lambda: any(r is not None and r.busy for r in (widget.runner, widget.comparer))  # noqa: E731
+    point = widget.embedding.coords[5]
+    widget.decode_at(point)
+    qtbot.waitUntil(lambda: not busy(), timeout=30_000)
+    latent = widget.embedding.to_latent(point)
+    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, reference.volume(latent, 1).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    widget.half.value = 2  # decodes the same point again with half 2
+    qtbot.waitUntil(lambda: not busy(), timeout=30_000)
+    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, reference.volume(latent, 2).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    row = widget.compare_halves()
+    qtbot.waitUntil(lambda: not busy(), timeout=30_000)
+    assert reference.validation[row]
+    np.testing.assert_allclose(viewer.layers[HALVES_LAYER].features["difference_angstrom"],
+                               widget.last_comparison.difference_angstrom)
+    assert f"particle {row}" in widget.status.value

@@ -1,0 +1,183 @@
+"""The latent-space explorer widget in a shown napari viewer (Xvfb): plot, colour, lasso, decode."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+from matplotlib.backend_bases import MouseEvent
+
+from explore_data import ShiftDecoder, make_run
+from napari_dynamight._widgets.explorer import (POINTS_LAYER, VECTORS_LAYER, VOLUME_LAYER,
+                                                ExplorerWidget)
+from napari_dynamight.engine.explore import load_run
+
+
+@pytest.fixture
+def explorer(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
+    assert isinstance(widget, ExplorerWidget)
+    folder = make_run(tmp_path / "run")
+    return viewer, widget, folder
+
+
+def mouse(plot, kind: str, xy) -> None:
+    """Send a matplotlib mouse event at data coordinates ``xy``, as a real click would."""
+    x, y = plot.axes.transData.transform(xy)
+    MouseEvent(kind, plot, x, y, button=1)._process()
+
+
+def wait_idle(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: widget.runner is None or not widget.runner.busy, timeout=30_000)
+    qtbot.waitUntil(lambda: not widget.tasks.running, timeout=60_000)
+
+
+def test_open_run_plots_every_particle_and_recolours(explorer):
+    viewer, widget, folder = explorer
+    widget.open_run(folder)  # the decoder is missing: the plot and selections still work
+    assert widget.data is not None and len(widget.plot.coords) == 300
+    np.testing.assert_allclose(widget.plot.artist.get_offsets(), widget.embedding.coords)
+    assert {"latent 1", "rlnDefocusU", "dmDisplacementAngstrom"} <= set(widget.colour.choices)
+    widget.colour_by("dmDisplacementAngstrom")
+    expected = starfile.read(folder / "particles.star")["particles"]["dmDisplacementAngstrom"]
+    np.testing.assert_allclose(widget.plot.artist.get_array(), expected)
+    assert widget.plot.artist.get_clim() == pytest.approx((expected.min(), expected.max()))
+    assert widget.plot.colorbar.ax.get_ylabel() == "dmDisplacementAngstrom"
+
+
+def test_lasso_selection_exports_exactly_the_enclosed_particles(qtbot, explorer, tmp_path):
+    viewer, widget, folder = explorer
+    widget.open_run(folder)
+    widget.mode.value = "lasso"
+    coords = widget.embedding.coords
+    # a rectangle around the right half of the plot, drawn with the mouse
+    x_mid = float(np.median(coords[:, 0]))
+    corners = [(x_mid, -40), (40, -40), (40, 40), (x_mid, 40)]
+    widget.plot.axes.set_xlim(-50, 50)
+    widget.plot.axes.set_ylim(-50, 50)
+    mouse(widget.plot, "button_press_event", corners[0])
+    for corner in corners[1:]:
+        mouse(widget.plot, "motion_notify_event", corner)
+    mouse(widget.plot, "button_release_event", corners[-1])
+    expected = coords[:, 0] > x_mid
+    np.testing.assert_array_equal(widget.current_mask, expected)
+    assert widget.selected_label.value == f"selected: {expected.sum()}"
+
+    widget.add_selection("right")
+    path = tmp_path / "right.star"
+    assert widget.export_selection(path, "right") == expected.sum()
+    exported = starfile.read(path, always_dict=True)
+    source = starfile.read(folder / "particles.star", always_dict=True)
+    exported_names = set(exported["particles"]["rlnImageName"])
+    enclosed_names = set(source["particles"]["rlnImageName"][expected])
+    assert exported_names == enclosed_names
+    assert exported["optics"].equals(source["optics"])
+    assert not any(c.startswith("dm") for c in exported["particles"].columns)
+
+
+def test_density_image_above_the_threshold(explorer):
+    viewer, widget, folder = explorer
+    widget.plot.density_threshold = 100  # 300 particles now count as "many"
+    widget.open_run(folder)
+    assert widget.plot.artist.get_array().shape == (200, 200)
+    widget.colour_by("rlnDefocusU")
+    image = np.asarray(widget.plot.artist.get_array())
+    values = widget.columns["rlnDefocusU"]
+    # the bin of particle 0 shows the mean defocus of the particles in that bin
+    (x0, x1), (y0, y1) = widget.plot.extent
+    bins = ((widget.embedding.coords - [x0, y0]) / [x1 - x0, y1 - y0] * 200).astype(int)
+    same = (bins == bins[0]).all(axis=1)
+    assert image[bins[0, 1], bins[0, 0]] == pytest.approx(values[same].mean())
+    mask = widget.select_polygon([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+    assert mask.all()
+
+
+def test_click_decodes_and_updates_the_volume(qtbot, explorer):
+    viewer, widget, folder = explorer
+    decoder = ShiftDecoder()
+    widget.set_data(load_run(folder), decoder)
+    clusters = [widget.embedding.coords[k::3].mean(axis=0) for k in range(3)]
+    mouse(widget.plot, "button_press_event", clusters[0])
+    mouse(widget.plot, "button_release_event", clusters[0])
+    wait_idle(qtbot, widget)
+    volume_0 = np.array(viewer.layers[VOLUME_LAYER].data)
+    shot_0 = viewer.screenshot(canvas_only=True, flash=False)
+    mouse(widget.plot, "button_press_event", clusters[1])  # cluster 1 sits at latent x = 6 Å
+    mouse(widget.plot, "button_release_event", clusters[1])
+    wait_idle(qtbot, widget)
+    layer = viewer.layers[VOLUME_LAYER]
+    assert sum(layer.name == VOLUME_LAYER for layer in viewer.layers) == 1
+    assert np.abs(layer.data - volume_0).max() > 0.1 * volume_0.max()
+    np.testing.assert_allclose(layer.scale, [2.0] * 3)
+    shift = widget.last_decoded.latent[:2]
+    assert shift[0] == pytest.approx(6, abs=0.5) and abs(shift[1]) < 0.5
+    vectors = viewer.layers[VECTORS_LAYER].data
+    np.testing.assert_allclose(vectors[:, 1], np.tile([0, shift[1], shift[0]], (12, 1)), atol=1e-5)
+    np.testing.assert_allclose(viewer.layers[POINTS_LAYER].data,
+                               (decoder.consensus + [shift[0], shift[1], 0])[:, ::-1], atol=1e-5)
+    shot_1 = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot_1[..., :3].std() > 5 and np.abs(shot_1.astype(int) - shot_0).mean() > 0.5
+
+
+def test_dragging_decodes_without_queueing(qtbot, explorer):
+    viewer, widget, folder = explorer
+    decoder = ShiftDecoder()
+    widget.set_data(load_run(folder), decoder)
+    points = widget.embedding.coords[:20]
+    mouse(widget.plot, "button_press_event", points[0])
+    for point in points[1:]:
+        mouse(widget.plot, "motion_notify_event", point)
+    mouse(widget.plot, "button_release_event", points[-1])
+    wait_idle(qtbot, widget)
+    assert widget.runner.requested == 20
+    assert decoder.calls <= 3  # the first, perhaps one replaced in flight, and the last
+    np.testing.assert_allclose(widget.last_point, points[-1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(widget.last_decoded.latent, widget.embedding.to_latent(widget.last_point))
+
+
+def test_path_volumes_and_movie(qtbot, explorer, tmp_path):
+    viewer, widget, folder = explorer
+    widget.set_data(load_run(folder), ShiftDecoder())
+    clusters = [widget.embedding.coords[k::3].mean(axis=0) for k in range(3)]
+    widget.frames.value = 4
+    widget.decode_at(clusters[0])
+    widget.set_path_end(0)
+    widget.decode_at(clusters[1])
+    widget.set_path_end(1)
+    wait_idle(qtbot, widget)
+    assert widget.path_latents.shape == (4, 4)
+    widget.save_volumes(tmp_path / "volumes")
+    wait_idle(qtbot, widget)
+    files = sorted((tmp_path / "volumes").glob("path_*.mrc"))
+    assert len(files) == 4
+    with mrcfile.open(files[0]) as first, mrcfile.open(files[-1]) as last:
+        assert np.abs(first.data - last.data).max() > 0.1 * first.data.max()
+        assert float(first.voxel_size.x) == pytest.approx(2.0)
+
+    widget.path_kind.value = "along the data"
+    widget.make_path()
+    movie = tmp_path / "path.gif"
+    widget.export_movie(movie)
+    wait_idle(qtbot, widget)
+    assert widget.tasks.last_outcome.error is None
+    frames = iio.imread(movie)
+    assert frames.shape[0] == 4
+    assert np.abs(frames[0].astype(int) - frames[-1]).mean() > 0.5
+    assert frames[0].std() > 5
+
+
+def test_gaussian_error_estimates_view(explorer):
+    viewer, widget, folder = explorer
+    rng = np.random.default_rng(2)
+    table = np.column_stack([rng.normal(0, 10, (40, 3)), rng.uniform(0, 3, 40)])
+    np.savetxt(folder / "gaussian_errors.csv", table, delimiter=",", fmt="%.5f", comments="",
+               header="x_angstrom,y_angstrom,z_angstrom,error_angstrom")
+    widget.open_run(folder)
+    layer = widget.show_gaussian_errors()
+    np.testing.assert_allclose(layer.data, table[:, 2::-1], atol=1e-5)
+    np.testing.assert_allclose(layer.features["error_angstrom"], table[:, 3], atol=1e-5)
+    colours = layer.face_color[np.argsort(table[:, 3])[[0, -1]]]
+    assert np.abs(colours[0] - colours[1]).sum() > 0.5  # lowest and highest error differ in colour
