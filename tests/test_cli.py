@@ -20,7 +20,9 @@ from napari_dynamight.cli import COMMANDS, _progress, available_commands, build_
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.progress import Progress
 
-EXPECTED_COMMANDS = ("info", "simulate", "fit-consensus", "demo")
+EXPECTED_COMMANDS = (
+    "info", "simulate", "fit-consensus", "optimize-deformations", "decode", "explore", "demo",
+)
 SCRIPT = Path(sys.executable).with_name("napari-dynamight")
 
 

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from .. import __version__
 
 # Command names in pipeline order; ``fit-consensus`` lives in ``cli/fit_consensus.py``.
-COMMANDS: tuple[str, ...] = ("info", "simulate", "fit-consensus", "demo")
+COMMANDS: tuple[str, ...] = (
+    "info", "simulate", "fit-consensus", "optimize-deformations", "decode", "explore", "demo",
+)
 
 
 def module_name(command: str) -> str:
