@@ -207,6 +207,7 @@ def test_demo_headless_writes_summary_and_png(tmp_path, capsys):
     status = main([
         "demo", "--output-directory", str(output), "--headless", "--n-particles", "300",
         "--snr", "1", "--frames", "0:98:10", "--n-gaussians", "200", "--fit-steps", "30",
+        "--epochs", "0",
     ])
     assert status == 0
     summary = json.loads((output / "demo_summary.json").read_text())
@@ -226,6 +227,38 @@ def test_demo_headless_writes_summary_and_png(tmp_path, capsys):
     assert orange.sum() > 50, "no Gaussian markers drawn"
     assert (output / "data" / "particles.star").is_file()
     assert (output / "consensus" / "consensus_gaussians.pt").is_file()
+
+
+def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path):
+    import imageio.v3 as iio
+
+    from napari_dynamight.engine.io.star import read_particles
+
+    output = tmp_path / "demo"
+    status = main([
+        "demo", "--output-directory", str(output), "--headless", "--n-particles", "200",
+        "--snr", "1", "--frames", "0:98:10", "--n-gaussians", "150", "--fit-steps", "20",
+        "--epochs", "3",
+    ])
+    assert status == 0
+    summary = json.loads((output / "demo_summary.json").read_text())
+    motion = summary["deformations"]
+    assert motion["epochs"] == 3
+    assert all(0.0 <= h["abs_spearman_with_true_frame"] <= 1.0 for h in motion["latent_ordering"].values())
+    from napari_dynamight.engine.explore import embed
+
+    latents = np.load(output / "run" / "latent_means.npy")
+    halves = read_particles(output / "run" / "particles.star").particles["dmHalfSet"].to_numpy()
+    names = read_particles(output / "data" / "particles.star").particles["rlnImageName"].to_numpy()
+    expected = set()
+    for half in (1, 2):
+        first = embed(latents[halves == half], "pca").coords[:, 0]
+        expected |= set(names[halves == half][first > np.median(first)])
+    selection = read_particles(output / "selection.star")
+    assert set(selection.particles["rlnImageName"]) == expected
+    assert motion["outputs"]["selected_particles"] == len(selection) == len(expected) == 100
+    frames = iio.imread(output / "motion.gif")
+    assert len(frames) >= 12 and np.abs(frames[0].astype(float) - frames[11].astype(float)).max() > 0
 
 
 def test_demo_without_example_data_fails_clearly(tmp_path):

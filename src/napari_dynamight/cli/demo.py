@@ -2,14 +2,15 @@
 
 Simulates a RELION 3.1 data set from the adenylate kinase closed-to-open trajectory (the
 repository's tests/data/adk files), reads it back as any STAR file is read, fills the consensus
-map with Gaussians and fits them to it, and prints a summary. Then it opens napari with the
-consensus map (an image layer in Å) and the Gaussians (a points layer); with --headless it writes
-demo_summary.json and consensus_slices.png (central slices with the Gaussians) instead.
+map with Gaussians and fits them to it, trains the deformations (--epochs; 0 skips them) and prints
+a summary. Then it opens napari with the consensus map (an image layer in Å), the Gaussians (a
+points layer) and the latent-space explorer on the run; with --headless it writes
+demo_summary.json, consensus_slices.png, latent_space.png, selection.star and motion.gif instead.
 
 Outputs in DIR: data/ (what 'napari-dynamight simulate' writes: particles.star, particles.mrcs,
 consensus.mrc, ground_truth/), consensus/ (what 'napari-dynamight fit-consensus' writes:
-consensus_gaussians.pt, .mrc and .csv), and in headless mode demo_summary.json and
-consensus_slices.png.
+consensus_gaussians.pt, .mrc and .csv), run/ (what 'napari-dynamight optimize-deformations'
+writes), and in headless mode the files above.
 
 example:
   napari-dynamight demo --output-directory demo_output
@@ -59,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-steps", type=int, default=300, metavar="N",
                         help="gradient steps fitting the Gaussians to the map "
                              "(default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=20, metavar="E",
+                        help="deformation training epochs; 0 skips stage 3 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--device", default="cpu",
                         help="torch device, e.g. cpu or cuda (default: %(default)s)")
@@ -95,13 +98,19 @@ def run(args: argparse.Namespace) -> int:
     print(format_result(result))
     if args.headless:
         write_headless_outputs(result, args.output_directory)
-        print(f"wrote {args.output_directory / 'demo_summary.json'} and "
-              f"{args.output_directory / 'consensus_slices.png'}")
+        written = ["demo_summary.json", "consensus_slices.png"]
+        if "deformations" in result["summary"]:
+            written += ["latent_space.png", "selection.star", "motion.gif"]
+        print(f"wrote {', '.join(written)} in {args.output_directory}")
     else:
         import napari
 
         viewer = napari.Viewer(title="napari-dynamight demo", ndisplay=3)
         add_layers(viewer, result)
+        if "deformations" in result["summary"]:
+            from .explore import open_explorer
+
+            open_explorer(viewer, Path(result["summary"]["deformations"]["run_directory"]))
         napari.run()
     return 0
 
@@ -143,6 +152,15 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     timings["fit_consensus_seconds"] = time.perf_counter() - start
     volume, voxel_size = read_map(simulation.consensus_map)
     model = load_model(fit.model_path)
+    motion = {}
+    if args.epochs > 0:
+        from . import _demo_motion
+
+        motion["deformations"] = _demo_motion.train(args, simulation.particles_star,
+                                                    simulation.consensus_map, fit.model_path, output)
+        motion["deformations"].update(_demo_motion.latent_summary(
+            Path(motion["deformations"]["run_directory"]), simulation.labels_csv))
+        timings["optimize_deformations_seconds"] = motion["deformations"]["seconds"]
 
     return {
         "volume": volume,
@@ -169,20 +187,29 @@ def run_pipeline(args: argparse.Namespace) -> dict:
                 "model_file": str(fit.model_path),
             },
             "timings": timings,
+            **motion,
         },
+        "labels_csv": simulation.labels_csv,
     }
 
 
 def format_result(result: dict) -> str:
-    consensus = result["summary"]["consensus"]
-    timings = result["summary"]["timings"]
-    return (
+    summary = result["summary"]
+    consensus, timings = summary["consensus"], summary["timings"]
+    lines = [
         f"consensus model: {consensus['n_gaussians']} Gaussians, "
         f"σ {consensus['sigma_angstrom']:.2f} Å, "
-        f"correlation with the map {consensus['correlation_with_map']:.3f}\n"
-        f"time: simulate {timings['simulate_seconds']:.1f} s, "
-        f"fit consensus {timings['fit_consensus_seconds']:.1f} s"
-    )
+        f"correlation with the map {consensus['correlation_with_map']:.3f}",
+    ]
+    if "deformations" in summary:
+        motion = summary["deformations"]
+        orderings = ", ".join(f"{half.replace('half', 'half ')} {value['abs_spearman_with_true_frame']:.3f}"
+                              for half, value in motion["latent_ordering"].items())
+        lines.append(f"deformations: {motion['epochs']} epochs at box {motion['train_box']}; the best latent "
+                     f"PC orders the particles by true frame with |Spearman| {orderings}")
+    lines.append("time: " + ", ".join(f"{name.replace('_seconds', '').replace('_', ' ')} {value:.1f} s"
+                                      for name, value in timings.items()))
+    return "\n".join(lines)
 
 
 def gaussian_points_zyx(model):
@@ -213,9 +240,15 @@ def add_layers(viewer, result: dict) -> None:
 
 
 def write_headless_outputs(result: dict, output: Path) -> None:
-    """demo_summary.json and consensus_slices.png, each written atomically."""
+    """demo_summary.json and consensus_slices.png (and the motion outputs), each written atomically."""
     from ..engine.io.atomic import atomic_path
 
+    if "deformations" in result["summary"]:
+        from . import _demo_motion
+
+        run_directory = Path(result["summary"]["deformations"]["run_directory"])
+        result["summary"]["deformations"]["outputs"] = _demo_motion.write_outputs(
+            run_directory, result["labels_csv"], output)
     with atomic_path(output / "demo_summary.json") as tmp:
         tmp.write_text(json.dumps(result["summary"], indent=2) + "\n", encoding="utf-8")
     figure = slice_figure(result)

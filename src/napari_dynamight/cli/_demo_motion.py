@@ -1,0 +1,130 @@
+"""The demo's motion part: train the deformations on the example data and show what they found.
+
+Headless outputs (in the demo folder): ``latent_space.png`` (per half set, the latent's first two
+principal components, coloured by the true trajectory frame), ``selection.star`` (a RELION subset: in
+each half set the particles on the high side of its first principal component, as a lasso in the
+explorer would export) and ``motion.gif`` (projections of half 1's volumes decoded along its first
+principal component).
+
+The two half sets are trained independently, so their latent spaces are separate coordinate systems:
+each is looked at on its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+MOVIE_FRAMES = 12
+
+
+def train(args, particles_star: Path, consensus_map: Path, model_path: Path, output: Path) -> dict:
+    """Run optimize-deformations into ``output/run`` (replacing an earlier demo run); its summary."""
+    from ..engine.deformation.run import optimize_deformations
+    from ..engine.deformation.settings import DeformationSettings
+    from ._progress import drive
+
+    run_directory = output / "run"
+    if run_directory.is_dir() and (run_directory / "latent_means.npy").exists():
+        shutil.rmtree(run_directory)  # the demo's own earlier result, not user data
+    start = time.perf_counter()
+    result = drive(
+        optimize_deformations(particles_star, consensus_map, run_directory,
+                              settings=DeformationSettings(epochs=args.epochs, seed=args.seed),
+                              consensus_model=model_path, device=args.device),
+        "optimize deformations",
+    )
+    return {"run_directory": str(result.run_directory), "epochs": result.epochs,
+            "n_gaussians": result.n_gaussians, "train_box": result.train_box,
+            "seconds": time.perf_counter() - start}
+
+
+def latent_summary(run_directory: Path, labels_csv: Path) -> dict:
+    """Per half set, how well the latent orders its particles by true frame (|Spearman| of the best PC)."""
+    import pandas as pd
+
+    from ..engine.evaluation.metrics import latent_frame_ordering
+    from ..engine.explore import load_run
+
+    data = load_run(run_directory)
+    halves = half_sets(data)
+    frames = pd.read_csv(labels_csv)["frame"].to_numpy()
+    summary = {}
+    for half in (1, 2):
+        ordering = latent_frame_ordering(data.latents[halves == half], frames[halves == half])
+        summary[f"half{half}"] = {"best_component": ordering.best_component,
+                                  "abs_spearman_with_true_frame": ordering.best}
+    return {"latent_ordering": summary}
+
+
+def write_outputs(run_directory: Path, labels_csv: Path, output: Path) -> dict:
+    """latent_space.png, selection.star and motion.gif; returns what was written."""
+    import pandas as pd
+
+    from ..engine.explore import embed, load_run
+
+    data = load_run(run_directory)
+    halves = half_sets(data)
+    frames = pd.read_csv(labels_csv)["frame"].to_numpy()
+    coords = {half: embed(data.latents[halves == half], "pca").coords for half in (1, 2)}
+    _latent_figure(coords, {half: frames[halves == half] for half in (1, 2)}, output / "latent_space.png")
+    selected = np.zeros(len(data), dtype=bool)
+    for half in (1, 2):
+        first = coords[half][:, 0]
+        selected[halves == half] = first > np.median(first)
+    count = data.export(output / "selection.star", selected)
+    n_frames = _motion_movie(run_directory, data.latents[halves == 1], output / "motion.gif")
+    return {"latent_space_png": str(output / "latent_space.png"), "selection_star": str(output / "selection.star"),
+            "selected_particles": int(count), "motion_gif": str(output / "motion.gif"), "movie_frames": n_frames}
+
+
+def half_sets(data) -> np.ndarray:
+    """Each particle's half set (1 or 2) as the run recorded it."""
+    return data.table.particles["dmHalfSet"].to_numpy()
+
+
+def _latent_figure(coords: dict, frames: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from ..engine.io.atomic import atomic_path
+
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    for half in (1, 2):
+        axes = figure.add_subplot(1, 2, half)
+        points = axes.scatter(coords[half][:, 0], coords[half][:, 1], c=frames[half], s=6, cmap="viridis",
+                              vmin=min(f.min() for f in frames.values()),
+                              vmax=max(f.max() for f in frames.values()))
+        axes.set_xlabel("latent PC 1")
+        axes.set_ylabel("latent PC 2")
+        axes.set_title(f"half set {half}")
+    figure.colorbar(points, ax=figure.axes, label="true trajectory frame")
+    figure.suptitle("latent space of the example data")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+
+
+def _motion_movie(run_directory: Path, latents: np.ndarray, path: Path) -> int:
+    """Half 1's volumes decoded from the 5th to the 95th percentile of its PC 1, projected, as a GIF."""
+    import imageio.v3 as iio
+
+    from ..engine.deformation.decode import DeformationRun
+    from ..engine.explore import straight_path
+    from ..engine.io.atomic import atomic_path
+
+    centred = latents - latents.mean(0)
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    scores = centred @ direction
+    low, high = np.percentile(scores, [5, 95])
+    path_latents = straight_path(latents.mean(0) + low * direction, latents.mean(0) + high * direction,
+                                 MOVIE_FRAMES)
+    volumes = DeformationRun.load(run_directory).decode_volumes(path_latents.astype(np.float32))
+    projections = volumes.sum(axis=1)
+    scale = np.percentile(projections, 99.9)
+    frames = (np.clip(projections / scale, 0, 1) * 255).astype(np.uint8)
+    frames = np.concatenate([frames, frames[-2:0:-1]])  # there and back, no frame shown twice in a row
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, frames, extension=".gif", duration=120, loop=0)
+    return len(frames)
