@@ -16,7 +16,7 @@ from scipy import ndimage
 import torch
 
 from .errors import InputError
-from .gaussians import GaussianModel, render_volume
+from .gaussians import GaussianModel, normalised_cross_correlation, render_volume
 from .io.atomic import atomic_path
 from .progress import Progress, ProgressGenerator
 
@@ -153,9 +153,7 @@ def fit_to_map(
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-30))
+    return float(normalised_cross_correlation(a[None], b[None])[0])
 
 
 def save_model(path: str | Path, model: GaussianModel, **metadata: float) -> None:

@@ -15,7 +15,7 @@ def fourier_box(box: int, pixel_size_angstrom: float, target_pixel_size_angstrom
     return max(2, 2 * int(round(box * pixel_size_angstrom / target_pixel_size_angstrom / 2)))
 
 
-def _centred_resize(array: torch.Tensor, size: int, dims: tuple[int, ...]) -> torch.Tensor:
+def centred_resize(array: torch.Tensor, size: int, dims: tuple[int, ...]) -> torch.Tensor:
     """Crop or zero-pad the trailing ``dims`` of ``array`` to ``size`` around index ``n // 2``."""
     for dim in dims:
         n = array.shape[dim]
@@ -49,10 +49,10 @@ def fourier_resample(
     size = fourier_box(box, pixel_size_angstrom, target_pixel_size_angstrom)
     if size != box:
         spectrum = torch.fft.fftshift(torch.fft.fft2(images), dim=(-2, -1))
-        spectrum = _centred_resize(spectrum, size, (-2, -1))
+        spectrum = centred_resize(spectrum, size, (-2, -1))
         images = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real
         images = images * (size / box) ** 2
-    return _centred_resize(images, target_box, (-2, -1))
+    return centred_resize(images, target_box, (-2, -1))
 
 
 def radial_index(shape: tuple[int, ...], rfft: bool = True, device=None) -> torch.Tensor:

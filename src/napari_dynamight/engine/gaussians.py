@@ -22,6 +22,12 @@ from .errors import InputError
 MAX_WIDTH_CLASSES = 16
 
 
+def _per_gaussian(value, n: int) -> torch.Tensor:
+    """A scalar (or one-element tensor) shared by all ``n`` Gaussians becomes an (n,) tensor."""
+    value = torch.as_tensor(value)
+    return value.reshape(1).expand(n).clone() if value.numel() == 1 else value
+
+
 @dataclass
 class GaussianModel:
     """N isotropic Gaussians: centres (N, 3) Å, peak amplitudes (N,), widths σ (N,) Å."""
@@ -32,12 +38,8 @@ class GaussianModel:
 
     def __post_init__(self) -> None:
         n = self.positions_angstrom.shape[0]
-        self.amplitudes = torch.as_tensor(self.amplitudes).expand(n).clone() if torch.as_tensor(
-            self.amplitudes
-        ).numel() == 1 else torch.as_tensor(self.amplitudes)
-        self.sigmas_angstrom = torch.as_tensor(self.sigmas_angstrom).expand(n).clone() if torch.as_tensor(
-            self.sigmas_angstrom
-        ).numel() == 1 else torch.as_tensor(self.sigmas_angstrom)
+        self.amplitudes = _per_gaussian(self.amplitudes, n)
+        self.sigmas_angstrom = _per_gaussian(self.sigmas_angstrom, n)
 
     @property
     def n_gaussians(self) -> int:

@@ -17,26 +17,13 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
-from ..fourier import fourier_box, fourier_resample
+from ..fourier import centred_resize, fourier_box, fourier_resample
 from ..geometry import euler_to_matrix
 from ..io.mrc import MrcStack, open_stack
 from .particles import ParticleTable, positions
 
 # Stacks kept memory-mapped at once (RELION projects have one stack per micrograph).
 MAX_OPEN_STACKS = 256
-
-
-def _centre_crop_or_pad(images: torch.Tensor, box: int) -> torch.Tensor:
-    """Crop or zero-pad (B, L, L) images to (B, box, box), keeping pixel L // 2 at box // 2."""
-    size = images.shape[-1]
-    if size == box:
-        return images
-    out = images.new_zeros(images.shape[0], box, box)
-    src = max(0, size // 2 - box // 2)
-    dst = max(0, box // 2 - size // 2)
-    n = min(size, box)
-    out[:, dst : dst + n, dst : dst + n] = images[:, src : src + n, src : src + n]
-    return out
 
 
 def background_mask(box: int, device=None) -> torch.Tensor:
@@ -165,7 +152,7 @@ class ParticleDataset:
             where = np.nonzero((sizes == size) & (boxes == box))[0]
             images = torch.from_numpy(np.stack([raw[k] for k in where])).to(self.device)
             if self._same_pixel(size):
-                images = _centre_crop_or_pad(images, self.box)
+                images = centred_resize(images, self.box, (-2, -1))
             else:
                 images = fourier_resample(images, size, self.pixel_size_angstrom, self.box)
             out[torch.as_tensor(where, device=self.device)] = images.to(torch.float32)
