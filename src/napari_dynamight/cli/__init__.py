@@ -20,7 +20,8 @@ from .. import __version__
 
 # Command names in pipeline order; ``fit-consensus`` lives in ``cli/fit_consensus.py``.
 COMMANDS: tuple[str, ...] = (
-    "info", "simulate", "fit-consensus", "optimize-deformations", "decode", "explore", "demo",
+    "info", "simulate", "fit-consensus", "optimize-deformations", "decode",
+    "optimize-inverse-deformations", "reconstruct", "explore", "demo",
 )
 
 
