@@ -1,0 +1,77 @@
+"""Learn, per half set, the inverse of the deformations of a finished run (stage 4).
+
+For each half set a coordinate network I(z, y) = y + ε(z, y) (positional encoding of the deformed
+position y, the particle's latent mean z, ELU layers) learns to map the deformed Gaussian centres
+D(z_i, c_j) of that half's decoder back to the consensus centres c_j, with a smoothness penalty on
+ε over the whole box. Only the half's own training particles train it; the validation particles give
+a held-out error. The deformed reconstruction (stage 5) backprojects along the field it defines.
+
+Writes into RUN/inverse: checkpoints/ (every --checkpoint-every epochs), final.pt (both halves),
+losses.jsonl (per epoch and half: loss, training and held-out RMS error in Å) and summary.json (per
+half: training and held-out RMS inverse error and RMS forward displacement in Å, seconds). Kill it
+at any time and run the same command with --resume to continue with the same result. See
+docs/inverse.md.
+
+Example:
+  napari-dynamight optimize-inverse-deformations run --epochs 30 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..engine.inverse.settings import InverseSettings
+
+_DEFAULTS = InverseSettings()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("run_directory", type=Path, metavar="RUN", help="a finished optimize-deformations run directory")
+    add("--epochs", type=int, default=_DEFAULTS.epochs, metavar="E", help=f"epochs (default: {_DEFAULTS.epochs})")
+    add("--batch-size", type=int, default=_DEFAULTS.batch_size, metavar="B",
+        help=f"particles per step (default: {_DEFAULTS.batch_size})")
+    add("--learning-rate", type=float, default=_DEFAULTS.learning_rate, metavar="LR",
+        help=f"Adam learning rate at the first epoch, decaying {1 / _DEFAULTS.final_learning_rate_ratio:g}x "
+        f"by the last (default: {_DEFAULTS.learning_rate:g})")
+    add("--smoothness-weight", type=float, default=_DEFAULTS.smoothness_weight, metavar="W",
+        help=f"weight (Å²) of the Jacobian smoothness penalty (default: {_DEFAULTS.smoothness_weight:g})")
+    add("--width", type=int, default=_DEFAULTS.width, help=f"layer width (default: {_DEFAULTS.width})")
+    add("--depth", type=int, default=_DEFAULTS.depth, help=f"hidden layers (default: {_DEFAULTS.depth})")
+    add("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, metavar="E",
+        help=f"epochs between checkpoints (default: {_DEFAULTS.checkpoint_every})")
+    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    add("--seed", type=int, default=0, metavar="S", help="seed of every random choice (default: 0)")
+    add("--resume", action="store_true", help="continue from the last checkpoint in RUN/inverse")
+    add("--threads", type=int, help="CPU threads for torch (default: all cores)")
+
+
+def settings_from(args: argparse.Namespace) -> InverseSettings:
+    return InverseSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                           smoothness_weight=args.smoothness_weight, width=args.width, depth=args.depth,
+                           checkpoint_every=args.checkpoint_every, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine.errors import InputError
+    from ..engine.inverse.run import optimize_inverse_deformations
+    from ._progress import drive
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    result = drive(optimize_inverse_deformations(args.run_directory, settings=settings_from(args),
+                                                 device=args.device, resume=args.resume),
+                   "optimize inverse deformations")
+    for half in (1, 2):
+        numbers = result.summary[f"half{half}"]
+        held_out = numbers["held_out_error_angstrom"]
+        print(f"half {half}: RMS inverse error {numbers['train_error_angstrom']:.3f} Å (training), "
+              + (f"{held_out:.3f} Å (held out)" if held_out is not None else "no held-out particles")
+              + f"; RMS displacement {numbers['train_displacement_angstrom']:.3f} Å")
+    print(f"{result.epochs} epochs, {result.seconds:.0f} s; wrote {result.directory}")
+    return 0

@@ -1,0 +1,161 @@
+"""Stage 4 as one operation: per half set, learn the inverse of the forward deformations.
+
+``optimize_inverse_deformations`` is a generator of :class:`Progress` events (cancel by closing it).
+It reads a finished deformation run, trains the two halves' inverse networks epoch by epoch on their
+own training particles (the validation particles stay out and give an honest held-out error),
+checkpoints every few epochs into ``RUN/inverse/checkpoints`` and writes ``RUN/inverse/final.pt``,
+``losses.jsonl`` and ``summary.json``. With ``resume=True`` it continues from the last checkpoint and
+ends with the same networks as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..deformation import checkpoint as ckpt
+from ..deformation.decode import DeformationRun
+from ..deformation.inputs import check_device
+from ..deformation.outputs import LATENTS, LATENTS_HALF2, write_loss_log
+from ..deformation.run import RUN_FILE
+from ..errors import InputError
+from ..io.atomic import atomic_path
+from ..progress import Progress, ProgressGenerator
+from .settings import InverseSettings
+from .training import InverseHalf
+
+FOLDER = "inverse"
+FINAL = "final.pt"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class InverseResult:
+    directory: Path
+    epochs: int
+    seconds: float
+    summary: dict  # {"half1": {...}, "half2": {...}}: see summary.json in docs/inverse.md
+
+
+def inverse_directory(run_directory: str | Path) -> Path:
+    return Path(run_directory) / FOLDER
+
+
+def final_path(run_directory: str | Path) -> Path:
+    return inverse_directory(run_directory) / FINAL
+
+
+def _check_deformation_run(run: Path) -> None:
+    """Refuse anything but a finished deformation run (run.json with a result, and its latents)."""
+    info_path = run / RUN_FILE
+    if not info_path.is_file():
+        raise InputError(f"{run}: not a deformation run ({RUN_FILE} missing); run optimize-deformations first")
+    try:
+        finished = json.loads(info_path.read_text(encoding="utf-8")).get("result") is not None
+    except (json.JSONDecodeError, AttributeError):
+        raise InputError(f"{info_path}: not a readable run file; run optimize-deformations again") from None
+    if not finished or not (run / LATENTS).is_file():
+        raise InputError(f"{run}: the deformation run has not finished; finish it (optimize-deformations "
+                         "--resume) first")
+
+
+def _resume_state(folder: Path, resume: bool, settings: InverseSettings) -> dict | None:
+    """The last checkpoint's state to resume from, or None; refuse to overwrite without ``resume``.
+    A resumed run may ask for more epochs; every other setting must match."""
+    latest = ckpt.latest_checkpoint(folder)
+    if not resume:
+        if latest is not None or (folder / FINAL).exists():
+            raise InputError(f"{folder}: already holds an inverse run; add --resume to continue it "
+                             "(or delete the folder to start again)")
+        return None
+    if latest is None:
+        return None
+    state = ckpt.load_checkpoint(latest)
+    saved = InverseSettings.from_dict(json.loads(state["settings"]))
+    changed = [k for k, v in saved.to_dict().items() if k != "epochs" and settings.to_dict()[k] != v]
+    if changed:
+        name = changed[0]
+        raise InputError(f"{latest}: was made with {name}={saved.to_dict()[name]!r}, not "
+                         f"{settings.to_dict()[name]!r}; resume with the run's original options")
+    return state
+
+
+def _particle_sets(run: Path, forward: DeformationRun) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per half: the latents of its training particles and the held-out latents of the validation
+    particles as that half's encoder saw them (half 2's are in latent_means_half2_validation.npy)."""
+    latents, validation = forward.latents, forward.validation
+    second = np.load(run / LATENTS_HALF2) if (run / LATENTS_HALF2).is_file() else np.full_like(latents, np.nan)
+    train, held_out = [], []
+    for half, codes in ((1, latents), (2, second)):
+        train.append(latents[(forward.half_sets == half) & ~validation])
+        candidates = codes[validation]
+        held_out.append(candidates[np.isfinite(candidates).all(axis=1)])
+    if min(len(t) for t in train) == 0:
+        raise InputError(f"{run / LATENTS}: a half set has no training particles; nothing to learn from")
+    return train, held_out
+
+
+def optimize_inverse_deformations(
+    run_directory: str | Path,
+    *,
+    settings: InverseSettings = InverseSettings(),
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+) -> ProgressGenerator[InverseResult]:
+    """Train both halves' inverse networks and write ``RUN/inverse`` (see the module docstring)."""
+    started = time.perf_counter()
+    settings.check()
+    dev = check_device(device)
+    run = Path(run_directory)
+    _check_deformation_run(run)
+    folder = inverse_directory(run)
+    resumed = _resume_state(folder, resume, settings)
+    forward = DeformationRun.load(run, dev)
+    train, held_out = _particle_sets(run, forward)
+    yield Progress("preparing", 0, None, message=f"{len(train[0])} + {len(train[1])} training particles")
+    halves = [InverseHalf(h, forward, train[h - 1], held_out[h - 1], settings, dev) for h in (1, 2)]
+    history, epoch, seconds = [], 0, [0.0, 0.0]
+    if resumed is not None:
+        for half, state in zip(halves, resumed["halves"], strict=True):
+            half.load_state(state)
+        history, epoch, seconds = json.loads(resumed["history"]), int(resumed["epoch"]), json.loads(resumed["seconds"])
+
+    def state() -> dict:
+        return {"epoch": epoch, "settings": json.dumps(settings.to_dict()), "history": json.dumps(history),
+                "seconds": json.dumps(seconds), "halves": [h.state() for h in halves]}
+
+    while epoch < settings.epochs:
+        epoch += 1
+        for index, half in enumerate(halves):
+            clock = time.perf_counter()
+            losses = yield from half.epoch(epoch, settings.epochs)
+            seconds[index] += time.perf_counter() - clock
+            check = half.evaluate(held_out=True)["error_angstrom"]
+            history.append({"epoch": epoch, "half": half.half} | losses | {"held_out_error_angstrom": check})
+        write_loss_log(folder, history)
+        if epoch % settings.checkpoint_every == 0 or epoch == settings.epochs:
+            ckpt.save_checkpoint(ckpt.epoch_path(folder, epoch), state())
+
+    yield Progress("evaluating", 0, 2)
+    summary = {}
+    for index, half in enumerate(halves):
+        trained, check = half.evaluate(held_out=False), half.evaluate(held_out=True)
+        summary[f"half{half.half}"] = {
+            "train_error_angstrom": trained["error_angstrom"],
+            "held_out_error_angstrom": check["error_angstrom"],
+            "train_displacement_angstrom": trained["displacement_angstrom"],
+            "held_out_displacement_angstrom": check["displacement_angstrom"],
+            "n_train": len(train[index]), "n_held_out": len(held_out[index]), "seconds": seconds[index]}
+        yield Progress("evaluating", index + 1, 2)
+    ckpt.save_checkpoint(folder / FINAL, {
+        "epoch": epoch, "settings": json.dumps(settings.to_dict()), "latent_dim": forward.latent_dim,
+        "extent_angstrom": halves[0].extent_angstrom, "halves": [{"network": h.network.state_dict()} for h in halves]})
+    summary |= {"epochs": epoch, "settings": settings.to_dict()}
+    with atomic_path(folder / SUMMARY) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return InverseResult(folder, epoch, time.perf_counter() - started, summary)
