@@ -9,7 +9,7 @@ SYSTEM_STAMP := .system-deps.stamp
 DEMO_DIR ?= demo_output
 HEADLESS ?=
 
-DEBIAN_PACKAGES := relion xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglx-mesa0 \
+DEBIAN_PACKAGES := relion ghostscript xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglx-mesa0 \
 	libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 \
 	libfontconfig1 libdbus-1-3

@@ -21,7 +21,8 @@ from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.progress import Progress
 
 EXPECTED_COMMANDS = (
-    "info", "simulate", "fit-consensus", "optimize-deformations", "decode", "explore", "demo",
+    "info", "simulate", "fit-consensus", "optimize-deformations", "decode",
+    "optimize-inverse-deformations", "reconstruct", "explore", "demo",
 )
 SCRIPT = Path(sys.executable).with_name("napari-dynamight")
 

@@ -1,0 +1,158 @@
+"""Stage 5 as one operation: half maps, full map and FSC of a deformation run.
+
+``reconstruct_run`` streams each half set's particles (validation particles belong to their half)
+through a :class:`DeformedAccumulator` with that half's own latents and inverse field, so the half
+maps stay independent; with ``deformations=False`` the same code gives the standard
+reconstruction. The maps are divided with a Wiener-type filter from the half-map FSC (RELION's
+``1/τ² = ⟨CTF²⟩_shell / SNR``, ``SNR = FSC / (1 − FSC)``; twice that for the full map) or a constant.
+Every file is written atomically at the end, so a cancelled run leaves nothing partial.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..ctf import compute_ctf
+from ..data.dataset import ParticleDataset
+from ..deformation.inputs import check_device
+from ..deformation.outputs import LATENTS, LATENTS_HALF2, PARTICLES
+from ..deformation.run import RUN_FILE
+from ..errors import InputError
+from ..fourier import fsc, resolution_at
+from ..io.star import read_particles
+from ..progress import Progress, ProgressGenerator
+from .deformed import DeformedAccumulator
+from .inversion import radius_grid
+from .report import write_outputs
+
+STAGE = "reconstruction"
+FILTERS = ("wiener", "constant")
+WIENER_CONSTANT = 1e-3  # the constant filter: a small fraction of the shell-mean CTF² weight
+
+
+@dataclass
+class ReconstructionResult:
+    directory: Path
+    half_maps: tuple[Path, Path]
+    full_map: Path
+    fsc_csv: Path
+    resolution_angstrom: float  # FSC 0.143 of the half maps
+    resolution_standard_angstrom: float  # the same for the standard reconstruction
+
+
+def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", batch_size: int = 64,
+                    grid_factor: int = 2, filter: str = "wiener") -> ProgressGenerator[ReconstructionResult]:
+    """Reconstruct a run's half maps and full map into ``RUN/reconstruction[_standard]/``."""
+    run = Path(run_directory)
+    if filter not in FILTERS:
+        raise InputError(f"--filter {filter!r} is unknown: use wiener or constant")
+    if int(batch_size) < 1 or int(grid_factor) < 1:
+        raise InputError(f"--batch-size {batch_size} and --grid-factor {grid_factor} must be at least 1")
+    if not (run / RUN_FILE).is_file() or not (run / PARTICLES).is_file():
+        raise InputError(f"{run}: not a finished deformation run ({RUN_FILE} or {PARTICLES} missing); "
+                         "run optimize-deformations first")
+    device = check_device(device)
+    info = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
+    box, voxel = int(info["consensus_box"]), float(info["voxel_size_angstrom"])
+    table = read_particles(run / PARTICLES, data_root=Path(info["particles"]).parent)
+    if "dmHalfSet" not in table.particles.columns:
+        raise InputError(f"{run / PARTICLES}: no dmHalfSet column; rerun optimize-deformations")
+    halves = table.particles["dmHalfSet"].to_numpy().astype(int)
+    fields, latents = (_deformation_inputs(run, table, halves, device) if deformations else ({}, None))
+
+    accumulators = []
+    for half in (1, 2):
+        rows = np.nonzero(halves == half)[0]
+        if len(rows) == 0:
+            raise InputError(f"{run / PARTICLES}: half set {half} has no particles")
+        accumulator = DeformedAccumulator(box, voxel, fields.get(half), None, grid_factor, device=device)
+        with ParticleDataset(table, rows, target_box=box, target_pixel_size_angstrom=voxel,
+                             normalise=False, device=device) as dataset:
+            for done, batch in enumerate(dataset.batches(batch_size), 1):
+                ctf = compute_ctf(batch["ctf"], box, dataset.pixel_size_angstrom)
+                codes = None if latents is None else latents[batch["indices"].cpu().numpy()]
+                accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, codes)
+                yield Progress(STAGE, min(done * batch_size, len(rows)), len(rows), f"half {half}")
+        accumulators.append(_reduce(accumulator))
+
+    yield Progress(STAGE, 0, None, "inverting")
+    maps, curve = _divide(accumulators, filter)
+    standard = [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
+    frequency, standard_curve = fsc(*standard, voxel)
+    curves = {"fsc_deformed": curve, "fsc_standard": standard_curve} if deformations else \
+        {"fsc_standard": curve}
+    directory = run / ("reconstruction" if deformations else "reconstruction_standard")
+    paths = write_outputs(directory, maps, voxel, frequency, curves)
+    return ReconstructionResult(directory, paths["halves"], paths["full"], paths["csv"],
+                                resolution_at(frequency, curve, 0.143),
+                                resolution_at(frequency, standard_curve, 0.143))
+
+
+def _deformation_inputs(run: Path, table, halves: np.ndarray, device):
+    """Each half's inverse field (as a callable) and each particle's latent code from its own half."""
+    hint = "run optimize-inverse-deformations first, or use --no-deformations"
+    if not (run / "inverse").is_dir():
+        raise InputError(f"{run}: no inverse deformations (inverse/ missing); {hint}")
+    try:
+        from ..inverse.field import load_inverse_field
+    except ImportError:
+        raise InputError(f"{run}: this installation has no inverse-deformation stage; {hint}") from None
+    if not (run / LATENTS).is_file():
+        raise InputError(f"{run / LATENTS}: missing; finish optimize-deformations first")
+    latents = np.load(run / LATENTS).astype(np.float32)
+    if len(latents) != len(table):
+        raise InputError(f"{run / LATENTS}: {len(latents)} rows for {len(table)} particles; rerun the run")
+    if (run / LATENTS_HALF2).is_file() and "dmValidation" in table.particles.columns:
+        second = np.load(run / LATENTS_HALF2).astype(np.float32)
+        own = (halves == 2) & (table.particles["dmValidation"].to_numpy() == 1) & np.isfinite(second).all(1)
+        latents[own] = second[own]
+    fields = {}
+    for half in (1, 2):
+        field = load_inverse_field(run, half, device)
+        fields[half] = field.consensus_positions
+    return fields, latents
+
+
+def _reduce(accumulator: DeformedAccumulator) -> DeformedAccumulator:
+    """The one place where sums from other processes would be added (distributed runs); a no-op
+    in one process."""
+    return accumulator
+
+
+def _divide(accumulators: list[DeformedAccumulator], filter: str):
+    """Half maps and full map, and the half-map FSC of the constant-filter maps."""
+    first = [a.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
+    voxel = accumulators[0].pixel_size_angstrom
+    _, curve = fsc(*first, voxel)
+    full = DeformedAccumulator(accumulators[0].box, voxel, accumulators[0].field, None,
+                               accumulators[0].grid_factor, accumulators[0].padding, accumulators[0].device)
+    for accumulator in accumulators:
+        full.merge(accumulator)
+    if filter == "constant":
+        return {"half1": first[0], "half2": first[1],
+                "full": full.reconstruct(WIENER_CONSTANT).cpu().numpy()}, curve
+    snr = np.clip(curve, 1e-3, 0.999) / (1 - np.clip(curve, 1e-3, 0.999))
+    maps = {}
+    for name, accumulator, factor in (("half1", accumulators[0], 1), ("half2", accumulators[1], 1),
+                                      ("full", full, 2)):
+        regulariser = _shell_mean_weight(accumulator) / torch.as_tensor(factor * snr)
+        maps[name] = accumulator.reconstruct(WIENER_CONSTANT, regulariser.float()).cpu().numpy()
+    halves = [maps["half1"], maps["half2"]]
+    return maps, fsc(*halves, voxel)[1]
+
+
+def _shell_mean_weight(accumulator: DeformedAccumulator) -> torch.Tensor:
+    """⟨CTF²⟩ per shell of the original box (the RELION τ² normalisation)."""
+    _, weight = accumulator.standard.fourier_sums()
+    box, padding = accumulator.box, accumulator.padding
+    radius = radius_grid(padding * box, weight.device, weight.dtype)
+    shell = torch.round(radius / padding).long().clamp(max=box // 2)
+    inside = radius < padding * box / 2
+    sums = torch.bincount(shell[inside], weights=weight[inside].double(), minlength=box // 2 + 1)
+    counts = torch.bincount(shell[inside], minlength=box // 2 + 1).clamp(min=1)
+    return (sums / counts).cpu()

@@ -1,0 +1,138 @@
+"""The reconstruction stage end to end on a tiny run directory: RELION agreement with deformations
+off, relion_postprocess on the half maps, the CLI, the deformed path with a stand-in inverse field,
+and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+import torch
+
+from napari_dynamight.cli import main
+from napari_dynamight.engine.fourier import fsc
+from napari_dynamight.engine.io.mrc import read_map
+from napari_dynamight.engine.progress import run
+from napari_dynamight.engine.reconstruction.stage import reconstruct_run
+from test_reconstruction_standard import BOX, PIXEL, blob_volume, masked_correlation, particle_blocks
+
+N = 400
+
+
+def relion(folder, *command) -> None:
+    subprocess.run(command, cwd=folder, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def run_directory(tmp_path_factory):
+    """relion_project --ctf images of a blob map, relion_reconstruct --ctf of them, and a run
+    directory (run.json, particles.star with dmHalfSet, latents) pointing at them."""
+    folder = tmp_path_factory.mktemp("stage")
+    with mrcfile.new(folder / "truth.mrc") as handle:
+        handle.set_data(blob_volume())
+        handle.voxel_size = PIXEL
+    blocks = particle_blocks(N, seed=2, ctf=True)
+    starfile.write(blocks, folder / "angles.star")
+    relion(folder, "relion_project", "--i", "truth.mrc", "--o", "proj", "--ang", "angles.star", "--ctf",
+           "--add_noise", "--white_noise", "3")
+    blocks["particles"]["rlnImageName"] = [f"{i + 1:06d}@proj.mrcs" for i in range(N)]
+    starfile.write(blocks, folder / "particles.star")
+    relion(folder, "relion_reconstruct", "--i", "particles.star", "--o", "relion.mrc", "--ctf")
+    rundir = folder / "run"
+    rundir.mkdir()
+    blocks["particles"]["dmHalfSet"] = np.arange(N) % 2 + 1
+    blocks["particles"]["dmValidation"] = (np.arange(N) % 10 == 0).astype(int)
+    starfile.write(blocks, rundir / "particles.star")
+    info = {"particles": str(folder / "particles.star"), "consensus_box": BOX, "voxel_size_angstrom": PIXEL,
+            "n_particles": N}
+    (rundir / "run.json").write_text(json.dumps(info))
+    np.save(rundir / "latent_means.npy", np.zeros((N, 2), np.float32))
+    return rundir
+
+
+@pytest.mark.relion
+def test_standard_path_agrees_with_relion_reconstruct(run_directory):
+    result = run(reconstruct_run(run_directory, deformations=False, filter="constant"))
+    assert result.directory == run_directory / "reconstruction_standard"
+    ours, voxel = read_map(result.full_map)
+    reference = mrcfile.read(run_directory.parent / "relion.mrc")
+    curve = fsc(ours, reference, PIXEL)[1]
+    correlation = masked_correlation(ours, reference)
+    print(f"\nstage (standard) vs relion_reconstruct --ctf: correlation {correlation:.6f}, "
+          f"FSC at 3/4 Nyquist {curve[BOX * 3 // 8]:.4f}")
+    assert voxel == pytest.approx(PIXEL)
+    assert correlation >= 0.98 and curve[1 : BOX * 3 // 8 + 1].min() >= 0.9
+    table = np.loadtxt(result.fsc_csv, delimiter=",", skiprows=1)
+    assert table.shape == (BOX // 2 + 1, 3) and table[1, 2] > 0.99
+    assert (result.directory / "fsc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.relion
+def test_relion_postprocess_accepts_the_half_maps(run_directory, tmp_path):
+    result = run(reconstruct_run(run_directory, deformations=False))
+    offsets = np.arange(BOX) - BOX // 2
+    radius = np.sqrt(offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2)
+    mask = np.clip((BOX / 2 - 4 - radius) / 3, 0, 1).astype(np.float32)
+    with mrcfile.new(tmp_path / "mask.mrc") as handle:
+        handle.set_data(mask)
+        handle.voxel_size = PIXEL
+    half1, half2 = result.half_maps
+    (tmp_path / "post").mkdir()
+    done = subprocess.run(["relion_postprocess", "--i", str(half1), "--i2", str(half2), "--mask", "mask.mrc",
+                           "--angpix", str(PIXEL), "--o", "post/postprocess"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert read_map(tmp_path / "post" / "postprocess.mrc")[0].shape == (BOX,) * 3
+
+
+def test_cli_writes_the_maps_and_reports_errors_in_one_line(run_directory, tmp_path, capsys):
+    assert main(["reconstruct", str(run_directory), "--no-deformations", "--batch-size", "150"]) == 0
+    for name in ("half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png"):
+        assert (run_directory / "reconstruction_standard" / name).is_file()
+    capsys.readouterr()
+    assert main(["reconstruct", str(run_directory)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "optimize-inverse-deformations" in error and "--no-deformations" in error and "\n" not in error
+    assert main(["reconstruct", str(tmp_path / "missing"), "--no-deformations"]) == 2
+    assert "not a finished deformation run" in capsys.readouterr().err
+
+
+def test_cancelling_leaves_no_output(run_directory):
+    operation = reconstruct_run(run_directory, deformations=False, batch_size=50)
+    next(operation)
+    operation.close()
+    target = run_directory / "reconstruction_standard"
+    assert not target.exists() or all(not p.name.startswith(".") for p in target.iterdir())
+
+
+def test_deformed_path_uses_each_half_field(run_directory, monkeypatch):
+    """A stand-in inverse package (the real one is stage 4): an identity field gives the standard maps."""
+    calls = []
+
+    class Identity:
+        def __init__(self, half):
+            self.half = half
+
+        def consensus_positions(self, latents, points):
+            calls.append(self.half)
+            return points.expand(len(latents), -1, -1)
+
+    module = types.ModuleType("napari_dynamight.engine.inverse.field")
+    module.load_inverse_field = lambda run_dir, half, device: Identity(half)
+    package = types.ModuleType("napari_dynamight.engine.inverse")
+    monkeypatch.setitem(sys.modules, "napari_dynamight.engine.inverse", package)
+    monkeypatch.setitem(sys.modules, "napari_dynamight.engine.inverse.field", module)
+    (run_directory / "inverse").mkdir(exist_ok=True)
+    deformed = run(reconstruct_run(run_directory, batch_size=100))
+    standard = run(reconstruct_run(run_directory, deformations=False, batch_size=100))
+    assert set(calls) == {1, 2}
+    a, b = read_map(deformed.full_map)[0], read_map(standard.full_map)[0]
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    header = np.loadtxt(deformed.fsc_csv, delimiter=",", max_rows=1, dtype=str, comments=None)
+    assert list(header)[-2:] == ["fsc_deformed", "fsc_standard"]
+    assert torch.isfinite(torch.as_tensor(a)).all()

@@ -1,0 +1,117 @@
+"""Deformed backprojection against a known deformation: one domain of a Gaussian model moves
+rigidly by a different amount in every particle; the exact inverse field must undo it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_dynamight.engine.ctf import CtfParams, compute_ctf
+from napari_dynamight.engine.errors import InputError
+from napari_dynamight.engine.fourier import fsc, resolution_at
+from napari_dynamight.engine.gaussians import GaussianModel, project, render_volume
+from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
+from napari_dynamight.engine.reconstruction import FourierAccumulator
+from napari_dynamight.engine.reconstruction.deformed import DeformedAccumulator
+
+BOX, PIXEL, N = 40, 2.0, 500
+MOTION = 4.0  # Å, the moving domain's largest shift along y and z
+
+
+def membership(x: torch.Tensor) -> torch.Tensor:
+    """Smooth 0 → 1 across the gap between the fixed (x < −2 Å) and moving (x > 2 Å) domains."""
+    return torch.sigmoid(x / 0.5)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    fixed = np.column_stack([rng.uniform(-16, -4, 40), rng.uniform(-10, 10, (40, 2))])
+    moving = np.column_stack([rng.uniform(4, 16, 40), rng.uniform(-10, 10, (40, 2))])
+    positions = torch.tensor(np.vstack([fixed, moving]), dtype=torch.float32)
+    model = GaussianModel(positions, torch.ones(80), torch.full((80,), 2.0))
+    motion = torch.zeros(N, 3)
+    motion[:, 1:] = torch.tensor(rng.uniform(-MOTION, MOTION, (N, 2)), dtype=torch.float32)
+    deformed = positions + membership(positions[:, 0])[None, :, None] * motion[:, None, :]
+    rotations = euler_to_matrix(torch.tensor(random_euler_angles(N, rng))).float()
+    shifts = torch.tensor(rng.uniform(-3, 3, (N, 2)), dtype=torch.float32)
+    params = CtfParams.broadcast(N, defocus_u_angstrom=rng.uniform(8000, 14000, N),
+                                 defocus_v_angstrom=rng.uniform(8000, 14000, N), defocus_angle_degrees=0.0,
+                                 voltage_kilovolts=300.0, spherical_aberration_millimetres=2.7,
+                                 amplitude_contrast=0.1).torch()
+    ctf = compute_ctf(params, BOX, PIXEL)
+    images = project(model, rotations, shifts, BOX, PIXEL, ctf, positions_angstrom=deformed)
+    images = images + 0.5 * images.std() * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    return {"truth": render_volume(model, BOX, PIXEL).numpy(), "images": images, "rotations": rotations,
+            "shifts": shifts, "ctf": ctf, "latents": motion}
+
+
+def exact_inverse(latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Deformed → consensus: the moving domain's shift (the latent) taken back (x is unchanged)."""
+    return points - membership(points[:, 0])[None, :, None] * latents[:, None, :]
+
+
+def identity(latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    return points.expand(len(latents), -1, -1)
+
+
+def reconstruct(data, field, **options) -> np.ndarray:
+    accumulator = DeformedAccumulator(BOX, PIXEL, field, **options)
+    for part in (slice(0, 300), slice(300, N)):
+        accumulator.add(data["images"][part], data["rotations"][part], data["shifts"][part],
+                        data["ctf"][part], data["latents"][part])
+    return accumulator.reconstruct().numpy()
+
+
+def scores(volume: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    frequency, curve = fsc(volume, truth, PIXEL)
+    return float(np.corrcoef(volume.ravel(), truth.ravel())[0, 1]), resolution_at(frequency, curve, 0.5)
+
+
+@pytest.fixture(scope="module")
+def maps(data):
+    return {"standard": reconstruct(data, None), "deformed": reconstruct(data, exact_inverse)}
+
+
+def test_exact_inverse_field_beats_the_standard_reconstruction(data, maps):
+    standard, deformed = maps["standard"], maps["deformed"]
+    (c_std, r_std), (c_def, r_def) = scores(standard, data["truth"]), scores(deformed, data["truth"])
+    print(f"\nvs truth: standard corr {c_std:.4f}, FSC 0.5 at {r_std:.2f} Å; "
+          f"deformed corr {c_def:.4f}, FSC 0.5 at {r_def:.2f} Å")
+    assert c_def > c_std + 0.01 and c_def > 0.96  # measured 0.972 vs 0.953
+    assert r_def < r_std - 0.3  # measured 4.97 vs 5.47 Å
+    coarse = reconstruct(data, exact_inverse, grid_factor=4)
+    print(f"grid factor 4: corr {scores(coarse, data['truth'])[0]:.4f}")
+    assert scores(coarse, data["truth"])[0] > c_std
+
+
+def test_identity_field_is_the_standard_reconstruction(data, maps):
+    standard = maps["standard"]
+    accumulator = FourierAccumulator(BOX, PIXEL)
+    accumulator.add(data["images"], data["rotations"], data["shifts"], data["ctf"])
+    np.testing.assert_allclose(standard, accumulator.reconstruct().numpy(), atol=1e-4 * np.abs(standard).max())
+    same = reconstruct(data, identity)
+    correlation = float(np.corrcoef(same.ravel(), standard.ravel())[0, 1])
+    scale = float((same * standard).sum() / (standard * standard).sum())
+    print(f"\nidentity vs standard: correlation {correlation:.6f}, scale {scale:.4f}")
+    assert correlation >= 0.99 and abs(scale - 1) < 0.01
+
+
+def test_region_restricted_field_matches_for_a_field_defined_everywhere(data, maps):
+    truth = torch.as_tensor(data["truth"])
+    region = torch.nn.functional.max_pool3d((truth > 0.05 * truth.max()).float()[None, None], 5, 1, 2)[0, 0] > 0
+    full = maps["deformed"]
+    restricted = reconstruct(data, exact_inverse, region=region)
+    assert scores(restricted, data["truth"])[0] > scores(full, data["truth"])[0] - 0.01
+
+
+def test_bad_arguments_are_reported(data):
+    with pytest.raises(InputError, match="grid factor"):
+        DeformedAccumulator(BOX, PIXEL, identity, grid_factor=0)
+    with pytest.raises(InputError, match="latent"):
+        DeformedAccumulator(BOX, PIXEL, identity).add(data["images"][:2], data["rotations"][:2],
+                                                       data["shifts"][:2], data["ctf"][:2])
+    with pytest.raises(InputError, match="inverse field returned"):
+        DeformedAccumulator(BOX, PIXEL, lambda z, p: p).add(
+            data["images"][:2], data["rotations"][:2], data["shifts"][:2], data["ctf"][:2], data["latents"][:2])
