@@ -1,0 +1,144 @@
+"""What the three training/reconstruction stage widgets share: devices, run.json, a safe close.
+
+:class:`StageWidget` owns one :class:`TaskPanel`. Closing napari during a run must leave a run
+folder that can be resumed, and no worker signal may reach the widget once Qt has deleted it. When
+the window closes, napari *quits* every thread worker (it stops at its next progress event but
+leaves the engine generator suspended), so the widget closes the generator right then, in the
+worker thread (``aborted`` is connected directly): its ``finally`` clauses run, and nothing is
+half-written because the engine writes every file atomically. When the widget is hidden because
+its window closes (or when it is closed itself) it also cancels the run, waits for the generator
+to end and delivers the worker's last queued signals while the widget still exists.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QApplication, QWidget
+
+from ._tasks import TaskPanel
+
+RUN_FILE = "run.json"
+LOSS_LOG = "losses.jsonl"
+STOP_TIMEOUT_SECONDS = 60.0
+
+
+def device_choices() -> list[str]:
+    """``cpu`` and every accelerator torch sees (``cuda:0``, ..., ``mps``)."""
+    import torch
+
+    choices = ["cpu"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        choices.append("mps")
+    return choices
+
+
+def optional_path(value) -> Path | None:
+    """A FileEdit value as a path, or None when empty (magicgui gives ``Path('.')``)."""
+    if value is None or str(value) in ("", "."):
+        return None
+    return Path(value)
+
+
+def read_run_info(run_directory: Path) -> dict:
+    """RUN/run.json (written by the deformation stage), or InputError naming the file."""
+    from ..engine.errors import InputError
+
+    path = Path(run_directory) / RUN_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: not found; choose the folder of a deformation run "
+                         "(made by optimize-deformations or the Deformations widget)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: unreadable ({type(error).__name__}); the run folder is damaged")
+
+
+def read_loss_log(folder: Path) -> list[dict]:
+    """FOLDER/losses.jsonl: one entry per epoch and half set ([] before the first epoch ends)."""
+    path = Path(folder) / LOSS_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _tracked(operation, ended: threading.Event):
+    """``operation``'s events; ``ended`` is set once it finished, failed or was closed."""
+    try:
+        return (yield from operation)
+    finally:
+        ended.set()
+
+
+def _close(tracked, ended: threading.Event) -> None:
+    """(In the worker thread, which has just stopped iterating.) End the engine generator."""
+    tracked.close()
+    ended.set()
+
+
+class StageWidget(QWidget):
+    """A dock widget that runs one engine stage at a time and stops it safely on close."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.tasks = TaskPanel()
+        self._ended = threading.Event()
+        self._ended.set()
+        self._last_key = None
+
+    def run_task(self, operation, title: str, on_done=None, on_progress=None):
+        """Start ``operation`` in the task panel (None if one is running already)."""
+        ended = threading.Event()
+        self._last_key = None
+        tracked = _tracked(operation, ended)
+        worker = self.tasks.start(tracked, title, on_done,
+                                  lambda event: self._watch(event, on_progress))
+        if worker is None:
+            return None
+        self._ended = ended
+        worker.aborted.connect(lambda: _close(tracked, ended),
+                               Qt.ConnectionType.DirectConnection)
+        return worker
+
+    def refresh(self) -> None:
+        """Show what the running stage has written so far (called whenever an epoch ends)."""
+
+    def _watch(self, event, on_progress) -> None:
+        """At each new epoch (or stage) the previous one is on disk: :meth:`refresh`."""
+        key = event.metrics.get("epoch", event.stage)
+        if key != self._last_key:
+            self._last_key = key
+            self.refresh()
+        if on_progress is not None:
+            on_progress(event)
+
+    def busy(self) -> bool:
+        """A worker of this widget may still deliver signals."""
+        return self.tasks.running
+
+    def stop(self, timeout_seconds: float = STOP_TIMEOUT_SECONDS) -> bool:
+        """Cancel the running operation, wait until the engine generator has closed and let the
+        worker's last signals arrive; False if the generator did not end in time."""
+        if self.tasks.running:
+            self.tasks.cancel()
+        ended = self._ended.wait(timeout_seconds)
+        deadline = time.monotonic() + 10.0
+        while self.busy() and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
+        return ended
+
+    def hideEvent(self, event):
+        super().hideEvent(event)
+        window = self.window()
+        if window is not self and not window.isVisible():  # the window closes, not just the dock
+            self.stop()
+
+    def closeEvent(self, event):
+        self.stop()
+        super().closeEvent(event)

@@ -1,0 +1,227 @@
+"""The "Deformations" dock widget: stage 3 (``optimize-deformations``) with a live view of training.
+
+Every option of the command is a field (same defaults). **Start** runs
+``engine.deformation.run.optimize_deformations`` in a worker; **Resume** continues the run folder
+from its last checkpoint; **Cancel** stops at the next training step. Whenever an epoch ends the
+widget re-reads the run's own records: ``losses.jsonl`` (the data loss and λ per epoch and half,
+plotted) and the newest checkpoint (half 1's reference Gaussians, shown as a points layer, loaded in
+a latest-request-wins worker). **Open run** fills the form from ``RUN/run.json`` of a run started
+here or on the command line, and shows its losses and Gaussians. Options that are not on the form
+(encoder width, schedule, learning rates) come from the opened run, else from the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit,
+                              PushButton, SpinBox)
+from qtpy.QtWidgets import QVBoxLayout
+
+from ..engine.deformation.settings import DeformationSettings
+from ._curves import CurvePlot, plot_history
+from ._layers import show_points
+from ._stage import StageWidget, device_choices, optional_path, read_loss_log, read_run_info
+from ._tasks import LatestRequestRunner
+
+POINTS_LAYER = "training Gaussians (half 1)"
+INITIAL_MODEL = "consensus_initial.pt"
+_DEFAULTS = DeformationSettings()
+# form field -> DeformationSettings name
+SETTING_FIELDS = {"latent_dim": "latent_dim", "epochs": "epochs", "batch_size": "batch_size",
+                  "seed": "seed", "frequencies": "n_frequencies", "decoder_depth": "decoder_depth",
+                  "decoder_width": "decoder_width", "regularisation": "regularisation_ratio",
+                  "warmup": "warmup_epochs", "validation": "validation_fraction",
+                  "checkpoint_every": "checkpoint_every"}
+
+
+def training_reference(run: Path):
+    """Half 1's reference Gaussians of the newest checkpoint (before one: the initial model)."""
+    from ..engine.consensus import load_model
+    from ..engine.deformation.decode import DeformationRun
+
+    if _newest_checkpoint(run) is not None:
+        return DeformationRun.load(run, "cpu").reference(1).to("cpu")
+    return load_model(Path(run) / INITIAL_MODEL)
+
+
+def _newest_checkpoint(run: Path) -> Path | None:
+    """final.pt once written, else the highest epoch checkpoint (what DeformationRun.load reads)."""
+    from ..engine.deformation.checkpoint import final_path, latest_checkpoint
+
+    return final_path(run) if final_path(run).is_file() else latest_checkpoint(run)
+
+
+def _threshold(text: str) -> float | None:
+    from ..engine.errors import InputError
+
+    if not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"threshold: {text!r} is not a number; leave it empty for automatic") \
+            from None
+
+
+class DeformationsWidget(StageWidget):
+    """Train the two half-set VAEs of a deformation run; watch losses and Gaussians live."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        d = _DEFAULTS
+        self.run = FileEdit(label="run folder", mode="d")
+        self.open_button = PushButton(text="Open run")
+        self.particles = FileEdit(label="particles (STAR)", mode="r", filter="*.star")
+        self.consensus = FileEdit(label="consensus map", mode="r", filter="*.mrc *.map")
+        self.mask = FileEdit(label="mask (optional)", mode="r", filter="*.mrc *.map")
+        self.consensus_model = FileEdit(label="consensus model (optional)", mode="r", filter="*.pt")
+        self.n_gaussians = SpinBox(label="Gaussians (0: auto)", min=0, max=10_000_000, value=0)
+        self.threshold = LineEdit(label="threshold (empty: auto)", value="")
+        self.data_root = FileEdit(label="image folder (optional)", mode="d")
+        self.latent_dim = SpinBox(label="latent dimension", min=1, max=128, value=d.latent_dim)
+        self.epochs = SpinBox(label="epochs", min=1, max=100_000, value=d.epochs)
+        self.batch_size = SpinBox(label="batch size", min=1, max=8192, value=d.batch_size)
+        self.box = SpinBox(label="training box (0: auto)", min=0, max=1024, value=0)
+        self.device = ComboBox(label="device", choices=device_choices(), value="cpu")
+        self.threads = SpinBox(label="CPU threads", min=1, max=os.cpu_count() or 1,
+                               value=max(1, (os.cpu_count() or 2) - 1))
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=d.seed)
+        self.frequencies = SpinBox(label="positional frequencies", min=0, max=64,
+                                   value=d.n_frequencies)
+        self.decoder_depth = SpinBox(label="decoder depth", min=0, max=64, value=d.decoder_depth)
+        self.decoder_width = SpinBox(label="decoder width", min=1, max=8192, value=d.decoder_width)
+        self.regularisation = FloatSpinBox(label="regularisation ratio", min=0.0, max=100.0,
+                                           step=0.05, value=d.regularisation_ratio)
+        self.warmup = SpinBox(label="warm-up epochs", min=0, max=10_000, value=d.warmup_epochs)
+        self.validation = FloatSpinBox(label="validation fraction", min=0.0, max=0.49, step=0.01,
+                                       value=d.validation_fraction)
+        self.checkpoint_every = SpinBox(label="checkpoint every", min=1, max=10_000,
+                                        value=d.checkpoint_every)
+        self.start_button = PushButton(text="Start")
+        self.resume_button = PushButton(text="Resume")
+        self.form = Container(widgets=[
+            self.run, self.open_button, self.particles, self.consensus, self.mask,
+            self.consensus_model, self.n_gaussians, self.threshold, self.data_root, self.latent_dim,
+            self.epochs, self.batch_size, self.box, self.device, self.threads, self.seed,
+            self.frequencies, self.decoder_depth, self.decoder_width, self.regularisation,
+            self.warmup, self.validation, self.checkpoint_every])
+        buttons = Container(widgets=[self.start_button, self.resume_button], layout="horizontal")
+        self.plot = CurvePlot(["data loss", "λ"], "epoch")
+        self.summary = Label(value="choose particles, consensus map and a run folder, then Start")
+        self.summary.native.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        for widget in (self.form.native, buttons.native, self.tasks, self.plot,
+                       self.summary.native):
+            layout.addWidget(widget)
+        self.base_settings = _DEFAULTS
+        self.result = None
+        self._shown_checkpoint = None
+        self.reference_loader = LatestRequestRunner(training_reference, self._show_reference,
+                                                    title="load Gaussians")
+        self.open_button.changed.connect(lambda: self.open_run())
+        self.start_button.changed.connect(lambda: self.start())
+        self.resume_button.changed.connect(lambda: self.start(resume=True))
+
+    def busy(self) -> bool:
+        return super().busy() or self.reference_loader.busy
+
+    def settings(self) -> DeformationSettings:
+        """The form's options over :attr:`base_settings` (the opened run's, else the defaults)."""
+        return replace(self.base_settings, **{name: getattr(self, field).value
+                                              for field, name in SETTING_FIELDS.items()})
+
+    def open_run(self, folder=None) -> bool:
+        """Fill the form from RUN/run.json and show the run's losses and Gaussians."""
+        from ._tasks import one_line
+
+        if folder is not None:
+            self.run.value = folder
+        run = optional_path(self.run.value)
+        try:
+            info = read_run_info(run or Path("."))
+        except Exception as error:
+            self.summary.value = one_line(error)
+            return False
+        for field, key in (("particles", "particles"), ("consensus", "consensus"),
+                           ("mask", "mask"), ("consensus_model", "consensus_model")):
+            if info.get(key):
+                getattr(self, field).value = info[key]
+        self.base_settings = DeformationSettings.from_dict(info.get("settings", {}))
+        for field, name in SETTING_FIELDS.items():
+            getattr(self, field).value = getattr(self.base_settings, name)
+        self.box.value = int(info.get("train_box", 0))
+        if info.get("device") in self.device.choices:
+            self.device.value = info["device"]
+        result = info.get("result") or {}
+        state = (f"finished after {result['epochs']} epochs" if result
+                 else "not finished: Resume continues it")
+        self.summary.value = (f"{run}: {info['n_particles']} particles, {info['n_gaussians']} "
+                              f"Gaussians, training box {info['train_box']}; {state}")
+        self._shown_checkpoint = None
+        self.refresh()
+        return True
+
+    def start(self, resume: bool = False):
+        """Run (or, with ``resume``, continue) the deformation stage; returns the worker."""
+        import torch
+
+        from ..engine.deformation.run import optimize_deformations
+        from ._tasks import one_line
+
+        run, particles = optional_path(self.run.value), optional_path(self.particles.value)
+        consensus = optional_path(self.consensus.value)
+        if run is None or particles is None or consensus is None:
+            self.summary.value = "choose the particles, the consensus map and a run folder first"
+            return None
+        try:
+            threshold = _threshold(self.threshold.value)
+        except Exception as error:
+            self.summary.value = one_line(error)
+            return None
+        torch.set_num_threads(int(self.threads.value))
+        operation = optimize_deformations(
+            particles, consensus, run, settings=self.settings(),
+            mask=optional_path(self.mask.value),
+            consensus_model=optional_path(self.consensus_model.value),
+            n_gaussians=self.n_gaussians.value or None, threshold=threshold,
+            box=self.box.value or None, data_root=optional_path(self.data_root.value),
+            device=self.device.value, resume=resume)
+        self._shown_checkpoint = None
+        if not resume:
+            self.plot.clear()
+        return self.run_task(operation, "resume deformations" if resume else "deformations",
+                             self._finished)
+
+    def _finished(self, result) -> None:
+        self.result = result
+        self.refresh()
+        ending = "stopped by the data-loss rule" if result.stopped_early else "done"
+        self.summary.value = (f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, "
+                              f"training box {result.train_box}, {result.seconds:.0f} s; latent "
+                              f"means {result.latents.shape[0]} × {result.latents.shape[1]} in "
+                              f"{result.run_directory}")
+
+    def refresh(self) -> None:
+        """(Called whenever an epoch ends.) Re-plot RUN/losses.jsonl; load the Gaussians of a
+        checkpoint not shown yet."""
+        run = optional_path(self.run.value)
+        if run is None:
+            return
+        plot_history(self.plot, read_loss_log(run), ["data", "lambda"])
+        newest = _newest_checkpoint(run)
+        if newest is not None:
+            key = (newest, newest.stat().st_mtime_ns)
+        elif (run / INITIAL_MODEL).is_file():
+            key = INITIAL_MODEL
+        else:
+            return
+        if key != self._shown_checkpoint:
+            self._shown_checkpoint = key
+            self.reference_loader.request(run)
+
+    def _show_reference(self, model) -> None:
+        show_points(self.viewer, POINTS_LAYER, model.positions_angstrom.numpy(),
+                    size_angstrom=2 * float(model.sigmas_angstrom.mean()))

@@ -1,0 +1,133 @@
+"""The "Inverse deformations" dock widget: stage 4 (``optimize-inverse-deformations``).
+
+Choose a finished deformation run; **Start** trains both halves' inverse networks with
+``engine.inverse.run.optimize_inverse_deformations`` in a worker, **Resume** continues
+``RUN/inverse`` from its last checkpoint, **Cancel** stops at the next step. Whenever an epoch ends
+the plot re-reads ``RUN/inverse/losses.jsonl``: the training loss and the held-out error (Å, on the
+validation particles) per half. When done, the summary compares the held-out error with the size of
+the forward displacements it undoes. Options not on the form come from the folder's previous inverse
+run (``summary.json`` or its newest checkpoint), else from the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from qtpy.QtWidgets import QVBoxLayout
+
+from ._curves import CurvePlot, plot_history
+from ._stage import StageWidget, device_choices, optional_path, read_loss_log, read_run_info
+
+
+def previous_settings(run: Path):
+    """The InverseSettings of RUN/inverse's earlier run (None if there is none)."""
+    from ..engine.deformation.checkpoint import latest_checkpoint, load_checkpoint
+    from ..engine.inverse.run import SUMMARY, inverse_directory
+    from ..engine.inverse.settings import InverseSettings
+
+    folder = inverse_directory(run)
+    if (folder / SUMMARY).is_file():
+        values = json.loads((folder / SUMMARY).read_text(encoding="utf-8")).get("settings", {})
+        return InverseSettings.from_dict(values)
+    latest = latest_checkpoint(folder)
+    if latest is not None:
+        return InverseSettings.from_dict(json.loads(load_checkpoint(latest)["settings"]))
+    return None
+
+
+def format_summary(summary: dict) -> str:
+    lines = []
+    for half in (1, 2):
+        part = summary[f"half{half}"]
+        error, moved = part["held_out_error_angstrom"], part["held_out_displacement_angstrom"]
+        held = ("no validation particles" if error is None
+                else f"held-out error {error:.2f} Å for displacements of {moved:.2f} Å")
+        lines.append(f"half {half}: training error {part['train_error_angstrom']:.2f} Å, {held} "
+                     f"({part['n_train']} + {part['n_held_out']} particles)")
+    return "\n".join(lines)
+
+
+class InverseWidget(StageWidget):
+    """Learn the inverse deformations of a finished deformation run; watch loss and error live."""
+
+    def __init__(self, napari_viewer, parent=None):
+        from ..engine.inverse.settings import InverseSettings
+
+        super().__init__(napari_viewer, parent)
+        self.base_settings = InverseSettings()
+        self.run = FileEdit(label="run folder", mode="d")
+        self.open_button = PushButton(text="Open run")
+        self.epochs = SpinBox(label="epochs", min=1, max=100_000, value=self.base_settings.epochs)
+        self.device = ComboBox(label="device", choices=device_choices(), value="cpu")
+        self.start_button = PushButton(text="Start")
+        self.resume_button = PushButton(text="Resume")
+        form = Container(widgets=[self.run, self.open_button, self.epochs, self.device])
+        buttons = Container(widgets=[self.start_button, self.resume_button], layout="horizontal")
+        self.plot = CurvePlot(["loss (Å²)", "held-out error (Å)"], "epoch")
+        self.summary = Label(value="choose a finished deformation run folder")
+        self.summary.native.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        for widget in (form.native, buttons.native, self.tasks, self.plot, self.summary.native):
+            layout.addWidget(widget)
+        self.result = None
+        self.open_button.changed.connect(lambda: self.open_run())
+        self.start_button.changed.connect(lambda: self.start())
+        self.resume_button.changed.connect(lambda: self.start(resume=True))
+
+    def open_run(self, folder=None) -> bool:
+        """Check RUN/run.json; take an earlier inverse run's options and show its curves."""
+        from ._tasks import one_line
+
+        if folder is not None:
+            self.run.value = folder
+        run = optional_path(self.run.value) or Path(".")
+        try:
+            info = read_run_info(run)
+            previous = previous_settings(run)
+        except Exception as error:
+            self.summary.value = one_line(error)
+            return False
+        if info.get("device") in self.device.choices:
+            self.device.value = info["device"]
+        state = "no inverse run yet"
+        if previous is not None:
+            self.base_settings = previous
+            self.epochs.value = previous.epochs
+            state = "an inverse run is there: Resume continues it (more epochs: raise epochs)"
+        self.summary.value = f"{run}: {info['n_particles']} particles; {state}"
+        self.refresh()
+        return True
+
+    def start(self, resume: bool = False):
+        """Run (or continue) stage 4 on the chosen run folder; returns the worker."""
+        from ..engine.inverse.run import optimize_inverse_deformations
+
+        run = optional_path(self.run.value)
+        if run is None:
+            self.summary.value = "choose a deformation run folder first"
+            return None
+        settings = replace(self.base_settings, epochs=int(self.epochs.value))
+        operation = optimize_inverse_deformations(run, settings=settings, device=self.device.value,
+                                                  resume=resume)
+        if not resume:
+            self.plot.clear()
+        return self.run_task(operation, "resume inverse" if resume else "inverse deformations",
+                             self._finished)
+
+    def refresh(self) -> None:
+        """(Called whenever an epoch ends.) Re-plot RUN/inverse/losses.jsonl."""
+        from ..engine.inverse.run import inverse_directory
+
+        run = optional_path(self.run.value)
+        if run is not None:
+            log = read_loss_log(inverse_directory(run))
+            plot_history(self.plot, log, ["loss", "held_out_error_angstrom"])
+
+    def _finished(self, result) -> None:
+        self.result = result
+        self.refresh()
+        self.summary.value = (f"{result.epochs} epochs, {result.seconds:.0f} s, in "
+                              f"{result.directory}\n" + format_summary(result.summary))

@@ -1,0 +1,137 @@
+"""The "Reconstruction" dock widget: stage 5 (``reconstruct``), half maps and the FSC plot.
+
+Choose a run folder (with its inverse deformations for a deformed reconstruction); **Start** runs
+``engine.reconstruction.stage.reconstruct_run`` in a worker, which also reads the maps it wrote, so
+the main thread only hands them to napari: the two half maps and the full map appear as image
+layers in Å from the box centre (scale = voxel size), one layer per role (``reconstruction: half 1``
+...; ``reconstruction_standard: ...`` without deformations), and the FSC curves of
+``fsc.csv`` are plotted. **Open run** shows the maps and FSC of a reconstruction already in the run
+folder (e.g. made on a cluster with the command line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from qtpy.QtWidgets import QVBoxLayout
+
+from ..engine.progress import Progress
+from ._curves import CurvePlot
+from ._layers import show_map
+from ._stage import StageWidget, device_choices, optional_path, read_run_info
+
+FOLDERS = {True: "reconstruction", False: "reconstruction_standard"}
+MAP_NAMES = ("half1.mrc", "half2.mrc", "full.mrc")
+ROLES = ("half 1", "half 2", "full")
+
+
+def read_fsc(path: Path) -> tuple[list, dict]:
+    """fsc.csv as (spatial frequency 1/Å, {name: values}) for its ``fsc_*`` columns."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    curves = {name.removeprefix("fsc_"): table[name].to_numpy(float) for name in table.columns
+              if name.startswith("fsc")}
+    return table["frequency_per_angstrom"].to_numpy(float), curves
+
+
+def read_outputs(folder: Path):
+    """The maps (volume, voxel size) of a reconstruction folder and its FSC table."""
+    from ..engine.errors import InputError
+    from ..engine.io.mrc import read_map
+
+    missing = [name for name in (*MAP_NAMES, "fsc.csv") if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"{folder / missing[0]}: not found; run the reconstruction (Start) first")
+    return [read_map(folder / name) for name in MAP_NAMES], read_fsc(folder / "fsc.csv")
+
+
+def reconstruct_and_read(run: Path, **options):
+    """``reconstruct_run`` followed (still in the worker) by reading what it wrote."""
+    from ..engine.reconstruction.stage import reconstruct_run
+
+    result = yield from reconstruct_run(run, **options)
+    yield Progress("reading the maps", 0, None)
+    maps, fsc = read_outputs(Path(result.directory))
+    return result, maps, fsc
+
+
+def read_existing(folder: Path):
+    yield Progress("reading the maps", 0, None)
+    maps, fsc = read_outputs(folder)
+    return None, maps, fsc
+
+
+class ReconstructionWidget(StageWidget):
+    """Reconstruct a run's half maps (deformed or standard) and show them with their FSC."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.run = FileEdit(label="run folder", mode="d")
+        self.open_button = PushButton(text="Open run")
+        self.deformations = CheckBox(text="use the deformations", value=True)
+        self.device = ComboBox(label="device", choices=device_choices(), value="cpu")
+        self.filter = ComboBox(label="filter", choices=["wiener", "constant"], value="wiener")
+        self.start_button = PushButton(text="Start")
+        form = Container(widgets=[self.run, self.open_button, self.deformations, self.device,
+                                  self.filter, self.start_button])
+        self.plot = CurvePlot(["half-map FSC"], "spatial frequency (1/Å)")
+        self.plot.axes[0].axhline(0.143, color="grey", linestyle=":", linewidth=1)
+        self.summary = Label(value="choose a run folder, then Start")
+        self.summary.native.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        for widget in (form.native, self.tasks, self.plot, self.summary.native):
+            layout.addWidget(widget)
+        self.result = None
+        self.open_button.changed.connect(lambda: self.open_run())
+        self.start_button.changed.connect(lambda: self.start())
+
+    def start(self):
+        """Reconstruct in a worker; the maps and the FSC are shown when it is done."""
+        run = optional_path(self.run.value)
+        if run is None:
+            self.summary.value = "choose a run folder first"
+            return None
+        operation = reconstruct_and_read(run, deformations=bool(self.deformations.value),
+                                         device=self.device.value, filter=self.filter.value)
+        return self.run_task(operation, "reconstruction", self._show)
+
+    def open_run(self, folder=None):
+        """Show the reconstruction already in the run folder (deformed if there, else standard)."""
+        from ._tasks import one_line
+
+        if folder is not None:
+            self.run.value = folder
+        run = optional_path(self.run.value) or Path(".")
+        try:
+            info = read_run_info(run)
+        except Exception as error:
+            self.summary.value = one_line(error)
+            return None
+        if info.get("device") in self.device.choices:
+            self.device.value = info["device"]
+        for deformed in (True, False):
+            if (run / FOLDERS[deformed] / "fsc.csv").is_file():
+                self.deformations.value = deformed
+                return self.run_task(read_existing(run / FOLDERS[deformed]), "open reconstruction",
+                                     self._show)
+        self.summary.value = f"{run}: {info['n_particles']} particles; no reconstruction yet"
+        return None
+
+    def _show(self, outputs) -> None:
+        result, maps, (frequency, curves) = outputs
+        self.result = result
+        prefix = FOLDERS[bool(self.deformations.value)]
+        for role, (volume, voxel_size) in zip(ROLES, maps, strict=True):
+            show_map(self.viewer, f"{prefix}: {role}", volume, voxel_size,
+                     visible=role == "full", blending="additive")
+        self.viewer.dims.ndisplay = 3
+        self.plot.clear()
+        for name, values in curves.items():
+            self.plot.set_curve(0, name, frequency, values)
+        text = f"{prefix}: maps at voxel size {maps[0][1]:.4g} Å"
+        if result is not None:
+            text += (f"; half-map FSC 0.143 at {result.resolution_angstrom:.2f} Å (standard "
+                     f"reconstruction: {result.resolution_standard_angstrom:.2f} Å)")
+        self.summary.value = text
