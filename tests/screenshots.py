@@ -1,4 +1,8 @@
-"""Saving widget screenshots for the user guide: DYNAMIGHT_SCREENSHOTS=docs/images writes them there."""
+"""Saving widget screenshots for the user guide (docs/gui.md).
+
+DYNAMIGHT_SCREENSHOTS=1 writes them into the repository's docs/images/; any other value names the
+folder to write into; unset, they go to the test's temporary folder (the assertions run either way).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,23 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+
 
 def save(image: np.ndarray, name: str, tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("DYNAMIGHT_SCREENSHOTS", tmp_path))
+    setting = os.environ.get("DYNAMIGHT_SCREENSHOTS", "")
+    folder = DOCS_IMAGES if setting == "1" else Path(setting) if setting else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(folder / name, image)
+    iio.imwrite(folder / name, np.asarray(image)[..., :3])
     return folder / name
 
 
 def distinct_colours(image: np.ndarray) -> int:
     return len(np.unique(image[..., :3].reshape(-1, 3), axis=0))
+
+
+def widget_rgb(widget) -> np.ndarray:
+    """A Qt widget's current look as an RGB array (grabbed, as on screen)."""
+    image = widget.grab().toImage()
+    pixels = np.array(image.constBits().asarray(image.sizeInBytes()))
+    return pixels.reshape(image.height(), image.bytesPerLine() // 4, 4)[..., [2, 1, 0]]

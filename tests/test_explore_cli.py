@@ -39,4 +39,4 @@ def test_open_explorer_loads_the_run(make_napari_viewer, tmp_path):
     folder = make_run(tmp_path / "run", n=60)
     widget = open_explorer(viewer, folder)
     np.testing.assert_array_equal(widget.data.latents, np.load(folder / "latent_means.npy"))
-    assert len(widget.plot.coords) == 60
+    assert widget.view.half == 1 and len(widget.plot.coords) == 36  # 30 of half 1 + 6 validation

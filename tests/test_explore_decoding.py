@@ -69,7 +69,7 @@ def test_half_comparison_for_validation_particles(tiny_run):
 
 
 @pytest.mark.slow
-def test_explorer_decodes_the_run(qtbot, make_napari_viewer, tiny_run):
+def test_explorer_decodes_each_half_with_its_own_decoder(qtbot, make_napari_viewer, tiny_run):
     from napari_dynamight._widgets.explorer import HALVES_LAYER, VOLUME_LAYER
     from napari_dynamight.cli.explore import open_explorer
     from napari_dynamight.engine.deformation.decode import DeformationRun
@@ -78,19 +78,27 @@ def test_explorer_decodes_the_run(qtbot, make_napari_viewer, tiny_run):
     widget = open_explorer(viewer, tiny_run)
     reference = DeformationRun.load(tiny_run)
     busy = lambda: any(r is not None and r.busy for r in (widget.runner, widget.comparer))  # noqa: E731
-    point = widget.embedding.coords[5]
-    widget.decode_at(point)
-    qtbot.waitUntil(lambda: not busy(), timeout=30_000)
-    latent = widget.embedding.to_latent(point)
-    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, reference.volume(latent, 1).numpy(),
-                               rtol=1e-5, atol=1e-6)
-    widget.half.value = 2  # decodes the same point again with half 2
-    qtbot.waitUntil(lambda: not busy(), timeout=30_000)
-    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, reference.volume(latent, 2).numpy(),
-                               rtol=1e-5, atol=1e-6)
+    volumes = {}
+    for half in (1, 2):
+        widget.set_half(half)
+        own = (reference.half_sets == half) | reference.validation
+        np.testing.assert_array_equal(widget.view.rows, np.nonzero(own)[0])
+        point = widget.embedding.coords[5]
+        widget.decode_at(point)
+        qtbot.waitUntil(lambda: not busy(), timeout=30_000)
+        latent = widget.embedding.to_latent(point)
+        volumes[half] = np.array(viewer.layers[VOLUME_LAYER].data)
+        np.testing.assert_allclose(volumes[half], reference.volume(latent, half).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        other = reference.volume(latent, 3 - half).numpy()
+        assert np.abs(volumes[half] - other).max() > 1e-3 * np.abs(other).max()
+    half2 = np.load(tiny_run / "latent_means_half2_validation.npy")
+    shown = reference.validation[widget.view.rows]
+    np.testing.assert_array_equal(widget.view.latents[shown], half2[widget.view.rows[shown]])
     row = widget.compare_halves()
     qtbot.waitUntil(lambda: not busy(), timeout=30_000)
     assert reference.validation[row]
     np.testing.assert_allclose(viewer.layers[HALVES_LAYER].features["difference_angstrom"],
                                widget.last_comparison.difference_angstrom)
+    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, widget.last_comparison.half2.volume)
     assert f"particle {row}" in widget.status.value

@@ -1,4 +1,5 @@
-"""The explorer's numpy model: embedding, polygon selection, named selections, STAR export, paths."""
+"""The explorer's numpy model: half-set views, embedding, polygon selection, named selections, STAR
+export, paths."""
 
 from __future__ import annotations
 
@@ -6,15 +7,63 @@ import numpy as np
 import pytest
 import starfile
 
-from explore_data import make_run
+from explore_data import CENTRES, clusters, make_run, to_half2
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.explore import (
-    Selections, embed, graph_path, load_run, points_in_polygon, resample_polyline, straight_path)
+    ExplorerData, Selections, embed, graph_path, load_run, points_in_polygon, resample_polyline,
+    straight_path)
 
 
 @pytest.fixture
 def run(tmp_path):
     return load_run(make_run(tmp_path / "run"))
+
+
+def test_half_views_hold_each_half_with_its_own_codes(run):
+    """Half h: its own particles and every validation particle, all with half h's codes."""
+    halves = run.table.particles["dmHalfSet"].to_numpy()
+    validation = run.table.particles["dmValidation"].to_numpy() == 1
+    assert run.halves == [1, 2] and validation[halves == 2].any()
+    for half in (1, 2):
+        view = run.view(half)
+        np.testing.assert_array_equal(view.rows, np.nonzero((halves == half) | validation)[0])
+        centres = CENTRES if half == 1 else to_half2(CENTRES)
+        nearest = np.argmin(np.linalg.norm(view.latents[:, None] - centres[None], axis=2), axis=1)
+        np.testing.assert_array_equal(nearest, clusters(len(run))[view.rows])  # codes in half h's frame
+    half2 = np.load(run.source / "latent_means_half2_validation.npy")
+    view = run.view(2)
+    np.testing.assert_array_equal(view.latents[validation[view.rows]], half2[validation])
+    columns = run.columns(view)
+    np.testing.assert_array_equal(columns["latent 1"], view.latents[:, 0])
+    np.testing.assert_array_equal(columns["rlnDefocusU"],
+                                  run.table.particles["rlnDefocusU"].to_numpy()[view.rows])
+
+
+def test_half2_embedding_does_not_depend_on_half1_latents(tmp_path):
+    folder = make_run(tmp_path / "run")
+    before = load_run(folder)
+    halves = before.table.particles["dmHalfSet"].to_numpy()
+    validation = before.table.particles["dmValidation"].to_numpy() == 1
+    coords = {half: embed(before.view(half).latents).coords for half in (1, 2)}
+    assert not np.allclose(embed(before.latents).coords[before.view(2).rows], coords[2], atol=1)
+    # replace every half-1 code (half 1's particles, validation particles' half-1 codes)
+    latents = np.load(folder / "latent_means.npy")
+    from_half1 = (halves == 1) | validation
+    latents[from_half1] = np.random.default_rng(5).normal(0, 100, (from_half1.sum(), 4))
+    np.save(folder / "latent_means.npy", latents)
+    after = load_run(folder)
+    np.testing.assert_array_equal(embed(after.view(2).latents).coords, coords[2])
+    assert not np.allclose(embed(after.view(1).latents).coords, coords[1], atol=1)
+
+
+def test_star_alone_keeps_the_half2_codes_and_plain_latents_have_one_view(run):
+    alone = load_run(run.source / "particles.star")
+    np.testing.assert_allclose(alone.view(2).latents, run.view(2).latents, atol=1e-5)
+    plain = ExplorerData(run.latents)
+    assert plain.halves == [None]
+    np.testing.assert_array_equal(plain.view(None).rows, np.arange(len(run)))
+    with pytest.raises(InputError, match="half set 2"):
+        plain.view(2)
 
 
 def test_pca_embedding_matches_the_principal_axes(run):
@@ -52,15 +101,23 @@ def test_polygon_hit_test_against_a_direct_check():
         points_in_polygon(coords, [(0, 0), (1, 1)])
 
 
-def test_named_selections_are_one_class_per_particle():
+def test_named_selections_are_one_class_per_particle_and_half():
     selections = Selections(6)
-    selections.add("open", [1, 1, 1, 0, 0, 0])
-    selections.add("closed", [0, 0, 1, 1, 0, 0])  # takes particle 2 from "open"
-    np.testing.assert_array_equal(selections.labels, [1, 1, 2, 2, 0, 0])
+    selections.add("open", np.array([1, 1, 1, 0, 0, 0], dtype=bool), half=1)
+    selections.add("closed", [2, 3], half=1)  # STAR rows; takes particle 2 from "open"
+    np.testing.assert_array_equal(selections.labels(1), [1, 1, 2, 2, 0, 0])
     assert selections.counts() == {"open": 2, "closed": 2}
     np.testing.assert_array_equal(selections.mask("closed"), [0, 0, 1, 1, 0, 0])
+    selections.add("wide", [0, 3, 5], half=2)  # another half: takes nothing from half 1's selections
+    np.testing.assert_array_equal(selections.rows("wide"), [0, 3, 5])
+    np.testing.assert_array_equal(selections.rows("closed"), [2, 3])
+    assert selections.half_of == {"open": 1, "closed": 1, "wide": 2}
+    with pytest.raises(InputError, match="drawn in half 1"):
+        selections.add("open", [4], half=2)
     with pytest.raises(InputError, match="no selection named"):
         selections.mask("other")
+    with pytest.raises(InputError, match="0..5"):
+        selections.add("bad", [6], half=1)
 
 
 def test_export_holds_exactly_the_selected_rows_with_all_columns(run, tmp_path):
@@ -77,7 +134,7 @@ def test_export_holds_exactly_the_selected_rows_with_all_columns(run, tmp_path):
     assert list(subset["particles"].columns) == original
     expected = source["particles"][original][mask].reset_index(drop=True)
     assert subset["particles"].equals(expected)
-    kept = run.export(tmp_path / "with_results.star", mask, keep_results=True)
+    kept = run.export(tmp_path / "with_results.star", np.nonzero(mask)[0], keep_results=True)
     assert kept == mask.sum()
     assert "dmLatent1" in starfile.read(tmp_path / "with_results.star")["particles"].columns
 

@@ -1,4 +1,8 @@
-"""The latent-space explorer widget in a shown napari viewer (Xvfb): plot, colour, lasso, decode."""
+"""The latent-space explorer widget in a shown napari viewer (Xvfb): plot, colour, lasso, decode.
+
+The synthetic run (explore_data.make_run) gives the two half sets' codes in different coordinate
+systems, so every test says which half set it looks at.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from matplotlib.backend_bases import MouseEvent
 from explore_data import ShiftDecoder, make_run
 from napari_dynamight._widgets.explorer import (POINTS_LAYER, VECTORS_LAYER, VOLUME_LAYER,
                                                 ExplorerWidget)
-from napari_dynamight.engine.explore import load_run
+from napari_dynamight.engine.explore import embed, load_run
 
 
 @pytest.fixture
@@ -30,6 +34,11 @@ def mouse(plot, kind: str, xy) -> None:
     MouseEvent(kind, plot, x, y, button=1)._process()
 
 
+def cluster_centre(widget, k: int) -> np.ndarray:
+    """Plot position of cluster ``k`` (STAR row % 3) in the current half set's view."""
+    return widget.embedding.coords[widget.view.rows % 3 == k].mean(axis=0)
+
+
 def wait_idle(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: widget.runner is None or not widget.runner.busy, timeout=30_000)
     qtbot.waitUntil(lambda: not widget.tasks.running, timeout=60_000)
@@ -38,26 +47,36 @@ def wait_idle(qtbot, widget) -> None:
 def test_open_run_plots_every_particle_and_recolours(explorer):
     viewer, widget, folder = explorer
     widget.open_run(folder)  # the decoder is missing: the plot and selections still work
-    assert widget.data is not None and len(widget.plot.coords) == 300
+    # half 1: its 150 particles and the 30 validation particles of half 2 (with half-1 codes)
+    assert widget.half.value == 1 and len(widget.plot.coords) == 180
     np.testing.assert_allclose(widget.plot.artist.get_offsets(), widget.embedding.coords)
     assert {"latent 1", "rlnDefocusU", "dmDisplacementAngstrom"} <= set(widget.colour.choices)
     widget.colour_by("dmDisplacementAngstrom")
-    expected = starfile.read(folder / "particles.star")["particles"]["dmDisplacementAngstrom"]
+    column = starfile.read(folder / "particles.star")["particles"]["dmDisplacementAngstrom"]
+    expected = column.to_numpy()[widget.view.rows]
     np.testing.assert_allclose(widget.plot.artist.get_array(), expected)
     assert widget.plot.artist.get_clim() == pytest.approx((expected.min(), expected.max()))
     assert widget.plot.colorbar.ax.get_ylabel() == "dmDisplacementAngstrom"
 
 
-def test_lasso_selection_exports_exactly_the_enclosed_particles(qtbot, explorer, tmp_path):
+def test_lasso_in_half_2_exports_exactly_the_enclosed_half_2_rows(qtbot, explorer, tmp_path):
     viewer, widget, folder = explorer
     widget.open_run(folder)
+    widget.set_half(2)
+    view = widget.view
+    half2 = np.load(folder / "latent_means_half2_validation.npy")
+    validation = np.isfinite(half2[view.rows]).all(axis=1)
+    assert len(view) == 180 and validation.sum() == 60
+    np.testing.assert_array_equal(view.latents[validation], half2[view.rows[validation]])
+    np.testing.assert_array_equal(widget.embedding.coords, embed(view.latents).coords)
     widget.mode.value = "lasso"
     coords = widget.embedding.coords
-    # a rectangle around the right half of the plot, drawn with the mouse
+    # a rectangle around the right half of half 2's plot, drawn with the mouse
     x_mid = float(np.median(coords[:, 0]))
-    corners = [(x_mid, -40), (40, -40), (40, 40), (x_mid, 40)]
-    widget.plot.axes.set_xlim(-50, 50)
-    widget.plot.axes.set_ylim(-50, 50)
+    reach = float(np.abs(coords).max()) + 5
+    corners = [(x_mid, -reach), (reach, -reach), (reach, reach), (x_mid, reach)]
+    widget.plot.axes.set_xlim(-reach - 5, reach + 5)
+    widget.plot.axes.set_ylim(-reach - 5, reach + 5)
     mouse(widget.plot, "button_press_event", corners[0])
     for corner in corners[1:]:
         mouse(widget.plot, "motion_notify_event", corner)
@@ -67,15 +86,21 @@ def test_lasso_selection_exports_exactly_the_enclosed_particles(qtbot, explorer,
     assert widget.selected_label.value == f"selected: {expected.sum()}"
 
     widget.add_selection("right")
+    widget.set_half(1)
+    assert widget.selections_box.value == "right"
     path = tmp_path / "right.star"
     assert widget.export_selection(path, "right") == expected.sum()
     exported = starfile.read(path, always_dict=True)
     source = starfile.read(folder / "particles.star", always_dict=True)
-    exported_names = set(exported["particles"]["rlnImageName"])
-    enclosed_names = set(source["particles"]["rlnImageName"][expected])
-    assert exported_names == enclosed_names
+    enclosed_rows = view.rows[expected]
+    assert (source["particles"]["dmHalfSet"].to_numpy()[enclosed_rows] == 1).sum() > 0  # validation
+    assert list(exported["particles"]["rlnImageName"]) == list(
+        source["particles"]["rlnImageName"].to_numpy()[enclosed_rows])
     assert exported["optics"].equals(source["optics"])
     assert not any(c.startswith("dm") for c in exported["particles"].columns)
+    widget._selection_chosen("right")  # choosing a half-2 selection shows half 2 again
+    assert widget.view.half == 2
+    np.testing.assert_array_equal(widget.current_mask, expected)
 
 
 def test_density_image_above_the_threshold(explorer):
@@ -99,7 +124,7 @@ def test_click_decodes_and_updates_the_volume(qtbot, explorer):
     viewer, widget, folder = explorer
     decoder = ShiftDecoder()
     widget.set_data(load_run(folder), decoder)
-    clusters = [widget.embedding.coords[k::3].mean(axis=0) for k in range(3)]
+    clusters = [cluster_centre(widget, k) for k in range(3)]
     mouse(widget.plot, "button_press_event", clusters[0])
     mouse(widget.plot, "button_release_event", clusters[0])
     wait_idle(qtbot, widget)
@@ -122,6 +147,27 @@ def test_click_decodes_and_updates_the_volume(qtbot, explorer):
     assert shot_1[..., :3].std() > 5 and np.abs(shot_1.astype(int) - shot_0).mean() > 0.5
 
 
+def test_click_decodes_with_the_chosen_halfs_decoder(qtbot, explorer):
+    viewer, widget, folder = explorer
+    decoder = ShiftDecoder()
+    widget.set_data(load_run(folder), decoder)
+    widget.set_half(2)
+    assert decoder.half == 2
+    point = cluster_centre(widget, 1)
+    mouse(widget.plot, "button_press_event", point)
+    mouse(widget.plot, "button_release_event", point)
+    wait_idle(qtbot, widget)
+    latent = widget.embedding.to_latent(point)
+    np.testing.assert_allclose(widget.last_decoded.latent, latent)
+    # half 2's code of cluster 1 is its own frame's (6, 0, 1, 0): half 2's decoder moves by 6 Å in z
+    vectors = viewer.layers[VECTORS_LAYER].data[:, 1]
+    np.testing.assert_allclose(vectors, np.tile([6, 0, 0], (12, 1)), atol=0.6)
+    half1_volume = ShiftDecoder().decode(latent).volume  # the same latent point, half 1's decoder
+    shown = np.asarray(viewer.layers[VOLUME_LAYER].data)
+    np.testing.assert_allclose(shown, decoder.decode(latent).volume, atol=1e-6)
+    assert np.abs(shown - half1_volume).max() > 0.5 * shown.max()
+
+
 def test_dragging_decodes_without_queueing(qtbot, explorer):
     viewer, widget, folder = explorer
     decoder = ShiftDecoder()
@@ -141,7 +187,7 @@ def test_dragging_decodes_without_queueing(qtbot, explorer):
 def test_path_volumes_and_movie(qtbot, explorer, tmp_path):
     viewer, widget, folder = explorer
     widget.set_data(load_run(folder), ShiftDecoder())
-    clusters = [widget.embedding.coords[k::3].mean(axis=0) for k in range(3)]
+    clusters = [cluster_centre(widget, k) for k in range(3)]
     widget.frames.value = 4
     widget.decode_at(clusters[0])
     widget.set_path_end(0)
@@ -165,8 +211,8 @@ def test_path_volumes_and_movie(qtbot, explorer, tmp_path):
     assert widget.tasks.last_outcome.error is None
     frames = iio.imread(movie)
     assert frames.shape[0] == 4
-    assert np.abs(frames[0].astype(int) - frames[-1]).mean() > 0.5
-    assert frames[0].std() > 5
+    change, contrast = np.abs(frames[0].astype(int) - frames[-1]).mean(), frames[0].std()
+    assert change > 0.5 and contrast > 5, (change, contrast)
 
 
 def test_gaussian_error_estimates_view(explorer):

@@ -1,7 +1,7 @@
-"""The explorer's screenshot for the user guide (docs/gui.md), asserted on pixel content.
+"""The explorer's screenshots for the user guide (docs/gui.md), one per half set, asserted on pixels.
 
-The data widget's screenshot is taken in test_gui_data.py. Set DYNAMIGHT_SCREENSHOTS=docs/images to
-(re)write the guide's images from these tests.
+The data widget's screenshot is taken in test_gui_data.py. DYNAMIGHT_SCREENSHOTS=1 (re)writes the
+guide's images in docs/images/ from these tests.
 """
 
 from __future__ import annotations
@@ -10,31 +10,61 @@ import numpy as np
 
 from explore_data import ShiftDecoder, make_run
 from napari_dynamight.engine.explore import load_run
-from screenshots import distinct_colours, save
+from screenshots import distinct_colours, save, widget_rgb
 
 
-def test_explorer_screenshot(qtbot, make_napari_viewer, tmp_path):
+def test_explorer_screenshots_per_half_set(qtbot, make_napari_viewer, tmp_path):
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1200, 900)
     _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
     widget.set_data(load_run(make_run(tmp_path / "run")), ShiftDecoder())
-    widget.colour_by("dmDisplacementAngstrom")
-    coords = widget.embedding.coords
-    low, high = coords.min(axis=0), coords.max(axis=0)
-    middle = (low + high) / 2
-    widget.select_polygon([(middle[0], low[1]), (high[0], low[1]), (high[0], high[1]),
-                           (middle[0], high[1])])
-    widget.add_selection("right half")
-    widget.decode_at(coords[1::3].mean(axis=0))
-    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=30_000)
-    widget.plot.draw()
-    plot = widget.plot.grab().toImage()
-    plot_rgb = np.array(plot.constBits().asarray(plot.sizeInBytes())).reshape(
-        plot.height(), plot.bytesPerLine() // 4, 4)[..., [2, 1, 0]]
-    window = viewer.screenshot(canvas_only=False, flash=False)
-    save(window, "explorer.png", tmp_path)
-    assert distinct_colours(plot_rgb) > 30  # a coloured scatter, not a blank canvas
-    red = (plot_rgb[..., 0] > 200) & (plot_rgb[..., 1] < 80) & (plot_rgb[..., 2] < 80)
-    assert red.sum() > 50  # the selection outline and the decode marker
-    canvas = viewer.screenshot(canvas_only=True, flash=False)
-    assert canvas[..., :3].std() > 5
+    plots = {}
+    for half in (1, 2):
+        widget.set_half(half)
+        widget.colour_by("dmDisplacementAngstrom")
+        coords = widget.embedding.coords
+        low, high = coords.min(axis=0), coords.max(axis=0)
+        middle = (low + high) / 2
+        widget.select_polygon([(middle[0], low[1]), (high[0], low[1]), (high[0], high[1]),
+                               (middle[0], high[1])])
+        widget.add_selection(f"right of half {half}")
+        widget.decode_at(coords[widget.view.rows % 3 == 1].mean(axis=0))
+        qtbot.waitUntil(lambda: not widget.runner.busy, timeout=30_000)
+        widget.plot.draw()
+        plots[half] = widget_rgb(widget.plot)
+        window = viewer.screenshot(canvas_only=False, flash=False)
+        save(window, f"explorer_half{half}.png", tmp_path)
+        assert distinct_colours(plots[half]) > 30  # a coloured scatter, not a blank canvas
+        red = (plots[half][..., 0] > 200) & (plots[half][..., 1] < 80) & (plots[half][..., 2] < 80)
+        assert red.sum() > 50  # the selection outline and the decode marker
+        canvas = viewer.screenshot(canvas_only=True, flash=False)
+        assert canvas[..., :3].std() > 5
+        orange = (canvas[..., 0] > 200) & (canvas[..., 1] > 100) & (canvas[..., 2] < 60)
+        assert orange.sum() > 20  # the deformed Gaussians over the volume
+    shape = np.minimum(plots[1].shape, plots[2].shape)
+    crop = tuple(slice(0, n) for n in shape)
+    assert np.abs(plots[1][crop].astype(int) - plots[2][crop]).mean() > 2  # two different embeddings
+
+
+STAGE_WIDGETS = {"Deformations": "deformations_widget.png",
+                 "Inverse deformations": "inverse_widget.png",
+                 "Reconstruction": "reconstruction_widget.png"}
+
+
+def test_stage_widget_screenshots(qtbot, make_napari_viewer, tmp_path):
+    """Each stage widget docked in a fresh viewer, before a run: its options, buttons and plot."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 900)
+    for name, file_name in STAGE_WIDGETS.items():
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", name)
+        qtbot.waitUntil(widget.isVisible, timeout=10_000)
+        qtbot.wait(300)  # the window lays the new dock out
+        image = widget_rgb(widget)
+        window = viewer.screenshot(canvas_only=False, flash=False)
+        save(window, file_name, tmp_path)
+        text = image.max(axis=2) > 180  # light labels and button text on napari's dark theme
+        assert image.shape[0] > 200 and distinct_colours(image) > 20, name
+        assert 0.002 < text.mean() < 0.5, name
+        right = window[:, window.shape[1] * 2 // 3:, :3]  # the dock's side of the window
+        assert (right.max(axis=2) > 180).mean() > 0.002, f"{name} is not in the window screenshot"
+        viewer.window.remove_dock_widget(dock)

@@ -165,3 +165,74 @@ def test_open_star_in_napari(make_napari_viewer):
     assert layer._type_string == "points"
     assert len(layer.data) == 10
     np.testing.assert_allclose(np.linalg.norm(layer.data, axis=1), 48 * 4.88 / 2, rtol=1e-6)
+
+
+def test_run_reader_accepts_only_run_folders(tmp_path):
+    from explore_data import make_run
+
+    from napari_dynamight._reader import get_run_reader, has_latent_columns, read_run
+
+    folder = make_run(tmp_path / "run", n=30)
+    assert get_run_reader(str(folder)) is None  # no run.json: not a deformation run folder
+    (folder / "run.json").write_text("{}", encoding="utf-8")
+    assert get_run_reader(str(folder)) is read_run
+    assert get_run_reader([str(folder)]) is read_run
+    assert get_run_reader(str(folder / "particles.star")) is None
+    assert has_latent_columns(folder / "particles.star")
+    assert not has_latent_columns(STAR_FILES["relion31"])
+
+
+def test_run_folder_opens_the_explorer_by_drag_and_drop(make_napari_viewer, tmp_path):
+    """viewer.open on a run folder (what drag and drop and File ▸ Open Folder call) docks the
+    explorer through napari.current_viewer() and adds no layer."""
+    from explore_data import make_run
+
+    from napari_dynamight._widgets.explorer import ExplorerWidget
+
+    folder = make_run(tmp_path / "run", n=60)
+    (folder / "run.json").write_text("{}", encoding="utf-8")
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open(str(folder), plugin="napari-dynamight")
+    assert layers == [] and len(viewer.layers) == 0
+    docked = viewer.window._wrapped_dock_widgets["Latent-space explorer (napari-dynamight)"]
+    widget = docked.inner_widget()
+    assert isinstance(widget, ExplorerWidget) and docked.isVisible()
+    assert widget.data.source == folder and widget.view.half == 1
+    np.testing.assert_array_equal(widget.data.latents, np.load(folder / "latent_means.npy"))
+    assert len(widget.plot.coords) == len(widget.view) == 36  # 30 of half 1 + 6 validation of half 2
+
+
+def test_run_star_opens_its_latent_space(make_napari_viewer, tmp_path):
+    from explore_data import make_run
+
+    folder = make_run(tmp_path / "run", n=60)
+    viewer = make_napari_viewer(show=True)
+    assert viewer.open(str(folder / "particles.star"), plugin="napari-dynamight") == []
+    widget = viewer.window._wrapped_dock_widgets[
+        "Latent-space explorer (napari-dynamight)"].inner_widget()
+    assert widget.data.source == folder / "particles.star"
+    np.testing.assert_allclose(widget.data.latents, np.load(folder / "latent_means.npy"), atol=1e-5)
+    np.testing.assert_allclose(widget.data.half2_validation,
+                               np.load(folder / "latent_means_half2_validation.npy"), atol=1e-5)
+    # a plain particle STAR file still opens as viewing directions
+    [layer] = viewer.open(str(STAR_FILES["trpv1"]), plugin="napari-dynamight")
+    assert layer._type_string == "points"
+
+
+def test_unfinished_run_folder_opens_its_half_maps(make_napari_viewer, tmp_path):
+    from npe2 import PluginManager
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.json").write_text("{}", encoding="utf-8")
+    viewer = make_napari_viewer(show=True)
+    with pytest.raises(ValueError, match="half maps"):  # napari wraps the reader's InputError
+        viewer.open(str(folder), plugin="napari-dynamight")
+    volume = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+    for half in (1, 2):
+        write_map(folder / f"consensus_half{half}.mrc", volume * half, 2.0)
+    layers = viewer.open(str(folder), plugin="napari-dynamight")
+    assert [layer.name for layer in layers] == ["consensus_half1", "consensus_half2"]
+    np.testing.assert_allclose(layers[1].data, 2 * volume)
+    readers = PluginManager.instance().iter_compatible_readers([str(folder)])
+    assert "napari-dynamight.get_run_reader" in {reader.command for reader in readers}

@@ -14,6 +14,11 @@ Maps and images open as image layers whose world coordinates are Å measured fro
   from the same project), coloured by defocus, with per-particle features (angles, defocus, optics
   group, half set). Without poses, the first particle images at the STAR file's pixel size.
   The layer's ``metadata["summary"]`` holds the same summary as ``napari-dynamight info``.
+  A STAR file with latent columns (``dmLatent1``, ..., a deformation run's ``particles.star``)
+  opens its latent space in the explorer instead (decoding too, when it sits in its run folder).
+- a folder with ``run.json`` (a deformation run): the latent-space explorer is docked in the current
+  viewer with the run loaded (the reader returns napari's "no layers" value ``[(None,)]``). Without a
+  viewer, or before the run has latent means, its half maps open as layers and a message says why.
 
 Nothing heavy is imported at module import time: napari imports readers while it starts.
 """
@@ -30,6 +35,11 @@ MAX_POINTS = 50_000
 MAX_IMAGES = 64
 
 MRC_SUFFIXES = (".mrc", ".map", ".mrcs")
+RUN_FILE = "run.json"
+LATENTS_FILE = "latent_means.npy"
+HALF_MAPS = ("consensus_half1.mrc", "consensus_half2.mrc")
+# napari's value for "the reader succeeded but added no layers" (it opened a widget instead)
+NO_LAYERS = [(None,)]
 
 
 def _single_path(path) -> str | None:
@@ -52,6 +62,53 @@ def get_star_reader(path):
     if single is None or not single.lower().endswith(".star"):
         return None
     return read_star
+
+
+def get_run_reader(path):
+    """Return :func:`read_run` for one folder that holds a run.json, else None."""
+    single = _single_path(path)
+    if single is None or not os.path.isfile(os.path.join(single, RUN_FILE)):
+        return None
+    return read_run
+
+
+def _dock_explorer(run_path: Path) -> bool:
+    """Dock the explorer on ``run_path`` in the current napari viewer; False if there is none."""
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return False
+    from .cli.explore import open_explorer
+
+    open_explorer(viewer, run_path)
+    return True
+
+
+def read_run(path) -> list[tuple]:
+    """A deformation run folder: the explorer docked on it, or its half maps (see module doc)."""
+    from napari.utils.notifications import show_info
+
+    from .engine.errors import InputError
+
+    path = Path(_single_path(path))
+    if (path / LATENTS_FILE).is_file() and _dock_explorer(path):
+        return NO_LAYERS
+    maps = [path / name for name in HALF_MAPS if (path / name).is_file()]
+    if not maps:
+        raise InputError(f"{path}: a deformation run without {LATENTS_FILE} or half maps yet; "
+                         "open it again when the run has finished")
+    reason = ("it has no latent means yet (the run has not finished)"
+              if not (path / LATENTS_FILE).is_file() else "there is no napari viewer to dock it in")
+    show_info(f"{path}: opened the half maps; the latent-space explorer needs the finished run, "
+              f"and {reason}")
+    return [layer for map_path in maps for layer in read_mrc(map_path)]
+
+
+def has_latent_columns(path, max_bytes: int = 1 << 16) -> bool:
+    """Whether a STAR file's header names dmLatent columns (a deformation run's particles.star)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return "_dmLatent1" in handle.read(max_bytes)
 
 
 def _centred(shape: tuple[int, ...], spacing: float) -> list[float]:
@@ -120,6 +177,8 @@ def read_star(path) -> list[tuple]:
     from .engine.io.star import read_particles
 
     path = Path(_single_path(path))
+    if has_latent_columns(path) and _dock_explorer(path):
+        return NO_LAYERS
     table = read_particles(path)
     summary = summarise(table, path)
     if summary["poses"]:

@@ -27,7 +27,8 @@ def write_movie(path, frames: list[np.ndarray], fps: int = 10) -> None:
     """Write RGB(A) frames atomically, cropped to their common size.
 
     Screenshots can differ by a few pixels when the window relayouts during capture (a progress bar
-    appearing, say); cropping to the smallest frame keeps the movie valid. MP4 sizes are made even.
+    appearing, say); cropping to the smallest frame keeps the movie valid. MP4 sizes are cropped to
+    multiples of 16 (the H.264 macro block), so every player accepts them and nothing is rescaled.
     """
     import imageio.v3 as iio
 
@@ -38,7 +39,7 @@ def write_movie(path, frames: list[np.ndarray], fps: int = 10) -> None:
     height = min(a.shape[0] for a in arrays)
     width = min(a.shape[1] for a in arrays)
     if path.suffix.lower() == ".mp4":
-        height, width = height - height % 2, width - width % 2
+        height, width = height - height % 16, width - width % 16
     rgb = np.stack([a[:height, :width] for a in arrays]).astype(np.uint8)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".gif":

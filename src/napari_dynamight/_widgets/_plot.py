@@ -131,6 +131,12 @@ class LatentPlot(FigureCanvasQTAgg):
         self.marker.set_data([point[0]], [point[1]])
         self.draw_idle()
 
+    def clear_marks(self) -> None:
+        """Remove the decode marker and the path (a new data set or half set)."""
+        self.marker.set_data([], [])
+        self.path_line.set_data([], [])
+        self.draw_idle()
+
     def show_path(self, points_2d) -> None:
         points_2d = np.asarray(points_2d)
         self.path_line.set_data(points_2d[:, 0], points_2d[:, 1]) if len(points_2d) else \

@@ -1,22 +1,25 @@
 """The latent-space explorer dock widget: scatter/density plot, click-to-decode, lasso, export, paths.
 
 The per-particle model (embedding, class ids, columns) lives in ``engine.explore``; this widget only
-draws it and forwards events. A click (or drag) in "decode" mode decodes the latent point under the
-cursor in a latest-request-wins worker and updates one image layer (the volume), one points layer (the
-deformed Gaussians) and one vectors layer (their displacements from the consensus). A lasso in
-"lasso" mode selects the particles inside; a selection is named, and exported as a STAR subset.
-Two clicked points define a path (straight or along the kNN graph) to save as MRC files or a movie.
+draws it and forwards events. The two half sets' latent spaces are unrelated coordinate systems, so
+the widget shows one half set at a time (the *half set* selector): its particles (validation particles
+with that half's codes), an embedding fitted on them alone, and that half's decoder. A click (or
+drag) in "decode" mode decodes the latent point under the cursor in a latest-request-wins worker and
+updates one image layer (the volume), one points layer (the deformed Gaussians) and one vectors layer
+(their displacements from the consensus). A lasso in "lasso" mode selects the particles inside; a
+selection is named, stored as rows of the original STAR file, and exported as a STAR subset. Two
+clicked points define a path (``_explorer_paths``) to save as MRC files or a movie.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton,
                               RadioButtons, SpinBox)
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
+from ._explorer_paths import PathExport
+from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
 from ._layers import show_map, show_points, show_vectors
 from ._plot import LatentPlot
 from ._tasks import LatestRequestRunner, TaskPanel
@@ -24,11 +27,14 @@ from ._tasks import LatestRequestRunner, TaskPanel
 VOLUME_LAYER = "decoded volume"
 POINTS_LAYER = "deformed Gaussians"
 VECTORS_LAYER = "displacements"
-ERRORS_LAYER = "Gaussian error estimates"
-HALVES_LAYER = "half 1 vs half 2"
 
 
-class ExplorerWidget(QWidget):
+def _half_choices(halves) -> list[tuple[str, int]]:
+    """Combo-box entries for the half sets; 0 stands for "all particles" (no half sets)."""
+    return [("all particles", 0) if half is None else (f"half {half}", half) for half in halves]
+
+
+class ExplorerWidget(PathExport, ValidationViews, QWidget):
     """Explore a run's latent space (``open_run``) or any ``ExplorerData`` (``set_data``)."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -36,13 +42,13 @@ class ExplorerWidget(QWidget):
         self.viewer = napari_viewer
         self.run = FileEdit(label="run folder", mode="d")
         self.open_button = PushButton(text="Open run")
+        self.half = ComboBox(label="half set", choices=_half_choices([1, 2]), value=1)
         self.method = ComboBox(label="embedding", choices=["pca", "umap"], value="pca")
         self.colour = ComboBox(label="colour by", choices=[])
         self.mode = RadioButtons(label="mouse", choices=["decode", "lasso"], value="decode",
                                  orientation="horizontal")
-        self.half = ComboBox(label="decoder of half", choices=[1, 2], value=1)
-        top = Container(widgets=[self.run, self.open_button, self.method, self.colour, self.mode,
-                                 self.half])
+        top = Container(widgets=[self.run, self.open_button, self.half, self.method, self.colour,
+                                 self.mode])
         self.plot = LatentPlot(on_point=self.decode_at, on_lasso=self.select_polygon)
         self.selected_label = Label(value="selected: 0")
         self.selection_name = LineEdit(label="name", value="selection 1")
@@ -73,6 +79,8 @@ class ExplorerWidget(QWidget):
         self.plot.setMinimumHeight(300)
 
         self.data = None
+        self.view = None
+        self.columns: dict = {}
         self.embedding = None
         self.selections = None
         self.decoder = None
@@ -95,7 +103,7 @@ class ExplorerWidget(QWidget):
         self.movie_button.changed.connect(lambda *_: self._movie_dialog())
         self.errors_button.changed.connect(lambda *_: self.show_gaussian_errors())
         self.compare_button.changed.connect(lambda *_: self.compare_halves())
-        self.half.changed.connect(self.set_half)
+        self.half.changed.connect(self._half_chosen)
 
     # --- data ---------------------------------------------------------------------------------
     def open_run(self, path) -> None:
@@ -121,31 +129,70 @@ class ExplorerWidget(QWidget):
         """Show ``data`` (``engine.explore.ExplorerData``); ``decoder`` decodes clicked points."""
         from ..engine.explore import Selections
 
-        self.data, self.decoder, self.embedding = data, decoder, None
+        self.data, self.decoder, self.embedding, self.view = data, decoder, None, None
         self.selections = Selections(len(data))
-        self.current_mask = np.zeros(len(data), dtype=bool)
-        self.columns = data.columns()
         self.runner = LatestRequestRunner(decoder.decode, self._show_decoded) if decoder else None
         can_compare = decoder is not None and hasattr(decoder, "compare_halves")
         self.comparer = LatestRequestRunner(decoder.compare_halves, self._show_comparison,
                                             "compare halves") if can_compare else None
-        if decoder is not None and hasattr(decoder, "set_half"):
-            decoder.set_half(int(self.half.value))
-        self.colour.choices = list(self.columns)
         self.selections_box.choices = []
+        choices = _half_choices(data.halves)
+        if list(self.half.choices) != [value for _, value in choices]:
+            self.half.choices = choices  # may emit changed before self.view is set: ignored
+        if self.half.value not in (value for _, value in choices):
+            self.half.value = choices[0][1]
+        self.show_half(self.half.value or None)
+
+    def set_half(self, half: int | None) -> None:
+        """Show half set ``half`` (1 or 2; None without half sets): its particles, embedding, decoder."""
+        self.half.value = half or 0  # emits changed → _half_chosen when it differs
+
+    def _half_chosen(self, value) -> None:
+        if self.data is not None and self.view is not None and (value or None) != self.view.half:
+            self.show_half(value or None)
+
+    def show_half(self, half: int | None) -> None:
+        """Embed, colour and decode half ``half``'s particles (see :meth:`set_half`)."""
+        from ..engine.errors import InputError
+        from ._tasks import one_line
+
+        try:
+            self.view = self.data.view(half)
+        except InputError as error:
+            self._error(one_line(error))
+            return
+        if self.decoder is not None and hasattr(self.decoder, "set_half"):
+            self.decoder.set_half(half or 1)
+        self.columns, self.embedding = self.data.columns(self.view), None
+        self.current_mask = np.zeros(len(self.view), dtype=bool)
+        self.selected_label.value = "selected: 0"
+        self.last_point, self.path_ends, self.path_latents = None, [None, None], None
+        self.plot.clear_marks()
+        previous = self.colour.value
+        with self.colour.changed.blocked():  # the plot is redrawn once, by _embed
+            self.colour.choices = list(self.columns)
+            if previous in self.columns:
+                self.colour.value = previous
         self._embed()
-        self.status.value = (f"{len(data)} particles, latent dimension {data.latents.shape[1]}"
-                             + ("" if decoder else "; no decoder: clicks only mark points"))
+        own = len(self.view) - int(self._validation_in_view().sum())
+        self.status.value = (f"{self.view.label}: {len(self.view)} of {len(self.data)} particles "
+                             f"({own} own, {len(self.view) - own} validation), latent dimension "
+                             f"{self.view.latents.shape[1]}"
+                             + ("" if self.decoder else "; no decoder: clicks only mark points"))
+
+    def _validation_in_view(self) -> np.ndarray:
+        values = self.columns.get("dmValidation")
+        return np.zeros(len(self.view), bool) if values is None else values != 0
 
     def _embed(self) -> None:
         from ..engine.errors import InputError
         from ..engine.explore import embed
         from ._tasks import one_line
 
-        if self.data is None:
+        if self.view is None:
             return
         try:
-            self.embedding = embed(self.data.latents, self.method.value)
+            self.embedding = embed(self.view.latents, self.method.value)
         except InputError as error:
             self._error(one_line(error))
             self.method.value = "pca"
@@ -177,72 +224,15 @@ class ExplorerWidget(QWidget):
         threshold = 0.3 * float(decoded.volume.max()) if first else None
         show_map(self.viewer, VOLUME_LAYER, decoded.volume, decoded.voxel_size_angstrom,
                  threshold=threshold, colormap="gray", opacity=0.7)
-        sigma = 1.5 * decoded.voxel_size_angstrom
-        show_points(self.viewer, POINTS_LAYER, decoded.positions_angstrom, size_angstrom=sigma)
+        # drawn over the volume's surface (no depth test), so the Gaussians inside stay visible
+        show_points(self.viewer, POINTS_LAYER, decoded.positions_angstrom,
+                    size_angstrom=decoded.voxel_size_angstrom, blending="translucent_no_depth",
+                    opacity=0.8)
         show_vectors(self.viewer, VECTORS_LAYER, decoded.consensus_angstrom,
-                     decoded.displacements_angstrom)
+                     decoded.displacements_angstrom, blending="translucent_no_depth")
         if first:
             self.viewer.dims.ndisplay = 3
         self.last_decoded = decoded
-
-    def show_gaussian_errors(self):
-        """Half 1's reference Gaussians coloured by their deformation error estimate (validation)."""
-        from ..engine.errors import InputError
-        from ..engine.explore.table import read_gaussian_errors
-        from ._tasks import one_line
-
-        source = None if self.data is None else self.data.source
-        if source is None or not Path(source).is_dir():
-            self._error("open a run folder to see its error estimates")
-            return None
-        try:
-            positions, errors = read_gaussian_errors(source)
-        except InputError as error:
-            self._error(one_line(error))
-            return None
-        if ERRORS_LAYER in self.viewer.layers:
-            self.viewer.layers.remove(ERRORS_LAYER)
-        layer = show_points(self.viewer, ERRORS_LAYER, positions, size_angstrom=3.0,
-                            features={"error_angstrom": errors}, face_color="error_angstrom",
-                            face_colormap="inferno")
-        self.status.value = (f"Gaussian error estimates: median {np.median(errors):.2f} Å, "
-                             f"max {errors.max():.2f} Å")
-        return layer
-
-    def set_half(self, half: int) -> None:
-        """Decode with half ``half``'s decoder from now on (and redo the last point)."""
-        if self.decoder is None or not hasattr(self.decoder, "set_half"):
-            return
-        self.decoder.set_half(int(half))
-        if self.last_point is not None:
-            self.decode_at(self.last_point)
-
-    def compare_halves(self, point_2d=None) -> int | None:
-        """Decode the validation particle nearest the last click with both halves; returns its row."""
-        point = self.last_point if point_2d is None else np.asarray(point_2d, dtype=np.float64)
-        if self.comparer is None or point is None:
-            self._error("open a run folder and click near a validation particle first")
-            return None
-        rows = np.nonzero(self.decoder.validation)[0]
-        if len(rows) == 0:
-            self._error("this run has no validation particles")
-            return None
-        nearest = rows[np.argmin(np.linalg.norm(self.embedding.coords[rows] - point, axis=1))]
-        self.plot.show_marker(self.embedding.coords[nearest])
-        self.comparer.request(int(nearest))
-        return int(nearest)
-
-    def _show_comparison(self, comparison) -> None:
-        self._show_decoded(comparison.half1)
-        if HALVES_LAYER in self.viewer.layers:
-            self.viewer.layers.remove(HALVES_LAYER)
-        show_points(self.viewer, HALVES_LAYER, comparison.half1.positions_angstrom,
-                    size_angstrom=3.0, features={"difference_angstrom": comparison.difference_angstrom},
-                    face_color="difference_angstrom", face_colormap="inferno")
-        self.last_comparison = comparison
-        self.status.value = (f"particle {comparison.particle}: the halves' displacements differ by "
-                             f"{comparison.rms_angstrom:.2f} Å RMS (max "
-                             f"{comparison.difference_angstrom.max():.2f} Å)")
 
     # --- selections ---------------------------------------------------------------------------
     def select_polygon(self, vertices) -> np.ndarray:
@@ -255,35 +245,41 @@ class ExplorerWidget(QWidget):
         return self.current_mask
 
     def add_selection(self, name: str) -> None:
-        """Keep the current lasso selection under ``name``."""
+        """Keep the current lasso selection (rows of the original STAR) under ``name``."""
         from ..engine.errors import InputError
         from ._tasks import one_line
 
         try:
-            self.selections.add(name, self.current_mask)
+            self.selections.add(name, self.view.rows[self.current_mask], self.view.half)
         except InputError as error:
             self._error(one_line(error))
             return
         counts = self.selections.counts()
-        self.selections_box.choices = list(counts)
-        self.selections_box.value = name
+        with self.selections_box.changed.blocked():  # no detour through another selection's half
+            self.selections_box.choices = [
+                (f"{key} ({self.data.view(self.selections.half_of[key]).label})", key)
+                for key in counts]
+        self.selections_box.value = name.strip()
         self.selection_name.value = f"selection {len(counts) + 1}"
         self.status.value = ", ".join(f"{key}: {value}" for key, value in counts.items())
 
     def _selection_chosen(self, name) -> None:
-        if name and self.selections is not None and name in self.selections.names:
-            self.current_mask = self.selections.mask(name)
-            self.plot.set_selected(self.current_mask)
-            self.selected_label.value = f"selected: {int(self.current_mask.sum())} ({name})"
+        if not name or self.selections is None or name not in self.selections.names:
+            return
+        self.set_half(self.selections.half_of[name])  # a selection is shown in its own half
+        self.current_mask = self.selections.mask(name)[self.view.rows]
+        self.plot.set_selected(self.current_mask)
+        self.selected_label.value = f"selected: {int(self.current_mask.sum())} ({name})"
 
     def export_selection(self, path, name: str | None = None) -> int:
-        """Write a named selection (default: the current one) as a STAR subset; returns the count."""
+        """Write a named selection (default: the current one) as a STAR subset of the original
+        particles (all columns, the optics table); returns the count."""
         from ..engine.errors import InputError
         from ._tasks import one_line
 
         try:
-            mask = self.current_mask if name is None else self.selections.mask(name)
-            count = self.data.export(path, mask, keep_results=self.keep_results.value)
+            rows = self.view.rows[self.current_mask] if name is None else self.selections.rows(name)
+            count = self.data.export(path, rows, keep_results=self.keep_results.value)
         except InputError as error:
             self._error(one_line(error))
             return 0
@@ -294,94 +290,6 @@ class ExplorerWidget(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Export selection", "selection.star", "*.star")
         if path:
             self.export_selection(path)
-
-    # --- paths --------------------------------------------------------------------------------
-    def set_path_end(self, which: int, point_2d=None) -> None:
-        """Use the last clicked point (or ``point_2d``) as the path's start (0) or end (1)."""
-        point = self.last_point if point_2d is None else np.asarray(point_2d, dtype=np.float64)
-        if point is None or self.embedding is None:
-            self._error("click a point in the latent plot first")
-            return
-        self.path_ends[which] = point
-        self.path_latents = None
-        if all(end is not None for end in self.path_ends):
-            self.make_path()
-
-    def make_path(self) -> np.ndarray | None:
-        """Latent points along the chosen path between the two ends; drawn on the plot."""
-        from ..engine.errors import InputError
-        from ..engine.explore import graph_path, straight_path
-        from ._tasks import one_line
-
-        if any(end is None for end in self.path_ends):
-            self._error("choose a path start and end first")
-            return None
-        n = int(self.frames.value)
-        try:
-            if self.path_kind.value == "straight":
-                ends = [self.embedding.to_latent(end) for end in self.path_ends]
-                latents = straight_path(ends[0], ends[1], n)
-                rows = None
-            else:
-                start, end = (self.embedding.nearest(point) for point in self.path_ends)
-                latents, rows = graph_path(self.data.latents, start, end, n)
-        except InputError as error:
-            self._error(one_line(error))
-            return None
-        self.path_latents = latents
-        if rows is not None:
-            self.plot.show_path(self.embedding.coords[rows])
-        else:
-            self.plot.show_path(np.stack(self.path_ends))
-        return latents
-
-    def save_volumes(self, folder):
-        """Decode the path and write one MRC file per point into ``folder`` (in a worker)."""
-        from ..engine.explore.series import decode_path
-
-        latents = self._path_for_export()
-        if latents is None:
-            return None
-        return self.tasks.start(decode_path(self.decoder, latents, folder), "save volumes",
-                                lambda files: self._done(f"wrote {len(files)} volumes to {folder}"))
-
-    def export_movie(self, path, fps: int = 10):
-        """Decode the path, show each volume with the current camera, capture it, write a movie."""
-        from ..engine.explore.series import decode_path
-        from ._movie import check_movie_path, write_movie
-
-        latents = self._path_for_export()
-        if latents is None or not check_movie_path(path, self._error):
-            return None
-        self.movie_frames = []
-
-        def frame(event) -> None:
-            self._show_decoded(event.decoded)
-            self.movie_frames.append(self.viewer.screenshot(canvas_only=True, flash=False))
-
-        def finish(_) -> None:
-            write_movie(path, self.movie_frames, fps)
-            self._done(f"wrote {len(self.movie_frames)} frames to {path}")
-
-        return self.tasks.start(decode_path(self.decoder, latents), "movie", finish, frame)
-
-    def _path_for_export(self):
-        if self.decoder is None:
-            self._error("this run cannot be decoded; open a finished run folder")
-            return None
-        if self.path_latents is None:
-            return self.make_path()
-        return self.path_latents
-
-    def _volumes_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder for the volumes")
-        if folder:
-            self.save_volumes(Path(folder))
-
-    def _movie_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export movie", "path.gif", "*.gif *.mp4")
-        if path:
-            self.export_movie(path)
 
     # --- messages -----------------------------------------------------------------------------
     def _done(self, message: str) -> None:

@@ -5,7 +5,11 @@ repository's tests/data/adk files), reads it back as any STAR file is read, fill
 map with Gaussians and fits them to it, trains the deformations (--epochs; 0 skips them) and prints
 a summary. Then it opens napari with the consensus map (an image layer in Å), the Gaussians (a
 points layer) and the latent-space explorer on the run; with --headless it writes
-demo_summary.json, consensus_slices.png, latent_space.png, selection.star and motion.gif instead.
+demo_summary.json, consensus_slices.png, latent_space.png, selection.star and motion.gif instead,
+and napari's own rendering of the run: napari_explorer.png (the window with the explorer's latent
+plot, a decoded volume, its Gaussians and displacement arrows), napari_volume.png (the 3D view) and
+motion_napari.mp4 / motion_napari.gif (the volumes along half 1's main motion, with napari's camera).
+Without a display, headless mode starts a virtual one (Xvfb) for these.
 
 Outputs in DIR: data/ (what 'napari-dynamight simulate' writes: particles.star, particles.mrcs,
 consensus.mrc, ground_truth/), consensus/ (what 'napari-dynamight fit-consensus' writes:
@@ -36,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-directory", type=Path, required=True, metavar="DIR",
                         help="folder for the simulated data and the results (created if needed)")
     parser.add_argument("--headless", action="store_true",
-                        help="do not open napari; write demo_summary.json and consensus_slices.png")
+                        help="do not open a napari window; write the summary, figures, a selection "
+                             "STAR file, screenshots and movies rendered by napari (on Xvfb if "
+                             "there is no display)")
     parser.add_argument("--structure", type=Path, default=EXAMPLE_STRUCTURE, metavar="FILE",
                         help="atomic structure, PDB or mmCIF (default: the repository's AdK "
                              "closed state)")
@@ -94,13 +100,18 @@ def run(args: argparse.Namespace) -> int:
     _check_example_file(args.trajectory, "--trajectory")
     if not args.headless:
         _check_display()
+    elif args.epochs > 0:
+        from ._demo_napari import xvfb_needed
+
+        xvfb_needed()  # fails now, not after the training, if napari could not render
     result = run_pipeline(args)
     print(format_result(result))
     if args.headless:
         write_headless_outputs(result, args.output_directory)
         written = ["demo_summary.json", "consensus_slices.png"]
         if "deformations" in result["summary"]:
-            written += ["latent_space.png", "selection.star", "motion.gif"]
+            written += ["latent_space.png", "selection.star", "motion.gif", "napari_explorer.png",
+                        "napari_volume.png", "motion_napari.mp4", "motion_napari.gif"]
         print(f"wrote {', '.join(written)} in {args.output_directory}")
     else:
         import napari
@@ -240,15 +251,18 @@ def add_layers(viewer, result: dict) -> None:
 
 
 def write_headless_outputs(result: dict, output: Path) -> None:
-    """demo_summary.json and consensus_slices.png (and the motion outputs), each written atomically."""
+    """demo_summary.json and consensus_slices.png, and with a run the motion outputs and napari's
+    screenshots and movies (``_demo_napari``); each written atomically."""
     from ..engine.io.atomic import atomic_path
 
     if "deformations" in result["summary"]:
-        from . import _demo_motion
+        from . import _demo_motion, _demo_napari
 
         run_directory = Path(result["summary"]["deformations"]["run_directory"])
-        result["summary"]["deformations"]["outputs"] = _demo_motion.write_outputs(
-            run_directory, result["labels_csv"], output)
+        outputs = _demo_motion.write_outputs(run_directory, result["labels_csv"], output)
+        outputs |= _demo_napari.render_views(run_directory, output,
+                                             lambda viewer: add_layers(viewer, result))
+        result["summary"]["deformations"]["outputs"] = outputs
     with atomic_path(output / "demo_summary.json") as tmp:
         tmp.write_text(json.dumps(result["summary"], indent=2) + "\n", encoding="utf-8")
     figure = slice_figure(result)

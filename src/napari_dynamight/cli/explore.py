@@ -1,10 +1,12 @@
 """Open napari on a deformation run's latent space: the explorer, with the run loaded.
 
 RUN is the folder 'napari-dynamight optimize-deformations' wrote (latent_means.npy, particles.star,
-the checkpoints), or that run's particles.star alone (then volumes cannot be decoded). The latent
-means are checked before napari starts. In the explorer, click or drag in the plot to see the volume
-of that latent point, draw a lasso to select particles, export a selection as a STAR file, and save
-the volumes or a movie along a path.
+the checkpoints), or that run's particles.star (a copy away from its run folder cannot be decoded).
+The latent means are checked before napari starts. The two half sets' latent spaces are separate
+coordinate systems, so the explorer shows one half set at a time (half 1 first). In the explorer,
+click or drag in the plot to see the volume of that latent point, draw a lasso to select particles,
+export a selection as a STAR file, and save the volumes or a movie along a path. Dropping a run
+folder on napari opens the same view.
 
 example:
   napari-dynamight explore run

@@ -48,10 +48,12 @@ def check_latent(latent, latent_dim: int) -> np.ndarray:
 
 
 def open_decoder(run_directory: str | os.PathLike, half: int = 1) -> Decoder:
-    """The decoder of ``half`` (1 or 2) of a deformation run."""
+    """The decoder of ``half`` (1 or 2) of a deformation run (its folder, or its particles.star)."""
     from .run_decoder import RunDecoder
 
     run_directory = Path(run_directory)
+    if run_directory.is_file() and (run_directory.parent / "run.json").is_file():
+        run_directory = run_directory.parent
     if not run_directory.is_dir():
         raise InputError(f"{run_directory}: not a run folder; decoding needs the whole deformation run")
     return RunDecoder(run_directory, half)

@@ -15,8 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from .decoding import Decoded, check_latent
-
-HALF2_LATENTS_FILE = "latent_means_half2_validation.npy"
+from .table import HALF2_LATENTS_FILE
 
 
 @dataclass

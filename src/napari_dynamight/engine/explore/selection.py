@@ -29,36 +29,58 @@ def points_in_polygon(coords: np.ndarray, polygon) -> np.ndarray:
 
 
 class Selections:
-    """Named selections of N particles, stored as ``labels`` (N,) int: 0 = none, k = k-th name.
+    """Named selections of the N rows of the original STAR file, each drawn in one half set's view.
 
-    A particle belongs to at most one selection: adding a selection takes its particles from the
-    earlier ones (like painting classes onto the data).
+    Per half set, ``labels(half)`` (N,) int holds one class id per particle: 0 = none, k = the k-th
+    name. Within a half a particle belongs to at most one selection: adding a selection takes its
+    particles from that half's earlier ones (like painting classes onto the data). A validation
+    particle, shown in both halves' views, can be in one selection of each.
     """
 
     def __init__(self, n: int):
-        self.labels = np.zeros(n, dtype=np.int32)
+        self.n = n
         self.names: list[str] = []
+        self.half_of: dict[str, int | None] = {}
+        self._labels: dict[int | None, np.ndarray] = {}
 
-    def add(self, name: str, mask) -> int:
-        """Assign the particles in ``mask`` to ``name`` (new or existing); returns its class id."""
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != self.labels.shape:
-            raise InputError(f"selection mask has {mask.shape[0]} entries for "
-                             f"{len(self.labels)} particles")
+    def labels(self, half: int | None = None) -> np.ndarray:
+        if half not in self._labels:
+            self._labels[half] = np.zeros(self.n, dtype=np.int32)
+        return self._labels[half]
+
+    def add(self, name: str, rows, half: int | None = None) -> int:
+        """Assign ``rows`` (STAR row indices, or a boolean mask (N,)) to ``name`` in half ``half``
+        (a new name, or one drawn in the same half); returns its class id."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (self.n,):
+                raise InputError(f"selection mask has {rows.shape[0]} entries for {self.n} particles")
+            rows = np.nonzero(rows)[0]
+        rows = rows.astype(np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
+            raise InputError(f"selection rows must lie in 0..{self.n - 1}")
         name = name.strip()
         if not name:
             raise InputError("a selection needs a name")
+        if name in self.half_of and self.half_of[name] != half:
+            raise InputError(f"selection {name!r} was drawn in half {self.half_of[name]}; the halves' "
+                             "latent spaces differ, so give this one another name")
         if name not in self.names:
             self.names.append(name)
+            self.half_of[name] = half
         label = self.names.index(name) + 1
-        self.labels[mask] = label
+        self.labels(half)[rows] = label
         return label
 
     def mask(self, name: str) -> np.ndarray:
+        """(N,) bool: the STAR rows in selection ``name``."""
         if name not in self.names:
             raise InputError(f"no selection named {name!r}; existing: {', '.join(self.names) or 'none'}")
-        return self.labels == self.names.index(name) + 1
+        return self.labels(self.half_of[name]) == self.names.index(name) + 1
+
+    def rows(self, name: str) -> np.ndarray:
+        """The STAR row indices in selection ``name`` (ascending)."""
+        return np.nonzero(self.mask(name))[0]
 
     def counts(self) -> dict[str, int]:
-        found = np.bincount(self.labels, minlength=len(self.names) + 1)
-        return {name: int(found[k + 1]) for k, name in enumerate(self.names)}
+        return {name: int(self.mask(name).sum()) for name in self.names}

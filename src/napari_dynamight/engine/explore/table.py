@@ -3,8 +3,11 @@
 A deformation run (``engine/deformation/outputs.py``) leaves ``latent_means.npy`` (N, D, in the row
 order of the input STAR) and ``particles.star`` (every input column plus ``dmLatent1..D``,
 ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom``). Either the run
-folder or that STAR file alone can be opened. A selection is exported with the original columns and
-the optics table; the ``dm*`` result columns are dropped unless asked for.
+folder or that STAR file alone can be opened. The two half sets' latent spaces are separate
+coordinate systems: :meth:`ExplorerData.view` gives one half's particles and codes (``halves.py``), and
+:meth:`ExplorerData.columns` that view's per-particle values. A selection (rows of the original STAR)
+is exported with the original columns and the optics table; the ``dm*`` result columns are dropped
+unless asked for.
 """
 
 from __future__ import annotations
@@ -19,50 +22,79 @@ import pandas as pd
 from ..data.particles import ParticleTable
 from ..errors import InputError
 from ..io.star import read_particles, write_particles
+from .halves import HalfView, half_membership, half_view
 
 # File names written by engine/deformation/outputs.py (not imported: it sets matplotlib's backend).
 LATENTS_FILE = "latent_means.npy"
 PARTICLES_FILE = "particles.star"
+HALF2_LATENTS_FILE = "latent_means_half2_validation.npy"
 RESULT_PREFIX = "dm"
 LATENT_PREFIX = "dmLatent"
 
 
 @dataclass
 class ExplorerData:
-    """Latent means (N, D) and, optionally, the particle table they belong to (same row order)."""
+    """Latent means (N, D) and, optionally, the particle table they belong to (same row order).
+
+    ``half2_validation`` (N, D): half 2's codes of the validation particles, NaN elsewhere.
+    """
 
     latents: np.ndarray
     table: ParticleTable | None = None
     source: Path | None = None
+    half2_validation: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.latents = np.asarray(self.latents, dtype=np.float32)
         if self.table is not None and len(self.table) != len(self.latents):
             raise InputError(f"{self.source}: {len(self.latents)} latent means for {len(self.table)} "
                              "particles; the run's files do not belong together")
+        if self.half2_validation is not None:
+            self.half2_validation = np.asarray(self.half2_validation, dtype=np.float32)
+            if self.half2_validation.shape != self.latents.shape:
+                raise InputError(f"{self.source}: {HALF2_LATENTS_FILE} has shape "
+                                 f"{self.half2_validation.shape}, the latent means "
+                                 f"{self.latents.shape}; the run's files do not belong together")
+        self._membership = half_membership(None if self.table is None else self.table.particles)
 
     def __len__(self) -> int:
         return len(self.latents)
 
-    def columns(self) -> dict[str, np.ndarray]:
-        """Every per-particle number to colour by: latent dimensions, then numeric STAR columns."""
-        values = {f"latent {k + 1}": self.latents[:, k] for k in range(self.latents.shape[1])}
+    @property
+    def halves(self) -> list[int | None]:
+        """The half sets to view one at a time: [1, 2], or [None] without half sets."""
+        return [None] if self._membership is None else [1, 2]
+
+    def view(self, half: int | None = None) -> HalfView:
+        """Half ``half``'s particles with that half's codes (None: all, when there are no halves)."""
+        if half not in self.halves:
+            raise InputError(f"half set {half} is not in these data; choose one of "
+                             f"{', '.join(str(h) for h in self.halves)}")
+        return half_view(self.latents, self._membership, half, self.half2_validation)
+
+    def columns(self, view: HalfView | None = None) -> dict[str, np.ndarray]:
+        """Every per-particle number of ``view``'s particles (default: all) to colour by: latent
+        dimensions (the view's codes), then numeric STAR columns."""
+        view = view or HalfView(None, np.arange(len(self)), self.latents)
+        values = {f"latent {k + 1}": view.latents[:, k] for k in range(view.latents.shape[1])}
         if self.table is not None:
             frame = self.table.particles
             if RESULT_PREFIX + "HalfSet" not in frame.columns:
-                values["half set"] = self.table.half_sets().astype(np.float32)
+                values["half set"] = self.table.half_sets()[view.rows].astype(np.float32)
             for name in frame.columns:
                 if name.startswith(LATENT_PREFIX):
                     continue
                 if pd.api.types.is_numeric_dtype(frame[name]):
-                    values[name] = frame[name].to_numpy(dtype=np.float64)
+                    values[name] = frame[name].to_numpy(dtype=np.float64)[view.rows]
         return values
 
-    def export(self, path: str | os.PathLike, mask, keep_results: bool = False) -> int:
-        """Write the particles in ``mask`` as a RELION STAR subset (all columns, optics table); count."""
+    def export(self, path: str | os.PathLike, rows, keep_results: bool = False) -> int:
+        """Write particles (a boolean mask (N,) or STAR row indices) as a RELION STAR subset with all
+        columns and the optics table; returns the count."""
         if self.table is None:
             raise InputError("these latent means have no particle table; open a run folder to export")
-        rows = np.nonzero(np.asarray(mask, dtype=bool))[0]
+        rows = np.asarray(rows)
+        rows = np.nonzero(rows)[0] if rows.dtype == bool else np.unique(rows.astype(np.int64))
         table = self.table
         if not keep_results:
             original = [c for c in table.particles.columns if not c.startswith(RESULT_PREFIX)]
@@ -90,11 +122,17 @@ def load_run(path: str | os.PathLike) -> ExplorerData:
                              "(napari-dynamight optimize-deformations)?")
         latents = np.load(latents_path)
         table = read_particles(star_path) if star_path.is_file() else None
-        return ExplorerData(latents, table, path)
+        return ExplorerData(latents, table, path, _half2_codes(path))
     if not path.exists():
         raise InputError(f"{path}: not found; give a run folder or its particles.star")
     table = read_particles(path)
-    return ExplorerData(_latents_from_star(table, path), table, path)
+    half2 = _half2_codes(path.parent) if path.name == PARTICLES_FILE else None
+    return ExplorerData(_latents_from_star(table, path), table, path, half2)
+
+
+def _half2_codes(run_directory: Path) -> np.ndarray | None:
+    path = run_directory / HALF2_LATENTS_FILE
+    return np.load(path) if path.is_file() else None
 
 
 GAUSSIAN_ERRORS_FILE = "gaussian_errors.csv"

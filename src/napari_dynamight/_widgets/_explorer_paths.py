@@ -1,0 +1,107 @@
+"""The explorer's paths: two clicked points, a straight or along-the-data path, volumes and movies.
+
+A mixin of :class:`~napari_dynamight._widgets.explorer.ExplorerWidget` (it uses the widget's
+``view``, ``embedding``, ``decoder``, ``plot``, ``tasks``, ``viewer`` and ``_show_decoded``). Paths
+live in the current half set's latent space and are decoded by that half's decoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import QFileDialog
+
+
+class PathExport:
+    """Path start/end, the path itself, and its export as MRC volumes or a movie."""
+
+    def set_path_end(self, which: int, point_2d=None) -> None:
+        """Use the last clicked point (or ``point_2d``) as the path's start (0) or end (1)."""
+        point = self.last_point if point_2d is None else np.asarray(point_2d, dtype=np.float64)
+        if point is None or self.embedding is None:
+            self._error("click a point in the latent plot first")
+            return
+        self.path_ends[which] = point
+        self.path_latents = None
+        if all(end is not None for end in self.path_ends):
+            self.make_path()
+
+    def make_path(self) -> np.ndarray | None:
+        """Latent points along the chosen path between the two ends; drawn on the plot."""
+        from ..engine.errors import InputError
+        from ..engine.explore import graph_path, straight_path
+        from ._tasks import one_line
+
+        if any(end is None for end in self.path_ends):
+            self._error("choose a path start and end first")
+            return None
+        n = int(self.frames.value)
+        try:
+            if self.path_kind.value == "straight":
+                ends = [self.embedding.to_latent(end) for end in self.path_ends]
+                latents = straight_path(ends[0], ends[1], n)
+                rows = None
+            else:
+                start, end = (self.embedding.nearest(point) for point in self.path_ends)
+                latents, rows = graph_path(self.view.latents, start, end, n)
+        except InputError as error:
+            self._error(one_line(error))
+            return None
+        self.path_latents = latents
+        if rows is not None:
+            self.plot.show_path(self.embedding.coords[rows])
+        else:
+            self.plot.show_path(np.stack(self.path_ends))
+        return latents
+
+    def save_volumes(self, folder):
+        """Decode the path and write one MRC file per point into ``folder`` (in a worker)."""
+        from ..engine.explore.series import decode_path
+
+        latents = self._path_for_export()
+        if latents is None:
+            return None
+        return self.tasks.start(decode_path(self.decoder, latents, folder), "save volumes",
+                                lambda files: self._done(f"wrote {len(files)} volumes to {folder}"))
+
+    def export_movie(self, path, fps: int = 10, also=()):
+        """Decode the path, show each volume with the current camera, capture it, write a movie
+        (and the same frames to every path in ``also``, e.g. a GIF next to an MP4)."""
+        from ..engine.explore.series import decode_path
+        from ._movie import check_movie_path, write_movie
+
+        latents = self._path_for_export()
+        paths = [path, *also]
+        if latents is None or not all(check_movie_path(p, self._error) for p in paths):
+            return None
+        self.movie_frames = []
+
+        def frame(event) -> None:
+            self._show_decoded(event.decoded)
+            self.movie_frames.append(self.viewer.screenshot(canvas_only=True, flash=False))
+
+        def finish(_) -> None:
+            for target in paths:
+                write_movie(target, self.movie_frames, fps)
+            self._done(f"wrote {len(self.movie_frames)} frames to {', '.join(map(str, paths))}")
+
+        return self.tasks.start(decode_path(self.decoder, latents), "movie", finish, frame)
+
+    def _path_for_export(self):
+        if self.decoder is None:
+            self._error("this run cannot be decoded; open a finished run folder")
+            return None
+        if self.path_latents is None:
+            return self.make_path()
+        return self.path_latents
+
+    def _volumes_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the volumes")
+        if folder:
+            self.save_volumes(Path(folder))
+
+    def _movie_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export movie", "path.gif", "*.gif *.mp4")
+        if path:
+            self.export_movie(path)

@@ -1,0 +1,63 @@
+"""The headless demo's napari rendering: screenshots that show something, movies with moving frames.
+
+`make demo HEADLESS=1` runs `napari-dynamight demo --headless`; here the same command runs in
+process on a tiny data set (5 epochs, so that the decoders move the Gaussians), with the movie
+shortened to 5 frames. pytest-xvfb provides the display; the Xvfb the demo starts by itself when
+there is none is tested on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from napari_dynamight.cli import main
+from screenshots import distinct_colours
+
+
+def test_virtual_display_starts_and_stops_xvfb(monkeypatch):
+    from napari_dynamight.cli._demo_napari import virtual_display
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")  # would render black: removed meanwhile
+    with virtual_display() as process:
+        assert os.environ["DISPLAY"].startswith(":") and process.poll() is None
+        assert "QT_QPA_PLATFORM" not in os.environ
+    assert process.poll() is not None
+    assert "DISPLAY" not in os.environ and os.environ["QT_QPA_PLATFORM"] == "offscreen"
+
+
+@pytest.mark.slow
+def test_headless_demo_writes_napari_screenshots_and_movies(qapp, tmp_path, monkeypatch):
+    from napari_dynamight.cli import _demo_napari
+
+    monkeypatch.setattr(_demo_napari, "MOVIE_FRAMES", 5)
+    output = tmp_path / "demo"
+    assert main(["demo", "--output-directory", str(output), "--headless", "--n-particles", "150",
+                 "--box", "32", "--pixel-size", "3", "--snr", "1", "--frames", "0:98:10",
+                 "--n-gaussians", "150", "--fit-steps", "20", "--epochs", "5"]) == 0
+    outputs = json.loads((output / "demo_summary.json").read_text())["deformations"]["outputs"]
+    assert outputs["napari_movie_frames"] == 5
+
+    window = iio.imread(output / "napari_explorer.png")
+    assert window.shape[1] > 1000 and distinct_colours(window) > 500  # the window with its widgets
+    plot_red = (window[..., 0] > 200) & (window[..., 1] < 60) & (window[..., 2] < 60)
+    assert plot_red.sum() > 20  # the decode marker in the latent plot
+    canvas = iio.imread(output / "napari_volume.png")
+    grey = (np.ptp(canvas.astype(int), axis=2) < 12) & (canvas[..., 0] > 60)
+    orange = (canvas[..., 0] > 200) & (canvas[..., 1] > 100) & (canvas[..., 1] < 200) & (
+        canvas[..., 2] < 60)
+    assert grey.mean() > 0.01, "no decoded volume (grey surface) in the 3D view"
+    assert orange.sum() > 50, "no deformed Gaussians (orange points) in the 3D view"
+
+    for name, reader in (("motion_napari.mp4", {"plugin": "FFMPEG"}), ("motion_napari.gif", {})):
+        frames = iio.imread(output / name, **reader).astype(float)
+        assert frames.shape[0] == 5, name
+        assert frames[0].std() > 5, name
+        steps = [np.abs(frames[k + 1] - frames[k]).mean() for k in range(4)]
+        assert min(steps) > 0.02 and np.abs(frames[-1] - frames[0]).mean() > 0.2, (name, steps)
+    assert (output / "motion.gif").is_file() and (output / "selection.star").is_file()
