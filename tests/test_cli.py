@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 import starfile
@@ -239,12 +240,18 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path):
     status = main([
         "demo", "--output-directory", str(output), "--headless", "--n-particles", "200",
         "--snr", "1", "--frames", "0:98:10", "--n-gaussians", "150", "--fit-steps", "20",
-        "--epochs", "3",
+        "--epochs", "3", "--inverse-epochs", "2",
     ])
     assert status == 0
     summary = json.loads((output / "demo_summary.json").read_text())
     motion = summary["deformations"]
     assert motion["epochs"] == 3
+    maps = summary["reconstruction"]
+    for path in maps["half_maps"] + [maps["full_map"]]:
+        with mrcfile.open(path, permissive=True) as handle:
+            assert handle.data.shape == (64, 64, 64)
+            assert float(handle.voxel_size.x) == pytest.approx(1.5)
+    assert 3.0 <= maps["deformed_resolution_angstrom"] <= 100.0
     assert all(0.0 <= h["abs_spearman_with_true_frame"] <= 1.0 for h in motion["latent_ordering"].values())
     from napari_dynamight.engine.explore import embed
 

@@ -42,6 +42,30 @@ def train(args, particles_star: Path, consensus_map: Path, model_path: Path, out
             "seconds": time.perf_counter() - start}
 
 
+def improve(args, run_directory: Path) -> dict:
+    """Stages 4 and 5 on the demo run: inverse deformations, then the deformed reconstruction (half
+    maps, full map, and the FSC with and without deformations in ``run/reconstruction``)."""
+    from ..engine.inverse.run import optimize_inverse_deformations
+    from ..engine.inverse.settings import InverseSettings
+    from ..engine.reconstruction.stage import reconstruct_run
+    from ._progress import drive
+
+    start = time.perf_counter()
+    drive(optimize_inverse_deformations(run_directory, settings=InverseSettings(epochs=args.inverse_epochs,
+                                                                                seed=args.seed),
+                                        device=args.device), "optimize inverse deformations")
+    inverse_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    deformed = drive(reconstruct_run(run_directory, deformations=True, device=args.device),
+                     "deformed reconstruction")
+    return {"directory": str(deformed.directory), "full_map": str(deformed.full_map),
+            "half_maps": [str(path) for path in deformed.half_maps], "fsc_csv": str(deformed.fsc_csv),
+            "deformed_resolution_angstrom": float(deformed.resolution_angstrom),
+            "standard_resolution_angstrom": float(deformed.resolution_standard_angstrom),
+            "timings": {"optimize_inverse_deformations_seconds": inverse_seconds,
+                        "reconstruct_seconds": time.perf_counter() - start}}
+
+
 def latent_summary(run_directory: Path, labels_csv: Path) -> dict:
     """Per half set, how well the latent orders its particles by true frame (|Spearman| of the best PC)."""
     import pandas as pd

@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=20, metavar="E",
                         help="deformation training epochs; 0 skips stage 3 (default: %(default)s)")
+    parser.add_argument("--inverse-epochs", type=int, default=10, metavar="E",
+                        help="inverse-deformation epochs before the deformed reconstruction; 0 skips "
+                             "stages 4 and 5 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--device", default="cpu",
                         help="torch device, e.g. cpu or cuda (default: %(default)s)")
@@ -118,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
         viewer = napari.Viewer(title="napari-dynamight demo", ndisplay=3)
         add_layers(viewer, result)
+        if "reconstruction" in result["summary"]:
+            add_reconstruction(viewer, result["summary"]["reconstruction"])
         if "deformations" in result["summary"]:
             from .explore import open_explorer
 
@@ -172,6 +177,10 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         motion["deformations"].update(_demo_motion.latent_summary(
             Path(motion["deformations"]["run_directory"]), simulation.labels_csv))
         timings["optimize_deformations_seconds"] = motion["deformations"]["seconds"]
+        if args.inverse_epochs > 0:
+            run_directory = Path(motion["deformations"]["run_directory"])
+            motion["reconstruction"] = _demo_motion.improve(args, run_directory)
+            timings |= motion["reconstruction"].pop("timings")
 
     return {
         "volume": volume,
@@ -218,6 +227,11 @@ def format_result(result: dict) -> str:
                               for half, value in motion["latent_ordering"].items())
         lines.append(f"deformations: {motion['epochs']} epochs at box {motion['train_box']}; the best latent "
                      f"PC orders the particles by true frame with |Spearman| {orderings}")
+    if "reconstruction" in summary:
+        maps = summary["reconstruction"]
+        lines.append(f"half-map resolution (FSC 0.143): {maps['deformed_resolution_angstrom']:.2f} Å with the "
+                     f"deformations, {maps['standard_resolution_angstrom']:.2f} Å without; maps in "
+                     f"{maps['directory']}")
     lines.append("time: " + ", ".join(f"{name.replace('_seconds', '').replace('_', ' ')} {value:.1f} s"
                                       for name, value in timings.items()))
     return "\n".join(lines)
@@ -248,6 +262,16 @@ def add_layers(viewer, result: dict) -> None:
         face_color="orange",
         border_width=0,
     )
+
+
+def add_reconstruction(viewer, reconstruction: dict) -> None:
+    """The deformed reconstruction's full map, hidden, for comparison with the consensus map."""
+    from ..engine.io.mrc import read_map
+
+    volume, voxel_size = read_map(reconstruction["full_map"])
+    viewer.add_image(volume, name="deformed reconstruction (full)", scale=[voxel_size] * 3,
+                     translate=[-(n // 2) * voxel_size for n in volume.shape], colormap="gray",
+                     rendering="mip", visible=False)
 
 
 def write_headless_outputs(result: dict, output: Path) -> None:
