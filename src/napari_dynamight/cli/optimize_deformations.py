@@ -13,9 +13,13 @@ dmLatent1..D, dmHalfSet, dmValidation, dmErrorAngstrom, dmDisplacementAngstrom),
 (.pt, .mrc), gaussian_errors.csv, losses.jsonl, losses.png and run.json. Kill it at any time and
 run the same command with --resume to continue with the same result. See docs/deformations.md.
 
+Several processes (GPUs, nodes): launch the same command with torchrun; the half sets train on
+disjoint ranks, data-parallel within each, and only rank 0 writes (docs/distributed.md).
+
 Example:
   napari-dynamight optimize-deformations --particles sim/particles.star \\
       --consensus sim/consensus.mrc --output-directory run --epochs 60 --box 32 --seed 0
+  torchrun --nproc-per-node 4 "$(command -v napari-dynamight)" optimize-deformations --device cuda ...
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {_DEFAULTS.epochs})")
     add("--batch-size", type=int, default=_DEFAULTS.batch_size, metavar="B", help="particles per step (default: 64)")
     add("--box", type=int, metavar="PX", help="training box (default: about 3 Å/px, 32-128 px)")
-    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
+        "cuda means each process's own GPU, cuda:LOCAL_RANK")
     add("--seed", type=int, default=0, metavar="S", help="seed of every random choice (default: 0)")
     add("--resume", action="store_true", help="continue from the last checkpoint in RUN")
     add("--positional-frequencies", type=int, default=_DEFAULTS.n_frequencies, metavar="F",
@@ -72,21 +77,26 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..engine import distributed
     from ..engine.deformation.run import optimize_deformations
     from ..engine.errors import InputError
+    from ..engine.progress import run as quietly
     from ._progress import drive
 
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    result = drive(
-        optimize_deformations(args.particles, args.consensus, args.output_directory,
-                              settings=settings_from(args), mask=args.mask, consensus_model=args.consensus_model,
-                              n_gaussians=args.n_gaussians, threshold=args.threshold, box=args.box,
-                              data_root=args.data_root, device=args.device, resume=args.resume),
-        "optimize deformations",
-    )
+    operation = optimize_deformations(
+        args.particles, args.consensus, args.output_directory, settings=settings_from(args), mask=args.mask,
+        consensus_model=args.consensus_model, n_gaussians=args.n_gaussians, threshold=args.threshold,
+        box=args.box, data_root=args.data_root, device=args.device, resume=args.resume)
+    if not distributed.current().is_main:  # one bar and one report per launch, from rank 0
+        quietly(operation)
+        distributed.shutdown()
+        return 0
+    result = drive(operation, "optimize deformations")
+    distributed.shutdown()  # on failure the process just exits: torchrun then stops the other ranks
     ending = "stopped by the data-loss rule" if result.stopped_early else "done"
     print(f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, training box {result.train_box}: "
           f"{result.seconds:.0f} s")

@@ -5,6 +5,10 @@ parameters, the noise spectrum, λ and the random generator's state, plus the ep
 the stopping rule and the settings. Restoring it and training on gives exactly the run that was never
 interrupted. Files are written atomically (a temporary file renamed into place), so a kill during a
 write leaves the previous checkpoint intact and the new one absent.
+
+With several ranks only rank 0 writes; when the halves train on disjoint ranks, :func:`share_halves`
+first gives every rank both halves' state, so a checkpoint always holds both halves and any launch
+(one process or many, any number of ranks) resumes from it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from .trainer import HalfSet
@@ -63,6 +68,18 @@ def load_half_state(half: HalfSet, state: dict) -> None:
     half.train_rows = state["train_rows"].numpy()
     half.validation_rows = state["validation_rows"].numpy()
     half.rebuild_graph()
+
+
+def share_halves(context: distributed.Context, halves: list[HalfSet]) -> None:
+    """Give every rank the current state of both halves, each from the leader of the ranks that train
+    it (a no-op when every rank trains both)."""
+    if not context.halves_split:
+        return
+    for half in halves:
+        source = half.group.leader
+        state = context.broadcast_object(half_state(half) if context.rank == source else None, src=source)
+        if not half.group.contains_me:
+            load_half_state(half, state)
 
 
 def _serialise(state: dict, path: Path) -> None:

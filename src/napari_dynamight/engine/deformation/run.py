@@ -5,6 +5,13 @@ checks every input, builds or loads the consensus Gaussian model, trains the two
 epoch on the schedule of ``schedule.py``, checkpoints every few epochs, and finally writes the outputs
 listed in ``outputs.py``. With ``resume=True`` it continues from the last checkpoint in the run
 directory and ends with the same result as a run that was never interrupted.
+
+The same function runs in every process of a ``torchrun`` launch (``engine.distributed``): with an even
+number of ranks the first half train half set 1 and the others half set 2, each half data-parallel
+over its ranks; with one rank or an odd number every rank trains both halves in turn. Every rank
+reads the inputs and the checkpoint; only rank 0 writes files. Epoch losses are exchanged every
+epoch (so every rank takes the same stopping decision), references at the agreed epochs, and the
+halves' full state before each checkpoint and before the error estimates.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..consensus import automatic_threshold, fill_with_gaussians, fit_to_map, save_model
 from ..consensus_stage import suggested_gaussian_count
 from ..errors import InputError
@@ -26,7 +34,7 @@ from ..progress import Progress, ProgressGenerator
 from . import checkpoint as ckpt
 from . import outputs
 from .batches import ParticleBatches
-from .inputs import RunInputs, moving_flags, read_inputs
+from .inputs import RunInputs, check_device, moving_flags, read_inputs
 from .schedule import StopRule, epoch_mode, is_reference_update, update_references
 from .settings import DeformationSettings
 from .trainer import HalfSet
@@ -100,10 +108,13 @@ def optimize_deformations(
     """Train the two half-set VAEs and write the run directory (see the module docstring)."""
     started = time.perf_counter()
     settings.check()
+    context = distributed.current()
+    main = context.is_main
     run = Path(output_directory)
     resumed = _check_run_directory(run, resume, settings)
-    inputs = read_inputs(particles, consensus, mask, consensus_model, n_gaussians, box, data_root, device,
-                         settings.validation_fraction, settings.seed)
+    inputs = read_inputs(particles, consensus, mask, consensus_model, n_gaussians, box, data_root,
+                         context.device_for(check_device(device)), settings.validation_fraction, settings.seed)
+    context.barrier()  # every rank has checked the run directory before rank 0 writes to it
     dev = inputs.device
     yield Progress("preparing", 0, None, message=f"{len(inputs.table)} particles at box {inputs.train_box}")
     batches = ParticleBatches(inputs.table, inputs.train_box, dev)
@@ -111,7 +122,12 @@ def optimize_deformations(
         if resumed is not None:
             initial = GaussianModel.from_state_dict(resumed["initial_model"])
         else:
-            initial = (yield from _consensus_model(inputs, n_gaussians, threshold, settings.seed, dev)).to("cpu")
+            initial = None
+            if main:
+                initial = (yield from _consensus_model(inputs, n_gaussians, threshold, settings.seed, dev)).to("cpu")
+            if context.is_distributed:  # the fit runs once, on rank 0
+                state = context.broadcast_object(initial.state_dict() if main else None)
+                initial = GaussianModel.from_state_dict(state)
         moving = moving_flags(initial.positions_angstrom, inputs.mask, inputs.voxel_size_angstrom)
         extent = 0.5 * inputs.consensus_map.shape[0] * inputs.voxel_size_angstrom
         halves = []
@@ -119,8 +135,9 @@ def optimize_deformations(
             members = inputs.halves == half
             halves.append(HalfSet(half, initial, np.nonzero(members & ~inputs.validation)[0],
                                   np.nonzero(members & inputs.validation)[0], batches.box, extent,
-                                  settings, moving, dev))
+                                  settings, moving, dev, context.half_group(half)))
         history, stop, epoch = [], StopRule(settings.stop_after_increases), 0
+        mine = [half for half in halves if context.holds(half.half)]
         if resumed is not None:
             for half, state in zip(halves, resumed["halves"], strict=True):
                 ckpt.load_half_state(half, state)
@@ -128,14 +145,16 @@ def optimize_deformations(
             stop.load_state_dict(json.loads(resumed["stop"]))
             epoch = int(resumed["epoch"])
         else:
-            run.mkdir(parents=True, exist_ok=True)
-            save_model(run / INITIAL_MODEL, initial, box=inputs.consensus_map.shape[0],
-                       voxel_size_angstrom=inputs.voxel_size_angstrom)
-            for half in halves:
+            if main:
+                run.mkdir(parents=True, exist_ok=True)
+                save_model(run / INITIAL_MODEL, initial, box=inputs.consensus_map.shape[0],
+                           voxel_size_angstrom=inputs.voxel_size_angstrom)
+            for half in mine:
                 subset = half.train_rows[: settings.noise_subset]
                 half.fit_amplitude(batches, subset)
                 half.estimate_noise(batches, subset, deform=False)
-        _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, None)
+        if main:
+            _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, None)
 
         def state(stopped: bool) -> dict:
             return {"epoch": epoch, "stopped": stopped, "settings": json.dumps(settings.to_dict()),
@@ -146,37 +165,61 @@ def optimize_deformations(
         while epoch < settings.epochs and not stopped:
             epoch += 1
             mode = epoch_mode(epoch, settings)
-            for index, half in enumerate(halves):
-                losses = yield from half.epoch(mode, batches, epoch, settings.epochs)
-                stop.record(index, losses["data"])
-                history.append({"epoch": epoch, "half": half.half, "mode": mode} | losses)
+            losses = {}
+            for half in mine:
+                losses[half.half] = yield from half.epoch(mode, batches, epoch, settings.epochs)
                 if mode == "warmup":
                     half.estimate_noise(batches, half.train_rows[: settings.noise_subset], deform=False)
+            losses = _exchange_losses(context, halves, losses)
+            for index, half in enumerate(halves):
+                stop.record(index, losses[half.half]["data"])
+                history.append({"epoch": epoch, "half": half.half, "mode": mode} | losses[half.half])
             if is_reference_update(epoch, settings):
-                update_references(halves, batches, settings, batches.pixel_size_angstrom)
-                for half in halves:
+                update_references(halves, batches, settings, batches.pixel_size_angstrom, context)
+                for half in mine:
                     half.estimate_noise(batches, half.train_rows[: settings.noise_subset], deform=True)
             stopped = stop.should_stop
-            outputs.write_loss_log(run, history)
+            if main:
+                outputs.write_loss_log(run, history)
             if epoch % settings.checkpoint_every == 0 or epoch == settings.epochs or stopped:
-                ckpt.save_checkpoint(ckpt.epoch_path(run, epoch), state(stopped))
-        ckpt.save_checkpoint(ckpt.final_path(run), state(stopped))
+                ckpt.share_halves(context, halves)
+                if main:
+                    ckpt.save_checkpoint(ckpt.epoch_path(run, epoch), state(stopped))
+        if main:  # the last epoch was checkpointed, so every rank holds both halves' final state
+            ckpt.save_checkpoint(ckpt.final_path(run), state(stopped))
 
-        estimates = yield from estimate_errors(halves, batches, np.nonzero(inputs.validation)[0])
-        latents = outputs.write_latents(run, estimates, inputs.halves, inputs.validation)
-        outputs.write_particle_table(run, inputs.table, latents, inputs.halves, inputs.validation, estimates)
-        models = [h.model(detach=True).to("cpu") for h in halves]
-        outputs.write_half_models(run, models, inputs.consensus_map.shape[0], inputs.voxel_size_angstrom)
-        outputs.write_gaussian_errors(run, models[0].positions_angstrom.numpy(), estimates.gaussian_error_angstrom)
-        outputs.plot_losses(run, history)
+        estimates = yield from estimate_errors(halves, batches, np.nonzero(inputs.validation)[0], group=context)
+        latents = outputs.own_half_latents(estimates, inputs.halves, inputs.validation)
+        if main:
+            _write_outputs(run, inputs, estimates, halves, history)
         seconds = time.perf_counter() - started
-        _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial,
-                        {"epochs": epoch, "stopped_early": stopped and epoch < settings.epochs,
-                         "seconds_this_session": seconds})
+        if main:
+            _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial,
+                            {"epochs": epoch, "stopped_early": stopped and epoch < settings.epochs,
+                             "seconds_this_session": seconds, "world_size": context.world_size})
+        context.barrier()  # on return the run directory is complete for every rank
     finally:
         batches.close()
     return DeformationResult(run, epoch, stopped and epoch < settings.epochs, initial.n_gaussians,
                              batches.box, seconds, latents)
+
+
+def _exchange_losses(context: distributed.Context, halves: list[HalfSet], losses: dict) -> dict:
+    """Both halves' epoch losses on every rank (each from the leader of its half's ranks)."""
+    if not context.halves_split:
+        return losses
+    led = {h: v for h, v in losses.items() if context.half_group(h).is_leader}
+    return {h: v for part in context.all_gather_object(led) for h, v in part.items()}
+
+
+def _write_outputs(run: Path, inputs: RunInputs, estimates, halves: list[HalfSet], history: list[dict]) -> None:
+    """Rank 0: latents, particle table, half models, per-Gaussian errors and the loss plot."""
+    latents = outputs.write_latents(run, estimates, inputs.halves, inputs.validation)
+    outputs.write_particle_table(run, inputs.table, latents, inputs.halves, inputs.validation, estimates)
+    models = [h.model(detach=True).to("cpu") for h in halves]
+    outputs.write_half_models(run, models, inputs.consensus_map.shape[0], inputs.voxel_size_angstrom)
+    outputs.write_gaussian_errors(run, models[0].positions_angstrom.numpy(), estimates.gaussian_error_angstrom)
+    outputs.plot_losses(run, history)
 
 
 def _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, result) -> None:

@@ -7,7 +7,9 @@
   of half 1 are replaced by its least-deformed prediction, and those of half 2 by the average of the
   ``alignment_predictions`` half-2 predictions with the most Gaussians inside a mask of voxels within
   ``alignment_mask_angstrom`` of half 1's Gaussians: both references then stay in one conformation
-  inside the distribution of real ones. This is the only exchange between the halves.
+  inside the distribution of real ones. This is the only exchange between the halves. With several
+  ranks, each half's ranks predict their share of its particles and merge their candidates (ties go
+  to the earlier particle, as in one process), and the new references are broadcast to every rank.
 - Stop when the epoch's data loss has risen ``stop_after_increases`` times (in both halves), or after
   exactly ``epochs`` epochs.
 """
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from .. import distributed
 from .batches import ParticleBatches
 from .settings import DeformationSettings
 from .trainer import HalfSet
@@ -51,13 +54,15 @@ def _batched_predictions(half: HalfSet, batches: ParticleBatches, rows: np.ndarr
 @torch.no_grad()
 def least_deformed(half: HalfSet, batches: ParticleBatches, rows: np.ndarray) -> torch.Tensor:
     """The predicted positions (N, 3) with the smallest RMS displacement from the reference."""
-    best, best_rms = None, float("inf")
-    for deformed in _batched_predictions(half, batches, rows):
+    best, best_rms, best_at, seen = None, float("inf"), -1, half.group.share(len(rows)).start
+    for deformed in _batched_predictions(half, batches, half.group.shard(rows)):
         rms = (deformed - half.positions).pow(2).sum(-1).mean(-1).sqrt()
         k = int(torch.argmin(rms))
         if float(rms[k]) < best_rms:
-            best, best_rms = deformed[k].clone(), float(rms[k])
-    return best
+            best, best_rms, best_at = deformed[k].clone(), float(rms[k]), seen + k
+        seen += len(deformed)
+    _, _, best = min(half.group.all_gather_object((best_rms, best_at, best)), key=lambda c: c[:2])
+    return best.to(half.device)
 
 
 def within_distance_mask(positions: torch.Tensor, box: int, voxel_size_angstrom: float,
@@ -86,7 +91,7 @@ def aligned_reference(half: HalfSet, batches: ParticleBatches, rows: np.ndarray,
                       voxel_size_angstrom: float, n_best: int) -> torch.Tensor:
     """Average of the ``n_best`` predictions (N, 3) with the most Gaussians inside ``mask``."""
     kept_counts, kept = None, None
-    for deformed in _batched_predictions(half, batches, rows):
+    for deformed in _batched_predictions(half, batches, half.group.shard(rows)):
         counts = count_inside(deformed, mask, voxel_size_angstrom)
         if kept is None:
             kept_counts, kept = counts, deformed
@@ -96,19 +101,37 @@ def aligned_reference(half: HalfSet, batches: ParticleBatches, rows: np.ndarray,
             # stable: earlier particles win ties, so the choice does not depend on the batch size
             order = torch.sort(-kept_counts, stable=True).indices[:n_best]
             kept_counts, kept = kept_counts[order], kept[order]
+    if half.group.size > 1:  # each rank's candidates in row order, then the same stable choice
+        parts = [p for p in half.group.all_gather_object((kept_counts, kept)) if p[0] is not None]
+        kept_counts = torch.cat([p[0] for p in parts]).to(half.device)
+        kept = torch.cat([p[1] for p in parts]).to(half.device)
+        if len(kept) > n_best:
+            kept = kept[torch.sort(-kept_counts, stable=True).indices[:n_best]]
     return kept.mean(0)
 
 
 def update_references(halves: list[HalfSet], batches: ParticleBatches, settings: DeformationSettings,
-                      voxel_size_angstrom: float) -> None:
-    """Half 1: least-deformed prediction; half 2: aligned to half 1 (see the module docstring)."""
+                      voxel_size_angstrom: float, context: distributed.Context | None = None) -> None:
+    """Half 1: least-deformed prediction; half 2: aligned to half 1 (see the module docstring).
+    Every rank of ``context`` calls this; each half's ranks compute its new reference, which then
+    reaches every rank (also those that do not train that half, so all copies agree)."""
+    world = distributed.single() if context is None else context
     first, second = halves
     with torch.no_grad():
-        first.positions.copy_(least_deformed(first, batches, first.train_rows))
+        new = least_deformed(first, batches, first.train_rows) if first.group.contains_me else None
+        first.positions.copy_(_from_leader(world, first, new))
         mask = within_distance_mask(first.positions, batches.box, voxel_size_angstrom,
                                     settings.alignment_mask_angstrom)
-        second.positions.copy_(aligned_reference(second, batches, second.train_rows, mask,
-                                                 voxel_size_angstrom, settings.alignment_predictions))
+        new = aligned_reference(second, batches, second.train_rows, mask, voxel_size_angstrom,
+                                settings.alignment_predictions) if second.group.contains_me else None
+        second.positions.copy_(_from_leader(world, second, new))
+
+
+def _from_leader(world: distributed.Context, half: HalfSet, value: torch.Tensor | None) -> torch.Tensor:
+    """``value`` as computed by the leader of the half's group, on every rank of the world."""
+    if world.size == 1:
+        return value
+    return world.broadcast_object(value, src=half.group.leader).to(half.device)
 
 
 class StopRule:

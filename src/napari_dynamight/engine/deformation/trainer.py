@@ -3,6 +3,13 @@
 The two halves never share a tensor; the only exchange is the reference alignment done in
 ``schedule.py``. Validation particles pass through the encoder and the decoder with the decoder's and
 the Gaussians' parameters detached, so they train the encoder but not the decoder or the model.
+
+Data parallel: a half set trains on a group of ranks (``engine.distributed``; one rank in one process).
+Every rank draws the same batch order and reparameterisation noise, takes its contiguous share of each
+batch, and weights its loss by its share of the batch, so that the gradients summed over the group
+(one explicit all-reduce after ``backward``) are the single-process gradients of the whole batch.
+Noise spectra, the amplitude fit, λ's gradient statistics and the epoch's loss sums are reduced the
+same way. In a group of one every collective is skipped and the arithmetic is the single-process one.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from .. import distributed
+from ..distributed import part_of_mean
 from ..gaussians import GaussianModel, project_spectrum
 from ..progress import Progress
 from .batches import ParticleBatches
@@ -29,8 +38,10 @@ class HalfSet:
 
     def __init__(self, half: int, consensus: GaussianModel, train_rows: np.ndarray,
                  validation_rows: np.ndarray, box: int, extent_angstrom: float,
-                 settings: DeformationSettings, moving: torch.Tensor, device: torch.device):
+                 settings: DeformationSettings, moving: torch.Tensor, device: torch.device,
+                 group: distributed.Group | None = None):
         self.half, self.settings, self.device = half, settings, device
+        self.group = distributed.single() if group is None else group
         self.train_rows = np.asarray(train_rows, dtype=np.int64)
         self.validation_rows = np.asarray(validation_rows, dtype=np.int64)
         with torch.random.fork_rng(devices=[]):
@@ -89,71 +100,115 @@ class HalfSet:
 
     def epoch(self, mode: str, batches: ParticleBatches, epoch: int,
               total_epochs: int) -> Generator[Progress, None, dict]:
-        """Train one epoch in ``mode`` (warmup, consensus or full); returns mean losses and λ."""
+        """Train one epoch in ``mode`` (warmup, consensus or full); returns mean losses and λ.
+
+        The progress events' ``data`` is this rank's share of the batch; the returned means are the
+        group's."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode}")
-        settings, box, pixel = self.settings, batches.box, batches.pixel_size_angstrom
+        settings = self.settings
         rows = self.train_rows if mode != "full" else np.concatenate([self.train_rows, self.validation_rows])
         validation = set(self.validation_rows.tolist()) if mode == "full" else set()
         order = rows[torch.randperm(len(rows), generator=self.generator, device=self.device).cpu().numpy()]
         self.rebuild_graph()
-        weights, n_freq = self.noise.weights, self.noise.n_frequencies
         sums = {"data": 0.0, "regularisation": 0.0, "kl": 0.0}
         n_train, n_batches = 0, (len(order) + settings.batch_size - 1) // settings.batch_size
         balance, params = GradientBalance(), self.decoder_parameters()
         stride = max(1, n_batches // settings.lambda_batches)  # batches that measure the gradients
+        stepping = [name for name in self.optimisers if mode == "full" or name == "gaussians"]
+        synced = [p for name in stepping for g in self.optimisers[name].param_groups for p in g["params"]]
         for step, start in enumerate(range(0, len(order), settings.batch_size), 1):
-            batch = batches.get(order[start:start + settings.batch_size])
-            is_val = torch.as_tensor([r in validation for r in batch["rows"]], device=self.device)
-            train = ~is_val
-            model = self.model()
-            kl = torch.zeros((), device=self.device)
-            reg = torch.zeros((), device=self.device)
-            if mode == "warmup":
-                deformed = self.positions.expand(len(batch["rows"]), -1, -1)
-            elif mode == "consensus":
-                with torch.no_grad():
-                    displacement = self.decoder(self.encode(batch["encoder_input"]), self.positions.detach())
-                deformed = self.positions + displacement * self.moving.view(-1, 1)
-            else:
-                mean, log_var = self.encoder(batch["encoder_input"])
-                z = reparameterise(mean, log_var, self.generator)
-                kl = kl_divergence(mean, log_var).mean() * settings.kl_weight / n_freq
-                deformed = self._deform_split(z, train)
-            predicted = self._predict_split(batch, deformed, model, train, box, pixel)
-            per_particle = data_loss(predicted, batch["spectra"], weights, n_freq)
-            data = per_particle[train].mean() if train.any() else per_particle.sum() * 0.0
-            reg_grads = None
-            if mode == "full" and train.any():
-                reg = regularisation_loss(deformed[train], self.positions, self.graph)
-            if mode == "full" and train.any() and (step % stride == 0 or self.lam == 0.0):
-                reg_grads = torch.autograd.grad(reg, params, retain_graph=True, allow_unused=True)
-                reg_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, reg_grads, strict=True)]
-            loss = per_particle.mean() + kl + self.lam * reg
+            whole = order[start:start + settings.batch_size]
+            in_validation = np.array([r in validation for r in whole], dtype=bool)
+            n_batch_train = int((~in_validation).sum())
+            measure = mode == "full" and n_batch_train > 0 and (step % stride == 0 or self.lam == 0.0)
             for optimiser in self.optimisers.values():
                 optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            share = self.group.share(len(whole))
+            data, reg, kl, count, reg_grads = self._share_step(
+                mode, batches, whole, share, ~torch.as_tensor(in_validation[share], device=self.device),
+                n_batch_train, measure, params)
+            distributed.sum_gradients_(self.group, synced)
             if reg_grads is not None:
+                distributed.sum_tensors_(self.group, reg_grads)
                 data_grads = [(torch.zeros_like(p) if p.grad is None else p.grad) - self.lam * g
                               for p, g in zip(params, reg_grads, strict=True)]
                 balance.add(data_grads, reg_grads)
                 if self.lam == 0.0:  # not yet defined: use this epoch's running sums
                     self.lam = balanced_lambda(*balance.norms(), settings.regularisation_ratio, 0.0)
-            self.optimisers["gaussians"].step()
-            if mode == "full":
-                self.optimisers["encoder"].step()
-                self.optimisers["decoder"].step()
-            count = int(train.sum())
+            for name in stepping:
+                self.optimisers[name].step()
             n_train += count
-            sums["data"] += float(data.detach()) * count
-            sums["regularisation"] += float(reg.detach()) * count
-            sums["kl"] += float(kl.detach()) * count
+            sums["data"] += data * count
+            sums["regularisation"] += reg * count
+            sums["kl"] += part_of_mean(kl, share.stop - share.start, len(whole)) * n_batch_train
             yield Progress(f"half {self.half}: epoch {epoch}/{total_epochs} ({mode})", step, n_batches,
-                           metrics={"epoch": epoch, "data": float(data.detach()), "lambda": self.lam})
+                           metrics={"epoch": epoch, "data": data, "lambda": self.lam})
+        if self.group.size > 1:
+            totals = torch.tensor([*sums.values(), n_train], dtype=torch.float64)
+            self.group.all_reduce_sum_(totals)
+            sums, n_train = dict(zip(sums, totals[:-1].tolist(), strict=True)), int(totals[-1])
         used = self.lam
         if mode == "full":
             self.lam = balanced_lambda(*balance.norms(), settings.regularisation_ratio, self.lam)
         return {key: value / max(n_train, 1) for key, value in sums.items()} | {"lambda": used}
+
+    def _share_step(self, mode, batches, whole, share, train, n_batch_train, measure, params):
+        """Forward and backward of this rank's ``share`` of the batch ``whole``: the loss is the share's
+        part of the whole batch's loss. Returns the share's data, regulariser and KL losses, its count of
+        training particles, and the regulariser's gradients when ``measure`` (zeros for an empty share)."""
+        count = int(train.sum())
+        if share.stop == share.start:  # fewer rows than ranks: keep the generator in step, add nothing
+            if mode == "full":
+                empty = torch.zeros(0, self.settings.latent_dim, device=self.device)
+                self._sample(empty, empty, share, len(whole))
+            return 0.0, 0.0, 0.0, 0, [torch.zeros_like(p) for p in params] if measure else None
+        batch = batches.get(whole[share])
+        weights, n_freq, box, pixel = self.noise.weights, self.noise.n_frequencies, batches.box, \
+            batches.pixel_size_angstrom
+        model = self.model()
+        kl = torch.zeros((), device=self.device)
+        reg = torch.zeros((), device=self.device)
+        if mode == "warmup":
+            deformed = self.positions.expand(len(batch["rows"]), -1, -1)
+        elif mode == "consensus":
+            with torch.no_grad():
+                displacement = self.decoder(self.encode(batch["encoder_input"]), self.positions.detach())
+            deformed = self.positions + displacement * self.moving.view(-1, 1)
+        else:
+            mean, log_var = self.encoder(batch["encoder_input"])
+            z = self._sample(mean, log_var, share, len(whole))
+            kl = kl_divergence(mean, log_var).mean() * self.settings.kl_weight / n_freq
+            deformed = self._deform_split(z, train)
+        predicted = self._predict_split(batch, deformed, model, train, box, pixel)
+        per_particle = data_loss(predicted, batch["spectra"], weights, n_freq)
+        data = per_particle[train].mean() if count else per_particle.sum() * 0.0
+        reg_grads = None
+        if mode == "full" and count:
+            reg = regularisation_loss(deformed[train], self.positions, self.graph)
+        if measure and count:
+            reg_grads = torch.autograd.grad(part_of_mean(reg, count, n_batch_train), params,
+                                            retain_graph=True, allow_unused=True)
+            reg_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, reg_grads, strict=True)]
+        elif measure:
+            reg_grads = [torch.zeros_like(p) for p in params]
+        n_share = share.stop - share.start
+        loss = part_of_mean(per_particle.mean() + kl, n_share, len(whole)) \
+            + self.lam * part_of_mean(reg, count, n_batch_train)
+        loss.backward()
+        return float(data.detach()), float(reg.detach()), float(kl.detach()), count, reg_grads
+
+    def _sample(self, mean, log_var, share: slice, n_whole: int) -> torch.Tensor:
+        """Reparameterised latents of this share: ε is drawn for the whole batch, so the generator
+        advances as in one process and each row gets the ε it would get there."""
+        if share.stop - share.start == n_whole:
+            return reparameterise(mean, log_var, self.generator)
+
+        def padded(t):
+            before = t.new_zeros(share.start, t.shape[1])
+            return torch.cat([before, t, t.new_zeros(n_whole - share.stop, t.shape[1])])
+
+        return reparameterise(padded(mean), padded(log_var), self.generator)[share]
 
     def _deform_split(self, z: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
         """Deformed positions; validation rows see detached decoder and Gaussian parameters."""
@@ -178,8 +233,10 @@ class HalfSet:
 
     @torch.no_grad()
     def estimate_noise(self, batches: ParticleBatches, rows: np.ndarray, deform: bool) -> None:
-        """Re-estimate the noise spectrum from the residuals of ``rows`` (latent means, no sampling)."""
+        """Re-estimate the noise spectrum from the residuals of ``rows`` (latent means, no sampling);
+        each rank of the group takes its share of the rows and the power sums are added up."""
         model = self.model(detach=True)
+        rows = self.group.shard(rows)
         for start in range(0, len(rows), self.settings.batch_size):
             batch = batches.get(rows[start:start + self.settings.batch_size])
             if deform:
@@ -188,6 +245,10 @@ class HalfSet:
                 deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
             residual = self._predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom) - batch["spectra"]
             self.noise.accumulate(residual)
+        if self.group.size > 1:  # NoiseModel keeps float64 shell sums and a count: add them up
+            count = torch.tensor([float(self.noise._count)], dtype=torch.float64)
+            self.group.all_reduce_sum_(self.noise._sums)
+            self.noise._count = int(self.group.all_reduce_sum_(count))
         self.noise.update()
 
     @torch.no_grad()
@@ -195,12 +256,15 @@ class HalfSet:
         """Scale the amplitudes by least squares so the consensus projections match the images."""
         model = self.model(detach=True)
         cross = power = 0.0
+        rows = self.group.shard(rows)
         for start in range(0, len(rows), self.settings.batch_size):
             batch = batches.get(rows[start:start + self.settings.batch_size])
             deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
             predicted = self._predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
             cross += float((predicted.conj() * batch["spectra"]).real.sum())
             power += float(predicted.abs().pow(2).sum())
+        if self.group.size > 1:
+            cross, power = self.group.all_reduce_sum_(torch.tensor([cross, power], dtype=torch.float64)).tolist()
         scale = cross / power if power > 0 else 1.0
         if scale > 0:
             self.base_amplitudes = self.base_amplitudes * scale

@@ -6,6 +6,9 @@ alignment step), and the distance between the two predicted positions of each Ga
 estimate: per particle its RMS over Gaussians, per Gaussian its RMS over the validation particles.
 For validation particles neither decoder has seen the image, so their estimate is unbiased; for
 training particles one of the two halves was trained on it, so the value is a lower estimate.
+
+With several ranks (each holding both halves' final state), each rank takes its share of the rows and
+the per-row arrays and per-Gaussian sums are added up over the group (every row is filled by one rank).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import distributed
 from ..progress import Progress
 from .batches import ParticleBatches
 from .trainer import HalfSet
@@ -33,8 +37,11 @@ class ErrorEstimates:
 
 @torch.no_grad()
 def estimate_errors(halves: list[HalfSet], batches: ParticleBatches, validation_rows: np.ndarray,
-                    batch_size: int = 128) -> Generator[Progress, None, ErrorEstimates]:
-    """Encode every particle with both halves and compare their deformation fields."""
+                    batch_size: int = 128, group: distributed.Group | None = None,
+                    ) -> Generator[Progress, None, ErrorEstimates]:
+    """Encode every particle with both halves and compare their deformation fields (each rank of
+    ``group`` its share; every rank gets the whole result)."""
+    group = distributed.single() if group is None else group
     n, n_gauss = batches.n, halves[0].positions.shape[0]
     latent_dim = halves[0].settings.latent_dim
     latents = [np.zeros((n, latent_dim), np.float32) for _ in halves]
@@ -45,9 +52,10 @@ def estimate_errors(halves: list[HalfSet], batches: ParticleBatches, validation_
     squares = torch.zeros(n_gauss, dtype=torch.float64, device=halves[0].device)
     counted = 0
     points = halves[0].positions.detach()
-    n_batches = (n + batch_size - 1) // batch_size
-    for step, start in enumerate(range(0, n, batch_size), 1):
-        rows = np.arange(start, min(start + batch_size, n))
+    mine = group.shard(np.arange(n))
+    n_batches = (len(mine) + batch_size - 1) // batch_size
+    for step, start in enumerate(range(0, len(mine), batch_size), 1):
+        rows = mine[start:start + batch_size]
         batch = batches.get(rows)
         predicted = []
         for k, half in enumerate(halves):
@@ -63,5 +71,10 @@ def estimate_errors(halves: list[HalfSet], batches: ParticleBatches, validation_
         squares += distance_sq[chosen].sum(0).double()
         counted += int(chosen.sum())
         yield Progress("error estimates", step, n_batches)
+    if group.size > 1:
+        for array in (*latents, *motion, particle_error):
+            group.all_reduce_sum_(torch.from_numpy(array))
+        counted = int(group.all_reduce_sum_(torch.tensor([float(counted)], dtype=torch.float64)))
+        group.all_reduce_sum_(squares)
     gaussian_error = (squares / max(counted, 1)).sqrt().float().cpu().numpy()
     return ErrorEstimates((latents[0], latents[1]), particle_error, gaussian_error, (motion[0], motion[1]))

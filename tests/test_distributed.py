@@ -1,0 +1,154 @@
+"""The torch.distributed path on CPU: two gloo processes on this machine against one process.
+
+Layouts: two ranks split the half sets (each half on its own rank: the single-process arithmetic, so
+the latents must agree to float rounding), and two ranks both training each half data-parallel
+(shares of every batch, gradients all-reduced: float summation order differs, so we compare the
+latents' difference and correlation). Checkpoints written by one layout resume in another. The
+standard reconstruction on two ranks backprojects half of the particles on each and gives the maps of
+one process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from _deformation_data import FAST, simulated  # noqa: F401
+from napari_dynamight.engine import distributed
+from napari_dynamight.engine.deformation.run import optimize_deformations
+from napari_dynamight.engine.progress import run
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, split: bool | None, call, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.initialise(split_halves=split)
+    call(*args)
+    distributed.shutdown()  # on failure the process just exits and the launcher stops the other rank
+
+
+def launch(call, *args, split: bool | None = None) -> None:
+    """Run ``call(*args)`` in two gloo processes (as torchrun would start them)."""
+    mp.start_processes(_worker, args=(_free_port(), split, call, args), nprocs=WORLD, start_method="spawn")
+
+
+def train(star, consensus, model, out, settings, resume=False) -> None:
+    run(optimize_deformations(star, consensus, out, settings=settings, consensus_model=model, resume=resume))
+
+
+@pytest.fixture(scope="module")
+def single(simulated, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("single") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each rank: BLAS rounding depends on the thread count
+    try:
+        train(simulated.star, simulated.consensus, simulated.model, out, FAST)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_context_without_torchrun_is_one_process_and_free():
+    context = distributed.single()
+    assert (context.rank, context.world_size, context.is_main, context.halves_split) == (0, 1, True, False)
+    rows = np.arange(10)
+    assert context.shard(rows) is rows
+    t = torch.ones(3)
+    assert context.all_reduce_sum_(t) is t and t.tolist() == [1.0, 1.0, 1.0]
+    assert context.broadcast_object("x") == "x" and context.all_gather_object(5) == [5]
+    assert context.device_for("cpu") == torch.device("cpu")
+
+
+def test_shares_cover_the_rows_in_order():
+    for n in (0, 1, 5, 32):
+        for size in (2, 3, 4):
+            group = distributed.Group(tuple(range(size)), 0)
+            parts = [np.arange(n)[group.share(n, k)] for k in range(size)]
+            assert np.array_equal(np.concatenate(parts), np.arange(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_two_ranks_split_halves_match_one_process(simulated, single, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    launch(train, simulated.star, simulated.consensus, simulated.model, out, FAST)
+    ours, theirs = np.load(out / "latent_means.npy"), np.load(single / "latent_means.npy")
+    difference = float(np.abs(ours - theirs).max())
+    print("split halves: max |latent difference|", difference)
+    assert difference < 1e-5
+    assert (out / "losses.jsonl").read_text() == (single / "losses.jsonl").read_text()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "final.pt"]
+
+
+def test_data_parallel_halves_match_one_process_and_resume_across_layouts(simulated, single, tmp_path):  # noqa: F811
+    """Both halves data-parallel over two ranks up to epoch 4, resumed with the halves split (two
+    ranks), then compared with the straight single-process run."""
+    out = tmp_path / "run"
+    launch(train, simulated.star, simulated.consensus, simulated.model, out, replace(FAST, epochs=4), split=False)
+    middle = torch.load(out / "checkpoints" / "epoch_0004.pt", weights_only=True)
+    reference = torch.load(single / "checkpoints" / "epoch_0004.pt", weights_only=True)
+    for ours, theirs in zip(middle["halves"], reference["halves"], strict=True):
+        drift = float((ours["positions"] - theirs["positions"]).abs().max())
+        print("data parallel, epoch 4: max |Gaussian position difference| Å", drift)
+        assert drift < 1e-4
+    launch(train, simulated.star, simulated.consensus, simulated.model, out, FAST, True)
+    ours, theirs = np.load(out / "latent_means.npy"), np.load(single / "latent_means.npy")
+    difference = float(np.abs(ours - theirs).max())
+    correlation = min(np.corrcoef(ours[:, k], theirs[:, k])[0, 1] for k in range(ours.shape[1]))
+    print(f"data parallel + resume: max |latent difference| {difference:.3g} "
+          f"(latent range {np.ptp(theirs):.3g}), lowest per-dimension correlation {correlation:.6f}")
+    assert difference < 1e-4 and correlation > 0.99999
+
+
+def reconstruct_counting(run_directory, counts_folder) -> None:
+    """Reconstruct (standard) and record how many images this rank backprojected."""
+    from napari_dynamight.engine.reconstruction import deformed
+    from napari_dynamight.engine.reconstruction.stage import reconstruct_run
+
+    seen = 0
+    original = deformed.DeformedAccumulator.add
+
+    def counting(self, images, *rest):
+        nonlocal seen
+        seen += len(images)
+        return original(self, images, *rest)
+
+    deformed.DeformedAccumulator.add = counting
+    run(reconstruct_run(run_directory, deformations=False))
+    (counts_folder / f"rank{distributed.current().rank}").write_text(str(seen))
+
+
+def test_two_ranks_reconstruct_the_half_maps_of_one_process(single, tmp_path):
+    import shutil
+
+    from napari_dynamight.engine.io.mrc import read_map
+    from napari_dynamight.engine.reconstruction.stage import reconstruct_run
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(single, one)
+    shutil.copytree(single, two)
+    run(reconstruct_run(one, deformations=False))
+    launch(reconstruct_counting, two, tmp_path)
+    counts = [int((tmp_path / f"rank{r}").read_text()) for r in range(WORLD)]
+    assert sum(counts) == 400 and abs(counts[0] - counts[1]) <= 2, counts  # each rank its share
+    for name in ("half1.mrc", "half2.mrc", "full.mrc"):
+        ours = read_map(two / "reconstruction_standard" / name)[0]
+        theirs = read_map(one / "reconstruction_standard" / name)[0]
+        correlation = np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]
+        print(f"{name}: correlation of two ranks with one process {correlation:.8f}")
+        assert correlation >= 0.999
