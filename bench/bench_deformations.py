@@ -2,7 +2,8 @@
 
 Usage:
   python bench/bench_deformations.py --output bench/results/deformations.json \
-      [--snr 0.05 0.01] [--n-particles 3000] [--box 64] [--epochs 60] [--ceiling-only]
+      [--snr 0.05 0.01] [--n-particles 3000] [--box 64] [--epochs 60] [--ceiling-only] \
+      [--latent-inference posterior|encoder] [--reuse-runs]
 
 For each SNR: simulate the AdK closed→open trajectory (tests/data/adk, all 98 frames) with
 ``engine.simulate``; compute the Bayes-optimal ceiling (``engine.evaluation.ceiling``); train the two
@@ -168,9 +169,11 @@ def _deformation_engine():
 
 def _train(folder: Path, run_dir: Path, args, engine) -> dict:
     optimize, settings_class = engine
-    if run_dir.exists():
+    reuse = args.reuse_runs and (run_dir / "checkpoints" / "final.pt").is_file()
+    if run_dir.exists() and not reuse:
         shutil.rmtree(run_dir)
-    settings = settings_class(epochs=args.epochs, seed=args.seed, latent_dim=args.latent_dim)
+    settings = settings_class(epochs=args.epochs, seed=args.seed, latent_dim=args.latent_dim,
+                              latent_inference=args.latent_inference)
     start = time.perf_counter()
     result = run(
         optimize(
@@ -180,11 +183,13 @@ def _train(folder: Path, run_dir: Path, args, engine) -> dict:
             settings=settings,
             n_gaussians=args.n_gaussians,
             device=args.device,
+            resume=reuse,
         )
     )
     seconds = time.perf_counter() - start
     return {
         "run_directory": str(run_dir),
+        "reused_trained_networks": bool(reuse),
         "seconds": round(seconds, 1),
         "epochs": int(result.epochs),
         "stopped_early": bool(result.stopped_early),
@@ -382,6 +387,12 @@ def _arguments() -> argparse.Namespace:
         "--ceiling-only", action="store_true", help="simulate and compute the ceiling only"
     )
     parser.add_argument("--no-noise-control", action="store_true")
+    parser.add_argument("--latent-inference", choices=("posterior", "encoder"), default="posterior",
+                        help="how the final latents are inferred (engine/deformation/inference.py)")
+    parser.add_argument("--reuse-runs", action="store_true",
+                        help="keep finished runs in the work directory: resume them (which re-infers the "
+                             "latents and rewrites the outputs) instead of training again; 'seconds' is "
+                             "then the time of that step only")
     return parser.parse_args()
 
 

@@ -61,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--validation-fraction", type=float, default=_DEFAULTS.validation_fraction,
         help="particles kept out of decoder training (default: 0.1)")
     add("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, help="epochs between checkpoints (default: 5)")
+    add("--latent-inference", choices=("posterior", "encoder"), default=_DEFAULTS.latent_inference,
+        help="final latents: the posterior mean over candidate latent points under the trained decoder "
+             "(default), or the encoder's means")
+    add("--posterior-candidates", type=int, default=_DEFAULTS.posterior_candidates, metavar="K",
+        help=f"candidate latent points for --latent-inference posterior (default: {_DEFAULTS.posterior_candidates})")
     add("--data-root", type=Path, metavar="DIR", help="folder that image names are relative to")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
@@ -71,7 +76,8 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
         n_frequencies=args.positional_frequencies, decoder_depth=args.decoder_depth,
         decoder_width=args.decoder_width, regularisation_ratio=args.regularisation_ratio,
         warmup_epochs=args.warmup_epochs, validation_fraction=args.validation_fraction,
-        checkpoint_every=args.checkpoint_every)
+        checkpoint_every=args.checkpoint_every, latent_inference=args.latent_inference,
+        posterior_candidates=args.posterior_candidates)
 
 
 def run(args: argparse.Namespace) -> int:

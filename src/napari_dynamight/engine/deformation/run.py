@@ -41,6 +41,8 @@ from .trainer import HalfSet
 from .validation import estimate_errors
 
 RUN_FILE = "run.json"
+# Options a resumed run may change: more epochs, and how the final latents are inferred.
+CHANGEABLE_ON_RESUME = ("epochs", "latent_inference", "posterior_candidates")
 INITIAL_MODEL = "consensus_initial.pt"
 
 
@@ -68,7 +70,7 @@ def _consensus_model(inputs: RunInputs, n_gaussians, threshold, seed, device) ->
 
 def _check_run_directory(run: Path, resume: bool, settings: DeformationSettings) -> dict | None:
     """The state of the last epoch checkpoint to resume from, or None; refuse to overwrite a run
-    without ``resume``. A resumed run may ask for more epochs; every other setting must match."""
+    without ``resume``. A resumed run may change the options in ``CHANGEABLE_ON_RESUME``; every other must match."""
     if run.exists() and not run.is_dir():
         raise InputError(f"{run}: exists and is not a folder; give a folder for the run")
     latest = ckpt.latest_checkpoint(run)
@@ -82,7 +84,7 @@ def _check_run_directory(run: Path, resume: bool, settings: DeformationSettings)
         return None
     state = ckpt.load_checkpoint(latest)
     saved = DeformationSettings.from_dict(json.loads(state["settings"]))
-    changed = [k for k, v in saved.to_dict().items() if k != "epochs" and settings.to_dict()[k] != v]
+    changed = [k for k, v in saved.to_dict().items() if k not in CHANGEABLE_ON_RESUME and settings.to_dict()[k] != v]
     if changed:
         name = changed[0]
         raise InputError(f"{latest}: was made with {name}={saved.to_dict()[name]!r}, not "

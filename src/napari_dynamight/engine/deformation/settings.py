@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, fields
 
 from ..errors import InputError
 
+LATENT_INFERENCE = ("posterior", "encoder")
+
 
 @dataclass(frozen=True)
 class DeformationSettings:
@@ -43,6 +45,8 @@ class DeformationSettings:
     validation_fraction: float = 0.1
     checkpoint_every: int = 5
     noise_subset: int = 512
+    latent_inference: str = "posterior"  # or "encoder": see engine/deformation/inference.py
+    posterior_candidates: int = 128
     seed: int = 0
 
     def check(self) -> None:
@@ -67,6 +71,11 @@ class DeformationSettings:
                      "learning_rate_scales", "alignment_mask_angstrom"):
             if not getattr(self, name) > 0.0:
                 raise InputError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+        if self.latent_inference not in LATENT_INFERENCE:
+            raise InputError(f"--latent-inference must be one of {', '.join(LATENT_INFERENCE)}, "
+                             f"got {self.latent_inference!r}")
+        if self.posterior_candidates < 2:
+            raise InputError(f"--posterior-candidates must be at least 2, got {self.posterior_candidates}")
         if self.kl_weight < 0:
             raise InputError(f"KL weight must not be negative, got {self.kl_weight}")
 

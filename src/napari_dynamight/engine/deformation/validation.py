@@ -1,6 +1,7 @@
 """Deformation error estimates from the two independent half-set models (method.md, "Validation").
 
-Each particle goes through both halves' encoder/decoder pairs. Both deformation fields are evaluated
+Each particle goes through both halves' encoder/decoder pairs (its latent by each half: the encoder's
+mean, or by default the posterior mean of ``inference.py``). Both deformation fields are evaluated
 at the same points, half 1's reference positions (the references are kept in one conformation by the
 alignment step), and the distance between the two predicted positions of each Gaussian is the error
 estimate: per particle its RMS over Gaussians, per Gaussian its RMS over the validation particles.
@@ -22,6 +23,7 @@ import torch
 from .. import distributed
 from ..progress import Progress
 from .batches import ParticleBatches
+from .inference import latent_inference
 from .trainer import HalfSet
 
 
@@ -53,13 +55,14 @@ def estimate_errors(halves: list[HalfSet], batches: ParticleBatches, validation_
     counted = 0
     points = halves[0].positions.detach()
     mine = group.shard(np.arange(n))
+    infer = [latent_inference(half, batches) for half in halves]
     n_batches = (len(mine) + batch_size - 1) // batch_size
     for step, start in enumerate(range(0, len(mine), batch_size), 1):
         rows = mine[start:start + batch_size]
         batch = batches.get(rows)
         predicted = []
         for k, half in enumerate(halves):
-            z = half.encode(batch["encoder_input"])
+            z = infer[k](batch)
             latents[k][rows] = z.cpu().numpy()
             own = half.deformed_positions(z)
             motion[k][rows] = (own - half.positions).pow(2).sum(-1).mean(-1).sqrt().cpu().numpy()
