@@ -12,8 +12,12 @@ half: training and held-out RMS inverse error and RMS forward displacement in Å
 at any time and run the same command with --resume to continue with the same result. See
 docs/inverse.md.
 
+Several processes (GPUs, nodes): launch the same command with torchrun; the half sets train on
+disjoint ranks, data-parallel within each, and only rank 0 writes (docs/distributed.md).
+
 Example:
   napari-dynamight optimize-inverse-deformations run --epochs 30 --seed 0
+  torchrun --nproc-per-node 2 "$(command -v napari-dynamight)" optimize-inverse-deformations run --device cuda
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--depth", type=int, default=_DEFAULTS.depth, help=f"hidden layers (default: {_DEFAULTS.depth})")
     add("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, metavar="E",
         help=f"epochs between checkpoints (default: {_DEFAULTS.checkpoint_every})")
-    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
+        "cuda means each process's own GPU, cuda:LOCAL_RANK")
     add("--seed", type=int, default=0, metavar="S", help="seed of every random choice (default: 0)")
     add("--resume", action="store_true", help="continue from the last checkpoint in RUN/inverse")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
@@ -56,17 +61,24 @@ def settings_from(args: argparse.Namespace) -> InverseSettings:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..engine import distributed
     from ..engine.errors import InputError
     from ..engine.inverse.run import optimize_inverse_deformations
+    from ..engine.progress import run as quietly
     from ._progress import drive
 
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    result = drive(optimize_inverse_deformations(args.run_directory, settings=settings_from(args),
-                                                 device=args.device, resume=args.resume),
-                   "optimize inverse deformations")
+    operation = optimize_inverse_deformations(args.run_directory, settings=settings_from(args),
+                                              device=args.device, resume=args.resume)
+    if not distributed.current().is_main:  # one bar and one report per launch, from rank 0
+        quietly(operation)
+        distributed.shutdown()
+        return 0
+    result = drive(operation, "optimize inverse deformations")
+    distributed.shutdown()  # on failure the process just exits: torchrun then stops the other ranks
     for half in (1, 2):
         numbers = result.summary[f"half{half}"]
         held_out = numbers["held_out_error_angstrom"]

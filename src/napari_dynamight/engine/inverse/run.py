@@ -6,6 +6,12 @@ own training particles (the validation particles stay out and give an honest hel
 checkpoints every few epochs into ``RUN/inverse/checkpoints`` and writes ``RUN/inverse/final.pt``,
 ``losses.jsonl`` and ``summary.json``. With ``resume=True`` it continues from the last checkpoint and
 ends with the same networks as a run that was never interrupted.
+
+The same function runs in every process of a ``torchrun`` launch (``engine.distributed``), as the
+deformation stage does: each half set trains on the ranks of ``context.half_group(half)``,
+data-parallel within them; each epoch the halves' log entries go to every rank, before each
+checkpoint both halves' states do, and only rank 0 writes files. Checkpoints hold both halves, so
+any launch resumes any run. With one process the arithmetic is unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..deformation import checkpoint as ckpt
 from ..deformation.decode import DeformationRun
 from ..deformation.inputs import check_device
@@ -110,15 +117,19 @@ def optimize_inverse_deformations(
     """Train both halves' inverse networks and write ``RUN/inverse`` (see the module docstring)."""
     started = time.perf_counter()
     settings.check()
-    dev = check_device(device)
+    context = distributed.current()
+    dev = context.device_for(check_device(device))
     run = Path(run_directory)
     _check_deformation_run(run)
     folder = inverse_directory(run)
     resumed = _resume_state(folder, resume, settings)
+    context.barrier()  # every rank has checked the folder before rank 0 writes to it
     forward = DeformationRun.load(run, dev)
     train, held_out = _particle_sets(run, forward)
     yield Progress("preparing", 0, None, message=f"{len(train[0])} + {len(train[1])} training particles")
-    halves = [InverseHalf(h, forward, train[h - 1], held_out[h - 1], settings, dev) for h in (1, 2)]
+    halves = [InverseHalf(h, forward, train[h - 1], held_out[h - 1], settings, dev, context.half_group(h))
+              for h in (1, 2)]
+    mine = [half for half in halves if context.holds(half.half)]
     history, epoch, seconds = [], 0, [0.0, 0.0]
     if resumed is not None:
         for half, state in zip(halves, resumed["halves"], strict=True):
@@ -131,31 +142,65 @@ def optimize_inverse_deformations(
 
     while epoch < settings.epochs:
         epoch += 1
-        for index, half in enumerate(halves):
+        entries = {}
+        for half in mine:
             clock = time.perf_counter()
             losses = yield from half.epoch(epoch, settings.epochs)
-            seconds[index] += time.perf_counter() - clock
+            elapsed = time.perf_counter() - clock
             check = half.evaluate(held_out=True)["error_angstrom"]
-            history.append({"epoch": epoch, "half": half.half} | losses | {"held_out_error_angstrom": check})
-        write_loss_log(folder, history)
+            entries[half.half] = ({"epoch": epoch, "half": half.half} | losses | {"held_out_error_angstrom": check},
+                                  elapsed)
+        for index, (entry, elapsed) in enumerate(_from_leaders(context, entries)):
+            seconds[index] += elapsed
+            history.append(entry)
+        if context.is_main:
+            write_loss_log(folder, history)
         if epoch % settings.checkpoint_every == 0 or epoch == settings.epochs:
-            ckpt.save_checkpoint(ckpt.epoch_path(folder, epoch), state())
+            _share_states(context, halves)
+            if context.is_main:
+                ckpt.save_checkpoint(ckpt.epoch_path(folder, epoch), state())
 
     yield Progress("evaluating", 0, 2)
-    summary = {}
+    numbers = {}
     for index, half in enumerate(halves):
-        trained, check = half.evaluate(held_out=False), half.evaluate(held_out=True)
-        summary[f"half{half.half}"] = {
-            "train_error_angstrom": trained["error_angstrom"],
-            "held_out_error_angstrom": check["error_angstrom"],
-            "train_displacement_angstrom": trained["displacement_angstrom"],
-            "held_out_displacement_angstrom": check["displacement_angstrom"],
-            "n_train": len(train[index]), "n_held_out": len(held_out[index]), "seconds": seconds[index]}
+        if context.holds(half.half):
+            trained, check = half.evaluate(held_out=False), half.evaluate(held_out=True)
+            numbers[half.half] = {
+                "train_error_angstrom": trained["error_angstrom"],
+                "held_out_error_angstrom": check["error_angstrom"],
+                "train_displacement_angstrom": trained["displacement_angstrom"],
+                "held_out_displacement_angstrom": check["displacement_angstrom"],
+                "n_train": len(train[index]), "n_held_out": len(held_out[index]), "seconds": seconds[index]}
         yield Progress("evaluating", index + 1, 2)
-    ckpt.save_checkpoint(folder / FINAL, {
-        "epoch": epoch, "settings": json.dumps(settings.to_dict()), "latent_dim": forward.latent_dim,
-        "extent_angstrom": halves[0].extent_angstrom, "halves": [{"network": h.network.state_dict()} for h in halves]})
+    summary = {f"half{h}": values for h, values in enumerate(_from_leaders(context, numbers), 1)}
     summary |= {"epochs": epoch, "settings": settings.to_dict()}
-    with atomic_path(folder / SUMMARY) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if context.is_main:  # the last epoch was checkpointed, so rank 0 holds both halves' networks
+        ckpt.save_checkpoint(folder / FINAL, {
+            "epoch": epoch, "settings": json.dumps(settings.to_dict()), "latent_dim": forward.latent_dim,
+            "extent_angstrom": halves[0].extent_angstrom,
+            "halves": [{"network": h.network.state_dict()} for h in halves]})
+        with atomic_path(folder / SUMMARY) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    context.barrier()  # on return RUN/inverse is complete for every rank
     return InverseResult(folder, epoch, time.perf_counter() - started, summary)
+
+
+def _from_leaders(context: distributed.Context, values: dict) -> list:
+    """Both halves' ``values[half]`` on every rank, in half order, each from the leader of the ranks
+    that train it (every rank already has both when the halves are not split)."""
+    if context.halves_split:
+        led = {h: v for h, v in values.items() if context.half_group(h).is_leader}
+        values = {h: v for part in context.all_gather_object(led) for h, v in part.items()}
+    return [values[1], values[2]]
+
+
+def _share_states(context: distributed.Context, halves: list[InverseHalf]) -> None:
+    """Give every rank both halves' training state, each from the leader of its ranks, so that rank 0
+    writes checkpoints holding both (a no-op when every rank trains both)."""
+    if not context.halves_split:
+        return
+    for half in halves:
+        source = half.group.leader
+        state = context.broadcast_object(half.state() if context.rank == source else None, src=source)
+        if not half.group.contains_me:
+            half.load_state(state)

@@ -1,0 +1,106 @@
+"""Stage 4 on the torch.distributed path: two gloo processes on this CPU against one process.
+
+Split halves (each half's inverse network on its own rank) is the single-process arithmetic, so a
+one-process checkpoint resumed on two such ranks must end with identical networks, loss log and
+errors. Both halves data-parallel over the two ranks (shares of every batch, gradients all-reduced)
+differ from one process only by float summation order: measured 1e-7 to 1e-6 in the parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from _deformation_data import FAST, simulated  # noqa: F401
+from test_distributed import launch
+from napari_dynamight.engine.deformation import checkpoint
+from napari_dynamight.engine.deformation.run import optimize_deformations
+from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
+from napari_dynamight.engine.inverse.settings import InverseSettings
+from napari_dynamight.engine.progress import run
+
+SETTINGS = InverseSettings(epochs=4, batch_size=32, checkpoint_every=2)
+
+
+def train(directory, settings, resume=False) -> None:
+    run(optimize_inverse_deformations(directory, settings=settings, resume=resume))
+
+
+def networks(directory, name="final.pt") -> list[dict]:
+    """Both halves' network state dicts in ``RUN/inverse/name`` (final.pt or checkpoints/epoch_*.pt)."""
+    return [h["network"] for h in checkpoint.load_checkpoint(directory / "inverse" / name)["halves"]]
+
+
+def largest_difference(ours: list[dict], theirs: list[dict]) -> float:
+    return max(float((a[name] - b[name]).abs().max())
+               for a, b in zip(ours, theirs, strict=True) for name in a)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread here, as in each rank: BLAS rounding depends on the thread count, and two
+    threads on two shared cores are slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def single(simulated, tmp_path_factory):  # noqa: F811
+    """A short deformation run (motions of about 0.3 Å RMS) and its inverse run in one process."""
+    out = tmp_path_factory.mktemp("distributed_inverse") / "run"
+    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=replace(FAST, epochs=10),
+                              consensus_model=simulated.model))
+    train(out, SETTINGS)
+    summary = json.loads((out / "inverse" / "summary.json").read_text())
+    for half in ("half1", "half2"):  # a field worth comparing: it undoes most of a visible motion
+        assert summary[half]["held_out_displacement_angstrom"] > 0.2
+        assert summary[half]["held_out_error_angstrom"] < 0.4 * summary[half]["held_out_displacement_angstrom"]
+    return out
+
+
+@pytest.fixture
+def copy(single, tmp_path, monkeypatch):
+    """A copy of the deformation run without its inverse run."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the spawned ranks
+    return shutil.copytree(single, tmp_path / "run", ignore=shutil.ignore_patterns("inverse"))
+
+
+def test_two_ranks_split_halves_resume_one_process_exactly(single, copy):
+    """The single-process run's epoch-2 checkpoint resumed on two ranks, each training one half."""
+    shutil.copytree(single / "inverse", copy / "inverse", ignore=shutil.ignore_patterns(
+        "epoch_0004.pt", "final.pt", "summary.json"))
+    launch(train, copy, SETTINGS, True)
+    difference = largest_difference(networks(copy), networks(single))
+    print("split halves, resumed: max |network parameter difference|", difference)
+    assert difference == 0.0
+    assert (copy / "inverse" / "losses.jsonl").read_text() == (single / "inverse" / "losses.jsonl").read_text()
+    ours = json.loads((copy / "inverse" / "summary.json").read_text())
+    theirs = json.loads((single / "inverse" / "summary.json").read_text())
+    for half in ("half1", "half2"):
+        assert ours[half] | {"seconds": 0} == theirs[half] | {"seconds": 0}
+
+
+def test_two_ranks_data_parallel_agree_with_one_process(single, copy):
+    """Both halves data-parallel over the two ranks from the start (shares of every batch)."""
+    launch(train, copy, SETTINGS, split=False)
+    for name in ("checkpoints/epoch_0002.pt", "final.pt"):
+        difference = largest_difference(networks(copy, name), networks(single, name))
+        print(f"data parallel, {name}: max |network parameter difference| {difference:.3g}")
+        assert difference < 1e-5
+    ours = json.loads((copy / "inverse" / "summary.json").read_text())
+    theirs = json.loads((single / "inverse" / "summary.json").read_text())
+    for half in ("half1", "half2"):
+        assert ours[half]["n_train"] == theirs[half]["n_train"] and ours[half]["n_held_out"] == 40
+        for key in ("train_error_angstrom", "held_out_error_angstrom"):
+            relative = abs(ours[half][key] - theirs[half][key]) / theirs[half][key]
+            print(f"data parallel, {half} {key}: {ours[half][key]:.6f} vs {theirs[half][key]:.6f} Å "
+                  f"(relative difference {relative:.2g})")
+            assert relative < 1e-4
+    log = [json.loads(line) for line in (copy / "inverse" / "losses.jsonl").read_text().splitlines()]
+    assert [(e["epoch"], e["half"]) for e in log] == [(k, h) for k in range(1, 5) for h in (1, 2)]
