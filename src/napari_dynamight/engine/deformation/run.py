@@ -31,6 +31,7 @@ from ..errors import InputError
 from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
+from ..settings_record import refuse_changed_settings
 from . import checkpoint as ckpt
 from . import outputs
 from .batches import ParticleBatches
@@ -84,11 +85,7 @@ def _check_run_directory(run: Path, resume: bool, settings: DeformationSettings)
         return None
     state = ckpt.load_checkpoint(latest)
     saved = DeformationSettings.from_dict(json.loads(state["settings"]))
-    changed = [k for k, v in saved.to_dict().items() if k not in CHANGEABLE_ON_RESUME and settings.to_dict()[k] != v]
-    if changed:
-        name = changed[0]
-        raise InputError(f"{latest}: was made with {name}={saved.to_dict()[name]!r}, not "
-                         f"{settings.to_dict()[name]!r}; resume with the run's original options")
+    refuse_changed_settings(latest, saved, settings, CHANGEABLE_ON_RESUME)
     return state
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from ..errors import InputError
+from ..settings_record import SettingsRecord
 
 LATENT_INFERENCE = ("posterior", "encoder")
 
 
 @dataclass(frozen=True)
-class DeformationSettings:
+class DeformationSettings(SettingsRecord):
     """Options of :func:`engine.deformation.run.optimize_deformations`.
 
     Network sizes default to what trains in minutes on a 2-core CPU: the decoder's cost is
@@ -78,11 +79,3 @@ class DeformationSettings:
             raise InputError(f"--posterior-candidates must be at least 2, got {self.posterior_candidates}")
         if self.kl_weight < 0:
             raise InputError(f"KL weight must not be negative, got {self.kl_weight}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "DeformationSettings":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})

@@ -33,6 +33,7 @@ from ..deformation.run import RUN_FILE
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
+from ..settings_record import refuse_changed_settings
 from .settings import InverseSettings
 from .training import InverseHalf
 
@@ -84,11 +85,7 @@ def _resume_state(folder: Path, resume: bool, settings: InverseSettings) -> dict
         return None
     state = ckpt.load_checkpoint(latest)
     saved = InverseSettings.from_dict(json.loads(state["settings"]))
-    changed = [k for k, v in saved.to_dict().items() if k != "epochs" and settings.to_dict()[k] != v]
-    if changed:
-        name = changed[0]
-        raise InputError(f"{latest}: was made with {name}={saved.to_dict()[name]!r}, not "
-                         f"{settings.to_dict()[name]!r}; resume with the run's original options")
+    refuse_changed_settings(latest, saved, settings)
     return state
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from ..errors import InputError
+from ..settings_record import SettingsRecord
 
 
 @dataclass(frozen=True)
-class InverseSettings:
+class InverseSettings(SettingsRecord):
     """Options of :func:`engine.inverse.run.optimize_inverse_deformations`.
 
     ``depth`` counts the hidden layers: with the input and output layers the network has
@@ -47,11 +48,3 @@ class InverseSettings:
             raise InputError(f"final learning-rate ratio must be in (0, 1], got {self.final_learning_rate_ratio}")
         if not self.smoothness_weight >= 0.0:
             raise InputError(f"--smoothness-weight must not be negative, got {self.smoothness_weight}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "InverseSettings":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
