@@ -231,8 +231,12 @@ def test_demo_headless_writes_summary_and_png(tmp_path, capsys):
     assert (output / "consensus" / "consensus_gaussians.pt").is_file()
 
 
-def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path):
+def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napari_viewer, monkeypatch):
     import imageio.v3 as iio
+
+    from napari_dynamight.cli import _demo_napari
+
+    monkeypatch.setattr(_demo_napari, "new_viewer", lambda: make_napari_viewer(show=True))
 
     from napari_dynamight.engine.io.star import read_particles
 

@@ -32,10 +32,11 @@ def test_virtual_display_starts_and_stops_xvfb(monkeypatch):
 
 
 @pytest.mark.slow
-def test_headless_demo_writes_napari_screenshots_and_movies(qapp, tmp_path, monkeypatch):
+def test_headless_demo_writes_napari_screenshots_and_movies(make_napari_viewer, tmp_path, monkeypatch):
     from napari_dynamight.cli import _demo_napari
 
     monkeypatch.setattr(_demo_napari, "MOVIE_FRAMES", 5)
+    monkeypatch.setattr(_demo_napari, "new_viewer", lambda: make_napari_viewer(show=True))
     output = tmp_path / "demo"
     assert main(["demo", "--output-directory", str(output), "--headless", "--n-particles", "150",
                  "--box", "32", "--pixel-size", "3", "--snr", "1", "--frames", "0:98:10",

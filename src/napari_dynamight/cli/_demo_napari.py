@@ -104,12 +104,18 @@ def render_views(run_directory: Path, output: Path, add_layers=None, frames: int
         return _render(Path(run_directory), Path(output), add_layers, frames or MOVIE_FRAMES)
 
 
-def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
+def new_viewer():
+    """A shown napari viewer for the pictures (tests swap in their fixture's viewers, which napari's
+    test support needs in order to register the plugin once per test)."""
     import napari
 
+    return napari.Viewer(title="napari-dynamight demo", show=True)
+
+
+def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
     from .explore import open_explorer
 
-    viewer = napari.Viewer(title="napari-dynamight demo", show=True)
+    viewer = new_viewer()
     try:
         viewer.window._qt_window.resize(*WINDOW_SIZE)
         if add_layers is not None:
