@@ -3,8 +3,10 @@
 
 Usage: python bench/bench_reconstruction.py --output bench/results/reconstruction.json
 Each measurement runs in its own process (peak memory = that process's maximum resident size).
-The deformed reconstruction uses a smooth analytic inverse field (the cost of a learned field's
-network is the inverse stage's and is not included). Writes the JSON and a PNG plot beside it.
+The deformed reconstruction uses a smooth analytic inverse field with CODES distinct latent codes
+(consecutive particles share one, like the stage's 64 latent clusters per half: one warp of the
+padded grid per code); the cost of a learned field's network is not included (see
+bench_improved_map.py for the whole stage with the real network). Writes the JSON and a PNG plot beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 SIZES = {64: 1000, 128: 200}  # box: particles
 PIXEL = 2.0
+CODES = 64  # distinct latent codes (clusters) in the deformed case
 
 
 def make_data(folder: Path, box: int, count: int) -> Path:
@@ -83,7 +86,8 @@ def measure(case: str, star: str, batch_size: int) -> dict:
             accumulator = DeformedAccumulator(dataset.box, dataset.pixel_size_angstrom, field)
             for batch in dataset.batches(batch_size):
                 ctf = compute_ctf(batch["ctf"], dataset.box, dataset.pixel_size_angstrom)
-                latents = torch.ones(len(batch["indices"]), 2)
+                code = (batch["indices"].cpu() * CODES // len(table)).float() / CODES
+                latents = torch.stack([code, torch.zeros_like(code)], 1)
                 accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, latents)
             accumulator.reconstruct()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -95,13 +99,15 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("bench/results/reconstruction.json"))
     parser.add_argument("--measure", nargs=2, metavar=("CASE", "STAR"), help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--boxes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES))
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(*args.measure, args.batch_size)))
         return
     results = {"machine": platform.processor() or platform.machine(), "torch_threads": 1, "relion_threads": 1, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for box, count in SIZES.items():
+        for box in args.boxes:
+            count = SIZES[box]
             folder = Path(tmp) / f"box{box}"
             folder.mkdir()
             star = make_data(folder, box, count)
@@ -128,7 +134,7 @@ def plot(results: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     cases = ("standard", "deformed", "relion")
-    for k, box in enumerate(SIZES):
+    for k, box in enumerate(sorted({r["box"] for r in results["runs"]})):
         rows = {r["case"]: r for r in results["runs"] if r["box"] == box}
         axes[0].bar(np.arange(3) + 0.4 * k, [rows[c]["ms_per_particle"] for c in cases], 0.4, label=f"box {box}")
         axes[1].bar(np.arange(3) + 0.4 * k, [rows[c]["peak_memory_mb"] for c in cases], 0.4, label=f"box {box}")

@@ -46,3 +46,20 @@ def simulated(tmp_path_factory) -> Simulated:
     assert math.isfinite(fit.correlation) and fit.correlation > 0.9
     return Simulated(folder, sim / "particles.star", sim / "consensus.mrc", fit.model_path,
                      pd.read_csv(sim / "ground_truth" / "labels.csv"))
+
+
+@pytest.fixture(scope="session")
+def moving_run(simulated, tmp_path_factory) -> Path:  # noqa: F811
+    """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1 Å RMS, with
+    its inverse deformations (20 epochs, batch 16: held-out error about 0.2 Å) in ``RUN/inverse``."""
+    from dataclasses import replace
+
+    from napari_dynamight.engine.deformation.run import optimize_deformations
+    from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
+    from napari_dynamight.engine.inverse.settings import InverseSettings
+
+    out = tmp_path_factory.mktemp("moving") / "run"
+    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=replace(FAST, epochs=30),
+                              consensus_model=simulated.model))
+    run(optimize_inverse_deformations(out, settings=InverseSettings(epochs=20, batch_size=16)))
+    return out

@@ -96,3 +96,32 @@ def drive(operation: ProgressGenerator[T], description: str, file=None) -> T:
     finally:
         if bar is not None:
             bar.close()
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (None: torch's default) or stop with a one-line error."""
+    if threads is None:
+        return
+    import torch
+
+    from ..engine.errors import InputError
+
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def drive_on_main_rank(operation: ProgressGenerator[T], description: str) -> T | None:
+    """:func:`drive` on rank 0 of a ``torchrun`` launch (or in one process), silently elsewhere, then
+    leave the process group; the result on rank 0, None on the others (which print nothing). On a
+    failure the process just exits: torchrun then stops the other ranks."""
+    from ..engine import distributed
+    from ..engine.progress import run as quietly
+
+    if not distributed.current().is_main:  # one bar and one report per launch, from rank 0
+        quietly(operation)
+        distributed.shutdown()
+        return None
+    result = drive(operation, description)
+    distributed.shutdown()
+    return result

@@ -81,28 +81,17 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..engine import distributed
     from ..engine.deformation.run import optimize_deformations
-    from ..engine.errors import InputError
-    from ..engine.progress import run as quietly
-    from ._progress import drive
+    from ._progress import drive_on_main_rank, set_threads
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     operation = optimize_deformations(
         args.particles, args.consensus, args.output_directory, settings=settings_from(args), mask=args.mask,
         consensus_model=args.consensus_model, n_gaussians=args.n_gaussians, threshold=args.threshold,
         box=args.box, data_root=args.data_root, device=args.device, resume=args.resume)
-    if not distributed.current().is_main:  # one bar and one report per launch, from rank 0
-        quietly(operation)
-        distributed.shutdown()
+    result = drive_on_main_rank(operation, "optimize deformations")
+    if result is None:
         return 0
-    result = drive(operation, "optimize deformations")
-    distributed.shutdown()  # on failure the process just exits: torchrun then stops the other ranks
     ending = "stopped by the data-loss rule" if result.stopped_early else "done"
     print(f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, training box {result.train_box}: "
           f"{result.seconds:.0f} s")

@@ -59,26 +59,15 @@ def settings_from(args: argparse.Namespace) -> InverseSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..engine import distributed
-    from ..engine.errors import InputError
     from ..engine.inverse.run import optimize_inverse_deformations
-    from ..engine.progress import run as quietly
-    from ._progress import drive
+    from ._progress import drive_on_main_rank, set_threads
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     operation = optimize_inverse_deformations(args.run_directory, settings=settings_from(args),
                                               device=args.device, resume=args.resume)
-    if not distributed.current().is_main:  # one bar and one report per launch, from rank 0
-        quietly(operation)
-        distributed.shutdown()
+    result = drive_on_main_rank(operation, "optimize inverse deformations")
+    if result is None:
         return 0
-    result = drive(operation, "optimize inverse deformations")
-    distributed.shutdown()  # on failure the process just exits: torchrun then stops the other ranks
     for half in (1, 2):
         numbers = result.summary[f"half{half}"]
         held_out = numbers["held_out_error_angstrom"]

@@ -28,23 +28,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate the inverse field on a grid F times coarser than the map (default: 2)")
     add("--filter", choices=("wiener", "constant"), default="wiener",
         help="regularisation: Wiener filter from the half-map FSC, or a constant (default: wiener)")
+    add("--clusters", type=int, default=64, metavar="K",
+        help="k-means clusters of each half's latent codes: the inverse field is evaluated at each "
+             "centre and expanded to first order per particle; 0 = per particle (default: 64)")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..engine.errors import InputError
     from ..engine.reconstruction.stage import reconstruct_run
-    from ._progress import drive
+    from ._progress import drive_on_main_rank, set_threads
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    result = drive(reconstruct_run(args.run_directory, deformations=not args.no_deformations,
-                                   device=args.device, batch_size=args.batch_size,
-                                   grid_factor=args.grid_factor, filter=args.filter), "reconstruct")
+    set_threads(args.threads)
+    operation = reconstruct_run(args.run_directory, deformations=not args.no_deformations, device=args.device,
+                                batch_size=args.batch_size, grid_factor=args.grid_factor, filter=args.filter,
+                                clusters=args.clusters)
+    result = drive_on_main_rank(operation, "reconstruct")
+    if result is None:
+        return 0
     print(f"half-map resolution (FSC 0.143): {result.resolution_angstrom:.2f} Å "
           f"(standard {result.resolution_standard_angstrom:.2f} Å)")
     print(f"maps in {result.directory}")

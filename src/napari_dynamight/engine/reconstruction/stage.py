@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..ctf import compute_ctf
 from ..data.dataset import ParticleDataset
 from ..deformation.inputs import check_device
@@ -26,6 +27,7 @@ from ..errors import InputError
 from ..fourier import fsc, resolution_at
 from ..io.star import read_particles
 from ..progress import Progress, ProgressGenerator
+from .clusters import DEFAULT_CLUSTERS, quantise
 from .deformed import DeformedAccumulator
 from .inversion import radius_grid
 from .report import write_outputs
@@ -33,6 +35,7 @@ from .report import write_outputs
 STAGE = "reconstruction"
 FILTERS = ("wiener", "constant")
 WIENER_CONSTANT = 1e-3  # the constant filter: a small fraction of the shell-mean CTF² weight
+REGION_MARGIN_ANGSTROM = 8.0  # the field is evaluated within this distance of the half's Gaussians
 
 
 @dataclass
@@ -46,17 +49,26 @@ class ReconstructionResult:
 
 
 def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", batch_size: int = 64,
-                    grid_factor: int = 2, filter: str = "wiener") -> ProgressGenerator[ReconstructionResult]:
-    """Reconstruct a run's half maps and full map into ``RUN/reconstruction[_standard]/``."""
+                    grid_factor: int = 2, filter: str = "wiener", clusters: int = DEFAULT_CLUSTERS,
+                    ) -> ProgressGenerator[ReconstructionResult]:
+    """Reconstruct a run's half maps and full map into ``RUN/reconstruction[_standard]/``.
+
+    ``clusters``: k-means clusters of each half's latent codes; the field is evaluated and the
+    backprojection warped once per centre (particles sorted by cluster); 0 warps every particle on its
+    own (slow). In a ``torchrun`` launch every rank takes its share of each half set, the sums are
+    added over the ranks and only rank 0 inverts and writes.
+    """
     run = Path(run_directory)
     if filter not in FILTERS:
         raise InputError(f"--filter {filter!r} is unknown: use wiener or constant")
-    if int(batch_size) < 1 or int(grid_factor) < 1:
-        raise InputError(f"--batch-size {batch_size} and --grid-factor {grid_factor} must be at least 1")
+    if int(batch_size) < 1 or int(grid_factor) < 1 or int(clusters) < 0:
+        raise InputError(f"--batch-size {batch_size} and --grid-factor {grid_factor} must be at least 1 "
+                         f"and --clusters {clusters} at least 0")
     if not (run / RUN_FILE).is_file() or not (run / PARTICLES).is_file():
         raise InputError(f"{run}: not a finished deformation run ({RUN_FILE} or {PARTICLES} missing); "
                          "run optimize-deformations first")
-    device = check_device(device)
+    context = distributed.current()
+    device = check_device(context.device_for(device))
     info = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
     box, voxel = int(info["consensus_box"]), float(info["voxel_size_angstrom"])
     table = read_particles(run / PARTICLES, data_root=Path(info["particles"]).parent)
@@ -70,27 +82,39 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
         rows = np.nonzero(halves == half)[0]
         if len(rows) == 0:
             raise InputError(f"{run / PARTICLES}: half set {half} has no particles")
-        accumulator = DeformedAccumulator(box, voxel, fields.get(half), None, grid_factor, device=device)
+        centres = None
+        if latents is not None and clusters:
+            rows, centres = quantise(latents, rows, int(clusters))  # sorted by cluster
+            centres = dict(zip(rows.tolist(), centres, strict=True))
+        rows = context.shard(rows)
+        field, region = fields.get(half, (None, None))
+        accumulator = DeformedAccumulator(box, voxel, field, region, grid_factor, device=device)
         with ParticleDataset(table, rows, target_box=box, target_pixel_size_angstrom=voxel,
                              normalise=False, device=device) as dataset:
             for done, batch in enumerate(dataset.batches(batch_size), 1):
                 ctf = compute_ctf(batch["ctf"], box, dataset.pixel_size_angstrom)
-                codes = None if latents is None else latents[batch["indices"].cpu().numpy()]
-                accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, codes)
+                indices = batch["indices"].cpu().numpy()
+                codes = None if latents is None else latents[indices]
+                near = None if centres is None else np.stack([centres[i] for i in indices])
+                accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, codes, near)
                 yield Progress(STAGE, min(done * batch_size, len(rows)), len(rows), f"half {half}")
-        accumulators.append(_reduce(accumulator))
+        accumulators.append(reduce_sums(accumulator, context))
 
-    yield Progress(STAGE, 0, None, "inverting")
-    maps, curve = _divide(accumulators, filter)
-    standard = [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
-    frequency, standard_curve = fsc(*standard, voxel)
-    curves = {"fsc_deformed": curve, "fsc_standard": standard_curve} if deformations else \
-        {"fsc_standard": curve}
     directory = run / ("reconstruction" if deformations else "reconstruction_standard")
-    paths = write_outputs(directory, maps, voxel, frequency, curves)
-    return ReconstructionResult(directory, paths["halves"], paths["full"], paths["csv"],
-                                resolution_at(frequency, curve, 0.143),
-                                resolution_at(frequency, standard_curve, 0.143))
+    paths = {"halves": (directory / "half1.mrc", directory / "half2.mrc"), "full": directory / "full.mrc",
+             "csv": directory / "fsc.csv"}
+    resolutions = (float("nan"), float("nan"))
+    if context.is_main:
+        yield Progress(STAGE, 0, None, "inverting")
+        maps, curve = _divide(accumulators, filter)
+        standard = [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
+        frequency, standard_curve = fsc(*standard, voxel)
+        curves = {"fsc_deformed": curve, "fsc_standard": standard_curve} if deformations else \
+            {"fsc_standard": curve}
+        paths = write_outputs(directory, maps, voxel, frequency, curves)
+        resolutions = (resolution_at(frequency, curve, 0.143), resolution_at(frequency, standard_curve, 0.143))
+    context.barrier()
+    return ReconstructionResult(directory, paths["halves"], paths["full"], paths["csv"], *resolutions)
 
 
 def _deformation_inputs(run: Path, table, halves: np.ndarray, device):
@@ -114,13 +138,35 @@ def _deformation_inputs(run: Path, table, halves: np.ndarray, device):
     fields = {}
     for half in (1, 2):
         field = load_inverse_field(run, half, device)
-        fields[half] = field.consensus_positions
+        fields[half] = (field.consensus_positions, _region(run, half, device))
     return fields, latents
 
 
-def _reduce(accumulator: DeformedAccumulator) -> DeformedAccumulator:
-    """The one place where sums from other processes would be added (distributed runs); a no-op
-    in one process."""
+def _region(run: Path, half: int, device) -> torch.Tensor | None:
+    """Voxels within about REGION_MARGIN_ANGSTROM of the half's reference Gaussians (a cube
+    dilation), where the field is evaluated; None (everywhere) when the run has no checkpoint."""
+    from ..deformation.decode import DeformationRun
+
+    try:
+        forward = DeformationRun.load(run, device)
+    except InputError:
+        return None
+    box, voxel = forward.box, forward.voxel_size_angstrom
+    index = torch.round(forward.reference(half).positions_angstrom / voxel).long() + box // 2
+    index = index[((index >= 0) & (index < box)).all(1)]
+    occupied = torch.zeros((box,) * 3, device=device)
+    occupied[index[:, 2], index[:, 1], index[:, 0]] = 1
+    reach = int(np.ceil(REGION_MARGIN_ANGSTROM / voxel))
+    return torch.nn.functional.max_pool3d(occupied[None, None], 2 * reach + 1, 1, reach)[0, 0] > 0
+
+
+def reduce_sums(accumulator: DeformedAccumulator, group: distributed.Group) -> DeformedAccumulator:
+    """Add the partial sums (Fourier data and weights, real-space correction, particle count) of every
+    rank of ``group`` in place, in one collective; a no-op in one process."""
+    accumulator.flush()
+    count = torch.tensor([float(accumulator.standard.particle_count)], device=accumulator.device)
+    distributed.sum_tensors_(group, [accumulator.standard.sums, accumulator.correction.view(-1), count])
+    accumulator.standard.particle_count = int(count.item())
     return accumulator
 
 
