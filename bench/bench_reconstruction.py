@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--measure", nargs=2, metavar=("CASE", "STAR"), help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--boxes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--particles", type=int, help="particles per box (default: 1,000 at box 64, 200 at 128); "
+                        "the deformed cost per particle falls as more particles share each of the 64 codes")
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(*args.measure, args.batch_size)))
@@ -107,7 +109,7 @@ def main() -> None:
     results = {"machine": platform.processor() or platform.machine(), "torch_threads": 1, "relion_threads": 1, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for box in args.boxes:
-            count = SIZES[box]
+            count = args.particles or SIZES[box]
             folder = Path(tmp) / f"box{box}"
             folder.mkdir()
             star = make_data(folder, box, count)
