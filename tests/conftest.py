@@ -28,6 +28,18 @@ TRPV1_STACK = DATA / "cryojax_trpv1" / "trpv1_small_stack.mrcs"
 TRPV1_MAP = DATA / "cryojax_trpv1" / "trpv1_volume.mrc"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: BLAS rounding depends on the thread count (numbers compared
+    across runs or processes stay equal), and two threads on two shared cores are slow."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def data_dir() -> Path:
     """The folder of test data files."""

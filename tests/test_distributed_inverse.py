@@ -40,14 +40,7 @@ def largest_difference(ours: list[dict], theirs: list[dict]) -> float:
                for a, b in zip(ours, theirs, strict=True) for name in a)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here, as in each rank: BLAS rounding depends on the thread count, and two
-    threads on two shared cores are slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

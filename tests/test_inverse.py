@@ -25,14 +25,7 @@ SHORT = InverseSettings(epochs=4, batch_size=32, checkpoint_every=2)
 ERROR_BOUND_ANGSTROM = 0.4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the numbers below are then the same on any machine, and 2 shared cores are
-    not oversubscribed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

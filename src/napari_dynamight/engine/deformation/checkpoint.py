@@ -13,6 +13,7 @@ first gives every rank both halves' state, so a checkpoint always holds both hal
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from .. import distributed
 from ..errors import InputError
 from ..io.atomic import atomic_path
+from ..settings_record import SettingsRecord, refuse_changed_settings
 from .trainer import HalfSet
 
 CHECKPOINT_FOLDER = "checkpoints"
@@ -116,3 +118,23 @@ def latest_checkpoint(run_directory: Path) -> Path | None:
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
     return max(found)[1] if found else None
+
+
+def state_to_resume(folder: Path, resume: bool, settings: SettingsRecord, final: Path, what: str, hint: str,
+                    changeable: tuple[str, ...] = ("epochs",)) -> dict | None:
+    """The state of the last epoch checkpoint in ``folder`` to resume from, or None (nothing to resume).
+
+    Without ``resume`` a folder that already holds ``what`` (checkpoints or ``final``) is refused with
+    ``hint``; a resume that changes settings other than ``changeable`` is refused too.
+    """
+    latest = latest_checkpoint(folder)
+    if not resume:
+        if latest is not None or final.exists():
+            raise InputError(f"{folder}: already holds {what}; add --resume to continue it {hint}")
+        return None
+    if latest is None:
+        return None
+    state = load_checkpoint(latest)
+    saved = type(settings).from_dict(json.loads(state["settings"]))
+    refuse_changed_settings(latest, saved, settings, changeable)
+    return state

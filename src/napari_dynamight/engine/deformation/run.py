@@ -31,7 +31,6 @@ from ..errors import InputError
 from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
-from ..settings_record import refuse_changed_settings
 from . import checkpoint as ckpt
 from . import outputs
 from .batches import ParticleBatches
@@ -74,19 +73,8 @@ def _check_run_directory(run: Path, resume: bool, settings: DeformationSettings)
     without ``resume``. A resumed run may change the options in ``CHANGEABLE_ON_RESUME``; every other must match."""
     if run.exists() and not run.is_dir():
         raise InputError(f"{run}: exists and is not a folder; give a folder for the run")
-    latest = ckpt.latest_checkpoint(run)
-    final = ckpt.final_path(run)
-    if not resume:
-        if latest is not None or final.exists():
-            raise InputError(f"{run}: already holds a deformation run; add --resume to continue it "
-                             "or choose another --output-directory")
-        return None
-    if latest is None:
-        return None
-    state = ckpt.load_checkpoint(latest)
-    saved = DeformationSettings.from_dict(json.loads(state["settings"]))
-    refuse_changed_settings(latest, saved, settings, CHANGEABLE_ON_RESUME)
-    return state
+    return ckpt.state_to_resume(run, resume, settings, ckpt.final_path(run), "a deformation run",
+                                "or choose another --output-directory", CHANGEABLE_ON_RESUME)
 
 
 def optimize_deformations(

@@ -33,7 +33,6 @@ from ..deformation.run import RUN_FILE
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
-from ..settings_record import refuse_changed_settings
 from .settings import InverseSettings
 from .training import InverseHalf
 
@@ -75,18 +74,8 @@ def _check_deformation_run(run: Path) -> None:
 def _resume_state(folder: Path, resume: bool, settings: InverseSettings) -> dict | None:
     """The last checkpoint's state to resume from, or None; refuse to overwrite without ``resume``.
     A resumed run may ask for more epochs; every other setting must match."""
-    latest = ckpt.latest_checkpoint(folder)
-    if not resume:
-        if latest is not None or (folder / FINAL).exists():
-            raise InputError(f"{folder}: already holds an inverse run; add --resume to continue it "
-                             "(or delete the folder to start again)")
-        return None
-    if latest is None:
-        return None
-    state = ckpt.load_checkpoint(latest)
-    saved = InverseSettings.from_dict(json.loads(state["settings"]))
-    refuse_changed_settings(latest, saved, settings)
-    return state
+    return ckpt.state_to_resume(folder, resume, settings, folder / FINAL, "an inverse run",
+                                "(or delete the folder to start again)")
 
 
 def _particle_sets(run: Path, forward: DeformationRun) -> tuple[list[np.ndarray], list[np.ndarray]]:
