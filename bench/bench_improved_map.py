@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--source-run", type=Path, default=Path("/work/scratch_deform/bench/work/snr_0.05/run"))
     parser.add_argument("--work", type=Path, default=Path("/work/scratch_deform/recon2"))
     parser.add_argument("--epochs", type=int, default=30, help="inverse-deformation epochs (default: 30)")
-    parser.add_argument("--clusters", type=int, default=64, help="latent clusters per half (default: 64)")
+    parser.add_argument("--clusters", type=int, default=32, help="latent clusters per half (default: 32)")
     parser.add_argument("--reuse", action="store_true", help="keep existing intermediate results")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=Path("bench/results/improved_map.json"))

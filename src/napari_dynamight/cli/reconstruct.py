@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate the inverse field on a grid F times coarser than the map (default: 2)")
     add("--filter", choices=("wiener", "constant"), default="wiener",
         help="regularisation: Wiener filter from the half-map FSC, or a constant (default: wiener)")
-    add("--clusters", type=int, default=64, metavar="K",
-        help="k-means clusters of each half's latent codes: the inverse field is evaluated at each "
-             "centre and expanded to first order per particle; 0 = per particle (default: 64)")
+    add("--clusters", type=int, metavar="K",
+        help="k-means clusters of each half's latent codes: the inverse field is evaluated and the "
+             "backprojection warped once per cluster centre; 0 = per particle (slow) (default: 32)")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     operation = reconstruct_run(args.run_directory, deformations=not args.no_deformations, device=args.device,
                                 batch_size=args.batch_size, grid_factor=args.grid_factor, filter=args.filter,
-                                clusters=args.clusters)
+                                **({} if args.clusters is None else {"clusters": args.clusters}))
     result = drive_on_main_rank(operation, "reconstruct")
     if result is None:
         return 0
