@@ -18,9 +18,9 @@ from pathlib import Path
 
 from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit,
                               PushButton, SpinBox)
-from qtpy.QtWidgets import QVBoxLayout
+from qtpy.QtWidgets import QScrollArea, QVBoxLayout
 
-from ..engine.deformation.settings import DeformationSettings
+from ..engine.deformation.settings import LATENT_INFERENCE, DeformationSettings
 from ._curves import CurvePlot, plot_history
 from ._layers import show_points
 from ._stage import StageWidget, device_choices, optional_path, read_loss_log, read_run_info
@@ -34,7 +34,8 @@ SETTING_FIELDS = {"latent_dim": "latent_dim", "epochs": "epochs", "batch_size": 
                   "seed": "seed", "frequencies": "n_frequencies", "decoder_depth": "decoder_depth",
                   "decoder_width": "decoder_width", "regularisation": "regularisation_ratio",
                   "warmup": "warmup_epochs", "validation": "validation_fraction",
-                  "checkpoint_every": "checkpoint_every"}
+                  "checkpoint_every": "checkpoint_every", "latent_inference": "latent_inference",
+                  "posterior_candidates": "posterior_candidates"}
 
 
 def training_reference(run: Path):
@@ -100,6 +101,10 @@ class DeformationsWidget(StageWidget):
                                        value=d.validation_fraction)
         self.checkpoint_every = SpinBox(label="checkpoint every", min=1, max=10_000,
                                         value=d.checkpoint_every)
+        self.latent_inference = ComboBox(label="final latents", choices=list(LATENT_INFERENCE),
+                                         value=d.latent_inference)
+        self.posterior_candidates = SpinBox(label="posterior candidates", min=2, max=100_000,
+                                            value=d.posterior_candidates)
         self.start_button = PushButton(text="Start")
         self.resume_button = PushButton(text="Resume")
         self.form = Container(widgets=[
@@ -107,13 +112,17 @@ class DeformationsWidget(StageWidget):
             self.consensus_model, self.n_gaussians, self.threshold, self.data_root, self.latent_dim,
             self.epochs, self.batch_size, self.box, self.device, self.threads, self.seed,
             self.frequencies, self.decoder_depth, self.decoder_width, self.regularisation,
-            self.warmup, self.validation, self.checkpoint_every])
+            self.warmup, self.validation, self.checkpoint_every, self.latent_inference,
+            self.posterior_candidates])
         buttons = Container(widgets=[self.start_button, self.resume_button], layout="horizontal")
         self.plot = CurvePlot(["data loss", "λ"], "epoch")
         self.summary = Label(value="choose particles, consensus map and a run folder, then Start")
         self.summary.native.setWordWrap(True)
         layout = QVBoxLayout(self)
-        for widget in (self.form.native, buttons.native, self.tasks, self.plot,
+        scroll = QScrollArea()  # 25 options: scroll them on small screens, keep buttons and plot in view
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.form.native)
+        for widget in (scroll, buttons.native, self.tasks, self.plot,
                        self.summary.native):
             layout.addWidget(widget)
         self.base_settings = _DEFAULTS
