@@ -3,14 +3,13 @@ one inverse-field evaluation.
 
 The inverse network costs far more per particle than the backprojection itself (about 1.3 GFLOP for a
 33³ grid), so each half set's latent codes are grouped by k-means into ``k`` clusters and every
-particle uses its cluster's centre. The field error this causes is measured by :func:`field_error`
-(``bench/bench_reconstruction.py``) and is kept well below the inverse network's own error.
+particle uses its cluster's centre. On the AdK benchmark 32 and 64 clusters per half gave the same maps
+(docs/reconstruction.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 #: Default clusters per half set. On the AdK benchmark (1,500 particles per half) 32 and 64 clusters gave
 #: the same maps to 0.03 Å at FSC 0.5 (5.90 / 5.57 vs 5.88 / 5.54 Å) and 32 halves the cost (one warp of
@@ -64,10 +63,3 @@ def quantise(latents: np.ndarray, rows: np.ndarray, k: int, seed: int = 0) -> tu
     order = np.argsort(labels, kind="stable")
     return rows[order], centres[labels[order]]
 
-
-def field_error(field, latents: np.ndarray, codes: np.ndarray, points_angstrom: torch.Tensor) -> float:
-    """RMS distance (Å) over particles and points between the field at each particle's own latent
-    and at its quantised code."""
-    own = field(torch.as_tensor(latents, dtype=torch.float32), points_angstrom)
-    shared = field(torch.as_tensor(codes, dtype=torch.float32), points_angstrom)
-    return float((own - shared).pow(2).sum(-1).mean().sqrt())

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .inversion import _add_friedel_mates_on_x_plane, invert
+from .inversion import add_friedel_mates_on_x_plane, invert
 from .standard import FourierAccumulator
 
 #: ``field(latents (B, D), points (P, 3) Å) -> consensus points (B, P, 3) Å``, x y z from the centre.
@@ -57,7 +57,7 @@ class DeformedAccumulator:
     ``field=None`` gives the standard reconstruction. ``region``: optional boolean (L, L, L)
     [z, y, x] mask where the field is evaluated (e.g. the dilated consensus); default everywhere.
     Consecutive particles with the same code share one field evaluation and one warp: pass
-    particles sorted by code (or by cluster, with ``centres``).
+    particles sorted by code (e.g. cluster centres, ``clusters.quantise``).
     """
 
     def __init__(
@@ -108,19 +108,18 @@ class DeformedAccumulator:
     def particle_count(self) -> int:
         return self.standard.particle_count + self._pending.particle_count
 
-    def add(self, images, rotations, shifts_angstrom, ctf=None, latents=None, centres=None) -> None:
-        """Insert a batch: as :meth:`FourierAccumulator.add`, plus latents (B, D) for the field.
+    def add(self, images, rotations, shifts_angstrom, ctf=None, latents=None) -> None:
+        """Insert a batch: as :meth:`FourierAccumulator.add`, plus each particle's field code (B, D).
 
-        ``centres`` (B, D): optional cluster centres of the latents; each particle then uses its
-        centre's field. Each run of consecutive equal codes is inserted into the pending
-        accumulator, which is warped (:meth:`flush`) when the code changes.
+        Each run of consecutive equal codes is inserted into the pending accumulator, which is warped
+        (:meth:`flush`) when the code changes.
         """
         if self.field is None:
             self.standard.add(images, rotations, shifts_angstrom, ctf)
             return
         if latents is None:
             raise InputError("a deformed reconstruction needs each particle's latent code")
-        codes = torch.as_tensor(latents if centres is None else centres).to(self.device, torch.float32)
+        codes = torch.as_tensor(latents).to(self.device, torch.float32)
         if codes.ndim != 2 or len(codes) != len(images):
             raise InputError(f"{len(images)} images need latent codes ({len(images)}, D); got {tuple(codes.shape)}")
         change = torch.nonzero((codes[1:] != codes[:-1]).any(1)).squeeze(1) + 1
@@ -138,7 +137,7 @@ class DeformedAccumulator:
         if self._pending.particle_count == 0:
             return
         data, weight = self._pending.fourier_sums()
-        _add_friedel_mates_on_x_plane(data, weight)  # the full, Hermitian spectrum of the x = 0 plane
+        add_friedel_mates_on_x_plane(data, weight)  # the full, Hermitian spectrum of the x = 0 plane
         n = self.standard.padded_box
         displacement = self._pending_displacement
         mean = displacement.flatten(2)[0][:, self._evaluated].mean(1)  # voxels, moved exactly

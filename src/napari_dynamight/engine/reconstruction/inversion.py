@@ -42,7 +42,7 @@ def invert(
     device = data.device
     data = data.clone()
     weight = weight.clone()
-    _add_friedel_mates_on_x_plane(data, weight)
+    add_friedel_mates_on_x_plane(data, weight)
 
     radius = radius_grid(n, device, weight.dtype)
     inside = radius < n / 2
@@ -100,7 +100,7 @@ def soft_mask_corners(volume: torch.Tensor, edge_width: float = 3.0) -> torch.Te
     return volume * (1 - outside) + outside * background
 
 
-def _add_friedel_mates_on_x_plane(data: torch.Tensor, weight: torch.Tensor) -> None:
+def add_friedel_mates_on_x_plane(data: torch.Tensor, weight: torch.Tensor) -> None:
     """Samples inserted near the x = 0 plane also belong to it mirrored (their Friedel mates)."""
     n = data.shape[0]
     mirror = (-torch.arange(n, device=data.device)) % n

@@ -82,10 +82,11 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
         rows = np.nonzero(halves == half)[0]
         if len(rows) == 0:
             raise InputError(f"{run / PARTICLES}: half set {half} has no particles")
-        centres = None
-        if latents is not None and clusters:
-            rows, centres = quantise(latents, rows, int(clusters))  # sorted by cluster
-            centres = dict(zip(rows.tolist(), centres, strict=True))
+        codes = None
+        if latents is not None:  # each particle's field code: its cluster centre (rows sorted by cluster)
+            rows, quantised = quantise(latents, rows, int(clusters))
+            codes = latents.copy()
+            codes[rows] = quantised
         rows = context.shard(rows)
         field, region = fields.get(half, (None, None))
         accumulator = DeformedAccumulator(box, voxel, field, region, grid_factor, device=device)
@@ -93,10 +94,8 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
                              normalise=False, device=device) as dataset:
             for done, batch in enumerate(dataset.batches(batch_size), 1):
                 ctf = compute_ctf(batch["ctf"], box, dataset.pixel_size_angstrom)
-                indices = batch["indices"].cpu().numpy()
-                codes = None if latents is None else latents[indices]
-                near = None if centres is None else np.stack([centres[i] for i in indices])
-                accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, codes, near)
+                batch_codes = None if codes is None else codes[batch["indices"].cpu().numpy()]
+                accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, batch_codes)
                 yield Progress(STAGE, min(done * batch_size, len(rows)), len(rows), f"half {half}")
         accumulators.append(reduce_sums(accumulator, context))
 
