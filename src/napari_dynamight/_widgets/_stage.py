@@ -91,6 +91,24 @@ class StageWidget(QWidget):
         self._ended.set()
         self._last_key = None
 
+    def read_chosen_run(self, folder=None) -> tuple[Path, dict] | None:
+        """Take ``folder`` (else the form's run folder), read its run.json and adopt its device; None,
+        with the one-line reason in the summary, if it is not a run. Uses the subclass's ``run``,
+        ``device`` and ``summary`` fields."""
+        from ._tasks import one_line
+
+        if folder is not None:
+            self.run.value = folder
+        run = optional_path(self.run.value) or Path(".")
+        try:
+            info = read_run_info(run)
+        except Exception as error:
+            self.summary.value = one_line(error)
+            return None
+        if info.get("device") in self.device.choices:
+            self.device.value = info["device"]
+        return run, info
+
     def run_task(self, operation, title: str, on_done=None, on_progress=None):
         """Start ``operation`` in the task panel (None if one is running already)."""
         ended = threading.Event()

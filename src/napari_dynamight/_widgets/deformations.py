@@ -23,7 +23,7 @@ from qtpy.QtWidgets import QScrollArea, QVBoxLayout
 from ..engine.deformation.settings import LATENT_INFERENCE, DeformationSettings
 from ._curves import CurvePlot, plot_history
 from ._layers import show_points
-from ._stage import StageWidget, device_choices, optional_path, read_loss_log, read_run_info
+from ._stage import StageWidget, device_choices, optional_path, read_loss_log
 from ._tasks import LatestRequestRunner
 
 POINTS_LAYER = "training Gaussians (half 1)"
@@ -144,16 +144,10 @@ class DeformationsWidget(StageWidget):
 
     def open_run(self, folder=None) -> bool:
         """Fill the form from RUN/run.json and show the run's losses and Gaussians."""
-        from ._tasks import one_line
-
-        if folder is not None:
-            self.run.value = folder
-        run = optional_path(self.run.value)
-        try:
-            info = read_run_info(run or Path("."))
-        except Exception as error:
-            self.summary.value = one_line(error)
+        chosen = self.read_chosen_run(folder)
+        if chosen is None:
             return False
+        run, info = chosen
         for field, key in (("particles", "particles"), ("consensus", "consensus"),
                            ("mask", "mask"), ("consensus_model", "consensus_model")):
             if info.get(key):
@@ -162,8 +156,6 @@ class DeformationsWidget(StageWidget):
         for field, name in SETTING_FIELDS.items():
             getattr(self, field).value = getattr(self.base_settings, name)
         self.box.value = int(info.get("train_box", 0))
-        if info.get("device") in self.device.choices:
-            self.device.value = info["device"]
         result = info.get("result") or {}
         state = (f"finished after {result['epochs']} epochs" if result
                  else "not finished: Resume continues it")

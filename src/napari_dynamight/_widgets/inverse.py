@@ -19,7 +19,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, S
 from qtpy.QtWidgets import QVBoxLayout
 
 from ._curves import CurvePlot, plot_history
-from ._stage import StageWidget, device_choices, optional_path, read_loss_log, read_run_info
+from ._stage import StageWidget, device_choices, optional_path, read_loss_log
 
 
 def previous_settings(run: Path):
@@ -81,17 +81,15 @@ class InverseWidget(StageWidget):
         """Check RUN/run.json; take an earlier inverse run's options and show its curves."""
         from ._tasks import one_line
 
-        if folder is not None:
-            self.run.value = folder
-        run = optional_path(self.run.value) or Path(".")
+        chosen = self.read_chosen_run(folder)
+        if chosen is None:
+            return False
+        run, info = chosen
         try:
-            info = read_run_info(run)
             previous = previous_settings(run)
         except Exception as error:
             self.summary.value = one_line(error)
             return False
-        if info.get("device") in self.device.choices:
-            self.device.value = info["device"]
         state = "no inverse run yet"
         if previous is not None:
             self.base_settings = previous

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QVBoxLayout
 from ..engine.progress import Progress
 from ._curves import CurvePlot
 from ._layers import show_map
-from ._stage import StageWidget, device_choices, optional_path, read_run_info
+from ._stage import StageWidget, device_choices, optional_path
 
 FOLDERS = {True: "reconstruction", False: "reconstruction_standard"}
 MAP_NAMES = ("half1.mrc", "half2.mrc", "full.mrc")
@@ -99,18 +99,10 @@ class ReconstructionWidget(StageWidget):
 
     def open_run(self, folder=None):
         """Show the reconstruction already in the run folder (deformed if there, else standard)."""
-        from ._tasks import one_line
-
-        if folder is not None:
-            self.run.value = folder
-        run = optional_path(self.run.value) or Path(".")
-        try:
-            info = read_run_info(run)
-        except Exception as error:
-            self.summary.value = one_line(error)
+        chosen = self.read_chosen_run(folder)
+        if chosen is None:
             return None
-        if info.get("device") in self.device.choices:
-            self.device.value = info["device"]
+        run, info = chosen
         for deformed in (True, False):
             if (run / FOLDERS[deformed] / "fsc.csv").is_file():
                 self.deformations.value = deformed
