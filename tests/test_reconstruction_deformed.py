@@ -33,26 +33,37 @@ def domain_motions(n: int, rng) -> torch.Tensor:
     return motion[torch.argsort(motion[:, 1] * 100 + motion[:, 2])]
 
 
+def simulate_domain_motion(rng, n, box, pixel, per_domain, sigma, origin, defocus, noise_seed) -> dict:
+    """Noisy CTF images (n, box, box) of a two-domain Gaussian model whose moving domain shifts per
+    particle (:func:`domain_motions`); origins up to ±``origin`` Å; ``defocus(rng, n)`` gives the CTF's
+    (defocus U, defocus V, astigmatism angle)."""
+    fixed = np.column_stack([rng.uniform(-16, -4, per_domain), rng.uniform(-10, 10, (per_domain, 2))])
+    moving = np.column_stack([rng.uniform(4, 16, per_domain), rng.uniform(-10, 10, (per_domain, 2))])
+    positions = torch.tensor(np.vstack([fixed, moving]), dtype=torch.float32)
+    model = GaussianModel(positions, torch.ones(2 * per_domain), torch.full((2 * per_domain,), sigma))
+    motion = domain_motions(n, rng)
+    deformed = positions + membership(positions[:, 0])[None, :, None] * motion[:, None, :]
+    rotations = euler_to_matrix(torch.tensor(random_euler_angles(n, rng))).float()
+    shifts = torch.tensor(rng.uniform(-origin, origin, (n, 2)), dtype=torch.float32)
+    defocus_u, defocus_v, angle = defocus(rng, n)
+    params = CtfParams.broadcast(n, defocus_u_angstrom=defocus_u, defocus_v_angstrom=defocus_v,
+                                 defocus_angle_degrees=angle, voltage_kilovolts=300.0,
+                                 spherical_aberration_millimetres=2.7, amplitude_contrast=0.1).torch()
+    ctf = compute_ctf(params, box, pixel)
+    images = project(model, rotations, shifts, box, pixel, ctf, positions_angstrom=deformed)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(noise_seed))
+    images = images + 0.5 * images.std() * noise
+    return {"truth": render_volume(model, box, pixel).numpy(), "images": images, "rotations": rotations,
+            "shifts": shifts, "ctf": ctf, "latents": motion}
+
+
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(3)
-    fixed = np.column_stack([rng.uniform(-16, -4, 40), rng.uniform(-10, 10, (40, 2))])
-    moving = np.column_stack([rng.uniform(4, 16, 40), rng.uniform(-10, 10, (40, 2))])
-    positions = torch.tensor(np.vstack([fixed, moving]), dtype=torch.float32)
-    model = GaussianModel(positions, torch.ones(80), torch.full((80,), 2.0))
-    motion = domain_motions(N, rng)
-    deformed = positions + membership(positions[:, 0])[None, :, None] * motion[:, None, :]
-    rotations = euler_to_matrix(torch.tensor(random_euler_angles(N, rng))).float()
-    shifts = torch.tensor(rng.uniform(-3, 3, (N, 2)), dtype=torch.float32)
-    params = CtfParams.broadcast(N, defocus_u_angstrom=rng.uniform(8000, 14000, N),
-                                 defocus_v_angstrom=rng.uniform(8000, 14000, N), defocus_angle_degrees=0.0,
-                                 voltage_kilovolts=300.0, spherical_aberration_millimetres=2.7,
-                                 amplitude_contrast=0.1).torch()
-    ctf = compute_ctf(params, BOX, PIXEL)
-    images = project(model, rotations, shifts, BOX, PIXEL, ctf, positions_angstrom=deformed)
-    images = images + 0.5 * images.std() * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
-    return {"truth": render_volume(model, BOX, PIXEL).numpy(), "images": images, "rotations": rotations,
-            "shifts": shifts, "ctf": ctf, "latents": motion}
+    def defocus(rng, n):
+        return rng.uniform(8000, 14000, n), rng.uniform(8000, 14000, n), 0.0
+
+    return simulate_domain_motion(np.random.default_rng(3), N, BOX, PIXEL, per_domain=40, sigma=2.0,
+                                  origin=3.0, defocus=defocus, noise_seed=0)
 
 
 def exact_inverse(latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -134,26 +145,13 @@ TRANSLATION = torch.tensor([1.3, -0.8, 0.5])  # Å, x y z
 @pytest.fixture(scope="module")
 def delocalised():
     """One domain moves by up to ±4 Å (y, z) per particle; noisy CTF images of the deformed model."""
-    box, pixel, n = DELOCALISED["box"], DELOCALISED["pixel"], DELOCALISED["n"]
-    rng = np.random.default_rng(5)
-    fixed = np.column_stack([rng.uniform(-16, -4, 30), rng.uniform(-10, 10, (30, 2))])
-    moving = np.column_stack([rng.uniform(4, 16, 30), rng.uniform(-10, 10, (30, 2))])
-    positions = torch.tensor(np.vstack([fixed, moving]), dtype=torch.float32)
-    model = GaussianModel(positions, torch.ones(60), torch.full((60,), 2.5))
-    motion = domain_motions(n, rng)
-    deformed = positions + membership(positions[:, 0])[None, :, None] * motion[:, None, :]
-    rotations = euler_to_matrix(torch.tensor(random_euler_angles(n, rng))).float()
-    limit = DELOCALISED["origin"]
-    shifts = torch.tensor(rng.uniform(-limit, limit, (n, 2)), dtype=torch.float32)
-    defocus = rng.uniform(*DELOCALISED["defocus"], n)
-    params = CtfParams.broadcast(n, defocus_u_angstrom=defocus, defocus_v_angstrom=defocus + 300,
-                                 defocus_angle_degrees=30.0, voltage_kilovolts=300.0,
-                                 spherical_aberration_millimetres=2.7, amplitude_contrast=0.1).torch()
-    ctf = compute_ctf(params, box, pixel)
-    images = project(model, rotations, shifts, box, pixel, ctf, positions_angstrom=deformed)
-    images = images + 0.5 * images.std() * torch.randn(images.shape, generator=torch.Generator().manual_seed(1))
-    return {"truth": render_volume(model, box, pixel).numpy(), "images": images, "rotations": rotations,
-            "shifts": shifts, "ctf": ctf, "latents": motion}
+    def defocus(rng, n):
+        values = rng.uniform(*DELOCALISED["defocus"], n)
+        return values, values + 300, 30.0
+
+    return simulate_domain_motion(np.random.default_rng(5), DELOCALISED["n"], DELOCALISED["box"],
+                                  DELOCALISED["pixel"], per_domain=30, sigma=2.5, origin=DELOCALISED["origin"],
+                                  defocus=defocus, noise_seed=1)
 
 
 def reconstruct_delocalised(data, field) -> np.ndarray:
