@@ -17,6 +17,14 @@ class SettingsRecord:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def require_at_least(self, names: tuple[str, ...], minimum: int) -> None:
+        """One-line InputError naming the first option of ``names`` whose value is below ``minimum``."""
+        for name in names:
+            value = getattr(self, name)
+            if value < minimum:
+                wording = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+                raise InputError(f"--{name.replace('_', '-')} {wording}, got {value}")
+
     @classmethod
     def from_dict(cls: type[T], values: dict) -> T:
         """Settings from a dictionary; keys this version does not know (newer runs) are ignored and

@@ -55,12 +55,8 @@ class DeformationSettings(SettingsRecord):
         positive = ("latent_dim", "decoder_width", "encoder_width", "epochs", "batch_size",
                     "consensus_period", "reference_update_every", "alignment_predictions",
                     "stop_after_increases", "checkpoint_every", "noise_subset", "lambda_batches")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("n_frequencies", "decoder_depth", "warmup_epochs", "consensus_epochs"):
-            if getattr(self, name) < 0:
-                raise InputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        self.require_at_least(positive, 1)
+        self.require_at_least(("n_frequencies", "decoder_depth", "warmup_epochs", "consensus_epochs"), 0)
         if self.consensus_epochs >= self.consensus_period:
             raise InputError(f"--consensus-epochs {self.consensus_epochs} must be below the period "
                              f"{self.consensus_period}, else the networks never train")

@@ -36,12 +36,8 @@ class InverseSettings(SettingsRecord):
 
     def check(self) -> None:
         """Raise InputError (one line, naming the option) for values that cannot work."""
-        for name in ("epochs", "batch_size", "width", "checkpoint_every", "smoothness_points"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("depth", "n_frequencies", "gaussians_per_particle"):
-            if getattr(self, name) < 0:
-                raise InputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        self.require_at_least(("epochs", "batch_size", "width", "checkpoint_every", "smoothness_points"), 1)
+        self.require_at_least(("depth", "n_frequencies", "gaussians_per_particle"), 0)
         if not self.learning_rate > 0.0:
             raise InputError(f"--learning-rate must be positive, got {self.learning_rate}")
         if not 0.0 < self.final_learning_rate_ratio <= 1.0:
