@@ -50,8 +50,13 @@ class NoiseModel:
         self._sums += power.sum(0).double()
         self._count += residual_spectrum.shape[0]
 
-    def update(self) -> None:
-        """Make the accumulated average the new noise spectrum (kept if nothing was accumulated)."""
+    def update(self, group=None) -> None:
+        """Make the accumulated average the new noise spectrum (kept if nothing was accumulated); with a
+        ``distributed.Group`` of several ranks, the average of what all its ranks accumulated."""
+        if group is not None and group.size > 1:
+            count = torch.tensor([float(self._count)], dtype=torch.float64, device=self._sums.device)
+            group.all_reduce_sum_(self._sums)
+            self._count = int(group.all_reduce_sum_(count))
         if self._count:
             power = (self._sums / self._count).float()
             floor = power[power > 0].min() if (power > 0).any() else torch.ones(())

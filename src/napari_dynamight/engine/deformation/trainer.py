@@ -245,11 +245,7 @@ class HalfSet:
                 deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
             residual = self._predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom) - batch["spectra"]
             self.noise.accumulate(residual)
-        if self.group.size > 1:  # NoiseModel keeps float64 shell sums and a count: add them up
-            count = torch.tensor([float(self.noise._count)], dtype=torch.float64)
-            self.group.all_reduce_sum_(self.noise._sums)
-            self.noise._count = int(self.group.all_reduce_sum_(count))
-        self.noise.update()
+        self.noise.update(self.group)
 
     @torch.no_grad()
     def fit_amplitude(self, batches: ParticleBatches, rows: np.ndarray) -> float:
