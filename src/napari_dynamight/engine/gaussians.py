@@ -113,25 +113,24 @@ def _splat(coords: torch.Tensor, weights: torch.Tensor, channel: torch.Tensor, n
     return grid.view(batch, n_channels, *([box] * dim))
 
 
-def _kernel_spectrum(sigmas: torch.Tensor, freq_sq: torch.Tensor, dim: int,
-                     pixel_size: float, sinc_correction: torch.Tensor) -> torch.Tensor:
-    """Fourier transform of the sampled Gaussian kernel of each width class, splat blur removed."""
-    s = sigmas.view(-1, *([1] * freq_sq.ndim))
-    norm = (2 * math.pi * s**2 / pixel_size**2) ** (dim / 2)
-    return norm * torch.exp(-2 * math.pi**2 * s**2 * freq_sq) / sinc_correction
+def _kernel_spectrum(sigmas: torch.Tensor, box: int, pixel_size: float, dim: int) -> torch.Tensor:
+    """Fourier transform (C, box, ..., box//2+1) of the sampled Gaussian kernel of each width class on
+    an rfftn grid, with the splat's sinc² blur divided out.
 
-
-def _frequency_squared(box: int, pixel_size: float, dim: int, device, dtype):
-    """|f|² (1/Å²) of an rfftn grid of a box^dim array, and the splat's sinc² transfer function."""
-    full = torch.fft.fftfreq(box, d=pixel_size, device=device, dtype=dtype)
-    half = torch.fft.rfftfreq(box, d=pixel_size, device=device, dtype=dtype)
-    axes = [full] * (dim - 1) + [half]
-    grids = torch.meshgrid(*axes, indexing="ij")
-    freq_sq = sum(g**2 for g in grids)
-    sinc = torch.ones_like(freq_sq)
-    for g in grids:
-        sinc = sinc * torch.sinc(g * pixel_size) ** 2
-    return freq_sq, sinc
+    Both the Gaussian ``exp(-2π²σ²|f|²)`` and the blur ``Π sinc²(f_k p)`` are products over the axes,
+    so the kernel is the outer product of 1D factors: no box^dim frequency grid is ever built (that
+    grid cost more than the FFTs of a box-128 render)."""
+    full = torch.fft.fftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
+    half = torch.fft.rfftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
+    s = sigmas.view(-1, 1)
+    norm = (2 * math.pi * sigmas**2 / pixel_size**2) ** (dim / 2)
+    kernel = norm.view(-1, *([1] * dim))
+    for axis, f in enumerate([full] * (dim - 1) + [half]):
+        factor = torch.exp(-2 * math.pi**2 * s**2 * f**2) / torch.sinc(f * pixel_size) ** 2  # (C, n)
+        shape = [len(sigmas)] + [1] * dim
+        shape[axis + 1] = len(f)
+        kernel = kernel * factor.view(shape)
+    return kernel
 
 
 def render_volume(model: GaussianModel, box: int, voxel_size_angstrom: float) -> torch.Tensor:
@@ -140,9 +139,8 @@ def render_volume(model: GaussianModel, box: int, voxel_size_angstrom: float) ->
     sigmas, channel = _width_classes(model.sigmas_angstrom)
     coords = positions.flip(-1) / voxel_size_angstrom + box // 2  # (N, 3) in z, y, x index order
     grid = _splat(coords.unsqueeze(0), model.amplitudes, channel, len(sigmas), box)[0]
-    freq_sq, sinc = _frequency_squared(box, voxel_size_angstrom, 3, positions.device, positions.dtype)
     spectrum = torch.fft.rfftn(grid, dim=(-3, -2, -1))
-    spectrum = spectrum * _kernel_spectrum(sigmas, freq_sq, 3, voxel_size_angstrom, sinc)
+    spectrum = spectrum * _kernel_spectrum(sigmas.to(positions.dtype), box, voxel_size_angstrom, 3)
     return torch.fft.irfftn(spectrum.sum(0), s=(box, box, box), dim=(-3, -2, -1))
 
 
@@ -195,8 +193,7 @@ def project_spectrum(
     coords = xy.flip(-1) / pixel_size_angstrom + box // 2  # (B, N, 2) row, column
     line_integral = model.amplitudes * math.sqrt(2 * math.pi) * model.sigmas_angstrom / pixel_size_angstrom
     grid = _splat(coords, line_integral, channel, len(sigmas), box)
-    freq_sq, sinc = _frequency_squared(box, pixel_size_angstrom, 2, positions.device, positions.dtype)
-    kernel = _kernel_spectrum(sigmas, freq_sq, 2, pixel_size_angstrom, sinc)
+    kernel = _kernel_spectrum(sigmas.to(positions.dtype), box, pixel_size_angstrom, 2)
     return (torch.fft.rfft2(grid) * kernel).sum(1)
 
 
