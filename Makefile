@@ -48,6 +48,7 @@ demo: system-deps venv
 
 bench: system-deps venv
 	$(BIN)/python bench/bench_projection.py --output bench/results/projection.json
+	$(BIN)/python bench/bench_training.py --output bench/results/training.json
 	xvfb-run -a $(BIN)/python bench/bench_explorer.py --output bench/results/explorer.json
 
 clean:
