@@ -3,7 +3,7 @@
 Usage:
   python bench/bench_deformations.py --output bench/results/deformations.json \
       [--snr 0.05 0.01] [--n-particles 3000] [--box 64] [--epochs 60] [--ceiling-only] \
-      [--latent-inference posterior|encoder] [--reuse-runs]
+      [--latent-inference posterior|encoder] [--refinement-rounds R] [--reuse-runs]
 
 For each SNR: simulate the AdK closed→open trajectory (tests/data/adk, all 98 frames) with
 ``engine.simulate``; compute the Bayes-optimal ceiling (``engine.evaluation.ceiling``); train the two
@@ -173,7 +173,7 @@ def _train(folder: Path, run_dir: Path, args, engine) -> dict:
     if run_dir.exists() and not reuse:
         shutil.rmtree(run_dir)
     settings = settings_class(epochs=args.epochs, seed=args.seed, latent_dim=args.latent_dim,
-                              latent_inference=args.latent_inference)
+                              latent_inference=args.latent_inference, refinement_rounds=args.refinement_rounds)
     start = time.perf_counter()
     result = run(
         optimize(
@@ -389,6 +389,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--no-noise-control", action="store_true")
     parser.add_argument("--latent-inference", choices=("posterior", "encoder"), default="posterior",
                         help="how the final latents are inferred (engine/deformation/inference.py)")
+    parser.add_argument("--refinement-rounds", type=int, default=8,
+                        help="EM rounds after the VAE epochs (engine default 8; 0: none)")
     parser.add_argument("--reuse-runs", action="store_true",
                         help="keep finished runs in the work directory: resume them (which re-infers the "
                              "latents and rewrites the outputs) instead of training again; 'seconds' is "

@@ -50,7 +50,7 @@ def settings(epochs: int, batch_size: int = BATCH):
 
     return DeformationSettings(epochs=epochs, batch_size=batch_size, warmup_epochs=1, checkpoint_every=epochs,
                                consensus_period=30, consensus_epochs=5, reference_update_every=2,
-                               alignment_predictions=10, noise_subset=64)
+                               alignment_predictions=10, noise_subset=64, refinement_rounds=0)
 
 
 def prepare(folder: Path, n_particles: int) -> dict[str, Path]:

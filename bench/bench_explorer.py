@@ -99,7 +99,7 @@ def click_latency(box: int, folder: Path) -> dict:
     run(simulate(Path("tests/data/adk/adk_closed.pdb"), Path("tests/data/adk/adk_dims.dcd"),
                  output_directory=data, n_particles=200, box=box, pixel_size_angstrom=pixel,
                  frames=list(range(0, 98, 8)), seed=0))
-    settings = DeformationSettings(epochs=1, warmup_epochs=0, checkpoint_every=1)
+    settings = DeformationSettings(epochs=1, warmup_epochs=0, checkpoint_every=1, refinement_rounds=0)
     run(optimize_deformations(data / "particles.star", data / "consensus.mrc", run_folder,
                               settings=settings, box=32))
     viewer = napari.Viewer(show=True)

@@ -23,7 +23,8 @@ ADK = Path(__file__).parent / "data" / "adk"
 # Small networks and few epochs: the whole test set must run in a few minutes on 2 cores.
 FAST = DeformationSettings(epochs=6, batch_size=32, warmup_epochs=1, decoder_width=32, decoder_depth=2,
                            encoder_width=64, checkpoint_every=2, consensus_period=5, consensus_epochs=1,
-                           reference_update_every=2, alignment_predictions=10, noise_subset=64)
+                           reference_update_every=2, alignment_predictions=10, noise_subset=64,
+                           refinement_rounds=1, refinement_epochs=2)
 
 
 @dataclass

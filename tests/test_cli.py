@@ -244,7 +244,7 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
     status = main([
         "demo", "--output-directory", str(output), "--headless", "--n-particles", "200",
         "--snr", "1", "--frames", "0:98:10", "--n-gaussians", "150", "--fit-steps", "20",
-        "--epochs", "3", "--inverse-epochs", "2",
+        "--epochs", "3", "--refinement-rounds", "1", "--inverse-epochs", "2",
     ])
     assert status == 0
     summary = json.loads((output / "demo_summary.json").read_text())

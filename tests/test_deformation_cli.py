@@ -10,7 +10,8 @@ from napari_dynamight.engine.deformation.decode import DeformationRun
 from napari_dynamight.engine.io.mrc import read_map, write_map
 
 QUICK = ["--epochs", "2", "--batch-size", "64", "--decoder-width", "16", "--decoder-depth", "1",
-         "--warmup-epochs", "1", "--checkpoint-every", "1"]
+         "--warmup-epochs", "1", "--checkpoint-every", "1", "--refinement-rounds", "1",
+         "--refinement-epochs", "1"]
 
 
 def command(simulated, out, *extra):  # noqa: F811

@@ -41,7 +41,7 @@ def test_run_writes_every_output(trained):
             "consensus_half2.pt", "consensus_half1.mrc", "consensus_half2.mrc", "gaussian_errors.csv",
             "losses.jsonl", "losses.png", "run.json", "consensus_initial.pt", "checkpoints"} <= names
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "final.pt"]
+        "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "epoch_0008.pt", "final.pt"]  # 8: refinement round 1
     assert result.epochs == 6 and not result.stopped_early and result.train_box == 32
     assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = pd.read_json(out / "losses.jsonl", lines=True)

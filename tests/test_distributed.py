@@ -92,14 +92,15 @@ def test_two_ranks_split_halves_match_one_process(simulated, single, tmp_path): 
     assert difference < 1e-5
     assert (out / "losses.jsonl").read_text() == (single / "losses.jsonl").read_text()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "final.pt"]
+        "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "epoch_0008.pt", "final.pt"]  # 8: refinement
 
 
 def test_data_parallel_halves_match_one_process_and_resume_across_layouts(simulated, single, tmp_path):  # noqa: F811
     """Both halves data-parallel over two ranks up to epoch 4, resumed with the halves split (two
-    ranks), then compared with the straight single-process run."""
+    ranks) for epochs 5-6 and the refinement round, then compared with the straight single-process run."""
     out = tmp_path / "run"
-    launch(train, simulated.star, simulated.consensus, simulated.model, out, replace(FAST, epochs=4), split=False)
+    launch(train, simulated.star, simulated.consensus, simulated.model, out,
+           replace(FAST, epochs=4, refinement_rounds=0), split=False)
     middle = torch.load(out / "checkpoints" / "epoch_0004.pt", weights_only=True)
     reference = torch.load(single / "checkpoints" / "epoch_0004.pt", weights_only=True)
     for ours, theirs in zip(middle["halves"], reference["halves"], strict=True):
@@ -112,7 +113,7 @@ def test_data_parallel_halves_match_one_process_and_resume_across_layouts(simula
     correlation = min(np.corrcoef(ours[:, k], theirs[:, k])[0, 1] for k in range(ours.shape[1]))
     print(f"data parallel + resume: max |latent difference| {difference:.3g} "
           f"(latent range {np.ptp(theirs):.3g}), lowest per-dimension correlation {correlation:.6f}")
-    assert difference < 1e-4 and correlation > 0.99999
+    assert difference < 1e-3 and correlation > 0.9999  # refinement amplifies rounding (test_deformation_refinement)
 
 
 def reconstruct_counting(run_directory, counts_folder) -> None:

@@ -22,7 +22,8 @@ def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("explore_run")
     data = simulated_adk(folder / "data")
     fit = run(fit_consensus(data / "consensus.mrc", folder / "consensus", n_gaussians=200, n_steps=10))
-    settings = DeformationSettings(epochs=1, warmup_epochs=0, latent_dim=4, checkpoint_every=1)
+    settings = DeformationSettings(epochs=1, warmup_epochs=0, latent_dim=4, checkpoint_every=1,
+                                   refinement_rounds=0)
     run(optimize_deformations(data / "particles.star", data / "consensus.mrc", folder / "run",
                               settings=settings, consensus_model=fit.model_path, box=32))
     return folder / "run"

@@ -40,7 +40,8 @@ def test_headless_demo_writes_napari_screenshots_and_movies(make_napari_viewer, 
     output = tmp_path / "demo"
     assert main(["demo", "--output-directory", str(output), "--headless", "--n-particles", "150",
                  "--box", "32", "--pixel-size", "3", "--snr", "1", "--frames", "0:98:10",
-                 "--n-gaussians", "150", "--fit-steps", "20", "--epochs", "5"]) == 0
+                 "--n-gaussians", "150", "--fit-steps", "20", "--epochs", "5",
+                 "--refinement-rounds", "1"]) == 0
     outputs = json.loads((output / "demo_summary.json").read_text())["deformations"]["outputs"]
     assert outputs["napari_movie_frames"] == 5
 

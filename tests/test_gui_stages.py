@@ -82,7 +82,7 @@ def test_deformations_train_with_live_losses_and_gaussians(
     for half in (1, 2):
         epochs, data = widget.plot.curve(0, f"half {half}")
         _, lam = widget.plot.curve(1, f"half {half}")
-        np.testing.assert_array_equal(epochs, [1, 2, 3, 4])
+        np.testing.assert_array_equal(epochs, [1, 2, 3, 4, 6])  # 6: after the refinement round's 2 epochs
         np.testing.assert_allclose(data, [row["data"] for row in log if row["half"] == half])
         np.testing.assert_allclose(lam, [row["lambda"] for row in log if row["half"] == half])
     assert widget.reference_loader.served >= 2  # the Gaussians were updated during training
@@ -102,7 +102,7 @@ def test_open_a_command_line_run_fills_the_form(
     assert widget.consensus_model.value == simulated.model.resolve()
     assert widget.settings() == TRAINED and widget.epochs.value == TRAINED.epochs
     wait_for(qtbot, widget, True)
-    assert len(widget.plot.curve(0, "half 2")[0]) == TRAINED.epochs
+    assert len(widget.plot.curve(0, "half 2")[0]) == TRAINED.epochs + TRAINED.refinement_rounds  # a point per round
     assert len(viewer.layers[POINTS_LAYER].data) == 300
     assert "finished after 12 epochs" in widget.summary.value
 

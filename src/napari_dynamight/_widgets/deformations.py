@@ -35,7 +35,9 @@ SETTING_FIELDS = {"latent_dim": "latent_dim", "epochs": "epochs", "batch_size": 
                   "decoder_width": "decoder_width", "regularisation": "regularisation_ratio",
                   "warmup": "warmup_epochs", "validation": "validation_fraction",
                   "checkpoint_every": "checkpoint_every", "latent_inference": "latent_inference",
-                  "posterior_candidates": "posterior_candidates"}
+                  "posterior_candidates": "posterior_candidates",
+                  "refinement_rounds": "refinement_rounds", "refinement_epochs": "refinement_epochs",
+                  "control_points": "control_points"}
 
 
 def training_reference(run: Path):
@@ -105,6 +107,12 @@ class DeformationsWidget(StageWidget):
                                          value=d.latent_inference)
         self.posterior_candidates = SpinBox(label="posterior candidates", min=2, max=100_000,
                                             value=d.posterior_candidates)
+        self.refinement_rounds = SpinBox(label="refinement rounds", min=0, max=10_000,
+                                         value=d.refinement_rounds)
+        self.refinement_epochs = SpinBox(label="epochs per refinement round", min=1, max=10_000,
+                                         value=d.refinement_epochs)
+        self.control_points = SpinBox(label="control points (0: every Gaussian)", min=0, max=1_000_000,
+                                      value=d.control_points)
         self.start_button = PushButton(text="Start")
         self.resume_button = PushButton(text="Resume")
         self.form = Container(widgets=[
@@ -113,13 +121,14 @@ class DeformationsWidget(StageWidget):
             self.epochs, self.batch_size, self.box, self.device, self.threads, self.seed,
             self.frequencies, self.decoder_depth, self.decoder_width, self.regularisation,
             self.warmup, self.validation, self.checkpoint_every, self.latent_inference,
-            self.posterior_candidates])
+            self.posterior_candidates, self.refinement_rounds, self.refinement_epochs,
+            self.control_points])
         buttons = Container(widgets=[self.start_button, self.resume_button], layout="horizontal")
         self.plot = CurvePlot(["data loss", "λ"], "epoch")
         self.summary = Label(value="choose particles, consensus map and a run folder, then Start")
         self.summary.native.setWordWrap(True)
         layout = QVBoxLayout(self)
-        scroll = QScrollArea()  # 25 options: scroll them on small screens, keep buttons and plot in view
+        scroll = QScrollArea()  # every option: scroll them on small screens, keep buttons and plot in view
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.form.native)
         for widget in (scroll, buttons.native, self.tasks, self.plot,

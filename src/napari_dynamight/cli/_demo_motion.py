@@ -33,7 +33,8 @@ def train(args, particles_star: Path, consensus_map: Path, model_path: Path, out
     start = time.perf_counter()
     result = drive(
         optimize_deformations(particles_star, consensus_map, run_directory,
-                              settings=DeformationSettings(epochs=args.epochs, seed=args.seed),
+                              settings=DeformationSettings(epochs=args.epochs, seed=args.seed,
+                                                           refinement_rounds=args.refinement_rounds),
                               consensus_model=model_path, device=args.device),
         "optimize deformations",
     )

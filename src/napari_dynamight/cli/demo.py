@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=20, metavar="E",
                         help="deformation training epochs; 0 skips stage 3 (default: %(default)s)")
+    parser.add_argument("--refinement-rounds", type=int, default=3, metavar="R",
+                        help="EM refinement rounds after the deformation epochs (default: %(default)s; "
+                             "optimize-deformations uses 8)")
     parser.add_argument("--inverse-epochs", type=int, default=10, metavar="E",
                         help="inverse-deformation epochs before the deformed reconstruction; 0 skips "
                              "stages 4 and 5 (default: %(default)s)")

@@ -66,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "(default), or the encoder's means")
     add("--posterior-candidates", type=int, default=_DEFAULTS.posterior_candidates, metavar="K",
         help=f"candidate latent points for --latent-inference posterior (default: {_DEFAULTS.posterior_candidates})")
+    add("--refinement-rounds", type=int, default=_DEFAULTS.refinement_rounds, metavar="R",
+        help="EM rounds after the VAE epochs that train each decoder on latents drawn from the particles' "
+             f"posteriors over the candidates (default: {_DEFAULTS.refinement_rounds}; 0: none)")
+    add("--refinement-epochs", type=int, default=_DEFAULTS.refinement_epochs, metavar="M",
+        help=f"epochs per refinement round (default: {_DEFAULTS.refinement_epochs})")
+    add("--control-points", type=int, default=_DEFAULTS.control_points, metavar="M",
+        help="evaluate the decoder on M control points among the Gaussians and interpolate to the rest "
+             "(faster with many Gaussians; default: 0, decode every Gaussian)")
     add("--data-root", type=Path, metavar="DIR", help="folder that image names are relative to")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
@@ -77,7 +85,8 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
         decoder_width=args.decoder_width, regularisation_ratio=args.regularisation_ratio,
         warmup_epochs=args.warmup_epochs, validation_fraction=args.validation_fraction,
         checkpoint_every=args.checkpoint_every, latent_inference=args.latent_inference,
-        posterior_candidates=args.posterior_candidates)
+        posterior_candidates=args.posterior_candidates, refinement_rounds=args.refinement_rounds,
+        refinement_epochs=args.refinement_epochs, control_points=args.control_points)
 
 
 def run(args: argparse.Namespace) -> int:

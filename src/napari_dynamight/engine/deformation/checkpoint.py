@@ -1,7 +1,8 @@
 """Checkpoints: state dicts and plain tensors only (``torch.load(..., weights_only=True)`` reads them).
 
 A checkpoint holds, per half set, the encoder, decoder and optimiser state dicts, the Gaussian
-parameters, the noise spectrum, λ and the random generator's state, plus the epoch, the loss history,
+parameters, the noise spectrum, λ, the random generator's state and (once refinement has begun) the
+candidate latent points, plus the epoch, the refinement round, the loss history,
 the stopping rule and the settings. Restoring it and training on gives exactly the run that was never
 interrupted. Files are written atomically (a temporary file renamed into place), so a kill during a
 write leaves the previous checkpoint intact and the new one absent.
@@ -48,7 +49,7 @@ def half_state(half: HalfSet) -> dict:
         "generator": half.generator.get_state(),
         "train_rows": torch.as_tensor(half.train_rows),
         "validation_rows": torch.as_tensor(half.validation_rows),
-    }
+    } | ({} if half.candidates is None else {"candidates": half.candidates.detach().cpu().clone()})
 
 
 def load_half_state(half: HalfSet, state: dict) -> None:
@@ -69,6 +70,7 @@ def load_half_state(half: HalfSet, state: dict) -> None:
     half.generator.set_state(state["generator"])
     half.train_rows = state["train_rows"].numpy()
     half.validation_rows = state["validation_rows"].numpy()
+    half.candidates = state["candidates"].to(half.device) if "candidates" in state else None
     half.rebuild_graph()
 
 

@@ -4,7 +4,8 @@
 >>> positions = run.positions(run.latents[17], half=run.half_of(17))   # (1, N, 3) Å
 >>> volume = run.particle_volume(17)                                     # [z, y, x] at the consensus box
 
-Decoding is one decoder pass over the Gaussians (no gradients) and rendering one splat and FFT of
+Decoding is one decoder pass over the Gaussians (or the run's control points, then interpolation;
+``engine/deformation/control_points.py``), no gradients, and rendering one splat and FFT of
 the consensus box; see docs/deformations.md for timings.
 """
 
@@ -20,6 +21,7 @@ import torch
 from ..errors import InputError
 from ..gaussians import GaussianModel, render_volume
 from . import checkpoint as ckpt
+from .control_points import ControlPoints
 from .networks import DeformationDecoder
 from .outputs import LATENTS
 from .run import RUN_FILE
@@ -31,6 +33,7 @@ class _Half:
     decoder: DeformationDecoder
     model: GaussianModel
     moving: torch.Tensor
+    controls: ControlPoints | None = None  # the decoder runs on these and is interpolated (settings)
 
 
 class DeformationRun:
@@ -63,7 +66,9 @@ class DeformationRun:
             decoder.to(device).eval()
             model = GaussianModel(half["positions"], half["base_amplitudes"] * half["log_amplitude_scale"].exp(),
                                   half["base_sigmas"] * half["log_sigma_scale"].exp()).to(device)
-            halves.append(_Half(decoder, model, half["moving"].to(device)))
+            controls = ControlPoints(settings.control_points).update(model.positions_angstrom) \
+                if settings.control_points else None
+            halves.append(_Half(decoder, model, half["moving"].to(device), controls))
             half_sets[half["train_rows"].numpy()] = number
             half_sets[half["validation_rows"].numpy()] = number
             validation[half["validation_rows"].numpy()] = True
@@ -92,8 +97,11 @@ class DeformationRun:
     @torch.no_grad()
     def positions(self, latent, half: int = 1) -> torch.Tensor:
         """Deformed Gaussian centres (M, N, 3) Å for M latent points (array (D,) or (M, D))."""
-        chosen = self._half(half)
-        return chosen.decoder.deform(self._latents(latent), chosen.model.positions_angstrom, chosen.moving)
+        chosen, latents = self._half(half), self._latents(latent)
+        if chosen.controls is None:
+            return chosen.decoder.deform(latents, chosen.model.positions_angstrom, chosen.moving)
+        displacement = chosen.controls.displacement(chosen.decoder, latents)
+        return chosen.model.positions_angstrom + displacement * chosen.moving.view(-1, 1)
 
     @torch.no_grad()
     def volume(self, latent, half: int = 1) -> torch.Tensor:

@@ -7,8 +7,9 @@ The decoder, however, is a forward model, and with it we can do what that ceilin
 particle, the likelihood of its image under the projection (own pose, own CTF, the half's noise
 spectrum) of the deformed model of each of K candidate latent points, and the posterior mean of the
 latent over those candidates. The candidates are K of the half's own encoder codes, drawn with the
-seed, so they sample the latent distribution that the half learnt (the prior); each candidate is
-decoded once and projected for every particle, so the cost is particles x K projections.
+seed, so they sample the latent distribution that the half learnt (the prior), or the points that
+refinement (``refinement.py``) moved them to; each candidate is decoded once and projected for every
+particle, so the cost is particles x K projections.
 """
 
 from __future__ import annotations
@@ -78,18 +79,25 @@ def posterior_mean(batch: dict, candidates: Candidates, model: GaussianModel, no
     return torch.cat(means)
 
 
-def latent_inference(half, batches, batch_size: int = 256) -> Callable[[dict], torch.Tensor]:
-    """The function that gives a half set's latents (B, D) for a prepared batch, as its settings ask:
-    its encoder's means, or their posterior mean over candidates drawn from its training particles'
-    codes (``half`` is a :class:`~.trainer.HalfSet`, ``batches`` its :class:`~.batches.ParticleBatches`)."""
-    settings = half.settings
-    if settings.latent_inference == "encoder":
-        return lambda batch: half.encode(batch["encoder_input"])
+def half_candidates(half, batches, batch_size: int = 256) -> Candidates:
+    """The half's candidate latent points: the refined ones once refinement (``refinement.py``) has
+    run, else ``posterior_candidates`` of its training particles' encoder codes drawn with the seed."""
+    if half.candidates is not None:
+        return Candidates(half.candidates, half.deformed_positions(half.candidates))
     rows = half.train_rows
     codes = torch.cat([half.encode(batches.get(rows[start:start + batch_size])["encoder_input"])
                        for start in range(0, len(rows), batch_size)])
-    candidates = Candidates.draw(codes, settings.posterior_candidates, settings.seed * 1000 + half.half,
-                                 half.deformed_positions)
+    return Candidates.draw(codes, half.settings.posterior_candidates, half.settings.seed * 1000 + half.half,
+                           half.deformed_positions)
+
+
+def latent_inference(half, batches) -> Callable[[dict], torch.Tensor]:
+    """The function that gives a half set's latents (B, D) for a prepared batch, as its settings ask:
+    its encoder's means, or their posterior mean over :func:`half_candidates` (``half`` is a
+    :class:`~.trainer.HalfSet`, ``batches`` its :class:`~.batches.ParticleBatches`)."""
+    if half.settings.latent_inference == "encoder":
+        return lambda batch: half.encode(batch["encoder_input"])
+    candidates = half_candidates(half, batches)
     model = half.model(detach=True)
     return lambda batch: posterior_mean(batch, candidates, model, half.noise, batches.box,
                                         batches.pixel_size_angstrom)

@@ -2,7 +2,8 @@
 
 ``optimize_deformations`` is a generator of :class:`Progress` events (cancel by closing it) that
 checks every input, builds or loads the consensus Gaussian model, trains the two halves epoch by
-epoch on the schedule of ``schedule.py``, checkpoints every few epochs, and finally writes the outputs
+epoch on the schedule of ``schedule.py``, checkpoints every few epochs, refines each half's decoder in
+EM rounds on candidate latents (``refinement.py``; a checkpoint after each), and finally writes the outputs
 listed in ``outputs.py``. With ``resume=True`` it continues from the last checkpoint in the run
 directory and ends with the same result as a run that was never interrupted.
 
@@ -35,14 +36,15 @@ from . import checkpoint as ckpt
 from . import outputs
 from .batches import ParticleBatches
 from .inputs import RunInputs, check_device, moving_flags, read_inputs
+from .refinement import refine_round
 from .schedule import StopRule, epoch_mode, is_reference_update, update_references
 from .settings import DeformationSettings
 from .trainer import HalfSet
 from .validation import estimate_errors
 
 RUN_FILE = "run.json"
-# Options a resumed run may change: more epochs, and how the final latents are inferred.
-CHANGEABLE_ON_RESUME = ("epochs", "latent_inference", "posterior_candidates")
+# Options a resumed run may change: more epochs or refinement rounds, and how the final latents are inferred.
+CHANGEABLE_ON_RESUME = ("epochs", "refinement_rounds", "latent_inference", "posterior_candidates")
 INITIAL_MODEL = "consensus_initial.pt"
 
 
@@ -144,12 +146,14 @@ def optimize_deformations(
             _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, None)
 
         def state(stopped: bool) -> dict:
-            return {"epoch": epoch, "stopped": stopped, "settings": json.dumps(settings.to_dict()),
+            return {"epoch": epoch, "refinement_round": refined, "stopped": stopped,
+                    "settings": json.dumps(settings.to_dict()),
                     "history": json.dumps(history), "stop": json.dumps(stop.state_dict()),
                     "initial_model": initial.state_dict(), "halves": [ckpt.half_state(h) for h in halves]}
 
         stopped = bool(resumed["stopped"]) if resumed is not None else False
-        while epoch < settings.epochs and not stopped:
+        refined = int(resumed.get("refinement_round", 0)) if resumed is not None else 0
+        while epoch < settings.epochs and not stopped and refined == 0:
             epoch += 1
             mode = epoch_mode(epoch, settings)
             losses = {}
@@ -172,7 +176,20 @@ def optimize_deformations(
                 ckpt.share_halves(context, halves)
                 if main:
                     ckpt.save_checkpoint(ckpt.epoch_path(run, epoch), state(stopped))
-        if main:  # the last epoch was checkpointed, so every rank holds both halves' final state
+        while refined < settings.refinement_rounds:
+            refined += 1
+            losses = {}
+            for half in mine:
+                losses[half.half] = yield from refine_round(half, batches, refined, settings.refinement_rounds)
+            losses = _exchange_losses(context, halves, losses)
+            done = epoch + refined * settings.refinement_epochs
+            history.extend({"epoch": done, "half": half.half, "mode": "refinement"} | losses[half.half]
+                           for half in halves)
+            ckpt.share_halves(context, halves)
+            if main:
+                outputs.write_loss_log(run, history)
+                ckpt.save_checkpoint(ckpt.epoch_path(run, done), state(stopped))
+        if main:  # the last epoch or round was checkpointed, so every rank holds both halves' final state
             ckpt.save_checkpoint(ckpt.final_path(run), state(stopped))
 
         estimates = yield from estimate_errors(halves, batches, np.nonzero(inputs.validation)[0], group=context)
@@ -182,7 +199,8 @@ def optimize_deformations(
         seconds = time.perf_counter() - started
         if main:
             _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial,
-                            {"epochs": epoch, "stopped_early": stopped and epoch < settings.epochs,
+                            {"epochs": epoch, "refinement_rounds": refined,
+                             "stopped_early": stopped and epoch < settings.epochs,
                              "seconds_this_session": seconds, "world_size": context.world_size})
         context.barrier()  # on return the run directory is complete for every rank
     finally:

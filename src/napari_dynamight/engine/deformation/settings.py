@@ -48,6 +48,10 @@ class DeformationSettings(SettingsRecord):
     noise_subset: int = 512
     latent_inference: str = "posterior"  # or "encoder": see engine/deformation/inference.py
     posterior_candidates: int = 128
+    refinement_rounds: int = 8  # EM rounds after the VAE epochs: see engine/deformation/refinement.py
+    refinement_epochs: int = 6  # M-step epochs per round
+    refinement_latent_rate: float = 0.01  # learning rate of the candidate latent points
+    control_points: int = 0  # 0: decode every Gaussian; else see engine/deformation/control_points.py
     seed: int = 0
 
     def check(self) -> None:
@@ -56,7 +60,9 @@ class DeformationSettings(SettingsRecord):
                     "consensus_period", "reference_update_every", "alignment_predictions",
                     "stop_after_increases", "checkpoint_every", "noise_subset", "lambda_batches")
         self.require_at_least(positive, 1)
-        self.require_at_least(("n_frequencies", "decoder_depth", "warmup_epochs", "consensus_epochs"), 0)
+        self.require_at_least(("n_frequencies", "decoder_depth", "warmup_epochs", "consensus_epochs",
+                               "refinement_rounds"), 0)
+        self.require_at_least(("refinement_epochs",), 1)
         if self.consensus_epochs >= self.consensus_period:
             raise InputError(f"--consensus-epochs {self.consensus_epochs} must be below the period "
                              f"{self.consensus_period}, else the networks never train")
@@ -65,7 +71,7 @@ class DeformationSettings(SettingsRecord):
         if not self.regularisation_ratio >= 0.0:
             raise InputError(f"--regularisation-ratio must not be negative, got {self.regularisation_ratio}")
         for name in ("learning_rate_encoder", "learning_rate_decoder", "learning_rate_positions_angstrom",
-                     "learning_rate_scales", "alignment_mask_angstrom"):
+                     "learning_rate_scales", "alignment_mask_angstrom", "refinement_latent_rate"):
             if not getattr(self, name) > 0.0:
                 raise InputError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if self.latent_inference not in LATENT_INFERENCE:
@@ -73,5 +79,8 @@ class DeformationSettings(SettingsRecord):
                              f"got {self.latent_inference!r}")
         if self.posterior_candidates < 2:
             raise InputError(f"--posterior-candidates must be at least 2, got {self.posterior_candidates}")
+        if self.control_points != 0 and self.control_points < 4:
+            raise InputError(f"--control-points must be 0 (decode every Gaussian) or at least 4, "
+                             f"got {self.control_points}")
         if self.kl_weight < 0:
             raise InputError(f"KL weight must not be negative, got {self.kl_weight}")

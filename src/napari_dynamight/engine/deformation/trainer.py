@@ -25,6 +25,7 @@ from ..distributed import part_of_mean
 from ..gaussians import GaussianModel, project_spectrum
 from ..progress import Progress
 from .batches import ParticleBatches
+from .control_points import ControlPoints
 from .graph import build_graph
 from .losses import GradientBalance, NoiseModel, balanced_lambda, data_loss, kl_divergence, regularisation_loss
 from .networks import DeformationDecoder, ImageEncoder, reparameterise
@@ -68,7 +69,9 @@ class HalfSet:
         self.generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + 100 + half)
         self.noise = NoiseModel(box, device)
         self.lam = 0.0
-        self.graph = build_graph(self.positions)
+        self.candidates: torch.Tensor | None = None  # (K, D) latent points once refinement has begun
+        self.controls = ControlPoints(settings.control_points) if settings.control_points else None
+        self.rebuild_graph()
 
     def model(self, detach: bool = False) -> GaussianModel:
         """The current reference Gaussian model (positions, scaled amplitudes and widths)."""
@@ -77,7 +80,10 @@ class HalfSet:
         return model.detach() if detach else model
 
     def rebuild_graph(self) -> None:
+        """The radius graph, and the control points' weights, of the current reference."""
         self.graph = build_graph(self.positions)
+        if self.controls is not None:
+            self.controls.update(self.positions)
 
     def decoder_parameters(self) -> list[torch.Tensor]:
         return list(self.decoder.parameters())
@@ -90,10 +96,21 @@ class HalfSet:
     @torch.no_grad()
     def deformed_positions(self, latents: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Deformed reference (or given) positions (B, N, 3) for latents (B, D)."""
+        if self.controls is not None:
+            self.controls.update(self.positions)
         points = self.positions if positions is None else positions
-        return self.decoder.deform(latents, points, self.moving)
+        return points + self.displacement(latents, positions) * self.moving.view(-1, 1)
 
-    def _predict(self, batch, deformed, model, box, pixel_size):
+    def displacement(self, latents: torch.Tensor, points: torch.Tensor | None = None, call=None) -> torch.Tensor:
+        """``call``'s (default: the decoder's) displacements at the reference (or ``points``), evaluated
+        at every point or, with ``settings.control_points``, at the control points and interpolated."""
+        call = self.decoder if call is None else call
+        if self.controls is None:
+            return call(latents, self.positions if points is None else points)
+        return self.controls.displacement(call, latents, points)
+
+    def predict(self, batch, deformed, model, box, pixel_size):
+        """CTF-filtered projection spectra of the deformed ``model`` under the batch's poses."""
         spectrum = project_spectrum(model, batch["rotations"], batch["shifts_angstrom"], box, pixel_size,
                                     positions_angstrom=deformed)
         return spectrum * batch["ctf"]
@@ -173,7 +190,7 @@ class HalfSet:
             deformed = self.positions.expand(len(batch["rows"]), -1, -1)
         elif mode == "consensus":
             with torch.no_grad():
-                displacement = self.decoder(self.encode(batch["encoder_input"]), self.positions.detach())
+                displacement = self.displacement(self.encode(batch["encoder_input"]))
             deformed = self.positions + displacement * self.moving.view(-1, 1)
         else:
             mean, log_var = self.encoder(batch["encoder_input"])
@@ -214,21 +231,22 @@ class HalfSet:
         """Deformed positions; validation rows see detached decoder and Gaussian parameters."""
         deformed = torch.empty(len(z), self.positions.shape[0], 3, device=self.device)
         if train.any():
-            deformed[train] = self.decoder.deform(z[train], self.positions, self.moving)
+            deformed[train] = self.positions + self.displacement(z[train]) * self.moving.view(-1, 1)
         if (~train).any():
             frozen = {name: p.detach() for name, p in self.decoder.named_parameters()}
-            displacement = functional_call(self.decoder, frozen, (z[~train], self.positions.detach()))
+            displacement = self.displacement(
+                z[~train], call=lambda latents, points: functional_call(self.decoder, frozen, (latents, points.detach())))
             deformed[~train] = self.positions.detach() + displacement * self.moving.view(-1, 1)
         return deformed
 
     def _predict_split(self, batch, deformed, model, train, box, pixel):
         if train.all():
-            return self._predict(batch, deformed, model, box, pixel)
+            return self.predict(batch, deformed, model, box, pixel)
         out = torch.empty_like(batch["spectra"])
         for rows, m in ((train, model), (~train, model.detach())):
             if rows.any():
                 sub = {k: batch[k][rows] for k in ("rotations", "shifts_angstrom", "ctf")}
-                out[rows] = self._predict(sub, deformed[rows], m, box, pixel)
+                out[rows] = self.predict(sub, deformed[rows], m, box, pixel)
         return out
 
     @torch.no_grad()
@@ -243,7 +261,7 @@ class HalfSet:
                 deformed = self.deformed_positions(self.encode(batch["encoder_input"]))
             else:
                 deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
-            residual = self._predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom) - batch["spectra"]
+            residual = self.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom) - batch["spectra"]
             self.noise.accumulate(residual)
         self.noise.update(self.group)
 
@@ -256,7 +274,7 @@ class HalfSet:
         for start in range(0, len(rows), self.settings.batch_size):
             batch = batches.get(rows[start:start + self.settings.batch_size])
             deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
-            predicted = self._predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
+            predicted = self.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
             cross += float((predicted.conj() * batch["spectra"]).real.sum())
             power += float(predicted.abs().pow(2).sum())
         if self.group.size > 1:
