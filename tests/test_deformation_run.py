@@ -45,9 +45,12 @@ def test_run_writes_every_output(trained):
     assert result.epochs == 6 and not result.stopped_early and result.train_box == 32
     assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = pd.read_json(out / "losses.jsonl", lines=True)
-    assert list(log.epoch) == [e for e in range(1, 7) for _ in (1, 2)] and list(log.half) == [1, 2] * 6
-    assert list(log["mode"][::2]) == ["warmup", "full", "full", "full", "full", "consensus"]
-    assert np.isfinite(log[["data", "regularisation", "kl", "lambda"]].to_numpy()).all()
+    assert list(log.epoch) == [e for e in (1, 2, 3, 4, 5, 6, 8) for _ in (1, 2)] and list(log.half) == [1, 2] * 7
+    assert list(log["mode"][::2]) == ["warmup", "full", "full", "full", "full", "consensus", "refinement"]
+    vae, refinement = log[log["mode"] != "refinement"], log[log["mode"] == "refinement"]
+    assert np.isfinite(vae[["data", "regularisation", "kl", "lambda"]].to_numpy()).all()
+    assert np.isfinite(refinement[["data", "regularisation", "lambda", "posterior_entropy"]].to_numpy()).all()
+    assert (refinement.posterior_entropy <= np.log(FAST.posterior_candidates) + 1e-6).all()
     progress = [e for e in events if "epoch" in e.metrics]
     assert {"data", "lambda", "epoch"} <= set(progress[-1].metrics)
     for half in (1, 2):
