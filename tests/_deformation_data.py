@@ -49,6 +49,15 @@ def simulated(tmp_path_factory) -> Simulated:
                      pd.read_csv(sim / "ground_truth" / "labels.csv"))
 
 
+def train(simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False) -> Path:
+    """A deformation run of the tiny set (its fitted consensus model) into ``out``."""
+    from napari_dynamight.engine.deformation.run import optimize_deformations
+
+    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=settings,
+                              consensus_model=simulated.model, resume=resume))
+    return out
+
+
 @pytest.fixture(scope="session")
 def moving_run(simulated, tmp_path_factory) -> Path:  # noqa: F811
     """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1 Å RMS, with

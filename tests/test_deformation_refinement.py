@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from _deformation_data import FAST, simulated  # noqa: F401
+from _deformation_data import FAST, simulated, train  # noqa: F401
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.batches import ParticleBatches
 from napari_dynamight.engine.deformation.inputs import moving_flags, read_inputs
@@ -24,8 +24,7 @@ TWO_ROUNDS = replace(FAST, refinement_rounds=2, refinement_epochs=2)
 
 def _half_of_trained_run(simulated, folder, settings):  # noqa: F811
     """Half 1 of a finished run rebuilt from its final checkpoint, with its batches."""
-    run(optimize_deformations(simulated.star, simulated.consensus, folder, settings=settings,
-                              consensus_model=simulated.model))
+    train(simulated, folder, settings)
     state = checkpoint.load_checkpoint(checkpoint.final_path(folder))
     inputs = read_inputs(simulated.star, simulated.consensus, None, simulated.model, None, None, None, "cpu",
                          settings.validation_fraction, settings.seed)
@@ -93,10 +92,7 @@ def _last(generator):
 @pytest.fixture(scope="module")
 def straight(simulated, tmp_path_factory):  # noqa: F811
     """A run with two refinement rounds, never interrupted."""
-    out = tmp_path_factory.mktemp("straight") / "run"
-    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=TWO_ROUNDS,
-                              consensus_model=simulated.model))
-    return out
+    return train(simulated, tmp_path_factory.mktemp("straight") / "run", TWO_ROUNDS)
 
 
 def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, straight, tmp_path):  # noqa: F811
@@ -114,8 +110,7 @@ def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, st
     assert latest.name == "epoch_0008.pt"  # 6 VAE epochs + round 1's 2 epochs
     state = checkpoint.load_checkpoint(latest)
     assert state["refinement_round"] == 1 and state["halves"][0]["candidates"].shape == (128, 6)
-    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=TWO_ROUNDS,
-                              consensus_model=simulated.model, resume=True))
+    train(simulated, out, TWO_ROUNDS, resume=True)
     assert np.abs(np.load(out / "latent_means.npy") - np.load(straight / "latent_means.npy")).max() < 1e-3
     modes = [line for line in (out / "losses.jsonl").read_text().splitlines() if "refinement" in line]
     assert len(modes) == 4  # two rounds, two halves
@@ -125,9 +120,8 @@ def test_refinement_rounds_can_be_added_to_a_finished_run(simulated, straight, t
     """A finished run resumed with more rounds refines further and gives what a straight run gives."""
     one = replace(TWO_ROUNDS, refinement_rounds=1)
     out = tmp_path / "run"
-    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=one, consensus_model=simulated.model))
-    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=TWO_ROUNDS,
-                              consensus_model=simulated.model, resume=True))
+    train(simulated, out, one)
+    train(simulated, out, TWO_ROUNDS, resume=True)
     assert np.abs(np.load(out / "latent_means.npy") - np.load(straight / "latent_means.npy")).max() < 1e-3
     with pytest.raises(InputError, match="refinement_epochs=2"):
         run(optimize_deformations(simulated.star, simulated.consensus, out, consensus_model=simulated.model,

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from _deformation_data import FAST, simulated  # noqa: F401
+from _deformation_data import FAST, simulated, train  # noqa: F401
 from napari_dynamight._widgets.deformations import POINTS_LAYER, SETTING_FIELDS, DeformationsWidget
 from napari_dynamight.engine.consensus import load_model
 from napari_dynamight.engine.deformation.checkpoint import CHECKPOINT_FOLDER, load_checkpoint
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.progress import run as drive
 
 torch.set_num_threads(1)
@@ -28,10 +27,7 @@ FAST_INVERSE = dict(epochs=10, batch_size=32, gaussians_per_particle=64, smoothn
 @pytest.fixture(scope="module")
 def trained_run(simulated, tmp_path_factory):  # noqa: F811
     """A deformation run made by the engine, as the command line would (for opening in widgets)."""
-    folder = tmp_path_factory.mktemp("cli_run") / "run"
-    drive(optimize_deformations(simulated.star, simulated.consensus, folder, settings=TRAINED,
-                                consensus_model=simulated.model))
-    return folder
+    return train(simulated, tmp_path_factory.mktemp("cli_run") / "run", TRAINED)
 
 
 def dock(make_napari_viewer, name):
