@@ -102,3 +102,11 @@ class ControlPoints:
             self._other = (points.clone(), interpolation(self.centres, points))
         return self._other[1]
 
+
+def displacement(decoder: Callable, latents: torch.Tensor, reference: torch.Tensor,
+                 controls: ControlPoints | None, points: torch.Tensor | None = None) -> torch.Tensor:
+    """``decoder``'s displacements (B, N, 3) at ``reference`` (or ``points``): evaluated at every point,
+    or at the control points and interpolated when ``controls`` is given."""
+    if controls is None:
+        return decoder(latents, reference if points is None else points)
+    return controls.displacement(decoder, latents, points)

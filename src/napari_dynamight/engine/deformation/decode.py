@@ -21,7 +21,7 @@ import torch
 from ..errors import InputError
 from ..gaussians import GaussianModel, render_volume
 from . import checkpoint as ckpt
-from .control_points import ControlPoints
+from .control_points import ControlPoints, displacement
 from .networks import DeformationDecoder
 from .outputs import LATENTS
 from .run import RUN_FILE
@@ -97,11 +97,10 @@ class DeformationRun:
     @torch.no_grad()
     def positions(self, latent, half: int = 1) -> torch.Tensor:
         """Deformed Gaussian centres (M, N, 3) Å for M latent points (array (D,) or (M, D))."""
-        chosen, latents = self._half(half), self._latents(latent)
-        if chosen.controls is None:
-            return chosen.decoder.deform(latents, chosen.model.positions_angstrom, chosen.moving)
-        displacement = chosen.controls.displacement(chosen.decoder, latents)
-        return chosen.model.positions_angstrom + displacement * chosen.moving.view(-1, 1)
+        chosen = self._half(half)
+        reference = chosen.model.positions_angstrom
+        moved = displacement(chosen.decoder, self._latents(latent), reference, chosen.controls)
+        return reference + moved * chosen.moving.view(-1, 1)
 
     @torch.no_grad()
     def volume(self, latent, half: int = 1) -> torch.Tensor:

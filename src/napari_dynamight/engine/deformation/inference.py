@@ -67,16 +67,23 @@ def negative_log_likelihoods(batch: dict, candidates: Candidates, model: Gaussia
 
 
 @torch.no_grad()
+def posteriors(batch: dict, candidates: Candidates, model: GaussianModel, noise: NoiseModel,
+               box: int, pixel_size_angstrom: float) -> torch.Tensor:
+    """(B, K) posterior of each particle of a batch over the candidates (uniform prior), computed in
+    chunks of :func:`batch_rows` particles."""
+    chunk = batch_rows(len(candidates), candidates.positions.shape[1], box)
+    parts = []
+    for start in range(0, len(batch["rows"]), chunk):
+        part = {key: value[start:start + chunk] for key, value in batch.items()}
+        parts.append(torch.softmax(-negative_log_likelihoods(part, candidates, model, noise, box,
+                                                             pixel_size_angstrom), dim=1))
+    return torch.cat(parts)
+
+
 def posterior_mean(batch: dict, candidates: Candidates, model: GaussianModel, noise: NoiseModel,
                    box: int, pixel_size_angstrom: float) -> torch.Tensor:
     """Posterior-mean latents (B, D) of a batch, with a uniform prior over the candidates."""
-    chunk = batch_rows(len(candidates), candidates.positions.shape[1], box)
-    means = []
-    for start in range(0, len(batch["rows"]), chunk):
-        part = {key: value[start:start + chunk] for key, value in batch.items()}
-        nll = negative_log_likelihoods(part, candidates, model, noise, box, pixel_size_angstrom)
-        means.append(torch.softmax(-nll, dim=1) @ candidates.latents)
-    return torch.cat(means)
+    return posteriors(batch, candidates, model, noise, box, pixel_size_angstrom) @ candidates.latents
 
 
 def half_candidates(half, batches, batch_size: int = 256) -> Candidates:

@@ -35,7 +35,7 @@ from .. import distributed
 from ..distributed import part_of_mean
 from ..progress import Progress
 from .batches import ParticleBatches
-from .inference import Candidates, batch_rows, half_candidates, negative_log_likelihoods
+from .inference import Candidates, batch_rows, half_candidates, posteriors
 from .losses import data_loss, regularisation_loss
 from .trainer import HalfSet
 
@@ -52,9 +52,8 @@ def responsibilities(half: HalfSet, batches: ParticleBatches, rows: np.ndarray, 
     starts = range(0, len(mine), chunk)
     for step, start in enumerate(starts, 1):
         index = mine[start:start + chunk]
-        nll = negative_log_likelihoods(batches.get(rows[index]), candidates, model, half.noise, batches.box,
-                                       batches.pixel_size_angstrom)
-        posterior[torch.as_tensor(index, device=half.device)] = torch.softmax(-nll, dim=1)
+        posterior[torch.as_tensor(index, device=half.device)] = posteriors(
+            batches.get(rows[index]), candidates, model, half.noise, batches.box, batches.pixel_size_angstrom)
         yield Progress(stage, step, len(starts))
     half.group.all_reduce_sum_(posterior)
     return posterior
@@ -80,8 +79,8 @@ def refine_round(half: HalfSet, batches: ParticleBatches, round_number: int, tot
     model = half.model(detach=True)
     reference = half.positions.detach()
     sums, n_steps = {"data": 0.0, "regularisation": 0.0}, 0
+    half.rebuild_graph()  # of the reference the VAE epochs left; it stays fixed during the round
     for epoch in range(1, settings.refinement_epochs + 1):
-        half.rebuild_graph()
         order = torch.randperm(len(rows), generator=generator, device=half.device)
         for start in range(0, len(rows), settings.batch_size):
             whole = order[start:start + settings.batch_size]

@@ -25,6 +25,7 @@ from ..distributed import part_of_mean
 from ..gaussians import GaussianModel, project_spectrum
 from ..progress import Progress
 from .batches import ParticleBatches
+from . import control_points
 from .control_points import ControlPoints
 from .graph import build_graph
 from .losses import GradientBalance, NoiseModel, balanced_lambda, data_loss, kl_divergence, regularisation_loss
@@ -104,10 +105,8 @@ class HalfSet:
     def displacement(self, latents: torch.Tensor, points: torch.Tensor | None = None, call=None) -> torch.Tensor:
         """``call``'s (default: the decoder's) displacements at the reference (or ``points``), evaluated
         at every point or, with ``settings.control_points``, at the control points and interpolated."""
-        call = self.decoder if call is None else call
-        if self.controls is None:
-            return call(latents, self.positions if points is None else points)
-        return self.controls.displacement(call, latents, points)
+        return control_points.displacement(self.decoder if call is None else call, latents, self.positions,
+                                           self.controls, points)
 
     def predict(self, batch, deformed, model, box, pixel_size):
         """CTF-filtered projection spectra of the deformed ``model`` under the batch's poses."""
