@@ -1,13 +1,12 @@
-"""Issue 4 acceptance on the simulated adenylate-kinase set: are the deformed half maps closer to the
+"""Acceptance on the simulated adenylate-kinase set: are the deformed half maps closer to the
 ground truth than RELION's consensus reconstruction of the same particles (each half map against
 relion_reconstruct of that half's particles; the full map against relion_reconstruct of all)?
 
 Usage (the whole chain; every step is skipped when its result exists and --reuse is given):
-  python bench/bench_improved_map.py --source-run /work/scratch_deform/bench/work/snr_0.05/run \\
-      --work /work/scratch_deform/recon2 --epochs 30 --reuse
+  python bench/bench_improved_map.py --source-run DEFORMATION_RUN --work WORK --epochs 30 --reuse
 Steps: copy the finished deformation run into WORK/run (the source is never modified);
-optimize_inverse_deformations; our deformed and standard reconstructions with both filters (Wiener
-and constant); relion_reconstruct --ctf of the run's input STAR file. Each map is compared with the
+optimize_inverse_deformations; our deformed and standard reconstructions with both filters (constant,
+the default, and Wiener; the headline numbers use the default); relion_reconstruct --ctf of the run's input STAR file. Each map is compared with the
 ground-truth frame map (DATA/ground_truth/frame_NNN.mrc) it correlates with best: FSC against it
 and the resolution at FSC 0.5. For the deformed halves the half-map FSC is checked against what the
 FSC against the truth supports: a half map with FSC_half to its twin has FSC_truth ≈ sqrt(FSC_half)
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-FILTERS = ("wiener", "constant")
+from napari_dynamight.engine.reconstruction.stage import DEFAULT_FILTER, FILTERS
 
 
 def prepare(args) -> Path:
@@ -143,16 +142,17 @@ def plot(summary: dict, path: Path) -> None:
     frequency = np.array(summary["frequency_per_angstrom"])
     maps = summary["maps"]
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key in ("relion_consensus", "deformed_wiener_full", "relion_consensus_half1", "standard_wiener_half1",
-                "deformed_wiener_half1", "relion_consensus_half2", "deformed_wiener_half2"):
+    default = DEFAULT_FILTER
+    for key in ("relion_consensus", f"deformed_{default}_full", "relion_consensus_half1", f"standard_{default}_half1",
+                f"deformed_{default}_half1", "relion_consensus_half2", f"deformed_{default}_half2"):
         axes[0].plot(frequency, maps[key]["fsc_truth"], label=f"{key} ({maps[key]['resolution_fsc05_angstrom']:.2f} Å)")
     axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
     axes[0].set_title("FSC against the best-matching ground-truth frame")
-    check = summary["half_map_checks"]["deformed_wiener"]
+    check = summary["half_map_checks"][f"deformed_{default}"]
     axes[1].plot(frequency, check["fsc_half"], label="half-map FSC")
     axes[1].plot(frequency, check["fsc_truth_from_half"], label="sqrt(FSC_half): supported half-vs-truth")
     axes[1].plot(frequency, check["fsc_truth_measured_mean_halves"], label="measured half-vs-truth")
-    axes[1].set_title("deformed (Wiener) halves: inflation check")
+    axes[1].set_title(f"deformed ({default} filter) halves: inflation check")
     for axis in axes:
         axis.set_xlabel("spatial frequency (1/Å)")
         axis.legend(fontsize=7)
@@ -163,8 +163,9 @@ def plot(summary: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source-run", type=Path, default=Path("/work/scratch_deform/bench/work/snr_0.05/run"))
-    parser.add_argument("--work", type=Path, default=Path("/work/scratch_deform/recon2"))
+    parser.add_argument("--source-run", type=Path, required=True,
+                        help="a finished optimize-deformations run of the simulated set (not modified)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the copy, the maps and RELION's maps")
     parser.add_argument("--epochs", type=int, default=30, help="inverse-deformation epochs (default: 30)")
     parser.add_argument("--clusters", type=int, default=32, help="latent clusters per half (default: 32)")
     parser.add_argument("--reuse", action="store_true", help="keep existing intermediate results")
@@ -181,12 +182,13 @@ def main() -> None:
     summary |= compare(args, run_dir)
     summary["inverse_summary"] = json.loads((run_dir / "inverse" / "summary.json").read_text())
     resolution = {k: v["resolution_fsc05_angstrom"] for k, v in summary["maps"].items()}
+    summary["default_filter"] = DEFAULT_FILTER
+    ours = {part: resolution[f"deformed_{DEFAULT_FILTER}_{part}"] for part in ("half1", "half2", "full")}
     summary["improvement_angstrom"] = {
-        "half1_vs_relion_of_half1": resolution["relion_consensus_half1"] - resolution["deformed_wiener_half1"],
-        "half2_vs_relion_of_half2": resolution["relion_consensus_half2"] - resolution["deformed_wiener_half2"],
-        "full_vs_relion_of_all": resolution["relion_consensus"] - resolution["deformed_wiener_full"],
-        "worse_half_vs_relion_of_all": resolution["relion_consensus"] - max(
-            resolution["deformed_wiener_half1"], resolution["deformed_wiener_half2"]),
+        "half1_vs_relion_of_half1": resolution["relion_consensus_half1"] - ours["half1"],
+        "half2_vs_relion_of_half2": resolution["relion_consensus_half2"] - ours["half2"],
+        "full_vs_relion_of_all": resolution["relion_consensus"] - ours["full"],
+        "worse_half_vs_relion_of_all": resolution["relion_consensus"] - max(ours["half1"], ours["half2"]),
     }
     for key, value in resolution.items():
         print(f"{key:28s} best {summary['maps'][key]['best_frame']}  FSC 0.5 vs truth {value:.2f} Å  "

@@ -21,7 +21,7 @@ from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.reconstruction.stage import reconstruct_run
 from test_reconstruction_standard import BOX, PIXEL, blob_volume, masked_correlation, particle_blocks
 
-N = 400
+N = 800
 
 
 def relion(folder, *command) -> None:
@@ -43,9 +43,14 @@ def run_directory(tmp_path_factory):
     blocks["particles"]["rlnImageName"] = [f"{i + 1:06d}@proj.mrcs" for i in range(N)]
     starfile.write(blocks, folder / "particles.star")
     relion(folder, "relion_reconstruct", "--i", "particles.star", "--o", "relion.mrc", "--ctf")
+    halves = np.arange(N) % 2 + 1
+    for half in (1, 2):
+        starfile.write({"optics": blocks["optics"], "particles": blocks["particles"][halves == half]},
+                       folder / f"half{half}.star")
+        relion(folder, "relion_reconstruct", "--i", f"half{half}.star", "--o", f"relion_half{half}.mrc", "--ctf")
     rundir = folder / "run"
     rundir.mkdir()
-    blocks["particles"]["dmHalfSet"] = np.arange(N) % 2 + 1
+    blocks["particles"]["dmHalfSet"] = halves
     blocks["particles"]["dmValidation"] = (np.arange(N) % 10 == 0).astype(int)
     starfile.write(blocks, rundir / "particles.star")
     info = {"particles": str(folder / "particles.star"), "consensus_box": BOX, "voxel_size_angstrom": PIXEL,
@@ -56,17 +61,28 @@ def run_directory(tmp_path_factory):
 
 
 @pytest.mark.relion
-def test_standard_path_agrees_with_relion_reconstruct(run_directory):
-    result = run(reconstruct_run(run_directory, deformations=False, filter="constant"))
+def test_default_standard_maps_agree_with_relion_reconstruct(run_directory):
+    """With deformations off, the default filter's half maps and full map are relion_reconstruct --ctf
+    of the same particles (the unfiltered maps RELION's PostProcess expects), header included. The
+    previous default (the Wiener filter) fails it: half 1 correlates 0.42 with RELION's map."""
+    result = run(reconstruct_run(run_directory, deformations=False))
     assert result.directory == run_directory / "reconstruction_standard"
-    ours, voxel = read_map(result.full_map)
-    reference = mrcfile.read(run_directory.parent / "relion.mrc")
-    curve = fsc(ours, reference, PIXEL)[1]
-    correlation = masked_correlation(ours, reference)
-    print(f"\nstage (standard) vs relion_reconstruct --ctf: correlation {correlation:.6f}, "
-          f"FSC at 3/4 Nyquist {curve[BOX * 3 // 8]:.4f}")
-    assert voxel == pytest.approx(PIXEL)
-    assert correlation >= 0.98 and curve[1 : BOX * 3 // 8 + 1].min() >= 0.9
+    for ours_path, name in zip((*result.half_maps, result.full_map), ("relion_half1", "relion_half2", "relion"),
+                               strict=True):
+        ours, voxel = read_map(ours_path)
+        with mrcfile.open(run_directory.parent / f"{name}.mrc") as handle:
+            reference = handle.data.copy()
+            relion_voxel, relion_origin = float(handle.voxel_size.x), handle.header.origin
+        with mrcfile.open(ours_path) as handle:
+            origin = handle.header.origin
+        curve = fsc(ours, reference, PIXEL)[1]
+        correlation = masked_correlation(ours, reference)
+        print(f"\nstage (standard) {ours_path.name} vs {name} (relion_reconstruct --ctf): correlation "
+              f"{correlation:.6f}, FSC at 3/4 Nyquist {curve[BOX * 3 // 8]:.4f}")
+        assert ours.shape == reference.shape == (BOX,) * 3
+        assert voxel == pytest.approx(PIXEL) and relion_voxel == pytest.approx(PIXEL)
+        assert tuple(origin.item()) == pytest.approx(tuple(relion_origin.item()))
+        assert correlation >= 0.98 and curve[1 : BOX * 3 // 8 + 1].min() >= 0.9
     table = np.loadtxt(result.fsc_csv, delimiter=",", skiprows=1)
     assert table.shape == (BOX // 2 + 1, 3) and table[1, 2] > 0.99
     assert (result.directory / "fsc.png").read_bytes()[:4] == b"\x89PNG"
@@ -87,6 +103,21 @@ def test_relion_postprocess_accepts_the_half_maps(run_directory, tmp_path):
                            "--angpix", str(PIXEL), "--o", "post/postprocess"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert read_map(tmp_path / "post" / "postprocess.mrc")[0].shape == (BOX,) * 3
+
+
+def test_the_default_filter_is_the_same_in_the_engine_and_the_cli():
+    import argparse
+    import inspect
+
+    from napari_dynamight.cli.reconstruct import add_arguments
+    from napari_dynamight.engine.reconstruction.stage import DEFAULT_FILTER, FILTERS
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    option = next(a for a in parser._actions if a.dest == "filter")
+    assert DEFAULT_FILTER == "constant" and FILTERS[0] == DEFAULT_FILTER
+    assert option.default == DEFAULT_FILTER and tuple(option.choices) == FILTERS
+    assert inspect.signature(reconstruct_run).parameters["filter"].default == DEFAULT_FILTER
 
 
 def test_cli_writes_the_maps_and_reports_errors_in_one_line(run_directory, tmp_path, capsys):
@@ -118,8 +149,8 @@ def test_deformed_half_maps_match_the_ground_truth_frames(moving_run, simulated)
     """The real inverse networks of a tiny trained run: each half map is at least as close to its
     best-matching ground-truth frame as the standard half map, with the run's voxel size."""
     torch.set_num_threads(1)
-    deformed = run(reconstruct_run(moving_run, batch_size=100, clusters=8, filter="constant"))
-    standard = run(reconstruct_run(moving_run, deformations=False, batch_size=100, filter="constant"))
+    deformed = run(reconstruct_run(moving_run, batch_size=100, clusters=8))
+    standard = run(reconstruct_run(moving_run, deformations=False, batch_size=100))
     frames = [read_map(path)[0] for path in sorted((simulated.folder / "sim" / "ground_truth").glob("frame_*.mrc"))]
     assert len(frames) == 25
     for ours, theirs in zip(deformed.half_maps, standard.half_maps, strict=True):

@@ -72,7 +72,7 @@ class ReconstructionWidget(StageWidget):
         self.open_button = PushButton(text="Open run")
         self.deformations = CheckBox(text="use the deformations", value=True)
         self.device = ComboBox(label="device", choices=device_choices(), value="cpu")
-        self.filter = ComboBox(label="filter", choices=["wiener", "constant"], value="wiener")
+        self.filter = ComboBox(label="filter", choices=["constant", "wiener"], value="constant")
         self.start_button = PushButton(text="Start")
         form = Container(widgets=[self.run, self.open_button, self.deformations, self.device,
                                   self.filter, self.start_button])

@@ -5,8 +5,9 @@ deformations (optimize-inverse-deformations) bend back into the consensus frame,
 come out sharp and the half maps stay independent. --no-deformations gives the standard
 reconstruction of the same particles (like relion_reconstruct --ctf) for comparison.
 
-Writes RUN/reconstruction/ (or RUN/reconstruction_standard/): half1.mrc, half2.mrc (accepted by
-relion_postprocess), full.mrc (all particles), fsc.csv and fsc.png. See docs/reconstruction.md.
+Writes RUN/reconstruction/ (or RUN/reconstruction_standard/): half1.mrc, half2.mrc (unfiltered, like
+RELION's run_half1_class001_unfil.mrc, for relion_postprocess), full.mrc (all particles), fsc.csv and
+fsc.png. See docs/reconstruction.md.
 
 Example:
   napari-dynamight reconstruct run --device cpu --batch-size 64
@@ -26,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, default=64, metavar="B", help="particles per batch (default: 64)")
     add("--grid-factor", type=int, default=2, metavar="F",
         help="evaluate the inverse field on a grid F times coarser than the map (default: 2)")
-    add("--filter", choices=("wiener", "constant"), default="wiener",
-        help="regularisation: Wiener filter from the half-map FSC, or a constant (default: wiener)")
+    add("--filter", choices=("constant", "wiener"), default="constant",
+        help="regularisation: constant = CTF² + 0.001 × its shell mean, unfiltered half maps as "
+             "relion_reconstruct and RELION's refinement write them (for relion_postprocess); wiener = "
+             "a Wiener filter from the half-map FSC (default: constant)")
     add("--clusters", type=int, metavar="K",
         help="k-means clusters of each half's latent codes: the inverse field is evaluated and the "
              "backprojection warped once per cluster centre; 0 = per particle (slow) (default: 32)")

@@ -3,8 +3,12 @@
 ``reconstruct_run`` streams each half set's particles (validation particles belong to their half)
 through a :class:`DeformedAccumulator` with that half's own latents and inverse field, so the half
 maps stay independent; with ``deformations=False`` the same code gives the standard
-reconstruction. The maps are divided with a Wiener-type filter from the half-map FSC (RELION's
-``1/τ² = ⟨CTF²⟩_shell / SNR``, ``SNR = FSC / (1 − FSC)``; twice that for the full map) or a constant.
+reconstruction. By default (``filter="constant"``) the sums are divided by
+``CTF² + 10⁻³ ⟨CTF²⟩_shell``: no τ² (Wiener) term, the unregularised reconstruction of
+``relion_reconstruct --ctf`` and of RELION's ``run_half*_class001_unfil.mrc``, which is what
+RELION's PostProcess expects. ``filter="wiener"`` adds a term from the half-map FSC (RELION's
+``1/τ² = ⟨CTF²⟩_shell / SNR``, ``SNR = FSC / (1 − FSC)``; twice that for the full map), which
+measured no better against the ground truth and far from RELION (docs/reconstruction.md).
 Every file is written atomically at the end, so a cancelled run leaves nothing partial.
 """
 
@@ -33,7 +37,8 @@ from .inversion import radius_grid
 from .report import write_outputs
 
 STAGE = "reconstruction"
-FILTERS = ("wiener", "constant")
+FILTERS = ("constant", "wiener")
+DEFAULT_FILTER = "constant"  # measured in bench/bench_filter.py (docs/reconstruction.md)
 WIENER_CONSTANT = 1e-3  # the constant filter: a small fraction of the shell-mean CTF² weight
 REGION_MARGIN_ANGSTROM = 8.0  # the field is evaluated within this distance of the half's Gaussians
 
@@ -49,7 +54,7 @@ class ReconstructionResult:
 
 
 def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", batch_size: int = 64,
-                    grid_factor: int = 2, filter: str = "wiener", clusters: int = DEFAULT_CLUSTERS,
+                    grid_factor: int = 2, filter: str = DEFAULT_FILTER, clusters: int = DEFAULT_CLUSTERS,
                     ) -> ProgressGenerator[ReconstructionResult]:
     """Reconstruct a run's half maps and full map into ``RUN/reconstruction[_standard]/``.
 
@@ -60,7 +65,7 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     """
     run = Path(run_directory)
     if filter not in FILTERS:
-        raise InputError(f"--filter {filter!r} is unknown: use wiener or constant")
+        raise InputError(f"--filter {filter!r} is unknown: use {' or '.join(FILTERS)}")
     if int(batch_size) < 1 or int(grid_factor) < 1 or int(clusters) < 0:
         raise InputError(f"--batch-size {batch_size} and --grid-factor {grid_factor} must be at least 1 "
                          f"and --clusters {clusters} at least 0")
