@@ -9,16 +9,23 @@
 - Repulsion: edges whose deformed length falls below ``τ_ij = min(c_mean, rest length)`` pay
   ``(length − τ_ij)²``. (Taking the minimum with the rest length keeps both regularisers exactly zero
   for rigid motions, even for edges that are already shorter than ``c_mean``.)
-- λ: the weight of the regularisers, chosen so that ``λ‖∇reg‖ = ratio · ‖∇data‖`` over the decoder
-  parameters (ratio 0.9: the data term weighs slightly more), with the norms of the gradients'
-  expectations over the previous epoch (batch noise removed, see :class:`GradientBalance`).
+- λ: the weight of the regularisers, chosen so that the regulariser is ``ratio`` times as stiff as
+  the data term (ratio 0.9: the data term weighs slightly more). Stiffness is the trace of each
+  term's Gauss–Newton Hessian with respect to the Gaussian positions: a property of the images (noise
+  spectrum, CTFs, Gaussian amplitudes and widths) and of the graph, not of the current deformation, so
+  λ cannot feed back on the motion it regularises. (Balancing gradient norms, as the paper does, does:
+  the regulariser's gradient vanishes with the deformation, λ grows, the deformation shrinks further,
+  and a half set could freeze with no motion at all.)
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..fourier import radial_average, radial_index
+from ..gaussians import GaussianModel
 from .graph import NeighbourGraph
 
 
@@ -104,50 +111,48 @@ def regularisation_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: 
     return distance_loss(deformed, reference, graph) + repulsion_loss(deformed, reference, graph)
 
 
-class GradientBalance:
-    """Per-batch data and regulariser gradients over the decoder parameters, summed over an epoch.
+def data_stiffness(model: GaussianModel, moving: torch.Tensor, ctf_power: torch.Tensor, weights: torch.Tensor,
+                   n_frequencies: int, pixel_size_angstrom: float) -> float:
+    """Trace (Å⁻²) of the data term's Gauss–Newton Hessian with respect to the moving Gaussians'
+    positions, for a particle of mean squared CTF ``ctf_power`` (box, box//2+1).
 
-    λ uses the norm of the *expected* gradient of each term, estimated without the batch-to-batch
-    noise: with n batch gradients g_b, ``|E g|² ≈ (|Σ g_b|² − Σ |g_b|²) / (n (n − 1))``. The data
-    gradient of a batch of noisy images is mostly noise, while the regulariser's is consistent; the
-    raw norms let the regulariser balance the data term's noise instead of its signal, and training
-    collapsed to zero motion in our tests (docs/deformations.md).
-    """
-
-    def __init__(self):
-        self.sums: dict[str, list[torch.Tensor]] = {}
-        self.squares = {"data": 0.0, "regulariser": 0.0}
-        self.count = 0
-
-    def add(self, data_grads: list[torch.Tensor], regulariser_grads: list[torch.Tensor]) -> None:
-        for key, grads in (("data", data_grads), ("regulariser", regulariser_grads)):
-            if key not in self.sums:
-                self.sums[key] = [g.detach().clone() for g in grads]
-            else:
-                for total, g in zip(self.sums[key], grads, strict=True):
-                    total += g.detach()
-            self.squares[key] += sum(float(g.detach().pow(2).sum()) for g in grads)
-        self.count += 1
-
-    def expected_norm(self, key: str) -> float:
-        """Noise-debiased norm of the mean batch gradient (0 when not measurable)."""
-        n = self.count
-        if n < 2:
-            return 0.0
-        total = sum(float(g.pow(2).sum()) for g in self.sums[key])
-        return max(0.0, (total - self.squares[key]) / (n * (n - 1))) ** 0.5
-
-    def norms(self) -> tuple[float, float]:
-        """(data, regulariser) expected-gradient norms."""
-        return self.expected_norm("data"), self.expected_norm("regulariser")
+    Gaussian j projects to ``g_j(k) e^{-2πi k·p_j}``, so moving it by a unit step along an in-plane
+    axis changes its spectrum by ``2π k_axis g_j(k)``; summed over the three axes (the pose rotates
+    them, the two in-plane ones count) ``Σ_axes |∂G_k/∂c_j|² = 4π²|k|² |g_j(k)|²`` for any pose.
+    ``|g_j(k)|`` is the analytic transform of the projected Gaussian (line integral × 2πσ²/p² ×
+    ``exp(-2π²σ²|k|²)``), the same scale as ``gaussians.project_spectrum``. The trace is
+    ``2 Σ_j Σ_k W_k ⟨CTF²⟩_k 4π²|k|² |g_j(k)|² / n_frequencies``, like the data loss per particle."""
+    box = ctf_power.shape[0]
+    device = ctf_power.device
+    fy = torch.fft.fftfreq(box, d=pixel_size_angstrom, device=device).view(-1, 1)
+    fx = torch.fft.rfftfreq(box, d=pixel_size_angstrom, device=device).view(1, -1)
+    f2 = (fy**2 + fx**2).double()
+    sigmas = model.sigmas_angstrom.detach().double()
+    amplitudes = model.amplitudes.detach().double()
+    peak = amplitudes * math.sqrt(2 * math.pi) * sigmas / pixel_size_angstrom * 2 * math.pi * sigmas**2 \
+        / pixel_size_angstrom**2  # |g_j(0)|
+    widths, index = torch.unique(sigmas, return_inverse=True)
+    power0 = torch.zeros(len(widths), dtype=torch.float64, device=device).index_add_(
+        0, index, moving.detach().double() * peak**2)
+    gaussian_power = (power0.view(-1, 1, 1) * torch.exp(-4 * math.pi**2 * widths.view(-1, 1, 1)**2 * f2)).sum(0)
+    per_frequency = weights.double() * ctf_power.double() * 4 * math.pi**2 * f2 * gaussian_power
+    return float(2.0 * per_frequency.sum() / n_frequencies)
 
 
-def balanced_lambda(data_gradient_norm: float, regulariser_gradient_norm: float, ratio: float,
-                    previous: float) -> float:
-    """λ with ``λ · ‖∇reg‖ = ratio · ‖∇data‖``; the previous λ when either norm is not measurable."""
-    if data_gradient_norm <= 0.0 or regulariser_gradient_norm <= 1e-12 * data_gradient_norm:
-        return previous
-    return ratio * data_gradient_norm / regulariser_gradient_norm
+def regulariser_stiffness(graph: NeighbourGraph, moving: torch.Tensor) -> float:
+    """Trace of the distance term's Gauss–Newton Hessian with respect to the moving Gaussians'
+    positions: ``(2/E) Σ_edges (m_i + m_j)`` (each edge length has a unit gradient at each end that
+    moves; the term is a mean over the E edges)."""
+    if len(graph.edges) == 0:
+        return 0.0
+    ends = moving.detach().double()[graph.edges].sum()
+    return float(2.0 * ends / len(graph.edges))
+
+
+def stiffness_lambda(data: float, regulariser: float, ratio: float) -> float:
+    """λ with ``λ · tr H_reg = ratio · tr H_data``: the regulariser resists an incoherent displacement of
+    the Gaussians ``ratio`` times as much as the images do (0 when nothing is regularised)."""
+    return ratio * data / regulariser if regulariser > 0.0 else 0.0
 
 
 def kl_divergence(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ motion blurred by the codes' errors. Refinement trains the decoder on better lat
   model, own pose, CTF and noise spectrum);
 - M-step: a few epochs in which each particle's latent is a candidate drawn from its posterior (an
   unbiased sample of the expected loss, at the cost of one decoder pass per particle), and both the
-  decoder and the candidate points themselves follow the data term plus the regulariser (λ fixed at
-  the VAE's last value; the Gaussians stay as the VAE left them).
+  decoder and the candidate points themselves follow the data term plus the regulariser (λ set by the
+  stiffness rule of ``losses.py`` at the start of the round; the Gaussians stay as the VAE left them).
 
 The first round's candidates are K of the half's encoder codes (drawn with the seed); the refined
 candidates then replace the encoder codes as the prior of the final posterior-mean latents.
@@ -80,6 +80,7 @@ def refine_round(half: HalfSet, batches: ParticleBatches, round_number: int, tot
     reference = half.positions.detach()
     sums, n_steps = {"data": 0.0, "regularisation": 0.0}, 0
     half.rebuild_graph()  # of the reference the VAE epochs left; it stays fixed during the round
+    half.update_lambda(batches)
     for epoch in range(1, settings.refinement_epochs + 1):
         order = torch.randperm(len(rows), generator=generator, device=half.device)
         for start in range(0, len(rows), settings.batch_size):

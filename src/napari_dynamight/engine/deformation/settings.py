@@ -36,7 +36,6 @@ class DeformationSettings(SettingsRecord):
     alignment_predictions: int = 100
     stop_after_increases: int = 40
     regularisation_ratio: float = 0.9
-    lambda_batches: int = 16  # batches per epoch whose separate gradients set λ
     kl_weight: float = 0.02
     initial_log_variance: float = 0.0
     learning_rate_encoder: float = 1e-3
@@ -58,7 +57,7 @@ class DeformationSettings(SettingsRecord):
         """Raise InputError (one line, naming the option) for values that cannot work."""
         positive = ("latent_dim", "decoder_width", "encoder_width", "epochs", "batch_size",
                     "consensus_period", "reference_update_every", "alignment_predictions",
-                    "stop_after_increases", "checkpoint_every", "noise_subset", "lambda_batches")
+                    "stop_after_increases", "checkpoint_every", "noise_subset")
         self.require_at_least(positive, 1)
         self.require_at_least(("n_frequencies", "decoder_depth", "warmup_epochs", "consensus_epochs",
                                "refinement_rounds"), 0)

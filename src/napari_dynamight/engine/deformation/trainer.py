@@ -8,8 +8,8 @@ Data parallel: a half set trains on a group of ranks (``engine.distributed``; on
 Every rank draws the same batch order and reparameterisation noise, takes its contiguous share of each
 batch, and weights its loss by its share of the batch, so that the gradients summed over the group
 (one explicit all-reduce after ``backward``) are the single-process gradients of the whole batch.
-Noise spectra, the amplitude fit, λ's gradient statistics and the epoch's loss sums are reduced the
-same way. In a group of one every collective is skipped and the arithmetic is the single-process one.
+Noise spectra, the amplitude fit and the epoch's loss sums are reduced the same way; λ is computed
+from the same rows' CTFs on every rank. In a group of one every collective is skipped and the arithmetic is the single-process one.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from .batches import ParticleBatches
 from . import control_points
 from .control_points import ControlPoints
 from .graph import build_graph
-from .losses import GradientBalance, NoiseModel, balanced_lambda, data_loss, kl_divergence, regularisation_loss
+from .losses import (NoiseModel, data_loss, data_stiffness, kl_divergence, regularisation_loss,
+                     regulariser_stiffness, stiffness_lambda)
 from .networks import DeformationDecoder, ImageEncoder, reparameterise
 from .settings import DeformationSettings
 
@@ -70,6 +71,7 @@ class HalfSet:
         self.generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + 100 + half)
         self.noise = NoiseModel(box, device)
         self.lam = 0.0
+        self.ctf_power: torch.Tensor | None = None  # mean CTF² of the noise subset, for λ
         self.candidates: torch.Tensor | None = None  # (K, D) latent points once refinement has begun
         self.controls = ControlPoints(settings.control_points) if settings.control_points else None
         self.rebuild_graph()
@@ -85,6 +87,22 @@ class HalfSet:
         self.graph = build_graph(self.positions)
         if self.controls is not None:
             self.controls.update(self.positions)
+
+    def update_lambda(self, batches: ParticleBatches) -> float:
+        """Set λ from the current images' and graph's stiffness (``losses.stiffness_lambda``): a
+        deterministic function of the state, so a resumed run recomputes the same value."""
+        if self.ctf_power is None:
+            rows = self.train_rows[: self.settings.noise_subset]
+            total = None
+            for start in range(0, len(rows), self.settings.batch_size):
+                power = batches.get(rows[start:start + self.settings.batch_size])["ctf"].abs().pow(2).sum(0)
+                total = power if total is None else total + power
+            self.ctf_power = total / max(len(rows), 1)
+        data = data_stiffness(self.model(detach=True), self.moving, self.ctf_power, self.noise.weights,
+                              self.noise.n_frequencies, batches.pixel_size_angstrom)
+        self.lam = stiffness_lambda(data, regulariser_stiffness(self.graph, self.moving),
+                                    self.settings.regularisation_ratio)
+        return self.lam
 
     def decoder_parameters(self) -> list[torch.Tensor]:
         return list(self.decoder.parameters())
@@ -127,31 +145,23 @@ class HalfSet:
         validation = set(self.validation_rows.tolist()) if mode == "full" else set()
         order = rows[torch.randperm(len(rows), generator=self.generator, device=self.device).cpu().numpy()]
         self.rebuild_graph()
+        if mode == "full":
+            self.update_lambda(batches)
         sums = {"data": 0.0, "regularisation": 0.0, "kl": 0.0}
         n_train, n_batches = 0, (len(order) + settings.batch_size - 1) // settings.batch_size
-        balance, params = GradientBalance(), self.decoder_parameters()
-        stride = max(1, n_batches // settings.lambda_batches)  # batches that measure the gradients
         stepping = [name for name in self.optimisers if mode == "full" or name == "gaussians"]
         synced = [p for name in stepping for g in self.optimisers[name].param_groups for p in g["params"]]
         for step, start in enumerate(range(0, len(order), settings.batch_size), 1):
             whole = order[start:start + settings.batch_size]
             in_validation = np.array([r in validation for r in whole], dtype=bool)
             n_batch_train = int((~in_validation).sum())
-            measure = mode == "full" and n_batch_train > 0 and (step % stride == 0 or self.lam == 0.0)
             for optimiser in self.optimisers.values():
                 optimiser.zero_grad(set_to_none=True)
             share = self.group.share(len(whole))
-            data, reg, kl, count, reg_grads = self._share_step(
+            data, reg, kl, count = self._share_step(
                 mode, batches, whole, share, ~torch.as_tensor(in_validation[share], device=self.device),
-                n_batch_train, measure, params)
+                n_batch_train)
             distributed.sum_gradients_(self.group, synced)
-            if reg_grads is not None:
-                distributed.sum_tensors_(self.group, reg_grads)
-                data_grads = [(torch.zeros_like(p) if p.grad is None else p.grad) - self.lam * g
-                              for p, g in zip(params, reg_grads, strict=True)]
-                balance.add(data_grads, reg_grads)
-                if self.lam == 0.0:  # not yet defined: use this epoch's running sums
-                    self.lam = balanced_lambda(*balance.norms(), settings.regularisation_ratio, 0.0)
             for name in stepping:
                 self.optimisers[name].step()
             n_train += count
@@ -164,21 +174,18 @@ class HalfSet:
             totals = torch.tensor([*sums.values(), n_train], dtype=torch.float64)
             self.group.all_reduce_sum_(totals)
             sums, n_train = dict(zip(sums, totals[:-1].tolist(), strict=True)), int(totals[-1])
-        used = self.lam
-        if mode == "full":
-            self.lam = balanced_lambda(*balance.norms(), settings.regularisation_ratio, self.lam)
-        return {key: value / max(n_train, 1) for key, value in sums.items()} | {"lambda": used}
+        return {key: value / max(n_train, 1) for key, value in sums.items()} | {"lambda": self.lam}
 
-    def _share_step(self, mode, batches, whole, share, train, n_batch_train, measure, params):
+    def _share_step(self, mode, batches, whole, share, train, n_batch_train):
         """Forward and backward of this rank's ``share`` of the batch ``whole``: the loss is the share's
-        part of the whole batch's loss. Returns the share's data, regulariser and KL losses, its count of
-        training particles, and the regulariser's gradients when ``measure`` (zeros for an empty share)."""
+        part of the whole batch's loss. Returns the share's data, regulariser and KL losses and its count
+        of training particles."""
         count = int(train.sum())
         if share.stop == share.start:  # fewer rows than ranks: keep the generator in step, add nothing
             if mode == "full":
                 empty = torch.zeros(0, self.settings.latent_dim, device=self.device)
                 self._sample(empty, empty, share, len(whole))
-            return 0.0, 0.0, 0.0, 0, [torch.zeros_like(p) for p in params] if measure else None
+            return 0.0, 0.0, 0.0, 0
         batch = batches.get(whole[share])
         weights, n_freq, box, pixel = self.noise.weights, self.noise.n_frequencies, batches.box, \
             batches.pixel_size_angstrom
@@ -199,20 +206,13 @@ class HalfSet:
         predicted = self._predict_split(batch, deformed, model, train, box, pixel)
         per_particle = data_loss(predicted, batch["spectra"], weights, n_freq)
         data = per_particle[train].mean() if count else per_particle.sum() * 0.0
-        reg_grads = None
         if mode == "full" and count:
             reg = regularisation_loss(deformed[train], self.positions, self.graph)
-        if measure and count:
-            reg_grads = torch.autograd.grad(part_of_mean(reg, count, n_batch_train), params,
-                                            retain_graph=True, allow_unused=True)
-            reg_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, reg_grads, strict=True)]
-        elif measure:
-            reg_grads = [torch.zeros_like(p) for p in params]
         n_share = share.stop - share.start
         loss = part_of_mean(per_particle.mean() + kl, n_share, len(whole)) \
             + self.lam * part_of_mean(reg, count, n_batch_train)
         loss.backward()
-        return float(data.detach()), float(reg.detach()), float(kl.detach()), count, reg_grads
+        return float(data.detach()), float(reg.detach()), float(kl.detach()), count
 
     def _sample(self, mean, log_var, share: slice, n_whole: int) -> torch.Tensor:
         """Reparameterised latents of this share: ε is drawn for the whole batch, so the generator
