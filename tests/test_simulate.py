@@ -282,3 +282,167 @@ def test_simulation_settings_record_the_noise_level(tmp_path):
     assert settings["noise_variance"] == summary.noise_variance > 0
     assert settings["signal_variance"] / settings["noise_variance"] == pytest.approx(0.5)
     assert settings["frames"] == [0] and settings["n_particles"] == 40
+
+
+# ----------------------------------------------------------------- data variants for the benchmark
+
+
+def test_envelope_bfactor_lowers_high_frequency_power_and_is_not_recorded(tmp_path):
+    settings = dict(SMALL, n_particles=60, snr=math.inf)
+    plain = run(simulate(CLOSED, DCD, output_directory=tmp_path / "plain", **settings))
+    bfactor = 100.0
+    damped = run(
+        simulate(
+            CLOSED, DCD, output_directory=tmp_path / "damped", envelope_bfactor_angstrom2=bfactor,
+            **settings,
+        )
+    )
+    power0 = np.abs(np.fft.rfft2(images(plain).astype(np.float64))) ** 2
+    power1 = np.abs(np.fft.rfft2(images(damped).astype(np.float64))) ** 2
+    box, pixel = SMALL["box"], SMALL["pixel_size_angstrom"]
+    fy = np.fft.fftfreq(box, pixel)[:, None]
+    fx = np.fft.rfftfreq(box, pixel)[None, :]
+    s2 = fx**2 + fy**2
+    for low, high in ((0.05, 0.08), (0.14, 0.2)):  # 1/Å; Nyquist 0.2
+        shell = (s2 >= low**2) & (s2 < high**2)
+        expected = (power0[:, shell] * np.exp(-bfactor * s2[shell] / 2)).sum() / power0[:, shell].sum()
+        measured = power1[:, shell].sum() / power0[:, shell].sum()
+        assert measured == pytest.approx(expected, rel=1e-3)
+    # at high frequency the power falls to about exp(-B s²/2) ≈ 0.2 of the undamped images'
+    assert 0.1 < measured < 0.35
+    table = read_particles(damped.particles_star)
+    assert (table.particles["rlnCtfBfactor"] == 0).all()
+    settings_json = pd.read_json(damped.labels_csv.parent / "simulation.json", typ="series")
+    assert settings_json["envelope_bfactor_angstrom2"] == bfactor
+    assert damped.envelope_bfactor_angstrom2 == bfactor
+    # the same particles: identical poses and ground-truth maps
+    assert np.array_equal(read_map(plain.frame_maps[0])[0], read_map(damped.frame_maps[0])[0])
+
+
+def test_bimodal_and_weighted_frame_distributions(tmp_path):
+    from napari_dynamight.engine.simulate import frame_probabilities
+
+    common = dict(box=16, pixel_size_angstrom=4.5, snr=math.inf, seed=2, chunk_size=1000)
+    summary = run(
+        simulate(CLOSED, DCD, output_directory=tmp_path / "bimodal", n_particles=4000,
+                 frame_distribution="bimodal", **common)
+    )
+    frames = pd.read_csv(summary.labels_csv)["frame"].to_numpy()
+    u = frames / 97.0
+    p = frame_probabilities(98, "bimodal")
+    assert p.sum() == pytest.approx(1.0) and np.argmax(p[:49]) in (19, 20)
+    # about a third of the particles within 0.1 of each mode; few in the middle
+    near = [np.mean(np.abs(u - c) < 0.1) for c in (0.2, 0.8)]
+    middle = np.mean(np.abs(u - 0.5) < 0.1)
+    expected_near = p[np.abs(np.linspace(0, 1, 98) - 0.2) < 0.1].sum()
+    expected_middle = p[np.abs(np.linspace(0, 1, 98) - 0.5) < 0.1].sum()
+    assert expected_near > 0.3 and expected_middle < 0.03
+    for value in near:
+        assert value == pytest.approx(expected_near, abs=0.03)
+    assert middle == pytest.approx(expected_middle, abs=0.015)
+    assert summary.frame_probabilities == pytest.approx(p)
+    weighted = run(
+        simulate(CLOSED, DCD, output_directory=tmp_path / "weights", n_particles=2000,
+                 frames=[0, 10, 20, 30], frame_weights=[0, 1, 0, 3], **common)
+    )
+    counts = pd.read_csv(weighted.labels_csv)["frame"].value_counts()
+    assert set(counts.index) == {10, 30}
+    assert counts[30] / 2000 == pytest.approx(0.75, abs=0.03)
+
+
+def test_independent_domains(tmp_path):
+    from napari_dynamight.engine.evaluation import abs_spearman
+    from napari_dynamight.engine.gaussians import render_volume
+    from napari_dynamight.engine.simulate import domain_frames
+
+    used = list(range(0, 98, 14))
+    domains = ((30, 59), (122, 159))
+    summary = run(
+        simulate(CLOSED, DCD, output_directory=tmp_path / "two", n_particles=1500, box=32,
+                 pixel_size_angstrom=3.0, snr=math.inf, frames=used, seed=4,
+                 independent_domains=domains, chunk_size=500)
+    )
+    labels = pd.read_csv(summary.labels_csv)
+    assert "frame" not in labels.columns
+    first, second = labels["domain1_frame"].to_numpy(), labels["domain2_frame"].to_numpy()
+    # the two motion coordinates are drawn independently and cover the frames
+    assert abs_spearman(first, second) < 0.06
+    assert set(first) == set(second) == set(used)
+    index = {f: k for k, f in enumerate(used)}
+    assert np.array_equal(labels["state"], [index[a] * 7 + index[b] for a, b in zip(first, second)])
+    states = pd.read_csv(summary.labels_csv.parent / "states.csv")
+    assert sorted(states["state"]) == sorted(set(labels["state"]))
+    assert len(summary.frame_maps) == len(states) and summary.state_frames.shape == (len(states), 2)
+    # each domain's atoms come from its own frame (superposed on the CORE), the CORE from frame 0
+    info = domain_frames(CLOSED, DCD, used, domains)
+    residues = info.atoms.residue_numbers
+    nmp, lid = (residues >= 30) & (residues <= 59), (residues >= 122) & (residues <= 159)
+    core = ~(nmp | lid)
+    state = int(3 * 7 + 6)  # domain 1 from frame 42, domain 2 from frame 84
+    positions = info.positions([state])[0]
+    assert np.array_equal(positions[nmp], info.aligned[3][nmp])
+    assert np.array_equal(positions[lid], info.aligned[6][lid])
+    assert np.array_equal(positions[core], info.core_positions[core])
+    # superposition: the aligned frames' CORE sits on the core frame's far better than the raw one
+    core_rmsd = np.sqrt(((info.aligned[6][core] - info.core_positions[core]) ** 2).sum(-1).mean())
+    assert core_rmsd < 2.5
+    # and the domains really moved: frame 84's LID is far from frame 0's
+    assert np.sqrt(((positions[lid] - info.core_positions[lid]) ** 2).sum(-1).mean()) > 5.0
+    # the ground-truth map of a drawn state is the rendering of its composite positions
+    drawn = int(states["state"][(states["domain1_frame"] == 42) & (states["domain2_frame"] == 84)].iloc[0])
+    assert drawn == state
+    scene = info.scene([state], 32, 3.0, None, "cpu")
+    expected = render_volume(scene.at_frame(0), 32, 3.0).numpy()
+    written = read_map(summary.labels_csv.parent / f"state_{state:04d}.mrc")[0]
+    assert np.allclose(written, expected, atol=1e-4 * np.abs(expected).max())
+    assert len(read_particles(summary.particles_star)) == 1500
+
+
+VARIANT_BAD = [
+    (dict(envelope_bfactor_angstrom2=-5.0), "envelope B-factor -5.0"),
+    (dict(frame_distribution="trimodal"), "frame distribution 'trimodal' is unknown"),
+    (dict(frame_weights=[1, 2]), "2 values for 3 frames"),
+    (dict(frame_weights=[0, 0, 0]), "not all 0"),
+    (dict(frame_weights=[1, 1, 1], frame_distribution="bimodal"), "give one of them"),
+    (dict(independent_domains=((59, 30), (122, 159))), "first residue must not exceed"),
+    (dict(independent_domains=((30, 59), (50, 159))), "overlap"),
+    (dict(independent_domains=((300, 400), (122, 159))), "select no atom"),
+    (dict(independent_domains=((30, 59), (122, 159)), core_frame=98), "core frame 98"),
+    (dict(core_frame=3), "core frame only applies"),
+]
+
+
+@pytest.mark.parametrize("change, message", VARIANT_BAD, ids=[m for _, m in VARIANT_BAD])
+def test_bad_variant_input_leaves_nothing_behind(tmp_path, change, message):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=message) as error:
+        run(simulate(CLOSED, DCD, output_directory=out, snr=1.0, **(SMALL | change)))
+    assert "\n" not in str(error.value)
+    assert not out.exists()
+
+
+def test_command_line_variants(tmp_path, capsys):
+    out = tmp_path / "sim"
+    weights = tmp_path / "weights.txt"
+    weights.write_text("# one per frame\n1\n0\n3\n")
+    common = ["simulate", "--structure", str(CLOSED), "--trajectory", str(DCD), "--box", "32",
+              "--pixel-size", "3", "--n-particles", "40", "--snr", "0.1"]
+    assert main(common + ["--output-directory", str(out), "--frames", "0,40,80", "--frame-weights",
+                          str(weights), "--envelope-bfactor", "50"]) == 0
+    assert set(pd.read_csv(out / "ground_truth" / "labels.csv")["frame"]) == {0, 80}
+    assert main(common + ["--output-directory", str(tmp_path / "two"), "--frames", "0:98:48",
+                          "--independent-domains", "30-59", "122-159", "--core-frame", "0"]) == 0
+    labels = pd.read_csv(tmp_path / "two" / "ground_truth" / "labels.csv")
+    assert {"state", "domain1_frame", "domain2_frame"} <= set(labels.columns)
+    assert "domain states" in capsys.readouterr().out
+    for bad, word in (
+        (["--independent-domains", "30-59", "122"], "--independent-domains"),
+        (["--core-frame", "2"], "--core-frame"),
+        (["--frame-weights", str(tmp_path / "missing.txt")], "--frame-weights"),
+        (["--frame-weights", str(weights), "--frame-distribution", "bimodal"], "--frame-weights"),
+    ):
+        target = tmp_path / "bad"
+        assert main(common + ["--output-directory", str(target)] + bad) == 2
+        error = capsys.readouterr().err.strip()
+        assert word in error and "\n" not in error, error
+        assert not target.exists()

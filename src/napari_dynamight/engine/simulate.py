@@ -8,11 +8,29 @@ not become sharper than the sampling can represent. All frames are shifted by ON
 atomic-number-weighted centre of the first trajectory frame (or of the structure), so the motion
 between frames is kept and not re-centred away.
 
-Each particle draws a frame (uniformly among the frames used), an orientation (uniform on SO(3)), an
+Each particle draws a frame (uniformly among the frames used, or with ``frame_distribution`` /
+``frame_weights``), an orientation (uniform on SO(3)), an
 origin (normal, σ = ``origin_sd_angstrom`` per axis), a mean defocus (uniform in the range), an
 astigmatism ``|dU − dV|`` (uniform in 0..``astigmatism_angstrom``) at a uniform angle. The image is
 the Gaussian model's projection (``engine.gaussians.project``), multiplied by the CTF in Fourier
-space, plus white Gaussian noise.
+space (and, with ``envelope_bfactor``, by ``exp(−B s²/4)``: an envelope the STAR file does not
+record, as a real microscope's would not be), plus white Gaussian noise.
+
+Frame distributions. ``uniform`` (default) gives every used frame the same probability;
+``bimodal`` is a two-state mixture over the position u = k / (F − 1) of the k-th of the F used
+frames: ``exp(−(u − 0.2)² / (2·0.1²)) + exp(−(u − 0.8)² / (2·0.1²))``, normalised (a closed-like and
+an open-like population with few particles in between). ``frame_weights`` gives one non-negative
+weight per used frame instead.
+
+Independent domains. With ``independent_domains`` (two inclusive residue ranges) the molecule gets a
+two-dimensional motion: every used frame is first superposed onto the ``core_frame`` on the CORE
+atoms (all atoms outside both ranges; Kabsch, atomic-number weighted), then each particle draws two
+frames independently (from the same frame distribution); domain 1's atoms take their aligned
+coordinates from the first, domain 2's from the second, the CORE those of the core frame. The
+composite conformation of frame pair (i, j) of the used frames is *state* ``i·F + j``. The labels
+then hold ``state``, ``domain1_frame`` and ``domain2_frame`` (0-based trajectory frames) instead of
+``frame``, the ground truth holds ``state_NNNN.mrc`` for every state drawn and ``states.csv``
+(state, domain1_frame, domain2_frame), and the centre is the core frame's.
 
 SNR definition. ``SNR = signal variance / noise variance``, where the signal variance is the pixel
 variance of the noise-free CTF-filtered images over the whole box, averaged over the first chunk of
@@ -23,8 +41,8 @@ less noise per particle pixel.
 Outputs, in ``output_directory``: ``particles.star``, ``particles.mrcs``, ``consensus.mrc`` (the
 standard reconstruction of the simulated particles: mean of the half-set maps, FSC-weighted as
 refinement programs do) and ``ground_truth/labels.csv`` plus ``ground_truth/frame_NNN.mrc`` (each
-frame used, rendered without CTF at the same box and voxel size; NNN is the 0-based trajectory
-frame). Everything is written to a hidden staging folder first and moved into place only when the
+frame used, rendered without CTF or envelope at the same box and voxel size; NNN is the 0-based
+trajectory frame; with independent domains ``state_NNNN.mrc`` and ``states.csv`` instead). Everything is written to a hidden staging folder first and moved into place only when the
 whole run succeeded.
 """
 
@@ -43,20 +61,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .ctf import CtfParams, compute_ctf
+from .ctf import CtfParams, compute_ctf, frequency_grid_2d
 from .data.particles import table_from_blocks
 from .errors import InputError
 from .fourier import fsc, radial_index
-from .gaussians import render_volume
+from .gaussians import GaussianModel, render_volume
 from .geometry import euler_to_matrix, random_euler_angles
 from .io.atomic import atomic_path
+from .io.dcd import read_dcd_info
 from .io.mrc import write_map
 from .io.star import write_particles
 from .progress import Progress, ProgressGenerator
 from .reconstruction.standard import FourierAccumulator
-from .scene import Scene, build_scene, project_frames
+from .io.structure import read_structure
+from .scene import Scene, build_scene, default_atom_sigma, load_frames, project_frames
 
 STACK_NAME = "particles.mrcs"
+FRAME_DISTRIBUTIONS = ("uniform", "bimodal")
+BIMODAL_CENTRES, BIMODAL_WIDTH = (0.2, 0.8), 0.1  # positions in the used-frame range, 0..1
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,7 @@ class SimulationSummary:
     labels_csv: Path
     frame_maps: tuple[Path, ...]
     frames: np.ndarray  # 0-based trajectory frames used
+    frame_probabilities: np.ndarray  # probability of each used frame (per domain with two domains)
     n_particles: int
     n_atoms: int
     box: int
@@ -78,6 +101,8 @@ class SimulationSummary:
     signal_variance: float
     noise_variance: float
     max_radius_angstrom: float
+    envelope_bfactor_angstrom2: float = 0.0
+    state_frames: np.ndarray | None = None  # (S, 2) domain frames of each drawn state, or None
 
 
 def _validate_numbers(
@@ -109,23 +134,76 @@ def _validate_numbers(
         raise InputError(f"chunk size {chunk_size} is invalid: give a whole number >= 1")
 
 
+def frame_probabilities(n_frames: int, distribution: str = "uniform", weights=None) -> np.ndarray:
+    """The probability of each of ``n_frames`` used frames (see the module docstring)."""
+    if weights is not None:
+        if distribution != "uniform":
+            raise InputError(
+                f"frame distribution {distribution!r} and frame weights both given: give one of them"
+            )
+        w = np.asarray(weights, dtype=np.float64).ravel()
+        if len(w) != n_frames:
+            raise InputError(
+                f"frame weights: {len(w)} values for {n_frames} frames used; give one weight per frame"
+            )
+        if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+            raise InputError("frame weights must be finite, >= 0 and not all 0")
+        return w / w.sum()
+    if distribution == "uniform":
+        return np.full(n_frames, 1.0 / n_frames)
+    if distribution == "bimodal":
+        u = np.linspace(0.0, 1.0, n_frames) if n_frames > 1 else np.zeros(1)
+        w = sum(np.exp(-((u - c) ** 2) / (2 * BIMODAL_WIDTH**2)) for c in BIMODAL_CENTRES)
+        return w / w.sum()
+    raise InputError(
+        f"frame distribution {distribution!r} is unknown: give one of {', '.join(FRAME_DISTRIBUTIONS)}"
+    )
+
+
 def _draw_particles(
-    rng: np.random.Generator, n: int, frames: np.ndarray, defocus_range, astigmatism, origin_sd
+    rng: np.random.Generator,
+    n: int,
+    frames: np.ndarray,
+    defocus_range,
+    astigmatism,
+    origin_sd,
+    probabilities: np.ndarray | None = None,
+    two_domains: bool = False,
 ) -> pd.DataFrame:
-    """Per-particle ground truth: frame, pose, origin, defocus, half set."""
+    """Per-particle ground truth: frame (or state and domain frames), pose, origin, defocus, half set.
+
+    ``probabilities`` None draws frames uniformly with the generator's integers (the stream of the
+    uniform simulations, unchanged).
+    """
     euler = random_euler_angles(n, rng)
-    frame = frames[rng.integers(0, len(frames), n)]
+
+    def draw() -> np.ndarray:
+        if probabilities is None:
+            return rng.integers(0, len(frames), n)
+        return rng.choice(len(frames), size=n, p=probabilities)
+
+    first = draw()
+    frame = frames[first]
     origin = rng.normal(0.0, origin_sd, (n, 2))
     mean_defocus = rng.uniform(defocus_range[0], defocus_range[1], n)
     astig = np.minimum(rng.uniform(0.0, astigmatism, n), mean_defocus)  # keeps defocus V >= 0
     angle = rng.uniform(0.0, 180.0, n)
     subset = np.zeros(n, dtype=np.int64)
     subset[rng.permutation(n)[: n // 2]] = 1
+    if two_domains:
+        second = draw()
+        motion = {
+            "state": first * len(frames) + second,
+            "domain1_frame": frame,
+            "domain2_frame": frames[second],
+        }
+    else:
+        motion = {"frame": frame}
     return pd.DataFrame(
         {
             "index": np.arange(n),
             "image_name": [f"{i + 1:06d}@{STACK_NAME}" for i in range(n)],
-            "frame": frame,
+            **motion,
             "rot": euler[:, 0],
             "tilt": euler[:, 1],
             "psi": euler[:, 2],
@@ -222,6 +300,133 @@ def _poses(rows: pd.DataFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def _residue_range(value, name: str) -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} {value!r} is invalid: give FIRST-LAST residue numbers") from None
+    if low > high:
+        raise InputError(f"{name} {low}-{high} is invalid: the first residue must not exceed the last")
+    return low, high
+
+
+def _kabsch(mobile: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted least-squares superposition of ``mobile`` (n, 3) onto ``target`` (n, 3), no reflection.
+
+    Returns a (5, 3) array: rows 0–2 the rotation R, row 3 the mobile centre c_m, row 4 the target
+    centre c_t; a point x superposes to ``(x − c_m) @ R.T + c_t``.
+    """
+    w = weights / weights.sum()
+    cm, ct = w @ mobile, w @ target
+    h = ((mobile - cm) * w[:, None]).T @ (target - ct)
+    u, _, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    rotation = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    return np.vstack([rotation, cm, ct])
+
+
+@dataclass
+class DomainFrames:
+    """Trajectory frames superposed on the CORE, for the two-dimensional (independent-domain) motion.
+
+    ``aligned`` (F, n, 3) Å holds every used frame superposed onto the core frame on the CORE atoms,
+    centred on the core frame's atomic-number-weighted centre; ``masks`` (2, n) select the two
+    domains. State ``i·F + j`` takes domain 1 from used frame i, domain 2 from used frame j and the
+    CORE from the core frame.
+    """
+
+    atoms: object
+    frames: np.ndarray
+    aligned: np.ndarray
+    core_positions: np.ndarray
+    masks: np.ndarray
+    core_frame: int
+    domains: tuple[tuple[int, int], tuple[int, int]]
+
+    def state_frames(self, states) -> np.ndarray:
+        """(S, 2) trajectory frames of domains 1 and 2 of each state."""
+        states = np.asarray(states, dtype=np.int64)
+        return np.stack([self.frames[states // len(self.frames)], self.frames[states % len(self.frames)]], 1)
+
+    def positions(self, states) -> np.ndarray:
+        """(S, n, 3) Å composite positions of the given states."""
+        states = np.asarray(states, dtype=np.int64)
+        out = np.repeat(self.core_positions[None], len(states), axis=0)
+        first, second = states // len(self.frames), states % len(self.frames)
+        out[:, self.masks[0]] = self.aligned[first][:, self.masks[0]]
+        out[:, self.masks[1]] = self.aligned[second][:, self.masks[1]]
+        return out
+
+    def scene(self, states, box: int, pixel_size: float, sigma: float | None, device) -> Scene:
+        """A :class:`Scene` whose 'frames' are the given state numbers (sorted, unique)."""
+        states = np.unique(np.asarray(states, dtype=np.int64))
+        xyz = self.positions(states)
+        max_radius = float(np.linalg.norm(xyz, axis=-1).max())
+        if max_radius > box * pixel_size / 2:
+            raise InputError(
+                f"{self.atoms.path}: atoms reach {max_radius:.1f} Å from the centre but the box is "
+                f"only {box * pixel_size:.1f} Å wide; use a larger box or pixel size"
+            )
+        sigma = default_atom_sigma(pixel_size) if sigma is None else sigma
+        if not sigma > 0:
+            raise InputError(f"atom width {sigma} Å is invalid: give a positive number")
+        positions = torch.as_tensor(xyz, dtype=torch.float32, device=device)
+        model = GaussianModel(
+            positions[0],
+            torch.as_tensor(self.atoms.atomic_numbers, dtype=torch.float32, device=device),
+            torch.tensor(float(sigma), dtype=torch.float32, device=device),
+        )
+        return Scene(self.atoms, states, model, positions, max_radius)
+
+
+def domain_frames(
+    structure,
+    trajectory,
+    frames,
+    domains,
+    core_frame: int | None = None,
+    include_hydrogens: bool = False,
+) -> DomainFrames:
+    """The used frames superposed on the CORE for an independent-domain simulation (checks inputs)."""
+    if trajectory is None:
+        raise InputError("independent domains need a trajectory: give --trajectory")
+    if domains is None or len(domains) != 2:
+        raise InputError("independent domains: give exactly two residue ranges")
+    ranges = tuple(_residue_range(r, f"domain {k + 1} residues") for k, r in enumerate(domains))
+    atoms = read_structure(structure, drop_waters=True, drop_hydrogens=not include_hydrogens)
+    residues = atoms.residue_numbers
+    masks = np.stack([(residues >= lo) & (residues <= hi) for lo, hi in ranges])
+    for k, (lo, hi) in enumerate(ranges):
+        if not masks[k].any():
+            raise InputError(
+                f"domain {k + 1} residues {lo}-{hi} select no atom of {atoms.path} "
+                f"(residues {residues.min()}-{residues.max()})"
+            )
+    if (masks[0] & masks[1]).any():
+        raise InputError(f"domain residue ranges {ranges[0]} and {ranges[1]} overlap; give disjoint ranges")
+    core = ~(masks[0] | masks[1])
+    if core.sum() < 3:
+        raise InputError("the two domains leave fewer than 3 CORE atoms to superpose on")
+    n_frames = read_dcd_info(trajectory).n_frames
+    used = np.arange(n_frames) if frames is None else np.unique(np.asarray(frames, dtype=np.int64))
+    core_frame = int(used[0]) if core_frame is None and len(used) else core_frame
+    if core_frame is None or int(core_frame) != core_frame or not 0 <= core_frame < n_frames:
+        raise InputError(f"core frame {core_frame} is invalid: give a frame in 0..{n_frames - 1}")
+    if len(used) and used.max() >= n_frames:
+        raise InputError(f"frames up to {used.max()} asked for but the trajectory has {n_frames}")
+    wanted = np.union1d(used, [int(core_frame)])
+    _, xyz, _ = load_frames(atoms, trajectory, wanted)
+    target = xyz[np.searchsorted(wanted, int(core_frame))]
+    weights = atoms.atomic_numbers.astype(np.float64)
+    centre = (target * weights[:, None]).sum(0) / weights.sum()
+    aligned = np.empty((len(used), atoms.n_atoms, 3))
+    for k, f in enumerate(used):
+        mobile = xyz[np.searchsorted(wanted, f)]
+        fit = _kabsch(mobile[core], target[core], weights[core])
+        aligned[k] = (mobile - fit[3]) @ fit[:3].T + fit[4] - centre
+    return DomainFrames(atoms, used, aligned, target - centre, masks, int(core_frame), ranges)
+
+
 def simulate(
     structure: str | os.PathLike,
     trajectory: str | os.PathLike | None = None,
@@ -243,12 +448,22 @@ def simulate(
     include_hydrogens: bool = False,
     chunk_size: int = 256,
     device: torch.device | str = "cpu",
+    frame_distribution: str = "uniform",
+    frame_weights=None,
+    envelope_bfactor_angstrom2: float = 0.0,
+    independent_domains=None,
+    core_frame: int | None = None,
 ) -> ProgressGenerator[SimulationSummary]:
     """Write a simulated RELION 3.1 data set; a generator of Progress returning a SimulationSummary.
 
     ``snr=math.inf`` gives noise-free images. ``frames`` (0-based trajectory frames, default all)
-    are the frames particles are drawn from. ``origin_sd_angstrom`` defaults to one pixel. All
-    inputs are checked before anything is written.
+    are the frames particles are drawn from, with ``frame_distribution`` ('uniform' or 'bimodal')
+    or one weight per used frame in ``frame_weights``. ``envelope_bfactor_angstrom2`` multiplies
+    the signal by ``exp(−B s²/4)`` without recording it in the STAR file. ``independent_domains``
+    (two inclusive residue ranges, e.g. ``((30, 59), (122, 159))``) moves the two domains
+    independently on the CORE of ``core_frame`` (default the first used frame); see the module
+    docstring. ``origin_sd_angstrom`` defaults to one pixel. All inputs are checked before anything
+    is written.
     """
     origin_sd = pixel_size_angstrom if origin_sd_angstrom is None else origin_sd_angstrom
     _validate_numbers(
@@ -261,29 +476,50 @@ def simulate(
         origin_sd,
         chunk_size,
     )
+    if not (math.isfinite(envelope_bfactor_angstrom2) and envelope_bfactor_angstrom2 >= 0):
+        raise InputError(
+            f"envelope B-factor {envelope_bfactor_angstrom2} Å² is invalid: give a number >= 0"
+        )
+    if core_frame is not None and independent_domains is None:
+        raise InputError("a core frame only applies with independent domains; give both or neither")
     n_particles, box, chunk_size = int(n_particles), int(box), int(chunk_size)
     output = Path(output_directory)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: exists and is not a folder; give a folder for the outputs")
-    scene = build_scene(
-        structure,
-        trajectory,
-        frames,
-        box,
-        pixel_size_angstrom,
-        atom_sigma_angstrom,
-        include_hydrogens,
-        device,
-    )
+    domains = None
+    if independent_domains is not None:
+        domains = domain_frames(structure, trajectory, frames, independent_domains, core_frame,
+                                include_hydrogens)
+        used_frames = domains.frames
+    else:
+        scene = build_scene(
+            structure,
+            trajectory,
+            frames,
+            box,
+            pixel_size_angstrom,
+            atom_sigma_angstrom,
+            include_hydrogens,
+            device,
+        )
+        used_frames = scene.frames
+    probabilities = frame_probabilities(len(used_frames), frame_distribution, frame_weights)
+    uniform = frame_weights is None and frame_distribution == "uniform"
     seeds = np.random.SeedSequence(seed).spawn(2)
     labels = _draw_particles(
         np.random.default_rng(seeds[0]),
         n_particles,
-        scene.frames,
+        used_frames,
         defocus_range_angstrom,
         astigmatism_angstrom,
         origin_sd,
+        None if uniform else probabilities,
+        two_domains=domains is not None,
     )
+    if domains is not None:
+        scene = domains.scene(labels["state"].to_numpy(), box, pixel_size_angstrom,
+                              atom_sigma_angstrom, device)
+    state_frames = None if domains is None else domains.state_frames(scene.frames)
     optics = (voltage_kilovolts, spherical_aberration_millimetres, amplitude_contrast)
     table = table_from_blocks(
         *_star_blocks(labels, box, pixel_size_angstrom, *optics), output / "particles.star"
@@ -304,23 +540,42 @@ def simulate(
             np.random.default_rng(seeds[1]),
             chunk_size,
             device,
+            float(envelope_bfactor_angstrom2),
+            "frame" if domains is None else "state",
         )
         (staging / "ground_truth").mkdir()
         for k, frame in enumerate(scene.frames):
             volume = render_volume(scene.at_frame(k), box, pixel_size_angstrom).cpu().numpy()
             write_map(
-                staging / "ground_truth" / f"frame_{frame:03d}.mrc", volume, pixel_size_angstrom
+                staging / "ground_truth" / _truth_map_name(frame, domains is not None),
+                volume,
+                pixel_size_angstrom,
             )
             yield Progress("rendering frame maps", k + 1, len(scene.frames))
         with atomic_path(staging / "ground_truth" / "labels.csv") as tmp:
             labels.to_csv(tmp, index=False)
+        if domains is not None:
+            with atomic_path(staging / "ground_truth" / "states.csv") as tmp:
+                pd.DataFrame(
+                    {"state": scene.frames, "domain1_frame": state_frames[:, 0],
+                     "domain2_frame": state_frames[:, 1]}
+                ).to_csv(tmp, index=False)
         settings = {
             "n_particles": n_particles, "box": box, "pixel_size_angstrom": float(pixel_size_angstrom),
             "snr": None if math.isinf(snr) else float(snr), "seed": seed,
             "atom_sigma_angstrom": float(scene.model.sigmas_angstrom[0]),
             "signal_variance": variances[0], "noise_variance": variances[1],
-            "frames": [int(f) for f in scene.frames], "structure": str(structure),
+            "frames": [int(f) for f in used_frames], "structure": str(structure),
             "trajectory": None if trajectory is None else str(trajectory),
+            "frame_distribution": "weights" if frame_weights is not None else frame_distribution,
+            "frame_probabilities": [float(p) for p in probabilities],
+            "envelope_bfactor_angstrom2": float(envelope_bfactor_angstrom2),
+            "independent_domains": None if domains is None else {
+                "domain1_residues": list(domains.domains[0]),
+                "domain2_residues": list(domains.domains[1]),
+                "core_frame": domains.core_frame,
+                "states_drawn": len(scene.frames),
+            },
         }
         with atomic_path(staging / "ground_truth" / "simulation.json") as tmp:
             tmp.write_text(json.dumps(settings, indent=2) + "\n")
@@ -337,8 +592,11 @@ def simulate(
         stack=output / STACK_NAME,
         consensus_map=output / "consensus.mrc",
         labels_csv=output / "ground_truth" / "labels.csv",
-        frame_maps=tuple(output / "ground_truth" / f"frame_{f:03d}.mrc" for f in scene.frames),
-        frames=scene.frames,
+        frame_maps=tuple(
+            output / "ground_truth" / _truth_map_name(f, domains is not None) for f in scene.frames
+        ),
+        frames=used_frames,
+        frame_probabilities=probabilities,
         n_particles=n_particles,
         n_atoms=scene.atoms.n_atoms,
         box=box,
@@ -347,7 +605,19 @@ def simulate(
         signal_variance=variances[0],
         noise_variance=variances[1],
         max_radius_angstrom=scene.max_radius_angstrom,
+        envelope_bfactor_angstrom2=float(envelope_bfactor_angstrom2),
+        state_frames=state_frames,
     )
+
+
+def _truth_map_name(frame: int, state: bool) -> str:
+    return f"state_{frame:04d}.mrc" if state else f"frame_{frame:03d}.mrc"
+
+
+def image_envelope(box: int, pixel_size: float, bfactor: float, device=None) -> torch.Tensor:
+    """``exp(−B s²/4)`` on the rfft2 half plane (box, box//2+1); s in 1/Å."""
+    fx, fy = frequency_grid_2d(box, pixel_size, device=device, dtype=torch.float32, rfft=True)
+    return torch.exp(-bfactor * (fx**2 + fy**2) / 4.0)
 
 
 def _write_images(
@@ -361,8 +631,12 @@ def _write_images(
     noise_rng: np.random.Generator,
     chunk_size: int,
     device,
+    envelope_bfactor: float = 0.0,
+    key: str = "frame",
 ):
     """Make the images chunk by chunk into a memory-mapped stack, then reconstruct the consensus.
+
+    The consensus is reconstructed with the recorded CTF only (not the envelope), as a user would.
 
     Writes ``staging/particles.mrcs`` and ``staging/consensus.mrc``; yields Progress and returns
     (signal variance, noise variance).
@@ -370,6 +644,7 @@ def _write_images(
     n = len(labels)
     accumulators = [FourierAccumulator(box, pixel_size, device=device) for _ in range(2)]
     signal_variance = noise_variance = 0.0
+    envelope = image_envelope(box, pixel_size, envelope_bfactor, device) if envelope_bfactor else None
     with mrcfile.new_mmap(staging / STACK_NAME, shape=(n, box, box), mrc_mode=2) as stack:
         stack.set_image_stack()
         stack.voxel_size = pixel_size
@@ -377,8 +652,9 @@ def _write_images(
             rows = labels.iloc[start : start + chunk_size]
             rotations, shifts = _poses(rows, device)
             ctf = compute_ctf(_ctf_params(rows, *optics).torch(device), box, pixel_size)
-            frame_index = np.searchsorted(scene.frames, rows["frame"].to_numpy())
-            images = project_frames(scene, frame_index, rotations, shifts, box, pixel_size, ctf)
+            frame_index = np.searchsorted(scene.frames, rows[key].to_numpy())
+            signal_ctf = ctf if envelope is None else ctf * envelope
+            images = project_frames(scene, frame_index, rotations, shifts, box, pixel_size, signal_ctf)
             if start == 0:
                 signal_variance = float(images.var(dim=(1, 2)).mean())
                 noise_variance = 0.0 if math.isinf(snr) else signal_variance / snr

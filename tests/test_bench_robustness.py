@@ -1,0 +1,76 @@
+"""The robustness benchmark in --quick mode: one variant and the pure-noise control, one seed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_robustness.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_robustness", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_a_complete_report(bench, tmp_path):
+    output = tmp_path / "robustness.json"
+    status = bench.main(["--quick", "--variants", "snr001_n4000", "pure_noise_n1000", "--seeds", "0",
+                         "--output", str(output), "--work-directory", str(tmp_path / "work")])
+    report = json.loads(output.read_text())
+    assert status == 0, [r.get("traceback") for r in report["runs"]]
+    assert output.with_suffix(".png").stat().st_size > 1000
+    assert report["quick"] is True and report["seeds"] == [0]
+    assert report["maps_measured_for"] == ["snr001_n4000"]
+    assert report["deformation_overrides"]["epochs"] == 3
+    assert report["deformation_settings"]["epochs"] == 3 and "torch" in report
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("snr001_n4000", 0),
+                                                                  ("pure_noise_n1000", 0)]
+    signal, noise = report["runs"]
+    for run in report["runs"]:
+        assert "error" not in run and run["wall_seconds"] > 0
+        assert run["simulation"]["n_particles"] == 200
+        for half in ("1", "2"):
+            entry = run["per_half"][half]
+            ceiling = entry["frame"]["ceiling_abs_spearman"]
+            rho = entry["frame"]["best_abs_spearman"]
+            assert 0.0 <= ceiling <= 1.0 and 0.0 <= rho <= 1.0 and math.isfinite(rho)
+            assert entry["frame"]["gap_to_ceiling"] == pytest.approx(ceiling - rho)
+            assert entry["rms_displacement_angstrom"] >= 0
+    # the signal's ceiling is well above chance; pure noise's ceiling and ordering are at chance
+    assert min(signal["per_half"][h]["frame"]["ceiling_abs_spearman"] for h in "12") > 0.5
+    for half in "12":
+        assert noise["per_half"][half]["frame"]["ceiling_abs_spearman"] < 0.35
+        assert noise["per_half"][half]["frame"]["best_abs_spearman"] < 0.4
+        decoded = signal["per_half"][half]["decoded_volumes"]
+        assert -1 <= decoded["mean_cc_decoded"] <= 1 and 0 <= decoded["fraction_decoded_better"] <= 1
+        assert decoded["gain"] == pytest.approx(decoded["mean_cc_decoded"] - decoded["mean_cc_consensus"])
+        maps = signal["maps"]["per_half"][half]
+        assert maps["deformed"]["resolution_fsc05_angstrom"] > 0 and 0 < maps["deformed"]["fsc_area"] <= 1
+        assert maps["relion"]["resolution_fsc05_angstrom"] > 0
+    assert "maps" not in noise and "decoded_volumes" not in noise["per_half"]["1"]
+    aggregate = report["aggregate"]["snr001_n4000"]
+    worst = min(signal["per_half"][h]["frame"]["best_abs_spearman"] for h in "12")
+    assert aggregate["frame"]["worst_half_abs_spearman"]["min"] == pytest.approx(worst)
+    assert "acceptance" in aggregate and isinstance(aggregate["acceptance"]["met"], bool)
+    assert "maps" in aggregate
+    assert report["aggregate"]["pure_noise_n1000"]["rms_displacement_larger_half_angstrom"]["n"] == 1
+    # --reuse takes finished runs as they are
+    status = bench.main(["--quick", "--variants", "pure_noise_n1000", "--seeds", "0", "--reuse",
+                         "--output", str(output), "--work-directory", str(tmp_path / "work")])
+    assert status == 0 and json.loads(output.read_text())["runs"][0].get("reused") is True
+
+
+def test_unknown_variant_is_refused(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--variants", "snr_banana"])
+    assert "unknown variant" in capsys.readouterr().err
