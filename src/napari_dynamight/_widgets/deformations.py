@@ -8,6 +8,8 @@ plotted) and the newest checkpoint (half 1's reference Gaussians, shown as a poi
 a latest-request-wins worker). **Open run** fills the form from ``RUN/run.json`` of a run started
 here or on the command line, and shows its losses and Gaussians. Options that are not on the form
 (encoder width, schedule, learning rates) come from the opened run, else from the defaults.
+The engine's watchdog warnings (a half set stalled, the halves disagree) appear in a red line under
+the plot and as napari notifications when they occur, and again from run.json when a run is opened.
 """
 
 from __future__ import annotations
@@ -127,12 +129,16 @@ class DeformationsWidget(StageWidget):
         self.plot = CurvePlot(["data loss", "λ"], "epoch")
         self.summary = Label(value="choose particles, consensus map and a run folder, then Start")
         self.summary.native.setWordWrap(True)
+        self.warnings_label = Label(value="")
+        self.warnings_label.native.setWordWrap(True)
+        self.warnings_label.native.setStyleSheet("color: #e04040")
+        self.warnings: list[str] = []
         layout = QVBoxLayout(self)
         scroll = QScrollArea()  # every option: scroll them on small screens, keep buttons and plot in view
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.form.native)
         for widget in (scroll, buttons.native, self.tasks, self.plot,
-                       self.summary.native):
+                       self.warnings_label.native, self.summary.native):
             layout.addWidget(widget)
         self.base_settings = _DEFAULTS
         self.result = None
@@ -170,6 +176,7 @@ class DeformationsWidget(StageWidget):
                  else "not finished: Resume continues it")
         self.summary.value = (f"{run}: {info['n_particles']} particles, {info['n_gaussians']} "
                               f"Gaussians, training box {info['train_box']}; {state}")
+        self.show_warnings(info.get("warnings") or [], notify=True)
         self._shown_checkpoint = None
         self.refresh()
         return True
@@ -202,8 +209,27 @@ class DeformationsWidget(StageWidget):
         self._shown_checkpoint = None
         if not resume:
             self.plot.clear()
+        self.show_warnings([])
         return self.run_task(operation, "resume deformations" if resume else "deformations",
-                             self._finished)
+                             self._finished, self._progress)
+
+    def _progress(self, event) -> None:
+        """A watchdog warning from the engine: show it at once."""
+        if getattr(event, "warning", ""):
+            self.show_warnings(self.warnings + [event.warning], notify=True)
+
+    def show_warnings(self, warnings, notify: bool = False) -> None:
+        """Show ``warnings`` (one line each, "warning: ..."); ``notify`` also raises a napari
+        notification for each one not shown before."""
+        new = [w for w in warnings if w not in self.warnings]
+        self.warnings = list(warnings)
+        self.warnings_label.value = "\n".join(f"warning: {w}" for w in self.warnings)
+        self.warnings_label.visible = bool(self.warnings)
+        if notify:
+            from napari.utils.notifications import show_warning
+
+            for warning in new:
+                show_warning(f"deformations: {warning}")
 
     def _finished(self, result) -> None:
         self.result = result
@@ -213,6 +239,10 @@ class DeformationsWidget(StageWidget):
                               f"training box {result.train_box}, {result.seconds:.0f} s; latent "
                               f"means {result.latents.shape[0]} × {result.latents.shape[1]} in "
                               f"{result.run_directory}")
+        final = list(getattr(result, "warnings", []))
+        if final:
+            self.summary.value += f"; {len(final)} warning{'s' if len(final) > 1 else ''} (above)"
+        self.show_warnings(final, notify=True)
 
     def refresh(self) -> None:
         """(Called whenever an epoch ends.) Re-plot RUN/losses.jsonl; load the Gaussians of a

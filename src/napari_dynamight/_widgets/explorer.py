@@ -70,11 +70,15 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.errors_button = PushButton(text="Show Gaussian error estimates")
         self.compare_button = PushButton(text="Compare halves at the nearest validation particle")
         self.status = Label(value="open a deformation run folder")
+        self.warnings_label = Label(value="")  # run.json's watchdog warnings, in red
+        self.warnings_label.native.setWordWrap(True)
+        self.warnings_label.native.setStyleSheet("color: #e04040")
+        self.warnings_label.visible = False
         self.tasks = TaskPanel()
         layout = QVBoxLayout(self)
         for widget in (top.native, self.plot, selection.native, paths.native,
-                       self.errors_button.native, self.compare_button.native, self.status.native,
-                       self.tasks):
+                       self.errors_button.native, self.compare_button.native,
+                       self.warnings_label.native, self.status.native, self.tasks):
             layout.addWidget(widget)
         self.plot.setMinimumHeight(300)
 
@@ -124,6 +128,27 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
             decoder = None
             self._error(f"decoding unavailable: {one_line(error)}")
         self.set_data(data, decoder)
+        self.show_run_warnings(path)
+
+    def show_run_warnings(self, path) -> list[str]:
+        """The run's watchdog warnings (run.json's ``warnings``): in a red line above the status and
+        as a napari notification each, so a stalled half set is not discovered from the plot."""
+        import json
+        from pathlib import Path
+
+        try:
+            info = json.loads((Path(path) / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        warnings = [str(w) for w in (info.get("warnings") or [])] if isinstance(info, dict) else []
+        self.warnings_label.value = "\n".join(f"warning: {w}" for w in warnings)
+        self.warnings_label.visible = bool(warnings)
+        if warnings:
+            from napari.utils.notifications import show_warning
+
+            for warning in warnings:
+                show_warning(f"{Path(path).name}: {warning}")
+        return warnings
 
     def set_data(self, data, decoder=None) -> None:
         """Show ``data`` (``engine.explore.ExplorerData``); ``decoder`` decodes clicked points."""

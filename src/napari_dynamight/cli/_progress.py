@@ -4,6 +4,7 @@ The bar shows ``step`` of ``total`` for the current stage and, as a postfix, the
 metrics and message. Ctrl-C closes the generator (the engine's cancel: its outputs are written
 atomically, so nothing partial is left) and re-raises; the command line then exits with 130.
 Without a terminal (CI, log files) the bar becomes one plain line per stage and every few seconds.
+An event with a ``warning`` is printed at once as one line ``warning: ...`` (above the bar).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def drive(operation: ProgressGenerator[T], description: str, file=None) -> T:
     try:
         while True:
             event = next(operation)
+            if event.warning:
+                print_warnings([event.warning], stream, bar)
+                continue
             if event.stage != stage:
                 stage = event.stage
                 label = f"{description}: {stage}" if stage else description
@@ -96,6 +100,18 @@ def drive(operation: ProgressGenerator[T], description: str, file=None) -> T:
     finally:
         if bar is not None:
             bar.close()
+
+
+def print_warnings(warnings, stream=None, bar=None) -> None:
+    """Each warning as one line ``warning: ...`` on ``stream`` (stderr), above a running ``bar``."""
+    stream = sys.stderr if stream is None else stream
+    for warning in warnings:
+        line = "warning: " + " ".join(str(warning).split())
+        if bar is not None and _is_terminal(stream):
+            bar.write(line, file=stream)
+        else:
+            stream.write(line + "\n")
+            stream.flush()
 
 
 def set_threads(threads: int | None) -> None:

@@ -12,6 +12,8 @@ Writes into RUN: checkpoints/ (every --checkpoint-every epochs and final.pt), la
 dmLatent1..D, dmHalfSet, dmValidation, dmErrorAngstrom, dmDisplacementAngstrom), consensus_half1/2
 (.pt, .mrc), gaussian_errors.csv, losses.jsonl, losses.png and run.json. Kill it at any time and
 run the same command with --resume to continue with the same result. See docs/deformations.md.
+A watchdog prints "warning: ..." on stderr when a half set stalls or the two halves disagree, and
+again at the end (also in run.json's "warnings").
 
 Several processes (GPUs, nodes): launch the same command with torchrun; the half sets train on
 disjoint ranks, data-parallel within each, and only rank 0 writes (docs/distributed.md).
@@ -91,7 +93,7 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.deformation.run import optimize_deformations
-    from ._progress import drive_on_main_rank, set_threads
+    from ._progress import drive_on_main_rank, print_warnings, set_threads
 
     set_threads(args.threads)
     operation = optimize_deformations(
@@ -105,4 +107,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, training box {result.train_box}: "
           f"{result.seconds:.0f} s")
     print(f"run directory: {result.run_directory}")
+    print_warnings(result.warnings)  # again at the end, so they are not lost in the log
     return 0

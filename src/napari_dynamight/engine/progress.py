@@ -20,13 +20,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress event: ``step`` of ``total`` units of work in ``stage``."""
+    """One progress event: ``step`` of ``total`` units of work in ``stage``; ``warning``, when not
+    empty, is a one-line warning the user must see (the CLI prints it, the GUI shows it)."""
 
     stage: str
     step: int
     total: int | None = None
     message: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    warning: str = ""
 
     @property
     def fraction(self) -> float | None:

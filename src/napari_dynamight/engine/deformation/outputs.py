@@ -7,7 +7,7 @@
 | ``particles.star`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` |
 | ``consensus_half1.pt`` / ``consensus_half2.pt`` (+ ``.mrc``) | each half's final reference Gaussian model (``engine.consensus.load_model``), and rendered at the consensus box |
 | ``gaussian_errors.csv`` | per Gaussian of half 1's reference: position (Å) and error estimate (Å) |
-| ``losses.jsonl`` / ``losses.png`` | one line per epoch and half: mode, data, regularisation, KL, λ; and their plot |
+| ``losses.jsonl`` / ``losses.png`` | one line per epoch and half: mode, data, regularisation, KL, λ and the watchdog's fields (``watchdog.py``); and their plot |
 """
 
 from __future__ import annotations
@@ -94,14 +94,20 @@ def write_loss_log(run: Path, history: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(entry) + "\n" for entry in history), encoding="utf-8")
 
 
+PLOTTED = {"data": "data", "regularisation": "regularisation", "lambda": "lambda",
+           "rms_displacement_angstrom": "RMS displacement (Å)", "latent_gain_z": "latent gain z (watchdog)"}
+
+
 def plot_losses(run: Path, history: list[dict]) -> None:
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    """The losses, λ, and the watchdog's RMS displacement and gain per epoch and half (NaN where a
+    row has no value, e.g. runs made before the watchdog)."""
+    figure, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.5))
     for half in (1, 2):
         rows = [h for h in history if h["half"] == half]
         epochs = [h["epoch"] for h in rows]
-        for axis, key in zip(axes, ("data", "regularisation", "lambda"), strict=True):
-            axis.plot(epochs, [h[key] for h in rows], label=f"half {half}")
-            axis.set_title(key)
+        for axis, (key, title) in zip(axes, PLOTTED.items(), strict=True):
+            axis.plot(epochs, [np.nan if h.get(key) is None else h[key] for h in rows], label=f"half {half}")
+            axis.set_title(title)
             axis.set_xlabel("epoch")
     axes[0].legend()
     figure.tight_layout()

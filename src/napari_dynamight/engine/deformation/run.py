@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
 from . import checkpoint as ckpt
-from . import outputs
+from . import outputs, watchdog
 from .batches import ParticleBatches
 from .inputs import RunInputs, check_device, moving_flags, read_inputs
 from .refinement import refine_round
@@ -57,6 +57,7 @@ class DeformationResult:
     train_box: int
     seconds: float
     latents: np.ndarray
+    warnings: list[str] = field(default_factory=list)  # the watchdog's, at the end (also in run.json)
 
 
 def _consensus_model(inputs: RunInputs, n_gaussians, threshold, seed, device) -> ProgressGenerator[GaussianModel]:
@@ -152,6 +153,7 @@ def optimize_deformations(
                     "initial_model": initial.state_dict(), "halves": [ckpt.half_state(h) for h in halves]}
 
         stopped = bool(resumed["stopped"]) if resumed is not None else False
+        reported: set[str] = set()  # kinds of watchdog warning already reported
         refined = int(resumed.get("refinement_round", 0)) if resumed is not None else 0
         while epoch < settings.epochs and not stopped and refined == 0:
             epoch += 1
@@ -159,12 +161,14 @@ def optimize_deformations(
             losses = {}
             for half in mine:
                 losses[half.half] = yield from half.epoch(mode, batches, epoch, settings.epochs)
+                losses[half.half] |= watchdog.diagnose(half, batches)
                 if mode == "warmup":
                     half.estimate_noise(batches, half.train_rows[: settings.noise_subset], deform=False)
             losses = _exchange_losses(context, halves, losses)
             for index, half in enumerate(halves):
                 stop.record(index, losses[half.half]["data"])
                 history.append({"epoch": epoch, "half": half.half, "mode": mode} | losses[half.half])
+            yield from _report_new_warnings(watchdog.check(history), reported, epoch)
             if is_reference_update(epoch, settings):
                 update_references(halves, batches, settings, batches.pixel_size_angstrom, context)
                 for half in mine:
@@ -181,10 +185,12 @@ def optimize_deformations(
             losses = {}
             for half in mine:
                 losses[half.half] = yield from refine_round(half, batches, refined, settings.refinement_rounds)
+                losses[half.half] |= watchdog.diagnose(half, batches)
             losses = _exchange_losses(context, halves, losses)
             done = epoch + refined * settings.refinement_epochs
             history.extend({"epoch": done, "half": half.half, "mode": "refinement"} | losses[half.half]
                            for half in halves)
+            yield from _report_new_warnings(watchdog.check(history), reported, done)
             ckpt.share_halves(context, halves)
             if main:
                 outputs.write_loss_log(run, history)
@@ -194,6 +200,9 @@ def optimize_deformations(
 
         estimates = yield from estimate_errors(halves, batches, np.nonzero(inputs.validation)[0], group=context)
         latents = outputs.own_half_latents(estimates, inputs.halves, inputs.validation)
+        warnings = watchdog.check(history) + watchdog.final_check(halves, estimates.latents,
+                                                                   np.nonzero(inputs.validation)[0])
+        yield from _report_new_warnings(warnings, reported, epoch)
         if main:
             _write_outputs(run, inputs, estimates, halves, history)
         seconds = time.perf_counter() - started
@@ -201,12 +210,20 @@ def optimize_deformations(
             _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial,
                             {"epochs": epoch, "refinement_rounds": refined,
                              "stopped_early": stopped and epoch < settings.epochs,
-                             "seconds_this_session": seconds, "world_size": context.world_size})
+                             "seconds_this_session": seconds, "world_size": context.world_size}, warnings)
         context.barrier()  # on return the run directory is complete for every rank
     finally:
         batches.close()
     return DeformationResult(run, epoch, stopped and epoch < settings.epochs, initial.n_gaussians,
-                             batches.box, seconds, latents)
+                             batches.box, seconds, latents, warnings)
+
+
+def _report_new_warnings(warnings: list[str], reported: set[str], epoch: int):
+    """A ``Progress`` event (with ``warning`` set) for each watchdog warning of a kind not reported yet."""
+    for warning in warnings:
+        if watchdog.warning_key(warning) not in reported:
+            reported.add(watchdog.warning_key(warning))
+            yield Progress("watchdog", epoch, None, message=warning, warning=warning)
 
 
 def _exchange_losses(context: distributed.Context, halves: list[HalfSet], losses: dict) -> dict:
@@ -227,8 +244,10 @@ def _write_outputs(run: Path, inputs: RunInputs, estimates, halves: list[HalfSet
     outputs.plot_losses(run, history)
 
 
-def _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, result) -> None:
-    """``run.json``: inputs, settings, sizes, and (at the end) the result; decode reads it."""
+def _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, result,
+                    warnings=()) -> None:
+    """``run.json``: inputs, settings, sizes, and (at the end) the result and the watchdog's warnings;
+    decode reads it."""
     info = {
         "particles": str(Path(particles).resolve()), "consensus": str(Path(consensus).resolve()),
         "consensus_model": None if consensus_model is None else str(Path(consensus_model).resolve()),
@@ -241,7 +260,7 @@ def _write_run_file(run, settings, inputs, particles, consensus, consensus_model
         "consensus_box": int(inputs.consensus_map.shape[0]),
         "voxel_size_angstrom": float(inputs.voxel_size_angstrom),
         "train_box": int(inputs.train_box), "device": str(inputs.device),
-        "settings": settings.to_dict(), "result": result,
+        "settings": settings.to_dict(), "result": result, "warnings": list(warnings),
     }
     with atomic_path(run / RUN_FILE) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
