@@ -18,7 +18,7 @@ half-set VAEs (``optimize_deformations``, ``DeformationSettings`` defaults excep
   fraction of particles where the decoded volume wins;
 - RMS displacement of the particles' Gaussians (``dmDisplacementAngstrom``);
 - with ``--maps`` for that variant: inverse deformations, the deformed half maps
-  (``reconstruct_run``, Wiener filter) and ``relion_reconstruct --ctf`` of the same half's
+  (``reconstruct_run``, its default filter) and ``relion_reconstruct --ctf`` of the same half's
   particles, each against its best-matching ground-truth map: resolution at FSC 0.5 and FSC area
   (mean FSC from the lowest shell to Nyquist).
 
@@ -326,7 +326,7 @@ def _maps(data: Path, run_dir: Path, settings: dict) -> dict:
     run(optimize_inverse_deformations(run_dir, settings=InverseSettings(epochs=settings["inverse_epochs"])))
     inverse_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    result = run(reconstruct_run(run_dir, deformations=True, filter="wiener", clusters=settings["clusters"]))
+    result = run(reconstruct_run(run_dir, deformations=True, clusters=settings["clusters"]))
     deformed_seconds = time.perf_counter() - started
     truths = sorted((data / "ground_truth").glob("frame_*.mrc")) + sorted(
         (data / "ground_truth").glob("state_*.mrc"))

@@ -1,0 +1,58 @@
+"""Both half sets learn, on every seed: a half whose decoder freezes while the other learns fails.
+
+A noisier variant of the tiny AdK set (SNR 0.1 instead of 1) trained with three seeds. Each half's
+latent must order its particles by true frame and its decoder must move the Gaussians about as much as
+the other half's: the regulariser's weight once fed back on the motion (a half that moved little got a
+larger λ, which moved it less) and froze one half in most runs on such data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from napari_dynamight.engine.consensus_stage import fit_consensus
+from napari_dynamight.engine.evaluation.metrics import latent_frame_ordering
+from napari_dynamight.engine.progress import run
+from napari_dynamight.engine.simulate import simulate
+
+from _deformation_data import ADK, FAST, Simulated, train
+
+SEEDS = (0, 1, 2)
+SETTINGS = replace(FAST, epochs=16, batch_size=16, checkpoint_every=16, consensus_period=30, consensus_epochs=5,
+                   reference_update_every=10, alignment_predictions=50, refinement_rounds=1, refinement_epochs=3)
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory) -> Simulated:
+    folder = tmp_path_factory.mktemp("adk_noisy")
+    run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=folder / "sim",
+                 n_particles=500, box=32, pixel_size_angstrom=2.5, snr=0.1, frames=list(range(0, 98, 4)),
+                 seed=1))
+    sim = folder / "sim"
+    fit = run(fit_consensus(sim / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100))
+    assert math.isfinite(fit.correlation) and fit.correlation > 0.9
+    return Simulated(folder, sim / "particles.star", sim / "consensus.mrc", fit.model_path,
+                     pd.read_csv(sim / "ground_truth" / "labels.csv"))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_both_halves_learn_the_motion(noisy, tmp_path, seed):
+    out = train(noisy, tmp_path / "run", replace(SETTINGS, seed=seed))
+    table = starfile.read(out / "particles.star")["particles"]
+    latents = np.load(out / "latent_means.npy")
+    halves, frames = table.dmHalfSet.to_numpy(), noisy.labels.frame.to_numpy()
+    ordering = [latent_frame_ordering(latents[halves == h], frames[halves == h]).best for h in (1, 2)]
+    moved = [float(table.dmDisplacementAngstrom[halves == h].mean()) for h in (1, 2)]
+    print(f"seed {seed}: |Spearman| {ordering}, mean displacement {moved} Å")
+    # measured: 0.80-0.88 in every half and seed, displacement ratios 1.5-1.7 (the halves' references
+    # differ, so their mean displacements do too); with the gradient-norm λ two of the three seeds
+    # failed: |Spearman| 0.76 / 0.48 for half 1 with 0.56 / 0.50 Å against 1.77 / 1.91 Å in half 2
+    assert min(ordering) > 0.7, ordering
+    assert min(moved) > 0.3, moved
+    assert max(moved) < 2.5 * min(moved), moved
