@@ -39,6 +39,22 @@ def test_half_views_hold_each_half_with_its_own_codes(run):
                                   run.table.particles["rlnDefocusU"].to_numpy()[view.rows])
 
 
+def test_own_half_holds_only_that_halfs_particles_in_its_own_frame(run):
+    """What a half's latent space is judged by: its own particles (validation ones included), each
+    with that half's code; half 2's validation particles come from their half-2 file."""
+    halves = run.table.particles["dmHalfSet"].to_numpy()
+    half2 = np.load(run.source / "latent_means_half2_validation.npy")
+    for half in (1, 2):
+        own = run.own_half(half)
+        np.testing.assert_array_equal(own.rows, np.nonzero(halves == half)[0])
+        centres = CENTRES if half == 1 else to_half2(CENTRES)
+        nearest = np.argmin(np.linalg.norm(own.latents[:, None] - centres[None], axis=2), axis=1)
+        np.testing.assert_array_equal(nearest, clusters(len(run))[own.rows])
+    validation = run.table.particles["dmValidation"].to_numpy() == 1
+    own = run.own_half(2)
+    np.testing.assert_array_equal(own.latents[validation[own.rows]], half2[validation & (halves == 2)])
+
+
 def test_half2_embedding_does_not_depend_on_half1_latents(tmp_path):
     folder = make_run(tmp_path / "run")
     before = load_run(folder)

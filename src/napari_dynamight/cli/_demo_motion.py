@@ -75,11 +75,11 @@ def latent_summary(run_directory: Path, labels_csv: Path) -> dict:
     from ..engine.explore import load_run
 
     data = load_run(run_directory)
-    halves = half_sets(data)
     frames = pd.read_csv(labels_csv)["frame"].to_numpy()
     summary = {}
     for half in (1, 2):
-        ordering = latent_frame_ordering(data.latents[halves == half], frames[halves == half])
+        view = data.own_half(half)
+        ordering = latent_frame_ordering(view.latents, frames[view.rows])
         summary[f"half{half}"] = {"best_component": ordering.best_component,
                                   "abs_spearman_with_true_frame": ordering.best}
     return {"latent_ordering": summary}
@@ -92,23 +92,18 @@ def write_outputs(run_directory: Path, labels_csv: Path, output: Path) -> dict:
     from ..engine.explore import embed, load_run
 
     data = load_run(run_directory)
-    halves = half_sets(data)
     frames = pd.read_csv(labels_csv)["frame"].to_numpy()
-    coords = {half: embed(data.latents[halves == half], "pca").coords for half in (1, 2)}
-    _latent_figure(coords, {half: frames[halves == half] for half in (1, 2)}, output / "latent_space.png")
+    own = {half: data.own_half(half) for half in (1, 2)}
+    coords = {half: embed(view.latents, "pca").coords for half, view in own.items()}
+    _latent_figure(coords, {half: frames[view.rows] for half, view in own.items()}, output / "latent_space.png")
     selected = np.zeros(len(data), dtype=bool)
-    for half in (1, 2):
+    for half, view in own.items():
         first = coords[half][:, 0]
-        selected[halves == half] = first > np.median(first)
+        selected[view.rows] = first > np.median(first)
     count = data.export(output / "selection.star", selected)
-    n_frames = _motion_movie(run_directory, data.latents[halves == 1], output / "motion.gif")
+    n_frames = _motion_movie(run_directory, own[1].latents, output / "motion.gif")
     return {"latent_space_png": str(output / "latent_space.png"), "selection_star": str(output / "selection.star"),
             "selected_particles": int(count), "motion_gif": str(output / "motion.gif"), "movie_frames": n_frames}
-
-
-def half_sets(data) -> np.ndarray:
-    """Each particle's half set (1 or 2) as the run recorded it."""
-    return data.table.particles["dmHalfSet"].to_numpy()
 
 
 def _latent_figure(coords: dict, frames: dict, path: Path) -> None:

@@ -72,6 +72,16 @@ class ExplorerData:
                              f"{', '.join(str(h) for h in self.halves)}")
         return half_view(self.latents, self._membership, half, self.half2_validation)
 
+    def own_half(self, half: int) -> HalfView:
+        """Only half set ``half``'s own particles (its validation particles included), in its own latent
+        space: the codes to judge one half's latent space by (``view`` also shows the other half's
+        validation particles, which are held out of both decoders)."""
+        view = self.view(half)
+        if half is None:
+            return view
+        mine = self._membership[0][view.rows] == half
+        return HalfView(half, view.rows[mine], view.latents[mine])
+
     def columns(self, view: HalfView | None = None) -> dict[str, np.ndarray]:
         """Every per-particle number of ``view``'s particles (default: all) to colour by: latent
         dimensions (the view's codes), then numeric STAR columns."""
