@@ -25,6 +25,9 @@ def straight(simulated, tmp_path_factory):  # noqa: F811
     return np.load(out / "latent_means.npy"), out
 
 
+WATCHDOG_GAINS = ("deformation_gain", "deformation_gain_z", "latent_gain", "latent_gain_z")
+
+
 def assert_same_loss_log(resumed, uninterrupted) -> None:
     """Same epochs, halves and modes; numbers equal to rounding (summation order may differ)."""
     import json
@@ -35,7 +38,9 @@ def assert_same_loss_log(resumed, uninterrupted) -> None:
     for a, b in zip(ours, theirs):
         assert a.keys() == b.keys()
         for key in a:
-            if isinstance(a[key], float):
+            if key in WATCHDOG_GAINS:  # means of near-cancelling loss differences: rounding shows earlier
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a, b)
+            elif isinstance(a[key], float):
                 assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a, b)
             else:
                 assert a[key] == b[key]

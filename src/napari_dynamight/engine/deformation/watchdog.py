@@ -58,25 +58,27 @@ def diagnose(half, batches) -> dict[str, float]:
     Each rank of the half's group takes its share of the rows; the sums are added over the group."""
     rows = half.group.shard(_held_out_rows(half))
     size = half.settings.batch_size
-    encode, deformed_positions = _double_precision(half)
+    precise = _precise_dtype(half.device)
+    encode, deformed_positions = _in_precision(half, precise)
     codes = [encode(batches.get(rows[start:start + size])["encoder_input"]) for start in range(0, len(rows), size)]
     others = torch.cat(codes).roll(len(rows) // 2, 0).split(size) if len(rows) else []
     model = half.model(detach=True)
-    model = GaussianModel(model.positions_angstrom.double(), model.amplitudes.double(), model.sigmas_angstrom.double())
-    weights, n_freq = half.noise.weights.double(), half.noise.n_frequencies
+    model = GaussianModel(model.positions_angstrom.to(precise), model.amplitudes.to(precise),
+                          model.sigmas_angstrom.to(precise))
+    weights, n_freq = half.noise.weights.to(precise), half.noise.n_frequencies
     sums = torch.zeros(7, dtype=torch.float64)  # count, squared displacement, loss, gain, gain², latent gain, its ²
     for start, own, other in zip(range(0, len(rows), size), codes, others):
         batch = batches.get(rows[start:start + size])
         deformed = deformed_positions(own)
-        reference = half.positions.detach().double().expand(len(own), -1, -1)
+        reference = half.positions.detach().to(precise).expand(len(own), -1, -1)
         losses = []
         for positions in (deformed, reference, deformed_positions(other)):
-            predicted = project_spectrum(model, batch["rotations"].double(), batch["shifts_angstrom"].double(),
+            predicted = project_spectrum(model, batch["rotations"].to(precise), batch["shifts_angstrom"].to(precise),
                                          batches.box, batches.pixel_size_angstrom,
-                                         positions_angstrom=positions.double()) * batch["ctf"].double()
-            losses.append(data_loss(predicted, batch["spectra"].to(torch.complex128), weights, n_freq).cpu())
+                                         positions_angstrom=positions.to(precise)) * batch["ctf"].to(precise)
+            losses.append(data_loss(predicted, batch["spectra"].to(predicted.dtype), weights, n_freq).cpu().double())
         gain, latent_gain = losses[1] - losses[0], losses[2] - losses[0]
-        squared = (deformed - reference).pow(2).sum(-1).mean(-1).double().cpu()
+        squared = (deformed - reference).pow(2).sum(-1).mean(-1).cpu().double()
         sums += torch.stack([torch.tensor(float(len(own)), dtype=torch.float64), squared.sum(), losses[0].sum(),
                              gain.sum(), gain.pow(2).sum(), latent_gain.sum(), latent_gain.pow(2).sum()])
     if half.group.size > 1:
@@ -90,22 +92,27 @@ def diagnose(half, batches) -> dict[str, float]:
             "latent_gain": latent_gain, "latent_gain_z": latent_gain_z}
 
 
-def _double_precision(half):
-    """The half's encoder means and deformed positions computed in double precision (same parameters):
-    the gains are small differences of losses near 1, and must come out the same (to 1e-6) in a resumed
-    run, whose parameters differ from a straight run's by float32 rounding."""
-    def in_double(module):
-        state = {name: value.detach().double() if value.is_floating_point() else value
-                 for name, value in [*module.named_parameters(), *module.named_buffers()]}
-        return lambda *args: functional_call(module, state, tuple(a.double() for a in args))
+def _precise_dtype(device: torch.device) -> torch.dtype:
+    """Double precision, except on devices without it (Apple's MPS), where single must do."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
-    encoder, decoder = in_double(half.encoder), in_double(half.decoder)
-    reference = half.positions.detach().double()
-    moving = half.moving.double().view(-1, 1)
+
+def _in_precision(half, dtype: torch.dtype):
+    """The half's encoder means and deformed positions computed in ``dtype`` (same parameters): the
+    gains are small differences of losses near 1, and must come out the same (to 1e-6) in a resumed
+    run, whose parameters differ from a straight run's by float32 rounding."""
+    def converted(module):
+        state = {name: value.detach().to(dtype) if value.is_floating_point() else value
+                 for name, value in [*module.named_parameters(), *module.named_buffers()]}
+        return lambda *args: functional_call(module, state, tuple(a.to(dtype) for a in args))
+
+    encoder, decoder = converted(half.encoder), converted(half.decoder)
+    reference = half.positions.detach().to(dtype)
+    moving = half.moving.to(dtype).view(-1, 1)
     if half.controls is not None:  # interpolated from the control points in single precision
         half.controls.update(half.positions)
         return (lambda images: encoder(images)[0],
-                lambda z: half.deformed_positions(z.float()).double())
+                lambda z: half.deformed_positions(z.float()).to(dtype))
 
     def deformed_positions(z):
         return reference + half.displacement(z, reference, call=decoder) * moving
@@ -119,9 +126,7 @@ def _mean_and_z(total: float, squares: float, n: float) -> tuple[float, float]:
     mean = total / n
     variance = max(squares / n - mean * mean, 0.0) * n / max(n - 1.0, 1.0)
     error = math.sqrt(variance / n)
-    # z to 2 decimals: it is a mean of near-cancelling differences, so the ~1e-7 rounding by which a
-    # resumed run's parameters differ from a straight run's moves its 7th digit
-    return mean, (round(mean / error, 2) if error > 0 else 0.0)
+    return mean, (mean / error if error > 0 else 0.0)
 
 
 def check(history: list[dict], min_full_epochs: int | None = None) -> list[str]:
@@ -208,16 +213,17 @@ def final_check(halves, latents: tuple[np.ndarray, np.ndarray], rows: np.ndarray
     if len(rows) < 2:
         return []
     points = halves[0].positions.detach()
-    sums = [torch.zeros_like(points, dtype=torch.float64) for _ in halves]
+    precise = _precise_dtype(points.device)
+    sums = [torch.zeros_like(points, dtype=precise) for _ in halves]
     squares = torch.zeros(3, dtype=torch.float64)  # Σ|f₁|², Σ|f₂|², Σ|f₁ − f₂|²
     for start in range(0, len(rows), 64):
         chunk = rows[start:start + 64]
-        fields = [(half.deformed_positions(torch.as_tensor(z[chunk], device=points.device), points) - points).double()
+        fields = [(half.deformed_positions(torch.as_tensor(z[chunk], device=points.device), points) - points).to(precise)
                   for half, z in zip(halves, latents, strict=True)]
         for total, field in zip(sums, fields, strict=True):
             total += field.sum(0)
         squares += torch.stack([fields[0].pow(2).sum(), fields[1].pow(2).sum(),
-                                (fields[0] - fields[1]).pow(2).sum()]).cpu()
+                                (fields[0] - fields[1]).pow(2).sum()]).cpu().double()
     n = len(rows)
     means = [total / n for total in sums]
     one = float(squares[0]) - n * float(means[0].pow(2).sum())
