@@ -8,10 +8,11 @@ Usage:
 For each SNR: simulate the AdK closed→open trajectory (tests/data/adk, all 98 frames) with
 ``engine.simulate``; compute the Bayes-optimal ceiling (``engine.evaluation.ceiling``); train the two
 half-set VAEs (``engine.deformation.run.optimize_deformations``) and measure, per half set, the
-issue-3 criteria: |Spearman| of the best latent principal component with the true frame (and its gap
+learning criteria: |Spearman| of the best latent principal component with the true frame (and its gap
 to the ceiling), decoded volumes against the consensus, error estimates against the true motion; then
 the noise control (same STAR file, images of pure noise at the same noise level) and its RMS
-displacement next to the one on real signal. Writes the JSON after every stage and a PNG beside it.
+displacement next to the one on real signal. Writes the JSON after every stage and a PNG beside it;
+paths in it are relative: WORK/... inside the work directory, else relative to the repository.
 
 Exit status: 0 when everything was measured; 2 when the deformation engine (or its decode API) is
 missing, after writing what could be measured; nothing is ever silently skipped.
@@ -59,14 +60,33 @@ STRUCTURE, TRAJECTORY = ADK / "adk_closed.pdb", ADK / "adk_dims.dcd"
 MISSING = 2
 
 
+def _portable(path, work: Path) -> str:
+    """``path`` as the JSON records it: WORK/... inside the work directory, relative to the repository
+    inside it, else its name (no machine-specific absolute paths)."""
+    resolved = Path(path).resolve()
+    for base, prefix in ((Path(work).resolve(), "WORK"), (ROOT, ".")):
+        if resolved == base or base in resolved.parents:
+            return (Path(prefix) / resolved.relative_to(base)).as_posix()
+    return Path(path).name
+
+
+def _command(work: Path) -> str:
+    """The command line, absolute paths in it shown by ``_portable``."""
+    words = [Path(sys.argv[0]).name]
+    for word in sys.argv[1:]:
+        option, equals, value = word.rpartition("=") if word.startswith("--") else ("", "", word)
+        words.append(option + equals + (_portable(value, work) if os.path.isabs(value) else value))
+    return " ".join(words)
+
+
 class Report:
     """The JSON result, rewritten atomically after every stage."""
 
-    def __init__(self, path: Path, settings: dict):
+    def __init__(self, path: Path, settings: dict, work: Path):
         self.path = path
         self.data = {
             "benchmark": "deformation quality on simulated AdK vs the Bayes-optimal ceiling",
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": _command(work),
             "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -102,7 +122,7 @@ def _simulate(folder: Path, args, snr: float) -> dict:
         )
     )
     return {
-        "folder": str(folder),
+        "folder": _portable(folder, args.work_directory),
         "seconds": round(time.perf_counter() - start, 1),
         "n_particles": summary.n_particles,
         "n_frames": len(summary.frames),
@@ -188,7 +208,7 @@ def _train(folder: Path, run_dir: Path, args, engine) -> dict:
     )
     seconds = time.perf_counter() - start
     return {
-        "run_directory": str(run_dir),
+        "run_directory": _portable(run_dir, args.work_directory),
         "reused_trained_networks": bool(reuse),
         "seconds": round(seconds, 1),
         "epochs": int(result.epochs),
@@ -403,8 +423,9 @@ def main() -> int:
     work = (
         args.work_directory or Path(tempfile.gettempdir()) / "napari_dynamight_bench_deformations"
     )
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    report = Report(args.output, settings)
+    args.work_directory = work
+    settings = {k: (_portable(v, work) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    report = Report(args.output, settings, work)
     engine = None if args.ceiling_only else _deformation_engine()
     if not args.ceiling_only and engine is None:
         report.data["missing"].append("engine.deformation.run.optimize_deformations not available")

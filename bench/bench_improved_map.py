@@ -11,7 +11,7 @@ ground-truth frame map (DATA/ground_truth/frame_NNN.mrc) it correlates with best
 and the resolution at FSC 0.5. For the deformed halves the half-map FSC is checked against what the
 FSC against the truth supports: a half map with FSC_half to its twin has FSC_truth ≈ sqrt(FSC_half)
 against a perfect reference (the full map: sqrt(2·FSC_half / (1 + FSC_half))). Writes
-bench/results/improved_map.json and .png.
+bench/results/improved_map.json (the run recorded as WORK/run) and .png.
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     run_dir = prepare(args)
     seconds = reconstruct(args, run_dir)
-    summary = {"run": str(run_dir), "epochs": args.epochs, "clusters": args.clusters, "seconds": seconds}
+    summary = {"run": (Path("WORK") / run_dir.relative_to(args.work)).as_posix(), "epochs": args.epochs,
+               "clusters": args.clusters, "seconds": seconds}
     summary |= compare(args, run_dir)
     summary["inverse_summary"] = json.loads((run_dir / "inverse" / "summary.json").read_text())
     resolution = {k: v["resolution_fsc05_angstrom"] for k, v in summary["maps"].items()}

@@ -1,4 +1,4 @@
-"""Training throughput, peak memory and decode-and-render time of the deformation engine on CPU (issue 3).
+"""Training throughput, peak memory and decode-and-render time of the deformation engine on CPU.
 
 Usage:
   python bench/bench_training.py --output bench/results/training.json [--threads 2] [--quick]
@@ -18,6 +18,8 @@ with the image cache on (default) and off (every batch read from the stack).
 Decode: ``DeformationRun.volume`` at box 128, median of repeats, 1 and 2 threads.
 ``--quality``: best-PC |Spearman| with the true frame and throughput, 10,000 Gaussians, with and
 without decoder control points (a short run on the SNR 0.05 data).
+The recorded command shows absolute paths as WORK/... inside the work directory, else relative to the
+repository, else by name.
 """
 
 from __future__ import annotations
@@ -75,6 +77,19 @@ def _subset(folder: Path, n: int) -> Path:
     if not path.is_file():
         write_particles(path, read_particles(folder / "particles.star"), index=np.arange(n))
     return path
+
+
+def _portable(word: str, work: Path) -> str:
+    """A command-line word with an absolute path in it (``/p`` or ``--option=/p``) shown as WORK/... inside
+    the work directory, relative to the repository inside it, else by name."""
+    option, equals, value = word.rpartition("=") if word.startswith("--") else ("", "", word)
+    if not os.path.isabs(value):
+        return word
+    resolved = Path(value).resolve()
+    for base, prefix in ((work.resolve(), "WORK"), (ROOT, ".")):
+        if resolved == base or base in resolved.parents:
+            return option + equals + (Path(prefix) / resolved.relative_to(base)).as_posix()
+    return option + equals + Path(value).name
 
 
 def _model(folder: Path, n_gaussians: int) -> Path:
@@ -223,8 +238,9 @@ def main(argv=None) -> int:
     temporary = None if args.work_directory else tempfile.TemporaryDirectory(prefix="bench_training_")
     work = args.work_directory or Path(temporary.name)
     work.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "deformation training throughput, peak memory, decode-and-render (issue 3)",
-              "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(["bench_training.py", *argv]),
+    words = ["python", *sys.argv] if argv is None else ["bench_training.py", *argv]
+    report = {"benchmark": "deformation training throughput, peak memory, decode-and-render",
+              "command": " ".join(_portable(word, work) for word in words),
               "mode": mode, "torch": torch.__version__, "cpu_count": os.cpu_count(), "torch_threads": args.threads,
               "load_average_before": list(os.getloadavg()),
               "counting": "particle-epochs/s = particles / (half-1 epoch + half-2 epoch seconds); each half's "
