@@ -257,15 +257,15 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
             assert float(handle.voxel_size.x) == pytest.approx(1.5)
     assert 3.0 <= maps["deformed_resolution_angstrom"] <= 100.0
     assert all(0.0 <= h["abs_spearman_with_true_frame"] <= 1.0 for h in motion["latent_ordering"].values())
-    from napari_dynamight.engine.explore import embed
+    from napari_dynamight.engine.explore import embed, load_run
 
-    latents = np.load(output / "run" / "latent_means.npy")
-    halves = read_particles(output / "run" / "particles.star").particles["dmHalfSet"].to_numpy()
+    run_data = load_run(output / "run")
     names = read_particles(output / "data" / "particles.star").particles["rlnImageName"].to_numpy()
     expected = set()
-    for half in (1, 2):
-        first = embed(latents[halves == half], "pca").coords[:, 0]
-        expected |= set(names[halves == half][first > np.median(first)])
+    for half in (1, 2):  # each half's own particles, in its own latent space
+        view = run_data.own_half(half)
+        first = embed(view.latents, "pca").coords[:, 0]
+        expected |= set(names[view.rows][first > np.median(first)])
     selection = read_particles(output / "selection.star")
     assert set(selection.particles["rlnImageName"]) == expected
     assert motion["outputs"]["selected_particles"] == len(selection) == len(expected) == 100
