@@ -80,6 +80,12 @@ def build_scene(
     used, xyz, first = load_frames(atoms, trajectory, frames)
     weights = atoms.atomic_numbers.astype(np.float64)
     xyz = xyz - (first * weights[:, None]).sum(0) / weights.sum()
+    return scene_of(atoms, used, xyz, box, pixel_size, sigma, device)
+
+
+def scene_of(atoms, used, xyz: np.ndarray, box: int, pixel_size: float, sigma: float | None, device) -> Scene:
+    """The Scene of atom positions ``xyz`` (F, N, 3) Å from the box centre, one per entry of ``used``;
+    refuses atoms outside the box and a width that is not positive."""
     max_radius = float(np.linalg.norm(xyz, axis=-1).max())
     if max_radius > box * pixel_size / 2:
         raise InputError(
@@ -92,7 +98,7 @@ def build_scene(
     positions = torch.as_tensor(xyz, dtype=torch.float32, device=device)
     model = GaussianModel(
         positions[0],
-        torch.as_tensor(weights, dtype=torch.float32, device=device),
+        torch.as_tensor(atoms.atomic_numbers, dtype=torch.float32, device=device),
         torch.tensor(float(sigma), dtype=torch.float32, device=device),
     )
     return Scene(atoms, used, model, positions, max_radius)

@@ -65,7 +65,7 @@ from .ctf import CtfParams, compute_ctf, frequency_grid_2d
 from .data.particles import table_from_blocks
 from .errors import InputError
 from .fourier import fsc, radial_index
-from .gaussians import GaussianModel, render_volume
+from .gaussians import render_volume
 from .geometry import euler_to_matrix, random_euler_angles
 from .io.atomic import atomic_path
 from .io.dcd import read_dcd_info
@@ -74,7 +74,7 @@ from .io.star import write_particles
 from .progress import Progress, ProgressGenerator
 from .reconstruction.standard import FourierAccumulator
 from .io.structure import read_structure
-from .scene import Scene, build_scene, default_atom_sigma, load_frames, project_frames
+from .scene import Scene, build_scene, load_frames, project_frames, scene_of
 
 STACK_NAME = "particles.mrcs"
 FRAME_DISTRIBUTIONS = ("uniform", "bimodal")
@@ -360,23 +360,7 @@ class DomainFrames:
     def scene(self, states, box: int, pixel_size: float, sigma: float | None, device) -> Scene:
         """A :class:`Scene` whose 'frames' are the given state numbers (sorted, unique)."""
         states = np.unique(np.asarray(states, dtype=np.int64))
-        xyz = self.positions(states)
-        max_radius = float(np.linalg.norm(xyz, axis=-1).max())
-        if max_radius > box * pixel_size / 2:
-            raise InputError(
-                f"{self.atoms.path}: atoms reach {max_radius:.1f} Å from the centre but the box is "
-                f"only {box * pixel_size:.1f} Å wide; use a larger box or pixel size"
-            )
-        sigma = default_atom_sigma(pixel_size) if sigma is None else sigma
-        if not sigma > 0:
-            raise InputError(f"atom width {sigma} Å is invalid: give a positive number")
-        positions = torch.as_tensor(xyz, dtype=torch.float32, device=device)
-        model = GaussianModel(
-            positions[0],
-            torch.as_tensor(self.atoms.atomic_numbers, dtype=torch.float32, device=device),
-            torch.tensor(float(sigma), dtype=torch.float32, device=device),
-        )
-        return Scene(self.atoms, states, model, positions, max_radius)
+        return scene_of(self.atoms, states, self.positions(states), box, pixel_size, sigma, device)
 
 
 def domain_frames(
