@@ -36,17 +36,21 @@ class Simulated:
     labels: pd.DataFrame
 
 
-@pytest.fixture(scope="session")
-def simulated(tmp_path_factory) -> Simulated:
-    folder = tmp_path_factory.mktemp("adk_sim")
+def simulate_tiny(folder: Path, n_particles: int = 400, snr: float = 1.0, seed: int = 0) -> Simulated:
+    """AdK at box 32 (2.5 Å/px) from every 4th frame, and its fitted 300-Gaussian consensus model."""
     run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=folder / "sim",
-                 n_particles=400, box=32, pixel_size_angstrom=2.5, snr=1.0, frames=list(range(0, 98, 4)),
-                 seed=0))
+                 n_particles=n_particles, box=32, pixel_size_angstrom=2.5, snr=snr,
+                 frames=list(range(0, 98, 4)), seed=seed))
     sim = folder / "sim"
     fit = run(fit_consensus(sim / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100))
     assert math.isfinite(fit.correlation) and fit.correlation > 0.9
     return Simulated(folder, sim / "particles.star", sim / "consensus.mrc", fit.model_path,
                      pd.read_csv(sim / "ground_truth" / "labels.csv"))
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory) -> Simulated:
+    return simulate_tiny(tmp_path_factory.mktemp("adk_sim"))
 
 
 def train(simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False) -> Path:

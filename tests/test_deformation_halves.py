@@ -8,19 +8,14 @@ larger λ, which moved it less) and froze one half in most runs on such data.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
-import pandas as pd
 import pytest
 
-from napari_dynamight.engine.consensus_stage import fit_consensus
 from napari_dynamight.engine.evaluation.metrics import latent_frame_ordering
 from napari_dynamight.engine.explore import load_run
-from napari_dynamight.engine.progress import run
-from napari_dynamight.engine.simulate import simulate
 
-from _deformation_data import ADK, FAST, Simulated, train
+from _deformation_data import FAST, Simulated, simulate_tiny, train
 
 SEEDS = (0, 1, 2)
 SETTINGS = replace(FAST, epochs=16, batch_size=16, checkpoint_every=16, consensus_period=30, consensus_epochs=5,
@@ -29,15 +24,7 @@ SETTINGS = replace(FAST, epochs=16, batch_size=16, checkpoint_every=16, consensu
 
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory) -> Simulated:
-    folder = tmp_path_factory.mktemp("adk_noisy")
-    run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=folder / "sim",
-                 n_particles=500, box=32, pixel_size_angstrom=2.5, snr=0.1, frames=list(range(0, 98, 4)),
-                 seed=1))
-    sim = folder / "sim"
-    fit = run(fit_consensus(sim / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100))
-    assert math.isfinite(fit.correlation) and fit.correlation > 0.9
-    return Simulated(folder, sim / "particles.star", sim / "consensus.mrc", fit.model_path,
-                     pd.read_csv(sim / "ground_truth" / "labels.csv"))
+    return simulate_tiny(tmp_path_factory.mktemp("adk_noisy"), n_particles=500, snr=0.1, seed=1)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
