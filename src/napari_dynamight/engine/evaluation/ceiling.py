@@ -137,6 +137,16 @@ def _read_labels(directory: Path, table) -> pd.DataFrame:
     return labels
 
 
+def ctf_batches(dataset, n: int, batch_size: int, box: int, pixel_size: float):
+    """``(step, n_chunks, rows, batch, ctf)`` over the first ``n`` particles of an open
+    ``ParticleDataset`` in chunks of ``batch_size``, with each chunk's CTFs at ``box``."""
+    chunks = range(0, n, int(batch_size))
+    for step, start in enumerate(chunks):
+        rows = np.arange(start, min(n, start + int(batch_size)))
+        batch = dataset.batch(rows)
+        yield step, len(chunks), rows, batch, compute_ctf(batch["ctf"], box, pixel_size)
+
+
 def _half_plane_weights(box: int, device) -> torch.Tensor:
     """Parseval weights of an rfft2 half plane: columns 0 and box/2 once, the others twice."""
     weights = torch.full((box // 2 + 1,), 2.0, device=device)
@@ -204,13 +214,9 @@ def bayes_ceiling(
     cross = np.zeros((n, len(evaluated)))
     norm = np.zeros((n, len(evaluated)))
     residual_energy = signal_energy = 0.0
-    chunks = range(0, n, int(batch_size))
     with dataset:
-        for step, start in enumerate(chunks):
-            rows = np.arange(start, min(n, start + int(batch_size)))
-            batch = dataset.batch(rows)
+        for step, n_chunks, rows, batch, ctf in ctf_batches(dataset, n, batch_size, box, pixel_size):
             rotations, shifts = batch["rotations"], batch["shifts_angstrom"]
-            ctf = compute_ctf(batch["ctf"], box, pixel_size)
             images = batch["images"]
             spectrum = torch.fft.rfft2(images)
             truth = project_frames(
@@ -237,7 +243,7 @@ def bayes_ceiling(
                 norm[rows, column] = (
                     (projection.abs() ** 2 * weights).sum((1, 2)).double().cpu().numpy()
                 )
-            yield Progress("Bayes ceiling", step + 1, len(chunks))
+            yield Progress("Bayes ceiling", step + 1, n_chunks)
     estimated = residual_energy / (n * box * box)
     sigma2 = estimated if noise_variance is None else float(noise_variance)
     if not sigma2 > 0:

@@ -25,13 +25,12 @@ import pandas as pd
 import torch
 from scipy.special import logsumexp
 
-from ..ctf import compute_ctf
 from ..data.dataset import ParticleDataset
 from ..errors import InputError
 from ..gaussians import project_spectrum
 from ..io.star import read_particles
 from ..progress import Progress, ProgressGenerator
-from .ceiling import CeilingResult, _half_plane_weights
+from .ceiling import CeilingResult, _half_plane_weights, ctf_batches
 from .metrics import abs_spearman
 
 
@@ -135,13 +134,9 @@ def domain_ceiling(
     weights = _half_plane_weights(box, dataset.device)
     n = len(table)
     log_likelihood = np.zeros((n, len(scene.frames)))
-    chunks = range(0, n, int(batch_size))
     with dataset:
-        for step, start in enumerate(chunks):
-            rows = np.arange(start, min(n, start + int(batch_size)))
-            batch = dataset.batch(rows)
+        for step, n_chunks, rows, batch, ctf in ctf_batches(dataset, n, batch_size, box, pixel_size):
             rotations, shifts = batch["rotations"], batch["shifts_angstrom"]
-            ctf = compute_ctf(batch["ctf"], box, pixel_size)
             if envelope is not None:
                 ctf = ctf * envelope
             spectrum = torch.fft.rfft2(batch["images"])
@@ -152,7 +147,7 @@ def domain_ceiling(
                          * weights).sum((1, 2))
                 norm = (projection.abs() ** 2 * weights).sum((1, 2))
                 log_likelihood[rows, column] = ((cross - 0.5 * norm) / sigma2).double().cpu().numpy()
-            yield Progress("domain ceiling", step + 1, len(chunks))
+            yield Progress("domain ceiling", step + 1, n_chunks)
     log_posterior = log_likelihood + log_prior
     log_posterior -= logsumexp(log_posterior, axis=1, keepdims=True)
     posterior = np.exp(log_posterior)
