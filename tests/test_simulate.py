@@ -353,7 +353,7 @@ def test_bimodal_and_weighted_frame_distributions(tmp_path):
 def test_independent_domains(tmp_path):
     from napari_dynamight.engine.evaluation import abs_spearman
     from napari_dynamight.engine.gaussians import render_volume
-    from napari_dynamight.engine.simulate import domain_frames
+    from napari_dynamight.engine.domains import domain_frames
 
     used = list(range(0, 98, 14))
     domains = ((30, 59), (122, 159))

@@ -23,11 +23,9 @@ an open-like population with few particles in between). ``frame_weights`` gives 
 weight per used frame instead.
 
 Independent domains. With ``independent_domains`` (two inclusive residue ranges) the molecule gets a
-two-dimensional motion: every used frame is first superposed onto the ``core_frame`` on the CORE
-atoms (all atoms outside both ranges; Kabsch, atomic-number weighted), then each particle draws two
-frames independently (from the same frame distribution); domain 1's atoms take their aligned
-coordinates from the first, domain 2's from the second, the CORE those of the core frame. The
-composite conformation of frame pair (i, j) of the used frames is *state* ``i·F + j``. The labels
+two-dimensional motion (``engine.domains``: frames superposed on the CORE of ``core_frame``): each
+particle draws two frames independently (from the same frame distribution), domain 1 takes the
+first, domain 2 the second; the pair (i, j) of the F used frames is *state* ``i·F + j``. The labels
 then hold ``state``, ``domain1_frame`` and ``domain2_frame`` (0-based trajectory frames) instead of
 ``frame``, the ground truth holds ``state_NNNN.mrc`` for every state drawn and ``states.csv``
 (state, domain1_frame, domain2_frame), and the centre is the core frame's.
@@ -68,13 +66,12 @@ from .fourier import fsc, radial_index
 from .gaussians import render_volume
 from .geometry import euler_to_matrix, random_euler_angles
 from .io.atomic import atomic_path
-from .io.dcd import read_dcd_info
 from .io.mrc import write_map
 from .io.star import write_particles
 from .progress import Progress, ProgressGenerator
 from .reconstruction.standard import FourierAccumulator
-from .io.structure import read_structure
-from .scene import Scene, build_scene, load_frames, project_frames, scene_of
+from .domains import domain_frames
+from .scene import Scene, build_scene, project_frames
 
 STACK_NAME = "particles.mrcs"
 FRAME_DISTRIBUTIONS = ("uniform", "bimodal")
@@ -298,117 +295,6 @@ def _poses(rows: pd.DataFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
     return euler_to_matrix(euler).to(device), torch.tensor(
         origins, dtype=torch.float32, device=device
     )
-
-
-def _residue_range(value, name: str) -> tuple[int, int]:
-    try:
-        low, high = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} {value!r} is invalid: give FIRST-LAST residue numbers") from None
-    if low > high:
-        raise InputError(f"{name} {low}-{high} is invalid: the first residue must not exceed the last")
-    return low, high
-
-
-def _kabsch(mobile: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted least-squares superposition of ``mobile`` (n, 3) onto ``target`` (n, 3), no reflection.
-
-    Returns a (5, 3) array: rows 0–2 the rotation R, row 3 the mobile centre c_m, row 4 the target
-    centre c_t; a point x superposes to ``(x − c_m) @ R.T + c_t``.
-    """
-    w = weights / weights.sum()
-    cm, ct = w @ mobile, w @ target
-    h = ((mobile - cm) * w[:, None]).T @ (target - ct)
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    rotation = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    return np.vstack([rotation, cm, ct])
-
-
-@dataclass
-class DomainFrames:
-    """Trajectory frames superposed on the CORE, for the two-dimensional (independent-domain) motion.
-
-    ``aligned`` (F, n, 3) Å holds every used frame superposed onto the core frame on the CORE atoms,
-    centred on the core frame's atomic-number-weighted centre; ``masks`` (2, n) select the two
-    domains. State ``i·F + j`` takes domain 1 from used frame i, domain 2 from used frame j and the
-    CORE from the core frame.
-    """
-
-    atoms: object
-    frames: np.ndarray
-    aligned: np.ndarray
-    core_positions: np.ndarray
-    masks: np.ndarray
-    core_frame: int
-    domains: tuple[tuple[int, int], tuple[int, int]]
-
-    def state_frames(self, states) -> np.ndarray:
-        """(S, 2) trajectory frames of domains 1 and 2 of each state."""
-        states = np.asarray(states, dtype=np.int64)
-        return np.stack([self.frames[states // len(self.frames)], self.frames[states % len(self.frames)]], 1)
-
-    def positions(self, states) -> np.ndarray:
-        """(S, n, 3) Å composite positions of the given states."""
-        states = np.asarray(states, dtype=np.int64)
-        out = np.repeat(self.core_positions[None], len(states), axis=0)
-        first, second = states // len(self.frames), states % len(self.frames)
-        out[:, self.masks[0]] = self.aligned[first][:, self.masks[0]]
-        out[:, self.masks[1]] = self.aligned[second][:, self.masks[1]]
-        return out
-
-    def scene(self, states, box: int, pixel_size: float, sigma: float | None, device) -> Scene:
-        """A :class:`Scene` whose 'frames' are the given state numbers (sorted, unique)."""
-        states = np.unique(np.asarray(states, dtype=np.int64))
-        return scene_of(self.atoms, states, self.positions(states), box, pixel_size, sigma, device)
-
-
-def domain_frames(
-    structure,
-    trajectory,
-    frames,
-    domains,
-    core_frame: int | None = None,
-    include_hydrogens: bool = False,
-) -> DomainFrames:
-    """The used frames superposed on the CORE for an independent-domain simulation (checks inputs)."""
-    if trajectory is None:
-        raise InputError("independent domains need a trajectory: give --trajectory")
-    if domains is None or len(domains) != 2:
-        raise InputError("independent domains: give exactly two residue ranges")
-    ranges = tuple(_residue_range(r, f"domain {k + 1} residues") for k, r in enumerate(domains))
-    atoms = read_structure(structure, drop_waters=True, drop_hydrogens=not include_hydrogens)
-    residues = atoms.residue_numbers
-    masks = np.stack([(residues >= lo) & (residues <= hi) for lo, hi in ranges])
-    for k, (lo, hi) in enumerate(ranges):
-        if not masks[k].any():
-            raise InputError(
-                f"domain {k + 1} residues {lo}-{hi} select no atom of {atoms.path} "
-                f"(residues {residues.min()}-{residues.max()})"
-            )
-    if (masks[0] & masks[1]).any():
-        raise InputError(f"domain residue ranges {ranges[0]} and {ranges[1]} overlap; give disjoint ranges")
-    core = ~(masks[0] | masks[1])
-    if core.sum() < 3:
-        raise InputError("the two domains leave fewer than 3 CORE atoms to superpose on")
-    n_frames = read_dcd_info(trajectory).n_frames
-    used = np.arange(n_frames) if frames is None else np.unique(np.asarray(frames, dtype=np.int64))
-    core_frame = int(used[0]) if core_frame is None and len(used) else core_frame
-    if core_frame is None or int(core_frame) != core_frame or not 0 <= core_frame < n_frames:
-        raise InputError(f"core frame {core_frame} is invalid: give a frame in 0..{n_frames - 1}")
-    if len(used) and used.max() >= n_frames:
-        raise InputError(f"frames up to {used.max()} asked for but the trajectory has {n_frames}")
-    wanted = np.union1d(used, [int(core_frame)])
-    _, xyz, _ = load_frames(atoms, trajectory, wanted)
-    target = xyz[np.searchsorted(wanted, int(core_frame))]
-    weights = atoms.atomic_numbers.astype(np.float64)
-    centre = (target * weights[:, None]).sum(0) / weights.sum()
-    aligned = np.empty((len(used), atoms.n_atoms, 3))
-    for k, f in enumerate(used):
-        mobile = xyz[np.searchsorted(wanted, f)]
-        fit = _kabsch(mobile[core], target[core], weights[core])
-        aligned[k] = (mobile - fit[3]) @ fit[:3].T + fit[4] - centre
-    return DomainFrames(atoms, used, aligned, target - centre, masks, int(core_frame), ranges)
 
 
 def simulate(

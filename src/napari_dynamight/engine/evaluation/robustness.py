@@ -94,7 +94,8 @@ def domain_ceiling(
     width, frame probabilities, noise variance) and ``labels.csv``; ``noise_variance`` defaults to
     the simulation's.
     """
-    from ..simulate import domain_frames, image_envelope
+    from ..domains import domain_frames
+    from ..simulate import image_envelope
 
     directory = Path(simulation_directory)
     settings_path = directory / "ground_truth" / "simulation.json"
