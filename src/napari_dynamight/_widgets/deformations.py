@@ -27,6 +27,7 @@ from ._curves import CurvePlot, plot_history
 from ._layers import show_points
 from ._stage import StageWidget, device_choices, optional_path, read_loss_log
 from ._tasks import LatestRequestRunner
+from ._warnings import WarningsLabel
 
 POINTS_LAYER = "training Gaussians (half 1)"
 INITIAL_MODEL = "consensus_initial.pt"
@@ -129,10 +130,7 @@ class DeformationsWidget(StageWidget):
         self.plot = CurvePlot(["data loss", "λ"], "epoch")
         self.summary = Label(value="choose particles, consensus map and a run folder, then Start")
         self.summary.native.setWordWrap(True)
-        self.warnings_label = Label(value="")
-        self.warnings_label.native.setWordWrap(True)
-        self.warnings_label.native.setStyleSheet("color: #e04040")
-        self.warnings: list[str] = []
+        self.warnings_label = WarningsLabel()
         layout = QVBoxLayout(self)
         scroll = QScrollArea()  # every option: scroll them on small screens, keep buttons and plot in view
         scroll.setWidgetResizable(True)
@@ -176,7 +174,7 @@ class DeformationsWidget(StageWidget):
                  else "not finished: Resume continues it")
         self.summary.value = (f"{run}: {info['n_particles']} particles, {info['n_gaussians']} "
                               f"Gaussians, training box {info['train_box']}; {state}")
-        self.show_warnings(info.get("warnings") or [], notify=True)
+        self.show_warnings(info.get("warnings") or [])
         self._shown_checkpoint = None
         self.refresh()
         return True
@@ -209,27 +207,18 @@ class DeformationsWidget(StageWidget):
         self._shown_checkpoint = None
         if not resume:
             self.plot.clear()
-        self.show_warnings([])
+        self.show_warnings([], notify=False)
         return self.run_task(operation, "resume deformations" if resume else "deformations",
                              self._finished, self._progress)
 
     def _progress(self, event) -> None:
         """A watchdog warning from the engine: show it at once."""
         if getattr(event, "warning", ""):
-            self.show_warnings(self.warnings + [event.warning], notify=True)
+            self.show_warnings(self.warnings_label.shown + [event.warning])
 
-    def show_warnings(self, warnings, notify: bool = False) -> None:
-        """Show ``warnings`` (one line each, "warning: ..."); ``notify`` also raises a napari
-        notification for each one not shown before."""
-        new = [w for w in warnings if w not in self.warnings]
-        self.warnings = list(warnings)
-        self.warnings_label.value = "\n".join(f"warning: {w}" for w in self.warnings)
-        self.warnings_label.visible = bool(self.warnings)
-        if notify:
-            from napari.utils.notifications import show_warning
-
-            for warning in new:
-                show_warning(f"deformations: {warning}")
+    def show_warnings(self, warnings, notify: bool = True) -> None:
+        """Show ``warnings`` under the plot (and notify the new ones)."""
+        self.warnings_label.show(warnings, notify, source="deformations")
 
     def _finished(self, result) -> None:
         self.result = result
@@ -242,7 +231,7 @@ class DeformationsWidget(StageWidget):
         final = list(getattr(result, "warnings", []))
         if final:
             self.summary.value += f"; {len(final)} warning{'s' if len(final) > 1 else ''} (above)"
-        self.show_warnings(final, notify=True)
+        self.show_warnings(final)
 
     def refresh(self) -> None:
         """(Called whenever an epoch ends.) Re-plot RUN/losses.jsonl; load the Gaussians of a

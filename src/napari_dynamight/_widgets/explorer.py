@@ -22,7 +22,9 @@ from ._explorer_paths import PathExport
 from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
 from ._layers import show_map, show_points, show_vectors
 from ._plot import LatentPlot
+from ._stage import read_run_info
 from ._tasks import LatestRequestRunner, TaskPanel
+from ._warnings import WarningsLabel
 
 VOLUME_LAYER = "decoded volume"
 POINTS_LAYER = "deformed Gaussians"
@@ -70,10 +72,7 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.errors_button = PushButton(text="Show Gaussian error estimates")
         self.compare_button = PushButton(text="Compare halves at the nearest validation particle")
         self.status = Label(value="open a deformation run folder")
-        self.warnings_label = Label(value="")  # run.json's watchdog warnings, in red
-        self.warnings_label.native.setWordWrap(True)
-        self.warnings_label.native.setStyleSheet("color: #e04040")
-        self.warnings_label.visible = False
+        self.warnings_label = WarningsLabel()  # run.json's watchdog warnings
         self.tasks = TaskPanel()
         layout = QVBoxLayout(self)
         for widget in (top.native, self.plot, selection.native, paths.native,
@@ -131,24 +130,17 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.show_run_warnings(path)
 
     def show_run_warnings(self, path) -> list[str]:
-        """The run's watchdog warnings (run.json's ``warnings``): in a red line above the status and
-        as a napari notification each, so a stalled half set is not discovered from the plot."""
-        import json
+        """The run's watchdog warnings (run.json's ``warnings``), above the status and as a napari
+        notification each, so a stalled half set is not discovered from the plot."""
         from pathlib import Path
 
-        try:
-            info = json.loads((Path(path) / "run.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return []
-        warnings = [str(w) for w in (info.get("warnings") or [])] if isinstance(info, dict) else []
-        self.warnings_label.value = "\n".join(f"warning: {w}" for w in warnings)
-        self.warnings_label.visible = bool(warnings)
-        if warnings:
-            from napari.utils.notifications import show_warning
+        from ..engine.errors import InputError
 
-            for warning in warnings:
-                show_warning(f"{Path(path).name}: {warning}")
-        return warnings
+        try:
+            warnings = read_run_info(Path(path)).get("warnings") or []
+        except (InputError, AttributeError):  # no or no readable run.json: nothing to warn about
+            warnings = []
+        return self.warnings_label.show(warnings, source=Path(path).name)
 
     def set_data(self, data, decoder=None) -> None:
         """Show ``data`` (``engine.explore.ExplorerData``); ``decoder`` decodes clicked points."""

@@ -67,12 +67,14 @@ class ReconstructionWidget(StageWidget):
     """Reconstruct a run's half maps (deformed or standard) and show them with their FSC."""
 
     def __init__(self, napari_viewer, parent=None):
+        from ..engine.reconstruction.stage import DEFAULT_FILTER, FILTERS
+
         super().__init__(napari_viewer, parent)
         self.run = FileEdit(label="run folder", mode="d")
         self.open_button = PushButton(text="Open run")
         self.deformations = CheckBox(text="use the deformations", value=True)
         self.device = ComboBox(label="device", choices=device_choices(), value="cpu")
-        self.filter = ComboBox(label="filter", choices=["constant", "wiener"], value="constant")
+        self.filter = ComboBox(label="filter", choices=list(FILTERS), value=DEFAULT_FILTER)
         self.start_button = PushButton(text="Start")
         form = Container(widgets=[self.run, self.open_button, self.deformations, self.device,
                                   self.filter, self.start_button])

@@ -9,7 +9,8 @@ Every rank draws the same batch order and reparameterisation noise, takes its co
 batch, and weights its loss by its share of the batch, so that the gradients summed over the group
 (one explicit all-reduce after ``backward``) are the single-process gradients of the whole batch.
 Noise spectra, the amplitude fit and the epoch's loss sums are reduced the same way; λ is computed
-from the same rows' CTFs on every rank. In a group of one every collective is skipped and the arithmetic is the single-process one.
+from the same rows' CTFs on every rank. In a group of one every collective is skipped and the
+arithmetic is the single-process one.
 """
 
 from __future__ import annotations
@@ -103,9 +104,6 @@ class HalfSet:
         self.lam = stiffness_lambda(data, regulariser_stiffness(self.graph, self.moving),
                                     self.settings.regularisation_ratio)
         return self.lam
-
-    def decoder_parameters(self) -> list[torch.Tensor]:
-        return list(self.decoder.parameters())
 
     @torch.no_grad()
     def encode(self, encoder_input: torch.Tensor) -> torch.Tensor:
