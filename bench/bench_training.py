@@ -16,6 +16,8 @@ read, which the kernel may drop; getrusage's ru_maxrss is kept too, but Linux ca
 at fork into it) and its peak anonymous RSS sampled at every progress event, for two particle counts
 with the image cache on (default) and off (every batch read from the stack).
 Decode: ``DeformationRun.volume`` at box 128, median of repeats, 1 and 2 threads.
+``--decoders``: the two deformation networks ("mlp", "factorised") side by side at 1,000, 10,000 and
+30,000 Gaussians, image box 64 at the default training crop (``DECODERS`` lists the particle counts).
 ``--quality``: best-PC |Spearman| with the true frame and throughput, 10,000 Gaussians, with and
 without decoder control points (a short run on the SNR 0.05 data).
 The recorded command shows absolute paths as WORK/... inside the work directory, else relative to the
@@ -61,6 +63,8 @@ THROUGHPUT = {"full": [("box64", 1000, 64, 3000, 0), ("box64", 1000, None, 3000,
                        ("box128", 10000, 128, 640, 1000)],
               "quick": [("box64", 100, 32, 96, 0), ("box128", 200, 40, 64, 30)]}
 MEMORY = {"full": ("box64", 1000, 64, (1000, 4000)), "quick": ("box64", 100, 32, (64, 96))}
+# Gaussians -> particles timed, for --decoders (fewer where the MLP decoder is slow)
+DECODERS = {"full": {1000: 1500, 10000: 384, 30000: 192}, "quick": {100: 96, 300: 64}}
 DECODE = {"full": (128, 0.75, (1000, 2000, 10000), 20), "quick": (32, 3.0, (100, 300), 2)}
 
 
@@ -108,14 +112,32 @@ def _child(config: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _config(folder: Path, work: Path, n_gauss: int, train_box, n: int, epochs: int, threads: int,
+            controls: int = 0, cache: bool = True, decoder: str = "mlp") -> dict:
+    return {"star": str(_subset(folder, n)), "consensus": str(folder / "consensus.mrc"),
+            "model": str(_model(folder, n_gauss)), "train_box": train_box, "n_particles": n,
+            "run_directory": str(work / "runs" / f"{folder.name}_{n_gauss}_{train_box}_{n}_{controls}_{cache}_{decoder}"),
+            "epochs": epochs, "batch_size": 64, "threads": threads, "control_points": controls,
+            "cache": cache, "decoder": decoder, "stop_early": True}
+
+
+def decoders(work: Path, data: dict, mode: str, threads: int, epochs: int, echo) -> list[dict]:
+    """Throughput of each deformation network at each number of Gaussians (box 64, default crop)."""
+    rows = []
+    for n_gauss, n in DECODERS[mode].items():
+        for decoder in ("mlp", "factorised"):
+            out = {"data": "box64", "image_box": DATA[mode]["box64"][0], "n_gaussians": n_gauss, "decoder": decoder,
+                   **_child(_config(data["box64"], work, n_gauss, None, n, epochs, threads, decoder=decoder))}
+            echo(f"{decoder} decoder, {n_gauss} Gaussians, train box {out['train_box']}, {n} particles: "
+                 f"{out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, "
+                 f"peak RSS {out['peak_rss_mib']:.0f} MiB")
+            rows.append(out)
+    return rows
+
+
 def _training(work: Path, data: dict, mode: str, threads: int, epochs: int, echo) -> tuple[list, list]:
     def config(name, n_gauss, train_box, n, controls=0, cache=True):
-        folder = data[name]
-        return {"star": str(_subset(folder, n)), "consensus": str(folder / "consensus.mrc"),
-                "model": str(_model(folder, n_gauss)), "train_box": train_box, "n_particles": n,
-                "run_directory": str(work / "runs" / f"{name}_{n_gauss}_{train_box}_{n}_{controls}_{cache}"),
-                "epochs": epochs, "batch_size": 64, "threads": threads, "control_points": controls,
-                "cache": cache, "stop_early": True}
+        return _config(data[name], work, n_gauss, train_box, n, epochs, threads, controls, cache)
 
     def row(name, n_gauss, train_box, n, controls=0, cache=True):
         out = {"data": name, "image_box": DATA[mode][name][0], "pixel_size_angstrom": DATA[mode][name][1],
@@ -229,6 +251,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run: one warm-up, the rest timed")
     parser.add_argument("--quick", action="store_true", help="tiny data and sizes: a smoke run in about a minute")
     parser.add_argument("--quality", action="store_true", help="only the control-points quality comparison")
+    parser.add_argument("--decoders", action="store_true",
+                        help="only the side-by-side throughput of the mlp and factorised decoders")
     parser.add_argument("--quality-particles", type=int, default=1500)
     parser.add_argument("--quality-epochs", type=int, default=6)
     parser.add_argument("--quality-control-points", type=int, nargs="+", default=[0, 1000])
@@ -254,6 +278,9 @@ def main(argv=None) -> int:
     try:
         if args.quality:
             report["quality"] = quality(work, args, echo)
+        elif args.decoders:
+            data = {"box64": _dataset(work / "box64", *DATA[mode]["box64"])}
+            report["decoders"] = decoders(work, data, mode, args.threads, args.epochs, echo)
         else:
             data = {name: _dataset(work / name, *spec) for name, spec in DATA[mode].items()}
             report["throughput"], report["memory"] = _training(work, data, mode, args.threads, args.epochs, echo)
@@ -266,7 +293,7 @@ def main(argv=None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.output) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if not args.quality:
+    if not (args.quality or args.decoders):
         plot(report, args.output.with_suffix(".png"))
     return 0
 

@@ -22,7 +22,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
                               PushButton, SpinBox)
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout
 
-from ..engine.deformation.settings import LATENT_INFERENCE, DeformationSettings
+from ..engine.deformation.settings import DECODERS, LATENT_INFERENCE, DeformationSettings
 from ._curves import CurvePlot, plot_history
 from ._layers import show_points
 from ._stage import StageWidget, device_choices, optional_path, read_loss_log
@@ -40,7 +40,7 @@ SETTING_FIELDS = {"latent_dim": "latent_dim", "epochs": "epochs", "batch_size": 
                   "checkpoint_every": "checkpoint_every", "latent_inference": "latent_inference",
                   "posterior_candidates": "posterior_candidates",
                   "refinement_rounds": "refinement_rounds", "refinement_epochs": "refinement_epochs",
-                  "control_points": "control_points"}
+                  "control_points": "control_points", "decoder": "decoder", "decoder_rank": "decoder_rank"}
 
 
 def training_reference(run: Path):
@@ -99,6 +99,8 @@ class DeformationsWidget(StageWidget):
                                    value=d.n_frequencies)
         self.decoder_depth = SpinBox(label="decoder depth", min=0, max=64, value=d.decoder_depth)
         self.decoder_width = SpinBox(label="decoder width", min=1, max=8192, value=d.decoder_width)
+        self.decoder = ComboBox(label="decoder", choices=list(DECODERS), value=d.decoder)
+        self.decoder_rank = SpinBox(label="factorised decoder rank", min=1, max=4096, value=d.decoder_rank)
         self.regularisation = FloatSpinBox(label="regularisation ratio", min=0.0, max=100.0,
                                            step=0.05, value=d.regularisation_ratio)
         self.warmup = SpinBox(label="warm-up epochs", min=0, max=10_000, value=d.warmup_epochs)
@@ -122,7 +124,8 @@ class DeformationsWidget(StageWidget):
             self.run, self.open_button, self.particles, self.consensus, self.mask,
             self.consensus_model, self.n_gaussians, self.threshold, self.data_root, self.latent_dim,
             self.epochs, self.batch_size, self.box, self.device, self.threads, self.seed,
-            self.frequencies, self.decoder_depth, self.decoder_width, self.regularisation,
+            self.frequencies, self.decoder_depth, self.decoder_width, self.decoder, self.decoder_rank,
+            self.regularisation,
             self.warmup, self.validation, self.checkpoint_every, self.latent_inference,
             self.posterior_candidates, self.refinement_rounds, self.refinement_epochs,
             self.control_points])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine.deformation.settings import DeformationSettings
+from ..engine.deformation.settings import DECODERS, DeformationSettings
 
 _DEFAULTS = DeformationSettings()
 
@@ -57,8 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="positional-encoding frequencies (default: 10)")
     add("--decoder-depth", type=int, default=_DEFAULTS.decoder_depth, help="decoder hidden layers (default: 4)")
     add("--decoder-width", type=int, default=_DEFAULTS.decoder_width, help="decoder layer width (default: 64)")
+    add("--decoder", choices=DECODERS, default=_DEFAULTS.decoder,
+        help="deformation network: 'mlp', a coordinate network evaluated for every particle and Gaussian, "
+             "or 'factorised', basis fields of position mixed by coefficients of the latent, much "
+             f"cheaper with many Gaussians (default: {_DEFAULTS.decoder})")
+    add("--decoder-rank", type=int, default=_DEFAULTS.decoder_rank, metavar="R",
+        help=f"basis fields of the factorised decoder (default: {_DEFAULTS.decoder_rank})")
     add("--regularisation-ratio", type=float, default=_DEFAULTS.regularisation_ratio,
-        help="λ·|∇reg| / |∇data| (default: 0.9)")
+        help="stiffness of the distance regulariser relative to the images', λ·tr H_reg / tr H_data "
+             f"(default: {_DEFAULTS.regularisation_ratio})")
     add("--warmup-epochs", type=int, default=_DEFAULTS.warmup_epochs, help="Gaussian-only epochs first (default: 2)")
     add("--validation-fraction", type=float, default=_DEFAULTS.validation_fraction,
         help="particles kept out of decoder training (default: 0.1)")
@@ -84,7 +91,8 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
     return DeformationSettings(
         latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
         n_frequencies=args.positional_frequencies, decoder_depth=args.decoder_depth,
-        decoder_width=args.decoder_width, regularisation_ratio=args.regularisation_ratio,
+        decoder_width=args.decoder_width, decoder=args.decoder, decoder_rank=args.decoder_rank,
+        regularisation_ratio=args.regularisation_ratio,
         warmup_epochs=args.warmup_epochs, validation_fraction=args.validation_fraction,
         checkpoint_every=args.checkpoint_every, latent_inference=args.latent_inference,
         posterior_candidates=args.posterior_candidates, refinement_rounds=args.refinement_rounds,

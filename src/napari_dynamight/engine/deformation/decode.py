@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..gaussians import GaussianModel, render_volume
 from . import checkpoint as ckpt
 from .control_points import ControlPoints, displacement
-from .networks import DeformationDecoder
+from .networks import build_decoder
 from .outputs import LATENTS
 from .run import RUN_FILE
 from .settings import DeformationSettings
@@ -30,7 +30,7 @@ from .settings import DeformationSettings
 
 @dataclass
 class _Half:
-    decoder: DeformationDecoder
+    decoder: torch.nn.Module
     model: GaussianModel
     moving: torch.Tensor
     controls: ControlPoints | None = None  # the decoder runs on these and is interpolated (settings)
@@ -60,8 +60,7 @@ class DeformationRun:
         halves, half_sets = [], np.zeros(info["n_particles"], np.int64)
         validation = np.zeros(info["n_particles"], bool)
         for number, half in enumerate(state["halves"], 1):
-            decoder = DeformationDecoder(settings.latent_dim, extent, settings.n_frequencies,
-                                         settings.decoder_width, settings.decoder_depth)
+            decoder = build_decoder(settings, extent)
             decoder.load_state_dict(half["decoder"])
             decoder.to(device).eval()
             model = GaussianModel(half["positions"], half["base_amplitudes"] * half["log_amplitude_scale"].exp(),

@@ -5,6 +5,11 @@
 - :class:`DeformationDecoder`: a coordinate network. Input: the positional encoding of a 3D position
   (sines and cosines, as in NeRF) concatenated with the latent; ELU layers; output a displacement, so
   ``D(z, x) = x + δ(z, x)``. The last layer starts at zero, so training starts from no motion.
+- :class:`FactorisedDecoder`: the same displacement as a sum of ``rank`` basis fields of position,
+  mixed by coefficients of the latent, ``δ(z, x) = Σ_r c_r(z) φ_r(x)``. The basis network runs once
+  per step for all Gaussians and the coefficient network once per particle, so a particle costs
+  Gaussians × rank × 3 instead of Gaussians × width² × depth.
+- :func:`build_decoder`: the decoder a run's settings ask for (``settings.decoder``).
 
 Positions enter and leave in Å; inside, they are divided by ``extent_angstrom`` (half the box width),
 so one set of learning rates suits any box and pixel size.
@@ -93,3 +98,57 @@ def reparameterise(mean: torch.Tensor, log_variance: torch.Tensor,
     noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     return mean + torch.exp(0.5 * log_variance) * noise
 
+
+
+class FactorisedDecoder(nn.Module):
+    """Displacements (B, N, 3) Å of positions (N, 3) or (B, N, 3) Å for latents (B, D), as
+    ``Σ_r c_r(z) φ_r(x)`` with ``rank`` basis fields.
+
+    Basis: positional encoding → ``depth`` ELU layers of ``width`` → ``3·rank`` outputs. Coefficients:
+    latent → two ELU layers of ``width`` → ``rank`` outputs, the last initialised to zero so training
+    starts from no motion (the basis still receives gradients once the coefficients move). A smooth,
+    low-rank field is what domain motions of a protein need; the rank bounds how many independent
+    motion patterns one half can hold.
+    """
+
+    def __init__(self, latent_dim: int, extent_angstrom: float, n_frequencies: int = 10,
+                 width: int = 64, depth: int = 4, rank: int = 32):
+        super().__init__()
+        self.latent_dim, self.n_frequencies, self.rank = latent_dim, n_frequencies, rank
+        self.extent_angstrom = float(extent_angstrom)
+        layers: list[nn.Module] = [nn.Linear(3 + 6 * n_frequencies, width), nn.ELU()]
+        for _ in range(depth):
+            layers += [nn.Linear(width, width), nn.ELU()]
+        self.basis = nn.Sequential(*layers, nn.Linear(width, 3 * rank))
+        self.coefficients = nn.Sequential(nn.Linear(latent_dim, width), nn.ELU(),
+                                          nn.Linear(width, width), nn.ELU(), nn.Linear(width, rank))
+        nn.init.zeros_(self.coefficients[-1].weight)
+        nn.init.zeros_(self.coefficients[-1].bias)
+
+    def fields(self, positions_angstrom: torch.Tensor) -> torch.Tensor:
+        """Basis fields (..., N, rank, 3) at the positions, in units of ``extent_angstrom``."""
+        encoded = positional_encoding(positions_angstrom / self.extent_angstrom, self.n_frequencies)
+        out = self.basis(encoded)
+        return out.view(*out.shape[:-1], self.rank, 3) / math.sqrt(self.rank)
+
+    def forward(self, latents: torch.Tensor, positions_angstrom: torch.Tensor) -> torch.Tensor:
+        fields = self.fields(positions_angstrom)
+        weights = self.coefficients(latents)  # (B, R)
+        if fields.dim() == 3:  # one set of positions for every particle
+            displacement = torch.einsum("br,nrc->bnc", weights, fields)
+        else:
+            displacement = torch.einsum("br,bnrc->bnc", weights, fields)
+        return displacement * self.extent_angstrom
+
+    deform = DeformationDecoder.deform
+
+
+def build_decoder(settings, extent_angstrom: float) -> nn.Module:
+    """The decoder of ``settings.decoder`` ("mlp": :class:`DeformationDecoder`; "factorised":
+    :class:`FactorisedDecoder` with ``settings.decoder_rank`` fields) for a box of half-width
+    ``extent_angstrom``."""
+    if settings.decoder == "factorised":
+        return FactorisedDecoder(settings.latent_dim, extent_angstrom, settings.n_frequencies,
+                                 settings.decoder_width, settings.decoder_depth, settings.decoder_rank)
+    return DeformationDecoder(settings.latent_dim, extent_angstrom, settings.n_frequencies,
+                              settings.decoder_width, settings.decoder_depth)

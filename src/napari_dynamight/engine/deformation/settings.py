@@ -8,6 +8,7 @@ from ..errors import InputError
 from ..settings_record import SettingsRecord
 
 LATENT_INFERENCE = ("posterior", "encoder")
+DECODERS = ("mlp", "factorised")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class DeformationSettings(SettingsRecord):
     n_frequencies: int = 10
     decoder_width: int = 64
     decoder_depth: int = 4
+    decoder: str = "mlp"  # or "factorised": see engine/deformation/networks.py
+    decoder_rank: int = 32  # basis fields of the factorised decoder
     encoder_width: int = 256
     epochs: int = 60
     batch_size: int = 64
@@ -76,6 +79,9 @@ class DeformationSettings(SettingsRecord):
         if self.latent_inference not in LATENT_INFERENCE:
             raise InputError(f"--latent-inference must be one of {', '.join(LATENT_INFERENCE)}, "
                              f"got {self.latent_inference!r}")
+        if self.decoder not in DECODERS:
+            raise InputError(f"--decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        self.require_at_least(("decoder_rank",), 1)
         if self.posterior_candidates < 2:
             raise InputError(f"--posterior-candidates must be at least 2, got {self.posterior_candidates}")
         if self.control_points != 0 and self.control_points < 4:

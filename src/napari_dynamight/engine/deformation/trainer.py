@@ -31,7 +31,7 @@ from .control_points import ControlPoints
 from .graph import build_graph
 from .losses import (NoiseModel, data_loss, data_stiffness, kl_divergence, regularisation_loss,
                      regulariser_stiffness, stiffness_lambda)
-from .networks import DeformationDecoder, ImageEncoder, reparameterise
+from .networks import ImageEncoder, build_decoder, reparameterise
 from .settings import DeformationSettings
 
 MODES = ("warmup", "consensus", "full")
@@ -52,8 +52,7 @@ class HalfSet:
             torch.manual_seed(settings.seed * 1000 + half)
             self.encoder = ImageEncoder(box, settings.latent_dim, settings.encoder_width,
                                         settings.initial_log_variance).to(device)
-            self.decoder = DeformationDecoder(settings.latent_dim, extent_angstrom, settings.n_frequencies,
-                                              settings.decoder_width, settings.decoder_depth).to(device)
+            self.decoder = build_decoder(settings, extent_angstrom).to(device)
         model = consensus.to(device)
         self.positions = torch.nn.Parameter(model.positions_angstrom.float().clone())
         self.base_amplitudes = model.amplitudes.float().clone()
