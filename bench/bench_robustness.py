@@ -3,7 +3,7 @@
 Usage:
   python bench/bench_robustness.py --output bench/results/robustness.json \
       [--variants NAME ...] [--seeds 0 1 2 3 4] [--epochs E] [--refinement-rounds R] \
-      [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
+      [--decoder mlp|factorised] [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
 
 Every (variant, seed) is one run in its own folder ``WORK/<variant>/seed_<s>``: simulate the AdK
 closed→open trajectory we ship (tests/data/adk) with ``engine.simulate.simulate`` (the code behind
@@ -508,6 +508,7 @@ def _arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=None, help="VAE epochs (default 20; quick 3)")
     parser.add_argument("--refinement-rounds", type=int, default=None, help="EM rounds (default 2; quick 1)")
+    parser.add_argument("--decoder", default=None, help="deformation network (default: the engine's)")
     parser.add_argument("--maps", nargs="*", default=None, metavar="NAME",
                         help="variants whose half maps are reconstructed and compared with relion_reconstruct "
                              "(expensive; default none, quick: the first variant)")
@@ -543,6 +544,8 @@ def settings_from(args) -> dict:
     overrides = {"epochs": args.epochs or (3 if quick else 20),
                  "refinement_rounds": args.refinement_rounds if args.refinement_rounds is not None
                  else (1 if quick else 2)}
+    if args.decoder is not None:
+        overrides["decoder"] = args.decoder
     if quick:
         overrides |= {"refinement_epochs": 1, "posterior_candidates": 16, "batch_size": 32}
     work = args.work_directory or Path(tempfile.gettempdir()) / "napari_dynamight_bench_robustness"
