@@ -13,12 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.consensus_stage import fit_consensus
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.simulate import simulate
 
-ADK = Path(__file__).parent / "data" / "adk"
+ADK = example_file(STRUCTURE).parent  # the example files bundled with the package
 
 # Small networks and few epochs: the whole test set must run in a few minutes on 2 cores.
 FAST = DeformationSettings(epochs=6, batch_size=32, warmup_epochs=1, decoder_width=32, decoder_depth=2,

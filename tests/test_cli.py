@@ -14,7 +14,7 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
-from conftest import DATA, STAR_FILES
+from conftest import STAR_FILES
 
 from napari_dynamight import __version__
 from napari_dynamight.cli import COMMANDS, _progress, available_commands, build_parser, main
@@ -295,11 +295,14 @@ def test_demo_without_display_asks_for_headless(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_example_data_found_in_the_checkout():
+def test_example_data_are_package_data():
+    """The demo's default inputs are the files bundled in the package, not the source checkout's."""
+    import napari_dynamight
     from napari_dynamight.cli import demo
 
-    assert demo.EXAMPLE_STRUCTURE == DATA / "adk" / "adk_closed.pdb"
-    assert demo.EXAMPLE_TRAJECTORY == DATA / "adk" / "adk_dims.dcd"
+    package = Path(napari_dynamight.__file__).parent
+    assert demo.EXAMPLE_STRUCTURE == package / "sample_data" / "adk_closed.pdb"
+    assert demo.EXAMPLE_TRAJECTORY == package / "sample_data" / "adk_dims.dcd"
     assert demo.EXAMPLE_STRUCTURE.is_file() and demo.EXAMPLE_TRAJECTORY.is_file()
 
 
