@@ -9,7 +9,7 @@ import starfile
 import torch
 from scipy.stats import spearmanr
 
-from _deformation_data import FAST, simulated  # noqa: F401
+from helpers.deformation_data import FAST
 from napari_dynamight.engine.consensus import load_model
 from napari_dynamight.engine.deformation.checkpoint import final_path
 from napari_dynamight.engine.deformation.decode import DeformationRun
@@ -19,7 +19,7 @@ from napari_dynamight.engine.progress import run
 
 
 @pytest.fixture(scope="module")
-def trained(simulated, tmp_path_factory):  # noqa: F811
+def trained(simulated, tmp_path_factory):
     out = tmp_path_factory.mktemp("deform") / "run"
     events = []
     result = run(optimize_deformations(simulated.star, simulated.consensus, out, settings=FAST,
@@ -79,7 +79,7 @@ def test_checkpoints_hold_only_tensors_and_plain_values(trained):
     assert all(isinstance(v, (torch.Tensor, int, float, str, bool, type(None))) for v in leaves(state))
 
 
-def test_latents_and_star_keep_input_row_order_and_columns(trained, simulated):  # noqa: F811
+def test_latents_and_star_keep_input_row_order_and_columns(trained, simulated):
     out, _, _ = trained
     latents = np.load(out / "latent_means.npy")
     second = np.load(out / "latent_means_half2_validation.npy")
@@ -115,7 +115,7 @@ def test_decode_api_matches_latents_and_renders_at_consensus_box(trained):
     assert several.shape == (4, 300, 3)
 
 
-def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_path):  # noqa: F811
+def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_path):
     """SNR 1, 400 particles: the best principal component of each half's latents follows the frame."""
     settings = replace(FAST, epochs=20, batch_size=16, checkpoint_every=20, consensus_period=30,
                        consensus_epochs=5, reference_update_every=10, alignment_predictions=100, seed=0)
@@ -149,7 +149,7 @@ def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_pa
         assert np.mean(decoded) > np.mean(static)
 
 
-def test_only_gaussians_inside_the_mask_move(simulated, tmp_path):  # noqa: F811
+def test_only_gaussians_inside_the_mask_move(simulated, tmp_path):
     from napari_dynamight.engine.io.mrc import write_map
 
     mask = np.zeros((32, 32, 32), np.float32)

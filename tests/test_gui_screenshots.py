@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from explore_data import ShiftDecoder, make_run
+from helpers.explore_data import ShiftDecoder, make_run
 from napari_dynamight.engine.explore import load_run
-from screenshots import distinct_colours, save, widget_rgb
+from helpers.screenshots import distinct_colours, save, widget_rgb
 
 
 def test_explorer_screenshots_per_half_set(qtbot, make_napari_viewer, tmp_path):

@@ -64,7 +64,7 @@ def train(simulated: Simulated, out: Path, settings: DeformationSettings, resume
 
 
 @pytest.fixture(scope="session")
-def moving_run(simulated, tmp_path_factory) -> Path:  # noqa: F811
+def moving_run(simulated, tmp_path_factory) -> Path:
     """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1 Å RMS, with
     its inverse deformations (20 epochs, batch 16: held-out error about 0.2 Å) in ``RUN/inverse``."""
     from dataclasses import replace
