@@ -257,6 +257,27 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
             assert float(handle.voxel_size.x) == pytest.approx(1.5)
     assert 3.0 <= maps["deformed_resolution_angstrom"] <= 100.0
     assert all(0.0 <= h["abs_spearman_with_true_frame"] <= 1.0 for h in motion["latent_ordering"].values())
+    import pandas as pd
+    from scipy.stats import spearmanr
+    from napari_dynamight.engine.fourier import fsc, resolution_at
+    from napari_dynamight.engine.io.mrc import read_map
+    from napari_dynamight.engine.explore import load_run as _lr
+    halves = [read_map(p)[0] for p in maps["half_maps"]]
+    freq, curve = fsc(*halves, 1.5)
+    print("\nSUMMARY", json.dumps(maps, default=str), json.dumps(motion["latent_ordering"]))
+    print("RECOMPUTED res", resolution_at(freq, curve, 0.143), "curve", np.round(curve, 3).tolist())
+    labels = pd.read_csv(output / "data" / "ground_truth" / "labels.csv")
+    truth = {int(f): read_map(output / "data" / "ground_truth" / f"frame_{int(f):03d}.mrc")[0] for f in sorted(labels["frame"].unique())}
+    full = read_map(maps["full_map"])[0]
+    mean_truth = sum(truth[f] * (labels["frame"] == f).sum() for f in truth) / len(labels)
+    fr, c_truth = fsc(full, mean_truth, 1.5)
+    print("FULL vs mean truth 0.5 res", resolution_at(fr, c_truth, 0.5), "corr", np.corrcoef(full.ravel(), mean_truth.ravel())[0, 1])
+    print("FULL vs frames corr", {f: round(float(np.corrcoef(full.ravel(), t.ravel())[0, 1]), 4) for f, t in truth.items()})
+    cons = read_map(output / "data" / "consensus.mrc")[0]
+    fr, c_cons = fsc(cons, mean_truth, 1.5)
+    print("CONSENSUS vs mean truth 0.5 res", resolution_at(fr, c_cons, 0.5))
+    std_curve = np.loadtxt(maps["fsc_csv"], delimiter=",", skiprows=1)
+    print("CSV", std_curve[:, 2:].round(3).tolist())
     from napari_dynamight.engine.explore import embed, load_run
 
     run_data = load_run(output / "run")

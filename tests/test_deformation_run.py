@@ -1,5 +1,6 @@
 """End to end on a tiny simulated ADK data set: outputs, row order, STAR columns, learning signal."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -43,6 +44,9 @@ def test_run_writes_every_output(trained):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "epoch_0008.pt", "final.pt"]  # 8: refinement round 1
     assert result.epochs == 6 and not result.stopped_early and result.train_box == 32
+    recorded = json.loads((out / "run.json").read_text())["result"]
+    assert recorded["epochs"] == 6 and recorded["stopped_early"] is False and recorded["world_size"] == 1
+    assert recorded["seconds_last_start"] == pytest.approx(result.seconds) and result.seconds > 0
     assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = pd.read_json(out / "losses.jsonl", lines=True)
     assert list(log.epoch) == [e for e in (1, 2, 3, 4, 5, 6, 8) for _ in (1, 2)] and list(log.half) == [1, 2] * 7

@@ -60,7 +60,7 @@ def run_directory(tmp_path_factory):
 def test_default_standard_maps_agree_with_relion_reconstruct(run_directory):
     """With deformations off, the default filter's half maps and full map are relion_reconstruct --ctf
     of the same particles (the unfiltered maps RELION's PostProcess expects), header included. The
-    previous default (the Wiener filter) fails it: half 1 correlates 0.42 with RELION's map."""
+    Wiener filter fails it: half 1 correlates 0.42 with RELION's map."""
     result = run(reconstruct_run(run_directory, deformations=False))
     assert result.directory == run_directory / "reconstruction_standard"
     for ours_path, name in zip((*result.half_maps, result.full_map), ("relion_half1", "relion_half2", "relion"),
