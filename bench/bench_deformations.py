@@ -5,7 +5,7 @@ Usage:
       [--snr 0.05 0.01] [--n-particles 3000] [--box 64] [--epochs 60] [--ceiling-only] \
       [--latent-inference posterior|encoder] [--refinement-rounds R] [--reuse-runs]
 
-For each SNR: simulate the AdK closed→open trajectory (tests/data/adk, all 98 frames) with
+For each SNR: simulate the AdK closed→open trajectory (the bundled example files, all 98 frames) with
 ``engine.simulate``; compute the Bayes-optimal ceiling (``engine.evaluation.ceiling``); train the two
 half-set VAEs (``engine.deformation.run.optimize_deformations``) and measure, per half set, the
 learning criteria: |Spearman| of the best latent principal component with the true frame (and its gap
@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.evaluation import (
     atom_motion,
     bayes_ceiling,
@@ -55,7 +56,7 @@ from napari_dynamight.engine.scene import build_scene
 from napari_dynamight.engine.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
-ADK = ROOT / "tests" / "data" / "adk"
+ADK = example_file(STRUCTURE).parent
 STRUCTURE, TRAJECTORY = ADK / "adk_closed.pdb", ADK / "adk_dims.dcd"
 MISSING = 2
 

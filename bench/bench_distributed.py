@@ -3,7 +3,7 @@
 Usage:
   python bench/bench_distributed.py --output bench/results/distributed.json [--n-particles 400] [--epochs 8]
 
-Simulates the AdK closed→open data set (tests/data/adk) at box 32, fits the consensus Gaussians, then
+Simulates the AdK closed→open data set (the bundled example files) at box 32, fits the consensus Gaussians, then
 trains the same run (same seed, same settings, fixed number of epochs) launched by ``torchrun`` as
 - 1 process, 1 thread (the baseline), and 1 process, 2 threads (the other way to use two cores);
 - 2 processes × 1 thread, half sets split over the ranks (the default for an even world size);
@@ -31,10 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ADK = ROOT / "tests" / "data" / "adk"
+ADK = example_file(STRUCTURE).parent
 BATCH = 32
 LAYOUTS = {  # name: (processes, threads per process, split halves, batch size)
     "1 process, 1 thread": (1, 1, None, BATCH),

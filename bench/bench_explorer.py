@@ -91,12 +91,13 @@ def click_latency(box: int, folder: Path) -> dict:
     from napari_dynamight.cli.explore import open_explorer
     from napari_dynamight.engine.deformation.run import optimize_deformations
     from napari_dynamight.engine.deformation.settings import DeformationSettings
+    from napari_dynamight.engine.example_data import STRUCTURE, TRAJECTORY, example_file
     from napari_dynamight.engine.progress import run
     from napari_dynamight.engine.simulate import simulate
 
     data, run_folder = folder / f"data{box}", folder / f"run{box}"
     pixel = 1.5 * 64 / box
-    run(simulate(Path("tests/data/adk/adk_closed.pdb"), Path("tests/data/adk/adk_dims.dcd"),
+    run(simulate(example_file(STRUCTURE), example_file(TRAJECTORY),
                  output_directory=data, n_particles=200, box=box, pixel_size_angstrom=pixel,
                  frames=list(range(0, 98, 8)), seed=0))
     settings = DeformationSettings(epochs=1, warmup_epochs=0, checkpoint_every=1, refinement_rounds=0)

@@ -4,7 +4,7 @@ same particles and against the ground truth, on simulated adenylate-kinase data 
 
 Usage:
   python bench/bench_filter.py --work WORK --output bench/results/filter.json   (about 5 min, 2 cores)
-Per SNR and seed: ``engine.simulate.simulate`` (tests/data/adk, box 64, 1.5 Å, all 98 trajectory
+Per SNR and seed: ``engine.simulate.simulate`` (the bundled example files, box 64, 1.5 Å, all 98 trajectory
 frames); a run folder (run.json, particles.star with dmHalfSet = the simulator's rlnRandomSubset; the
 standard reconstruction needs no trained network); ``reconstruct_run(deformations=False, filter=F)``
 for every filter of the stage; extra constants ``c`` (denominator CTF² + c·⟨CTF²⟩_shell) from the same
@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-ADK = Path(__file__).resolve().parents[1] / "tests" / "data" / "adk"
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
+
+ADK = example_file(STRUCTURE).parent
 EXTRA_CONSTANTS = (1e-4, 1e-2, 1e-1)
 PARTS = ("half1", "half2", "full", "mean_halves")
 

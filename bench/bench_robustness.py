@@ -6,7 +6,7 @@ Usage:
       [--decoder mlp|factorised] [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
 
 Every (variant, seed) is one run in its own folder ``WORK/<variant>/seed_<s>``: simulate the AdK
-closed→open trajectory we ship (tests/data/adk) with ``engine.simulate.simulate`` (the code behind
+closed→open trajectory we ship (the bundled example files) with ``engine.simulate.simulate`` (the code behind
 ``napari-dynamight simulate``), compute the Bayes-optimal ceiling of that data set, train the two
 half-set VAEs (``optimize_deformations``, ``DeformationSettings`` defaults except ``--epochs`` and
 ``--refinement-rounds``), and measure per half set:
@@ -66,8 +66,10 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
+
 ROOT = Path(__file__).resolve().parents[1]
-ADK = ROOT / "tests" / "data" / "adk"
+ADK = example_file(STRUCTURE).parent
 STRUCTURE, TRAJECTORY = ADK / "adk_closed.pdb", ADK / "adk_dims.dcd"
 NMP, LID = (30, 59), (122, 159)  # E. coli AdK residue numbering, as in adk_closed.pdb (1-214)
 

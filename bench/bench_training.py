@@ -4,7 +4,7 @@ Usage:
   python bench/bench_training.py --output bench/results/training.json [--threads 2] [--quick]
   python bench/bench_training.py --quality --output bench/results/training_quality.json
 
-Data: simulated adenylate kinase (tests/data/adk, ``engine.simulate``, SNR 0.05, defocus 0.5-2.5 µm) at
+Data: simulated adenylate kinase (the bundled example files, ``engine.simulate``, SNR 0.05, defocus 0.5-2.5 µm) at
 image box 64 (1.5 Å) and box 128 (0.75 Å: the same 96 Å field of view, twice the sampling).
 Every configuration runs in a fresh process (bench/training_child.py): warm-up epoch, then timed full
 epochs of ``optimize_deformations`` (batch 64, latent dimension 6, the default networks).
@@ -43,6 +43,7 @@ from napari_dynamight.engine.consensus_stage import fit_consensus
 from napari_dynamight.engine.deformation.control_points import ControlPoints
 from napari_dynamight.engine.deformation.decode import DeformationRun, _Half
 from napari_dynamight.engine.deformation.networks import DeformationDecoder
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.gaussians import GaussianModel
 from napari_dynamight.engine.io.atomic import atomic_path
 from napari_dynamight.engine.io.mrc import read_map
@@ -51,7 +52,7 @@ from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
-ADK = ROOT / "tests" / "data" / "adk"
+ADK = example_file(STRUCTURE).parent
 CHILD = Path(__file__).with_name("training_child.py")
 # name: (image box, pixel Å, particles simulated)
 DATA = {"full": {"box64": (64, 1.5, 4000), "box128": (128, 0.75, 1000)},

@@ -83,3 +83,8 @@ def trpv1_star(tmp_path) -> Path:
     """A corrected copy of the TRPV1 STAR file in ``tmp_path``, next to a link to its stack."""
     (tmp_path / TRPV1_STACK.name).symlink_to(TRPV1_STACK)
     return write_trpv1_star(tmp_path)
+
+
+# Session fixtures of the deformation tests (a tiny simulated AdK data set and a trained run on it),
+# registered here so that test modules use them without importing them.
+from helpers.deformation_data import moving_run, simulated  # noqa: E402, F401

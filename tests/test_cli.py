@@ -14,7 +14,7 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
-from conftest import DATA, STAR_FILES
+from conftest import STAR_FILES
 
 from napari_dynamight import __version__
 from napari_dynamight.cli import COMMANDS, _progress, available_commands, build_parser, main
@@ -255,8 +255,7 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
         with mrcfile.open(path, permissive=True) as handle:
             assert handle.data.shape == (64, 64, 64)
             assert float(handle.voxel_size.x) == pytest.approx(1.5)
-    assert 3.0 <= maps["deformed_resolution_angstrom"] <= 100.0
-    assert all(0.0 <= h["abs_spearman_with_true_frame"] <= 1.0 for h in motion["latent_ordering"].values())
+    check_demo_numbers(output, maps, motion["latent_ordering"])
     from napari_dynamight.engine.explore import embed, load_run
 
     run_data = load_run(output / "run")
@@ -271,6 +270,51 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
     assert motion["outputs"]["selected_particles"] == len(selection) == len(expected) == 100
     frames = iio.imread(output / "motion.gif")
     assert len(frames) >= 12 and np.abs(frames[0].astype(float) - frames[11].astype(float)).max() > 0
+
+
+def best_pc_abs_spearman(latents: np.ndarray, frames: np.ndarray) -> float:
+    """|Spearman| with the frames of the latents' best principal component (numpy SVD, scipy rank)."""
+    from scipy.stats import spearmanr
+
+    centred = latents - latents.mean(0)
+    components = centred @ np.linalg.svd(centred, full_matrices=False)[2].T
+    return max(abs(spearmanr(components[:, k], frames).statistic) for k in range(components.shape[1]))
+
+
+def check_demo_numbers(output: Path, maps: dict, ordering: dict) -> None:
+    """The demo summary's resolution and latent ordering, recomputed from its files and held against the
+    simulation's ground truth (200 particles, SNR 1, frames 0:98:10, box 64, 1.5 Å; 3 epochs)."""
+    import pandas as pd
+
+    from napari_dynamight.engine.explore import load_run
+    from napari_dynamight.engine.fourier import fsc, resolution_at
+    from napari_dynamight.engine.io.mrc import read_map
+
+    frequency, curve = fsc(*(read_map(path)[0] for path in maps["half_maps"]), 1.5)
+    resolution = resolution_at(frequency, curve, 0.143)
+    assert maps["deformed_resolution_angstrom"] == pytest.approx(resolution, rel=1e-6)
+    # Truth: the noise-free frame maps weighted by how many particles each frame gave. The full map's
+    # FSC 0.5 against it is the resolution the half-map FSC 0.143 estimates (measured 4.52 vs 4.70 Å).
+    truth_folder = output / "data" / "ground_truth"
+    frames = pd.read_csv(truth_folder / "labels.csv")["frame"].to_numpy()
+    truth = sum(read_map(truth_folder / f"frame_{frame:03d}.mrc")[0] * count
+                for frame, count in zip(*np.unique(frames, return_counts=True), strict=True)) / len(frames)
+    true_resolution = resolution_at(frequency, fsc(read_map(maps["full_map"])[0], truth, 1.5)[1], 0.5)
+    print(f"\nhalf-map FSC 0.143 {resolution:.2f} Å, standard {maps['standard_resolution_angstrom']:.2f} Å, "
+          f"full map vs truth FSC 0.5 {true_resolution:.2f} Å")
+    assert 4.2 < resolution < 5.2 and 4.0 < true_resolution < 5.0  # Nyquist is 3 Å
+    assert resolution == pytest.approx(true_resolution, rel=0.1)
+    assert resolution <= maps["standard_resolution_angstrom"] + 0.25
+    # Latent ordering: recomputed on each half's own particles, and above what shuffled frames give
+    # (99th percentile of 200 permutations; measured 0.58 / 0.45 against about 0.3).
+    run_data, rng = load_run(output / "run"), np.random.default_rng(0)
+    for half in (1, 2):
+        view = run_data.own_half(half)
+        ours = best_pc_abs_spearman(view.latents, frames[view.rows])
+        assert ordering[f"half{half}"]["abs_spearman_with_true_frame"] == pytest.approx(ours, abs=1e-9)
+        null = [best_pc_abs_spearman(view.latents, rng.permutation(frames[view.rows])) for _ in range(200)]
+        print(f"half {half}: |Spearman| {ours:.3f}, shuffled frames 99th percentile {np.quantile(null, 0.99):.3f}")
+        assert ours > np.quantile(null, 0.99)
 
 
 def test_demo_without_example_data_fails_clearly(tmp_path):
@@ -295,11 +339,14 @@ def test_demo_without_display_asks_for_headless(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_example_data_found_in_the_checkout():
+def test_example_data_are_package_data():
+    """The demo's default inputs are the files bundled in the package, not the source checkout's."""
+    import napari_dynamight
     from napari_dynamight.cli import demo
 
-    assert demo.EXAMPLE_STRUCTURE == DATA / "adk" / "adk_closed.pdb"
-    assert demo.EXAMPLE_TRAJECTORY == DATA / "adk" / "adk_dims.dcd"
+    package = Path(napari_dynamight.__file__).parent
+    assert demo.EXAMPLE_STRUCTURE == package / "sample_data" / "adk_closed.pdb"
+    assert demo.EXAMPLE_TRAJECTORY == package / "sample_data" / "adk_dims.dcd"
     assert demo.EXAMPLE_STRUCTURE.is_file() and demo.EXAMPLE_TRAJECTORY.is_file()
 
 

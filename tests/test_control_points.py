@@ -14,7 +14,7 @@ from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.progress import run
 
-from _deformation_data import FAST, simulated  # noqa: F401  (session fixture)
+from helpers.deformation_data import FAST
 
 
 def _blob(n=600, seed=0):
@@ -66,7 +66,7 @@ def test_setting_defaults_to_zero_and_is_checked():
         DeformationSettings(control_points=2).check()
 
 
-def test_run_with_control_points_trains_and_decodes_consistently(simulated, tmp_path):  # noqa: F811
+def test_run_with_control_points_trains_and_decodes_consistently(simulated, tmp_path):
     from napari_dynamight.engine.deformation.run import optimize_deformations
 
     settings = replace(FAST, epochs=4, control_points=60, latent_inference="encoder")

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from _deformation_data import simulated  # noqa: F401
 from napari_dynamight.cli import main
 from napari_dynamight.engine.consensus import load_model, save_model
 from napari_dynamight.engine.deformation.decode import DeformationRun
@@ -14,13 +13,13 @@ QUICK = ["--epochs", "2", "--batch-size", "64", "--decoder-width", "16", "--deco
          "--refinement-epochs", "1"]
 
 
-def command(simulated, out, *extra):  # noqa: F811
+def command(simulated, out, *extra):
     return ["optimize-deformations", "--particles", str(simulated.star), "--consensus", str(simulated.consensus),
             "--consensus-model", str(simulated.model), "--output-directory", str(out), *QUICK, *extra]
 
 
 @pytest.fixture(scope="module")
-def cli_run(simulated, tmp_path_factory):  # noqa: F811
+def cli_run(simulated, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     assert main(command(simulated, out)) == 0
     return out
@@ -51,7 +50,7 @@ def one_line_error(capsys, status, *words):
         assert word in err[0], err[0]
 
 
-def test_bad_inputs_fail_in_one_line_before_anything_is_written(simulated, tmp_path, capsys):  # noqa: F811
+def test_bad_inputs_fail_in_one_line_before_anything_is_written(simulated, tmp_path, capsys):
     out = tmp_path / "run"
     base = command(simulated, out)
 
@@ -79,7 +78,7 @@ def test_bad_inputs_fail_in_one_line_before_anything_is_written(simulated, tmp_p
     assert not out.exists()
 
 
-def test_existing_run_needs_resume_and_the_same_options(cli_run, simulated, capsys):  # noqa: F811
+def test_existing_run_needs_resume_and_the_same_options(cli_run, simulated, capsys):
     one_line_error(capsys, main(command(simulated, cli_run)), "--resume")
     one_line_error(capsys, main(command(simulated, cli_run, "--resume", "--latent-dim", "3")), "latent_dim", "3")
 

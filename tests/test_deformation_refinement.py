@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from _deformation_data import FAST, simulated, train  # noqa: F401
+from helpers.deformation_data import FAST, train
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.batches import ParticleBatches
 from napari_dynamight.engine.deformation.inputs import moving_flags, read_inputs
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TWO_ROUNDS = replace(FAST, refinement_rounds=2, refinement_epochs=2)
 
 
-def _half_of_trained_run(simulated, folder, settings):  # noqa: F811
+def _half_of_trained_run(simulated, folder, settings):
     """Half 1 of a finished run rebuilt from its final checkpoint, with its batches."""
     train(simulated, folder, settings)
     state = checkpoint.load_checkpoint(checkpoint.final_path(folder))
@@ -41,7 +41,7 @@ def _half_of_trained_run(simulated, folder, settings):  # noqa: F811
     return half, batches
 
 
-def test_identical_candidates_get_equal_posteriors(simulated, tmp_path):  # noqa: F811
+def test_identical_candidates_get_equal_posteriors(simulated, tmp_path):
     """A decoder that ignores the latent (zero-initialised, no training) makes every candidate the same
     model: each row's posterior is exactly uniform, and rows sum to one."""
     settings = replace(FAST, epochs=1, warmup_epochs=1, refinement_rounds=0)
@@ -52,7 +52,7 @@ def test_identical_candidates_get_equal_posteriors(simulated, tmp_path):  # noqa
     assert torch.allclose(posterior, torch.full_like(posterior, 1 / 16), atol=1e-6)
 
 
-def test_rounds_move_the_candidates_and_keep_the_ordering(simulated, tmp_path):  # noqa: F811
+def test_rounds_move_the_candidates_and_keep_the_ordering(simulated, tmp_path):
     """After the VAE epochs, two rounds of refinement move the candidate points away from the encoder
     codes they start from and the posterior latents order the particles by their true frame at least as
     well as with the encoder's candidates (SNR 1, 400 particles)."""
@@ -94,12 +94,12 @@ def _last(generator):
 
 
 @pytest.fixture(scope="module")
-def straight(simulated, tmp_path_factory):  # noqa: F811
+def straight(simulated, tmp_path_factory):
     """A run with two refinement rounds, never interrupted."""
     return train(simulated, tmp_path_factory.mktemp("straight") / "run", TWO_ROUNDS)
 
 
-def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, straight, tmp_path):  # noqa: F811
+def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, straight, tmp_path):
     """Round 2 restarts from the checkpoint of round 1. The VAE epochs resume to ~1e-6; the M-step (Adam
     on the candidates, draws from the posteriors) amplifies such rounding, so the latents (spanning
     about ±1) agree to 1e-3 rather than 1e-6."""
@@ -120,7 +120,7 @@ def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, st
     assert len(modes) == 4  # two rounds, two halves
 
 
-def test_refinement_rounds_can_be_added_to_a_finished_run(simulated, straight, tmp_path):  # noqa: F811
+def test_refinement_rounds_can_be_added_to_a_finished_run(simulated, straight, tmp_path):
     """A finished run resumed with more rounds refines further and gives what a straight run gives."""
     one = replace(TWO_ROUNDS, refinement_rounds=1)
     out = tmp_path / "run"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from _deformation_data import FAST, simulated  # noqa: F401
+from helpers.deformation_data import FAST
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.progress import run
@@ -13,13 +13,13 @@ from napari_dynamight.engine.progress import run
 SAME = 1e-4
 
 
-def start(simulated, out, resume=False):  # noqa: F811
+def start(simulated, out, resume=False):
     return optimize_deformations(simulated.star, simulated.consensus, out, settings=FAST,
                                  consensus_model=simulated.model, resume=resume)
 
 
 @pytest.fixture(scope="module")
-def straight(simulated, tmp_path_factory):  # noqa: F811
+def straight(simulated, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
     run(start(simulated, out))
     return np.load(out / "latent_means.npy"), out
@@ -46,7 +46,7 @@ def assert_same_loss_log(resumed, uninterrupted) -> None:
                 assert a[key] == b[key]
 
 
-def test_kill_after_a_checkpoint_then_resume_gives_the_same_result(simulated, straight, tmp_path):  # noqa: F811
+def test_kill_after_a_checkpoint_then_resume_gives_the_same_result(simulated, straight, tmp_path):
     out = tmp_path / "run"
     operation = start(simulated, out)
     for event in operation:  # stop (= close the generator, the engine's cancel) inside epoch 4
@@ -61,7 +61,7 @@ def test_kill_after_a_checkpoint_then_resume_gives_the_same_result(simulated, st
     assert_same_loss_log(out / "losses.jsonl", straight[1] / "losses.jsonl")
 
 
-def test_kill_during_a_checkpoint_write_keeps_the_previous_one(simulated, straight, tmp_path, monkeypatch):  # noqa: F811
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(simulated, straight, tmp_path, monkeypatch):
     out = tmp_path / "run"
     real = checkpoint._serialise
 
@@ -80,7 +80,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(simulated, straig
     assert np.abs(np.load(out / "latent_means.npy") - straight[0]).max() < SAME
 
 
-def test_resume_of_a_finished_run_rewrites_the_same_outputs(simulated, straight, tmp_path):  # noqa: F811
+def test_resume_of_a_finished_run_rewrites_the_same_outputs(simulated, straight, tmp_path):
     import shutil
 
     out = tmp_path / "run"

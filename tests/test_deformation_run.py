@@ -1,5 +1,6 @@
 """End to end on a tiny simulated ADK data set: outputs, row order, STAR columns, learning signal."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -9,7 +10,7 @@ import starfile
 import torch
 from scipy.stats import spearmanr
 
-from _deformation_data import FAST, simulated  # noqa: F401
+from helpers.deformation_data import FAST
 from napari_dynamight.engine.consensus import load_model
 from napari_dynamight.engine.deformation.checkpoint import final_path
 from napari_dynamight.engine.deformation.decode import DeformationRun
@@ -19,7 +20,7 @@ from napari_dynamight.engine.progress import run
 
 
 @pytest.fixture(scope="module")
-def trained(simulated, tmp_path_factory):  # noqa: F811
+def trained(simulated, tmp_path_factory):
     out = tmp_path_factory.mktemp("deform") / "run"
     events = []
     result = run(optimize_deformations(simulated.star, simulated.consensus, out, settings=FAST,
@@ -43,6 +44,9 @@ def test_run_writes_every_output(trained):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "epoch_0008.pt", "final.pt"]  # 8: refinement round 1
     assert result.epochs == 6 and not result.stopped_early and result.train_box == 32
+    recorded = json.loads((out / "run.json").read_text())["result"]
+    assert recorded["epochs"] == 6 and recorded["stopped_early"] is False and recorded["world_size"] == 1
+    assert recorded["seconds_last_start"] == pytest.approx(result.seconds) and result.seconds > 0
     assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = pd.read_json(out / "losses.jsonl", lines=True)
     assert list(log.epoch) == [e for e in (1, 2, 3, 4, 5, 6, 8) for _ in (1, 2)] and list(log.half) == [1, 2] * 7
@@ -79,7 +83,7 @@ def test_checkpoints_hold_only_tensors_and_plain_values(trained):
     assert all(isinstance(v, (torch.Tensor, int, float, str, bool, type(None))) for v in leaves(state))
 
 
-def test_latents_and_star_keep_input_row_order_and_columns(trained, simulated):  # noqa: F811
+def test_latents_and_star_keep_input_row_order_and_columns(trained, simulated):
     out, _, _ = trained
     latents = np.load(out / "latent_means.npy")
     second = np.load(out / "latent_means_half2_validation.npy")
@@ -115,7 +119,7 @@ def test_decode_api_matches_latents_and_renders_at_consensus_box(trained):
     assert several.shape == (4, 300, 3)
 
 
-def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_path):  # noqa: F811
+def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_path):
     """SNR 1, 400 particles: the best principal component of each half's latents follows the frame."""
     settings = replace(FAST, epochs=20, batch_size=16, checkpoint_every=20, consensus_period=30,
                        consensus_epochs=5, reference_update_every=10, alignment_predictions=100, seed=0)
@@ -149,7 +153,7 @@ def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_pa
         assert np.mean(decoded) > np.mean(static)
 
 
-def test_only_gaussians_inside_the_mask_move(simulated, tmp_path):  # noqa: F811
+def test_only_gaussians_inside_the_mask_move(simulated, tmp_path):
     from napari_dynamight.engine.io.mrc import write_map
 
     mask = np.zeros((32, 32, 32), np.float32)

@@ -9,7 +9,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from _deformation_data import FAST, simulated, train  # noqa: F401
+from helpers.deformation_data import FAST, train
 from napari_dynamight.engine.deformation import trainer, watchdog
 
 
@@ -86,7 +86,7 @@ def run_warnings(out):
 
 
 @pytest.fixture(scope="module")
-def stalled_run(simulated, tmp_path_factory, one_torch_thread):  # noqa: F811
+def stalled_run(simulated, tmp_path_factory, one_torch_thread):
     """Half 2's decoder never learns (learning rate 0); judged from the 2nd network epoch on."""
     patch = pytest.MonkeyPatch()
     original = trainer.HalfSet.__init__
@@ -131,7 +131,7 @@ def test_the_cli_prints_each_warning_as_one_line(stalled_run, capsys):
     assert "warning: half 2 has stalled: x\n" in capsys.readouterr().err
 
 
-def test_pure_noise_images_give_a_warning(simulated, tmp_path, one_torch_thread):  # noqa: F811
+def test_pure_noise_images_give_a_warning(simulated, tmp_path, one_torch_thread):
     noise = tmp_path / "noise"
     shutil.copytree(simulated.star.parent, noise, ignore=shutil.ignore_patterns("ground_truth"))
     for stack in noise.rglob("*.mrcs"):
@@ -142,7 +142,7 @@ def test_pure_noise_images_give_a_warning(simulated, tmp_path, one_torch_thread)
     assert any(w.startswith("the two halves disagree:") for w in warnings), warnings
 
 
-def test_quiet_when_both_halves_learn(simulated, tmp_path, one_torch_thread):  # noqa: F811
+def test_quiet_when_both_halves_learn(simulated, tmp_path, one_torch_thread):
     out = train(simulated, tmp_path / "run", LEARNING)
     assert run_warnings(out) == []
 

@@ -10,49 +10,24 @@ one process.
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from _deformation_data import FAST, simulated  # noqa: F401
+from helpers.deformation_data import FAST
+from helpers.distributed import WORLD, launch
 from napari_dynamight.engine import distributed
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.progress import run
-
-WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, split: bool | None, call, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    distributed.initialise(split_halves=split)
-    call(*args)
-    distributed.shutdown()  # on failure the process just exits and the launcher stops the other rank
-
-
-def launch(call, *args, split: bool | None = None) -> None:
-    """Run ``call(*args)`` in two gloo processes (as torchrun would start them)."""
-    mp.start_processes(_worker, args=(_free_port(), split, call, args), nprocs=WORLD, start_method="spawn")
-
 
 def train(star, consensus, model, out, settings, resume=False) -> None:
     run(optimize_deformations(star, consensus, out, settings=settings, consensus_model=model, resume=resume))
 
 
 @pytest.fixture(scope="module")
-def single(simulated, tmp_path_factory):  # noqa: F811
+def single(simulated, tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in each rank: BLAS rounding depends on the thread count
@@ -83,7 +58,7 @@ def test_shares_cover_the_rows_in_order():
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def test_two_ranks_split_halves_match_one_process(simulated, single, tmp_path):  # noqa: F811
+def test_two_ranks_split_halves_match_one_process(simulated, single, tmp_path):
     out = tmp_path / "run"
     launch(train, simulated.star, simulated.consensus, simulated.model, out, FAST)
     ours, theirs = np.load(out / "latent_means.npy"), np.load(single / "latent_means.npy")
@@ -95,7 +70,7 @@ def test_two_ranks_split_halves_match_one_process(simulated, single, tmp_path): 
         "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "epoch_0008.pt", "final.pt"]  # 8: refinement
 
 
-def test_data_parallel_halves_match_one_process_and_resume_across_layouts(simulated, single, tmp_path):  # noqa: F811
+def test_data_parallel_halves_match_one_process_and_resume_across_layouts(simulated, single, tmp_path):
     """Both halves data-parallel over two ranks up to epoch 4, resumed with the halves split (two
     ranks) for epochs 5-6 and the refinement round, then compared with the straight single-process run."""
     out = tmp_path / "run"

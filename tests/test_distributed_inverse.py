@@ -15,8 +15,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from _deformation_data import FAST, simulated  # noqa: F401
-from test_distributed import launch
+from helpers.deformation_data import FAST
+from helpers.distributed import launch
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def single(simulated, tmp_path_factory):  # noqa: F811
+def single(simulated, tmp_path_factory):
     """A short deformation run (motions of about 0.3 Å RMS) and its inverse run in one process."""
     out = tmp_path_factory.mktemp("distributed_inverse") / "run"
     run(optimize_deformations(simulated.star, simulated.consensus, out, settings=replace(FAST, epochs=10),

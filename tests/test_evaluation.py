@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.evaluation import (
     abs_spearman,
@@ -26,7 +26,7 @@ from napari_dynamight.engine.evaluation import (
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.simulate import simulate
 
-ADK = Path(__file__).parent / "data" / "adk"
+ADK = example_file(STRUCTURE).parent  # the example files bundled with the package
 CLOSED, DCD = ADK / "adk_closed.pdb", ADK / "adk_dims.dcd"
 FRAMES = [0, 19, 39, 58, 78, 97]
 TINY = {

@@ -6,7 +6,7 @@ import shlex
 
 import numpy as np
 
-from explore_data import make_run
+from helpers.explore_data import make_run
 from napari_dynamight.cli import build_parser, main
 from napari_dynamight.cli.explore import open_explorer
 

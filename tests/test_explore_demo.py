@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from napari_dynamight.cli import main
-from screenshots import distinct_colours
+from helpers.screenshots import distinct_colours
 
 
 def test_virtual_display_starts_and_stops_xvfb(monkeypatch):

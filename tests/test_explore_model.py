@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import starfile
 
-from explore_data import CENTRES, clusters, make_run, to_half2
+from helpers.explore_data import CENTRES, clusters, make_run, to_half2
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.explore import (
     ExplorerData, Selections, embed, graph_path, load_run, points_in_polygon, resample_polyline,

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import STAR_FILES, TRPV1_MAP
 from napari_dynamight.engine.consensus import load_model
-from screenshots import distinct_colours, save
+from helpers.screenshots import distinct_colours, save
 from napari_dynamight._widgets.data import GAUSSIANS_LAYER, MAP_LAYER, DataWidget
 
 

@@ -13,7 +13,7 @@ import pytest
 import starfile
 from matplotlib.backend_bases import MouseEvent
 
-from explore_data import ShiftDecoder, make_run
+from helpers.explore_data import ShiftDecoder, make_run
 from napari_dynamight._widgets.explorer import (POINTS_LAYER, VECTORS_LAYER, VOLUME_LAYER,
                                                 ExplorerWidget)
 from napari_dynamight.engine.explore import embed, load_run

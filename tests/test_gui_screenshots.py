@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from explore_data import ShiftDecoder, make_run
+from helpers.explore_data import ShiftDecoder, make_run
 from napari_dynamight.engine.explore import load_run
-from screenshots import distinct_colours, save, widget_rgb
+from helpers.screenshots import distinct_colours, save, widget_rgb
 
 
 def test_explorer_screenshots_per_half_set(qtbot, make_napari_viewer, tmp_path):
@@ -51,8 +51,40 @@ STAGE_WIDGETS = {"Deformations": "deformations_widget.png",
                  "Reconstruction": "reconstruction_widget.png"}
 
 
+def expected_texts(name: str) -> tuple[set[str], dict[str, str]]:
+    """The labels and buttons a stage widget shows before a run, and the text of some of its fields
+    (their defaults, taken from the engine)."""
+    from napari_dynamight.engine.deformation.settings import DeformationSettings
+    from napari_dynamight.engine.inverse.settings import InverseSettings
+    from napari_dynamight.engine.reconstruction.stage import DEFAULT_FILTER
+
+    common = {"run folder", "Open run", "device", "Start"}
+    if name == "Deformations":
+        defaults = DeformationSettings()
+        return common | {"particles (STAR)", "consensus map", "epochs", "latent dimension", "Resume"}, \
+            {"epochs": str(defaults.epochs), "latent_dim": str(defaults.latent_dim), "device": "cpu"}
+    if name == "Inverse deformations":
+        return common | {"epochs", "Resume"}, {"epochs": str(InverseSettings().epochs), "device": "cpu"}
+    return common | {"filter", "use the deformations"}, {"filter": DEFAULT_FILTER, "device": "cpu"}
+
+
+def shown_texts(widget) -> set[str]:
+    """The texts of the labels and buttons of ``widget`` that are visible (colons stripped)."""
+    from qtpy.QtWidgets import QAbstractButton, QLabel
+
+    return {child.text().strip().rstrip(":") for kind in (QLabel, QAbstractButton)
+            for child in widget.findChildren(kind) if child.isVisibleTo(widget) and child.text().strip()}
+
+
+def field_text(field) -> str:
+    """What a magicgui field shows: a spin box's or line edit's text, a combo box's current item."""
+    native = field.native
+    return native.currentText() if hasattr(native, "currentText") else native.text()
+
+
 def test_stage_widget_screenshots(qtbot, make_napari_viewer, tmp_path):
-    """Each stage widget docked in a fresh viewer, before a run: its options, buttons and plot."""
+    """Each stage widget docked in a fresh viewer, before a run: its labels, buttons and the engine's
+    defaults in its fields, a Start button with rendered text, and the dock in the window screenshot."""
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1200, 900)
     for name, file_name in STAGE_WIDGETS.items():
@@ -62,8 +94,15 @@ def test_stage_widget_screenshots(qtbot, make_napari_viewer, tmp_path):
         image = widget_rgb(widget)
         window = viewer.screenshot(canvas_only=False, flash=False)
         save(window, file_name, tmp_path)
-        text = image.max(axis=2) > 180  # light labels and button text on napari's dark theme
-        assert image.shape[0] > 200 and distinct_colours(image) > 20, name
+        labels, fields = expected_texts(name)
+        assert labels <= shown_texts(widget), (name, labels - shown_texts(widget))
+        for attribute, text in fields.items():
+            assert field_text(getattr(widget, attribute)) == text, (name, attribute)
+        button = widget_rgb(widget.start_button.native)
+        lit = button.max(axis=2) > 180  # the button's light text on napari's dark theme
+        assert button.std() > 10 and 0.003 < lit.mean() < 0.5, name
+        text = image.max(axis=2) > 180  # light labels and button text
+        assert image.shape[0] > 200 and distinct_colours(image) > 20 and image.std() > 10, name
         assert 0.002 < text.mean() < 0.5, name
         right = window[:, window.shape[1] * 2 // 3:, :3]  # the dock's side of the window
         assert (right.max(axis=2) > 180).mean() > 0.002, f"{name} is not in the window screenshot"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from _deformation_data import FAST, simulated, train  # noqa: F401
+from helpers.deformation_data import FAST, train
 from napari_dynamight._widgets.deformations import POINTS_LAYER, SETTING_FIELDS, DeformationsWidget
 from napari_dynamight.engine.consensus import load_model
 from napari_dynamight.engine.deformation.checkpoint import CHECKPOINT_FOLDER, load_checkpoint
@@ -25,7 +25,7 @@ FAST_INVERSE = dict(epochs=10, batch_size=32, gaussians_per_particle=64, smoothn
 
 
 @pytest.fixture(scope="module")
-def trained_run(simulated, tmp_path_factory):  # noqa: F811
+def trained_run(simulated, tmp_path_factory):
     """A deformation run made by the engine, as the command line would (for opening in widgets)."""
     return train(simulated, tmp_path_factory.mktemp("cli_run") / "run", TRAINED)
 
@@ -43,7 +43,7 @@ def wait_for(qtbot, widget, worker, timeout=120_000):
                     not widget.reference_loader.busy, timeout=30_000)
 
 
-def fill_deformations(widget, simulated, folder, settings=FAST):  # noqa: F811
+def fill_deformations(widget, simulated, folder, settings=FAST):
     widget.particles.value = simulated.star
     widget.consensus.value = simulated.consensus
     widget.consensus_model.value = simulated.model
@@ -65,7 +65,7 @@ def assert_complete_checkpoints(folder):
 
 
 def test_deformations_train_with_live_losses_and_gaussians(
-        qtbot, make_napari_viewer, simulated, tmp_path):  # noqa: F811
+        qtbot, make_napari_viewer, simulated, tmp_path):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     assert isinstance(widget, DeformationsWidget) and widget.device.choices[0] == "cpu"
     folder = tmp_path / "run"
@@ -91,7 +91,7 @@ def test_deformations_train_with_live_losses_and_gaussians(
 
 
 def test_open_a_command_line_run_fills_the_form(
-        qtbot, make_napari_viewer, trained_run, simulated):  # noqa: F811
+        qtbot, make_napari_viewer, trained_run, simulated):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     assert widget.open_run(trained_run)
     assert widget.particles.value == simulated.star.resolve()
@@ -104,7 +104,7 @@ def test_open_a_command_line_run_fills_the_form(
 
 
 def test_cancel_leaves_loadable_checkpoints_and_resume_finishes(qtbot, make_napari_viewer,
-                                                                simulated, tmp_path):  # noqa: F811
+                                                                simulated, tmp_path):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     folder = tmp_path / "run"
     fill_deformations(widget, simulated, folder, replace(FAST, epochs=40, checkpoint_every=1))
@@ -125,7 +125,7 @@ def test_cancel_leaves_loadable_checkpoints_and_resume_finishes(qtbot, make_napa
 
 
 def test_closing_napari_during_a_run_cancels_it_cleanly(
-        qtbot, make_napari_viewer, simulated, tmp_path):  # noqa: F811
+        qtbot, make_napari_viewer, simulated, tmp_path):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     folder = tmp_path / "run"
     fill_deformations(widget, simulated, folder, replace(FAST, epochs=40, checkpoint_every=1))
@@ -139,7 +139,7 @@ def test_closing_napari_during_a_run_cancels_it_cleanly(
 
 
 def test_bad_input_is_one_line_naming_the_file(
-        qtbot, make_napari_viewer, simulated, tmp_path):  # noqa: F811
+        qtbot, make_napari_viewer, simulated, tmp_path):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     fill_deformations(widget, simulated, tmp_path / "run")
     missing = tmp_path / "missing.star"
@@ -184,7 +184,7 @@ def test_inverse_widget_learns_the_inverse(qtbot, make_napari_viewer, trained_ru
 
 
 def test_reconstruction_widget_shows_half_maps_and_fsc(qtbot, make_napari_viewer, trained_run,
-                                                       simulated):  # noqa: F811
+                                                       simulated):
     from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
     from napari_dynamight.engine.inverse.settings import InverseSettings
     from napari_dynamight.engine.io.mrc import read_map

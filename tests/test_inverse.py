@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from _deformation_data import FAST, simulated  # noqa: F401
+from helpers.deformation_data import FAST
 from napari_dynamight.cli import build_parser, main
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.decode import DeformationRun
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def forward_run(simulated, tmp_path_factory):  # noqa: F811
+def forward_run(simulated, tmp_path_factory):
     """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1.7 Å RMS."""
     out = tmp_path_factory.mktemp("inverse") / "run"
     run(optimize_deformations(simulated.star, simulated.consensus, out, settings=replace(FAST, epochs=30),

@@ -1,4 +1,5 @@
-"""The napari manifest: valid, found through the entry point, in the wheel (without test data)."""
+"""The napari manifest: valid, found through the entry point, in the wheel (without test data; the
+bundled example files are the only data files)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def test_wheel_contains_manifest_and_no_test_data(tmp_path):
     assert "napari-dynamight = napari_dynamight.cli:main" in entry_points
     assert "napari_dynamight/cli/__init__.py" in names
     assert "napari_dynamight/_reader.py" in names
-    data = [n for n in names if n.startswith("tests/") or "/tests/" in n
-            or n.endswith((".mrcs", ".mrc", ".dcd", ".pdb", ".star"))]
-    assert not data
+    data = {n for n in names if n.startswith("tests/") or "/tests/" in n
+            or n.endswith((".mrcs", ".mrc", ".dcd", ".pdb", ".star"))}
+    assert data == {f"napari_dynamight/sample_data/{name}" for name in ("adk_closed.pdb", "adk_open.pdb",
+                                                                         "adk_dims.dcd")}

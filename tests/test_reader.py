@@ -168,7 +168,7 @@ def test_open_star_in_napari(make_napari_viewer):
 
 
 def test_run_reader_accepts_only_run_folders(tmp_path):
-    from explore_data import make_run
+    from helpers.explore_data import make_run
 
     from napari_dynamight._reader import get_run_reader, has_latent_columns, read_run
 
@@ -185,7 +185,7 @@ def test_run_reader_accepts_only_run_folders(tmp_path):
 def test_run_folder_opens_the_explorer_by_drag_and_drop(make_napari_viewer, tmp_path):
     """viewer.open on a run folder (what drag and drop and File ▸ Open Folder call) docks the
     explorer through napari.current_viewer() and adds no layer."""
-    from explore_data import make_run
+    from helpers.explore_data import make_run
 
     from napari_dynamight._widgets.explorer import ExplorerWidget
 
@@ -203,7 +203,7 @@ def test_run_folder_opens_the_explorer_by_drag_and_drop(make_napari_viewer, tmp_
 
 
 def test_run_star_opens_its_latent_space(make_napari_viewer, tmp_path):
-    from explore_data import make_run
+    from helpers.explore_data import make_run
 
     folder = make_run(tmp_path / "run", n=60)
     viewer = make_napari_viewer(show=True)

@@ -5,6 +5,7 @@ the real inverse networks of a tiny trained run, and bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import mrcfile
@@ -13,19 +14,14 @@ import pytest
 import starfile
 import torch
 
-from _deformation_data import moving_run, simulated  # noqa: F401
 from napari_dynamight.cli import main
-from napari_dynamight.engine.fourier import fsc
+from napari_dynamight.engine.fourier import fsc, resolution_at
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.reconstruction.stage import reconstruct_run
-from test_reconstruction_standard import BOX, PIXEL, blob_volume, masked_correlation, particle_blocks
+from helpers.relion_data import BOX, PIXEL, blob_volume, masked_correlation, particle_blocks, relion
 
 N = 800
-
-
-def relion(folder, *command) -> None:
-    subprocess.run(command, cwd=folder, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +60,7 @@ def run_directory(tmp_path_factory):
 def test_default_standard_maps_agree_with_relion_reconstruct(run_directory):
     """With deformations off, the default filter's half maps and full map are relion_reconstruct --ctf
     of the same particles (the unfiltered maps RELION's PostProcess expects), header included. The
-    previous default (the Wiener filter) fails it: half 1 correlates 0.42 with RELION's map."""
+    Wiener filter fails it: half 1 correlates 0.42 with RELION's map."""
     result = run(reconstruct_run(run_directory, deformations=False))
     assert result.directory == run_directory / "reconstruction_standard"
     for ours_path, name in zip((*result.half_maps, result.full_map), ("relion_half1", "relion_half2", "relion"),
@@ -89,7 +85,9 @@ def test_default_standard_maps_agree_with_relion_reconstruct(run_directory):
 
 
 @pytest.mark.relion
-def test_relion_postprocess_accepts_the_half_maps(run_directory, tmp_path):
+def test_relion_postprocess_agrees_with_our_fsc(run_directory, tmp_path):
+    """relion_postprocess on our half maps: its unmasked-map FSC is ours (the stage's fsc.csv and
+    engine.fourier.fsc) shell by shell, and so is the 0.143 resolution of that curve."""
     result = run(reconstruct_run(run_directory, deformations=False))
     offsets = np.arange(BOX) - BOX // 2
     radius = np.sqrt(offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2)
@@ -103,6 +101,25 @@ def test_relion_postprocess_accepts_the_half_maps(run_directory, tmp_path):
                            "--angpix", str(PIXEL), "--o", "post/postprocess"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert read_map(tmp_path / "post" / "postprocess.mrc")[0].shape == (BOX,) * 3
+    blocks = starfile.read(tmp_path / "post" / "postprocess.star", always_dict=True)
+    table = blocks["fsc"]
+    theirs = table["rlnFourierShellCorrelationUnmaskedMaps"].to_numpy()
+    frequency, ours = fsc(read_map(half1)[0], read_map(half2)[0], PIXEL)
+    stage_curve = np.loadtxt(result.fsc_csv, delimiter=",", skiprows=1)[:, 2]
+    corrected = table["rlnFourierShellCorrelationCorrected"].to_numpy()
+    relion_resolution = float(blocks["general"]["rlnFinalResolution"])
+    print(f"\nlargest FSC difference to RELION's unmasked-map FSC {np.abs(ours - theirs)[1:].max():.1e}; "
+          f"0.143 resolution of the corrected curve: RELION {relion_resolution:.3f} Å, interpolated "
+          f"{resolution_at(frequency, corrected, 0.143):.3f} Å")
+    assert len(theirs) == len(ours) == BOX // 2 + 1
+    np.testing.assert_allclose(table["rlnResolution"].to_numpy()[1:], frequency[1:], atol=1e-6)  # shell 0: 0.001
+    np.testing.assert_allclose(theirs[1:], ours[1:], atol=1e-5)  # the STAR file has 6 decimals
+    np.testing.assert_allclose(stage_curve, ours, atol=1e-5)
+    assert resolution_at(frequency, theirs, 0.143) == pytest.approx(resolution_at(frequency, ours, 0.143), abs=1e-3)
+    # RELION reports the last shell before its masked, corrected FSC first drops below 0.143
+    last = np.nonzero(corrected[1:] < 0.143)[0][0]
+    assert relion_resolution == pytest.approx(1 / frequency[last], abs=1e-3)
+    assert 1 / frequency[last + 1] < resolution_at(frequency, corrected, 0.143) < relion_resolution
 
 
 def test_the_default_filter_is_the_same_in_the_engine_and_the_cli():
@@ -132,12 +149,22 @@ def test_cli_writes_the_maps_and_reports_errors_in_one_line(run_directory, tmp_p
     assert "not a finished deformation run" in capsys.readouterr().err
 
 
-def test_cancelling_leaves_no_output(run_directory):
-    operation = reconstruct_run(run_directory, deformations=False, batch_size=50)
-    next(operation)
-    operation.close()
-    target = run_directory / "reconstruction_standard"
-    assert not target.exists() or all(not p.name.startswith(".") for p in target.iterdir())
+def test_cancelling_leaves_no_output(run_directory, tmp_path):
+    """Closing the stage at its first progress step, in half 2, or at "inverting" (the last step before
+    the maps are written) adds no file to a fresh copy of the run; running it to the end adds the maps."""
+    fresh = tmp_path / "run"
+    shutil.copytree(run_directory, fresh, ignore=shutil.ignore_patterns("reconstruction*"))
+    before = sorted(fresh.rglob("*"))
+    for stop in (1, 6, 9):
+        operation = reconstruct_run(fresh, deformations=False, batch_size=100)
+        for _ in range(stop):
+            step = next(operation)
+        operation.close()
+        assert sorted(fresh.rglob("*")) == before, f"cancelled at step {stop} ({step.message})"
+    assert step.message == "inverting"
+    result = run(reconstruct_run(fresh, deformations=False, batch_size=100))
+    assert result.directory == fresh / "reconstruction_standard"
+    assert {p.name for p in result.directory.iterdir()} == {"half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png"}
 
 
 def best_frame_correlation(volume: np.ndarray, frames: list[np.ndarray]) -> float:
@@ -145,7 +172,7 @@ def best_frame_correlation(volume: np.ndarray, frames: list[np.ndarray]) -> floa
     return max(float(np.corrcoef(volume.ravel(), frame.ravel())[0, 1]) for frame in frames)
 
 
-def test_deformed_half_maps_match_the_ground_truth_frames(moving_run, simulated):  # noqa: F811
+def test_deformed_half_maps_match_the_ground_truth_frames(moving_run, simulated):
     """The real inverse networks of a tiny trained run: each half map is at least as close to its
     best-matching ground-truth frame as the standard half map, with the run's voxel size."""
     torch.set_num_threads(1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import subprocess
-from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.cli import main
 from napari_dynamight.engine.ctf import compute_ctf
 from napari_dynamight.engine.errors import InputError
@@ -24,7 +24,7 @@ from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.projector import project_volume
 from napari_dynamight.engine.simulate import simulate
 
-ADK = Path(__file__).parent / "data" / "adk"
+ADK = example_file(STRUCTURE).parent  # the example files bundled with the package
 CLOSED, DCD = ADK / "adk_closed.pdb", ADK / "adk_dims.dcd"
 FRAMES = [0, 48, 97]
 SMALL = dict(

@@ -9,11 +9,12 @@ import gemmi
 import numpy as np
 import pytest
 
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.io.dcd import read_dcd, read_dcd_info
 from napari_dynamight.engine.io.structure import read_structure
 
-ADK = Path(__file__).parent / "data" / "adk"
+ADK = example_file(STRUCTURE).parent  # the example files bundled with the package
 CLOSED, OPEN, DCD = ADK / "adk_closed.pdb", ADK / "adk_open.pdb", ADK / "adk_dims.dcd"
 
 

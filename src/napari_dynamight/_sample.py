@@ -1,7 +1,7 @@
 """napari sample data: a small simulated adenylate kinase data set (the demo's example data).
 
 The first use simulates 200 particles (box 64, 1.5 Å/px, 13 frames of the closed-to-open
-trajectory in the source checkout's tests/data/adk) into a folder in the temporary directory, in
+trajectory bundled with the package) into a folder in the temporary directory, in
 about 5 s; later uses read it back. The layers are those of the readers: the consensus map in Å and
 the particles' viewing directions.
 """

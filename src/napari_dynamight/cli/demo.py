@@ -1,7 +1,7 @@
 """Run the pipeline stages that exist on the bundled example data and show the result.
 
 Simulates a RELION 3.1 data set from the adenylate kinase closed-to-open trajectory (the
-repository's tests/data/adk files), reads it back as any STAR file is read, fills the consensus
+example files bundled with the package), reads it back as any STAR file is read, fills the consensus
 map with Gaussians and fits them to it, trains the deformations (--epochs; 0 skips them) and prints
 a summary. Then it opens napari with the consensus map (an image layer in Å), the Gaussians (a
 points layer) and the latent-space explorer on the run; with --headless it writes
@@ -30,10 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-# The example data ship with the source checkout (tests/data/adk), not with the installed package.
-REPOSITORY = Path(__file__).resolve().parents[3]
-EXAMPLE_STRUCTURE = REPOSITORY / "tests" / "data" / "adk" / "adk_closed.pdb"
-EXAMPLE_TRAJECTORY = REPOSITORY / "tests" / "data" / "adk" / "adk_dims.dcd"
+from ..engine.example_data import STRUCTURE, TRAJECTORY, example_file
+
+EXAMPLE_STRUCTURE = example_file(STRUCTURE)
+EXAMPLE_TRAJECTORY = example_file(TRAJECTORY)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,10 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "STAR file, screenshots and movies rendered by napari (on Xvfb if "
                              "there is no display)")
     parser.add_argument("--structure", type=Path, default=EXAMPLE_STRUCTURE, metavar="FILE",
-                        help="atomic structure, PDB or mmCIF (default: the repository's AdK "
+                        help="atomic structure, PDB or mmCIF (default: the bundled AdK "
                              "closed state)")
     parser.add_argument("--trajectory", type=Path, default=EXAMPLE_TRAJECTORY, metavar="FILE",
-                        help="DCD trajectory of the structure (default: the repository's AdK "
+                        help="DCD trajectory of the structure (default: the bundled AdK "
                              "DIMS run)")
     parser.add_argument("--n-particles", type=int, default=1000, metavar="N",
                         help="number of particles to simulate (default: %(default)s)")
@@ -84,8 +84,7 @@ def _check_example_file(path: Path, option: str) -> None:
 
     if not path.is_file():
         raise InputError(
-            f"{path}: example file not found; the demo data live in a source checkout "
-            f"(tests/data/adk/), so run the demo from one or give {option} FILE"
+            f"{path}: example file not found; reinstall napari-dynamight or give {option} FILE"
         )
 
 

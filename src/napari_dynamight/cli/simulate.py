@@ -16,7 +16,7 @@ Variants: --envelope-bfactor B multiplies the signal by exp(-B s^2/4) without wr
 file; --independent-domains 30-59 122-159 moves two domains (residue ranges) independently on a fixed
 CORE (--core-frame), a two-dimensional motion with both domains' frames in labels.csv.
 
-Example (the adenylate kinase closed-to-open transition shipped in tests/data/adk/):
+Example (the adenylate kinase closed-to-open transition bundled in the package's sample_data/ folder):
 
   napari-dynamight simulate --structure adk_closed.pdb --trajectory adk_dims.dcd \\
       --output-directory sim --n-particles 2000 --box 64 --pixel-size 1.5 --snr 0.05 \\

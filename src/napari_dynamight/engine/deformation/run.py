@@ -210,7 +210,7 @@ def optimize_deformations(
             _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial,
                             {"epochs": epoch, "refinement_rounds": refined,
                              "stopped_early": stopped and epoch < settings.epochs,
-                             "seconds_this_session": seconds, "world_size": context.world_size}, warnings)
+                             "seconds_last_start": seconds, "world_size": context.world_size}, warnings)
         context.barrier()  # on return the run directory is complete for every rank
     finally:
         batches.close()
@@ -247,7 +247,8 @@ def _write_outputs(run: Path, inputs: RunInputs, estimates, halves: list[HalfSet
 def _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, result,
                     warnings=()) -> None:
     """``run.json``: inputs, settings, sizes, and (at the end) the result and the watchdog's warnings;
-    decode reads it."""
+    decode reads it. The result's ``seconds_last_start`` is the wall time of the latest start only (a
+    resumed run does not add the time before the resume)."""
     info = {
         "particles": str(Path(particles).resolve()), "consensus": str(Path(consensus).resolve()),
         "consensus_model": None if consensus_model is None else str(Path(consensus_model).resolve()),

@@ -13,12 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.consensus_stage import fit_consensus
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.simulate import simulate
 
-ADK = Path(__file__).parent / "data" / "adk"
+ADK = example_file(STRUCTURE).parent  # the example files bundled with the package
 
 # Small networks and few epochs: the whole test set must run in a few minutes on 2 cores.
 FAST = DeformationSettings(epochs=6, batch_size=32, warmup_epochs=1, decoder_width=32, decoder_depth=2,
@@ -63,7 +64,7 @@ def train(simulated: Simulated, out: Path, settings: DeformationSettings, resume
 
 
 @pytest.fixture(scope="session")
-def moving_run(simulated, tmp_path_factory) -> Path:  # noqa: F811
+def moving_run(simulated, tmp_path_factory) -> Path:
     """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1 Å RMS, with
     its inverse deformations (20 epochs, batch 16: held-out error about 0.2 Å) in ``RUN/inverse``."""
     from dataclasses import replace
