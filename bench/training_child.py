@@ -5,7 +5,7 @@ one JSON line. Trains with :func:`optimize_deformations` and times every epoch f
 an epoch of one half lasts from the event before its first one to its last one. ``"stop_early"`` closes
 the generator (the engine's cancellation) once the last epoch ends, skipping the final outputs;
 otherwise the run completes and the best-PC |Spearman| of each half's latents with the true frames
-is measured. ``"decoder"`` picks the deformation network (default "mlp"). ``"cache": false`` builds the particle batches with ``max_cache_bytes=0``, so every
+is measured. ``"decoder"`` picks the deformation network (default: the engine's). ``"cache": false`` builds the particle batches with ``max_cache_bytes=0``, so every
 batch is read from the memory-mapped stack.
 """
 
@@ -61,7 +61,7 @@ def measure(config: dict) -> dict:
     settings = DeformationSettings(epochs=config["epochs"], warmup_epochs=1, batch_size=config["batch_size"],
                                    latent_inference="encoder", checkpoint_every=1000, refinement_rounds=0,
                                    control_points=config.get("control_points", 0),
-                                   decoder=config.get("decoder", "mlp"), seed=0)
+                                   decoder=config.get("decoder", DeformationSettings.decoder), seed=0)
     last = f"half 2: epoch {settings.epochs}/{settings.epochs}"
     generator = deformation_run.optimize_deformations(
         config["star"], config["consensus"], config["run_directory"], settings=settings,
