@@ -19,7 +19,7 @@ from pathlib import Path
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QWidget
 
-from ..engine.run_folder import RunFolder
+from ..engine.run_folder import read_run_info
 from ._tasks import TaskPanel
 
 STOP_TIMEOUT_SECONDS = 60.0
@@ -77,7 +77,7 @@ class StageWidget(QWidget):
             self.run.value = folder
         run = optional_path(self.run.value) or Path(".")
         try:
-            info = RunFolder(run).read_info()
+            info = read_run_info(run)
         except Exception as error:
             self.summary.value = one_line(error)
             return None

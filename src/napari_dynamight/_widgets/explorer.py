@@ -136,10 +136,10 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         from pathlib import Path
 
         from ..engine.errors import InputError
-        from ..engine.run_folder import RunFolder
+        from ..engine.run_folder import read_run_info
 
         try:
-            warnings = RunFolder(path).read_info().get("warnings") or []
+            warnings = read_run_info(Path(path)).get("warnings") or []
         except (InputError, AttributeError):  # no or no readable run.json: nothing to warn about
             warnings = []
         return self.warnings_label.show(warnings, source=Path(path).name)

@@ -179,6 +179,11 @@ class RunFolder(_Folder):
                              "--resume) first")
 
 
+def read_run_info(run_directory: str | os.PathLike) -> dict:
+    """A run folder's ``run.json`` (:meth:`RunFolder.read_info`), or InputError naming the file."""
+    return RunFolder(run_directory).read_info()
+
+
 class InverseFolder(_Folder):
     """``RUN/inverse``: stage 4's checkpoints, networks, loss log and summary."""
 
