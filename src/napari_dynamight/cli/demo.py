@@ -103,11 +103,12 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     """Simulate, read back, fit the consensus Gaussians; return everything the views need."""
     from ..engine.consensus import load_model
     from ..engine.consensus_stage import fit_consensus
+    from ..engine.data.summary import summarise
     from ..engine.io.mrc import read_map
     from ..engine.io.star import read_particles
     from ..engine.simulate import simulate
     from ._progress import drive
-    from .info import format_summary, summarise
+    from .info import format_summary
     from .simulate import parse_frames
 
     output = args.output_directory
