@@ -1,14 +1,14 @@
-"""The files a deformation run leaves in its run directory (each written atomically; names in
-``engine/run_folder.py``).
+"""The files a deformation run leaves in its run directory, each written atomically (the paths:
+``engine.run_folder.RunFolder``).
 
-| file | content |
+| ``RunFolder`` | content |
 | --- | --- |
-| ``latent_means.npy`` | (N, D) float32, input STAR row order; each particle by its own half's encoder, validation particles by half 1's |
-| ``latent_means_half2_validation.npy`` | (N, D) float32: half 2's codes of the validation particles, NaN elsewhere |
-| ``particles.star`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` |
-| ``consensus_half1.pt`` / ``consensus_half2.pt`` (+ ``.mrc``) | each half's final reference Gaussian model (``engine.consensus.load_model``), and rendered at the consensus box |
-| ``gaussian_errors.csv`` | per Gaussian of half 1's reference: position (Å) and error estimate (Å) |
-| ``losses.jsonl`` / ``losses.png`` | one line per epoch and half: mode, data, regularisation, KL, λ and the watchdog's fields (``watchdog.py``); and their plot |
+| ``latents`` | (N, D) float32, input STAR row order; each particle by its own half's encoder, validation particles by half 1's |
+| ``latents_half2`` | (N, D) float32: half 2's codes of the validation particles, NaN elsewhere |
+| ``particles`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` |
+| ``half_model(h)`` / ``half_map(h)`` | each half's final reference Gaussian model (``engine.consensus.load_model``), and rendered at the consensus box |
+| ``gaussian_errors`` | per Gaussian of half 1's reference: position (Å) and error estimate (Å) |
+| ``loss_log`` / ``loss_plot`` | one JSON line per epoch and half: mode, data, regularisation, KL, λ and the watchdog's fields (``watchdog.py``); and their plot |
 """
 
 from __future__ import annotations
