@@ -88,7 +88,7 @@ def click_latency(box: int, folder: Path) -> dict:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_dynamight.cli.explore import open_explorer
+    from napari_dynamight._widgets.explorer import open_explorer
     from napari_dynamight.engine.deformation.run import optimize_deformations
     from napari_dynamight.engine.deformation.settings import DeformationSettings
     from napari_dynamight.engine.example_data import STRUCTURE, TRAJECTORY, example_file

@@ -234,9 +234,9 @@ def test_demo_headless_writes_summary_and_png(tmp_path, capsys):
 def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napari_viewer, monkeypatch):
     import imageio.v3 as iio
 
-    from napari_dynamight.cli import _demo_napari
+    from napari_dynamight import _napari_demo
 
-    monkeypatch.setattr(_demo_napari, "new_viewer", lambda: make_napari_viewer(show=True))
+    monkeypatch.setattr(_napari_demo, "new_viewer", lambda: make_napari_viewer(show=True))
 
     from napari_dynamight.engine.io.star import read_particles
 
@@ -354,7 +354,7 @@ def test_demo_layers_in_napari(make_napari_viewer):
     """The GUI half of the demo: map in Å centred on the box, Gaussians on top of it."""
     import torch
 
-    from napari_dynamight.cli import demo
+    from napari_dynamight import _napari_demo
     from napari_dynamight.engine.gaussians import GaussianModel
 
     volume = np.zeros((32, 32, 32), np.float32)
@@ -363,7 +363,7 @@ def test_demo_layers_in_napari(make_napari_viewer):
     result = {"volume": volume, "voxel_size_angstrom": 2.0, "model": model,
               "summary": {"consensus": {"threshold": 0.5}}}
     viewer = make_napari_viewer(show=True)
-    demo.add_layers(viewer, result)
+    _napari_demo.add_layers(viewer, result)
     image, points = viewer.layers["consensus map"], viewer.layers["consensus Gaussians"]
     np.testing.assert_allclose(image.scale, [2.0, 2.0, 2.0])
     # The bright voxel and the Gaussian at x = +8 Å land at the same world position.

@@ -20,7 +20,7 @@ from helpers.screenshots import distinct_colours
 
 
 def test_virtual_display_starts_and_stops_xvfb(monkeypatch):
-    from napari_dynamight.cli._demo_napari import virtual_display
+    from napari_dynamight._display import virtual_display
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")  # would render black: removed meanwhile
@@ -33,10 +33,10 @@ def test_virtual_display_starts_and_stops_xvfb(monkeypatch):
 
 @pytest.mark.slow
 def test_headless_demo_writes_napari_screenshots_and_movies(make_napari_viewer, tmp_path, monkeypatch):
-    from napari_dynamight.cli import _demo_napari
+    from napari_dynamight import _napari_demo
 
-    monkeypatch.setattr(_demo_napari, "MOVIE_FRAMES", 5)
-    monkeypatch.setattr(_demo_napari, "new_viewer", lambda: make_napari_viewer(show=True))
+    monkeypatch.setattr(_napari_demo, "MOVIE_FRAMES", 5)
+    monkeypatch.setattr(_napari_demo, "new_viewer", lambda: make_napari_viewer(show=True))
     output = tmp_path / "demo"
     assert main(["demo", "--output-directory", str(output), "--headless", "--n-particles", "150",
                  "--box", "32", "--pixel-size", "3", "--snr", "1", "--frames", "0:98:10",

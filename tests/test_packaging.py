@@ -22,12 +22,12 @@ from pathlib import Path
 import napari_dynamight
 from napari_dynamight._reader import read_mrc, read_star
 from napari_dynamight._sample import simulated_adk
-from napari_dynamight.cli.demo import EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, _check_example_file
+from napari_dynamight.engine.example_data import EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, check_example_file
 from napari_dynamight.engine.io.dcd import read_dcd_info
 from napari_dynamight.engine.io.structure import read_structure
 
-_check_example_file(EXAMPLE_STRUCTURE, "--structure")
-_check_example_file(EXAMPLE_TRAJECTORY, "--trajectory")
+check_example_file(EXAMPLE_STRUCTURE, "--structure")
+check_example_file(EXAMPLE_TRAJECTORY, "--trajectory")
 folder = simulated_adk(Path(sys.argv[1]))
 [(volume, _, kind)] = read_mrc(folder / "consensus.mrc")
 points = read_star(folder / "particles.star")

@@ -16,7 +16,7 @@ Maps and images open as image layers whose world coordinates are Å measured fro
   The layer's ``metadata["summary"]`` holds the same summary as ``napari-dynamight info``.
   A STAR file with latent columns (``dmLatent1``, ..., a deformation run's ``particles.star``)
   opens its latent space in the explorer instead (decoding too, when it sits in its run folder).
-- a folder with ``run.json`` (a deformation run): the latent-space explorer is docked in the current
+- a deformation run folder (``engine.run_folder.RunFolder``, with its run file): the latent-space explorer is docked in the current
   viewer with the run loaded (the reader returns napari's "no layers" value ``[(None,)]``). Without a
   viewer, or before the run has latent means, its half maps open as layers and a message says why.
 
@@ -29,15 +29,14 @@ import os
 import warnings
 from pathlib import Path
 
+from .engine.run_folder import RunFolder
+
 # Above this many particles the STAR reader shows a seeded random subset (napari points get slow).
 MAX_POINTS = 50_000
 # Number of particle images the STAR reader shows when the file has no poses.
 MAX_IMAGES = 64
 
 MRC_SUFFIXES = (".mrc", ".map", ".mrcs")
-RUN_FILE = "run.json"
-LATENTS_FILE = "latent_means.npy"
-HALF_MAPS = ("consensus_half1.mrc", "consensus_half2.mrc")
 # napari's value for "the reader succeeded but added no layers" (it opened a widget instead)
 NO_LAYERS = [(None,)]
 
@@ -65,9 +64,9 @@ def get_star_reader(path):
 
 
 def get_run_reader(path):
-    """Return :func:`read_run` for one folder that holds a run.json, else None."""
+    """Return :func:`read_run` for one folder that holds a run file, else None."""
     single = _single_path(path)
-    if single is None or not os.path.isfile(os.path.join(single, RUN_FILE)):
+    if single is None or not RunFolder(single).is_run():
         return None
     return read_run
 
@@ -79,7 +78,7 @@ def _dock_explorer(run_path: Path) -> bool:
     viewer = napari.current_viewer()
     if viewer is None:
         return False
-    from .cli.explore import open_explorer
+    from ._widgets.explorer import open_explorer
 
     open_explorer(viewer, run_path)
     return True
@@ -92,14 +91,15 @@ def read_run(path) -> list[tuple]:
     from .engine.errors import InputError
 
     path = Path(_single_path(path))
-    if (path / LATENTS_FILE).is_file() and _dock_explorer(path):
+    run = RunFolder(path)
+    if run.latents.is_file() and _dock_explorer(path):
         return NO_LAYERS
-    maps = [path / name for name in HALF_MAPS if (path / name).is_file()]
+    maps = [run.half_map(half) for half in (1, 2) if run.half_map(half).is_file()]
     if not maps:
-        raise InputError(f"{path}: a deformation run without {LATENTS_FILE} or half maps yet; "
+        raise InputError(f"{path}: a deformation run without {run.latents.name} or half maps yet; "
                          "open it again when the run has finished")
     reason = ("it has no latent means yet (the run has not finished)"
-              if not (path / LATENTS_FILE).is_file() else "there is no napari viewer to dock it in")
+              if not run.latents.is_file() else "there is no napari viewer to dock it in")
     show_info(f"{path}: opened the half maps; the latent-space explorer needs the finished run, "
               f"and {reason}")
     return [layer for map_path in maps for layer in read_mrc(map_path)]
@@ -172,7 +172,7 @@ def read_star(path) -> list[tuple]:
     """Points at the viewing directions, or (without poses) an image of the first particles."""
     import numpy as np
 
-    from .cli.info import summarise
+    from .engine.data.summary import summarise
     from .engine.errors import InputError
     from .engine.io.star import read_particles
 

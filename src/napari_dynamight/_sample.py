@@ -16,12 +16,12 @@ SAMPLE_FOLDER = Path(tempfile.gettempdir()) / "napari-dynamight-sample-adk"
 
 def simulated_adk(folder: Path = SAMPLE_FOLDER) -> Path:
     """The sample data set's folder, simulated on first use."""
-    from .cli.demo import EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, _check_example_file
+    from .engine.example_data import EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, check_example_file
     from .engine.progress import run
     from .engine.simulate import simulate
 
     if not (folder / "particles.star").is_file():
-        _check_example_file(EXAMPLE_STRUCTURE, "--structure")
+        check_example_file(EXAMPLE_STRUCTURE, "--structure")
         run(simulate(EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, output_directory=folder, n_particles=200,
                      box=64, pixel_size_angstrom=1.5, snr=0.1, frames=list(range(0, 98, 8)), seed=0))
     return folder

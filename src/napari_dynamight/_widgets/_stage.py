@@ -1,4 +1,4 @@
-"""What the three training/reconstruction stage widgets share: devices, run.json, a safe close.
+"""What the three training/reconstruction stage widgets share: devices, the run file, a safe close.
 
 :class:`StageWidget` owns one :class:`TaskPanel`. Closing napari during a run must leave a run
 folder that can be resumed, and no worker signal may reach the widget once Qt has deleted it. When
@@ -12,7 +12,6 @@ to end and delivers the worker's last queued signals while the widget still exis
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -20,10 +19,9 @@ from pathlib import Path
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QWidget
 
+from ..engine.run_folder import read_run_info
 from ._tasks import TaskPanel
 
-RUN_FILE = "run.json"
-LOSS_LOG = "losses.jsonl"
 STOP_TIMEOUT_SECONDS = 60.0
 
 
@@ -42,28 +40,6 @@ def optional_path(value) -> Path | None:
     if value is None or str(value) in ("", "."):
         return None
     return Path(value)
-
-
-def read_run_info(run_directory: Path) -> dict:
-    """RUN/run.json (written by the deformation stage), or InputError naming the file."""
-    from ..engine.errors import InputError
-
-    path = Path(run_directory) / RUN_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: not found; choose the folder of a deformation run "
-                         "(made by optimize-deformations or the Deformations widget)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: unreadable ({type(error).__name__}); the run folder is damaged")
-
-
-def read_loss_log(folder: Path) -> list[dict]:
-    """FOLDER/losses.jsonl: one entry per epoch and half set ([] before the first epoch ends)."""
-    path = Path(folder) / LOSS_LOG
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def _tracked(operation, ended: threading.Event):
@@ -92,7 +68,7 @@ class StageWidget(QWidget):
         self._last_key = None
 
     def read_chosen_run(self, folder=None) -> tuple[Path, dict] | None:
-        """Take ``folder`` (else the form's run folder), read its run.json and adopt its device; None,
+        """Take ``folder`` (else the form's run folder), read its run file and adopt its device; None,
         with the one-line reason in the summary, if it is not a run. Uses the subclass's ``run``,
         ``device`` and ``summary`` fields."""
         from ._tasks import one_line

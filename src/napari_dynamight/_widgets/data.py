@@ -37,7 +37,7 @@ def load_inputs(star: Path | None, map_path: Path | None, mask: Path | None):
     yield Progress("load", 0, 2, message="reading inputs")
     loaded = {"star": None, "map": None}
     if star is not None:
-        from ..cli.info import summarise
+        from ..engine.data.summary import summarise
         from ..engine.io.star import read_particles
 
         table = read_particles(star)

@@ -3,13 +3,13 @@
 Every option of the command is a field (same defaults). **Start** runs
 ``engine.deformation.run.optimize_deformations`` in a worker; **Resume** continues the run folder
 from its last checkpoint; **Cancel** stops at the next training step. Whenever an epoch ends the
-widget re-reads the run's own records: ``losses.jsonl`` (the data loss and λ per epoch and half,
-plotted) and the newest checkpoint (half 1's reference Gaussians, shown as a points layer, loaded in
-a latest-request-wins worker). **Open run** fills the form from ``RUN/run.json`` of a run started
+widget re-reads the run's own records (``engine.run_folder.RunFolder``): the loss log (the data
+loss and λ per epoch and half, plotted) and the newest checkpoint (half 1's reference Gaussians, shown
+as a points layer, loaded in a latest-request-wins worker). **Open run** fills the form from the run file of a run started
 here or on the command line, and shows its losses and Gaussians. Options that are not on the form
 (encoder width, schedule, learning rates) come from the opened run, else from the defaults.
 The engine's watchdog warnings (a half set stalled, the halves disagree) appear in a red line under
-the plot and as napari notifications when they occur, and again from run.json when a run is opened.
+the plot and as napari notifications when they occur, and again from the run file when a run is opened.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout
 
 from ..engine.deformation.settings import DECODERS, LATENT_INFERENCE, DeformationSettings
+from ..engine.run_folder import RunFolder
 from ._curves import CurvePlot, plot_history
 from ._layers import show_points
-from ._stage import StageWidget, device_choices, optional_path, read_loss_log
+from ._stage import StageWidget, device_choices, optional_path
 from ._tasks import LatestRequestRunner
 from ._warnings import WarningsLabel
 
 POINTS_LAYER = "training Gaussians (half 1)"
-INITIAL_MODEL = "consensus_initial.pt"
 _DEFAULTS = DeformationSettings()
 # form field -> DeformationSettings name
 SETTING_FIELDS = {"latent_dim": "latent_dim", "epochs": "epochs", "batch_size": "batch_size",
@@ -48,16 +48,9 @@ def training_reference(run: Path):
     from ..engine.consensus import load_model
     from ..engine.deformation.decode import DeformationRun
 
-    if _newest_checkpoint(run) is not None:
+    if RunFolder(run).newest_checkpoint() is not None:
         return DeformationRun.load(run, "cpu").reference(1).to("cpu")
-    return load_model(Path(run) / INITIAL_MODEL)
-
-
-def _newest_checkpoint(run: Path) -> Path | None:
-    """final.pt once written, else the highest epoch checkpoint (what DeformationRun.load reads)."""
-    from ..engine.deformation.checkpoint import final_path, latest_checkpoint
-
-    return final_path(run) if final_path(run).is_file() else latest_checkpoint(run)
+    return load_model(RunFolder(run).initial_model)
 
 
 def _threshold(text: str) -> float | None:
@@ -159,7 +152,7 @@ class DeformationsWidget(StageWidget):
                                               for field, name in SETTING_FIELDS.items()})
 
     def open_run(self, folder=None) -> bool:
-        """Fill the form from RUN/run.json and show the run's losses and Gaussians."""
+        """Fill the form from the run file and show the run's losses and Gaussians."""
         chosen = self.read_chosen_run(folder)
         if chosen is None:
             return False
@@ -237,17 +230,18 @@ class DeformationsWidget(StageWidget):
         self.show_warnings(final)
 
     def refresh(self) -> None:
-        """(Called whenever an epoch ends.) Re-plot RUN/losses.jsonl; load the Gaussians of a
+        """(Called whenever an epoch ends.) Re-plot the run's loss log; load the Gaussians of a
         checkpoint not shown yet."""
         run = optional_path(self.run.value)
         if run is None:
             return
-        plot_history(self.plot, read_loss_log(run), ["data", "lambda"])
-        newest = _newest_checkpoint(run)
+        folder = RunFolder(run)
+        plot_history(self.plot, folder.read_loss_log(), ["data", "lambda"])
+        newest = folder.newest_checkpoint()
         if newest is not None:
             key = (newest, newest.stat().st_mtime_ns)
-        elif (run / INITIAL_MODEL).is_file():
-            key = INITIAL_MODEL
+        elif folder.initial_model.is_file():
+            key = folder.initial_model
         else:
             return
         if key != self._shown_checkpoint:

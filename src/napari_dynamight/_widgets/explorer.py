@@ -9,6 +9,8 @@ updates one image layer (the volume), one points layer (the deformed Gaussians) 
 (their displacements from the consensus). A lasso in "lasso" mode selects the particles inside; a
 selection is named, stored as rows of the original STAR file, and exported as a STAR subset. Two
 clicked points define a path (``_explorer_paths``) to save as MRC files or a movie.
+:func:`open_explorer` docks it in a viewer with a run loaded (the run reader, the demo);
+:func:`show_explorer` opens a napari window with it (``napari-dynamight explore``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from ._explorer_paths import PathExport
 from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
 from ._layers import show_map, show_points, show_vectors
 from ._plot import LatentPlot
-from ._stage import read_run_info
 from ._tasks import LatestRequestRunner, TaskPanel
 from ._warnings import WarningsLabel
 
@@ -113,7 +114,7 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         """Load a run folder's latent means and particles, and its decoder if it has one."""
         from ..engine.errors import InputError
         from ..engine.explore import load_run
-        from ..engine.explore.decoding import open_decoder
+        from ..engine.explore.run_decoder import open_decoder
         from ._tasks import one_line
 
         try:
@@ -130,11 +131,12 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.show_run_warnings(path)
 
     def show_run_warnings(self, path) -> list[str]:
-        """The run's watchdog warnings (run.json's ``warnings``), above the status and as a napari
+        """The run's watchdog warnings (the run file's ``warnings``), above the status and as a napari
         notification each, so a stalled half set is not discovered from the plot."""
         from pathlib import Path
 
         from ..engine.errors import InputError
+        from ..engine.run_folder import read_run_info
 
         try:
             warnings = read_run_info(Path(path)).get("warnings") or []
@@ -317,3 +319,21 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
 
         self.status.value = message
         show_error(message)
+
+
+def open_explorer(viewer, run_path, embedding: str = "pca") -> ExplorerWidget:
+    """Dock the explorer in ``viewer`` and load ``run_path`` into it; returns the widget."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
+    widget.method.value = embedding
+    widget.run.value = run_path
+    widget.open_run(run_path)
+    return widget
+
+
+def show_explorer(run_path, embedding: str = "pca") -> None:
+    """Open napari with the explorer on ``run_path`` until the window closes."""
+    import napari
+
+    viewer = napari.Viewer(title=f"napari-dynamight explore {run_path}")
+    open_explorer(viewer, run_path, embedding)
+    napari.run()

@@ -2,11 +2,11 @@
 
 Choose a finished deformation run; **Start** trains both halves' inverse networks with
 ``engine.inverse.run.optimize_inverse_deformations`` in a worker, **Resume** continues
-``RUN/inverse`` from its last checkpoint, **Cancel** stops at the next step. Whenever an epoch ends
-the plot re-reads ``RUN/inverse/losses.jsonl``: the training loss and the held-out error (Å, on the
+``RunFolder.inverse`` from its last checkpoint, **Cancel** stops at the next step. Whenever an epoch
+ends the plot re-reads its loss log: the training loss and the held-out error (Å, on the
 validation particles) per half. When done, the summary compares the held-out error with the size of
 the forward displacements it undoes. Options not on the form come from the folder's previous inverse
-run (``summary.json`` or its newest checkpoint), else from the defaults.
+run (its summary or its newest checkpoint), else from the defaults.
 """
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 from qtpy.QtWidgets import QVBoxLayout
 
+from ..engine.run_folder import RunFolder
 from ._curves import CurvePlot, plot_history
-from ._stage import StageWidget, device_choices, optional_path, read_loss_log
+from ._stage import StageWidget, device_choices, optional_path
 
 
 def previous_settings(run: Path):
-    """The InverseSettings of RUN/inverse's earlier run (None if there is none)."""
-    from ..engine.deformation.checkpoint import latest_checkpoint, load_checkpoint
-    from ..engine.inverse.run import SUMMARY, inverse_directory
+    """The InverseSettings of the run folder's earlier inverse run (None if there is none)."""
+    from ..engine.deformation.checkpoint import load_checkpoint
     from ..engine.inverse.settings import InverseSettings
 
-    folder = inverse_directory(run)
-    if (folder / SUMMARY).is_file():
-        values = json.loads((folder / SUMMARY).read_text(encoding="utf-8")).get("settings", {})
-        return InverseSettings.from_dict(values)
-    latest = latest_checkpoint(folder)
+    folder = RunFolder(run).inverse
+    summary = folder.read_summary()
+    if summary is not None:
+        return InverseSettings.from_dict(summary.get("settings", {}))
+    latest = folder.checkpoints.latest()
     if latest is not None:
         return InverseSettings.from_dict(json.loads(load_checkpoint(latest)["settings"]))
     return None
@@ -78,7 +78,7 @@ class InverseWidget(StageWidget):
         self.resume_button.changed.connect(lambda: self.start(resume=True))
 
     def open_run(self, folder=None) -> bool:
-        """Check RUN/run.json; take an earlier inverse run's options and show its curves."""
+        """Check the run file; take an earlier inverse run's options and show its curves."""
         from ._tasks import one_line
 
         chosen = self.read_chosen_run(folder)
@@ -116,12 +116,10 @@ class InverseWidget(StageWidget):
                              self._finished)
 
     def refresh(self) -> None:
-        """(Called whenever an epoch ends.) Re-plot RUN/inverse/losses.jsonl."""
-        from ..engine.inverse.run import inverse_directory
-
+        """(Called whenever an epoch ends.) Re-plot the inverse run's loss log."""
         run = optional_path(self.run.value)
         if run is not None:
-            log = read_loss_log(inverse_directory(run))
+            log = RunFolder(run).inverse.read_loss_log()
             plot_history(self.plot, log, ["loss", "held_out_error_angstrom"])
 
     def _finished(self, result) -> None:

@@ -4,8 +4,8 @@ Choose a run folder (with its inverse deformations for a deformed reconstruction
 ``engine.reconstruction.stage.reconstruct_run`` in a worker, which also reads the maps it wrote, so
 the main thread only hands them to napari: the two half maps and the full map appear as image
 layers in Å from the box centre (scale = voxel size), one layer per role (``reconstruction: half 1``
-...; ``reconstruction_standard: ...`` without deformations), and the FSC curves of
-``fsc.csv`` are plotted. **Open run** shows the maps and FSC of a reconstruction already in the run
+...; ``reconstruction_standard: ...`` without deformations), and the FSC curves of its FSC
+table are plotted. **Open run** shows the maps and FSC of a reconstruction already in the run
 folder (e.g. made on a cluster with the command line).
 """
 
@@ -17,23 +17,12 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from qtpy.QtWidgets import QVBoxLayout
 
 from ..engine.progress import Progress
+from ..engine.run_folder import ReconstructionFolder, RunFolder
 from ._curves import CurvePlot
 from ._layers import show_map
 from ._stage import StageWidget, device_choices, optional_path
 
-FOLDERS = {True: "reconstruction", False: "reconstruction_standard"}
-MAP_NAMES = ("half1.mrc", "half2.mrc", "full.mrc")
 ROLES = ("half 1", "half 2", "full")
-
-
-def read_fsc(path: Path) -> tuple[list, dict]:
-    """fsc.csv as (spatial frequency 1/Å, {name: values}) for its ``fsc_*`` columns."""
-    import pandas as pd
-
-    table = pd.read_csv(path)
-    curves = {name.removeprefix("fsc_"): table[name].to_numpy(float) for name in table.columns
-              if name.startswith("fsc")}
-    return table["frequency_per_angstrom"].to_numpy(float), curves
 
 
 def read_outputs(folder: Path):
@@ -41,10 +30,11 @@ def read_outputs(folder: Path):
     from ..engine.errors import InputError
     from ..engine.io.mrc import read_map
 
-    missing = [name for name in (*MAP_NAMES, "fsc.csv") if not (folder / name).is_file()]
+    folder = ReconstructionFolder(folder)
+    missing = folder.missing()
     if missing:
-        raise InputError(f"{folder / missing[0]}: not found; run the reconstruction (Start) first")
-    return [read_map(folder / name) for name in MAP_NAMES], read_fsc(folder / "fsc.csv")
+        raise InputError(f"{missing[0]}: not found; run the reconstruction (Start) first")
+    return [read_map(path) for path in folder.maps.values()], folder.read_fsc()
 
 
 def reconstruct_and_read(run: Path, **options):
@@ -106,17 +96,17 @@ class ReconstructionWidget(StageWidget):
             return None
         run, info = chosen
         for deformed in (True, False):
-            if (run / FOLDERS[deformed] / "fsc.csv").is_file():
+            folder = RunFolder(run).reconstruction(deformed)
+            if folder.fsc_table.is_file():
                 self.deformations.value = deformed
-                return self.run_task(read_existing(run / FOLDERS[deformed]), "open reconstruction",
-                                     self._show)
+                return self.run_task(read_existing(folder.path), "open reconstruction", self._show)
         self.summary.value = f"{run}: {info['n_particles']} particles; no reconstruction yet"
         return None
 
     def _show(self, outputs) -> None:
         result, maps, (frequency, curves) = outputs
         self.result = result
-        prefix = FOLDERS[bool(self.deformations.value)]
+        prefix = ReconstructionFolder.NAMES[bool(self.deformations.value)]
         for role, (volume, voxel_size) in zip(ROLES, maps, strict=True):
             show_map(self.viewer, f"{prefix}: {role}", volume, voxel_size,
                      visible=role == "full", blending="additive")

@@ -1,10 +1,10 @@
 """The demo's motion part: train the deformations on the example data and show what they found.
 
-Headless outputs (in the demo folder): ``latent_space.png`` (per half set, the latent's first two
-principal components, coloured by the true trajectory frame), ``selection.star`` (a RELION subset: in
-each half set the particles on the high side of its first principal component, as a lasso in the
-explorer would export) and ``motion.gif`` (projections of half 1's volumes decoded along its first
-principal component).
+Headless outputs (in the demo folder, ``engine.run_folder.DemoFolder``): the latent space figure (per
+half set, the latent's first two principal components, coloured by the true trajectory frame), a
+selection STAR file (a RELION subset: in each half set the particles on the high side of its first
+principal component, as a lasso in the explorer would export) and a GIF of the motion (projections of
+half 1's volumes decoded along its first principal component).
 
 The two half sets are trained independently, so their latent spaces are separate coordinate systems:
 each is looked at on its own.
@@ -18,17 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.run_folder import DemoFolder
+
 MOVIE_FRAMES = 12
 
 
 def train(args, particles_star: Path, consensus_map: Path, model_path: Path, output: Path) -> dict:
-    """Run optimize-deformations into ``output/run`` (replacing an earlier demo run); its summary."""
+    """Run optimize-deformations into the demo's run folder (replacing an earlier demo run); its summary."""
     from ..engine.deformation.run import optimize_deformations
     from ..engine.deformation.settings import DeformationSettings
     from ._progress import drive
 
-    run_directory = output / "run"
-    if run_directory.is_dir() and (run_directory / "latent_means.npy").exists():
+    run = DemoFolder(output).run
+    run_directory = run.path
+    if run_directory.is_dir() and run.latents.exists():
         shutil.rmtree(run_directory)  # the demo's own earlier result, not user data
     start = time.perf_counter()
     result = drive(
@@ -45,7 +48,7 @@ def train(args, particles_star: Path, consensus_map: Path, model_path: Path, out
 
 def improve(args, run_directory: Path) -> dict:
     """Stages 4 and 5 on the demo run: inverse deformations, then the deformed reconstruction (half
-    maps, full map, and the FSC with and without deformations in ``run/reconstruction``)."""
+    maps, full map, and the FSC with and without deformations in ``RunFolder.reconstruction()``)."""
     from ..engine.inverse.run import optimize_inverse_deformations
     from ..engine.inverse.settings import InverseSettings
     from ..engine.reconstruction.stage import reconstruct_run
@@ -86,30 +89,31 @@ def latent_summary(run_directory: Path, labels_csv: Path) -> dict:
 
 
 def write_outputs(run_directory: Path, labels_csv: Path, output: Path) -> dict:
-    """latent_space.png, selection.star and motion.gif; returns what was written."""
+    """The latent space figure, the selection and the motion GIF; returns what was written."""
     import pandas as pd
 
     from ..engine.explore import embed, load_run
 
+    demo = DemoFolder(output)
     data = load_run(run_directory)
     frames = pd.read_csv(labels_csv)["frame"].to_numpy()
     own = {half: data.own_half(half) for half in (1, 2)}
     coords = {half: embed(view.latents, "pca").coords for half, view in own.items()}
-    _latent_figure(coords, {half: frames[view.rows] for half, view in own.items()}, output / "latent_space.png")
+    _latent_figure(coords, {half: frames[view.rows] for half, view in own.items()}, demo.latent_space)
     selected = np.zeros(len(data), dtype=bool)
     for half, view in own.items():
         first = coords[half][:, 0]
         selected[view.rows] = first > np.median(first)
-    count = data.export(output / "selection.star", selected)
-    n_frames = _motion_movie(run_directory, own[1].latents, output / "motion.gif")
-    return {"latent_space_png": str(output / "latent_space.png"), "selection_star": str(output / "selection.star"),
-            "selected_particles": int(count), "motion_gif": str(output / "motion.gif"), "movie_frames": n_frames}
+    count = data.export(demo.selection, selected)
+    n_frames = _motion_movie(run_directory, own[1].latents, demo.motion_gif)
+    return {"latent_space_png": str(demo.latent_space), "selection_star": str(demo.selection),
+            "selected_particles": int(count), "motion_gif": str(demo.motion_gif), "movie_frames": n_frames}
 
 
 def _latent_figure(coords: dict, frames: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    from ..engine.io.atomic import atomic_path
+    from ..engine.io.figure import save_figure
 
     figure = Figure(figsize=(10, 4.5), layout="constrained")
     for half in (1, 2):
@@ -122,8 +126,7 @@ def _latent_figure(coords: dict, frames: dict, path: Path) -> None:
         axes.set_title(f"half set {half}")
     figure.colorbar(points, ax=figure.axes, label="true trajectory frame")
     figure.suptitle("latent space of the example data")
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    save_figure(figure, path, dpi=100)
 
 
 def _motion_movie(run_directory: Path, latents: np.ndarray, path: Path) -> int:

@@ -25,15 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-from ..engine.example_data import STRUCTURE, TRAJECTORY, example_file
-
-EXAMPLE_STRUCTURE = example_file(STRUCTURE)
-EXAMPLE_TRAJECTORY = example_file(TRAJECTORY)
+from ..engine.example_data import EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, check_example_file
+from ..engine.run_folder import DemoFolder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,57 +75,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch device, e.g. cpu or cuda (default: %(default)s)")
 
 
-def _check_example_file(path: Path, option: str) -> None:
-    from ..engine.errors import InputError
-
-    if not path.is_file():
-        raise InputError(
-            f"{path}: example file not found; reinstall napari-dynamight or give {option} FILE"
-        )
-
-
-def _check_display() -> None:
-    """Fail before the work starts if napari could not open a window (e.g. over plain SSH)."""
-    from ..engine.errors import InputError
-
-    has_display = any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY"))
-    if sys.platform.startswith("linux") and not has_display and "QT_QPA_PLATFORM" not in os.environ:
-        raise InputError(
-            "no display to open napari on (DISPLAY is not set); run with --headless "
-            "(make demo HEADLESS=1) or from a desktop session"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
-    _check_example_file(args.structure, "--structure")
-    _check_example_file(args.trajectory, "--trajectory")
+    check_example_file(args.structure, "--structure")
+    check_example_file(args.trajectory, "--trajectory")
     if not args.headless:
-        _check_display()
+        from .._display import check_display
+
+        check_display()
     elif args.epochs > 0:
-        from ._demo_napari import xvfb_needed
+        from .._display import xvfb_needed
 
         xvfb_needed()  # fails now, not after the training, if napari could not render
     result = run_pipeline(args)
     print(format_result(result))
     if args.headless:
         write_headless_outputs(result, args.output_directory)
-        written = ["demo_summary.json", "consensus_slices.png"]
-        if "deformations" in result["summary"]:
-            written += ["latent_space.png", "selection.star", "motion.gif", "napari_explorer.png",
-                        "napari_volume.png", "motion_napari.mp4", "motion_napari.gif"]
-        print(f"wrote {', '.join(written)} in {args.output_directory}")
+        written = DemoFolder(args.output_directory).headless_files("deformations" in result["summary"])
+        print(f"wrote {', '.join(path.name for path in written)} in {args.output_directory}")
     else:
-        import napari
+        from .._napari_demo import show_demo
 
-        viewer = napari.Viewer(title="napari-dynamight demo", ndisplay=3)
-        add_layers(viewer, result)
-        if "reconstruction" in result["summary"]:
-            add_reconstruction(viewer, result["summary"]["reconstruction"])
-        if "deformations" in result["summary"]:
-            from .explore import open_explorer
-
-            open_explorer(viewer, Path(result["summary"]["deformations"]["run_directory"]))
-        napari.run()
+        show_demo(result)
     return 0
 
 
@@ -137,18 +103,20 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     """Simulate, read back, fit the consensus Gaussians; return everything the views need."""
     from ..engine.consensus import load_model
     from ..engine.consensus_stage import fit_consensus
+    from ..engine.data.summary import summarise
     from ..engine.io.mrc import read_map
     from ..engine.io.star import read_particles
     from ..engine.simulate import simulate
     from ._progress import drive
-    from .info import format_summary, summarise
+    from .info import format_summary
     from .simulate import parse_frames
 
     output = args.output_directory
+    demo = DemoFolder(output)
     timings = {}
     start = time.perf_counter()
     simulation = drive(
-        simulate(args.structure, args.trajectory, output_directory=output / "data",
+        simulate(args.structure, args.trajectory, output_directory=demo.data,
                  n_particles=args.n_particles, box=args.box, pixel_size_angstrom=args.pixel_size,
                  snr=args.snr, seed=args.seed, frames=parse_frames(args.frames),
                  device=args.device),
@@ -163,7 +131,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     fit = drive(
-        fit_consensus(simulation.consensus_map, output / "consensus", n_gaussians=args.n_gaussians,
+        fit_consensus(simulation.consensus_map, demo.consensus.path, n_gaussians=args.n_gaussians,
                       n_steps=args.fit_steps, seed=args.seed, device=args.device),
         "fit consensus",
     )
@@ -240,60 +208,28 @@ def format_result(result: dict) -> str:
 
 
 def gaussian_points_zyx(model):
-    """Gaussian centres as napari coordinates [z, y, x] in Å from the box centre."""
+    """Gaussian centres as [z, y, x] in Å from the box centre (the volume's axis order)."""
     return model.positions_angstrom.detach().cpu().numpy()[:, ::-1].copy()
 
 
-def add_layers(viewer, result: dict) -> None:
-    """Add the consensus map (in Å, centred like the engine) and its Gaussians to a viewer."""
-    volume, voxel_size, model = result["volume"], result["voxel_size_angstrom"], result["model"]
-    viewer.add_image(
-        volume,
-        name="consensus map",
-        scale=[voxel_size] * 3,
-        translate=[-(n // 2) * voxel_size for n in volume.shape],
-        colormap="gray",
-        rendering="iso",
-        iso_threshold=float(result["summary"]["consensus"]["threshold"]),
-        opacity=0.5,
-    )
-    viewer.add_points(
-        gaussian_points_zyx(model),
-        name="consensus Gaussians",
-        size=float(model.sigmas_angstrom[0]),
-        face_color="orange",
-        border_width=0,
-    )
-
-
-def add_reconstruction(viewer, reconstruction: dict) -> None:
-    """The deformed reconstruction's full map, hidden, for comparison with the consensus map."""
-    from ..engine.io.mrc import read_map
-
-    volume, voxel_size = read_map(reconstruction["full_map"])
-    viewer.add_image(volume, name="deformed reconstruction (full)", scale=[voxel_size] * 3,
-                     translate=[-(n // 2) * voxel_size for n in volume.shape], colormap="gray",
-                     rendering="mip", visible=False)
-
-
 def write_headless_outputs(result: dict, output: Path) -> None:
-    """demo_summary.json and consensus_slices.png, and with a run the motion outputs and napari's
-    screenshots and movies (``_demo_napari``); each written atomically."""
+    """The summary and the consensus slices, and with a run the motion outputs and napari's
+    screenshots and movies (``_napari_demo.render_views``); each written atomically."""
     from ..engine.io.atomic import atomic_path
+    from ..engine.io.figure import save_figure
 
+    demo = DemoFolder(output)
     if "deformations" in result["summary"]:
-        from . import _demo_motion, _demo_napari
+        from .._napari_demo import add_layers, render_views
+        from . import _demo_motion
 
         run_directory = Path(result["summary"]["deformations"]["run_directory"])
         outputs = _demo_motion.write_outputs(run_directory, result["labels_csv"], output)
-        outputs |= _demo_napari.render_views(run_directory, output,
-                                             lambda viewer: add_layers(viewer, result))
+        outputs |= render_views(run_directory, output, lambda viewer: add_layers(viewer, result))
         result["summary"]["deformations"]["outputs"] = outputs
-    with atomic_path(output / "demo_summary.json") as tmp:
+    with atomic_path(demo.summary) as tmp:
         tmp.write_text(json.dumps(result["summary"], indent=2) + "\n", encoding="utf-8")
-    figure = slice_figure(result)
-    with atomic_path(output / "consensus_slices.png") as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    save_figure(slice_figure(result), demo.consensus_slices, dpi=100)
 
 
 def slice_figure(result: dict):

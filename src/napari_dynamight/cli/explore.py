@@ -28,24 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._display import check_display
     from ..engine.explore import embed, load_run
-    from .demo import _check_display
 
     data = load_run(args.run_path)
     embed(data.latents[:2], args.embedding)  # fails now, not in the GUI, if umap-learn is missing
-    _check_display()
-    import napari
+    check_display()
+    from .._widgets.explorer import show_explorer
 
-    viewer = napari.Viewer(title=f"napari-dynamight explore {args.run_path}")
-    open_explorer(viewer, args.run_path, args.embedding)
-    napari.run()
+    show_explorer(args.run_path, args.embedding)
     return 0
-
-
-def open_explorer(viewer, run_path: Path, embedding: str = "pca"):
-    """Dock the explorer in ``viewer`` and load ``run_path`` into it; returns the widget."""
-    _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
-    widget.method.value = embedding
-    widget.run.value = run_path
-    widget.open_run(run_path)
-    return widget

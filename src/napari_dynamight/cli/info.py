@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 from pathlib import Path
-
-import numpy as np
 
 MAX_MISSING_LISTED = 3
 
@@ -36,71 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.data.summary import summarise
     from ..engine.io.star import read_particles
 
     table = read_particles(args.star, data_root=args.data_root)
     summary = summarise(table, args.star)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
-
-
-def _number(value) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
-def _version(table) -> str:
-    """The layout (3.0: one table; 3.1: optics + particles) and the file's ``# version`` comment."""
-    layout = "3.0 (single table)" if table.optics is None else "3.1+ (optics and particles tables)"
-    for comment in table.comments.values():
-        match = re.search(r"version\s+(\d+)", comment)
-        if match:
-            return f"{layout}, '# version {match.group(1)}'"
-    return layout
-
-
-def summarise(table, star_path) -> dict:
-    """A JSON-ready summary of a :class:`ParticleTable` (used by ``info`` and the napari reader)."""
-    groups = []
-    for group in np.unique(table.optics_group):
-        rows = np.nonzero(table.optics_group == group)[0]
-        first = rows[0]
-        box = int(table.image_box[first])
-        groups.append(
-            {
-                "optics_group": int(group),
-                "particles": int(len(rows)),
-                "pixel_size_angstrom": _number(table.pixel_size_angstrom[first]),
-                "box": box if box > 0 else None,
-                "voltage_kilovolts": _number(table.ctf.voltage_kilovolts[first]),
-                "spherical_aberration_millimetres": _number(
-                    table.ctf.spherical_aberration_millimetres[first]
-                ),
-                "amplitude_contrast": _number(table.ctf.amplitude_contrast[first]),
-            }
-        )
-    defocus = np.concatenate([table.ctf.defocus_u_angstrom, table.ctf.defocus_v_angstrom])
-    defocus = defocus[np.isfinite(defocus)]
-    half_sets = None
-    if "rlnRandomSubset" in table.particles.columns:
-        subsets = table.particles["rlnRandomSubset"].to_numpy()
-        values, counts = np.unique(subsets, return_counts=True)
-        half_sets = {str(value): int(count) for value, count in zip(values, counts)}
-    stacks = sorted(set(map(str, table.image_files)))
-    missing = [name for name in stacks if not os.path.isfile(name)]
-    return {
-        "star_file": str(star_path),
-        "relion_version": _version(table),
-        "particles": int(len(table)),
-        "optics_groups": groups,
-        "poses": bool(table.has_poses),
-        "half_sets": half_sets,
-        "defocus_range_angstrom": (
-            [float(defocus.min()), float(defocus.max())] if len(defocus) else None
-        ),
-        "missing_ctf_columns": list(table.missing_ctf_columns),
-        "stacks": {"total": len(stacks), "found": len(stacks) - len(missing), "missing": missing},
-    }
 
 
 def _show(value, unit: str = "", digits: int = 4) -> str:

@@ -19,6 +19,7 @@ from .gaussians import render_volume
 from .io.atomic import atomic_path
 from .io.mrc import read_map, write_map
 from .progress import Progress, ProgressGenerator
+from .run_folder import ConsensusFolder
 
 # A residue occupies about 133 Å³ of protein (110 Da at 1.21 Å³/Da); the method recommends 2 Gaussians each.
 VOLUME_PER_RESIDUE_ANGSTROM3 = 133.0
@@ -69,13 +70,13 @@ def fit_consensus(
     start = fill_with_gaussians(volume, voxel_size, count, threshold=level, mask=mask, seed=seed)
     result = yield from fit_to_map(start, volume, voxel_size, n_steps=n_steps, device=device, threshold=level)
 
-    output = Path(output_directory)
-    output.mkdir(parents=True, exist_ok=True)
-    model_path = output / "consensus_gaussians.pt"
+    output = ConsensusFolder(output_directory)
+    output.path.mkdir(parents=True, exist_ok=True)
+    model_path = output.model
     save_model(model_path, result.model, box=volume.shape[0], voxel_size_angstrom=voxel_size, threshold=level)
-    write_map(output / "consensus_gaussians.mrc", render_volume(result.model, volume.shape[0], voxel_size).numpy(),
+    write_map(output.rendered_map, render_volume(result.model, volume.shape[0], voxel_size).numpy(),
               voxel_size)
-    _write_table(output / "consensus_gaussians.csv", result.model)
+    _write_table(output.table, result.model)
     return ConsensusFit(model_path, count, level, result.correlation, float(result.model.sigmas_angstrom[0]))
 
 

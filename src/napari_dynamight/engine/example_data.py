@@ -7,6 +7,8 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+from .errors import InputError
+
 PACKAGE = "napari_dynamight.sample_data"
 STRUCTURE, OPEN_STRUCTURE, TRAJECTORY = "adk_closed.pdb", "adk_open.pdb", "adk_dims.dcd"
 
@@ -15,5 +17,15 @@ def example_file(name: str) -> Path:
     """The path of a bundled example file (one of the names above).
 
     A path on disk, not a zip member: the trajectory reader memory-maps the file, and pip installs
-    packages as plain folders. Callers check that it exists (``InputError`` with their own hint)."""
+    packages as plain folders. Callers check that it exists (:func:`check_example_file`)."""
     return Path(str(files(PACKAGE).joinpath(name)))
+
+
+EXAMPLE_STRUCTURE = example_file(STRUCTURE)
+EXAMPLE_TRAJECTORY = example_file(TRAJECTORY)
+
+
+def check_example_file(path: Path, option: str) -> None:
+    """Refuse a missing example file, naming the ``option`` that replaces it."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: example file not found; reinstall napari-dynamight or give {option} FILE")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 from pathlib import Path
 
 import torch
@@ -24,12 +23,11 @@ import torch
 from .. import distributed
 from ..errors import InputError
 from ..io.atomic import atomic_path
+from ..run_folder import CHECKPOINTS, Checkpoints, RunFolder
 from ..settings_record import SettingsRecord, refuse_changed_settings
 from .trainer import HalfSet
 
-CHECKPOINT_FOLDER = "checkpoints"
-FINAL_NAME = "final.pt"
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
+CHECKPOINT_FOLDER = CHECKPOINTS
 
 
 def half_state(half: HalfSet) -> dict:
@@ -105,21 +103,18 @@ def load_checkpoint(path: Path) -> dict:
                          "delete it to resume from an earlier one") from None
 
 
-def epoch_path(run_directory: Path, epoch: int) -> Path:
-    return Path(run_directory) / CHECKPOINT_FOLDER / f"epoch_{epoch:04d}.pt"
+def epoch_path(stage_folder: Path, epoch: int) -> Path:
+    return Checkpoints(stage_folder).epoch(epoch)
 
 
 def final_path(run_directory: Path) -> Path:
-    return Path(run_directory) / CHECKPOINT_FOLDER / FINAL_NAME
+    """A deformation run's final checkpoint."""
+    return RunFolder(run_directory).final_checkpoint
 
 
-def latest_checkpoint(run_directory: Path) -> Path | None:
-    """The epoch checkpoint with the highest epoch in the run directory, if any."""
-    folder = Path(run_directory) / CHECKPOINT_FOLDER
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
-    return max(found)[1] if found else None
+def latest_checkpoint(stage_folder: Path) -> Path | None:
+    """The epoch checkpoint with the highest epoch in a stage's folder, if any."""
+    return Checkpoints(stage_folder).latest()
 
 
 def state_to_resume(folder: Path, resume: bool, settings: SettingsRecord, final: Path, what: str, hint: str,

@@ -20,11 +20,10 @@ import torch
 
 from ..errors import InputError
 from ..gaussians import GaussianModel, render_volume
+from ..run_folder import RunFolder
 from . import checkpoint as ckpt
 from .control_points import ControlPoints, displacement
 from .networks import build_decoder
-from .outputs import LATENTS
-from .run import RUN_FILE
 from .settings import DeformationSettings
 
 
@@ -46,13 +45,13 @@ class DeformationRun:
 
     @classmethod
     def load(cls, run_directory: str | Path, device: str | torch.device = "cpu") -> "DeformationRun":
-        run = Path(run_directory)
-        if not (run / RUN_FILE).is_file():
-            raise InputError(f"{run}: not a deformation run ({RUN_FILE} missing); give the run directory")
-        info = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
-        path = ckpt.final_path(run) if ckpt.final_path(run).is_file() else ckpt.latest_checkpoint(run)
+        run = RunFolder(run_directory)
+        if not run.is_run():
+            raise InputError(f"{run.path}: not a deformation run ({run.info.name} missing); give the run directory")
+        info = json.loads(run.info.read_text(encoding="utf-8"))
+        path = run.newest_checkpoint()
         if path is None:
-            raise InputError(f"{run}: no checkpoint yet; wait for the first one or finish the run")
+            raise InputError(f"{run.path}: no checkpoint yet; wait for the first one or finish the run")
         state = ckpt.load_checkpoint(path)
         settings = DeformationSettings.from_dict(json.loads(state["settings"]))
         device = torch.device(device)
@@ -71,7 +70,7 @@ class DeformationRun:
             half_sets[half["train_rows"].numpy()] = number
             half_sets[half["validation_rows"].numpy()] = number
             validation[half["validation_rows"].numpy()] = True
-        latents = np.load(run / LATENTS) if (run / LATENTS).is_file() else None
+        latents = np.load(run.latents) if run.latents.is_file() else None
         return cls(halves, latents, half_sets, validation, info["consensus_box"], info["voxel_size_angstrom"], device)
 
     @property
@@ -116,7 +115,7 @@ class DeformationRun:
 
     def _check_particle(self, particle: int) -> int:
         if self.latents is None:
-            raise InputError("this run has no latent_means.npy yet; finish the run first")
+            raise InputError("this run has no latent means yet; finish the run first")
         if not 0 <= int(particle) < len(self.latents):
             raise InputError(f"particle index {particle} is out of range (0..{len(self.latents) - 1})")
         return int(particle)

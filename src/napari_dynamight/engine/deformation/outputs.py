@@ -1,13 +1,14 @@
-"""The files a deformation run leaves in its run directory (each written atomically).
+"""The files a deformation run leaves in its run directory, each written atomically (the paths:
+``engine.run_folder.RunFolder``).
 
-| file | content |
+| ``RunFolder`` | content |
 | --- | --- |
-| ``latent_means.npy`` | (N, D) float32, input STAR row order; each particle by its own half's encoder, validation particles by half 1's |
-| ``latent_means_half2_validation.npy`` | (N, D) float32: half 2's codes of the validation particles, NaN elsewhere |
-| ``particles.star`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` |
-| ``consensus_half1.pt`` / ``consensus_half2.pt`` (+ ``.mrc``) | each half's final reference Gaussian model (``engine.consensus.load_model``), and rendered at the consensus box |
-| ``gaussian_errors.csv`` | per Gaussian of half 1's reference: position (Å) and error estimate (Å) |
-| ``losses.jsonl`` / ``losses.png`` | one line per epoch and half: mode, data, regularisation, KL, λ and the watchdog's fields (``watchdog.py``); and their plot |
+| ``latents`` | (N, D) float32, input STAR row order; each particle by its own half's encoder, validation particles by half 1's |
+| ``latents_half2`` | (N, D) float32: half 2's codes of the validation particles, NaN elsewhere |
+| ``particles`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` |
+| ``half_model(h)`` / ``half_map(h)`` | each half's final reference Gaussian model (``engine.consensus.load_model``), and rendered at the consensus box |
+| ``gaussian_errors`` | per Gaussian of half 1's reference: position (Å) and error estimate (Å) |
+| ``loss_log`` / ``loss_plot`` | one JSON line per epoch and half: mode, data, regularisation, KL, λ and the watchdog's fields (``watchdog.py``); and their plot |
 """
 
 from __future__ import annotations
@@ -16,26 +17,18 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..consensus import save_model  # noqa: E402
-from ..data.particles import ParticleTable  # noqa: E402
-from ..gaussians import GaussianModel, render_volume  # noqa: E402
-from ..io.atomic import atomic_path  # noqa: E402
-from ..io.mrc import write_map  # noqa: E402
-from ..io.star import write_particles  # noqa: E402
-from .validation import ErrorEstimates  # noqa: E402
-
-LATENTS = "latent_means.npy"
-LATENTS_HALF2 = "latent_means_half2_validation.npy"
-PARTICLES = "particles.star"
-LOSS_LOG = "losses.jsonl"
-LOSS_PLOT = "losses.png"
-GAUSSIAN_ERRORS = "gaussian_errors.csv"
+from ..consensus import save_model
+from ..data.particles import ParticleTable
+from ..gaussians import GaussianModel, render_volume
+from ..io.atomic import atomic_path
+from ..io.figure import save_figure
+from ..io.mrc import write_map
+from ..io.star import write_particles
+from ..run_folder import RunFolder
+from .validation import ErrorEstimates
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -53,10 +46,10 @@ def own_half_latents(estimates: ErrorEstimates, halves: np.ndarray, validation: 
 
 def write_latents(run: Path, estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
     latents = own_half_latents(estimates, halves, validation)
-    save_array(run / LATENTS, latents)
+    save_array(RunFolder(run).latents, latents)
     second = np.full_like(latents, np.nan)
     second[validation] = estimates.latents[1][validation]
-    save_array(run / LATENTS_HALF2, second.astype(np.float32))
+    save_array(RunFolder(run).latents_half2, second.astype(np.float32))
     return latents
 
 
@@ -71,26 +64,27 @@ def write_particle_table(run: Path, table: ParticleTable, latents: np.ndarray, h
     frame["dmErrorAngstrom"] = estimates.particle_error_angstrom.astype(np.float64)
     own = np.where(halves == 2, estimates.displacement_rms_angstrom[1], estimates.displacement_rms_angstrom[0])
     frame["dmDisplacementAngstrom"] = own.astype(np.float64)
-    write_particles(run / PARTICLES, replace(table, particles=frame))
+    write_particles(RunFolder(run).particles, replace(table, particles=frame))
 
 
 def write_half_models(run: Path, models: list[GaussianModel], box: int, voxel_size_angstrom: float) -> None:
+    folder = RunFolder(run)
     for half, model in enumerate(models, 1):
-        save_model(run / f"consensus_half{half}.pt", model, box=box, voxel_size_angstrom=voxel_size_angstrom)
-        write_map(run / f"consensus_half{half}.mrc", render_volume(model, box, voxel_size_angstrom).numpy(),
+        save_model(folder.half_model(half), model, box=box, voxel_size_angstrom=voxel_size_angstrom)
+        write_map(folder.half_map(half), render_volume(model, box, voxel_size_angstrom).numpy(),
                   voxel_size_angstrom)
 
 
 def write_gaussian_errors(run: Path, positions: np.ndarray, errors: np.ndarray) -> None:
     table = np.column_stack([positions, errors])
-    with atomic_path(run / GAUSSIAN_ERRORS) as tmp:
+    with atomic_path(RunFolder(run).gaussian_errors) as tmp:
         np.savetxt(tmp, table, delimiter=",", fmt="%.5f", comments="",
                    header="x_angstrom,y_angstrom,z_angstrom,error_angstrom")
 
 
-def write_loss_log(run: Path, history: list[dict]) -> None:
-    """Rewrite the whole JSON-lines log (it is short) so a resumed run never duplicates lines."""
-    with atomic_path(run / LOSS_LOG) as tmp:
+def write_loss_log(path: Path, history: list[dict]) -> None:
+    """Rewrite the whole JSON-lines log ``path`` (it is short) so a resumed run never duplicates lines."""
+    with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(entry) + "\n" for entry in history), encoding="utf-8")
 
 
@@ -101,7 +95,8 @@ PLOTTED = {"data": "data", "regularisation": "regularisation", "lambda": "lambda
 def plot_losses(run: Path, history: list[dict]) -> None:
     """The losses, λ, and the watchdog's RMS displacement and gain per epoch and half (NaN where a
     row has no value, e.g. runs made before the watchdog)."""
-    figure, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.5))
+    figure = Figure(figsize=(4 * len(PLOTTED), 3.5))
+    axes = figure.subplots(1, len(PLOTTED))
     for half in (1, 2):
         rows = [h for h in history if h["half"] == half]
         epochs = [h["epoch"] for h in rows]
@@ -111,6 +106,4 @@ def plot_losses(run: Path, history: list[dict]) -> None:
             axis.set_xlabel("epoch")
     axes[0].legend()
     figure.tight_layout()
-    with atomic_path(run / LOSS_PLOT) as tmp:
-        figure.savefig(tmp, format="png", dpi=80)
-    plt.close(figure)
+    save_figure(figure, RunFolder(run).loss_plot, dpi=80)

@@ -32,6 +32,7 @@ from ..errors import InputError
 from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
+from ..run_folder import RunFolder
 from . import checkpoint as ckpt
 from . import outputs, watchdog
 from .batches import ParticleBatches
@@ -42,10 +43,8 @@ from .settings import DeformationSettings
 from .trainer import HalfSet
 from .validation import estimate_errors
 
-RUN_FILE = "run.json"
 # Options a resumed run may change: more epochs or refinement rounds, and how the final latents are inferred.
 CHANGEABLE_ON_RESUME = ("epochs", "refinement_rounds", "latent_inference", "posterior_candidates")
-INITIAL_MODEL = "consensus_initial.pt"
 
 
 @dataclass
@@ -137,7 +136,7 @@ def optimize_deformations(
         else:
             if main:
                 run.mkdir(parents=True, exist_ok=True)
-                save_model(run / INITIAL_MODEL, initial, box=inputs.consensus_map.shape[0],
+                save_model(RunFolder(run).initial_model, initial, box=inputs.consensus_map.shape[0],
                            voxel_size_angstrom=inputs.voxel_size_angstrom)
             for half in mine:
                 subset = half.train_rows[: settings.noise_subset]
@@ -175,7 +174,7 @@ def optimize_deformations(
                     half.estimate_noise(batches, half.train_rows[: settings.noise_subset], deform=True)
             stopped = stop.should_stop
             if main:
-                outputs.write_loss_log(run, history)
+                outputs.write_loss_log(RunFolder(run).loss_log, history)
             if epoch % settings.checkpoint_every == 0 or epoch == settings.epochs or stopped:
                 ckpt.share_halves(context, halves)
                 if main:
@@ -193,7 +192,7 @@ def optimize_deformations(
             yield from _report_new_warnings(watchdog.check(history), reported, done)
             ckpt.share_halves(context, halves)
             if main:
-                outputs.write_loss_log(run, history)
+                outputs.write_loss_log(RunFolder(run).loss_log, history)
                 ckpt.save_checkpoint(ckpt.epoch_path(run, done), state(stopped))
         if main:  # the last epoch or round was checkpointed, so every rank holds both halves' final state
             ckpt.save_checkpoint(ckpt.final_path(run), state(stopped))
@@ -246,9 +245,9 @@ def _write_outputs(run: Path, inputs: RunInputs, estimates, halves: list[HalfSet
 
 def _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, result,
                     warnings=()) -> None:
-    """``run.json``: inputs, settings, sizes, and (at the end) the result and the watchdog's warnings;
-    decode reads it. The result's ``seconds_last_start`` is the wall time of the latest start only (a
-    resumed run does not add the time before the resume)."""
+    """The run file (``RunFolder.info``): inputs, settings, sizes, and (at the end) the result and the
+    watchdog's warnings; decode reads it. The result's ``seconds_last_start`` is the wall time of the
+    latest start only (a resumed run does not add the time before the resume)."""
     info = {
         "particles": str(Path(particles).resolve()), "consensus": str(Path(consensus).resolve()),
         "consensus_model": None if consensus_model is None else str(Path(consensus_model).resolve()),
@@ -263,5 +262,5 @@ def _write_run_file(run, settings, inputs, particles, consensus, consensus_model
         "train_box": int(inputs.train_box), "device": str(inputs.device),
         "settings": settings.to_dict(), "result": result, "warnings": list(warnings),
     }
-    with atomic_path(run / RUN_FILE) as tmp:
+    with atomic_path(RunFolder(run).info) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -130,7 +130,7 @@ def _mean_and_z(total: float, squares: float, n: float) -> tuple[float, float]:
 
 
 def check(history: list[dict], min_full_epochs: int | None = None) -> list[str]:
-    """One-line warnings for the latest state of a loss history (rows as in ``losses.jsonl``).
+    """One-line warnings for the latest state of a loss history (rows as in the run's loss log).
 
     A half is judged on its latest row with the watchdog fields, once it has had ``min_full_epochs``
     (default ``MIN_FULL_EPOCHS`` = 10) network-training epochs; rows without the fields (runs made

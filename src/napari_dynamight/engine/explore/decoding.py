@@ -1,16 +1,14 @@
-"""What the explorer shows for a latent point, and the adapter to a deformation run's decoder.
+"""What the explorer shows for a latent point, and what a decoder for it offers.
 
 :class:`Decoded` holds the deformed Gaussians, the consensus positions they moved from and the
 rendered volume. Anything with ``latent_dim`` and ``decode(latent) -> Decoded`` can drive the
-explorer; :func:`open_decoder` builds one from a run folder through the deformation engine's
+explorer; ``run_decoder.open_decoder`` builds one from a run folder through the deformation engine's
 ``DeformationRun`` (``engine/deformation/decode.py``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -46,14 +44,3 @@ def check_latent(latent, latent_dim: int) -> np.ndarray:
                          "latent dimensions")
     return latent
 
-
-def open_decoder(run_directory: str | os.PathLike, half: int = 1) -> Decoder:
-    """The decoder of ``half`` (1 or 2) of a deformation run (its folder, or its particles.star)."""
-    from .run_decoder import RunDecoder
-
-    run_directory = Path(run_directory)
-    if run_directory.is_file() and (run_directory.parent / "run.json").is_file():
-        run_directory = run_directory.parent
-    if not run_directory.is_dir():
-        raise InputError(f"{run_directory}: not a run folder; decoding needs the whole deformation run")
-    return RunDecoder(run_directory, half)

@@ -4,18 +4,20 @@ Decoding one latent point is one decoder pass and one rendering at the consensus
 For validation particles, :meth:`RunDecoder.compare_halves` decodes the particle with both halves
 (each with its own encoder's latent) and gives, per Gaussian, the distance between the two halves'
 predicted displacements: the per-Gaussian picture behind the run's error estimate.
+:func:`open_decoder` opens one from a run folder (or the run's particle table).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from .decoding import Decoded, check_latent
-from .table import HALF2_LATENTS_FILE
+from ..run_folder import RunFolder
+from .decoding import Decoded, Decoder, check_latent
 
 
 @dataclass
@@ -71,14 +73,22 @@ class RunDecoder:
     def compare_halves(self, particle: int) -> HalfComparison:
         """Decode a validation particle with both halves and compare their displacements."""
         if self.run.latents is None:
-            raise InputError(f"{self.run_directory}: no latent_means.npy; finish the run first")
+            raise InputError(f"{RunFolder(self.run_directory).latents}: not found; finish the run first")
         if not 0 <= particle < len(self.validation) or not self.validation[particle]:
             raise InputError(f"particle {particle} is not a validation particle; pick one with "
                              "dmValidation = 1")
-        path = self.run_directory / HALF2_LATENTS_FILE
+        path = RunFolder(self.run_directory).latents_half2
         if not path.is_file():
             raise InputError(f"{path}: not found; the half-2 codes of validation particles are needed")
         first = self.decode(self.run.latents[particle], half=1)
         second = self.decode(np.load(path)[particle], half=2)
         difference = np.linalg.norm(first.displacements_angstrom - second.displacements_angstrom, axis=1)
         return HalfComparison(particle, first, second, difference)
+
+
+def open_decoder(run_directory: str | os.PathLike, half: int = 1) -> Decoder:
+    """The decoder of ``half`` (1 or 2) of a deformation run (its folder, or its particle table)."""
+    run = RunFolder.of(run_directory)
+    if not run.path.is_dir():
+        raise InputError(f"{run.path}: not a run folder; decoding needs the whole deformation run")
+    return RunDecoder(run.path, half)

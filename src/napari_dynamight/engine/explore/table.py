@@ -1,7 +1,7 @@
 """The explorer's per-particle table: latent means plus every numeric STAR column, and STAR export.
 
-A deformation run (``engine/deformation/outputs.py``) leaves ``latent_means.npy`` (N, D, in the row
-order of the input STAR) and ``particles.star`` (every input column plus ``dmLatent1..D``,
+A deformation run (``engine/deformation/outputs.py``; file names in ``engine/run_folder.py``) leaves
+the latent means (N, D, in the row order of the input STAR) and a particle table (every input column plus ``dmLatent1..D``,
 ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom``). Either the run
 folder or that STAR file alone can be opened. The two half sets' latent spaces are separate
 coordinate systems: :meth:`ExplorerData.view` gives one half's particles and codes (``halves.py``), and
@@ -22,12 +22,9 @@ import pandas as pd
 from ..data.particles import ParticleTable
 from ..errors import InputError
 from ..io.star import read_particles, write_particles
+from ..run_folder import RunFolder
 from .halves import HalfView, half_membership, half_view
 
-# File names written by engine/deformation/outputs.py (not imported: it sets matplotlib's backend).
-LATENTS_FILE = "latent_means.npy"
-PARTICLES_FILE = "particles.star"
-HALF2_LATENTS_FILE = "latent_means_half2_validation.npy"
 RESULT_PREFIX = "dm"
 LATENT_PREFIX = "dmLatent"
 
@@ -52,7 +49,7 @@ class ExplorerData:
         if self.half2_validation is not None:
             self.half2_validation = np.asarray(self.half2_validation, dtype=np.float32)
             if self.half2_validation.shape != self.latents.shape:
-                raise InputError(f"{self.source}: {HALF2_LATENTS_FILE} has shape "
+                raise InputError(f"{self.source}: the half-2 validation codes have shape "
                                  f"{self.half2_validation.shape}, the latent means "
                                  f"{self.latents.shape}; the run's files do not belong together")
         self._membership = half_membership(None if self.table is None else self.table.particles)
@@ -123,34 +120,31 @@ def _latents_from_star(table: ParticleTable, path: Path) -> np.ndarray:
 
 
 def load_run(path: str | os.PathLike) -> ExplorerData:
-    """Open a run folder (latent_means.npy + particles.star) or a run's particles STAR file."""
+    """Open a run folder (latent means + particle table) or a run's particles STAR file."""
     path = Path(path)
     if path.is_dir():
-        latents_path, star_path = path / LATENTS_FILE, path / PARTICLES_FILE
-        if not latents_path.is_file():
-            raise InputError(f"{path}: no {LATENTS_FILE}; is this a finished deformation run "
+        run = RunFolder(path)
+        if not run.latents.is_file():
+            raise InputError(f"{path}: no {run.latents.name}; is this a finished deformation run "
                              "(napari-dynamight optimize-deformations)?")
-        latents = np.load(latents_path)
-        table = read_particles(star_path) if star_path.is_file() else None
-        return ExplorerData(latents, table, path, _half2_codes(path))
+        latents = np.load(run.latents)
+        table = read_particles(run.particles) if run.particles.is_file() else None
+        return ExplorerData(latents, table, path, _half2_codes(run))
     if not path.exists():
-        raise InputError(f"{path}: not found; give a run folder or its particles.star")
+        raise InputError(f"{path}: not found; give a run folder or its {RunFolder(path).particles.name}")
     table = read_particles(path)
-    half2 = _half2_codes(path.parent) if path.name == PARTICLES_FILE else None
+    run = RunFolder(path.parent)
+    half2 = _half2_codes(run) if path.name == run.particles.name else None
     return ExplorerData(_latents_from_star(table, path), table, path, half2)
 
 
-def _half2_codes(run_directory: Path) -> np.ndarray | None:
-    path = run_directory / HALF2_LATENTS_FILE
-    return np.load(path) if path.is_file() else None
-
-
-GAUSSIAN_ERRORS_FILE = "gaussian_errors.csv"
+def _half2_codes(run: RunFolder) -> np.ndarray | None:
+    return np.load(run.latents_half2) if run.latents_half2.is_file() else None
 
 
 def read_gaussian_errors(run_directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Half 1's reference Gaussians (G, 3) x, y, z in Å and their deformation error estimate (G,) Å."""
-    path = Path(run_directory) / GAUSSIAN_ERRORS_FILE
+    path = RunFolder(run_directory).gaussian_errors
     if not path.is_file():
         raise InputError(f"{path}: not found; error estimates come with a finished deformation run")
     table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)

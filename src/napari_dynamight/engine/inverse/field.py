@@ -16,8 +16,8 @@ import torch
 
 from ..deformation import checkpoint as ckpt
 from ..errors import InputError
+from ..run_folder import RunFolder
 from .network import InverseNetwork
-from .run import final_path
 from .settings import InverseSettings
 
 POINTS_PER_CHUNK = 1 << 18  # latent-point pairs per network call: bounds memory for large grids
@@ -54,7 +54,7 @@ def load_inverse_field(run_directory: str | Path, half: int, device: str | torch
     """Half set ``half`` (1 or 2) of the finished inverse run in ``run_directory``."""
     if half not in (1, 2):
         raise InputError(f"half set must be 1 or 2, got {half}")
-    path = final_path(run_directory)
+    path = RunFolder(run_directory).inverse.final
     if not path.is_file():
         raise InputError(f"{path}: missing; run optimize-inverse-deformations on {run_directory} first")
     state = ckpt.load_checkpoint(path)

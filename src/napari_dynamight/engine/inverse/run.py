@@ -3,8 +3,8 @@
 ``optimize_inverse_deformations`` is a generator of :class:`Progress` events (cancel by closing it).
 It reads a finished deformation run, trains the two halves' inverse networks epoch by epoch on their
 own training particles (the validation particles stay out and give an honest held-out error),
-checkpoints every few epochs into ``RUN/inverse/checkpoints`` and writes ``RUN/inverse/final.pt``,
-``losses.jsonl`` and ``summary.json``. With ``resume=True`` it continues from the last checkpoint and
+checkpoints every few epochs into ``RUN/inverse`` (``RunFolder.inverse``: checkpoints, the final
+networks, the loss log and the summary). With ``resume=True`` it continues from the last checkpoint and
 ends with the same networks as a run that was never interrupted.
 
 The same function runs in every process of a ``torchrun`` launch (``engine.distributed``), as the
@@ -28,18 +28,13 @@ from .. import distributed
 from ..deformation import checkpoint as ckpt
 from ..deformation.decode import DeformationRun
 from ..deformation.inputs import check_device
-from ..deformation.outputs import LATENTS, LATENTS_HALF2, write_loss_log
-from ..deformation.run import RUN_FILE
+from ..deformation.outputs import write_loss_log
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
+from ..run_folder import InverseFolder, RunFolder
 from .settings import InverseSettings
 from .training import InverseHalf
-
-FOLDER = "inverse"
-FINAL = "final.pt"
-SUMMARY = "summary.json"
-
 
 @dataclass
 class InverseResult:
@@ -50,46 +45,32 @@ class InverseResult:
 
 
 def inverse_directory(run_directory: str | Path) -> Path:
-    return Path(run_directory) / FOLDER
+    return RunFolder(run_directory).inverse.path
 
 
 def final_path(run_directory: str | Path) -> Path:
-    return inverse_directory(run_directory) / FINAL
+    return RunFolder(run_directory).inverse.final
 
 
-def _check_deformation_run(run: Path) -> None:
-    """Refuse anything but a finished deformation run (run.json with a result, and its latents)."""
-    info_path = run / RUN_FILE
-    if not info_path.is_file():
-        raise InputError(f"{run}: not a deformation run ({RUN_FILE} missing); run optimize-deformations first")
-    try:
-        finished = json.loads(info_path.read_text(encoding="utf-8")).get("result") is not None
-    except (json.JSONDecodeError, AttributeError):
-        raise InputError(f"{info_path}: not a readable run file; run optimize-deformations again") from None
-    if not finished or not (run / LATENTS).is_file():
-        raise InputError(f"{run}: the deformation run has not finished; finish it (optimize-deformations "
-                         "--resume) first")
-
-
-def _resume_state(folder: Path, resume: bool, settings: InverseSettings) -> dict | None:
+def _resume_state(folder: InverseFolder, resume: bool, settings: InverseSettings) -> dict | None:
     """The last checkpoint's state to resume from, or None; refuse to overwrite without ``resume``.
     A resumed run may ask for more epochs; every other setting must match."""
-    return ckpt.state_to_resume(folder, resume, settings, folder / FINAL, "an inverse run",
+    return ckpt.state_to_resume(folder.path, resume, settings, folder.final, "an inverse run",
                                 "(or delete the folder to start again)")
 
 
-def _particle_sets(run: Path, forward: DeformationRun) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _particle_sets(run: RunFolder, forward: DeformationRun) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per half: the latents of its training particles and the held-out latents of the validation
-    particles as that half's encoder saw them (half 2's are in latent_means_half2_validation.npy)."""
+    particles as that half's encoder saw them (half 2's are in ``RunFolder.latents_half2``)."""
     latents, validation = forward.latents, forward.validation
-    second = np.load(run / LATENTS_HALF2) if (run / LATENTS_HALF2).is_file() else np.full_like(latents, np.nan)
+    second = np.load(run.latents_half2) if run.latents_half2.is_file() else np.full_like(latents, np.nan)
     train, held_out = [], []
     for half, codes in ((1, latents), (2, second)):
         train.append(latents[(forward.half_sets == half) & ~validation])
         candidates = codes[validation]
         held_out.append(candidates[np.isfinite(candidates).all(axis=1)])
     if min(len(t) for t in train) == 0:
-        raise InputError(f"{run / LATENTS}: a half set has no training particles; nothing to learn from")
+        raise InputError(f"{run.latents}: a half set has no training particles; nothing to learn from")
     return train, held_out
 
 
@@ -100,17 +81,17 @@ def optimize_inverse_deformations(
     device: str | torch.device = "cpu",
     resume: bool = False,
 ) -> ProgressGenerator[InverseResult]:
-    """Train both halves' inverse networks and write ``RUN/inverse`` (see the module docstring)."""
+    """Train both halves' inverse networks and write ``RunFolder.inverse`` (see the module docstring)."""
     started = time.perf_counter()
     settings.check()
     context = distributed.current()
     dev = context.device_for(check_device(device))
-    run = Path(run_directory)
-    _check_deformation_run(run)
-    folder = inverse_directory(run)
+    run = RunFolder(run_directory)
+    run.require_finished()
+    folder = run.inverse
     resumed = _resume_state(folder, resume, settings)
     context.barrier()  # every rank has checked the folder before rank 0 writes to it
-    forward = DeformationRun.load(run, dev)
+    forward = DeformationRun.load(run.path, dev)
     train, held_out = _particle_sets(run, forward)
     yield Progress("preparing", 0, None, message=f"{len(train[0])} + {len(train[1])} training particles")
     halves = [InverseHalf(h, forward, train[h - 1], held_out[h - 1], settings, dev, context.half_group(h))
@@ -140,11 +121,11 @@ def optimize_inverse_deformations(
             seconds[index] += elapsed
             history.append(entry)
         if context.is_main:
-            write_loss_log(folder, history)
+            write_loss_log(folder.loss_log, history)
         if epoch % settings.checkpoint_every == 0 or epoch == settings.epochs:
             _share_states(context, halves)
             if context.is_main:
-                ckpt.save_checkpoint(ckpt.epoch_path(folder, epoch), state())
+                ckpt.save_checkpoint(folder.checkpoints.epoch(epoch), state())
 
     yield Progress("evaluating", 0, 2)
     numbers = {}
@@ -161,14 +142,14 @@ def optimize_inverse_deformations(
     summary = {f"half{h}": values for h, values in enumerate(_from_leaders(context, numbers), 1)}
     summary |= {"epochs": epoch, "settings": settings.to_dict()}
     if context.is_main:  # the last epoch was checkpointed, so rank 0 holds both halves' networks
-        ckpt.save_checkpoint(folder / FINAL, {
+        ckpt.save_checkpoint(folder.final, {
             "epoch": epoch, "settings": json.dumps(settings.to_dict()), "latent_dim": forward.latent_dim,
             "extent_angstrom": halves[0].extent_angstrom,
             "halves": [{"network": h.network.state_dict()} for h in halves]})
-        with atomic_path(folder / SUMMARY) as tmp:
+        with atomic_path(folder.summary) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     context.barrier()  # on return RUN/inverse is complete for every rank
-    return InverseResult(folder, epoch, time.perf_counter() - started, summary)
+    return InverseResult(folder.path, epoch, time.perf_counter() - started, summary)
 
 
 def _from_leaders(context: distributed.Context, values: dict) -> list:

@@ -25,12 +25,11 @@ from .. import distributed
 from ..ctf import compute_ctf
 from ..data.dataset import ParticleDataset
 from ..deformation.inputs import check_device
-from ..deformation.outputs import LATENTS, LATENTS_HALF2, PARTICLES
-from ..deformation.run import RUN_FILE
 from ..errors import InputError
 from ..fourier import fsc, resolution_at
 from ..io.star import read_particles
 from ..progress import Progress, ProgressGenerator
+from ..run_folder import RunFolder
 from .clusters import DEFAULT_CLUSTERS, quantise
 from .deformed import DeformedAccumulator
 from .inversion import radius_grid
@@ -56,29 +55,29 @@ class ReconstructionResult:
 def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", batch_size: int = 64,
                     grid_factor: int = 2, filter: str = DEFAULT_FILTER, clusters: int = DEFAULT_CLUSTERS,
                     ) -> ProgressGenerator[ReconstructionResult]:
-    """Reconstruct a run's half maps and full map into ``RUN/reconstruction[_standard]/``.
+    """Reconstruct a run's half maps and full map into ``RunFolder.reconstruction(deformations)``.
 
     ``clusters``: k-means clusters of each half's latent codes; the field is evaluated and the
     backprojection warped once per centre (particles sorted by cluster); 0 warps every particle on its
     own (slow). In a ``torchrun`` launch every rank takes its share of each half set, the sums are
     added over the ranks and only rank 0 inverts and writes.
     """
-    run = Path(run_directory)
+    run = RunFolder(run_directory)
     if filter not in FILTERS:
         raise InputError(f"--filter {filter!r} is unknown: use {' or '.join(FILTERS)}")
     if int(batch_size) < 1 or int(grid_factor) < 1 or int(clusters) < 0:
         raise InputError(f"--batch-size {batch_size} and --grid-factor {grid_factor} must be at least 1 "
                          f"and --clusters {clusters} at least 0")
-    if not (run / RUN_FILE).is_file() or not (run / PARTICLES).is_file():
-        raise InputError(f"{run}: not a finished deformation run ({RUN_FILE} or {PARTICLES} missing); "
-                         "run optimize-deformations first")
+    if not run.info.is_file() or not run.particles.is_file():
+        raise InputError(f"{run.path}: not a finished deformation run ({run.info.name} or {run.particles.name} "
+                         "missing); run optimize-deformations first")
     context = distributed.current()
     device = check_device(context.device_for(device))
-    info = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
+    info = json.loads(run.info.read_text(encoding="utf-8"))
     box, voxel = int(info["consensus_box"]), float(info["voxel_size_angstrom"])
-    table = read_particles(run / PARTICLES, data_root=Path(info["particles"]).parent)
+    table = read_particles(run.particles, data_root=Path(info["particles"]).parent)
     if "dmHalfSet" not in table.particles.columns:
-        raise InputError(f"{run / PARTICLES}: no dmHalfSet column; rerun optimize-deformations")
+        raise InputError(f"{run.particles}: no dmHalfSet column; rerun optimize-deformations")
     halves = table.particles["dmHalfSet"].to_numpy().astype(int)
     fields, latents = (_deformation_inputs(run, table, halves, device) if deformations else ({}, None))
 
@@ -86,7 +85,7 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     for half in (1, 2):
         rows = np.nonzero(halves == half)[0]
         if len(rows) == 0:
-            raise InputError(f"{run / PARTICLES}: half set {half} has no particles")
+            raise InputError(f"{run.particles}: half set {half} has no particles")
         codes = None
         if latents is not None:  # each particle's field code: its cluster centre (rows sorted by cluster)
             rows, quantised = quantise(latents, rows, int(clusters))
@@ -104,9 +103,7 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
                 yield Progress(STAGE, min(done * batch_size, len(rows)), len(rows), f"half {half}")
         accumulators.append(reduce_sums(accumulator, context))
 
-    directory = run / ("reconstruction" if deformations else "reconstruction_standard")
-    paths = {"halves": (directory / "half1.mrc", directory / "half2.mrc"), "full": directory / "full.mrc",
-             "csv": directory / "fsc.csv"}
+    folder = run.reconstruction(deformations)
     resolutions = (float("nan"), float("nan"))
     if context.is_main:
         yield Progress(STAGE, 0, None, "inverting")
@@ -115,44 +112,44 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
         frequency, standard_curve = fsc(*standard, voxel)
         curves = {"fsc_deformed": curve, "fsc_standard": standard_curve} if deformations else \
             {"fsc_standard": curve}
-        paths = write_outputs(directory, maps, voxel, frequency, curves)
+        write_outputs(folder, maps, voxel, frequency, curves)
         resolutions = (resolution_at(frequency, curve, 0.143), resolution_at(frequency, standard_curve, 0.143))
     context.barrier()
-    return ReconstructionResult(directory, paths["halves"], paths["full"], paths["csv"], *resolutions)
+    return ReconstructionResult(folder.path, folder.half_maps, folder.full_map, folder.fsc_table, *resolutions)
 
 
-def _deformation_inputs(run: Path, table, halves: np.ndarray, device):
+def _deformation_inputs(run: RunFolder, table, halves: np.ndarray, device):
     """Each half's inverse field (as a callable) and each particle's latent code from its own half."""
     hint = "run optimize-inverse-deformations first, or use --no-deformations"
-    if not (run / "inverse").is_dir():
-        raise InputError(f"{run}: no inverse deformations (inverse/ missing); {hint}")
+    if not run.inverse.path.is_dir():
+        raise InputError(f"{run.path}: no inverse deformations ({run.inverse.path.name}/ missing); {hint}")
     try:
         from ..inverse.field import load_inverse_field
     except ImportError:
-        raise InputError(f"{run}: this installation has no inverse-deformation stage; {hint}") from None
-    if not (run / LATENTS).is_file():
-        raise InputError(f"{run / LATENTS}: missing; finish optimize-deformations first")
-    latents = np.load(run / LATENTS).astype(np.float32)
+        raise InputError(f"{run.path}: this installation has no inverse-deformation stage; {hint}") from None
+    if not run.latents.is_file():
+        raise InputError(f"{run.latents}: missing; finish optimize-deformations first")
+    latents = np.load(run.latents).astype(np.float32)
     if len(latents) != len(table):
-        raise InputError(f"{run / LATENTS}: {len(latents)} rows for {len(table)} particles; rerun the run")
-    if (run / LATENTS_HALF2).is_file() and "dmValidation" in table.particles.columns:
-        second = np.load(run / LATENTS_HALF2).astype(np.float32)
+        raise InputError(f"{run.latents}: {len(latents)} rows for {len(table)} particles; rerun the run")
+    if run.latents_half2.is_file() and "dmValidation" in table.particles.columns:
+        second = np.load(run.latents_half2).astype(np.float32)
         own = (halves == 2) & (table.particles["dmValidation"].to_numpy() == 1) & np.isfinite(second).all(1)
         latents[own] = second[own]
     fields = {}
     for half in (1, 2):
-        field = load_inverse_field(run, half, device)
+        field = load_inverse_field(run.path, half, device)
         fields[half] = (field.consensus_positions, _region(run, half, device))
     return fields, latents
 
 
-def _region(run: Path, half: int, device) -> torch.Tensor | None:
+def _region(run: RunFolder, half: int, device) -> torch.Tensor | None:
     """Voxels within about REGION_MARGIN_ANGSTROM of the half's reference Gaussians (a cube
     dilation), where the field is evaluated; None (everywhere) when the run has no checkpoint."""
     from ..deformation.decode import DeformationRun
 
     try:
-        forward = DeformationRun.load(run, device)
+        forward = DeformationRun.load(run.path, device)
     except InputError:
         return None
     box, voxel = forward.box, forward.voxel_size_angstrom

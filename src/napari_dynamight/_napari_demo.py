@@ -1,74 +1,77 @@
-"""The headless demo's napari views: screenshots of a shown viewer and a movie of the motion.
+"""The demo in napari: its window (:func:`show_demo`), and the headless mode's screenshots and movies.
 
-napari renders only into a shown window on an X display (an offscreen Qt platform gives black
-frames), so without a display an Xvfb server is started for the duration (:func:`virtual_display`).
-In the demo folder: ``napari_explorer.png`` (the whole window: the explorer's latent plot of half 1,
-a decoded volume, its deformed Gaussians and their displacement arrows), ``napari_volume.png`` (the
-3D canvas alone) and ``motion_napari.mp4`` / ``motion_napari.gif`` (half 1's volumes along its first
-principal component, rendered with the current camera by the explorer's movie export).
+The window holds the consensus map (an image layer in Å), its Gaussians (a points layer), the
+deformed reconstruction and the latent-space explorer on the run. Headless (:func:`render_views`),
+napari renders into a shown window on a real or virtual display (``_display.virtual_display``); in
+the demo folder (``engine.run_folder.DemoFolder``): a screenshot of the whole window (the explorer's
+latent plot of half 1, a decoded volume, its deformed Gaussians and their displacement arrows), one of
+the 3D canvas alone, and a movie as MP4 and GIF (half 1's volumes along its first principal
+component, rendered with the current camera by the explorer's movie export).
+The command line calls these lazily; nothing here imports the command line.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from ._display import virtual_display
+from .engine.run_folder import DemoFolder
+
 MOVIE_FRAMES = 12
-SCREEN = "1800x1200x24"
 WINDOW_SIZE = (1600, 1000)
 TIMEOUT_SECONDS = 300
 
 
-def xvfb_needed() -> str | None:
-    """The Xvfb program if there is no X display to render on (None if there is one); raises
-    InputError (before any work is done) if neither is available."""
-    from ..engine.errors import InputError
+def add_layers(viewer, result: dict) -> None:
+    """Add the consensus map (in Å, centred like the engine) and its Gaussians to a viewer."""
+    from ._widgets._layers import xyz_to_napari
 
-    if os.environ.get("DISPLAY"):
-        return None
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        raise InputError("no display for napari's screenshots and no Xvfb to make one: install "
-                         "xvfb (apt install xvfb) or run under xvfb-run")
-    return xvfb
+    volume, voxel_size, model = result["volume"], result["voxel_size_angstrom"], result["model"]
+    viewer.add_image(
+        volume,
+        name="consensus map",
+        scale=[voxel_size] * 3,
+        translate=[-(n // 2) * voxel_size for n in volume.shape],
+        colormap="gray",
+        rendering="iso",
+        iso_threshold=float(result["summary"]["consensus"]["threshold"]),
+        opacity=0.5,
+    )
+    viewer.add_points(
+        xyz_to_napari(model.positions_angstrom.detach().cpu().numpy()),
+        name="consensus Gaussians",
+        size=float(model.sigmas_angstrom[0]),
+        face_color="orange",
+        border_width=0,
+    )
 
 
-@contextmanager
-def virtual_display():
-    """Keep the current X display, or start Xvfb and point DISPLAY at it until the block ends."""
-    from ..engine.errors import InputError
+def add_reconstruction(viewer, reconstruction: dict) -> None:
+    """The deformed reconstruction's full map, hidden, for comparison with the consensus map."""
+    from .engine.io.mrc import read_map
 
-    xvfb = xvfb_needed()
-    if xvfb is None:
-        yield None
-        return
-    read, write = os.pipe()
-    process = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", SCREEN,
-                                "-nolisten", "tcp"], pass_fds=(write,),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        number = pipe.readline().strip()  # Xvfb writes its display number once it is ready
-    if not number:
-        process.kill()
-        raise InputError("Xvfb did not start; run the demo under xvfb-run instead")
-    saved = {name: os.environ.pop(name, None) for name in ("DISPLAY", "QT_QPA_PLATFORM")}
-    os.environ["DISPLAY"] = f":{number}"
-    try:
-        yield process
-    finally:
-        for name, value in saved.items():
-            os.environ.pop(name, None)
-            if value is not None:
-                os.environ[name] = value
-        process.terminate()
-        process.wait(timeout=10)
+    volume, voxel_size = read_map(reconstruction["full_map"])
+    viewer.add_image(volume, name="deformed reconstruction (full)", scale=[voxel_size] * 3,
+                     translate=[-(n // 2) * voxel_size for n in volume.shape], colormap="gray",
+                     rendering="mip", visible=False)
+
+
+def show_demo(result: dict) -> None:
+    """Open napari on the demo's result (layers, reconstruction, explorer) until the window closes."""
+    import napari
+
+    from ._widgets.explorer import open_explorer
+
+    viewer = napari.Viewer(title="napari-dynamight demo", ndisplay=3)
+    add_layers(viewer, result)
+    if "reconstruction" in result["summary"]:
+        add_reconstruction(viewer, result["summary"]["reconstruction"])
+    if "deformations" in result["summary"]:
+        open_explorer(viewer, Path(result["summary"]["deformations"]["run_directory"]))
+    napari.run()
 
 
 def _wait(condition, what: str) -> None:
@@ -87,7 +90,7 @@ def _wait(condition, what: str) -> None:
 def _save_png(path: Path, image: np.ndarray) -> None:
     import imageio.v3 as iio
 
-    from ..engine.io.atomic import atomic_path
+    from .engine.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, np.asarray(image)[..., :3], extension=".png")
@@ -113,7 +116,7 @@ def new_viewer():
 
 
 def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
-    from .explore import open_explorer
+    from ._widgets.explorer import open_explorer
 
     viewer = new_viewer()
     try:
@@ -133,13 +136,14 @@ def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
         viewer.camera.angles = (0.0, 30.0, 60.0)
         viewer.reset_view()
         widget.plot.draw()
-        window_png, volume_png = output / "napari_explorer.png", output / "napari_volume.png"
+        demo = DemoFolder(output)
+        window_png, volume_png = demo.napari_explorer, demo.napari_volume
         _save_png(window_png, viewer.screenshot(canvas_only=False, flash=False))
         _save_png(volume_png, viewer.screenshot(canvas_only=True, flash=False))
         widget.frames.value = frames
         widget.set_path_end(0, start)
         widget.set_path_end(1, end)
-        mp4, gif = output / "motion_napari.mp4", output / "motion_napari.gif"
+        mp4, gif = demo.napari_movie, demo.napari_movie_gif
         if widget.export_movie(mp4, also=[gif]) is None:
             raise RuntimeError(f"movie export failed: {widget.status.value}")
         _wait(lambda: not widget.tasks.running, "the movie")
