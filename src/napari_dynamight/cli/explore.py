@@ -29,9 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.explore import embed, load_run
+    from ..engine.run_identity import check_finished_run
     from .demo import _check_display
 
+    folder = args.run_path if args.run_path.is_dir() else args.run_path.parent
+    if args.run_path.is_dir() or (folder / "run.json").is_file():
+        check_finished_run(folder)  # finished, and its latent means readable, complete and finite
     data = load_run(args.run_path)
+    _check_finite(data.latents, args.run_path)
     embed(data.latents[:2], args.embedding)  # fails now, not in the GUI, if umap-learn is missing
     _check_display()
     import napari
@@ -40,6 +45,19 @@ def run(args: argparse.Namespace) -> int:
     open_explorer(viewer, args.run_path, args.embedding)
     napari.run()
     return 0
+
+
+def _check_finite(latents, path: Path) -> None:
+    """Every particle's latent mean must be finite before napari opens."""
+    import numpy as np
+
+    from ..engine.errors import InputError
+
+    finite = np.isfinite(np.asarray(latents, dtype=np.float64)).all(axis=1)
+    if not finite.all():
+        row = int(np.nonzero(~finite)[0][0])
+        raise InputError(f"{path}: the latent means of row {row + 1} are not finite (NaN or Inf); "
+                         "rerun optimize-deformations --resume to write them again")
 
 
 def open_explorer(viewer, run_path: Path, embedding: str = "pca"):

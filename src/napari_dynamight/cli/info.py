@@ -61,6 +61,7 @@ def _version(table) -> str:
 
 def summarise(table, star_path) -> dict:
     """A JSON-ready summary of a :class:`ParticleTable` (used by ``info`` and the napari reader)."""
+    unusable = _unusable_stacks(table)
     groups = []
     for group in np.unique(table.optics_group):
         rows = np.nonzero(table.optics_group == group)[0]
@@ -88,6 +89,7 @@ def summarise(table, star_path) -> dict:
         half_sets = {str(value): int(count) for value, count in zip(values, counts)}
     stacks = sorted(set(map(str, table.image_files)))
     missing = [name for name in stacks if not os.path.isfile(name)]
+    usable = len(stacks) - len(missing) - len(unusable)
     return {
         "star_file": str(star_path),
         "relion_version": _version(table),
@@ -99,8 +101,24 @@ def summarise(table, star_path) -> dict:
             [float(defocus.min()), float(defocus.max())] if len(defocus) else None
         ),
         "missing_ctf_columns": list(table.missing_ctf_columns),
-        "stacks": {"total": len(stacks), "found": len(stacks) - len(missing), "missing": missing},
+        "stacks": {"total": len(stacks), "found": usable, "missing": missing, "unusable": unusable},
     }
+
+
+def _unusable_stacks(table) -> list[dict]:
+    """The stacks that exist but cannot be used (not MRC, truncated, too few images, wrong box), each
+    with the one-line problem the training commands would report."""
+    from ..engine.errors import InputError
+
+    problems = []
+    for name in sorted(set(map(str, table.image_files))):
+        if not os.path.isfile(name):
+            continue
+        try:
+            table.check_images(np.nonzero(table.image_files == name)[0])
+        except InputError as error:
+            problems.append({"stack": name, "problem": " ".join(str(error).split())})
+    return problems
 
 
 def _show(value, unit: str = "", digits: int = 4) -> str:
@@ -141,7 +159,9 @@ def format_summary(summary: dict) -> str:
     if summary["missing_ctf_columns"]:
         lines.append(f"missing CTF:     {', '.join(summary['missing_ctf_columns'])}")
     stacks = summary["stacks"]
-    lines.append(f"image stacks:    {stacks['found']} of {stacks['total']} found")
+    lines.append(f"image stacks:    {stacks['found']} of {stacks['total']} found and usable")
+    for entry in stacks.get("unusable", []):
+        lines.append(f"  unusable: {entry['problem']}")
     for name in stacks["missing"][:MAX_MISSING_LISTED]:
         lines.append(f"  missing: {name}")
     if len(stacks["missing"]) > MAX_MISSING_LISTED:

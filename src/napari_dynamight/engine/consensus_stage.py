@@ -16,7 +16,9 @@ import numpy as np
 from .consensus import automatic_threshold, fill_with_gaussians, fit_to_map, save_model
 from .errors import InputError
 from .gaussians import render_volume
+from .deformation.inputs import check_device
 from .io.atomic import atomic_path
+from .io.file_set import file_set
 from .io.mrc import read_map, write_map
 from .progress import Progress, ProgressGenerator
 
@@ -63,6 +65,15 @@ def fit_consensus(
             raise InputError(f"{mask_path}: mask box {mask.shape[0]} differs from the consensus map's {volume.shape[0]}")
         if not np.isclose(mask_voxel, voxel_size, rtol=1e-3):
             raise InputError(f"{mask_path}: mask voxel size {mask_voxel:.4f} Å differs from the map's {voxel_size:.4f} Å")
+        if not (mask > 0.5).any():
+            raise InputError(f"{mask_path}: no voxel of the mask is above 0.5, so no Gaussian could be placed; "
+                             "give a mask that is 1 over the molecule")
+    if n_gaussians is not None and not 1 <= int(n_gaussians) <= volume.size:
+        raise InputError(f"--n-gaussians {n_gaussians}: give between 1 and one per voxel of the map "
+                         f"({volume.size} voxels)")
+    if int(n_steps) < 1:
+        raise InputError(f"--steps {n_steps}: give at least 1 gradient step")
+    check_device(device)
     level = automatic_threshold(volume) if threshold is None else float(threshold)
     count = suggested_gaussian_count(volume, voxel_size, level) if n_gaussians is None else int(n_gaussians)
     yield Progress("fit consensus", 0, n_steps, message=f"{count} Gaussians, threshold {level:.4g}")
@@ -72,10 +83,11 @@ def fit_consensus(
     output = Path(output_directory)
     output.mkdir(parents=True, exist_ok=True)
     model_path = output / "consensus_gaussians.pt"
-    save_model(model_path, result.model, box=volume.shape[0], voxel_size_angstrom=voxel_size, threshold=level)
-    write_map(output / "consensus_gaussians.mrc", render_volume(result.model, volume.shape[0], voxel_size).numpy(),
-              voxel_size)
-    _write_table(output / "consensus_gaussians.csv", result.model)
+    names = [model_path, output / "consensus_gaussians.mrc", output / "consensus_gaussians.csv"]
+    with file_set(names, output / "consensus_gaussians.json") as (model_tmp, map_tmp, table_tmp):
+        save_model(model_tmp, result.model, box=volume.shape[0], voxel_size_angstrom=voxel_size, threshold=level)
+        write_map(map_tmp, render_volume(result.model, volume.shape[0], voxel_size).numpy(), voxel_size)
+        _write_table(table_tmp, result.model)
     return ConsensusFit(model_path, count, level, result.correlation, float(result.model.sigmas_angstrom[0]))
 
 

@@ -118,6 +118,9 @@ def read_inputs(particles_path, consensus_path, mask_path=None, consensus_model_
             raise InputError(f"{consensus_model_path}: the model has non-finite positions; refit it")
     elif n_gaussians is not None and int(n_gaussians) < 3:
         raise InputError(f"--n-gaussians must be at least 3, got {n_gaussians}")
+    elif n_gaussians is not None and int(n_gaussians) > volume.size:
+        raise InputError(f"--n-gaussians {n_gaussians} is more than one per voxel of the consensus map "
+                         f"({volume.size} voxels); give fewer Gaussians")
     image_box = int(np.max(boxes))
     pixel = extent / image_box
     box = default_train_box(image_box, pixel) if train_box is None else int(train_box)

@@ -29,10 +29,10 @@ from ..deformation import checkpoint as ckpt
 from ..deformation.decode import DeformationRun
 from ..deformation.inputs import check_device
 from ..deformation.outputs import LATENTS, LATENTS_HALF2, write_loss_log
-from ..deformation.run import RUN_FILE
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
+from ..run_identity import check_finished_run, run_stamp
 from .settings import InverseSettings
 from .training import InverseHalf
 
@@ -57,18 +57,10 @@ def final_path(run_directory: str | Path) -> Path:
     return inverse_directory(run_directory) / FINAL
 
 
-def _check_deformation_run(run: Path) -> None:
-    """Refuse anything but a finished deformation run (run.json with a result, and its latents)."""
-    info_path = run / RUN_FILE
-    if not info_path.is_file():
-        raise InputError(f"{run}: not a deformation run ({RUN_FILE} missing); run optimize-deformations first")
-    try:
-        finished = json.loads(info_path.read_text(encoding="utf-8")).get("result") is not None
-    except (json.JSONDecodeError, AttributeError):
-        raise InputError(f"{info_path}: not a readable run file; run optimize-deformations again") from None
-    if not finished or not (run / LATENTS).is_file():
-        raise InputError(f"{run}: the deformation run has not finished; finish it (optimize-deformations "
-                         "--resume) first")
+def _check_deformation_run(run: Path) -> str:
+    """Refuse anything but a finished deformation run (run.json with a result, and its latents);
+    returns the run's stamp, which the inverse outputs record."""
+    return run_stamp(check_finished_run(run))
 
 
 def _resume_state(folder: Path, resume: bool, settings: InverseSettings) -> dict | None:
@@ -106,9 +98,12 @@ def optimize_inverse_deformations(
     context = distributed.current()
     dev = context.device_for(check_device(device))
     run = Path(run_directory)
-    _check_deformation_run(run)
+    stamp = _check_deformation_run(run)
     folder = inverse_directory(run)
     resumed = _resume_state(folder, resume, settings)
+    if resumed is not None and resumed.get("deformation_run", stamp) != stamp:
+        raise InputError(f"{folder}: its checkpoints were made from another state of the deformation run "
+                         "(it was resumed or rerun since); delete the folder to start again")
     context.barrier()  # every rank has checked the folder before rank 0 writes to it
     forward = DeformationRun.load(run, dev)
     train, held_out = _particle_sets(run, forward)
@@ -124,7 +119,7 @@ def optimize_inverse_deformations(
 
     def state() -> dict:
         return {"epoch": epoch, "settings": json.dumps(settings.to_dict()), "history": json.dumps(history),
-                "seconds": json.dumps(seconds), "halves": [h.state() for h in halves]}
+                "seconds": json.dumps(seconds), "halves": [h.state() for h in halves], "deformation_run": stamp}
 
     while epoch < settings.epochs:
         epoch += 1
@@ -159,8 +154,10 @@ def optimize_inverse_deformations(
                 "n_train": len(train[index]), "n_held_out": len(held_out[index]), "seconds": seconds[index]}
         yield Progress("evaluating", index + 1, 2)
     summary = {f"half{h}": values for h, values in enumerate(_from_leaders(context, numbers), 1)}
-    summary |= {"epochs": epoch, "settings": settings.to_dict()}
+    summary |= {"epochs": epoch, "settings": settings.to_dict(), "deformation_run": stamp}
     if context.is_main:  # the last epoch was checkpointed, so rank 0 holds both halves' networks
+        # summary.json marks a complete set: removed first, written last (after final.pt)
+        (folder / SUMMARY).unlink(missing_ok=True)
         ckpt.save_checkpoint(folder / FINAL, {
             "epoch": epoch, "settings": json.dumps(settings.to_dict()), "latent_dim": forward.latent_dim,
             "extent_angstrom": halves[0].extent_angstrom,

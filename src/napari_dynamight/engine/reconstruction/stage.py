@@ -31,6 +31,7 @@ from ..errors import InputError
 from ..fourier import fsc, resolution_at
 from ..io.star import read_particles
 from ..progress import Progress, ProgressGenerator
+from ..run_identity import check_finished_run, run_stamp
 from .clusters import DEFAULT_CLUSTERS, quantise
 from .deformed import DeformedAccumulator
 from .inversion import radius_grid
@@ -74,7 +75,7 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
                          "run optimize-deformations first")
     context = distributed.current()
     device = check_device(context.device_for(device))
-    info = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
+    info = check_finished_run(run)
     box, voxel = int(info["consensus_box"]), float(info["voxel_size_angstrom"])
     table = read_particles(run / PARTICLES, data_root=Path(info["particles"]).parent)
     if "dmHalfSet" not in table.particles.columns:
@@ -121,6 +122,20 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     return ReconstructionResult(directory, paths["halves"], paths["full"], paths["csv"], *resolutions)
 
 
+def _check_inverse_is_current(run: Path) -> None:
+    """RUN/inverse must be complete (its summary.json, written last) and made from the run as it is now."""
+    summary_path = run / "inverse" / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise InputError(f"{summary_path}: missing or unreadable, so the inverse deformations did not finish; "
+                         "run optimize-inverse-deformations --resume") from None
+    made_from = summary.get("deformation_run") if isinstance(summary, dict) else None
+    if made_from is not None and made_from != run_stamp(json.loads((run / RUN_FILE).read_text(encoding="utf-8"))):
+        raise InputError(f"{run / 'inverse'}: made from another state of the deformation run (resumed or rerun "
+                         "since); delete it and run optimize-inverse-deformations again")
+
+
 def _deformation_inputs(run: Path, table, halves: np.ndarray, device):
     """Each half's inverse field (as a callable) and each particle's latent code from its own half."""
     hint = "run optimize-inverse-deformations first, or use --no-deformations"
@@ -132,6 +147,7 @@ def _deformation_inputs(run: Path, table, halves: np.ndarray, device):
         raise InputError(f"{run}: this installation has no inverse-deformation stage; {hint}") from None
     if not (run / LATENTS).is_file():
         raise InputError(f"{run / LATENTS}: missing; finish optimize-deformations first")
+    _check_inverse_is_current(run)
     latents = np.load(run / LATENTS).astype(np.float32)
     if len(latents) != len(table):
         raise InputError(f"{run / LATENTS}: {len(latents)} rows for {len(table)} particles; rerun the run")
