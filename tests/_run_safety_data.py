@@ -12,7 +12,8 @@ from napari_dynamight.cli import main
 
 QUICK = ["--epochs", "2", "--batch-size", "64", "--decoder-width", "16", "--decoder-depth", "1",
          "--warmup-epochs", "1", "--checkpoint-every", "1", "--refinement-rounds", "1",
-         "--refinement-epochs", "1", "--threads", "1"]
+         "--refinement-epochs", "1", "--latent-inference", "encoder", "--posterior-candidates", "16",
+         "--threads", "1"]
 
 
 def optimize_command(simulated, out: Path, *extra: str, star: Path | None = None) -> list[str]:  # noqa: F811
@@ -24,7 +25,8 @@ def optimize_command(simulated, out: Path, *extra: str, star: Path | None = None
 
 @pytest.fixture(scope="session")
 def finished_run(simulated, tmp_path_factory) -> Path:  # noqa: F811
-    """A finished quick run (2 epochs, 1 refinement round), trained on one torch thread."""
+    """A finished quick run (2 epochs, 1 refinement round, encoder latents: a few seconds), trained on
+    one torch thread."""
     import torch
 
     threads = torch.get_num_threads()
