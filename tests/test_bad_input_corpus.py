@@ -3,6 +3,7 @@
 For every case: exit status 2, exactly one stderr line, starting ``error:`` and naming the culprit
 (file, column, row or option), no traceback, and nothing written (every file in the case's folder,
 inputs and any run folder it reads keeps its size and modification time, and no path is added).
+``info`` lists an unusable stack with its problem instead of counting it as found.
 """
 
 from __future__ import annotations
@@ -297,3 +298,19 @@ def test_bad_input_is_one_error_line_and_nothing_is_written(build, simulated, fi
 
 def test_the_corpus_is_large():
     assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("stack, edit, problem", [
+    ("truncated", None, "truncated"),
+    ("text", None, "not a readable MRC file"),
+    ("link", particles_edit("rlnImageName", 5, "999@particles.mrcs"), "past the end"),
+    ("link", optics_edit("rlnImageSize", 64), "rlnImageSize 64"),
+], ids=["truncated", "not MRC", "past its end", "other box"])
+def test_info_reports_an_unusable_stack(stack, edit, problem, simulated, finished_run, tmp_path,  # noqa: F811
+                                        monkeypatch, capsys):
+    star = Case(tmp_path, simulated, finished_run, monkeypatch).star(edit, stack=stack)
+    assert main(["info", str(star)]) == 0
+    out = capsys.readouterr().out
+    assert "image stacks:    0 of 1 found and usable" in out
+    unusable = [line for line in out.splitlines() if line.startswith("  unusable: ")]
+    assert len(unusable) == 1 and problem in unusable[0] and "particles.mrcs" in unusable[0], out

@@ -217,14 +217,30 @@ def test_fit_consensus_replaces_its_files_as_a_set(simulated, tmp_path, monkeypa
         check_file_set(out / "consensus_gaussians.json")
 
 
-def test_reconstruct_refuses_an_inverse_of_another_state_of_the_run(finished_run, tmp_path, capsys):  # noqa: F811
+def test_inverse_and_reconstruct_refuse_outputs_of_another_state_of_the_run(finished_run, tmp_path, capsys):  # noqa: F811
+    import torch
+
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "inverse").mkdir()
     assert main(["reconstruct", str(run)]) == 2
     assert "summary.json" in capsys.readouterr().err  # the inverse stage did not finish
-    (run / "inverse" / "summary.json").write_text(json.dumps({"deformation_run": "0" * 64}))
-    assert main(["reconstruct", str(run)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "another state of the deformation run" in err[0], err
+    shutil.rmtree(run / "inverse")
+    inverse = ["optimize-inverse-deformations", str(run), "--epochs", "1", "--checkpoint-every", "1",
+               "--width", "16", "--depth", "1", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(inverse) == 0
+    finally:
+        torch.set_num_threads(threads)
+    info = json.loads((run / "run.json").read_text())
+    info["result"]["epochs"] += 2  # as after optimize-deformations --resume --epochs 4
+    (run / "run.json").write_text(json.dumps(info))
+    before = {p: p.stat().st_mtime_ns for p in (run / "inverse").rglob("*")}
+    capsys.readouterr()
+    for command in (inverse[:3] + ["2"] + inverse[4:] + ["--resume"], ["reconstruct", str(run)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another state of the deformation run" in err[0], err
+    assert {p: p.stat().st_mtime_ns for p in (run / "inverse").rglob("*")} == before
     assert not (run / "reconstruction").exists()

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .consensus import automatic_threshold, fill_with_gaussians, fit_to_map, save_model
+from .deformation.inputs import check_device
 from .errors import InputError
 from .gaussians import render_volume
-from .deformation.inputs import check_device
 from .io.atomic import atomic_path
 from .io.file_set import file_set
 from .io.mrc import read_map, write_map
