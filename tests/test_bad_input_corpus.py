@@ -255,7 +255,7 @@ CASES = [
     # inverse and reconstruct
     ("inverse: RUN/inverse is a file", lambda c: (["optimize-inverse-deformations", str(c.run_with_file("inverse"))], ["inverse", "is a file"])),
     ("inverse: unfinished run", lambda c: (["optimize-inverse-deformations", str(c.unfinished_run())], ["not finished"])),
-    ("inverse: no run folder", lambda c: (["optimize-inverse-deformations", str(c.root / "none")], ["none", "not found"])),
+    ("inverse: no run folder", lambda c: (["optimize-inverse-deformations", str(c.root / "none")], ["none", "folder not found"])),
     ("reconstruct: RUN/reconstruction is a file", lambda c: (["reconstruct", str(c.run_with_file("reconstruction"))], ["reconstruction", "is a file"])),
     ("reconstruct: unfinished run", lambda c: (["reconstruct", str(c.unfinished_run()), "--no-deformations"], ["not finished"])),
 ]

@@ -32,7 +32,8 @@ def writing(folder: str | os.PathLike, option: str, command: str, outputs: str |
     folder = Path(folder)
     if outputs is not None:
         if not folder.is_dir():
-            raise InputError(f"{folder}: run folder not found; give the folder optimize-deformations wrote")
+            raise InputError(f"{folder}: not a finished deformation run (folder not found); give the folder "
+                             "optimize-deformations wrote")
         check_output_folder(folder / outputs, f"{option}/{outputs}")
     folder = check_output_folder(folder, option)
     if not _is_main_rank():

@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from .demo import _check_display
 
     folder = args.run_path if args.run_path.is_dir() else args.run_path.parent
-    if args.run_path.is_dir() or (folder / "run.json").is_file():
-        check_finished_run(folder)  # finished, and its latent means readable, complete and finite
+    if (folder / "run.json").is_file():  # a deformation run: finished, its latent means whole and finite
+        check_finished_run(folder)
     data = load_run(args.run_path)
     _check_finite(data.latents, args.run_path)
     embed(data.latents[:2], args.embedding)  # fails now, not in the GUI, if umap-learn is missing
