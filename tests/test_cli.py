@@ -157,7 +157,7 @@ def test_info_finds_stacks_and_honours_data_root(tmp_path, capsys):
     path = STAR_FILES["relion31"]
     assert main(["info", str(path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["stacks"] == {"total": 1, "found": 1, "missing": []}
+    assert summary["stacks"] == {"total": 1, "found": 1, "missing": [], "unusable": []}
     assert summary["optics_groups"][0]["pixel_size_angstrom"] == pytest.approx(2.806)
     assert main(["info", str(path), "--data-root", str(tmp_path), "--json"]) == 0
     moved = json.loads(capsys.readouterr().out)

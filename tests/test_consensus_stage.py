@@ -27,7 +27,7 @@ def test_fit_consensus_writes_a_model_that_reproduces_the_map(tmp_path, consensu
                    "--n-gaussians", "300", "--steps", "120"])
     assert status == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "consensus_gaussians.csv", "consensus_gaussians.mrc", "consensus_gaussians.pt"]
+        "consensus_gaussians.csv", "consensus_gaussians.json", "consensus_gaussians.mrc", "consensus_gaussians.pt"]
     model = load_model(out / "consensus_gaussians.pt")
     assert model.n_gaussians == 300
     rendered, voxel = read_map(out / "consensus_gaussians.mrc")

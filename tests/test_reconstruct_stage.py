@@ -50,7 +50,7 @@ def run_directory(tmp_path_factory):
     blocks["particles"]["dmValidation"] = (np.arange(N) % 10 == 0).astype(int)
     starfile.write(blocks, rundir / "particles.star")
     info = {"particles": str(folder / "particles.star"), "consensus_box": BOX, "voxel_size_angstrom": PIXEL,
-            "n_particles": N}
+            "n_particles": N, "result": {"epochs": 1}}
     (rundir / "run.json").write_text(json.dumps(info))
     np.save(rundir / "latent_means.npy", np.zeros((N, 2), np.float32))
     return rundir

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import errno
 import importlib
 import importlib.util
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from .. import __version__
 
@@ -78,6 +82,37 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. from SLURM) or SIGHUP: cancels like Ctrl-C; the exit status is 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    for number in (signal.SIGTERM, signal.SIGHUP):  # a second signal must not break the cleanup
+        signal.signal(number, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_cancel() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` for the duration (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {number: signal.signal(number, _terminate) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-dynamight`` console script; returns the exit status."""
     from ..engine.errors import Cancelled, InputError
@@ -85,11 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_selected(argv)).parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with _signals_cancel():
+            return int(args.run(args) or 0)
     except InputError as error:
         message = " ".join(str(error).split())
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except Terminated as signalled:
+        print(f"cancelled ({signal.Signals(signalled.signum).name})", file=sys.stderr)
+        return 128 + signalled.signum
     except (KeyboardInterrupt, Cancelled):
         print("cancelled", file=sys.stderr)
         return 130
@@ -97,3 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into a program that stopped reading (e.g. `| head`): not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as error:
+        if error.errno not in _DISK_ERRORS:
+            raise
+        # A full disk or a folder that became read-only during the run: outputs are written atomically,
+        # so nothing half-written is left; say which file could not be written.
+        print(f"error: {error.filename or ''}: {error.strerror}; free space or fix the permissions, "
+              "then run the command again (with --resume where it has one)", file=sys.stderr)
+        return 1

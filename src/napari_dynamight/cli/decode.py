@@ -62,9 +62,16 @@ def read_latents(path: Path, latent_dim: int):
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.deformation.decode import DeformationRun
+    from ..engine.device import check_device
     from ..engine.io.mrc import write_map
+    from ..engine.io.output_paths import check_output_folder
+    from ..engine.run_identity import check_finished_run
+    from ._guard import writing
     from ._progress import drive
 
+    check_output_folder(args.output_directory)
+    check_device(args.device)
+    check_finished_run(args.run_directory)
     model = DeformationRun.load(args.run_directory, device=args.device)
     if args.particles is not None:
         jobs = [(f"particle_{i:06d}.mrc", lambda i=i: model.particle_volume(i)) for i in read_indices(args.particles)]
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             write_map(args.output_directory / name, make().cpu().numpy(), model.voxel_size_angstrom)
             yield Progress("decode", step, len(jobs))
 
-    drive(render(), "decode")
+    with writing(args.output_directory, "--output-directory", "decode"):
+        drive(render(), "decode")
     print(f"wrote {len(jobs)} map(s) to {args.output_directory}")
     return 0

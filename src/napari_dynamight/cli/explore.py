@@ -30,11 +30,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._display import check_display
     from ..engine.explore import embed, load_run
+    from ..engine.run_folder import RunFolder
+    from ..engine.run_identity import check_finished_run
 
+    folder = args.run_path if args.run_path.is_dir() else args.run_path.parent
+    if RunFolder(folder).info.is_file():  # a deformation run: finished, its latent means whole and finite
+        check_finished_run(folder)
     data = load_run(args.run_path)
+    _check_finite(data.latents, args.run_path)
     embed(data.latents[:2], args.embedding)  # fails now, not in the GUI, if umap-learn is missing
     check_display()
     from .._widgets.explorer import show_explorer
 
     show_explorer(args.run_path, args.embedding)
     return 0
+
+
+def _check_finite(latents, path: Path) -> None:
+    """Every particle's latent mean must be finite before napari opens."""
+    import numpy as np
+
+    from ..engine.errors import InputError
+
+    finite = np.isfinite(np.asarray(latents, dtype=np.float64)).all(axis=1)
+    if not finite.all():
+        row = int(np.nonzero(~finite)[0][0])
+        raise InputError(f"{path}: the latent means of row {row + 1} are not finite (NaN or Inf); "
+                         "rerun optimize-deformations --resume to write them again")
+

@@ -31,14 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.consensus_stage import fit_consensus
+    from ._guard import writing
     from ._progress import drive
 
-    result = drive(
-        fit_consensus(args.consensus, args.output_directory, n_gaussians=args.n_gaussians,
-                      threshold=args.threshold, mask_path=args.mask, n_steps=args.steps,
-                      seed=args.seed, device=args.device),
-        "fit consensus",
-    )
+    with writing(args.output_directory, "--output-directory", "fit-consensus"):
+        result = drive(
+            fit_consensus(args.consensus, args.output_directory, n_gaussians=args.n_gaussians,
+                          threshold=args.threshold, mask_path=args.mask, n_steps=args.steps,
+                          seed=args.seed, device=args.device),
+            "fit consensus",
+        )
     print(f"{result.n_gaussians} Gaussians (σ {result.sigma_angstrom:.2f} Å) fitted at threshold "
           f"{result.threshold:.4g}: correlation with the map {result.correlation:.4f}")
     print(f"model: {result.model_path}")

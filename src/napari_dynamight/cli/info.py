@@ -79,7 +79,9 @@ def format_summary(summary: dict) -> str:
     if summary["missing_ctf_columns"]:
         lines.append(f"missing CTF:     {', '.join(summary['missing_ctf_columns'])}")
     stacks = summary["stacks"]
-    lines.append(f"image stacks:    {stacks['found']} of {stacks['total']} found")
+    lines.append(f"image stacks:    {stacks['found']} of {stacks['total']} found and usable")
+    for entry in stacks.get("unusable", []):
+        lines.append(f"  unusable: {entry['problem']}")
     for name in stacks["missing"][:MAX_MISSING_LISTED]:
         lines.append(f"  missing: {name}")
     if len(stacks["missing"]) > MAX_MISSING_LISTED:

@@ -101,14 +101,16 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.deformation.run import optimize_deformations
+    from ._guard import writing
     from ._progress import drive_on_main_rank, print_warnings, set_threads
 
     set_threads(args.threads)
-    operation = optimize_deformations(
-        args.particles, args.consensus, args.output_directory, settings=settings_from(args), mask=args.mask,
-        consensus_model=args.consensus_model, n_gaussians=args.n_gaussians, threshold=args.threshold,
-        box=args.box, data_root=args.data_root, device=args.device, resume=args.resume)
-    result = drive_on_main_rank(operation, "optimize deformations")
+    with writing(args.output_directory, "--output-directory", "optimize-deformations"):
+        operation = optimize_deformations(
+            args.particles, args.consensus, args.output_directory, settings=settings_from(args), mask=args.mask,
+            consensus_model=args.consensus_model, n_gaussians=args.n_gaussians, threshold=args.threshold,
+            box=args.box, data_root=args.data_root, device=args.device, resume=args.resume)
+        result = drive_on_main_rank(operation, "optimize deformations")
     if result is None:
         return 0
     ending = "stopped by the data-loss rule" if result.stopped_early else "done"

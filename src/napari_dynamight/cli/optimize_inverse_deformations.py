@@ -60,12 +60,14 @@ def settings_from(args: argparse.Namespace) -> InverseSettings:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.inverse.run import optimize_inverse_deformations
+    from ._guard import writing
     from ._progress import drive_on_main_rank, set_threads
 
     set_threads(args.threads)
-    operation = optimize_inverse_deformations(args.run_directory, settings=settings_from(args),
-                                              device=args.device, resume=args.resume)
-    result = drive_on_main_rank(operation, "optimize inverse deformations")
+    with writing(args.run_directory, "RUN", "optimize-inverse-deformations", outputs="inverse"):
+        operation = optimize_inverse_deformations(args.run_directory, settings=settings_from(args),
+                                                  device=args.device, resume=args.resume)
+        result = drive_on_main_rank(operation, "optimize inverse deformations")
     if result is None:
         return 0
     for half in (1, 2):

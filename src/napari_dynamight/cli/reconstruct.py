@@ -39,13 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.reconstruction.stage import reconstruct_run
+    from ._guard import writing
     from ._progress import drive_on_main_rank, set_threads
 
     set_threads(args.threads)
-    operation = reconstruct_run(args.run_directory, deformations=not args.no_deformations, device=args.device,
-                                batch_size=args.batch_size, grid_factor=args.grid_factor, filter=args.filter,
-                                **({} if args.clusters is None else {"clusters": args.clusters}))
-    result = drive_on_main_rank(operation, "reconstruct")
+    outputs = "reconstruction_standard" if args.no_deformations else "reconstruction"
+    with writing(args.run_directory, "RUN", "reconstruct", outputs=outputs):
+        operation = reconstruct_run(args.run_directory, deformations=not args.no_deformations, device=args.device,
+                                    batch_size=args.batch_size, grid_factor=args.grid_factor, filter=args.filter,
+                                    **({} if args.clusters is None else {"clusters": args.clusters}))
+        result = drive_on_main_rank(operation, "reconstruct")
     if result is None:
         return 0
     print(f"half-map resolution (FSC 0.143): {result.resolution_angstrom:.2f} Å "

@@ -170,6 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.simulate import simulate
+    from ._guard import writing
     from ._progress import drive
 
     frames = parse_frames(args.frames)
@@ -204,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
         independent_domains=domains,
         core_frame=args.core_frame,
     )
-    summary = drive(operation, "simulate")
+    with writing(args.output_directory, "--output-directory", "simulate"):
+        summary = drive(operation, "simulate")
     noise = "no noise" if math.isinf(args.snr) else f"SNR {args.snr:g}"
     print(
         f"wrote {summary.n_particles} particles ({summary.box} px, "

@@ -75,6 +75,9 @@ def fill_with_gaussians(
         raise InputError(f"consensus map must be a cube, got shape {volume.shape}")
     if n_gaussians < 1:
         raise InputError(f"number of Gaussians must be at least 1, got {n_gaussians}")
+    if n_gaussians > volume.size:
+        raise InputError(f"--n-gaussians {n_gaussians} is more than one per voxel of the map ({volume.shape[0]}³ = "
+                         f"{volume.size} voxels); give fewer Gaussians")
     level = automatic_threshold(volume) if threshold is None else float(threshold)
     inside = volume >= level
     if mask is not None:

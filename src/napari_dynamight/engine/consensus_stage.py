@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from .consensus import automatic_threshold, fill_with_gaussians, fit_to_map, save_model
+from .device import check_device
 from .errors import InputError
 from .gaussians import render_volume
 from .io.atomic import atomic_path
+from .io.file_set import file_set
 from .io.mrc import read_map, write_map
 from .progress import Progress, ProgressGenerator
 from .run_folder import ConsensusFolder
@@ -64,6 +66,15 @@ def fit_consensus(
             raise InputError(f"{mask_path}: mask box {mask.shape[0]} differs from the consensus map's {volume.shape[0]}")
         if not np.isclose(mask_voxel, voxel_size, rtol=1e-3):
             raise InputError(f"{mask_path}: mask voxel size {mask_voxel:.4f} Å differs from the map's {voxel_size:.4f} Å")
+        if not (mask > 0.5).any():
+            raise InputError(f"{mask_path}: no voxel of the mask is above 0.5, so no Gaussian could be placed; "
+                             "give a mask that is 1 over the molecule")
+    if n_gaussians is not None and not 1 <= int(n_gaussians) <= volume.size:
+        raise InputError(f"--n-gaussians {n_gaussians}: give between 1 and one per voxel of the map "
+                         f"({volume.size} voxels)")
+    if int(n_steps) < 1:
+        raise InputError(f"--steps {n_steps}: give at least 1 gradient step")
+    check_device(device)
     level = automatic_threshold(volume) if threshold is None else float(threshold)
     count = suggested_gaussian_count(volume, voxel_size, level) if n_gaussians is None else int(n_gaussians)
     yield Progress("fit consensus", 0, n_steps, message=f"{count} Gaussians, threshold {level:.4g}")
@@ -73,10 +84,11 @@ def fit_consensus(
     output = ConsensusFolder(output_directory)
     output.path.mkdir(parents=True, exist_ok=True)
     model_path = output.model
-    save_model(model_path, result.model, box=volume.shape[0], voxel_size_angstrom=voxel_size, threshold=level)
-    write_map(output.rendered_map, render_volume(result.model, volume.shape[0], voxel_size).numpy(),
-              voxel_size)
-    _write_table(output.table, result.model)
+    names = [model_path, output.rendered_map, output.table]
+    with file_set(names, output.complete_marker) as (model_tmp, map_tmp, table_tmp):
+        save_model(model_tmp, result.model, box=volume.shape[0], voxel_size_angstrom=voxel_size, threshold=level)
+        write_map(map_tmp, render_volume(result.model, volume.shape[0], voxel_size).numpy(), voxel_size)
+        _write_table(table_tmp, result.model)
     return ConsensusFit(model_path, count, level, result.correlation, float(result.model.sigmas_angstrom[0]))
 
 

@@ -274,6 +274,11 @@ class ConsensusFolder(_Folder):
     def table(self) -> Path:
         return self.path / "consensus_gaussians.csv"
 
+    @property
+    def complete_marker(self) -> Path:
+        """Written last (``io.file_set``): the model, map and table beside it belong together."""
+        return self.path / "consensus_gaussians.json"
+
 
 class DemoFolder(_Folder):
     """The demo's output folder: the stages' folders, and the headless mode's summary and pictures."""

@@ -70,6 +70,7 @@ from .io.mrc import write_map
 from .io.star import write_particles
 from .progress import Progress, ProgressGenerator
 from .reconstruction.standard import FourierAccumulator
+from .device import check_device
 from .domains import domain_frames
 from .scene import Scene, build_scene, project_frames
 
@@ -129,6 +130,16 @@ def _validate_numbers(
         raise InputError("astigmatism and origin spread must be >= 0 Å")
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise InputError(f"chunk size {chunk_size} is invalid: give a whole number >= 1")
+
+
+def _validate_optics(voltage_kilovolts, spherical_aberration_millimetres, amplitude_contrast) -> None:
+    """The microscope: a positive voltage, Cs >= 0 and an amplitude contrast in [0, 1)."""
+    if not (math.isfinite(voltage_kilovolts) and voltage_kilovolts > 0):
+        raise InputError(f"--voltage {voltage_kilovolts} kV is invalid: give the acceleration voltage, e.g. 300")
+    if not (math.isfinite(spherical_aberration_millimetres) and spherical_aberration_millimetres >= 0):
+        raise InputError(f"--cs {spherical_aberration_millimetres} mm is invalid: give a number >= 0, e.g. 2.7")
+    if not (math.isfinite(amplitude_contrast) and 0 <= amplitude_contrast < 1):
+        raise InputError(f"--amplitude-contrast {amplitude_contrast} is invalid: give a fraction in [0, 1), e.g. 0.1")
 
 
 def frame_probabilities(n_frames: int, distribution: str = "uniform", weights=None) -> np.ndarray:
@@ -352,6 +363,8 @@ def simulate(
         )
     if core_frame is not None and independent_domains is None:
         raise InputError("a core frame only applies with independent domains; give both or neither")
+    _validate_optics(voltage_kilovolts, spherical_aberration_millimetres, amplitude_contrast)
+    check_device(device)
     n_particles, box, chunk_size = int(n_particles), int(box), int(chunk_size)
     output = Path(output_directory)
     if output.exists() and not output.is_dir():

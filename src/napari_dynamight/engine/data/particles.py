@@ -200,7 +200,7 @@ class _Columns:
         if bad.any():
             row = int(np.nonzero(bad)[0][0])
             raise InputError(
-                f"{star_path}: column {name} has a non-numeric value {values.iloc[row]!r} "
+                f"{star_path}: column {name} has a non-numeric value '{values.iloc[row]}' "
                 f"(row {row + 1}); fix the STAR file"
             )
         return numbers
@@ -211,6 +211,13 @@ def _optics_rows(particles: pd.DataFrame, optics: pd.DataFrame, star_path: Path)
     if "rlnOpticsGroup" not in optics.columns:
         raise InputError(f"{star_path}: data_optics has no rlnOpticsGroup column; add it")
     groups = optics["rlnOpticsGroup"].to_numpy()
+    repeated = pd.Index(groups).duplicated()
+    if repeated.any():
+        row = int(np.nonzero(repeated)[0][0])
+        raise InputError(
+            f"{star_path}: rlnOpticsGroup {groups[row]} appears twice in data_optics (row {row + 1}); "
+            "give each optics group once"
+        )
     if "rlnOpticsGroup" not in particles.columns:
         if len(optics) == 1:
             return np.zeros(len(particles), dtype=np.int64)
@@ -280,6 +287,26 @@ def _image_names(names: pd.Series, star_path: Path, base: Path) -> tuple[np.ndar
     return files, numbers.astype(np.int64) - 1
 
 
+def _check_names_without_index(names: pd.Series, files: np.ndarray, star_path: Path) -> None:
+    """A name without ``N@`` means image 1, which is only unambiguous for a stack of one image."""
+    from ..io.mrc import stack_shape
+
+    without = ~names.astype(str).str.contains("@").to_numpy()
+    for name in pd.unique(files[without]):
+        if not os.path.isfile(name):
+            continue  # reported with its row when the images are checked
+        try:
+            count = stack_shape(name)[0]
+        except InputError:
+            continue
+        if count > 1:
+            row = int(np.nonzero(without & (files == name))[0][0])
+            raise InputError(
+                f"{star_path}: rlnImageName {names.iloc[row]!r} (row {row + 1}) has no 'N@' but {name} holds "
+                f"{count} images; write the image number, e.g. '1@{Path(name).name}'"
+            )
+
+
 def table_from_blocks(
     particles: pd.DataFrame,
     optics: pd.DataFrame | None,
@@ -298,6 +325,10 @@ def table_from_blocks(
 
     star_path = Path(star_path)
     n = len(particles)
+    for block, frame in (("particles", particles), ("optics", optics)):
+        if frame is not None and frame.columns.duplicated().any():
+            column = frame.columns[frame.columns.duplicated()][0]
+            raise InputError(f"{star_path}: column {column} appears twice in data_{block}; remove one of them")
     if "rlnImageName" not in particles.columns:
         raise InputError(f"{star_path}: missing required column rlnImageName; add the image names")
     optics_row = None if optics is None else _optics_rows(particles, optics, star_path)
@@ -334,9 +365,19 @@ def table_from_blocks(
     for field_name, (column, default) in CTF_OPTIONAL.items():
         values = cols.get(column, star_path)
         ctf_values[field_name] = np.full(n, default) if values is None else values
+    for field_name in ("defocus_u_angstrom", "defocus_v_angstrom"):
+        negative = ctf_values[field_name] < 0
+        if negative.any():
+            row = int(np.nonzero(negative)[0][0])
+            raise InputError(
+                f"{star_path}: {CTF_REQUIRED[field_name]} is {ctf_values[field_name][row]:g} (row {row + 1}); "
+                "defocus must be positive (underfocus, in Å) as RELION writes it; fix the STAR file"
+            )
 
     base = Path(data_root) if data_root is not None else star_path.parent
     files, indices = _image_names(particles["rlnImageName"], star_path, base)
+
+    _check_names_without_index(particles["rlnImageName"], files, star_path)
 
     size = cols.get("rlnImageSize", star_path)
     image_box = np.zeros(n, dtype=np.int64) if size is None else size.astype(np.int64)

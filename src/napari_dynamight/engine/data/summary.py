@@ -56,6 +56,7 @@ def summarise(table, star_path) -> dict:
         half_sets = {str(value): int(count) for value, count in zip(values, counts)}
     stacks = sorted(set(map(str, table.image_files)))
     missing = [name for name in stacks if not os.path.isfile(name)]
+    unusable = _unusable_stacks(table)
     return {
         "star_file": str(star_path),
         "relion_version": _version(table),
@@ -67,5 +68,22 @@ def summarise(table, star_path) -> dict:
             [float(defocus.min()), float(defocus.max())] if len(defocus) else None
         ),
         "missing_ctf_columns": list(table.missing_ctf_columns),
-        "stacks": {"total": len(stacks), "found": len(stacks) - len(missing), "missing": missing},
+        "stacks": {"total": len(stacks), "found": len(stacks) - len(missing) - len(unusable), "missing": missing,
+                   "unusable": unusable},
     }
+
+
+def _unusable_stacks(table) -> list[dict]:
+    """The stacks that exist but cannot be used (not MRC, truncated, too few images, wrong box), each
+    with the one-line problem the training commands would report."""
+    from ..errors import InputError
+
+    problems = []
+    for name in sorted(set(map(str, table.image_files))):
+        if not os.path.isfile(name):
+            continue
+        try:
+            table.check_images(np.nonzero(table.image_files == name)[0])
+        except InputError as error:
+            problems.append({"stack": name, "problem": " ".join(str(error).split())})
+    return problems

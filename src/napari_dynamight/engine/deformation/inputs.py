@@ -15,6 +15,7 @@ import torch
 
 from ..consensus import load_model
 from ..data.particles import ParticleTable
+from ..device import check_device
 from ..errors import InputError
 from ..fourier import fourier_box
 from ..gaussians import GaussianModel
@@ -38,16 +39,6 @@ class RunInputs:
     mask: np.ndarray | None
     train_box: int
     device: torch.device
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"--device {device!r} is not a torch device; use cpu or cuda:0") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return chosen
 
 
 def default_train_box(image_box: int, pixel_size_angstrom: float) -> int:
@@ -118,6 +109,9 @@ def read_inputs(particles_path, consensus_path, mask_path=None, consensus_model_
             raise InputError(f"{consensus_model_path}: the model has non-finite positions; refit it")
     elif n_gaussians is not None and int(n_gaussians) < 3:
         raise InputError(f"--n-gaussians must be at least 3, got {n_gaussians}")
+    elif n_gaussians is not None and int(n_gaussians) > volume.size:
+        raise InputError(f"--n-gaussians {n_gaussians} is more than one per voxel of the consensus map "
+                         f"({volume.size} voxels); give fewer Gaussians")
     image_box = int(np.max(boxes))
     pixel = extent / image_box
     box = default_train_box(image_box, pixel) if train_box is None else int(train_box)

@@ -33,10 +33,12 @@ from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import RunFolder
+from ..run_identity import check_same_inputs, input_identity
 from . import checkpoint as ckpt
 from . import outputs, watchdog
 from .batches import ParticleBatches
-from .inputs import RunInputs, check_device, moving_flags, read_inputs
+from ..device import check_device
+from .inputs import RunInputs, moving_flags, read_inputs
 from .refinement import refine_round
 from .schedule import StopRule, epoch_mode, is_reference_update, update_references
 from .settings import DeformationSettings
@@ -103,6 +105,10 @@ def optimize_deformations(
     resumed = _check_run_directory(run, resume, settings)
     inputs = read_inputs(particles, consensus, mask, consensus_model, n_gaussians, box, data_root,
                          context.device_for(check_device(device)), settings.validation_fraction, settings.seed)
+    identity = input_identity(particles, inputs.table, consensus, mask, consensus_model, inputs.train_box, n_gaussians,
+                              threshold, {k: v for k, v in settings.to_dict().items() if k not in CHANGEABLE_ON_RESUME})
+    if resume:
+        check_same_inputs(run, identity)  # before anything is written
     context.barrier()  # every rank has checked the run directory before rank 0 writes to it
     dev = inputs.device
     yield Progress("preparing", 0, None, message=f"{len(inputs.table)} particles at box {inputs.train_box}")
@@ -143,7 +149,8 @@ def optimize_deformations(
                 half.fit_amplitude(batches, subset)
                 half.estimate_noise(batches, subset, deform=False)
         if main:
-            _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, None)
+            _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, None,
+                            identity=identity)
 
         def state(stopped: bool) -> dict:
             return {"epoch": epoch, "refinement_round": refined, "stopped": stopped,
@@ -209,7 +216,8 @@ def optimize_deformations(
             _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial,
                             {"epochs": epoch, "refinement_rounds": refined,
                              "stopped_early": stopped and epoch < settings.epochs,
-                             "seconds_last_start": seconds, "world_size": context.world_size}, warnings)
+                             "seconds_last_start": seconds, "world_size": context.world_size}, warnings,
+                            identity=identity)
         context.barrier()  # on return the run directory is complete for every rank
     finally:
         batches.close()
@@ -244,10 +252,10 @@ def _write_outputs(run: Path, inputs: RunInputs, estimates, halves: list[HalfSet
 
 
 def _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, result,
-                    warnings=()) -> None:
-    """The run file (``RunFolder.info``): inputs, settings, sizes, and (at the end) the result and the
-    watchdog's warnings; decode reads it. The result's ``seconds_last_start`` is the wall time of the
-    latest start only (a resumed run does not add the time before the resume)."""
+                    warnings=(), identity=None) -> None:
+    """The run file (``RunFolder.info``): inputs, settings, sizes, the inputs' identity, and (at the end)
+    the result and the watchdog's warnings; decode reads it. The result's ``seconds_last_start`` is the
+    wall time of the latest start only (a resumed run does not add the time before the resume)."""
     info = {
         "particles": str(Path(particles).resolve()), "consensus": str(Path(consensus).resolve()),
         "consensus_model": None if consensus_model is None else str(Path(consensus_model).resolve()),
@@ -260,7 +268,7 @@ def _write_run_file(run, settings, inputs, particles, consensus, consensus_model
         "consensus_box": int(inputs.consensus_map.shape[0]),
         "voxel_size_angstrom": float(inputs.voxel_size_angstrom),
         "train_box": int(inputs.train_box), "device": str(inputs.device),
-        "settings": settings.to_dict(), "result": result, "warnings": list(warnings),
+        "settings": settings.to_dict(), "result": result, "warnings": list(warnings), "identity": identity,
     }
     with atomic_path(RunFolder(run).info) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

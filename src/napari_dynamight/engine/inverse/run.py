@@ -27,12 +27,13 @@ import torch
 from .. import distributed
 from ..deformation import checkpoint as ckpt
 from ..deformation.decode import DeformationRun
-from ..deformation.inputs import check_device
+from ..device import check_device
 from ..deformation.outputs import write_loss_log
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import InverseFolder, RunFolder
+from ..run_identity import check_finished_run, run_stamp
 from .settings import InverseSettings
 from .training import InverseHalf
 
@@ -50,6 +51,12 @@ def inverse_directory(run_directory: str | Path) -> Path:
 
 def final_path(run_directory: str | Path) -> Path:
     return RunFolder(run_directory).inverse.final
+
+
+def _check_deformation_run(run: RunFolder) -> str:
+    """Refuse anything but a finished deformation run (its run file with a result, and its latents);
+    returns the run's stamp, which the inverse outputs record."""
+    return run_stamp(check_finished_run(run.path))
 
 
 def _resume_state(folder: InverseFolder, resume: bool, settings: InverseSettings) -> dict | None:
@@ -87,9 +94,12 @@ def optimize_inverse_deformations(
     context = distributed.current()
     dev = context.device_for(check_device(device))
     run = RunFolder(run_directory)
-    run.require_finished()
+    stamp = _check_deformation_run(run)
     folder = run.inverse
     resumed = _resume_state(folder, resume, settings)
+    if resumed is not None and resumed.get("deformation_run", stamp) != stamp:
+        raise InputError(f"{folder}: its checkpoints were made from another state of the deformation run "
+                         "(it was resumed or rerun since); delete the folder to start again")
     context.barrier()  # every rank has checked the folder before rank 0 writes to it
     forward = DeformationRun.load(run.path, dev)
     train, held_out = _particle_sets(run, forward)
@@ -105,7 +115,7 @@ def optimize_inverse_deformations(
 
     def state() -> dict:
         return {"epoch": epoch, "settings": json.dumps(settings.to_dict()), "history": json.dumps(history),
-                "seconds": json.dumps(seconds), "halves": [h.state() for h in halves]}
+                "seconds": json.dumps(seconds), "halves": [h.state() for h in halves], "deformation_run": stamp}
 
     while epoch < settings.epochs:
         epoch += 1
@@ -140,8 +150,10 @@ def optimize_inverse_deformations(
                 "n_train": len(train[index]), "n_held_out": len(held_out[index]), "seconds": seconds[index]}
         yield Progress("evaluating", index + 1, 2)
     summary = {f"half{h}": values for h, values in enumerate(_from_leaders(context, numbers), 1)}
-    summary |= {"epochs": epoch, "settings": settings.to_dict()}
+    summary |= {"epochs": epoch, "settings": settings.to_dict(), "deformation_run": stamp}
     if context.is_main:  # the last epoch was checkpointed, so rank 0 holds both halves' networks
+        # the summary marks a complete set: removed first, written last (after the final checkpoint)
+        folder.summary.unlink(missing_ok=True)
         ckpt.save_checkpoint(folder.final, {
             "epoch": epoch, "settings": json.dumps(settings.to_dict()), "latent_dim": forward.latent_dim,
             "extent_angstrom": halves[0].extent_angstrom,

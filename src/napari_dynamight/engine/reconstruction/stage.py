@@ -24,12 +24,13 @@ import torch
 from .. import distributed
 from ..ctf import compute_ctf
 from ..data.dataset import ParticleDataset
-from ..deformation.inputs import check_device
+from ..device import check_device
 from ..errors import InputError
 from ..fourier import fsc, resolution_at
 from ..io.star import read_particles
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import RunFolder
+from ..run_identity import check_finished_run, run_stamp
 from .clusters import DEFAULT_CLUSTERS, quantise
 from .deformed import DeformedAccumulator
 from .inversion import radius_grid
@@ -73,7 +74,7 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
                          "missing); run optimize-deformations first")
     context = distributed.current()
     device = check_device(context.device_for(device))
-    info = json.loads(run.info.read_text(encoding="utf-8"))
+    info = check_finished_run(run.path)
     box, voxel = int(info["consensus_box"]), float(info["voxel_size_angstrom"])
     table = read_particles(run.particles, data_root=Path(info["particles"]).parent)
     if "dmHalfSet" not in table.particles.columns:
@@ -118,6 +119,21 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     return ReconstructionResult(folder.path, folder.half_maps, folder.full_map, folder.fsc_table, *resolutions)
 
 
+def _check_inverse_is_current(run: RunFolder) -> None:
+    """The run's inverse folder must be complete (its summary, written last) and made from the run as it
+    is now."""
+    summary_path = run.inverse.summary
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise InputError(f"{summary_path}: missing or unreadable, so the inverse deformations did not finish; "
+                         "run optimize-inverse-deformations --resume") from None
+    made_from = summary.get("deformation_run") if isinstance(summary, dict) else None
+    if made_from is not None and made_from != run_stamp(json.loads(run.info.read_text(encoding="utf-8"))):
+        raise InputError(f"{run.inverse.path}: made from another state of the deformation run (resumed or rerun "
+                         "since); delete it and run optimize-inverse-deformations again")
+
+
 def _deformation_inputs(run: RunFolder, table, halves: np.ndarray, device):
     """Each half's inverse field (as a callable) and each particle's latent code from its own half."""
     hint = "run optimize-inverse-deformations first, or use --no-deformations"
@@ -129,6 +145,7 @@ def _deformation_inputs(run: RunFolder, table, halves: np.ndarray, device):
         raise InputError(f"{run.path}: this installation has no inverse-deformation stage; {hint}") from None
     if not run.latents.is_file():
         raise InputError(f"{run.latents}: missing; finish optimize-deformations first")
+    _check_inverse_is_current(run)
     latents = np.load(run.latents).astype(np.float32)
     if len(latents) != len(table):
         raise InputError(f"{run.latents}: {len(latents)} rows for {len(table)} particles; rerun the run")

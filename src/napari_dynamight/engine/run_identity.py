@@ -1,0 +1,130 @@
+"""What a deformation run was made from, and the checks that its consumers and ``--resume`` make.
+
+``run.json`` records, under ``identity``, fingerprints of the STAR file's content, of its image names,
+of the consensus map, mask and consensus model, the particle count, the training box and the
+settings a resumed run may not change. A resume with other inputs is refused before anything is
+written; the stages that read a run (inverse, reconstruct, decode, explore) first check that it
+finished and that its outputs agree with its particle count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .run_folder import RunFolder
+
+
+# What each identity entry is, for the refusal message.
+_LABELS = {
+    "star_sha256": "STAR file content (--particles)", "n_particles": "particle count (--particles)",
+    "image_names_sha256": "image names (rlnImageName of --particles)",
+    "consensus_sha256": "consensus map (--consensus)", "mask_sha256": "mask (--mask)",
+    "consensus_model_sha256": "consensus model (--consensus-model)", "train_box": "training box (--box)",
+    "n_gaussians_option": "--n-gaussians", "threshold_option": "--threshold",
+}
+
+
+def file_sha256(path: str | os.PathLike | None) -> str | None:
+    """SHA-256 of a file's bytes (None for no file)."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def text_sha256(lines) -> str:
+    return hashlib.sha256("\n".join(str(line) for line in lines).encode("utf-8")).hexdigest()
+
+
+def input_identity(particles, table, consensus, mask, consensus_model, train_box: int, n_gaussians, threshold,
+                   fixed_settings: dict) -> dict:
+    """The identity of a deformation run's inputs (see the module docstring)."""
+    return {
+        "star_sha256": file_sha256(particles), "n_particles": len(table),
+        "image_names_sha256": text_sha256(table.particles["rlnImageName"].astype(str)),
+        "consensus_sha256": file_sha256(consensus), "mask_sha256": file_sha256(mask),
+        "consensus_model_sha256": file_sha256(consensus_model), "train_box": int(train_box),
+        "n_gaussians_option": n_gaussians, "threshold_option": threshold, "settings": fixed_settings,
+    }
+
+
+def read_run_file(run: Path) -> dict:
+    """RUN/run.json as a dict, or InputError naming it."""
+    path = RunFolder(run).info
+    if not path.is_file():
+        raise InputError(f"{run}: not a deformation run ({path.name} missing); give the folder that "
+                         "optimize-deformations wrote")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: not a readable run file; run optimize-deformations again")
+    return info
+
+
+def check_same_inputs(run: Path, current: dict) -> None:
+    """Refuse to resume ``run`` with inputs other than those its run.json records."""
+    path = RunFolder(run).info
+    if not path.is_file():
+        return
+    recorded = read_run_file(run).get("identity")
+    if not isinstance(recorded, dict):
+        return  # a run from before identities were recorded: nothing to compare
+    for key, label in _LABELS.items():
+        if key in recorded and recorded[key] != current.get(key):
+            shown = (lambda v: v[:12] if isinstance(v, str) else v)
+            raise InputError(f"{path}: this run was made with another {label} ({shown(recorded[key])} here, "
+                             f"{shown(current.get(key))} now); resume it with its own inputs and options, "
+                             "or give a new --output-directory")
+    old, new = recorded.get("settings") or {}, current.get("settings") or {}
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            raise InputError(f"{path}: this run was made with {name} = {old.get(name)!r}, now "
+                             f"{new.get(name)!r}; resume it with the same options, or give a new "
+                             "--output-directory")
+
+
+def check_finished_run(run: str | os.PathLike) -> dict:
+    """run.json of a finished deformation run whose latent means hold one finite row per particle;
+    InputError otherwise. Returns run.json."""
+    run = Path(run)
+    info = read_run_file(run)
+    if info.get("result") is None:
+        raise InputError(f"{run}: the deformation run has not finished; finish it (optimize-deformations "
+                         "--resume) first")
+    latents_path = RunFolder(run).latents
+    try:
+        latents = np.load(latents_path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{latents_path}: missing; finish the run (optimize-deformations --resume)") from None
+    except (ValueError, OSError, EOFError):
+        raise InputError(f"{latents_path}: not a readable .npy file (truncated or damaged); rerun "
+                         "optimize-deformations --resume to write it again") from None
+    n = info.get("n_particles")
+    if latents.ndim != 2 or (n is not None and latents.shape[0] != n):
+        raise InputError(f"{latents_path}: shape {latents.shape}, but the run has {n} particles; rerun "
+                         "optimize-deformations --resume to write it again")
+    finite = np.isfinite(latents).all(axis=1)
+    if not finite.all():
+        row = int(np.nonzero(~finite)[0][0])
+        raise InputError(f"{latents_path}: row {row + 1} is not finite (NaN or Inf); rerun "
+                         "optimize-deformations --resume to write it again")
+    return info
+
+
+def run_stamp(info: dict) -> str:
+    """A fingerprint of a finished run's identity and result: a later stage records it and refuses
+    outputs made from another state of the run."""
+    result = info.get("result") or {}
+    return text_sha256([json.dumps(info.get("identity"), sort_keys=True), result.get("epochs"),
+                        result.get("refinement_rounds"), info.get("n_particles")])
