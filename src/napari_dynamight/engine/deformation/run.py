@@ -28,6 +28,7 @@ import torch
 from .. import distributed
 from ..consensus import automatic_threshold, fill_with_gaussians, fit_to_map, save_model
 from ..consensus_stage import suggested_gaussian_count
+from ..device import check_device
 from ..errors import InputError
 from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
@@ -37,7 +38,6 @@ from ..run_identity import check_same_inputs, input_identity
 from . import checkpoint as ckpt
 from . import outputs, watchdog
 from .batches import ParticleBatches
-from ..device import check_device
 from .inputs import RunInputs, moving_flags, read_inputs
 from .refinement import refine_round
 from .schedule import StopRule, epoch_mode, is_reference_update, update_references
