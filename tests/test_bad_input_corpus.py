@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import starfile
 
-from _deformation_data import ADK, simulated  # noqa: F401
-from _run_safety_data import QUICK, finished_run, optimize_command  # noqa: F401
+from helpers.deformation_data import ADK
+from helpers.run_safety_data import QUICK, optimize_command
 from napari_dynamight.cli import main
 from napari_dynamight.engine.io.mrc import write_map
 
@@ -275,7 +275,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("build", [build for _, build in CASES], ids=[name for name, _ in CASES])
-def test_bad_input_is_one_error_line_and_nothing_is_written(build, simulated, finished_run, tmp_path,  # noqa: F811
+def test_bad_input_is_one_error_line_and_nothing_is_written(build, simulated, finished_run, tmp_path,
                                                             monkeypatch, capsys):
     import torch
 
@@ -306,7 +306,7 @@ def test_the_corpus_is_large():
     ("link", particles_edit("rlnImageName", 5, "999@particles.mrcs"), "past the end"),
     ("link", optics_edit("rlnImageSize", 64), "rlnImageSize 64"),
 ], ids=["truncated", "not MRC", "past its end", "other box"])
-def test_info_reports_an_unusable_stack(stack, edit, problem, simulated, finished_run, tmp_path,  # noqa: F811
+def test_info_reports_an_unusable_stack(stack, edit, problem, simulated, finished_run, tmp_path,
                                         monkeypatch, capsys):
     star = Case(tmp_path, simulated, finished_run, monkeypatch).star(edit, stack=stack)
     assert main(["info", str(star)]) == 0

@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 
 import napari_dynamight
-from _deformation_data import simulated  # noqa: F401
-from _run_safety_data import finished_run, optimize_command  # noqa: F401
+from helpers.run_safety_data import optimize_command
 from napari_dynamight.cli import main
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.io import lock
@@ -52,7 +51,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> N
         time.sleep(0.02)
 
 
-def resume_in_process(simulated, out):  # noqa: F811
+def resume_in_process(simulated, out):
     import torch
 
     threads = torch.get_num_threads()
@@ -70,7 +69,7 @@ def assert_uninterrupted_result(out: Path, finished: Path) -> None:
 
 
 def test_sigterm_cancels_cleanly_a_second_writer_is_refused_and_resume_ends_as_uninterrupted(
-        simulated, finished_run, tmp_path, capsys):  # noqa: F811
+        simulated, finished_run, tmp_path, capsys):
     out = tmp_path / "run"
     process = start_command(optimize_command(simulated, out))
     try:
@@ -94,7 +93,7 @@ def test_sigterm_cancels_cleanly_a_second_writer_is_refused_and_resume_ends_as_u
 
 
 def test_kill_9_then_a_normal_start_takes_the_stale_lock_removes_leftovers_and_resumes(
-        simulated, finished_run, tmp_path):  # noqa: F811
+        simulated, finished_run, tmp_path):
     out = tmp_path / "run"
     process = start_command(optimize_command(simulated, out))
     try:
@@ -116,7 +115,7 @@ def test_kill_9_then_a_normal_start_takes_the_stale_lock_removes_leftovers_and_r
     assert_uninterrupted_result(out, finished_run)
 
 
-def test_sighup_cancels_with_129_and_leaves_no_partial_output(simulated, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_sighup_cancels_with_129_and_leaves_no_partial_output(simulated, tmp_path, monkeypatch, capsys):
     from napari_dynamight.engine.deformation import checkpoint
 
     real = checkpoint.save_checkpoint
@@ -181,7 +180,7 @@ def fit_files(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
-def test_fit_consensus_replaces_its_files_as_a_set(simulated, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_fit_consensus_replaces_its_files_as_a_set(simulated, tmp_path, monkeypatch, capsys):
     from napari_dynamight.engine import consensus_stage
 
     out = tmp_path / "fit"
@@ -217,7 +216,7 @@ def test_fit_consensus_replaces_its_files_as_a_set(simulated, tmp_path, monkeypa
         check_file_set(out / "consensus_gaussians.json")
 
 
-def test_inverse_and_reconstruct_refuse_outputs_of_another_state_of_the_run(finished_run, tmp_path, capsys):  # noqa: F811
+def test_inverse_and_reconstruct_refuse_outputs_of_another_state_of_the_run(finished_run, tmp_path, capsys):
     import torch
 
     run = tmp_path / "run"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from _deformation_data import simulated  # noqa: F401
 from napari_dynamight.cli import main
 
 QUICK = ["--epochs", "2", "--batch-size", "64", "--decoder-width", "16", "--decoder-depth", "1",
@@ -16,7 +15,7 @@ QUICK = ["--epochs", "2", "--batch-size", "64", "--decoder-width", "16", "--deco
          "--threads", "1"]
 
 
-def optimize_command(simulated, out: Path, *extra: str, star: Path | None = None) -> list[str]:  # noqa: F811
+def optimize_command(simulated, out: Path, *extra: str, star: Path | None = None) -> list[str]:
     """``optimize-deformations`` of the tiny set with the quick settings into ``out``."""
     return ["optimize-deformations", "--particles", str(star or simulated.star), "--consensus",
             str(simulated.consensus), "--consensus-model", str(simulated.model), "--output-directory",
@@ -24,7 +23,7 @@ def optimize_command(simulated, out: Path, *extra: str, star: Path | None = None
 
 
 @pytest.fixture(scope="session")
-def finished_run(simulated, tmp_path_factory) -> Path:  # noqa: F811
+def finished_run(simulated, tmp_path_factory) -> Path:
     """A finished quick run (2 epochs, 1 refinement round, encoder latents: a few seconds), trained on
     one torch thread."""
     import torch
