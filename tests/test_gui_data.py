@@ -8,6 +8,7 @@ import pytest
 
 from conftest import STAR_FILES, TRPV1_MAP
 from napari_dynamight.engine.consensus import load_model
+from napari_dynamight.engine.io.lock import LOCK_NAME
 from helpers.screenshots import distinct_colours, save
 from napari_dynamight._widgets.data import GAUSSIANS_LAYER, MAP_LAYER, DataWidget
 
@@ -61,6 +62,7 @@ def test_load_and_fill_and_fit(qtbot, data_widget, tmp_path):
     assert volume[tuple(index.T)].mean() > volume.mean() + 2 * volume.std()
     assert widget.fit.correlation > 0.3
     assert "150 Gaussians" in widget.summary.value
+    assert not (tmp_path / "consensus" / LOCK_NAME).exists()
 
     # the Gaussians are drawn in orange over the grey map (the user guide's screenshot)
     viewer.camera.angles = (0, -30, 60)

@@ -17,6 +17,7 @@ from helpers.explore_data import ShiftDecoder, make_run
 from napari_dynamight._widgets.explorer import (POINTS_LAYER, VECTORS_LAYER, VOLUME_LAYER,
                                                 ExplorerWidget)
 from napari_dynamight.engine.explore import embed, load_run
+from napari_dynamight.engine.io.lock import LOCK_NAME
 
 
 @pytest.fixture
@@ -198,7 +199,7 @@ def test_path_volumes_and_movie(qtbot, explorer, tmp_path):
     widget.save_volumes(tmp_path / "volumes")
     wait_idle(qtbot, widget)
     files = sorted((tmp_path / "volumes").glob("path_*.mrc"))
-    assert len(files) == 4
+    assert len(files) == 4 and not (tmp_path / "volumes" / LOCK_NAME).exists()
     with mrcfile.open(files[0]) as first, mrcfile.open(files[-1]) as last:
         assert np.abs(first.data - last.data).max() > 0.1 * first.data.max()
         assert float(first.voxel_size.x) == pytest.approx(2.0)

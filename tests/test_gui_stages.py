@@ -6,6 +6,7 @@ Every stage runs for real on the tiny simulated ADK set (400 particles, box 32) 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -16,6 +17,7 @@ from helpers.deformation_data import FAST, train
 from napari_dynamight._widgets.deformations import POINTS_LAYER, SETTING_FIELDS, DeformationsWidget
 from napari_dynamight.engine.consensus import load_model
 from napari_dynamight.engine.deformation.checkpoint import CHECKPOINT_FOLDER, load_checkpoint
+from napari_dynamight.engine.io.lock import LOCK_NAME
 from napari_dynamight.engine.progress import run as drive
 
 torch.set_num_threads(1)
@@ -88,6 +90,7 @@ def test_deformations_train_with_live_losses_and_gaussians(
     np.testing.assert_allclose(points, final, atol=1e-5)
     assert np.abs(points - initial).max() > 0.05
     assert "4 epochs (done)" in widget.summary.value and "400 × 3" in widget.summary.value
+    assert not (folder / LOCK_NAME).exists()
 
 
 def test_open_a_command_line_run_fills_the_form(
@@ -110,9 +113,11 @@ def test_cancel_leaves_loadable_checkpoints_and_resume_finishes(qtbot, make_napa
     fill_deformations(widget, simulated, folder, replace(FAST, epochs=40, checkpoint_every=1))
     worker = widget.start()
     qtbot.waitUntil(lambda: (folder / CHECKPOINT_FOLDER).is_dir(), timeout=60_000)
+    holder = json.loads((folder / LOCK_NAME).read_text())  # held while the worker runs
+    assert holder["pid"] == os.getpid() and holder["command"] == "optimize-deformations"
     widget.tasks.cancel_button.click()
     wait_for(qtbot, widget, worker)
-    assert widget.tasks.last_outcome.cancelled
+    assert widget.tasks.last_outcome.cancelled and not (folder / LOCK_NAME).exists()
     done = assert_complete_checkpoints(folder)
     assert "final.pt" not in {p.name for p in done} and not (folder / "latent_means.npy").exists()
     epochs_done = max(load_checkpoint(p)["epoch"] for p in done)
@@ -120,7 +125,7 @@ def test_cancel_leaves_loadable_checkpoints_and_resume_finishes(qtbot, make_napa
     widget.epochs.value = epochs_done + 1  # a resumed run may ask for a different number of epochs
     wait_for(qtbot, widget, widget.start(resume=True))
     assert widget.tasks.last_outcome.error is None, widget.tasks.status.text()
-    assert widget.result.epochs == epochs_done + 1
+    assert widget.result.epochs == epochs_done + 1 and not (folder / LOCK_NAME).exists()
     assert np.load(folder / "latent_means.npy").shape == (400, FAST.latent_dim)
 
 
@@ -135,7 +140,7 @@ def test_closing_napari_during_a_run_cancels_it_cleanly(
     # the widget waited for the engine generator to close and for the worker's last signals
     assert widget._ended.is_set() and not widget.tasks.running
     assert_complete_checkpoints(folder)
-    assert not (folder / "latent_means.npy").exists()
+    assert not (folder / "latent_means.npy").exists() and not (folder / LOCK_NAME).exists()
 
 
 def test_bad_input_is_one_line_naming_the_file(
@@ -149,6 +154,7 @@ def test_bad_input_is_one_line_naming_the_file(
     assert widget.tasks.last_outcome.error is not None
     assert "\n" not in status and str(missing) in status
     assert POINTS_LAYER not in viewer.layers
+    assert not (tmp_path / "run").exists()  # the folder it made for the run and its lock are gone
 
 
 @pytest.mark.parametrize("name", ["Inverse deformations", "Reconstruction"])
@@ -172,6 +178,7 @@ def test_inverse_widget_learns_the_inverse(qtbot, make_napari_viewer, trained_ru
     assert widget.tasks.last_outcome.error is None, widget.tasks.status.text()
     inverse = trained_run / "inverse"
     assert (inverse / "final.pt").is_file() and (inverse / "summary.json").is_file()
+    assert not (trained_run / LOCK_NAME).exists()
     for half in (1, 2):
         summary = widget.result.summary[f"half{half}"]
         # measured 0.03-0.05 Å for displacements of 0.28-0.34 Å
@@ -196,6 +203,7 @@ def test_reconstruction_widget_shows_half_maps_and_fsc(qtbot, make_napari_viewer
     wait_for(qtbot, widget, widget.start())
     assert widget.tasks.last_outcome.error is None, widget.tasks.status.text()
     folder = trained_run / "reconstruction"
+    assert not (trained_run / LOCK_NAME).exists()
     consensus, voxel = read_map(simulated.consensus)
     for role, name in (("half 1", "half1.mrc"), ("half 2", "half2.mrc"), ("full", "full.mrc")):
         layer = viewer.layers[f"reconstruction: {role}"]

@@ -58,11 +58,14 @@ class PathExport:
     def save_volumes(self, folder):
         """Decode the path and write one MRC file per point into ``folder`` (in a worker)."""
         from ..engine.explore.series import decode_path
+        from ..engine.io.guard import holding
 
         latents = self._path_for_export()
         if latents is None:
             return None
-        return self.tasks.start(decode_path(self.decoder, latents, folder), "save volumes",
+        operation = holding(decode_path(self.decoder, latents, folder), folder, "volume folder",
+                            "decode")
+        return self.tasks.start(operation, "save volumes",
                                 lambda files: self._done(f"wrote {len(files)} volumes to {folder}"))
 
     def export_movie(self, path, fps: int = 10, also=()):

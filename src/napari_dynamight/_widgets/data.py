@@ -152,6 +152,7 @@ class DataWidget(QWidget):
     def fill_and_fit(self, *_):
         """Run stage 2 on the loaded map in a worker; returns the worker."""
         from ..engine.consensus_stage import fit_consensus
+        from ..engine.io.guard import holding
 
         output = _optional(self.output.value)
         if self.loaded["map"] is None or output is None:
@@ -161,6 +162,7 @@ class DataWidget(QWidget):
             Path(self.map.value), output, n_gaussians=self.n_gaussians.value or None,
             threshold=float(self.threshold.value), mask_path=_optional(self.mask.value),
             n_steps=int(self.steps.value))
+        operation = holding(operation, output, "output folder", "fit-consensus")
         return self.tasks.start(operation, "fill and fit", self._fitted)
 
     def _fitted(self, fit) -> None:

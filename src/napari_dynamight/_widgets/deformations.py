@@ -180,6 +180,7 @@ class DeformationsWidget(StageWidget):
         import torch
 
         from ..engine.deformation.run import optimize_deformations
+        from ..engine.io.guard import holding
         from ._tasks import one_line
 
         run, particles = optional_path(self.run.value), optional_path(self.particles.value)
@@ -200,6 +201,7 @@ class DeformationsWidget(StageWidget):
             n_gaussians=self.n_gaussians.value or None, threshold=threshold,
             box=self.box.value or None, data_root=optional_path(self.data_root.value),
             device=self.device.value, resume=resume)
+        operation = holding(operation, run, "run folder", "optimize-deformations")
         self._shown_checkpoint = None
         if not resume:
             self.plot.clear()

@@ -102,6 +102,7 @@ class InverseWidget(StageWidget):
     def start(self, resume: bool = False):
         """Run (or continue) stage 4 on the chosen run folder; returns the worker."""
         from ..engine.inverse.run import optimize_inverse_deformations
+        from ..engine.io.guard import holding
 
         run = optional_path(self.run.value)
         if run is None:
@@ -110,6 +111,8 @@ class InverseWidget(StageWidget):
         settings = replace(self.base_settings, epochs=int(self.epochs.value))
         operation = optimize_inverse_deformations(run, settings=settings, device=self.device.value,
                                                   resume=resume)
+        operation = holding(operation, run, "run folder", "optimize-inverse-deformations",
+                            outputs="inverse")
         if not resume:
             self.plot.clear()
         return self.run_task(operation, "resume inverse" if resume else "inverse deformations",

@@ -81,12 +81,17 @@ class ReconstructionWidget(StageWidget):
 
     def start(self):
         """Reconstruct in a worker; the maps and the FSC are shown when it is done."""
+        from ..engine.io.guard import holding
+
         run = optional_path(self.run.value)
         if run is None:
             self.summary.value = "choose a run folder first"
             return None
-        operation = reconstruct_and_read(run, deformations=bool(self.deformations.value),
-                                         device=self.device.value, filter=self.filter.value)
+        deformations = bool(self.deformations.value)
+        operation = reconstruct_and_read(run, deformations=deformations, device=self.device.value,
+                                         filter=self.filter.value)
+        operation = holding(operation, run, "run folder", "reconstruct",
+                            outputs=ReconstructionFolder.NAMES[deformations])
         return self.run_task(operation, "reconstruction", self._show)
 
     def open_run(self, folder=None):

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.io.mrc import write_map
     from ..engine.io.output_paths import check_output_folder
     from ..engine.run_identity import check_finished_run
-    from ._guard import writing
+    from ..engine.io.guard import writing
     from ._progress import drive
 
     check_output_folder(args.output_directory)

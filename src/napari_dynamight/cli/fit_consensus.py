@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.consensus_stage import fit_consensus
-    from ._guard import writing
+    from ..engine.io.guard import writing
     from ._progress import drive
 
     with writing(args.output_directory, "--output-directory", "fit-consensus"):

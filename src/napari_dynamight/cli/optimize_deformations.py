@@ -101,7 +101,7 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.deformation.run import optimize_deformations
-    from ._guard import writing
+    from ..engine.io.guard import writing
     from ._progress import drive_on_main_rank, print_warnings, set_threads
 
     set_threads(args.threads)

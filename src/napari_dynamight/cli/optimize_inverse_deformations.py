@@ -60,7 +60,7 @@ def settings_from(args: argparse.Namespace) -> InverseSettings:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.inverse.run import optimize_inverse_deformations
-    from ._guard import writing
+    from ..engine.io.guard import writing
     from ._progress import drive_on_main_rank, set_threads
 
     set_threads(args.threads)

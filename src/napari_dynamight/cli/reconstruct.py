@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.reconstruction.stage import reconstruct_run
-    from ._guard import writing
+    from ..engine.io.guard import writing
     from ._progress import drive_on_main_rank, set_threads
 
     set_threads(args.threads)

@@ -170,7 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.simulate import simulate
-    from ._guard import writing
+    from ..engine.io.guard import writing
     from ._progress import drive
 
     frames = parse_frames(args.frames)

@@ -1,5 +1,6 @@
-"""What every writing command does before its work: check the output folder, take its lock, and
-remove what a killed earlier process left there.
+"""What every writer does before its work: check the output folder, take its lock, and remove
+what a killed earlier process left there. A command holds :func:`writing` around its work; a napari
+widget wraps its engine generator in :func:`holding`, so the lock lasts as long as its worker.
 
 Under ``torchrun`` only rank 0 (the one that writes) locks and cleans. A folder that did not exist
 and is still empty at the end (the command stopped on a bad input) is removed again, so a refused
@@ -13,6 +14,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import InputError
+from ..progress import ProgressGenerator
+from .leftovers import remove_leftovers
+from .lock import folder_lock
+from .output_paths import check_output_folder
+
 
 def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
@@ -24,11 +31,6 @@ def writing(folder: str | os.PathLike, option: str, command: str, outputs: str |
 
     ``outputs``: a subfolder the command writes into (e.g. ``inverse`` of a run folder); then
     ``folder`` must already exist and the subfolder is checked too."""
-    from ..engine.errors import InputError
-    from ..engine.io.leftovers import remove_leftovers
-    from ..engine.io.lock import folder_lock
-    from ..engine.io.output_paths import check_output_folder
-
     folder = Path(folder)
     if outputs is not None:
         if not folder.is_dir():
@@ -50,3 +52,11 @@ def writing(folder: str | os.PathLike, option: str, command: str, outputs: str |
                 path.rmdir()
             except OSError:
                 break
+
+
+def holding(operation: ProgressGenerator, folder: str | os.PathLike, option: str, command: str,
+            outputs: str | None = None) -> ProgressGenerator:
+    """``operation``'s events under :func:`writing`: the lock is taken at the first step (in the
+    thread that drives it) and released when the operation returns, raises or is closed."""
+    with writing(folder, option, command, outputs):
+        return (yield from operation)
