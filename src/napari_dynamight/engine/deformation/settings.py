@@ -15,19 +15,19 @@ DECODERS = ("mlp", "factorised")
 class DeformationSettings(SettingsRecord):
     """Options of :func:`engine.deformation.run.optimize_deformations`.
 
-    The decoder is factorised by default (``networks.FactorisedDecoder``): a basis network of position
-    (width 64, depth 4, 10 positional frequencies) evaluated once per step for all Gaussians, and 32
-    basis fields mixed by coefficients of the latent, so a particle costs Gaussians × 32 × 3. It
-    trains faster and, on the robustness benchmark, orders the particles at least as well as the
-    coordinate network (``"mlp"``, particles × Gaussians × width² × depth per step), which stays an
-    option. docs/deformations.md gives the measurements.
+    The default decoder is the coordinate network (``"mlp"``: width 64, depth 4, 10 positional
+    frequencies), whose cost is particles × Gaussians × width² × depth per step. ``"factorised"``
+    (``networks.FactorisedDecoder``: 32 basis fields of position mixed by coefficients of the latent)
+    costs particles × Gaussians × 32 × 3 and ordered the particles better on the robustness benchmark,
+    but starts learning more slowly in short runs and its fields are harder to invert; see
+    docs/deformations.md, "Decoder".
     """
 
     latent_dim: int = 6
     n_frequencies: int = 10
     decoder_width: int = 64
     decoder_depth: int = 4
-    decoder: str = "factorised"  # or "mlp": see engine/deformation/networks.py
+    decoder: str = "mlp"  # or "factorised": see engine/deformation/networks.py
     decoder_rank: int = 32  # basis fields of the factorised decoder
     encoder_width: int = 256
     epochs: int = 60
