@@ -129,15 +129,43 @@ def test_sighup_cancels_with_129_and_leaves_no_partial_output(simulated, tmp_pat
     import torch
 
     threads = torch.get_num_threads()
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (nohup ignores it: next test)
     try:
         assert main(optimize_command(simulated, out)) == 129
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handlers restored after the command
     finally:
+        signal.signal(signal.SIGHUP, previous)
         torch.set_num_threads(threads)
     assert capsys.readouterr().err.strip().splitlines()[-1] == "cancelled (SIGHUP)"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001.pt"]
     assert not (out / "latent_means.npy").exists() and find_leftovers(out) == []
     assert not (out / lock.LOCK_NAME).exists()
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handlers restored after the command
+
+
+def test_an_ignored_sighup_stays_ignored_as_under_nohup(simulated, tmp_path, monkeypatch):
+    from napari_dynamight.engine.deformation import checkpoint
+
+    real = checkpoint.save_checkpoint
+    hung_up = []
+
+    def save_then_hang_up(path, state):
+        real(path, state)
+        if not hung_up:
+            hung_up.append(path)
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_hang_up)
+    import torch
+
+    threads = torch.get_num_threads()
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert main(optimize_command(simulated, tmp_path / "run")) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        torch.set_num_threads(threads)
+    assert hung_up and (tmp_path / "run" / "latent_means.npy").is_file()
 
 
 def test_lock_refuses_a_live_writer_and_takes_over_a_dead_one(tmp_path):

@@ -98,11 +98,13 @@ def _terminate(signum, frame) -> None:
 
 @contextlib.contextmanager
 def _signals_cancel() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Terminated` for the duration (main thread only)."""
+    """SIGTERM and SIGHUP raise :class:`Terminated` for the duration (main thread only). A signal the
+    caller ignores stays ignored: ``nohup napari-dynamight ...`` keeps running when the terminal closes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {number: signal.signal(number, _terminate) for number in (signal.SIGTERM, signal.SIGHUP)}
+    before = {number: signal.signal(number, _terminate) for number in (signal.SIGTERM, signal.SIGHUP)
+              if signal.getsignal(number) is not signal.SIG_IGN}
     try:
         yield
     finally:
