@@ -48,13 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_finite(latents, path: Path) -> None:
     """Every particle's latent mean must be finite before napari opens."""
-    import numpy as np
-
     from ..engine.errors import InputError
+    from ..engine.run_identity import first_nonfinite_row
 
-    finite = np.isfinite(np.asarray(latents, dtype=np.float64)).all(axis=1)
-    if not finite.all():
-        row = int(np.nonzero(~finite)[0][0])
+    row = first_nonfinite_row(latents)
+    if row is not None:
         raise InputError(f"{path}: the latent means of row {row + 1} are not finite (NaN or Inf); "
                          "rerun optimize-deformations --resume to write them again")
-

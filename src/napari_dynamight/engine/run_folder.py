@@ -158,25 +158,27 @@ class RunFolder(_Folder):
             raise InputError(f"{self.info}: not found; choose the folder of a deformation run "
                              "(made by optimize-deformations or the Deformations widget)")
         try:
-            return json.loads(self.info.read_text(encoding="utf-8"))
+            info = json.loads(self.info.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise InputError(f"{self.info}: unreadable ({type(error).__name__}); the run folder is damaged") from None
+        if not isinstance(info, dict):
+            raise InputError(f"{self.info}: unreadable (not a JSON object); the run folder is damaged")
+        return info
 
     def read_loss_log(self) -> list[dict]:
         return read_loss_log(self.loss_log)
 
-    def require_finished(self) -> None:
-        """Refuse anything but a finished deformation run (``run.json`` with a result, and the latents)."""
-        if not self.info.is_file():
+    def require_finished(self) -> dict:
+        """``run.json`` of a finished deformation run (a result, and the latents written); InputError
+        otherwise. ``run_identity.check_finished_run`` also checks the latents' contents."""
+        if not self.is_run():
             raise InputError(f"{self.path}: not a deformation run ({self.info.name} missing); "
                              "run optimize-deformations first")
-        try:
-            finished = json.loads(self.info.read_text(encoding="utf-8")).get("result") is not None
-        except (json.JSONDecodeError, AttributeError):
-            raise InputError(f"{self.info}: not a readable run file; run optimize-deformations again") from None
-        if not finished or not self.latents.is_file():
+        info = self.read_info()
+        if info.get("result") is None or not self.latents.is_file():
             raise InputError(f"{self.path}: the deformation run has not finished; finish it (optimize-deformations "
                              "--resume) first")
+        return info
 
 
 def read_run_info(run_directory: str | os.PathLike) -> dict:

@@ -57,27 +57,13 @@ def input_identity(particles, table, consensus, mask, consensus_model, train_box
     }
 
 
-def read_run_file(run: Path) -> dict:
-    """RUN/run.json as a dict, or InputError naming it."""
-    path = RunFolder(run).info
-    if not path.is_file():
-        raise InputError(f"{run}: not a deformation run ({path.name} missing); give the folder that "
-                         "optimize-deformations wrote")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        info = None
-    if not isinstance(info, dict):
-        raise InputError(f"{path}: not a readable run file; run optimize-deformations again")
-    return info
-
-
 def check_same_inputs(run: Path, current: dict) -> None:
     """Refuse to resume ``run`` with inputs other than those its run.json records."""
-    path = RunFolder(run).info
-    if not path.is_file():
+    folder = RunFolder(run)
+    path = folder.info
+    if not folder.is_run():
         return
-    recorded = read_run_file(run).get("identity")
+    recorded = folder.read_info().get("identity")
     if not isinstance(recorded, dict):
         return  # a run from before identities were recorded: nothing to compare
     for key, label in _LABELS.items():
@@ -94,19 +80,20 @@ def check_same_inputs(run: Path, current: dict) -> None:
                              "--output-directory")
 
 
+def first_nonfinite_row(array) -> int | None:
+    """The index of the first row of ``array`` (N, D) holding NaN or Inf, or None."""
+    finite = np.isfinite(np.asarray(array, dtype=np.float64)).all(axis=1)
+    return None if finite.all() else int(np.nonzero(~finite)[0][0])
+
+
 def check_finished_run(run: str | os.PathLike) -> dict:
-    """run.json of a finished deformation run whose latent means hold one finite row per particle;
-    InputError otherwise. Returns run.json."""
-    run = Path(run)
-    info = read_run_file(run)
-    if info.get("result") is None:
-        raise InputError(f"{run}: the deformation run has not finished; finish it (optimize-deformations "
-                         "--resume) first")
-    latents_path = RunFolder(run).latents
+    """run.json of a finished deformation run (``RunFolder.require_finished``) whose latent means hold
+    one finite row per particle; InputError otherwise."""
+    folder = RunFolder(run)
+    info = folder.require_finished()
+    latents_path = folder.latents
     try:
         latents = np.load(latents_path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{latents_path}: missing; finish the run (optimize-deformations --resume)") from None
     except (ValueError, OSError, EOFError):
         raise InputError(f"{latents_path}: not a readable .npy file (truncated or damaged); rerun "
                          "optimize-deformations --resume to write it again") from None
@@ -114,9 +101,8 @@ def check_finished_run(run: str | os.PathLike) -> dict:
     if latents.ndim != 2 or (n is not None and latents.shape[0] != n):
         raise InputError(f"{latents_path}: shape {latents.shape}, but the run has {n} particles; rerun "
                          "optimize-deformations --resume to write it again")
-    finite = np.isfinite(latents).all(axis=1)
-    if not finite.all():
-        row = int(np.nonzero(~finite)[0][0])
+    row = first_nonfinite_row(latents)
+    if row is not None:
         raise InputError(f"{latents_path}: row {row + 1} is not finite (NaN or Inf); rerun "
                          "optimize-deformations --resume to write it again")
     return info

@@ -80,7 +80,8 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     if "dmHalfSet" not in table.particles.columns:
         raise InputError(f"{run.particles}: no dmHalfSet column; rerun optimize-deformations")
     halves = table.particles["dmHalfSet"].to_numpy().astype(int)
-    fields, latents = (_deformation_inputs(run, table, halves, device) if deformations else ({}, None))
+    fields, latents = (_deformation_inputs(run, run_stamp(info), table, halves, device) if deformations
+                       else ({}, None))
 
     accumulators = []
     for half in (1, 2):
@@ -119,7 +120,7 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     return ReconstructionResult(folder.path, folder.half_maps, folder.full_map, folder.fsc_table, *resolutions)
 
 
-def _check_inverse_is_current(run: RunFolder) -> None:
+def _check_inverse_is_current(run: RunFolder, stamp: str) -> None:
     """The run's inverse folder must be complete (its summary, written last) and made from the run as it
     is now."""
     summary_path = run.inverse.summary
@@ -129,13 +130,14 @@ def _check_inverse_is_current(run: RunFolder) -> None:
         raise InputError(f"{summary_path}: missing or unreadable, so the inverse deformations did not finish; "
                          "run optimize-inverse-deformations --resume") from None
     made_from = summary.get("deformation_run") if isinstance(summary, dict) else None
-    if made_from is not None and made_from != run_stamp(json.loads(run.info.read_text(encoding="utf-8"))):
+    if made_from is not None and made_from != stamp:
         raise InputError(f"{run.inverse.path}: made from another state of the deformation run (resumed or rerun "
                          "since); delete it and run optimize-inverse-deformations again")
 
 
-def _deformation_inputs(run: RunFolder, table, halves: np.ndarray, device):
-    """Each half's inverse field (as a callable) and each particle's latent code from its own half."""
+def _deformation_inputs(run: RunFolder, stamp: str, table, halves: np.ndarray, device):
+    """Each half's inverse field (as a callable) and each particle's latent code from its own half;
+    ``stamp``: the run's state (``run_identity.run_stamp``), which the inverse must have been made from."""
     hint = "run optimize-inverse-deformations first, or use --no-deformations"
     if not run.inverse.path.is_dir():
         raise InputError(f"{run.path}: no inverse deformations ({run.inverse.path.name}/ missing); {hint}")
@@ -143,9 +145,7 @@ def _deformation_inputs(run: RunFolder, table, halves: np.ndarray, device):
         from ..inverse.field import load_inverse_field
     except ImportError:
         raise InputError(f"{run.path}: this installation has no inverse-deformation stage; {hint}") from None
-    if not run.latents.is_file():
-        raise InputError(f"{run.latents}: missing; finish optimize-deformations first")
-    _check_inverse_is_current(run)
+    _check_inverse_is_current(run, stamp)
     latents = np.load(run.latents).astype(np.float32)
     if len(latents) != len(table):
         raise InputError(f"{run.latents}: {len(latents)} rows for {len(table)} particles; rerun the run")
