@@ -27,8 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers.deformation_data import simulate_tiny, train  # noqa: E402
-from test_deformation_halves import SETTINGS  # noqa: E402  (the test's training)
+from helpers.deformation_data import HALVES_SETTINGS, simulate_tiny, train  # noqa: E402
 from napari_dynamight.engine.evaluation.metrics import latent_frame_ordering  # noqa: E402
 from napari_dynamight.engine.explore import load_run  # noqa: E402
 from napari_dynamight.engine.io.atomic import atomic_path  # noqa: E402
@@ -53,7 +52,7 @@ def main(argv=None) -> int:
     for decoder in args.decoders:
         for seed in args.seeds:
             started = time.perf_counter()
-            out = train(data, work / f"run_{decoder}_{seed}", replace(SETTINGS, seed=seed, decoder=decoder))
+            out = train(data, work / f"run_{decoder}_{seed}", replace(HALVES_SETTINGS, seed=seed, decoder=decoder))
             loaded = load_run(out)
             table = loaded.table.particles
             halves = table.dmHalfSet.to_numpy()

@@ -15,10 +15,10 @@ import pytest
 from napari_dynamight.engine.evaluation.metrics import latent_frame_ordering
 from napari_dynamight.engine.explore import load_run
 
-from helpers.deformation_data import FAST, Simulated, simulate_tiny, train
+from helpers.deformation_data import HALVES_SETTINGS as SETTINGS
+from helpers.deformation_data import Simulated, simulate_tiny, train
+
 SEEDS = (0, 1, 2)
-SETTINGS = replace(FAST, epochs=16, batch_size=16, checkpoint_every=16, consensus_period=30, consensus_epochs=5,
-                   reference_update_every=10, alignment_predictions=50, refinement_rounds=1, refinement_epochs=3)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ trajectory, and a 300-Gaussian consensus model fitted to its consensus map.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,11 @@ FAST = DeformationSettings(epochs=6, batch_size=32, warmup_epochs=1, decoder_wid
                            encoder_width=64, checkpoint_every=2, consensus_period=5, consensus_epochs=1,
                            reference_update_every=2, alignment_predictions=10, noise_subset=64,
                            refinement_rounds=1, refinement_epochs=2)
+# The noisier set's training in test_deformation_halves.py (and bench/bench_decoders.py): 16 epochs,
+# batch 16, one refinement round.
+HALVES_SETTINGS = replace(FAST, epochs=16, batch_size=16, checkpoint_every=16, consensus_period=30,
+                          consensus_epochs=5, reference_update_every=10, alignment_predictions=50,
+                          refinement_rounds=1, refinement_epochs=3)
 
 
 @dataclass
