@@ -80,7 +80,7 @@ def test_factorised_decoder_starts_still_and_is_a_sum_of_basis_fields():
     positions, latents = torch.randn(13, 3) * 8, torch.randn(6, 4)
     assert torch.count_nonzero(decoder(latents, positions)) == 0
     assert torch.equal(decoder.deform(latents, positions), positions.expand(6, -1, -1))
-    torch.nn.init.normal_(decoder.coefficients[-1].weight)
+    torch.nn.init.normal_(decoder.basis[-1].weight)
     fields, weights = decoder.fields(positions), decoder.coefficients(latents)  # (N, R, 3), (B, R)
     expected = sum(weights[:, r, None, None] * fields[None, :, r] for r in range(5)) * 30.0
     assert torch.allclose(decoder(latents, positions), expected, atol=1e-5)

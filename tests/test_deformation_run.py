@@ -68,7 +68,7 @@ def test_checkpoints_hold_only_tensors_and_plain_values(trained):
     out, _, _ = trained
     state = torch.load(final_path(out), map_location="cpu", weights_only=True)
     assert state["epoch"] == 6 and len(state["halves"]) == 2
-    assert set(state["halves"][0]["decoder"]) >= {"out.weight", "out.bias", "position_in.weight"}
+    assert set(state["halves"][0]["decoder"]) >= {"basis.0.weight", "coefficients.0.weight"}
 
     def leaves(value):
         if isinstance(value, dict):

@@ -105,8 +105,9 @@ class FactorisedDecoder(nn.Module):
     ``Σ_r c_r(z) φ_r(x)`` with ``rank`` basis fields.
 
     Basis: positional encoding → ``depth`` ELU layers of ``width`` → ``3·rank`` outputs. Coefficients:
-    latent → two ELU layers of ``width`` → ``rank`` outputs, the last initialised to zero so training
-    starts from no motion (the basis still receives gradients once the coefficients move). A smooth,
+    latent → two ELU layers of ``width`` → ``rank`` outputs. The basis's last layer starts at zero, so
+    training starts from no motion while the coefficients, random from the start, pass gradients to
+    the basis in the first step (a zero coefficient layer would starve both factors). A smooth,
     low-rank field is what domain motions of a protein need; the rank bounds how many independent
     motion patterns one half can hold.
     """
@@ -122,8 +123,8 @@ class FactorisedDecoder(nn.Module):
         self.basis = nn.Sequential(*layers, nn.Linear(width, 3 * rank))
         self.coefficients = nn.Sequential(nn.Linear(latent_dim, width), nn.ELU(),
                                           nn.Linear(width, width), nn.ELU(), nn.Linear(width, rank))
-        nn.init.zeros_(self.coefficients[-1].weight)
-        nn.init.zeros_(self.coefficients[-1].bias)
+        nn.init.zeros_(self.basis[-1].weight)
+        nn.init.zeros_(self.basis[-1].bias)
 
     def fields(self, positions_angstrom: torch.Tensor) -> torch.Tensor:
         """Basis fields (..., N, rank, 3) at the positions, in units of ``extent_angstrom``."""

@@ -27,7 +27,7 @@ class DeformationSettings(SettingsRecord):
     n_frequencies: int = 10
     decoder_width: int = 64
     decoder_depth: int = 4
-    decoder: str = "mlp"  # or "factorised": see engine/deformation/networks.py
+    decoder: str = "factorised"  # or "mlp": see engine/deformation/networks.py
     decoder_rank: int = 32  # basis fields of the factorised decoder
     encoder_width: int = 256
     epochs: int = 60
