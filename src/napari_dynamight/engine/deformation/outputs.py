@@ -23,18 +23,12 @@ from matplotlib.figure import Figure
 from ..consensus import save_model
 from ..data.particles import ParticleTable
 from ..gaussians import GaussianModel, render_volume
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, save_npy
 from ..io.figure import save_figure
 from ..io.mrc import write_map
 from ..io.star import write_particles
 from ..run_folder import RunFolder
 from .validation import ErrorEstimates
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
 
 
 def own_half_latents(estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
@@ -46,10 +40,10 @@ def own_half_latents(estimates: ErrorEstimates, halves: np.ndarray, validation: 
 
 def write_latents(run: Path, estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
     latents = own_half_latents(estimates, halves, validation)
-    save_array(RunFolder(run).latents, latents)
+    save_npy(RunFolder(run).latents, latents)
     second = np.full_like(latents, np.nan)
     second[validation] = estimates.latents[1][validation]
-    save_array(RunFolder(run).latents_half2, second.astype(np.float32))
+    save_npy(RunFolder(run).latents_half2, second.astype(np.float32))
     return latents
 
 
