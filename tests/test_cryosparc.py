@@ -323,3 +323,43 @@ def test_star_input_exports_the_documented_fields(project_folder, tmp_path):
     uids = back.records["uid"]
     assert uids.dtype == np.uint64 and len(np.unique(uids)) == len(rows)
     assert "components_mode_1/value" in back.records.dtype.names
+
+
+def test_explorer_exports_a_cs_run_back_to_cryosparc(project_folder, tmp_path):
+    """A run made from a .cs input keeps its records beside particles.star; the explorer's export to .cs
+    keeps every original field and uid and adds the results; export to STAR is unchanged."""
+    from napari_dynamight.engine.explore.table import load_run
+    from napari_dynamight.engine.io.atomic import save_npy
+    from napari_dynamight.engine.io.star import write_particles
+    from napari_dynamight.engine.run_folder import RunFolder
+
+    table = _with_results(read_cryosparc(project_folder / "J12" / "J12_particles.cs"))
+    run = RunFolder(tmp_path / "run")
+    write_particles(run.particles, table)
+    save_npy(run.input_records, table.records)
+    save_npy(run.latents, table.particles[["dmLatent1", "dmLatent2"]].to_numpy(np.float32))
+    data = load_run(run.path)
+    mask = np.zeros(N, bool)
+    mask[[1, 4, 9]] = True
+    assert data.export(tmp_path / "selection.cs", mask, keep_results=True) == 3
+    written = np.load(tmp_path / "selection.cs")
+    for name in table.records.dtype.names:
+        assert written[name].tobytes() == table.records[name][mask].tobytes(), name
+    np.testing.assert_array_equal(written["components_mode_1/value"], data.latents[mask, 1])
+    assert data.export(tmp_path / "selection.star", mask) == 3
+    assert "dmLatent1" not in starfile.read(tmp_path / "selection.star")["particles"].columns
+    # the run's particles.star alone (in its folder) finds the records too
+    assert load_run(run.particles).table.records is not None
+
+
+def test_cli_info_reads_a_cs_file(project_folder, tmp_path, capsys):
+    from napari_dynamight.cli import main
+
+    assert main(["info", str(project_folder / "J12" / "J12_particles.cs")]) == 0
+    out = capsys.readouterr().out
+    assert ".cs file:" in out and f"particles:       {N}" in out and "1 of 1 found" in out
+    assert "cryoSPARC .cs" in out and "poses: alignments3D/pose" in out and "1: 16, 2: 16" in out
+    (tmp_path / "bad.cs").write_bytes(b"\x95CSDAT" + bytes(10))
+    assert main(["info", str(tmp_path / "bad.cs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "bad.cs: compressed" in err and "\n" not in err

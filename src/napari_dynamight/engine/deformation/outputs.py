@@ -5,7 +5,8 @@
 | --- | --- |
 | ``latents`` | (N, D) float32, input STAR row order; each particle by its own half's encoder, validation particles by half 1's |
 | ``latents_half2`` | (N, D) float32: half 2's codes of the validation particles, NaN elsewhere |
-| ``particles`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` |
+| ``particles`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` (a cryoSPARC input: its RELION columns) |
+| ``input_records`` | a cryoSPARC input only: its original records, every field and ``uid`` (exports back to cryoSPARC) |
 | ``half_model(h)`` / ``half_map(h)`` | each half's final reference Gaussian model (``engine.consensus.load_model``), and rendered at the consensus box |
 | ``gaussian_errors`` | per Gaussian of half 1's reference: position (Å) and error estimate (Å) |
 | ``loss_log`` / ``loss_plot`` | one JSON line per epoch and half: mode, data, regularisation, KL, λ and the watchdog's fields (``watchdog.py``); and their plot |
@@ -49,7 +50,8 @@ def write_latents(run: Path, estimates: ErrorEstimates, halves: np.ndarray, vali
 
 def write_particle_table(run: Path, table: ParticleTable, latents: np.ndarray, halves: np.ndarray,
                          validation: np.ndarray, estimates: ErrorEstimates) -> None:
-    """The input table with every column kept and the per-particle results added."""
+    """The input table with every column kept and the per-particle results added (and a cryoSPARC
+    input's original records, so that selections can go back to cryoSPARC with every field)."""
     frame = table.particles.copy()
     for k in range(latents.shape[1]):
         frame[f"dmLatent{k + 1}"] = latents[:, k].astype(np.float64)
@@ -59,6 +61,8 @@ def write_particle_table(run: Path, table: ParticleTable, latents: np.ndarray, h
     own = np.where(halves == 2, estimates.displacement_rms_angstrom[1], estimates.displacement_rms_angstrom[0])
     frame["dmDisplacementAngstrom"] = own.astype(np.float64)
     write_particles(RunFolder(run).particles, replace(table, particles=frame))
+    if table.records is not None:
+        save_npy(RunFolder(run).input_records, table.records)
 
 
 def write_half_models(run: Path, models: list[GaussianModel], box: int, voxel_size_angstrom: float) -> None:

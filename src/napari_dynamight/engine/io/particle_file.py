@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .cryosparc import is_cryosparc, read_cryosparc
+from .cryosparc import is_cryosparc, passthrough_files, read_cryosparc
 from .star import read_particles
 
 if TYPE_CHECKING:
     from ..data.particles import ParticleTable
 
-__all__ = ["PARTICLE_FILE_HELP", "read_particle_file"]
-
-PARTICLE_FILE_HELP = "particle file: RELION STAR (3.0, 3.1 or later) or cryoSPARC .cs"
+__all__ = ["passthrough_paths", "read_particle_file"]
 
 
 def read_particle_file(
@@ -33,3 +32,10 @@ def read_particle_file(
     if passthroughs:
         raise InputError(f"{path}: passthrough files apply to cryoSPARC .cs input only; drop --passthrough")
     return read_particles(path, data_root=data_root, pixel_size_angstrom=pixel_size_angstrom)
+
+
+def passthrough_paths(path: str | os.PathLike, passthroughs: list[str | os.PathLike] | None = None) -> list[Path]:
+    """The passthrough files :func:`read_particle_file` merges into ``path`` (none for a STAR file)."""
+    if not is_cryosparc(path):
+        return []
+    return passthrough_files(path) if passthroughs is None else [Path(p) for p in passthroughs]
