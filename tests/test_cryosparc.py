@@ -363,3 +363,58 @@ def test_cli_info_reads_a_cs_file(project_folder, tmp_path, capsys):
     assert main(["info", str(tmp_path / "bad.cs")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "bad.cs: compressed" in err and "\n" not in err
+
+
+def _split_like_cryosparc(folder: Path, records: np.ndarray) -> Path:
+    """Write ``records`` as a job's main file (uid and alignments) and its passthrough file (the rest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    main_fields = ["uid"] + [n for n in records.dtype.names if n.startswith("alignments3D/")]
+    rest = ["uid"] + [n for n in records.dtype.names if n not in main_fields]
+    for name, fields in (("J9_particles.cs", main_fields), ("J9_passthrough_particles.cs", rest)):
+        part = np.empty(len(records), dtype=[(f, records.dtype.fields[f][0]) for f in fields])
+        for f in fields:
+            part[f] = records[f]
+        _save_cs(folder / name, part)
+    return folder / "J9_particles.cs"
+
+
+def test_training_from_a_cs_file_resumes_and_checks_its_passthrough(simulated, tmp_path):
+    """optimize-deformations on a cryoSPARC job's files (found passthrough), killed and resumed; the run
+    keeps the input records, its particles.star finds the images as the later stages read it, and a
+    resume after the passthrough file changed is refused."""
+    from helpers.deformation_data import FAST
+    from napari_dynamight.engine.deformation.run import optimize_deformations
+    from napari_dynamight.engine.progress import run
+    from napari_dynamight.engine.run_folder import RunFolder
+
+    star = read_particles(simulated.star)
+    write_cryosparc(tmp_path / "all.cs", star, keep_results=False)
+    cs = _split_like_cryosparc(simulated.star.parent / "J9", np.load(tmp_path / "all.cs"))
+    settings = replace(FAST, epochs=4, checkpoint_every=2, refinement_rounds=0)
+    out = tmp_path / "run"
+
+    def start(resume=False):
+        return optimize_deformations(cs, simulated.consensus, out, settings=settings,
+                                     consensus_model=simulated.model, resume=resume)
+
+    operation = start()
+    for event in operation:  # cancel inside epoch 3, after the epoch-2 checkpoint
+        if "epoch 3/" in event.stage:
+            break
+    operation.close()
+    run(start(resume=True))
+    folder = RunFolder(out)
+    info = folder.read_info()
+    assert np.load(folder.latents).shape[0] == len(star) == info["n_particles"]
+    records = np.load(folder.input_records)
+    assert records.tobytes() == read_cryosparc(cs).records.tobytes()
+    again = read_particles(folder.particles, data_root=Path(info["particles"]).parent)  # as reconstruct does
+    again.check_images()
+    assert list(again.image_files) == list(star.image_files)
+    np.testing.assert_allclose(euler_to_matrix_numpy(again.euler_degrees), euler_to_matrix_numpy(star.euler_degrees),
+                               atol=1e-5)
+    passthrough = np.load(cs.parent / "J9_passthrough_particles.cs")
+    passthrough["ctf/df1_A"][0] += 1
+    _save_cs(cs.parent / "J9_passthrough_particles.cs", passthrough)
+    with pytest.raises(InputError, match=r"run\.json: this run was made with another passthrough \.cs files"):
+        run(start(resume=True))
