@@ -229,6 +229,7 @@ def test_bad_cs_files_are_one_line_errors(project_folder, tmp_path):
     cases = {
         "plain.cs": (np.arange(10.0), r"plain\.cs: holds a plain float64 array"),
         "compressed.cs": (None, r"compressed\.cs: compressed cryoSPARC \.cs format"),
+        "older.cs": (None, r"older\.cs: compressed cryoSPARC \.cs format"),
         "text.cs": ("text", r"text\.cs: not a cryoSPARC \.cs file"),
         "nouid.cs": (records[[n for n in records.dtype.names if n != "uid"]], r"nouid\.cs: no field uid"),
         "noidx.cs": (records[[n for n in records.dtype.names if n != "blob/idx"]], r"noidx\.cs: missing field blob/idx"),
@@ -236,8 +237,8 @@ def test_bad_cs_files_are_one_line_errors(project_folder, tmp_path):
     }
     for name, (content, message) in cases.items():
         path = tmp_path / name
-        if name == "compressed.cs":
-            path.write_bytes(b"\x95CSDAT" + bytes(100))
+        if name in ("compressed.cs", "older.cs"):
+            path.write_bytes((b"\x95CSDAT" if name == "compressed.cs" else b"\x94CSDAT") + bytes(100))
         elif name == "text.cs":
             path.write_text("uid blob/path\n")
         else:

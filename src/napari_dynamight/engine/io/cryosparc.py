@@ -38,7 +38,7 @@ from .atomic import save_npy
 __all__ = ["is_cryosparc", "read_cryosparc", "write_cryosparc", "passthrough_files", "RESULT_FIELDS"]
 
 NUMPY_MAGIC = b"\x93NUMPY"
-COMPRESSED_MAGIC = b"\x95CSDAT"
+COMPRESSED_MAGIC = b"CSDAT"  # after one version byte (cryosparc-tools writes \x94 or \x95)
 ALIGNMENT_PREFIXES = ("alignments3D", "alignments_class_0")
 REQUIRED_FIELDS = ("uid", "blob/path", "blob/idx", "blob/psize_A")
 # RELION column: the .cs field it is read from (the pose and shift fields get their prefix at read time).
@@ -78,7 +78,7 @@ def _load(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cryoSPARC .cs file not found; check the path")
     with open(path, "rb") as handle:
         head = handle.read(len(NUMPY_MAGIC))
-    if head.startswith(COMPRESSED_MAGIC):
+    if head[1:6] == COMPRESSED_MAGIC:
         raise InputError(f"{path}: compressed cryoSPARC .cs format (CSDAT), which NumPy cannot read; save it "
                          "again in the plain format (cryosparc-tools: Dataset.load(path).save(out, format=1))")
     if head != NUMPY_MAGIC:
