@@ -33,6 +33,15 @@ CTF_OPTIONAL = {
     "scale": ("rlnCtfScalefactor", 1.0),
 }
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+# The per-particle result columns a deformation run adds to its particle table: dmLatent1..D, dmHalfSet, ...
+RESULT_PREFIX = "dm"
+LATENT_PREFIX = "dmLatent"
+
+
+def latent_columns(frame: pd.DataFrame) -> list[str]:
+    """The ``dmLatentK`` columns of ``frame`` in the order of K."""
+    names = [c for c in frame.columns if c.startswith(LATENT_PREFIX) and c[len(LATENT_PREFIX):].isdigit()]
+    return sorted(names, key=lambda c: int(c[len(LATENT_PREFIX):]))
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.particles import ParticleTable
+from ..data.particles import LATENT_PREFIX, RESULT_PREFIX, ParticleTable, latent_columns
 from ..errors import InputError
 from ..io.cryosparc import is_cryosparc, write_cryosparc
 from ..io.particle_file import read_particle_file
@@ -29,8 +29,6 @@ from ..io.star import read_particles, write_particles
 from ..run_folder import RunFolder
 from .halves import HalfView, half_membership, half_view
 
-RESULT_PREFIX = "dm"
-LATENT_PREFIX = "dmLatent"
 
 
 @dataclass
@@ -119,8 +117,7 @@ class ExplorerData:
 
 
 def _latents_from_star(table: ParticleTable, path: Path) -> np.ndarray:
-    names = sorted((c for c in table.particles.columns if c.startswith(LATENT_PREFIX)),
-                   key=lambda c: int(c[len(LATENT_PREFIX):]))
+    names = latent_columns(table.particles)
     if not names:
         raise InputError(f"{path}: has no latent columns ({LATENT_PREFIX}1, ...); open the "
                          "particles.star of a deformation run, or the run folder")

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.transform import Rotation
 
-from ..data.particles import ParticleTable, positions, table_from_blocks
+from ..data.particles import ParticleTable, latent_columns, positions, table_from_blocks
 from ..errors import InputError
 from .atomic import save_npy
 
@@ -64,7 +64,6 @@ RESULT_FIELDS = {
     "dmErrorAngstrom": "dynamight/error_A",
     "dmDisplacementAngstrom": "dynamight/displacement_A",
 }
-LATENT_PREFIX = "dmLatent"
 
 
 def is_cryosparc(path: str | os.PathLike) -> bool:
@@ -79,15 +78,17 @@ def _load(path: Path) -> np.ndarray:
     with open(path, "rb") as handle:
         head = handle.read(len(NUMPY_MAGIC))
     if head[1:6] == COMPRESSED_MAGIC:
-        raise InputError(f"{path}: compressed cryoSPARC .cs format (CSDAT), which NumPy cannot read; save it "
-                         "again in the plain format (cryosparc-tools: Dataset.load(path).save(out, format=1))")
+        raise InputError(f"{path}: compressed cryoSPARC .cs format (CSDAT), which NumPy cannot read; "
+                         "save it again in the plain format (cryosparc-tools: "
+                         "Dataset.load(path).save(out, format=1))")
     if head != NUMPY_MAGIC:
         raise InputError(f"{path}: not a cryoSPARC .cs file (no NumPy header); give a particles .cs "
                          "from a cryoSPARC job folder")
     try:
         records = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise InputError(f"{path}: cannot read as a cryoSPARC .cs file ({error}); copy or export it again") from None
+        raise InputError(f"{path}: cannot read as a cryoSPARC .cs file ({error}); "
+                         "copy or export it again") from None
     if records.dtype.names is None or records.ndim != 1:
         raise InputError(f"{path}: holds a plain {records.dtype} array of shape {records.shape}, not "
                          "cryoSPARC particle records; give a particles .cs")
@@ -198,8 +199,10 @@ def _blocks(records: np.ndarray, path: Path, data_root) -> tuple[pd.DataFrame, p
     index = _numbers(records, "blob/idx", path)
     if (index < 0).any() or (index != np.round(index)).any():
         row = int(np.nonzero((index < 0) | (index != np.round(index)))[0][0])
-        raise InputError(f"{path}: field blob/idx is {index[row]} in row {row + 1}; it must be a 0-based image number")
-    particles = pd.DataFrame({"rlnImageName": [f"{int(i) + 1:06d}@{unique[p]}" for i, p in zip(index, blob_paths)]})
+        raise InputError(f"{path}: field blob/idx is {index[row]} in row {row + 1}; "
+                         "it must be a 0-based image number")
+    image_names = [f"{int(i) + 1:06d}@{unique[p]}" for i, p in zip(index, blob_paths)]
+    particles = pd.DataFrame({"rlnImageName": image_names})
 
     optics_values = {"rlnImagePixelSize": _numbers(records, "blob/psize_A", path)}
     if "blob/shape" in names:
@@ -272,8 +275,7 @@ def read_cryosparc(
         records = _merge(records, path, _load(extra_path), extra_path)
     particles, optics, sources = _blocks(records, path, data_root)
     try:
-        table = table_from_blocks(particles, optics, path, None, None, {"particles": "particles", "optics": "optics"},
-                                  {"particles": "# version 30001", "optics": "# version 30001"})
+        table = table_from_blocks(particles, optics, path, block_names={"particles": "particles", "optics": "optics"})
     except InputError as error:
         raise _in_cs_terms(error, sources) from None
     return replace(table, version="cryoSPARC", records=records, source_fields=sources)
@@ -328,8 +330,7 @@ def _result_fields(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The run's result columns of ``frame`` as .cs fields: ``dynamight/...`` and, for each latent
     dimension K (0-based), ``components_mode_K/value`` (and ``/component`` = K) for cryoSPARC's viewers."""
     fields = {}
-    latents = sorted((c for c in frame.columns if c.startswith(LATENT_PREFIX)), key=lambda c: int(c[len(LATENT_PREFIX):]))
-    for k, column in enumerate(latents):
+    for k, column in enumerate(latent_columns(frame)):
         values = frame[column].to_numpy(dtype=np.float32)
         fields[f"dynamight/latent_{k + 1}"] = values
         fields[f"components_mode_{k}/component"] = np.full(len(frame), k, dtype=np.uint32)
