@@ -251,6 +251,10 @@ def test_bad_cs_files_are_one_line_errors(project_folder, tmp_path):
     repeated["uid"][1] = repeated["uid"][0]
     with pytest.raises(InputError, match=r"repeat\.cs: field uid repeats a value"):
         read_cryosparc(_save_cs(tmp_path / "repeat.cs", repeated), passthroughs=[])
+    one_half = records.copy()
+    one_half["alignments3D/split"] = 0  # a job without half sets: a random split instead
+    table = read_cryosparc(_save_cs(tmp_path / "one_half.cs", one_half), data_root=project_folder, passthroughs=[])
+    assert "rlnRandomSubset" not in table.particles.columns and set(np.unique(table.half_sets())) == {1, 2}
     bad_split = records.copy()
     bad_split["alignments3D/split"][2] = 2
     with pytest.raises(InputError, match=r"split\.cs: field alignments3D/split is 2 in row 3; expected 0 or 1"):
@@ -419,3 +423,14 @@ def test_training_from_a_cs_file_resumes_and_checks_its_passthrough(simulated, t
     _save_cs(cs.parent / "J9_passthrough_particles.cs", passthrough)
     with pytest.raises(InputError, match=r"run\.json: this run was made with another passthrough \.cs files"):
         run(start(resume=True))
+
+
+def test_napari_opens_a_cs_file(project_folder):
+    from napari_dynamight._reader import get_star_reader, read_star
+
+    path = project_folder / "J12" / "J12_particles.cs"
+    assert get_star_reader(str(path)) is read_star and get_star_reader("x.csv") is None
+    [(points, kwargs, kind)] = read_star(str(path))
+    assert kind == "points" and points.shape == (N, 3)
+    assert kwargs["metadata"]["summary"]["format"] == "cryoSPARC"
+    np.testing.assert_array_equal(kwargs["features"]["half_set"], _ground_truth()["rlnRandomSubset"])

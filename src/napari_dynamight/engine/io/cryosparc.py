@@ -13,7 +13,9 @@ Conversions (cryoSPARC → RELION; pyem's ``metadata/cryosparc2.py`` and cryoDRG
   (rot, tilt, psi) are the intrinsic ZYZ angles of ``exp([v]×)``.
 - ``alignments3D/shift`` (pixels) is RELION's origin in pixels, same sign: origin (Å) = shift ×
   ``blob/psize_A``.
-- ``alignments3D/split`` 0/1 is ``rlnRandomSubset`` 1/2; ``blob/idx`` is 0-based, RELION's ``N@`` 1-based.
+- ``alignments3D/split`` 0/1 is ``rlnRandomSubset`` 1/2 (ignored when every particle has the same value,
+  as in jobs that make no half sets: the halves are then split at random); ``blob/idx`` is 0-based,
+  RELION's ``N@`` 1-based.
 - ``ctf/df1_A``, ``ctf/df2_A`` are defocus U, V (Å); ``ctf/df_angle_rad`` and ``ctf/phase_shift_rad``
   are radians (RELION: degrees); ``ctf/accel_kv``, ``ctf/cs_mm``, ``ctf/amp_contrast`` as RELION's.
 - ``blob/path`` (a leading ``>`` removed) is relative to the cryoSPARC project folder; it is looked up
@@ -227,7 +229,7 @@ def _blocks(records: np.ndarray, path: Path, data_root) -> tuple[pd.DataFrame, p
             particles["rlnOriginXAngst"], particles["rlnOriginYAngst"] = shift[:, 0], shift[:, 1]
             sources |= {"rlnOriginXAngst": f"{prefix}/shift", "rlnOriginYAngst": f"{prefix}/shift"}
     split = next((f"{p}/split" for p in ALIGNMENT_PREFIXES if f"{p}/split" in names), None)
-    if split is not None:
+    if split is not None and len(np.unique(records[split])) > 1:
         values = _numbers(records, split, path)
         bad = ~np.isin(values, (0, 1))
         if bad.any():
