@@ -434,3 +434,44 @@ def test_napari_opens_a_cs_file(project_folder):
     assert kind == "points" and points.shape == (N, 3)
     assert kwargs["metadata"]["summary"]["format"] == "cryoSPARC"
     np.testing.assert_array_equal(kwargs["features"]["half_set"], _ground_truth()["rlnRandomSubset"])
+
+
+def test_real_refinement_file_matches_cryodrgns_pose_conversion():
+    """cryoSPARC's own refinement output: our RELION matrices equal cryoDRGN's parse_pose_csparc
+    rotations (pose.cs.pkl), and our origins its translations (× the 180 px box)."""
+    import pickle
+
+    from conftest import CS_FILES
+
+    table = read_cryosparc(CS_FILES["refinement"])
+    with open(CS_FILES["refinement_cryodrgn_poses"], "rb") as handle:
+        rotations, translations = pickle.load(handle)  # a file from a pinned commit (tests/data/SOURCES.md)
+    ours = euler_to_matrix_numpy(table.euler_degrees)
+    difference = np.abs(ours - rotations).max()
+    print(f"max |A - cryoDRGN rotation| {difference:.2e}; transposed: "
+          f"{np.abs(ours.transpose(0, 2, 1) - rotations).max():.2f}")
+    assert difference < 1e-5
+    np.testing.assert_allclose(table.origin_angstrom / table.pixel_size_angstrom[:, None] / 180, translations,
+                               atol=1e-7)
+    assert len(table) == 2019 and set(table.image_box) == {180} and set(table.pixel_size_angstrom) == {
+        np.float32(2.95)}
+    assert np.bincount(table.half_sets()).tolist() == [0, 1010, 1009]
+    assert table.has_poses and table.has_ctf
+
+
+def test_real_cryosparc_ctf_matches_the_same_particles_star_file():
+    """EMPIAR-10076's 7 particles as cryoSPARC imported them and as RELION 3.0 STAR: the same CTF."""
+    from conftest import CS_FILES, STAR_FILES
+
+    cs = read_cryosparc(CS_FILES["empiar10076"])
+    star = read_particles(STAR_FILES["empiar10076_relion30"])
+    for name in ("defocus_u_angstrom", "defocus_v_angstrom", "voltage_kilovolts",
+                 "spherical_aberration_millimetres", "amplitude_contrast"):
+        np.testing.assert_allclose(getattr(cs.ctf, name), getattr(star.ctf, name), rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(cs.ctf.defocus_angle_degrees, star.ctf.defocus_angle_degrees, atol=1e-4)
+    np.testing.assert_allclose(cs.pixel_size_angstrom, star.pixel_size_angstrom, rtol=1e-5)
+    assert list(cs.image_files) == list(star.image_files) and np.array_equal(cs.image_indices, star.image_indices)
+    assert not cs.has_poses
+    exported = read_cryosparc(CS_FILES["class2d_exported"])  # '>' paths, 2D alignments only
+    assert not exported.has_poses and len(exported) == 22
+    assert all(">" not in name and name.endswith(".mrcs") for name in exported.image_files)
