@@ -214,6 +214,9 @@ def test_passthrough_merging(project_folder, tmp_path):
     with pytest.raises(InputError, match=r"main\.cs: missing field blob/path") as error:
         read_cryosparc(other / "main.cs")
     assert "\n" not in str(error.value)
+    _save_cs(tmp_path / "none.cs", passthrough[:0])
+    with pytest.raises(InputError, match=r"none\.cs: holds no particles"):
+        read_cryosparc(other / "main.cs", passthroughs=[tmp_path / "none.cs"])
     # a passthrough file lacking a particle of the main file
     _save_cs(tmp_path / "short.cs", passthrough[passthrough["uid"] != main["uid"][3]])
     with pytest.raises(InputError, match=r"short\.cs: has no uid \d+ of main\.cs \(row 4\)"):
@@ -255,6 +258,12 @@ def test_bad_cs_files_are_one_line_errors(project_folder, tmp_path):
     one_half["alignments3D/split"] = 0  # a job without half sets: a random split instead
     table = read_cryosparc(_save_cs(tmp_path / "one_half.cs", one_half), data_root=project_folder, passthroughs=[])
     assert "rlnRandomSubset" not in table.particles.columns and set(np.unique(table.half_sets())) == {1, 2}
+    binned = records.copy()  # a job that aligned at half the sampling: shifts in its own pixels
+    binned["alignments3D/psize_A"] *= 2
+    binned["alignments3D/shift"] /= 2
+    np.testing.assert_array_equal(read_cryosparc(_save_cs(tmp_path / "binned.cs", binned), data_root=project_folder,
+                                                 passthroughs=[]).origin_angstrom,
+                                  read_cryosparc(project_folder / "J12" / "J12_particles.cs").origin_angstrom)
     bad_split = records.copy()
     bad_split["alignments3D/split"][2] = 2
     with pytest.raises(InputError, match=r"split\.cs: field alignments3D/split is 2 in row 3; expected 0 or 1"):

@@ -11,8 +11,9 @@ Conversions (cryoSPARC → RELION; pyem's ``metadata/cryosparc2.py`` and cryoDRG
 - ``alignments3D/pose`` (``alignments_class_0/pose`` for ab-initio jobs) is an axis-angle vector
   ``v``; its rotation matrix ``exp([v]×)`` is the transpose of RELION's matrix ``A``, i.e. ZYZ Euler
   (rot, tilt, psi) are the intrinsic ZYZ angles of ``exp([v]×)``.
-- ``alignments3D/shift`` (pixels) is RELION's origin in pixels, same sign: origin (Å) = shift ×
-  ``blob/psize_A``.
+- ``alignments3D/shift`` is RELION's origin in pixels, same sign, in pixels of the alignment
+  (``alignments3D/psize_A``, which differs from ``blob/psize_A`` when the job downsampled the images):
+  origin (Å) = shift × ``alignments3D/psize_A`` (× ``blob/psize_A`` when that field is absent).
 - ``alignments3D/split`` 0/1 is ``rlnRandomSubset`` 1/2 (ignored when every particle has the same value,
   as in jobs that make no half sets: the halves are then split at random); ``blob/idx`` is 0-based,
   RELION's ``N@`` 1-based.
@@ -120,6 +121,8 @@ def _merge(records: np.ndarray, path: Path, extra: np.ndarray, extra_path: Path)
     new = [name for name in extra.dtype.names if name not in records.dtype.names]
     if not new:
         return records
+    if len(extra) == 0:
+        raise InputError(f"{extra_path}: holds no particles; give the passthrough file of the same job")
     order = np.argsort(extra["uid"], kind="stable")
     found = np.searchsorted(extra["uid"], records["uid"], sorter=order)
     found = order[np.minimum(found, len(order) - 1)]
@@ -225,7 +228,9 @@ def _blocks(records: np.ndarray, path: Path, data_root) -> tuple[pd.DataFrame, p
             particles[column] = euler[:, k]
             sources[column] = f"{prefix}/pose"
         if f"{prefix}/shift" in names:
-            shift = _vectors(records, f"{prefix}/shift", path, 2) * optics_values["rlnImagePixelSize"][:, None]
+            pixel = (_numbers(records, f"{prefix}/psize_A", path) if f"{prefix}/psize_A" in names
+                     else optics_values["rlnImagePixelSize"])
+            shift = _vectors(records, f"{prefix}/shift", path, 2) * pixel[:, None]
             particles["rlnOriginXAngst"], particles["rlnOriginYAngst"] = shift[:, 0], shift[:, 1]
             sources |= {"rlnOriginXAngst": f"{prefix}/shift", "rlnOriginYAngst": f"{prefix}/shift"}
     split = next((f"{p}/split" for p in ALIGNMENT_PREFIXES if f"{p}/split" in names), None)
@@ -302,7 +307,8 @@ def _records_from_table(table: ParticleTable, rows: np.ndarray, folder: Path) ->
                    ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"),
                    ("ctf/phase_shift_rad", "<f4")]
     if table.has_poses:
-        fields += [("alignments3D/pose", "<f4", (3,)), ("alignments3D/shift", "<f4", (2,))]
+        fields += [("alignments3D/pose", "<f4", (3,)), ("alignments3D/shift", "<f4", (2,)),
+                   ("alignments3D/psize_A", "<f4")]
     if "rlnRandomSubset" in table.particles.columns:
         fields += [("alignments3D/split", "<u4")]
     out = np.zeros(len(rows), dtype=fields)
@@ -323,6 +329,7 @@ def _records_from_table(table: ParticleTable, rows: np.ndarray, folder: Path) ->
     if table.has_poses:
         out["alignments3D/pose"] = Rotation.from_euler("ZYZ", table.euler_degrees[rows], degrees=True).as_rotvec()
         out["alignments3D/shift"] = table.origin_angstrom[rows] / pixel[:, None]
+        out["alignments3D/psize_A"] = pixel
     if "rlnRandomSubset" in table.particles.columns:
         out["alignments3D/split"] = table.half_sets()[rows] - 1
     return out
