@@ -377,6 +377,9 @@ def test_cli_info_reads_a_cs_file(project_folder, tmp_path, capsys):
     assert main(["info", str(tmp_path / "bad.cs")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "bad.cs: compressed" in err and "\n" not in err
+    star = project_folder / "relion" / "particles.star"
+    assert main(["info", str(star), "--passthrough", str(project_folder / "J12" / "J12_passthrough_particles.cs")]) == 2
+    assert "passthrough files apply to cryoSPARC .cs input only" in capsys.readouterr().err
 
 
 def _split_like_cryosparc(folder: Path, records: np.ndarray) -> Path:
