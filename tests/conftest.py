@@ -21,6 +21,13 @@ STAR_FILES = {
     "aspire65_shifted": DATA / "aspire_relion_proj" / "rln_proj_65_shifted.star",
     "starfile_inter1965": DATA / "starfile" / "optics_group_inter1965.star",
 }
+# Real cryoSPARC .cs files (and cryoDRGN's pose conversion of one of them), by label.
+CS_FILES = {
+    "refinement": DATA / "cryodrgn" / "cryosparc_P12_J24_001_particles.cs",
+    "refinement_cryodrgn_poses": DATA / "cryodrgn" / "pose.cs.pkl",
+    "empiar10076": DATA / "cryodrgn" / "empiar_10076_7.cs",
+    "class2d_exported": DATA / "cryodrgn" / "cryosparc_J2_particles_exported.cs",
+}
 # STAR files whose image stacks are in tests/data (TRPV1 needs the corrected copy, see trpv1_star).
 STAR_FILES_WITH_IMAGES = ["relion31", "aspire65", "aspire65_shifted"]
 

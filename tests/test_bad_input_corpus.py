@@ -221,12 +221,12 @@ CASES = [
     ("output below a file", lambda c: ([*c.od()[:-len(QUICK) - 1], str(c.file("taken") / "run"), *QUICK], ["taken", "is a file"])),
     ("output not writable", lambda c: ([*c.od()[:-len(QUICK) - 1], str(c.unwritable()), *QUICK], ["locked", "not writable"])),
     # resuming a run with other data or options
-    ("resume: other STAR of the same size", lambda c: (c.resume(star=c.star(particles_edit("rlnDefocusU", 1, 12345.0))), ["run.json", "STAR file content"])),
-    ("resume: smaller STAR", lambda c: (c.resume(star=c.star(smaller)), ["run.json", "STAR file content"])),
+    ("resume: other STAR of the same size", lambda c: (c.resume(star=c.star(particles_edit("rlnDefocusU", 1, 12345.0))), ["run.json", "particle file content"])),
+    ("resume: smaller STAR", lambda c: (c.resume(star=c.star(smaller)), ["run.json", "particle file content"])),
     ("resume: a mask it did not have", lambda c: (c.resume("--mask", str(c.map("ones.mrc", np.ones((32,) * 3)))), ["run.json", "mask"])),
     ("resume: other consensus map", lambda c: (c.resume()[:4] + [str(c.map("other.mrc", np.ones((32,) * 3)))] + c.resume()[5:], ["run.json", "consensus map"])),
     ("resume: other options", lambda c: (c.resume("--decoder-width", "8"), ["decoder_width"])),
-    ("resume unfinished with other data", lambda c: (c.unfinished_run() and c.resume(star=c.star(smaller)), ["run.json", "STAR file content"])),
+    ("resume unfinished with other data", lambda c: (c.unfinished_run() and c.resume(star=c.star(smaller)), ["run.json", "particle file content"])),
     # fit-consensus
     ("fit: device cuda", lambda c: (c.fc(*NO_CUDA.split()), ["--device"])),
     ("fit: a billion Gaussians", lambda c: (c.fc("--n-gaussians", "1000000000"), ["--n-gaussians 1000000000"])),

@@ -61,7 +61,7 @@ def expected_texts(name: str) -> tuple[set[str], dict[str, str]]:
     common = {"run folder", "Open run", "device", "Start"}
     if name == "Deformations":
         defaults = DeformationSettings()
-        return common | {"particles (STAR)", "consensus map", "epochs", "latent dimension", "Resume"}, \
+        return common | {"particles (STAR or cryoSPARC .cs)", "consensus map", "epochs", "latent dimension", "Resume"}, \
             {"epochs": str(defaults.epochs), "latent_dim": str(defaults.latent_dim), "device": "cpu"}
     if name == "Inverse deformations":
         return common | {"epochs", "Resume"}, {"epochs": str(InverseSettings().epochs), "device": "cpu"}

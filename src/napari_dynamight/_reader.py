@@ -1,4 +1,4 @@
-"""napari readers for cryo-EM files: MRC maps, images and stacks, and RELION particle STAR files.
+"""napari readers for cryo-EM files: MRC maps, images and stacks, RELION STAR and cryoSPARC .cs particle files.
 
 Maps and images open as image layers whose world coordinates are Å measured from the box centre
 (index N // 2), the frame of the engine's Gaussian positions: scale = voxel size, translate =
@@ -14,6 +14,7 @@ Maps and images open as image layers whose world coordinates are Å measured fro
   from the same project), coloured by defocus, with per-particle features (angles, defocus, optics
   group, half set). Without poses, the first particle images at the STAR file's pixel size.
   The layer's ``metadata["summary"]`` holds the same summary as ``napari-dynamight info``.
+  A cryoSPARC particles ``*.cs`` file (merged with its passthrough files) opens the same way.
   A STAR file with latent columns (``dmLatent1``, ..., a deformation run's ``particles.star``)
   opens its latent space in the explorer instead (decoding too, when it sits in its run folder).
 - a deformation run folder (``engine.run_folder.RunFolder``, with its run file): the latent-space explorer is docked in the current
@@ -56,9 +57,9 @@ def get_mrc_reader(path):
 
 
 def get_star_reader(path):
-    """Return :func:`read_star` for one STAR file name, else None."""
+    """Return :func:`read_star` for one STAR or cryoSPARC .cs file name, else None."""
     single = _single_path(path)
-    if single is None or not single.lower().endswith(".star"):
+    if single is None or not single.lower().endswith((".star", ".cs")):
         return None
     return read_star
 
@@ -174,12 +175,12 @@ def read_star(path) -> list[tuple]:
 
     from .engine.data.summary import summarise
     from .engine.errors import InputError
-    from .engine.io.star import read_particles
+    from .engine.io.particle_file import read_particle_file
 
     path = Path(_single_path(path))
-    if has_latent_columns(path) and _dock_explorer(path):
+    if path.suffix.lower() == ".star" and has_latent_columns(path) and _dock_explorer(path):
         return NO_LAYERS
-    table = read_particles(path)
+    table = read_particle_file(path)
     summary = summarise(table, path)
     if summary["poses"]:
         return [_directions_layer(table, path, summary)]

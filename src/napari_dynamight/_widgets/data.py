@@ -1,6 +1,6 @@
 """The "Data and consensus" dock widget: particles, consensus map, mask; fill and fit Gaussians.
 
-Load reads the STAR file (a summary: particles, box, pixel size, optics groups) and the map (shown in
+Load reads the particle file (STAR or cryoSPARC .cs; a summary: particles, box, pixel size, optics groups) and the map (shown in
 3D as an iso-surface, in Å from the box centre) in a worker. The threshold slider moves the iso-surface
 and is the level "Fill and fit" uses: ``engine.consensus_stage.fit_consensus`` runs in a worker and its
 Gaussians appear as a points layer over the map. Bad input shows as one line, never a traceback.
@@ -29,7 +29,7 @@ def _optional(path) -> Path | None:
 
 
 def load_inputs(star: Path | None, map_path: Path | None, mask: Path | None):
-    """Read what the widget shows (no computation): STAR summary, map, automatic threshold."""
+    """Read what the widget shows (no computation): particle summary, map, automatic threshold."""
     from ..engine.consensus import automatic_threshold
     from ..engine.errors import InputError
     from ..engine.io.mrc import read_map
@@ -38,9 +38,9 @@ def load_inputs(star: Path | None, map_path: Path | None, mask: Path | None):
     loaded = {"star": None, "map": None}
     if star is not None:
         from ..engine.data.summary import summarise
-        from ..engine.io.star import read_particles
+        from ..engine.io.particle_file import read_particle_file
 
-        table = read_particles(star)
+        table = read_particle_file(star)
         loaded["star"] = summarise(table, star)
     yield Progress("load", 1, 2, message="reading the map")
     if map_path is not None:
@@ -94,7 +94,7 @@ class DataWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.star = FileEdit(label="particles (STAR)", mode="r", filter="*.star")
+        self.star = FileEdit(label="particles (STAR or cryoSPARC .cs)", mode="r", filter="*.star *.cs")
         self.map = FileEdit(label="consensus map", mode="r", filter="*.mrc *.map")
         self.mask = FileEdit(label="mask (optional)", mode="r", filter="*.mrc *.map")
         self.output = FileEdit(label="output folder", mode="d")
@@ -104,7 +104,7 @@ class DataWidget(QWidget):
         self.n_gaussians = SpinBox(label="Gaussians (0: auto)", min=0, max=1_000_000, value=0)
         self.steps = SpinBox(label="fit steps", min=1, max=100_000, value=300)
         self.fit_button = PushButton(text="Fill and fit", enabled=False)
-        self.summary = Label(value="choose a STAR file and a consensus map, then Load")
+        self.summary = Label(value="choose a particle file (STAR or .cs) and a consensus map, then Load")
         self.form = Container(widgets=[self.star, self.map, self.mask, self.load_button,
                                        self.threshold, self.output, self.n_gaussians, self.steps,
                                        self.fit_button])
@@ -125,7 +125,7 @@ class DataWidget(QWidget):
         """Read the chosen files in a worker; returns the worker (None if nothing to do)."""
         star, map_path = _optional(self.star.value), _optional(self.map.value)
         if star is None and map_path is None:
-            self.summary.value = "choose a STAR file and/or a consensus map first"
+            self.summary.value = "choose a particle file (STAR or .cs) and/or a consensus map first"
             return None
         operation = load_inputs(star, map_path, _optional(self.mask.value))
         return self.tasks.start(operation, "load", self._loaded)

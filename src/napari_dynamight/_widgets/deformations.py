@@ -73,7 +73,7 @@ class DeformationsWidget(StageWidget):
         d = _DEFAULTS
         self.run = FileEdit(label="run folder", mode="d")
         self.open_button = PushButton(text="Open run")
-        self.particles = FileEdit(label="particles (STAR)", mode="r", filter="*.star")
+        self.particles = FileEdit(label="particles (STAR or cryoSPARC .cs)", mode="r", filter="*.star *.cs")
         self.consensus = FileEdit(label="consensus map", mode="r", filter="*.mrc *.map")
         self.mask = FileEdit(label="mask (optional)", mode="r", filter="*.mrc *.map")
         self.consensus_model = FileEdit(label="consensus model (optional)", mode="r", filter="*.pt")

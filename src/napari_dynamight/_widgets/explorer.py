@@ -57,7 +57,7 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.selection_name = LineEdit(label="name", value="selection 1")
         self.add_button = PushButton(text="Add selection")
         self.selections_box = ComboBox(label="selections", choices=[])
-        self.keep_results = CheckBox(text="export with the dm* result columns", value=False)
+        self.keep_results = CheckBox(text="export with the results (dm* columns; .cs: fields)", value=False)
         self.export_button = PushButton(text="Export STAR ...")
         selection = Container(widgets=[self.selected_label, self.selection_name, self.add_button,
                                        self.selections_box, self.keep_results, self.export_button])
@@ -292,7 +292,8 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
 
     def export_selection(self, path, name: str | None = None) -> int:
         """Write a named selection (default: the current one) as a STAR subset of the original
-        particles (all columns, the optics table); returns the count."""
+        particles (all columns, the optics table), or as cryoSPARC .cs for a name ending in .cs;
+        returns the count."""
         from ..engine.errors import InputError
         from ._tasks import one_line
 
@@ -306,7 +307,8 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         return count
 
     def _export_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export selection", "selection.star", "*.star")
+        path, _ = QFileDialog.getSaveFileName(self, "Export selection", "selection.star",
+                                              "RELION STAR (*.star);;cryoSPARC (*.cs)")
         if path:
             self.export_selection(path)
 

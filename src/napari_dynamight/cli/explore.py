@@ -5,7 +5,8 @@ the checkpoints), or that run's particles.star (a copy away from its run folder 
 The latent means are checked before napari starts. The two half sets' latent spaces are separate
 coordinate systems, so the explorer shows one half set at a time (half 1 first). In the explorer,
 click or drag in the plot to see the volume of that latent point, draw a lasso to select particles,
-export a selection as a STAR file, and save the volumes or a movie along a path. Dropping a run
+export a selection as a STAR file (or a cryoSPARC .cs file: name it *.cs; a run made from a .cs
+file keeps every original field and uid), and save the volumes or a movie along a path. Dropping a run
 folder on napari opens the same view.
 
 example:

@@ -1,13 +1,15 @@
-"""Summarise a RELION particle STAR file: what DynaMight will see in it.
+"""Summarise a particle file (RELION STAR or cryoSPARC .cs): what DynaMight will see in it.
 
 Prints the RELION version, the number of particles, each optics group (pixel size, box, voltage,
 spherical aberration, amplitude contrast), whether poses and half sets are present, the defocus
-range, and which image stacks were found. Pixel sizes come from the STAR file, never from MRC
-headers. Image names are read relative to the STAR file's folder, or to --data-root.
+range, and which image stacks were found. Pixel sizes come from the particle file, never from MRC
+headers. Image names are read relative to the STAR file's folder, or to --data-root; a .cs file's
+image paths relative to --data-root (the cryoSPARC project folder), else to its folder or a parent.
 
 example:
   napari-dynamight info tests/data/cryodrgn/relion31.6opticsgroups.star
   napari-dynamight info particles.star --data-root /data/my_project --json
+  napari-dynamight info P3/J12/J12_particles.cs
 """
 
 from __future__ import annotations
@@ -20,22 +22,25 @@ MAX_MISSING_LISTED = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("star", type=Path, help="particle STAR file (RELION 3.0, 3.1 or later)")
+    parser.add_argument("star", type=Path, metavar="particles", help="particle file: RELION STAR (3.0, 3.1 or later) or cryoSPARC .cs")
     parser.add_argument(
         "--data-root",
         type=Path,
         default=None,
         metavar="DIR",
-        help="folder the image names are relative to (default: the STAR file's folder)",
+        help="folder the image names are relative to (default: the STAR file's folder; for .cs the first of "
+        "its folder and parents that holds the images)",
     )
+    parser.add_argument("--passthrough", type=Path, action="append", metavar="CS",
+                        help="passthrough .cs file to merge on uid (default: the job's own, found beside it)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.data.summary import summarise
-    from ..engine.io.star import read_particles
+    from ..engine.io.particle_file import read_particle_file
 
-    table = read_particles(args.star, data_root=args.data_root)
+    table = read_particle_file(args.star, data_root=args.data_root, passthroughs=args.passthrough)
     summary = summarise(table, args.star)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
@@ -51,8 +56,8 @@ def _show(value, unit: str = "", digits: int = 4) -> str:
 def format_summary(summary: dict) -> str:
     """The summary as aligned text for a terminal."""
     lines = [
-        f"STAR file:       {summary['star_file']}",
-        f"RELION version:  {summary['relion_version']}",
+        f"{'STAR file:' if summary['format'] == 'STAR' else '.cs file:':17}{summary['star_file']}",
+        f"{'RELION version:' if summary['format'] == 'STAR' else 'format:':17}{summary['relion_version']}",
         f"particles:       {summary['particles']}",
         f"optics groups:   {len(summary['optics_groups'])}",
     ]

@@ -8,10 +8,12 @@ inputs are checked before the first epoch. Images are Fourier-cropped to --box f
 (default: about 3 Å/px, 32-128 px).
 
 Writes into RUN: checkpoints/ (every --checkpoint-every epochs and final.pt), latent_means.npy
-(N x D, input STAR order), latent_means_half2_validation.npy, particles.star (all input columns plus
-dmLatent1..D, dmHalfSet, dmValidation, dmErrorAngstrom, dmDisplacementAngstrom), consensus_half1/2
+(N x D, input particle order), latent_means_half2_validation.npy, particles.star (all input columns plus
+dmLatent1..D, dmHalfSet, dmValidation, dmErrorAngstrom, dmDisplacementAngstrom; for a cryoSPARC .cs
+input its RELION columns, and input_particles.cs with the original records), consensus_half1/2
 (.pt, .mrc), gaussian_errors.csv, losses.jsonl, losses.png and run.json. Kill it at any time and
-run the same command with --resume to continue with the same result. See docs/deformations.md.
+run the same command with --resume to continue with the same result. See docs/deformations.md
+(cryoSPARC .cs input: docs/cryosparc.md).
 A watchdog prints "warning: ..." on stderr when a half set stalls or the two halves disagree, and
 again at the end (also in run.json's "warnings").
 
@@ -21,6 +23,8 @@ disjoint ranks, data-parallel within each, and only rank 0 writes (docs/distribu
 Example:
   napari-dynamight optimize-deformations --particles sim/particles.star \\
       --consensus sim/consensus.mrc --output-directory run --epochs 60 --box 32 --seed 0
+  napari-dynamight optimize-deformations --particles P3/J12/J12_particles.cs \\
+      --consensus P3/J12/J12_volume_map.mrc --output-directory run
   torchrun --nproc-per-node 4 "$(command -v napari-dynamight)" optimize-deformations --device cuda ...
 """
 
@@ -36,7 +40,12 @@ _DEFAULTS = DeformationSettings()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--particles", type=Path, required=True, metavar="STAR", help="particle STAR file with poses and CTF")
+    add("--particles", type=Path, required=True, metavar="FILE",
+        help="particles with poses and CTF: RELION STAR or cryoSPARC .cs (its passthrough files are found "
+             "next to it)")
+    add("--passthrough", type=Path, action="append", metavar="CS",
+        help="a passthrough .cs file to merge into a .cs --particles on uid (repeatable; default: the job's "
+             "own *_passthrough_*.cs beside it)")
     add("--consensus", type=Path, required=True, metavar="MAP", help="consensus map of these particles (MRC)")
     add("--output-directory", type=Path, required=True, metavar="RUN", help="run directory")
     add("--mask", type=Path, metavar="MAP", help="only Gaussians inside this mask (> 0.5) move")
@@ -83,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--control-points", type=int, default=_DEFAULTS.control_points, metavar="M",
         help="evaluate the decoder on M control points among the Gaussians and interpolate to the rest "
              "(faster with many Gaussians; default: 0, decode every Gaussian)")
-    add("--data-root", type=Path, metavar="DIR", help="folder that image names are relative to")
+    add("--data-root", type=Path, metavar="DIR", help="folder that image names are relative to (for .cs: the "
+        "cryoSPARC project folder; default: the particle file's folder, and for .cs also its parents)")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
 
@@ -109,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         operation = optimize_deformations(
             args.particles, args.consensus, args.output_directory, settings=settings_from(args), mask=args.mask,
             consensus_model=args.consensus_model, n_gaussians=args.n_gaussians, threshold=args.threshold,
-            box=args.box, data_root=args.data_root, device=args.device, resume=args.resume)
+            box=args.box, data_root=args.data_root, device=args.device, resume=args.resume,
+            passthroughs=args.passthrough)
         result = drive_on_main_rank(operation, "optimize deformations")
     if result is None:
         return 0

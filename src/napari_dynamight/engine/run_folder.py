@@ -9,6 +9,7 @@ A deformation run (stage 3) is one folder; the later stages write into subfolder
     RUN/latent_means.npy                      (N, D) latent codes, input STAR row order
     RUN/latent_means_half2_validation.npy     half 2's codes of the validation particles
     RUN/particles.star                        the input STAR plus the dm* result columns
+    RUN/input_particles.cs                    a cryoSPARC input's records (every field, uid), for exports
     RUN/consensus_half{1,2}.pt, .mrc          each half's final reference model, and rendered
     RUN/gaussian_errors.csv                   per-Gaussian error estimates (half 1's reference)
     RUN/inverse/                              stage 4: checkpoints/, final.pt, losses.jsonl, summary.json
@@ -120,6 +121,11 @@ class RunFolder(_Folder):
     @property
     def particles(self) -> Path:
         return self.path / "particles.star"
+
+    @property
+    def input_records(self) -> Path:
+        """A cryoSPARC input's original records (merged with its passthrough files), input row order."""
+        return self.path / "input_particles.cs"
 
     def half_model(self, half: int) -> Path:
         return self.path / f"consensus_half{half}.pt"

@@ -1,6 +1,7 @@
 """What a deformation run was made from, and the checks that its consumers and ``--resume`` make.
 
-``run.json`` records, under ``identity``, fingerprints of the STAR file's content, of its image names,
+``run.json`` records, under ``identity``, fingerprints of the particle file's content (STAR or cryoSPARC
+.cs, with its passthrough .cs files), of its image names,
 of the consensus map, mask and consensus model, the particle count, the training box and the
 settings a resumed run may not change. A resume with other inputs is refused before anything is
 written; the stages that read a run (inverse, reconstruct, decode, explore) first check that it
@@ -22,7 +23,8 @@ from .run_folder import RunFolder
 
 # What each identity entry is, for the refusal message.
 _LABELS = {
-    "star_sha256": "STAR file content (--particles)", "n_particles": "particle count (--particles)",
+    "star_sha256": "particle file content (--particles)", "n_particles": "particle count (--particles)",
+    "passthrough_sha256": "passthrough .cs files (--passthrough)",
     "image_names_sha256": "image names (rlnImageName of --particles)",
     "consensus_sha256": "consensus map (--consensus)", "mask_sha256": "mask (--mask)",
     "consensus_model_sha256": "consensus model (--consensus-model)", "train_box": "training box (--box)",
@@ -46,10 +48,11 @@ def text_sha256(lines) -> str:
 
 
 def input_identity(particles, table, consensus, mask, consensus_model, train_box: int, n_gaussians, threshold,
-                   fixed_settings: dict) -> dict:
+                   fixed_settings: dict, passthroughs=()) -> dict:
     """The identity of a deformation run's inputs (see the module docstring)."""
     return {
         "star_sha256": file_sha256(particles), "n_particles": len(table),
+        "passthrough_sha256": [file_sha256(path) for path in passthroughs],
         "image_names_sha256": text_sha256(table.particles["rlnImageName"].astype(str)),
         "consensus_sha256": file_sha256(consensus), "mask_sha256": file_sha256(mask),
         "consensus_model_sha256": file_sha256(consensus_model), "train_box": int(train_box),

@@ -33,6 +33,15 @@ CTF_OPTIONAL = {
     "scale": ("rlnCtfScalefactor", 1.0),
 }
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+# The per-particle result columns a deformation run adds to its particle table: dmLatent1..D, dmHalfSet, ...
+RESULT_PREFIX = "dm"
+LATENT_PREFIX = "dmLatent"
+
+
+def latent_columns(frame: pd.DataFrame) -> list[str]:
+    """The ``dmLatentK`` columns of ``frame`` in the order of K."""
+    names = [c for c in frame.columns if c.startswith(LATENT_PREFIX) and c[len(LATENT_PREFIX):].isdigit()]
+    return sorted(names, key=lambda c: int(c[len(LATENT_PREFIX):]))
 
 
 @dataclass
@@ -61,9 +70,17 @@ class ParticleTable:
     missing_ctf_columns: tuple[str, ...] = ()
     block_names: dict[str, str] = field(default_factory=dict)
     comments: dict[str, str] = field(default_factory=dict)
+    # cryoSPARC input (``engine.io.cryosparc``): the original records, one per row (every field and
+    # ``uid``, kept for exports back to cryoSPARC), and the .cs field each RELION column came from.
+    records: np.ndarray | None = None
+    source_fields: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.particles)
+
+    def label(self, column: str) -> str:
+        """The name the user's file gives ``column`` (the .cs field of a cryoSPARC input)."""
+        return self.source_fields.get(column, column)
 
     @property
     def has_ctf(self) -> bool:
@@ -72,7 +89,7 @@ class ParticleTable:
     def require_ctf(self) -> None:
         """Raise InputError if a column the CTF needs is missing."""
         if self.missing_ctf_columns:
-            missing = ", ".join(self.missing_ctf_columns)
+            missing = ", ".join(self.label(column) for column in self.missing_ctf_columns)
             raise InputError(
                 f"{self.star_path}: missing CTF column(s) {missing}; add them (particles or optics "
                 "table) or run without CTF"
@@ -97,7 +114,7 @@ class ParticleTable:
             if bad.any():
                 row = int(np.nonzero(bad)[0][0])
                 raise InputError(
-                    f"{self.star_path}: rlnRandomSubset is {halves[row]!r} in row {row + 1}; "
+                    f"{self.star_path}: {self.label('rlnRandomSubset')} is {halves[row]!r} in row {row + 1}; "
                     "expected 1 or 2 (remove the column for a random split)"
                 )
             return halves.astype(np.int64)
@@ -120,6 +137,7 @@ class ParticleTable:
             image_files=self.image_files[rows],
             image_indices=self.image_indices[rows],
             optics_group=self.optics_group[rows],
+            records=None if self.records is None else self.records[rows],
         )
 
     def check_images(self, index=None) -> None:
@@ -135,7 +153,7 @@ class ParticleTable:
             in_file = rows[files == name]
             if not os.path.isfile(name):
                 raise InputError(
-                    f"{self.star_path}: image stack {name} not found (rlnImageName "
+                    f"{self.star_path}: image stack {name} not found ({self.label('rlnImageName')} "
                     f"{self.particles['rlnImageName'].iloc[in_file[0]]!r}); fix the path or give "
                     "the folder the names are relative to (--data-root)"
                 )
@@ -143,7 +161,7 @@ class ParticleTable:
             last = in_file[np.argmax(self.image_indices[in_file])]
             if self.image_indices[last] >= n_images:
                 raise InputError(
-                    f"{self.star_path}: rlnImageName {self.particles['rlnImageName'].iloc[last]!r} "
+                    f"{self.star_path}: {self.label('rlnImageName')} {self.particles['rlnImageName'].iloc[last]!r} "
                     f"(row {last + 1}) is past the end of {name} ({n_images} images); "
                     "fix the STAR file or the stack"
                 )
@@ -154,7 +172,7 @@ class ParticleTable:
             if wrong.any():
                 row = in_file[np.nonzero(wrong)[0][0]]
                 raise InputError(
-                    f"{self.star_path}: rlnImageSize {int(self.image_box[row])} (optics group "
+                    f"{self.star_path}: {self.label('rlnImageSize')} {int(self.image_box[row])} (optics group "
                     f"{int(self.optics_group[row])}) disagrees with {name} ({nx}×{nx} px); "
                     "fix rlnImageSize or use the matching stack"
                 )

@@ -1,4 +1,4 @@
-"""What DynaMight will see in a particle STAR file, as a JSON-ready summary.
+"""What DynaMight will see in a particle file (STAR or cryoSPARC .cs), as a JSON-ready summary.
 
 ``napari-dynamight info`` prints it, napari's STAR reader keeps it in the layer's metadata and the
 Data widget shows it: particles, optics groups, poses, half sets, defocus range and image stacks found.
@@ -18,7 +18,11 @@ def _number(value) -> float | None:
 
 
 def _version(table) -> str:
-    """The layout (3.0: one table; 3.1: optics + particles) and the file's ``# version`` comment."""
+    """The layout (3.0: one table; 3.1: optics + particles) and the file's ``# version`` comment; for a
+    cryoSPARC file its field count and where the poses came from."""
+    if table.records is not None:
+        poses = table.source_fields.get("rlnAngleRot", "none")
+        return f"cryoSPARC .cs ({len(table.records.dtype.names)} fields; poses: {poses})"
     layout = "3.0 (single table)" if table.optics is None else "3.1+ (optics and particles tables)"
     for comment in table.comments.values():
         match = re.search(r"version\s+(\d+)", comment)
@@ -59,6 +63,7 @@ def summarise(table, star_path) -> dict:
     unusable = _unusable_stacks(table)
     return {
         "star_file": str(star_path),
+        "format": "cryoSPARC" if table.records is not None else "STAR",
         "relion_version": _version(table),
         "particles": int(len(table)),
         "optics_groups": groups,

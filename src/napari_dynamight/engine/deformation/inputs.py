@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..fourier import fourier_box
 from ..gaussians import GaussianModel
 from ..io.mrc import read_map
-from ..io.star import read_particles
+from ..io.particle_file import read_particle_file
 
 TRAINING_PIXEL_ANGSTROM = 3.0  # default training sampling: domain motions need no finer
 MIN_DEFAULT_BOX, MAX_DEFAULT_BOX = 32, 128
@@ -67,15 +67,17 @@ def validation_flags(halves: np.ndarray, fraction: float, seed: int) -> np.ndarr
 
 def read_inputs(particles_path, consensus_path, mask_path=None, consensus_model_path=None,
                 n_gaussians=None, train_box=None, data_root=None, device="cpu",
-                validation_fraction=0.1, seed=0) -> RunInputs:
-    """Read and check everything; see the module docstring."""
+                validation_fraction=0.1, seed=0, passthroughs=None) -> RunInputs:
+    """Read and check everything; see the module docstring. ``particles_path``: STAR or cryoSPARC .cs
+    (``passthroughs``: its passthrough .cs files; None finds the job's own)."""
     chosen_device = check_device(device)
-    table = read_particles(particles_path, data_root=data_root)
+    table = read_particle_file(particles_path, data_root=data_root, passthroughs=passthroughs)
     table.require_ctf()
     table.require_pixel_size()
     if not table.has_poses:
-        raise InputError(f"{particles_path}: missing pose columns (rlnAngleRot, rlnAngleTilt, rlnAnglePsi); "
-                         "refine the particles first (e.g. RELION 3D auto-refine)")
+        fields = "alignments3D/pose" if table.records is not None else "rlnAngleRot, rlnAngleTilt, rlnAnglePsi"
+        raise InputError(f"{particles_path}: missing pose columns ({fields}); refine the particles first "
+                         "(e.g. RELION 3D auto-refine or a cryoSPARC refinement)")
     table.check_images()
     sizes, boxes = table.pixel_size_angstrom, table.image_box
     extent = float(np.max(sizes * boxes))

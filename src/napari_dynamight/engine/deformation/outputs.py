@@ -5,7 +5,8 @@
 | --- | --- |
 | ``latents`` | (N, D) float32, input STAR row order; each particle by its own half's encoder, validation particles by half 1's |
 | ``latents_half2`` | (N, D) float32: half 2's codes of the validation particles, NaN elsewhere |
-| ``particles`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` |
+| ``particles`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` (a cryoSPARC input: its RELION columns) |
+| ``input_records`` | a cryoSPARC input only: its original records, every field and ``uid`` (exports back to cryoSPARC) |
 | ``half_model(h)`` / ``half_map(h)`` | each half's final reference Gaussian model (``engine.consensus.load_model``), and rendered at the consensus box |
 | ``gaussian_errors`` | per Gaussian of half 1's reference: position (Å) and error estimate (Å) |
 | ``loss_log`` / ``loss_plot`` | one JSON line per epoch and half: mode, data, regularisation, KL, λ and the watchdog's fields (``watchdog.py``); and their plot |
@@ -23,18 +24,12 @@ from matplotlib.figure import Figure
 from ..consensus import save_model
 from ..data.particles import ParticleTable
 from ..gaussians import GaussianModel, render_volume
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, save_npy
 from ..io.figure import save_figure
 from ..io.mrc import write_map
 from ..io.star import write_particles
 from ..run_folder import RunFolder
 from .validation import ErrorEstimates
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
 
 
 def own_half_latents(estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
@@ -46,16 +41,17 @@ def own_half_latents(estimates: ErrorEstimates, halves: np.ndarray, validation: 
 
 def write_latents(run: Path, estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
     latents = own_half_latents(estimates, halves, validation)
-    save_array(RunFolder(run).latents, latents)
+    save_npy(RunFolder(run).latents, latents)
     second = np.full_like(latents, np.nan)
     second[validation] = estimates.latents[1][validation]
-    save_array(RunFolder(run).latents_half2, second.astype(np.float32))
+    save_npy(RunFolder(run).latents_half2, second.astype(np.float32))
     return latents
 
 
 def write_particle_table(run: Path, table: ParticleTable, latents: np.ndarray, halves: np.ndarray,
                          validation: np.ndarray, estimates: ErrorEstimates) -> None:
-    """The input table with every column kept and the per-particle results added."""
+    """The input table with every column kept and the per-particle results added (and a cryoSPARC
+    input's original records, so that selections can go back to cryoSPARC with every field)."""
     frame = table.particles.copy()
     for k in range(latents.shape[1]):
         frame[f"dmLatent{k + 1}"] = latents[:, k].astype(np.float64)
@@ -65,6 +61,8 @@ def write_particle_table(run: Path, table: ParticleTable, latents: np.ndarray, h
     own = np.where(halves == 2, estimates.displacement_rms_angstrom[1], estimates.displacement_rms_angstrom[0])
     frame["dmDisplacementAngstrom"] = own.astype(np.float64)
     write_particles(RunFolder(run).particles, replace(table, particles=frame))
+    if table.records is not None:
+        save_npy(RunFolder(run).input_records, table.records)
 
 
 def write_half_models(run: Path, models: list[GaussianModel], box: int, voxel_size_angstrom: float) -> None:

@@ -32,6 +32,7 @@ from ..device import check_device
 from ..errors import InputError
 from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
+from ..io.particle_file import passthrough_paths
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import RunFolder
 from ..run_identity import check_same_inputs, input_identity
@@ -95,6 +96,7 @@ def optimize_deformations(
     data_root: str | Path | None = None,
     device: str | torch.device = "cpu",
     resume: bool = False,
+    passthroughs: list[str | Path] | None = None,
 ) -> ProgressGenerator[DeformationResult]:
     """Train the two half-set VAEs and write the run directory (see the module docstring)."""
     started = time.perf_counter()
@@ -104,9 +106,11 @@ def optimize_deformations(
     run = Path(output_directory)
     resumed = _check_run_directory(run, resume, settings)
     inputs = read_inputs(particles, consensus, mask, consensus_model, n_gaussians, box, data_root,
-                         context.device_for(check_device(device)), settings.validation_fraction, settings.seed)
+                         context.device_for(check_device(device)), settings.validation_fraction, settings.seed,
+                         passthroughs)
     identity = input_identity(particles, inputs.table, consensus, mask, consensus_model, inputs.train_box, n_gaussians,
-                              threshold, {k: v for k, v in settings.to_dict().items() if k not in CHANGEABLE_ON_RESUME})
+                              threshold, {k: v for k, v in settings.to_dict().items() if k not in CHANGEABLE_ON_RESUME},
+                              passthrough_paths(particles, passthroughs))
     if resume:
         check_same_inputs(run, identity)  # before anything is written
     context.barrier()  # every rank has checked the run directory before rank 0 writes to it

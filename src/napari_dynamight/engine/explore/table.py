@@ -1,4 +1,4 @@
-"""The explorer's per-particle table: latent means plus every numeric STAR column, and STAR export.
+"""The explorer's per-particle table: latent means plus every numeric STAR column, and STAR or .cs export.
 
 A deformation run (``engine/deformation/outputs.py``; file names in ``engine/run_folder.py``) leaves
 the latent means (N, D, in the row order of the input STAR) and a particle table (every input column plus ``dmLatent1..D``,
@@ -7,7 +7,9 @@ folder or that STAR file alone can be opened. The two half sets' latent spaces a
 coordinate systems: :meth:`ExplorerData.view` gives one half's particles and codes (``halves.py``), and
 :meth:`ExplorerData.columns` that view's per-particle values. A selection (rows of the original STAR)
 is exported with the original columns and the optics table; the ``dm*`` result columns are dropped
-unless asked for.
+unless asked for. A file name ending in ``.cs`` exports to cryoSPARC instead (``engine.io.cryosparc``):
+a run made from a ``.cs`` keeps every original field and ``uid`` (``RunFolder.input_records``), and the
+results become ``dynamight/*`` and ``components_mode_K/value`` fields when asked for.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.particles import ParticleTable
+from ..data.particles import LATENT_PREFIX, RESULT_PREFIX, ParticleTable, latent_columns
 from ..errors import InputError
+from ..io.cryosparc import is_cryosparc, write_cryosparc
+from ..io.particle_file import read_particle_file
 from ..io.star import read_particles, write_particles
 from ..run_folder import RunFolder
 from .halves import HalfView, half_membership, half_view
 
-RESULT_PREFIX = "dm"
-LATENT_PREFIX = "dmLatent"
 
 
 @dataclass
@@ -97,12 +99,16 @@ class ExplorerData:
 
     def export(self, path: str | os.PathLike, rows, keep_results: bool = False) -> int:
         """Write particles (a boolean mask (N,) or STAR row indices) as a RELION STAR subset with all
-        columns and the optics table; returns the count."""
+        columns and the optics table, or as a cryoSPARC .cs file when ``path`` ends in ``.cs``
+        (``engine.io.cryosparc.write_cryosparc``); returns the count."""
         if self.table is None:
             raise InputError("these latent means have no particle table; open a run folder to export")
         rows = np.asarray(rows)
         rows = np.nonzero(rows)[0] if rows.dtype == bool else np.unique(rows.astype(np.int64))
         table = self.table
+        if is_cryosparc(path):
+            write_cryosparc(path, table, rows, keep_results=keep_results)
+            return len(rows)
         if not keep_results:
             original = [c for c in table.particles.columns if not c.startswith(RESULT_PREFIX)]
             table = replace(table, particles=table.particles[original])
@@ -111,8 +117,7 @@ class ExplorerData:
 
 
 def _latents_from_star(table: ParticleTable, path: Path) -> np.ndarray:
-    names = sorted((c for c in table.particles.columns if c.startswith(LATENT_PREFIX)),
-                   key=lambda c: int(c[len(LATENT_PREFIX):]))
+    names = latent_columns(table.particles)
     if not names:
         raise InputError(f"{path}: has no latent columns ({LATENT_PREFIX}1, ...); open the "
                          "particles.star of a deformation run, or the run folder")
@@ -128,14 +133,28 @@ def load_run(path: str | os.PathLike) -> ExplorerData:
             raise InputError(f"{path}: no {run.latents.name}; is this a finished deformation run "
                              "(napari-dynamight optimize-deformations)?")
         latents = np.load(run.latents)
-        table = read_particles(run.particles) if run.particles.is_file() else None
+        table = _with_input_records(read_particles(run.particles), run) if run.particles.is_file() else None
         return ExplorerData(latents, table, path, _half2_codes(run))
     if not path.exists():
         raise InputError(f"{path}: not found; give a run folder or its {RunFolder(path).particles.name}")
-    table = read_particles(path)
+    table = read_particle_file(path)
     run = RunFolder(path.parent)
+    if path.name == run.particles.name:
+        table = _with_input_records(table, run)
     half2 = _half2_codes(run) if path.name == run.particles.name else None
     return ExplorerData(_latents_from_star(table, path), table, path, half2)
+
+
+def _with_input_records(table: ParticleTable, run: RunFolder) -> ParticleTable:
+    """``table`` with the run's cryoSPARC input records (if it was made from a .cs file), so that a .cs
+    export keeps every original field."""
+    if not run.input_records.is_file():
+        return table
+    records = np.load(run.input_records, allow_pickle=False)
+    if records.dtype.names is None or len(records) != len(table):
+        raise InputError(f"{run.input_records}: {len(records)} records for {len(table)} particles in "
+                         f"{run.particles.name}; the run's files do not belong together")
+    return replace(table, records=records)
 
 
 def _half2_codes(run: RunFolder) -> np.ndarray | None:
