@@ -217,7 +217,7 @@ def test_an_abort_during_training_stops_cleanly_and_continuing_resumes(simulated
     assert not list(job.rglob(".*.tmp*")) and not (job / ".dynamight.lock").exists()
     assert not (job / "latent_means.npy").exists() and not (job / "checkpoints" / "final.pt").exists()
     assert (job / "checkpoints" / "epoch_0001.pt").is_file()
-    # RELION's "Continue" without a task runs the same command again: it resumes to the end
+    # the job's command run again (RELION keeps it in note.txt) resumes to the end
     assert relion(command, project) == 0
     assert exit_files(job) == {"RELION_JOB_EXIT_SUCCESS"}
     assert (job / "latent_means.npy").is_file()
@@ -257,3 +257,13 @@ def test_the_module_runs_as_a_program_and_the_console_script_is_declared():
     done = subprocess.run([sys.executable, "-m", "napari_dynamight.cli.relion_job", "--help"],
                           capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(root / "src")})
     assert done.returncode == 0 and "explore-latent-space" in done.stdout
+
+
+def test_the_explorer_opens_on_the_half_set_relion_asks_for(project, make_napari_viewer):
+    from napari_dynamight._widgets._explorer_validation import ERRORS_LAYER
+    from napari_dynamight._widgets.explorer import open_explorer
+
+    widget = open_explorer(make_napari_viewer(), project / JOB, half=2)
+    assert widget.view.half == 2 and ERRORS_LAYER not in widget.viewer.layers
+    widget = open_explorer(make_napari_viewer(), project / JOB, half=1, errors=True)  # --half-set 0
+    assert widget.view.half == 1 and ERRORS_LAYER in widget.viewer.layers
