@@ -133,6 +133,7 @@ class Job:
                 (self.directory / name).unlink(missing_ok=True)
 
     def abort_requested(self) -> bool:
+        """Whether RELION asked to abort (checked at every progress step); the request is then removed."""
         if self.directory is None or not (self.directory / ABORT_NOW).exists():
             return False
         (self.directory / ABORT_NOW).unlink(missing_ok=True)  # as RELION's programs do
