@@ -267,3 +267,15 @@ def test_the_explorer_opens_on_the_half_set_relion_asks_for(project, make_napari
     assert widget.view.half == 2 and ERRORS_LAYER not in widget.viewer.layers
     widget = open_explorer(make_napari_viewer(), project / JOB, half=1, errors=True)  # --half-set 0
     assert widget.view.half == 1 and ERRORS_LAYER in widget.viewer.layers
+
+
+@pytest.mark.parametrize("status, ending", [(0, "SUCCESS"), (2, "FAILURE"), (1, "FAILURE"), (130, "ABORTED"),
+                                            (143, "ABORTED"), (129, "ABORTED")])
+def test_each_exit_status_leaves_its_exit_file_and_a_new_run_removes_old_ones(tmp_path, status, ending):
+    (tmp_path / "RELION_JOB_EXIT_FAILURE").touch()
+    (tmp_path / "RELION_JOB_ABORT_NOW").touch()  # left by a run that was killed
+    job = relion_job.Job(relion_job.job_directory(["deformable-backprojection", str(tmp_path), "--batch-size", "1"]))
+    job.start()
+    assert exit_files(tmp_path) == set()
+    job.finish(status)
+    assert exit_files(tmp_path) == {f"RELION_JOB_EXIT_{ending}"}
