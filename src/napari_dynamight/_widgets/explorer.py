@@ -323,19 +323,25 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         show_error(message)
 
 
-def open_explorer(viewer, run_path, embedding: str = "pca") -> ExplorerWidget:
-    """Dock the explorer in ``viewer`` and load ``run_path`` into it; returns the widget."""
+def open_explorer(viewer, run_path, embedding: str = "pca", half: int | None = None,
+                  errors: bool = False) -> ExplorerWidget:
+    """Dock the explorer in ``viewer`` and load ``run_path`` into it; returns the widget. ``half``: the
+    half set to show first (default: half 1); ``errors``: also show the Gaussians' error estimates."""
     _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
     widget.method.value = embedding
     widget.run.value = run_path
     widget.open_run(run_path)
+    if half is not None and widget.data is not None:
+        widget.set_half(half)
+    if errors and widget.data is not None:
+        widget.show_gaussian_errors()
     return widget
 
 
-def show_explorer(run_path, embedding: str = "pca") -> None:
-    """Open napari with the explorer on ``run_path`` until the window closes."""
+def show_explorer(run_path, embedding: str = "pca", half: int | None = None, errors: bool = False) -> None:
+    """Open napari with the explorer on ``run_path`` (see :func:`open_explorer`) until the window closes."""
     import napari
 
     viewer = napari.Viewer(title=f"napari-dynamight explore {run_path}")
-    open_explorer(viewer, run_path, embedding)
+    open_explorer(viewer, run_path, embedding, half, errors)
     napari.run()

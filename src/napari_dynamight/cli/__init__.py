@@ -58,9 +58,10 @@ def _selected(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
-def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; only the ``selected`` command's module is imported and configured."""
-    parser = argparse.ArgumentParser(
+def build_parser(selected: str | None = None, parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The argument parser; only the ``selected`` command's module is imported and configured.
+    ``parser_class``: an ``argparse.ArgumentParser`` subclass (e.g. one whose ``error`` raises)."""
+    parser = parser_class(
         prog="napari-dynamight",
         description="DynaMight: continuous molecular motions from cryo-EM particle images.",
         epilog="Run 'napari-dynamight <command> --help' for a command's options and an example.",
@@ -117,13 +118,20 @@ _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-dynamight`` console script; returns the exit status."""
-    from ..engine.errors import Cancelled, InputError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_selected(argv)).parse_args(argv)
+    return execute(lambda: args.run(args))
+
+
+def execute(command) -> int:
+    """Call ``command()`` (returning an exit status or None) the way every command line runs: SIGTERM
+    and SIGHUP cancel; bad input, a cancel and a full disk end in one line on stderr and the exit
+    status of the table in docs/cli.md; any other exception is a bug and propagates."""
+    from ..engine.errors import Cancelled, InputError
+
     try:
         with _signals_cancel():
-            return int(args.run(args) or 0)
+            return int(command() or 0)
     except InputError as error:
         message = " ".join(str(error).split())
         print(f"error: {message}", file=sys.stderr)

@@ -9,13 +9,15 @@ An event with a ``warning`` is printed at once as one line ``warning: ...`` (abo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from tqdm import tqdm
 
-from ..engine.progress import Progress, ProgressGenerator
+from ..engine.progress import Progress, ProgressGenerator, stop_when
 
 T = TypeVar("T")
 
@@ -67,9 +69,27 @@ def _new_bar(description: str, total: int | None, stream) -> tqdm:
     )
 
 
+_driving = {"file": None, "should_stop": None, "reason": "cancelled"}
+
+
+@contextlib.contextmanager
+def driving(file=None, should_stop: Callable[[], bool] | None = None, reason: str = "cancelled") -> Iterator[None]:
+    """For the block, every :func:`drive` without a ``file`` draws its bar on ``file``, and stops its
+    operation (:class:`~napari_dynamight.engine.errors.Cancelled` with ``reason``) at the first event
+    after which ``should_stop()`` is true: lets a wrapper run a command unchanged under its own rules."""
+    before = dict(_driving)
+    _driving.update(file=file, should_stop=should_stop, reason=reason)
+    try:
+        yield
+    finally:
+        _driving.update(before)
+
+
 def drive(operation: ProgressGenerator[T], description: str, file=None) -> T:
     """Run ``operation`` to its end under a bar labelled ``description``; return its result."""
-    stream = sys.stderr if file is None else file
+    if _driving["should_stop"] is not None:
+        operation = stop_when(operation, _driving["should_stop"], _driving["reason"])
+    stream = file or _driving["file"] or sys.stderr
     bar = None
     stage = None
     try:

@@ -29,22 +29,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_explorable(args.run_path, args.embedding)
+    from .._widgets.explorer import show_explorer
+
+    show_explorer(args.run_path, args.embedding)
+    return 0
+
+
+def check_explorable(run_path: Path, embedding: str) -> None:
+    """Everything the explorer needs, checked before napari starts (one-line InputError otherwise):
+    a finished run with whole, finite latent means, the embedding's package and a display."""
     from .._display import check_display
     from ..engine.explore import embed, load_run
     from ..engine.run_folder import RunFolder
     from ..engine.run_identity import check_finished_run
 
-    folder = args.run_path if args.run_path.is_dir() else args.run_path.parent
+    folder = run_path if run_path.is_dir() else run_path.parent
     if RunFolder(folder).info.is_file():  # a deformation run: finished, its latent means whole and finite
         check_finished_run(folder)
-    data = load_run(args.run_path)
-    _check_finite(data.latents, args.run_path)
-    embed(data.latents[:2], args.embedding)  # fails now, not in the GUI, if umap-learn is missing
+    data = load_run(run_path)
+    _check_finite(data.latents, run_path)
+    embed(data.latents[:2], embedding)  # fails now, not in the GUI, if umap-learn is missing
     check_display()
-    from .._widgets.explorer import show_explorer
-
-    show_explorer(args.run_path, args.embedding)
-    return 0
 
 
 def _check_finite(latents, path: Path) -> None:

@@ -53,15 +53,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: fitted here from the consensus map)")
     add("--n-gaussians", type=int, metavar="N", help="Gaussians when fitting here (default: 2 per residue)")
     add("--threshold", type=float, help="map level for placing Gaussians when fitting here (default: automatic)")
+    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
+        "cuda means each process's own GPU, cuda:LOCAL_RANK")
+    add("--resume", action="store_true", help="continue from the last checkpoint in RUN")
+    add("--data-root", type=Path, metavar="DIR", help="folder that image names are relative to (for .cs: the "
+        "cryoSPARC project folder; default: the particle file's folder, and for .cs also its parents)")
+    add("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add_settings_arguments(parser)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training options (every field of :func:`settings_from`, and ``--box``)."""
+    add = parser.add_argument
     add("--latent-dim", type=int, default=_DEFAULTS.latent_dim, metavar="D", help="latent dimension (default: 6)")
     add("--epochs", type=int, default=_DEFAULTS.epochs, metavar="E", help=f"maximum epochs, honoured exactly "
         f"(default: {_DEFAULTS.epochs})")
     add("--batch-size", type=int, default=_DEFAULTS.batch_size, metavar="B", help="particles per step (default: 64)")
     add("--box", type=int, metavar="PX", help="training box (default: about 3 Å/px, 32-128 px)")
-    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
-        "cuda means each process's own GPU, cuda:LOCAL_RANK")
-    add("--seed", type=int, default=0, metavar="S", help="seed of every random choice (default: 0)")
-    add("--resume", action="store_true", help="continue from the last checkpoint in RUN")
     add("--positional-frequencies", type=int, default=_DEFAULTS.n_frequencies, metavar="F",
         help="positional-encoding frequencies (default: 10)")
     add("--decoder-depth", type=int, default=_DEFAULTS.decoder_depth, help="decoder hidden layers (default: 4)")
@@ -92,9 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--control-points", type=int, default=_DEFAULTS.control_points, metavar="M",
         help="evaluate the decoder on M control points among the Gaussians and interpolate to the rest "
              "(faster with many Gaussians; default: 0, decode every Gaussian)")
-    add("--data-root", type=Path, metavar="DIR", help="folder that image names are relative to (for .cs: the "
-        "cryoSPARC project folder; default: the particle file's folder, and for .cs also its parents)")
-    add("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add("--seed", type=int, default=0, metavar="S", help="seed of every random choice (default: 0)")
 
 
 def settings_from(args: argparse.Namespace) -> DeformationSettings:

@@ -33,6 +33,16 @@ _DEFAULTS = InverseSettings()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("run_directory", type=Path, metavar="RUN", help="a finished optimize-deformations run directory")
+    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
+        "cuda means each process's own GPU, cuda:LOCAL_RANK")
+    add("--resume", action="store_true", help="continue from the last checkpoint in RUN/inverse")
+    add("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add_settings_arguments(parser)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training options (every field of :func:`settings_from`)."""
+    add = parser.add_argument
     add("--epochs", type=int, default=_DEFAULTS.epochs, metavar="E", help=f"epochs (default: {_DEFAULTS.epochs})")
     add("--batch-size", type=int, default=_DEFAULTS.batch_size, metavar="B",
         help=f"particles per step (default: {_DEFAULTS.batch_size})")
@@ -45,11 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--depth", type=int, default=_DEFAULTS.depth, help=f"hidden layers (default: {_DEFAULTS.depth})")
     add("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, metavar="E",
         help=f"epochs between checkpoints (default: {_DEFAULTS.checkpoint_every})")
-    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
-        "cuda means each process's own GPU, cuda:LOCAL_RANK")
     add("--seed", type=int, default=0, metavar="S", help="seed of every random choice (default: 0)")
-    add("--resume", action="store_true", help="continue from the last checkpoint in RUN/inverse")
-    add("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
 
 def settings_from(args: argparse.Namespace) -> InverseSettings:

@@ -60,3 +60,21 @@ def run(
                 raise Cancelled(f"{event.stage} cancelled at step {event.step}")
     except StopIteration as finished:
         return finished.value
+
+
+def stop_when(operation: ProgressGenerator[T], should_stop: Callable[[], bool],
+              reason: str = "cancelled") -> ProgressGenerator[T]:
+    """``operation``'s events and result, but after an event for which ``should_stop()`` is true the
+    operation is closed (its outputs are written atomically, so nothing partial stays) and
+    :class:`Cancelled` is raised with ``reason``. Closing this generator closes ``operation``."""
+    try:
+        while True:
+            try:
+                event = next(operation)
+            except StopIteration as finished:
+                return finished.value
+            yield event
+            if should_stop():
+                raise Cancelled(f"{reason} ({event.stage}, step {event.step})")
+    finally:
+        operation.close()

@@ -187,6 +187,12 @@ class RunFolder(_Folder):
         return info
 
 
+def image_root(info: dict) -> Path:
+    """The folder a run's image names are relative to: its ``data_root`` if training was given one
+    (e.g. a RELION project folder), else the input STAR file's folder."""
+    return Path(info.get("data_root") or Path(info["particles"]).parent)
+
+
 def read_run_info(run_directory: str | os.PathLike) -> dict:
     """A run folder's ``run.json`` (:meth:`RunFolder.read_info`), or InputError naming the file."""
     return RunFolder(run_directory).read_info()

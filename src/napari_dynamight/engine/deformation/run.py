@@ -154,7 +154,7 @@ def optimize_deformations(
                 half.estimate_noise(batches, subset, deform=False)
         if main:
             _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, None,
-                            identity=identity)
+                            identity=identity, data_root=data_root)
 
         def state(stopped: bool) -> dict:
             return {"epoch": epoch, "refinement_round": refined, "stopped": stopped,
@@ -221,7 +221,7 @@ def optimize_deformations(
                             {"epochs": epoch, "refinement_rounds": refined,
                              "stopped_early": stopped and epoch < settings.epochs,
                              "seconds_last_start": seconds, "world_size": context.world_size}, warnings,
-                            identity=identity)
+                            identity=identity, data_root=data_root)
         context.barrier()  # on return the run directory is complete for every rank
     finally:
         batches.close()
@@ -256,14 +256,16 @@ def _write_outputs(run: Path, inputs: RunInputs, estimates, halves: list[HalfSet
 
 
 def _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, result,
-                    warnings=(), identity=None) -> None:
+                    warnings=(), identity=None, data_root=None) -> None:
     """The run file (``RunFolder.info``): inputs, settings, sizes, the inputs' identity, and (at the end)
-    the result and the watchdog's warnings; decode reads it. The result's ``seconds_last_start`` is the
+    the result and the watchdog's warnings; decode reads it. ``data_root``: the folder image names are
+    relative to, when it is not the STAR file's (``run_folder.image_root``). The result's ``seconds_last_start`` is the
     wall time of the latest start only (a resumed run does not add the time before the resume)."""
     info = {
         "particles": str(Path(particles).resolve()), "consensus": str(Path(consensus).resolve()),
         "consensus_model": None if consensus_model is None else str(Path(consensus_model).resolve()),
         "mask": None if mask is None else str(Path(mask).resolve()),
+        "data_root": None if data_root is None else str(Path(data_root).resolve()),
         "n_particles": len(inputs.table), "n_gaussians": initial.n_gaussians,
         "n_moving_gaussians": int(moving_flags(initial.positions_angstrom, inputs.mask,
                                                inputs.voxel_size_angstrom).sum()),

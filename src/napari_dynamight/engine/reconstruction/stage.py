@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..fourier import fsc, resolution_at
 from ..io.star import read_particles
 from ..progress import Progress, ProgressGenerator
-from ..run_folder import RunFolder
+from ..run_folder import RunFolder, image_root
 from ..run_identity import check_finished_run, run_stamp
 from .clusters import DEFAULT_CLUSTERS, quantise
 from .deformed import DeformedAccumulator
@@ -76,7 +76,7 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     device = check_device(context.device_for(device))
     info = check_finished_run(run.path)
     box, voxel = int(info["consensus_box"]), float(info["voxel_size_angstrom"])
-    table = read_particles(run.particles, data_root=Path(info["particles"]).parent)
+    table = read_particles(run.particles, data_root=image_root(info))
     if "dmHalfSet" not in table.particles.columns:
         raise InputError(f"{run.particles}: no dmHalfSet column; rerun optimize-deformations")
     halves = table.particles["dmHalfSet"].to_numpy().astype(int)
