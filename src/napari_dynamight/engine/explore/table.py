@@ -6,8 +6,9 @@ the latent means (N, D, in the row order of the input STAR) and a particle table
 folder or that STAR file alone can be opened. The two half sets' latent spaces are separate
 coordinate systems: :meth:`ExplorerData.view` gives one half's particles and codes (``halves.py``), and
 :meth:`ExplorerData.columns` that view's per-particle values. A selection (rows of the original STAR)
-is exported with the original columns and the optics table; the ``dm*`` result columns are dropped
-unless asked for.
+is exported with the original columns and the optics table, its image names leading to the original
+images from wherever it is written (``io/subset.py``); the ``dm*`` result columns are dropped unless
+asked for.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import pandas as pd
 
 from ..data.particles import ParticleTable
 from ..errors import InputError
-from ..io.star import read_particles, write_particles
+from ..io.star import read_particles
+from ..io.subset import read_run_particles, write_subset
 from ..run_folder import RunFolder
 from .halves import HalfView, half_membership, half_view
 
@@ -97,7 +99,7 @@ class ExplorerData:
 
     def export(self, path: str | os.PathLike, rows, keep_results: bool = False) -> int:
         """Write particles (a boolean mask (N,) or STAR row indices) as a RELION STAR subset with all
-        columns and the optics table; returns the count."""
+        columns and the optics table, image names leading to the original images; returns the count."""
         if self.table is None:
             raise InputError("these latent means have no particle table; open a run folder to export")
         rows = np.asarray(rows)
@@ -106,7 +108,9 @@ class ExplorerData:
         if not keep_results:
             original = [c for c in table.particles.columns if not c.startswith(RESULT_PREFIX)]
             table = replace(table, particles=table.particles[original])
-        write_particles(path, table, rows)
+        if len(rows) == 0:
+            raise InputError(f"{path}: empty selection, nothing to write; select at least one particle")
+        write_subset(path, table, rows)
         return len(rows)
 
 
@@ -128,12 +132,12 @@ def load_run(path: str | os.PathLike) -> ExplorerData:
             raise InputError(f"{path}: no {run.latents.name}; is this a finished deformation run "
                              "(napari-dynamight optimize-deformations)?")
         latents = np.load(run.latents)
-        table = read_particles(run.particles) if run.particles.is_file() else None
+        table = read_run_particles(path) if run.particles.is_file() else None
         return ExplorerData(latents, table, path, _half2_codes(run))
     if not path.exists():
         raise InputError(f"{path}: not found; give a run folder or its {RunFolder(path).particles.name}")
-    table = read_particles(path)
     run = RunFolder(path.parent)
+    table = read_run_particles(run.path) if path.name == run.particles.name and run.is_run() else read_particles(path)
     half2 = _half2_codes(run) if path.name == run.particles.name else None
     return ExplorerData(_latents_from_star(table, path), table, path, half2)
 
