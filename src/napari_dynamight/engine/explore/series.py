@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.chimerax import SUFFIX, display_level, map_statistics, write_series_script
+from ..io.chimerax import DEFAULT_FRAMERATE, SUFFIX, display_level, map_statistics, write_series_script
 from ..io.mrc import write_map
 from ..progress import Progress, ProgressGenerator
 from .decoding import Decoded, Decoder
@@ -23,10 +23,11 @@ class FrameProgress(Progress):
 
 
 def decode_path(decoder: Decoder, latents: np.ndarray, folder: str | os.PathLike | None = None,
-                prefix: str = "path", movie: str | os.PathLike | None = None) -> ProgressGenerator[list[Path]]:
+                prefix: str = "path", movie: str | os.PathLike | None = None,
+                framerate: int = DEFAULT_FRAMERATE) -> ProgressGenerator[list[Path]]:
     """Decode every latent point in order, yielding each frame; with ``folder``, write
     ``prefix_NNN.mrc`` files there and, last, ``prefix.cxc`` (ChimeraX), which also records
-    ``movie`` (a file name in ``folder``) when given."""
+    ``movie`` (a file name in ``folder``) at ``framerate`` when given."""
     latents = np.asarray(latents, dtype=np.float32)
     written, statistics = [], []
     if folder is not None:
@@ -40,5 +41,6 @@ def decode_path(decoder: Decoder, latents: np.ndarray, folder: str | os.PathLike
             statistics.append(map_statistics(decoded.volume))
         yield FrameProgress("decode path", index + 1, len(latents), decoded=decoded)
     if folder is not None and written:
-        write_series_script(Path(folder) / f"{prefix}{SUFFIX}", written, display_level(statistics), movie)
+        write_series_script(Path(folder) / f"{prefix}{SUFFIX}", written, display_level(statistics), movie,
+                            framerate)
     return written
