@@ -283,3 +283,35 @@ def test_subset_particle_not_in_the_run_is_refused_in_one_line(run_directory, ca
     assert not (run_directory / "subsets" / "stray").exists()
     assert main(["reconstruct", str(run_directory), "--deformed"]) == 2
     assert "--subset" in capsys.readouterr().err
+
+
+def test_subset_of_one_half_set_is_refused_and_writes_nothing(run_directory, capsys):
+    path = subset_star(run_directory, [0, 2, 4, 6], "one half.star")  # dmHalfSet = row % 2 + 1: all half 1
+    assert main(["reconstruct", str(run_directory), "--subset", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and str(path) in error and "half set 2" in error, error
+    assert not (run_directory / "subsets" / "one half").exists()
+
+
+def test_deformed_maps_of_a_subset_with_the_runs_networks(moving_run, tmp_path):
+    """--subset --deformed: the subset's particles through the run's inverse fields, in
+    RUN/subsets/NAME/reconstruction, with the deformed and the standard FSC as the whole run's report;
+    the subset, saved in another folder, is found by its image names."""
+    from napari_dynamight.engine.io.subset import read_run_particles, write_subset
+
+    torch.set_num_threads(1)
+    table = read_run_particles(moving_run)
+    rows = np.arange(0, len(table), 2)
+    path = tmp_path / "elsewhere" / "every other.star"
+    write_subset(path, table, rows)
+    assert main(["reconstruct", str(moving_run), "--subset", str(path), "--deformed", "--clusters", "4",
+                 "--batch-size", "100"]) == 0
+    folder = moving_run / "subsets" / "every other" / "reconstruction"
+    header = np.loadtxt(folder / "fsc.csv", delimiter=",", max_rows=1, dtype=str, comments=None)
+    assert list(header)[-2:] == ["fsc_deformed", "fsc_standard"]
+    volume, voxel = read_map(folder / "half1.mrc")
+    assert volume.shape == (32,) * 3 and voxel == pytest.approx(2.5) and np.isfinite(volume).all()
+    assert len(read_run_particles(moving_run).particles) == len(table)
+    from napari_dynamight.engine.io.star import read_particles
+
+    assert list(read_particles(folder / "particles.star").image_files) == list(table.image_files[rows])

@@ -98,15 +98,18 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     fields, latents = (_deformation_inputs(run, run_stamp(info), table, halves, device) if deformations
                        else ({}, None))
 
-    accumulators = []
-    for half in (1, 2):
-        rows = np.nonzero(halves == half)[0] if selected is None else np.sort(selected[halves[selected] == half])
+    half_rows = {half: np.nonzero(halves == half)[0] if selected is None else np.sort(selected[halves[selected] == half])
+                 for half in (1, 2)}
+    for half, rows in half_rows.items():
         if len(rows) == 0 and selected is not None:
             source = subset if isinstance(subset, (str, os.PathLike)) else "the selection"
             raise InputError(f"{source}: none of its particles is in half set {half}; a subset needs "
                              "particles of both half sets for the half maps and their FSC")
         if len(rows) == 0:
             raise InputError(f"{run.particles}: half set {half} has no particles")
+
+    accumulators = []
+    for half, rows in half_rows.items():
         codes = None
         if latents is not None:  # each particle's field code: its cluster centre (rows sorted by cluster)
             rows, quantised = quantise(latents, rows, int(clusters))
