@@ -297,7 +297,7 @@ def test_deformed_maps_of_a_subset_with_the_runs_networks(moving_run, tmp_path):
     """--subset --deformed: the subset's particles through the run's inverse fields, in
     RUN/subsets/NAME/reconstruction, with the deformed and the standard FSC as the whole run's report;
     the subset, saved in another folder, is found by its image names."""
-    from napari_dynamight.engine.io.subset import read_run_particles, write_subset
+    from napari_dynamight.engine.data.subset import read_run_particles, write_subset
 
     torch.set_num_threads(1)
     table = read_run_particles(moving_run)

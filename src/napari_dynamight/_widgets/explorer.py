@@ -35,6 +35,13 @@ POINTS_LAYER = "deformed Gaussians"
 VECTORS_LAYER = "displacements"
 
 
+def _row(*widgets) -> Container:
+    """Widgets side by side (keeps the dock short enough for the viewer's canvas)."""
+    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    row.margins = (0, 0, 0, 0)
+    return row
+
+
 def _half_choices(halves) -> list[tuple[str, int]]:
     """Combo-box entries for the half sets; 0 stands for "all particles" (no half sets)."""
     return [("all particles", 0) if half is None else (f"half {half}", half) for half in halves]
@@ -62,11 +69,12 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.selections_box = ComboBox(label="selections", choices=[])
         self.keep_results = CheckBox(text="export with the dm* result columns", value=False)
         self.export_button = PushButton(text="Export STAR ...")
-        self.deformed = CheckBox(text="deformed maps (needs the inverse deformations)", value=False)
+        self.deformed = CheckBox(text="deformed", value=False,
+                                 tooltip="deformed maps (the run needs its inverse deformations)")
         self.reconstruct_button = PushButton(text="Reconstruct selection", enabled=False)
         selection = Container(widgets=[self.selected_label, self.selection_name, self.add_button,
-                                       self.selections_box, self.keep_results, self.export_button,
-                                       self.deformed, self.reconstruct_button])
+                                       self.selections_box, _row(self.keep_results, self.export_button),
+                                       _row(self.deformed, self.reconstruct_button)])
         self.fsc_plot = fsc_plot()  # the reconstructed selection's half-map FSC, shown once there is one
         self.fsc_plot.setVisible(False)
         self.path_kind = ComboBox(label="path", choices=["straight", "along the data"],
@@ -76,12 +84,14 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.end_button = PushButton(text="End here")
         self.volumes_button = PushButton(text="Save volumes (MRC) ...")
         self.movie_button = PushButton(text="Export movie ...")
-        self.chimerax_movie = CheckBox(text="the volumes' ChimeraX script records a movie", value=False)
-        paths = Container(widgets=[self.start_button, self.end_button, self.path_kind, self.frames,
-                                   self.volumes_button, self.chimerax_movie, self.movie_button])
+        self.chimerax_movie = CheckBox(text="ChimeraX movie", value=False,
+                                       tooltip="path.cxc, written with the volumes, also records path.mp4")
+        paths = Container(widgets=[_row(self.start_button, self.end_button), self.path_kind, self.frames,
+                                   _row(self.volumes_button, self.chimerax_movie), self.movie_button])
         self.errors_button = PushButton(text="Show Gaussian error estimates")
         self.compare_button = PushButton(text="Compare halves at the nearest validation particle")
         self.status = Label(value="open a deformation run folder")
+        self.status.native.setWordWrap(True)  # long paths wrap instead of widening the dock
         self.warnings_label = WarningsLabel()  # run.json's watchdog warnings
         self.tasks = TaskPanel()
         layout = QVBoxLayout(self)

@@ -259,7 +259,7 @@ class ReconstructionFolder(_Folder):
 
     @property
     def chimerax_script(self) -> Path:
-        """Opens the half maps (hidden) and the full map in ChimeraX (``engine/io/chimerax.py``)."""
+        """Opens the half maps (hidden) and the full map in ChimeraX (``engine/chimerax.py``)."""
         return self.path / "maps.cxc"
 
     def missing(self) -> list[Path]:

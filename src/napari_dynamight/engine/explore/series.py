@@ -1,5 +1,5 @@
 """Decode a series of latent points (a path): one volume per point, optionally saved as MRC files
-with a ChimeraX script that opens them as a volume series (``engine/io/chimerax.py``)."""
+with a ChimeraX script that opens them as a volume series (``engine/chimerax.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.chimerax import DEFAULT_FRAMERATE, SUFFIX, display_level, map_statistics, write_series_script
+from ..chimerax import DEFAULT_FRAMERATE, SUFFIX, display_level, map_statistics, write_series_script
 from ..io.mrc import write_map
 from ..progress import Progress, ProgressGenerator
 from .decoding import Decoded, Decoder

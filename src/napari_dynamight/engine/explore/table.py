@@ -7,7 +7,7 @@ folder or that STAR file alone can be opened. The two half sets' latent spaces a
 coordinate systems: :meth:`ExplorerData.view` gives one half's particles and codes (``halves.py``), and
 :meth:`ExplorerData.columns` that view's per-particle values. A selection (rows of the original STAR)
 is exported with the original columns and the optics table, its image names leading to the original
-images from wherever it is written (``io/subset.py``); the ``dm*`` result columns are dropped unless
+images from wherever it is written (``data/subset.py``); the ``dm*`` result columns are dropped unless
 asked for.
 """
 
@@ -23,7 +23,7 @@ import pandas as pd
 from ..data.particles import ParticleTable
 from ..errors import InputError
 from ..io.star import read_particles
-from ..io.subset import read_run_particles, write_subset
+from ..data.subset import read_run_particles, write_subset
 from ..run_folder import RunFolder
 from .halves import HalfView, half_membership, half_view
 

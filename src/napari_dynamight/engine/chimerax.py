@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from .atomic import atomic_path
+from .consensus import automatic_threshold
+from .errors import InputError
+from .io.atomic import atomic_path
 
 SUFFIX = ".cxc"
 DEFAULT_FRAMERATE = 10
@@ -37,8 +38,6 @@ def check_movie_name(path: str | os.PathLike | None, option: str) -> None:
 def map_statistics(volume: np.ndarray) -> tuple[float, float, float]:
     """(automatic threshold, minimum, maximum) of one map: what :func:`display_level` needs, so a
     long series need not stay in memory."""
-    from ..consensus import automatic_threshold
-
     volume = np.asarray(volume, dtype=np.float32)
     return automatic_threshold(volume), float(volume.min()), float(volume.max())
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.particles import ParticleTable
 from ..errors import InputError
+from ..io.star import read_particles, write_particles
 from ..run_folder import RunFolder
-from .star import read_particles, write_particles
+from .particles import ParticleTable
 
 
 def read_run_particles(run_directory: str | os.PathLike, info: dict | None = None) -> ParticleTable:
