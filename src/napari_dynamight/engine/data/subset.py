@@ -50,7 +50,8 @@ def match_subset(table: ParticleTable, subset: ParticleTable) -> np.ndarray:
     """The rows of ``table`` (a run's particles) holding each particle of ``subset``, in its order;
     InputError naming the subset file and the first particle that is not in the run or is listed
     twice."""
-    resolved = {key: row for row, key in enumerate(zip(table.image_indices.tolist(), table.image_files.tolist()))}
+    resolved = {key: row for row, key in
+                enumerate(zip(table.image_indices.tolist(), table.image_files.tolist()))}
     written = {key: row for row, key in enumerate(_written_names(table))}
     by_file_name: dict[tuple[int, str], int | None] = {}
     for (index, stack), row in written.items():
@@ -58,12 +59,14 @@ def match_subset(table: ParticleTable, subset: ParticleTable) -> np.ndarray:
         by_file_name[key] = None if key in by_file_name else row  # None: ambiguous
     rows = np.empty(len(subset), dtype=np.int64)
     names = subset.particles["rlnImageName"].astype(str).str.strip().tolist()
-    keys = zip(subset.image_indices.tolist(), subset.image_files.tolist(), _written_names(subset), strict=True)
+    keys = zip(subset.image_indices.tolist(), subset.image_files.tolist(), _written_names(subset),
+               strict=True)
     for position, (index, file, (_, stack)) in enumerate(keys):
-        row = resolved.get((index, file), written.get((index, stack), by_file_name.get((index, posixpath.basename(stack)))))
+        row = resolved.get((index, file), written.get((index, stack),
+                                                      by_file_name.get((index, posixpath.basename(stack)))))
         if row is None:
-            raise InputError(f"{subset.star_path}: particle {names[position]} (row {position + 1}) is not in the run's "
-                             f"{table.star_path.name}; give a subset of the run's particles")
+            raise InputError(f"{subset.star_path}: particle {names[position]} (row {position + 1}) is not in "
+                             f"the run's {table.star_path.name}; give a subset of the run's particles")
         rows[position] = row
     seen, first = np.unique(rows, return_index=True)
     if len(seen) < len(rows):

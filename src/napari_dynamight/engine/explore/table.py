@@ -137,7 +137,8 @@ def load_run(path: str | os.PathLike) -> ExplorerData:
     if not path.exists():
         raise InputError(f"{path}: not found; give a run folder or its {RunFolder(path).particles.name}")
     run = RunFolder(path.parent)
-    table = read_run_particles(run.path) if path.name == run.particles.name and run.is_run() else read_particles(path)
+    in_run = path.name == run.particles.name and run.is_run()
+    table = read_run_particles(run.path) if in_run else read_particles(path)
     half2 = _half2_codes(run) if path.name == run.particles.name else None
     return ExplorerData(_latents_from_star(table, path), table, path, half2)
 

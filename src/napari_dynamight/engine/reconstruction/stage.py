@@ -93,13 +93,13 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     selected = None if subset is None else subset_rows(table, subset)
     if selected is not None and output is None and not isinstance(subset, (str, os.PathLike)):
         raise InputError("a selection of rows needs an output folder; give output=")
-    folder = (ReconstructionFolder(output) if output is not None else
-              run.reconstruction(deformations) if subset is None else subset_folder(run.path, subset, deformations))
+    folder = (ReconstructionFolder(output) if output is not None else run.reconstruction(deformations)
+              if subset is None else subset_folder(run.path, subset, deformations))
     fields, latents = (_deformation_inputs(run, run_stamp(info), table, halves, device) if deformations
                        else ({}, None))
 
-    half_rows = {half: np.nonzero(halves == half)[0] if selected is None else np.sort(selected[halves[selected] == half])
-                 for half in (1, 2)}
+    half_rows = {half: np.nonzero(halves == half)[0] if selected is None else
+                 np.sort(selected[halves[selected] == half]) for half in (1, 2)}
     for half, rows in half_rows.items():
         if len(rows) == 0 and selected is not None:
             source = subset if isinstance(subset, (str, os.PathLike)) else "the selection"
