@@ -258,6 +258,10 @@ CASES = [
     ("inverse: no run folder", lambda c: (["optimize-inverse-deformations", str(c.root / "none")], ["none", "folder not found"])),
     ("reconstruct: RUN/reconstruction is a file", lambda c: (["reconstruct", str(c.run_with_file("reconstruction"))], ["reconstruction", "is a file"])),
     ("reconstruct: unfinished run", lambda c: (["reconstruct", str(c.unfinished_run()), "--no-deformations"], ["not finished"])),
+    ("reconstruct: subset particle not in the run", lambda c: (["reconstruct", str(c.run), "--subset", str(c.star(particles_edit("rlnImageName", 4, "000999@other.mrcs")))], ["particles.star", "000999@other.mrcs", "row 4", "not in the run"])),
+    ("reconstruct: subset file missing", lambda c: (["reconstruct", str(c.run), "--subset", str(c.root / "none.star")], ["none.star", "not found"])),
+    ("reconstruct: --deformed without --subset", lambda c: (["reconstruct", str(c.run), "--deformed"], ["--deformed", "--subset"])),
+    ("decode: a movie ChimeraX cannot write", lambda c: (c.decode("--chimerax-movie", "m.gif"), ["--chimerax-movie", "m.gif", ".mp4"])),
 ]
 
 

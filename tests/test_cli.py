@@ -259,14 +259,15 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
     from napari_dynamight.engine.explore import embed, load_run
 
     run_data = load_run(output / "run")
-    names = read_particles(output / "data" / "particles.star").particles["rlnImageName"].to_numpy()
+    data = read_particles(output / "data" / "particles.star")
+    images = np.array(list(zip(data.image_files, data.image_indices)), dtype=object)
     expected = set()
     for half in (1, 2):  # each half's own particles, in its own latent space
         view = run_data.own_half(half)
         first = embed(view.latents, "pca").coords[:, 0]
-        expected |= set(names[view.rows][first > np.median(first)])
-    selection = read_particles(output / "selection.star")
-    assert set(selection.particles["rlnImageName"]) == expected
+        expected |= {tuple(image) for image in images[view.rows][first > np.median(first)]}
+    selection = read_particles(output / "selection.star")  # beside data/: names lead to data/'s images
+    assert set(zip(selection.image_files, selection.image_indices)) == expected
     assert motion["outputs"]["selected_particles"] == len(selection) == len(expected) == 100
     frames = iio.imread(output / "motion.gif")
     assert len(frames) >= 12 and np.abs(frames[0].astype(float) - frames[11].astype(float)).max() > 0

@@ -31,7 +31,7 @@ def test_optimize_then_decode_particles_and_latent_points(cli_run, tmp_path, cap
     assert main(["decode", str(cli_run), "--particles", str(tmp_path / "picked.txt"),
                  "--output-directory", str(tmp_path / "maps")]) == 0
     names = sorted(p.name for p in (tmp_path / "maps").iterdir())
-    assert names == ["particle_000003.mrc", "particle_000017.mrc", "particle_000250.mrc"]
+    assert names == ["particle_000003.mrc", "particle_000017.mrc", "particle_000250.mrc", "particles.cxc"]
     volume, voxel = read_map(tmp_path / "maps" / "particle_000017.mrc")
     assert volume.shape == (32, 32, 32) and voxel == pytest.approx(2.5)
     expected = DeformationRun.load(cli_run).particle_volume(17).numpy()
@@ -39,7 +39,8 @@ def test_optimize_then_decode_particles_and_latent_points(cli_run, tmp_path, cap
     np.save(tmp_path / "points.npy", np.zeros((2, 6), np.float32))
     assert main(["decode", str(cli_run), "--latent", str(tmp_path / "points.npy"), "--half", "2",
                  "--output-directory", str(tmp_path / "latent_maps")]) == 0
-    assert sorted(p.name for p in (tmp_path / "latent_maps").iterdir()) == ["latent_0000.mrc", "latent_0001.mrc"]
+    assert sorted(p.name for p in (tmp_path / "latent_maps").iterdir()) == ["latent_0000.mrc", "latent_0001.mrc",
+                                                                                "latents.cxc"]
     assert "wrote 2 map(s)" in capsys.readouterr().out
 
 

@@ -12,6 +12,7 @@ from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.explore import (
     ExplorerData, Selections, embed, graph_path, load_run, points_in_polygon, resample_polyline,
     straight_path)
+from napari_dynamight.engine.io.star import read_particles
 
 
 @pytest.fixture
@@ -149,7 +150,14 @@ def test_export_holds_exactly_the_selected_rows_with_all_columns(run, tmp_path):
     original = [c for c in source["particles"].columns if not c.startswith("dm")]
     assert list(subset["particles"].columns) == original
     expected = source["particles"][original][mask].reset_index(drop=True)
-    assert subset["particles"].equals(expected)
+    others = [c for c in original if c != "rlnImageName"]
+    assert subset["particles"][others].equals(expected[others])
+    # written in another folder, the names lead to the run's original images from there
+    assert list(subset["particles"]["rlnImageName"]) == [name.replace("@", "@run/") for name in expected["rlnImageName"]]
+    np.testing.assert_array_equal(read_particles(tmp_path / "subset.star").image_files, run.table.image_files[mask])
+    assert run.export(run.source / "same_folder.star", mask) == mask.sum()  # beside the original: unchanged
+    assert starfile.read(run.source / "same_folder.star")["particles"]["rlnImageName"].equals(
+        expected["rlnImageName"])
     kept = run.export(tmp_path / "with_results.star", np.nonzero(mask)[0], keep_results=True)
     assert kept == mask.sum()
     assert "dmLatent1" in starfile.read(tmp_path / "with_results.star")["particles"].columns

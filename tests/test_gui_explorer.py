@@ -18,6 +18,8 @@ from napari_dynamight._widgets.explorer import (POINTS_LAYER, VECTORS_LAYER, VOL
                                                 ExplorerWidget)
 from napari_dynamight.engine.explore import embed, load_run
 from napari_dynamight.engine.io.lock import LOCK_NAME
+from napari_dynamight.engine.io.mrc import read_map
+from napari_dynamight.engine.io.star import read_particles
 
 
 @pytest.fixture
@@ -95,8 +97,10 @@ def test_lasso_in_half_2_exports_exactly_the_enclosed_half_2_rows(qtbot, explore
     source = starfile.read(folder / "particles.star", always_dict=True)
     enclosed_rows = view.rows[expected]
     assert (source["particles"]["dmHalfSet"].to_numpy()[enclosed_rows] == 1).sum() > 0  # validation
-    assert list(exported["particles"]["rlnImageName"]) == list(
-        source["particles"]["rlnImageName"].to_numpy()[enclosed_rows])
+    # saved outside the run folder, the names still lead to the original images
+    assert list(exported["particles"]["rlnImageName"]) == [
+        name.replace("@", "@run/") for name in source["particles"]["rlnImageName"].to_numpy()[enclosed_rows]]
+    np.testing.assert_array_equal(read_particles(path).image_files, widget.data.table.image_files[enclosed_rows])
     assert exported["optics"].equals(source["optics"])
     assert not any(c.startswith("dm") for c in exported["particles"].columns)
     widget._selection_chosen("right")  # choosing a half-2 selection shows half 2 again
@@ -200,6 +204,8 @@ def test_path_volumes_and_movie(qtbot, explorer, tmp_path):
     wait_idle(qtbot, widget)
     files = sorted((tmp_path / "volumes").glob("path_*.mrc"))
     assert len(files) == 4 and not (tmp_path / "volumes" / LOCK_NAME).exists()
+    script = (tmp_path / "volumes" / "path.cxc").read_text()
+    assert " ".join(f'"{f.name}"' for f in files) + " vseries true" in script and "movie" not in script
     with mrcfile.open(files[0]) as first, mrcfile.open(files[-1]) as last:
         assert np.abs(first.data - last.data).max() > 0.1 * first.data.max()
         assert float(first.voxel_size.x) == pytest.approx(2.0)
@@ -212,6 +218,10 @@ def test_path_volumes_and_movie(qtbot, explorer, tmp_path):
     assert widget.tasks.last_outcome.error is None
     frames = iio.imread(movie)
     assert frames.shape[0] == 4
+    chimerax = tmp_path / "path_chimerax"  # the same series for ChimeraX, recording path.mp4
+    assert len(list(chimerax.glob("path_*.mrc"))) == 4 and not (chimerax / LOCK_NAME).exists()
+    script = (chimerax / "path.cxc").read_text()
+    assert "vseries true" in script and "wait 4" in script and 'movie encode "path.mp4" framerate 10' in script
     change, contrast = np.abs(frames[0].astype(int) - frames[-1]).mean(), frames[0].std()
     assert change > 0.5 and contrast > 5, (change, contrast)
 
@@ -228,3 +238,29 @@ def test_gaussian_error_estimates_view(explorer):
     np.testing.assert_allclose(layer.features["error_angstrom"], table[:, 3], atol=1e-5)
     colours = layer.face_color[np.argsort(table[:, 3])[[0, -1]]]
     assert np.abs(colours[0] - colours[1]).sum() > 0.5  # lowest and highest error differ in colour
+
+
+def test_reconstruct_selection_shows_the_half_maps_and_the_fsc(qtbot, make_napari_viewer, finished_run):
+    """A lasso selection in a real run, one click on Reconstruct selection: the half maps and the full
+    map of exactly those particles as layers in Å, their FSC plotted, the files in RUN/subsets/."""
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
+    widget.open_run(finished_run)
+    assert not widget.reconstruct_button.enabled
+    coords = widget.embedding.coords
+    low, high = coords.min(axis=0) - 1, coords.max(axis=0) + 1
+    mask = widget.select_polygon([(low[0], low[1]), (high[0], low[1]), (high[0], high[1]), (low[0], high[1])])
+    assert mask.all() and widget.reconstruct_button.enabled
+    widget.reconstruct_button.native.click()
+    qtbot.waitUntil(lambda: not widget.tasks.running, timeout=120_000)
+    assert widget.tasks.last_outcome.error is None, widget.tasks.last_outcome.details
+    folder = finished_run / "subsets" / "selection" / "reconstruction_standard"
+    box, voxel = read_map(folder / "full.mrc")[0].shape[0], read_map(folder / "full.mrc")[1]
+    for role in ("half 1", "half 2", "full"):
+        layer = viewer.layers[f"selection: {role}"]
+        assert layer.data.shape == (box,) * 3 and tuple(layer.scale) == pytest.approx((voxel,) * 3)
+    assert not viewer.layers["selection: half 1"].visible and viewer.layers["selection: full"].visible
+    frequency, values = widget.fsc_plot.curve(0, "standard")
+    assert len(values) == box // 2 + 1 and np.isfinite(values).all() and values[1] > 0.5
+    assert len(read_particles(folder / "particles.star")) == len(widget.view.rows)
+    assert (folder / "maps.cxc").is_file() and not (finished_run / LOCK_NAME).exists()

@@ -164,7 +164,8 @@ def test_cancelling_leaves_no_output(run_directory, tmp_path):
     assert step.message == "inverting"
     result = run(reconstruct_run(fresh, deformations=False, batch_size=100))
     assert result.directory == fresh / "reconstruction_standard"
-    assert {p.name for p in result.directory.iterdir()} == {"half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png"}
+    assert {p.name for p in result.directory.iterdir()} == {"half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png",
+                                                            "maps.cxc"}
 
 
 def best_frame_correlation(volume: np.ndarray, frames: list[np.ndarray]) -> float:
@@ -188,3 +189,129 @@ def test_deformed_half_maps_match_the_ground_truth_frames(moving_run, simulated)
         assert c_def >= c_std - 1e-3 and c_def > 0.8
     header = np.loadtxt(deformed.fsc_csv, delimiter=",", max_rows=1, dtype=str, comments=None)
     assert list(header)[-2:] == ["fsc_deformed", "fsc_standard"]
+
+
+def chimerax_files(script) -> list:
+    """The files a ChimeraX script opens (quoted, relative to its folder)."""
+    import re
+
+    opened = [line for line in script.read_text().splitlines() if line.startswith("open ")]
+    return [script.parent / name for line in opened for name in re.findall(r'"([^"]+)"', line)]
+
+
+def test_maps_script_opens_the_three_maps_at_levels_inside_their_range(run_directory, tmp_path):
+    """maps.cxc beside a reconstruction: opens half1, half2 and full by relative names, each at a finite
+    level inside the map's values, the half maps hidden and coloured apart from the full map."""
+    import re
+
+    output = tmp_path / "a folder with spaces"
+    result = run(reconstruct_run(run_directory, deformations=False, output=output, batch_size=200))
+    script = output / "maps.cxc"
+    text = script.read_text()
+    assert chimerax_files(script) == [*result.half_maps, result.full_map]
+    assert all(path.is_file() for path in chimerax_files(script))
+    assert str(tmp_path) not in text and '"half1.mrc"' in text
+    levels = [float(v) for v in re.findall(r"^volume #\d style surface level (\S+)", text, re.M)]
+    colours = re.findall(r"color (#[0-9a-f]{6})", text)
+    assert len(levels) == 3 and len(set(colours)) == 3
+    for level, path in zip(levels, (*result.half_maps, result.full_map), strict=True):
+        volume = read_map(path)[0]
+        assert np.isfinite(level) and volume.min() < level < volume.max()
+    assert "hide #1,2 models" in text and "vseries" not in text and "movie" not in text
+
+
+def subset_star(run_directory, rows, name="closed state.star"):
+    """The rows of the run's input STAR (without dm* columns) as a subset beside it."""
+    blocks = starfile.read(run_directory.parent / "particles.star", always_dict=True)
+    path = run_directory.parent / name
+    starfile.write({"optics": blocks["optics"], "particles": blocks["particles"].iloc[rows]}, path)
+    return path
+
+
+@pytest.mark.relion
+def test_subset_agrees_with_relion_reconstruct_of_the_same_subset(run_directory, capsys):
+    """reconstruct --subset: half maps and full map of exactly the subset's particles (each in its run
+    half set), as relion_reconstruct --ctf of the same particles, in a folder of their own; the run's
+    whole reconstruction is not touched; the subset beside the maps leads to the same images."""
+    rows = np.sort(np.random.default_rng(5).choice(N, 500, replace=False))
+    path = subset_star(run_directory, rows)
+    folder = run_directory.parent
+    relion(folder, "relion_reconstruct", "--i", path.name, "--o", "relion_subset.mrc", "--ctf")
+    halves = np.arange(N) % 2 + 1
+    for half in (1, 2):
+        subset_star(run_directory, rows[halves[rows] == half], f"subset_half{half}.star")
+        relion(folder, "relion_reconstruct", "--i", f"subset_half{half}.star", "--o", f"relion_subset{half}.mrc",
+               "--ctf")
+    before = {p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")}
+    assert main(["reconstruct", str(run_directory), "--subset", str(path), "--batch-size", "200"]) == 0
+    output = run_directory / "subsets" / "closed state" / "reconstruction_standard"
+    assert f"chimerax {output / 'maps.cxc'}" in capsys.readouterr().out
+    assert {p.name for p in output.iterdir()} == {"half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png",
+                                                  "maps.cxc", "particles.star"}
+    assert {p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")} == before
+    from napari_dynamight.engine.io.star import read_particles
+    from napari_dynamight.engine.reconstruction import reconstruct_particles
+
+    for ours, theirs in (("half1", "relion_subset1"), ("half2", "relion_subset2"), ("full", "relion_subset")):
+        volume, voxel = read_map(output / f"{ours}.mrc")
+        reference = read_map(folder / f"{theirs}.mrc")[0]
+        correlation = masked_correlation(volume, reference)
+        particles = read_particles(folder / f"{theirs.replace('relion_subset', 'subset_half')}.star"
+                                   if ours != "full" else path)
+        direct = run(reconstruct_particles(particles, np.arange(len(particles)), batch_size=200))[0]
+        print(f"\nsubset of 500: {ours} ({len(particles)} particles) vs relion_reconstruct --ctf of the same "
+              f"particles: correlation {correlation:.6f}; vs the standard reconstruction of its STAR file "
+              f"{masked_correlation(volume, direct):.7f}")
+        assert voxel == pytest.approx(PIXEL) and masked_correlation(volume, direct) > 0.99999
+        # the whole subset as RELION; a 250-particle half of these noisy images 0.965-0.99 (draw-dependent)
+        assert correlation >= (0.98 if ours == "full" else 0.95)
+    table = np.loadtxt(output / "fsc.csv", delimiter=",", skiprows=1)
+    assert table.shape == (BOX // 2 + 1, 3) and np.isfinite(table[:, 2]).all() and table[1, 2] > 0.9
+    written, source = read_particles(output / "particles.star"), read_particles(path)
+    assert list(written.image_files) == list(source.image_files)
+    assert list(written.image_indices) == list(source.image_indices)
+
+
+def test_subset_particle_not_in_the_run_is_refused_in_one_line(run_directory, capsys):
+    path = subset_star(run_directory, [3, 4, 5], "stray.star")
+    blocks = starfile.read(path, always_dict=True)
+    blocks["particles"].loc[1, "rlnImageName"] = "000999@proj.mrcs"
+    starfile.write(blocks, path)
+    assert main(["reconstruct", str(run_directory), "--subset", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and str(path) in error and "000999@proj.mrcs" in error, error
+    assert not (run_directory / "subsets" / "stray").exists()
+    assert main(["reconstruct", str(run_directory), "--deformed"]) == 2
+    assert "--subset" in capsys.readouterr().err
+
+
+def test_subset_of_one_half_set_is_refused_and_writes_nothing(run_directory, capsys):
+    path = subset_star(run_directory, [0, 2, 4, 6], "one half.star")  # dmHalfSet = row % 2 + 1: all half 1
+    assert main(["reconstruct", str(run_directory), "--subset", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and str(path) in error and "half set 2" in error, error
+    assert not (run_directory / "subsets" / "one half").exists()
+
+
+def test_deformed_maps_of_a_subset_with_the_runs_networks(moving_run, tmp_path):
+    """--subset --deformed: the subset's particles through the run's inverse fields, in
+    RUN/subsets/NAME/reconstruction, with the deformed and the standard FSC as the whole run's report;
+    the subset, saved in another folder, is found by its image names."""
+    from napari_dynamight.engine.data.subset import read_run_particles, write_subset
+
+    torch.set_num_threads(1)
+    table = read_run_particles(moving_run)
+    rows = np.arange(0, len(table), 2)
+    path = tmp_path / "elsewhere" / "every other.star"
+    write_subset(path, table, rows)
+    assert main(["reconstruct", str(moving_run), "--subset", str(path), "--deformed", "--clusters", "4",
+                 "--batch-size", "100"]) == 0
+    folder = moving_run / "subsets" / "every other" / "reconstruction"
+    header = np.loadtxt(folder / "fsc.csv", delimiter=",", max_rows=1, dtype=str, comments=None)
+    assert list(header)[-2:] == ["fsc_deformed", "fsc_standard"]
+    volume, voxel = read_map(folder / "half1.mrc")
+    assert volume.shape == (32,) * 3 and voxel == pytest.approx(2.5) and np.isfinite(volume).all()
+    assert len(read_run_particles(moving_run).particles) == len(table)
+    from napari_dynamight.engine.io.star import read_particles
+
+    assert list(read_particles(folder / "particles.star").image_files) == list(table.image_files[rows])

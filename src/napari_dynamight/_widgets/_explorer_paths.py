@@ -2,7 +2,9 @@
 
 A mixin of :class:`~napari_dynamight._widgets.explorer.ExplorerWidget` (it uses the widget's
 ``view``, ``embedding``, ``decoder``, ``plot``, ``tasks``, ``viewer`` and ``_show_decoded``). Paths
-live in the current half set's latent space and are decoded by that half's decoder.
+live in the current half set's latent space and are decoded by that half's decoder. Saved volumes
+come with ``path.cxc``, which opens them in ChimeraX as a volume series (and records ``path.mp4`` when
+asked); a movie export also writes its volumes and such a script into ``NAME_chimerax/`` beside it.
 """
 
 from __future__ import annotations
@@ -56,23 +58,27 @@ class PathExport:
         return latents
 
     def save_volumes(self, folder):
-        """Decode the path and write one MRC file per point into ``folder`` (in a worker)."""
+        """Decode the path and write one MRC file per point and ``path.cxc`` (ChimeraX; it records
+        ``path.mp4`` when the movie box is ticked) into ``folder`` (in a worker)."""
         from ..engine.explore.series import decode_path
         from ..engine.io.guard import holding
 
         latents = self._path_for_export()
         if latents is None:
             return None
-        operation = holding(decode_path(self.decoder, latents, folder), folder, "volume folder",
-                            "decode")
-        return self.tasks.start(operation, "save volumes",
-                                lambda files: self._done(f"wrote {len(files)} volumes to {folder}"))
+        movie = "path.mp4" if self.chimerax_movie.value else None
+        operation = holding(decode_path(self.decoder, latents, folder, movie=movie), folder,
+                            "volume folder", "decode")
+        return self.tasks.start(operation, "save volumes", lambda files: self._done(
+            f"wrote {len(files)} volumes to {folder}; ChimeraX: chimerax {Path(folder) / 'path.cxc'}"))
 
     def export_movie(self, path, fps: int = 10, also=()):
         """Decode the path, show each volume with the current camera, capture it, write a movie
-        (and the same frames to every path in ``also``, e.g. a GIF next to an MP4)."""
+        (and the same frames to every path in ``also``, e.g. a GIF next to an MP4); the volumes and a
+        ChimeraX script that records the same series as ``NAME.mp4`` go to ``NAME_chimerax/``."""
         from ..engine.explore.series import decode_path
-        from ._movie import check_movie_path, write_movie
+        from ..engine.io.guard import holding
+        from ._movie import check_movie_path, chimerax_folder, write_movie
 
         latents = self._path_for_export()
         paths = [path, *also]
@@ -87,9 +93,13 @@ class PathExport:
         def finish(_) -> None:
             for target in paths:
                 write_movie(target, self.movie_frames, fps)
-            self._done(f"wrote {len(self.movie_frames)} frames to {', '.join(map(str, paths))}")
+            self._done(f"wrote {len(self.movie_frames)} frames to {', '.join(map(str, paths))}; volumes "
+                       f"and path.cxc (ChimeraX) in {folder}")
 
-        return self.tasks.start(decode_path(self.decoder, latents), "movie", finish, frame)
+        folder = chimerax_folder(path)
+        operation = holding(decode_path(self.decoder, latents, folder, movie=f"{Path(path).stem}.mp4",
+                                        framerate=fps), folder, "ChimeraX folder", "movie")
+        return self.tasks.start(operation, "movie", finish, frame)
 
     def _path_for_export(self):
         if self.decoder is None:

@@ -1,4 +1,5 @@
-"""Write captured viewer frames as a GIF (Pillow) or MP4 (needs imageio-ffmpeg) with imageio."""
+"""Write captured viewer frames as a GIF (Pillow) or MP4 (needs imageio-ffmpeg) with imageio; the
+movie's volumes and their ChimeraX script go to a folder beside it (:func:`chimerax_folder`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def check_movie_path(path, on_error) -> bool:
                      "or export a .gif")
             return False
     return True
+
+
+def chimerax_folder(movie) -> Path:
+    """``NAME_chimerax/`` beside movie ``NAME.gif``: the movie's volumes and a ChimeraX script that
+    plays and records them."""
+    movie = Path(movie)
+    return movie.with_name(f"{movie.stem}_chimerax")
 
 
 def write_movie(path, frames: list[np.ndarray], fps: int = 10) -> None:

@@ -7,8 +7,10 @@ with that half's codes), an embedding fitted on them alone, and that half's deco
 drag) in "decode" mode decodes the latent point under the cursor in a latest-request-wins worker and
 updates one image layer (the volume), one points layer (the deformed Gaussians) and one vectors layer
 (their displacements from the consensus). A lasso in "lasso" mode selects the particles inside; a
-selection is named, stored as rows of the original STAR file, and exported as a STAR subset. Two
-clicked points define a path (``_explorer_paths``) to save as MRC files or a movie.
+selection is named, stored as rows of the original STAR file, exported as a STAR subset, or
+reconstructed (**Reconstruct selection**: its half maps, full map and FSC, ``reconstruct --subset``).
+Two clicked points define a path (``_explorer_paths``) to save as MRC files (with a ChimeraX script)
+or a movie.
 :func:`open_explorer` docks it in a viewer with a run loaded (the run reader, the demo);
 :func:`show_explorer` opens a napari window with it (``napari-dynamight explore``).
 """
@@ -24,12 +26,20 @@ from ._explorer_paths import PathExport
 from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
 from ._layers import show_map, show_points, show_vectors
 from ._plot import LatentPlot
+from .reconstruction import fsc_plot
 from ._tasks import LatestRequestRunner, TaskPanel
 from ._warnings import WarningsLabel
 
 VOLUME_LAYER = "decoded volume"
 POINTS_LAYER = "deformed Gaussians"
 VECTORS_LAYER = "displacements"
+
+
+def _row(*widgets) -> Container:
+    """Widgets side by side (keeps the dock short enough for the viewer's canvas)."""
+    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    row.margins = (0, 0, 0, 0)
+    return row
 
 
 def _half_choices(halves) -> list[tuple[str, int]]:
@@ -59,8 +69,14 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.selections_box = ComboBox(label="selections", choices=[])
         self.keep_results = CheckBox(text="export with the results (dm* columns; .cs: fields)", value=False)
         self.export_button = PushButton(text="Export STAR ...")
+        self.deformed = CheckBox(text="deformed", value=False,
+                                 tooltip="deformed maps (the run needs its inverse deformations)")
+        self.reconstruct_button = PushButton(text="Reconstruct selection", enabled=False)
         selection = Container(widgets=[self.selected_label, self.selection_name, self.add_button,
-                                       self.selections_box, self.keep_results, self.export_button])
+                                       self.selections_box, _row(self.keep_results, self.export_button),
+                                       _row(self.deformed, self.reconstruct_button)])
+        self.fsc_plot = fsc_plot()  # the reconstructed selection's half-map FSC, shown once there is one
+        self.fsc_plot.setVisible(False)
         self.path_kind = ComboBox(label="path", choices=["straight", "along the data"],
                                   value="straight")
         self.frames = SpinBox(label="frames", min=2, max=1000, value=20)
@@ -68,15 +84,18 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.end_button = PushButton(text="End here")
         self.volumes_button = PushButton(text="Save volumes (MRC) ...")
         self.movie_button = PushButton(text="Export movie ...")
-        paths = Container(widgets=[self.start_button, self.end_button, self.path_kind, self.frames,
-                                   self.volumes_button, self.movie_button])
+        self.chimerax_movie = CheckBox(text="ChimeraX movie", value=False,
+                                       tooltip="path.cxc, written with the volumes, also records path.mp4")
+        paths = Container(widgets=[_row(self.start_button, self.end_button), self.path_kind, self.frames,
+                                   _row(self.volumes_button, self.chimerax_movie), self.movie_button])
         self.errors_button = PushButton(text="Show Gaussian error estimates")
         self.compare_button = PushButton(text="Compare halves at the nearest validation particle")
         self.status = Label(value="open a deformation run folder")
+        self.status.native.setWordWrap(True)  # long paths wrap instead of widening the dock
         self.warnings_label = WarningsLabel()  # run.json's watchdog warnings
         self.tasks = TaskPanel()
         layout = QVBoxLayout(self)
-        for widget in (top.native, self.plot, selection.native, paths.native,
+        for widget in (top.native, self.plot, selection.native, self.fsc_plot, paths.native,
                        self.errors_button.native, self.compare_button.native,
                        self.warnings_label.native, self.status.native, self.tasks):
             layout.addWidget(widget)
@@ -89,6 +108,7 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.selections = None
         self.decoder = None
         self.current_mask = None
+        self.current_name = None  # the chosen named selection, if the current one is one
         self.last_point = None
         self.path_ends: list = [None, None]
         self.path_latents = None
@@ -101,6 +121,7 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.add_button.changed.connect(lambda *_: self.add_selection(self.selection_name.value))
         self.selections_box.changed.connect(self._selection_chosen)
         self.export_button.changed.connect(lambda *_: self._export_dialog())
+        self.reconstruct_button.changed.connect(lambda *_: self.reconstruct_selection())
         self.start_button.changed.connect(lambda *_: self.set_path_end(0))
         self.end_button.changed.connect(lambda *_: self.set_path_end(1))
         self.volumes_button.changed.connect(lambda *_: self._volumes_dialog())
@@ -184,7 +205,9 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
             self.decoder.set_half(half or 1)
         self.columns, self.embedding = self.data.columns(self.view), None
         self.current_mask = np.zeros(len(self.view), dtype=bool)
+        self.current_name = None
         self.selected_label.value = "selected: 0"
+        self._selection_changed()
         self.last_point, self.path_ends, self.path_latents = None, [None, None], None
         self.plot.clear_marks()
         previous = self.colour.value
@@ -259,9 +282,17 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         from ..engine.explore import points_in_polygon
 
         self.current_mask = points_in_polygon(self.embedding.coords, vertices)
+        self.current_name = None
         self.plot.set_selected(self.current_mask)
         self.selected_label.value = f"selected: {int(self.current_mask.sum())}"
+        self._selection_changed()
         return self.current_mask
+
+    def _selection_changed(self) -> None:
+        """Reconstructing needs a selection of a run's particles."""
+        self.reconstruct_button.enabled = bool(
+            self.current_mask is not None and self.current_mask.any() and self.data is not None
+            and self.data.table is not None)
 
     def add_selection(self, name: str) -> None:
         """Keep the current lasso selection (rows of the original STAR) under ``name``."""
@@ -287,8 +318,10 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
             return
         self.set_half(self.selections.half_of[name])  # a selection is shown in its own half
         self.current_mask = self.selections.mask(name)[self.view.rows]
+        self.current_name = name
         self.plot.set_selected(self.current_mask)
         self.selected_label.value = f"selected: {int(self.current_mask.sum())} ({name})"
+        self._selection_changed()
 
     def export_selection(self, path, name: str | None = None) -> int:
         """Write a named selection (default: the current one) as a STAR subset of the original
@@ -311,6 +344,48 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
                                               "RELION STAR (*.star);;cryoSPARC (*.cs)")
         if path:
             self.export_selection(path)
+
+    def reconstruct_selection(self):
+        """Reconstruct the current selection's particles in a worker (``reconstruct --subset``: standard
+        half maps, or deformed ones) into ``RUN/subsets/NAME/``; then show the half maps and the full
+        map as layers and the FSC curve."""
+        from ..engine.errors import InputError
+        from ..engine.io.guard import holding
+        from ..engine.reconstruction.stage import subset_folder, subset_name
+        from ..engine.run_folder import RunFolder
+        from ._tasks import one_line
+        from .reconstruction import reconstruct_and_read
+
+        if self.current_mask is None or not self.current_mask.any():
+            self._error("select particles first (lasso mode)")
+            return None
+        run = RunFolder.of(self.data.source) if self.data.source is not None else None
+        if run is None or not run.is_run():
+            self._error(f"{self.data.source}: not a deformation run folder; open the run folder to reconstruct")
+            return None
+        rows = self.view.rows[self.current_mask]
+        name = subset_name(self.current_name or "selection")
+        deformed = bool(self.deformed.value)
+        folder = subset_folder(run.path, name, deformed)
+        try:
+            operation = reconstruct_and_read(run.path, deformations=deformed, subset=rows, output=folder.path)
+            operation = holding(operation, run.path, "run folder", "reconstruct",
+                                outputs=str(folder.path.relative_to(run.path)))
+        except InputError as error:
+            self._error(one_line(error))
+            return None
+
+        return self.tasks.start(operation, "reconstruct selection",
+                                lambda outputs: self._show_reconstruction(name, folder, outputs))
+
+    def _show_reconstruction(self, name: str, folder, outputs) -> None:
+        from .reconstruction import show_outputs
+
+        result, maps, fsc = outputs
+        show_outputs(self.viewer, self.fsc_plot, name, maps, fsc)
+        self.fsc_plot.setVisible(True)
+        self.status.value = (f"{name}: half-map FSC 0.143 at {result.resolution_angstrom:.2f} Å; maps and "
+                             f"{folder.chimerax_script.name} (ChimeraX) in {folder.path}")
 
     # --- messages -----------------------------------------------------------------------------
     def _done(self, message: str) -> None:

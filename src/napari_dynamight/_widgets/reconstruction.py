@@ -37,6 +37,25 @@ def read_outputs(folder: Path):
     return [read_map(path) for path in folder.maps.values()], folder.read_fsc()
 
 
+def fsc_plot() -> CurvePlot:
+    """An empty half-map FSC plot with the 0.143 line."""
+    plot = CurvePlot(["half-map FSC"], "spatial frequency (1/Å)")
+    plot.axes[0].axhline(0.143, color="grey", linestyle=":", linewidth=1)
+    return plot
+
+
+def show_outputs(viewer, plot: CurvePlot, prefix: str, maps, fsc) -> None:
+    """The half maps (hidden) and the full map as layers ``PREFIX: half 1`` ... in Å, and the FSC
+    curves in ``plot``."""
+    frequency, curves = fsc
+    for role, (volume, voxel_size) in zip(ROLES, maps, strict=True):
+        show_map(viewer, f"{prefix}: {role}", volume, voxel_size, visible=role == "full", blending="additive")
+    viewer.dims.ndisplay = 3
+    plot.clear()
+    for name, values in curves.items():
+        plot.set_curve(0, name, frequency, values)
+
+
 def reconstruct_and_read(run: Path, **options):
     """``reconstruct_run`` followed (still in the worker) by reading what it wrote."""
     from ..engine.reconstruction.stage import reconstruct_run
@@ -68,8 +87,7 @@ class ReconstructionWidget(StageWidget):
         self.start_button = PushButton(text="Start")
         form = Container(widgets=[self.run, self.open_button, self.deformations, self.device,
                                   self.filter, self.start_button])
-        self.plot = CurvePlot(["half-map FSC"], "spatial frequency (1/Å)")
-        self.plot.axes[0].axhline(0.143, color="grey", linestyle=":", linewidth=1)
+        self.plot = fsc_plot()
         self.summary = Label(value="choose a run folder, then Start")
         self.summary.native.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -109,16 +127,10 @@ class ReconstructionWidget(StageWidget):
         return None
 
     def _show(self, outputs) -> None:
-        result, maps, (frequency, curves) = outputs
+        result, maps, fsc = outputs
         self.result = result
         prefix = ReconstructionFolder.NAMES[bool(self.deformations.value)]
-        for role, (volume, voxel_size) in zip(ROLES, maps, strict=True):
-            show_map(self.viewer, f"{prefix}: {role}", volume, voxel_size,
-                     visible=role == "full", blending="additive")
-        self.viewer.dims.ndisplay = 3
-        self.plot.clear()
-        for name, values in curves.items():
-            self.plot.set_curve(0, name, frequency, values)
+        show_outputs(self.viewer, self.plot, prefix, maps, fsc)
         text = f"{prefix}: maps at voxel size {maps[0][1]:.4g} Å"
         if result is not None:
             text += (f"; half-map FSC 0.143 at {result.resolution_angstrom:.2f} Å (standard "

@@ -4,11 +4,14 @@ Give either --particles, a text file of 0-based particle indices (row numbers of
 STAR file; one per line or separated by spaces or commas), or --latent, a .npy array of latent points
 (M x D, or D for one point). Each map is the deformed model rendered at the consensus box and voxel
 size: DIR/particle_NNNNNN.mrc for particles (decoded by the half set that encoded them) and
-DIR/latent_NNNN.mrc for latent points (decoded by --half, default 1).
+DIR/latent_NNNN.mrc for latent points (decoded by --half, default 1). Beside them, particles.cxc or
+latents.cxc opens the maps in ChimeraX as a volume series (chimerax DIR/latents.cxc); with
+--chimerax-movie NAME.mp4 the script also records a movie of the series.
 
 Example:
   napari-dynamight decode run --particles picked.txt --output-directory maps
-  napari-dynamight decode run --latent centres.npy --half 2 --output-directory maps
+  napari-dynamight decode run --latent centres.npy --half 2 --output-directory maps \
+      --chimerax-movie motion.mp4
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-directory", type=Path, required=True, metavar="DIR", help="where to write the maps")
     parser.add_argument("--half", type=int, default=1, choices=(1, 2), help="half set that decodes --latent points")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--chimerax-movie", type=Path, metavar="FILE.mp4",
+                        help="the ChimeraX script also plays the series and records this movie "
+                             "(relative to --output-directory)")
 
 
 def read_indices(path: Path) -> list[int]:
@@ -63,6 +69,7 @@ def read_latents(path: Path, latent_dim: int):
 def run(args: argparse.Namespace) -> int:
     from ..engine.deformation.decode import DeformationRun
     from ..engine.device import check_device
+    from ..engine.chimerax import SUFFIX, check_movie_name, display_level, map_statistics, write_series_script
     from ..engine.io.mrc import write_map
     from ..engine.io.output_paths import check_output_folder
     from ..engine.run_identity import check_finished_run
@@ -70,25 +77,34 @@ def run(args: argparse.Namespace) -> int:
     from ._progress import drive
 
     check_output_folder(args.output_directory)
+    check_movie_name(args.chimerax_movie, "--chimerax-movie")
     check_device(args.device)
     check_finished_run(args.run_directory)
     model = DeformationRun.load(args.run_directory, device=args.device)
     if args.particles is not None:
         jobs = [(f"particle_{i:06d}.mrc", lambda i=i: model.particle_volume(i)) for i in read_indices(args.particles)]
+        script = "particles" + SUFFIX
         for i in read_indices(args.particles):
             model.half_of(i)  # checks every index before any map is written
     else:
         points = read_latents(args.latent, model.latent_dim)
         jobs = [(f"latent_{k:04d}.mrc", lambda p=p: model.volume(p, args.half)) for k, p in enumerate(points)]
+        script = "latents" + SUFFIX
 
     def render():
         from ..engine.progress import Progress
 
+        statistics = []
         for step, (name, make) in enumerate(jobs, 1):
-            write_map(args.output_directory / name, make().cpu().numpy(), model.voxel_size_angstrom)
+            volume = make().cpu().numpy()
+            write_map(args.output_directory / name, volume, model.voxel_size_angstrom)
+            statistics.append(map_statistics(volume))
             yield Progress("decode", step, len(jobs))
+        write_series_script(args.output_directory / script, [args.output_directory / name for name, _ in jobs],
+                            display_level(statistics), args.chimerax_movie)
 
     with writing(args.output_directory, "--output-directory", "decode"):
         drive(render(), "decode")
-    print(f"wrote {len(jobs)} map(s) to {args.output_directory}")
+    print(f"wrote {len(jobs)} map(s) to {args.output_directory}; open them in ChimeraX with "
+          f"chimerax {args.output_directory / script}")
     return 0

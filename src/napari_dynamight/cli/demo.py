@@ -8,7 +8,8 @@ points layer) and the latent-space explorer on the run; with --headless it write
 demo_summary.json, consensus_slices.png, latent_space.png, selection.star and motion.gif instead,
 and napari's own rendering of the run: napari_explorer.png (the window with the explorer's latent
 plot, a decoded volume, its Gaussians and displacement arrows), napari_volume.png (the 3D view) and
-motion_napari.mp4 / motion_napari.gif (the volumes along half 1's main motion, with napari's camera).
+motion_napari.mp4 / motion_napari.gif (the volumes along half 1's main motion, with napari's camera;
+the volumes and a ChimeraX script that plays them in motion_napari_chimerax/).
 Without a display, headless mode starts a virtual one (Xvfb) for these.
 
 Outputs in DIR: data/ (what 'napari-dynamight simulate' writes: particles.star, particles.mrcs,

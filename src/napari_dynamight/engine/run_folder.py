@@ -13,7 +13,8 @@ A deformation run (stage 3) is one folder; the later stages write into subfolder
     RUN/consensus_half{1,2}.pt, .mrc          each half's final reference model, and rendered
     RUN/gaussian_errors.csv                   per-Gaussian error estimates (half 1's reference)
     RUN/inverse/                              stage 4: checkpoints/, final.pt, losses.jsonl, summary.json
-    RUN/reconstruction[_standard]/            stage 5: half1.mrc, half2.mrc, full.mrc, fsc.csv, fsc.png
+    RUN/reconstruction[_standard]/            stage 5: half1.mrc, half2.mrc, full.mrc, fsc.csv, fsc.png, maps.cxc
+    RUN/subsets/NAME/reconstruction[_standard]/  the same for a subset of the particles (reconstruct --subset)
 
 The consensus stage writes its own folder (:class:`ConsensusFolder`) and the demo one folder around
 all of them (:class:`DemoFolder`). Stages, widgets, readers and the command line take every path from
@@ -30,6 +31,7 @@ from pathlib import Path
 from .errors import InputError
 
 CHECKPOINTS = "checkpoints"
+SUBSETS = "subsets"
 _EPOCH_CHECKPOINT = re.compile(r"^epoch_(\d+)\.pt$")
 _LOSS_LOG = "losses.jsonl"
 
@@ -145,6 +147,10 @@ class RunFolder(_Folder):
     def reconstruction(self, deformations: bool = True) -> ReconstructionFolder:
         return ReconstructionFolder(self.path / ReconstructionFolder.NAMES[bool(deformations)])
 
+    def subset_reconstruction(self, name: str, deformations: bool = False) -> ReconstructionFolder:
+        """The reconstruction of a subset of the particles named ``name`` (``reconstruct --subset``)."""
+        return ReconstructionFolder(self.path / SUBSETS / name / ReconstructionFolder.NAMES[bool(deformations)])
+
     # --- state and reading -------------------------------------------------------------------
     @classmethod
     def of(cls, path: str | os.PathLike) -> RunFolder:
@@ -189,8 +195,12 @@ class RunFolder(_Folder):
 
 def image_root(info: dict) -> Path:
     """The folder a run's image names are relative to: its ``data_root`` if training was given one
-    (e.g. a RELION project folder), else the input STAR file's folder."""
-    return Path(info.get("data_root") or Path(info["particles"]).parent)
+    (e.g. a RELION project folder), else the input file's folder. A cryoSPARC ``.cs`` input's names
+    are always relative to its own folder (the reader rewrites them so), whatever the data root."""
+    particles = Path(info["particles"])
+    if particles.suffix == ".cs" or not info.get("data_root"):
+        return particles.parent
+    return Path(info["data_root"])
 
 
 def read_run_info(run_directory: str | os.PathLike) -> dict:
@@ -257,6 +267,16 @@ class ReconstructionFolder(_Folder):
     @property
     def fsc_plot(self) -> Path:
         return self.path / "fsc.png"
+
+    @property
+    def subset(self) -> Path:
+        """The particles of a subset's reconstruction, image names leading to the original images."""
+        return self.path / "particles.star"
+
+    @property
+    def chimerax_script(self) -> Path:
+        """Opens the half maps (hidden) and the full map in ChimeraX (``engine/chimerax.py``)."""
+        return self.path / "maps.cxc"
 
     def missing(self) -> list[Path]:
         """The maps and the FSC table not written yet ([] for a finished reconstruction)."""

@@ -1,4 +1,5 @@
-"""Decode a series of latent points (a path): one volume per point, optionally saved as MRC files."""
+"""Decode a series of latent points (a path): one volume per point, optionally saved as MRC files
+with a ChimeraX script that opens them as a volume series (``engine/chimerax.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..chimerax import DEFAULT_FRAMERATE, SUFFIX, display_level, map_statistics, write_series_script
 from ..io.mrc import write_map
 from ..progress import Progress, ProgressGenerator
 from .decoding import Decoded, Decoder
@@ -21,11 +23,13 @@ class FrameProgress(Progress):
 
 
 def decode_path(decoder: Decoder, latents: np.ndarray, folder: str | os.PathLike | None = None,
-                prefix: str = "path") -> ProgressGenerator[list[Path]]:
+                prefix: str = "path", movie: str | os.PathLike | None = None,
+                framerate: int = DEFAULT_FRAMERATE) -> ProgressGenerator[list[Path]]:
     """Decode every latent point in order, yielding each frame; with ``folder``, write
-    ``prefix_NNN.mrc`` files there."""
+    ``prefix_NNN.mrc`` files there and, last, ``prefix.cxc`` (ChimeraX), which also records
+    ``movie`` (a file name in ``folder``) at ``framerate`` when given."""
     latents = np.asarray(latents, dtype=np.float32)
-    written = []
+    written, statistics = [], []
     if folder is not None:
         Path(folder).mkdir(parents=True, exist_ok=True)
     for index, latent in enumerate(latents):
@@ -34,5 +38,9 @@ def decode_path(decoder: Decoder, latents: np.ndarray, folder: str | os.PathLike
             path = Path(folder) / f"{prefix}_{index:03d}.mrc"
             write_map(path, decoded.volume, decoded.voxel_size_angstrom)
             written.append(path)
+            statistics.append(map_statistics(decoded.volume))
         yield FrameProgress("decode path", index + 1, len(latents), decoded=decoded)
+    if folder is not None and written:
+        write_series_script(Path(folder) / f"{prefix}{SUFFIX}", written, display_level(statistics), movie,
+                            framerate)
     return written

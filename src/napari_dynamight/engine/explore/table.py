@@ -6,9 +6,10 @@ the latent means (N, D, in the row order of the input STAR) and a particle table
 folder or that STAR file alone can be opened. The two half sets' latent spaces are separate
 coordinate systems: :meth:`ExplorerData.view` gives one half's particles and codes (``halves.py``), and
 :meth:`ExplorerData.columns` that view's per-particle values. A selection (rows of the original STAR)
-is exported with the original columns and the optics table; the ``dm*`` result columns are dropped
-unless asked for. A file name ending in ``.cs`` exports to cryoSPARC instead (``engine.io.cryosparc``):
-a run made from a ``.cs`` keeps every original field and ``uid`` (``RunFolder.input_records``), and the
+is exported with the original columns and the optics table, its image names leading to the original
+images from wherever it is written (``data/subset.py``); the ``dm*`` result columns are dropped unless
+asked for. A file name ending in ``.cs`` exports to cryoSPARC instead (``engine.io.cryosparc``): a run
+made from a ``.cs`` keeps every original field and ``uid`` (``RunFolder.input_records``), and the
 results become ``dynamight/*`` and ``components_mode_K/value`` fields when asked for.
 """
 
@@ -23,9 +24,9 @@ import pandas as pd
 
 from ..data.particles import LATENT_PREFIX, RESULT_PREFIX, ParticleTable, latent_columns
 from ..errors import InputError
+from ..data.subset import read_run_particles, write_subset
 from ..io.cryosparc import is_cryosparc, write_cryosparc
 from ..io.particle_file import read_particle_file
-from ..io.star import read_particles, write_particles
 from ..run_folder import RunFolder
 from .halves import HalfView, half_membership, half_view
 
@@ -99,8 +100,8 @@ class ExplorerData:
 
     def export(self, path: str | os.PathLike, rows, keep_results: bool = False) -> int:
         """Write particles (a boolean mask (N,) or STAR row indices) as a RELION STAR subset with all
-        columns and the optics table, or as a cryoSPARC .cs file when ``path`` ends in ``.cs``
-        (``engine.io.cryosparc.write_cryosparc``); returns the count."""
+        columns and the optics table, image names leading to the original images, or as a cryoSPARC .cs
+        file when ``path`` ends in ``.cs`` (``engine.io.cryosparc.write_cryosparc``); returns the count."""
         if self.table is None:
             raise InputError("these latent means have no particle table; open a run folder to export")
         rows = np.asarray(rows)
@@ -112,7 +113,9 @@ class ExplorerData:
         if not keep_results:
             original = [c for c in table.particles.columns if not c.startswith(RESULT_PREFIX)]
             table = replace(table, particles=table.particles[original])
-        write_particles(path, table, rows)
+        if len(rows) == 0:
+            raise InputError(f"{path}: empty selection, nothing to write; select at least one particle")
+        write_subset(path, table, rows)
         return len(rows)
 
 
@@ -133,14 +136,13 @@ def load_run(path: str | os.PathLike) -> ExplorerData:
             raise InputError(f"{path}: no {run.latents.name}; is this a finished deformation run "
                              "(napari-dynamight optimize-deformations)?")
         latents = np.load(run.latents)
-        table = _with_input_records(read_particles(run.particles), run) if run.particles.is_file() else None
+        table = _with_input_records(read_run_particles(path), run) if run.particles.is_file() else None
         return ExplorerData(latents, table, path, _half2_codes(run))
     if not path.exists():
         raise InputError(f"{path}: not found; give a run folder or its {RunFolder(path).particles.name}")
-    table = read_particle_file(path)
     run = RunFolder(path.parent)
-    if path.name == run.particles.name:
-        table = _with_input_records(table, run)
+    in_run = path.name == run.particles.name and run.is_run()
+    table = _with_input_records(read_run_particles(run.path), run) if in_run else read_particle_file(path)
     half2 = _half2_codes(run) if path.name == run.particles.name else None
     return ExplorerData(_latents_from_star(table, path), table, path, half2)
 

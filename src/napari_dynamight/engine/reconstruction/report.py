@@ -1,4 +1,5 @@
-"""The files of the reconstruction stage: half maps, full map, FSC table and plot (all atomic)."""
+"""The files of the reconstruction stage: half maps, full map, FSC table and plot, and a ChimeraX
+script that opens the maps (all atomic)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..io.atomic import atomic_path
+from ..chimerax import level_of, write_maps_script
 from ..io.figure import save_figure
 from ..io.mrc import write_map
 from ..run_folder import ReconstructionFolder
@@ -14,7 +16,7 @@ from ..run_folder import ReconstructionFolder
 def write_outputs(folder: ReconstructionFolder, maps: dict, voxel_size_angstrom: float, frequency: np.ndarray,
                   curves: dict[str, np.ndarray]) -> None:
     """The half maps, the full map, the FSC table (frequency 1/Å, resolution Å, one column per curve)
-    and its plot in ``folder``."""
+    and its plot in ``folder``; last, ``maps.cxc`` opens the maps in ChimeraX."""
     folder.path.mkdir(parents=True, exist_ok=True)
     for name, path in folder.maps.items():
         write_map(path, maps[name], voxel_size_angstrom)
@@ -33,3 +35,5 @@ def write_outputs(folder: ReconstructionFolder, maps: dict, voxel_size_angstrom:
     axis.legend()
     figure.tight_layout()
     save_figure(figure, folder.fsc_plot, dpi=80)
+    write_maps_script(folder.chimerax_script, folder.half_maps, folder.full_map,
+                      [level_of(maps[name]) for name in folder.maps])

@@ -9,12 +9,17 @@ reconstruction. By default (``filter="constant"``) the sums are divided by
 RELION's PostProcess expects. ``filter="wiener"`` adds a term from the half-map FSC (RELION's
 ``1/τ² = ⟨CTF²⟩_shell / SNR``, ``SNR = FSC / (1 − FSC)``; twice that for the full map), which
 measured no better against the ground truth and far from RELION (docs/reconstruction.md).
-Every file is written atomically at the end, so a cancelled run leaves nothing partial.
+With ``subset`` only the particles of a subset STAR file (or given rows) are reconstructed, into a
+folder of their own (``RUN/subsets/NAME/``), next to a copy of the subset whose image names lead to
+the original images. Every file is written atomically at the end, so a cancelled run leaves nothing
+partial.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +32,9 @@ from ..data.dataset import ParticleDataset
 from ..device import check_device
 from ..errors import InputError
 from ..fourier import fsc, resolution_at
-from ..io.star import read_particles
+from ..data.subset import match_subset, read_run_particles, read_subset, write_subset
 from ..progress import Progress, ProgressGenerator
-from ..run_folder import RunFolder, image_root
+from ..run_folder import ReconstructionFolder, RunFolder
 from ..run_identity import check_finished_run, run_stamp
 from .clusters import DEFAULT_CLUSTERS, quantise
 from .deformed import DeformedAccumulator
@@ -55,8 +60,13 @@ class ReconstructionResult:
 
 def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", batch_size: int = 64,
                     grid_factor: int = 2, filter: str = DEFAULT_FILTER, clusters: int = DEFAULT_CLUSTERS,
-                    ) -> ProgressGenerator[ReconstructionResult]:
+                    subset=None, output=None) -> ProgressGenerator[ReconstructionResult]:
     """Reconstruct a run's half maps and full map into ``RunFolder.reconstruction(deformations)``.
+
+    ``subset``: a STAR file of some of the run's particles (matched by image name), or their row
+    indices; only they are reconstructed, each in its own half set, into ``output`` (default
+    :func:`subset_folder`; rows need ``output``), with the subset written beside the maps as
+    ``particles.star``. ``output`` also replaces the folder of a whole-run reconstruction.
 
     ``clusters``: k-means clusters of each half's latent codes; the field is evaluated and the
     backprojection warped once per centre (particles sorted by cluster); 0 warps every particle on its
@@ -76,18 +86,30 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     device = check_device(context.device_for(device))
     info = check_finished_run(run.path)
     box, voxel = int(info["consensus_box"]), float(info["voxel_size_angstrom"])
-    table = read_particles(run.particles, data_root=image_root(info))
+    table = read_run_particles(run.path, info)
     if "dmHalfSet" not in table.particles.columns:
         raise InputError(f"{run.particles}: no dmHalfSet column; rerun optimize-deformations")
     halves = table.particles["dmHalfSet"].to_numpy().astype(int)
+    selected = None if subset is None else subset_rows(table, subset)
+    if selected is not None and output is None and not isinstance(subset, (str, os.PathLike)):
+        raise InputError("a selection of rows needs an output folder; give output=")
+    folder = (ReconstructionFolder(output) if output is not None else run.reconstruction(deformations)
+              if subset is None else subset_folder(run.path, subset, deformations))
     fields, latents = (_deformation_inputs(run, run_stamp(info), table, halves, device) if deformations
                        else ({}, None))
 
-    accumulators = []
-    for half in (1, 2):
-        rows = np.nonzero(halves == half)[0]
+    half_rows = {half: np.nonzero(halves == half)[0] if selected is None else
+                 np.sort(selected[halves[selected] == half]) for half in (1, 2)}
+    for half, rows in half_rows.items():
+        if len(rows) == 0 and selected is not None:
+            source = subset if isinstance(subset, (str, os.PathLike)) else "the selection"
+            raise InputError(f"{source}: none of its particles is in half set {half}; a subset needs "
+                             "particles of both half sets for the half maps and their FSC")
         if len(rows) == 0:
             raise InputError(f"{run.particles}: half set {half} has no particles")
+
+    accumulators = []
+    for half, rows in half_rows.items():
         codes = None
         if latents is not None:  # each particle's field code: its cluster centre (rows sorted by cluster)
             rows, quantised = quantise(latents, rows, int(clusters))
@@ -105,7 +127,6 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
                 yield Progress(STAGE, min(done * batch_size, len(rows)), len(rows), f"half {half}")
         accumulators.append(reduce_sums(accumulator, context))
 
-    folder = run.reconstruction(deformations)
     resolutions = (float("nan"), float("nan"))
     if context.is_main:
         yield Progress(STAGE, 0, None, "inverting")
@@ -115,9 +136,36 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
         curves = {"fsc_deformed": curve, "fsc_standard": standard_curve} if deformations else \
             {"fsc_standard": curve}
         write_outputs(folder, maps, voxel, frequency, curves)
+        if selected is not None:
+            write_subset(folder.subset, table, selected)
         resolutions = (resolution_at(frequency, curve, 0.143), resolution_at(frequency, standard_curve, 0.143))
     context.barrier()
     return ReconstructionResult(folder.path, folder.half_maps, folder.full_map, folder.fsc_table, *resolutions)
+
+
+def subset_rows(table, subset) -> np.ndarray:
+    """The run's rows of ``subset``: a subset STAR file (matched by image name) or row indices."""
+    if isinstance(subset, (str, os.PathLike)):
+        return match_subset(table, read_subset(subset))
+    rows = np.asarray(subset, dtype=np.int64).reshape(-1)
+    if len(rows) == 0 or rows.min() < 0 or rows.max() >= len(table) or len(np.unique(rows)) < len(rows):
+        raise InputError(f"a selection of {len(rows)} particles: give distinct rows in 0..{len(table) - 1}, at "
+                         "least one")
+    return rows
+
+
+def subset_name(text: str) -> str:
+    """A folder name for a subset: ``text`` with characters other than letters, digits, ``.``, ``-``,
+    ``_`` and spaces replaced by ``_``."""
+    name = re.sub(r"[^\w.\- ]", "_", str(text)).strip(" .")
+    return name or "subset"
+
+
+def subset_folder(run_directory, subset, deformations: bool = False) -> ReconstructionFolder:
+    """Where a subset's maps go by default: ``RUN/subsets/NAME/reconstruction[_standard]``, NAME from the
+    subset file's name (a selection's name for rows)."""
+    name = Path(subset).stem if isinstance(subset, (str, os.PathLike)) else str(subset)
+    return RunFolder(run_directory).subset_reconstruction(subset_name(name), deformations)
 
 
 def _check_inverse_is_current(run: RunFolder, stamp: str) -> None:
