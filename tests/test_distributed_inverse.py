@@ -45,15 +45,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def single(simulated, tmp_path_factory):
-    """A short deformation run (motions of about 0.3 Å RMS) and its inverse run in one process."""
+    """A short deformation run (motions of about 1.6 Å RMS) and its short inverse run in one process."""
     out = tmp_path_factory.mktemp("distributed_inverse") / "run"
     run(optimize_deformations(simulated.star, simulated.consensus, out, settings=replace(FAST, epochs=10),
                               consensus_model=simulated.model))
     train(out, SETTINGS)
     summary = json.loads((out / "inverse" / "summary.json").read_text())
-    for half in ("half1", "half2"):  # a field worth comparing: it undoes most of a visible motion
+    for half in ("half1", "half2"):  # a field worth comparing: 4 epochs undo part of a visible motion
         assert summary[half]["held_out_displacement_angstrom"] > 0.2
-        assert summary[half]["held_out_error_angstrom"] < 0.4 * summary[half]["held_out_displacement_angstrom"]
+        assert summary[half]["held_out_error_angstrom"] < 0.9 * summary[half]["held_out_displacement_angstrom"]
     return out
 
 

@@ -20,7 +20,7 @@ from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
 from napari_dynamight.engine.inverse.settings import InverseSettings
 from napari_dynamight.engine.progress import run
 
-INVERSE = InverseSettings(epochs=20, batch_size=16)
+INVERSE = InverseSettings(epochs=40, batch_size=16)
 SHORT = InverseSettings(epochs=4, batch_size=32, checkpoint_every=2)
 ERROR_BOUND_ANGSTROM = 0.6  # a quarter of a pixel at 2.5 Å: measured 0.50 / 0.51 Å held out, 0.5 Å training
 
@@ -47,8 +47,9 @@ def copy_forward(forward_run, target):
     return target
 
 
-# The inverse must undo most of the motion: measured 30% of it (0.50 / 0.51 Å held out against 1.67 /
-# 1.74 Å of motion after 20 epochs; 26% after 40), on forward fields whose edges strain by ~0.4 Å RMS.
+# The inverse must undo most of the motion. Measured held out, on the factorised decoder's fields (1.95 /
+# 1.74 Å of motion): 37% / 36% of it after 20 epochs, 25% / 24% after 60; the MLP decoder's fields (1.67 /
+# 1.74 Å): 30% / 30% after 20 epochs, 23% / 22% after 60.
 INVERSE_FRACTION = 0.35
 
 
@@ -64,7 +65,7 @@ def test_held_out_inverse_error_is_a_small_fraction_of_the_motion(inverse_run):
         assert numbers["held_out_error_angstrom"] < ERROR_BOUND_ANGSTROM
         assert numbers["train_error_angstrom"] < ERROR_BOUND_ANGSTROM
     log = [json.loads(line) for line in (directory / "inverse" / "losses.jsonl").read_text().splitlines()]
-    assert [(e["epoch"], e["half"]) for e in log] == [(k, h) for k in range(1, 21) for h in (1, 2)]
+    assert [(e["epoch"], e["half"]) for e in log] == [(k, h) for k in range(1, INVERSE.epochs + 1) for h in (1, 2)]
     assert log[-1]["held_out_error_angstrom"] < 0.5 * log[0]["held_out_error_angstrom"]  # it learned
 
 
@@ -84,12 +85,17 @@ def test_forward_then_inverse_returns_the_gaussians(inverse_run):
     assert torch.allclose(shared, field.consensus_positions(latents[:3], reference.expand(3, -1, -1)), atol=1e-5)
 
 
+def last_basis_layer(decoder_state: dict) -> int:
+    """Index of the factorised decoder's last basis layer in its state dict."""
+    return max(int(name.split(".")[1]) for name in decoder_state if name.startswith("basis."))
+
+
 def test_inverse_of_a_run_without_motion_is_the_identity(forward_run, tmp_path):
     directory = copy_forward(forward_run, tmp_path / "still")
     state = checkpoint.load_checkpoint(checkpoint.final_path(directory))
     for half in state["halves"]:
-        half["decoder"]["out.weight"].zero_()
-        half["decoder"]["out.bias"].zero_()
+        half["decoder"]["basis.%d.weight" % last_basis_layer(half["decoder"])].zero_()
+        half["decoder"]["basis.%d.bias" % last_basis_layer(half["decoder"])].zero_()
     checkpoint.save_checkpoint(checkpoint.final_path(directory), state)
     result = run(optimize_inverse_deformations(directory, settings=replace(SHORT, epochs=2)))
     assert result.summary["half1"]["train_displacement_angstrom"] == 0.0

@@ -75,9 +75,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     add("--decoder-depth", type=int, default=_DEFAULTS.decoder_depth, help="decoder hidden layers (default: 4)")
     add("--decoder-width", type=int, default=_DEFAULTS.decoder_width, help="decoder layer width (default: 64)")
     add("--decoder", choices=DECODERS, default=_DEFAULTS.decoder,
-        help="deformation network: 'mlp', a coordinate network evaluated for every particle and Gaussian, "
-             "or 'factorised', basis fields of position mixed by coefficients of the latent, much "
-             f"cheaper with many Gaussians (default: {_DEFAULTS.decoder})")
+        help="deformation network: 'factorised', basis fields of position mixed by coefficients of the "
+             "latent, or 'mlp', a coordinate network evaluated for every particle and Gaussian, much "
+             f"dearer with many Gaussians (default: {_DEFAULTS.decoder})")
     add("--decoder-rank", type=int, default=_DEFAULTS.decoder_rank, metavar="R",
         help=f"basis fields of the factorised decoder (default: {_DEFAULTS.decoder_rank})")
     add("--regularisation-ratio", type=float, default=_DEFAULTS.regularisation_ratio,
