@@ -142,7 +142,9 @@ def load_run(path: str | os.PathLike) -> ExplorerData:
         raise InputError(f"{path}: not found; give a run folder or its {RunFolder(path).particles.name}")
     run = RunFolder(path.parent)
     in_run = path.name == run.particles.name and run.is_run()
-    table = _with_input_records(read_run_particles(run.path), run) if in_run else read_particle_file(path)
+    table = read_run_particles(run.path) if in_run else read_particle_file(path)
+    if path.name == run.particles.name:
+        table = _with_input_records(table, run)
     half2 = _half2_codes(run) if path.name == run.particles.name else None
     return ExplorerData(_latents_from_star(table, path), table, path, half2)
 
