@@ -211,6 +211,8 @@ CASES = [
     ("a billion Gaussians", lambda c: (c.od("--n-gaussians", "1000000000", model=False), ["--n-gaussians 1000000000"])),
     ("odd box", lambda c: (c.od("--box", "31"), ["--box 31"])),
     ("zero epochs", lambda c: (c.od("--epochs", "0"), ["--epochs"])),
+    ("negative positional frequencies", lambda c: (c.od("--positional-frequencies", "-1"),
+                                                   ["--positional-frequencies", "-1"])),
     ("validation fraction", lambda c: (c.od("--validation-fraction", "0.7"), ["--validation-fraction"])),
     ("zero threads", lambda c: (c.od("--threads", "0"), ["--threads"])),
     ("all-zero mask", lambda c: (c.od("--mask", str(c.map("zero_mask.mrc", np.zeros((32,) * 3)))), ["zero_mask.mrc", "mask"])),

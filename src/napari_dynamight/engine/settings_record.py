@@ -12,7 +12,17 @@ T = TypeVar("T", bound="SettingsRecord")
 
 
 class SettingsRecord:
-    """Mixin for frozen settings dataclasses stored in checkpoints as plain dictionaries."""
+    """Mixin for frozen settings dataclasses stored in checkpoints as plain dictionaries.
+
+    ``OPTION_NAMES`` maps a field to its command-line option where the two are spelled differently, so
+    that messages name the option the user typed."""
+
+    OPTION_NAMES: dict[str, str] = {}
+
+    @classmethod
+    def option(cls, name: str) -> str:
+        """The command-line option of field ``name`` (``--`` and dashes)."""
+        return "--" + cls.OPTION_NAMES.get(name, name.replace("_", "-"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -23,7 +33,7 @@ class SettingsRecord:
             value = getattr(self, name)
             if value < minimum:
                 wording = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
-                raise InputError(f"--{name.replace('_', '-')} {wording}, got {value}")
+                raise InputError(f"{self.option(name)} {wording}, got {value}")
 
     @classmethod
     def from_dict(cls: type[T], values: dict) -> T:

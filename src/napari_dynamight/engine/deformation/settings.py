@@ -22,6 +22,8 @@ class DeformationSettings(SettingsRecord):
     costs particles × Gaussians × width² × depth; see docs/deformations.md, "Decoder".
     """
 
+    OPTION_NAMES = {"n_frequencies": "positional-frequencies"}  # a class attribute, not a field
+
     latent_dim: int = 6
     n_frequencies: int = 10
     decoder_width: int = 64
