@@ -61,13 +61,18 @@ def pca(latents) -> Embedding:
     if latents.shape[1] == 1:
         return Embedding(np.column_stack([centred[:, 0], np.zeros(len(latents))]).astype(np.float32),
                          latents, "pca", np.array([1.0]))
-    covariance = centred.T @ centred / max(len(latents) - 1, 1)
+    axes, explained = principal_axes(centred.T @ centred / max(len(latents) - 1, 1))
+    return Embedding((centred @ axes).astype(np.float32), latents, "pca", explained)
+
+
+def principal_axes(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two leading eigenvectors (D, 2) of a covariance matrix (D ≥ 2; signs fixed so each axis's
+    largest loading is positive) and the fraction of the total variance each explains."""
     values, vectors = np.linalg.eigh(covariance)
     order = np.argsort(values)[::-1][:2]
     axes = vectors[:, order]
     axes *= np.sign(axes[np.argmax(np.abs(axes), axis=0), [0, 1]])
-    explained = values[order] / max(values.sum(), 1e-30)
-    return Embedding((centred @ axes).astype(np.float32), latents, "pca", explained)
+    return axes, values[order] / max(values.sum(), 1e-30)
 
 
 def umap(latents, seed: int = 0) -> Embedding:
