@@ -62,8 +62,8 @@ class CommonSpaceView:
         """Colour by half set and say how the space was made (after the plot is drawn)."""
         if HALF_COLUMN in self.columns:
             self.colour_by(HALF_COLUMN)
-        variance = ", ".join(f"{100 * v:.0f} %" for v in self.common.explained_variance)
-        self.status.value = (f"{COMMON_LABEL}, axes {variance} of the variance: "
+        variance = ", ".join(f"{100 * v:.1f} %" for v in self.common.explained_variance)
+        self.status.value = (f"{COMMON_LABEL}, axes with {variance} of the motion's variance: "
                              + self.selection_counts(self.view.rows))
 
     def mark_validation(self) -> None:
