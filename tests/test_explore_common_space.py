@@ -100,6 +100,8 @@ def test_without_half2_codes_plain_pca_of_the_own_codes(finished_run):
     space = run(compute_common_space(deformation, None, n_points=64))
     assert (space.decoded_by[space.validation] == 1).all()  # only half 1's codes are known
     assert space.explained_variance.sum() <= 1 and space.explained_variance[0] >= space.explained_variance[1]
+    events = list(compute_common_space(deformation, None, n_points=64, batch_size=50))
+    assert [event.step for event in events] == list(range(1, events[-1].total + 1))
 
 
 def test_bad_input_is_one_error_line(finished_run, tmp_path):

@@ -99,13 +99,18 @@ def _displacements(run, codes, by, index, batch_size: int):
             yield chosen, moved.reshape(len(chosen), -1).double().cpu().numpy()
 
 
-def _disagreement(run, half2_validation, points, batch_size: int, progress):
-    """The covariance (F, F) of the two halves' displacements' difference over the validation
-    particles with both codes, regularised; None with fewer than 2 of them."""
+def _both_codes(run, half2_validation) -> np.ndarray:
+    """The validation particles with a code by each half (STAR rows); none with fewer than 2."""
     if half2_validation is None:
-        return None
+        return np.zeros(0, np.int64)
     rows = np.nonzero(run.validation & np.isfinite(half2_validation).all(axis=1))[0]
-    if len(rows) < 2:
+    return rows if len(rows) >= 2 else rows[:0]
+
+
+def _disagreement(run, half2_validation, rows, points, batch_size: int, progress):
+    """The covariance (F, F) of the two halves' displacements' difference over the validation
+    particles ``rows``, regularised; None without them."""
+    if len(rows) == 0:
         return None
     sums, scatter = 0.0, 0.0
     for start in range(0, len(rows), batch_size):
@@ -129,8 +134,8 @@ def compute_common_space(run, half2_validation: np.ndarray | None, n_points: int
     codes, by = own_codes(run.latents, run.validation, run.half_sets, half2_validation)
     points = point_subset(len(run.reference(1).positions_angstrom), n_points)
     counts = {half: int((by == half).sum()) for half in (1, 2)}
-    total = 2 * sum(-(-count // batch_size) for count in counts.values()) \
-        + -(-int(run.validation.sum()) // batch_size)
+    both = _both_codes(run, half2_validation)
+    total = sum(-(-count // batch_size) for count in (*counts.values(), *counts.values(), len(both)))
     step = 0
 
     def progress(message: str) -> Progress:
@@ -138,7 +143,7 @@ def compute_common_space(run, half2_validation: np.ndarray | None, n_points: int
         step += 1
         return Progress(STAGE, step, total, message)
 
-    against = yield from _disagreement(run, half2_validation, points, batch_size, progress)
+    against = yield from _disagreement(run, half2_validation, both, points, batch_size, progress)
     features = 3 * len(points)
     sums = {half: np.zeros(features) for half in (1, 2)}
     scatter = np.zeros((features, features))
