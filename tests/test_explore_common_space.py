@@ -18,8 +18,8 @@ from scipy.stats import spearmanr
 
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.evaluation.metrics import latent_frame_ordering
-from napari_dynamight.engine.explore import load_run
-from napari_dynamight.engine.explore.common_space import common_space, point_subset
+from napari_dynamight.engine.explore import Selections, load_run
+from napari_dynamight.engine.explore.common_space import BOTH, common_space, point_subset
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.run_folder import RunFolder
 
@@ -110,3 +110,7 @@ def test_bad_input_is_one_error_line(finished_run, tmp_path):
     assert len(point_subset(300, 1000)) == 300 and len(point_subset(300, 64)) == 64
     with pytest.raises(InputError):
         run(common_space(tmp_path))  # not a run folder
+    selections = Selections(5)
+    selections.add("open", [0, 1], BOTH)
+    with pytest.raises(InputError, match="drawn in the common motion space"):
+        selections.add("open", [2], 1)

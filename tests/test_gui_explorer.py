@@ -320,3 +320,10 @@ def test_one_lasso_in_the_common_space_exports_both_halves(qtbot, make_napari_vi
     np.testing.assert_allclose(widget.last_decoded.latent, widget.common.codes[row])
     own = widget.decoder.decode(widget.common.codes[row], half=int(halves[row]))
     np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, own.volume, atol=1e-6)
+
+    second = np.nonzero(validation & (halves == 2))[0][0]  # compared, and shown by its own half 2
+    assert widget.compare_halves(coords[second]) == second
+    qtbot.waitUntil(lambda: getattr(widget, "last_comparison", None) is not None, timeout=30_000)
+    wait_idle(qtbot, widget)
+    np.testing.assert_allclose(widget.last_decoded.latent,
+                               np.load(folder / "latent_means_half2_validation.npy")[second])
