@@ -97,6 +97,10 @@ def test_without_half2_codes_plain_pca_of_the_own_codes(finished_run):
     from napari_dynamight.engine.explore.common_space import compute_common_space
 
     deformation = DeformationRun.load(finished_run)
+    reference = deformation.reference(1).positions_angstrom  # half 1 at its own Gaussians: positions
+    code = deformation.latents[0]
+    moved = deformation.displacements_at_half1(code, 1, np.arange(len(reference)))[0]
+    np.testing.assert_allclose(reference + moved, deformation.positions(code, 1)[0], atol=1e-5)
     space = run(compute_common_space(deformation, None, n_points=64))
     assert (space.decoded_by[space.validation] == 1).all()  # only half 1's codes are known
     assert space.explained_variance.sum() <= 1 and space.explained_variance[0] >= space.explained_variance[1]
