@@ -64,11 +64,11 @@ def test_both_halves_land_where_their_true_frames_are(moving_run, simulated, tmp
 
 def test_validation_particles_are_placed_by_their_own_half_and_the_result_is_cached(finished_run, tmp_path):
     folder = RunFolder(shutil.copytree(finished_run, tmp_path / "run"))
-    operation = common_space(folder.path, batch_size=64)
+    operation = common_space(folder.path, n_points=64, batch_size=64)
     next(operation)
     operation.close()  # cancelled after the first batch: nothing written
     assert not folder.common_space.exists() and not list(folder.path.glob(".common_motion_space*"))
-    space, events = collect(common_space(folder.path, batch_size=64))
+    space, events = collect(common_space(folder.path, n_points=64, batch_size=64))
     table = load_run(folder.path).table.particles
     assert events > 0 and space.coords.shape == (len(table), 2) and np.isfinite(space.coords).all()
     assert ((0 < space.explained_variance) & (space.explained_variance <= 1)).all()
@@ -79,14 +79,14 @@ def test_validation_particles_are_placed_by_their_own_half_and_the_result_is_cac
     assert moved.any()
     np.testing.assert_array_equal(space.codes[moved], half2[moved])
 
-    again, events = collect(common_space(folder.path, batch_size=64))  # from the cache: no decoding
+    again, events = collect(common_space(folder.path, n_points=64, batch_size=64))  # the cache
     assert events == 0 and folder.common_space.is_file()
     np.testing.assert_array_equal(again.coords, space.coords)
 
     info = folder.read_info()  # the run changed (another epoch count): computed again
     info["result"]["epochs"] += 1
     folder.info.write_text(json.dumps(info), encoding="utf-8")
-    _, events = collect(common_space(folder.path, batch_size=64))
+    _, events = collect(common_space(folder.path, n_points=64, batch_size=64))
     assert events > 0
     _, events = collect(common_space(folder.path, n_points=32, batch_size=64))  # other points: again
     assert events > 0

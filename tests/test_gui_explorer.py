@@ -327,3 +327,13 @@ def test_one_lasso_in_the_common_space_exports_both_halves(qtbot, make_napari_vi
     wait_idle(qtbot, widget)
     np.testing.assert_allclose(widget.last_decoded.latent,
                                np.load(folder / "latent_means_half2_validation.npy")[second])
+
+
+def test_the_common_space_needs_the_runs_decoders(explorer):
+    from napari_dynamight._widgets._explorer_common import BOTH
+
+    viewer, widget, folder = explorer
+    widget.open_run(folder)  # latent means and a table, no checkpoints: nothing to decode
+    assert BOTH not in widget.half.choices
+    widget.set_half(BOTH)
+    assert "needs a run folder with its decoders" in widget.status.value and widget.view.half == 1

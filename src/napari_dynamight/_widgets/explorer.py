@@ -22,7 +22,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, Li
                               RadioButtons, SpinBox)
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
-from ._explorer_common import BOTH, CommonSpaceView, common_columns, view_label
+from ._explorer_common import BOTH, COMMON_LABEL, CommonSpaceView, common_columns, view_label
 from ._explorer_paths import PathExport
 from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
 from ._layers import show_map, show_points, show_vectors
@@ -186,6 +186,10 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
 
     def set_half(self, half: int | None) -> None:
         """Show half set ``half`` (1 or 2; None without half sets): its particles, embedding, decoder."""
+        if (half or 0) not in self.half.choices:
+            self._error(f"{COMMON_LABEL} needs a run folder with its decoders" if half == BOTH
+                        else f"half set {half} is not in these data")
+            return
         self.half.value = half or 0  # emits changed → _half_chosen when it differs
 
     def _half_chosen(self, value) -> None:
