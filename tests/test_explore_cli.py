@@ -34,6 +34,13 @@ def test_umap_missing_is_reported_before_napari(tmp_path, capsys, monkeypatch):
     assert "umap-learn" in capsys.readouterr().err
 
 
+def test_half_both_needs_the_run_folder(tmp_path, capsys):
+    folder = make_run(tmp_path / "run", n=30)
+    assert main(["explore", str(folder / "particles.star"), "--half", "both"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--half both" in err and "\n" not in err
+
+
 def test_open_explorer_loads_the_run(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer(show=True)
     folder = make_run(tmp_path / "run", n=60)

@@ -264,3 +264,76 @@ def test_reconstruct_selection_shows_the_half_maps_and_the_fsc(qtbot, make_napar
     assert len(values) == box // 2 + 1 and np.isfinite(values).all() and values[1] > 0.5
     assert len(read_particles(folder / "particles.star")) == len(widget.view.rows)
     assert (folder / "maps.cxc").is_file() and not (finished_run / LOCK_NAME).exists()
+
+
+def test_one_lasso_in_the_common_space_exports_both_halves(qtbot, make_napari_viewer, finished_run, tmp_path):
+    """Half sets "both": every particle in the common motion space; one lasso selects particles of
+    both halves, exported as one STAR file of exactly the enclosed rows; a click decodes the nearest
+    particle with its own half."""
+    import shutil
+
+    from napari_dynamight._widgets._explorer_common import BOTH
+    from napari_dynamight.engine.explore import points_in_polygon
+
+    folder = shutil.copytree(finished_run, tmp_path / "run")
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
+    widget.open_run(folder)
+    assert BOTH in widget.half.choices
+    widget.set_half(BOTH)
+    qtbot.waitUntil(lambda: widget.view is not None and widget.view.half == BOTH, timeout=60_000)
+    table = widget.data.table.particles
+    halves, validation = table.dmHalfSet.to_numpy(), table.dmValidation.to_numpy() != 0
+    assert len(widget.plot.coords) == len(table) and (folder / "common_motion_space.npz").is_file()
+    assert widget.colour.value == "dmHalfSet"
+    assert not any(name.startswith("latent") for name in widget.colour.choices)
+    np.testing.assert_allclose(widget._validation_marks.get_offsets(), widget.embedding.coords[validation])
+
+    widget.mode.value = "lasso"
+    coords = widget.embedding.coords
+    x_mid, reach = float(np.median(coords[:, 0])), float(np.abs(coords).max()) + 1
+    corners = [(x_mid, -reach), (reach, -reach), (reach, reach), (x_mid, reach)]
+    widget.plot.axes.set_xlim(-reach - 1, reach + 1)
+    widget.plot.axes.set_ylim(-reach - 1, reach + 1)
+    mouse(widget.plot, "button_press_event", corners[0])
+    for corner in corners[1:]:
+        mouse(widget.plot, "motion_notify_event", corner)
+    mouse(widget.plot, "button_release_event", corners[-1])
+    expected = np.nonzero(points_in_polygon(coords, corners))[0]  # view rows are the STAR rows
+    np.testing.assert_array_equal(np.nonzero(widget.current_mask)[0], expected)
+    assert {1, 2} <= set(halves[expected]) and validation[expected].any()
+    for half in (1, 2):
+        assert f"{half}: {(halves[expected] == half).sum()}" in widget.status.value
+    assert f"{validation[expected].sum()} validation" in widget.status.value
+
+    path = tmp_path / "both.star"
+    assert widget.export_selection(path) == len(expected)
+    np.testing.assert_array_equal(read_particles(path).image_files, widget.data.table.image_files[expected])
+    assert "dmHalfSet 1:" in widget.status.value
+
+    target = coords[expected[0]] + 1e-3
+    widget.mode.value = "decode"
+    mouse(widget.plot, "button_press_event", target)
+    mouse(widget.plot, "button_release_event", target)
+    wait_idle(qtbot, widget)
+    row = widget.embedding.nearest(target)
+    np.testing.assert_allclose(widget.last_decoded.latent, widget.common.codes[row])
+    own = widget.decoder.decode(widget.common.codes[row], half=int(halves[row]))
+    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, own.volume, atol=1e-6)
+
+    second = np.nonzero(validation & (halves == 2))[0][0]  # compared, and shown by its own half 2
+    assert widget.compare_halves(coords[second]) == second
+    qtbot.waitUntil(lambda: getattr(widget, "last_comparison", None) is not None, timeout=30_000)
+    wait_idle(qtbot, widget)
+    np.testing.assert_allclose(widget.last_decoded.latent,
+                               np.load(folder / "latent_means_half2_validation.npy")[second])
+
+
+def test_the_common_space_needs_the_runs_decoders(explorer):
+    from napari_dynamight._widgets._explorer_common import BOTH
+
+    viewer, widget, folder = explorer
+    widget.open_run(folder)  # latent means and a table, no checkpoints: nothing to decode
+    assert BOTH not in widget.half.choices
+    widget.set_half(BOTH)
+    assert "needs a run folder with its decoders" in widget.status.value and widget.view.half == 1

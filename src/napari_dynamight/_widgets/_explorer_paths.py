@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
+from ..engine.explore.common_space import BOTH
+
 
 class PathExport:
     """Path start/end, the path itself, and its export as MRC volumes or a movie."""
@@ -21,6 +23,9 @@ class PathExport:
     def set_path_end(self, which: int, point_2d=None) -> None:
         """Use the last clicked point (or ``point_2d``) as the path's start (0) or end (1)."""
         point = self.last_point if point_2d is None else np.asarray(point_2d, dtype=np.float64)
+        if self.view is not None and self.view.half == BOTH:
+            self._error("paths run through one half set's latent space; choose half 1 or half 2")
+            return
         if point is None or self.embedding is None:
             self._error("click a point in the latent plot first")
             return

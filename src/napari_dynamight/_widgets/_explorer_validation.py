@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.explore.common_space import BOTH
 from ._layers import show_points
 
 ERRORS_LAYER = "Gaussian error estimates"
@@ -64,7 +65,10 @@ class ValidationViews:
         return row
 
     def _show_comparison(self, comparison) -> None:
-        own = comparison.half2 if self.view.half == 2 else comparison.half1
+        half = self.view.half
+        if half == BOTH:  # the common view: the particle's own half set
+            half = int(self.common.decoded_by[comparison.particle])
+        own = comparison.half2 if half == 2 else comparison.half1
         self._show_decoded(own)
         if HALVES_LAYER in self.viewer.layers:
             self.viewer.layers.remove(HALVES_LAYER)

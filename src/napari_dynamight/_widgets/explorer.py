@@ -22,6 +22,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, Li
                               RadioButtons, SpinBox)
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
+from ._explorer_common import BOTH, COMMON_LABEL, CommonSpaceView, common_columns, view_label
 from ._explorer_paths import PathExport
 from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
 from ._layers import show_map, show_points, show_vectors
@@ -47,7 +48,7 @@ def _half_choices(halves) -> list[tuple[str, int]]:
     return [("all particles", 0) if half is None else (f"half {half}", half) for half in halves]
 
 
-class ExplorerWidget(PathExport, ValidationViews, QWidget):
+class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
     """Explore a run's latent space (``open_run``) or any ``ExplorerData`` (``set_data``)."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -176,7 +177,7 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.comparer = LatestRequestRunner(decoder.compare_halves, self._show_comparison,
                                             "compare halves") if can_compare else None
         self.selections_box.choices = []
-        choices = _half_choices(data.halves)
+        choices = _half_choices(data.halves) + self.common_choices(data, decoder)
         if list(self.half.choices) != [value for _, value in choices]:
             self.half.choices = choices  # may emit changed before self.view is set: ignored
         if self.half.value not in (value for _, value in choices):
@@ -185,6 +186,10 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
 
     def set_half(self, half: int | None) -> None:
         """Show half set ``half`` (1 or 2; None without half sets): its particles, embedding, decoder."""
+        if (half or 0) not in self.half.choices:
+            self._error(f"{COMMON_LABEL} needs a run folder with its decoders" if half == BOTH
+                        else f"half set {half} is not in these data")
+            return
         self.half.value = half or 0  # emits changed → _half_chosen when it differs
 
     def _half_chosen(self, value) -> None:
@@ -197,13 +202,18 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         from ._tasks import one_line
 
         try:
-            self.view = self.data.view(half)
+            view = self.common_view() if half == BOTH else self.data.view(half)
         except InputError as error:
             self._error(one_line(error))
             return
-        if self.decoder is not None and hasattr(self.decoder, "set_half"):
+        if view is None:  # the common space is being computed; shown when ready
+            return
+        self.view = view
+        if self.decoder is not None and hasattr(self.decoder, "set_half") and half != BOTH:
             self.decoder.set_half(half or 1)
         self.columns, self.embedding = self.data.columns(self.view), None
+        if half == BOTH:
+            self.columns = common_columns(self.columns)
         self.current_mask = np.zeros(len(self.view), dtype=bool)
         self.current_name = None
         self.selected_label.value = "selected: 0"
@@ -216,6 +226,10 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
             if previous in self.columns:
                 self.colour.value = previous
         self._embed()
+        self.mark_validation()
+        if half == BOTH:
+            self.show_common()
+            return
         own = len(self.view) - int(self._validation_in_view().sum())
         self.status.value = (f"{self.view.label}: {len(self.view)} of {len(self.data)} particles "
                              f"({own} own, {len(self.view) - own} validation), latent dimension "
@@ -234,7 +248,8 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         if self.view is None:
             return
         try:
-            self.embedding = embed(self.view.latents, self.method.value)
+            self.embedding = (self.common.embedding() if self.view.half == BOTH
+                              else embed(self.view.latents, self.method.value))
         except InputError as error:
             self._error(one_line(error))
             self.method.value = "pca"
@@ -258,7 +273,9 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
             return
         self.last_point = np.asarray(point_2d, dtype=np.float64)
         self.plot.show_marker(self.last_point)
-        if self.runner is not None:
+        if self.view.half == BOTH:
+            self.decode_nearest(self.last_point)  # the halves' codes do not mix: one particle's own
+        elif self.runner is not None:
             self.runner.request(self.embedding.to_latent(self.last_point))
 
     def _show_decoded(self, decoded) -> None:
@@ -286,6 +303,8 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.plot.set_selected(self.current_mask)
         self.selected_label.value = f"selected: {int(self.current_mask.sum())}"
         self._selection_changed()
+        if self.view.half == BOTH:
+            self.status.value = self.selection_counts(self.view.rows[self.current_mask])
         return self.current_mask
 
     def _selection_changed(self) -> None:
@@ -307,7 +326,7 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         counts = self.selections.counts()
         with self.selections_box.changed.blocked():  # no detour through another selection's half
             self.selections_box.choices = [
-                (f"{key} ({self.data.view(self.selections.half_of[key]).label})", key)
+                (f"{key} ({view_label(self.data, self.selections.half_of[key])})", key)
                 for key in counts]
         self.selections_box.value = name.strip()
         self.selection_name.value = f"selection {len(counts) + 1}"
@@ -337,6 +356,8 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
             self._error(one_line(error))
             return 0
         self.status.value = f"wrote {count} particles to {path}"
+        if self.view.half == BOTH:
+            self.status.value += f" ({self.selection_counts(np.asarray(rows))})"
         return count
 
     def _export_dialog(self) -> None:

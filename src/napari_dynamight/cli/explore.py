@@ -3,7 +3,9 @@
 RUN is the folder 'napari-dynamight optimize-deformations' wrote (latent_means.npy, particles.star,
 the checkpoints), or that run's particles.star (a copy away from its run folder cannot be decoded).
 The latent means are checked before napari starts. The two half sets' latent spaces are separate
-coordinate systems, so the explorer shows one half set at a time (half 1 first). In the explorer,
+coordinate systems, so the explorer shows one half set at a time (half 1 first; --half 2), or both
+half sets' particles placed by their motion in one common space (--half both; needs the run folder,
+whose decoders place every particle, cached in common_motion_space.npz). In the explorer,
 click or drag in the plot to see the volume of that latent point, draw a lasso to select particles,
 export a selection as a STAR file (or a cryoSPARC .cs file: name it *.cs; a run made from a .cs
 file keeps every original field and uid), and save the volumes or a movie along a path. Dropping a run
@@ -12,6 +14,7 @@ folder on napari opens the same view.
 example:
   napari-dynamight explore run
   napari-dynamight explore run/particles.star --embedding pca
+  napari-dynamight explore run --half both
 """
 
 from __future__ import annotations
@@ -26,13 +29,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding", choices=("pca", "umap"), default="pca",
                         help="2D embedding of the latent means (umap needs umap-learn; "
                              "default: %(default)s)")
+    parser.add_argument("--half", choices=("1", "2", "both"), default="1",
+                        help="half set shown first; both: the common motion space of both halves' "
+                             "particles (default: %(default)s)")
+
+
+def _half(value: str) -> int:
+    from ..engine.explore.common_space import BOTH
+
+    return BOTH if value == "both" else int(value)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.half == "both" and not args.run_path.is_dir():
+        from ..engine.errors import InputError
+
+        raise InputError(f"{args.run_path}: --half both decodes every particle; give the run folder")
     check_explorable(args.run_path, args.embedding)
     from .._widgets.explorer import show_explorer
 
-    show_explorer(args.run_path, args.embedding)
+    show_explorer(args.run_path, args.embedding, _half(args.half))
     return 0
 
 

@@ -12,6 +12,7 @@ A deformation run (stage 3) is one folder; the later stages write into subfolder
     RUN/input_particles.cs                    a cryoSPARC input's records (every field, uid), for exports
     RUN/consensus_half{1,2}.pt, .mrc          each half's final reference model, and rendered
     RUN/gaussian_errors.csv                   per-Gaussian error estimates (half 1's reference)
+    RUN/common_motion_space.npz               both halves' particles placed by their motion (explorer)
     RUN/inverse/                              stage 4: checkpoints/, final.pt, losses.jsonl, summary.json
     RUN/reconstruction[_standard]/            stage 5: half1.mrc, half2.mrc, full.mrc, fsc.csv, fsc.png, maps.cxc
     RUN/subsets/NAME/reconstruction[_standard]/  the same for a subset of the particles (reconstruct --subset)
@@ -123,6 +124,10 @@ class RunFolder(_Folder):
     @property
     def particles(self) -> Path:
         return self.path / "particles.star"
+
+    @property
+    def common_space(self) -> Path:
+        return self.path / "common_motion_space.npz"
 
     @property
     def input_records(self) -> Path:

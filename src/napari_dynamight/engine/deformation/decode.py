@@ -101,6 +101,17 @@ class DeformationRun:
         return reference + moved * chosen.moving.view(-1, 1)
 
     @torch.no_grad()
+    def displacements_at_half1(self, latent, half: int, index) -> torch.Tensor:
+        """Half ``half``'s displacements (M, K, 3) Å for M latent points at half 1's reference Gaussians
+        ``index`` (K,): the points where the error estimates compare the two halves' fields."""
+        chosen = self._half(half)
+        index = torch.as_tensor(np.asarray(index), device=self.device)
+        points = self._halves[0].model.positions_angstrom[index]
+        moved = displacement(chosen.decoder, self._latents(latent), chosen.model.positions_angstrom,
+                             chosen.controls, points)
+        return moved * chosen.moving[index].view(-1, 1)
+
+    @torch.no_grad()
     def volume(self, latent, half: int = 1) -> torch.Tensor:
         """The deformed model of one latent point rendered at the consensus box and voxel size [z, y, x]."""
         chosen = self._half(half)

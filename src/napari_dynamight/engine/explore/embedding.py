@@ -61,13 +61,30 @@ def pca(latents) -> Embedding:
     if latents.shape[1] == 1:
         return Embedding(np.column_stack([centred[:, 0], np.zeros(len(latents))]).astype(np.float32),
                          latents, "pca", np.array([1.0]))
-    covariance = centred.T @ centred / max(len(latents) - 1, 1)
-    values, vectors = np.linalg.eigh(covariance)
+    axes, explained = principal_axes(centred.T @ centred / max(len(latents) - 1, 1))
+    return Embedding((centred @ axes).astype(np.float32), latents, "pca", explained)
+
+
+def principal_axes(covariance: np.ndarray,
+                   against: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two leading eigenvectors (D, 2) of a covariance matrix (D ≥ 2; signs fixed so each axis's
+    largest loading is positive) and the fraction of the total variance each explains.
+
+    With ``against`` (D, D), a positive definite covariance of unwanted variation, the axes are the
+    unit vectors with the largest variance relative to it (generalised eigenvectors; not orthogonal).
+    """
+    if against is None:
+        values, vectors = np.linalg.eigh(covariance)
+    else:  # through the Cholesky factor L of ``against``: the eigenvectors of L⁻¹ C L⁻ᵀ, mapped back
+        inverse = np.linalg.inv(np.linalg.cholesky(against))
+        values, vectors = np.linalg.eigh(inverse @ covariance @ inverse.T)
+        vectors = inverse.T @ vectors
+        vectors /= np.linalg.norm(vectors, axis=0)
     order = np.argsort(values)[::-1][:2]
     axes = vectors[:, order]
     axes *= np.sign(axes[np.argmax(np.abs(axes), axis=0), [0, 1]])
-    explained = values[order] / max(values.sum(), 1e-30)
-    return Embedding((centred @ axes).astype(np.float32), latents, "pca", explained)
+    explained = np.einsum("ik,ij,jk->k", axes, covariance, axes)
+    return axes, explained / max(np.trace(covariance), 1e-30)
 
 
 def umap(latents, seed: int = 0) -> Embedding:

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.path import Path
 
 from ..errors import InputError
+from .common_space import BOTH
 
 
 def points_in_polygon(coords: np.ndarray, polygon) -> np.ndarray:
@@ -63,7 +64,9 @@ class Selections:
         if not name:
             raise InputError("a selection needs a name")
         if name in self.half_of and self.half_of[name] != half:
-            raise InputError(f"selection {name!r} was drawn in half {self.half_of[name]}; the halves' "
+            drawn = self.half_of[name]
+            where = "the common motion space" if drawn == BOTH else f"half {drawn}"
+            raise InputError(f"selection {name!r} was drawn in {where}; the halves' "
                              "latent spaces differ, so give this one another name")
         if name not in self.names:
             self.names.append(name)
