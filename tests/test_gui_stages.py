@@ -236,3 +236,20 @@ def test_reconstruction_widget_shows_half_maps_and_fsc(qtbot, make_napari_viewer
     assert f"voxel size {voxel:.4g} Å" in widget.summary.value
     full = viewer.layers["reconstruction: full"]  # an iso-surface at the automatic level, in Å
     assert full.rendering == "iso" and full.blending == "translucent" and str(full.units[0]) == "angstrom"
+
+
+def test_open_run_summaries_name_their_numbers(trained_run):
+    """The inverse summary's held-out errors and the deformation summary's labelled epochs and
+    warnings, from the files a run holds."""
+    from napari_dynamight._widgets.deformations import run_summary
+    from napari_dynamight._widgets.inverse import held_out_errors
+    from napari_dynamight.engine.run_folder import read_run_info
+
+    log = [{"epoch": epoch, "half": half, "held_out_error_angstrom": 1.0 / epoch + half}
+           for epoch in (1, 2) for half in (1, 2)]
+    assert held_out_errors(log) == ["half 1: held-out error 1.50 Å at epoch 2",
+                                    "half 2: held-out error 2.50 Å at epoch 2"]
+    info = read_run_info(trained_run) | {"warnings": ["half 2: the data loss stalled"]}
+    text = run_summary(trained_run, info, TRAINED)
+    assert f"finished: {TRAINED.epochs} training epochs + " in text and "refinement epochs" in text
+    assert "1 watchdog warning (in red above)" in text

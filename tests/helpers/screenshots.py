@@ -12,7 +12,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
 def save(image: np.ndarray, name: str, tmp_path: Path) -> Path:
