@@ -137,6 +137,20 @@ def test_dock_fits_a_laptop_screen(explorer):
         ["Selection", "Paths", "Validation"]
 
 
+def test_the_plugins_docks_together_fit_a_laptop_screen(qtbot, make_napari_viewer):
+    """Docked one after another, this plugin's five docks share one column of tabs: the window's
+    least height stays under 800 px (stacked, it was over 2,900)."""
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    names = ["Latent-space explorer", "Deformations", "Inverse deformations", "Reconstruction",
+             "Data and consensus"]
+    docks = [viewer.window.add_plugin_dock_widget("napari-dynamight", name)[0] for name in names]
+    qtbot.wait(200)
+    assert window.minimumSizeHint().height() <= 800
+    assert {dock.windowTitle() for dock in window.tabifiedDockWidgets(docks[0])} == \
+        {dock.windowTitle() for dock in docks[1:]}
+
+
 def test_a_run_opens_with_a_decoded_volume_fitted_to_the_canvas(qtbot, explorer):
     """No click needed: the median particle's volume, an iso-surface at the automatic level, in Å,
     the molecule filling the canvas and the density outnumbering its Gaussians on screen."""

@@ -66,3 +66,43 @@ def compact(*combo_boxes, characters: int = 10) -> None:
         box = native(combo)
         box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         box.setMinimumContentsLength(characters)
+
+
+PLUGIN_TITLE = "(napari-dynamight)"  # napari names a plugin's dock "Widget name (plugin name)"
+
+
+def _dock_of(widget):
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget.parent()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parent()
+    return parent
+
+
+def join_plugin_docks(widget) -> bool:
+    """Put ``widget``'s dock in tabs with this plugin's other docks on the same side of the window,
+    so that docking several of them never makes the window taller than the screen; True if it did."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    dock = _dock_of(widget)
+    window = None if dock is None else dock.parent()
+    if not isinstance(window, QMainWindow) or dock.isFloating():
+        return False
+    area = window.dockWidgetArea(dock)
+    for other in window.findChildren(QDockWidget):
+        if (other is not dock and other.isVisible() and not other.isFloating()
+                and PLUGIN_TITLE in other.windowTitle() and window.dockWidgetArea(other) == area
+                and dock not in window.tabifiedDockWidgets(other)):
+            window.tabifyDockWidget(other, dock)
+            dock.show()
+            dock.raise_()
+            return True
+    return False
+
+
+def join_plugin_docks_when_shown(widget) -> None:
+    """Call :func:`join_plugin_docks` the first time ``widget`` is shown in a dock."""
+    if not getattr(widget, "_joined_docks", False):
+        widget._joined_docks = True
+        join_plugin_docks(widget)

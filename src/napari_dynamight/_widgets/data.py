@@ -15,6 +15,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.progress import Progress
 from ._layers import show_in_3d, show_map, show_points
+from ._sections import join_plugin_docks_when_shown
 from ._tasks import TaskPanel
 
 MAP_LAYER = "consensus map"
@@ -121,6 +122,10 @@ class DataWidget(QWidget):
         self.load_button.changed.connect(self.load)
         self.fit_button.changed.connect(self.fill_and_fit)
         self.threshold.changed.connect(self._threshold_changed)
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        join_plugin_docks_when_shown(self)  # this plugin's docks share one column of tabs
 
     def load(self, *_):
         """Read the chosen files in a worker; returns the worker (None if nothing to do)."""

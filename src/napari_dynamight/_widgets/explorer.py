@@ -26,7 +26,7 @@ from ._explorer_paths import PathExport
 from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
 from ._explorer_view import median_point, show_decoded
 from ._plot import LatentPlot
-from ._sections import compact, tabs
+from ._sections import compact, join_plugin_docks_when_shown, tabs
 from .reconstruction import fsc_plot
 from ._tasks import LatestRequestRunner, TaskPanel
 from ._warnings import WarningsLabel
@@ -142,6 +142,10 @@ class ExplorerWidget(PathExport, ValidationViews, QWidget):
         self.errors_button.changed.connect(lambda *_: self.show_gaussian_errors())
         self.compare_button.changed.connect(lambda *_: self.compare_halves())
         self.half.changed.connect(self._half_chosen)
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        join_plugin_docks_when_shown(self)  # this plugin's docks share one column of tabs
 
     # --- data ---------------------------------------------------------------------------------
     def open_run(self, path) -> None:
