@@ -319,6 +319,7 @@ def test_gaussian_error_estimates_view(explorer):
     np.testing.assert_allclose(layer.features["error_angstrom"], table[:, 3], atol=1e-5)
     colours = layer.face_color[np.argsort(table[:, 3])[[0, -1]]]
     assert np.abs(colours[0] - colours[1]).sum() > 0.5  # lowest and highest error differ in colour
+    assert layer.face_colorbar.visible and str(layer.units[0]) == "angstrom"  # a colour legend, in Å
 
 
 def test_reconstruct_selection_shows_the_half_maps_and_the_fsc(qtbot, make_napari_viewer, finished_run):

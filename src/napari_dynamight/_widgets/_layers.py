@@ -56,28 +56,32 @@ def show_map(viewer, name: str, volume, voxel_size_angstrom: float, threshold: f
     return layer
 
 
-def molecule_box(volume, voxel_size_angstrom: float, level: float) -> np.ndarray:
-    """(2, 3) world corners (Å, napari order z, y, x) of the voxels above ``level``; the whole box if
-    none is."""
+def molecule_points(volume, voxel_size_angstrom: float, level: float) -> np.ndarray:
+    """(N, 3) world positions (Å, napari order z, y, x) of the voxels above ``level`` (every voxel's
+    corner of the box if none is)."""
     volume = np.asarray(volume)
     inside = np.argwhere(volume > level)
     if len(inside) == 0:
         inside = np.array([[0, 0, 0], np.array(volume.shape) - 1])
     origin = np.array([n // 2 for n in volume.shape])
-    low, high = inside.min(axis=0) - origin - 0.5, inside.max(axis=0) - origin + 0.5
-    return np.stack([low, high]) * voxel_size_angstrom
+    return (inside - origin) * voxel_size_angstrom
 
 
 def fit_camera(viewer, layer, fill: float = FILL) -> None:
-    """Centre the camera on an iso-surface layer's molecule and zoom so that its extent fills
-    ``fill`` of the canvas's shorter side (3D view; the scale bar shows Å)."""
-    corners = molecule_box(layer.data, float(layer.scale[-1]), float(layer.iso_threshold))
-    extent = float(np.max(corners[1] - corners[0]))
-    canvas = np.asarray(getattr(viewer.canvas, "size", (600, 800)), dtype=float)
+    """Centre the camera on an iso-surface layer's molecule and zoom so that the molecule, as seen
+    from the camera's direction, fills ``fill`` of the canvas (3D view; the scale bar shows Å)."""
+    voxel = float(layer.scale[-1])
+    points = molecule_points(layer.data, voxel, float(layer.iso_threshold))
     scene = getattr(viewer, "scene", viewer)  # napari ≥ 0.9: viewer.scene.camera
+    camera = scene.camera
+    view, up = np.asarray(camera.view_direction, float), np.asarray(camera.up_direction, float)
+    right = np.cross(view, up)
+    on_screen = points @ np.stack([up, right]).T  # (N, 2): height and width on the canvas, Å
+    extent = np.ptp(on_screen, axis=0) + voxel
+    canvas = np.asarray(getattr(viewer.canvas, "size", (600, 800)), dtype=float)  # (height, width)
+    camera.center = tuple((points.min(axis=0) + points.max(axis=0)) / 2)
+    camera.zoom = fill * float(np.min(canvas / np.maximum(extent, 1e-6)))
     overlays = getattr(viewer.canvas, "overlays", None)
-    scene.camera.center = tuple(corners.mean(axis=0))
-    scene.camera.zoom = fill * float(canvas.min()) / max(extent, 1e-6)
     (overlays.scale_bar if overlays is not None else viewer.scale_bar).visible = True
 
 
