@@ -51,6 +51,6 @@ def molecule_coverage(canvas: np.ndarray) -> float:
     """The fraction of the canvas inside the molecule's silhouette (drawn pixels, holes filled)."""
     from scipy import ndimage
 
-    drawn = canvas[..., :3].max(axis=2) > 40
+    drawn = canvas[..., :3].max(axis=2) > 12  # the shaded surface, its darkest side too
     drawn[-60:, -220:] = False  # the scale bar in the bottom right corner
     return float(ndimage.binary_fill_holes(drawn).mean())
