@@ -10,7 +10,8 @@ updates one image layer (the volume), one points layer (the deformed Gaussians) 
 selection is named, stored as rows of the original STAR file, exported as a STAR subset, or
 reconstructed (**Reconstruct selection**: its half maps, full map and FSC, ``reconstruct --subset``).
 Two clicked points define a path (``_explorer_paths``) to save as MRC files (with a ChimeraX script)
-or a movie.
+or a movie. A run opens with its median particle decoded (``_explorer_view``: iso-surface, camera
+fitted to the molecule); the rarer controls sit in tabs (``_sections``) so the dock fits 800 px.
 :func:`open_explorer` docks it in a viewer with a run loaded (the run reader, the demo);
 :func:`show_explorer` opens a napari window with it (``napari-dynamight explore``).
 """
