@@ -14,6 +14,7 @@ import starfile
 from matplotlib.backend_bases import MouseEvent
 
 from helpers.explore_data import ShiftDecoder, make_run
+from helpers.screenshots import density_pixels, gaussian_pixels, molecule_coverage
 from napari_dynamight._widgets.explorer import (POINTS_LAYER, VECTORS_LAYER, VOLUME_LAYER,
                                                 ExplorerWidget)
 from napari_dynamight.engine.explore import embed, load_run
@@ -125,6 +126,84 @@ def test_density_image_above_the_threshold(explorer):
     assert mask.all()
 
 
+def test_dock_fits_a_laptop_screen(explorer):
+    """The dock fits 800 px of height; the status line, progress bar and Cancel stay outside the tabs."""
+    viewer, widget, folder = explorer
+    widget.set_data(load_run(folder))
+    assert widget.sizeHint().height() <= 800 and widget.minimumSizeHint().height() <= 800
+    for always in (widget.status.native, widget.tasks.bar, widget.tasks.cancel_button):
+        assert always.isVisibleTo(widget) and not widget.sections.isAncestorOf(always)
+    assert [widget.sections.tabText(k) for k in range(widget.sections.count())] == \
+        ["Selection", "Paths", "Validation"]
+
+
+def test_the_plugins_docks_together_fit_a_laptop_screen(qtbot, make_napari_viewer):
+    """Docked one after another, this plugin's five docks share one column of tabs: the window's
+    least height stays under 800 px (stacked, it was over 2,900)."""
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    names = ["Latent-space explorer", "Deformations", "Inverse deformations", "Reconstruction",
+             "Data and consensus"]
+    docks = [viewer.window.add_plugin_dock_widget("napari-dynamight", name)[0] for name in names]
+    qtbot.wait(200)
+    assert window.minimumSizeHint().height() <= 800
+    assert {dock.windowTitle() for dock in window.tabifiedDockWidgets(docks[0])} == \
+        {dock.windowTitle() for dock in docks[1:]}
+
+
+def test_a_run_opens_with_a_decoded_volume_fitted_to_the_canvas(qtbot, explorer):
+    """No click needed: the median particle's volume, an iso-surface at the automatic level, in Å,
+    the molecule filling the canvas and the density outnumbering its Gaussians on screen."""
+    from napari_dynamight._widgets._explorer_view import median_point
+    from napari_dynamight.engine.consensus import automatic_threshold
+
+    viewer, widget, folder = explorer
+    viewer.window._qt_window.resize(1280, 800)
+    widget.set_data(load_run(folder), ShiftDecoder())
+    wait_idle(qtbot, widget)
+    layer = viewer.layers[VOLUME_LAYER]
+    assert viewer.dims.ndisplay == 3 and layer.rendering == "iso"
+    assert layer.iso_threshold == pytest.approx(automatic_threshold(np.asarray(layer.data)))
+    np.testing.assert_allclose(widget.plot.marker.get_xydata()[0], median_point(widget.embedding.coords))
+    for each in viewer.layers:  # the scale bar reads Å
+        assert all(str(unit) == "angstrom" for unit in each.units), each.name
+    assert not viewer.layers[VECTORS_LAYER].visible  # arrows on demand
+    canvas = viewer.screenshot(canvas_only=True, flash=False)
+    coverage = molecule_coverage(canvas)
+    density, gaussians = density_pixels(canvas).sum(), gaussian_pixels(canvas).sum()
+    print(f"canvas {canvas.shape[:2]}: molecule coverage {coverage:.2f}, density pixels {density}, "
+          f"Gaussian pixels {gaussians}")
+    assert coverage >= 0.25 and density > 10 * gaussians
+
+
+def test_switching_halves_replaces_the_volume(qtbot, explorer):
+    viewer, widget, folder = explorer
+    widget.set_data(load_run(folder), ShiftDecoder())
+    wait_idle(qtbot, widget)
+    before = np.array(viewer.layers[VOLUME_LAYER].data)
+    widget.set_half(2)
+    wait_idle(qtbot, widget)
+    images = [layer for layer in viewer.layers if layer._type_string == "image"]
+    assert [layer.name for layer in images] == [VOLUME_LAYER]
+    assert np.abs(images[0].data - before).max() > 0.1 * before.max()
+    marker = widget.plot.marker.get_xydata()[0]  # the plot's marker is where the volume came from
+    np.testing.assert_allclose(widget.last_decoded.latent, widget.embedding.to_latent(marker))
+
+
+def test_plot_axes_show_the_explained_variance_and_categories_a_legend(explorer):
+    viewer, widget, folder = explorer
+    widget.set_data(load_run(folder))
+    share = widget.embedding.explained_variance
+    assert widget.plot.axes.get_xlabel() == f"PC 1 ({100 * share[0]:.0f}%)"
+    assert widget.plot.axes.get_ylabel() == f"PC 2 ({100 * share[1]:.0f}%)"
+    assert widget.plot.axes.get_aspect() == 1.0
+    widget.colour_by("dmValidation")
+    assert widget.plot.colorbar is None
+    assert [t.get_text() for t in widget.plot.legend.get_texts()] == ["training", "validation"]
+    widget.colour_by("latent 1")
+    assert widget.plot.legend is None and widget.plot.colorbar is not None
+
+
 def test_click_decodes_and_updates_the_volume(qtbot, explorer):
     viewer, widget, folder = explorer
     decoder = ShiftDecoder()
@@ -177,14 +256,16 @@ def test_dragging_decodes_without_queueing(qtbot, explorer):
     viewer, widget, folder = explorer
     decoder = ShiftDecoder()
     widget.set_data(load_run(folder), decoder)
+    wait_idle(qtbot, widget)  # the volume a run opens with
+    requested, calls = widget.runner.requested, decoder.calls
     points = widget.embedding.coords[:20]
     mouse(widget.plot, "button_press_event", points[0])
     for point in points[1:]:
         mouse(widget.plot, "motion_notify_event", point)
     mouse(widget.plot, "button_release_event", points[-1])
     wait_idle(qtbot, widget)
-    assert widget.runner.requested == 20
-    assert decoder.calls <= 3  # the first, perhaps one replaced in flight, and the last
+    assert widget.runner.requested - requested == 20
+    assert decoder.calls - calls <= 3  # the first, perhaps one replaced in flight, and the last
     np.testing.assert_allclose(widget.last_point, points[-1], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(widget.last_decoded.latent, widget.embedding.to_latent(widget.last_point))
 
@@ -238,6 +319,7 @@ def test_gaussian_error_estimates_view(explorer):
     np.testing.assert_allclose(layer.features["error_angstrom"], table[:, 3], atol=1e-5)
     colours = layer.face_color[np.argsort(table[:, 3])[[0, -1]]]
     assert np.abs(colours[0] - colours[1]).sum() > 0.5  # lowest and highest error differ in colour
+    assert layer.face_colorbar.visible and str(layer.units[0]) == "angstrom"  # a colour legend, in Å
 
 
 def test_reconstruct_selection_shows_the_half_maps_and_the_fsc(qtbot, make_napari_viewer, finished_run):

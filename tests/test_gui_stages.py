@@ -103,7 +103,10 @@ def test_open_a_command_line_run_fills_the_form(
     wait_for(qtbot, widget, True)
     assert len(widget.plot.curve(0, "half 2")[0]) == TRAINED.epochs + TRAINED.refinement_rounds  # a point per round
     assert len(viewer.layers[POINTS_LAYER].data) == 300
-    assert "finished after 12 epochs" in widget.summary.value
+    refinement = TRAINED.refinement_rounds * TRAINED.refinement_epochs
+    assert (f"finished: 12 training epochs + {refinement} refinement epochs "
+            f"({TRAINED.refinement_rounds} rounds of {TRAINED.refinement_epochs}) = {12 + refinement} epochs"
+            in widget.summary.value)
 
 
 def test_cancel_leaves_loadable_checkpoints_and_resume_finishes(qtbot, make_napari_viewer,
@@ -188,6 +191,8 @@ def test_inverse_widget_learns_the_inverse(qtbot, make_napari_viewer, trained_ru
         assert np.isfinite(loss).all() and loss[-1] < loss[0]
         assert len(widget.plot.curve(1, f"half {half}")[1]) == 10
     assert "held-out error" in widget.summary.value
+    assert widget.open_run(trained_run)  # Open run: each half's held-out error, and the summary
+    assert "half 1: held-out error" in widget.summary.value and "training error" in widget.summary.value
 
 
 def test_reconstruction_widget_shows_half_maps_and_fsc(qtbot, make_napari_viewer, trained_run,
@@ -227,3 +232,24 @@ def test_reconstruction_widget_shows_half_maps_and_fsc(qtbot, make_napari_viewer
     wait_for(qtbot, widget, widget.open_run(trained_run))
     assert {"reconstruction: half 1", "reconstruction: half 2"} <= {l.name for l in viewer.layers}
     assert len(widget.plot.curve(0, "deformed")[1]) == len(table)
+    assert "half-map FSC 0.143 at" in widget.summary.value and "(deformed)" in widget.summary.value
+    assert f"voxel size {voxel:.4g} Å" in widget.summary.value
+    full = viewer.layers["reconstruction: full"]  # an iso-surface at the automatic level, in Å
+    assert full.rendering == "iso" and full.blending == "translucent" and str(full.units[0]) == "angstrom"
+
+
+def test_open_run_summaries_name_their_numbers(trained_run):
+    """The inverse summary's held-out errors and the deformation summary's labelled epochs and
+    warnings, from the files a run holds."""
+    from napari_dynamight._widgets.deformations import run_summary
+    from napari_dynamight._widgets.inverse import held_out_errors
+    from napari_dynamight.engine.run_folder import read_run_info
+
+    log = [{"epoch": epoch, "half": half, "held_out_error_angstrom": 1.0 / epoch + half}
+           for epoch in (1, 2) for half in (1, 2)]
+    assert held_out_errors(log) == ["half 1: held-out error 1.50 Å at epoch 2",
+                                    "half 2: held-out error 2.50 Å at epoch 2"]
+    info = read_run_info(trained_run) | {"warnings": ["half 2: the data loss stalled"]}
+    text = run_summary(trained_run, info, TRAINED)
+    assert f"finished: {TRAINED.epochs} training epochs + " in text and "refinement epochs" in text
+    assert "1 watchdog warning (in red above)" in text

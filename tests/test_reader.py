@@ -178,6 +178,7 @@ def test_run_reader_accepts_only_run_folders(tmp_path):
     assert get_run_reader(str(folder)) is read_run
     assert get_run_reader([str(folder)]) is read_run
     assert get_run_reader(str(folder / "particles.star")) is None
+    assert get_run_reader(str(folder / "run.json")) is read_run  # the run file opens its run
     assert has_latent_columns(folder / "particles.star")
     assert not has_latent_columns(STAR_FILES["relion31"])
 
@@ -236,3 +237,10 @@ def test_unfinished_run_folder_opens_its_half_maps(make_napari_viewer, tmp_path)
     np.testing.assert_allclose(layers[1].data, 2 * volume)
     readers = PluginManager.instance().iter_compatible_readers([str(folder)])
     assert "napari-dynamight.get_run_reader" in {reader.command for reader in readers}
+    # napari's own reader takes folders too (it asks which to use); the run file has one reader
+    from napari.plugins._npe2 import get_readers
+
+    assert get_readers(str(folder / "run.json")) == {"napari-dynamight": "DynaMight"}
+    viewer.layers.clear()
+    layers = viewer.open(str(folder / "run.json"), plugin=None)  # as a drop: no reader named, no dialog
+    assert [layer.name for layer in layers] == ["consensus_half1", "consensus_half2"]

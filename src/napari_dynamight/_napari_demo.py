@@ -27,36 +27,22 @@ TIMEOUT_SECONDS = 300
 
 def add_layers(viewer, result: dict) -> None:
     """Add the consensus map (in Å, centred like the engine) and its Gaussians to a viewer."""
-    from ._widgets._layers import xyz_to_napari
+    from ._widgets._layers import show_map, show_points
 
     volume, voxel_size, model = result["volume"], result["voxel_size_angstrom"], result["model"]
-    viewer.add_image(
-        volume,
-        name="consensus map",
-        scale=[voxel_size] * 3,
-        translate=[-(n // 2) * voxel_size for n in volume.shape],
-        colormap="gray",
-        rendering="iso",
-        iso_threshold=float(result["summary"]["consensus"]["threshold"]),
-        opacity=0.5,
-    )
-    viewer.add_points(
-        xyz_to_napari(model.positions_angstrom.detach().cpu().numpy()),
-        name="consensus Gaussians",
-        size=float(model.sigmas_angstrom[0]),
-        face_color="orange",
-        border_width=0,
-    )
+    show_map(viewer, "consensus map", volume, voxel_size,
+             threshold=float(result["summary"]["consensus"]["threshold"]), opacity=0.5)
+    show_points(viewer, "consensus Gaussians", model.positions_angstrom.detach().cpu().numpy(),
+                size_angstrom=float(model.sigmas_angstrom[0]))
 
 
 def add_reconstruction(viewer, reconstruction: dict) -> None:
     """The deformed reconstruction's full map, hidden, for comparison with the consensus map."""
+    from ._widgets._layers import show_map
     from .engine.io.mrc import read_map
 
     volume, voxel_size = read_map(reconstruction["full_map"])
-    viewer.add_image(volume, name="deformed reconstruction (full)", scale=[voxel_size] * 3,
-                     translate=[-(n // 2) * voxel_size for n in volume.shape], colormap="gray",
-                     rendering="mip", visible=False)
+    show_map(viewer, "deformed reconstruction (full)", volume, voxel_size, visible=False)
 
 
 def show_demo(result: dict) -> None:
@@ -116,7 +102,8 @@ def new_viewer():
 
 
 def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
-    from ._widgets.explorer import open_explorer
+    from ._widgets._layers import fit_camera
+    from ._widgets.explorer import VOLUME_LAYER, open_explorer
 
     viewer = new_viewer()
     try:
@@ -133,8 +120,8 @@ def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
         start, end = ((float(np.percentile(coords[:, 0], q)), height) for q in (5, 95))
         widget.decode_at(end)
         _wait(lambda: not widget.runner.busy, "decoding a volume")
-        viewer.camera.angles = (0.0, 30.0, 60.0)
-        viewer.reset_view()
+        getattr(viewer, "scene", viewer).camera.angles = (0.0, 30.0, 60.0)
+        fit_camera(viewer, viewer.layers[VOLUME_LAYER])
         widget.plot.draw()
         demo = DemoFolder(output)
         window_png, volume_png = demo.napari_explorer, demo.napari_volume

@@ -17,7 +17,8 @@ Maps and images open as image layers whose world coordinates are Å measured fro
   A cryoSPARC particles ``*.cs`` file (merged with its passthrough files) opens the same way.
   A STAR file with latent columns (``dmLatent1``, ..., a deformation run's ``particles.star``)
   opens its latent space in the explorer instead (decoding too, when it sits in its run folder).
-- a deformation run folder (``engine.run_folder.RunFolder``, with its run file): the latent-space explorer is docked in the current
+- a deformation run folder (``engine.run_folder.RunFolder``, with its run file), or that run file
+  (``run.json``, which no other reader claims, so napari asks no question): the latent-space explorer is docked in the current
   viewer with the run loaded (the reader returns napari's "no layers" value ``[(None,)]``). Without a
   viewer, or before the run has latent means, its half maps open as layers and a message says why.
 
@@ -64,12 +65,20 @@ def get_star_reader(path):
     return read_star
 
 
-def get_run_reader(path):
-    """Return :func:`read_run` for one folder that holds a run file, else None."""
+def _run_folder(path) -> Path | None:
+    """The run folder of one path: the folder itself, or the folder of its run file (``run.json``)."""
     single = _single_path(path)
-    if single is None or not RunFolder(single).is_run():
+    if single is None:
         return None
-    return read_run
+    folder = Path(single)
+    if folder.name == RunFolder(folder.parent).info.name and folder.is_file():
+        folder = folder.parent
+    return folder if RunFolder(folder).is_run() else None
+
+
+def get_run_reader(path):
+    """Return :func:`read_run` for one folder that holds a run file (or that run file), else None."""
+    return None if _run_folder(path) is None else read_run
 
 
 def _dock_explorer(run_path: Path) -> bool:
@@ -91,7 +100,7 @@ def read_run(path) -> list[tuple]:
 
     from .engine.errors import InputError
 
-    path = Path(_single_path(path))
+    path = _run_folder(path)
     run = RunFolder(path)
     if run.latents.is_file() and _dock_explorer(path):
         return NO_LAYERS

@@ -4,7 +4,8 @@ particle decoded by both halves.
 A mixin of :class:`~napari_dynamight._widgets.explorer.ExplorerWidget` (it uses the widget's
 ``data``, ``view``, ``embedding``, ``decoder``, ``comparer``, ``plot``, ``viewer`` and
 ``_show_decoded``). Validation particles were held out of both halves' training and encoded by both,
-so they appear in both halves' views, each time with that half's code.
+so they appear in both halves' views, each time with that half's code. Both views colour the
+Gaussians by a distance in Å and show the colour bar that reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from ._layers import show_points
 
 ERRORS_LAYER = "Gaussian error estimates"
 HALVES_LAYER = "half 1 vs half 2"
+COLOURED = {"opacity": 1.0, "blending": "translucent_no_depth"}  # every Gaussian, over the density
+
+
+def with_colour_legend(layer):
+    """Show a points layer's face colour bar (its feature's values in Å) on the canvas."""
+    colorbar = getattr(layer, "face_colorbar", None)  # napari ≥ 0.9
+    if colorbar is not None:
+        colorbar.visible = True
+    return layer
 
 
 class ValidationViews:
@@ -42,7 +52,8 @@ class ValidationViews:
             self.viewer.layers.remove(ERRORS_LAYER)
         layer = show_points(self.viewer, ERRORS_LAYER, positions, size_angstrom=3.0,
                             features={"error_angstrom": errors}, face_color="error_angstrom",
-                            face_colormap="inferno")
+                            face_colormap="inferno", **COLOURED)
+        with_colour_legend(layer)
         self.status.value = (f"Gaussian error estimates: median {np.median(errors):.2f} Å, "
                              f"max {errors.max():.2f} Å")
         return layer
@@ -72,9 +83,10 @@ class ValidationViews:
         self._show_decoded(own)
         if HALVES_LAYER in self.viewer.layers:
             self.viewer.layers.remove(HALVES_LAYER)
-        show_points(self.viewer, HALVES_LAYER, own.positions_angstrom,
-                    size_angstrom=3.0, features={"difference_angstrom": comparison.difference_angstrom},
-                    face_color="difference_angstrom", face_colormap="inferno")
+        layer = show_points(self.viewer, HALVES_LAYER, own.positions_angstrom, size_angstrom=3.0,
+                            features={"difference_angstrom": comparison.difference_angstrom},
+                            face_color="difference_angstrom", face_colormap="inferno", **COLOURED)
+        with_colour_legend(layer)
         self.last_comparison = comparison
         self.status.value = (f"particle {comparison.particle}: the halves' displacements differ by "
                              f"{comparison.rms_angstrom:.2f} Å RMS (max "

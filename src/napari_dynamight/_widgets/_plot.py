@@ -4,6 +4,11 @@ The plot only draws; the selection model lives in numpy (``engine.explore``). Ab
 :data:`DENSITY_THRESHOLD` points a 2D histogram is drawn instead of markers (a full scatter of 10⁶
 points takes seconds; a histogram image tens of milliseconds), coloured by the mean of the chosen
 value in each bin. Clicks, drags and lassos are reported through callbacks in data coordinates.
+
+The plot says what it shows: axis labels from the embedding (a PCA axis with its share of the
+variance, "PC 1 (43%)"), equal aspect (distances in the plot are comparable in both directions), a
+colour bar for continuous values and a legend of named categories for discrete columns (half set,
+validation flag, optics group, ...).
 """
 
 from __future__ import annotations
@@ -17,6 +22,24 @@ from matplotlib.widgets import LassoSelector
 
 DENSITY_THRESHOLD = 200_000
 BINS = 200
+MAX_CATEGORIES = 10  # integer columns with at most this many values get a legend, not a colour bar
+CATEGORY_NAMES = {"dmHalfSet": {1: "half 1", 2: "half 2"},
+                  "dmValidation": {0: "training", 1: "validation"}}
+
+
+def categories(values) -> np.ndarray | None:
+    """The sorted distinct values of a discrete column (integers, at most :data:`MAX_CATEGORIES`),
+    else None."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0 or not np.isfinite(values).all() or (values != np.round(values)).any():
+        return None
+    distinct = np.unique(values)
+    return distinct if len(distinct) <= MAX_CATEGORIES else None
+
+
+def category_label(column: str, value: float) -> str:
+    """A category's name in the legend ("half 2", "validation", else the value)."""
+    return CATEGORY_NAMES.get(column, {}).get(int(value), f"{column} {int(value)}")
 
 
 def binned_mean(coords: np.ndarray, values: np.ndarray, extent, bins: int = BINS):
@@ -37,9 +60,10 @@ class LatentPlot(FigureCanvasQTAgg):
 
     def __init__(self, on_point: Callable | None = None, on_lasso: Callable | None = None,
                  density_threshold: int = DENSITY_THRESHOLD):
-        self.figure = Figure(figsize=(4, 4), layout="constrained")
+        self.figure = Figure(figsize=(4, 3), layout="constrained")
         super().__init__(self.figure)
         self.axes = self.figure.add_subplot(1, 1, 1)
+        self.axes.margins(0)  # the extent carries its own padding
         self.on_point, self.on_lasso = on_point, on_lasso
         self.density_threshold = density_threshold
         self.coords = np.zeros((0, 2), np.float32)
@@ -48,6 +72,8 @@ class LatentPlot(FigureCanvasQTAgg):
         self.marker = self.axes.plot([], [], "x", color="red", markersize=10, mew=2)[0]
         self.path_line = self.axes.plot([], [], "-", color="black", lw=1.5)[0]
         self.colorbar = None
+        self.legend = None
+        self.cmap = "viridis"
         self.mode = "decode"
         self._dragging = False
         self.lasso = LassoSelector(self.axes, self._lasso_done, useblit=False)
@@ -64,17 +90,20 @@ class LatentPlot(FigureCanvasQTAgg):
         self.mode = mode
         self.lasso.set_active(mode == "lasso")
 
-    def set_data(self, coords: np.ndarray, values: np.ndarray, label: str, cmap: str = "viridis"):
-        """Draw ``coords`` coloured by ``values`` (a new data set: axes limits reset)."""
+    def set_data(self, coords: np.ndarray, values: np.ndarray, label: str,
+                 axis_labels: tuple[str, str] = ("", ""), cmap: str = "viridis"):
+        """Draw ``coords`` coloured by ``values`` (a new data set: axes limits reset), with the axes
+        labelled ``axis_labels``."""
         self.coords = np.asarray(coords, dtype=np.float32)
+        self.cmap = cmap
         if self.artist is not None:
             self.artist.remove()
             self.artist = None
         low, high = self.coords.min(axis=0), self.coords.max(axis=0)
         pad = 0.02 * np.maximum(high - low, 1e-6)
         self.extent = ((low[0] - pad[0], high[0] + pad[0]), (low[1] - pad[1], high[1] + pad[1]))
-        self.axes.set_xlim(*self.extent[0])
-        self.axes.set_ylim(*self.extent[1])
+        self.axes.set_xlabel(axis_labels[0])
+        self.axes.set_ylabel(axis_labels[1])
         if self.density:
             image, _ = binned_mean(self.coords, values, self.extent)
             (x0, x1), (y0, y1) = self.extent
@@ -84,16 +113,31 @@ class LatentPlot(FigureCanvasQTAgg):
             size = float(np.clip(2e4 / max(len(self.coords), 1), 0.5, 20))
             self.artist = self.axes.scatter(self.coords[:, 0], self.coords[:, 1], c=values, s=size,
                                             cmap=cmap, linewidths=0, rasterized=True)
-        if self.colorbar is None:
-            self.colorbar = self.figure.colorbar(self.artist, ax=self.axes)
-        else:
-            self.colorbar.update_normal(self.artist)
+        self._frame()
         self.set_selected(np.zeros(len(self.coords), dtype=bool))
         self.recolour(values, label)
 
+    def _frame(self) -> None:
+        """Show the whole extent at equal aspect (the limits widen along the shorter axis)."""
+        (x0, x1), (y0, y1) = self.extent
+        self.axes.set_aspect("equal", adjustable="datalim")  # imshow sets its own aspect
+        self.axes.dataLim.set_points(np.array([[x0, y0], [x1, y1]], dtype=np.float64))
+        self.axes.set_autoscale_on(True)
+        self.axes.autoscale_view(tight=True)
+
     def recolour(self, values: np.ndarray, label: str) -> None:
-        """Colour by new per-particle ``values`` without redrawing the points' positions."""
+        """Colour by new per-particle ``values`` without redrawing the points' positions: a legend
+        for a discrete column (scatter), else a colour bar (density: the mean per bin)."""
         values = np.asarray(values, dtype=np.float64)
+        found = None if self.density else categories(values)
+        if found is not None:
+            self._show_categories(values, found, label)
+            self.draw_idle()
+            return
+        if self.legend is not None:
+            self.legend.remove()
+            self.legend = None
+        self.artist.set_cmap(self.cmap)
         if self.density:
             image, _ = binned_mean(self.coords, values, self.extent)
             self.artist.set_data(image)
@@ -103,9 +147,30 @@ class LatentPlot(FigureCanvasQTAgg):
             shown = values[np.isfinite(values)]
         low, high = (float(shown.min()), float(shown.max())) if len(shown) else (0.0, 1.0)
         self.artist.set_clim(low, high if high > low else low + 1e-6)
-        self.colorbar.update_normal(self.artist)
-        self.colorbar.set_label(label)
+        if self.colorbar is None:
+            self.colorbar = self.figure.colorbar(self.artist, ax=self.axes)
+        else:
+            self.colorbar.update_normal(self.artist)
+        self.colorbar.set_label(f"mean {label} per bin" if self.density else label)
         self.draw_idle()
+
+    def _show_categories(self, values: np.ndarray, found: np.ndarray, label: str) -> None:
+        from matplotlib.colors import ListedColormap
+        from matplotlib.lines import Line2D
+
+        if self.colorbar is not None:
+            self.colorbar.remove()
+            self.colorbar = None
+        if self.legend is not None:
+            self.legend.remove()
+        colours = [f"C{k}" for k in range(len(found))]
+        self.artist.set_cmap(ListedColormap(colours))
+        self.artist.set_array(np.searchsorted(found, values).astype(np.float64))
+        self.artist.set_clim(-0.5, len(found) - 0.5)
+        handles = [Line2D([], [], marker="o", linestyle="", color=colour,
+                          label=category_label(label, value)) for colour, value in zip(colours, found)]
+        self.legend = self.axes.legend(handles=handles, title=label, fontsize="small",
+                                       title_fontsize="small", loc="best", framealpha=0.8)
 
     def set_selected(self, mask: np.ndarray) -> None:
         """Outline the selected particles (density mode: a red-tinted image of their bins)."""
@@ -120,6 +185,7 @@ class LatentPlot(FigureCanvasQTAgg):
                 overlay[counts > 0] = (1, 0, 0, 0.5)
                 self.selected_artist = self.axes.imshow(overlay, origin="lower", aspect="auto",
                                                         extent=(x0, x1, y0, y1))
+                self.axes.set_aspect("equal", adjustable="datalim")
             else:
                 chosen = self.coords[mask]
                 self.selected_artist = self.axes.scatter(chosen[:, 0], chosen[:, 1], s=8,

@@ -20,6 +20,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QWidget
 
 from ..engine.run_folder import read_run_info
+from ._sections import join_plugin_docks_when_shown
 from ._tasks import TaskPanel
 
 STOP_TIMEOUT_SECONDS = 60.0
@@ -126,6 +127,10 @@ class StageWidget(QWidget):
             QApplication.processEvents()
             time.sleep(0.01)
         return ended
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        join_plugin_docks_when_shown(self)  # this plugin's docks share one column of tabs
 
     def hideEvent(self, event):
         super().hideEvent(event)

@@ -3,7 +3,7 @@
 Load reads the particle file (STAR or cryoSPARC .cs; a summary: particles, box, pixel size, optics groups) and the map (shown in
 3D as an iso-surface, in Å from the box centre) in a worker. The threshold slider moves the iso-surface
 and is the level "Fill and fit" uses: ``engine.consensus_stage.fit_consensus`` runs in a worker and its
-Gaussians appear as a points layer over the map. Bad input shows as one line, never a traceback.
+Gaussians appear as a points layer drawn over the map, whose surface then turns faint. Bad input shows as one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from magicgui.widgets import Container, FileEdit, FloatSlider, Label, PushButton
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.progress import Progress
-from ._layers import show_map, show_points
+from ._layers import show_in_3d, show_map, show_points
+from ._sections import join_plugin_docks_when_shown
 from ._tasks import TaskPanel
 
 MAP_LAYER = "consensus map"
 GAUSSIANS_LAYER = "consensus Gaussians"
+FITTED_MAP_OPACITY = 0.25  # the map's surface once Gaussians are fitted: they show through it
 
 
 def _optional(path) -> Path | None:
@@ -121,6 +123,10 @@ class DataWidget(QWidget):
         self.fit_button.changed.connect(self.fill_and_fit)
         self.threshold.changed.connect(self._threshold_changed)
 
+    def showEvent(self, event):
+        super().showEvent(event)
+        join_plugin_docks_when_shown(self)  # this plugin's docks share one column of tabs
+
     def load(self, *_):
         """Read the chosen files in a worker; returns the worker (None if nothing to do)."""
         star, map_path = _optional(self.star.value), _optional(self.map.value)
@@ -138,8 +144,9 @@ class DataWidget(QWidget):
             self.threshold.min, self.threshold.max = low, high
             self.threshold.value = threshold
             self.threshold.enabled = True
-            show_map(self.viewer, MAP_LAYER, volume, voxel_size, threshold=threshold, opacity=0.6)
-            self.viewer.dims.ndisplay = 3
+            layer = show_map(self.viewer, MAP_LAYER, volume, voxel_size, threshold=threshold,
+                             opacity=0.6)
+            show_in_3d(self.viewer, layer)
             if _optional(self.output.value) is None:
                 self.output.value = Path(self.map.value).parent / "consensus"
         self.fit_button.enabled = loaded["map"] is not None
@@ -170,8 +177,12 @@ class DataWidget(QWidget):
 
         self.fit = fit
         model = load_model(fit.model_path)
+        # the fit is what to look at now: a faint surface, every Gaussian drawn over it (one σ wide)
+        if MAP_LAYER in self.viewer.layers:
+            self.viewer.layers[MAP_LAYER].opacity = FITTED_MAP_OPACITY
         show_points(self.viewer, GAUSSIANS_LAYER, model.positions_angstrom.numpy(),
-                    size_angstrom=float(model.sigmas_angstrom[0]) * 2)
+                    size_angstrom=float(model.sigmas_angstrom[0]), opacity=0.9,
+                    blending="translucent_no_depth")
         self.summary.value = (
             format_summary(self.loaded["star"], self.loaded["map"])
             + f"\nconsensus: {fit.n_gaussians} Gaussians, σ {fit.sigma_angstrom:.2f} Å, "

@@ -65,6 +65,26 @@ def _threshold(text: str) -> float | None:
             from None
 
 
+def run_summary(run, info: dict, settings: DeformationSettings) -> str:
+    """A run file's key numbers: particles, Gaussians, box, epochs (training and refinement, each
+    labelled) and the count of watchdog warnings (shown in full above the plot)."""
+    lines = [f"{run}: {info['n_particles']} particles, {info['n_gaussians']} Gaussians, "
+             f"training box {info['train_box']} px"]
+    result = info.get("result") or {}
+    if result:
+        epochs, rounds = int(result["epochs"]), int(result.get("refinement_rounds") or 0)
+        refinement = rounds * settings.refinement_epochs
+        lines.append(f"finished: {epochs} training epochs + {refinement} refinement epochs "
+                     f"({rounds} rounds of {settings.refinement_epochs}) = {epochs + refinement} epochs"
+                     + ("; stopped early" if result.get("stopped_early") else ""))
+    else:
+        lines.append("not finished: Resume continues it")
+    warnings = info.get("warnings") or []
+    if warnings:
+        lines.append(f"{len(warnings)} watchdog warning{'s' if len(warnings) != 1 else ''} (in red above)")
+    return "\n".join(lines)
+
+
 class DeformationsWidget(StageWidget):
     """Train the two half-set VAEs of a deformation run; watch losses and Gaussians live."""
 
@@ -131,8 +151,8 @@ class DeformationsWidget(StageWidget):
         scroll = QScrollArea()  # every option: scroll them on small screens, keep buttons and plot in view
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.form.native)
-        for widget in (scroll, buttons.native, self.tasks, self.plot,
-                       self.warnings_label.native, self.summary.native):
+        for widget in (scroll, buttons.native, self.tasks, self.warnings_label.native, self.plot,
+                       self.summary.native):
             layout.addWidget(widget)
         self.base_settings = _DEFAULTS
         self.result = None
@@ -165,11 +185,7 @@ class DeformationsWidget(StageWidget):
         for field, name in SETTING_FIELDS.items():
             getattr(self, field).value = getattr(self.base_settings, name)
         self.box.value = int(info.get("train_box", 0))
-        result = info.get("result") or {}
-        state = (f"finished after {result['epochs']} epochs" if result
-                 else "not finished: Resume continues it")
-        self.summary.value = (f"{run}: {info['n_particles']} particles, {info['n_gaussians']} "
-                              f"Gaussians, training box {info['train_box']}; {state}")
+        self.summary.value = run_summary(run, info, self.base_settings)
         self.show_warnings(info.get("warnings") or [])
         self._shown_checkpoint = None
         self.refresh()

@@ -10,7 +10,8 @@ updates one image layer (the volume), one points layer (the deformed Gaussians) 
 selection is named, stored as rows of the original STAR file, exported as a STAR subset, or
 reconstructed (**Reconstruct selection**: its half maps, full map and FSC, ``reconstruct --subset``).
 Two clicked points define a path (``_explorer_paths``) to save as MRC files (with a ChimeraX script)
-or a movie.
+or a movie. A run opens with its median particle decoded (``_explorer_view``: iso-surface, camera
+fitted to the molecule); the rarer controls sit in tabs (``_sections``) so the dock fits 800 px.
 :func:`open_explorer` docks it in a viewer with a run loaded (the run reader, the demo);
 :func:`show_explorer` opens a napari window with it (``napari-dynamight explore``).
 """
@@ -25,8 +26,9 @@ from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 from ._explorer_common import BOTH, COMMON_LABEL, CommonSpaceView, common_columns, view_label
 from ._explorer_paths import PathExport
 from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
-from ._layers import show_map, show_points, show_vectors
+from ._explorer_view import median_point, show_decoded
 from ._plot import LatentPlot
+from ._sections import compact, join_plugin_docks_when_shown, tabs
 from .reconstruction import fsc_plot
 from ._tasks import LatestRequestRunner, TaskPanel
 from ._warnings import WarningsLabel
@@ -34,11 +36,15 @@ from ._warnings import WarningsLabel
 VOLUME_LAYER = "decoded volume"
 POINTS_LAYER = "deformed Gaussians"
 VECTORS_LAYER = "displacements"
+PLOT_HEIGHT = 260  # the latent plot's least height (px); it grows with the dock
+SECTION_HEIGHT = 200  # the tabs' most height (px); their pages scroll
 
 
 def _row(*widgets) -> Container:
-    """Widgets side by side (keeps the dock short enough for the viewer's canvas)."""
-    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    """Widgets side by side, each after its label if it has one (keeps the dock short)."""
+    labels = any(widget.label and widget.label != widget.name for widget in widgets
+                 if not isinstance(widget, (PushButton, CheckBox)))
+    row = Container(widgets=list(widgets), layout="horizontal", labels=labels)
     row.margins = (0, 0, 0, 0)
     return row
 
@@ -61,14 +67,15 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         self.colour = ComboBox(label="colour by", choices=[])
         self.mode = RadioButtons(label="mouse", choices=["decode", "lasso"], value="decode",
                                  orientation="horizontal")
-        top = Container(widgets=[self.run, self.open_button, self.half, self.method, self.colour,
-                                 self.mode])
+        top = Container(widgets=[_row(self.run, self.open_button), _row(self.half, self.method),
+                                 _row(self.colour, self.mode)])
         self.plot = LatentPlot(on_point=self.decode_at, on_lasso=self.select_polygon)
         self.selected_label = Label(value="selected: 0")
         self.selection_name = LineEdit(label="name", value="selection 1")
         self.add_button = PushButton(text="Add selection")
         self.selections_box = ComboBox(label="selections", choices=[])
-        self.keep_results = CheckBox(text="export with the results (dm* columns; .cs: fields)", value=False)
+        self.keep_results = CheckBox(text="export with the results", value=False,
+                                     tooltip="add the dm* result columns (STAR) or fields (.cs)")
         self.export_button = PushButton(text="Export STAR ...")
         self.deformed = CheckBox(text="deformed", value=False,
                                  tooltip="deformed maps (the run needs its inverse deformations)")
@@ -95,12 +102,19 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         self.status.native.setWordWrap(True)  # long paths wrap instead of widening the dock
         self.warnings_label = WarningsLabel()  # run.json's watchdog warnings
         self.tasks = TaskPanel()
+        # sized for a 1280×800 screen: the rarer controls in tabs that scroll, the status line,
+        # progress bar and Cancel always in view below them
+        self.sections = tabs({"Selection": [selection, self.fsc_plot], "Paths": [paths],
+                              "Validation": [self.errors_button, self.compare_button]},
+                             max_height=SECTION_HEIGHT)
+        compact(self.half, self.method, self.colour, self.selections_box, self.path_kind)
         layout = QVBoxLayout(self)
-        for widget in (top.native, self.plot, selection.native, self.fsc_plot, paths.native,
-                       self.errors_button.native, self.compare_button.native,
-                       self.warnings_label.native, self.status.native, self.tasks):
+        layout.setContentsMargins(4, 4, 4, 4)
+        for widget in (top.native, self.plot, self.sections, self.warnings_label.native,
+                       self.status.native, self.tasks):
             layout.addWidget(widget)
-        self.plot.setMinimumHeight(300)
+        layout.setStretch(1, 1)  # the plot takes the height there is
+        self.plot.setMinimumHeight(PLOT_HEIGHT)
 
         self.data = None
         self.view = None
@@ -130,6 +144,10 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         self.errors_button.changed.connect(lambda *_: self.show_gaussian_errors())
         self.compare_button.changed.connect(lambda *_: self.compare_halves())
         self.half.changed.connect(self._half_chosen)
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        join_plugin_docks_when_shown(self)  # this plugin's docks share one column of tabs
 
     # --- data ---------------------------------------------------------------------------------
     def open_run(self, path) -> None:
@@ -255,7 +273,10 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
             self.method.value = "pca"
             return
         name = self.colour.value or next(iter(self.columns))
-        self.plot.set_data(self.embedding.coords, self.columns[name], name)
+        self.plot.set_data(self.embedding.coords, self.columns[name], name,
+                           self.embedding.axis_labels())
+        if self.runner is not None:  # a volume at once: the median particle's, marked on the plot
+            self.decode_at(median_point(self.embedding.coords))
 
     def colour_by(self, name: str) -> None:
         """Colour the plot by a per-particle column (latent dimension, STAR column, ...)."""
@@ -279,18 +300,7 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
             self.runner.request(self.embedding.to_latent(self.last_point))
 
     def _show_decoded(self, decoded) -> None:
-        first = VOLUME_LAYER not in self.viewer.layers
-        threshold = 0.3 * float(decoded.volume.max()) if first else None
-        show_map(self.viewer, VOLUME_LAYER, decoded.volume, decoded.voxel_size_angstrom,
-                 threshold=threshold, colormap="gray", opacity=0.7)
-        # drawn over the volume's surface (no depth test), so the Gaussians inside stay visible
-        show_points(self.viewer, POINTS_LAYER, decoded.positions_angstrom,
-                    size_angstrom=decoded.voxel_size_angstrom, blending="translucent_no_depth",
-                    opacity=0.8)
-        show_vectors(self.viewer, VECTORS_LAYER, decoded.consensus_angstrom,
-                     decoded.displacements_angstrom, blending="translucent_no_depth")
-        if first:
-            self.viewer.dims.ndisplay = 3
+        show_decoded(self.viewer, decoded, VOLUME_LAYER, POINTS_LAYER, VECTORS_LAYER)
         self.last_decoded = decoded
 
     # --- selections ---------------------------------------------------------------------------

@@ -50,6 +50,18 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def held_out_errors(log: list[dict]) -> list[str]:
+    """Each half's held-out error (Å) at its last logged epoch, one line per half."""
+    lines = []
+    for half in (1, 2):
+        rows = [row for row in log if row.get("half") == half
+                and row.get("held_out_error_angstrom") is not None]
+        if rows:
+            lines.append(f"half {half}: held-out error {rows[-1]['held_out_error_angstrom']:.2f} Å "
+                         f"at epoch {rows[-1]['epoch']}")
+    return lines
+
+
 class InverseWidget(StageWidget):
     """Learn the inverse deformations of a finished deformation run; watch loss and error live."""
 
@@ -95,7 +107,13 @@ class InverseWidget(StageWidget):
             self.base_settings = previous
             self.epochs.value = previous.epochs
             state = "an inverse run is there: Resume continues it (more epochs: raise epochs)"
-        self.summary.value = f"{run}: {info['n_particles']} particles; {state}"
+        inverse = RunFolder(run).inverse
+        lines = [f"{run}: {info['n_particles']} particles; {state}"]
+        lines += held_out_errors(inverse.read_loss_log())
+        finished = inverse.read_summary()
+        if finished is not None:
+            lines.append(format_summary(finished))
+        self.summary.value = "\n".join(lines)
         self.refresh()
         return True
 

@@ -3,7 +3,8 @@
 Choose a run folder (with its inverse deformations for a deformed reconstruction); **Start** runs
 ``engine.reconstruction.stage.reconstruct_run`` in a worker, which also reads the maps it wrote, so
 the main thread only hands them to napari: the two half maps and the full map appear as image
-layers in Å from the box centre (scale = voxel size), one layer per role (``reconstruction: half 1``
+layers (iso-surfaces at their automatic level, the camera fitted to the full map) in Å from the box
+centre (scale = voxel size), one layer per role (``reconstruction: half 1``
 ...; ``reconstruction_standard: ...`` without deformations), and the FSC curves of its FSC
 table are plotted. **Open run** shows the maps and FSC of a reconstruction already in the run
 folder (e.g. made on a cluster with the command line).
@@ -19,7 +20,7 @@ from qtpy.QtWidgets import QVBoxLayout
 from ..engine.progress import Progress
 from ..engine.run_folder import ReconstructionFolder, RunFolder
 from ._curves import CurvePlot
-from ._layers import show_map
+from ._layers import show_in_3d, show_map
 from ._stage import StageWidget, device_choices, optional_path
 
 ROLES = ("half 1", "half 2", "full")
@@ -49,8 +50,8 @@ def show_outputs(viewer, plot: CurvePlot, prefix: str, maps, fsc) -> None:
     curves in ``plot``."""
     frequency, curves = fsc
     for role, (volume, voxel_size) in zip(ROLES, maps, strict=True):
-        show_map(viewer, f"{prefix}: {role}", volume, voxel_size, visible=role == "full", blending="additive")
-    viewer.dims.ndisplay = 3
+        layer = show_map(viewer, f"{prefix}: {role}", volume, voxel_size, visible=role == "full")
+    show_in_3d(viewer, layer)  # the full map's iso-surface, at its automatic level, fills the view
     plot.clear()
     for name, values in curves.items():
         plot.set_curve(0, name, frequency, values)
@@ -131,8 +132,20 @@ class ReconstructionWidget(StageWidget):
         self.result = result
         prefix = ReconstructionFolder.NAMES[bool(self.deformations.value)]
         show_outputs(self.viewer, self.plot, prefix, maps, fsc)
-        text = f"{prefix}: maps at voxel size {maps[0][1]:.4g} Å"
-        if result is not None:
-            text += (f"; half-map FSC 0.143 at {result.resolution_angstrom:.2f} Å (standard "
-                     f"reconstruction: {result.resolution_standard_angstrom:.2f} Å)")
-        self.summary.value = text
+        self.summary.value = summary_text(prefix, maps, fsc, result)
+
+
+def summary_text(prefix: str, maps, fsc, result=None) -> str:
+    """The key numbers of a reconstruction: FSC 0.143 resolution of each curve, voxel size, box."""
+    from ..engine.fourier import resolution_at
+
+    frequency, curves = fsc
+    volume, voxel_size = maps[-1]
+    lines = [f"{prefix}: voxel size {voxel_size:.4g} Å, box {volume.shape[0]} px"]
+    if result is not None:
+        lines.append(f"half-map FSC 0.143 at {result.resolution_angstrom:.2f} Å (standard reconstruction: "
+                     f"{result.resolution_standard_angstrom:.2f} Å)")
+    else:
+        lines += [f"half-map FSC 0.143 at {resolution_at(frequency, values, 0.143):.2f} Å ({name})"
+                  for name, values in curves.items()]
+    return "\n".join(lines)

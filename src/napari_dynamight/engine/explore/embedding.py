@@ -38,6 +38,14 @@ class Embedding:
         _, index = self._tree.query(np.asarray(point_2d, dtype=np.float64), k=k)
         return self.latents[np.atleast_1d(index)].mean(axis=0).astype(np.float32)
 
+    def axis_labels(self) -> tuple[str, str]:
+        """The plot's axis labels: "PC 1 (43%)" with each principal axis's share of the latent
+        variance, else "UMAP 1", "UMAP 2"."""
+        if self.method != "pca" or self.explained_variance is None:
+            return f"{self.method.upper()} 1", f"{self.method.upper()} 2"
+        shares = list(self.explained_variance) + [0.0] * (2 - len(self.explained_variance))
+        return tuple(f"PC {k + 1} ({100 * share:.0f}%)" for k, share in enumerate(shares[:2]))
+
     def nearest(self, point_2d) -> int:
         """The particle (row) nearest to a 2D plot position."""
         if self._tree is None:
