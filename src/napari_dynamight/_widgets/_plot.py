@@ -97,6 +97,7 @@ class LatentPlot(FigureCanvasQTAgg):
         self.coords = np.asarray(coords, dtype=np.float32)
         self.cmap = cmap
         if self.artist is not None:
+            self._drop_colorbar()  # it belongs to the artist being replaced
             self.artist.remove()
             self.artist = None
         low, high = self.coords.min(axis=0), self.coords.max(axis=0)
@@ -154,13 +155,16 @@ class LatentPlot(FigureCanvasQTAgg):
         self.colorbar.set_label(f"mean {label} per bin" if self.density else label)
         self.draw_idle()
 
+    def _drop_colorbar(self) -> None:
+        if self.colorbar is not None:
+            self.colorbar.remove()
+            self.colorbar = None
+
     def _show_categories(self, values: np.ndarray, found: np.ndarray, label: str) -> None:
         from matplotlib.colors import ListedColormap
         from matplotlib.lines import Line2D
 
-        if self.colorbar is not None:
-            self.colorbar.remove()
-            self.colorbar = None
+        self._drop_colorbar()
         if self.legend is not None:
             self.legend.remove()
         colours = [f"C{k}" for k in range(len(found))]
