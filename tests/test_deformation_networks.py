@@ -115,7 +115,7 @@ def test_factorised_decoder_learns_a_domain_rotation_that_is_nonlinear_in_the_la
 
 def test_build_decoder_follows_the_settings():
     mlp = build_decoder(DeformationSettings(decoder="mlp"), 40.0)
-    assert isinstance(build_decoder(DeformationSettings(), 40.0), DeformationDecoder)  # the default
+    assert isinstance(build_decoder(DeformationSettings(), 40.0), FactorisedDecoder)  # the default
     factorised = build_decoder(DeformationSettings(decoder="factorised", decoder_rank=7), 40.0)
     assert isinstance(mlp, DeformationDecoder) and isinstance(factorised, FactorisedDecoder)
     assert factorised.rank == 7 and factorised.extent_angstrom == 40.0
