@@ -237,7 +237,7 @@ def optimize_inverse_deformations(args: argparse.Namespace, extra: list[str]) ->
 
 def deformable_backprojection(args: argparse.Namespace, extra: list[str]) -> int:
     """Our deformed reconstruction, its half maps then copied to DIR/backprojection together."""
-    from ..engine.io.atomic import atomic_path
+    from ..engine.io.file_set import file_set
     from ..engine.io.guard import writing
     from ..engine.run_folder import RunFolder
 
@@ -254,9 +254,9 @@ def deformable_backprojection(args: argparse.Namespace, extra: list[str]) -> int
     halves = run.reconstruction(True).half_maps
     with writing(args.directory, "DIR", "deformable-backprojection", outputs="backprojection") as folder:
         targets = [folder / "backprojection" / name for name in HALF_MAPS]
-        with atomic_path(targets[0]) as first, atomic_path(targets[1]) as second:  # both or neither
-            shutil.copyfile(halves[0], first)
-            shutil.copyfile(halves[1], second)
+        with file_set(targets, folder / "backprojection" / "half_maps_complete.json") as temporaries:
+            for half, temporary in zip(halves, temporaries, strict=True):
+                shutil.copyfile(half, temporary)
     print(f"RELION's half maps: {targets[0]} and {targets[1]}")
     return 0
 
