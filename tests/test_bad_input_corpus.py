@@ -243,6 +243,9 @@ CASES = [
     ("simulate: negative Cs", lambda c: (c.simulate("--cs", "-1"), ["--cs"])),
     ("simulate: device cuda", lambda c: (c.simulate(*NO_CUDA.split()), ["--device"])),
     ("simulate: output is a file", lambda c: (c.simulate()[:-1] + [str(c.file("taken"))], ["taken", "is a file"])),
+    # demo
+    ("demo: a one-frame movie", lambda c: (["demo", "--output-directory", str(c.out), "--headless",
+                                            "--movie-frames", "1"], ["--movie-frames 1"])),
     # decode
     ("decode: device cuda", lambda c: (c.decode(*NO_CUDA.split()), ["--device"])),
     ("decode: output is a file", lambda c: (c.decode()[:-1] + [str(c.file("taken"))], ["taken", "is a file"])),

@@ -244,7 +244,7 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
     status = main([
         "demo", "--output-directory", str(output), "--headless", "--n-particles", "200",
         "--snr", "1", "--frames", "0:98:10", "--n-gaussians", "150", "--fit-steps", "20",
-        "--epochs", "3", "--refinement-rounds", "1", "--inverse-epochs", "2",
+        "--epochs", "3", "--refinement-rounds", "1", "--inverse-epochs", "2", "--movie-frames", "3",
     ])
     assert status == 0
     summary = json.loads((output / "demo_summary.json").read_text())
@@ -269,6 +269,8 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
     selection = read_particles(output / "selection.star")  # beside data/: names lead to data/'s images
     assert set(zip(selection.image_files, selection.image_indices)) == expected
     assert motion["outputs"]["selected_particles"] == len(selection) == len(expected) == 100
+    assert motion["outputs"]["napari_movie_frames"] == 3
+    assert len(iio.imread(output / "motion_napari.gif")) == 3
     frames = iio.imread(output / "motion.gif")
     assert len(frames) >= 12 and np.abs(frames[0].astype(float) - frames[11].astype(float)).max() > 0
 

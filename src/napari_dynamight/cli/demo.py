@@ -29,6 +29,7 @@ import json
 import time
 from pathlib import Path
 
+from ..engine.errors import InputError
 from ..engine.example_data import EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, check_example_file
 from ..engine.run_folder import DemoFolder
 
@@ -71,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inverse-epochs", type=int, default=10, metavar="E",
                         help="inverse-deformation epochs before the deformed reconstruction; 0 skips "
                              "stages 4 and 5 (default: %(default)s)")
+    parser.add_argument("--movie-frames", type=int, default=None, metavar="N",
+                        help="frames of the napari movie written with --headless (default: 12)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--device", default="cpu",
                         help="torch device, e.g. cpu or cuda (default: %(default)s)")
@@ -79,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_example_file(args.structure, "--structure")
     check_example_file(args.trajectory, "--trajectory")
+    if args.movie_frames is not None and args.movie_frames < 2:
+        raise InputError(f"--movie-frames {args.movie_frames}: a movie needs at least 2 frames")
     if not args.headless:
         from .._display import check_display
 
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_pipeline(args)
     print(format_result(result))
     if args.headless:
-        write_headless_outputs(result, args.output_directory)
+        write_headless_outputs(result, args.output_directory, args.movie_frames)
         written = DemoFolder(args.output_directory).headless_files("deformations" in result["summary"])
         print(f"wrote {', '.join(path.name for path in written)} in {args.output_directory}")
     else:
@@ -213,7 +218,7 @@ def gaussian_points_zyx(model):
     return model.positions_angstrom.detach().cpu().numpy()[:, ::-1].copy()
 
 
-def write_headless_outputs(result: dict, output: Path) -> None:
+def write_headless_outputs(result: dict, output: Path, movie_frames: int | None = None) -> None:
     """The summary and the consensus slices, and with a run the motion outputs and napari's
     screenshots and movies (``_napari_demo.render_views``); each written atomically."""
     from ..engine.io.atomic import atomic_path
@@ -226,7 +231,8 @@ def write_headless_outputs(result: dict, output: Path) -> None:
 
         run_directory = Path(result["summary"]["deformations"]["run_directory"])
         outputs = _demo_motion.write_outputs(run_directory, result["labels_csv"], output)
-        outputs |= render_views(run_directory, output, lambda viewer: add_layers(viewer, result))
+        outputs |= render_views(run_directory, output, lambda viewer: add_layers(viewer, result),
+                                movie_frames)
         result["summary"]["deformations"]["outputs"] = outputs
     with atomic_path(demo.summary) as tmp:
         tmp.write_text(json.dumps(result["summary"], indent=2) + "\n", encoding="utf-8")
