@@ -12,6 +12,13 @@ particles, 1.5 Å/px at box 64, 0.75 Å/px at box 128), one deformation epoch is
 (``decode_at``) until the volume, points and vectors layers hold the new data is measured, as well as
 the decoder alone and a screenshot (the canvas redraw). Needs a display: run under xvfb-run.
 
+Movie (--movie-frames 20, on the first latency box's run): a path between the 5th and 95th
+percentile of the first plot axis is exported as a GIF (the explorer's ``export_movie``: decode, show,
+capture, crop, write), timed from the request until the file is written, with the canvas renders
+counted (vispy draw events) while the frames are captured. Each frame is rendered once, into the
+captured image; for comparison the same export runs with the on-screen repaint left on (each frame
+rendered twice: on screen after the layer update, then for the capture), the two interleaved.
+
 Usage: xvfb-run -a python bench/bench_explorer.py --output bench/results/explorer.json
 """
 
@@ -84,7 +91,55 @@ def measure(n: int, seed: int = 0) -> dict:
     return result
 
 
-def click_latency(box: int, folder: Path) -> dict:
+def movie_timing(viewer, widget, folder: Path, frames: int, rounds: int = 1) -> dict:
+    """Seconds and canvas renders of a ``frames``-frame GIF export, rendered once and (for comparison)
+    with the on-screen repaint left on."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_dynamight._widgets import _movie
+
+    app = QApplication.instance()
+    coords = widget.embedding.coords
+    height = float(np.median(coords[:, 1]))
+    widget.frames.value = frames
+    widget.set_path_end(0, (float(np.percentile(coords[:, 0], 5)), height))
+    widget.set_path_end(1, (float(np.percentile(coords[:, 0], 95)), height))
+    draws = []
+    viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(lambda _: draws.append(1))
+    find_canvas = _movie.canvas_widget
+    results: dict = {"rendered once": [], "rendered twice": []}
+    for round_ in range(rounds):
+        for mode in results:
+            _movie.canvas_widget = find_canvas if mode == "rendered once" else (lambda _widget: None)
+            counted = []
+            close = _movie.FrameCapture.close
+            _movie.FrameCapture.close = lambda capture: (counted.append(len(draws)), close(capture))
+            try:
+                start, before = time.perf_counter(), len(draws)
+                widget.export_movie(folder / f"movie_{round_}_{mode.split()[1]}.gif")
+                while widget.tasks.running:
+                    app.processEvents()
+                    time.sleep(0.005)
+                seconds = time.perf_counter() - start
+            finally:
+                _movie.canvas_widget, _movie.FrameCapture.close = find_canvas, close
+            outcome = widget.tasks.last_outcome
+            if outcome is None or outcome.error is not None:
+                raise RuntimeError(f"movie export failed: {widget.status.value}")
+            results[mode].append({"seconds": seconds, "renders": counted[0] - before,
+                                  "frames": len(widget.movie_frames)})
+    summary = {"frames": frames, "canvas_size": list(viewer.window._qt_viewer.canvas.size),
+               "movie_size_cropped": list(widget.movie_frames[0].shape[:2])}
+    for mode, runs in results.items():
+        seconds = float(np.median([run["seconds"] for run in runs]))
+        summary[mode.replace(" ", "_")] = {
+            "seconds": round(seconds, 1), "seconds_per_frame": round(seconds / frames, 2),
+            "canvas_renders": [run["renders"] for run in runs],
+            "frames_written": [run["frames"] for run in runs]}
+    return summary
+
+
+def click_latency(box: int, folder: Path, movie_frames: int = 0) -> dict:
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -125,11 +180,14 @@ def click_latency(box: int, folder: Path) -> dict:
         viewer.screenshot(canvas_only=True, flash=False)
         redraw.append(time.perf_counter() - start)
     n_gaussians = len(widget.last_decoded.positions_angstrom)
+    result = {"box": box, "n_gaussians": n_gaussians,
+              "click_to_layers_ms": round(1000 * float(np.median(click)), 1),
+              "decode_and_render_ms": round(1000 * float(np.median(decode)), 1),
+              "canvas_redraw_ms": round(1000 * float(np.median(redraw)), 1)}
+    if movie_frames:
+        result["movie"] = movie_timing(viewer, widget, folder, movie_frames)
     viewer.close()
-    return {"box": box, "n_gaussians": n_gaussians,
-            "click_to_layers_ms": round(1000 * float(np.median(click)), 1),
-            "decode_and_render_ms": round(1000 * float(np.median(decode)), 1),
-            "canvas_redraw_ms": round(1000 * float(np.median(redraw)), 1)}
+    return result
 
 
 def main() -> None:
@@ -139,7 +197,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--latency-boxes", type=int, nargs="*", default=[64, 128],
                         help="boxes for the click latency (needs a display; none to skip)")
+    parser.add_argument("--movie-frames", type=int, default=20,
+                        help="frames of the movie timed on the first latency box's run (0: none)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     if not os.environ.get("DISPLAY") and "QT_QPA_PLATFORM" not in os.environ:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
         args.latency_boxes = []
@@ -149,9 +213,9 @@ def main() -> None:
     results = [measure(n) for n in args.sizes]
     latency = []
     with tempfile.TemporaryDirectory() as folder:
-        for box in args.latency_boxes:
-            latency.append(click_latency(box, Path(folder)))
-    report = {"benchmark": "latent explorer: lasso and recolour; click to volume",
+        for index, box in enumerate(args.latency_boxes):
+            latency.append(click_latency(box, Path(folder), args.movie_frames if index == 0 else 0))
+    report = {"benchmark": "latent explorer: lasso and recolour; click to volume; movie export",
               "machine": platform.machine(), "cpus": os.cpu_count(),
               "qt_platform": app.platformName(), "selection": results, "click_latency": latency}
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import starfile
+
+# napari reads and writes no settings file in the tests (opening a run folder sets napari's reader
+# preference for it, which must not reach the user's settings)
+os.environ.setdefault("NAPARI_CONFIG", "")
 
 DATA = Path(__file__).parent / "data"
 

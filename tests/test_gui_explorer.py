@@ -15,6 +15,7 @@ from matplotlib.backend_bases import MouseEvent
 
 from helpers.explore_data import ShiftDecoder, make_run
 from helpers.screenshots import density_pixels, gaussian_pixels, molecule_coverage
+from napari_dynamight._widgets import _movie
 from napari_dynamight._widgets.explorer import (POINTS_LAYER, VECTORS_LAYER, VOLUME_LAYER,
                                                 ExplorerWidget)
 from napari_dynamight.engine.explore import embed, load_run
@@ -252,25 +253,38 @@ def test_click_decodes_with_the_chosen_halfs_decoder(qtbot, explorer):
     assert np.abs(shown - half1_volume).max() > 0.5 * shown.max()
 
 
-def test_dragging_decodes_without_queueing(qtbot, explorer):
+def test_dragging_decodes_without_queueing(qtbot, explorer, monkeypatch):
+    """A fast drag (here: every move inside one coalescing interval, with the event loop running
+    between moves as for real mouse events) redraws the plot and requests a volume at the press and
+    at the release only, and the volume shown is the release point's."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_dynamight._widgets import _plot
+
     viewer, widget, folder = explorer
     decoder = ShiftDecoder()
     widget.set_data(load_run(folder), decoder)
     wait_idle(qtbot, widget)  # the volume a run opens with
-    requested, calls = widget.runner.requested, decoder.calls
+    widget.plot.draw()
+    monkeypatch.setattr(_plot, "DRAG_INTERVAL_MS", 60_000)  # every move below counts as rapid
+    requested, calls, draws = widget.runner.requested, decoder.calls, []
+    widget.plot.mpl_connect("draw_event", lambda _: draws.append(1))
     points = widget.embedding.coords[:20]
     mouse(widget.plot, "button_press_event", points[0])
     for point in points[1:]:
+        QApplication.processEvents()
         mouse(widget.plot, "motion_notify_event", point)
+    QApplication.processEvents()
     mouse(widget.plot, "button_release_event", points[-1])
     wait_idle(qtbot, widget)
-    assert widget.runner.requested - requested == 20
-    assert decoder.calls - calls <= 3  # the first, perhaps one replaced in flight, and the last
+    QApplication.processEvents()
+    assert len(draws) <= 2, len(draws)
+    assert widget.runner.requested - requested == 2 and decoder.calls - calls <= 2
     np.testing.assert_allclose(widget.last_point, points[-1], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(widget.last_decoded.latent, widget.embedding.to_latent(widget.last_point))
 
 
-def test_path_volumes_and_movie(qtbot, explorer, tmp_path):
+def test_path_volumes_and_movie(qtbot, explorer, tmp_path, monkeypatch):
     viewer, widget, folder = explorer
     widget.set_data(load_run(folder), ShiftDecoder())
     clusters = [cluster_centre(widget, k) for k in range(3)]
@@ -294,11 +308,23 @@ def test_path_volumes_and_movie(qtbot, explorer, tmp_path):
     widget.path_kind.value = "along the data"
     widget.make_path()
     movie = tmp_path / "path.gif"
-    widget.export_movie(movie)
+    renders, while_capturing = [], []  # the canvas's renders, and their count when capture ended
+    viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(lambda _: renders.append(1))
+    close = _movie.FrameCapture.close
+    monkeypatch.setattr(_movie.FrameCapture, "close",
+                        lambda capture: (while_capturing.append(len(renders)), close(capture)))
+    widget.export_movie(movie, also=[tmp_path / "path.mp4"])
     wait_idle(qtbot, widget)
     assert widget.tasks.last_outcome.error is None
+    assert while_capturing[0] == 4  # each frame rendered once, not again on screen
     frames = iio.imread(movie)
-    assert frames.shape[0] == 4
+    canvas_height, canvas_width = viewer.window._qt_viewer.canvas.size
+    # cropped to the molecule (the canvas is tall and narrow here), background rows around it
+    assert frames.shape[0] == 4 and frames.shape[1] < 0.6 * canvas_height, (frames.shape, canvas_height)
+    assert max(frames[:, :2].max(), frames[:, -2:].max()) < 30
+    mp4 = iio.imread(tmp_path / "path.mp4", plugin="FFMPEG")
+    assert mp4.shape[0] == 4 and mp4.shape[1] % 16 == 0 and mp4.shape[2] % 16 == 0
+    assert mp4.shape[1] >= frames.shape[1] and mp4.shape[2] >= frames.shape[2]  # padded, not cut
     chimerax = tmp_path / "path_chimerax"  # the same series for ChimeraX, recording path.mp4
     assert len(list(chimerax.glob("path_*.mrc"))) == 4 and not (chimerax / LOCK_NAME).exists()
     script = (chimerax / "path.cxc").read_text()
@@ -409,6 +435,35 @@ def test_one_lasso_in_the_common_space_exports_both_halves(qtbot, make_napari_vi
     wait_idle(qtbot, widget)
     np.testing.assert_allclose(widget.last_decoded.latent,
                                np.load(folder / "latent_means_half2_validation.npy")[second])
+
+
+def test_validation_particles_are_marked_on_the_common_density_image(qtbot, make_napari_viewer, finished_run,
+                                                                      tmp_path, monkeypatch):
+    """Above the density threshold (lowered here) the common space is a density image; the validation
+    particles are still marked, as dots, every one of them or a stated subset."""
+    import shutil
+
+    from napari_dynamight._widgets import _explorer_common
+    from napari_dynamight._widgets._explorer_common import BOTH
+
+    folder = shutil.copytree(finished_run, tmp_path / "run")
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
+    widget.plot.density_threshold = 10
+    widget.open_run(folder)
+    widget.set_half(BOTH)
+    qtbot.waitUntil(lambda: widget.view is not None and widget.view.half == BOTH, timeout=60_000)
+    validation = widget.data.table.particles.dmValidation.to_numpy() != 0
+    assert widget.plot.density and widget.plot.artist.get_array().shape == (200, 200)
+    np.testing.assert_allclose(widget._validation_marks.get_offsets(), widget.embedding.coords[validation])
+    assert widget._validation_legend.get_texts()[0].get_text() == f"validation ({validation.sum()})"
+
+    monkeypatch.setattr(_explorer_common, "MAX_VALIDATION_DOTS", 5)
+    widget.mark_validation()
+    shown = widget._validation_marks.get_offsets()
+    assert len(shown) == 5 and len(widget.plot.axes.collections) == 1  # replaced, not added
+    assert all((np.abs(widget.embedding.coords[validation] - point).sum(axis=1) < 1e-5).any() for point in shown)
+    assert widget._validation_legend.get_texts()[0].get_text() == f"validation (5 of {validation.sum()} shown)"
 
 
 def test_the_common_space_needs_the_runs_decoders(explorer):

@@ -49,6 +49,39 @@ def test_explorer_screenshots_per_half_set(qtbot, make_napari_viewer, tmp_path):
     assert np.abs(plots[1][crop].astype(int) - plots[2][crop]).mean() > 2  # two different embeddings
 
 
+def test_common_space_screenshot(qtbot, make_napari_viewer, finished_run, tmp_path):
+    """Both halves' particles of a run of the simulated AdK set in the common motion space: coloured
+    by half set, validation particles ringed, a lasso over the right half, a particle decoded."""
+    import shutil
+
+    from napari_dynamight._widgets._explorer_common import BOTH
+
+    folder = shutil.copytree(finished_run, tmp_path / "run")
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
+    widget.open_run(folder)
+    widget.set_half(BOTH)
+    qtbot.waitUntil(lambda: widget.view is not None and widget.view.half == BOTH, timeout=60_000)
+    coords = widget.embedding.coords
+    low, high = coords.min(axis=0) - 0.01, coords.max(axis=0) + 0.01
+    middle = float(np.median(coords[:, 0]))
+    mask = widget.select_polygon([(middle, low[1]), (high[0], low[1]), (high[0], high[1]), (middle, high[1])])
+    widget.decode_at(coords[np.nonzero(mask)[0][0]])
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=30_000)
+    widget.plot.draw()
+    plot = widget_rgb(widget.plot)
+    save(viewer.screenshot(canvas_only=False, flash=False), "explorer_common.png", tmp_path)
+    halves = widget.data.table.particles.dmHalfSet.to_numpy()
+    assert set(halves[widget.view.rows[mask]]) == {1, 2} and "dmHalfSet 1:" in widget.status.value
+    blue = (plot[..., 2] > 150) & (plot[..., 0] < 100)  # matplotlib's C0: half 1
+    orange = (plot[..., 0] > 200) & (plot[..., 1] > 100) & (plot[..., 1] < 180) & (plot[..., 2] < 80)  # C1
+    red = (plot[..., 0] > 200) & (plot[..., 1] < 80) & (plot[..., 2] < 80)  # the lasso's outline
+    assert blue.sum() > 100 and orange.sum() > 100 and red.sum() > 50
+    canvas = viewer.screenshot(canvas_only=True, flash=False)
+    assert density_pixels(canvas).sum() > 10 * gaussian_pixels(canvas).sum()
+
+
 STAGE_WIDGETS = {"Deformations": "deformations_widget.png",
                  "Inverse deformations": "inverse_widget.png",
                  "Reconstruction": "reconstruction_widget.png"}

@@ -244,3 +244,46 @@ def test_unfinished_run_folder_opens_its_half_maps(make_napari_viewer, tmp_path)
     viewer.layers.clear()
     layers = viewer.open(str(folder / "run.json"), plugin=None)  # as a drop: no reader named, no dialog
     assert [layer.name for layer in layers] == ["consensus_half1", "consensus_half2"]
+
+
+def test_run_folders_open_without_the_reader_choice_dialog(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    """napari's builtin reader accepts every folder, so a run folder alone makes napari ask which
+    reader to use. A folder the plugin opened once is napari's preference for it; a run folder dropped
+    on a window with the explorer opens there. The dialog is never shown."""
+    from helpers.explore_data import make_run
+    from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
+    from napari.settings import get_settings
+    from qtpy.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+    from qtpy.QtGui import QDragEnterEvent, QDropEvent
+    from qtpy.QtWidgets import QApplication
+
+    monkeypatch.setattr(get_settings(), "_save_on_change", False)  # the user's napari settings stay
+    asked = []
+    monkeypatch.setattr(QtReaderDialog, "get_user_choices", lambda dialog: (asked.append(1), ("", False))[1])
+    first, second = (make_run(tmp_path / name, n=60) for name in ("first", "second"))
+    for folder in (first, second):
+        (folder / "run.json").write_text("{}", encoding="utf-8")
+    viewer = make_napari_viewer(show=True)
+    qt_viewer = viewer.window._qt_viewer
+    qt_viewer._qt_open([str(first)], stack=False)  # what a drop does: napari asks (the problem)
+    assert len(asked) == 1 and len(viewer.window._wrapped_dock_widgets) == 0
+
+    viewer.open(str(first / "run.json"), plugin=None)  # one reader for the run file: the explorer docks
+    widget = viewer.window._wrapped_dock_widgets["Latent-space explorer (napari-dynamight)"].inner_widget()
+    assert widget.data.source == first
+    widget.open_run(second)
+    widget.open_run(first)
+    qt_viewer._qt_open([str(second)], stack=False)  # remembered: opened by the plugin, no question
+    assert len(asked) == 1 and widget.data.source == second and len(viewer.layers) == 0
+    assert viewer.open(str(first), plugin=None) == [] and widget.data.source == first  # none named
+
+    third = make_run(tmp_path / "third", n=60)
+    (third / "run.json").write_text("{}", encoding="utf-8")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(third))])
+    press = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    # never opened before, dragged onto the explorer's window and dropped (Qt delivers a drop after
+    # an accepted drag entry only)
+    assert QApplication.sendEvent(qt_viewer, QDragEnterEvent(QPoint(20, 20), *press))
+    assert QApplication.sendEvent(qt_viewer, QDropEvent(QPointF(20, 20), *press))
+    assert len(asked) == 1 and widget.data.source == third and len(viewer.layers) == 0

@@ -73,15 +73,6 @@ def _wait(condition, what: str) -> None:
         time.sleep(0.01)
 
 
-def _save_png(path: Path, image: np.ndarray) -> None:
-    import imageio.v3 as iio
-
-    from .engine.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, np.asarray(image)[..., :3], extension=".png")
-
-
 def render_views(run_directory: Path, output: Path, add_layers=None, frames: int | None = None) -> dict:
     """Write the napari screenshots and movies of ``run_directory`` into ``output``; what was written.
 
@@ -104,6 +95,7 @@ def new_viewer():
 def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
     from ._widgets._layers import fit_camera
     from ._widgets.explorer import VOLUME_LAYER, open_explorer
+    from .engine.io.movie import write_image
 
     viewer = new_viewer()
     try:
@@ -125,8 +117,8 @@ def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
         widget.plot.draw()
         demo = DemoFolder(output)
         window_png, volume_png = demo.napari_explorer, demo.napari_volume
-        _save_png(window_png, viewer.screenshot(canvas_only=False, flash=False))
-        _save_png(volume_png, viewer.screenshot(canvas_only=True, flash=False))
+        write_image(window_png, viewer.screenshot(canvas_only=False, flash=False))
+        write_image(volume_png, viewer.screenshot(canvas_only=True, flash=False))
         widget.frames.value = frames
         widget.set_path_end(0, start)
         widget.set_path_end(1, end)

@@ -21,6 +21,8 @@ Maps and images open as image layers whose world coordinates are Å measured fro
   (``run.json``, which no other reader claims, so napari asks no question): the latent-space explorer is docked in the current
   viewer with the run loaded (the reader returns napari's "no layers" value ``[(None,)]``). Without a
   viewer, or before the run has latent means, its half maps open as layers and a message says why.
+  napari's builtin reader accepts every folder too; the run folders the plugin has opened are made
+  napari's preferred reader choice (``_widgets._run_drop``), so they open without the dialog.
 
 Nothing heavy is imported at module import time: napari imports readers while it starts.
 """
@@ -100,8 +102,11 @@ def read_run(path) -> list[tuple]:
 
     from .engine.errors import InputError
 
+    from ._widgets._run_drop import prefer_this_plugin
+
     path = _run_folder(path)
     run = RunFolder(path)
+    prefer_this_plugin(path)  # the next drop of this folder opens it without asking
     if run.latents.is_file() and _dock_explorer(path):
         return NO_LAYERS
     maps = [run.half_map(half) for half in (1, 2) if run.half_map(half).is_file()]

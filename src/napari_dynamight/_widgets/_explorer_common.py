@@ -18,6 +18,7 @@ __all__ = ["BOTH", "COMMON_LABEL", "CommonSpaceView", "common_columns", "view_la
 COMMON_LABEL = "both (common motion space)"
 HALF_COLUMN = "dmHalfSet"
 SUBSET_COLUMN = "rlnRandomSubset"
+MAX_VALIDATION_DOTS = 20_000  # density mode: validation particles drawn as dots, at most this many
 
 
 def common_columns(columns: dict) -> dict:
@@ -67,17 +68,36 @@ class CommonSpaceView:
                              + self.selection_counts(self.view.rows))
 
     def mark_validation(self) -> None:
-        """Hollow black rings around the validation particles (a scatter plot only)."""
-        marks = getattr(self, "_validation_marks", None)
+        """Mark the validation particles: hollow black rings on the scatter plot; on the density image
+        (many particles), small black dots, at most :data:`MAX_VALIDATION_DOTS` of them (a seeded
+        random subset, the legend says how many are shown)."""
+        marks, legend = getattr(self, "_validation_marks", None), getattr(self, "_validation_legend", None)
         if marks is not None:
             marks.remove()
             self._validation_marks = None
-        if self.view is None or self.view.half != BOTH or self.plot.density:
+        if legend is not None and legend.axes is not None:
+            legend.remove()
+        self._validation_legend = None
+        if self.view is None or self.view.half != BOTH:
             return
-        chosen = self.embedding.coords[self.common.validation]
-        self._validation_marks = self.plot.axes.scatter(
-            chosen[:, 0], chosen[:, 1], s=14, facecolors="none", edgecolors="black", linewidths=0.5,
-            label="validation")
+        rows = np.nonzero(self.common.validation)[0]
+        chosen = self.embedding.coords[rows]
+        if not self.plot.density:
+            self._validation_marks = self.plot.axes.scatter(
+                chosen[:, 0], chosen[:, 1], s=14, facecolors="none", edgecolors="black", linewidths=0.5,
+                label="validation")
+        else:
+            label = f"validation ({len(rows)})"
+            if len(rows) > MAX_VALIDATION_DOTS:
+                keep = np.sort(np.random.default_rng(0).choice(len(rows), MAX_VALIDATION_DOTS, replace=False))
+                chosen = chosen[keep]
+                label = f"validation ({MAX_VALIDATION_DOTS} of {len(rows)} shown)"
+            self._validation_marks = self.plot.axes.scatter(
+                chosen[:, 0], chosen[:, 1], s=1.5, color="black", linewidths=0, rasterized=True,
+                label=label)
+            self._validation_legend = self.plot.axes.legend(
+                handles=[self._validation_marks], loc="upper right", fontsize="small", markerscale=4,
+                framealpha=0.8)
         self.plot.draw_idle()
 
     def selection_counts(self, rows: np.ndarray) -> str:

@@ -78,33 +78,54 @@ class PathExport:
             f"wrote {len(files)} volumes to {folder}; ChimeraX: chimerax {Path(folder) / 'path.cxc'}"))
 
     def export_movie(self, path, fps: int = 10, also=()):
-        """Decode the path, show each volume with the current camera, capture it, write a movie
-        (and the same frames to every path in ``also``, e.g. a GIF next to an MP4); the volumes and a
-        ChimeraX script that records the same series as ``NAME.mp4`` go to ``NAME_chimerax/``."""
+        """Decode the path, show each volume with the current camera, render it once into a frame
+        (``_movie.FrameCapture``: no second, on-screen render), crop the frames to the molecule and
+        write a movie (and the same frames to every path in ``also``, e.g. a GIF next to an MP4)
+        with the engine's writer; the volumes and a ChimeraX script that records the same series as
+        ``NAME.mp4`` go to ``NAME_chimerax/``."""
+        from ..engine.errors import InputError
         from ..engine.explore.series import decode_path
         from ..engine.io.guard import holding
-        from ._movie import check_movie_path, chimerax_folder, write_movie
+        from ..engine.io.movie import check_movie_path, crop_to_content, write_movie
+        from ._movie import FrameCapture, chimerax_folder
+        from ._tasks import one_line
 
         latents = self._path_for_export()
         paths = [path, *also]
-        if latents is None or not all(check_movie_path(p, self._error) for p in paths):
+        if latents is None:
             return None
-        self.movie_frames = []
+        try:
+            for target in paths:
+                check_movie_path(target)
+        except InputError as error:
+            self._error(one_line(error))
+            return None
+        capture = FrameCapture(self.viewer, self)
+        self.movie_capture = capture
+        self.movie_frames = capture.frames
 
         def frame(event) -> None:
             self._show_decoded(event.decoded)
-            self.movie_frames.append(self.viewer.screenshot(canvas_only=True, flash=False))
+            capture.capture()
 
         def finish(_) -> None:
+            capture.close()
+            frames = self.movie_frames = crop_to_content(capture.frames)
             for target in paths:
-                write_movie(target, self.movie_frames, fps)
-            self._done(f"wrote {len(self.movie_frames)} frames to {', '.join(map(str, paths))}; volumes "
+                write_movie(target, frames, fps)
+            self._done(f"wrote {len(frames)} frames to {', '.join(map(str, paths))}; volumes "
                        f"and path.cxc (ChimeraX) in {folder}")
 
         folder = chimerax_folder(path)
         operation = holding(decode_path(self.decoder, latents, folder, movie=f"{Path(path).stem}.mp4",
                                         framerate=fps), folder, "ChimeraX folder", "movie")
-        return self.tasks.start(operation, "movie", finish, frame)
+        capture.open()
+        worker = self.tasks.start(operation, "movie", finish, frame)
+        if worker is None:
+            capture.close()
+        else:
+            worker.finished.connect(capture.close)  # also after an error or Cancel
+        return worker
 
     def _path_for_export(self):
         if self.decoder is None:

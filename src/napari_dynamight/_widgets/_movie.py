@@ -1,27 +1,19 @@
-"""Write captured viewer frames as a GIF (Pillow) or MP4 (needs imageio-ffmpeg) with imageio; the
-movie's volumes and their ChimeraX script go to a folder beside it (:func:`chimerax_folder`)."""
+"""Capture movie frames from napari's 3D canvas, each rendered once; the movie's volumes and their
+ChimeraX script go to a folder beside it (:func:`chimerax_folder`).
+
+A layer update asks the canvas to repaint on screen, and a screenshot renders the scene again into
+an image: two renders per frame, each hundreds of milliseconds with a software renderer. While a
+:class:`FrameCapture` is open, the canvas's on-screen repaints are paused, so each frame is rendered
+once, straight into the captured image; the scale bar is hidden, since frames are cropped to the
+molecule (``engine.io.movie.crop_to_content``). On closing, the canvas repaints once with the last
+frame. The movie itself is written by the engine's one writer (``engine.io.movie.write_movie``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-
-
-def check_movie_path(path, on_error) -> bool:
-    """True if ``path`` can be written; else report one line through ``on_error``."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        on_error(f"{path}: choose a .gif or .mp4 file name")
-        return False
-    if suffix == ".mp4":
-        try:
-            import imageio_ffmpeg  # noqa: F401
-        except ImportError:
-            on_error(f"{path}: MP4 needs the package imageio-ffmpeg (pip install imageio-ffmpeg); "
-                     "or export a .gif")
-            return False
-    return True
 
 
 def chimerax_folder(movie) -> Path:
@@ -31,26 +23,58 @@ def chimerax_folder(movie) -> Path:
     return movie.with_name(f"{movie.stem}_chimerax")
 
 
-def write_movie(path, frames: list[np.ndarray], fps: int = 10) -> None:
-    """Write RGB(A) frames atomically, cropped to their common size.
+def _scale_bar(viewer):
+    overlays = getattr(viewer.canvas, "overlays", None)  # napari ≥ 0.9: viewer.canvas.overlays
+    return overlays.scale_bar if overlays is not None else viewer.scale_bar
 
-    Screenshots can differ by a few pixels when the window relayouts during capture (a progress bar
-    appearing, say); cropping to the smallest frame keeps the movie valid. MP4 sizes are cropped to
-    multiples of 16 (the H.264 macro block), so every player accepts them and nothing is rescaled.
-    """
-    import imageio.v3 as iio
 
-    from ..engine.io.atomic import atomic_path
+def canvas_widget(widget):
+    """The Qt widget of the napari canvas in ``widget``'s window (its one OpenGL widget), or None."""
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
 
-    path = Path(path)
-    arrays = [np.asarray(frame)[..., :3] for frame in frames]
-    height = min(a.shape[0] for a in arrays)
-    width = min(a.shape[1] for a in arrays)
-    if path.suffix.lower() == ".mp4":
-        height, width = height - height % 16, width - width % 16
-    rgb = np.stack([a[:height, :width] for a in arrays]).astype(np.uint8)
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".gif":
-            iio.imwrite(tmp, rgb, extension=".gif", duration=1000 / fps, loop=0)
-        else:
-            iio.imwrite(tmp, rgb, extension=".mp4", fps=fps, codec="libx264")
+    window = widget.window() if widget is not None else None
+    found = window.findChildren(QOpenGLWidget) if window is not None else []
+    return found[0] if len(found) == 1 else None
+
+
+class FrameCapture:
+    """Render-once frame capture from ``viewer``'s canvas (see the module's text); ``frames`` holds
+    the captured RGB images. ``widget`` (a widget docked in the viewer's window) leads to the canvas
+    whose on-screen repaints are paused; without it frames are still captured, rendered twice."""
+
+    def __init__(self, viewer, widget=None):
+        self.viewer = viewer
+        self.frames: list[np.ndarray] = []
+        self._canvas = canvas_widget(widget)
+        self._open = False
+        self._scale_bar_visible = None
+
+    def open(self) -> FrameCapture:
+        if not self._open:
+            self._open = True
+            if self._canvas is not None:
+                self._canvas.setUpdatesEnabled(False)  # no on-screen repaint per layer update
+            bar = _scale_bar(self.viewer)
+            self._scale_bar_visible, bar.visible = bar.visible, False
+        return self
+
+    def capture(self) -> np.ndarray:
+        """Render the current scene once and keep it as the next frame."""
+        image = np.asarray(self.viewer.screenshot(canvas_only=True, flash=False))[..., :3]
+        self.frames.append(image)
+        return image
+
+    def close(self) -> None:
+        """Show the canvas again (one repaint, the last frame)."""
+        if not self._open:
+            return
+        self._open = False
+        _scale_bar(self.viewer).visible = bool(self._scale_bar_visible)
+        if self._canvas is not None:
+            self._canvas.setUpdatesEnabled(True)
+
+    def __enter__(self) -> FrameCapture:
+        return self.open()
+
+    def __exit__(self, *_exc) -> None:
+        self.close()

@@ -3,7 +3,9 @@
 The plot only draws; the selection model lives in numpy (``engine.explore``). Above
 :data:`DENSITY_THRESHOLD` points a 2D histogram is drawn instead of markers (a full scatter of 10⁶
 points takes seconds; a histogram image tens of milliseconds), coloured by the mean of the chosen
-value in each bin. Clicks, drags and lassos are reported through callbacks in data coordinates.
+value in each bin. Clicks, drags and lassos are reported through callbacks in data coordinates. A drag
+is coalesced: the cursor's latest position is reported at most every :data:`DRAG_INTERVAL_MS` (and on
+release), so a fast drag over a slow redraw never queues redraws or decodes.
 
 The plot says what it shows: axis labels from the embedding (a PCA axis with its share of the
 variance, "PC 1 (43%)"), equal aspect (distances in the plot are comparable in both directions), a
@@ -19,9 +21,11 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.widgets import LassoSelector
+from qtpy.QtCore import QTimer
 
 DENSITY_THRESHOLD = 200_000
 BINS = 200
+DRAG_INTERVAL_MS = 100  # a drag reports its latest position at most this often
 MAX_CATEGORIES = 10  # integer columns with at most this many values get a legend, not a colour bar
 CATEGORY_NAMES = {"dmHalfSet": {1: "half 1", 2: "half 2"},
                   "dmValidation": {0: "training", 1: "validation"}}
@@ -76,6 +80,10 @@ class LatentPlot(FigureCanvasQTAgg):
         self.cmap = "viridis"
         self.mode = "decode"
         self._dragging = False
+        self._drag_point = None  # the latest position of a drag, not reported yet
+        self._drag_timer = QTimer(self)
+        self._drag_timer.setSingleShot(True)
+        self._drag_timer.timeout.connect(self._report_drag)
         self.lasso = LassoSelector(self.axes, self._lasso_done, useblit=False)
         self.lasso.set_active(False)
         self.mpl_connect("button_press_event", self._press)
@@ -217,17 +225,27 @@ class LatentPlot(FigureCanvasQTAgg):
         if self.mode != "decode" or event.inaxes is not self.axes or event.button != 1:
             return
         self._dragging = True
-        self._report(event)
+        self._drag_point = None
+        self._report(np.array([event.xdata, event.ydata], dtype=np.float64))
 
     def _motion(self, event) -> None:
+        """Keep the drag's latest position; report it when the interval has passed (coalescing)."""
         if self._dragging and event.inaxes is self.axes:
-            self._report(event)
+            self._drag_point = np.array([event.xdata, event.ydata], dtype=np.float64)
+            if not self._drag_timer.isActive():
+                self._drag_timer.start(DRAG_INTERVAL_MS)
 
     def _release(self, event) -> None:
         self._dragging = False
+        self._drag_timer.stop()
+        self._report_drag()  # where the drag ended is always served
 
-    def _report(self, event) -> None:
-        point = np.array([event.xdata, event.ydata], dtype=np.float64)
+    def _report_drag(self) -> None:
+        point, self._drag_point = self._drag_point, None
+        if point is not None:
+            self._report(point)
+
+    def _report(self, point) -> None:
         self.show_marker(point)
         if self.on_point is not None:
             self.on_point(point)

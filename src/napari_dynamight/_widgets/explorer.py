@@ -28,6 +28,7 @@ from ._explorer_paths import PathExport
 from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
 from ._explorer_view import median_point, show_decoded
 from ._plot import LatentPlot
+from ._run_drop import handle_run_folder_drops, prefer_this_plugin
 from ._sections import compact, join_plugin_docks_when_shown, tabs
 from .reconstruction import fsc_plot
 from ._tasks import LatestRequestRunner, TaskPanel
@@ -148,6 +149,7 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
     def showEvent(self, event):
         super().showEvent(event)
         join_plugin_docks_when_shown(self)  # this plugin's docks share one column of tabs
+        handle_run_folder_drops(self.viewer, self)  # a dropped run folder opens here, no dialog
 
     # --- data ---------------------------------------------------------------------------------
     def open_run(self, path) -> None:
@@ -169,6 +171,7 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
             self._error(f"decoding unavailable: {one_line(error)}")
         self.set_data(data, decoder)
         self.show_run_warnings(path)
+        prefer_this_plugin(path)  # dropping this run folder later opens it without the dialog
 
     def show_run_warnings(self, path) -> list[str]:
         """The run's watchdog warnings (the run file's ``warnings``), above the status and as a napari

@@ -21,6 +21,7 @@ import numpy as np
 from ..engine.run_folder import DemoFolder
 
 MOVIE_FRAMES = 12
+MOVIE_FPS = 8
 
 
 def train(args, particles_star: Path, consensus_map: Path, model_path: Path, output: Path) -> dict:
@@ -131,11 +132,9 @@ def _latent_figure(coords: dict, frames: dict, path: Path) -> None:
 
 def _motion_movie(run_directory: Path, latents: np.ndarray, path: Path) -> int:
     """Half 1's volumes decoded from the 5th to the 95th percentile of its PC 1, projected, as a GIF."""
-    import imageio.v3 as iio
-
     from ..engine.deformation.decode import DeformationRun
     from ..engine.explore import straight_path
-    from ..engine.io.atomic import atomic_path
+    from ..engine.io.movie import write_movie
 
     centred = latents - latents.mean(0)
     direction = np.linalg.svd(centred, full_matrices=False)[2][0]
@@ -148,6 +147,4 @@ def _motion_movie(run_directory: Path, latents: np.ndarray, path: Path) -> int:
     scale = np.percentile(projections, 99.9)
     frames = (np.clip(projections / scale, 0, 1) * 255).astype(np.uint8)
     frames = np.concatenate([frames, frames[-2:0:-1]])  # there and back, no frame shown twice in a row
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, frames, extension=".gif", duration=120, loop=0)
-    return len(frames)
+    return write_movie(path, frames, fps=MOVIE_FPS)
