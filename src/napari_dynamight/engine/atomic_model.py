@@ -52,7 +52,7 @@ from .io.structure import read_structure
 KINDS = ("main", "side", "phosphate", "sugar", "base")
 PEPTIDE_BOND_ANGSTROM = 2.0
 MIN_MAP_CORRELATION = 0.3  # below this the model does not describe the map at all
-SHIFT_GAIN = 0.1  # a shifted placement this much better than the given one means "off by a shift"
+SHIFT_GAIN = 0.05  # a shifted placement this much better than the given one means "off by a shift"
 
 _ALIASES = {"HSD": "HIS", "HSE": "HIS", "HSP": "HIS", "HID": "HIS", "HIE": "HIS", "HIP": "HIS",
             "CYX": "CYS", "ASH": "ASP", "GLH": "GLU", "LYN": "LYS", "MSE": "MET",
@@ -298,3 +298,126 @@ def atomic_prior_model(path, consensus_path, volume: np.ndarray | None = None,
     model = gaussian_model(coarse, volume.shape[0], voxel_size_angstrom, read_map_origin(consensus_path))
     fit = check_model_in_map(path, model, volume, voxel_size_angstrom, consensus_path)
     return model, torch.as_tensor(coarse.bonds, dtype=torch.long), fit
+
+
+def model_bias_reminder(run) -> str:
+    """The line a run made with the atomic-model prior reports until its model-bias control exists."""
+    return (f"maps of {run} are made with the atomic-model prior, which can copy the model's errors into "
+            f"them; run the model-bias control: napari-dynamight model-bias {run}")
+
+
+# --- models moved or deliberately wrong, written as structure files ------------------------------------------
+
+@dataclass(frozen=True)
+class Region:
+    """Residues ``first``..``last`` (inclusive, residue numbers) of ``chain``."""
+
+    chain: str | None  # None: any chain
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}" if self.chain is None else f"{self.chain or '_'}:{self.first}-{self.last}"
+
+    @classmethod
+    def parse(cls, text: str) -> Region:
+        """``CHAIN:FIRST-LAST`` or ``FIRST-LAST`` (any chain; ``_`` is a blank chain name)."""
+        chain, colon, span = text.rpartition(":")
+        try:
+            first, last = (int(v) for v in span.split("-", 1))
+        except ValueError:
+            raise InputError(f"--residues {text!r}: give CHAIN:FIRST-LAST, e.g. A:10-22") from None
+        if last < first:
+            raise InputError(f"--residues {text!r}: the last residue comes before the first")
+        return cls(None if not colon else "" if chain == "_" else chain, first, last)
+
+    def contains(self, chain: str, number: int) -> bool:
+        return (self.chain is None or chain == self.chain) and self.first <= number <= self.last
+
+
+def _elements_fixed(path) -> tuple:
+    """gemmi's structure of ``path`` with every kept atom's element set as :func:`read_structure` reads it
+    (MD files without element columns would otherwise be written with gemmi's guesses)."""
+    import gemmi
+
+    atoms = read_structure(path, drop_waters=False, drop_hydrogens=False)
+    structure = gemmi.read_structure(str(path))
+    structure.setup_entities()
+    number_of = dict(zip(atoms.atom_indices.tolist(), atoms.atomic_numbers.tolist(), strict=True))
+    index = -1
+    for chain in structure[0]:
+        for residue in chain:
+            for atom in residue:
+                index += 1
+                if index in number_of:
+                    atom.element = gemmi.Element(int(number_of[index]))
+    return structure
+
+
+def write_moved_structure(path, output, shift_angstrom, region: Region | None = None,
+                          rotation: np.ndarray | None = None) -> Path:
+    """A copy of a structure with every atom (or the atoms of ``region``) moved by ``shift_angstrom``
+    (x, y, z Å; after ``rotation``, a 3×3 matrix about the file's origin, if given), written as PDB:
+    fitting a model into a map by a rigid motion, or a deliberately wrong model."""
+    import gemmi
+
+    structure = _elements_fixed(path)
+    shift = np.asarray(shift_angstrom, dtype=np.float64)
+    matrix = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
+    moved = 0
+    for chain in structure[0]:
+        for residue in chain:
+            if region is None or region.contains(chain.name, residue.seqid.num):
+                for atom in residue:
+                    atom.pos = gemmi.Position(*(matrix @ np.array(atom.pos.tolist()) + shift))
+                    moved += 1
+    if moved == 0:
+        raise InputError(f"{path}: no residue in {region}; give residues of the model (CHAIN:FIRST-LAST)")
+    output = Path(output)
+    structure.write_pdb(str(output))
+    return output
+
+
+def kabsch(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation R and translation t with ``R @ source + t ≈ target`` (least squares, rows are points)."""
+    a, b = source.mean(0), target.mean(0)
+    u, _, vt = np.linalg.svd((source - a).T @ (target - b))
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    rotation = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    return rotation, b - rotation @ a
+
+
+def write_register_shifted_structure(path, output, region: Region) -> Path:
+    """A copy with the side chains of ``region`` threaded one residue on: each residue's side chain is
+    moved by the rigid motion that takes its N, CA, C onto the next residue's (a register error of one).
+    The main chain stays; the residue after ``region`` must exist."""
+    import gemmi
+
+    structure = _elements_fixed(path)
+    backbone = ("N", "CA", "C")
+    for chain in structure[0]:
+        if region.chain is not None and chain.name != region.chain:
+            continue
+        residues = list(chain)
+        moves = []
+        for k, residue in enumerate(residues[:-1]):
+            if not region.contains(chain.name, residue.seqid.num):
+                continue
+            following = residues[k + 1]
+            try:
+                source = np.array([residue[n][0].pos.tolist() for n in backbone])
+                target = np.array([following[n][0].pos.tolist() for n in backbone])
+            except (IndexError, RuntimeError, ValueError):
+                raise InputError(f"{path}: residue {residue.seqid.num} or the next lacks N, CA or C; choose "
+                                 "another region for the register shift") from None
+            moves.append((residue, *kabsch(source, target)))
+        for residue, rotation, translation in moves:  # all transforms from the original positions first
+            for atom in residue:
+                if atom.name.strip() not in ("N", "CA", "C", "O", "OXT") and not atom.is_hydrogen():
+                    atom.pos = gemmi.Position(*(rotation @ np.array(atom.pos.tolist()) + translation))
+        if moves:
+            output = Path(output)
+            structure.write_pdb(str(output))
+            return output
+    raise InputError(f"{path}: no residue in {region} with a following residue; give residues of the model "
+                     "(CHAIN:FIRST-LAST)")
