@@ -25,10 +25,11 @@ summed atomic numbers of its atoms):
 - Other residues (ligands, ions) and waters are left out; residue names of MD force fields (HSD, CYX,
   ...) and MSE are read as the standard residue.
 
-Bonds (the graph of the prior): consecutive main-chain Gaussians of a chain where the peptide bond
-exists (C–N under 2 Å), each residue's side-chain Gaussians in a chain starting at its main-chain
-Gaussian, and per nucleotide phosphate–sugar–base–base plus the sugar to the next nucleotide's
-phosphate where the O3'–P bond exists (2 Å).
+Bonds (the graph of the prior): the main-chain Gaussians of consecutively numbered residues of a
+chain (a gap in the numbering, i.e. missing residues, breaks the chain), each residue's side-chain
+Gaussians in a chain starting at its main-chain Gaussian, and per nucleotide phosphate–sugar–base–base
+plus the sugar to the next nucleotide's phosphate. Bonds follow the sequence, not distances, so a
+model whose segment is misplaced keeps the bonds of the right model.
 
 Positions in the map's box: Å from the box centre, ``file coordinates − map origin − (box//2)·voxel``,
 the frame in which a model fitted into the map in ChimeraX or Coot sits. :func:`check_model_in_map`
@@ -50,7 +51,6 @@ from .io.mrc import read_map, read_map_origin
 from .io.structure import read_structure
 
 KINDS = ("main", "side", "phosphate", "sugar", "base")
-PEPTIDE_BOND_ANGSTROM = 2.0
 MIN_MAP_CORRELATION = 0.3  # below this the model does not describe the map at all
 SHIFT_GAIN = 0.05  # a shifted placement this much better than the given one means "off by a shift"
 
@@ -143,7 +143,7 @@ def coarse_grain(path: str | os.PathLike) -> CoarseModel:
     positions, amplitudes, kinds, owners, residues, bonds = [], [], [], [], [], []
     keys = np.stack([atoms.chain_ids.astype(str), atoms.residue_numbers.astype(str)], axis=1)
     starts = np.r_[0, np.nonzero((keys[1:] != keys[:-1]).any(axis=1))[0] + 1, atoms.n_atoms]
-    previous = None  # (chain, polymer, atom positions by name, Gaussian index to bond to the next residue)
+    previous = None  # (chain, polymer, residue number, Gaussian index to bond to the next residue)
     for first, stop in zip(starts[:-1], starts[1:], strict=True):
         name = _standard_name(atoms.residue_names[first])
         chain = str(atoms.chain_ids[first])
@@ -185,19 +185,12 @@ def coarse_grain(path: str | os.PathLike) -> CoarseModel:
         residues.append((chain, int(atoms.residue_numbers[first]), name))
         # within the residue: a chain of Gaussians (main chain first, or phosphate-sugar-base-base)
         bonds.extend(zip(present[:-1], present[1:], strict=True))
-        xyz = {n: atoms.positions_angstrom[k] for n, k in by_name.items()}
-        if polymer == "protein":
-            head, link_from, link_to = index_of_group[0], "C", "N"
-        else:
-            head, link_from, link_to = index_of_group[0] if index_of_group[0] is not None else index_of_group[1], \
-                "O3'", "P"
-        if previous is not None and previous[0] == chain and previous[1] == polymer and head is not None:
-            before, tail = previous[2], previous[3]
-            if link_from in before and link_to in xyz and \
-                    np.linalg.norm(before[link_from] - xyz[link_to]) < PEPTIDE_BOND_ANGSTROM:
-                bonds.append((tail, head))
+        number = int(atoms.residue_numbers[first])
+        head = present[0]  # the main chain, or the phosphate (the sugar at a 5' end)
+        if previous is not None and previous[:3] == (chain, polymer, number - 1) and head is not None:
+            bonds.append((previous[3], head))
         tail = index_of_group[0] if polymer == "protein" else index_of_group[1]
-        previous = (chain, polymer, xyz, tail) if tail is not None else None
+        previous = (chain, polymer, number, tail) if tail is not None else None
     if not positions:
         raise InputError(f"{path}: no amino acids or nucleotides found; give an atomic model of the molecule")
     pairs = np.sort(np.array(bonds, dtype=np.int64).reshape(-1, 2), axis=1)
