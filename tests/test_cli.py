@@ -23,7 +23,7 @@ from napari_dynamight.engine.progress import Progress
 
 EXPECTED_COMMANDS = (
     "info", "simulate", "fit-consensus", "optimize-deformations", "decode",
-    "optimize-inverse-deformations", "reconstruct", "explore", "demo",
+    "optimize-inverse-deformations", "reconstruct", "model-bias", "explore", "demo",
 )
 SCRIPT = Path(sys.executable).with_name("napari-dynamight")
 

@@ -23,6 +23,8 @@ Maps and images open as image layers whose world coordinates are Å measured fro
   viewer, or before the run has latent means, its half maps open as layers and a message says why.
   napari's builtin reader accepts every folder too; the run folders the plugin has opened are made
   napari's preferred reader choice (``_widgets._run_drop``), so they open without the dialog.
+  A run made with the atomic-model prior, and a map inside one, also shows its model-bias warning
+  (``RunFolder.model_bias_warning``).
 
 Nothing heavy is imported at module import time: napari imports readers while it starts.
 """
@@ -96,17 +98,32 @@ def _dock_explorer(run_path: Path) -> bool:
     return True
 
 
+def model_bias_notice(path) -> str | None:
+    """The model-bias warning of the run that ``path`` (a run folder, or a map inside one, up to four
+    levels down) belongs to, shown as a napari warning; None if there is nothing to warn about."""
+    path = Path(path)
+    for folder in [path, *path.parents][:5]:
+        if RunFolder(folder).is_run():
+            warning = RunFolder(folder).model_bias_warning()
+            if warning:
+                from napari.utils.notifications import show_warning
+
+                show_warning(warning)
+            return warning
+    return None
+
+
 def read_run(path) -> list[tuple]:
     """A deformation run folder: the explorer docked on it, or its half maps (see module doc)."""
     from napari.utils.notifications import show_info
 
-    from .engine.errors import InputError
-
     from ._widgets._run_drop import prefer_this_plugin
+    from .engine.errors import InputError
 
     path = _run_folder(path)
     run = RunFolder(path)
     prefer_this_plugin(path)  # the next drop of this folder opens it without asking
+    model_bias_notice(path)
     if run.latents.is_file() and _dock_explorer(path):
         return NO_LAYERS
     maps = [run.half_map(half) for half in (1, 2) if run.half_map(half).is_file()]
@@ -143,6 +160,7 @@ def read_mrc(path) -> list[tuple]:
     is_stack = path.suffix.lower() == ".mrcs" or not (nz == ny == nx) or nz == 1
     name = path.stem
     if not is_stack:
+        model_bias_notice(path.resolve().parent)
         volume, voxel_size = read_map(path)
         voxel_size = voxel_size if voxel_size > 0 else 1.0
         kwargs = {

@@ -8,6 +8,8 @@ loss and λ per epoch and half, plotted) and the newest checkpoint (half 1's ref
 as a points layer, loaded in a latest-request-wins worker). **Open run** fills the form from the run file of a run started
 here or on the command line, and shows its losses and Gaussians. Options that are not on the form
 (encoder width, schedule, learning rates) come from the opened run, else from the defaults.
+"atomic-model prior" picks a PDB/mmCIF model fitted in the consensus map (``--atomic-model``); a run
+made with it shows the model-bias warning (``RunFolder.model_bias_warning``) until its control ran.
 The engine's watchdog warnings (a half set stalled, the halves disagree) appear in a red line under
 the plot and as napari notifications when they occur, and again from the run file when a run is opened.
 """
@@ -97,6 +99,8 @@ class DeformationsWidget(StageWidget):
         self.consensus = FileEdit(label="consensus map", mode="r", filter="*.mrc *.map")
         self.mask = FileEdit(label="mask (optional)", mode="r", filter="*.mrc *.map")
         self.consensus_model = FileEdit(label="consensus model (optional)", mode="r", filter="*.pt")
+        self.atomic_model = FileEdit(label="atomic-model prior (optional; can bias maps)", mode="r",
+                                     filter="*.pdb *.ent *.cif *.mmcif *.gz")
         self.n_gaussians = SpinBox(label="Gaussians (0: auto)", min=0, max=10_000_000, value=0)
         self.threshold = LineEdit(label="threshold (empty: auto)", value="")
         self.data_root = FileEdit(label="image folder (optional)", mode="d")
@@ -135,7 +139,7 @@ class DeformationsWidget(StageWidget):
         self.resume_button = PushButton(text="Resume")
         self.form = Container(widgets=[
             self.run, self.open_button, self.particles, self.consensus, self.mask,
-            self.consensus_model, self.n_gaussians, self.threshold, self.data_root, self.latent_dim,
+            self.consensus_model, self.atomic_model, self.n_gaussians, self.threshold, self.data_root, self.latent_dim,
             self.epochs, self.batch_size, self.box, self.device, self.threads, self.seed,
             self.frequencies, self.decoder_depth, self.decoder_width, self.decoder, self.decoder_rank,
             self.regularisation,
@@ -168,8 +172,10 @@ class DeformationsWidget(StageWidget):
 
     def settings(self) -> DeformationSettings:
         """The form's options over :attr:`base_settings` (the opened run's, else the defaults)."""
+        atomic = optional_path(self.atomic_model.value)
         return replace(self.base_settings, **{name: getattr(self, field).value
-                                              for field, name in SETTING_FIELDS.items()})
+                                              for field, name in SETTING_FIELDS.items()},
+                       atomic_model=None if atomic is None else str(Path(atomic).resolve()))
 
     def open_run(self, folder=None) -> bool:
         """Fill the form from the run file and show the run's losses and Gaussians."""
@@ -184,9 +190,12 @@ class DeformationsWidget(StageWidget):
         self.base_settings = DeformationSettings.from_dict(info.get("settings", {}))
         for field, name in SETTING_FIELDS.items():
             getattr(self, field).value = getattr(self.base_settings, name)
+        if self.base_settings.atomic_model:
+            self.atomic_model.value = self.base_settings.atomic_model
         self.box.value = int(info.get("train_box", 0))
         self.summary.value = run_summary(run, info, self.base_settings)
-        self.show_warnings(info.get("warnings") or [])
+        bias = RunFolder(run).model_bias_warning()
+        self.show_warnings((info.get("warnings") or []) + ([bias] if bias else []))
         self._shown_checkpoint = None
         self.refresh()
         return True

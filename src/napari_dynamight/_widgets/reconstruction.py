@@ -133,6 +133,13 @@ class ReconstructionWidget(StageWidget):
         prefix = ReconstructionFolder.NAMES[bool(self.deformations.value)]
         show_outputs(self.viewer, self.plot, prefix, maps, fsc)
         self.summary.value = summary_text(prefix, maps, fsc, result)
+        run = optional_path(self.run.value)
+        warning = None if run is None else RunFolder(run).model_bias_warning()
+        if warning:  # maps of a run made with the atomic-model prior
+            from napari.utils.notifications import show_warning
+
+            show_warning(warning)
+            self.summary.value += f"\nwarning: {warning}"
 
 
 def summary_text(prefix: str, maps, fsc, result=None) -> str:

@@ -25,7 +25,7 @@ from .. import __version__
 # Command names in pipeline order; ``fit-consensus`` lives in ``cli/fit_consensus.py``.
 COMMANDS: tuple[str, ...] = (
     "info", "simulate", "fit-consensus", "optimize-deformations", "decode",
-    "optimize-inverse-deformations", "reconstruct", "explore", "demo",
+    "optimize-inverse-deformations", "reconstruct", "model-bias", "explore", "demo",
 )
 
 

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.chimerax import SUFFIX, check_movie_name, display_level, map_statistics, write_series_script
     from ..engine.io.mrc import write_map
     from ..engine.io.output_paths import check_output_folder
+    from ..engine.run_folder import RunFolder
     from ..engine.run_identity import check_finished_run
     from ..engine.io.guard import writing
     from ._progress import drive
@@ -105,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
 
     with writing(args.output_directory, "--output-directory", "decode"):
         drive(render(), "decode")
+    warning = RunFolder(args.run_directory).model_bias_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {len(jobs)} map(s) to {args.output_directory}; open them in ChimeraX with "
           f"chimerax {args.output_directory / script}")
     return 0

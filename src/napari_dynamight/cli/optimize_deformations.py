@@ -11,7 +11,10 @@ Writes into RUN: checkpoints/ (every --checkpoint-every epochs and final.pt), la
 (N x D, input particle order), latent_means_half2_validation.npy, particles.star (all input columns plus
 dmLatent1..D, dmHalfSet, dmValidation, dmErrorAngstrom, dmDisplacementAngstrom; for a cryoSPARC .cs
 input its RELION columns, and input_particles.cs with the original records), consensus_half1/2
-(.pt, .mrc), gaussian_errors.csv, losses.jsonl, losses.png and run.json. Kill it at any time and
+(.pt, .mrc), gaussian_errors.csv, losses.jsonl, losses.png and run.json.
+With --atomic-model FILE (off by default) the Gaussians come from an atomic model fitted in the
+consensus map and the distance regulariser acts on its bonds; the model can bias the maps, so check
+such a run with 'napari-dynamight model-bias RUN' (docs/deformations.md, "Atomic-model prior"). Kill it at any time and
 run the same command with --resume to continue with the same result. See docs/deformations.md
 (cryoSPARC .cs input: docs/cryosparc.md).
 A watchdog prints "warning: ..." on stderr when a half set stalls or the two halves disagree, and
@@ -51,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--mask", type=Path, metavar="MAP", help="only Gaussians inside this mask (> 0.5) move")
     add("--consensus-model", type=Path, metavar="FILE", help="consensus Gaussians from fit-consensus "
         "(default: fitted here from the consensus map)")
+    add("--atomic-model", type=Path, metavar="FILE",
+        help="atomic-model prior: Gaussians coarse-grained from this PDB/mmCIF model, fitted in the consensus "
+             "map, and its bonds as the distance regulariser's graph (default: off; the model can bias the "
+             "maps: check the run with napari-dynamight model-bias RUN)")
     add("--n-gaussians", type=int, metavar="N", help="Gaussians when fitting here (default: 2 per residue)")
     add("--threshold", type=float, help="map level for placing Gaussians when fitting here (default: automatic)")
     add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
@@ -112,7 +119,8 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
         warmup_epochs=args.warmup_epochs, validation_fraction=args.validation_fraction,
         checkpoint_every=args.checkpoint_every, latent_inference=args.latent_inference,
         posterior_candidates=args.posterior_candidates, refinement_rounds=args.refinement_rounds,
-        refinement_epochs=args.refinement_epochs, control_points=args.control_points)
+        refinement_epochs=args.refinement_epochs, control_points=args.control_points,
+        atomic_model=None if getattr(args, "atomic_model", None) is None else str(args.atomic_model.resolve()))
 
 
 def run(args: argparse.Namespace) -> int:

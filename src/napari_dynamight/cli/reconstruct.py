@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.errors import InputError
     from ..engine.io.guard import writing
     from ..engine.reconstruction.stage import reconstruct_run, subset_folder
-    from ..engine.run_folder import ReconstructionFolder
+    from ..engine.run_folder import ReconstructionFolder, RunFolder
     from ._progress import drive_on_main_rank, set_threads
 
     if args.deformed and args.subset is None:
@@ -81,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         result = drive_on_main_rank(operation, "reconstruct")
     if result is None:
         return 0
+    warning = RunFolder(args.run_directory).model_bias_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"half-map resolution (FSC 0.143): {result.resolution_angstrom:.2f} Å "
           f"(standard {result.resolution_standard_angstrom:.2f} Å)")
     print(f"maps in {result.directory}; open them in ChimeraX with "

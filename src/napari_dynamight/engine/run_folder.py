@@ -13,6 +13,8 @@ A deformation run (stage 3) is one folder; the later stages write into subfolder
     RUN/consensus_half{1,2}.pt, .mrc          each half's final reference model, and rendered
     RUN/gaussian_errors.csv                   per-Gaussian error estimates (half 1's reference)
     RUN/common_motion_space.npz               both halves' particles placed by their motion (explorer)
+    RUN/model_bias.json                       the model-bias control's report (runs with --atomic-model)
+    RUN/model_bias/                           its deliberately wrong model and the rerun made with it (run/)
     RUN/inverse/                              stage 4: checkpoints/, final.pt, losses.jsonl, summary.json
     RUN/reconstruction[_standard]/            stage 5: half1.mrc, half2.mrc, full.mrc, fsc.csv, fsc.png, maps.cxc
     RUN/subsets/NAME/reconstruction[_standard]/  the same for a subset of the particles (reconstruct --subset)
@@ -143,6 +145,43 @@ class RunFolder(_Folder):
     @property
     def gaussian_errors(self) -> Path:
         return self.path / "gaussian_errors.csv"
+
+    # --- the atomic-model prior's model-bias control (engine/model_bias.py) ---------------------
+    @property
+    def model_bias_report(self) -> Path:
+        return self.path / "model_bias.json"
+
+    @property
+    def model_bias_folder(self) -> Path:
+        """The control's work: ``wrong_model.pdb`` and ``run/``, the deformation run made with it."""
+        return self.path / "model_bias"
+
+    def model_bias_warning(self) -> str | None:
+        """For a run made with the atomic-model prior: a warning line unless its model-bias report exists
+        and found no bias; None for other runs (and for folders that are no runs)."""
+        if not self.is_run():
+            return None
+        try:
+            info = self.read_info()
+        except InputError:
+            return None
+        model = (info.get("settings") or {}).get("atomic_model")
+        if not model:
+            return None
+        command = f"napari-dynamight model-bias {self.path}"
+        if not self.model_bias_report.is_file():
+            return (f"maps of {self.path} are made with the atomic-model prior and have no model-bias report; "
+                    f"run {command}")
+        try:
+            report = json.loads(self.model_bias_report.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{self.model_bias_report}: unreadable; run {command} again"
+        if report.get("biased", True):
+            return (f"maps of {self.path} are made with the atomic-model prior, and its model-bias control found "
+                    f"that {report.get('reproduced_percent', '?')}% of a deliberately wrong feature shows up "
+                    f"in a map made the same way: features that only the model supports may be model bias "
+                    f"({self.model_bias_report.name})")
+        return None
 
     # --- later stages ------------------------------------------------------------------------
     @property

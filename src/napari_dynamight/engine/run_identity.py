@@ -2,7 +2,7 @@
 
 ``run.json`` records, under ``identity``, fingerprints of the particle file's content (STAR or cryoSPARC
 .cs, with its passthrough .cs files), of its image names,
-of the consensus map, mask and consensus model, the particle count, the training box and the
+of the consensus map, mask, consensus model and atomic model (the prior), the particle count, the training box and the
 settings a resumed run may not change. A resume with other inputs is refused before anything is
 written; the stages that read a run (inverse, reconstruct, decode, explore) first check that it
 finished and that its outputs agree with its particle count.
@@ -29,6 +29,7 @@ _LABELS = {
     "consensus_sha256": "consensus map (--consensus)", "mask_sha256": "mask (--mask)",
     "consensus_model_sha256": "consensus model (--consensus-model)", "train_box": "training box (--box)",
     "n_gaussians_option": "--n-gaussians", "threshold_option": "--threshold",
+    "atomic_model_sha256": "atomic model (--atomic-model)",
 }
 
 
@@ -48,7 +49,7 @@ def text_sha256(lines) -> str:
 
 
 def input_identity(particles, table, consensus, mask, consensus_model, train_box: int, n_gaussians, threshold,
-                   fixed_settings: dict, passthroughs=()) -> dict:
+                   fixed_settings: dict, passthroughs=(), atomic_model=None) -> dict:
     """The identity of a deformation run's inputs (see the module docstring)."""
     return {
         "star_sha256": file_sha256(particles), "n_particles": len(table),
@@ -57,6 +58,7 @@ def input_identity(particles, table, consensus, mask, consensus_model, train_box
         "consensus_sha256": file_sha256(consensus), "mask_sha256": file_sha256(mask),
         "consensus_model_sha256": file_sha256(consensus_model), "train_box": int(train_box),
         "n_gaussians_option": n_gaussians, "threshold_option": threshold, "settings": fixed_settings,
+        "atomic_model_sha256": file_sha256(atomic_model),
     }
 
 

@@ -9,6 +9,8 @@
 - Repulsion: edges whose deformed length falls below ``τ_ij = min(c_mean, rest length)`` pay
   ``(length − τ_ij)²``. (Taking the minimum with the rest length keeps both regularisers exactly zero
   for rigid motions, even for edges that are already shorter than ``c_mean``.)
+- With the atomic-model prior the distance term acts on the model's bonds instead of the radius graph
+  (``bonds``); repulsion stays on the radius graph.
 - λ: the weight of the regularisers, chosen so that the regulariser is ``ratio`` times as stiff as
   the data term (ratio 0.9: the data term weighs slightly more). Stiffness is the trace of each
   term's Gauss–Newton Hessian with respect to the Gaussian positions: a property of the images (noise
@@ -106,9 +108,11 @@ def repulsion_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: Neigh
     return torch.relu(floor - _edge_lengths(deformed, graph.edges)).pow(2).mean()
 
 
-def regularisation_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph) -> torch.Tensor:
-    """Distance preservation plus repulsion."""
-    return distance_loss(deformed, reference, graph) + repulsion_loss(deformed, reference, graph)
+def regularisation_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph,
+                        bonds: NeighbourGraph | None = None) -> torch.Tensor:
+    """Distance preservation (on ``bonds`` if given, else on ``graph``) plus repulsion (on ``graph``)."""
+    return distance_loss(deformed, reference, graph if bonds is None else bonds) \
+        + repulsion_loss(deformed, reference, graph)
 
 
 def data_stiffness(model: GaussianModel, moving: torch.Tensor, ctf_power: torch.Tensor, weights: torch.Tensor,

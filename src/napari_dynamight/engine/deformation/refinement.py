@@ -115,6 +115,6 @@ def _share_loss(half: HalfSet, batches: ParticleBatches, rows: np.ndarray, laten
     predicted = half.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
     data = part_of_mean(data_loss(predicted, batch["spectra"], half.noise.weights,
                                   half.noise.n_frequencies).mean(), len(rows), n_whole)
-    reg = part_of_mean(regularisation_loss(deformed, reference, half.graph), len(rows), n_whole)
+    reg = part_of_mean(regularisation_loss(deformed, reference, half.graph, half.bond_graph), len(rows), n_whole)
     (data + half.lam * reg).backward()
     return float(data.detach()), float(reg.detach())

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..atomic_model import atomic_prior_model, model_bias_reminder
 from ..consensus import automatic_threshold, fill_with_gaussians, fit_to_map, save_model
 from ..consensus_stage import suggested_gaussian_count
 from ..device import check_device
@@ -73,6 +74,20 @@ def _consensus_model(inputs: RunInputs, n_gaussians, threshold, seed, device) ->
     return fit.model
 
 
+def _atomic_prior(settings: DeformationSettings, inputs: RunInputs, consensus, consensus_model, n_gaussians):
+    """(Gaussians, bonds) of ``settings.atomic_model`` in the consensus map, checked to sit in it; None
+    without the prior."""
+    if settings.atomic_model is None:
+        return None
+    if consensus_model is not None or n_gaussians is not None:
+        option = "--consensus-model" if consensus_model is not None else "--n-gaussians"
+        raise InputError(f"--atomic-model {settings.atomic_model}: the Gaussians come from the atomic model; "
+                         f"drop {option}")
+    model, bonds, _ = atomic_prior_model(settings.atomic_model, consensus, inputs.consensus_map,
+                                         inputs.voxel_size_angstrom)
+    return model, bonds
+
+
 def _check_run_directory(run: Path, resume: bool, settings: DeformationSettings) -> dict | None:
     """The state of the last epoch checkpoint to resume from, or None; refuse to overwrite a run
     without ``resume``. A resumed run may change the options in ``CHANGEABLE_ON_RESUME``; every other must match."""
@@ -108,9 +123,10 @@ def optimize_deformations(
     inputs = read_inputs(particles, consensus, mask, consensus_model, n_gaussians, box, data_root,
                          context.device_for(check_device(device)), settings.validation_fraction, settings.seed,
                          passthroughs)
+    prior = _atomic_prior(settings, inputs, consensus, consensus_model, n_gaussians)
     identity = input_identity(particles, inputs.table, consensus, mask, consensus_model, inputs.train_box, n_gaussians,
                               threshold, {k: v for k, v in settings.to_dict().items() if k not in CHANGEABLE_ON_RESUME},
-                              passthrough_paths(particles, passthroughs))
+                              passthrough_paths(particles, passthroughs), settings.atomic_model)
     if resume:
         check_same_inputs(run, identity)  # before anything is written
     context.barrier()  # every rank has checked the run directory before rank 0 writes to it
@@ -122,7 +138,9 @@ def optimize_deformations(
             initial = GaussianModel.from_state_dict(resumed["initial_model"])
         else:
             initial = None
-            if main:
+            if prior is not None:
+                initial = prior[0]
+            elif main:
                 initial = (yield from _consensus_model(inputs, n_gaussians, threshold, settings.seed, dev)).to("cpu")
             if context.is_distributed:  # the fit runs once, on rank 0
                 state = context.broadcast_object(initial.state_dict() if main else None)
@@ -134,7 +152,8 @@ def optimize_deformations(
             members = inputs.halves == half
             halves.append(HalfSet(half, initial, np.nonzero(members & ~inputs.validation)[0],
                                   np.nonzero(members & inputs.validation)[0], batches.box, extent,
-                                  settings, moving, dev, context.half_group(half)))
+                                  settings, moving, dev, context.half_group(half),
+                                  bonds=None if prior is None else prior[1]))
         history, stop, epoch = [], StopRule(settings.stop_after_increases), 0
         mine = [half for half in halves if context.holds(half.half)]
         if resumed is not None:
@@ -212,6 +231,8 @@ def optimize_deformations(
         latents = outputs.own_half_latents(estimates, inputs.halves, inputs.validation)
         warnings = watchdog.check(history) + watchdog.final_check(halves, estimates.latents,
                                                                    np.nonzero(inputs.validation)[0])
+        if prior is not None:
+            warnings.append(model_bias_reminder(run))
         yield from _report_new_warnings(warnings, reported, epoch)
         if main:
             _write_outputs(run, inputs, estimates, halves, history)

@@ -56,6 +56,7 @@ class DeformationSettings(SettingsRecord):
     refinement_epochs: int = 6  # M-step epochs per round
     refinement_latent_rate: float = 0.01  # learning rate of the candidate latent points
     control_points: int = 0  # 0: decode every Gaussian; else see engine/deformation/control_points.py
+    atomic_model: str | None = None  # PDB/mmCIF fitted in the consensus: the atomic-model prior (engine/atomic_model.py)
     seed: int = 0
 
     def check(self) -> None:

@@ -28,7 +28,7 @@ from ..progress import Progress
 from .batches import ParticleBatches
 from . import control_points
 from .control_points import ControlPoints
-from .graph import build_graph
+from .graph import bond_graph, build_graph
 from .losses import (NoiseModel, data_loss, data_stiffness, kl_divergence, regularisation_loss,
                      regulariser_stiffness, stiffness_lambda)
 from .networks import ImageEncoder, build_decoder, reparameterise
@@ -43,7 +43,7 @@ class HalfSet:
     def __init__(self, half: int, consensus: GaussianModel, train_rows: np.ndarray,
                  validation_rows: np.ndarray, box: int, extent_angstrom: float,
                  settings: DeformationSettings, moving: torch.Tensor, device: torch.device,
-                 group: distributed.Group | None = None):
+                 group: distributed.Group | None = None, bonds: torch.Tensor | None = None):
         self.half, self.settings, self.device = half, settings, device
         self.group = distributed.single() if group is None else group
         self.train_rows = np.asarray(train_rows, dtype=np.int64)
@@ -74,6 +74,7 @@ class HalfSet:
         self.ctf_power: torch.Tensor | None = None  # mean CTF² of the noise subset, for λ
         self.candidates: torch.Tensor | None = None  # (K, D) latent points once refinement has begun
         self.controls = ControlPoints(settings.control_points) if settings.control_points else None
+        self.bonds = None if bonds is None else bonds.to(device)  # the atomic-model prior's edges
         self.rebuild_graph()
 
     def model(self, detach: bool = False) -> GaussianModel:
@@ -83,8 +84,11 @@ class HalfSet:
         return model.detach() if detach else model
 
     def rebuild_graph(self) -> None:
-        """The radius graph, and the control points' weights, of the current reference."""
+        """The radius graph (and the bond graph of the atomic-model prior), and the control points'
+        weights, of the current reference."""
         self.graph = build_graph(self.positions)
+        self.bond_graph = None if self.bonds is None else \
+            bond_graph(self.bonds, self.positions, self.graph.mean_neighbour_distance)
         if self.controls is not None:
             self.controls.update(self.positions)
 
@@ -100,7 +104,8 @@ class HalfSet:
             self.ctf_power = total / max(len(rows), 1)
         data = data_stiffness(self.model(detach=True), self.moving, self.ctf_power, self.noise.weights,
                               self.noise.n_frequencies, batches.pixel_size_angstrom)
-        self.lam = stiffness_lambda(data, regulariser_stiffness(self.graph, self.moving),
+        distance_graph = self.graph if self.bond_graph is None else self.bond_graph
+        self.lam = stiffness_lambda(data, regulariser_stiffness(distance_graph, self.moving),
                                     self.settings.regularisation_ratio)
         return self.lam
 
@@ -204,7 +209,7 @@ class HalfSet:
         per_particle = data_loss(predicted, batch["spectra"], weights, n_freq)
         data = per_particle[train].mean() if count else per_particle.sum() * 0.0
         if mode == "full" and count:
-            reg = regularisation_loss(deformed[train], self.positions, self.graph)
+            reg = regularisation_loss(deformed[train], self.positions, self.graph, self.bond_graph)
         n_share = share.stop - share.start
         loss = part_of_mean(per_particle.mean() + kl, n_share, len(whole)) \
             + self.lam * part_of_mean(reg, count, n_batch_train)

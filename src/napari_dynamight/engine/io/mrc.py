@@ -81,6 +81,19 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return volume, voxel_size
 
 
+def read_map_origin(path: str | os.PathLike) -> tuple[float, float, float]:
+    """Where voxel index 0 of a map lies, (x, y, z) Å in the frame of models built into it: the header's
+    origin, or where that is zero its start indices (nxstart, ...) times the voxel size."""
+    path = Path(path)
+    with _open(path, header_only=True) as mrc:
+        origin = tuple(float(mrc.header.origin[axis]) for axis in ("x", "y", "z"))
+        if any(origin):
+            return origin
+        start = (mrc.header.nxstart, mrc.header.nystart, mrc.header.nzstart)
+        voxel = (float(mrc.voxel_size.x), float(mrc.voxel_size.y), float(mrc.voxel_size.z))
+        return tuple(float(s) * v for s, v in zip(start, voxel, strict=True))
+
+
 def write_map(
     path: str | os.PathLike,
     volume,
