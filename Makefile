@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := relion ghostscript xvfb xauth libgl1 libegl1 libgl1-mesa-dri 
 	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 \
 	libfontconfig1 libdbus-1-3
 
-.PHONY: all system-deps venv test demo bench clean
+.PHONY: all system-deps venv lint test demo bench clean
 
 all: test
 
@@ -40,7 +40,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	@touch $@
 
-test: system-deps venv
+# ruff's rules and line length: [tool.ruff] in pyproject.toml
+lint: venv
+	$(BIN)/ruff check .
+
+test: system-deps venv lint
 	$(BIN)/python -m pytest tests
 
 demo: system-deps venv

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import Container, FileEdit, FloatSlider, Label, PushButton, SpinBox
+from magicgui.widgets import Container, FileEdit, FloatSlider, Label, PushButton
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
+from ..engine.consensus_stage import ConsensusSettings
 from ..engine.progress import Progress
 from ._layers import show_in_3d, show_map, show_points
+from ._options import OptionsForm
 from ._sections import join_plugin_docks_when_shown
 from ._tasks import TaskPanel
 
@@ -103,12 +105,12 @@ class DataWidget(QWidget):
         self.load_button = PushButton(text="Load")
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, value=0.5, step=None,
                                      enabled=False)
-        self.n_gaussians = SpinBox(label="Gaussians (0: auto)", min=0, max=1_000_000, value=0)
-        self.steps = SpinBox(label="fit steps", min=1, max=100_000, value=300)
+        self.options = OptionsForm(ConsensusSettings)  # the threshold is the slider above
+        self.options.attach(self)
         self.fit_button = PushButton(text="Fill and fit", enabled=False)
         self.summary = Label(value="choose a particle file (STAR or .cs) and a consensus map, then Load")
         self.form = Container(widgets=[self.star, self.map, self.mask, self.load_button,
-                                       self.threshold, self.output, self.n_gaussians, self.steps,
+                                       self.threshold, self.output, *self.options.controls.values(),
                                        self.fit_button])
         self.tasks = TaskPanel()
         layout = QVBoxLayout(self)
@@ -159,16 +161,21 @@ class DataWidget(QWidget):
     def fill_and_fit(self, *_):
         """Run stage 2 on the loaded map in a worker; returns the worker."""
         from ..engine.consensus_stage import fit_consensus
+        from ..engine.errors import InputError
         from ..engine.io.guard import holding
 
         output = _optional(self.output.value)
         if self.loaded["map"] is None or output is None:
             self.summary.value = "load a consensus map and choose an output folder first"
             return None
-        operation = fit_consensus(
-            Path(self.map.value), output, n_gaussians=self.n_gaussians.value or None,
-            threshold=float(self.threshold.value), mask_path=_optional(self.mask.value),
-            n_steps=int(self.steps.value))
+        try:
+            threshold = ConsensusSettings(threshold=float(self.threshold.value))
+            settings = self.options.settings(threshold)
+        except InputError as error:
+            self.summary.value = str(error)
+            return None
+        operation = fit_consensus(Path(self.map.value), output,
+                                  mask_path=_optional(self.mask.value), **settings.to_dict())
         operation = holding(operation, output, "output folder", "fit-consensus")
         return self.tasks.start(operation, "fill and fit", self._fitted)
 

@@ -17,32 +17,25 @@ the plot and as napari notifications when they occur, and again from the run fil
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit,
-                              PushButton, SpinBox)
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout
 
-from ..engine.deformation.settings import DECODERS, LATENT_INFERENCE, DeformationSettings
+from ..engine.deformation.settings import DeformationSettings
 from ..engine.run_folder import RunFolder
 from ._curves import CurvePlot, plot_history
 from ._layers import show_points
+from ._options import OptionsForm
 from ._stage import StageWidget, device_choices, optional_path
 from ._tasks import LatestRequestRunner
 from ._warnings import WarningsLabel
 
 POINTS_LAYER = "training Gaussians (half 1)"
 _DEFAULTS = DeformationSettings()
-# form field -> DeformationSettings name
-SETTING_FIELDS = {"latent_dim": "latent_dim", "epochs": "epochs", "batch_size": "batch_size",
-                  "seed": "seed", "frequencies": "n_frequencies", "decoder_depth": "decoder_depth",
-                  "decoder_width": "decoder_width", "regularisation": "regularisation_ratio",
-                  "warmup": "warmup_epochs", "validation": "validation_fraction",
-                  "checkpoint_every": "checkpoint_every", "latent_inference": "latent_inference",
-                  "posterior_candidates": "posterior_candidates",
-                  "refinement_rounds": "refinement_rounds", "refinement_epochs": "refinement_epochs",
-                  "control_points": "control_points", "decoder": "decoder", "decoder_rank": "decoder_rank"}
+# form control -> DeformationSettings field (the controls are made from the declared settings)
+SETTING_FIELDS = {setting.dest: setting.name for setting in DeformationSettings.declared()
+                  if setting.option.form}
 
 
 def training_reference(run: Path):
@@ -92,60 +85,27 @@ class DeformationsWidget(StageWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        d = _DEFAULTS
         self.run = FileEdit(label="run folder", mode="d")
         self.open_button = PushButton(text="Open run")
         self.particles = FileEdit(label="particles (STAR or cryoSPARC .cs)", mode="r", filter="*.star *.cs")
         self.consensus = FileEdit(label="consensus map", mode="r", filter="*.mrc *.map")
         self.mask = FileEdit(label="mask (optional)", mode="r", filter="*.mrc *.map")
         self.consensus_model = FileEdit(label="consensus model (optional)", mode="r", filter="*.pt")
-        self.atomic_model = FileEdit(label="atomic-model prior (optional; can bias maps)", mode="r",
-                                     filter="*.pdb *.ent *.cif *.mmcif *.gz")
         self.n_gaussians = SpinBox(label="Gaussians (0: auto)", min=0, max=10_000_000, value=0)
         self.threshold = LineEdit(label="threshold (empty: auto)", value="")
         self.data_root = FileEdit(label="image folder (optional)", mode="d")
-        self.latent_dim = SpinBox(label="latent dimension", min=1, max=128, value=d.latent_dim)
-        self.epochs = SpinBox(label="epochs", min=1, max=100_000, value=d.epochs)
-        self.batch_size = SpinBox(label="batch size", min=1, max=8192, value=d.batch_size)
         self.box = SpinBox(label="training box (0: auto)", min=0, max=1024, value=0)
         self.device = ComboBox(label="device", choices=device_choices(), value="cpu")
         self.threads = SpinBox(label="CPU threads", min=1, max=os.cpu_count() or 1,
                                value=max(1, (os.cpu_count() or 2) - 1))
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=d.seed)
-        self.frequencies = SpinBox(label="positional frequencies", min=0, max=64,
-                                   value=d.n_frequencies)
-        self.decoder_depth = SpinBox(label="decoder depth", min=0, max=64, value=d.decoder_depth)
-        self.decoder_width = SpinBox(label="decoder width", min=1, max=8192, value=d.decoder_width)
-        self.decoder = ComboBox(label="decoder", choices=list(DECODERS), value=d.decoder)
-        self.decoder_rank = SpinBox(label="factorised decoder rank", min=1, max=4096, value=d.decoder_rank)
-        self.regularisation = FloatSpinBox(label="regularisation ratio", min=0.0, max=100.0,
-                                           step=0.05, value=d.regularisation_ratio)
-        self.warmup = SpinBox(label="warm-up epochs", min=0, max=10_000, value=d.warmup_epochs)
-        self.validation = FloatSpinBox(label="validation fraction", min=0.0, max=0.49, step=0.01,
-                                       value=d.validation_fraction)
-        self.checkpoint_every = SpinBox(label="checkpoint every", min=1, max=10_000,
-                                        value=d.checkpoint_every)
-        self.latent_inference = ComboBox(label="final latents", choices=list(LATENT_INFERENCE),
-                                         value=d.latent_inference)
-        self.posterior_candidates = SpinBox(label="posterior candidates", min=2, max=100_000,
-                                            value=d.posterior_candidates)
-        self.refinement_rounds = SpinBox(label="refinement rounds", min=0, max=10_000,
-                                         value=d.refinement_rounds)
-        self.refinement_epochs = SpinBox(label="epochs per refinement round", min=1, max=10_000,
-                                         value=d.refinement_epochs)
-        self.control_points = SpinBox(label="control points (0: every Gaussian)", min=0, max=1_000_000,
-                                      value=d.control_points)
+        self.options = OptionsForm(DeformationSettings)  # every declared option
+        self.options.attach(self)
         self.start_button = PushButton(text="Start")
         self.resume_button = PushButton(text="Resume")
         self.form = Container(widgets=[
             self.run, self.open_button, self.particles, self.consensus, self.mask,
-            self.consensus_model, self.atomic_model, self.n_gaussians, self.threshold, self.data_root, self.latent_dim,
-            self.epochs, self.batch_size, self.box, self.device, self.threads, self.seed,
-            self.frequencies, self.decoder_depth, self.decoder_width, self.decoder, self.decoder_rank,
-            self.regularisation,
-            self.warmup, self.validation, self.checkpoint_every, self.latent_inference,
-            self.posterior_candidates, self.refinement_rounds, self.refinement_epochs,
-            self.control_points])
+            self.consensus_model, self.n_gaussians, self.threshold, self.data_root, self.box,
+            self.device, self.threads, *self.options.controls.values()])
         buttons = Container(widgets=[self.start_button, self.resume_button], layout="horizontal")
         self.plot = CurvePlot(["data loss", "λ"], "epoch")
         self.summary = Label(value="choose particles, consensus map and a run folder, then Start")
@@ -172,10 +132,7 @@ class DeformationsWidget(StageWidget):
 
     def settings(self) -> DeformationSettings:
         """The form's options over :attr:`base_settings` (the opened run's, else the defaults)."""
-        atomic = optional_path(self.atomic_model.value)
-        return replace(self.base_settings, **{name: getattr(self, field).value
-                                              for field, name in SETTING_FIELDS.items()},
-                       atomic_model=None if atomic is None else str(Path(atomic).resolve()))
+        return self.options.settings(self.base_settings)
 
     def open_run(self, folder=None) -> bool:
         """Fill the form from the run file and show the run's losses and Gaussians."""
@@ -188,10 +145,7 @@ class DeformationsWidget(StageWidget):
             if info.get(key):
                 getattr(self, field).value = info[key]
         self.base_settings = DeformationSettings.from_dict(info.get("settings", {}))
-        for field, name in SETTING_FIELDS.items():
-            getattr(self, field).value = getattr(self.base_settings, name)
-        if self.base_settings.atomic_model:
-            self.atomic_model.value = self.base_settings.atomic_model
+        self.options.show(self.base_settings)
         self.box.value = int(info.get("train_box", 0))
         self.summary.value = run_summary(run, info, self.base_settings)
         bias = RunFolder(run).model_bias_warning()
@@ -215,12 +169,13 @@ class DeformationsWidget(StageWidget):
             return None
         try:
             threshold = _threshold(self.threshold.value)
+            settings = self.settings()
         except Exception as error:
             self.summary.value = one_line(error)
             return None
         torch.set_num_threads(int(self.threads.value))
         operation = optimize_deformations(
-            particles, consensus, run, settings=self.settings(),
+            particles, consensus, run, settings=settings,
             mask=optional_path(self.mask.value),
             consensus_model=optional_path(self.consensus_model.value),
             n_gaussians=self.n_gaussians.value or None, threshold=threshold,

@@ -5,21 +5,22 @@ Choose a finished deformation run; **Start** trains both halves' inverse network
 ``RunFolder.inverse`` from its last checkpoint, **Cancel** stops at the next step. Whenever an epoch
 ends the plot re-reads its loss log: the training loss and the held-out error (Å, on the
 validation particles) per half. When done, the summary compares the held-out error with the size of
-the forward displacements it undoes. Options not on the form come from the folder's previous inverse
-run (its summary or its newest checkpoint), else from the defaults.
+the forward displacements it undoes. The form shows every option of the command line; **Open run**
+fills it from the folder's previous inverse run (its summary or its newest checkpoint), which also
+gives the engine settings that are not on the form.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import QVBoxLayout
 
 from ..engine.run_folder import RunFolder
 from ._curves import CurvePlot, plot_history
+from ._options import OptionsForm
 from ._stage import StageWidget, device_choices, optional_path
 
 
@@ -72,11 +73,13 @@ class InverseWidget(StageWidget):
         self.base_settings = InverseSettings()
         self.run = FileEdit(label="run folder", mode="d")
         self.open_button = PushButton(text="Open run")
-        self.epochs = SpinBox(label="epochs", min=1, max=100_000, value=self.base_settings.epochs)
         self.device = ComboBox(label="device", choices=device_choices(), value="cpu")
+        self.options = OptionsForm(InverseSettings)  # every declared option
+        self.options.attach(self)
         self.start_button = PushButton(text="Start")
         self.resume_button = PushButton(text="Resume")
-        form = Container(widgets=[self.run, self.open_button, self.epochs, self.device])
+        form = Container(widgets=[self.run, self.open_button, self.device,
+                                  *self.options.controls.values()])
         buttons = Container(widgets=[self.start_button, self.resume_button], layout="horizontal")
         self.plot = CurvePlot(["loss (Å²)", "held-out error (Å)"], "epoch")
         self.summary = Label(value="choose a finished deformation run folder")
@@ -105,7 +108,7 @@ class InverseWidget(StageWidget):
         state = "no inverse run yet"
         if previous is not None:
             self.base_settings = previous
-            self.epochs.value = previous.epochs
+            self.options.show(previous)
             state = "an inverse run is there: Resume continues it (more epochs: raise epochs)"
         inverse = RunFolder(run).inverse
         lines = [f"{run}: {info['n_particles']} particles; {state}"]
@@ -119,6 +122,7 @@ class InverseWidget(StageWidget):
 
     def start(self, resume: bool = False):
         """Run (or continue) stage 4 on the chosen run folder; returns the worker."""
+        from ..engine.errors import InputError
         from ..engine.inverse.run import optimize_inverse_deformations
         from ..engine.io.guard import holding
 
@@ -126,7 +130,11 @@ class InverseWidget(StageWidget):
         if run is None:
             self.summary.value = "choose a deformation run folder first"
             return None
-        settings = replace(self.base_settings, epochs=int(self.epochs.value))
+        try:
+            settings = self.options.settings(self.base_settings)
+        except InputError as error:
+            self.summary.value = str(error)
+            return None
         operation = optimize_inverse_deformations(run, settings=settings, device=self.device.value,
                                                   resume=resume)
         operation = holding(operation, run, "run folder", "optimize-inverse-deformations",

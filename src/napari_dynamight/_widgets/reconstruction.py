@@ -21,6 +21,7 @@ from ..engine.progress import Progress
 from ..engine.run_folder import ReconstructionFolder, RunFolder
 from ._curves import CurvePlot
 from ._layers import show_in_3d, show_map
+from ._options import OptionsForm
 from ._stage import StageWidget, device_choices, optional_path
 
 ROLES = ("half 1", "half 2", "full")
@@ -77,17 +78,18 @@ class ReconstructionWidget(StageWidget):
     """Reconstruct a run's half maps (deformed or standard) and show them with their FSC."""
 
     def __init__(self, napari_viewer, parent=None):
-        from ..engine.reconstruction.stage import DEFAULT_FILTER, FILTERS
+        from ..engine.reconstruction.settings import ReconstructionSettings
 
         super().__init__(napari_viewer, parent)
         self.run = FileEdit(label="run folder", mode="d")
         self.open_button = PushButton(text="Open run")
         self.deformations = CheckBox(text="use the deformations", value=True)
         self.device = ComboBox(label="device", choices=device_choices(), value="cpu")
-        self.filter = ComboBox(label="filter", choices=list(FILTERS), value=DEFAULT_FILTER)
+        self.options = OptionsForm(ReconstructionSettings)  # every declared option
+        self.options.attach(self)
         self.start_button = PushButton(text="Start")
         form = Container(widgets=[self.run, self.open_button, self.deformations, self.device,
-                                  self.filter, self.start_button])
+                                  *self.options.controls.values(), self.start_button])
         self.plot = fsc_plot()
         self.summary = Label(value="choose a run folder, then Start")
         self.summary.native.setWordWrap(True)
@@ -100,15 +102,21 @@ class ReconstructionWidget(StageWidget):
 
     def start(self):
         """Reconstruct in a worker; the maps and the FSC are shown when it is done."""
+        from ..engine.errors import InputError
         from ..engine.io.guard import holding
 
         run = optional_path(self.run.value)
         if run is None:
             self.summary.value = "choose a run folder first"
             return None
+        try:
+            settings = self.options.settings()
+        except InputError as error:
+            self.summary.value = str(error)
+            return None
         deformations = bool(self.deformations.value)
         operation = reconstruct_and_read(run, deformations=deformations, device=self.device.value,
-                                         filter=self.filter.value)
+                                         **settings.to_dict())
         operation = holding(operation, run, "run folder", "reconstruct",
                             outputs=ReconstructionFolder.NAMES[deformations])
         return self.run_task(operation, "reconstruction", self._show)

@@ -19,26 +19,29 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--consensus", type=Path, required=True, metavar="MAP", help="consensus map (MRC)")
-    parser.add_argument("--output-directory", type=Path, required=True, metavar="DIR", help="where to write the model")
-    parser.add_argument("--mask", type=Path, metavar="MAP", help="optional mask (MRC, same box and voxel size)")
-    parser.add_argument("--n-gaussians", type=int, metavar="N", help="number of Gaussians (default: 2 per residue)")
-    parser.add_argument("--threshold", type=float, help="map level that separates molecule from solvent (default: automatic)")
-    parser.add_argument("--steps", type=int, default=300, help="gradient steps of the fit (default: 300)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for placing the Gaussians (default: 0)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    from ..engine.consensus_stage import ConsensusSettings
+    from ._options import add_options
+
+    add = parser.add_argument
+    add("--consensus", type=Path, required=True, metavar="MAP", help="consensus map (MRC)")
+    add("--output-directory", type=Path, required=True, metavar="DIR",
+        help="where to write the model")
+    add("--mask", type=Path, metavar="MAP", help="optional mask (MRC, same box and voxel size)")
+    add_options(parser, ConsensusSettings)
+    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.consensus_stage import fit_consensus
+    from ..engine.consensus_stage import ConsensusSettings, fit_consensus
     from ..engine.io.guard import writing
+    from ._options import settings_from_args
     from ._progress import drive
 
+    settings = settings_from_args(ConsensusSettings, args)
     with writing(args.output_directory, "--output-directory", "fit-consensus"):
         result = drive(
-            fit_consensus(args.consensus, args.output_directory, n_gaussians=args.n_gaussians,
-                          threshold=args.threshold, mask_path=args.mask, n_steps=args.steps,
-                          seed=args.seed, device=args.device),
+            fit_consensus(args.consensus, args.output_directory, mask_path=args.mask,
+                          device=args.device, **settings.to_dict()),
             "fit consensus",
         )
     print(f"{result.n_gaussians} Gaussians (σ {result.sigma_angstrom:.2f} Å) fitted at threshold "

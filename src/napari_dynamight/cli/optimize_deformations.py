@@ -36,9 +36,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine.deformation.settings import DECODERS, DeformationSettings
-
-_DEFAULTS = DeformationSettings()
+from ..engine.deformation.settings import DeformationSettings
+from ._options import add_options, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--mask", type=Path, metavar="MAP", help="only Gaussians inside this mask (> 0.5) move")
     add("--consensus-model", type=Path, metavar="FILE", help="consensus Gaussians from fit-consensus "
         "(default: fitted here from the consensus map)")
-    add("--atomic-model", type=Path, metavar="FILE",
-        help="atomic-model prior: Gaussians coarse-grained from this PDB/mmCIF model, fitted in the consensus "
-             "map, and its bonds as the distance regulariser's graph (default: off; the model can bias the "
-             "maps: check the run with napari-dynamight model-bias RUN)")
     add("--n-gaussians", type=int, metavar="N", help="Gaussians when fitting here (default: 2 per residue)")
     add("--threshold", type=float, help="map level for placing Gaussians when fitting here (default: automatic)")
     add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
@@ -70,57 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training options (every field of :func:`settings_from`, and ``--box``)."""
-    add = parser.add_argument
-    add("--latent-dim", type=int, default=_DEFAULTS.latent_dim, metavar="D", help="latent dimension (default: 6)")
-    add("--epochs", type=int, default=_DEFAULTS.epochs, metavar="E", help=f"maximum epochs, honoured exactly "
-        f"(default: {_DEFAULTS.epochs})")
-    add("--batch-size", type=int, default=_DEFAULTS.batch_size, metavar="B", help="particles per step (default: 64)")
-    add("--box", type=int, metavar="PX", help="training box (default: about 3 Å/px, 32-128 px)")
-    add("--positional-frequencies", type=int, default=_DEFAULTS.n_frequencies, metavar="F",
-        help="positional-encoding frequencies (default: 10)")
-    add("--decoder-depth", type=int, default=_DEFAULTS.decoder_depth, help="decoder hidden layers (default: 4)")
-    add("--decoder-width", type=int, default=_DEFAULTS.decoder_width, help="decoder layer width (default: 64)")
-    add("--decoder", choices=DECODERS, default=_DEFAULTS.decoder,
-        help="deformation network: 'factorised', basis fields of position mixed by coefficients of the "
-             "latent, or 'mlp', a coordinate network evaluated for every particle and Gaussian, much "
-             f"dearer with many Gaussians (default: {_DEFAULTS.decoder})")
-    add("--decoder-rank", type=int, default=_DEFAULTS.decoder_rank, metavar="R",
-        help=f"basis fields of the factorised decoder (default: {_DEFAULTS.decoder_rank})")
-    add("--regularisation-ratio", type=float, default=_DEFAULTS.regularisation_ratio,
-        help="stiffness of the distance regulariser relative to the images', λ·tr H_reg / tr H_data "
-             f"(default: {_DEFAULTS.regularisation_ratio})")
-    add("--warmup-epochs", type=int, default=_DEFAULTS.warmup_epochs, help="Gaussian-only epochs first (default: 2)")
-    add("--validation-fraction", type=float, default=_DEFAULTS.validation_fraction,
-        help="particles kept out of decoder training (default: 0.1)")
-    add("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, help="epochs between checkpoints (default: 5)")
-    add("--latent-inference", choices=("posterior", "encoder"), default=_DEFAULTS.latent_inference,
-        help="final latents: the posterior mean over candidate latent points under the trained decoder "
-             "(default), or the encoder's means")
-    add("--posterior-candidates", type=int, default=_DEFAULTS.posterior_candidates, metavar="K",
-        help=f"candidate latent points for --latent-inference posterior (default: {_DEFAULTS.posterior_candidates})")
-    add("--refinement-rounds", type=int, default=_DEFAULTS.refinement_rounds, metavar="R",
-        help="EM rounds after the VAE epochs that train each decoder on latents drawn from the particles' "
-             f"posteriors over the candidates (default: {_DEFAULTS.refinement_rounds}; 0: none)")
-    add("--refinement-epochs", type=int, default=_DEFAULTS.refinement_epochs, metavar="M",
-        help=f"epochs per refinement round (default: {_DEFAULTS.refinement_epochs})")
-    add("--control-points", type=int, default=_DEFAULTS.control_points, metavar="M",
-        help="evaluate the decoder on M control points among the Gaussians and interpolate to the rest "
-             "(faster with many Gaussians; default: 0, decode every Gaussian)")
-    add("--seed", type=int, default=0, metavar="S", help="seed of every random choice (default: 0)")
+    """The training options: ``--box`` and every declared option of DeformationSettings."""
+    parser.add_argument("--box", type=int, metavar="PX",
+                        help="training box (default: about 3 Å/px, 32-128 px)")
+    add_options(parser, DeformationSettings)
 
 
 def settings_from(args: argparse.Namespace) -> DeformationSettings:
-    return DeformationSettings(
-        latent_dim=args.latent_dim, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-        n_frequencies=args.positional_frequencies, decoder_depth=args.decoder_depth,
-        decoder_width=args.decoder_width, decoder=args.decoder, decoder_rank=args.decoder_rank,
-        regularisation_ratio=args.regularisation_ratio,
-        warmup_epochs=args.warmup_epochs, validation_fraction=args.validation_fraction,
-        checkpoint_every=args.checkpoint_every, latent_inference=args.latent_inference,
-        posterior_candidates=args.posterior_candidates, refinement_rounds=args.refinement_rounds,
-        refinement_epochs=args.refinement_epochs, control_points=args.control_points,
-        atomic_model=None if getattr(args, "atomic_model", None) is None else str(args.atomic_model.resolve()))
+    return settings_from_args(DeformationSettings, args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,10 +80,12 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.io.guard import writing
     from ._progress import drive_on_main_rank, print_warnings, set_threads
 
+    settings = settings_from(args)  # out-of-range options end here, naming the flag
     set_threads(args.threads)
     with writing(args.output_directory, "--output-directory", "optimize-deformations"):
         operation = optimize_deformations(
-            args.particles, args.consensus, args.output_directory, settings=settings_from(args), mask=args.mask,
+            args.particles, args.consensus, args.output_directory, settings=settings,
+            mask=args.mask,
             consensus_model=args.consensus_model, n_gaussians=args.n_gaussians, threshold=args.threshold,
             box=args.box, data_root=args.data_root, device=args.device, resume=args.resume,
             passthroughs=args.passthrough)

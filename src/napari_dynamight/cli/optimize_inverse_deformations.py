@@ -26,8 +26,7 @@ import argparse
 from pathlib import Path
 
 from ..engine.inverse.settings import InverseSettings
-
-_DEFAULTS = InverseSettings()
+from ._options import add_options, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,27 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training options (every field of :func:`settings_from`)."""
-    add = parser.add_argument
-    add("--epochs", type=int, default=_DEFAULTS.epochs, metavar="E", help=f"epochs (default: {_DEFAULTS.epochs})")
-    add("--batch-size", type=int, default=_DEFAULTS.batch_size, metavar="B",
-        help=f"particles per step (default: {_DEFAULTS.batch_size})")
-    add("--learning-rate", type=float, default=_DEFAULTS.learning_rate, metavar="LR",
-        help=f"Adam learning rate at the first epoch, decaying {1 / _DEFAULTS.final_learning_rate_ratio:g}x "
-        f"by the last (default: {_DEFAULTS.learning_rate:g})")
-    add("--smoothness-weight", type=float, default=_DEFAULTS.smoothness_weight, metavar="W",
-        help=f"weight (Å²) of the Jacobian smoothness penalty (default: {_DEFAULTS.smoothness_weight:g})")
-    add("--width", type=int, default=_DEFAULTS.width, help=f"layer width (default: {_DEFAULTS.width})")
-    add("--depth", type=int, default=_DEFAULTS.depth, help=f"hidden layers (default: {_DEFAULTS.depth})")
-    add("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, metavar="E",
-        help=f"epochs between checkpoints (default: {_DEFAULTS.checkpoint_every})")
-    add("--seed", type=int, default=0, metavar="S", help="seed of every random choice (default: 0)")
+    """The training options: every declared option of InverseSettings."""
+    add_options(parser, InverseSettings)
 
 
 def settings_from(args: argparse.Namespace) -> InverseSettings:
-    return InverseSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                           smoothness_weight=args.smoothness_weight, width=args.width, depth=args.depth,
-                           checkpoint_every=args.checkpoint_every, seed=args.seed)
+    return settings_from_args(InverseSettings, args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.io.guard import writing
     from ._progress import drive_on_main_rank, set_threads
 
+    settings = settings_from(args)  # out-of-range options end here, naming the flag
     set_threads(args.threads)
     with writing(args.run_directory, "RUN", "optimize-inverse-deformations", outputs="inverse"):
-        operation = optimize_inverse_deformations(args.run_directory, settings=settings_from(args),
+        operation = optimize_inverse_deformations(args.run_directory, settings=settings,
                                                   device=args.device, resume=args.resume)
         result = drive_on_main_rank(operation, "optimize inverse deformations")
     if result is None:

@@ -28,6 +28,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..engine.reconstruction.settings import ReconstructionSettings
+    from ._options import add_options
+
     add = parser.add_argument
     add("run_directory", type=Path, metavar="RUN", help="a deformation run directory")
     deformations = parser.add_mutually_exclusive_group()
@@ -42,26 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--output", type=Path, metavar="DIR",
         help="folder for the maps (default: RUN/reconstruction, or RUN/subsets/NAME/... for --subset)")
     add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-    add("--batch-size", type=int, default=64, metavar="B", help="particles per batch (default: 64)")
-    add("--grid-factor", type=int, default=2, metavar="F",
-        help="evaluate the inverse field on a grid F times coarser than the map (default: 2)")
-    add("--filter", choices=("constant", "wiener"), default="constant",
-        help="regularisation: constant = CTF² + 0.001 × its shell mean, unfiltered half maps as "
-             "relion_reconstruct and RELION's refinement write them (for relion_postprocess); wiener = "
-             "a Wiener filter from the half-map FSC (default: constant)")
-    add("--clusters", type=int, metavar="K",
-        help="k-means clusters of each half's latent codes: the inverse field is evaluated and the "
-             "backprojection warped once per cluster centre; 0 = per particle (slow) (default: 32)")
+    add_options(parser, ReconstructionSettings)
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.errors import InputError
     from ..engine.io.guard import writing
+    from ..engine.reconstruction.settings import ReconstructionSettings
     from ..engine.reconstruction.stage import reconstruct_run, subset_folder
     from ..engine.run_folder import ReconstructionFolder, RunFolder
+    from ._options import settings_from_args
     from ._progress import drive_on_main_rank, set_threads
 
+    settings = settings_from_args(ReconstructionSettings, args)
     if args.deformed and args.subset is None:
         raise InputError("--deformed: only for --subset (a whole run's maps are deformed unless "
                          "--no-deformations); add --subset FILE.star or leave --deformed out")
@@ -75,10 +72,9 @@ def run(args: argparse.Namespace) -> int:
         guard = writing(args.run_directory, "RUN", "reconstruct",
                         outputs=str(folder.path.relative_to(args.run_directory)))
     with guard:
-        operation = reconstruct_run(args.run_directory, deformations=deformations, device=args.device,
-                                    batch_size=args.batch_size, grid_factor=args.grid_factor, filter=args.filter,
-                                    subset=args.subset, output=args.output,
-                                    **({} if args.clusters is None else {"clusters": args.clusters}))
+        operation = reconstruct_run(args.run_directory, deformations=deformations,
+                                    device=args.device, subset=args.subset, output=args.output,
+                                    **settings.to_dict())
         result = drive_on_main_rank(operation, "reconstruct")
     if result is None:
         return 0

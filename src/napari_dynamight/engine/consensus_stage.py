@@ -22,10 +22,25 @@ from .io.file_set import file_set
 from .io.mrc import read_map, write_map
 from .progress import Progress, ProgressGenerator
 from .run_folder import ConsensusFolder
+from .settings_record import SettingsRecord, option
 
 # A residue occupies about 133 Å³ of protein (110 Da at 1.21 Å³/Da); the method recommends 2 Gaussians each.
 VOLUME_PER_RESIDUE_ANGSTROM3 = 133.0
 GAUSSIANS_PER_RESIDUE = 2
+
+
+@dataclass(frozen=True)
+class ConsensusSettings(SettingsRecord):
+    """Options of :func:`fit_consensus`, each declared once with :func:`option` (the command line
+    and the napari form are made from them)."""
+
+    n_gaussians: int | None = option(None, "number of Gaussians", minimum=1, maximum=10_000_000,
+                                     auto="2 per residue", metavar="N", label="Gaussians")
+    threshold: float | None = option(None, "map level that separates molecule from solvent",
+                                     auto="automatic", form=False)  # the form: a slider
+    n_steps: int = option(300, "gradient steps of the fit", minimum=1, maximum=100_000,
+                          flag="steps", label="fit steps")
+    seed: int = option(0, "random seed for placing the Gaussians", minimum=0, maximum=2**31 - 1)
 
 
 @dataclass
@@ -51,8 +66,8 @@ def fit_consensus(
     n_gaussians: int | None = None,
     threshold: float | None = None,
     mask_path: str | Path | None = None,
-    n_steps: int = 300,
-    seed: int = 0,
+    n_steps: int = ConsensusSettings.n_steps,
+    seed: int = ConsensusSettings.seed,
     device: str = "cpu",
 ) -> ProgressGenerator[ConsensusFit]:
     """Fill the consensus map with Gaussians and fit them to it; write the model files."""
@@ -72,8 +87,7 @@ def fit_consensus(
     if n_gaussians is not None and not 1 <= int(n_gaussians) <= volume.size:
         raise InputError(f"--n-gaussians {n_gaussians}: give between 1 and one per voxel of the map "
                          f"({volume.size} voxels)")
-    if int(n_steps) < 1:
-        raise InputError(f"--steps {n_steps}: give at least 1 gradient step")
+    ConsensusSettings(threshold=threshold, n_steps=int(n_steps), seed=int(seed)).check_limits()
     check_device(device)
     level = automatic_threshold(volume) if threshold is None else float(threshold)
     count = suggested_gaussian_count(volume, voxel_size, level) if n_gaussians is None else int(n_gaussians)
