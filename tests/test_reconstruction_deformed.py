@@ -249,3 +249,19 @@ def test_exact_inverse_field_with_delocalised_ctfs(delocalised, delocalised_stan
     c_std, c_def = sphere_correlation(delocalised_standard, truth), sphere_correlation(deformed, truth)
     print(f"\ndelocalised, vs truth: standard corr {c_std:.4f}, deformed {c_def:.4f}")
     assert c_def > c_std + 0.01
+
+
+def test_the_number_of_clusters_follows_the_field_error():
+    """Codes in three tight groups: one or two clusters leave a field error of about the groups' distance,
+    three or more one of about their spread, so the tolerance between them chooses three or four."""
+    from napari_dynamight.engine.reconstruction.clusters import choose_clusters, field_errors
+
+    rng = np.random.default_rng(0)
+    groups = np.array([[-3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [3.0, 0.0, 2.0]])
+    latents = (groups[rng.integers(0, 3, 600)] + rng.normal(0, 0.05, (600, 3))).astype(np.float32)
+    points = torch.tensor(rng.uniform(0, 20, (200, 3)), dtype=torch.float32)  # membership ≈ 1: the field moves them
+    errors = field_errors(latents, exact_inverse, points, (1, 2, 3, 8))
+    print(f"\nfield error by clusters: {errors}")
+    assert errors[1] > 2.0 and errors[2] > 1.0 and errors[3] < 0.15 and errors[8] < 0.15
+    count, _ = choose_clusters(latents, exact_inverse, points, 0.5, counts=(1, 2, 4, 8))
+    assert count == 4
