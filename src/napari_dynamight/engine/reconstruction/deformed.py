@@ -33,7 +33,8 @@ of the region and extended outside by normalised Gaussian smoothing that fades t
 ``t`` (``EXTENSION_FLOOR``), so rays bend smoothly, the solvent near the molecule follows the nearest
 density, and the warped block is the molecule plus a margin rather than the whole box.
 
-Memory: the standard and the pending Fourier sums (3 × (2L+2)² × (L+2) floats each), the correction
+Memory: the standard and (while codes are warped) the pending Fourier sums (3 × (2L+2)² × (L+2)
+floats each), the correction
 ((L + 2·TAPER_VOXELS)³ floats) and, while a code is warped, its complex data (2L)² × (L+1) and a
 block of the partial transform; the warp itself runs in slabs of ``CHUNK_SAMPLES`` voxels.
 """
@@ -105,7 +106,7 @@ class DeformedAccumulator:
             torch.zeros((0,) * 3, device=self.device)
         self.warps = 0  # codes whose residual was warped
         self.warped_voxels = 0  # voxels warped, summed over those codes
-        self._pending = FourierAccumulator(box, pixel_size_angstrom, padding, device) if field is not None else None
+        self._pending: FourierAccumulator | None = None  # allocated when a code needs a warp
         self._pending_code: torch.Tensor | None = None
         self._translation = torch.zeros(3, device=self.device)  # Å, x y z: the code's constant part
         self._residual: torch.Tensor | None = None  # (3, S, S, S) voxels, None for a translation
@@ -163,6 +164,8 @@ class DeformedAccumulator:
             if bool(self._translation.any()):
                 turn = torch.as_tensor(rotations[start:end]).to(self.device, torch.float32)
                 shifts = torch.as_tensor(shifts).to(self.device, torch.float32) + turn[:, :2, :] @ self._translation
+            if self._residual is not None and self._pending is None:
+                self._pending = FourierAccumulator(self.box, self.pixel_size_angstrom, self.padding, self.device)
             target = self.standard if self._residual is None else self._pending
             target.add(images[start:end], rotations[start:end], shifts, None if ctf is None else ctf[start:end])
 
@@ -288,8 +291,10 @@ class DeformedAccumulator:
 
     def fourier_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(data, weight) on the padded half-spectrum grid: the standard sums plus the correction
-        (its x = 0 plane halved, as :func:`.inversion.invert` adds the Friedel mates there)."""
+        (its x = 0 plane halved, as :func:`.inversion.invert` adds the Friedel mates there). The pending
+        sums are released (allocated again if more particles come)."""
         self.flush()
+        self._pending = None
         data, weight = self.standard.fourier_sums()
         if self.field is None or not bool(self.correction.any()):
             return data, weight

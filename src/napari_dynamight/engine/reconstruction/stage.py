@@ -139,8 +139,13 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     resolutions = (float("nan"), float("nan"))
     if context.is_main:
         yield Progress(STAGE, 0, None, "inverting")
+        # The standard half maps (for the standard FSC) first: _divide may merge the halves in place.
+        standard = [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators] \
+            if deformations else None
         maps, curve = _divide(accumulators, filter)
-        standard = [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
+        if standard is None:  # without deformations the constant-filter half maps are the standard ones
+            standard = maps["constant_halves"]
+        maps.pop("constant_halves")
         frequency, standard_curve = fsc(*standard, voxel)
         curves = {"fsc_deformed": curve, "fsc_standard": standard_curve} if deformations else \
             {"fsc_standard": curve}
@@ -254,17 +259,20 @@ def reduce_sums(accumulator: DeformedAccumulator, group: distributed.Group) -> D
 
 
 def _divide(accumulators: list[DeformedAccumulator], filter: str):
-    """Half maps and full map, and the half-map FSC of the constant-filter maps."""
+    """Half maps and full map (and, as ``constant_halves``, the constant-filter half maps), and the
+    half-map FSC of the constant-filter maps. With the constant filter the second half's sums are added
+    to the first's in place for the full map (no third set of sums in memory)."""
     first = [a.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
     voxel = accumulators[0].pixel_size_angstrom
     _, curve = fsc(*first, voxel)
+    if filter == "constant":
+        accumulators[0].merge(accumulators[1])
+        return {"half1": first[0], "half2": first[1], "full": accumulators[0].reconstruct(WIENER_CONSTANT).cpu().numpy(),
+                "constant_halves": first}, curve
     full = DeformedAccumulator(accumulators[0].box, voxel, accumulators[0].field, None,
                                accumulators[0].grid_factor, accumulators[0].padding, accumulators[0].device)
     for accumulator in accumulators:
         full.merge(accumulator)
-    if filter == "constant":
-        return {"half1": first[0], "half2": first[1],
-                "full": full.reconstruct(WIENER_CONSTANT).cpu().numpy()}, curve
     snr = np.clip(curve, 1e-3, 0.999) / (1 - np.clip(curve, 1e-3, 0.999))
     maps = {}
     for name, accumulator, factor in (("half1", accumulators[0], 1), ("half2", accumulators[1], 1),
@@ -272,6 +280,7 @@ def _divide(accumulators: list[DeformedAccumulator], filter: str):
         regulariser = _shell_mean_weight(accumulator) / torch.as_tensor(factor * snr)
         maps[name] = accumulator.reconstruct(WIENER_CONSTANT, regulariser.float()).cpu().numpy()
     halves = [maps["half1"], maps["half2"]]
+    maps["constant_halves"] = first
     return maps, fsc(*halves, voxel)[1]
 
 
