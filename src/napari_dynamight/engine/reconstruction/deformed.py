@@ -33,8 +33,8 @@ of the region and extended outside by normalised Gaussian smoothing that fades t
 ``t`` (``EXTENSION_FLOOR``), so rays bend smoothly, the solvent near the molecule follows the nearest
 density, and the warped block is the molecule plus a margin rather than the whole box.
 
-Memory: the standard and (while codes are warped) the pending Fourier sums (3 × (2L+2)² × (L+2)
-floats each), the correction
+Memory: the standard and (while a code that needs a warp is inserted) the pending Fourier sums
+(3 × (2L+2)² × (L+2) floats each), the correction
 ((L + 2·TAPER_VOXELS)³ floats) and, while a code is warped, its complex data (2L)² × (L+1) and a
 block of the partial transform; the warp itself runs in slabs of ``CHUNK_SAMPLES`` voxels.
 """
@@ -194,8 +194,7 @@ class DeformedAccumulator:
         self.warps += 1
         self.warped_voxels += int(torch.tensor([h - lo + 1 for lo, h in zip(lows, highs)]).prod())
         self.standard.merge(self._pending)
-        self._pending.sums.zero_()
-        self._pending.particle_count = 0
+        self._pending = None  # allocated again for the next code that needs a warp
 
     def _active_block(self, residual: torch.Tensor) -> tuple[list[int], list[int]]:
         """Per axis (z, y, x), the first and last index of the correction grid where the residual
@@ -291,10 +290,8 @@ class DeformedAccumulator:
 
     def fourier_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(data, weight) on the padded half-spectrum grid: the standard sums plus the correction
-        (its x = 0 plane halved, as :func:`.inversion.invert` adds the Friedel mates there). The pending
-        sums are released (allocated again if more particles come)."""
+        (its x = 0 plane halved, as :func:`.inversion.invert` adds the Friedel mates there)."""
         self.flush()
-        self._pending = None
         data, weight = self.standard.fourier_sums()
         if self.field is None or not bool(self.correction.any()):
             return data, weight
