@@ -249,7 +249,7 @@ def rss_anon_mib() -> float:
     return float("nan")
 
 
-MEMORY_EVENTS = 40  # training progress events driven in the memory check (set-up and the first batches)
+MEMORY_EVENTS = 6  # training progress events driven in the memory check (set-up and the first batches)
 
 
 def memory_training(work: Path, device) -> dict:
@@ -452,9 +452,10 @@ def analytic_reconstruction(work: Path, deformed: bool, device) -> dict:
     table = read_particles(work / "sim" / "particles.star")
     volume, voxel = read_map(work / "sim" / "consensus.mrc")
     box = volume.shape[0]
-    occupied = torch.as_tensor(volume > automatic_threshold(volume), dtype=torch.float32, device=device)
-    reach = int(math.ceil(8.0 / voxel))
-    region = torch.nn.functional.max_pool3d(occupied[None, None], 2 * reach + 1, 1, reach)[0, 0] > 0
+    region = None
+    if deformed:
+        occupied = torch.as_tensor(volume > automatic_threshold(volume), dtype=torch.float32, device=device)
+        region = dilate(occupied, int(math.ceil(8.0 / voxel))) > 0
 
     def field(latents, points):
         return points - torch.sigmoid(points[:, 0] / 3.0)[None, :, None] * latents[:, None, :]
@@ -462,6 +463,16 @@ def analytic_reconstruction(work: Path, deformed: bool, device) -> dict:
     chosen = np.array([[0.0, 1.0, 0.0], [0.0, 2.0, -1.0], [1.0, -1.0, 0.5]], np.float32)[:CODES]
     return insertion_costs(table, np.arange(len(table)), box, voxel, field if deformed else None,
                            region if deformed else None, chosen if deformed else None, device)
+
+
+def dilate(volume, reach: int):
+    """Cube dilation by ``reach`` voxels, one axis at a time."""
+    import torch
+
+    volume = volume[None, None]
+    for kernel in ((2 * reach + 1, 1, 1), (1, 2 * reach + 1, 1), (1, 1, 2 * reach + 1)):
+        volume = torch.nn.functional.max_pool3d(volume, kernel, 1, tuple(k // 2 for k in kernel))
+    return volume[0, 0]
 
 
 def power_law(x: float, points: list[tuple[float, float]]) -> float:

@@ -245,7 +245,10 @@ def _region(run: RunFolder, half: int, device) -> tuple[torch.Tensor | None, tor
     occupied = torch.zeros((box,) * 3, device=device)
     occupied[index[:, 2], index[:, 1], index[:, 0]] = 1
     reach = int(np.ceil(REGION_MARGIN_ANGSTROM / voxel))
-    return torch.nn.functional.max_pool3d(occupied[None, None], 2 * reach + 1, 1, reach)[0, 0] > 0, points
+    dilated = occupied[None, None]
+    for kernel in ((2 * reach + 1, 1, 1), (1, 2 * reach + 1, 1), (1, 1, 2 * reach + 1)):  # a cube, one axis at a time
+        dilated = torch.nn.functional.max_pool3d(dilated, kernel, 1, tuple(k // 2 for k in kernel))
+    return dilated[0, 0] > 0, points
 
 
 def reduce_sums(accumulator: DeformedAccumulator, group: distributed.Group) -> DeformedAccumulator:
