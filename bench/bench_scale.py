@@ -260,6 +260,9 @@ def memory_training(work: Path, device) -> dict:
     from napari_dynamight.engine.deformation.settings import DeformationSettings
     from napari_dynamight.engine.run_folder import ConsensusFolder
 
+    import shutil
+
+    shutil.rmtree(work / "run", ignore_errors=True)  # a fresh run each time
     settings = replace(DeformationSettings(), epochs=1, warmup_epochs=0, refinement_rounds=0, checkpoint_every=1)
     operation = optimize_deformations(work / "stack" / "particles.star", work.parent / "base" / "sim" / "consensus.mrc",
                                       work / "run", settings=settings,
