@@ -101,3 +101,18 @@ def trpv1_star(tmp_path) -> Path:
 # registered here so that test modules use them without importing them.
 from helpers.deformation_data import moving_run, simulated  # noqa: E402, F401
 from helpers.run_safety_data import finished_run  # noqa: E402, F401
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run where torch sees a CUDA device and are skipped, with the reason, elsewhere."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    reason = pytest.mark.skip(reason=f"no CUDA device visible to torch {torch.__version__} "
+                                     f"(built with CUDA {torch.version.cuda or 'none'})")
+    for item in marked:
+        item.add_marker(reason)

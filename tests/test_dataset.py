@@ -186,7 +186,7 @@ def test_check_map_accepts_the_matching_map_only(trpv1_star):
         dataset.check_map(volume.shape, 1.2, "trpv1_volume.mrc")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_batches_on_cuda(trpv1_star):
     batch = ParticleDataset(read_particles(trpv1_star), device="cuda").batch([0, 1])
     assert batch["images"].is_cuda and batch["rotations"].is_cuda and batch["ctf"].scale.is_cuda

@@ -63,3 +63,43 @@ def quantise(latents: np.ndarray, rows: np.ndarray, k: int, seed: int = 0) -> tu
     order = np.argsort(labels, kind="stable")
     return rows[order], centres[labels[order]]
 
+
+
+def field_errors(latents: np.ndarray, field, points, counts, sample: int = 256, seed: int = 0) -> dict[int, float]:
+    """RMS error (Å) of the inverse field when every particle uses its cluster centre's code instead of its
+    own, for each number of clusters in ``counts``: over up to ``sample`` particles (chosen at random) and
+    the ``points`` (P, 3) Å where the field is evaluated (e.g. the reference Gaussians).
+
+    ``field(latents (B, D), points (P, 3)) -> (B, P, 3)`` Å, as :class:`.deformed.DeformedAccumulator`'s.
+    """
+    import torch
+
+    own = np.asarray(latents, np.float32)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(own), min(sample, len(own)), replace=False))
+    points = torch.as_tensor(points, dtype=torch.float32)
+
+    def evaluate(codes: np.ndarray) -> torch.Tensor:
+        return torch.cat([field(torch.as_tensor(codes[s:s + 32]), points).cpu() for s in range(0, len(codes), 32)])
+
+    exact = evaluate(own[chosen])
+    errors = {}
+    for count in counts:
+        if count <= 0 or count >= len(own):
+            errors[int(count)] = 0.0
+            continue
+        centres, labels = kmeans(own, int(count), seed)
+        used, inverse = np.unique(labels[chosen], return_inverse=True)
+        approximate = evaluate(centres[used])[torch.as_tensor(inverse.reshape(-1))]
+        errors[int(count)] = float(((approximate - exact) ** 2).sum(-1).mean().sqrt())
+    return errors
+
+
+def choose_clusters(latents: np.ndarray, field, points, tolerance_angstrom: float,
+                    counts=(8, 16, 32, 64, 128, 256, 512), sample: int = 256,
+                    seed: int = 0) -> tuple[int, dict[int, float]]:
+    """The fewest clusters of ``counts`` whose field error (:func:`field_errors`) is at most
+    ``tolerance_angstrom`` (the largest if none is), and the errors measured."""
+    errors = field_errors(latents, field, points, counts, sample, seed)
+    fitting = [count for count in sorted(errors) if errors[count] <= tolerance_angstrom]
+    return (fitting[0] if fitting else max(errors)), errors

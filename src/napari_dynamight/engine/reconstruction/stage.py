@@ -36,7 +36,7 @@ from ..data.subset import match_subset, read_run_particles, read_subset, write_s
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import ReconstructionFolder, RunFolder
 from ..run_identity import check_finished_run, run_stamp
-from .clusters import DEFAULT_CLUSTERS, quantise
+from .clusters import DEFAULT_CLUSTERS, choose_clusters, quantise
 from .deformed import DeformedAccumulator
 from .inversion import radius_grid
 from .report import write_outputs
@@ -46,6 +46,10 @@ FILTERS = ("constant", "wiener")
 DEFAULT_FILTER = "constant"  # measured in bench/bench_filter.py (docs/reconstruction.md)
 WIENER_CONSTANT = 1e-3  # the constant filter: a small fraction of the shell-mean CTF² weight
 REGION_MARGIN_ANGSTROM = 8.0  # the field is evaluated within this distance of the half's Gaussians
+#: ``clusters=None``: the fewest clusters whose inverse field, at the half's Gaussians, is within this
+#: many voxels (RMS) of each particle's own field (``clusters.choose_clusters``).
+FIELD_ERROR_VOXELS = 0.5
+FIELD_ERROR_POINTS = 2000  # Gaussians (at most) where that error is measured
 
 
 @dataclass
@@ -70,13 +74,14 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
 
     ``clusters``: k-means clusters of each half's latent codes; the field is evaluated and the
     backprojection warped once per centre (particles sorted by cluster); 0 warps every particle on its
-    own (slow). In a ``torchrun`` launch every rank takes its share of each half set, the sums are
+    own (slow); ``None`` chooses per half the fewest clusters whose field error is within
+    ``FIELD_ERROR_VOXELS`` (``clusters.choose_clusters``). In a ``torchrun`` launch every rank takes its share of each half set, the sums are
     added over the ranks and only rank 0 inverts and writes.
     """
     run = RunFolder(run_directory)
     if filter not in FILTERS:
         raise InputError(f"--filter {filter!r} is unknown: use {' or '.join(FILTERS)}")
-    if int(batch_size) < 1 or int(grid_factor) < 1 or int(clusters) < 0:
+    if int(batch_size) < 1 or int(grid_factor) < 1 or (clusters is not None and int(clusters) < 0):
         raise InputError(f"--batch-size {batch_size} and --grid-factor {grid_factor} must be at least 1 "
                          f"and --clusters {clusters} at least 0")
     if not run.info.is_file() or not run.particles.is_file():
@@ -112,11 +117,15 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     for half, rows in half_rows.items():
         codes = None
         if latents is not None:  # each particle's field code: its cluster centre (rows sorted by cluster)
-            rows, quantised = quantise(latents, rows, int(clusters))
+            count = clusters
+            if count is None:
+                field, _, points = fields[half]
+                count, _ = choose_clusters(latents[rows], field, points, FIELD_ERROR_VOXELS * voxel)
+            rows, quantised = quantise(latents, rows, int(count))
             codes = latents.copy()
             codes[rows] = quantised
         rows = context.shard(rows)
-        field, region = fields.get(half, (None, None))
+        field, region, _ = fields.get(half, (None, None, None))
         accumulator = DeformedAccumulator(box, voxel, field, region, grid_factor, device=device)
         with ParticleDataset(table, rows, target_box=box, target_pixel_size_angstrom=voxel,
                              normalise=False, device=device) as dataset:
@@ -130,8 +139,13 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     resolutions = (float("nan"), float("nan"))
     if context.is_main:
         yield Progress(STAGE, 0, None, "inverting")
+        # The standard half maps (for the standard FSC) first: _divide may merge the halves in place.
+        standard = [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators] \
+            if deformations else None
         maps, curve = _divide(accumulators, filter)
-        standard = [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
+        if standard is None:  # without deformations the constant-filter half maps are the standard ones
+            standard = maps["constant_halves"]
+        maps.pop("constant_halves")
         frequency, standard_curve = fsc(*standard, voxel)
         curves = {"fsc_deformed": curve, "fsc_standard": standard_curve} if deformations else \
             {"fsc_standard": curve}
@@ -204,26 +218,37 @@ def _deformation_inputs(run: RunFolder, stamp: str, table, halves: np.ndarray, d
     fields = {}
     for half in (1, 2):
         field = load_inverse_field(run.path, half, device)
-        fields[half] = (field.consensus_positions, _region(run, half, device))
+        fields[half] = (field.consensus_positions, *_region(run, half, device))
     return fields, latents
 
 
-def _region(run: RunFolder, half: int, device) -> torch.Tensor | None:
+def _region(run: RunFolder, half: int, device) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Voxels within about REGION_MARGIN_ANGSTROM of the half's reference Gaussians (a cube
-    dilation), where the field is evaluated; None (everywhere) when the run has no checkpoint."""
+    dilation), where the field is evaluated, and up to FIELD_ERROR_POINTS of those Gaussians (Å); None
+    (everywhere) and the coarse box points when the run has no checkpoint."""
     from ..deformation.decode import DeformationRun
 
     try:
         forward = DeformationRun.load(run.path, device)
     except InputError:
-        return None
+        info = json.loads(run.info.read_text(encoding="utf-8"))
+        box, voxel = int(info["consensus_box"]), float(info["voxel_size_angstrom"])
+        axis = (torch.arange(0, box, max(1, box // 12), device=device) - box // 2) * voxel
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        return None, grid
     box, voxel = forward.box, forward.voxel_size_angstrom
-    index = torch.round(forward.reference(half).positions_angstrom / voxel).long() + box // 2
+    positions = forward.reference(half).positions_angstrom
+    points = positions[torch.linspace(0, len(positions) - 1, min(len(positions), FIELD_ERROR_POINTS),
+                                      device=positions.device).long()]
+    index = torch.round(positions / voxel).long() + box // 2
     index = index[((index >= 0) & (index < box)).all(1)]
     occupied = torch.zeros((box,) * 3, device=device)
     occupied[index[:, 2], index[:, 1], index[:, 0]] = 1
     reach = int(np.ceil(REGION_MARGIN_ANGSTROM / voxel))
-    return torch.nn.functional.max_pool3d(occupied[None, None], 2 * reach + 1, 1, reach)[0, 0] > 0
+    dilated = occupied[None, None]
+    for kernel in ((2 * reach + 1, 1, 1), (1, 2 * reach + 1, 1), (1, 1, 2 * reach + 1)):  # a cube, one axis at a time
+        dilated = torch.nn.functional.max_pool3d(dilated, kernel, 1, tuple(k // 2 for k in kernel))
+    return dilated[0, 0] > 0, points
 
 
 def reduce_sums(accumulator: DeformedAccumulator, group: distributed.Group) -> DeformedAccumulator:
@@ -237,17 +262,20 @@ def reduce_sums(accumulator: DeformedAccumulator, group: distributed.Group) -> D
 
 
 def _divide(accumulators: list[DeformedAccumulator], filter: str):
-    """Half maps and full map, and the half-map FSC of the constant-filter maps."""
+    """Half maps and full map (and, as ``constant_halves``, the constant-filter half maps), and the
+    half-map FSC of the constant-filter maps. With the constant filter the second half's sums are added
+    to the first's in place for the full map (no third set of sums in memory)."""
     first = [a.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
     voxel = accumulators[0].pixel_size_angstrom
     _, curve = fsc(*first, voxel)
+    if filter == "constant":
+        accumulators[0].merge(accumulators[1])
+        return {"half1": first[0], "half2": first[1], "full": accumulators[0].reconstruct(WIENER_CONSTANT).cpu().numpy(),
+                "constant_halves": first}, curve
     full = DeformedAccumulator(accumulators[0].box, voxel, accumulators[0].field, None,
                                accumulators[0].grid_factor, accumulators[0].padding, accumulators[0].device)
     for accumulator in accumulators:
         full.merge(accumulator)
-    if filter == "constant":
-        return {"half1": first[0], "half2": first[1],
-                "full": full.reconstruct(WIENER_CONSTANT).cpu().numpy()}, curve
     snr = np.clip(curve, 1e-3, 0.999) / (1 - np.clip(curve, 1e-3, 0.999))
     maps = {}
     for name, accumulator, factor in (("half1", accumulators[0], 1), ("half2", accumulators[1], 1),
@@ -255,6 +283,7 @@ def _divide(accumulators: list[DeformedAccumulator], filter: str):
         regulariser = _shell_mean_weight(accumulator) / torch.as_tensor(factor * snr)
         maps[name] = accumulator.reconstruct(WIENER_CONSTANT, regulariser.float()).cpu().numpy()
     halves = [maps["half1"], maps["half2"]]
+    maps["constant_halves"] = first
     return maps, fsc(*halves, voxel)[1]
 
 

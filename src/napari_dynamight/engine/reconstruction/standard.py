@@ -160,14 +160,19 @@ class FourierAccumulator:
     def fourier_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(data complex, weight) on the half-spectrum grid (n, n, n//2+1) in FFT order."""
         n = self.padded_box
+        half = n // 2 + 1
         wrapped = (torch.arange(self._shape[0], device=self.device) - self._offset) % n
         options = {"dtype": self.dtype, "device": self.device}
-        folded = torch.zeros(3, n, self._shape[1], self._shape[2], **options)
-        folded.index_add_(1, wrapped, self.sums)
-        folded_yz = torch.zeros(3, n, n, self._shape[2], **options)
-        folded_yz.index_add_(2, wrapped, folded)
-        sums = folded_yz[..., : n // 2 + 1]
-        return torch.complex(sums[0], sums[1]), sums[2]
+        # One channel at a time, straight into the outputs: memory is the sums plus the outputs and one
+        # folded channel (not two folded copies of all three channels).
+        data = torch.zeros(n, n, half, 2, **options)
+        weight = torch.zeros(n, n, half, **options)
+        for channel, target in ((0, data[..., 0]), (1, data[..., 1]), (2, weight)):
+            folded = torch.zeros(n, self._shape[1], self._shape[2], **options)
+            folded.index_add_(0, wrapped, self.sums[channel])
+            target.index_add_(1, wrapped, folded[..., :half])
+            del folded
+        return torch.view_as_complex(data), weight
 
     def state_dict(self) -> dict:
         """The partial sums and their geometry, for saving or sending elsewhere."""
