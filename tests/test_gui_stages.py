@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers.deformation_data import FAST, train
-from napari_dynamight._widgets.deformations import POINTS_LAYER, SETTING_FIELDS, DeformationsWidget
+from napari_dynamight._widgets.deformations import POINTS_LAYER, DeformationsWidget
 from napari_dynamight.engine.consensus import load_model
 from napari_dynamight.engine.deformation.checkpoint import CHECKPOINT_FOLDER, load_checkpoint
 from napari_dynamight.engine.io.lock import LOCK_NAME
@@ -51,8 +51,7 @@ def fill_deformations(widget, simulated, folder, settings=FAST):
     widget.consensus_model.value = simulated.model
     widget.run.value = folder
     widget.base_settings = settings
-    for field, name in SETTING_FIELDS.items():
-        getattr(widget, field).value = getattr(settings, name)
+    widget.options.show(settings)
     widget.threads.value = 1
 
 

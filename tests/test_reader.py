@@ -257,7 +257,7 @@ def test_run_folders_open_without_the_reader_choice_dialog(qtbot, make_napari_vi
     from qtpy.QtGui import QDragEnterEvent, QDropEvent
     from qtpy.QtWidgets import QApplication
 
-    monkeypatch.setattr(get_settings(), "_save_on_change", False)  # the user's napari settings stay
+    assert not get_settings().config_path  # conftest: napari saves no settings file in the tests
     asked = []
     monkeypatch.setattr(QtReaderDialog, "get_user_choices", lambda dialog: (asked.append(1), ("", False))[1])
     first, second = (make_run(tmp_path / name, n=60) for name in ("first", "second"))

@@ -13,7 +13,7 @@ import argparse
 import inspect
 
 import pytest
-from magicgui.widgets import ComboBox, FloatSpinBox, LineEdit, SpinBox
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox
 
 from napari_dynamight.cli import build_parser, main
 from napari_dynamight.engine.consensus_stage import ConsensusSettings, fit_consensus
@@ -164,6 +164,8 @@ def test_the_form_offers_exactly_the_declared_settings(command, qtbot):
         if o.choices:
             assert isinstance(control, ComboBox) and tuple(control.choices) == o.choices
             assert control.value == setting.default
+        elif o.file:
+            assert isinstance(control, FileEdit) and setting.default is None
         elif setting.type is int:
             assert isinstance(control, SpinBox)
             assert control.min == (0 if o.auto else o.minimum), setting.name

@@ -115,8 +115,11 @@ class OptionsForm:
         for s in self.declared:
             value = getattr(settings, s.name)
             control = self.controls[s.dest]
-            if s.option.file:
-                control.value = value or ""
+            if s.option.file:  # an empty FileEdit (its setter would turn "" into the cwd)
+                if value:
+                    control.value = value
+                else:
+                    control.line_edit.value = ""
             elif s.type is float and s.option.auto is not None:
                 control.value = "" if value is None else f"{value:g}"
             else:
