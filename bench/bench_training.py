@@ -6,7 +6,9 @@ Usage:
   python bench/bench_training.py --quality --output bench/results/training_quality.json
 
 Data: simulated adenylate kinase (the bundled example files, ``engine.simulate``, SNR 0.05, defocus 0.5-2.5 µm)
-at image box 64 (1.5 Å), 128 (0.75 Å) and 256 (0.375 Å): the same 96 Å field of view, sampled ever finer.
+at image box 64 (1.5 Å); box 128 (0.75 Å) and 256 (0.375 Å) are the same images and consensus map
+Fourier-padded: the same 96 Å field of view and content, sampled ever finer (the default training crop
+of all three is 32 px at 3 Å).
 Gaussians: 1,000, 10,000 and 30,000 spread inside the consensus map (no fit: timing does not depend on it).
 Every configuration runs in a fresh process (bench/training_child.py) at the default training box (the
 Fourier crop ``optimize_deformations`` picks): a warm-up epoch, timed full epochs (batch 64, latent
@@ -43,6 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import torch
 
@@ -56,7 +59,8 @@ from napari_dynamight.engine.deformation.networks import DeformationDecoder
 from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.gaussians import GaussianModel
 from napari_dynamight.engine.io.atomic import atomic_path
-from napari_dynamight.engine.io.mrc import read_map
+from napari_dynamight.engine.fourier import centred_resize, fourier_resample
+from napari_dynamight.engine.io.mrc import open_stack, read_map, write_map
 from napari_dynamight.engine.io.star import read_particles, write_particles
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.simulate import simulate
@@ -64,12 +68,12 @@ from napari_dynamight.engine.simulate import simulate
 ROOT = Path(__file__).resolve().parents[1]
 ADK = example_file(STRUCTURE).parent
 CHILD = Path(__file__).with_name("training_child.py")
-# name: (image box, pixel Å, particles simulated)
+# name: (image box, pixel Å, particles simulated); the larger boxes are the first one's images Fourier-padded
 DATA = {"full": {"box64": (64, 1.5, 2048), "box128": (128, 0.75, 1024), "box256": (256, 0.375, 1024)},
-        "quick": {"box64": (32, 3.0, 96), "box128": (40, 2.4, 64)}}
+        "quick": {"box64": (32, 3.0, 96), "box128": (64, 1.5, 64)}}
 # (data, Gaussians, particles timed): every image box with every Gaussian count, at the default crop
 THROUGHPUT = {"full": [(name, n_gauss, n) for name in ("box64", "box128", "box256")
-                       for n_gauss, n in ((1000, 1024), (10000, 384), (30000, 192))],
+                       for n_gauss, n in ((1000, 1024), (10000, 256), (30000, 128))],
               "quick": [("box64", 100, 96), ("box128", 200, 64)]}
 # (data, Gaussians, particle counts): peak memory with the image cache on and off
 MEMORY = {"full": ("box64", 1000, (512, 2048)), "quick": ("box64", 100, (64, 96))}
@@ -82,6 +86,31 @@ def _dataset(folder: Path, box: int, pixel: float, n: int) -> Path:
     if not (folder / "particles.star").is_file():
         run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=folder, n_particles=n, box=box,
                      pixel_size_angstrom=pixel, snr=0.05, defocus_range_angstrom=(5000.0, 25000.0), seed=0))
+    return folder
+
+
+def _finer(source: Path, folder: Path, box: int, pixel: float, n: int) -> Path:
+    """The first ``n`` particles and the consensus map of ``source`` Fourier-padded to ``box`` (the same
+    content sampled at ``pixel``): simulating at box 256 would render every frame's map at 256³."""
+    if (folder / "particles.star").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    table = read_particles(source / "particles.star")
+    old_pixel = float(table.pixel_size_angstrom[0])
+    volume, _ = read_map(source / "consensus.mrc")
+    spectrum = torch.fft.fftshift(torch.fft.fftn(torch.as_tensor(volume, dtype=torch.float64)))
+    spectrum = centred_resize(spectrum, box, (-3, -2, -1))
+    finer = torch.fft.ifftn(torch.fft.ifftshift(spectrum)).real * (box / volume.shape[0]) ** 3
+    write_map(folder / "consensus.mrc", finer.float().numpy(), pixel)
+    stack = open_stack(source / "particles.mrcs")
+    with mrcfile.new_mmap(folder / "particles.mrcs", shape=(n, box, box), mrc_mode=2, overwrite=True) as out:
+        for start in range(0, n, 64):
+            images = torch.as_tensor(np.asarray(stack[start:min(start + 64, n)]), dtype=torch.float32)
+            out.data[start:start + len(images)] = fourier_resample(images, old_pixel, pixel, box).numpy()
+        out.voxel_size = pixel
+    table.optics = table.optics.assign(rlnImagePixelSize=pixel, rlnImageSize=box)
+    table.star_path = folder / "particles.star"
+    write_particles(folder / "particles.star", table, index=np.arange(n))
     return folder
 
 
@@ -336,7 +365,9 @@ def main(argv=None) -> int:
             data = {"box64": _dataset(work / "box64", *DATA[mode]["box64"])}
             report["decoders"] = decoders(work, data, mode, args.threads, args.epochs, echo)
         else:
-            data = {name: _dataset(work / name, *spec) for name, spec in DATA[mode].items()}
+            (first, spec), *others = DATA[mode].items()
+            data = {first: _dataset(work / first, *spec)}
+            data |= {name: _finer(data[first], work / name, *spec) for name, spec in others}
             report["throughput"], report["memory"] = _training(work, data, mode, args, echo)
             if args.decode:
                 report["decode"] = decode_times(mode, (1, 2), echo)
