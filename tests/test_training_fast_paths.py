@@ -8,8 +8,12 @@ import numpy as np
 import torch
 
 from napari_dynamight.engine.deformation.graph import build_graph
-from napari_dynamight.engine.deformation.losses import (distance_loss, linear_regularisation_loss,
-                                                        regularisation_loss, repulsion_loss)
+from napari_dynamight.engine.deformation.losses import (
+    distance_loss,
+    linear_regularisation_loss,
+    regularisation_loss,
+    repulsion_loss,
+)
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 from napari_dynamight.engine.deformation.trainer import HalfSet
 from napari_dynamight.engine.gaussians import GaussianModel, _Splat, _splat_checked

@@ -146,7 +146,7 @@ class _Splat(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_grid):
         flat, frac, weights, coords = ctx.saved_tensors
-        batch, n_channels, box = ctx.shape
+        batch, _, box = ctx.shape
         padded = box + 2
         unclamped = (coords >= -1.0) & (coords < float(box))
         grad = torch.nn.functional.pad(grad_grid, [1, 1, 1, 1]).reshape(-1)

@@ -154,8 +154,55 @@ def linear_regularisation_loss(coefficients: torch.Tensor, basis: torch.Tensor, 
     fields = basis.view(rank, -1, 3)
     edge_basis = (fields.index_select(1, first) - fields.index_select(1, second)).reshape(rank, -1)
     vectors = reference.index_select(0, first) - reference.index_select(0, second)  # (E, 3)
-    deformed = torch.addmm(vectors.reshape(1, -1), coefficients, edge_basis).view(len(coefficients), -1, 3)
-    return _regularisation(deformed, vectors.detach().norm(dim=-1), graph)
+    rest = vectors.detach().norm(dim=-1)
+    return _LinearEdgeLoss.apply(coefficients, edge_basis, vectors.reshape(-1), rest,
+                                 rest.clamp(max=graph.mean_neighbour_distance))
+
+
+class _LinearEdgeLoss(torch.autograd.Function):
+    """:class:`_EdgeLoss` of the edge vectors ``vectors + coefficients @ edge_basis`` (B, E·3), formed a
+    block of edges at a time (forward, and again in the backward) so that the (B, E, 3) vectors never
+    leave the cache: the matrix products stay, the memory traffic of a (B, E, 3) array goes."""
+
+    @staticmethod
+    def forward(ctx, coefficients, edge_basis, vectors, rest, floor):
+        total = coefficients.new_zeros(())
+        for block, v in _edge_blocks(coefficients, edge_basis, vectors):
+            lengths = v.pow(2).sum(-1).sqrt_()
+            total += ((lengths - rest[block]).pow(2) + torch.relu(floor[block] - lengths).pow(2)).sum()
+        ctx.save_for_backward(coefficients, edge_basis, vectors, rest, floor)
+        return total / (len(coefficients) * len(rest))
+
+    @staticmethod
+    def backward(ctx, grad):
+        coefficients, edge_basis, vectors, rest, floor = ctx.saved_tensors
+        grad_coefficients = torch.zeros_like(coefficients)
+        grad_basis, grad_vectors = torch.empty_like(edge_basis), torch.empty_like(vectors)
+        factor = 2.0 * grad / (len(coefficients) * len(rest))
+        for block, v in _edge_blocks(coefficients, edge_basis, vectors):
+            lengths = v.pow(2).sum(-1).sqrt_()
+            scale = (lengths - rest[block] - torch.relu(floor[block] - lengths)) * factor / lengths
+            scale = torch.where(lengths > 0, scale, torch.zeros_like(scale))
+            g = (v * scale.unsqueeze(-1)).flatten(1)  # (B, 3e)
+            columns = slice(3 * block.start, 3 * block.stop)
+            grad_coefficients.addmm_(g, edge_basis[:, columns].t())
+            torch.mm(coefficients.t(), g, out=grad_basis[:, columns])
+            torch.sum(g, 0, out=grad_vectors[columns])
+        return grad_coefficients, grad_basis, grad_vectors, None, None
+
+
+EDGE_BLOCK = 2**18  # floats of (B, e, 3) edge vectors formed at once by _LinearEdgeLoss
+
+
+def _edge_blocks(coefficients, edge_basis, vectors):
+    """(slice of edges, their vectors (B, e, 3)) for consecutive blocks of edges."""
+    n_edges = vectors.numel() // 3
+    step = max(1, EDGE_BLOCK // (3 * max(1, len(coefficients))))
+    for start in range(0, n_edges, step):
+        block = slice(start, min(start + step, n_edges))
+        columns = slice(3 * block.start, 3 * block.stop)
+        yield block, torch.addmm(vectors[columns].view(1, -1), coefficients, edge_basis[:, columns]).view(
+            len(coefficients), -1, 3)
 
 
 def data_stiffness(model: GaussianModel, moving: torch.Tensor, ctf_power: torch.Tensor, weights: torch.Tensor,
