@@ -1,21 +1,31 @@
-"""Training throughput, peak memory and decode-and-render time of the deformation engine on CPU.
+"""Training throughput, refinement cost, peak memory and decode-and-render time of the deformation engine.
 
 Usage:
-  python bench/bench_training.py --output bench/results/training.json [--threads 2] [--quick]
+  python bench/bench_training.py --output bench/results/training.json [--threads 1] [--device cpu] [--quick]
+  python bench/bench_training.py --decoders --output bench/results/training_decoders.json
   python bench/bench_training.py --quality --output bench/results/training_quality.json
 
-Data: simulated adenylate kinase (the bundled example files, ``engine.simulate``, SNR 0.05, defocus 0.5-2.5 µm) at
-image box 64 (1.5 Å) and box 128 (0.75 Å: the same 96 Å field of view, twice the sampling).
-Every configuration runs in a fresh process (bench/training_child.py): warm-up epoch, then timed full
-epochs of ``optimize_deformations`` (batch 64, latent dimension 6, the default networks).
+Data: simulated adenylate kinase (the bundled example files, ``engine.simulate``, SNR 0.05, defocus 0.5-2.5 µm)
+at image box 64 (1.5 Å); box 128 (0.75 Å) and 256 (0.375 Å) are the same images and consensus map
+Fourier-padded: the same 96 Å field of view and content, sampled ever finer (the default training crop
+of all three is 32 px at 3 Å).
+Gaussians: 1,000, 10,000 and 30,000 spread inside the consensus map (no fit: timing does not depend on it).
+Every configuration runs in a fresh process (bench/training_child.py) at the default training box (the
+Fourier crop ``optimize_deformations`` picks): a warm-up epoch, timed full epochs (batch 64, latent
+dimension 6, the default networks), then one refinement round with one M-step epoch, timed as its E-step
+(posteriors of every training particle over the 128 candidates) and its M-step epoch. A default round is
+the E-step plus ``refinement_epochs`` (6) M-step epochs; the final posterior-mean latents cost one E-step
+over all particles. Reference line: the projector alone, forward and backward (64 images at the training
+box, per-image positions, CTF and data loss), in images per second, in the same child.
 Counting: one full epoch of a half goes through that half's training and validation particles, so
 both halves together see every particle once; particle-epochs per second = particles / (seconds of
 half 1's epoch + half 2's epoch), the way the reference's 4,000 particles / 23.5 s = 170 is counted.
 Memory: the child's peak RSS (VmHWM; it includes the file pages of the memory-mapped stack it has
 read, which the kernel may drop; getrusage's ru_maxrss is kept too, but Linux carries the parent's RSS
-at fork into it) and its peak anonymous RSS sampled at every progress event, for two particle counts
-with the image cache on (default) and off (every batch read from the stack).
+at fork into it) and its peak anonymous RSS sampled at every progress event; ``memory`` rows: two
+particle counts with the image cache on (default) and off (every batch read from the stack).
 Decode: ``DeformationRun.volume`` at box 128, median of repeats, 1 and 2 threads.
+``--device cuda``: the same on a GPU (the JSON records the device's name and the precision).
 ``--decoders``: the two deformation networks ("mlp", "factorised") side by side at 1,000, 10,000 and
 30,000 Gaussians, image box 64 at the default training crop (``DECODERS`` lists the particle counts).
 ``--quality``: best-PC |Spearman| with the true frame and throughput, 10,000 Gaussians, with and
@@ -35,6 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import torch
 
@@ -42,11 +53,14 @@ from napari_dynamight.engine.consensus import fill_with_gaussians, save_model
 from napari_dynamight.engine.consensus_stage import fit_consensus
 from napari_dynamight.engine.deformation.control_points import ControlPoints
 from napari_dynamight.engine.deformation.decode import DeformationRun, _Half
+from napari_dynamight.engine.deformation.settings import DeformationSettings
+from napari_dynamight.engine.device import check_device
 from napari_dynamight.engine.deformation.networks import DeformationDecoder
 from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.gaussians import GaussianModel
 from napari_dynamight.engine.io.atomic import atomic_path
-from napari_dynamight.engine.io.mrc import read_map
+from napari_dynamight.engine.fourier import centred_resize, fourier_resample
+from napari_dynamight.engine.io.mrc import open_stack, read_map, write_map
 from napari_dynamight.engine.io.star import read_particles, write_particles
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.simulate import simulate
@@ -54,16 +68,15 @@ from napari_dynamight.engine.simulate import simulate
 ROOT = Path(__file__).resolve().parents[1]
 ADK = example_file(STRUCTURE).parent
 CHILD = Path(__file__).with_name("training_child.py")
-# name: (image box, pixel Å, particles simulated)
-DATA = {"full": {"box64": (64, 1.5, 4000), "box128": (128, 0.75, 1000)},
-        "quick": {"box64": (32, 3.0, 96), "box128": (40, 2.4, 64)}}
-# (data, Gaussians, training box or None for the default crop, particles, control points)
-THROUGHPUT = {"full": [("box64", 1000, 64, 3000, 0), ("box64", 1000, None, 3000, 0), ("box64", 2000, 64, 1500, 0),
-                       ("box64", 10000, 64, 384, 0), ("box64", 10000, 64, 1000, 1000),
-                       ("box128", 2000, 128, 1000, 0), ("box128", 10000, 128, 384, 0),
-                       ("box128", 10000, 128, 640, 1000)],
-              "quick": [("box64", 100, 32, 96, 0), ("box128", 200, 40, 64, 30)]}
-MEMORY = {"full": ("box64", 1000, 64, (1000, 4000)), "quick": ("box64", 100, 32, (64, 96))}
+# name: (image box, pixel Å, particles simulated); the larger boxes are the first one's images Fourier-padded
+DATA = {"full": {"box64": (64, 1.5, 2048), "box128": (128, 0.75, 1024), "box256": (256, 0.375, 1024)},
+        "quick": {"box64": (32, 3.0, 96), "box128": (64, 1.5, 64)}}
+# (data, Gaussians, particles timed): every image box with every Gaussian count, at the default crop
+THROUGHPUT = {"full": [(name, n_gauss, n) for name in ("box64", "box128", "box256")
+                       for n_gauss, n in ((1000, 1024), (10000, 256), (30000, 128))],
+              "quick": [("box64", 100, 96), ("box128", 200, 64)]}
+# (data, Gaussians, particle counts): peak memory with the image cache on and off
+MEMORY = {"full": ("box64", 1000, (512, 2048)), "quick": ("box64", 100, (64, 96))}
 # Gaussians -> particles timed, for --decoders (fewer where the MLP decoder is slow)
 DECODERS = {"full": {1000: 1500, 10000: 384, 30000: 192}, "quick": {100: 96, 300: 64}}
 DECODE = {"full": (128, 0.75, (1000, 2000, 10000), 20), "quick": (32, 3.0, (100, 300), 2)}
@@ -73,6 +86,31 @@ def _dataset(folder: Path, box: int, pixel: float, n: int) -> Path:
     if not (folder / "particles.star").is_file():
         run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=folder, n_particles=n, box=box,
                      pixel_size_angstrom=pixel, snr=0.05, defocus_range_angstrom=(5000.0, 25000.0), seed=0))
+    return folder
+
+
+def _finer(source: Path, folder: Path, box: int, pixel: float, n: int) -> Path:
+    """The first ``n`` particles and the consensus map of ``source`` Fourier-padded to ``box`` (the same
+    content sampled at ``pixel``): simulating at box 256 would render every frame's map at 256³."""
+    if (folder / "particles.star").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    table = read_particles(source / "particles.star")
+    old_pixel = float(table.pixel_size_angstrom[0])
+    volume, _ = read_map(source / "consensus.mrc")
+    spectrum = torch.fft.fftshift(torch.fft.fftn(torch.as_tensor(volume, dtype=torch.float64)))
+    spectrum = centred_resize(spectrum, box, (-3, -2, -1))
+    finer = torch.fft.ifftn(torch.fft.ifftshift(spectrum)).real * (box / volume.shape[0]) ** 3
+    write_map(folder / "consensus.mrc", finer.float().numpy(), pixel)
+    stack = open_stack(source / "particles.mrcs")
+    with mrcfile.new_mmap(folder / "particles.mrcs", shape=(n, box, box), mrc_mode=2, overwrite=True) as out:
+        for start in range(0, n, 64):
+            images = torch.as_tensor(np.asarray(stack[start:min(start + 64, n)]), dtype=torch.float32)
+            out.data[start:start + len(images)] = fourier_resample(images, old_pixel, pixel, box).numpy()
+        out.voxel_size = pixel
+    table.optics = table.optics.assign(rlnImagePixelSize=pixel, rlnImageSize=box)
+    table.star_path = folder / "particles.star"
+    write_particles(folder / "particles.star", table, index=np.arange(n))
     return folder
 
 
@@ -114,12 +152,18 @@ def _child(config: dict) -> dict:
 
 
 def _config(folder: Path, work: Path, n_gauss: int, train_box, n: int, epochs: int, threads: int,
-            controls: int = 0, cache: bool = True, decoder: str = "mlp") -> dict:
-    return {"star": str(_subset(folder, n)), "consensus": str(folder / "consensus.mrc"),
-            "model": str(_model(folder, n_gauss)), "train_box": train_box, "n_particles": n,
-            "run_directory": str(work / "runs" / f"{folder.name}_{n_gauss}_{train_box}_{n}_{controls}_{cache}_{decoder}"),
-            "epochs": epochs, "batch_size": 64, "threads": threads, "control_points": controls,
-            "cache": cache, "decoder": decoder, "stop_early": True}
+            controls: int = 0, cache: bool = True, decoder: str | None = None, device: str = "cpu",
+            refinement: bool = False, projection: bool = False) -> dict:
+    config = {"star": str(_subset(folder, n)), "consensus": str(folder / "consensus.mrc"),
+              "model": str(_model(folder, n_gauss)), "train_box": train_box, "n_particles": n,
+              "run_directory": str(work / "runs" / f"{folder.name}_{n_gauss}_{train_box}_{n}_{controls}_{cache}_"
+                                                   f"{decoder}_{refinement}"),
+              "epochs": epochs, "batch_size": 64, "threads": threads, "control_points": controls,
+              "cache": cache, "stop_early": True, "device": device, "refinement": refinement,
+              "projection": projection}
+    if decoder is not None:
+        config["decoder"] = decoder
+    return config
 
 
 def decoders(work: Path, data: dict, mode: str, threads: int, epochs: int, echo) -> list[dict]:
@@ -136,22 +180,28 @@ def decoders(work: Path, data: dict, mode: str, threads: int, epochs: int, echo)
     return rows
 
 
-def _training(work: Path, data: dict, mode: str, threads: int, epochs: int, echo) -> tuple[list, list]:
-    def config(name, n_gauss, train_box, n, controls=0, cache=True):
-        return _config(data[name], work, n_gauss, train_box, n, epochs, threads, controls, cache)
-
-    def row(name, n_gauss, train_box, n, controls=0, cache=True):
+def _training(work: Path, data: dict, mode: str, args, echo) -> tuple[list, list]:
+    def row(name, n_gauss, n, cache=True, refinement=True):
+        config = _config(data[name], work, n_gauss, None, n, args.epochs, args.threads, cache=cache,
+                         device=args.device, refinement=refinement, projection=refinement)
         out = {"data": name, "image_box": DATA[mode][name][0], "pixel_size_angstrom": DATA[mode][name][1],
-               "n_gaussians": n_gauss, "control_points": controls, "image_cache": cache,
-               **_child(config(name, n_gauss, train_box, n, controls, cache))}
-        echo(f"{name} {n_gauss} Gaussians, train box {out['train_box']}, {n} particles, control points "
-             f"{controls}, cache {cache}: {out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, "
-             f"peak RSS {out['peak_rss_mib']:.0f} MiB (anon {out['peak_rss_anon_mib_sampled']:.0f})")
+               "n_gaussians": n_gauss, "image_cache": cache, **_child(config)}
+        text = (f"{name} {n_gauss} Gaussians, train box {out['train_box']}, {n} particles, cache {cache}: "
+                f"{out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, "
+                f"peak RSS {out['peak_rss_mib']:.0f} MiB (anon {out['peak_rss_anon_mib_sampled']:.0f})")
+        if refinement:
+            refine = out["refinement"]
+            refine["default_round_seconds_per_particle"] = (refine["e_step_seconds_both_halves"] + \
+                DeformationSettings.refinement_epochs * refine["m_step_epoch_seconds_both_halves"]) / n
+            text += (f"; E-step {1e3 * refine['e_step_seconds_per_particle']:.1f} ms/particle, M-step epoch "
+                     f"{refine['m_step_epoch_seconds_both_halves']:.1f} s; projection alone "
+                     f"{out['projection_images_per_second']:.0f} images/s")
+        echo(text)
         return out
 
     throughput = [row(*spec) for spec in THROUGHPUT[mode]]
-    name, n_gauss, train_box, counts = MEMORY[mode]
-    memory = [row(name, n_gauss, train_box, n, 0, cache) for cache in (True, False) for n in counts]
+    name, n_gauss, counts = MEMORY[mode]
+    memory = [row(name, n_gauss, n, cache, refinement=False) for cache in (True, False) for n in counts]
     return throughput, memory
 
 
@@ -221,34 +271,61 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]})
     rows = report["throughput"]
-    labels = [f"box {r['image_box']}/{r['train_box']}\n{r['n_gaussians']} G" + (f"\n{r['control_points']} cp"
-              if r["control_points"] else "") for r in rows]
-    left.bar(range(len(rows)), [r["particle_epochs_per_second_both_halves"] for r in rows], color="tab:blue")
-    left.set_xticks(range(len(rows)), labels, fontsize=7)
-    for value, style, text in ((350, "--", "target 350"), (170, ":", "reference 170")):
-        left.axhline(value, color="k", ls=style, lw=1, label=text)
-    left.set_ylabel("particle-epochs / s (both halves)")
-    left.set_title(f"training throughput, {report['torch_threads']} threads")
+    labels = [f"box {r['image_box']}/{r['train_box']}\n{r['n_gaussians']} G" for r in rows]
+    x = np.arange(len(rows))
+    left.bar(x - 0.2, [r["particle_epochs_per_second_both_halves"] for r in rows], 0.4, color="tab:blue",
+             label="training, particle-epochs/s")
+    if all("projection_images_per_second" in r for r in rows):
+        left.bar(x + 0.2, [r["projection_images_per_second"] for r in rows], 0.4, color="tab:gray",
+                 label="projection alone, images/s (fwd+bwd)")
+    left.set_yscale("log")
+    left.set_xticks(x, labels, fontsize=7)
+    left.set_title(f"training throughput ({report['device_name']}, {report['torch_threads']} threads)")
     left.legend(fontsize=8)
-    decode = report["decode"]
-    labels = [f"{r['n_gaussians']} G{' cp' if r['control_points'] else ''}\n{r['threads']} thr" for r in decode]
-    right.bar(range(len(decode)), [r["decode_and_render_ms_median"] for r in decode], color="tab:orange")
-    right.set_xticks(range(len(decode)), labels, fontsize=7)
-    right.axhline(50, color="k", ls="--", lw=1, label="target 50 ms")
-    right.set_ylabel("ms")
-    right.set_title(f"decode + render one volume, box {decode[0]['box']}")
-    right.legend(fontsize=8)
+    if all("refinement" in r for r in rows):
+        epoch = [1.0 / r["particle_epochs_per_second_both_halves"] for r in rows]
+        middle.bar(x - 0.27, [1e3 * v for v in epoch], 0.27, color="tab:blue", label="VAE epoch")
+        middle.bar(x, [1e3 * r["refinement"]["default_round_seconds_per_particle"] for r in rows], 0.27,
+                   color="tab:red", label="refinement round (E-step + 6 M-step epochs)")
+        middle.bar(x + 0.27, [1e3 * r["refinement"]["e_step_seconds_per_particle"] for r in rows], 0.27,
+                   color="tab:orange", label="E-step = final posterior")
+        middle.set_yscale("log")
+        middle.set_xticks(x, labels, fontsize=7)
+        middle.set_ylabel("ms per particle")
+        middle.set_title("cost per particle")
+        middle.legend(fontsize=8)
+    decode = report.get("decode", [])
+    if decode:
+        labels = [f"{r['n_gaussians']} G{' cp' if r['control_points'] else ''}\n{r['threads']} thr" for r in decode]
+        right.bar(range(len(decode)), [r["decode_and_render_ms_median"] for r in decode], color="tab:orange")
+        right.set_xticks(range(len(decode)), labels, fontsize=7)
+        right.axhline(50, color="k", ls="--", lw=1, label="target 50 ms")
+        right.set_ylabel("ms")
+        right.set_title(f"decode + render one volume, box {decode[0]['box']}")
+        right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "cpu"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "training.json")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for training (default: 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training (default: 1)")
+    parser.add_argument("--device", default="cpu", help="torch device of the training runs (default: cpu)")
+    parser.add_argument("--decode", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time decode-and-render of one volume (CPU; default: on)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run: one warm-up, the rest timed")
     parser.add_argument("--quick", action="store_true", help="tiny data and sizes: a smoke run in about a minute")
     parser.add_argument("--quality", action="store_true", help="only the control-points quality comparison")
@@ -264,13 +341,18 @@ def main(argv=None) -> int:
     work = args.work_directory or Path(temporary.name)
     work.mkdir(parents=True, exist_ok=True)
     words = ["python", *sys.argv] if argv is None else ["bench_training.py", *argv]
-    report = {"benchmark": "deformation training throughput, peak memory, decode-and-render",
+    check_device(args.device)
+    report = {"benchmark": "deformation training throughput, refinement cost, peak memory, decode-and-render",
               "command": " ".join(_portable(word, work) for word in words),
               "mode": mode, "torch": torch.__version__, "cpu_count": os.cpu_count(), "torch_threads": args.threads,
+              "device": args.device, "device_name": _device_name(args.device),
+              "precision": "float32 (the engine trains in single precision)",
               "load_average_before": list(os.getloadavg()),
               "counting": "particle-epochs/s = particles / (half-1 epoch + half-2 epoch seconds); each half's "
                           "full epoch covers its training and validation particles; mean of the timed epochs "
-                          "after one warm-up epoch; batch 64, latent dimension 6, default networks"}
+                          "after one warm-up epoch; batch 64, latent dimension 6, default networks; refinement: E-step seconds per "
+                          "training particle (posterior over the candidates), M-step epoch seconds; a default round "
+                          "per particle = (E-step + refinement_epochs x M-step epoch) / particles"}
     started = time.perf_counter()
 
     def echo(text):
@@ -283,9 +365,12 @@ def main(argv=None) -> int:
             data = {"box64": _dataset(work / "box64", *DATA[mode]["box64"])}
             report["decoders"] = decoders(work, data, mode, args.threads, args.epochs, echo)
         else:
-            data = {name: _dataset(work / name, *spec) for name, spec in DATA[mode].items()}
-            report["throughput"], report["memory"] = _training(work, data, mode, args.threads, args.epochs, echo)
-            report["decode"] = decode_times(mode, (1, 2), echo)
+            (first, spec), *others = DATA[mode].items()
+            data = {first: _dataset(work / first, *spec)}
+            data |= {name: _finer(data[first], work / name, *spec) for name, spec in others}
+            report["throughput"], report["memory"] = _training(work, data, mode, args, echo)
+            if args.decode:
+                report["decode"] = decode_times(mode, (1, 2), echo)
     finally:
         if temporary is not None:
             temporary.cleanup()

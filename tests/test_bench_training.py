@@ -31,6 +31,7 @@ def test_quick_benchmark_writes_sane_json(tmp_path):
     for key in ("torch", "cpu_count", "command", "load_average_before", "load_average_after"):
         assert key in report
     assert report["torch_threads"] == 1 and len(report["load_average_before"]) == 3
+    assert report["device"] == "cpu" and report["device_name"] and "float32" in report["precision"]
     assert len(report["throughput"]) == len(bench.THROUGHPUT["quick"])
     for row in report["throughput"] + report["memory"]:
         assert row["timed_full_epochs"] == 1 and row["torch_threads"] == 1
@@ -42,8 +43,15 @@ def test_quick_benchmark_writes_sane_json(tmp_path):
         assert 50 < row["peak_rss_mib"] < 8000 and row["peak_rss_anon_mib_sampled"] <= row["peak_rss_mib"]
     assert {(r["n_particles"], r["image_cache"]) for r in report["memory"]} == {(64, True), (96, True),
                                                                                (64, False), (96, False)}
-    assert [r["train_box"] for r in report["throughput"]] == [32, 40]
-    assert report["throughput"][1]["control_points"] == 30
+    for row in report["throughput"]:
+        assert row["train_box"] <= row["image_box"] and _positive(row["projection_images_per_second"])
+        refine = row["refinement"]
+        assert refine["candidates"] == 128 and 0 < refine["training_particles_both_halves"] < row["n_particles"]
+        for key in ("e_step_seconds_both_halves", "m_step_epoch_seconds_both_halves", "e_step_seconds_per_particle"):
+            assert _positive(refine[key]), (key, refine)
+        assert math.isclose(refine["e_step_seconds_per_particle"],
+                            refine["e_step_seconds_both_halves"] / refine["training_particles_both_halves"])
+        assert refine["default_round_seconds_per_particle"] > refine["e_step_seconds_both_halves"] / row["n_particles"]
     for row in report["decode"]:
         assert _positive(row["decode_and_render_ms_median"]) and row["threads"] in (1, 2)
         assert _positive(row["decode_only_ms_median"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..gaussians import GaussianModel, project_spectrum
+from ..gaussians import GaussianModel, project_spectrum_pairs
 from .losses import NoiseModel
 
 MEMORY_BUDGET_BYTES = 256 * 1024**2
@@ -56,12 +56,8 @@ def batch_rows(n_candidates: int, n_gaussians: int, box: int) -> int:
 def negative_log_likelihoods(batch: dict, candidates: Candidates, model: GaussianModel, noise: NoiseModel,
                              box: int, pixel_size_angstrom: float) -> torch.Tensor:
     """(B, K): ``Σ_k |CTF·P(model_k) − Y|² / σ²(|k|)`` of each particle's image under each candidate."""
-    count, k = len(batch["rows"]), len(candidates)
-    rotations = batch["rotations"].repeat_interleave(k, 0)
-    shifts = batch["shifts_angstrom"].repeat_interleave(k, 0)
-    positions = candidates.positions.repeat(count, 1, 1)
-    spectra = project_spectrum(model, rotations, shifts, box, pixel_size_angstrom, positions_angstrom=positions)
-    spectra = spectra.view(count, k, *spectra.shape[1:]) * batch["ctf"][:, None]
+    spectra = project_spectrum_pairs(model, batch["rotations"], batch["shifts_angstrom"], box, pixel_size_angstrom,
+                                     candidates.positions) * batch["ctf"][:, None]
     residual = (spectra - batch["spectra"][:, None]).abs().pow(2) * noise.weights
     return residual.flatten(2).sum(-1)
 

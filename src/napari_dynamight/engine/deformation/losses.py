@@ -88,7 +88,7 @@ def data_loss(predicted: torch.Tensor, observed: torch.Tensor, weights: torch.Te
 
 
 def _edge_lengths(positions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    return (positions[..., edges[:, 0], :] - positions[..., edges[:, 1], :]).norm(dim=-1)
+    return (positions.index_select(-2, edges[:, 0]) - positions.index_select(-2, edges[:, 1])).norm(dim=-1)
 
 
 def distance_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph) -> torch.Tensor:
@@ -108,11 +108,107 @@ def repulsion_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: Neigh
     return torch.relu(floor - _edge_lengths(deformed, graph.edges)).pow(2).mean()
 
 
+class _EdgeLoss(torch.autograd.Function):
+    """Mean over (B, E) of ``(length − rest)² + relu(floor − length)²`` from edge vectors (B, E, 3), with
+    the gradient written out (``v · ℓ'(|v|) / |v|``) instead of autograd's chain of (B, E, 3) steps."""
+
+    @staticmethod
+    def forward(ctx, vectors, rest, floor):
+        lengths = vectors.pow(2).sum(-1).sqrt_()
+        stretch, shortfall = lengths - rest, torch.relu(floor - lengths)
+        ctx.save_for_backward(vectors, lengths, stretch, shortfall)
+        return (stretch.pow(2) + shortfall.pow(2)).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        vectors, lengths, stretch, shortfall = ctx.saved_tensors
+        scale = (stretch - shortfall) * (2.0 / lengths.numel()) * grad / lengths
+        scale = torch.where(lengths > 0, scale, torch.zeros_like(scale))
+        return vectors * scale.unsqueeze(-1), None, None
+
+
+def _regularisation(vectors: torch.Tensor, rest: torch.Tensor, graph: NeighbourGraph) -> torch.Tensor:
+    """Distance preservation plus repulsion from deformed edge vectors (B, E, 3) and rest lengths (E,)."""
+    return _EdgeLoss.apply(vectors, rest, rest.clamp(max=graph.mean_neighbour_distance))
+
+
 def regularisation_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph,
                         bonds: NeighbourGraph | None = None) -> torch.Tensor:
-    """Distance preservation (on ``bonds`` if given, else on ``graph``) plus repulsion (on ``graph``)."""
-    return distance_loss(deformed, reference, graph if bonds is None else bonds) \
-        + repulsion_loss(deformed, reference, graph)
+    """Distance preservation plus repulsion (:func:`distance_loss` + :func:`repulsion_loss`, with the
+    deformed edge lengths computed once). With ``bonds`` (the atomic-model prior) distances are kept
+    on the bonds and repulsion acts on ``graph``."""
+    if bonds is not None:
+        return distance_loss(deformed, reference, bonds) + repulsion_loss(deformed, reference, graph)
+    if len(graph.edges) == 0:
+        return deformed.sum() * 0.0
+    rest = _edge_lengths(reference.detach(), graph.edges)
+    first, second = graph.edges[:, 0], graph.edges[:, 1]
+    return _regularisation(deformed.index_select(-2, first) - deformed.index_select(-2, second), rest, graph)
+
+
+def linear_regularisation_loss(coefficients: torch.Tensor, basis: torch.Tensor, reference: torch.Tensor,
+                               graph: NeighbourGraph) -> torch.Tensor:
+    """:func:`regularisation_loss` of the deformed positions ``reference + coefficients @ basis``
+    (coefficients (B, R), basis (R, N·3) Å, reference (N, 3) Å) without forming them: an edge vector is
+    linear in the positions, so the edges' vectors are ``rest vectors + coefficients @ (the basis's edge
+    differences)``; the gather runs over R basis rows once instead of over B particles, and the rest is
+    one matrix product."""
+    if len(graph.edges) == 0:
+        return (coefficients.sum() + basis.sum()) * 0.0
+    first, second = graph.edges[:, 0], graph.edges[:, 1]
+    rank = basis.shape[0]
+    fields = basis.view(rank, -1, 3)
+    edge_basis = (fields.index_select(1, first) - fields.index_select(1, second)).reshape(rank, -1)
+    vectors = reference.index_select(0, first) - reference.index_select(0, second)  # (E, 3)
+    rest = vectors.detach().norm(dim=-1)
+    return _LinearEdgeLoss.apply(coefficients, edge_basis, vectors.reshape(-1), rest,
+                                 rest.clamp(max=graph.mean_neighbour_distance))
+
+
+class _LinearEdgeLoss(torch.autograd.Function):
+    """:class:`_EdgeLoss` of the edge vectors ``vectors + coefficients @ edge_basis`` (B, E·3), formed a
+    block of edges at a time (forward, and again in the backward) so that the (B, E, 3) vectors never
+    leave the cache: the matrix products stay, the memory traffic of a (B, E, 3) array goes."""
+
+    @staticmethod
+    def forward(ctx, coefficients, edge_basis, vectors, rest, floor):
+        total = coefficients.new_zeros(())
+        for block, v in _edge_blocks(coefficients, edge_basis, vectors):
+            lengths = v.pow(2).sum(-1).sqrt_()
+            total += ((lengths - rest[block]).pow(2) + torch.relu(floor[block] - lengths).pow(2)).sum()
+        ctx.save_for_backward(coefficients, edge_basis, vectors, rest, floor)
+        return total / (len(coefficients) * len(rest))
+
+    @staticmethod
+    def backward(ctx, grad):
+        coefficients, edge_basis, vectors, rest, floor = ctx.saved_tensors
+        grad_coefficients = torch.zeros_like(coefficients)
+        grad_basis, grad_vectors = torch.empty_like(edge_basis), torch.empty_like(vectors)
+        factor = 2.0 * grad / (len(coefficients) * len(rest))
+        for block, v in _edge_blocks(coefficients, edge_basis, vectors):
+            lengths = v.pow(2).sum(-1).sqrt_()
+            scale = (lengths - rest[block] - torch.relu(floor[block] - lengths)) * factor / lengths
+            scale = torch.where(lengths > 0, scale, torch.zeros_like(scale))
+            g = (v * scale.unsqueeze(-1)).flatten(1)  # (B, 3e)
+            columns = slice(3 * block.start, 3 * block.stop)
+            grad_coefficients.addmm_(g, edge_basis[:, columns].t())
+            torch.mm(coefficients.t(), g, out=grad_basis[:, columns])
+            torch.sum(g, 0, out=grad_vectors[columns])
+        return grad_coefficients, grad_basis, grad_vectors, None, None
+
+
+EDGE_BLOCK = 2**18  # floats of (B, e, 3) edge vectors formed at once by _LinearEdgeLoss
+
+
+def _edge_blocks(coefficients, edge_basis, vectors):
+    """(slice of edges, their vectors (B, e, 3)) for consecutive blocks of edges."""
+    n_edges = vectors.numel() // 3
+    step = max(1, EDGE_BLOCK // (3 * max(1, len(coefficients))))
+    for start in range(0, n_edges, step):
+        block = slice(start, min(start + step, n_edges))
+        columns = slice(3 * block.start, 3 * block.stop)
+        yield block, torch.addmm(vectors[columns].view(1, -1), coefficients, edge_basis[:, columns]).view(
+            len(coefficients), -1, 3)
 
 
 def data_stiffness(model: GaussianModel, moving: torch.Tensor, ctf_power: torch.Tensor, weights: torch.Tensor,

@@ -141,6 +141,15 @@ class FactorisedDecoder(nn.Module):
             displacement = torch.einsum("br,bnrc->bnc", weights, fields)
         return displacement * self.extent_angstrom
 
+    def basis_matrix(self, positions_angstrom: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The basis fields at positions (N, 3) as a (rank, N·3) matrix in Å, each position's entries
+        times ``scale`` (N,) if given: ``coefficients(z) @ basis_matrix(x)`` is ``forward(z, x)`` (times
+        ``scale``) flattened, one matrix product for a whole batch."""
+        fields = self.fields(positions_angstrom) * self.extent_angstrom  # (N, R, 3)
+        if scale is not None:
+            fields = fields * scale.view(-1, 1, 1)
+        return fields.transpose(0, 1).reshape(self.rank, -1)
+
     deform = DeformationDecoder.deform
 
 

@@ -36,7 +36,7 @@ from ..distributed import part_of_mean
 from ..progress import Progress
 from .batches import ParticleBatches
 from .inference import Candidates, batch_rows, half_candidates, posteriors
-from .losses import data_loss, regularisation_loss
+from .losses import data_loss, linear_regularisation_loss, regularisation_loss
 from .trainer import HalfSet
 
 def responsibilities(half: HalfSet, batches: ParticleBatches, rows: np.ndarray, latents: torch.Tensor,
@@ -111,10 +111,18 @@ def _share_loss(half: HalfSet, batches: ParticleBatches, rows: np.ndarray, laten
     if len(rows) == 0:
         return 0.0, 0.0
     batch = batches.get(rows)
-    deformed = reference + half.displacement(latents, reference) * half.moving.view(-1, 1)
+    basis = half.linear_basis(reference)
+    if basis is None:
+        deformed = reference + half.displacement(latents, reference) * half.moving.view(-1, 1)
+        regulariser = regularisation_loss(deformed, reference, half.graph, half.bond_graph)
+    else:  # the factorised decoder: one matrix product, and the regulariser on the basis's edges
+        coefficients = half.decoder.coefficients(latents)
+        deformed = torch.addmm(reference.reshape(1, -1), coefficients, basis).view(len(rows), -1, 3)
+        regulariser = linear_regularisation_loss(coefficients, basis, reference, half.graph) \
+            if half.bond_graph is None else regularisation_loss(deformed, reference, half.graph, half.bond_graph)
     predicted = half.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
     data = part_of_mean(data_loss(predicted, batch["spectra"], half.noise.weights,
                                   half.noise.n_frequencies).mean(), len(rows), n_whole)
-    reg = part_of_mean(regularisation_loss(deformed, reference, half.graph, half.bond_graph), len(rows), n_whole)
+    reg = part_of_mean(regulariser, len(rows), n_whole)
     (data + half.lam * reg).backward()
     return float(data.detach()), float(reg.detach())

@@ -29,8 +29,8 @@ from .batches import ParticleBatches
 from . import control_points
 from .control_points import ControlPoints
 from .graph import bond_graph, build_graph
-from .losses import (NoiseModel, data_loss, data_stiffness, kl_divergence, regularisation_loss,
-                     regulariser_stiffness, stiffness_lambda)
+from .losses import (NoiseModel, data_loss, data_stiffness, kl_divergence, linear_regularisation_loss,
+                     regularisation_loss, regulariser_stiffness, stiffness_lambda)
 from .networks import ImageEncoder, build_decoder, reparameterise
 from .settings import DeformationSettings
 
@@ -194,27 +194,77 @@ class HalfSet:
         model = self.model()
         kl = torch.zeros((), device=self.device)
         reg = torch.zeros((), device=self.device)
-        if mode == "warmup":
-            deformed = self.positions.expand(len(batch["rows"]), -1, -1)
-        elif mode == "consensus":
-            with torch.no_grad():
-                displacement = self.displacement(self.encode(batch["encoder_input"]))
-            deformed = self.positions + displacement * self.moving.view(-1, 1)
+        data = torch.zeros((), device=self.device)
+        if mode != "full":  # only training rows
+            if mode == "warmup":
+                deformed = self.positions.expand(len(batch["rows"]), -1, -1)
+            else:
+                with torch.no_grad():
+                    displacement = self.displacement(self.encode(batch["encoder_input"]))
+                deformed = self.positions + displacement * self.moving.view(-1, 1)
+            per_particle = data_loss(self.predict(batch, deformed, model, box, pixel), batch["spectra"], weights, n_freq)
+            data = per_particle.mean()
+            total = per_particle.sum()
         else:
             mean, log_var = self.encoder(batch["encoder_input"])
             z = self._sample(mean, log_var, share, len(whole))
             kl = kl_divergence(mean, log_var).mean() * self.settings.kl_weight / n_freq
-            deformed = self._deform_split(z, train)
-        predicted = self._predict_split(batch, deformed, model, train, box, pixel)
-        per_particle = data_loss(predicted, batch["spectra"], weights, n_freq)
-        data = per_particle[train].mean() if count else per_particle.sum() * 0.0
-        if mode == "full" and count:
-            reg = regularisation_loss(deformed[train], self.positions, self.graph, self.bond_graph)
+            basis = self.linear_basis()
+            total = torch.zeros((), device=self.device)
+            # training rows, then validation rows (decoder and Gaussians detached), each as one sub-batch
+            for rows, frozen in ((train, False), (~train, True)):
+                if not rows.any():
+                    continue
+                index = None if rows.all() else rows.nonzero().squeeze(1)
+                part = batch if index is None else {key: batch[key][index] for key in
+                                                    ("rotations", "shifts_angstrom", "ctf", "spectra")}
+                deformed, coefficients = self._deform(z if index is None else z[index], frozen, basis)
+                per_particle = data_loss(self.predict(part, deformed, model.detach() if frozen else model, box, pixel),
+                                         part["spectra"], weights, n_freq)
+                total = total + per_particle.sum()
+                if not frozen:
+                    data = per_particle.mean()
+                    if coefficients is None or self.bond_graph is not None:
+                        reg = regularisation_loss(deformed, self.positions, self.graph, self.bond_graph)
+                    else:
+                        reg = linear_regularisation_loss(coefficients, basis, self.positions, self.graph)
         n_share = share.stop - share.start
-        loss = part_of_mean(per_particle.mean() + kl, n_share, len(whole)) \
+        loss = part_of_mean(total / n_share + kl, n_share, len(whole)) \
             + self.lam * part_of_mean(reg, count, n_batch_train)
         loss.backward()
         return float(data.detach()), float(reg.detach()), float(kl.detach()), count
+
+    def linear_basis(self, points: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The factorised decoder's basis at the reference (or ``points``) as a (rank, N·3) matrix, zero
+        for the Gaussians that do not move, so that deformed positions are ``points + coefficients(z) @
+        basis``; None for a decoder without one or with control points."""
+        if self.controls is not None or not hasattr(self.decoder, "basis_matrix"):
+            return None
+        return self.decoder.basis_matrix(self.positions if points is None else points, self.moving)
+
+    def _deform(self, z: torch.Tensor, frozen: bool, basis: torch.Tensor | None):
+        """Deformed positions (B, N, 3) of latents ``z`` and, with a ``basis``, their coefficients (else
+        None). ``frozen``: the decoder's and the Gaussians' parameters detached (validation rows)."""
+        if basis is None:
+            return self._deform_general(z, frozen), None
+        reference = self.positions.detach() if frozen else self.positions
+        if frozen:
+            parameters = {name: p.detach() for name, p in self.decoder.coefficients.named_parameters()}
+            coefficients = functional_call(self.decoder.coefficients, parameters, (z,))
+            basis = basis.detach()
+        else:
+            coefficients = self.decoder.coefficients(z)
+        deformed = torch.addmm(reference.reshape(1, -1), coefficients, basis).view(len(z), -1, 3)
+        return deformed, coefficients
+
+    def _deform_general(self, z: torch.Tensor, frozen: bool) -> torch.Tensor:
+        """Deformed positions through :meth:`displacement` (any decoder, control points or not)."""
+        if not frozen:
+            return self.positions + self.displacement(z) * self.moving.view(-1, 1)
+        parameters = {name: p.detach() for name, p in self.decoder.named_parameters()}
+        displacement = self.displacement(
+            z, call=lambda latents, points: functional_call(self.decoder, parameters, (latents, points.detach())))
+        return self.positions.detach() + displacement * self.moving.view(-1, 1)
 
     def _sample(self, mean, log_var, share: slice, n_whole: int) -> torch.Tensor:
         """Reparameterised latents of this share: ε is drawn for the whole batch, so the generator
@@ -227,28 +277,6 @@ class HalfSet:
             return torch.cat([before, t, t.new_zeros(n_whole - share.stop, t.shape[1])])
 
         return reparameterise(padded(mean), padded(log_var), self.generator)[share]
-
-    def _deform_split(self, z: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
-        """Deformed positions; validation rows see detached decoder and Gaussian parameters."""
-        deformed = torch.empty(len(z), self.positions.shape[0], 3, device=self.device)
-        if train.any():
-            deformed[train] = self.positions + self.displacement(z[train]) * self.moving.view(-1, 1)
-        if (~train).any():
-            frozen = {name: p.detach() for name, p in self.decoder.named_parameters()}
-            displacement = self.displacement(
-                z[~train], call=lambda latents, points: functional_call(self.decoder, frozen, (latents, points.detach())))
-            deformed[~train] = self.positions.detach() + displacement * self.moving.view(-1, 1)
-        return deformed
-
-    def _predict_split(self, batch, deformed, model, train, box, pixel):
-        if train.all():
-            return self.predict(batch, deformed, model, box, pixel)
-        out = torch.empty_like(batch["spectra"])
-        for rows, m in ((train, model), (~train, model.detach())):
-            if rows.any():
-                sub = {k: batch[k][rows] for k in ("rotations", "shifts_angstrom", "ctf")}
-                out[rows] = self.predict(sub, deformed[rows], m, box, pixel)
-        return out
 
     @torch.no_grad()
     def estimate_noise(self, batches: ParticleBatches, rows: np.ndarray, deform: bool) -> None:
