@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from napari_dynamight.engine.atomic_model import kabsch, coarse_grain, write_moved_structure
+from napari_dynamight.engine.atomic_model import coarse_grain, kabsch, write_moved_structure
 from napari_dynamight.engine.deformation.decode import load_run
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.settings import DeformationSettings

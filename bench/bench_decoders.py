@@ -33,8 +33,6 @@ from napari_dynamight.engine.explore import load_run  # noqa: E402
 from napari_dynamight.engine.io.atomic import atomic_path  # noqa: E402
 
 
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "decoders_tiny.json")

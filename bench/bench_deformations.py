@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.evaluation import (
     atom_motion,
     bayes_ceiling,
@@ -48,6 +47,7 @@ from napari_dynamight.engine.evaluation import (
     latent_frame_ordering,
     motion_at,
 )
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.io.atomic import atomic_path
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.io.star import read_particles

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from napari_dynamight.engine.example_data import STRUCTURE, example_file
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ADK = example_file(STRUCTURE).parent

@@ -113,7 +113,7 @@ def movie_timing(viewer, widget, folder: Path, frames: int, rounds: int = 1) -> 
             _movie.canvas_widget = find_canvas if mode == "rendered once" else (lambda _widget: None)
             counted = []
             close = _movie.FrameCapture.close
-            _movie.FrameCapture.close = lambda capture: (counted.append(len(draws)), close(capture))
+            _movie.FrameCapture.close = lambda capture: (counted.append(len(draws)), close(capture))  # noqa: B023 (restored below, in this iteration)
             try:
                 start, before = time.perf_counter(), len(draws)
                 widget.export_movie(folder / f"movie_{round_}_{mode.split()[1]}.gif")

@@ -441,7 +441,7 @@ def aggregate(runs: list[dict], variants: dict) -> dict:
         maps = [r["maps"] for r in mine if "maps" in r]
         if maps:
             def worst_map(key, field, pick):
-                return [pick(m["per_half"][h][key][field] for h in "12") for m in maps
+                return [pick(m["per_half"][h][key][field] for h in "12") for m in maps  # noqa: B023 (called in this iteration)
                         if isinstance(m["per_half"]["1"].get(key), dict)]
             entry["maps"] = {
                 "deformed_worse_half_fsc05_angstrom": _stats(worst_map("deformed", "resolution_fsc05_angstrom", max)),

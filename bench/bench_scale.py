@@ -254,13 +254,12 @@ MEMORY_EVENTS = 6  # training progress events driven in the memory check (set-up
 
 def memory_training(work: Path, device) -> dict:
     """Peak memory of training's set-up and first batches on a memory-mapped stack of ``work``."""
+    import shutil
     from dataclasses import replace
 
     from napari_dynamight.engine.deformation.run import optimize_deformations
     from napari_dynamight.engine.deformation.settings import DeformationSettings
     from napari_dynamight.engine.run_folder import ConsensusFolder
-
-    import shutil
 
     shutil.rmtree(work / "run", ignore_errors=True)  # a fresh run each time
     settings = replace(DeformationSettings(), epochs=1, warmup_epochs=0, refinement_rounds=0, checkpoint_every=1)
@@ -269,7 +268,7 @@ def memory_training(work: Path, device) -> dict:
                                       consensus_model=ConsensusFolder(work.parent / "base" / "consensus").model,
                                       device=device)
     anon = rss_anon_mib()
-    for _, event in zip(range(MEMORY_EVENTS), operation):
+    for _ in zip(range(MEMORY_EVENTS), operation):
         anon = max(anon, rss_anon_mib())
     operation.close()
     return {"peak_anonymous_mib": anon, "events": MEMORY_EVENTS}

@@ -11,7 +11,11 @@ import pytest
 import torch
 
 from napari_dynamight.engine.atomic_model import (
-    box_positions, check_model_in_map, coarse_grain, gaussian_model)
+    box_positions,
+    check_model_in_map,
+    coarse_grain,
+    gaussian_model,
+)
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.example_data import example_file
 from napari_dynamight.engine.gaussians import GaussianModel, render_volume

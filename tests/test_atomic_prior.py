@@ -13,13 +13,17 @@ import torch
 from napari_dynamight.cli import main
 from napari_dynamight.cli.optimize_deformations import add_arguments, settings_from
 from napari_dynamight.engine.atomic_model import write_moved_structure
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.graph import bond_graph, build_graph
-from napari_dynamight.engine.deformation.losses import distance_loss, regularisation_loss, repulsion_loss
+from napari_dynamight.engine.deformation.losses import (
+    distance_loss,
+    regularisation_loss,
+    repulsion_loss,
+)
+from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.settings import DeformationSettings
+from napari_dynamight.engine.errors import Cancelled
 from napari_dynamight.engine.example_data import example_file
 from napari_dynamight.engine.io.structure import read_structure
-from napari_dynamight.engine.errors import Cancelled
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.run_folder import RunFolder
 

@@ -7,8 +7,8 @@ import shutil
 import mrcfile
 import numpy as np
 import pytest
-from conftest import DATA, STAR_FILES, TRPV1_MAP, TRPV1_STACK, edit_star, write_trpv1_star
 
+from conftest import DATA, STAR_FILES, TRPV1_MAP, TRPV1_STACK, edit_star, write_trpv1_star
 from napari_dynamight.engine.data.dataset import ParticleDataset
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.io import star as star_module

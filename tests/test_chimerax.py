@@ -10,10 +10,10 @@ import pytest
 
 from helpers.explore_data import ShiftDecoder
 from napari_dynamight.cli import main
+from napari_dynamight.engine.chimerax import check_movie_name, display_level, map_statistics
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.explore import straight_path
 from napari_dynamight.engine.explore.series import decode_path
-from napari_dynamight.engine.chimerax import check_movie_name, display_level, map_statistics
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.progress import run
 

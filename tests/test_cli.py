@@ -14,8 +14,8 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
-from conftest import STAR_FILES
 
+from conftest import STAR_FILES
 from napari_dynamight import __version__
 from napari_dynamight.cli import COMMANDS, _progress, available_commands, build_parser, main
 from napari_dynamight.engine.errors import InputError
@@ -348,8 +348,8 @@ def test_example_data_are_package_data():
     from napari_dynamight.cli import demo
 
     package = Path(napari_dynamight.__file__).parent
-    assert demo.EXAMPLE_STRUCTURE == package / "sample_data" / "adk_closed.pdb"
-    assert demo.EXAMPLE_TRAJECTORY == package / "sample_data" / "adk_dims.dcd"
+    assert package / "sample_data" / "adk_closed.pdb" == demo.EXAMPLE_STRUCTURE
+    assert package / "sample_data" / "adk_dims.dcd" == demo.EXAMPLE_TRAJECTORY
     assert demo.EXAMPLE_STRUCTURE.is_file() and demo.EXAMPLE_TRAJECTORY.is_file()
 
 

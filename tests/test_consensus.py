@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from napari_dynamight.engine.consensus import (
-    automatic_threshold, fill_with_gaussians, fit_to_map, load_model, save_model,
+    automatic_threshold,
+    fill_with_gaussians,
+    fit_to_map,
+    load_model,
+    save_model,
 )
 from napari_dynamight.engine.errors import Cancelled, InputError
 from napari_dynamight.engine.gaussians import GaussianModel, render_volume

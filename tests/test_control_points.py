@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dynamight.engine.deformation.control_points import ControlPoints, farthest_points, interpolation
+from helpers.deformation_data import FAST
+from napari_dynamight.engine.deformation.control_points import (
+    ControlPoints,
+    farthest_points,
+    interpolation,
+)
 from napari_dynamight.engine.deformation.decode import DeformationRun
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.progress import run
-
-from helpers.deformation_data import FAST
 
 
 def _blob(n=600, seed=0):

@@ -22,7 +22,11 @@ from napari_dynamight.engine.ctf import compute_ctf
 from napari_dynamight.engine.data.dataset import ParticleDataset
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.gaussians import GaussianModel, normalised_cross_correlation, project
-from napari_dynamight.engine.geometry import euler_to_matrix, euler_to_matrix_numpy, random_euler_angles
+from napari_dynamight.engine.geometry import (
+    euler_to_matrix,
+    euler_to_matrix_numpy,
+    random_euler_angles,
+)
 from napari_dynamight.engine.io.cryosparc import passthrough_files, read_cryosparc, write_cryosparc
 from napari_dynamight.engine.io.particle_file import read_particle_file
 from napari_dynamight.engine.io.star import read_particles

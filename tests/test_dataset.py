@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import starfile
 import torch
-from conftest import DATA, STAR_FILES, TRPV1_MAP, TRPV1_STACK
 
+from conftest import DATA, STAR_FILES, TRPV1_MAP, TRPV1_STACK
 from napari_dynamight.engine.data.dataset import ParticleDataset, background_mask
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.geometry import euler_to_matrix

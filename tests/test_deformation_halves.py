@@ -12,11 +12,10 @@ from dataclasses import replace
 
 import pytest
 
-from napari_dynamight.engine.evaluation.metrics import latent_frame_ordering
-from napari_dynamight.engine.explore import load_run
-
 from helpers.deformation_data import HALVES_SETTINGS as SETTINGS
 from helpers.deformation_data import Simulated, simulate_tiny, train
+from napari_dynamight.engine.evaluation.metrics import latent_frame_ordering
+from napari_dynamight.engine.explore import load_run
 
 SEEDS = (0, 1, 2)
 

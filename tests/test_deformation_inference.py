@@ -4,7 +4,11 @@ import numpy as np
 import torch
 
 from napari_dynamight.engine.ctf import CtfParams, compute_ctf
-from napari_dynamight.engine.deformation.inference import Candidates, negative_log_likelihoods, posterior_mean
+from napari_dynamight.engine.deformation.inference import (
+    Candidates,
+    negative_log_likelihoods,
+    posterior_mean,
+)
 from napari_dynamight.engine.deformation.losses import NoiseModel
 from napari_dynamight.engine.gaussians import GaussianModel, project_spectrum
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles

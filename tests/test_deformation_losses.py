@@ -7,8 +7,14 @@ import torch
 
 from napari_dynamight.engine.deformation.graph import build_graph
 from napari_dynamight.engine.deformation.losses import (
-    NoiseModel, data_loss, data_stiffness, distance_loss, regulariser_stiffness, repulsion_loss,
-    stiffness_lambda)
+    NoiseModel,
+    data_loss,
+    data_stiffness,
+    distance_loss,
+    regulariser_stiffness,
+    repulsion_loss,
+    stiffness_lambda,
+)
 from napari_dynamight.engine.fourier import radial_index
 from napari_dynamight.engine.gaussians import GaussianModel, project_spectrum
 from napari_dynamight.engine.geometry import euler_to_matrix

@@ -7,7 +7,13 @@ import torch
 
 from napari_dynamight.engine.deformation.losses import kl_divergence
 from napari_dynamight.engine.deformation.networks import (
-    DeformationDecoder, FactorisedDecoder, ImageEncoder, build_decoder, positional_encoding, reparameterise)
+    DeformationDecoder,
+    FactorisedDecoder,
+    ImageEncoder,
+    build_decoder,
+    positional_encoding,
+    reparameterise,
+)
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 
 

@@ -9,8 +9,8 @@ import torch
 from helpers.deformation_data import FAST, train
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.batches import ParticleBatches
-from napari_dynamight.engine.deformation.inputs import moving_flags, read_inputs
 from napari_dynamight.engine.deformation.inference import half_candidates
+from napari_dynamight.engine.deformation.inputs import moving_flags, read_inputs
 from napari_dynamight.engine.deformation.refinement import refine_round, responsibilities
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.trainer import HalfSet

@@ -3,7 +3,12 @@
 import torch
 
 from napari_dynamight.engine.deformation.schedule import (
-    StopRule, count_inside, epoch_mode, is_reference_update, within_distance_mask)
+    StopRule,
+    count_inside,
+    epoch_mode,
+    is_reference_update,
+    within_distance_mask,
+)
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 
 

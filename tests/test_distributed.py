@@ -22,6 +22,7 @@ from napari_dynamight.engine import distributed
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.progress import run
 
+
 def train(star, consensus, model, out, settings, resume=False) -> None:
     run(optimize_deformations(star, consensus, out, settings=settings, consensus_model=model, resume=resume))
 

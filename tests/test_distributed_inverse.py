@@ -13,7 +13,6 @@ import shutil
 from dataclasses import replace
 
 import pytest
-import torch
 
 from helpers.deformation_data import FAST
 from helpers.distributed import launch

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.evaluation import (
     abs_spearman,
@@ -23,6 +22,7 @@ from napari_dynamight.engine.evaluation import (
     principal_components,
     rms_displacement,
 )
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.simulate import simulate
 

@@ -7,8 +7,8 @@ import shlex
 import numpy as np
 
 from helpers.explore_data import make_run
-from napari_dynamight.cli import build_parser, main
 from napari_dynamight._widgets.explorer import open_explorer
+from napari_dynamight.cli import build_parser, main
 
 
 def test_help_examples_parse(capsys):

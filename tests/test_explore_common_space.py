@@ -71,7 +71,7 @@ def test_validation_particles_are_placed_by_their_own_half_and_the_result_is_cac
     space, events = collect(common_space(folder.path, n_points=64, batch_size=64))
     table = load_run(folder.path).table.particles
     assert events > 0 and space.coords.shape == (len(table), 2) and np.isfinite(space.coords).all()
-    assert ((0 < space.explained_variance) & (space.explained_variance <= 1)).all()
+    assert ((space.explained_variance > 0) & (space.explained_variance <= 1)).all()
     np.testing.assert_array_equal(space.validation, table.dmValidation.to_numpy() != 0)
     np.testing.assert_array_equal(space.decoded_by, table.dmHalfSet.to_numpy())  # validation: own half
     half2 = np.load(folder.latents_half2)

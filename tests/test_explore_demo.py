@@ -15,8 +15,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from napari_dynamight.cli import main
 from helpers.screenshots import distinct_colours, molecule_coverage
+from napari_dynamight.cli import main
 
 
 def test_virtual_display_starts_and_stops_xvfb(monkeypatch):

@@ -10,8 +10,15 @@ import starfile
 from helpers.explore_data import CENTRES, clusters, make_run, to_half2
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.explore import (
-    ExplorerData, Selections, embed, graph_path, load_run, points_in_polygon, resample_polyline,
-    straight_path)
+    ExplorerData,
+    Selections,
+    embed,
+    graph_path,
+    load_run,
+    points_in_polygon,
+    resample_polyline,
+    straight_path,
+)
 from napari_dynamight.engine.io.star import read_particles
 
 

@@ -4,7 +4,11 @@ import numpy as np
 import torch
 
 from napari_dynamight.engine.fourier import fourier_box, fourier_resample, fsc, resolution_at
-from napari_dynamight.engine.gaussians import GaussianModel, normalised_cross_correlation, render_volume
+from napari_dynamight.engine.gaussians import (
+    GaussianModel,
+    normalised_cross_correlation,
+    render_volume,
+)
 
 
 def _blob_image(box, pixel):

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dynamight.engine.gaussians import GaussianModel, normalised_cross_correlation, project, render_volume
+from napari_dynamight.engine.gaussians import (
+    GaussianModel,
+    normalised_cross_correlation,
+    project,
+    render_volume,
+)
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import STAR_FILES, TRPV1_MAP
-from napari_dynamight.engine.consensus import load_model
-from napari_dynamight.engine.io.lock import LOCK_NAME
 from helpers.screenshots import distinct_colours, save
 from napari_dynamight._widgets.data import GAUSSIANS_LAYER, MAP_LAYER, DataWidget
+from napari_dynamight.engine.consensus import load_model
+from napari_dynamight.engine.io.lock import LOCK_NAME
 
 
 def wait_for(qtbot, widget, worker):

@@ -16,8 +16,12 @@ from matplotlib.backend_bases import MouseEvent
 from helpers.explore_data import ShiftDecoder, make_run
 from helpers.screenshots import density_pixels, gaussian_pixels, molecule_coverage
 from napari_dynamight._widgets import _movie
-from napari_dynamight._widgets.explorer import (POINTS_LAYER, VECTORS_LAYER, VOLUME_LAYER,
-                                                ExplorerWidget)
+from napari_dynamight._widgets.explorer import (
+    POINTS_LAYER,
+    VECTORS_LAYER,
+    VOLUME_LAYER,
+    ExplorerWidget,
+)
 from napari_dynamight.engine.explore import embed, load_run
 from napari_dynamight.engine.io.lock import LOCK_NAME
 from napari_dynamight.engine.io.mrc import read_map

@@ -9,9 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from helpers.explore_data import ShiftDecoder, make_run
+from helpers.screenshots import (
+    density_pixels,
+    distinct_colours,
+    gaussian_pixels,
+    molecule_coverage,
+    save,
+    widget_rgb,
+)
 from napari_dynamight.engine.explore import load_run
-from helpers.screenshots import (density_pixels, distinct_colours, gaussian_pixels, molecule_coverage,
-                                 save, widget_rgb)
 
 
 def test_explorer_screenshots_per_half_set(qtbot, make_napari_viewer, tmp_path):

@@ -230,7 +230,7 @@ def test_reconstruction_widget_shows_half_maps_and_fsc(qtbot, make_napari_viewer
         viewer.layers.remove(layer)
     widget.plot.clear()
     wait_for(qtbot, widget, widget.open_run(trained_run))
-    assert {"reconstruction: half 1", "reconstruction: half 2"} <= {l.name for l in viewer.layers}
+    assert {"reconstruction: half 1", "reconstruction: half 2"} <= {layer.name for layer in viewer.layers}
     assert len(widget.plot.curve(0, "deformed")[1]) == len(table)
     assert "half-map FSC 0.143 at" in widget.summary.value and "(deformed)" in widget.summary.value
     assert f"voxel size {voxel:.4g} Å" in widget.summary.value

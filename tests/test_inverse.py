@@ -94,8 +94,8 @@ def test_inverse_of_a_run_without_motion_is_the_identity(forward_run, tmp_path):
     directory = copy_forward(forward_run, tmp_path / "still")
     state = checkpoint.load_checkpoint(checkpoint.final_path(directory))
     for half in state["halves"]:
-        half["decoder"]["basis.%d.weight" % last_basis_layer(half["decoder"])].zero_()
-        half["decoder"]["basis.%d.bias" % last_basis_layer(half["decoder"])].zero_()
+        half["decoder"][f"basis.{last_basis_layer(half['decoder'])}.weight"].zero_()
+        half["decoder"][f"basis.{last_basis_layer(half['decoder'])}.bias"].zero_()
     checkpoint.save_checkpoint(checkpoint.final_path(directory), state)
     result = run(optimize_inverse_deformations(directory, settings=replace(SHORT, epochs=2)))
     assert result.summary["half1"]["train_displacement_angstrom"] == 0.0

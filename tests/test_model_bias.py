@@ -11,7 +11,11 @@ import torch
 
 from napari_dynamight.cli import main
 from napari_dynamight.engine.atomic_model import (
-    Region, coarse_grain, write_moved_structure, write_register_shifted_structure)
+    Region,
+    coarse_grain,
+    write_moved_structure,
+    write_register_shifted_structure,
+)
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.example_data import example_file
 from napari_dynamight.engine.gaussians import GaussianModel, render_volume

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mrcfile
 import numpy as np
 import pytest
-from conftest import DATA, TRPV1_MAP, TRPV1_STACK
 
+from conftest import DATA, TRPV1_MAP, TRPV1_STACK
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.io.mrc import open_stack, read_map, stack_shape, write_map
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA, STAR_FILES, TRPV1_STACK
 
+from conftest import DATA, STAR_FILES, TRPV1_STACK
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.io.star import read_particles
 

@@ -19,8 +19,8 @@ from napari_dynamight.engine.gaussians import (
     project,
     render_volume,
 )
-from napari_dynamight.engine.projector import project_volume, project_volume_fourier
 from napari_dynamight.engine.geometry import euler_to_matrix
+from napari_dynamight.engine.projector import project_volume, project_volume_fourier
 
 SHARED = Path(__file__).parent / "data"
 BOX, PIXEL = 48, 2.0

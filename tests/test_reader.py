@@ -8,8 +8,8 @@ import sys
 import mrcfile
 import numpy as np
 import pytest
-from conftest import DATA, STAR_FILES, TRPV1_MAP, TRPV1_STACK, edit_star
 
+from conftest import DATA, STAR_FILES, TRPV1_MAP, TRPV1_STACK, edit_star
 from napari_dynamight._reader import get_mrc_reader, get_star_reader, read_mrc, read_star
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.geometry import euler_to_matrix_numpy
@@ -169,7 +169,6 @@ def test_open_star_in_napari(make_napari_viewer):
 
 def test_run_reader_accepts_only_run_folders(tmp_path):
     from helpers.explore_data import make_run
-
     from napari_dynamight._reader import get_run_reader, has_latent_columns, read_run
 
     folder = make_run(tmp_path / "run", n=30)
@@ -187,7 +186,6 @@ def test_run_folder_opens_the_explorer_by_drag_and_drop(make_napari_viewer, tmp_
     """viewer.open on a run folder (what drag and drop and File ▸ Open Folder call) docks the
     explorer through napari.current_viewer() and adds no layer."""
     from helpers.explore_data import make_run
-
     from napari_dynamight._widgets.explorer import ExplorerWidget
 
     folder = make_run(tmp_path / "run", n=60)
@@ -250,12 +248,13 @@ def test_run_folders_open_without_the_reader_choice_dialog(qtbot, make_napari_vi
     """napari's builtin reader accepts every folder, so a run folder alone makes napari ask which
     reader to use. A folder the plugin opened once is napari's preference for it; a run folder dropped
     on a window with the explorer opens there. The dialog is never shown."""
-    from helpers.explore_data import make_run
     from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
     from napari.settings import get_settings
     from qtpy.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
     from qtpy.QtGui import QDragEnterEvent, QDropEvent
     from qtpy.QtWidgets import QApplication
+
+    from helpers.explore_data import make_run
 
     assert not get_settings().config_path  # conftest: napari saves no settings file in the tests
     asked = []

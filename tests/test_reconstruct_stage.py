@@ -14,12 +14,12 @@ import pytest
 import starfile
 import torch
 
+from helpers.relion_data import BOX, PIXEL, blob_volume, masked_correlation, particle_blocks, relion
 from napari_dynamight.cli import main
 from napari_dynamight.engine.fourier import fsc, resolution_at
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.reconstruction.stage import reconstruct_run
-from helpers.relion_data import BOX, PIXEL, blob_volume, masked_correlation, particle_blocks, relion
 
 N = 800
 

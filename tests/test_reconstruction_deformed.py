@@ -12,8 +12,7 @@ from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.fourier import fsc, resolution_at
 from napari_dynamight.engine.gaussians import GaussianModel, project, render_volume
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
-from napari_dynamight.engine.reconstruction import FourierAccumulator
-from napari_dynamight.engine.reconstruction import deformed
+from napari_dynamight.engine.reconstruction import FourierAccumulator, deformed
 from napari_dynamight.engine.reconstruction.deformed import TAPER_VOXELS, DeformedAccumulator
 
 BOX, PIXEL, N = 40, 2.0, 500

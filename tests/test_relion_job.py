@@ -249,6 +249,7 @@ def test_relion_control_options_are_accepted():
 
 def test_the_module_runs_as_a_program_and_the_console_script_is_declared():
     import sys
+
     import tomllib
 
     root = Path(__file__).parents[1]

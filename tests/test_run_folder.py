@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 
 from napari_dynamight.engine.errors import InputError
-from napari_dynamight.engine.run_folder import (Checkpoints, DemoFolder, RunFolder, read_loss_log,
-                                                read_run_info)
+from napari_dynamight.engine.run_folder import (
+    Checkpoints,
+    DemoFolder,
+    RunFolder,
+    read_loss_log,
+    read_run_info,
+)
 
 
 def test_the_layout_keeps_the_names_of_existing_runs():

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.cli import main
 from napari_dynamight.engine.ctf import compute_ctf
 from napari_dynamight.engine.errors import InputError
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.fourier import fsc
 from napari_dynamight.engine.gaussians import normalised_cross_correlation
 from napari_dynamight.engine.geometry import euler_to_matrix
@@ -351,9 +351,9 @@ def test_bimodal_and_weighted_frame_distributions(tmp_path):
 
 
 def test_independent_domains(tmp_path):
+    from napari_dynamight.engine.domains import domain_frames
     from napari_dynamight.engine.evaluation import abs_spearman
     from napari_dynamight.engine.gaussians import render_volume
-    from napari_dynamight.engine.domains import domain_frames
 
     used = list(range(0, 98, 14))
     domains = ((30, 59), (122, 159))

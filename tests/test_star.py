@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, STAR_FILES, edit_star
 
+from conftest import DATA, STAR_FILES, edit_star
 from napari_dynamight.engine.io.mrc import open_stack
 from napari_dynamight.engine.io.star import read_particles, write_particles
 

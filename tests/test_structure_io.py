@@ -9,8 +9,8 @@ import gemmi
 import numpy as np
 import pytest
 
-from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.errors import InputError
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.io.dcd import read_dcd, read_dcd_info
 from napari_dynamight.engine.io.structure import read_structure
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.consensus_stage import fit_consensus
 from napari_dynamight.engine.deformation.settings import DeformationSettings
+from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.simulate import simulate
 

@@ -19,20 +19,29 @@ fitted to the molecule); the rarer controls sit in tabs (``_sections``) so the d
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton,
-                              RadioButtons, SpinBox)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 from ._explorer_common import BOTH, COMMON_LABEL, CommonSpaceView, common_columns, view_label
 from ._explorer_paths import PathExport
-from ._explorer_validation import ERRORS_LAYER, HALVES_LAYER, ValidationViews
+from ._explorer_validation import ValidationViews
 from ._explorer_view import median_point, show_decoded
 from ._plot import LatentPlot
 from ._run_drop import handle_run_folder_drops, prefer_this_plugin
 from ._sections import compact, join_plugin_docks_when_shown, tabs
-from .reconstruction import fsc_plot
 from ._tasks import LatestRequestRunner, TaskPanel
 from ._warnings import WarningsLabel
+from .reconstruction import fsc_plot
 
 VOLUME_LAYER = "decoded volume"
 POINTS_LAYER = "deformed Gaussians"

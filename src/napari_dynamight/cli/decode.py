@@ -68,14 +68,20 @@ def read_latents(path: Path, latent_dim: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.chimerax import (
+        SUFFIX,
+        check_movie_name,
+        display_level,
+        map_statistics,
+        write_series_script,
+    )
     from ..engine.deformation.decode import DeformationRun
     from ..engine.device import check_device
-    from ..engine.chimerax import SUFFIX, check_movie_name, display_level, map_statistics, write_series_script
+    from ..engine.io.guard import writing
     from ..engine.io.mrc import write_map
     from ..engine.io.output_paths import check_output_folder
     from ..engine.run_folder import RunFolder
     from ..engine.run_identity import check_finished_run
-    from ..engine.io.guard import writing
     from ._progress import drive
 
     check_output_folder(args.output_directory)

@@ -169,8 +169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.simulate import simulate
     from ..engine.io.guard import writing
+    from ..engine.simulate import simulate
     from ._progress import drive
 
     frames = parse_frames(args.frames)

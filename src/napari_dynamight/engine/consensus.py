@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 import torch
+from scipy import ndimage
 
 from .errors import InputError
 from .gaussians import GaussianModel, normalised_cross_correlation, render_volume

@@ -40,7 +40,7 @@ class CtfParams:
         return len(self.defocus_u_angstrom)
 
     @classmethod
-    def broadcast(cls, n: int, **values) -> "CtfParams":
+    def broadcast(cls, n: int, **values) -> CtfParams:
         """Parameters for ``n`` particles from scalars or arrays (defaults: no phase shift, B 0, scale 1)."""
         defaults = {"phase_shift_degrees": 0.0, "bfactor_angstrom2": 0.0, "scale": 1.0}
         defaults.update(values)
@@ -50,11 +50,11 @@ class CtfParams:
         }
         return cls(**arrays)
 
-    def select(self, index) -> "CtfParams":
+    def select(self, index) -> CtfParams:
         """The parameters of a subset of particles (any numpy/torch index)."""
         return CtfParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
-    def torch(self, device: torch.device | str = "cpu", dtype=torch.float32) -> "CtfParams":
+    def torch(self, device: torch.device | str = "cpu", dtype=torch.float32) -> CtfParams:
         """The same parameters as tensors on ``device``."""
         return CtfParams(
             **{

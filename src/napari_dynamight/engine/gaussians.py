@@ -46,13 +46,13 @@ class GaussianModel:
     def n_gaussians(self) -> int:
         return self.positions_angstrom.shape[0]
 
-    def to(self, device=None, dtype=None) -> "GaussianModel":
+    def to(self, device=None, dtype=None) -> GaussianModel:
         return GaussianModel(
             *(t.to(device=device, dtype=dtype) for t in
               (self.positions_angstrom, self.amplitudes, self.sigmas_angstrom))
         )
 
-    def detach(self) -> "GaussianModel":
+    def detach(self) -> GaussianModel:
         return GaussianModel(
             self.positions_angstrom.detach(), self.amplitudes.detach(), self.sigmas_angstrom.detach()
         )
@@ -66,7 +66,7 @@ class GaussianModel:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "GaussianModel":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GaussianModel:
         return cls(state["positions_angstrom"], state["amplitudes"], state["sigmas_angstrom"])
 
 

@@ -34,8 +34,15 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from .atomic_model import (CoarseModel, Region, coarse_grain, correlation, gaussian_model, write_moved_structure,
-                           write_register_shifted_structure)
+from .atomic_model import (
+    CoarseModel,
+    Region,
+    coarse_grain,
+    correlation,
+    gaussian_model,
+    write_moved_structure,
+    write_register_shifted_structure,
+)
 from .deformation.run import optimize_deformations
 from .deformation.settings import DeformationSettings
 from .errors import InputError

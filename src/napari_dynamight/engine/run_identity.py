@@ -20,7 +20,6 @@ import numpy as np
 from .errors import InputError
 from .run_folder import RunFolder
 
-
 # What each identity entry is, for the refusal message.
 _LABELS = {
     "star_sha256": "particle file content (--particles)", "n_particles": "particle count (--particles)",
@@ -73,7 +72,9 @@ def check_same_inputs(run: Path, current: dict) -> None:
         return  # a run from before identities were recorded: nothing to compare
     for key, label in _LABELS.items():
         if key in recorded and recorded[key] != current.get(key):
-            shown = (lambda v: v[:12] if isinstance(v, str) else v)
+            def shown(value):
+                return value[:12] if isinstance(value, str) else value
+
             raise InputError(f"{path}: this run was made with another {label} ({shown(recorded[key])} here, "
                              f"{shown(current.get(key))} now); resume it with its own inputs and options, "
                              "or give a new --output-directory")

@@ -61,6 +61,8 @@ import torch
 
 from .ctf import CtfParams, compute_ctf, frequency_grid_2d
 from .data.particles import table_from_blocks
+from .device import check_device
+from .domains import domain_frames
 from .errors import InputError
 from .fourier import fsc, radial_index
 from .gaussians import render_volume
@@ -70,8 +72,6 @@ from .io.mrc import write_map
 from .io.star import write_particles
 from .progress import Progress, ProgressGenerator
 from .reconstruction.standard import FourierAccumulator
-from .device import check_device
-from .domains import domain_frames
 from .scene import Scene, build_scene, project_frames
 
 STACK_NAME = "particles.mrcs"

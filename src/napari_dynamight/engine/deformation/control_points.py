@@ -77,7 +77,7 @@ class ControlPoints:
         self.to_reference: Interpolation | None = None
         self._other: tuple[torch.Tensor, Interpolation] | None = None
 
-    def update(self, reference: torch.Tensor) -> "ControlPoints":
+    def update(self, reference: torch.Tensor) -> ControlPoints:
         """Rebuild the control points and weights if ``reference`` (N, 3) is not the one they were
         built for; returns self."""
         reference = reference.detach()

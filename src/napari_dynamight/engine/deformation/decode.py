@@ -44,7 +44,7 @@ class DeformationRun:
         self.box, self.voxel_size_angstrom, self.device = box, voxel_size_angstrom, device
 
     @classmethod
-    def load(cls, run_directory: str | Path, device: str | torch.device = "cpu") -> "DeformationRun":
+    def load(cls, run_directory: str | Path, device: str | torch.device = "cpu") -> DeformationRun:
         run = RunFolder(run_directory)
         if not run.is_run():
             raise InputError(f"{run.path}: not a deformation run ({run.info.name} missing); give the run directory")

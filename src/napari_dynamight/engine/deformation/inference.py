@@ -34,7 +34,7 @@ class Candidates:
     positions: torch.Tensor
 
     @classmethod
-    def draw(cls, codes: torch.Tensor, count: int, seed: int, decode) -> "Candidates":
+    def draw(cls, codes: torch.Tensor, count: int, seed: int, decode) -> Candidates:
         """``count`` of the rows of ``codes`` (all if fewer), drawn with ``seed``; ``decode(z)``
         gives their deformed positions."""
         rng = np.random.default_rng(seed)

@@ -39,6 +39,7 @@ from .inference import Candidates, batch_rows, half_candidates, posteriors
 from .losses import data_loss, linear_regularisation_loss, regularisation_loss
 from .trainer import HalfSet
 
+
 def responsibilities(half: HalfSet, batches: ParticleBatches, rows: np.ndarray, latents: torch.Tensor,
                      stage: str = "posteriors") -> Generator[Progress, None, torch.Tensor]:
     """(len(rows), K) posterior of each row over the candidate latents (uniform prior), in chunks that

@@ -25,12 +25,20 @@ from .. import distributed
 from ..distributed import part_of_mean
 from ..gaussians import GaussianModel, project_spectrum
 from ..progress import Progress
-from .batches import ParticleBatches
 from . import control_points
+from .batches import ParticleBatches
 from .control_points import ControlPoints
 from .graph import bond_graph, build_graph
-from .losses import (NoiseModel, data_loss, data_stiffness, kl_divergence, linear_regularisation_loss,
-                     regularisation_loss, regulariser_stiffness, stiffness_lambda)
+from .losses import (
+    NoiseModel,
+    data_loss,
+    data_stiffness,
+    kl_divergence,
+    linear_regularisation_loss,
+    regularisation_loss,
+    regulariser_stiffness,
+    stiffness_lambda,
+)
 from .networks import ImageEncoder, build_decoder, reparameterise
 from .settings import DeformationSettings
 

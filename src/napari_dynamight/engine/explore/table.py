@@ -23,13 +23,12 @@ import numpy as np
 import pandas as pd
 
 from ..data.particles import LATENT_PREFIX, RESULT_PREFIX, ParticleTable, latent_columns
-from ..errors import InputError
 from ..data.subset import read_run_particles, write_subset
+from ..errors import InputError
 from ..io.cryosparc import is_cryosparc, write_cryosparc
 from ..io.particle_file import read_particle_file
 from ..run_folder import RunFolder
 from .halves import HalfView, half_membership, half_view
-
 
 
 @dataclass

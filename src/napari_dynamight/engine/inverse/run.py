@@ -27,8 +27,8 @@ import torch
 from .. import distributed
 from ..deformation import checkpoint as ckpt
 from ..deformation.decode import DeformationRun
-from ..device import check_device
 from ..deformation.outputs import write_loss_log
+from ..device import check_device
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
@@ -36,6 +36,7 @@ from ..run_folder import InverseFolder, RunFolder
 from ..run_identity import check_finished_run, run_stamp
 from .settings import InverseSettings
 from .training import InverseHalf
+
 
 @dataclass
 class InverseResult:

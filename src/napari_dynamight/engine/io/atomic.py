@@ -49,6 +49,5 @@ def save_npy(path: str | os.PathLike, array) -> None:
     """``np.save`` an array (plain or structured) to ``path``, atomically."""
     import numpy as np
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)

@@ -68,7 +68,7 @@ def acquire(folder: str | os.PathLike, command: str = "") -> object:
     path = folder / LOCK_NAME
     host, pid = socket.gethostname(), os.getpid()
     for _ in range(5):
-        handle = open(path, "a+", encoding="utf-8")
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held while the lock is)
         locked = _try_flock(handle)
         if locked is False:
             handle.seek(0)

@@ -106,13 +106,12 @@ def write_map(
         raise InputError(f"{path}: a map must be 3D, got shape {data.shape}")
     if not (np.isfinite(voxel_size_angstrom) and voxel_size_angstrom > 0):
         raise InputError(f"{path}: voxel size {voxel_size_angstrom} Å is not a positive number")
-    with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(data)
-            mrc.voxel_size = float(voxel_size_angstrom)
-            if origin_angstrom is not None:
-                x, y, z = (float(v) for v in origin_angstrom)
-                mrc.header.origin = (x, y, z)
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = float(voxel_size_angstrom)
+        if origin_angstrom is not None:
+            x, y, z = (float(v) for v in origin_angstrom)
+            mrc.header.origin = (x, y, z)
 
 
 class MrcStack:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..io.atomic import atomic_path
 from ..chimerax import level_of, write_maps_script
+from ..io.atomic import atomic_path
 from ..io.figure import save_figure
 from ..io.mrc import write_map
 from ..run_folder import ReconstructionFolder

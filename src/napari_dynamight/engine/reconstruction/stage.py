@@ -29,10 +29,10 @@ import torch
 from .. import distributed
 from ..ctf import compute_ctf
 from ..data.dataset import ParticleDataset
+from ..data.subset import match_subset, read_run_particles, read_subset, write_subset
 from ..device import check_device
 from ..errors import InputError
 from ..fourier import fsc, resolution_at
-from ..data.subset import match_subset, read_run_particles, read_subset, write_subset
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import ReconstructionFolder, RunFolder
 from ..run_identity import check_finished_run, run_stamp

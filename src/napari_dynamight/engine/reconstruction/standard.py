@@ -197,7 +197,7 @@ class FourierAccumulator:
         result.particle_count = int(state["particle_count"])
         return result
 
-    def merge(self, other: "FourierAccumulator | dict") -> None:
+    def merge(self, other: FourierAccumulator | dict) -> None:
         """Add another accumulator's sums (same box, pixel size and padding) to this one."""
         state = other.state_dict() if isinstance(other, FourierAccumulator) else other
         mine = (self.box, self.padding, self.pixel_size_angstrom)
