@@ -71,7 +71,8 @@ def test_half_comparison_for_validation_particles(tiny_run):
 
 @pytest.mark.slow
 def test_explorer_decodes_each_half_with_its_own_decoder(qtbot, make_napari_viewer, tiny_run):
-    from napari_dynamight._widgets.explorer import HALVES_LAYER, VOLUME_LAYER, open_explorer
+    from napari_dynamight._widgets._explorer_validation import HALVES_LAYER
+    from napari_dynamight._widgets.explorer import VOLUME_LAYER, open_explorer
     from napari_dynamight.engine.deformation.decode import DeformationRun
 
     viewer = make_napari_viewer(show=True)
