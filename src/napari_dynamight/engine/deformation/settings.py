@@ -27,7 +27,8 @@ class DeformationSettings(SettingsRecord):
     engine's own.
     """
 
-    latent_dim: int = option(6, "latent dimension", minimum=1, maximum=128, metavar="D")
+    latent_dim: int = option(6, "latent dimension", minimum=1, maximum=128, metavar="D",
+                             label="latent dimension")
     n_frequencies: int = option(10, "positional-encoding frequencies of the decoder's positions",
                                 minimum=0, maximum=64, flag="positional-frequencies", metavar="F")
     decoder_width: int = option(64, "decoder layer width", minimum=1, maximum=8192)
