@@ -40,9 +40,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	@touch $@
 
-# ruff's rules and line length: [tool.ruff] in pyproject.toml
+# ruff's rules, line length and format: [tool.ruff] in pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: system-deps venv lint
 	$(BIN)/python -m pytest tests

@@ -59,8 +59,18 @@ def _simulate(work: Path, args) -> Path:
     sim = work / "sim"
     if not (args.reuse and (sim / "particles.star").is_file()):
         shutil.rmtree(sim, ignore_errors=True)
-        run(simulate(example_file("adk_closed.pdb"), example_file("adk_dims.dcd"), output_directory=sim,
-                     n_particles=args.n_particles, box=BOX, pixel_size_angstrom=PIXEL, snr=args.snr, seed=0))
+        run(
+            simulate(
+                example_file("adk_closed.pdb"),
+                example_file("adk_dims.dcd"),
+                output_directory=sim,
+                n_particles=args.n_particles,
+                box=BOX,
+                pixel_size_angstrom=PIXEL,
+                snr=args.snr,
+                seed=0,
+            )
+        )
     return sim
 
 
@@ -69,11 +79,17 @@ def _fitted_model(work: Path) -> Path:
     RMSD) and moved as the simulator moves that frame: its atomic-number-weighted centre to the box centre."""
     pdb, dcd = example_file("adk_closed.pdb"), example_file("adk_dims.dcd")
     atoms = read_structure(pdb, drop_hydrogens=True)
-    first = read_dcd(dcd, read_dcd_info(dcd).n_atoms, np.array([0]))[0, atoms.atom_indices].astype(np.float64)
+    first = read_dcd(dcd, read_dcd_info(dcd).n_atoms, np.array([0]))[0, atoms.atom_indices].astype(
+        np.float64
+    )
     rotation, translation = kabsch(atoms.positions_angstrom, first)
     centre = np.average(first, axis=0, weights=atoms.atomic_numbers)
-    return write_moved_structure(pdb, work / "adk_closed_fitted.pdb", translation - centre + BOX // 2 * PIXEL,
-                                 rotation=rotation)
+    return write_moved_structure(
+        pdb,
+        work / "adk_closed_fitted.pdb",
+        translation - centre + BOX // 2 * PIXEL,
+        rotation=rotation,
+    )
 
 
 def _pipeline(sim: Path, out: Path, settings: DeformationSettings, args) -> dict:
@@ -83,10 +99,16 @@ def _pipeline(sim: Path, out: Path, settings: DeformationSettings, args) -> dict
     if not (args.reuse and folder.reconstruction(True).full_map.is_file()):
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
-        run(optimize_deformations(sim / "particles.star", sim / "consensus.mrc", out, settings=settings))
+        run(
+            optimize_deformations(
+                sim / "particles.star", sim / "consensus.mrc", out, settings=settings
+            )
+        )
         seconds["deformations"] = time.perf_counter() - started
         started = time.perf_counter()
-        run(optimize_inverse_deformations(out, settings=InverseSettings(epochs=args.inverse_epochs)))
+        run(
+            optimize_inverse_deformations(out, settings=InverseSettings(epochs=args.inverse_epochs))
+        )
         seconds["inverse"] = time.perf_counter() - started
         started = time.perf_counter()
         run(reconstruct_run(out, deformations=True))
@@ -99,7 +121,9 @@ def _measure(sim: Path, out: Path, args) -> dict:
     frames = labels["frame"].to_numpy()
     latents = np.load(RunFolder(out).latents)
     halves = read_particles(RunFolder(out).particles).particles["dmHalfSet"].to_numpy().astype(int)
-    truth = {int(f): read_map(sim / "ground_truth" / f"frame_{f:03d}.mrc")[0] for f in np.unique(frames)}
+    truth = {
+        int(f): read_map(sim / "ground_truth" / f"frame_{f:03d}.mrc")[0] for f in np.unique(frames)
+    }
     stacked = np.stack(list(truth.values()))
     mask = stacked.max(0) > 0.02 * stacked.max()
     consensus, _ = read_map(sim / "consensus.mrc")
@@ -108,14 +132,24 @@ def _measure(sim: Path, out: Path, args) -> dict:
     result = {"latent_ordering": {}, "decoded": {}}
     for half in (1, 2):
         rows = np.nonzero(halves == half)[0]
-        result["latent_ordering"][str(half)] = latent_frame_ordering(latents[rows], frames[rows]).best
+        result["latent_ordering"][str(half)] = latent_frame_ordering(
+            latents[rows], frames[rows]
+        ).best
         chosen = np.sort(rng.choice(rows, size=args.n_decoded, replace=False))
         volumes = decoder.decode_volumes(latents[chosen], half=half)
         result["decoded"][str(half)] = {
-            "mean_cc_decoded": float(np.mean([map_correlation(v, truth[int(frames[i])], mask)
-                                              for v, i in zip(volumes, chosen, strict=True)])),
-            "mean_cc_consensus": float(np.mean([map_correlation(consensus, truth[int(frames[i])], mask)
-                                                for i in chosen]))}
+            "mean_cc_decoded": float(
+                np.mean(
+                    [
+                        map_correlation(v, truth[int(frames[i])], mask)
+                        for v, i in zip(volumes, chosen, strict=True)
+                    ]
+                )
+            ),
+            "mean_cc_consensus": float(
+                np.mean([map_correlation(consensus, truth[int(frames[i])], mask) for i in chosen])
+            ),
+        }
     folder = RunFolder(out).reconstruction(True)
     full, voxel = read_map(folder.full_map)
     best = max(truth, key=lambda f: map_correlation(full, truth[f], mask))
@@ -123,8 +157,11 @@ def _measure(sim: Path, out: Path, args) -> dict:
     half1, _ = read_map(folder.half_map(1))
     half2, _ = read_map(folder.half_map(2))
     _, half_curve = fsc(half1, half2, voxel)
-    result["map"] = {"best_frame": best, "resolution_fsc05_vs_truth_angstrom": resolution_at(frequency, curve, 0.5),
-                     "half_map_resolution_fsc0143_angstrom": resolution_at(frequency, half_curve, 0.143)}
+    result["map"] = {
+        "best_frame": best,
+        "resolution_fsc05_vs_truth_angstrom": resolution_at(frequency, curve, 0.5),
+        "half_map_resolution_fsc0143_angstrom": resolution_at(frequency, half_curve, 0.143),
+    }
     return result
 
 
@@ -147,27 +184,49 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     sim = _simulate(work, args)
     fitted = _fitted_model(work)
-    base = DeformationSettings(epochs=args.epochs, refinement_rounds=args.refinement_rounds,
-                               checkpoint_every=args.epochs)
-    runs = {"smoothness": (work / "run_smoothness", base),
-            "atomic": (work / "run_atomic", replace(base, atomic_model=str(fitted.resolve())))}
-    out = {"command": "python bench/bench_atomic_prior.py " + " ".join(
-               f"--{k.replace('_', '-')} {v}" for k, v in (("work", "WORK"), ("epochs", args.epochs),
-                                                          ("threads", args.threads))),
-           "data": {"n_particles": args.n_particles, "box": BOX, "pixel_size_angstrom": PIXEL, "snr": args.snr},
-           "settings": {"epochs": args.epochs, "refinement_rounds": args.refinement_rounds,
-                        "inverse_epochs": args.inverse_epochs},
-           "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s), shared",
-           "n_gaussians_atomic": coarse_grain(fitted).n_gaussians, "runs": {}}
+    base = DeformationSettings(
+        epochs=args.epochs, refinement_rounds=args.refinement_rounds, checkpoint_every=args.epochs
+    )
+    runs = {
+        "smoothness": (work / "run_smoothness", base),
+        "atomic": (work / "run_atomic", replace(base, atomic_model=str(fitted.resolve()))),
+    }
+    out = {
+        "command": "python bench/bench_atomic_prior.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in (("work", "WORK"), ("epochs", args.epochs), ("threads", args.threads))
+        ),
+        "data": {
+            "n_particles": args.n_particles,
+            "box": BOX,
+            "pixel_size_angstrom": PIXEL,
+            "snr": args.snr,
+        },
+        "settings": {
+            "epochs": args.epochs,
+            "refinement_rounds": args.refinement_rounds,
+            "inverse_epochs": args.inverse_epochs,
+        },
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s), shared",
+        "n_gaussians_atomic": coarse_grain(fitted).n_gaussians,
+        "runs": {},
+    }
     for name, (folder, settings) in runs.items():
         seconds = _pipeline(sim, folder, settings, args)
-        out["runs"][name] = {"seconds": seconds, "n_gaussians": RunFolder(folder).read_info()["n_gaussians"]} \
-            | _measure(sim, folder, args)
+        out["runs"][name] = {
+            "seconds": seconds,
+            "n_gaussians": RunFolder(folder).read_info()["n_gaussians"],
+        } | _measure(sim, folder, args)
         args.output.write_text(json.dumps(out, indent=1) + "\n")
     report_path = RunFolder(runs["atomic"][0]).model_bias_report
     if not (args.reuse and report_path.is_file()):
         started = time.perf_counter()
-        run(model_bias(runs["atomic"][0], shift_angstrom=args.shift, inverse_epochs=args.inverse_epochs))
+        run(
+            model_bias(
+                runs["atomic"][0], shift_angstrom=args.shift, inverse_epochs=args.inverse_epochs
+            )
+        )
         out["bias_seconds"] = time.perf_counter() - started
     report = json.loads(report_path.read_text())
     right, wrong = coarse_grain(fitted), coarse_grain(report["wrong_model"])
@@ -175,9 +234,20 @@ def main() -> int:
     smooth = region_placement(smooth_map, voxel, right, wrong)
     wrong_run = RunFolder(runs["atomic"][0]).model_bias_folder / "run"
     out["runs"]["atomic_wrong_model"] = _measure(sim, wrong_run, args)
-    out["bias"] = {key: report[key] for key in ("region", "mode", "shift_angstrom", "n_gaussians_changed",
-                                                "placements", "score_wrong_model", "score_run",
-                                                "reproduced_percent", "biased")}
+    out["bias"] = {
+        key: report[key]
+        for key in (
+            "region",
+            "mode",
+            "shift_angstrom",
+            "n_gaussians_changed",
+            "placements",
+            "score_wrong_model",
+            "score_run",
+            "reproduced_percent",
+            "biased",
+        )
+    }
     out["bias"]["placement_smoothness_map"] = smooth.to_dict()
     out["bias"]["score_smoothness_map"] = smooth.t - report["placements"]["consensus"]["t"]
     args.output.write_text(json.dumps(out, indent=1) + "\n")

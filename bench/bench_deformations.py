@@ -193,8 +193,13 @@ def _train(folder: Path, run_dir: Path, args, engine) -> dict:
     reuse = args.reuse_runs and (run_dir / "checkpoints" / "final.pt").is_file()
     if run_dir.exists() and not reuse:
         shutil.rmtree(run_dir)
-    settings = settings_class(epochs=args.epochs, seed=args.seed, latent_dim=args.latent_dim,
-                              latent_inference=args.latent_inference, refinement_rounds=args.refinement_rounds)
+    settings = settings_class(
+        epochs=args.epochs,
+        seed=args.seed,
+        latent_dim=args.latent_dim,
+        latent_inference=args.latent_inference,
+        refinement_rounds=args.refinement_rounds,
+    )
     start = time.perf_counter()
     result = run(
         optimize(
@@ -241,7 +246,9 @@ def _truth(folder: Path, args) -> dict:
     frames = np.array(
         sorted(int(p.stem.split("_")[1]) for p in (folder / "ground_truth").glob("frame_*.mrc"))
     )
-    scene = build_scene(STRUCTURE, TRAJECTORY, frames, args.box, args.pixel_size, None, False, "cpu")
+    scene = build_scene(
+        STRUCTURE, TRAJECTORY, frames, args.box, args.pixel_size, None, False, "cpu"
+    )
     positions = scene.frame_positions.numpy()
     per_frame = frame_motion(positions)
     return {
@@ -408,14 +415,25 @@ def _arguments() -> argparse.Namespace:
         "--ceiling-only", action="store_true", help="simulate and compute the ceiling only"
     )
     parser.add_argument("--no-noise-control", action="store_true")
-    parser.add_argument("--latent-inference", choices=("posterior", "encoder"), default="posterior",
-                        help="how the final latents are inferred (engine/deformation/inference.py)")
-    parser.add_argument("--refinement-rounds", type=int, default=8,
-                        help="EM rounds after the VAE epochs (engine default 8; 0: none)")
-    parser.add_argument("--reuse-runs", action="store_true",
-                        help="keep finished runs in the work directory: resume them (which re-infers the "
-                             "latents and rewrites the outputs) instead of training again; 'seconds' is "
-                             "then the time of that step only")
+    parser.add_argument(
+        "--latent-inference",
+        choices=("posterior", "encoder"),
+        default="posterior",
+        help="how the final latents are inferred (engine/deformation/inference.py)",
+    )
+    parser.add_argument(
+        "--refinement-rounds",
+        type=int,
+        default=8,
+        help="EM rounds after the VAE epochs (engine default 8; 0: none)",
+    )
+    parser.add_argument(
+        "--reuse-runs",
+        action="store_true",
+        help="keep finished runs in the work directory: resume them (which re-infers the "
+        "latents and rewrites the outputs) instead of training again; 'seconds' is "
+        "then the time of that step only",
+    )
     return parser.parse_args()
 
 
@@ -425,7 +443,9 @@ def main() -> int:
         args.work_directory or Path(tempfile.gettempdir()) / "napari_dynamight_bench_deformations"
     )
     args.work_directory = work
-    settings = {k: (_portable(v, work) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = {
+        k: (_portable(v, work) if isinstance(v, Path) else v) for k, v in vars(args).items()
+    }
     report = Report(args.output, settings, work)
     engine = None if args.ceiling_only else _deformation_engine()
     if not args.ceiling_only and engine is None:

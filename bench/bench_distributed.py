@@ -50,9 +50,18 @@ LAYOUTS = {  # name: (processes, threads per process, split halves, batch size)
 def settings(epochs: int, batch_size: int = BATCH):
     from napari_dynamight.engine.deformation.settings import DeformationSettings
 
-    return DeformationSettings(epochs=epochs, batch_size=batch_size, warmup_epochs=1, checkpoint_every=epochs,
-                               consensus_period=30, consensus_epochs=5, reference_update_every=2,
-                               alignment_predictions=10, noise_subset=64, refinement_rounds=0)
+    return DeformationSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        warmup_epochs=1,
+        checkpoint_every=epochs,
+        consensus_period=30,
+        consensus_epochs=5,
+        reference_update_every=2,
+        alignment_predictions=10,
+        noise_subset=64,
+        refinement_rounds=0,
+    )
 
 
 def prepare(folder: Path, n_particles: int) -> dict[str, Path]:
@@ -60,12 +69,29 @@ def prepare(folder: Path, n_particles: int) -> dict[str, Path]:
     from napari_dynamight.engine.progress import run
     from napari_dynamight.engine.simulate import simulate
 
-    run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=folder / "sim",
-                 n_particles=n_particles, box=32, pixel_size_angstrom=2.5, snr=1.0,
-                 frames=list(range(0, 98, 4)), seed=0))
-    fit = run(fit_consensus(folder / "sim" / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100))
-    return {"star": folder / "sim" / "particles.star", "consensus": folder / "sim" / "consensus.mrc",
-            "model": fit.model_path}
+    run(
+        simulate(
+            ADK / "adk_closed.pdb",
+            ADK / "adk_dims.dcd",
+            output_directory=folder / "sim",
+            n_particles=n_particles,
+            box=32,
+            pixel_size_angstrom=2.5,
+            snr=1.0,
+            frames=list(range(0, 98, 4)),
+            seed=0,
+        )
+    )
+    fit = run(
+        fit_consensus(
+            folder / "sim" / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100
+        )
+    )
+    return {
+        "star": folder / "sim" / "particles.star",
+        "consensus": folder / "sim" / "consensus.mrc",
+        "model": fit.model_path,
+    }
 
 
 def worker(args) -> None:
@@ -74,10 +100,17 @@ def worker(args) -> None:
     from napari_dynamight.engine.deformation.run import optimize_deformations
 
     torch.set_num_threads(args.threads)
-    context = distributed.initialise(split_halves={"auto": None, "yes": True, "no": False}[args.split])
+    context = distributed.initialise(
+        split_halves={"auto": None, "yes": True, "no": False}[args.split]
+    )
     stamps: list[tuple[float, str]] = []
-    operation = optimize_deformations(args.particles, args.consensus, args.out, consensus_model=args.model,
-                                      settings=settings(args.epochs, args.batch_size))
+    operation = optimize_deformations(
+        args.particles,
+        args.consensus,
+        args.out,
+        consensus_model=args.model,
+        settings=settings(args.epochs, args.batch_size),
+    )
     try:
         while True:
             event = next(operation)
@@ -88,9 +121,16 @@ def worker(args) -> None:
     steps = sum(1 for _, stage in stamps if "epoch" in stage)
     allreduce = _time_allreduce(context, args.parameters)
     if context.is_main:
-        Path(args.timing).write_text(json.dumps({
-            "training_seconds": training[-1] - training[0], "training_events_rank0": steps,
-            "allreduce_seconds": allreduce}), encoding="utf-8")
+        Path(args.timing).write_text(
+            json.dumps(
+                {
+                    "training_seconds": training[-1] - training[0],
+                    "training_events_rank0": steps,
+                    "allreduce_seconds": allreduce,
+                }
+            ),
+            encoding="utf-8",
+        )
     distributed.shutdown()
 
 
@@ -113,11 +153,19 @@ def parameter_counts(epochs: int, box: int = 32, n_gaussians: int = 300) -> dict
 
     s = settings(epochs)
     encoder = sum(p.numel() for p in ImageEncoder(box, s.latent_dim, s.encoder_width).parameters())
-    decoder = sum(p.numel() for p in DeformationDecoder(s.latent_dim, 40.0, s.n_frequencies, s.decoder_width,
-                                                        s.decoder_depth).parameters())
+    decoder = sum(
+        p.numel()
+        for p in DeformationDecoder(
+            s.latent_dim, 40.0, s.n_frequencies, s.decoder_width, s.decoder_depth
+        ).parameters()
+    )
     gaussians = 3 * n_gaussians + 2
-    return {"encoder": encoder, "decoder": decoder, "gaussians": gaussians,
-            "all_reduced_per_step": encoder + decoder + gaussians}
+    return {
+        "encoder": encoder,
+        "decoder": decoder,
+        "gaussians": gaussians,
+        "all_reduced_per_step": encoder + decoder + gaussians,
+    }
 
 
 def launch(name: str, data: dict, folder: Path, epochs: int, parameters: int) -> dict:
@@ -125,11 +173,33 @@ def launch(name: str, data: dict, folder: Path, epochs: int, parameters: int) ->
     tag = f"{processes}_{threads}_{split}_{batch}"
     out, timing = folder / f"run_{tag}", folder / f"timing_{tag}.json"
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--standalone", f"--nproc-per-node={processes}", __file__, "--worker",
-               "--particles", str(data["star"]), "--consensus", str(data["consensus"]), "--model", str(data["model"]),
-               "--out", str(out), "--timing", str(timing), "--epochs", str(epochs), "--threads", str(threads),
-               "--batch-size", str(batch),
-               "--split", {None: "auto", True: "yes", False: "no"}[split], "--parameters", str(parameters)]
+    command = [
+        str(torchrun),
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        __file__,
+        "--worker",
+        "--particles",
+        str(data["star"]),
+        "--consensus",
+        str(data["consensus"]),
+        "--model",
+        str(data["model"]),
+        "--out",
+        str(out),
+        "--timing",
+        str(timing),
+        "--epochs",
+        str(epochs),
+        "--threads",
+        str(threads),
+        "--batch-size",
+        str(batch),
+        "--split",
+        {None: "auto", True: "yes", False: "no"}[split],
+        "--parameters",
+        str(parameters),
+    ]
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads))
     subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
     result = json.loads(timing.read_text(encoding="utf-8"))
@@ -139,7 +209,9 @@ def launch(name: str, data: dict, folder: Path, epochs: int, parameters: int) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "distributed.json")
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "bench" / "results" / "distributed.json"
+    )
     parser.add_argument("--n-particles", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -158,24 +230,41 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
     try:
         data = prepare(folder, args.n_particles)
-        results = {name: launch(name, data, folder, args.epochs, counts["all_reduced_per_step"]) for name in LAYOUTS}
+        results = {
+            name: launch(name, data, folder, args.epochs, counts["all_reduced_per_step"])
+            for name in LAYOUTS
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     base, half = results["1 process, 1 thread"], results["1 process, 1 thread, half batch"]
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "load_average_1min": [load_before, os.getloadavg()[0]]},
-        "data": {"n_particles": args.n_particles, "box": 32, "n_gaussians": 300, "epochs": args.epochs},
-        "parameters": counts, "bytes_per_allreduce": 4 * counts["all_reduced_per_step"],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "load_average_1min": [load_before, os.getloadavg()[0]],
+        },
+        "data": {
+            "n_particles": args.n_particles,
+            "box": 32,
+            "n_gaussians": 300,
+            "epochs": args.epochs,
+        },
+        "parameters": counts,
+        "bytes_per_allreduce": 4 * counts["all_reduced_per_step"],
         "steps_both_halves": base["training_events_rank0"],
         "seconds_per_step_one_process": base["training_seconds"] / base["training_events_rank0"],
         "seconds_per_step_half_batch": half["training_seconds"] / half["training_events_rank0"],
         "layouts": {
-            name: {"training_seconds": r["training_seconds"],
-                   "speed_up": base["training_seconds"] / r["training_seconds"],
-                   "allreduce_seconds": r["allreduce_seconds"],
-                   "max_latent_difference": float(np.abs(r["latents"] - base["latents"]).max())}
-            for name, r in results.items() if name != "1 process, 1 thread, half batch"},
+            name: {
+                "training_seconds": r["training_seconds"],
+                "speed_up": base["training_seconds"] / r["training_seconds"],
+                "allreduce_seconds": r["allreduce_seconds"],
+                "max_latent_difference": float(np.abs(r["latents"] - base["latents"]).max()),
+            }
+            for name, r in results.items()
+            if name != "1 process, 1 thread, half batch"
+        },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

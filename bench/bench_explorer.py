@@ -55,7 +55,9 @@ def measure(n: int, seed: int = 0) -> dict:
     embedding = embed(latents)
     embed_ms = 1000 * (time.perf_counter() - start)
     angle = np.linspace(0, 2 * np.pi, 100, endpoint=False)
-    polygon = np.column_stack([1.5 * np.cos(angle) + 1, 2 * np.sin(angle)])  # a lasso of 100 vertices
+    polygon = np.column_stack(
+        [1.5 * np.cos(angle) + 1, 2 * np.sin(angle)]
+    )  # a lasso of 100 vertices
     plot = LatentPlot()
     plot.resize(500, 500)
     values = [rng.normal(size=n), rng.uniform(size=n)]
@@ -110,7 +112,9 @@ def movie_timing(viewer, widget, folder: Path, frames: int, rounds: int = 1) -> 
     results: dict = {"rendered once": [], "rendered twice": []}
     for round_ in range(rounds):
         for mode in results:
-            _movie.canvas_widget = find_canvas if mode == "rendered once" else (lambda _widget: None)
+            _movie.canvas_widget = (
+                find_canvas if mode == "rendered once" else (lambda _widget: None)
+            )
             counted = []
             close = _movie.FrameCapture.close
             _movie.FrameCapture.close = lambda capture: (counted.append(len(draws)), close(capture))  # noqa: B023 (restored below, in this iteration)
@@ -126,16 +130,26 @@ def movie_timing(viewer, widget, folder: Path, frames: int, rounds: int = 1) -> 
             outcome = widget.tasks.last_outcome
             if outcome is None or outcome.error is not None:
                 raise RuntimeError(f"movie export failed: {widget.status.value}")
-            results[mode].append({"seconds": seconds, "renders": counted[0] - before,
-                                  "frames": len(widget.movie_frames)})
-    summary = {"frames": frames, "canvas_size": list(viewer.window._qt_viewer.canvas.size),
-               "movie_size_cropped": list(widget.movie_frames[0].shape[:2])}
+            results[mode].append(
+                {
+                    "seconds": seconds,
+                    "renders": counted[0] - before,
+                    "frames": len(widget.movie_frames),
+                }
+            )
+    summary = {
+        "frames": frames,
+        "canvas_size": list(viewer.window._qt_viewer.canvas.size),
+        "movie_size_cropped": list(widget.movie_frames[0].shape[:2]),
+    }
     for mode, runs in results.items():
         seconds = float(np.median([run["seconds"] for run in runs]))
         summary[mode.replace(" ", "_")] = {
-            "seconds": round(seconds, 1), "seconds_per_frame": round(seconds / frames, 2),
+            "seconds": round(seconds, 1),
+            "seconds_per_frame": round(seconds / frames, 2),
             "canvas_renders": [run["renders"] for run in runs],
-            "frames_written": [run["frames"] for run in runs]}
+            "frames_written": [run["frames"] for run in runs],
+        }
     return summary
 
 
@@ -152,16 +166,32 @@ def click_latency(box: int, folder: Path, movie_frames: int = 0) -> dict:
 
     data, run_folder = folder / f"data{box}", folder / f"run{box}"
     pixel = 1.5 * 64 / box
-    run(simulate(example_file(STRUCTURE), example_file(TRAJECTORY),
-                 output_directory=data, n_particles=200, box=box, pixel_size_angstrom=pixel,
-                 frames=list(range(0, 98, 8)), seed=0))
-    settings = DeformationSettings(epochs=1, warmup_epochs=0, checkpoint_every=1, refinement_rounds=0)
-    run(optimize_deformations(data / "particles.star", data / "consensus.mrc", run_folder,
-                              settings=settings, box=32))
+    run(
+        simulate(
+            example_file(STRUCTURE),
+            example_file(TRAJECTORY),
+            output_directory=data,
+            n_particles=200,
+            box=box,
+            pixel_size_angstrom=pixel,
+            frames=list(range(0, 98, 8)),
+            seed=0,
+        )
+    )
+    settings = DeformationSettings(
+        epochs=1, warmup_epochs=0, checkpoint_every=1, refinement_rounds=0
+    )
+    run(
+        optimize_deformations(
+            data / "particles.star", data / "consensus.mrc", run_folder, settings=settings, box=32
+        )
+    )
     viewer = napari.Viewer(show=True)
     widget = open_explorer(viewer, run_folder)
     app = QApplication.instance()
-    points = widget.embedding.coords[np.linspace(0, len(widget.embedding.coords) - 1, 11).astype(int)]
+    points = widget.embedding.coords[
+        np.linspace(0, len(widget.embedding.coords) - 1, 11).astype(int)
+    ]
     widget.decode_at(points[0])  # warm-up (first layers, torch start-up)
     while widget.runner.busy:
         app.processEvents()
@@ -180,10 +210,13 @@ def click_latency(box: int, folder: Path, movie_frames: int = 0) -> dict:
         viewer.screenshot(canvas_only=True, flash=False)
         redraw.append(time.perf_counter() - start)
     n_gaussians = len(widget.last_decoded.positions_angstrom)
-    result = {"box": box, "n_gaussians": n_gaussians,
-              "click_to_layers_ms": round(1000 * float(np.median(click)), 1),
-              "decode_and_render_ms": round(1000 * float(np.median(decode)), 1),
-              "canvas_redraw_ms": round(1000 * float(np.median(redraw)), 1)}
+    result = {
+        "box": box,
+        "n_gaussians": n_gaussians,
+        "click_to_layers_ms": round(1000 * float(np.median(click)), 1),
+        "decode_and_render_ms": round(1000 * float(np.median(decode)), 1),
+        "canvas_redraw_ms": round(1000 * float(np.median(redraw)), 1),
+    }
     if movie_frames:
         result["movie"] = movie_timing(viewer, widget, folder, movie_frames)
     viewer.close()
@@ -191,15 +224,27 @@ def click_latency(box: int, folder: Path, movie_frames: int = 0) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", type=Path, default=Path("bench/results/explorer.json"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--latency-boxes", type=int, nargs="*", default=[64, 128],
-                        help="boxes for the click latency (needs a display; none to skip)")
-    parser.add_argument("--movie-frames", type=int, default=20,
-                        help="frames of the movie timed on the first latency box's run (0: none)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument(
+        "--latency-boxes",
+        type=int,
+        nargs="*",
+        default=[64, 128],
+        help="boxes for the click latency (needs a display; none to skip)",
+    )
+    parser.add_argument(
+        "--movie-frames",
+        type=int,
+        default=20,
+        help="frames of the movie timed on the first latency box's run (0: none)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)"
+    )
     args = parser.parse_args()
     import torch
 
@@ -215,9 +260,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for index, box in enumerate(args.latency_boxes):
             latency.append(click_latency(box, Path(folder), args.movie_frames if index == 0 else 0))
-    report = {"benchmark": "latent explorer: lasso and recolour; click to volume; movie export",
-              "machine": platform.machine(), "cpus": os.cpu_count(),
-              "qt_platform": app.platformName(), "selection": results, "click_latency": latency}
+    report = {
+        "benchmark": "latent explorer: lasso and recolour; click to volume; movie export",
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "qt_platform": app.platformName(),
+        "selection": results,
+        "click_latency": latency,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))

@@ -45,8 +45,18 @@ def simulate_set(folder: Path, snr: float, seed: int, particles: int, reuse: boo
     sim = folder / "sim"
     if not (reuse and (sim / "particles.star").is_file()):
         shutil.rmtree(sim, ignore_errors=True)
-        run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=sim, n_particles=particles,
-                     box=64, pixel_size_angstrom=1.5, snr=snr, seed=seed))
+        run(
+            simulate(
+                ADK / "adk_closed.pdb",
+                ADK / "adk_dims.dcd",
+                output_directory=sim,
+                n_particles=particles,
+                box=64,
+                pixel_size_angstrom=1.5,
+                snr=snr,
+                seed=seed,
+            )
+        )
     return sim
 
 
@@ -61,8 +71,12 @@ def make_run(folder: Path, sim: Path) -> Path:
     particles["dmHalfSet"] = particles["rlnRandomSubset"].astype(int)
     starfile.write(blocks, run_dir / "particles.star")
     optics = blocks["optics"]
-    info = {"particles": str((sim / "particles.star").resolve()), "consensus_box": int(optics["rlnImageSize"][0]),
-            "voxel_size_angstrom": float(optics["rlnImagePixelSize"][0]), "n_particles": len(particles)}
+    info = {
+        "particles": str((sim / "particles.star").resolve()),
+        "consensus_box": int(optics["rlnImageSize"][0]),
+        "voxel_size_angstrom": float(optics["rlnImagePixelSize"][0]),
+        "n_particles": len(particles),
+    }
     (run_dir / "run.json").write_text(json.dumps(info))
     return run_dir
 
@@ -87,8 +101,12 @@ def relion_maps(folder: Path, sim: Path, reuse: bool) -> tuple[dict, dict]:
         target = out / f"{part}.mrc"
         if not (reuse and target.is_file()):
             started = time.perf_counter()
-            subprocess.run(["relion_reconstruct", "--i", star, "--o", str(target.resolve()), "--ctf"], cwd=sim,
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["relion_reconstruct", "--i", star, "--o", str(target.resolve()), "--ctf"],
+                cwd=sim,
+                check=True,
+                capture_output=True,
+            )
             seconds[part] = time.perf_counter() - started
         maps[part] = read_map(target)[0]
     maps["mean_halves"] = (maps["half1"] + maps["half2"]) / 2
@@ -108,21 +126,30 @@ def our_maps(run_dir: Path) -> tuple[dict, dict]:
         started = time.perf_counter()
         result = run(reconstruct_run(run_dir, deformations=False, filter=name, batch_size=256))
         seconds[name] = time.perf_counter() - started
-        maps = {part: read_map(path)[0] for part, path in zip(("half1", "half2"), result.half_maps, strict=True)}
+        maps = {
+            part: read_map(path)[0]
+            for part, path in zip(("half1", "half2"), result.half_maps, strict=True)
+        }
         maps["full"] = read_map(result.full_map)[0]
         variants[name] = maps
     info = json.loads((run_dir / "run.json").read_text())
     table = read_particles(run_dir / "particles.star", data_root=Path(info["particles"]).parent)
     halves = table.particles["dmHalfSet"].to_numpy()
-    accumulators = [run(accumulate_particles(table, np.nonzero(halves == h)[0], batch_size=256)) for h in (1, 2)]
+    accumulators = [
+        run(accumulate_particles(table, np.nonzero(halves == h)[0], batch_size=256)) for h in (1, 2)
+    ]
     full = run(accumulate_particles(table, None, batch_size=256))
     for constant in EXTRA_CONSTANTS:
         variants[f"constant_{constant:g}"] = {
-            "half1": accumulators[0].reconstruct(constant).numpy(), "half2": accumulators[1].reconstruct(constant).numpy(),
-            "full": full.reconstruct(constant).numpy()}
+            "half1": accumulators[0].reconstruct(constant).numpy(),
+            "half2": accumulators[1].reconstruct(constant).numpy(),
+            "full": full.reconstruct(constant).numpy(),
+        }
     for maps in variants.values():
         maps["mean_halves"] = (maps["half1"] + maps["half2"]) / 2
-    variants["constant_fsc_weighted"] = fsc_weighted(variants["constant"], info["voxel_size_angstrom"])
+    variants["constant_fsc_weighted"] = fsc_weighted(
+        variants["constant"], info["voxel_size_angstrom"]
+    )
     return variants, seconds
 
 
@@ -149,8 +176,10 @@ def truths(sim: Path) -> tuple[dict, np.ndarray]:
     from napari_dynamight.engine.io.mrc import read_map
 
     labels = pd.read_csv(sim / "ground_truth" / "labels.csv")
-    frames = {int(f): read_map(sim / "ground_truth" / f"frame_{int(f):03d}.mrc")[0].astype(np.float64)
-              for f in np.unique(labels["frame"])}
+    frames = {
+        int(f): read_map(sim / "ground_truth" / f"frame_{int(f):03d}.mrc")[0].astype(np.float64)
+        for f in np.unique(labels["frame"])
+    }
 
     def mean_of(rows) -> np.ndarray:
         counts = rows["frame"].value_counts()
@@ -170,7 +199,9 @@ def truths(sim: Path) -> tuple[dict, np.ndarray]:
 def sphere_correlation(a: np.ndarray, b: np.ndarray) -> float:
     box = a.shape[0]
     offsets = np.arange(box) - box // 2
-    radius = np.sqrt(offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2)
+    radius = np.sqrt(
+        offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2
+    )
     inside = radius < box / 2
     return float(np.corrcoef(a[inside], b[inside])[0, 1])
 
@@ -182,37 +213,53 @@ def masked_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> floa
     return float((w * da * db).sum() / np.sqrt((w * da * da).sum() * (w * db * db).sum()))
 
 
-def metrics(volume: np.ndarray, truth: np.ndarray, mask: np.ndarray, relion: np.ndarray | None, voxel: float) -> dict:
+def metrics(
+    volume: np.ndarray, truth: np.ndarray, mask: np.ndarray, relion: np.ndarray | None, voxel: float
+) -> dict:
     from napari_dynamight.engine.fourier import fsc, resolution_at
 
     frequency, curve = fsc(volume, truth, voxel)
     _, masked = fsc(volume * mask, truth * mask, voxel)
-    row = {"fsc05_truth_angstrom": resolution_at(frequency, curve, 0.5),
-           "fsc0143_truth_angstrom": resolution_at(frequency, curve, 0.143),
-           "fsc05_truth_mobile_angstrom": resolution_at(frequency, masked, 0.5),
-           "correlation_truth": sphere_correlation(volume, truth),
-           "correlation_truth_mobile": masked_correlation(volume, truth, mask)}
+    row = {
+        "fsc05_truth_angstrom": resolution_at(frequency, curve, 0.5),
+        "fsc0143_truth_angstrom": resolution_at(frequency, curve, 0.143),
+        "fsc05_truth_mobile_angstrom": resolution_at(frequency, masked, 0.5),
+        "correlation_truth": sphere_correlation(volume, truth),
+        "correlation_truth_mobile": masked_correlation(volume, truth, mask),
+    }
     if relion is not None:
         _, versus = fsc(volume, relion, voxel)
         row["correlation_relion"] = sphere_correlation(volume, relion)
-        row["fsc_relion_min_to_3_4_nyquist"] = float(versus[1: volume.shape[0] * 3 // 8 + 1].min())
+        row["fsc_relion_min_to_3_4_nyquist"] = float(versus[1 : volume.shape[0] * 3 // 8 + 1].min())
     return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="folder for the simulated data and maps")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--work", type=Path, required=True, help="folder for the simulated data and maps"
+    )
     parser.add_argument("--snrs", type=float, nargs="+", default=[0.01, 0.05])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--particles", type=int, default=4000)
-    parser.add_argument("--reuse", action="store_true", help="keep simulated data and RELION maps that exist")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep simulated data and RELION maps that exist"
+    )
     parser.add_argument("--output", type=Path, default=Path("bench/results/filter.json"))
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    results = {"particles": args.particles, "box": 64, "pixel_size_angstrom": 1.5, "torch_threads": 1,
-               "extra_constants": list(EXTRA_CONSTANTS), "sets": []}
+    results = {
+        "particles": args.particles,
+        "box": 64,
+        "pixel_size_angstrom": 1.5,
+        "torch_threads": 1,
+        "extra_constants": list(EXTRA_CONSTANTS),
+        "sets": [],
+    }
     for snr in args.snrs:
         for seed in args.seeds:
             folder = args.work / f"snr{snr:g}_seed{seed}"
@@ -224,12 +271,20 @@ def main() -> None:
             rows = {"relion": {p: metrics(relion[p], truth[p], mask, None, 1.5) for p in PARTS}}
             for variant, maps in ours.items():
                 rows[variant] = {p: metrics(maps[p], truth[p], mask, relion[p], 1.5) for p in PARTS}
-            entry = {"snr": snr, "seed": seed, "seconds": seconds, "relion_seconds": relion_seconds, "maps": rows}
+            entry = {
+                "snr": snr,
+                "seed": seed,
+                "seconds": seconds,
+                "relion_seconds": relion_seconds,
+                "maps": rows,
+            }
             results["sets"].append(entry)
             for variant, parts in rows.items():
-                line = "  ".join(f"{p} {v['fsc05_truth_angstrom']:.2f}/{v['fsc05_truth_mobile_angstrom']:.2f} Å"
-                                 + (f" r {v['correlation_relion']:.3f}" if "correlation_relion" in v else "")
-                                 for p, v in parts.items())
+                line = "  ".join(
+                    f"{p} {v['fsc05_truth_angstrom']:.2f}/{v['fsc05_truth_mobile_angstrom']:.2f} Å"
+                    + (f" r {v['correlation_relion']:.3f}" if "correlation_relion" in v else "")
+                    for p, v in parts.items()
+                )
                 print(f"SNR {snr:g} seed {seed} {variant:16s} {line}", flush=True)
     results["summary"] = summarise(results["sets"])
     print(json.dumps(results["summary"], indent=1))
@@ -243,9 +298,15 @@ def summarise(sets: list[dict]) -> dict:
     for snr in sorted({s["snr"] for s in sets}):
         chosen = [s for s in sets if s["snr"] == snr]
         summary[f"snr{snr:g}"] = {
-            variant: {part: {key: float(np.mean([s["maps"][variant][part][key] for s in chosen]))
-                             for key in chosen[0]["maps"][variant][part]} for part in PARTS}
-            for variant in chosen[0]["maps"]}
+            variant: {
+                part: {
+                    key: float(np.mean([s["maps"][variant][part][key] for s in chosen]))
+                    for key in chosen[0]["maps"][variant][part]
+                }
+                for part in PARTS
+            }
+            for variant in chosen[0]["maps"]
+        }
     return summary
 
 

@@ -20,19 +20,39 @@ from napari_dynamight.engine.gaussians import GaussianModel, project
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
 
 
-def _measure(n_gaussians: int, box: int, batch: int, device: str, backward: bool, repeats: int) -> float:
+def _measure(
+    n_gaussians: int, box: int, batch: int, device: str, backward: bool, repeats: int
+) -> float:
     rng = np.random.default_rng(0)
     pixel = 1.5
-    positions = torch.tensor(rng.normal(scale=box * pixel / 8, size=(n_gaussians, 3)), dtype=torch.float32,
-                             device=device, requires_grad=backward)
-    model = GaussianModel(positions, torch.ones(n_gaussians, device=device),
-                          torch.full((n_gaussians,), 2.0, device=device))
-    rotations = euler_to_matrix(torch.tensor(random_euler_angles(batch, rng), dtype=torch.float32)).to(device)
+    positions = torch.tensor(
+        rng.normal(scale=box * pixel / 8, size=(n_gaussians, 3)),
+        dtype=torch.float32,
+        device=device,
+        requires_grad=backward,
+    )
+    model = GaussianModel(
+        positions,
+        torch.ones(n_gaussians, device=device),
+        torch.full((n_gaussians,), 2.0, device=device),
+    )
+    rotations = euler_to_matrix(
+        torch.tensor(random_euler_angles(batch, rng), dtype=torch.float32)
+    ).to(device)
     shifts = torch.zeros(batch, 2, device=device)
-    ctf = compute_ctf(CtfParams.broadcast(batch, defocus_u_angstrom=15000.0, defocus_v_angstrom=14000.0,
-                                          defocus_angle_degrees=30.0, voltage_kilovolts=300.0,
-                                          spherical_aberration_millimetres=2.7,
-                                          amplitude_contrast=0.1).torch(device), box, pixel)
+    ctf = compute_ctf(
+        CtfParams.broadcast(
+            batch,
+            defocus_u_angstrom=15000.0,
+            defocus_v_angstrom=14000.0,
+            defocus_angle_degrees=30.0,
+            voltage_kilovolts=300.0,
+            spherical_aberration_millimetres=2.7,
+            amplitude_contrast=0.1,
+        ).torch(device),
+        box,
+        pixel,
+    )
 
     def step():
         images = project(model, rotations, shifts, box, pixel, ctf=ctf)
@@ -52,7 +72,9 @@ def _measure(n_gaussians: int, box: int, batch: int, device: str, backward: bool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", type=Path, default=Path("bench/results/projection.json"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=64)
@@ -63,8 +85,14 @@ def main() -> None:
         for n_gaussians in (2000, 10000):
             for backward in (False, True):
                 rate = _measure(n_gaussians, box, args.batch, args.device, backward, args.repeats)
-                rows.append({"box": box, "n_gaussians": n_gaussians, "with_backward": backward,
-                             "images_per_second": round(rate, 1)})
+                rows.append(
+                    {
+                        "box": box,
+                        "n_gaussians": n_gaussians,
+                        "with_backward": backward,
+                        "images_per_second": round(rate, 1),
+                    }
+                )
                 print(rows[-1], flush=True)
     result = {
         "benchmark": "Gaussian model batch projection with CTF",
@@ -87,7 +115,10 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    labels = [f"box {r['box']}\n{r['n_gaussians']} G" + ("\n+grad" if r["with_backward"] else "") for r in rows]
+    labels = [
+        f"box {r['box']}\n{r['n_gaussians']} G" + ("\n+grad" if r["with_backward"] else "")
+        for r in rows
+    ]
     axis.bar(range(len(rows)), [r["images_per_second"] for r in rows])
     axis.set_xticks(range(len(rows)), labels, fontsize=7)
     axis.set_ylabel("images / s")

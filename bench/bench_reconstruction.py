@@ -41,15 +41,21 @@ def make_data(folder: Path, box: int, count: int) -> Path:
     z, y, x = np.meshgrid(grid, grid, grid, indexing="ij")
     volume = np.zeros((box,) * 3, np.float32)
     for centre in rng.uniform(-box / 5, box / 5, (30, 3)):
-        volume += np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / 4.5)
+        volume += np.exp(
+            -((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / 4.5
+        )
     with mrcfile.new(folder / "truth.mrc") as handle:
         handle.set_data(volume)
         handle.voxel_size = PIXEL
     blocks = particle_blocks(count, seed=1, ctf=True)
     blocks["optics"]["rlnImageSize"] = box
     starfile.write(blocks, folder / "angles.star")
-    subprocess.run(["relion_project", "--i", "truth.mrc", "--o", "proj", "--ang", "angles.star", "--ctf"],
-                   cwd=folder, check=True, capture_output=True)
+    subprocess.run(
+        ["relion_project", "--i", "truth.mrc", "--o", "proj", "--ang", "angles.star", "--ctf"],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
     blocks["particles"]["rlnImageName"] = [f"{i + 1:06d}@proj.mrcs" for i in range(count)]
     starfile.write(blocks, folder / "particles.star")
     return folder / "particles.star"
@@ -67,8 +73,12 @@ def measure(case: str, star: str, batch_size: int) -> dict:
     """One measurement in this process: seconds and peak resident memory (MB)."""
     if case == "relion":
         started = time.perf_counter()
-        subprocess.run(["relion_reconstruct", "--i", Path(star).name, "--o", "relion.mrc", "--ctf"],
-                       check=True, capture_output=True, cwd=Path(star).parent)
+        subprocess.run(
+            ["relion_reconstruct", "--i", Path(star).name, "--o", "relion.mrc", "--ctf"],
+            check=True,
+            capture_output=True,
+            cwd=Path(star).parent,
+        )
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     else:
         import torch
@@ -88,7 +98,9 @@ def measure(case: str, star: str, batch_size: int) -> dict:
                 ctf = compute_ctf(batch["ctf"], dataset.box, dataset.pixel_size_angstrom)
                 code = (batch["indices"].cpu() * CODES // len(table)).float() / CODES
                 latents = torch.stack([code, torch.zeros_like(code)], 1)
-                accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, latents)
+                accumulator.add(
+                    batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, latents
+                )
             accumulator.reconstruct()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": time.perf_counter() - started, "peak_memory_mb": peak}
@@ -100,13 +112,22 @@ def main() -> None:
     parser.add_argument("--measure", nargs=2, metavar=("CASE", "STAR"), help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--boxes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--particles", type=int, help="particles per box (default: 1,000 at box 64, 200 at 128); "
-                        "the deformed cost per particle falls as more particles share each of the 64 codes")
+    parser.add_argument(
+        "--particles",
+        type=int,
+        help="particles per box (default: 1,000 at box 64, 200 at 128); "
+        "the deformed cost per particle falls as more particles share each of the 64 codes",
+    )
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(*args.measure, args.batch_size)))
         return
-    results = {"machine": platform.processor() or platform.machine(), "torch_threads": 1, "relion_threads": 1, "runs": []}
+    results = {
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": 1,
+        "relion_threads": 1,
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for box in args.boxes:
             count = args.particles or SIZES[box]
@@ -114,9 +135,19 @@ def main() -> None:
             folder.mkdir()
             star = make_data(folder, box, count)
             for case in ("standard", "deformed", "relion"):
-                out = subprocess.run([sys.executable, __file__, "--measure", case, str(star),
-                                      "--batch-size", str(args.batch_size)],
-                                     capture_output=True, text=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--measure",
+                        case,
+                        str(star),
+                        "--batch-size",
+                        str(args.batch_size),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode:
                     raise RuntimeError(out.stderr)
                 row = {"box": box, "particles": count, "case": case} | json.loads(out.stdout)
@@ -138,8 +169,18 @@ def plot(results: dict, path: Path) -> None:
     cases = ("standard", "deformed", "relion")
     for k, box in enumerate(sorted({r["box"] for r in results["runs"]})):
         rows = {r["case"]: r for r in results["runs"] if r["box"] == box}
-        axes[0].bar(np.arange(3) + 0.4 * k, [rows[c]["ms_per_particle"] for c in cases], 0.4, label=f"box {box}")
-        axes[1].bar(np.arange(3) + 0.4 * k, [rows[c]["peak_memory_mb"] for c in cases], 0.4, label=f"box {box}")
+        axes[0].bar(
+            np.arange(3) + 0.4 * k,
+            [rows[c]["ms_per_particle"] for c in cases],
+            0.4,
+            label=f"box {box}",
+        )
+        axes[1].bar(
+            np.arange(3) + 0.4 * k,
+            [rows[c]["peak_memory_mb"] for c in cases],
+            0.4,
+            label=f"box {box}",
+        )
     for axis, label in zip(axes, ("ms per particle", "peak memory (MB)"), strict=True):
         axis.set_xticks(np.arange(3) + 0.2, cases)
         axis.set_ylabel(label)

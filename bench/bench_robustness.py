@@ -90,17 +90,28 @@ class Variant:
 
 
 VARIANTS = {
-    "snr001_n4000": Variant(0.01, 4000, note="acceptance: worst half within 0.1 of the ceiling",
-                            acceptance="gap"),
+    "snr001_n4000": Variant(
+        0.01, 4000, note="acceptance: worst half within 0.1 of the ceiling", acceptance="gap"
+    ),
     "snr001_n1000": Variant(0.01, 1000),
     "snr005_n1000": Variant(0.05, 1000, note="acceptance: worst half >= 0.9", acceptance="floor"),
     "bimodal_snr001_n1000": Variant(0.01, 1000, distribution="bimodal"),
-    "bfactor100_snr001_n1000": Variant(0.01, 1000, envelope_bfactor=100.0,
-                                       note="envelope B = 100 Å² on the signal, not in the STAR file"),
-    "two_domain_snr005_n1000": Variant(0.05, 1000, two_domains=True, frame_step=10,
-                                       note="LID and NMP move independently; ordering per domain"),
-    "pure_noise_n1000": Variant(0.01, 1000, pure_noise=True,
-                                note="the snr001_n1000 STAR file with white-noise images"),
+    "bfactor100_snr001_n1000": Variant(
+        0.01,
+        1000,
+        envelope_bfactor=100.0,
+        note="envelope B = 100 Å² on the signal, not in the STAR file",
+    ),
+    "two_domain_snr005_n1000": Variant(
+        0.05,
+        1000,
+        two_domains=True,
+        frame_step=10,
+        note="LID and NMP move independently; ordering per domain",
+    ),
+    "pure_noise_n1000": Variant(
+        0.01, 1000, pure_noise=True, note="the snr001_n1000 STAR file with white-noise images"
+    ),
 }
 QUICK_SIZES = {"n_particles": 200, "frame_step": 14}
 
@@ -125,19 +136,33 @@ def _simulate(folder: Path, variant: Variant, seed: int, sizes: dict) -> dict:
     from napari_dynamight.engine.simulate import simulate
 
     started = time.perf_counter()
-    summary = run(simulate(
-        STRUCTURE, TRAJECTORY, output_directory=folder, n_particles=variant.n_particles,
-        box=sizes["box"], pixel_size_angstrom=sizes["pixel_size"], snr=variant.snr,
-        defocus_range_angstrom=(5000.0, 25000.0), seed=seed,
-        frames=list(range(0, 98, variant.frame_step)), frame_distribution=variant.distribution,
-        envelope_bfactor_angstrom2=variant.envelope_bfactor,
-        independent_domains=(NMP, LID) if variant.two_domains else None,
-    ))
-    return {"seconds": round(time.perf_counter() - started, 1), "n_particles": summary.n_particles,
-            "n_frames": len(summary.frames), "box": summary.box,
-            "pixel_size_angstrom": summary.pixel_size_angstrom,
-            "signal_variance": summary.signal_variance, "noise_variance": summary.noise_variance,
-            "n_truth_maps": len(summary.frame_maps)}
+    summary = run(
+        simulate(
+            STRUCTURE,
+            TRAJECTORY,
+            output_directory=folder,
+            n_particles=variant.n_particles,
+            box=sizes["box"],
+            pixel_size_angstrom=sizes["pixel_size"],
+            snr=variant.snr,
+            defocus_range_angstrom=(5000.0, 25000.0),
+            seed=seed,
+            frames=list(range(0, 98, variant.frame_step)),
+            frame_distribution=variant.distribution,
+            envelope_bfactor_angstrom2=variant.envelope_bfactor,
+            independent_domains=(NMP, LID) if variant.two_domains else None,
+        )
+    )
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "n_particles": summary.n_particles,
+        "n_frames": len(summary.frames),
+        "box": summary.box,
+        "pixel_size_angstrom": summary.pixel_size_angstrom,
+        "signal_variance": summary.signal_variance,
+        "noise_variance": summary.noise_variance,
+        "n_truth_maps": len(summary.frame_maps),
+    }
 
 
 def _pure_noise(folder: Path, noise_variance: float, seed: int) -> None:
@@ -155,8 +180,9 @@ def _pure_noise(folder: Path, noise_variance: float, seed: int) -> None:
         out.voxel_size = voxel
         for start in range(0, n, 512):
             count = min(512, n - start)
-            out.data[start:start + count] = math.sqrt(noise_variance) * rng.standard_normal(
-                (count, ny, nx), dtype=np.float32)
+            out.data[start : start + count] = math.sqrt(noise_variance) * rng.standard_normal(
+                (count, ny, nx), dtype=np.float32
+            )
     os.replace(tmp, stack)
 
 
@@ -177,7 +203,9 @@ def _oracle_input(data: Path, bfactor: float) -> Path:
     return folder
 
 
-def _ceiling(data: Path, variant: Variant, noise_variance: float, settings: dict) -> tuple[dict, dict]:
+def _ceiling(
+    data: Path, variant: Variant, noise_variance: float, settings: dict
+) -> tuple[dict, dict]:
     """Ceiling summary and the per-half ceiling per motion coordinate ({'frame': {'1':, '2':}})."""
     from napari_dynamight.engine.evaluation import bayes_ceiling
     from napari_dynamight.engine.evaluation.robustness import domain_ceiling, prior_ceiling
@@ -187,20 +215,31 @@ def _ceiling(data: Path, variant: Variant, noise_variance: float, settings: dict
     if variant.two_domains:
         result = run(domain_ceiling(data, noise_variance=noise_variance))
         summary = result.summary()
-        by_coordinate = {f"domain{d}": summary[f"domain{d}"]["abs_spearman_by_half"] for d in (1, 2)}
+        by_coordinate = {
+            f"domain{d}": summary[f"domain{d}"]["abs_spearman_by_half"] for d in (1, 2)
+        }
     else:
         step = 4 if variant.pure_noise else 1
-        result = run(bayes_ceiling(_oracle_input(data, variant.envelope_bfactor), STRUCTURE, TRAJECTORY,
-                                   frame_step=step, noise_variance=noise_variance))
+        result = run(
+            bayes_ceiling(
+                _oracle_input(data, variant.envelope_bfactor),
+                STRUCTURE,
+                TRAJECTORY,
+                frame_step=step,
+                noise_variance=noise_variance,
+            )
+        )
         summary = result.summary()
         summary.pop("frames_evaluated")
         summary["frame_step"] = step
         by_coordinate = {"frame": summary["abs_spearman_by_half"]}
         if variant.distribution != "uniform":
             probabilities = json.loads((data / "ground_truth" / "simulation.json").read_text())[
-                "frame_probabilities"]
-            summary["uniform_prior"] = {k: summary[k] for k in
-                                        ("abs_spearman_posterior_mean", "abs_spearman_by_half")}
+                "frame_probabilities"
+            ]
+            summary["uniform_prior"] = {
+                k: summary[k] for k in ("abs_spearman_posterior_mean", "abs_spearman_by_half")
+            }
             with_prior = prior_ceiling(result, probabilities)
             summary |= with_prior
             by_coordinate = {"frame": with_prior["abs_spearman_by_half"]}
@@ -217,11 +256,18 @@ def _train(data: Path, run_dir: Path, seed: int, settings: dict) -> dict:
         shutil.rmtree(run_dir)
     deformation = DeformationSettings(seed=seed, **settings["deformation_overrides"])
     started = time.perf_counter()
-    result = run(optimize_deformations(data / "particles.star", data / "consensus.mrc", run_dir,
-                                       settings=deformation))
-    return {"seconds": round(time.perf_counter() - started, 1), "epochs": int(result.epochs),
-            "stopped_early": bool(result.stopped_early), "n_gaussians": int(result.n_gaussians),
-            "train_box": int(result.train_box)}
+    result = run(
+        optimize_deformations(
+            data / "particles.star", data / "consensus.mrc", run_dir, settings=deformation
+        )
+    )
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "epochs": int(result.epochs),
+        "stopped_early": bool(result.stopped_early),
+        "n_gaussians": int(result.n_gaussians),
+        "train_box": int(result.train_box),
+    }
 
 
 def _coordinates(data: Path, variant: Variant) -> dict[str, np.ndarray]:
@@ -230,7 +276,10 @@ def _coordinates(data: Path, variant: Variant) -> dict[str, np.ndarray]:
 
     labels = pd.read_csv(data / "ground_truth" / "labels.csv")
     if variant.two_domains:
-        return {"domain1": labels["domain1_frame"].to_numpy(), "domain2": labels["domain2_frame"].to_numpy()}
+        return {
+            "domain1": labels["domain1_frame"].to_numpy(),
+            "domain2": labels["domain2_frame"].to_numpy(),
+        }
     return {"frame": labels["frame"].to_numpy()}
 
 
@@ -243,7 +292,9 @@ def _truth_map_names(data: Path, variant: Variant) -> np.ndarray:
     return np.array([f"frame_{f:03d}.mrc" for f in labels["frame"]])
 
 
-def _metrics(data: Path, run_dir: Path, variant: Variant, ceiling: dict, seed: int, settings: dict) -> dict:
+def _metrics(
+    data: Path, run_dir: Path, variant: Variant, ceiling: dict, seed: int, settings: dict
+) -> dict:
     from napari_dynamight.engine.deformation.decode import load_run
     from napari_dynamight.engine.evaluation import decoded_vs_consensus, latent_frame_ordering
     from napari_dynamight.engine.io.mrc import read_map
@@ -274,26 +325,40 @@ def _metrics(data: Path, run_dir: Path, variant: Variant, ceiling: dict, seed: i
     per_half = {}
     for half in (1, 2):
         rows = halves == half
-        entry = {"n_particles": int(rows.sum()),
-                 "rms_displacement_angstrom": float(np.sqrt(np.mean(displacement[rows] ** 2)))}
+        entry = {
+            "n_particles": int(rows.sum()),
+            "rms_displacement_angstrom": float(np.sqrt(np.mean(displacement[rows] ** 2))),
+        }
         for name, truth in coordinates.items():
             ordering = latent_frame_ordering(latents[rows], truth[rows])
             ceil = ceiling[name][str(half)]
-            entry[name] = {"best_abs_spearman": ordering.best, "best_component": ordering.best_component,
-                           "ceiling_abs_spearman": ceil, "gap_to_ceiling": ceil - ordering.best}
+            entry[name] = {
+                "best_abs_spearman": ordering.best,
+                "best_component": ordering.best_component,
+                "ceiling_abs_spearman": ceil,
+                "gap_to_ceiling": ceil - ordering.best,
+            }
         if loaded is not None:
-            chosen = np.sort(rng.choice(np.nonzero(rows)[0], size=min(settings["n_decoded"], int(rows.sum())),
-                                        replace=False))
+            chosen = np.sort(
+                rng.choice(
+                    np.nonzero(rows)[0],
+                    size=min(settings["n_decoded"], int(rows.sum())),
+                    replace=False,
+                )
+            )
             volumes = loaded.decode_volumes(latents[chosen], half=half)
             truths = [truth_map(n) for n in names[chosen]]
             if mask is None:
                 stacked = np.stack([truth_map(n) for n in np.unique(names)])
                 mask = stacked.max(0) > 0.02 * stacked.max()
             versus = decoded_vs_consensus(volumes, truths, consensus, mask)
-            entry["decoded_volumes"] = {"n_particles": len(chosen), "mean_cc_decoded": versus["mean_decoded"],
-                                        "mean_cc_consensus": versus["mean_consensus"],
-                                        "gain": versus["mean_decoded"] - versus["mean_consensus"],
-                                        "fraction_decoded_better": versus["fraction_decoded_better"]}
+            entry["decoded_volumes"] = {
+                "n_particles": len(chosen),
+                "mean_cc_decoded": versus["mean_decoded"],
+                "mean_cc_consensus": versus["mean_consensus"],
+                "gain": versus["mean_decoded"] - versus["mean_consensus"],
+                "fraction_decoded_better": versus["fraction_decoded_better"],
+            }
         per_half[str(half)] = entry
     return per_half
 
@@ -311,9 +376,13 @@ def _fsc_to_truth(path: Path, truths: list[Path]) -> dict:
         if cc > best_cc:
             best, best_cc = truth, cc
     frequency, curve = fsc(volume, read_map(best)[0], voxel)
-    return {"best_truth_map": best.name, "correlation": best_cc,
-            "resolution_fsc05_angstrom": float(resolution_at(frequency, curve, 0.5)),
-            "fsc_area": float(np.mean(curve[1:])), "fsc": [round(float(v), 4) for v in curve]}
+    return {
+        "best_truth_map": best.name,
+        "correlation": best_cc,
+        "resolution_fsc05_angstrom": float(resolution_at(frequency, curve, 0.5)),
+        "fsc_area": float(np.mean(curve[1:])),
+        "fsc": [round(float(v), 4) for v in curve],
+    }
 
 
 def _maps(data: Path, run_dir: Path, settings: dict) -> dict:
@@ -325,18 +394,29 @@ def _maps(data: Path, run_dir: Path, settings: dict) -> dict:
     from napari_dynamight.engine.reconstruction.stage import reconstruct_run
 
     started = time.perf_counter()
-    run(optimize_inverse_deformations(run_dir, settings=InverseSettings(epochs=settings["inverse_epochs"])))
+    run(
+        optimize_inverse_deformations(
+            run_dir, settings=InverseSettings(epochs=settings["inverse_epochs"])
+        )
+    )
     inverse_seconds = time.perf_counter() - started
     started = time.perf_counter()
     result = run(reconstruct_run(run_dir, deformations=True, clusters=settings["clusters"]))
     deformed_seconds = time.perf_counter() - started
     truths = sorted((data / "ground_truth").glob("frame_*.mrc")) + sorted(
-        (data / "ground_truth").glob("state_*.mrc"))
+        (data / "ground_truth").glob("state_*.mrc")
+    )
     halves = read_particles(run_dir / "particles.star").particles["dmHalfSet"].to_numpy()
     table = read_particles(data / "particles.star")
-    out = {"inverse_epochs": settings["inverse_epochs"], "clusters": settings["clusters"],
-           "seconds": {"inverse": round(inverse_seconds, 1), "deformed_reconstruction": round(deformed_seconds, 1)},
-           "per_half": {}}
+    out = {
+        "inverse_epochs": settings["inverse_epochs"],
+        "clusters": settings["clusters"],
+        "seconds": {
+            "inverse": round(inverse_seconds, 1),
+            "deformed_reconstruction": round(deformed_seconds, 1),
+        },
+        "per_half": {},
+    }
     relion = shutil.which("relion_reconstruct")
     for half in (1, 2):
         entry = {"deformed": _fsc_to_truth(result.half_maps[half - 1], truths)}
@@ -347,12 +427,18 @@ def _maps(data: Path, run_dir: Path, settings: dict) -> dict:
             write_particles(star, table, index=np.nonzero(halves == half)[0])
             target = data / f"relion_half{half}.mrc"
             started = time.perf_counter()
-            subprocess.run([relion, "--i", star.name, "--o", target.name, "--ctf"], cwd=data, check=True,
-                           capture_output=True)
+            subprocess.run(
+                [relion, "--i", star.name, "--o", target.name, "--ctf"],
+                cwd=data,
+                check=True,
+                capture_output=True,
+            )
             out["seconds"][f"relion_half{half}"] = round(time.perf_counter() - started, 1)
             entry["relion"] = _fsc_to_truth(target, truths)
-            entry["resolution_gain_angstrom"] = (entry["relion"]["resolution_fsc05_angstrom"]
-                                                 - entry["deformed"]["resolution_fsc05_angstrom"])
+            entry["resolution_gain_angstrom"] = (
+                entry["relion"]["resolution_fsc05_angstrom"]
+                - entry["deformed"]["resolution_fsc05_angstrom"]
+            )
             entry["fsc_area_gain"] = entry["deformed"]["fsc_area"] - entry["relion"]["fsc_area"]
         out["per_half"][str(half)] = entry
     return out
@@ -373,7 +459,12 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
             old["reused"] = True
             return old
     started = time.perf_counter()
-    out = {"variant": name, "seed": seed, "run_settings": _run_settings(settings, name), "maps_measured": do_maps}
+    out = {
+        "variant": name,
+        "seed": seed,
+        "run_settings": _run_settings(settings, name),
+        "maps_measured": do_maps,
+    }
     try:
         data = folder / "data"
         shutil.rmtree(folder, ignore_errors=True)
@@ -397,10 +488,15 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
 
 
 def _run_settings(settings: dict, name: str) -> dict:
-    return {"variant": settings["variants"][name], "sizes": settings["sizes"],
-            "deformation_overrides": settings["deformation_overrides"], "n_decoded": settings["n_decoded"],
-            "maps": name in settings["maps"], "inverse_epochs": settings["inverse_epochs"],
-            "clusters": settings["clusters"]}
+    return {
+        "variant": settings["variants"][name],
+        "sizes": settings["sizes"],
+        "deformation_overrides": settings["deformation_overrides"],
+        "n_decoded": settings["n_decoded"],
+        "maps": name in settings["maps"],
+        "inverse_epochs": settings["inverse_epochs"],
+        "clusters": settings["clusters"],
+    }
 
 
 # ------------------------------------------------------------------------------------- aggregation
@@ -410,8 +506,12 @@ def _stats(values: list[float]) -> dict:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return {"n": 0}
-    return {"n": len(values), "min": float(np.min(values)), "mean": float(np.mean(values)),
-            "max": float(np.max(values))}
+    return {
+        "n": len(values),
+        "min": float(np.min(values)),
+        "mean": float(np.mean(values)),
+        "max": float(np.max(values)),
+    }
 
 
 def aggregate(runs: list[dict], variants: dict) -> dict:
@@ -419,45 +519,79 @@ def aggregate(runs: list[dict], variants: dict) -> dict:
     for name in variants:
         mine = [r for r in runs if r["variant"] == name and "per_half" in r]
         if not mine:
-            out[name] = {"n_runs": 0, "failed_seeds": [r["seed"] for r in runs if r["variant"] == name]}
+            out[name] = {
+                "n_runs": 0,
+                "failed_seeds": [r["seed"] for r in runs if r["variant"] == name],
+            }
             continue
-        coordinates = [k for k in mine[0]["per_half"]["1"] if isinstance(mine[0]["per_half"]["1"][k], dict)
-                       and "best_abs_spearman" in mine[0]["per_half"]["1"][k]]
-        entry = {"n_runs": len(mine), "seeds": [r["seed"] for r in mine],
-                 "failed_seeds": [r["seed"] for r in runs if r["variant"] == name and "per_half" not in r]}
+        coordinates = [
+            k
+            for k in mine[0]["per_half"]["1"]
+            if isinstance(mine[0]["per_half"]["1"][k], dict)
+            and "best_abs_spearman" in mine[0]["per_half"]["1"][k]
+        ]
+        entry = {
+            "n_runs": len(mine),
+            "seeds": [r["seed"] for r in mine],
+            "failed_seeds": [
+                r["seed"] for r in runs if r["variant"] == name and "per_half" not in r
+            ],
+        }
         for c in coordinates:
             worst = [min(r["per_half"][h][c]["best_abs_spearman"] for h in "12") for r in mine]
             gap = [max(r["per_half"][h][c]["gap_to_ceiling"] for h in "12") for r in mine]
             ceiling = [min(r["per_half"][h][c]["ceiling_abs_spearman"] for h in "12") for r in mine]
-            entry[c] = {"worst_half_abs_spearman_per_seed": worst, "worst_half_abs_spearman": _stats(worst),
-                        "worst_half_gap_to_ceiling_per_seed": gap, "worst_half_gap_to_ceiling": _stats(gap),
-                        "lower_half_ceiling": _stats(ceiling)}
-        gains = [min(r["per_half"][h]["decoded_volumes"]["gain"] for h in "12") for r in mine
-                 if "decoded_volumes" in r["per_half"]["1"]]
+            entry[c] = {
+                "worst_half_abs_spearman_per_seed": worst,
+                "worst_half_abs_spearman": _stats(worst),
+                "worst_half_gap_to_ceiling_per_seed": gap,
+                "worst_half_gap_to_ceiling": _stats(gap),
+                "lower_half_ceiling": _stats(ceiling),
+            }
+        gains = [
+            min(r["per_half"][h]["decoded_volumes"]["gain"] for h in "12")
+            for r in mine
+            if "decoded_volumes" in r["per_half"]["1"]
+        ]
         if gains:
             entry["decoded_gain_worse_half"] = _stats(gains)
         rms = [max(r["per_half"][h]["rms_displacement_angstrom"] for h in "12") for r in mine]
         entry["rms_displacement_larger_half_angstrom"] = _stats(rms)
         maps = [r["maps"] for r in mine if "maps" in r]
         if maps:
+
             def worst_map(key, field, pick):
-                return [pick(m["per_half"][h][key][field] for h in "12") for m in maps  # noqa: B023 (called in this iteration)
-                        if isinstance(m["per_half"]["1"].get(key), dict)]
+                return [
+                    pick(m["per_half"][h][key][field] for h in "12")
+                    for m in maps  # noqa: B023 (called in this iteration)
+                    if isinstance(m["per_half"]["1"].get(key), dict)
+                ]
+
             entry["maps"] = {
-                "deformed_worse_half_fsc05_angstrom": _stats(worst_map("deformed", "resolution_fsc05_angstrom", max)),
-                "relion_worse_half_fsc05_angstrom": _stats(worst_map("relion", "resolution_fsc05_angstrom", max)),
+                "deformed_worse_half_fsc05_angstrom": _stats(
+                    worst_map("deformed", "resolution_fsc05_angstrom", max)
+                ),
+                "relion_worse_half_fsc05_angstrom": _stats(
+                    worst_map("relion", "resolution_fsc05_angstrom", max)
+                ),
                 "deformed_worse_half_fsc_area": _stats(worst_map("deformed", "fsc_area", min)),
                 "relion_worse_half_fsc_area": _stats(worst_map("relion", "fsc_area", min)),
             }
         variant = variants[name]
         if "frame" in entry and variant["acceptance"] == "gap":
             gap_max = entry["frame"]["worst_half_gap_to_ceiling"]["max"]
-            entry["acceptance"] = {"criterion": "every seed: worst half within 0.1 of its ceiling",
-                                   "largest_gap": gap_max, "met": bool(gap_max <= 0.1)}
+            entry["acceptance"] = {
+                "criterion": "every seed: worst half within 0.1 of its ceiling",
+                "largest_gap": gap_max,
+                "met": bool(gap_max <= 0.1),
+            }
         if "frame" in entry and variant["acceptance"] == "floor":
             low = entry["frame"]["worst_half_abs_spearman"]["min"]
-            entry["acceptance"] = {"criterion": "every seed: worst half |Spearman| >= 0.9",
-                                   "lowest_worst_half": low, "met": bool(low >= 0.9)}
+            entry["acceptance"] = {
+                "criterion": "every seed: worst half |Spearman| >= 0.9",
+                "lowest_worst_half": low,
+                "met": bool(low >= 0.9),
+            }
         out[name] = entry
     return out
 
@@ -473,14 +607,20 @@ def plot(path: Path, runs: list[dict], variants: dict) -> None:
     rows = math.ceil(len(names) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
     for axis, name in zip(axes.ravel(), names):
-        mine = sorted((r for r in runs if r["variant"] == name and "per_half" in r), key=lambda r: r["seed"])
+        mine = sorted(
+            (r for r in runs if r["variant"] == name and "per_half" in r), key=lambda r: r["seed"]
+        )
         axis.set_title(name, fontsize=8)
         axis.set_ylim(0, 1.02)
         axis.set_xlabel("seed")
         if not mine:
             continue
-        coordinates = [k for k in mine[0]["per_half"]["1"] if isinstance(mine[0]["per_half"]["1"][k], dict)
-                       and "best_abs_spearman" in mine[0]["per_half"]["1"][k]]
+        coordinates = [
+            k
+            for k in mine[0]["per_half"]["1"]
+            if isinstance(mine[0]["per_half"]["1"][k], dict)
+            and "best_abs_spearman" in mine[0]["per_half"]["1"][k]
+        ]
         seeds = [r["seed"] for r in mine]
         for c, (colour, marker) in zip(coordinates, (("tab:blue", "o"), ("tab:orange", "s"))):
             worst = [min(r["per_half"][h][c]["best_abs_spearman"] for h in "12") for r in mine]
@@ -488,7 +628,7 @@ def plot(path: Path, runs: list[dict], variants: dict) -> None:
             axis.plot(seeds, worst, marker=marker, color=colour, ls="", label=f"{c}: worst half")
             axis.plot(seeds, ceiling, marker="_", ms=14, color=colour, ls="", label=f"{c}: ceiling")
         axis.legend(fontsize=6)
-    for axis in axes.ravel()[len(names):]:
+    for axis in axes.ravel()[len(names) :]:
         axis.axis("off")
     axes[0, 0].set_ylabel("|Spearman| best latent PC vs true")
     figure.tight_layout()
@@ -503,26 +643,60 @@ def plot(path: Path, runs: list[dict], variants: dict) -> None:
 
 
 def _arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "robustness.json")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
-                        help=f"variants to run (default all): {', '.join(VARIANTS)}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "bench" / "results" / "robustness.json"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        metavar="NAME",
+        help=f"variants to run (default all): {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=None, help="VAE epochs (default 20; quick 3)")
-    parser.add_argument("--refinement-rounds", type=int, default=None, help="EM rounds (default 2; quick 1)")
-    parser.add_argument("--decoder", default=None, help="deformation network (default: the engine's)")
-    parser.add_argument("--maps", nargs="*", default=None, metavar="NAME",
-                        help="variants whose half maps are reconstructed and compared with relion_reconstruct "
-                             "(expensive; default none, quick: the first variant)")
-    parser.add_argument("--inverse-epochs", type=int, default=None, help="inverse-deformation epochs (default 30)")
-    parser.add_argument("--clusters", type=int, default=32, help="latent clusters for the deformed backprojection")
-    parser.add_argument("--n-decoded", type=int, default=None, help="decoded volumes per half (default 30)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    parser.add_argument(
+        "--refinement-rounds", type=int, default=None, help="EM rounds (default 2; quick 1)"
+    )
+    parser.add_argument(
+        "--decoder", default=None, help="deformation network (default: the engine's)"
+    )
+    parser.add_argument(
+        "--maps",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="variants whose half maps are reconstructed and compared with relion_reconstruct "
+        "(expensive; default none, quick: the first variant)",
+    )
+    parser.add_argument(
+        "--inverse-epochs", type=int, default=None, help="inverse-deformation epochs (default 30)"
+    )
+    parser.add_argument(
+        "--clusters", type=int, default=32, help="latent clusters for the deformed backprojection"
+    )
+    parser.add_argument(
+        "--n-decoded", type=int, default=None, help="decoded volumes per half (default 30)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel processes (default 1)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    parser.add_argument("--work-directory", type=Path, default=None,
-                        help="where simulations and runs go (default: a folder in the system temp dir)")
-    parser.add_argument("--reuse", action="store_true", help="reuse finished runs with the same settings")
-    parser.add_argument("--quick", action="store_true", help="tiny data, few epochs: every code path once")
+    parser.add_argument(
+        "--work-directory",
+        type=Path,
+        default=None,
+        help="where simulations and runs go (default: a folder in the system temp dir)",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse finished runs with the same settings"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny data, few epochs: every code path once"
+    )
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants + (args.maps or []) if v not in VARIANTS]
     if unknown:
@@ -540,12 +714,18 @@ def settings_from(args) -> dict:
     for name in args.variants:
         variant = VARIANTS[name]
         if quick:
-            variant = replace(variant, n_particles=QUICK_SIZES["n_particles"],
-                              frame_step=33 if variant.two_domains else QUICK_SIZES["frame_step"])
+            variant = replace(
+                variant,
+                n_particles=QUICK_SIZES["n_particles"],
+                frame_step=33 if variant.two_domains else QUICK_SIZES["frame_step"],
+            )
         variants[name] = asdict(variant)
-    overrides = {"epochs": args.epochs or (3 if quick else 20),
-                 "refinement_rounds": args.refinement_rounds if args.refinement_rounds is not None
-                 else (1 if quick else 2)}
+    overrides = {
+        "epochs": args.epochs or (3 if quick else 20),
+        "refinement_rounds": args.refinement_rounds
+        if args.refinement_rounds is not None
+        else (1 if quick else 2),
+    }
     if args.decoder is not None:
         overrides["decoder"] = args.decoder
     if quick:
@@ -557,8 +737,9 @@ def settings_from(args) -> dict:
         "seeds": args.seeds,
         "sizes": {"box": 32, "pixel_size": 3.0} if quick else {"box": 64, "pixel_size": 1.5},
         "deformation_overrides": overrides,
-        "maps": list(args.maps) if args.maps is not None else (
-            [v for v in args.variants if not VARIANTS[v].pure_noise][:1] if quick else []),
+        "maps": list(args.maps)
+        if args.maps is not None
+        else ([v for v in args.variants if not VARIANTS[v].pure_noise][:1] if quick else []),
         "inverse_epochs": args.inverse_epochs or (2 if quick else 30),
         "clusters": 4 if quick and args.clusters == 32 else args.clusters,
         "n_decoded": args.n_decoded or (4 if quick else 30),
@@ -582,8 +763,12 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "robustness: worst half set over seeds and data variants (simulated AdK)",
         "command": _command(argv if argv is not None else sys.argv[1:], args),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(), "system": platform.system()},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "system": platform.system(),
+        },
         "torch": torch.__version__,
         "threads_per_run": settings["threads"],
         "jobs": settings["jobs"],
@@ -596,7 +781,7 @@ def main(argv=None) -> int:
         "seeds": settings["seeds"],
         "maps_measured_for": settings["maps"],
         "maps_note": "deformed half maps vs relion_reconstruct of the same half's particles, only for "
-                     "the variants in maps_measured_for (expensive)",
+        "the variants in maps_measured_for (expensive)",
         "work_directory": "set by --work-directory" if args.work_directory else "system temp dir",
         "runs": [],
     }
@@ -605,7 +790,9 @@ def main(argv=None) -> int:
 
     def record(result: dict) -> None:
         report["runs"].append(result)
-        report["runs"].sort(key=lambda r: (list(settings["variants"]).index(r["variant"]), r["seed"]))
+        report["runs"].sort(
+            key=lambda r: (list(settings["variants"]).index(r["variant"]), r["seed"])
+        )
         report["aggregate"] = aggregate(report["runs"], settings["variants"])
         report["total_wall_seconds"] = round(time.perf_counter() - started, 1)
         _atomic_json(args.output, _public(report))
@@ -618,7 +805,9 @@ def main(argv=None) -> int:
     else:
         import multiprocessing
 
-        with ProcessPoolExecutor(settings["jobs"], mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            settings["jobs"], mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             futures = [pool.submit(run_one, name, seed, settings) for name, seed in tasks]
             for future in futures:
                 record(future.result())
@@ -628,10 +817,14 @@ def main(argv=None) -> int:
         parts = [f"{name}:"]
         for c in ("frame", "domain1", "domain2"):
             if c in entry:
-                parts.append(f"{c} worst-half |rho| min {entry[c]['worst_half_abs_spearman']['min']:.3f}, "
-                             f"largest gap {entry[c]['worst_half_gap_to_ceiling']['max']:.3f}")
+                parts.append(
+                    f"{c} worst-half |rho| min {entry[c]['worst_half_abs_spearman']['min']:.3f}, "
+                    f"largest gap {entry[c]['worst_half_gap_to_ceiling']['max']:.3f}"
+                )
         if "rms_displacement_larger_half_angstrom" in entry and entry["n_runs"]:
-            parts.append(f"RMS displacement max {entry['rms_displacement_larger_half_angstrom']['max']:.2f} Å")
+            parts.append(
+                f"RMS displacement max {entry['rms_displacement_larger_half_angstrom']['max']:.2f} Å"
+            )
         _echo(" ".join(parts))
     return 1 if any("error" in r for r in report["runs"]) else 0
 

@@ -121,31 +121,57 @@ def child(args) -> dict:
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    work, box, count = Path(args.child_work or Path(args.work) / f"box{args.box}"), args.box, args.particles
+    work, box, count = (
+        Path(args.child_work or Path(args.work) / f"box{args.box}"),
+        args.box,
+        args.particles,
+    )
     gaussians = args.gaussians
     sim, consensus, run_dir = work / "sim", work / "consensus", work / "run"
     from napari_dynamight.engine.progress import run as drive
 
     result: dict = {"stage": args.stage, "box": box, "particles": count}
     started = time.perf_counter()
-    if args.stage == "simulate" and available_gib() < SIMULATE_GIB_AT_256 * (box / 256) ** 3 + HEADROOM_GIB:
-        result["skipped"] = (f"{available_gib():.1f} GiB available on the shared machine; simulate needs about "
-                             f"{SIMULATE_GIB_AT_256 * (box / 256) ** 3:.0f} GiB at this box")
+    if (
+        args.stage == "simulate"
+        and available_gib() < SIMULATE_GIB_AT_256 * (box / 256) ** 3 + HEADROOM_GIB
+    ):
+        result["skipped"] = (
+            f"{available_gib():.1f} GiB available on the shared machine; simulate needs about "
+            f"{SIMULATE_GIB_AT_256 * (box / 256) ** 3:.0f} GiB at this box"
+        )
     elif args.stage == "simulate":
         from napari_dynamight.engine.example_data import STRUCTURE, example_file
         from napari_dynamight.engine.simulate import simulate
 
         adk = example_file(STRUCTURE).parent
-        drive(simulate(adk / "adk_closed.pdb", adk / "adk_dims.dcd", output_directory=sim, n_particles=count, box=box,
-                       pixel_size_angstrom=pixel_size(box), snr=0.05, seed=0,
-                       frames=list(range(0, 98, 4 if box <= TRAINED_UP_TO_BOX else 24)),
-                       device=device))
+        drive(
+            simulate(
+                adk / "adk_closed.pdb",
+                adk / "adk_dims.dcd",
+                output_directory=sim,
+                n_particles=count,
+                box=box,
+                pixel_size_angstrom=pixel_size(box),
+                snr=0.05,
+                seed=0,
+                frames=list(range(0, 98, 4 if box <= TRAINED_UP_TO_BOX else 24)),
+                device=device,
+            )
+        )
         result["seconds_per_particle"] = (time.perf_counter() - started) / count
     elif args.stage == "consensus":
         from napari_dynamight.engine.consensus_stage import fit_consensus
 
-        _, events = timed_events(fit_consensus(sim / "consensus.mrc", consensus, n_gaussians=gaussians,
-                                               n_steps=CONSENSUS_STEPS, device=str(device)))
+        _, events = timed_events(
+            fit_consensus(
+                sim / "consensus.mrc",
+                consensus,
+                n_gaussians=gaussians,
+                n_steps=CONSENSUS_STEPS,
+                device=str(device),
+            )
+        )
         fitting = [now for stage, _, now in events if stage == "fit consensus"]
         result["seconds_fill"] = fitting[0]
         result["seconds_per_step"] = (fitting[-1] - fitting[0]) / CONSENSUS_STEPS
@@ -156,38 +182,67 @@ def child(args) -> dict:
         from napari_dynamight.engine.deformation.settings import DeformationSettings
         from napari_dynamight.engine.run_folder import ConsensusFolder
 
-        settings = replace(DeformationSettings(), epochs=1, warmup_epochs=0, refinement_rounds=1,
-                           refinement_epochs=1, checkpoint_every=1, batch_size=min(64, count))
-        _, events = timed_events(optimize_deformations(sim / "particles.star", sim / "consensus.mrc", run_dir,
-                                                       settings=settings,
-                                                       consensus_model=ConsensusFolder(consensus).model,
-                                                       device=device))
+        settings = replace(
+            DeformationSettings(),
+            epochs=1,
+            warmup_epochs=0,
+            refinement_rounds=1,
+            refinement_epochs=1,
+            checkpoint_every=1,
+            batch_size=min(64, count),
+        )
+        _, events = timed_events(
+            optimize_deformations(
+                sim / "particles.star",
+                sim / "consensus.mrc",
+                run_dir,
+                settings=settings,
+                consensus_model=ConsensusFolder(consensus).model,
+                device=device,
+            )
+        )
         epoch = phase_seconds(events, lambda s: ": epoch " in s)
         refinement = phase_seconds(events, lambda s: "refinement round" in s)
         result["phases"] = phases(events)
-        result.update(seconds_epoch_per_particle=epoch / count, seconds_refinement_round_per_particle=refinement
-                      / count, seconds_other=time.perf_counter() - started - epoch - refinement)
+        result.update(
+            seconds_epoch_per_particle=epoch / count,
+            seconds_refinement_round_per_particle=refinement / count,
+            seconds_other=time.perf_counter() - started - epoch - refinement,
+        )
     elif args.stage == "inverse":
         from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
         from napari_dynamight.engine.inverse.settings import InverseSettings
 
-        _, events = timed_events(optimize_inverse_deformations(run_dir, settings=InverseSettings(epochs=1),
-                                                               device=device))
+        _, events = timed_events(
+            optimize_inverse_deformations(
+                run_dir, settings=InverseSettings(epochs=1), device=device
+            )
+        )
         epoch = phase_seconds(events, lambda s: ": epoch " in s)
-        result.update(seconds_epoch_per_particle=epoch / count, seconds_other=time.perf_counter() - started - epoch)
+        result.update(
+            seconds_epoch_per_particle=epoch / count,
+            seconds_other=time.perf_counter() - started - epoch,
+        )
     elif args.stage in ("standard", "deformed") and not memory_allows(args.stage, box):
-        result["skipped"] = (f"{available_gib():.1f} GiB available on the shared machine, about "
-                             f"{needed_gib(args.stage, box):.0f} GiB needed (+ {HEADROOM_GIB} GiB headroom)")
+        result["skipped"] = (
+            f"{available_gib():.1f} GiB available on the shared machine, about "
+            f"{needed_gib(args.stage, box):.0f} GiB needed (+ {HEADROOM_GIB} GiB headroom)"
+        )
     elif args.stage in ("standard", "deformed"):
         trained = (run_dir / "inverse").is_dir()
-        result.update(reconstruction(run_dir, args.stage == "deformed", device) if trained else
-                      analytic_reconstruction(work, args.stage == "deformed", device))
+        result.update(
+            reconstruction(run_dir, args.stage == "deformed", device)
+            if trained
+            else analytic_reconstruction(work, args.stage == "deformed", device)
+        )
         result["inverse_field"] = "learned" if trained else "analytic domain motion"
     elif args.stage == "memory_training":
         result.update(memory_training(work, device))
     elif args.stage == "memory_reconstruction":
         result.update(memory_reconstruction(work, device))
-    elif args.stage == "decode" and not (run_dir / "inverse").is_dir():  # render the consensus model only
+    elif (
+        args.stage == "decode" and not (run_dir / "inverse").is_dir()
+    ):  # render the consensus model only
         from napari_dynamight.engine.consensus import load_model
         from napari_dynamight.engine.gaussians import render_volume
         from napari_dynamight.engine.run_folder import ConsensusFolder
@@ -220,7 +275,9 @@ def child(args) -> dict:
 
 
 HEADROOM_GIB = 2.0
-SIMULATE_GIB_AT_256 = 8.7  # engine.simulate's measured peak at box 256 (5 ground-truth frames), growing as box³
+SIMULATE_GIB_AT_256 = (
+    8.7  # engine.simulate's measured peak at box 256 (5 ground-truth frames), growing as box³
+)
 
 
 def available_gib() -> float:
@@ -249,7 +306,9 @@ def rss_anon_mib() -> float:
     return float("nan")
 
 
-MEMORY_EVENTS = 6  # training progress events driven in the memory check (set-up and the first batches)
+MEMORY_EVENTS = (
+    6  # training progress events driven in the memory check (set-up and the first batches)
+)
 
 
 def memory_training(work: Path, device) -> dict:
@@ -262,11 +321,17 @@ def memory_training(work: Path, device) -> dict:
     from napari_dynamight.engine.run_folder import ConsensusFolder
 
     shutil.rmtree(work / "run", ignore_errors=True)  # a fresh run each time
-    settings = replace(DeformationSettings(), epochs=1, warmup_epochs=0, refinement_rounds=0, checkpoint_every=1)
-    operation = optimize_deformations(work / "stack" / "particles.star", work.parent / "base" / "sim" / "consensus.mrc",
-                                      work / "run", settings=settings,
-                                      consensus_model=ConsensusFolder(work.parent / "base" / "consensus").model,
-                                      device=device)
+    settings = replace(
+        DeformationSettings(), epochs=1, warmup_epochs=0, refinement_rounds=0, checkpoint_every=1
+    )
+    operation = optimize_deformations(
+        work / "stack" / "particles.star",
+        work.parent / "base" / "sim" / "consensus.mrc",
+        work / "run",
+        settings=settings,
+        consensus_model=ConsensusFolder(work.parent / "base" / "consensus").model,
+        device=device,
+    )
     anon = rss_anon_mib()
     for _ in zip(range(MEMORY_EVENTS), operation):
         anon = max(anon, rss_anon_mib())
@@ -279,8 +344,9 @@ def memory_reconstruction(work: Path, device) -> dict:
     from napari_dynamight.engine.io.star import read_particles
     from napari_dynamight.engine.reconstruction.streaming import reconstruct_particles
 
-    operation = reconstruct_particles(read_particles(work / "stack" / "particles.star"), batch_size=64,
-                                      device=device)
+    operation = reconstruct_particles(
+        read_particles(work / "stack" / "particles.star"), batch_size=64, device=device
+    )
     anon = rss_anon_mib()
     while True:
         try:
@@ -303,11 +369,12 @@ def tiled_stack(base: Path, out: Path, count: int) -> None:
         images = source.data
         voxel = float(source.voxel_size.x)
         out.mkdir(parents=True, exist_ok=True)
-        with mrcfile.new_mmap(out / "particles.mrcs", shape=(count, *images.shape[1:]), mrc_mode=2,
-                              overwrite=True) as target:
+        with mrcfile.new_mmap(
+            out / "particles.mrcs", shape=(count, *images.shape[1:]), mrc_mode=2, overwrite=True
+        ) as target:
             for start in range(0, count, 1000):
                 rows = np.arange(start, min(start + 1000, count)) % len(images)
-                target.data[start:start + len(rows)] = images[rows]
+                target.data[start : start + len(rows)] = images[rows]
             target.voxel_size = voxel
     rows = np.arange(count) % len(particles)
     tiled = particles.iloc[rows].reset_index(drop=True)
@@ -323,7 +390,16 @@ def memory_check(args) -> list[dict]:
     rows = []
     for stage in ("simulate", "consensus"):
         if not (base / ("sim" if stage == "simulate" else "consensus")).is_dir():
-            rows.append(run_child(args, stage, args.memory_box, MEMORY_BASE, base.parent / "base", MEMORY_GAUSSIANS))
+            rows.append(
+                run_child(
+                    args,
+                    stage,
+                    args.memory_box,
+                    MEMORY_BASE,
+                    base.parent / "base",
+                    MEMORY_GAUSSIANS,
+                )
+            )
     for count in args.memory_particles:
         work = base.parent / f"n{count}"
         if not (work / "stack" / "particles.star").is_file():
@@ -339,9 +415,25 @@ MEMORY_BASE = 500  # simulated particles, repeated to each count of the memory c
 MEMORY_GAUSSIANS = 2000
 
 
-def run_child(args, stage: str, box: int, particles: int, work: Path | None = None, gaussians: int = None) -> dict:
-    command = [sys.executable, __file__, "--work", str(args.work), "--device", args.device, "--threads",
-               str(args.threads), "--child", stage, "--box", str(box), "--particles", str(particles)]
+def run_child(
+    args, stage: str, box: int, particles: int, work: Path | None = None, gaussians: int = None
+) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--work",
+        str(args.work),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--child",
+        stage,
+        "--box",
+        str(box),
+        "--particles",
+        str(particles),
+    ]
     if work is not None:
         command += ["--child-work", str(work)]
     if gaussians is not None:
@@ -373,7 +465,11 @@ def reconstruction(run_dir: Path, deformed: bool, device) -> dict:
     box, voxel = int(info["consensus_box"]), float(info["voxel_size_angstrom"])
     table = read_run_particles(run.path, info)
     halves = table.particles["dmHalfSet"].to_numpy().astype(int)
-    fields, latents = stage._deformation_inputs(run, run_stamp(info), table, halves, device) if deformed else ({}, None)
+    fields, latents = (
+        stage._deformation_inputs(run, run_stamp(info), table, halves, device)
+        if deformed
+        else ({}, None)
+    )
     field, region, _ = fields.get(1, (None, None, None))
     chosen = latents[np.linspace(0, len(latents) - 1, CODES).astype(int)] if deformed else None
     return insertion_costs(table, np.arange(len(table)), box, voxel, field, region, chosen, device)
@@ -390,17 +486,33 @@ def insertion_costs(table, rows, box, voxel, field, region, chosen, device) -> d
     from napari_dynamight.engine.reconstruction.deformed import DeformedAccumulator
 
     deformed = field is not None
-    codes = chosen[np.minimum(np.arange(len(rows)) * CODES // len(rows), CODES - 1)] if deformed else None
-    sync = (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else (lambda: None)
+    codes = (
+        chosen[np.minimum(np.arange(len(rows)) * CODES // len(rows), CODES - 1)]
+        if deformed
+        else None
+    )
+    sync = (
+        (lambda: torch.cuda.synchronize(device))
+        if torch.device(device).type == "cuda"
+        else (lambda: None)
+    )
 
     def insert(accumulator, with_codes):
         start = time.perf_counter()
-        with ParticleDataset(table, rows, target_box=box, target_pixel_size_angstrom=voxel, normalise=False,
-                             device=device) as dataset:
+        with ParticleDataset(
+            table,
+            rows,
+            target_box=box,
+            target_pixel_size_angstrom=voxel,
+            normalise=False,
+            device=device,
+        ) as dataset:
             for batch in dataset.batches(64):
                 ctf = compute_ctf(batch["ctf"], box, dataset.pixel_size_angstrom)
                 batch_codes = codes[batch["indices"].cpu().numpy()] if with_codes else None
-                accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, batch_codes)
+                accumulator.add(
+                    batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, batch_codes
+                )
             accumulator.flush()
         sync()
         return time.perf_counter() - start
@@ -410,23 +522,34 @@ def insertion_costs(table, rows, box, voxel, field, region, chosen, device) -> d
     if deformed:  # the field's cost per code, apart
         start = time.perf_counter()
         for code in chosen:
-            accumulator.field(torch.as_tensor(code[None], device=device), accumulator._points_angstrom)
+            accumulator.field(
+                torch.as_tensor(code[None], device=device), accumulator._points_angstrom
+            )
         sync()
         field_seconds = (time.perf_counter() - start) / len(chosen)
     inserting = insert(accumulator, deformed)
     per_code = 0.0
-    if deformed:  # per code: the same particles with their codes, minus the standard insertion measured alike
+    if (
+        deformed
+    ):  # per code: the same particles with their codes, minus the standard insertion measured alike
         standard_inserting = insert(DeformedAccumulator(box, voxel, None, device=device), False)
-        per_code = max(0.0, inserting - standard_inserting - field_seconds * len(chosen)) / len(chosen)
+        per_code = max(0.0, inserting - standard_inserting - field_seconds * len(chosen)) / len(
+            chosen
+        )
         inserting = standard_inserting
     iterations = 10 if box <= 128 else 1
     start = time.perf_counter()
     accumulator.reconstruct(stage.WIENER_CONSTANT, gridding_iterations=iterations)
     sync()
     one = time.perf_counter() - start
-    result = {"seconds_insert_per_particle": inserting / len(rows), "seconds_inversion_measured": one,
-              "gridding_iterations_measured": iterations}
-    if iterations < 10:  # the rest of the default 10 iterations: two transforms of the padded grid each
+    result = {
+        "seconds_insert_per_particle": inserting / len(rows),
+        "seconds_inversion_measured": one,
+        "gridding_iterations_measured": iterations,
+    }
+    if (
+        iterations < 10
+    ):  # the rest of the default 10 iterations: two transforms of the padded grid each
         start = time.perf_counter()
         n = 2 * box
         grid = torch.zeros(n, n, n // 2 + 1, dtype=torch.complex64, device=device)
@@ -436,9 +559,12 @@ def insertion_costs(table, rows, box, voxel, field, region, chosen, device) -> d
         del grid
     result["seconds_inversion"] = one
     if deformed:
-        result.update(seconds_field_per_code=field_seconds, seconds_warp_per_code=per_code,
-                      warped_fraction_of_box=accumulator.warped_voxels / max(accumulator.warps, 1) / box**3,
-                      region_fraction_of_box=float(region.float().mean()) if region is not None else 1.0)
+        result.update(
+            seconds_field_per_code=field_seconds,
+            seconds_warp_per_code=per_code,
+            warped_fraction_of_box=accumulator.warped_voxels / max(accumulator.warps, 1) / box**3,
+            region_fraction_of_box=float(region.float().mean()) if region is not None else 1.0,
+        )
     return result
 
 
@@ -456,15 +582,25 @@ def analytic_reconstruction(work: Path, deformed: bool, device) -> dict:
     box = volume.shape[0]
     region = None
     if deformed:
-        occupied = torch.as_tensor(volume > automatic_threshold(volume), dtype=torch.float32, device=device)
+        occupied = torch.as_tensor(
+            volume > automatic_threshold(volume), dtype=torch.float32, device=device
+        )
         region = dilate(occupied, int(math.ceil(8.0 / voxel))) > 0
 
     def field(latents, points):
         return points - torch.sigmoid(points[:, 0] / 3.0)[None, :, None] * latents[:, None, :]
 
     chosen = np.array([[0.0, 1.0, 0.0], [0.0, 2.0, -1.0], [1.0, -1.0, 0.5]], np.float32)[:CODES]
-    return insertion_costs(table, np.arange(len(table)), box, voxel, field if deformed else None,
-                           region if deformed else None, chosen if deformed else None, device)
+    return insertion_costs(
+        table,
+        np.arange(len(table)),
+        box,
+        voxel,
+        field if deformed else None,
+        region if deformed else None,
+        chosen if deformed else None,
+        device,
+    )
 
 
 def dilate(volume, reach: int):
@@ -499,7 +635,9 @@ def project(rows: list[dict], box: int, particles: int) -> dict:
 
     for row in rows:
         if row["stage"] == "training" and "phases" in row:
-            row["seconds_error_estimates_per_particle"] = row["phases"].get("error estimates", 0.0) / row["particles"]
+            row["seconds_error_estimates_per_particle"] = (
+                row["phases"].get("error estimates", 0.0) / row["particles"]
+            )
 
     def value(stage, key):
         chosen = [r for r in rows if r["stage"] == stage]
@@ -509,19 +647,29 @@ def project(rows: list[dict], box: int, particles: int) -> dict:
 
     settings, inverse = DeformationSettings(), InverseSettings()
     seconds = {
-        "consensus": value("consensus", "seconds_fill") + 300 * value("consensus", "seconds_per_step"),
-        "training": particles * (settings.epochs * value("training", "seconds_epoch_per_particle")
-                                 + settings.refinement_rounds * value("training", "seconds_refinement_round_per_particle")
-                                 + value("training", "seconds_error_estimates_per_particle")),
+        "consensus": value("consensus", "seconds_fill")
+        + 300 * value("consensus", "seconds_per_step"),
+        "training": particles
+        * (
+            settings.epochs * value("training", "seconds_epoch_per_particle")
+            + settings.refinement_rounds
+            * value("training", "seconds_refinement_round_per_particle")
+            + value("training", "seconds_error_estimates_per_particle")
+        ),
         "inverse": particles * inverse.epochs * value("inverse", "seconds_epoch_per_particle"),
         "standard reconstruction": particles * value("standard", "seconds_insert_per_particle")
         + INVERSIONS["standard"] * value("standard", "seconds_inversion"),
         # the insertion and the inversions are the standard ones (the same operations; measured once)
         "deformed reconstruction": particles * value("standard", "seconds_insert_per_particle")
         + INVERSIONS["deformed"] * value("standard", "seconds_inversion")
-        + 2 * DEFAULT_CLUSTERS * (value("deformed", "seconds_field_per_code") + value("deformed", "seconds_warp_per_code")),
+        + 2
+        * DEFAULT_CLUSTERS
+        * (
+            value("deformed", "seconds_field_per_code") + value("deformed", "seconds_warp_per_code")
+        ),
         "decode one map": value("decode", "seconds_per_volume"),
     }
+
     def peak(stage, key):  # memory grows with the box: never below the largest box measured
         measured = [(r["box"], r[key]) for r in rows if r["stage"] == stage and r.get(key)]
         if not measured:
@@ -531,15 +679,25 @@ def project(rows: list[dict], box: int, particles: int) -> dict:
     peaks = {stage: peak(stage, "peak_host_mib") for stage in STAGES if stage != "simulate"}
     gpu = {stage: peak(stage, "peak_gpu_mib") for stage in STAGES if stage != "simulate"}
     total = sum(v for k, v in seconds.items() if k != "decode one map")
-    return {"box": box, "particles": particles, "gaussians": GAUSSIANS,
-            "hours": {k: v / 3600 for k, v in seconds.items()}, "hours_total": total / 3600,
-            "peak_host_gib": {k: v / 1024 for k, v in peaks.items()},
-            "peak_gpu_gib": {k: v / 1024 for k, v in gpu.items() if math.isfinite(v)},
-            "assumptions": {"epochs": settings.epochs, "refinement_rounds": settings.refinement_rounds,
-                            "refinement_epochs_measured_per_round": 1, "inverse_epochs": inverse.epochs,
-                            "clusters_per_half": DEFAULT_CLUSTERS, "inversions": INVERSIONS,
-                            "training_and_inverse_measured_up_to_box": TRAINED_UP_TO_BOX,
-                            "consensus_steps": 300}}
+    return {
+        "box": box,
+        "particles": particles,
+        "gaussians": GAUSSIANS,
+        "hours": {k: v / 3600 for k, v in seconds.items()},
+        "hours_total": total / 3600,
+        "peak_host_gib": {k: v / 1024 for k, v in peaks.items()},
+        "peak_gpu_gib": {k: v / 1024 for k, v in gpu.items() if math.isfinite(v)},
+        "assumptions": {
+            "epochs": settings.epochs,
+            "refinement_rounds": settings.refinement_rounds,
+            "refinement_epochs_measured_per_round": 1,
+            "inverse_epochs": inverse.epochs,
+            "clusters_per_half": DEFAULT_CLUSTERS,
+            "inversions": INVERSIONS,
+            "training_and_inverse_measured_up_to_box": TRAINED_UP_TO_BOX,
+            "consensus_steps": 300,
+        },
+    }
 
 
 def plot(data: dict, path: Path) -> None:
@@ -548,24 +706,31 @@ def plot(data: dict, path: Path) -> None:
     figure = Figure(figsize=(10, 4))
     times, memory = figure.subplots(1, 2)
     rows = data["rows"]
-    for key, stage, label in (("seconds_epoch_per_particle", "training", "training epoch"),
-                              ("seconds_refinement_round_per_particle", "training", "refinement round"),
-                              ("seconds_epoch_per_particle", "inverse", "inverse epoch"),
-                              ("seconds_insert_per_particle", "standard", "reconstruction insertion"),
-                              ("seconds_warp_per_code", "deformed", "warp per code"),
-                              ("seconds_inversion", "standard", "one inversion"),
-                              ("seconds_per_volume", "decode", "decode + render")):
+    for key, stage, label in (
+        ("seconds_epoch_per_particle", "training", "training epoch"),
+        ("seconds_refinement_round_per_particle", "training", "refinement round"),
+        ("seconds_epoch_per_particle", "inverse", "inverse epoch"),
+        ("seconds_insert_per_particle", "standard", "reconstruction insertion"),
+        ("seconds_warp_per_code", "deformed", "warp per code"),
+        ("seconds_inversion", "standard", "one inversion"),
+        ("seconds_per_volume", "decode", "decode + render"),
+    ):
         points = [(r["box"], r[key]) for r in rows if r["stage"] == stage and r.get(key)]
         if points:
             times.loglog(*zip(*points), "o-", label=label)
-    times.set(xlabel="box (px)", ylabel="seconds (per particle, per code or per map)",
-              title=f"{data['device']} ({data['threads']} threads)")
+    times.set(
+        xlabel="box (px)",
+        ylabel="seconds (per particle, per code or per map)",
+        title=f"{data['device']} ({data['threads']} threads)",
+    )
     times.legend(fontsize=7)
     for stage in STAGES[1:]:
         points = [(r["box"], r["peak_host_mib"] / 1024) for r in rows if r["stage"] == stage]
         if points:
             memory.loglog(*zip(*points), "o-", label=stage)
-    memory.set(xlabel="box (px)", ylabel="peak host memory (GiB)", title="peak resident memory per stage")
+    memory.set(
+        xlabel="box (px)", ylabel="peak host memory (GiB)", title="peak resident memory per stage"
+    )
     memory.legend(fontsize=7)
     figure.tight_layout()
     from napari_dynamight.engine.io.figure import save_figure
@@ -574,8 +739,12 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="scratch folder for the data sets and runs")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--work", type=Path, required=True, help="scratch folder for the data sets and runs"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--boxes", type=int, nargs="+", default=list(BOXES))
@@ -588,10 +757,15 @@ def main() -> None:
     parser.add_argument("--particles", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-work", help=argparse.SUPPRESS)
     parser.add_argument("--gaussians", type=int, default=GAUSSIANS, help=argparse.SUPPRESS)
-    parser.add_argument("--memory", action="store_true",
-                        help="only the memory check: peak memory against the particle count (adds to --output)")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the memory check: peak memory against the particle count (adds to --output)",
+    )
     parser.add_argument("--memory-box", type=int, default=64)
-    parser.add_argument("--project-only", action="store_true", help="recompute the projection from --output")
+    parser.add_argument(
+        "--project-only", action="store_true", help="recompute the projection from --output"
+    )
     parser.add_argument("--memory-particles", type=int, nargs="+", default=[2000, 20000])
     args = parser.parse_args()
     if args.child:
@@ -610,23 +784,45 @@ def main() -> None:
         loads = [os.getloadavg()[0]]
         check = memory_check(args)
         loads.append(os.getloadavg()[0])
-        data["memory_check"] = {"box": args.memory_box, "gaussians": MEMORY_GAUSSIANS, "base_particles": MEMORY_BASE,
-                                "training_events": MEMORY_EVENTS, "load_average_during_run": loads,
-                                "rows": [r for r in check if r["stage"].startswith("memory")]}
+        data["memory_check"] = {
+            "box": args.memory_box,
+            "gaussians": MEMORY_GAUSSIANS,
+            "base_particles": MEMORY_BASE,
+            "training_events": MEMORY_EVENTS,
+            "load_average_during_run": loads,
+            "rows": [r for r in check if r["stage"].startswith("memory")],
+        }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(data, indent=1))
         return
     rows, started = [], time.perf_counter()
     loads = [os.getloadavg()[0]]
     previous = json.loads(args.output.read_text()) if args.output.is_file() else {}
-    kept = [r for r in previous.get("rows", []) if (r["box"], r["stage"]) not in
-            {(b, s) for b in args.boxes for s in args.stages}]
+    kept = [
+        r
+        for r in previous.get("rows", [])
+        if (r["box"], r["stage"]) not in {(b, s) for b in args.boxes for s in args.stages}
+    ]
     for box in args.boxes:
         for stage in args.stages:
             if stage in ("training", "inverse") and box > TRAINED_UP_TO_BOX:
                 continue
-            command = [sys.executable, __file__, "--work", str(args.work), "--device", args.device, "--threads",
-                       str(args.threads), "--child", stage, "--box", str(box), "--particles", str(PARTICLES[box])]
+            command = [
+                sys.executable,
+                __file__,
+                "--work",
+                str(args.work),
+                "--device",
+                args.device,
+                "--threads",
+                str(args.threads),
+                "--child",
+                stage,
+                "--box",
+                str(box),
+                "--particles",
+                str(PARTICLES[box]),
+            ]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(done.stderr[-3000:], file=sys.stderr)
@@ -640,15 +836,28 @@ def main() -> None:
     rows = sorted(kept + rows, key=lambda r: (r["box"], STAGES.index(r["stage"])))
     import torch
 
-    device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else \
-        platform.processor() or platform.machine()
-    data = {"device": args.device, "device_name": device_name, "threads": args.threads, "cpu_count": os.cpu_count(),
-            "gaussians": GAUSSIANS, "particles_per_box": PARTICLES, "pixel_size": "1.5 Å × 64 / box",
-            "load_average_during_run": [min(loads), max(loads)],
-            "machine_note": "2-core machine shared with other jobs during the run: times are inflated by the load "
-                            "average above" if args.device == "cpu" else "",
-            "seconds": time.perf_counter() - started, "rows": rows,
-            "projection": project(rows, args.project_box, args.project_particles)}
+    device_name = (
+        torch.cuda.get_device_name(torch.device(args.device))
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine()
+    )
+    data = {
+        "device": args.device,
+        "device_name": device_name,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "gaussians": GAUSSIANS,
+        "particles_per_box": PARTICLES,
+        "pixel_size": "1.5 Å × 64 / box",
+        "load_average_during_run": [min(loads), max(loads)],
+        "machine_note": "2-core machine shared with other jobs during the run: times are inflated by the load "
+        "average above"
+        if args.device == "cpu"
+        else "",
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+        "projection": project(rows, args.project_box, args.project_particles),
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(data, indent=1))
     plot(data, args.output.with_suffix(".png"))

@@ -69,12 +69,19 @@ ROOT = Path(__file__).resolve().parents[1]
 ADK = example_file(STRUCTURE).parent
 CHILD = Path(__file__).with_name("training_child.py")
 # name: (image box, pixel Å, particles simulated); the larger boxes are the first one's images Fourier-padded
-DATA = {"full": {"box64": (64, 1.5, 2048), "box128": (128, 0.75, 1024), "box256": (256, 0.375, 1024)},
-        "quick": {"box64": (32, 3.0, 96), "box128": (64, 1.5, 64)}}
+DATA = {
+    "full": {"box64": (64, 1.5, 2048), "box128": (128, 0.75, 1024), "box256": (256, 0.375, 1024)},
+    "quick": {"box64": (32, 3.0, 96), "box128": (64, 1.5, 64)},
+}
 # (data, Gaussians, particles timed): every image box with every Gaussian count, at the default crop
-THROUGHPUT = {"full": [(name, n_gauss, n) for name in ("box64", "box128", "box256")
-                       for n_gauss, n in ((1000, 1024), (10000, 256), (30000, 128))],
-              "quick": [("box64", 100, 96), ("box128", 200, 64)]}
+THROUGHPUT = {
+    "full": [
+        (name, n_gauss, n)
+        for name in ("box64", "box128", "box256")
+        for n_gauss, n in ((1000, 1024), (10000, 256), (30000, 128))
+    ],
+    "quick": [("box64", 100, 96), ("box128", 200, 64)],
+}
 # (data, Gaussians, particle counts): peak memory with the image cache on and off
 MEMORY = {"full": ("box64", 1000, (512, 2048)), "quick": ("box64", 100, (64, 96))}
 # Gaussians -> particles timed, for --decoders (fewer where the MLP decoder is slow)
@@ -84,8 +91,19 @@ DECODE = {"full": (128, 0.75, (1000, 2000, 10000), 20), "quick": (32, 3.0, (100,
 
 def _dataset(folder: Path, box: int, pixel: float, n: int) -> Path:
     if not (folder / "particles.star").is_file():
-        run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=folder, n_particles=n, box=box,
-                     pixel_size_angstrom=pixel, snr=0.05, defocus_range_angstrom=(5000.0, 25000.0), seed=0))
+        run(
+            simulate(
+                ADK / "adk_closed.pdb",
+                ADK / "adk_dims.dcd",
+                output_directory=folder,
+                n_particles=n,
+                box=box,
+                pixel_size_angstrom=pixel,
+                snr=0.05,
+                defocus_range_angstrom=(5000.0, 25000.0),
+                seed=0,
+            )
+        )
     return folder
 
 
@@ -103,10 +121,16 @@ def _finer(source: Path, folder: Path, box: int, pixel: float, n: int) -> Path:
     finer = torch.fft.ifftn(torch.fft.ifftshift(spectrum)).real * (box / volume.shape[0]) ** 3
     write_map(folder / "consensus.mrc", finer.float().numpy(), pixel)
     stack = open_stack(source / "particles.mrcs")
-    with mrcfile.new_mmap(folder / "particles.mrcs", shape=(n, box, box), mrc_mode=2, overwrite=True) as out:
+    with mrcfile.new_mmap(
+        folder / "particles.mrcs", shape=(n, box, box), mrc_mode=2, overwrite=True
+    ) as out:
         for start in range(0, n, 64):
-            images = torch.as_tensor(np.asarray(stack[start:min(start + 64, n)]), dtype=torch.float32)
-            out.data[start:start + len(images)] = fourier_resample(images, old_pixel, pixel, box).numpy()
+            images = torch.as_tensor(
+                np.asarray(stack[start : min(start + 64, n)]), dtype=torch.float32
+            )
+            out.data[start : start + len(images)] = fourier_resample(
+                images, old_pixel, pixel, box
+            ).numpy()
         out.voxel_size = pixel
     table.optics = table.optics.assign(rlnImagePixelSize=pixel, rlnImageSize=box)
     table.star_path = folder / "particles.star"
@@ -140,27 +164,59 @@ def _model(folder: Path, n_gaussians: int) -> Path:
     path = folder / f"gaussians_{n_gaussians}.pt"
     if not path.is_file():
         volume, voxel = read_map(folder / "consensus.mrc")
-        save_model(path, fill_with_gaussians(volume, voxel, n_gaussians), box=volume.shape[0], voxel_size_angstrom=voxel)
+        save_model(
+            path,
+            fill_with_gaussians(volume, voxel, n_gaussians),
+            box=volume.shape[0],
+            voxel_size_angstrom=voxel,
+        )
     return path
 
 
 def _child(config: dict) -> dict:
-    done = subprocess.run([sys.executable, str(CHILD), json.dumps(config)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(CHILD), json.dumps(config)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"configuration {config} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _config(folder: Path, work: Path, n_gauss: int, train_box, n: int, epochs: int, threads: int,
-            controls: int = 0, cache: bool = True, decoder: str | None = None, device: str = "cpu",
-            refinement: bool = False, projection: bool = False) -> dict:
-    config = {"star": str(_subset(folder, n)), "consensus": str(folder / "consensus.mrc"),
-              "model": str(_model(folder, n_gauss)), "train_box": train_box, "n_particles": n,
-              "run_directory": str(work / "runs" / f"{folder.name}_{n_gauss}_{train_box}_{n}_{controls}_{cache}_"
-                                                   f"{decoder}_{refinement}"),
-              "epochs": epochs, "batch_size": 64, "threads": threads, "control_points": controls,
-              "cache": cache, "stop_early": True, "device": device, "refinement": refinement,
-              "projection": projection}
+def _config(
+    folder: Path,
+    work: Path,
+    n_gauss: int,
+    train_box,
+    n: int,
+    epochs: int,
+    threads: int,
+    controls: int = 0,
+    cache: bool = True,
+    decoder: str | None = None,
+    device: str = "cpu",
+    refinement: bool = False,
+    projection: bool = False,
+) -> dict:
+    config = {
+        "star": str(_subset(folder, n)),
+        "consensus": str(folder / "consensus.mrc"),
+        "model": str(_model(folder, n_gauss)),
+        "train_box": train_box,
+        "n_particles": n,
+        "run_directory": str(
+            work / "runs" / f"{folder.name}_{n_gauss}_{train_box}_{n}_{controls}_{cache}_"
+            f"{decoder}_{refinement}"
+        ),
+        "epochs": epochs,
+        "batch_size": 64,
+        "threads": threads,
+        "control_points": controls,
+        "cache": cache,
+        "stop_early": True,
+        "device": device,
+        "refinement": refinement,
+        "projection": projection,
+    }
     if decoder is not None:
         config["decoder"] = decoder
     return config
@@ -171,37 +227,71 @@ def decoders(work: Path, data: dict, mode: str, threads: int, epochs: int, echo)
     rows = []
     for n_gauss, n in DECODERS[mode].items():
         for decoder in ("mlp", "factorised"):
-            out = {"data": "box64", "image_box": DATA[mode]["box64"][0], "n_gaussians": n_gauss, "decoder": decoder,
-                   **_child(_config(data["box64"], work, n_gauss, None, n, epochs, threads, decoder=decoder))}
-            echo(f"{decoder} decoder, {n_gauss} Gaussians, train box {out['train_box']}, {n} particles: "
-                 f"{out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, "
-                 f"peak RSS {out['peak_rss_mib']:.0f} MiB")
+            out = {
+                "data": "box64",
+                "image_box": DATA[mode]["box64"][0],
+                "n_gaussians": n_gauss,
+                "decoder": decoder,
+                **_child(
+                    _config(data["box64"], work, n_gauss, None, n, epochs, threads, decoder=decoder)
+                ),
+            }
+            echo(
+                f"{decoder} decoder, {n_gauss} Gaussians, train box {out['train_box']}, {n} particles: "
+                f"{out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, "
+                f"peak RSS {out['peak_rss_mib']:.0f} MiB"
+            )
             rows.append(out)
     return rows
 
 
 def _training(work: Path, data: dict, mode: str, args, echo) -> tuple[list, list]:
     def row(name, n_gauss, n, cache=True, refinement=True):
-        config = _config(data[name], work, n_gauss, None, n, args.epochs, args.threads, cache=cache,
-                         device=args.device, refinement=refinement, projection=refinement)
-        out = {"data": name, "image_box": DATA[mode][name][0], "pixel_size_angstrom": DATA[mode][name][1],
-               "n_gaussians": n_gauss, "image_cache": cache, **_child(config)}
-        text = (f"{name} {n_gauss} Gaussians, train box {out['train_box']}, {n} particles, cache {cache}: "
-                f"{out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, "
-                f"peak RSS {out['peak_rss_mib']:.0f} MiB (anon {out['peak_rss_anon_mib_sampled']:.0f})")
+        config = _config(
+            data[name],
+            work,
+            n_gauss,
+            None,
+            n,
+            args.epochs,
+            args.threads,
+            cache=cache,
+            device=args.device,
+            refinement=refinement,
+            projection=refinement,
+        )
+        out = {
+            "data": name,
+            "image_box": DATA[mode][name][0],
+            "pixel_size_angstrom": DATA[mode][name][1],
+            "n_gaussians": n_gauss,
+            "image_cache": cache,
+            **_child(config),
+        }
+        text = (
+            f"{name} {n_gauss} Gaussians, train box {out['train_box']}, {n} particles, cache {cache}: "
+            f"{out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, "
+            f"peak RSS {out['peak_rss_mib']:.0f} MiB (anon {out['peak_rss_anon_mib_sampled']:.0f})"
+        )
         if refinement:
             refine = out["refinement"]
-            refine["default_round_seconds_per_particle"] = (refine["e_step_seconds_both_halves"] + \
-                DeformationSettings.refinement_epochs * refine["m_step_epoch_seconds_both_halves"]) / n
-            text += (f"; E-step {1e3 * refine['e_step_seconds_per_particle']:.1f} ms/particle, M-step epoch "
-                     f"{refine['m_step_epoch_seconds_both_halves']:.1f} s; projection alone "
-                     f"{out['projection_images_per_second']:.0f} images/s")
+            refine["default_round_seconds_per_particle"] = (
+                refine["e_step_seconds_both_halves"]
+                + DeformationSettings.refinement_epochs * refine["m_step_epoch_seconds_both_halves"]
+            ) / n
+            text += (
+                f"; E-step {1e3 * refine['e_step_seconds_per_particle']:.1f} ms/particle, M-step epoch "
+                f"{refine['m_step_epoch_seconds_both_halves']:.1f} s; projection alone "
+                f"{out['projection_images_per_second']:.0f} images/s"
+            )
         echo(text)
         return out
 
     throughput = [row(*spec) for spec in THROUGHPUT[mode]]
     name, n_gauss, counts = MEMORY[mode]
-    memory = [row(name, n_gauss, n, cache, refinement=False) for cache in (True, False) for n in counts]
+    memory = [
+        row(name, n_gauss, n, cache, refinement=False) for cache in (True, False) for n in counts
+    ]
     return throughput, memory
 
 
@@ -220,7 +310,9 @@ def decode_times(mode: str, threads: tuple[int, ...], echo) -> list[dict]:
         for controls in (0, 1000) if n > 2000 or mode == "quick" else (0,):
             control = ControlPoints(min(controls, n // 2)).update(positions) if controls else None
             half = _Half(decoder.eval(), GaussianModel(*model_args), torch.ones(n), control)
-            decoded = DeformationRun([half, half], None, np.ones(1), np.zeros(1, bool), box, voxel, torch.device("cpu"))
+            decoded = DeformationRun(
+                [half, half], None, np.ones(1), np.zeros(1, bool), box, voxel, torch.device("cpu")
+            )
             for t in threads:
                 torch.set_num_threads(t)
                 z = np.zeros(6, np.float32)
@@ -235,12 +327,22 @@ def decode_times(mode: str, threads: tuple[int, ...], echo) -> list[dict]:
                     start = time.perf_counter()
                     decoded.positions(z)
                     positions_ms.append(time.perf_counter() - start)
-                rows.append({"box": box, "voxel_size_angstrom": voxel, "n_gaussians": n,
-                             "control_points": control.centres.shape[0] if control else 0, "threads": t,
-                             "decode_and_render_ms_median": 1e3 * float(np.median(seconds)),
-                             "decode_only_ms_median": 1e3 * float(np.median(positions_ms)), "repeats": repeats})
-                echo(f"decode+render box {box}, {n} Gaussians, {rows[-1]['control_points']} control points, "
-                     f"{t} threads: {rows[-1]['decode_and_render_ms_median']:.1f} ms")
+                rows.append(
+                    {
+                        "box": box,
+                        "voxel_size_angstrom": voxel,
+                        "n_gaussians": n,
+                        "control_points": control.centres.shape[0] if control else 0,
+                        "threads": t,
+                        "decode_and_render_ms_median": 1e3 * float(np.median(seconds)),
+                        "decode_only_ms_median": 1e3 * float(np.median(positions_ms)),
+                        "repeats": repeats,
+                    }
+                )
+                echo(
+                    f"decode+render box {box}, {n} Gaussians, {rows[-1]['control_points']} control points, "
+                    f"{t} threads: {rows[-1]['decode_and_render_ms_median']:.1f} ms"
+                )
     torch.set_num_threads(previous)
     return rows
 
@@ -251,16 +353,34 @@ def quality(work: Path, args, echo) -> list[dict]:
     folder = _dataset(work / "quality_data", 64, 1.5, 3000)
     model = folder / "fit_10000" / "consensus_gaussians.pt"
     if not model.is_file():
-        model = run(fit_consensus(folder / "consensus.mrc", folder / "fit_10000", n_gaussians=10000)).model_path
+        model = run(
+            fit_consensus(folder / "consensus.mrc", folder / "fit_10000", n_gaussians=10000)
+        ).model_path
     rows = []
     for controls in args.quality_control_points:
-        config = {"star": str(_subset(folder, args.quality_particles)), "consensus": str(folder / "consensus.mrc"),
-                  "model": str(model), "train_box": None, "n_particles": args.quality_particles,
-                  "run_directory": str(work / "quality_runs" / f"controls_{controls}"), "epochs": args.quality_epochs,
-                  "batch_size": 64, "threads": args.threads, "control_points": controls, "cache": True,
-                  "stop_early": False, "labels": str(folder / "ground_truth" / "labels.csv")}
-        rows.append({"n_gaussians": 10000, "control_points": controls, "epochs": args.quality_epochs,
-                     **_child(config)})
+        config = {
+            "star": str(_subset(folder, args.quality_particles)),
+            "consensus": str(folder / "consensus.mrc"),
+            "model": str(model),
+            "train_box": None,
+            "n_particles": args.quality_particles,
+            "run_directory": str(work / "quality_runs" / f"controls_{controls}"),
+            "epochs": args.quality_epochs,
+            "batch_size": 64,
+            "threads": args.threads,
+            "control_points": controls,
+            "cache": True,
+            "stop_early": False,
+            "labels": str(folder / "ground_truth" / "labels.csv"),
+        }
+        rows.append(
+            {
+                "n_gaussians": 10000,
+                "control_points": controls,
+                "epochs": args.quality_epochs,
+                **_child(config),
+            }
+        )
         echo(f"quality, {controls} control points: {rows[-1]}")
     return rows
 
@@ -271,26 +391,50 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]})
+    fig, (left, middle, right) = plt.subplots(
+        1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]}
+    )
     rows = report["throughput"]
     labels = [f"box {r['image_box']}/{r['train_box']}\n{r['n_gaussians']} G" for r in rows]
     x = np.arange(len(rows))
-    left.bar(x - 0.2, [r["particle_epochs_per_second_both_halves"] for r in rows], 0.4, color="tab:blue",
-             label="training, particle-epochs/s")
+    left.bar(
+        x - 0.2,
+        [r["particle_epochs_per_second_both_halves"] for r in rows],
+        0.4,
+        color="tab:blue",
+        label="training, particle-epochs/s",
+    )
     if all("projection_images_per_second" in r for r in rows):
-        left.bar(x + 0.2, [r["projection_images_per_second"] for r in rows], 0.4, color="tab:gray",
-                 label="projection alone, images/s (fwd+bwd)")
+        left.bar(
+            x + 0.2,
+            [r["projection_images_per_second"] for r in rows],
+            0.4,
+            color="tab:gray",
+            label="projection alone, images/s (fwd+bwd)",
+        )
     left.set_yscale("log")
     left.set_xticks(x, labels, fontsize=7)
-    left.set_title(f"training throughput ({report['device_name']}, {report['torch_threads']} threads)")
+    left.set_title(
+        f"training throughput ({report['device_name']}, {report['torch_threads']} threads)"
+    )
     left.legend(fontsize=8)
     if all("refinement" in r for r in rows):
         epoch = [1.0 / r["particle_epochs_per_second_both_halves"] for r in rows]
         middle.bar(x - 0.27, [1e3 * v for v in epoch], 0.27, color="tab:blue", label="VAE epoch")
-        middle.bar(x, [1e3 * r["refinement"]["default_round_seconds_per_particle"] for r in rows], 0.27,
-                   color="tab:red", label="refinement round (E-step + 6 M-step epochs)")
-        middle.bar(x + 0.27, [1e3 * r["refinement"]["e_step_seconds_per_particle"] for r in rows], 0.27,
-                   color="tab:orange", label="E-step = final posterior")
+        middle.bar(
+            x,
+            [1e3 * r["refinement"]["default_round_seconds_per_particle"] for r in rows],
+            0.27,
+            color="tab:red",
+            label="refinement round (E-step + 6 M-step epochs)",
+        )
+        middle.bar(
+            x + 0.27,
+            [1e3 * r["refinement"]["e_step_seconds_per_particle"] for r in rows],
+            0.27,
+            color="tab:orange",
+            label="E-step = final posterior",
+        )
         middle.set_yscale("log")
         middle.set_xticks(x, labels, fontsize=7)
         middle.set_ylabel("ms per particle")
@@ -298,8 +442,15 @@ def plot(report: dict, path: Path) -> None:
         middle.legend(fontsize=8)
     decode = report.get("decode", [])
     if decode:
-        labels = [f"{r['n_gaussians']} G{' cp' if r['control_points'] else ''}\n{r['threads']} thr" for r in decode]
-        right.bar(range(len(decode)), [r["decode_and_render_ms_median"] for r in decode], color="tab:orange")
+        labels = [
+            f"{r['n_gaussians']} G{' cp' if r['control_points'] else ''}\n{r['threads']} thr"
+            for r in decode
+        ]
+        right.bar(
+            range(len(decode)),
+            [r["decode_and_render_ms_median"] for r in decode],
+            color="tab:orange",
+        )
         right.set_xticks(range(len(decode)), labels, fontsize=7)
         right.axhline(50, color="k", ls="--", lw=1, label="target 50 ms")
         right.set_ylabel("ms")
@@ -313,7 +464,9 @@ def plot(report: dict, path: Path) -> None:
 def _device_name(device: str) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(torch.device(device))
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    ):
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return "cpu"
@@ -322,37 +475,62 @@ def _device_name(device: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "training.json")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for training (default: 1)")
-    parser.add_argument("--device", default="cpu", help="torch device of the training runs (default: cpu)")
-    parser.add_argument("--decode", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time decode-and-render of one volume (CPU; default: on)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run: one warm-up, the rest timed")
-    parser.add_argument("--quick", action="store_true", help="tiny data and sizes: a smoke run in about a minute")
-    parser.add_argument("--quality", action="store_true", help="only the control-points quality comparison")
-    parser.add_argument("--decoders", action="store_true",
-                        help="only the side-by-side throughput of the mlp and factorised decoders")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for training (default: 1)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of the training runs (default: cpu)"
+    )
+    parser.add_argument(
+        "--decode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time decode-and-render of one volume (CPU; default: on)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs per run: one warm-up, the rest timed"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny data and sizes: a smoke run in about a minute"
+    )
+    parser.add_argument(
+        "--quality", action="store_true", help="only the control-points quality comparison"
+    )
+    parser.add_argument(
+        "--decoders",
+        action="store_true",
+        help="only the side-by-side throughput of the mlp and factorised decoders",
+    )
     parser.add_argument("--quality-particles", type=int, default=1500)
     parser.add_argument("--quality-epochs", type=int, default=6)
     parser.add_argument("--quality-control-points", type=int, nargs="+", default=[0, 1000])
     parser.add_argument("--work-directory", type=Path, help="keep simulated data and runs here")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    temporary = None if args.work_directory else tempfile.TemporaryDirectory(prefix="bench_training_")
+    temporary = (
+        None if args.work_directory else tempfile.TemporaryDirectory(prefix="bench_training_")
+    )
     work = args.work_directory or Path(temporary.name)
     work.mkdir(parents=True, exist_ok=True)
     words = ["python", *sys.argv] if argv is None else ["bench_training.py", *argv]
     check_device(args.device)
-    report = {"benchmark": "deformation training throughput, refinement cost, peak memory, decode-and-render",
-              "command": " ".join(_portable(word, work) for word in words),
-              "mode": mode, "torch": torch.__version__, "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-              "device": args.device, "device_name": _device_name(args.device),
-              "precision": "float32 (the engine trains in single precision)",
-              "load_average_before": list(os.getloadavg()),
-              "counting": "particle-epochs/s = particles / (half-1 epoch + half-2 epoch seconds); each half's "
-                          "full epoch covers its training and validation particles; mean of the timed epochs "
-                          "after one warm-up epoch; batch 64, latent dimension 6, default networks; refinement: E-step seconds per "
-                          "training particle (posterior over the candidates), M-step epoch seconds; a default round "
-                          "per particle = (E-step + refinement_epochs x M-step epoch) / particles"}
+    report = {
+        "benchmark": "deformation training throughput, refinement cost, peak memory, decode-and-render",
+        "command": " ".join(_portable(word, work) for word in words),
+        "mode": mode,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": args.threads,
+        "device": args.device,
+        "device_name": _device_name(args.device),
+        "precision": "float32 (the engine trains in single precision)",
+        "load_average_before": list(os.getloadavg()),
+        "counting": "particle-epochs/s = particles / (half-1 epoch + half-2 epoch seconds); each half's "
+        "full epoch covers its training and validation particles; mean of the timed epochs "
+        "after one warm-up epoch; batch 64, latent dimension 6, default networks; refinement: E-step seconds per "
+        "training particle (posterior over the candidates), M-step epoch seconds; a default round "
+        "per particle = (E-step + refinement_epochs x M-step epoch) / particles",
+    }
     started = time.perf_counter()
 
     def echo(text):

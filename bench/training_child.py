@@ -59,7 +59,9 @@ def _stage_seconds(events: list[tuple[str, int, int, float]], match) -> dict[str
     return {stage: ends[stage] - start for stage, start in starts.items()}
 
 
-def projection_rate(model_path: str, box: int, pixel: float, device: str, repeats: int = 3) -> float:
+def projection_rate(
+    model_path: str, box: int, pixel: float, device: str, repeats: int = 3
+) -> float:
     """Images per second of the projector's forward and backward (per-image positions, CTF, data loss)."""
     from napari_dynamight.engine.consensus import load_model
     from napari_dynamight.engine.deformation.losses import data_loss
@@ -71,14 +73,19 @@ def projection_rate(model_path: str, box: int, pixel: float, device: str, repeat
     rotations = torch.linalg.qr(torch.randn(batch, 3, 3, generator=generator))[0].to(device)
     shifts = torch.randn(batch, 2, generator=generator).to(device)
     ctf = torch.randn(batch, box, box // 2 + 1, generator=generator).to(device)
-    observed = torch.randn(batch, box, box // 2 + 1, dtype=torch.complex64, generator=generator).to(device)
+    observed = torch.randn(batch, box, box // 2 + 1, dtype=torch.complex64, generator=generator).to(
+        device
+    )
     weights = torch.ones(box, box // 2 + 1, device=device)
     seconds = []
     for _ in range(repeats + 1):
         positions = model.positions_angstrom.expand(batch, -1, -1).clone().requires_grad_(True)
         _synchronise(device)
         start = time.perf_counter()
-        predicted = project_spectrum(model, rotations, shifts, box, pixel, positions_angstrom=positions) * ctf
+        predicted = (
+            project_spectrum(model, rotations, shifts, box, pixel, positions_angstrom=positions)
+            * ctf
+        )
         data_loss(predicted, observed, weights, box * box).mean().backward()
         _synchronise(device)
         seconds.append(time.perf_counter() - start)
@@ -96,15 +103,32 @@ def measure(config: dict) -> dict:
     if not config.get("cache", True):
         deformation_run.ParticleBatches = functools.partial(ParticleBatches, max_cache_bytes=0)
     refine = bool(config.get("refinement", False))
-    settings = DeformationSettings(epochs=config["epochs"], warmup_epochs=1, batch_size=config["batch_size"],
-                                   latent_inference="encoder", checkpoint_every=1000,
-                                   refinement_rounds=1 if refine else 0, refinement_epochs=1,
-                                   control_points=config.get("control_points", 0),
-                                   decoder=config.get("decoder", DeformationSettings.decoder), seed=0)
-    last = "half 2: refinement round 1/1" if refine else f"half 2: epoch {settings.epochs}/{settings.epochs}"
+    settings = DeformationSettings(
+        epochs=config["epochs"],
+        warmup_epochs=1,
+        batch_size=config["batch_size"],
+        latent_inference="encoder",
+        checkpoint_every=1000,
+        refinement_rounds=1 if refine else 0,
+        refinement_epochs=1,
+        control_points=config.get("control_points", 0),
+        decoder=config.get("decoder", DeformationSettings.decoder),
+        seed=0,
+    )
+    last = (
+        "half 2: refinement round 1/1"
+        if refine
+        else f"half 2: epoch {settings.epochs}/{settings.epochs}"
+    )
     generator = deformation_run.optimize_deformations(
-        config["star"], config["consensus"], config["run_directory"], settings=settings,
-        consensus_model=config["model"], box=config["train_box"], device=device)
+        config["star"],
+        config["consensus"],
+        config["run_directory"],
+        settings=settings,
+        consensus_model=config["model"],
+        box=config["train_box"],
+        device=device,
+    )
     events, peak_anon, started, result = [], _rss_anon_mib(), time.perf_counter(), None
     try:
         while True:
@@ -119,10 +143,14 @@ def measure(config: dict) -> dict:
         result = stop.value
     finally:
         generator.close()
-    per_stage = _stage_seconds(events, lambda stage: stage.startswith("half ") and ": epoch " in stage)
+    per_stage = _stage_seconds(
+        events, lambda stage: stage.startswith("half ") and ": epoch " in stage
+    )
     timed = range(2, settings.epochs + 1)  # epoch 1 is the warm-up
-    halves = {h: [per_stage[s] for s in per_stage for e in timed if s.startswith(f"half {h}: epoch {e}/")]
-              for h in (1, 2)}
+    halves = {
+        h: [per_stage[s] for s in per_stage for e in timed if s.startswith(f"half {h}: epoch {e}/")]
+        for h in (1, 2)
+    }
     both = [a + b for a, b in zip(halves[1], halves[2], strict=True)]
     out = {
         "n_particles": config["n_particles"],
@@ -142,26 +170,40 @@ def measure(config: dict) -> dict:
     info = json.loads((Path(config["run_directory"]) / "run.json").read_text())
     out["train_box"] = info["train_box"]
     if refine:
-        e_step = _stage_seconds(events, lambda stage: stage.endswith("refinement round 1/1: posteriors"))
+        e_step = _stage_seconds(
+            events, lambda stage: stage.endswith("refinement round 1/1: posteriors")
+        )
         m_step = _stage_seconds(events, lambda stage: stage.endswith("refinement round 1/1"))
         train_rows = info["n_particles"] - info["n_validation"]
         out["refinement"] = {
-            "candidates": settings.posterior_candidates, "training_particles_both_halves": train_rows,
+            "candidates": settings.posterior_candidates,
+            "training_particles_both_halves": train_rows,
             "e_step_seconds_both_halves": float(sum(e_step.values())),
             "m_step_epoch_seconds_both_halves": float(sum(m_step.values())),
         }
-        out["refinement"]["e_step_seconds_per_particle"] = out["refinement"]["e_step_seconds_both_halves"] / train_rows
+        out["refinement"]["e_step_seconds_per_particle"] = (
+            out["refinement"]["e_step_seconds_both_halves"] / train_rows
+        )
     if config.get("projection"):
         pixel = info["voxel_size_angstrom"] * info["consensus_box"] / info["train_box"]
-        out["projection_images_per_second"] = projection_rate(config["model"], info["train_box"], pixel, device)
+        out["projection_images_per_second"] = projection_rate(
+            config["model"], info["train_box"], pixel, device
+        )
     if result is not None:
         frames = pd.read_csv(config["labels"])["frame"].to_numpy()
         latents = np.asarray(result.latents)  # each particle by its own half, STAR row order
-        half_sets = read_particles(Path(config["run_directory"]) / "particles.star").particles["dmHalfSet"].to_numpy()
+        half_sets = (
+            read_particles(Path(config["run_directory"]) / "particles.star")
+            .particles["dmHalfSet"]
+            .to_numpy()
+        )
         frames = frames[: len(latents)]  # the STAR is the first rows of the simulation
         out["best_pc_abs_spearman"] = {
-            str(h): float(latent_frame_ordering(latents[half_sets == h], frames[half_sets == h]).best)
-            for h in (1, 2)}
+            str(h): float(
+                latent_frame_ordering(latents[half_sets == h], frames[half_sets == h]).best
+            )
+            for h in (1, 2)
+        }
     return out
 
 

@@ -112,7 +112,9 @@ def pytest_collection_modifyitems(config, items):
 
     if torch.cuda.is_available():
         return
-    reason = pytest.mark.skip(reason=f"no CUDA device visible to torch {torch.__version__} "
-                                     f"(built with CUDA {torch.version.cuda or 'none'})")
+    reason = pytest.mark.skip(
+        reason=f"no CUDA device visible to torch {torch.__version__} "
+        f"(built with CUDA {torch.version.cuda or 'none'})"
+    )
     for item in marked:
         item.add_marker(reason)

@@ -24,7 +24,17 @@ ADK = example_file("adk_closed.pdb")
 NUCLEIC = Path(__file__).parent / "data" / "nucleic" / "two_nucleotides.pdb"
 Z = {"C": 6, "N": 7, "O": 8, "S": 16, "P": 15}
 # Gaussians per residue, counted by hand from the rules (main chain + side chain)
-PER_RESIDUE = {"GLY": 1, "ALA": 2, "SER": 2, "CYS": 2, "VAL": 2, "THR": 2, "PRO": 2, "TYR": 4, "TRP": 4}
+PER_RESIDUE = {
+    "GLY": 1,
+    "ALA": 2,
+    "SER": 2,
+    "CYS": 2,
+    "VAL": 2,
+    "THR": 2,
+    "PRO": 2,
+    "TYR": 4,
+    "TRP": 4,
+}
 
 
 def _pdb_atoms(path):
@@ -34,8 +44,16 @@ def _pdb_atoms(path):
         if line.startswith("ATOM"):
             name = line[12:16].strip()
             if not name.startswith("H"):
-                rows.append((int(line[22:26]), line[17:21].strip(), name,
-                             float(line[30:38]), float(line[38:46]), float(line[46:54])))
+                rows.append(
+                    (
+                        int(line[22:26]),
+                        line[17:21].strip(),
+                        name,
+                        float(line[30:38]),
+                        float(line[38:46]),
+                        float(line[46:54]),
+                    )
+                )
     return rows
 
 
@@ -66,7 +84,9 @@ def test_adk_gaussians_per_residue_type_and_amplitudes():
     assert model.amplitudes[model.residue == tyr].tolist() == [21, 18, 24, 14]
     val = [i for i, r in enumerate(model.residues) if r[2] == "VAL"][0]
     assert model.amplitudes[model.residue == val].tolist() == [27, 18]
-    cb = [xyz for number, _, atom, *xyz in atoms if number == model.residues[val][1] and atom == "CB"][0]
+    cb = [
+        xyz for number, _, atom, *xyz in atoms if number == model.residues[val][1] and atom == "CB"
+    ][0]
     assert np.allclose(model.positions_angstrom[model.residue == val][1], cb)
     # the C-terminal Gly: N C O OXT (CHARMM's OT1/OT2) and CA
     assert model.amplitudes[-1] == 35 and model.kind[-1] == "main"
@@ -78,10 +98,16 @@ def test_adk_bonds_follow_the_chain_and_side_chains():
     bonds = {tuple(b) for b in model.bonds.tolist()}
     assert len(bonds) == len(model.bonds) == (214 - 1) + (544 - 214)
     assert all((int(a), int(b)) in bonds for a, b in zip(main[:-1], main[1:], strict=True))
-    for side in np.nonzero(model.kind == "side")[0]:  # each bonded to its predecessor in the residue
-        assert (int(side) - 1, int(side)) in bonds and model.residue[side - 1] == model.residue[side]
-    lengths = np.linalg.norm(model.positions_angstrom[model.bonds[:, 0]] - model.positions_angstrom[model.bonds[:, 1]],
-                             axis=1)
+    for side in np.nonzero(model.kind == "side")[
+        0
+    ]:  # each bonded to its predecessor in the residue
+        assert (int(side) - 1, int(side)) in bonds and model.residue[side - 1] == model.residue[
+            side
+        ]
+    lengths = np.linalg.norm(
+        model.positions_angstrom[model.bonds[:, 0]] - model.positions_angstrom[model.bonds[:, 1]],
+        axis=1,
+    )
     assert lengths.max() < 6.0  # no bond across the fold
 
 
@@ -91,9 +117,19 @@ def test_nucleotides_four_gaussians_each():
     # by hand: P OP1 OP2 O5' 39; five C and three O of the sugar 54; G's imidazole N9 C8 N7 C5 C4 32 and
     # N1 C2 N3 C6 O6 N2 41; U's N1 C2 O2 C6 27 and N3 C4 O4 C5 27
     assert model.amplitudes.tolist() == [39, 54, 32, 41, 39, 54, 27, 27]
-    assert sorted(map(tuple, model.bonds.tolist())) == [(0, 1), (1, 2), (1, 4), (2, 3), (4, 5), (5, 6), (6, 7)]
+    assert sorted(map(tuple, model.bonds.tolist())) == [
+        (0, 1),
+        (1, 2),
+        (1, 4),
+        (2, 3),
+        (4, 5),
+        (5, 6),
+        (6, 7),
+    ]
     atoms = _pdb_atoms(NUCLEIC)
-    imidazole = np.array([xyz for n, _, a, *xyz in atoms if n == 1 and a in ("N9", "C8", "N7", "C5", "C4")])
+    imidazole = np.array(
+        [xyz for n, _, a, *xyz in atoms if n == 1 and a in ("N9", "C8", "N7", "C5", "C4")]
+    )
     assert np.allclose(model.positions_angstrom[2], imidazole.mean(0))
 
 
@@ -104,8 +140,13 @@ def _adk_map(box=64, voxel=1.5):
     xyz = np.array([a[3:] for a in atoms])
     centre = xyz.mean(0)
     weights = torch.tensor([float(Z[a[2][0]]) for a in atoms])
-    volume = render_volume(GaussianModel(torch.as_tensor(xyz - centre, dtype=torch.float32), weights,
-                                         torch.tensor(1.5)), box, voxel).numpy()
+    volume = render_volume(
+        GaussianModel(
+            torch.as_tensor(xyz - centre, dtype=torch.float32), weights, torch.tensor(1.5)
+        ),
+        box,
+        voxel,
+    ).numpy()
     return volume, centre - box // 2 * voxel
 
 
@@ -114,15 +155,24 @@ def test_model_in_map_is_accepted_shifted_or_foreign_models_are_refused():
     coarse = coarse_grain(ADK)
     fit = check_model_in_map(ADK, gaussian_model(coarse, 64, 1.5, origin), volume, 1.5)
     assert fit.correlation > 0.8 and np.linalg.norm(fit.best_shift_angstrom) < 2.0
-    assert np.allclose(box_positions(coarse, 64, 1.5, origin).mean(0), coarse.positions_angstrom.mean(0) -
-                       _pdb_atoms_centre(), atol=1e-9)
+    assert np.allclose(
+        box_positions(coarse, 64, 1.5, origin).mean(0),
+        coarse.positions_angstrom.mean(0) - _pdb_atoms_centre(),
+        atol=1e-9,
+    )
     with pytest.raises(InputError, match=r"off by a shift.*moved by \(9\.0, 0\.0, -6\.0\) Å"):
-        check_model_in_map(ADK, gaussian_model(coarse, 64, 1.5, origin + [9.0, 0.0, -6.0]), volume, 1.5)
+        check_model_in_map(
+            ADK, gaussian_model(coarse, 64, 1.5, origin + [9.0, 0.0, -6.0]), volume, 1.5
+        )
     with pytest.raises(InputError, match="outside the box.*another map's frame"):
         check_model_in_map(ADK, gaussian_model(coarse, 64, 1.5, origin - 100.0), volume, 1.5)
     with pytest.raises(InputError, match="correlates only"):
-        check_model_in_map(ADK, gaussian_model(coarse, 64, 1.5, origin), np.random.default_rng(0).normal(
-            size=volume.shape), 1.5)
+        check_model_in_map(
+            ADK,
+            gaussian_model(coarse, 64, 1.5, origin),
+            np.random.default_rng(0).normal(size=volume.shape),
+            1.5,
+        )
 
 
 def _pdb_atoms_centre():

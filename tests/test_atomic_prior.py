@@ -27,8 +27,22 @@ from napari_dynamight.engine.io.structure import read_structure
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.run_folder import RunFolder
 
-QUICK = ["--epochs", "1", "--batch-size", "64", "--decoder-width", "16", "--decoder-depth", "1",
-         "--warmup-epochs", "1", "--checkpoint-every", "1", "--refinement-rounds", "0"]
+QUICK = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--decoder-width",
+    "16",
+    "--decoder-depth",
+    "1",
+    "--warmup-epochs",
+    "1",
+    "--checkpoint-every",
+    "1",
+    "--refinement-rounds",
+    "0",
+]
 
 
 def fitted_adk(folder, box=32, pixel=2.5, offset=(0.0, 0.0, 0.0)):
@@ -36,14 +50,18 @@ def fitted_adk(folder, box=32, pixel=2.5, offset=(0.0, 0.0, 0.0)):
     pdb = example_file("adk_closed.pdb")
     atoms = read_structure(pdb, drop_hydrogens=True)
     centre = np.average(atoms.positions_angstrom, axis=0, weights=atoms.atomic_numbers)
-    return write_moved_structure(pdb, folder / "fitted.pdb", box // 2 * pixel - centre + np.array(offset))
+    return write_moved_structure(
+        pdb, folder / "fitted.pdb", box // 2 * pixel - centre + np.array(offset)
+    )
 
 
 def test_bond_graph_replaces_the_distance_term_and_repulsion_stays():
     # a chain of four points 3.8 Å apart: bonds 0-1, 1-2, 2-3; the radius graph also links 0-2
     reference = torch.tensor([[0.0, 0, 0], [3.8, 0, 0], [3.8, 3.8, 0], [0.0, 3.8, 0]])
     graph = build_graph(reference)
-    bonds = bond_graph(torch.tensor([[0, 1], [1, 2], [2, 3]]), reference, graph.mean_neighbour_distance)
+    bonds = bond_graph(
+        torch.tensor([[0, 1], [1, 2], [2, 3]]), reference, graph.mean_neighbour_distance
+    )
     assert torch.allclose(bonds.rest_lengths, torch.full((3,), 3.8))
     # fold the chain open at the middle bond: bond lengths stay, the 0-2 and 0-3 distances change
     opened = torch.tensor([[[0.0, 0, 0], [3.8, 0, 0], [7.6, 0, 0], [7.6, 3.8, 0]]])
@@ -53,11 +71,14 @@ def test_bond_graph_replaces_the_distance_term_and_repulsion_stays():
     # swinging point 2 about point 1 towards point 0 (and 3 with it) keeps every bond yet costs repulsion
     phi = np.radians(80.0)
     x, y = 3.8 - 3.8 * np.sin(phi), 3.8 * np.cos(phi)
-    squeezed = torch.tensor([[[0.0, 0, 0], [3.8, 0, 0], [x, y, 0], [x, y, 3.8]]], dtype=torch.float32)
+    squeezed = torch.tensor(
+        [[[0.0, 0, 0], [3.8, 0, 0], [x, y, 0], [x, y, 3.8]]], dtype=torch.float32
+    )
     assert distance_loss(squeezed, reference, bonds) == pytest.approx(0.0, abs=1e-8)
     assert repulsion_loss(squeezed, reference, graph) > 0.1
     assert regularisation_loss(squeezed, reference, graph, bonds) == pytest.approx(
-        float(repulsion_loss(squeezed, reference, graph)))
+        float(repulsion_loss(squeezed, reference, graph))
+    )
 
 
 def test_option_reaches_the_settings_off_by_default(tmp_path):
@@ -74,8 +95,19 @@ def test_option_reaches_the_settings_off_by_default(tmp_path):
 
 
 def _command(simulated, out, model, *extra):
-    return ["optimize-deformations", "--particles", str(simulated.star), "--consensus", str(simulated.consensus),
-            "--output-directory", str(out), "--atomic-model", str(model), *QUICK, *extra]
+    return [
+        "optimize-deformations",
+        "--particles",
+        str(simulated.star),
+        "--consensus",
+        str(simulated.consensus),
+        "--output-directory",
+        str(out),
+        "--atomic-model",
+        str(model),
+        *QUICK,
+        *extra,
+    ]
 
 
 def one_line_error(capsys, status, *words):
@@ -89,22 +121,36 @@ def test_run_with_the_prior_records_it_and_refuses_another_model(simulated, tmp_
     (tmp_path / "shifted").mkdir()
     shifted = fitted_adk(tmp_path / "shifted", offset=(10.0, 0.0, 0.0))
     out = tmp_path / "run"
-    one_line_error(capsys, main(_command(simulated, out, shifted)), "off by a shift", "moved by (-7.5, 0.0, 0.0)")  # the map fits best 2.5 Å off anyway
+    one_line_error(
+        capsys,
+        main(_command(simulated, out, shifted)),
+        "off by a shift",
+        "moved by (-7.5, 0.0, 0.0)",
+    )  # the map fits best 2.5 Å off anyway
     assert not out.exists()
-    one_line_error(capsys, main(_command(simulated, out, fitted_adk(tmp_path), "--n-gaussians", "300")),
-                   "--n-gaussians")
+    one_line_error(
+        capsys,
+        main(_command(simulated, out, fitted_adk(tmp_path), "--n-gaussians", "300")),
+        "--n-gaussians",
+    )
     # the run starts (stopped once its run file is written: training is not what is tested here)
-    settings = replace(DeformationSettings(epochs=1), atomic_model=str(fitted_adk(tmp_path).resolve()))
+    settings = replace(
+        DeformationSettings(epochs=1), atomic_model=str(fitted_adk(tmp_path).resolve())
+    )
     with pytest.raises(Cancelled):
-        run(optimize_deformations(simulated.star, simulated.consensus, out, settings=settings),
-            should_stop=lambda: RunFolder(out).info.is_file())
+        run(
+            optimize_deformations(simulated.star, simulated.consensus, out, settings=settings),
+            should_stop=lambda: RunFolder(out).info.is_file(),
+        )
     info = json.loads((out / "run.json").read_text())
     assert info["settings"]["atomic_model"] == str((tmp_path / "fitted.pdb").resolve())
     assert info["n_gaussians"] == 544 and info["identity"]["atomic_model_sha256"]
     assert "no model-bias report" in RunFolder(out).model_bias_warning()
     # a resume with another model (same path, other content) is refused before anything is written
     write_moved_structure(tmp_path / "fitted.pdb", tmp_path / "fitted.pdb", (0.5, 0.0, 0.0))
-    one_line_error(capsys, main(_command(simulated, out, tmp_path / "fitted.pdb", "--resume")), "atomic model")
+    one_line_error(
+        capsys, main(_command(simulated, out, tmp_path / "fitted.pdb", "--resume")), "atomic model"
+    )
 
 
 def test_model_bias_warning_follows_the_report(tmp_path):

@@ -24,8 +24,20 @@ def bench():
 
 def test_quick_run_writes_a_complete_report(bench, tmp_path):
     output = tmp_path / "robustness.json"
-    status = bench.main(["--quick", "--variants", "snr001_n4000", "pure_noise_n1000", "--seeds", "0",
-                         "--output", str(output), "--work-directory", str(tmp_path / "work")])
+    status = bench.main(
+        [
+            "--quick",
+            "--variants",
+            "snr001_n4000",
+            "pure_noise_n1000",
+            "--seeds",
+            "0",
+            "--output",
+            str(output),
+            "--work-directory",
+            str(tmp_path / "work"),
+        ]
+    )
     report = json.loads(output.read_text())
     assert status == 0, [r.get("traceback") for r in report["runs"]]
     assert output.with_suffix(".png").stat().st_size > 1000
@@ -33,8 +45,10 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
     assert report["maps_measured_for"] == ["snr001_n4000"]
     assert report["deformation_overrides"]["epochs"] == 3
     assert report["deformation_settings"]["epochs"] == 3 and "torch" in report
-    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("snr001_n4000", 0),
-                                                                  ("pure_noise_n1000", 0)]
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [
+        ("snr001_n4000", 0),
+        ("pure_noise_n1000", 0),
+    ]
     signal, noise = report["runs"]
     for run in report["runs"]:
         assert "error" not in run and run["wall_seconds"] > 0
@@ -52,10 +66,17 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
         assert noise["per_half"][half]["frame"]["ceiling_abs_spearman"] < 0.35
         assert noise["per_half"][half]["frame"]["best_abs_spearman"] < 0.4
         decoded = signal["per_half"][half]["decoded_volumes"]
-        assert -1 <= decoded["mean_cc_decoded"] <= 1 and 0 <= decoded["fraction_decoded_better"] <= 1
-        assert decoded["gain"] == pytest.approx(decoded["mean_cc_decoded"] - decoded["mean_cc_consensus"])
+        assert (
+            -1 <= decoded["mean_cc_decoded"] <= 1 and 0 <= decoded["fraction_decoded_better"] <= 1
+        )
+        assert decoded["gain"] == pytest.approx(
+            decoded["mean_cc_decoded"] - decoded["mean_cc_consensus"]
+        )
         maps = signal["maps"]["per_half"][half]
-        assert maps["deformed"]["resolution_fsc05_angstrom"] > 0 and 0 < maps["deformed"]["fsc_area"] <= 1
+        assert (
+            maps["deformed"]["resolution_fsc05_angstrom"] > 0
+            and 0 < maps["deformed"]["fsc_area"] <= 1
+        )
         assert maps["relion"]["resolution_fsc05_angstrom"] > 0
     assert "maps" not in noise and "decoded_volumes" not in noise["per_half"]["1"]
     aggregate = report["aggregate"]["snr001_n4000"]
@@ -63,10 +84,24 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
     assert aggregate["frame"]["worst_half_abs_spearman"]["min"] == pytest.approx(worst)
     assert "acceptance" in aggregate and isinstance(aggregate["acceptance"]["met"], bool)
     assert "maps" in aggregate
-    assert report["aggregate"]["pure_noise_n1000"]["rms_displacement_larger_half_angstrom"]["n"] == 1
+    assert (
+        report["aggregate"]["pure_noise_n1000"]["rms_displacement_larger_half_angstrom"]["n"] == 1
+    )
     # --reuse takes finished runs as they are
-    status = bench.main(["--quick", "--variants", "pure_noise_n1000", "--seeds", "0", "--reuse",
-                         "--output", str(output), "--work-directory", str(tmp_path / "work")])
+    status = bench.main(
+        [
+            "--quick",
+            "--variants",
+            "pure_noise_n1000",
+            "--seeds",
+            "0",
+            "--reuse",
+            "--output",
+            str(output),
+            "--work-directory",
+            str(tmp_path / "work"),
+        ]
+    )
     assert status == 0 and json.loads(output.read_text())["runs"][0].get("reused") is True
 
 

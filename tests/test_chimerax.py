@@ -27,7 +27,9 @@ def opened(script) -> list:
 
 
 def series_level(script) -> float:
-    return float(re.search(r"^volume #1 style surface level (\S+)", script.read_text(), re.M).group(1))
+    return float(
+        re.search(r"^volume #1 style surface level (\S+)", script.read_text(), re.M).group(1)
+    )
 
 
 def check_series_script(script, maps) -> None:
@@ -37,7 +39,9 @@ def check_series_script(script, maps) -> None:
     assert re.search(r"^open .* vseries true$", text, re.M) and text.count("open ") == 1
     volumes = [read_map(path)[0] for path in maps]
     level = series_level(script)
-    assert np.isfinite(level) and min(v.min() for v in volumes) < level < max(v.max() for v in volumes)
+    assert np.isfinite(level) and min(v.min() for v in volumes) < level < max(
+        v.max() for v in volumes
+    )
     assert str(script.parent) not in text
 
 
@@ -52,7 +56,12 @@ def test_path_series_script_with_and_without_a_movie(tmp_path):
     run(decode_path(decoder, latents, folder, movie="path movie.mp4"))
     text = script.read_text()
     check_series_script(script, files)
-    assert [line.split()[0] for line in text.splitlines()[-4:]] == ["movie", "vseries", "wait", "movie"]
+    assert [line.split()[0] for line in text.splitlines()[-4:]] == [
+        "movie",
+        "vseries",
+        "wait",
+        "movie",
+    ]
     assert "wait 5" in text and 'movie encode "path movie.mp4" framerate 10' in text
 
 
@@ -64,18 +73,50 @@ def test_the_level_encloses_the_molecule():
     assert display_level([map_statistics(np.zeros((8, 8, 8)))]) == 0.0  # a flat map: its one value
 
 
-def test_decode_writes_a_script_and_refuses_a_movie_chimerax_cannot_write(finished_run, tmp_path, capsys):
+def test_decode_writes_a_script_and_refuses_a_movie_chimerax_cannot_write(
+    finished_run, tmp_path, capsys
+):
     dim = np.load(finished_run / "latent_means.npy").shape[1]
     np.save(tmp_path / "points.npy", np.zeros((3, dim), np.float32))
     out = tmp_path / "maps"
-    assert main(["decode", str(finished_run), "--latent", str(tmp_path / "points.npy"), "--output-directory",
-                 str(out), "--chimerax-movie", "motion.mp4"]) == 0
+    assert (
+        main(
+            [
+                "decode",
+                str(finished_run),
+                "--latent",
+                str(tmp_path / "points.npy"),
+                "--output-directory",
+                str(out),
+                "--chimerax-movie",
+                "motion.mp4",
+            ]
+        )
+        == 0
+    )
     assert "chimerax " + str(out / "latents.cxc") in capsys.readouterr().out
     check_series_script(out / "latents.cxc", [out / f"latent_{k:04d}.mrc" for k in range(3)])
     assert 'movie encode "motion.mp4" framerate 10' in (out / "latents.cxc").read_text()
-    assert main(["decode", str(finished_run), "--latent", str(tmp_path / "points.npy"), "--output-directory",
-                 str(tmp_path / "other"), "--chimerax-movie", "motion.gif"]) == 2
+    assert (
+        main(
+            [
+                "decode",
+                str(finished_run),
+                "--latent",
+                str(tmp_path / "points.npy"),
+                "--output-directory",
+                str(tmp_path / "other"),
+                "--chimerax-movie",
+                "motion.gif",
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err.strip()
-    assert "\n" not in error and "--chimerax-movie motion.gif" in error and not (tmp_path / "other").exists()
+    assert (
+        "\n" not in error
+        and "--chimerax-movie motion.gif" in error
+        and not (tmp_path / "other").exists()
+    )
     with pytest.raises(InputError, match=".mp4"):
         check_movie_name("x.gif", "movie")

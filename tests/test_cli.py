@@ -22,8 +22,16 @@ from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.progress import Progress
 
 EXPECTED_COMMANDS = (
-    "info", "simulate", "fit-consensus", "optimize-deformations", "decode",
-    "optimize-inverse-deformations", "reconstruct", "model-bias", "explore", "demo",
+    "info",
+    "simulate",
+    "fit-consensus",
+    "optimize-deformations",
+    "decode",
+    "optimize-inverse-deformations",
+    "reconstruct",
+    "model-bias",
+    "explore",
+    "demo",
 )
 SCRIPT = Path(sys.executable).with_name("napari-dynamight")
 
@@ -206,11 +214,26 @@ def test_drive_closes_the_generator_on_ctrl_c():
 @pytest.mark.slow
 def test_demo_headless_writes_summary_and_png(tmp_path, capsys):
     output = tmp_path / "demo"
-    status = main([
-        "demo", "--output-directory", str(output), "--headless", "--n-particles", "300",
-        "--snr", "1", "--frames", "0:98:10", "--n-gaussians", "200", "--fit-steps", "30",
-        "--epochs", "0",
-    ])
+    status = main(
+        [
+            "demo",
+            "--output-directory",
+            str(output),
+            "--headless",
+            "--n-particles",
+            "300",
+            "--snr",
+            "1",
+            "--frames",
+            "0:98:10",
+            "--n-gaussians",
+            "200",
+            "--fit-steps",
+            "30",
+            "--epochs",
+            "0",
+        ]
+    )
     assert status == 0
     summary = json.loads((output / "demo_summary.json").read_text())
     assert summary["simulation"]["n_particles"] == 300
@@ -231,7 +254,9 @@ def test_demo_headless_writes_summary_and_png(tmp_path, capsys):
     assert (output / "consensus" / "consensus_gaussians.pt").is_file()
 
 
-def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napari_viewer, monkeypatch):
+def test_demo_headless_trains_and_writes_the_motion_outputs(
+    tmp_path, make_napari_viewer, monkeypatch
+):
     import imageio.v3 as iio
 
     from napari_dynamight import _napari_demo
@@ -241,11 +266,32 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
     from napari_dynamight.engine.io.star import read_particles
 
     output = tmp_path / "demo"
-    status = main([
-        "demo", "--output-directory", str(output), "--headless", "--n-particles", "200",
-        "--snr", "1", "--frames", "0:98:10", "--n-gaussians", "150", "--fit-steps", "20",
-        "--epochs", "3", "--refinement-rounds", "1", "--inverse-epochs", "2", "--movie-frames", "3",
-    ])
+    status = main(
+        [
+            "demo",
+            "--output-directory",
+            str(output),
+            "--headless",
+            "--n-particles",
+            "200",
+            "--snr",
+            "1",
+            "--frames",
+            "0:98:10",
+            "--n-gaussians",
+            "150",
+            "--fit-steps",
+            "20",
+            "--epochs",
+            "3",
+            "--refinement-rounds",
+            "1",
+            "--inverse-epochs",
+            "2",
+            "--movie-frames",
+            "3",
+        ]
+    )
     assert status == 0
     summary = json.loads((output / "demo_summary.json").read_text())
     motion = summary["deformations"]
@@ -266,13 +312,17 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(tmp_path, make_napar
         view = run_data.own_half(half)
         first = embed(view.latents, "pca").coords[:, 0]
         expected |= {tuple(image) for image in images[view.rows][first > np.median(first)]}
-    selection = read_particles(output / "selection.star")  # beside data/: names lead to data/'s images
+    selection = read_particles(
+        output / "selection.star"
+    )  # beside data/: names lead to data/'s images
     assert set(zip(selection.image_files, selection.image_indices)) == expected
     assert motion["outputs"]["selected_particles"] == len(selection) == len(expected) == 100
     assert motion["outputs"]["napari_movie_frames"] == 3
     assert len(iio.imread(output / "motion_napari.gif")) == 3
     frames = iio.imread(output / "motion.gif")
-    assert len(frames) >= 12 and np.abs(frames[0].astype(float) - frames[11].astype(float)).max() > 0
+    assert (
+        len(frames) >= 12 and np.abs(frames[0].astype(float) - frames[11].astype(float)).max() > 0
+    )
 
 
 def best_pc_abs_spearman(latents: np.ndarray, frames: np.ndarray) -> float:
@@ -281,7 +331,9 @@ def best_pc_abs_spearman(latents: np.ndarray, frames: np.ndarray) -> float:
 
     centred = latents - latents.mean(0)
     components = centred @ np.linalg.svd(centred, full_matrices=False)[2].T
-    return max(abs(spearmanr(components[:, k], frames).statistic) for k in range(components.shape[1]))
+    return max(
+        abs(spearmanr(components[:, k], frames).statistic) for k in range(components.shape[1])
+    )
 
 
 def check_demo_numbers(output: Path, maps: dict, ordering: dict) -> None:
@@ -300,11 +352,17 @@ def check_demo_numbers(output: Path, maps: dict, ordering: dict) -> None:
     # FSC 0.5 against it is the resolution the half-map FSC 0.143 estimates (measured 4.52 vs 4.70 Å).
     truth_folder = output / "data" / "ground_truth"
     frames = pd.read_csv(truth_folder / "labels.csv")["frame"].to_numpy()
-    truth = sum(read_map(truth_folder / f"frame_{frame:03d}.mrc")[0] * count
-                for frame, count in zip(*np.unique(frames, return_counts=True), strict=True)) / len(frames)
-    true_resolution = resolution_at(frequency, fsc(read_map(maps["full_map"])[0], truth, 1.5)[1], 0.5)
-    print(f"\nhalf-map FSC 0.143 {resolution:.2f} Å, standard {maps['standard_resolution_angstrom']:.2f} Å, "
-          f"full map vs truth FSC 0.5 {true_resolution:.2f} Å")
+    truth = sum(
+        read_map(truth_folder / f"frame_{frame:03d}.mrc")[0] * count
+        for frame, count in zip(*np.unique(frames, return_counts=True), strict=True)
+    ) / len(frames)
+    true_resolution = resolution_at(
+        frequency, fsc(read_map(maps["full_map"])[0], truth, 1.5)[1], 0.5
+    )
+    print(
+        f"\nhalf-map FSC 0.143 {resolution:.2f} Å, standard {maps['standard_resolution_angstrom']:.2f} Å, "
+        f"full map vs truth FSC 0.5 {true_resolution:.2f} Å"
+    )
     assert 4.2 < resolution < 5.2 and 4.0 < true_resolution < 5.0  # Nyquist is 3 Å
     assert resolution == pytest.approx(true_resolution, rel=0.1)
     assert resolution <= maps["standard_resolution_angstrom"] + 0.25
@@ -314,17 +372,32 @@ def check_demo_numbers(output: Path, maps: dict, ordering: dict) -> None:
     for half in (1, 2):
         view = run_data.own_half(half)
         ours = best_pc_abs_spearman(view.latents, frames[view.rows])
-        assert ordering[f"half{half}"]["abs_spearman_with_true_frame"] == pytest.approx(ours, abs=1e-9)
-        null = [best_pc_abs_spearman(view.latents, rng.permutation(frames[view.rows])) for _ in range(200)]
-        print(f"half {half}: |Spearman| {ours:.3f}, shuffled frames 99th percentile {np.quantile(null, 0.99):.3f}")
+        assert ordering[f"half{half}"]["abs_spearman_with_true_frame"] == pytest.approx(
+            ours, abs=1e-9
+        )
+        null = [
+            best_pc_abs_spearman(view.latents, rng.permutation(frames[view.rows]))
+            for _ in range(200)
+        ]
+        print(
+            f"half {half}: |Spearman| {ours:.3f}, shuffled frames 99th percentile {np.quantile(null, 0.99):.3f}"
+        )
         assert ours > np.quantile(null, 0.99)
 
 
 def test_demo_without_example_data_fails_clearly(tmp_path):
     done = subprocess.run(
-        [str(SCRIPT), "demo", "--output-directory", str(tmp_path),
-         "--structure", str(tmp_path / "x.pdb")],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(SCRIPT),
+            "demo",
+            "--output-directory",
+            str(tmp_path),
+            "--structure",
+            str(tmp_path / "x.pdb"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "--structure" in done.stderr
@@ -333,10 +406,18 @@ def test_demo_without_example_data_fails_clearly(tmp_path):
 
 
 def test_demo_without_display_asks_for_headless(tmp_path):
-    environment = {k: v for k, v in os.environ.items()
-                   if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    done = subprocess.run([str(SCRIPT), "demo", "--output-directory", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=60, env=environment)
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    }
+    done = subprocess.run(
+        [str(SCRIPT), "demo", "--output-directory", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: no display") and "--headless" in done.stderr
     assert not (tmp_path / "out").exists()
@@ -363,8 +444,12 @@ def test_demo_layers_in_napari(make_napari_viewer):
     volume = np.zeros((32, 32, 32), np.float32)
     volume[16, 16, 20] = 1.0  # x = +4 voxels from the box centre
     model = GaussianModel(torch.tensor([[8.0, 0.0, 0.0]]), torch.tensor([1.0]), torch.tensor([1.5]))
-    result = {"volume": volume, "voxel_size_angstrom": 2.0, "model": model,
-              "summary": {"consensus": {"threshold": 0.5}}}
+    result = {
+        "volume": volume,
+        "voxel_size_angstrom": 2.0,
+        "model": model,
+        "summary": {"consensus": {"threshold": 0.5}},
+    }
     viewer = make_napari_viewer(show=True)
     _napari_demo.add_layers(viewer, result)
     image, points = viewer.layers["consensus map"], viewer.layers["consensus Gaussians"]

@@ -19,8 +19,11 @@ from napari_dynamight.engine.progress import run
 @pytest.fixture(scope="module")
 def known_map():
     generator = torch.Generator().manual_seed(0)
-    truth = GaussianModel(torch.randn(200, 3, generator=generator) * torch.tensor([10.0, 6.0, 4.0]),
-                          torch.ones(200), torch.full((200,), 2.5))
+    truth = GaussianModel(
+        torch.randn(200, 3, generator=generator) * torch.tensor([10.0, 6.0, 4.0]),
+        torch.ones(200),
+        torch.full((200,), 2.5),
+    )
     return truth, render_volume(truth, 40, 1.5).numpy()
 
 
@@ -30,7 +33,10 @@ def test_fill_stays_inside_the_threshold(known_map):
     index = np.round(model.positions_angstrom.numpy()[:, ::-1] / 1.5 + 20).astype(int)
     values = volume[index[:, 0], index[:, 1], index[:, 2]]
     assert (values >= 0.5 * automatic_threshold(volume)).all()
-    assert torch.unique(model.sigmas_angstrom).numel() == 1 and torch.unique(model.amplitudes).numel() == 1
+    assert (
+        torch.unique(model.sigmas_angstrom).numel() == 1
+        and torch.unique(model.amplitudes).numel() == 1
+    )
 
 
 def test_fit_reaches_high_correlation(known_map):
@@ -74,5 +80,6 @@ def test_isolated_noise_specks_get_no_gaussians(known_map):
     model = fill_with_gaussians(specked, 1.5, 2000, seed=0)
     index = np.round(model.positions_angstrom.numpy()[:, ::-1] / 1.5 + 20).astype(int)
     in_specks = ((index >= [1, 1, 1]) & (index <= [4, 4, 4])).all(1) | (
-        (index >= [35, 2, 29]) & (index <= [38, 5, 32])).all(1)
+        (index >= [35, 2, 29]) & (index <= [38, 5, 32])
+    ).all(1)
     assert not in_specks.any()

@@ -14,8 +14,11 @@ from napari_dynamight.engine.io.mrc import read_map, write_map
 @pytest.fixture()
 def consensus_map(tmp_path):
     generator = torch.Generator().manual_seed(2)
-    truth = GaussianModel(torch.randn(150, 3, generator=generator) * torch.tensor([9.0, 6.0, 4.0]),
-                          torch.ones(150), torch.full((150,), 2.5))
+    truth = GaussianModel(
+        torch.randn(150, 3, generator=generator) * torch.tensor([9.0, 6.0, 4.0]),
+        torch.ones(150),
+        torch.full((150,), 2.5),
+    )
     path = tmp_path / "consensus.mrc"
     write_map(path, render_volume(truth, 32, 2.0).numpy(), 2.0)
     return path
@@ -23,11 +26,26 @@ def consensus_map(tmp_path):
 
 def test_fit_consensus_writes_a_model_that_reproduces_the_map(tmp_path, consensus_map, capsys):
     out = tmp_path / "run"
-    status = main(["fit-consensus", "--consensus", str(consensus_map), "--output-directory", str(out),
-                   "--n-gaussians", "300", "--steps", "120"])
+    status = main(
+        [
+            "fit-consensus",
+            "--consensus",
+            str(consensus_map),
+            "--output-directory",
+            str(out),
+            "--n-gaussians",
+            "300",
+            "--steps",
+            "120",
+        ]
+    )
     assert status == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "consensus_gaussians.csv", "consensus_gaussians.json", "consensus_gaussians.mrc", "consensus_gaussians.pt"]
+        "consensus_gaussians.csv",
+        "consensus_gaussians.json",
+        "consensus_gaussians.mrc",
+        "consensus_gaussians.pt",
+    ]
     model = load_model(out / "consensus_gaussians.pt")
     assert model.n_gaussians == 300
     rendered, voxel = read_map(out / "consensus_gaussians.mrc")
@@ -41,8 +59,17 @@ def test_fit_consensus_writes_a_model_that_reproduces_the_map(tmp_path, consensu
 
 def test_mask_of_another_box_is_refused(tmp_path, consensus_map, capsys):
     write_map(tmp_path / "mask.mrc", np.ones((16, 16, 16)), 2.0)
-    status = main(["fit-consensus", "--consensus", str(consensus_map), "--mask", str(tmp_path / "mask.mrc"),
-                   "--output-directory", str(tmp_path / "run")])
+    status = main(
+        [
+            "fit-consensus",
+            "--consensus",
+            str(consensus_map),
+            "--mask",
+            str(tmp_path / "mask.mrc"),
+            "--output-directory",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "mask.mrc" in err[0] and "16" in err[0]
     assert not (tmp_path / "run").exists()

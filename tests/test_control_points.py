@@ -40,7 +40,9 @@ def test_interpolation_is_exact_for_affine_fields():
     assert torch.allclose(controls.to_reference.weights.sum(1), torch.ones(600), atol=1e-5)
     assert (interpolated - _affine(positions)).abs().max() < 1e-3
     other = _blob(200, seed=5)  # points that are not the reference, as validation.py asks
-    decoded = controls.displacement(lambda z, c: _affine(c).expand(len(z), -1, -1), torch.zeros(2, 6), other)
+    decoded = controls.displacement(
+        lambda z, c: _affine(c).expand(len(z), -1, -1), torch.zeros(2, 6), other
+    )
     assert decoded.shape == (2, 200, 3)
     assert (decoded - _affine(other)).abs().max() < 1e-3
     # a non-affine field is not reproduced exactly: the test above can fail
@@ -58,7 +60,9 @@ def test_control_points_are_spread_and_rebuilt_with_the_reference():
     weights = controls.to_reference
     assert controls.update(positions.clone()).to_reference is weights  # same reference: kept
     assert controls.update(positions + 1.0).to_reference is not weights  # replaced: rebuilt
-    exact = interpolation(controls.centres, controls.centres)  # a Gaussian on a control point takes its value
+    exact = interpolation(
+        controls.centres, controls.centres
+    )  # a Gaussian on a control point takes its value
     assert torch.allclose(exact(controls.centres.unsqueeze(0))[0], controls.centres, atol=1e-4)
 
 
@@ -74,8 +78,15 @@ def test_run_with_control_points_trains_and_decodes_consistently(simulated, tmp_
 
     settings = replace(FAST, epochs=4, control_points=60, latent_inference="encoder")
     out = tmp_path / "run"
-    result = run(optimize_deformations(simulated.star, simulated.consensus, out, settings=settings,
-                                       consensus_model=simulated.model))
+    result = run(
+        optimize_deformations(
+            simulated.star,
+            simulated.consensus,
+            out,
+            settings=settings,
+            consensus_model=simulated.model,
+        )
+    )
     assert result.epochs == 4
     decoded = DeformationRun.load(out)
     half = decoded._half(1)
@@ -86,7 +97,9 @@ def test_run_with_control_points_trains_and_decodes_consistently(simulated, tmp_
     ours = []
     for i in rows:
         h = decoded.half_of(int(i))
-        moved = decoded.positions(decoded.latents[i], h)[0] - decoded.reference(h).positions_angstrom
+        moved = (
+            decoded.positions(decoded.latents[i], h)[0] - decoded.reference(h).positions_angstrom
+        )
         ours.append(float(moved.pow(2).sum(-1).mean().sqrt()))
     assert measured.mean() > 0.01  # it learned some motion, so the comparison means something
     np.testing.assert_allclose(ours, measured, rtol=1e-3, atol=1e-4)
@@ -105,4 +118,7 @@ def test_cli_option_reaches_the_settings():
     cli.add_arguments(parser)
     required = ["--particles", "p.star", "--consensus", "c.mrc", "--output-directory", "run"]
     assert cli.settings_from(parser.parse_args(required)).control_points == 0
-    assert cli.settings_from(parser.parse_args([*required, "--control-points", "800"])).control_points == 800
+    assert (
+        cli.settings_from(parser.parse_args([*required, "--control-points", "800"])).control_points
+        == 800
+    )

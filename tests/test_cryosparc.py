@@ -38,7 +38,12 @@ def _model() -> GaussianModel:
     """Three lobes of different sizes at asymmetric places: no pose can be mistaken for another."""
     generator = torch.Generator().manual_seed(0)
     lobes = torch.tensor([[16.0, 0.0, 0.0], [0.0, 11.0, 0.0], [-6.0, -6.0, 13.0]])
-    centres = torch.cat([lobe + 4.0 * torch.randn(n, 3, generator=generator) for lobe, n in zip(lobes, (60, 40, 20))])
+    centres = torch.cat(
+        [
+            lobe + 4.0 * torch.randn(n, 3, generator=generator)
+            for lobe, n in zip(lobes, (60, 40, 20))
+        ]
+    )
     return GaussianModel(centres, torch.ones(len(centres)), torch.full((len(centres),), 3.0))
 
 
@@ -50,8 +55,14 @@ def _f32(values) -> np.ndarray:
 def _log_map(matrices: np.ndarray) -> np.ndarray:
     """Axis-angle vectors of rotation matrices (angle below π)."""
     angle = np.arccos(np.clip((np.trace(matrices, axis1=1, axis2=2) - 1) / 2, -1, 1))
-    axis = np.stack([matrices[:, 2, 1] - matrices[:, 1, 2], matrices[:, 0, 2] - matrices[:, 2, 0],
-                     matrices[:, 1, 0] - matrices[:, 0, 1]], axis=1)
+    axis = np.stack(
+        [
+            matrices[:, 2, 1] - matrices[:, 1, 2],
+            matrices[:, 0, 2] - matrices[:, 2, 0],
+            matrices[:, 1, 0] - matrices[:, 0, 1],
+        ],
+        axis=1,
+    )
     return axis / (2 * np.sin(angle))[:, None] * angle[:, None]
 
 
@@ -65,20 +76,37 @@ def _ground_truth(seed: int = 1) -> pd.DataFrame:
         angle = np.arccos(np.clip((np.trace(matrices, axis1=1, axis2=2) - 1) / 2, -1, 1))
         euler = np.concatenate([euler, _f32(candidates[angle < np.pi - 0.1])])[:N]
     defocus_u = _f32(rng.uniform(8000, 20000, N))
-    return pd.DataFrame({
-        "rlnImageName": [f"{i + 1:06d}@../J5/extract/particles.mrc" for i in range(N)],
-        "rlnAngleRot": euler[:, 0], "rlnAngleTilt": euler[:, 1], "rlnAnglePsi": euler[:, 2],
-        "rlnOriginXAngst": _f32(rng.uniform(-6, 6, N)), "rlnOriginYAngst": _f32(rng.uniform(-6, 6, N)),
-        "rlnDefocusU": defocus_u, "rlnDefocusV": _f32(defocus_u - rng.uniform(0, 800, N)),
-        "rlnDefocusAngle": _f32(rng.uniform(-90, 90, N)), "rlnPhaseShift": _f32(rng.uniform(0, 40, N)),
-        "rlnRandomSubset": rng.permutation(np.arange(N) % 2 + 1), "rlnOpticsGroup": 1,
-    })
+    return pd.DataFrame(
+        {
+            "rlnImageName": [f"{i + 1:06d}@../J5/extract/particles.mrc" for i in range(N)],
+            "rlnAngleRot": euler[:, 0],
+            "rlnAngleTilt": euler[:, 1],
+            "rlnAnglePsi": euler[:, 2],
+            "rlnOriginXAngst": _f32(rng.uniform(-6, 6, N)),
+            "rlnOriginYAngst": _f32(rng.uniform(-6, 6, N)),
+            "rlnDefocusU": defocus_u,
+            "rlnDefocusV": _f32(defocus_u - rng.uniform(0, 800, N)),
+            "rlnDefocusAngle": _f32(rng.uniform(-90, 90, N)),
+            "rlnPhaseShift": _f32(rng.uniform(0, 40, N)),
+            "rlnRandomSubset": rng.permutation(np.arange(N) % 2 + 1),
+            "rlnOpticsGroup": 1,
+        }
+    )
 
 
 def _optics() -> pd.DataFrame:
-    return pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnVoltage": [300.0],
-                         "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1],
-                         "rlnImagePixelSize": [PIXEL], "rlnImageSize": [BOX], "rlnImageDimensionality": [2]})
+    return pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnVoltage": [300.0],
+            "rlnSphericalAberration": [2.7],
+            "rlnAmplitudeContrast": [0.1],
+            "rlnImagePixelSize": [PIXEL],
+            "rlnImageSize": [BOX],
+            "rlnImageDimensionality": [2],
+        }
+    )
 
 
 def _cs_fields(particles: pd.DataFrame, uids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,20 +115,45 @@ def _cs_fields(particles: pd.DataFrame, uids: np.ndarray) -> tuple[np.ndarray, n
     n = len(particles)
     euler = particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()
     pose = _log_map(np.transpose(euler_to_matrix_numpy(euler), (0, 2, 1)))
-    main = np.zeros(n, dtype=[("uid", "<u8"), ("alignments3D/split", "<u4"), ("alignments3D/shift", "<f4", (2,)),
-                              ("alignments3D/pose", "<f4", (3,)), ("alignments3D/psize_A", "<f4"),
-                              ("alignments3D/class", "<u4")])
+    main = np.zeros(
+        n,
+        dtype=[
+            ("uid", "<u8"),
+            ("alignments3D/split", "<u4"),
+            ("alignments3D/shift", "<f4", (2,)),
+            ("alignments3D/pose", "<f4", (3,)),
+            ("alignments3D/psize_A", "<f4"),
+            ("alignments3D/class", "<u4"),
+        ],
+    )
     main["uid"] = uids
     main["alignments3D/split"] = particles["rlnRandomSubset"] - 1
-    main["alignments3D/shift"] = particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / PIXEL
+    main["alignments3D/shift"] = (
+        particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / PIXEL
+    )
     main["alignments3D/pose"] = pose
     main["alignments3D/psize_A"] = PIXEL
     extra = 5
-    passthrough = np.zeros(n + extra, dtype=[
-        ("uid", "<u8"), ("blob/path", "S40"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
-        ("blob/psize_A", "<f4"), ("blob/sign", "<f4"), ("ctf/type", "S8"), ("ctf/accel_kv", "<f4"),
-        ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"),
-        ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"), ("location/micrograph_path", "S30")])
+    passthrough = np.zeros(
+        n + extra,
+        dtype=[
+            ("uid", "<u8"),
+            ("blob/path", "S40"),
+            ("blob/idx", "<u4"),
+            ("blob/shape", "<u4", (2,)),
+            ("blob/psize_A", "<f4"),
+            ("blob/sign", "<f4"),
+            ("ctf/type", "S8"),
+            ("ctf/accel_kv", "<f4"),
+            ("ctf/cs_mm", "<f4"),
+            ("ctf/amp_contrast", "<f4"),
+            ("ctf/df1_A", "<f4"),
+            ("ctf/df2_A", "<f4"),
+            ("ctf/df_angle_rad", "<f4"),
+            ("ctf/phase_shift_rad", "<f4"),
+            ("location/micrograph_path", "S30"),
+        ],
+    )
     passthrough["uid"][:n] = uids
     passthrough["uid"][n:] = np.arange(extra) + 7
     passthrough["blob/path"] = b">J5/extract/particles.mrc"
@@ -109,7 +162,11 @@ def _cs_fields(particles: pd.DataFrame, uids: np.ndarray) -> tuple[np.ndarray, n
     passthrough["blob/psize_A"] = PIXEL
     passthrough["blob/sign"] = -1.0
     passthrough["ctf/type"] = b"spline"
-    passthrough["ctf/accel_kv"], passthrough["ctf/cs_mm"], passthrough["ctf/amp_contrast"] = 300.0, 2.7, 0.1
+    passthrough["ctf/accel_kv"], passthrough["ctf/cs_mm"], passthrough["ctf/amp_contrast"] = (
+        300.0,
+        2.7,
+        0.1,
+    )
     passthrough["ctf/df1_A"][:n] = particles["rlnDefocusU"]
     passthrough["ctf/df2_A"][:n] = particles["rlnDefocusV"]
     passthrough["ctf/df_angle_rad"][:n] = np.deg2rad(particles["rlnDefocusAngle"])
@@ -129,16 +186,23 @@ def project_folder(tmp_path_factory) -> Path:
     rotations = euler_to_matrix(torch.tensor(table_columns)).float()
     shifts = torch.tensor(particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()).float()
     (root / "relion").mkdir()
-    starfile.write({"optics": _optics(), "particles": particles}, root / "relion" / "particles.star",
-                   float_format="%.17g")
+    starfile.write(
+        {"optics": _optics(), "particles": particles},
+        root / "relion" / "particles.star",
+        float_format="%.17g",
+    )
     star = read_particles(root / "relion" / "particles.star", data_root=root / "relion")
     ctf_images = compute_ctf(star.ctf.torch(), BOX, PIXEL)
-    images = project(_model(), rotations, shifts, BOX, PIXEL, ctf=ctf_images).numpy().astype(np.float32)
+    images = (
+        project(_model(), rotations, shifts, BOX, PIXEL, ctf=ctf_images).numpy().astype(np.float32)
+    )
     (root / "J5" / "extract").mkdir(parents=True)
     with mrcfile.new(root / "J5" / "extract" / "particles.mrc") as handle:
         handle.set_data(images)
     (root / "J12").mkdir()
-    main, passthrough = _cs_fields(particles, np.random.default_rng(2).integers(1 << 40, 1 << 62, N, dtype=np.uint64))
+    main, passthrough = _cs_fields(
+        particles, np.random.default_rng(2).integers(1 << 40, 1 << 62, N, dtype=np.uint64)
+    )
     _save_cs(root / "J12" / "J12_particles.cs", main)
     _save_cs(root / "J12" / "J12_passthrough_particles.cs", passthrough)
     return root
@@ -154,7 +218,11 @@ def _projections(table) -> tuple[torch.Tensor, torch.Tensor, dict]:
     with ParticleDataset(table, normalise=False) as dataset:
         batch = dataset.batch(np.arange(len(table)))
     ctf = compute_ctf(batch["ctf"], BOX, PIXEL)
-    return project(_model(), batch["rotations"], batch["shifts_angstrom"], BOX, PIXEL, ctf=ctf), batch["images"], batch
+    return (
+        project(_model(), batch["rotations"], batch["shifts_angstrom"], BOX, PIXEL, ctf=ctf),
+        batch["images"],
+        batch,
+    )
 
 
 def test_cs_poses_project_like_the_star_poses(project_folder):
@@ -164,14 +232,20 @@ def test_cs_poses_project_like_the_star_poses(project_folder):
     from_cs, cs_images, cs_batch = _projections(cs)
     ncc = normalised_cross_correlation(from_cs, from_star)
     ncc_images = normalised_cross_correlation(from_cs, cs_images)
-    print(f".cs vs STAR projections: NCC min {ncc.min():.6f}; .cs projections vs the images: min {ncc_images.min():.6f}")
+    print(
+        f".cs vs STAR projections: NCC min {ncc.min():.6f}; .cs projections vs the images: min {ncc_images.min():.6f}"
+    )
     assert ncc.min() >= 0.99 and ncc_images.min() >= 0.99
     assert torch.equal(images, cs_images)  # the same stack, found through the project folder
     # the untransposed matrix or the opposite shift sign would not match
-    wrong = project(_model(), cs_batch["rotations"].transpose(1, 2), cs_batch["shifts_angstrom"], BOX, PIXEL)
+    wrong = project(
+        _model(), cs_batch["rotations"].transpose(1, 2), cs_batch["shifts_angstrom"], BOX, PIXEL
+    )
     flipped = project(_model(), cs_batch["rotations"], -cs_batch["shifts_angstrom"], BOX, PIXEL)
     plain = project(_model(), star_batch["rotations"], star_batch["shifts_angstrom"], BOX, PIXEL)
-    wrong_ncc, flipped_ncc = (normalised_cross_correlation(x, plain).mean() for x in (wrong, flipped))
+    wrong_ncc, flipped_ncc = (
+        normalised_cross_correlation(x, plain).mean() for x in (wrong, flipped)
+    )
     print(f"untransposed pose: NCC mean {wrong_ncc:.3f}; opposite shift: {flipped_ncc:.3f}")
     assert wrong_ncc < 0.8 and flipped_ncc < 0.98
 
@@ -182,23 +256,34 @@ def test_cs_fields_agree_with_the_star_file(project_folder):
     assert np.array_equal(cs.half_sets(), star.half_sets())
     np.testing.assert_array_equal(cs.ctf.defocus_u_angstrom, star.ctf.defocus_u_angstrom)
     np.testing.assert_array_equal(cs.ctf.defocus_v_angstrom, star.ctf.defocus_v_angstrom)
-    np.testing.assert_allclose(cs.ctf.defocus_angle_degrees, star.ctf.defocus_angle_degrees, atol=1e-4)
+    np.testing.assert_allclose(
+        cs.ctf.defocus_angle_degrees, star.ctf.defocus_angle_degrees, atol=1e-4
+    )
     np.testing.assert_allclose(cs.ctf.phase_shift_degrees, star.ctf.phase_shift_degrees, atol=1e-4)
     for name in ("voltage_kilovolts", "spherical_aberration_millimetres", "amplitude_contrast"):
         np.testing.assert_allclose(getattr(cs.ctf, name), getattr(star.ctf, name), rtol=1e-6)
-    np.testing.assert_allclose(euler_to_matrix_numpy(cs.euler_degrees), euler_to_matrix_numpy(star.euler_degrees),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        euler_to_matrix_numpy(cs.euler_degrees),
+        euler_to_matrix_numpy(star.euler_degrees),
+        atol=1e-5,
+    )
     np.testing.assert_allclose(cs.origin_angstrom, star.origin_angstrom, atol=1e-5)
     np.testing.assert_array_equal(cs.pixel_size_angstrom, star.pixel_size_angstrom)
     np.testing.assert_array_equal(cs.image_box, star.image_box)
-    assert list(cs.image_files) == list(star.image_files) and np.array_equal(cs.image_indices, star.image_indices)
+    assert list(cs.image_files) == list(star.image_files) and np.array_equal(
+        cs.image_indices, star.image_indices
+    )
     assert cs.has_poses and cs.has_ctf and len(cs.records) == N
 
 
 def test_passthrough_merging(project_folder, tmp_path):
     folder = project_folder / "J12"
-    assert passthrough_files(folder / "J12_particles.cs") == [folder / "J12_passthrough_particles.cs"]
-    assert passthrough_files(folder / "cryosparc_P1_J12_005_particles.cs") == [folder / "J12_passthrough_particles.cs"]
+    assert passthrough_files(folder / "J12_particles.cs") == [
+        folder / "J12_passthrough_particles.cs"
+    ]
+    assert passthrough_files(folder / "cryosparc_P1_J12_005_particles.cs") == [
+        folder / "J12_passthrough_particles.cs"
+    ]
     merged = read_cryosparc(folder / "J12_particles.cs")
     main = np.load(folder / "J12_particles.cs")
     passthrough = np.load(folder / "J12_passthrough_particles.cs")
@@ -212,7 +297,9 @@ def test_passthrough_merging(project_folder, tmp_path):
     other.mkdir()
     _save_cs(other / "main.cs", main)
     _save_cs(tmp_path / "extra.cs", passthrough)
-    explicit = read_cryosparc(other / "main.cs", data_root=project_folder, passthroughs=[tmp_path / "extra.cs"])
+    explicit = read_cryosparc(
+        other / "main.cs", data_root=project_folder, passthroughs=[tmp_path / "extra.cs"]
+    )
     assert list(explicit.image_files) == list(merged.image_files)
     # without the passthrough the image locations are missing, named as .cs fields
     with pytest.raises(InputError, match=r"main\.cs: missing field blob/path") as error:
@@ -238,19 +325,33 @@ def test_bad_cs_files_are_one_line_errors(project_folder, tmp_path):
         "compressed.cs": (None, r"compressed\.cs: compressed cryoSPARC \.cs format"),
         "older.cs": (None, r"older\.cs: compressed cryoSPARC \.cs format"),
         "text.cs": ("text", r"text\.cs: not a cryoSPARC \.cs file"),
-        "nouid.cs": (records[[n for n in records.dtype.names if n != "uid"]], r"nouid\.cs: no field uid"),
-        "noidx.cs": (records[[n for n in records.dtype.names if n != "blob/idx"]], r"noidx\.cs: missing field blob/idx"),
+        "nouid.cs": (
+            records[[n for n in records.dtype.names if n != "uid"]],
+            r"nouid\.cs: no field uid",
+        ),
+        "noidx.cs": (
+            records[[n for n in records.dtype.names if n != "blob/idx"]],
+            r"noidx\.cs: missing field blob/idx",
+        ),
         "empty.cs": (records[:0], r"empty\.cs: holds no particles"),
     }
     for name, (content, message) in cases.items():
         path = tmp_path / name
         if name in ("compressed.cs", "older.cs"):
-            path.write_bytes((b"\x95CSDAT" if name == "compressed.cs" else b"\x94CSDAT") + bytes(100))
+            path.write_bytes(
+                (b"\x95CSDAT" if name == "compressed.cs" else b"\x94CSDAT") + bytes(100)
+            )
         elif name == "text.cs":
             path.write_text("uid blob/path\n")
         else:
-            _save_cs(path, np.ascontiguousarray(content) if content.dtype.names is None else
-                     np.array(content, dtype=[(n, content.dtype.fields[n][0]) for n in content.dtype.names]))
+            _save_cs(
+                path,
+                np.ascontiguousarray(content)
+                if content.dtype.names is None
+                else np.array(
+                    content, dtype=[(n, content.dtype.fields[n][0]) for n in content.dtype.names]
+                ),
+            )
         with pytest.raises(InputError, match=message) as error:
             read_cryosparc(path, passthroughs=[])
         assert "\n" not in str(error.value), name
@@ -260,29 +361,50 @@ def test_bad_cs_files_are_one_line_errors(project_folder, tmp_path):
         read_cryosparc(_save_cs(tmp_path / "repeat.cs", repeated), passthroughs=[])
     one_half = records.copy()
     one_half["alignments3D/split"] = 0  # a job without half sets: a random split instead
-    table = read_cryosparc(_save_cs(tmp_path / "one_half.cs", one_half), data_root=project_folder, passthroughs=[])
-    assert "rlnRandomSubset" not in table.particles.columns and set(np.unique(table.half_sets())) == {1, 2}
+    table = read_cryosparc(
+        _save_cs(tmp_path / "one_half.cs", one_half), data_root=project_folder, passthroughs=[]
+    )
+    assert "rlnRandomSubset" not in table.particles.columns and set(
+        np.unique(table.half_sets())
+    ) == {1, 2}
     binned = records.copy()  # a job that aligned at half the sampling: shifts in its own pixels
     binned["alignments3D/psize_A"] *= 2
     binned["alignments3D/shift"] /= 2
-    np.testing.assert_array_equal(read_cryosparc(_save_cs(tmp_path / "binned.cs", binned), data_root=project_folder,
-                                                 passthroughs=[]).origin_angstrom,
-                                  read_cryosparc(project_folder / "J12" / "J12_particles.cs").origin_angstrom)
+    np.testing.assert_array_equal(
+        read_cryosparc(
+            _save_cs(tmp_path / "binned.cs", binned), data_root=project_folder, passthroughs=[]
+        ).origin_angstrom,
+        read_cryosparc(project_folder / "J12" / "J12_particles.cs").origin_angstrom,
+    )
     bad_split = records.copy()
     bad_split["alignments3D/split"][2] = 2
-    with pytest.raises(InputError, match=r"split\.cs: field alignments3D/split is 2 in row 3; expected 0 or 1"):
+    with pytest.raises(
+        InputError, match=r"split\.cs: field alignments3D/split is 2 in row 3; expected 0 or 1"
+    ):
         read_cryosparc(_save_cs(tmp_path / "split.cs", bad_split), passthroughs=[])
     negative = records.copy()
     negative["ctf/df1_A"][4] = -100
-    with pytest.raises(InputError, match=r"negative\.cs: ctf/df1_A is -100 \(row 5\); defocus must be positive"):
-        read_cryosparc(_save_cs(tmp_path / "negative.cs", negative), data_root=project_folder, passthroughs=[])
+    with pytest.raises(
+        InputError, match=r"negative\.cs: ctf/df1_A is -100 \(row 5\); defocus must be positive"
+    ):
+        read_cryosparc(
+            _save_cs(tmp_path / "negative.cs", negative), data_root=project_folder, passthroughs=[]
+        )
     no_ctf = records[[n for n in records.dtype.names if not n.startswith("ctf/df")]]
     no_ctf = np.array(no_ctf, dtype=[(n, no_ctf.dtype.fields[n][0]) for n in no_ctf.dtype.names])
-    table = read_cryosparc(_save_cs(tmp_path / "noctf.cs", no_ctf), data_root=project_folder, passthroughs=[])
-    with pytest.raises(InputError, match=r"noctf\.cs: missing CTF column\(s\) ctf/df1_A, ctf/df2_A"):
+    table = read_cryosparc(
+        _save_cs(tmp_path / "noctf.cs", no_ctf), data_root=project_folder, passthroughs=[]
+    )
+    with pytest.raises(
+        InputError, match=r"noctf\.cs: missing CTF column\(s\) ctf/df1_A, ctf/df2_A"
+    ):
         table.require_ctf()
-    moved = read_cryosparc(_save_cs(tmp_path / "moved.cs", records), passthroughs=[])  # images not found
-    with pytest.raises(InputError, match=r"moved\.cs: image stack .* not found \(blob/path .*--data-root"):
+    moved = read_cryosparc(
+        _save_cs(tmp_path / "moved.cs", records), passthroughs=[]
+    )  # images not found
+    with pytest.raises(
+        InputError, match=r"moved\.cs: image stack .* not found \(blob/path .*--data-root"
+    ):
         moved.check_images()
 
 
@@ -308,13 +430,19 @@ def test_export_keeps_every_original_field(project_folder, tmp_path):
         assert written[name].tobytes() == table.records[name][rows].tobytes(), name
     frame = table.particles.iloc[rows]
     for k in (0, 1):
-        np.testing.assert_array_equal(written[f"components_mode_{k}/value"], frame[f"dmLatent{k + 1}"])
+        np.testing.assert_array_equal(
+            written[f"components_mode_{k}/value"], frame[f"dmLatent{k + 1}"]
+        )
         np.testing.assert_array_equal(written[f"components_mode_{k}/component"], k)
-        np.testing.assert_array_equal(written[f"dynamight/latent_{k + 1}"], frame[f"dmLatent{k + 1}"])
+        np.testing.assert_array_equal(
+            written[f"dynamight/latent_{k + 1}"], frame[f"dmLatent{k + 1}"]
+        )
     np.testing.assert_array_equal(written["dynamight/half_set"], frame["dmHalfSet"])
     np.testing.assert_array_equal(written["dynamight/validation"], frame["dmValidation"])
     np.testing.assert_allclose(written["dynamight/error_A"], frame["dmErrorAngstrom"], rtol=1e-6)
-    np.testing.assert_allclose(written["dynamight/displacement_A"], frame["dmDisplacementAngstrom"], rtol=1e-6)
+    np.testing.assert_allclose(
+        written["dynamight/displacement_A"], frame["dmDisplacementAngstrom"], rtol=1e-6
+    )
     # without results: exactly the original records; the file reads back as the same particles
     write_cryosparc(tmp_path / "J12" / "plain.cs", table, rows, keep_results=False)
     plain = np.load(tmp_path / "J12" / "plain.cs")
@@ -334,8 +462,11 @@ def test_star_input_exports_the_documented_fields(project_folder, tmp_path):
     assert list(back.image_files) == list(original.image_files)
     assert np.array_equal(back.image_indices, original.image_indices)
     assert np.array_equal(back.half_sets(), original.half_sets())
-    np.testing.assert_allclose(euler_to_matrix_numpy(back.euler_degrees), euler_to_matrix_numpy(original.euler_degrees),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        euler_to_matrix_numpy(back.euler_degrees),
+        euler_to_matrix_numpy(original.euler_degrees),
+        atol=1e-5,
+    )
     np.testing.assert_allclose(back.origin_angstrom, original.origin_angstrom, atol=1e-5)
     np.testing.assert_array_equal(back.ctf.defocus_u_angstrom, original.ctf.defocus_u_angstrom)
     uids = back.records["uid"]
@@ -382,7 +513,17 @@ def test_cli_info_reads_a_cs_file(project_folder, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "bad.cs: compressed" in err and "\n" not in err
     star = project_folder / "relion" / "particles.star"
-    assert main(["info", str(star), "--passthrough", str(project_folder / "J12" / "J12_passthrough_particles.cs")]) == 2
+    assert (
+        main(
+            [
+                "info",
+                str(star),
+                "--passthrough",
+                str(project_folder / "J12" / "J12_passthrough_particles.cs"),
+            ]
+        )
+        == 2
+    )
     assert "passthrough files apply to cryoSPARC .cs input only" in capsys.readouterr().err
 
 
@@ -415,8 +556,14 @@ def test_training_from_a_cs_file_resumes_and_checks_its_passthrough(simulated, t
     out = tmp_path / "run"
 
     def start(resume=False):
-        return optimize_deformations(cs, simulated.consensus, out, settings=settings,
-                                     consensus_model=simulated.model, resume=resume)
+        return optimize_deformations(
+            cs,
+            simulated.consensus,
+            out,
+            settings=settings,
+            consensus_model=simulated.model,
+            resume=resume,
+        )
 
     operation = start()
     for event in operation:  # cancel inside epoch 3, after the epoch-2 checkpoint
@@ -429,15 +576,22 @@ def test_training_from_a_cs_file_resumes_and_checks_its_passthrough(simulated, t
     assert np.load(folder.latents).shape[0] == len(star) == info["n_particles"]
     records = np.load(folder.input_records)
     assert records.tobytes() == read_cryosparc(cs).records.tobytes()
-    again = read_particles(folder.particles, data_root=Path(info["particles"]).parent)  # as reconstruct does
+    again = read_particles(
+        folder.particles, data_root=Path(info["particles"]).parent
+    )  # as reconstruct does
     again.check_images()
     assert list(again.image_files) == list(star.image_files)
-    np.testing.assert_allclose(euler_to_matrix_numpy(again.euler_degrees), euler_to_matrix_numpy(star.euler_degrees),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        euler_to_matrix_numpy(again.euler_degrees),
+        euler_to_matrix_numpy(star.euler_degrees),
+        atol=1e-5,
+    )
     passthrough = np.load(cs.parent / "J9_passthrough_particles.cs")
     passthrough["ctf/df1_A"][0] += 1
     _save_cs(cs.parent / "J9_passthrough_particles.cs", passthrough)
-    with pytest.raises(InputError, match=r"run\.json: this run was made with another passthrough \.cs files"):
+    with pytest.raises(
+        InputError, match=r"run\.json: this run was made with another passthrough \.cs files"
+    ):
         run(start(resume=True))
 
 
@@ -449,7 +603,9 @@ def test_napari_opens_a_cs_file(project_folder):
     [(points, kwargs, kind)] = read_star(str(path))
     assert kind == "points" and points.shape == (N, 3)
     assert kwargs["metadata"]["summary"]["format"] == "cryoSPARC"
-    np.testing.assert_array_equal(kwargs["features"]["half_set"], _ground_truth()["rlnRandomSubset"])
+    np.testing.assert_array_equal(
+        kwargs["features"]["half_set"], _ground_truth()["rlnRandomSubset"]
+    )
 
 
 def test_real_refinement_file_matches_cryodrgns_pose_conversion():
@@ -461,16 +617,24 @@ def test_real_refinement_file_matches_cryodrgns_pose_conversion():
 
     table = read_cryosparc(CS_FILES["refinement"])
     with open(CS_FILES["refinement_cryodrgn_poses"], "rb") as handle:
-        rotations, translations = pickle.load(handle)  # a file from a pinned commit (tests/data/SOURCES.md)
+        rotations, translations = pickle.load(
+            handle
+        )  # a file from a pinned commit (tests/data/SOURCES.md)
     ours = euler_to_matrix_numpy(table.euler_degrees)
     difference = np.abs(ours - rotations).max()
-    print(f"max |A - cryoDRGN rotation| {difference:.2e}; transposed: "
-          f"{np.abs(ours.transpose(0, 2, 1) - rotations).max():.2f}")
+    print(
+        f"max |A - cryoDRGN rotation| {difference:.2e}; transposed: "
+        f"{np.abs(ours.transpose(0, 2, 1) - rotations).max():.2f}"
+    )
     assert difference < 1e-5
-    np.testing.assert_allclose(table.origin_angstrom / table.pixel_size_angstrom[:, None] / 180, translations,
-                               atol=1e-7)
-    assert len(table) == 2019 and set(table.image_box) == {180} and set(table.pixel_size_angstrom) == {
-        np.float32(2.95)}
+    np.testing.assert_allclose(
+        table.origin_angstrom / table.pixel_size_angstrom[:, None] / 180, translations, atol=1e-7
+    )
+    assert (
+        len(table) == 2019
+        and set(table.image_box) == {180}
+        and set(table.pixel_size_angstrom) == {np.float32(2.95)}
+    )
     assert np.bincount(table.half_sets()).tolist() == [0, 1010, 1009]
     assert table.has_poses and table.has_ctf
 
@@ -481,12 +645,23 @@ def test_real_cryosparc_ctf_matches_the_same_particles_star_file():
 
     cs = read_cryosparc(CS_FILES["empiar10076"])
     star = read_particles(STAR_FILES["empiar10076_relion30"])
-    for name in ("defocus_u_angstrom", "defocus_v_angstrom", "voltage_kilovolts",
-                 "spherical_aberration_millimetres", "amplitude_contrast"):
-        np.testing.assert_allclose(getattr(cs.ctf, name), getattr(star.ctf, name), rtol=1e-6, err_msg=name)
-    np.testing.assert_allclose(cs.ctf.defocus_angle_degrees, star.ctf.defocus_angle_degrees, atol=1e-4)
+    for name in (
+        "defocus_u_angstrom",
+        "defocus_v_angstrom",
+        "voltage_kilovolts",
+        "spherical_aberration_millimetres",
+        "amplitude_contrast",
+    ):
+        np.testing.assert_allclose(
+            getattr(cs.ctf, name), getattr(star.ctf, name), rtol=1e-6, err_msg=name
+        )
+    np.testing.assert_allclose(
+        cs.ctf.defocus_angle_degrees, star.ctf.defocus_angle_degrees, atol=1e-4
+    )
     np.testing.assert_allclose(cs.pixel_size_angstrom, star.pixel_size_angstrom, rtol=1e-5)
-    assert list(cs.image_files) == list(star.image_files) and np.array_equal(cs.image_indices, star.image_indices)
+    assert list(cs.image_files) == list(star.image_files) and np.array_equal(
+        cs.image_indices, star.image_indices
+    )
     assert not cs.has_poses
     exported = read_cryosparc(CS_FILES["class2d_exported"])  # '>' paths, 2D alignments only
     assert not exported.has_poses and len(exported) == 22

@@ -23,14 +23,21 @@ def particles():
     model = GaussianModel(positions, torch.ones(60), torch.full((60,), 2.5))
     rotations = euler_to_matrix(torch.tensor(random_euler_angles(N, rng))).float()
     shifts = torch.tensor(rng.uniform(-4, 4, (N, 2)), dtype=torch.float32)
-    params = CtfParams.broadcast(N, defocus_u_angstrom=rng.uniform(8000, 20000, N),
-                                 defocus_v_angstrom=rng.uniform(8000, 20000, N), defocus_angle_degrees=0.0,
-                                 voltage_kilovolts=300.0, spherical_aberration_millimetres=2.7,
-                                 amplitude_contrast=0.1).torch()
+    params = CtfParams.broadcast(
+        N,
+        defocus_u_angstrom=rng.uniform(8000, 20000, N),
+        defocus_v_angstrom=rng.uniform(8000, 20000, N),
+        defocus_angle_degrees=0.0,
+        voltage_kilovolts=300.0,
+        spherical_aberration_millimetres=2.7,
+        amplitude_contrast=0.1,
+    ).torch()
     ctf = compute_ctf(params, BOX, PIXEL)
     images = project(model, rotations, shifts, BOX, PIXEL, ctf)
     latents = torch.zeros(N, 3)
-    latents[:, 1] = torch.arange(N).div(N // 4, rounding_mode="floor").float() - 1.5  # 4 codes, consecutive
+    latents[:, 1] = (
+        torch.arange(N).div(N // 4, rounding_mode="floor").float() - 1.5
+    )  # 4 codes, consecutive
     return images, rotations, shifts, ctf, latents
 
 

@@ -20,7 +20,9 @@ def test_cubic_lattice_connects_face_and_edge_neighbours_only():
     assert graph.radius_angstrom == pytest.approx(4.5)
     lengths = graph.rest_lengths.numpy()
     # 3 Å (faces) and 3√2 = 4.24 Å (edges) are inside 4.5 Å; 3√3 = 5.2 Å (corners) is not
-    assert np.allclose(np.unique(np.round(lengths.astype(np.float64), 3)), [3.0, round(3 * np.sqrt(2), 3)])
+    assert np.allclose(
+        np.unique(np.round(lengths.astype(np.float64), 3)), [3.0, round(3 * np.sqrt(2), 3)]
+    )
     n_face = 3 * 4 * 4 * 3  # 3 axes × 16 lines × 3 pairs per line
     n_edge = 6 * 3 * 3 * 4  # 6 diagonal directions × 3×3 squares × 4 layers
     assert len(graph.edges) == n_face + n_edge

@@ -31,8 +31,10 @@ def test_both_halves_learn_the_motion(noisy, tmp_path, seed):
     data = load_run(out)
     halves, frames = data.table.particles.dmHalfSet.to_numpy(), noisy.labels.frame.to_numpy()
     table = data.table.particles
-    ordering = [latent_frame_ordering(view.latents, frames[view.rows]).best
-                for view in (data.own_half(h) for h in (1, 2))]
+    ordering = [
+        latent_frame_ordering(view.latents, frames[view.rows]).best
+        for view in (data.own_half(h) for h in (1, 2))
+    ]
     moved = [float(table.dmDisplacementAngstrom[halves == h].mean()) for h in (1, 2)]
     print(f"seed {seed}: |Spearman| {ordering}, mean displacement {moved} Å")
     # measured: |Spearman| 0.83-0.87 (half 1) and 0.91-0.92 (half 2), displacement ratios 1.5-1.7 (the

@@ -20,7 +20,7 @@ def two_domain_model(seed=0, n=80):
     generator = torch.Generator().manual_seed(seed)
     positions = torch.randn(n, 3, generator=generator) * 6.0
     positions[: n // 2, 0] -= 10.0
-    positions[n // 2:, 0] += 10.0
+    positions[n // 2 :, 0] += 10.0
     return GaussianModel(positions, torch.ones(n), torch.full((n,), 2.5))
 
 
@@ -38,16 +38,40 @@ def simulated_batch(model, candidates, truth, noise_sigma, seed=1):
     count = len(truth)
     rotations = euler_to_matrix(torch.as_tensor(random_euler_angles(count, rng)))
     shifts = torch.as_tensor(rng.uniform(-3, 3, (count, 2)), dtype=torch.float32)
-    ctf = compute_ctf(CtfParams.broadcast(count, defocus_u_angstrom=rng.uniform(8000, 20000, count),
-                                          defocus_v_angstrom=rng.uniform(8000, 20000, count),
-                                          defocus_angle_degrees=0.0, voltage_kilovolts=300.0,
-                                          spherical_aberration_millimetres=2.7,
-                                          amplitude_contrast=0.1).torch("cpu"), BOX, PIXEL)
-    clean = project_spectrum(model, rotations.float(), shifts, BOX, PIXEL,
-                             positions_angstrom=candidates.positions[truth]) * ctf
-    noise = torch.fft.rfft2(torch.as_tensor(rng.normal(0, noise_sigma, (count, BOX, BOX)), dtype=torch.float32))
-    return {"rows": np.arange(count), "rotations": rotations.float(), "shifts_angstrom": shifts,
-            "ctf": ctf, "spectra": clean + noise}
+    ctf = compute_ctf(
+        CtfParams.broadcast(
+            count,
+            defocus_u_angstrom=rng.uniform(8000, 20000, count),
+            defocus_v_angstrom=rng.uniform(8000, 20000, count),
+            defocus_angle_degrees=0.0,
+            voltage_kilovolts=300.0,
+            spherical_aberration_millimetres=2.7,
+            amplitude_contrast=0.1,
+        ).torch("cpu"),
+        BOX,
+        PIXEL,
+    )
+    clean = (
+        project_spectrum(
+            model,
+            rotations.float(),
+            shifts,
+            BOX,
+            PIXEL,
+            positions_angstrom=candidates.positions[truth],
+        )
+        * ctf
+    )
+    noise = torch.fft.rfft2(
+        torch.as_tensor(rng.normal(0, noise_sigma, (count, BOX, BOX)), dtype=torch.float32)
+    )
+    return {
+        "rows": np.arange(count),
+        "rotations": rotations.float(),
+        "shifts_angstrom": shifts,
+        "ctf": ctf,
+        "spectra": clean + noise,
+    }
 
 
 def white_noise_model(noise_sigma):
@@ -70,12 +94,22 @@ def test_posterior_mean_recovers_the_true_candidate_and_shrinks_under_noise():
     model = two_domain_model()
     candidates = candidate_set(model, [-6.0, -3.0, 0.0, 3.0, 6.0])
     truth = np.tile(np.arange(5), 20)
-    signal = float(torch.fft.irfft2(simulated_batch(model, candidates, truth, 0.0)["spectra"], s=(BOX, BOX)).std())
+    signal = float(
+        torch.fft.irfft2(
+            simulated_batch(model, candidates, truth, 0.0)["spectra"], s=(BOX, BOX)
+        ).std()
+    )
     clean = simulated_batch(model, candidates, truth, noise_sigma=signal)  # SNR 1
-    estimate = posterior_mean(clean, candidates, model, white_noise_model(signal), BOX, PIXEL)[:, 0].numpy()
+    estimate = posterior_mean(clean, candidates, model, white_noise_model(signal), BOX, PIXEL)[
+        :, 0
+    ].numpy()
     assert np.mean(np.abs(estimate - candidates.latents[truth, 0].numpy()) < 0.5) > 0.95
-    noisy_sigma = signal * 10.0  # SNR 0.01: estimates spread and shrink towards the middle, never beyond
+    noisy_sigma = (
+        signal * 10.0
+    )  # SNR 0.01: estimates spread and shrink towards the middle, never beyond
     noisy = simulated_batch(model, candidates, truth, noise_sigma=noisy_sigma)
-    estimate = posterior_mean(noisy, candidates, model, white_noise_model(noisy_sigma), BOX, PIXEL)[:, 0].numpy()
+    estimate = posterior_mean(noisy, candidates, model, white_noise_model(noisy_sigma), BOX, PIXEL)[
+        :, 0
+    ].numpy()
     assert np.all(np.abs(estimate) <= 6.0 + 1e-4)
     assert np.corrcoef(estimate, candidates.latents[truth, 0].numpy())[0, 1] > 0.3

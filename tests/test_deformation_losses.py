@@ -22,22 +22,32 @@ from napari_dynamight.engine.geometry import euler_to_matrix
 
 def reference_points(seed=0, n=120):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, generator=generator, dtype=torch.float64) * torch.tensor([10.0, 7.0, 5.0],
-                                                                                        dtype=torch.float64)
+    return torch.randn(n, 3, generator=generator, dtype=torch.float64) * torch.tensor(
+        [10.0, 7.0, 5.0], dtype=torch.float64
+    )
 
 
 def rotation(angle, axis):
     axis = torch.nn.functional.normalize(torch.tensor(axis, dtype=torch.float64), dim=0)
-    k = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], dtype=torch.float64)
+    k = torch.tensor(
+        [[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]],
+        dtype=torch.float64,
+    )
     return torch.eye(3, dtype=torch.float64) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
 
 
 def test_regularisers_are_zero_for_rigid_motions():
     reference = reference_points()
     graph = build_graph(reference)
-    moved = torch.stack([reference @ rotation(a, ax).T + shift for a, ax, shift in (
-        (0.7, [1.0, 2.0, 0.5], torch.tensor([3.0, -2.0, 8.0], dtype=torch.float64)),
-        (2.5, [0.0, 0.0, 1.0], torch.zeros(3, dtype=torch.float64)))])
+    moved = torch.stack(
+        [
+            reference @ rotation(a, ax).T + shift
+            for a, ax, shift in (
+                (0.7, [1.0, 2.0, 0.5], torch.tensor([3.0, -2.0, 8.0], dtype=torch.float64)),
+                (2.5, [0.0, 0.0, 1.0], torch.zeros(3, dtype=torch.float64)),
+            )
+        ]
+    )
     assert float(distance_loss(moved, reference, graph)) < 1e-20
     assert float(repulsion_loss(moved, reference, graph)) < 1e-20
 
@@ -64,7 +74,9 @@ def test_regulariser_stiffness_is_the_trace_of_the_distance_terms_gauss_newton_h
         points = flat.view(-1, 3)
         return (points[graph.edges[:, 0]] - points[graph.edges[:, 1]]).norm(dim=-1)
 
-    jacobian = torch.autograd.functional.jacobian(lengths, reference.reshape(-1)) * moving.repeat_interleave(3)
+    jacobian = torch.autograd.functional.jacobian(
+        lengths, reference.reshape(-1)
+    ) * moving.repeat_interleave(3)
     trace = float(2.0 * jacobian.pow(2).sum() / len(graph.edges))
     assert regulariser_stiffness(graph, moving) == pytest.approx(trace, rel=1e-9)
 
@@ -75,13 +87,18 @@ def test_data_stiffness_is_the_trace_of_the_data_terms_gauss_newton_hessian():
     box, pixel, n = 32, 2.0, 12
     generator = torch.Generator().manual_seed(1)
     positions = torch.randn(n, 3, generator=generator, dtype=torch.float64) * 8.0
-    model = GaussianModel(positions, torch.rand(n, generator=generator, dtype=torch.float64) + 0.5,
-                          torch.full((n,), 3.0, dtype=torch.float64))
+    model = GaussianModel(
+        positions,
+        torch.rand(n, generator=generator, dtype=torch.float64) + 0.5,
+        torch.full((n,), 3.0, dtype=torch.float64),
+    )
     moving = torch.ones(n, dtype=torch.float64)
     moving[3] = 0.0
     rotations = euler_to_matrix(torch.rand(6, 3, generator=generator, dtype=torch.float64) * 360.0)
     shifts = torch.zeros(6, 2, dtype=torch.float64)
-    ctf = torch.cos(radial_index((box, box)).double() * (0.3 + 0.1 * torch.arange(6).view(-1, 1, 1)))
+    ctf = torch.cos(
+        radial_index((box, box)).double() * (0.3 + 0.1 * torch.arange(6).view(-1, 1, 1))
+    )
     noise = NoiseModel(box)
     noise.power = 1.0 + torch.arange(noise.n_shells, dtype=torch.float32)
     weights = noise.weights.double()
@@ -90,12 +107,15 @@ def test_data_stiffness_is_the_trace_of_the_data_terms_gauss_newton_hessian():
         projected = project_spectrum(model, rotations, shifts, box, pixel, flat.view(n, 3)) * ctf
         return torch.view_as_real(projected)
 
-    jacobian = torch.autograd.functional.jacobian(spectra, positions.reshape(-1), vectorize=True,
-                                                  strategy="forward-mode")  # (B, L, L', 2, 3n)
+    jacobian = torch.autograd.functional.jacobian(
+        spectra, positions.reshape(-1), vectorize=True, strategy="forward-mode"
+    )  # (B, L, L', 2, 3n)
     squared = jacobian.pow(2).sum(3) * moving.repeat_interleave(3)
     expected = 2.0 * float((squared.sum(-1) * weights).sum()) / len(rotations) / noise.n_frequencies
     got = data_stiffness(model, moving, ctf.pow(2).mean(0), weights, noise.n_frequencies, pixel)
-    assert got == pytest.approx(expected, rel=0.1)  # the projector splats bilinearly; the trace is analytic
+    assert got == pytest.approx(
+        expected, rel=0.1
+    )  # the projector splats bilinearly; the trace is analytic
 
 
 def test_lambda_is_the_stiffness_ratio():
@@ -113,8 +133,12 @@ def test_noise_weights_follow_the_residual_power_and_data_loss_is_one_on_pure_no
         noise.accumulate(spectra)
     noise.update()
     assert noise.power[1] < noise.power[10] < noise.power[16]
-    fresh = torch.fft.rfft2(torch.randn(64, box, box, generator=generator)) * (1 + noise.radius.float() / 4)
+    fresh = torch.fft.rfft2(torch.randn(64, box, box, generator=generator)) * (
+        1 + noise.radius.float() / 4
+    )
     loss = data_loss(torch.zeros_like(fresh), fresh, noise.weights, noise.n_frequencies)
     assert float(loss.mean()) == pytest.approx(1.0, abs=0.05)
     assert float(data_loss(fresh, fresh, noise.weights, noise.n_frequencies).abs().max()) == 0.0
-    assert float(noise.weights[noise.radius > box // 2].abs().max()) == 0.0  # corners beyond Nyquist
+    assert (
+        float(noise.weights[noise.radius > box // 2].abs().max()) == 0.0
+    )  # corners beyond Nyquist

@@ -30,7 +30,9 @@ def test_positional_encoding_holds_the_point_and_its_sines_and_cosines():
 
 def test_zero_initialised_decoder_gives_exactly_zero_displacement():
     torch.manual_seed(0)
-    decoder = DeformationDecoder(latent_dim=6, extent_angstrom=40.0, n_frequencies=10, width=32, depth=3)
+    decoder = DeformationDecoder(
+        latent_dim=6, extent_angstrom=40.0, n_frequencies=10, width=32, depth=3
+    )
     positions = torch.randn(50, 3) * 10
     latents = torch.randn(7, 6) * 5
     displacement = decoder(latents, positions)
@@ -41,7 +43,9 @@ def test_zero_initialised_decoder_gives_exactly_zero_displacement():
 
 def test_decoder_depends_on_latent_and_position_once_trained_and_mask_freezes_gaussians():
     torch.manual_seed(1)
-    decoder = DeformationDecoder(latent_dim=2, extent_angstrom=40.0, n_frequencies=4, width=16, depth=2)
+    decoder = DeformationDecoder(
+        latent_dim=2, extent_angstrom=40.0, n_frequencies=4, width=16, depth=2
+    )
     torch.nn.init.normal_(decoder.out.weight, std=0.1)
     positions = torch.randn(20, 3) * 10
     latents = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
@@ -57,7 +61,9 @@ def test_decoder_depends_on_latent_and_position_once_trained_and_mask_freezes_ga
 
 def test_split_input_layer_equals_one_layer_on_the_concatenation():
     torch.manual_seed(2)
-    decoder = DeformationDecoder(latent_dim=3, extent_angstrom=30.0, n_frequencies=5, width=8, depth=1)
+    decoder = DeformationDecoder(
+        latent_dim=3, extent_angstrom=30.0, n_frequencies=5, width=8, depth=1
+    )
     positions, latents = torch.randn(11, 3) * 8, torch.randn(4, 3)
     encoded = positional_encoding(positions / 30.0, 5)
     joint = torch.cat([encoded.expand(4, -1, -1), latents[:, None].expand(-1, 11, -1)], -1)
@@ -75,14 +81,18 @@ def test_encoder_shapes_sampling_and_kl():
     generator = torch.Generator().manual_seed(0)
     a = reparameterise(mean, log_var, generator)
     generator.manual_seed(0)
-    assert torch.equal(a, reparameterise(mean, log_var, generator))  # reproducible from the generator
+    assert torch.equal(
+        a, reparameterise(mean, log_var, generator)
+    )  # reproducible from the generator
     assert float(kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).abs().max()) == 0.0
     assert torch.allclose(kl_divergence(torch.ones(1, 4), torch.zeros(1, 4)), torch.tensor([2.0]))
 
 
 def test_factorised_decoder_starts_still_and_is_a_sum_of_basis_fields():
     torch.manual_seed(3)
-    decoder = FactorisedDecoder(latent_dim=4, extent_angstrom=30.0, n_frequencies=4, width=16, depth=2, rank=5)
+    decoder = FactorisedDecoder(
+        latent_dim=4, extent_angstrom=30.0, n_frequencies=4, width=16, depth=2, rank=5
+    )
     positions, latents = torch.randn(13, 3) * 8, torch.randn(6, 4)
     assert torch.count_nonzero(decoder(latents, positions)) == 0
     assert torch.equal(decoder.deform(latents, positions), positions.expand(6, -1, -1))
@@ -104,10 +114,17 @@ def test_factorised_decoder_learns_a_domain_rotation_that_is_nonlinear_in_the_la
     angle = 0.3 * latents.view(-1, 1, 1)
     x, y = positions[:, 0], positions[:, 1]
     domain = (x > 0).float()
-    target = torch.stack([(torch.cos(angle[:, :, 0]) - 1) * x - torch.sin(angle[:, :, 0]) * y,
-                          torch.sin(angle[:, :, 0]) * x + (torch.cos(angle[:, :, 0]) - 1) * y,
-                          torch.zeros(64, 200)], -1) * domain.view(1, -1, 1)
-    decoder = FactorisedDecoder(latent_dim=1, extent_angstrom=30.0, n_frequencies=4, width=64, depth=2, rank=8)
+    target = torch.stack(
+        [
+            (torch.cos(angle[:, :, 0]) - 1) * x - torch.sin(angle[:, :, 0]) * y,
+            torch.sin(angle[:, :, 0]) * x + (torch.cos(angle[:, :, 0]) - 1) * y,
+            torch.zeros(64, 200),
+        ],
+        -1,
+    ) * domain.view(1, -1, 1)
+    decoder = FactorisedDecoder(
+        latent_dim=1, extent_angstrom=30.0, n_frequencies=4, width=64, depth=2, rank=8
+    )
     optimiser = torch.optim.Adam(decoder.parameters(), lr=3e-3)
     for _ in range(600):
         optimiser.zero_grad()

@@ -30,13 +30,32 @@ def _half_of_trained_run(simulated, folder, settings):
     """Half 1 of a finished run rebuilt from its final checkpoint, with its batches."""
     train(simulated, folder, settings)
     state = checkpoint.load_checkpoint(checkpoint.final_path(folder))
-    inputs = read_inputs(simulated.star, simulated.consensus, None, simulated.model, None, None, None, "cpu",
-                         settings.validation_fraction, settings.seed)
+    inputs = read_inputs(
+        simulated.star,
+        simulated.consensus,
+        None,
+        simulated.model,
+        None,
+        None,
+        None,
+        "cpu",
+        settings.validation_fraction,
+        settings.seed,
+    )
     batches = ParticleBatches(inputs.table, inputs.train_box, "cpu")
     initial = GaussianModel.from_state_dict(state["initial_model"])
     moving = moving_flags(initial.positions_angstrom, inputs.mask, inputs.voxel_size_angstrom)
-    half = HalfSet(1, initial, state["halves"][0]["train_rows"].numpy(), state["halves"][0]["validation_rows"].numpy(),
-                   batches.box, 40.0, settings, moving, torch.device("cpu"))
+    half = HalfSet(
+        1,
+        initial,
+        state["halves"][0]["train_rows"].numpy(),
+        state["halves"][0]["validation_rows"].numpy(),
+        batches.box,
+        40.0,
+        settings,
+        moving,
+        torch.device("cpu"),
+    )
     checkpoint.load_half_state(half, state["halves"][0])
     return half, batches
 
@@ -104,8 +123,13 @@ def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, st
     on the candidates, draws from the posteriors) amplifies such rounding, so the latents (spanning
     about ±1) agree to 1e-3 rather than 1e-6."""
     out = tmp_path / "killed"
-    operation = optimize_deformations(simulated.star, simulated.consensus, out, settings=TWO_ROUNDS,
-                                      consensus_model=simulated.model)
+    operation = optimize_deformations(
+        simulated.star,
+        simulated.consensus,
+        out,
+        settings=TWO_ROUNDS,
+        consensus_model=simulated.model,
+    )
     for event in operation:
         if event.stage == "half 1: refinement round 2/2" and event.step == 1:
             break
@@ -115,8 +139,13 @@ def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, st
     state = checkpoint.load_checkpoint(latest)
     assert state["refinement_round"] == 1 and state["halves"][0]["candidates"].shape == (128, 6)
     train(simulated, out, TWO_ROUNDS, resume=True)
-    assert np.abs(np.load(out / "latent_means.npy") - np.load(straight / "latent_means.npy")).max() < 1e-3
-    modes = [line for line in (out / "losses.jsonl").read_text().splitlines() if "refinement" in line]
+    assert (
+        np.abs(np.load(out / "latent_means.npy") - np.load(straight / "latent_means.npy")).max()
+        < 1e-3
+    )
+    modes = [
+        line for line in (out / "losses.jsonl").read_text().splitlines() if "refinement" in line
+    ]
     assert len(modes) == 4  # two rounds, two halves
 
 
@@ -126,7 +155,18 @@ def test_refinement_rounds_can_be_added_to_a_finished_run(simulated, straight, t
     out = tmp_path / "run"
     train(simulated, out, one)
     train(simulated, out, TWO_ROUNDS, resume=True)
-    assert np.abs(np.load(out / "latent_means.npy") - np.load(straight / "latent_means.npy")).max() < 1e-3
+    assert (
+        np.abs(np.load(out / "latent_means.npy") - np.load(straight / "latent_means.npy")).max()
+        < 1e-3
+    )
     with pytest.raises(InputError, match="refinement_epochs=2"):
-        run(optimize_deformations(simulated.star, simulated.consensus, out, consensus_model=simulated.model,
-                                  settings=replace(TWO_ROUNDS, refinement_epochs=3), resume=True))
+        run(
+            optimize_deformations(
+                simulated.star,
+                simulated.consensus,
+                out,
+                consensus_model=simulated.model,
+                settings=replace(TWO_ROUNDS, refinement_epochs=3),
+                resume=True,
+            )
+        )

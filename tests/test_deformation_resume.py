@@ -14,8 +14,14 @@ SAME = 1e-4
 
 
 def start(simulated, out, resume=False):
-    return optimize_deformations(simulated.star, simulated.consensus, out, settings=FAST,
-                                 consensus_model=simulated.model, resume=resume)
+    return optimize_deformations(
+        simulated.star,
+        simulated.consensus,
+        out,
+        settings=FAST,
+        consensus_model=simulated.model,
+        resume=resume,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +33,13 @@ def straight(simulated, tmp_path_factory):
 
 # Means of near-cancelling differences (loss gains; distance changes along graph edges): rounding shows
 # earlier than in the data term.
-NEAR_CANCELLING = ("deformation_gain", "deformation_gain_z", "latent_gain", "latent_gain_z", "regularisation")
+NEAR_CANCELLING = (
+    "deformation_gain",
+    "deformation_gain_z",
+    "latent_gain",
+    "latent_gain_z",
+    "regularisation",
+)
 
 
 def assert_same_loss_log(resumed, uninterrupted) -> None:
@@ -63,7 +75,9 @@ def test_kill_after_a_checkpoint_then_resume_gives_the_same_result(simulated, st
     assert_same_loss_log(out / "losses.jsonl", straight[1] / "losses.jsonl")
 
 
-def test_kill_during_a_checkpoint_write_keeps_the_previous_one(simulated, straight, tmp_path, monkeypatch):
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(
+    simulated, straight, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     real = checkpoint._serialise
 
@@ -76,7 +90,9 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(simulated, straig
     monkeypatch.setattr(checkpoint, "_serialise", dying)
     with pytest.raises(KeyboardInterrupt):
         run(start(simulated, out))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0002.pt"]  # no temp file left
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "epoch_0002.pt"
+    ]  # no temp file left
     monkeypatch.setattr(checkpoint, "_serialise", real)
     run(start(simulated, out, resume=True))
     assert np.abs(np.load(out / "latent_means.npy") - straight[0]).max() < SAME

@@ -23,8 +23,12 @@ from napari_dynamight.engine.progress import run
 def trained(simulated, tmp_path_factory):
     out = tmp_path_factory.mktemp("deform") / "run"
     events = []
-    result = run(optimize_deformations(simulated.star, simulated.consensus, out, settings=FAST,
-                                       consensus_model=simulated.model), on_progress=events.append)
+    result = run(
+        optimize_deformations(
+            simulated.star, simulated.consensus, out, settings=FAST, consensus_model=simulated.model
+        ),
+        on_progress=events.append,
+    )
     return out, result, events
 
 
@@ -38,22 +42,56 @@ def best_pc_spearman(latents: np.ndarray, frames: np.ndarray) -> float:
 def test_run_writes_every_output(trained):
     out, result, events = trained
     names = {p.name for p in out.iterdir()}
-    assert {"latent_means.npy", "latent_means_half2_validation.npy", "particles.star", "consensus_half1.pt",
-            "consensus_half2.pt", "consensus_half1.mrc", "consensus_half2.mrc", "gaussian_errors.csv",
-            "losses.jsonl", "losses.png", "run.json", "consensus_initial.pt", "checkpoints"} <= names
+    assert {
+        "latent_means.npy",
+        "latent_means_half2_validation.npy",
+        "particles.star",
+        "consensus_half1.pt",
+        "consensus_half2.pt",
+        "consensus_half1.mrc",
+        "consensus_half2.mrc",
+        "gaussian_errors.csv",
+        "losses.jsonl",
+        "losses.png",
+        "run.json",
+        "consensus_initial.pt",
+        "checkpoints",
+    } <= names
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "epoch_0008.pt", "final.pt"]  # 8: refinement round 1
+        "epoch_0002.pt",
+        "epoch_0004.pt",
+        "epoch_0006.pt",
+        "epoch_0008.pt",
+        "final.pt",
+    ]  # 8: refinement round 1
     assert result.epochs == 6 and not result.stopped_early and result.train_box == 32
     recorded = json.loads((out / "run.json").read_text())["result"]
-    assert recorded["epochs"] == 6 and recorded["stopped_early"] is False and recorded["world_size"] == 1
+    assert (
+        recorded["epochs"] == 6
+        and recorded["stopped_early"] is False
+        and recorded["world_size"] == 1
+    )
     assert recorded["seconds_last_start"] == pytest.approx(result.seconds) and result.seconds > 0
     assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = pd.read_json(out / "losses.jsonl", lines=True)
-    assert list(log.epoch) == [e for e in (1, 2, 3, 4, 5, 6, 8) for _ in (1, 2)] and list(log.half) == [1, 2] * 7
-    assert list(log["mode"][::2]) == ["warmup", "full", "full", "full", "full", "consensus", "refinement"]
+    assert (
+        list(log.epoch) == [e for e in (1, 2, 3, 4, 5, 6, 8) for _ in (1, 2)]
+        and list(log.half) == [1, 2] * 7
+    )
+    assert list(log["mode"][::2]) == [
+        "warmup",
+        "full",
+        "full",
+        "full",
+        "full",
+        "consensus",
+        "refinement",
+    ]
     vae, refinement = log[log["mode"] != "refinement"], log[log["mode"] == "refinement"]
     assert np.isfinite(vae[["data", "regularisation", "kl", "lambda"]].to_numpy()).all()
-    assert np.isfinite(refinement[["data", "regularisation", "lambda", "posterior_entropy"]].to_numpy()).all()
+    assert np.isfinite(
+        refinement[["data", "regularisation", "lambda", "posterior_entropy"]].to_numpy()
+    ).all()
     assert (refinement.posterior_entropy <= np.log(FAST.posterior_candidates) + 1e-6).all()
     progress = [e for e in events if "epoch" in e.metrics]
     assert {"data", "lambda", "epoch"} <= set(progress[-1].metrics)
@@ -80,7 +118,9 @@ def test_checkpoints_hold_only_tensors_and_plain_values(trained):
         else:
             yield value
 
-    assert all(isinstance(v, (torch.Tensor, int, float, str, bool, type(None))) for v in leaves(state))
+    assert all(
+        isinstance(v, (torch.Tensor, int, float, str, bool, type(None))) for v in leaves(state)
+    )
 
 
 def test_latents_and_star_keep_input_row_order_and_columns(trained, simulated):
@@ -93,8 +133,12 @@ def test_latents_and_star_keep_input_row_order_and_columns(trained, simulated):
     pd.testing.assert_frame_equal(written["optics"], original["optics"])
     before, after = original["particles"], written["particles"]
     pd.testing.assert_frame_equal(after[before.columns], before)
-    assert list(after.columns[len(before.columns):]) == [f"dmLatent{k}" for k in range(1, 7)] + [
-        "dmHalfSet", "dmValidation", "dmErrorAngstrom", "dmDisplacementAngstrom"]
+    assert list(after.columns[len(before.columns) :]) == [f"dmLatent{k}" for k in range(1, 7)] + [
+        "dmHalfSet",
+        "dmValidation",
+        "dmErrorAngstrom",
+        "dmDisplacementAngstrom",
+    ]
     assert np.allclose(after[[f"dmLatent{k}" for k in range(1, 7)]].to_numpy(), latents, atol=1e-6)
     assert (after.dmHalfSet == before.rlnRandomSubset).all()
     validation = after.dmValidation.to_numpy() == 1
@@ -121,14 +165,32 @@ def test_decode_api_matches_latents_and_renders_at_consensus_box(trained):
 
 def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_path):
     """SNR 1, 400 particles: the best principal component of each half's latents follows the frame."""
-    settings = replace(FAST, epochs=20, batch_size=16, checkpoint_every=20, consensus_period=30,
-                       consensus_epochs=5, reference_update_every=10, alignment_predictions=100, seed=0)
-    run(optimize_deformations(simulated.star, simulated.consensus, tmp_path / "run", settings=settings,
-                              consensus_model=simulated.model))
+    settings = replace(
+        FAST,
+        epochs=20,
+        batch_size=16,
+        checkpoint_every=20,
+        consensus_period=30,
+        consensus_epochs=5,
+        reference_update_every=10,
+        alignment_predictions=100,
+        seed=0,
+    )
+    run(
+        optimize_deformations(
+            simulated.star,
+            simulated.consensus,
+            tmp_path / "run",
+            settings=settings,
+            consensus_model=simulated.model,
+        )
+    )
     latents = np.load(tmp_path / "run" / "latent_means.npy")
     labels = simulated.labels
     halves = labels.random_subset.to_numpy()
-    scores = [best_pc_spearman(latents[halves == h], labels.frame.to_numpy()[halves == h]) for h in (1, 2)]
+    scores = [
+        best_pc_spearman(latents[halves == h], labels.frame.to_numpy()[halves == h]) for h in (1, 2)
+    ]
     print("best-PC |Spearman| per half", scores)
     assert min(scores) > 0.5, scores
     # the decoded deformed models move: their RMS displacement is well above the noise control's 0.1 Å scale
@@ -149,7 +211,9 @@ def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_pa
         rows = np.nonzero(halves == half)[0][::5]
         decoded = [cc(decoder.particle_volume(i).numpy(), maps[labels.frame[i]]) for i in rows]
         static = [cc(reference, maps[labels.frame[i]]) for i in rows]
-        print(f"half {half}: decoded vs true map {np.mean(decoded):.4f}, reference {np.mean(static):.4f}")
+        print(
+            f"half {half}: decoded vs true map {np.mean(decoded):.4f}, reference {np.mean(static):.4f}"
+        )
         assert np.mean(decoded) > np.mean(static)
 
 
@@ -160,13 +224,23 @@ def test_only_gaussians_inside_the_mask_move(simulated, tmp_path):
     mask[:, :, 16:] = 1.0  # x ≥ 0 Å
     write_map(tmp_path / "mask.mrc", mask, 2.5)
     settings = replace(FAST, epochs=3, checkpoint_every=3)
-    run(optimize_deformations(simulated.star, simulated.consensus, tmp_path / "run", settings=settings,
-                              consensus_model=simulated.model, mask=tmp_path / "mask.mrc"))
+    run(
+        optimize_deformations(
+            simulated.star,
+            simulated.consensus,
+            tmp_path / "run",
+            settings=settings,
+            consensus_model=simulated.model,
+            mask=tmp_path / "mask.mrc",
+        )
+    )
     decoded = DeformationRun.load(tmp_path / "run")
     latents = np.load(tmp_path / "run" / "latent_means.npy")
     for half in (1, 2):
         reference = decoded.reference(half).positions_angstrom
         moved = (decoded.positions(latents[:50], half) - reference).norm(dim=-1)  # (50, N)
-        inside = torch.as_tensor(np.rint(load_model(simulated.model).positions_angstrom[:, 0].numpy() / 2.5) >= 0)
+        inside = torch.as_tensor(
+            np.rint(load_model(simulated.model).positions_angstrom[:, 0].numpy() / 2.5) >= 0
+        )
         assert float(moved[:, ~inside].abs().max()) == 0.0
         assert float(moved[:, inside].max()) > 1e-3

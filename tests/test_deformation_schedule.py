@@ -46,7 +46,13 @@ def test_stop_rule_counts_increases_in_both_halves():
 def test_alignment_mask_and_counting():
     positions = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
     mask = within_distance_mask(positions, box=32, voxel_size_angstrom=1.0, radius_angstrom=6.0)
-    assert bool(mask[16, 16, 16]) and bool(mask[16, 16, 16 + 10 + 5]) and not bool(mask[16, 16, 16 - 7])
+    assert (
+        bool(mask[16, 16, 16])
+        and bool(mask[16, 16, 16 + 10 + 5])
+        and not bool(mask[16, 16, 16 - 7])
+    )
     assert not bool(mask[16, 16 + 7, 16])
-    deformed = torch.stack([positions, positions + torch.tensor([0.0, 8.0, 0.0]), positions + 100.0])
+    deformed = torch.stack(
+        [positions, positions + torch.tensor([0.0, 8.0, 0.0]), positions + 100.0]
+    )
     assert count_inside(deformed, mask, 1.0).tolist() == [2, 0, 0]

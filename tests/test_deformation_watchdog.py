@@ -15,9 +15,21 @@ from napari_dynamight.engine.deformation import trainer, watchdog
 
 def row(epoch, half, rms, gain_z, gain=None, mode="full", lam=0.1):
     gain = 0.01 * gain_z if gain is None else gain
-    return {"epoch": epoch, "half": half, "mode": mode, "data": 1.0, "regularisation": 0.0, "kl": 0.0,
-            "lambda": lam, "rms_displacement_angstrom": rms, "validation_data": 1.0, "deformation_gain": gain,
-            "deformation_gain_z": gain_z, "latent_gain": gain, "latent_gain_z": gain_z}
+    return {
+        "epoch": epoch,
+        "half": half,
+        "mode": mode,
+        "data": 1.0,
+        "regularisation": 0.0,
+        "kl": 0.0,
+        "lambda": lam,
+        "rms_displacement_angstrom": rms,
+        "validation_data": 1.0,
+        "deformation_gain": gain,
+        "deformation_gain_z": gain_z,
+        "latent_gain": gain,
+        "latent_gain_z": gain_z,
+    }
 
 
 def history(rows_of_half_1, rows_of_half_2, warmup=2):
@@ -47,7 +59,9 @@ def test_a_stalled_half_is_named_once_enough_epochs_have_trained():
     assert watchdog.warning_key(warnings[0]) == "half 2 has stalled"
     # not during warm-up, nor before MIN_FULL_EPOCHS network-training epochs
     assert watchdog.check(history(HEALTHY[:9], stalled[:9])) == []
-    assert watchdog.check(history(HEALTHY[:3], stalled[:3]), min_full_epochs=3)[0].startswith("half 2 has stalled")
+    assert watchdog.check(history(HEALTHY[:3], stalled[:3]), min_full_epochs=3)[0].startswith(
+        "half 2 has stalled"
+    )
     # a half that barely moves but whose latents clearly improve the fit has not stalled (it lags)
     keys = [watchdog.warning_key(w) for w in watchdog.check(history(HEALTHY, [(0.05, 6.0)] * 12))]
     assert keys == ["the two halves disagree"]
@@ -58,7 +72,10 @@ def test_a_stalled_half_is_named_once_enough_epochs_have_trained():
 
 def test_both_halves_stalled_gives_a_line_each():
     warnings = watchdog.check(history([(0.0, 0.0)] * 12, [(0.01, 1.0)] * 12))
-    assert [watchdog.warning_key(w) for w in warnings] == ["half 1 has stalled", "half 2 has stalled"]
+    assert [watchdog.warning_key(w) for w in warnings] == [
+        "half 1 has stalled",
+        "half 2 has stalled",
+    ]
 
 
 def test_halves_that_move_by_very_different_amounts_disagree():
@@ -76,9 +93,18 @@ def test_halves_that_move_by_very_different_amounts_disagree():
 
 SHORT = replace(FAST, epochs=4, refinement_rounds=0, latent_inference="encoder", checkpoint_every=4)
 # Batch 16 and no consensus epochs: both halves learn 1.6-1.9 Å within 20 epochs (final agreement 0.92).
-LEARNING = replace(FAST, epochs=20, batch_size=16, checkpoint_every=20, consensus_period=30, consensus_epochs=5,
-                   reference_update_every=10, alignment_predictions=100, refinement_rounds=0,
-                   latent_inference="encoder")
+LEARNING = replace(
+    FAST,
+    epochs=20,
+    batch_size=16,
+    checkpoint_every=20,
+    consensus_period=30,
+    consensus_epochs=5,
+    reference_update_every=10,
+    alignment_predictions=100,
+    refinement_rounds=0,
+    latent_inference="encoder",
+)
 
 
 def run_warnings(out):
@@ -123,7 +149,9 @@ def test_the_cli_prints_each_warning_as_one_line(stalled_run, capsys):
 
     def operation():
         yield Progress("half 1: epoch 1/2", 1, 2)
-        yield Progress("watchdog", 1, None, message="half 2 has stalled: x", warning="half 2 has stalled: x")
+        yield Progress(
+            "watchdog", 1, None, message="half 2 has stalled: x", warning="half 2 has stalled: x"
+        )
         yield Progress("half 1: epoch 2/2", 1, 2)
         return 7
 
@@ -136,7 +164,9 @@ def test_pure_noise_images_give_a_warning(simulated, tmp_path, one_torch_thread)
     shutil.copytree(simulated.star.parent, noise, ignore=shutil.ignore_patterns("ground_truth"))
     for stack in noise.rglob("*.mrcs"):
         with mrcfile.open(stack, "r+") as handle:
-            handle.data[...] = np.random.default_rng(1).normal(0, handle.data.std(), handle.data.shape)
+            handle.data[...] = np.random.default_rng(1).normal(
+                0, handle.data.std(), handle.data.shape
+            )
     noisy = replace(simulated, star=noise / simulated.star.name)
     warnings = run_warnings(train(noisy, tmp_path / "run", replace(SHORT, epochs=6)))
     assert any(w.startswith("the two halves disagree:") for w in warnings), warnings

@@ -24,7 +24,11 @@ from napari_dynamight.engine.progress import run
 
 
 def train(star, consensus, model, out, settings, resume=False) -> None:
-    run(optimize_deformations(star, consensus, out, settings=settings, consensus_model=model, resume=resume))
+    run(
+        optimize_deformations(
+            star, consensus, out, settings=settings, consensus_model=model, resume=resume
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,12 @@ def single(simulated, tmp_path_factory):
 
 def test_context_without_torchrun_is_one_process_and_free():
     context = distributed.single()
-    assert (context.rank, context.world_size, context.is_main, context.halves_split) == (0, 1, True, False)
+    assert (context.rank, context.world_size, context.is_main, context.halves_split) == (
+        0,
+        1,
+        True,
+        False,
+    )
     rows = np.arange(10)
     assert context.shard(rows) is rows
     t = torch.ones(3)
@@ -68,15 +77,29 @@ def test_two_ranks_split_halves_match_one_process(simulated, single, tmp_path):
     assert difference < 1e-5
     assert (out / "losses.jsonl").read_text() == (single / "losses.jsonl").read_text()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "epoch_0008.pt", "final.pt"]  # 8: refinement
+        "epoch_0002.pt",
+        "epoch_0004.pt",
+        "epoch_0006.pt",
+        "epoch_0008.pt",
+        "final.pt",
+    ]  # 8: refinement
 
 
-def test_data_parallel_halves_match_one_process_and_resume_across_layouts(simulated, single, tmp_path):
+def test_data_parallel_halves_match_one_process_and_resume_across_layouts(
+    simulated, single, tmp_path
+):
     """Both halves data-parallel over two ranks up to epoch 4, resumed with the halves split (two
     ranks) for epochs 5-6 and the refinement round, then compared with the straight single-process run."""
     out = tmp_path / "run"
-    launch(train, simulated.star, simulated.consensus, simulated.model, out,
-           replace(FAST, epochs=4, refinement_rounds=0), split=False)
+    launch(
+        train,
+        simulated.star,
+        simulated.consensus,
+        simulated.model,
+        out,
+        replace(FAST, epochs=4, refinement_rounds=0),
+        split=False,
+    )
     middle = torch.load(out / "checkpoints" / "epoch_0004.pt", weights_only=True)
     reference = torch.load(single / "checkpoints" / "epoch_0004.pt", weights_only=True)
     for ours, theirs in zip(middle["halves"], reference["halves"], strict=True):
@@ -87,9 +110,13 @@ def test_data_parallel_halves_match_one_process_and_resume_across_layouts(simula
     ours, theirs = np.load(out / "latent_means.npy"), np.load(single / "latent_means.npy")
     difference = float(np.abs(ours - theirs).max())
     correlation = min(np.corrcoef(ours[:, k], theirs[:, k])[0, 1] for k in range(ours.shape[1]))
-    print(f"data parallel + resume: max |latent difference| {difference:.3g} "
-          f"(latent range {np.ptp(theirs):.3g}), lowest per-dimension correlation {correlation:.6f}")
-    assert difference < 1e-3 and correlation > 0.9999  # refinement amplifies rounding (test_deformation_refinement)
+    print(
+        f"data parallel + resume: max |latent difference| {difference:.3g} "
+        f"(latent range {np.ptp(theirs):.3g}), lowest per-dimension correlation {correlation:.6f}"
+    )
+    assert (
+        difference < 1e-3 and correlation > 0.9999
+    )  # refinement amplifies rounding (test_deformation_refinement)
 
 
 def reconstruct_counting(run_directory, counts_folder) -> None:

@@ -31,12 +31,17 @@ def train(directory, settings, resume=False) -> None:
 
 def networks(directory, name="final.pt") -> list[dict]:
     """Both halves' network state dicts in ``RUN/inverse/name`` (final.pt or checkpoints/epoch_*.pt)."""
-    return [h["network"] for h in checkpoint.load_checkpoint(directory / "inverse" / name)["halves"]]
+    return [
+        h["network"] for h in checkpoint.load_checkpoint(directory / "inverse" / name)["halves"]
+    ]
 
 
 def largest_difference(ours: list[dict], theirs: list[dict]) -> float:
-    return max(float((a[name] - b[name]).abs().max())
-               for a, b in zip(ours, theirs, strict=True) for name in a)
+    return max(
+        float((a[name] - b[name]).abs().max())
+        for a, b in zip(ours, theirs, strict=True)
+        for name in a
+    )
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,13 +51,26 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def single(simulated, tmp_path_factory):
     """A short deformation run (motions of about 1.6 Å RMS) and its short inverse run in one process."""
     out = tmp_path_factory.mktemp("distributed_inverse") / "run"
-    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=replace(FAST, epochs=10),
-                              consensus_model=simulated.model))
+    run(
+        optimize_deformations(
+            simulated.star,
+            simulated.consensus,
+            out,
+            settings=replace(FAST, epochs=10),
+            consensus_model=simulated.model,
+        )
+    )
     train(out, SETTINGS)
     summary = json.loads((out / "inverse" / "summary.json").read_text())
-    for half in ("half1", "half2"):  # a field worth comparing: 4 epochs undo part of a visible motion
+    for half in (
+        "half1",
+        "half2",
+    ):  # a field worth comparing: 4 epochs undo part of a visible motion
         assert summary[half]["held_out_displacement_angstrom"] > 0.2
-        assert summary[half]["held_out_error_angstrom"] < 0.9 * summary[half]["held_out_displacement_angstrom"]
+        assert (
+            summary[half]["held_out_error_angstrom"]
+            < 0.9 * summary[half]["held_out_displacement_angstrom"]
+        )
     return out
 
 
@@ -65,13 +83,18 @@ def copy(single, tmp_path, monkeypatch):
 
 def test_two_ranks_split_halves_resume_one_process_exactly(single, copy):
     """The single-process run's epoch-2 checkpoint resumed on two ranks, each training one half."""
-    shutil.copytree(single / "inverse", copy / "inverse", ignore=shutil.ignore_patterns(
-        "epoch_0004.pt", "final.pt", "summary.json"))
+    shutil.copytree(
+        single / "inverse",
+        copy / "inverse",
+        ignore=shutil.ignore_patterns("epoch_0004.pt", "final.pt", "summary.json"),
+    )
     launch(train, copy, SETTINGS, True)
     difference = largest_difference(networks(copy), networks(single))
     print("split halves, resumed: max |network parameter difference|", difference)
     assert difference == 0.0
-    assert (copy / "inverse" / "losses.jsonl").read_text() == (single / "inverse" / "losses.jsonl").read_text()
+    assert (copy / "inverse" / "losses.jsonl").read_text() == (
+        single / "inverse" / "losses.jsonl"
+    ).read_text()
     ours = json.loads((copy / "inverse" / "summary.json").read_text())
     theirs = json.loads((single / "inverse" / "summary.json").read_text())
     for half in ("half1", "half2"):
@@ -91,8 +114,12 @@ def test_two_ranks_data_parallel_agree_with_one_process(single, copy):
         assert ours[half]["n_train"] == theirs[half]["n_train"] and ours[half]["n_held_out"] == 40
         for key in ("train_error_angstrom", "held_out_error_angstrom"):
             relative = abs(ours[half][key] - theirs[half][key]) / theirs[half][key]
-            print(f"data parallel, {half} {key}: {ours[half][key]:.6f} vs {theirs[half][key]:.6f} Å "
-                  f"(relative difference {relative:.2g})")
+            print(
+                f"data parallel, {half} {key}: {ours[half][key]:.6f} vs {theirs[half][key]:.6f} Å "
+                f"(relative difference {relative:.2g})"
+            )
             assert relative < 1e-4
-    log = [json.loads(line) for line in (copy / "inverse" / "losses.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line) for line in (copy / "inverse" / "losses.jsonl").read_text().splitlines()
+    ]
     assert [(e["epoch"], e["half"]) for e in log] == [(k, h) for k in range(1, 5) for h in (1, 2)]

@@ -36,22 +36,30 @@ def test_both_halves_land_where_their_true_frames_are(moving_run, simulated, tmp
     data = load_run(folder)
     frames = simulated.labels.frame.to_numpy()
     halves = data.table.particles.dmHalfSet.to_numpy()
-    own = [latent_frame_ordering(view.latents, frames[view.rows]).best
-           for view in (data.own_half(h) for h in (1, 2))]
+    own = [
+        latent_frame_ordering(view.latents, frames[view.rows]).best
+        for view in (data.own_half(h) for h in (1, 2))
+    ]
     rho = [abs(spearmanr(space.coords[:, k], frames).correlation) for k in range(2)]
     axis = space.coords[:, int(np.argmax(rho))]
     per_half = [abs(spearmanr(axis[halves == h], frames[halves == h]).correlation) for h in (1, 2)]
     lines = [np.polyfit(frames[halves == h], axis[halves == h], 1) for h in (1, 2)]
     grid = np.unique(frames)
-    gap = np.sqrt(np.mean((np.polyval(lines[0], grid) - np.polyval(lines[1], grid)) ** 2)) / axis.std()
-    centres = np.array([[space.coords[(halves == h) & (frames == f)].mean(axis=0) for f in grid]
-                        for h in (1, 2)])
+    gap = (
+        np.sqrt(np.mean((np.polyval(lines[0], grid) - np.polyval(lines[1], grid)) ** 2))
+        / axis.std()
+    )
+    centres = np.array(
+        [[space.coords[(halves == h) & (frames == f)].mean(axis=0) for f in grid] for h in (1, 2)]
+    )
     spread = np.sqrt(((space.coords - space.coords.mean(axis=0)) ** 2).sum(axis=1).mean())
     apart = np.linalg.norm(centres[0] - centres[1], axis=1).mean() / spread
-    print(f"own latent |Spearman| {np.round(own, 3)}, common space: all {max(rho):.3f}, per half "
-          f"{np.round(per_half, 3)}, "
-          f"slopes {lines[0][0]:.4f} {lines[1][0]:.4f} Å/frame, line gap {gap:.3f} std, "
-          f"same-frame centres {apart:.3f} RMS apart")
+    print(
+        f"own latent |Spearman| {np.round(own, 3)}, common space: all {max(rho):.3f}, per half "
+        f"{np.round(per_half, 3)}, "
+        f"slopes {lines[0][0]:.4f} {lines[1][0]:.4f} Å/frame, line gap {gap:.3f} std, "
+        f"same-frame centres {apart:.3f} RMS apart"
+    )
     # measured: own 0.986 / 0.976; common space: all 0.980, per half 0.984 / 0.977, slopes -0.0282 /
     # -0.0285 Å per frame, lines 0.08 std apart, same-frame centres 0.09 RMS apart (on another run with
     # these settings, plain PCA: centres 0.43 apart; centred on the whole data set: lines 0.31 apart)
@@ -62,7 +70,9 @@ def test_both_halves_land_where_their_true_frames_are(moving_run, simulated, tmp
     assert apart < 0.25, apart
 
 
-def test_validation_particles_are_placed_by_their_own_half_and_the_result_is_cached(finished_run, tmp_path):
+def test_validation_particles_are_placed_by_their_own_half_and_the_result_is_cached(
+    finished_run, tmp_path
+):
     folder = RunFolder(shutil.copytree(finished_run, tmp_path / "run"))
     operation = common_space(folder.path, n_points=64, batch_size=64)
     next(operation)
@@ -73,7 +83,9 @@ def test_validation_particles_are_placed_by_their_own_half_and_the_result_is_cac
     assert events > 0 and space.coords.shape == (len(table), 2) and np.isfinite(space.coords).all()
     assert ((space.explained_variance > 0) & (space.explained_variance <= 1)).all()
     np.testing.assert_array_equal(space.validation, table.dmValidation.to_numpy() != 0)
-    np.testing.assert_array_equal(space.decoded_by, table.dmHalfSet.to_numpy())  # validation: own half
+    np.testing.assert_array_equal(
+        space.decoded_by, table.dmHalfSet.to_numpy()
+    )  # validation: own half
     half2 = np.load(folder.latents_half2)
     moved = space.validation & (space.decoded_by == 2)
     assert moved.any()
@@ -88,7 +100,9 @@ def test_validation_particles_are_placed_by_their_own_half_and_the_result_is_cac
     folder.info.write_text(json.dumps(info), encoding="utf-8")
     _, events = collect(common_space(folder.path, n_points=64, batch_size=64))
     assert events > 0
-    _, events = collect(common_space(folder.path, n_points=32, batch_size=64))  # other points: again
+    _, events = collect(
+        common_space(folder.path, n_points=32, batch_size=64)
+    )  # other points: again
     assert events > 0
 
 
@@ -97,13 +111,18 @@ def test_without_half2_codes_plain_pca_of_the_own_codes(finished_run):
     from napari_dynamight.engine.explore.common_space import compute_common_space
 
     deformation = DeformationRun.load(finished_run)
-    reference = deformation.reference(1).positions_angstrom  # half 1 at its own Gaussians: positions
+    reference = deformation.reference(
+        1
+    ).positions_angstrom  # half 1 at its own Gaussians: positions
     code = deformation.latents[0]
     moved = deformation.displacements_at_half1(code, 1, np.arange(len(reference)))[0]
     np.testing.assert_allclose(reference + moved, deformation.positions(code, 1)[0], atol=1e-5)
     space = run(compute_common_space(deformation, None, n_points=64))
     assert (space.decoded_by[space.validation] == 1).all()  # only half 1's codes are known
-    assert space.explained_variance.sum() <= 1 and space.explained_variance[0] >= space.explained_variance[1]
+    assert (
+        space.explained_variance.sum() <= 1
+        and space.explained_variance[0] >= space.explained_variance[1]
+    )
     events = list(compute_common_space(deformation, None, n_points=64, batch_size=50))
     assert [event.step for event in events] == list(range(1, events[-1].total + 1))
 

@@ -21,11 +21,22 @@ def tiny_run(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("explore_run")
     data = simulated_adk(folder / "data")
-    fit = run(fit_consensus(data / "consensus.mrc", folder / "consensus", n_gaussians=200, n_steps=10))
-    settings = DeformationSettings(epochs=1, warmup_epochs=0, latent_dim=4, checkpoint_every=1,
-                                   refinement_rounds=0)
-    run(optimize_deformations(data / "particles.star", data / "consensus.mrc", folder / "run",
-                              settings=settings, consensus_model=fit.model_path, box=32))
+    fit = run(
+        fit_consensus(data / "consensus.mrc", folder / "consensus", n_gaussians=200, n_steps=10)
+    )
+    settings = DeformationSettings(
+        epochs=1, warmup_epochs=0, latent_dim=4, checkpoint_every=1, refinement_rounds=0
+    )
+    run(
+        optimize_deformations(
+            data / "particles.star",
+            data / "consensus.mrc",
+            folder / "run",
+            settings=settings,
+            consensus_model=fit.model_path,
+            box=32,
+        )
+    )
     return folder / "run"
 
 
@@ -41,13 +52,18 @@ def test_decode_matches_the_deformation_engine(tiny_run):
     for half in (1, 2):
         decoded = decoder.decode(data.latents[particle], half=half)
         latent = data.latents[particle]
-        np.testing.assert_allclose(decoded.volume, reference.volume(latent, half).numpy(),
-                                   rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(decoded.positions_angstrom,
-                                   reference.positions(latent, half)[0].numpy(), atol=1e-5)
-        np.testing.assert_allclose(decoded.consensus_angstrom,
-                                   reference.reference(half).positions_angstrom.numpy())
-    assert decoded.volume.shape == (64, 64, 64) and decoded.voxel_size_angstrom == pytest.approx(1.5)
+        np.testing.assert_allclose(
+            decoded.volume, reference.volume(latent, half).numpy(), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            decoded.positions_angstrom, reference.positions(latent, half)[0].numpy(), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            decoded.consensus_angstrom, reference.reference(half).positions_angstrom.numpy()
+        )
+    assert decoded.volume.shape == (64, 64, 64) and decoded.voxel_size_angstrom == pytest.approx(
+        1.5
+    )
     with pytest.raises(InputError, match="4 latent dimensions"):
         decoder.decode(np.zeros(3))
 
@@ -59,8 +75,9 @@ def test_half_comparison_for_validation_particles(tiny_run):
     validation = np.nonzero(data.table.particles["dmValidation"].to_numpy() == 1)[0]
     np.testing.assert_array_equal(np.nonzero(decoder.validation)[0], validation)
     comparison = decoder.compare_halves(int(validation[0]))
-    expected = np.linalg.norm(comparison.half1.displacements_angstrom
-                              - comparison.half2.displacements_angstrom, axis=1)
+    expected = np.linalg.norm(
+        comparison.half1.displacements_angstrom - comparison.half2.displacements_angstrom, axis=1
+    )
     np.testing.assert_allclose(comparison.difference_angstrom, expected)
     half2 = np.load(tiny_run / "latent_means_half2_validation.npy")[validation[0]]
     np.testing.assert_allclose(comparison.half2.latent, half2)
@@ -89,8 +106,9 @@ def test_explorer_decodes_each_half_with_its_own_decoder(qtbot, make_napari_view
         qtbot.waitUntil(lambda: not busy(), timeout=30_000)
         latent = widget.embedding.to_latent(point)
         volumes[half] = np.array(viewer.layers[VOLUME_LAYER].data)
-        np.testing.assert_allclose(volumes[half], reference.volume(latent, half).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            volumes[half], reference.volume(latent, half).numpy(), rtol=1e-5, atol=1e-6
+        )
         other = reference.volume(latent, 3 - half).numpy()
         assert np.abs(volumes[half] - other).max() > 1e-3 * np.abs(other).max()
     half2 = np.load(tiny_run / "latent_means_half2_validation.npy")
@@ -99,7 +117,11 @@ def test_explorer_decodes_each_half_with_its_own_decoder(qtbot, make_napari_view
     row = widget.compare_halves()
     qtbot.waitUntil(lambda: not busy(), timeout=30_000)
     assert reference.validation[row]
-    np.testing.assert_allclose(viewer.layers[HALVES_LAYER].features["difference_angstrom"],
-                               widget.last_comparison.difference_angstrom)
-    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, widget.last_comparison.half2.volume)
+    np.testing.assert_allclose(
+        viewer.layers[HALVES_LAYER].features["difference_angstrom"],
+        widget.last_comparison.difference_angstrom,
+    )
+    np.testing.assert_allclose(
+        viewer.layers[VOLUME_LAYER].data, widget.last_comparison.half2.volume
+    )
     assert f"particle {row}" in widget.status.value

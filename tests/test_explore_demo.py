@@ -32,16 +32,43 @@ def test_virtual_display_starts_and_stops_xvfb(monkeypatch):
 
 
 @pytest.mark.slow
-def test_headless_demo_writes_napari_screenshots_and_movies(make_napari_viewer, tmp_path, monkeypatch):
+def test_headless_demo_writes_napari_screenshots_and_movies(
+    make_napari_viewer, tmp_path, monkeypatch
+):
     from napari_dynamight import _napari_demo
 
     monkeypatch.setattr(_napari_demo, "MOVIE_FRAMES", 5)
     monkeypatch.setattr(_napari_demo, "new_viewer", lambda: make_napari_viewer(show=True))
     output = tmp_path / "demo"
-    assert main(["demo", "--output-directory", str(output), "--headless", "--n-particles", "150",
-                 "--box", "32", "--pixel-size", "3", "--snr", "1", "--frames", "0:98:10",
-                 "--n-gaussians", "150", "--fit-steps", "20", "--epochs", "5",
-                 "--refinement-rounds", "1"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--output-directory",
+                str(output),
+                "--headless",
+                "--n-particles",
+                "150",
+                "--box",
+                "32",
+                "--pixel-size",
+                "3",
+                "--snr",
+                "1",
+                "--frames",
+                "0:98:10",
+                "--n-gaussians",
+                "150",
+                "--fit-steps",
+                "20",
+                "--epochs",
+                "5",
+                "--refinement-rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     outputs = json.loads((output / "demo_summary.json").read_text())["deformations"]["outputs"]
     assert outputs["napari_movie_frames"] == 5
 
@@ -51,8 +78,12 @@ def test_headless_demo_writes_napari_screenshots_and_movies(make_napari_viewer, 
     assert plot_red.sum() > 20  # the decode marker in the latent plot
     canvas = iio.imread(output / "napari_volume.png")
     grey = (np.ptp(canvas.astype(int), axis=2) < 12) & (canvas[..., 0] > 60)
-    orange = (canvas[..., 0] > 200) & (canvas[..., 1] > 100) & (canvas[..., 1] < 200) & (
-        canvas[..., 2] < 60)
+    orange = (
+        (canvas[..., 0] > 200)
+        & (canvas[..., 1] > 100)
+        & (canvas[..., 1] < 200)
+        & (canvas[..., 2] < 60)
+    )
     assert grey.mean() > 0.01, "no decoded volume (grey surface) in the 3D view"
     assert grey.sum() > 10 * orange.sum(), "the Gaussians hide the decoded volume"
     assert molecule_coverage(canvas) > 0.25, "the molecule is small in the 3D view"

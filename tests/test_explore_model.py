@@ -37,14 +37,17 @@ def test_half_views_hold_each_half_with_its_own_codes(run):
         np.testing.assert_array_equal(view.rows, np.nonzero((halves == half) | validation)[0])
         centres = CENTRES if half == 1 else to_half2(CENTRES)
         nearest = np.argmin(np.linalg.norm(view.latents[:, None] - centres[None], axis=2), axis=1)
-        np.testing.assert_array_equal(nearest, clusters(len(run))[view.rows])  # codes in half h's frame
+        np.testing.assert_array_equal(
+            nearest, clusters(len(run))[view.rows]
+        )  # codes in half h's frame
     half2 = np.load(run.source / "latent_means_half2_validation.npy")
     view = run.view(2)
     np.testing.assert_array_equal(view.latents[validation[view.rows]], half2[validation])
     columns = run.columns(view)
     np.testing.assert_array_equal(columns["latent 1"], view.latents[:, 0])
-    np.testing.assert_array_equal(columns["rlnDefocusU"],
-                                  run.table.particles["rlnDefocusU"].to_numpy()[view.rows])
+    np.testing.assert_array_equal(
+        columns["rlnDefocusU"], run.table.particles["rlnDefocusU"].to_numpy()[view.rows]
+    )
 
 
 def test_own_half_holds_only_that_halfs_particles_in_its_own_frame(run):
@@ -60,7 +63,9 @@ def test_own_half_holds_only_that_halfs_particles_in_its_own_frame(run):
         np.testing.assert_array_equal(nearest, clusters(len(run))[own.rows])
     validation = run.table.particles["dmValidation"].to_numpy() == 1
     own = run.own_half(2)
-    np.testing.assert_array_equal(own.latents[validation[own.rows]], half2[validation & (halves == 2)])
+    np.testing.assert_array_equal(
+        own.latents[validation[own.rows]], half2[validation & (halves == 2)]
+    )
 
 
 def test_half2_embedding_does_not_depend_on_half1_latents(tmp_path):
@@ -132,7 +137,9 @@ def test_named_selections_are_one_class_per_particle_and_half():
     np.testing.assert_array_equal(selections.labels(1), [1, 1, 2, 2, 0, 0])
     assert selections.counts() == {"open": 2, "closed": 2}
     np.testing.assert_array_equal(selections.mask("closed"), [0, 0, 1, 1, 0, 0])
-    selections.add("wide", [0, 3, 5], half=2)  # another half: takes nothing from half 1's selections
+    selections.add(
+        "wide", [0, 3, 5], half=2
+    )  # another half: takes nothing from half 1's selections
     np.testing.assert_array_equal(selections.rows("wide"), [0, 3, 5])
     np.testing.assert_array_equal(selections.rows("closed"), [2, 3])
     assert selections.half_of == {"open": 1, "closed": 1, "wide": 2}
@@ -160,11 +167,18 @@ def test_export_holds_exactly_the_selected_rows_with_all_columns(run, tmp_path):
     others = [c for c in original if c != "rlnImageName"]
     assert subset["particles"][others].equals(expected[others])
     # written in another folder, the names lead to the run's original images from there
-    assert list(subset["particles"]["rlnImageName"]) == [name.replace("@", "@run/") for name in expected["rlnImageName"]]
-    np.testing.assert_array_equal(read_particles(tmp_path / "subset.star").image_files, run.table.image_files[mask])
-    assert run.export(run.source / "same_folder.star", mask) == mask.sum()  # beside the original: unchanged
+    assert list(subset["particles"]["rlnImageName"]) == [
+        name.replace("@", "@run/") for name in expected["rlnImageName"]
+    ]
+    np.testing.assert_array_equal(
+        read_particles(tmp_path / "subset.star").image_files, run.table.image_files[mask]
+    )
+    assert (
+        run.export(run.source / "same_folder.star", mask) == mask.sum()
+    )  # beside the original: unchanged
     assert starfile.read(run.source / "same_folder.star")["particles"]["rlnImageName"].equals(
-        expected["rlnImageName"])
+        expected["rlnImageName"]
+    )
     kept = run.export(tmp_path / "with_results.star", np.nonzero(mask)[0], keep_results=True)
     assert kept == mask.sum()
     assert "dmLatent1" in starfile.read(tmp_path / "with_results.star")["particles"].columns
@@ -206,7 +220,9 @@ def test_graph_path_goes_around_a_gap():
     latents = np.column_stack([np.cos(angle), np.sin(angle)]) * 10
     points, rows = graph_path(latents, 0, 199, n_points=50, k=4)
     assert rows[0] == 0 and rows[-1] == 199
-    assert np.all(np.diff(rows) > 0) and np.diff(rows).max() <= 4  # neighbour to neighbour along the U
+    assert (
+        np.all(np.diff(rows) > 0) and np.diff(rows).max() <= 4
+    )  # neighbour to neighbour along the U
     np.testing.assert_allclose(np.linalg.norm(points, axis=1), 10, atol=0.05)
     straight = straight_path(latents[0], latents[199], 50)
     assert np.linalg.norm(straight, axis=1).min() < 1

@@ -14,7 +14,10 @@ from napari_dynamight.engine.gaussians import (
 def _blob_image(box, pixel):
     axis = (torch.arange(box) - box // 2) * pixel
     y, x = torch.meshgrid(axis, axis, indexing="ij")
-    return (torch.exp(-((x - 5) ** 2 + y**2) / (2 * 6.0**2)) + 0.5 * torch.exp(-(x**2 + (y + 8) ** 2) / 50.0))[None]
+    return (
+        torch.exp(-((x - 5) ** 2 + y**2) / (2 * 6.0**2))
+        + 0.5 * torch.exp(-(x**2 + (y + 8) ** 2) / 50.0)
+    )[None]
 
 
 def test_downsampling_keeps_values_and_centre():
@@ -27,7 +30,9 @@ def test_downsampling_keeps_values_and_centre():
 
 def test_constant_image_stays_constant():
     image = torch.full((1, 48, 48), 3.0)
-    assert torch.allclose(fourier_resample(image, 1.0, 1.5, 32), torch.full((1, 32, 32), 3.0), atol=1e-5)
+    assert torch.allclose(
+        fourier_resample(image, 1.0, 1.5, 32), torch.full((1, 32, 32), 3.0), atol=1e-5
+    )
 
 
 def test_fourier_box_rounds_to_even():
@@ -36,7 +41,9 @@ def test_fourier_box_rounds_to_even():
 
 
 def test_fsc_of_a_map_with_itself_and_with_noise():
-    volume = render_volume(GaussianModel(torch.randn(50, 3) * 6, torch.ones(50), torch.full((50,), 2.0)), 32, 1.5)
+    volume = render_volume(
+        GaussianModel(torch.randn(50, 3) * 6, torch.ones(50), torch.full((50,), 2.0)), 32, 1.5
+    )
     frequency, curve = fsc(volume, volume, 1.5)
     assert np.allclose(curve, 1.0) and np.isclose(frequency[-1], 1 / 3.0)
     rng = np.random.default_rng(0)

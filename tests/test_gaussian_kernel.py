@@ -16,13 +16,19 @@ def _direct_kernel(sigmas, box, pixel, dim):
     freq_sq = sum(g**2 for g in grids)
     sinc = math.prod(torch.sinc(g * pixel) ** 2 for g in grids)
     s = sigmas.double().view(-1, *([1] * dim))
-    return (2 * math.pi * s**2 / pixel**2) ** (dim / 2) * torch.exp(-2 * math.pi**2 * s**2 * freq_sq) / sinc
+    return (
+        (2 * math.pi * s**2 / pixel**2) ** (dim / 2)
+        * torch.exp(-2 * math.pi**2 * s**2 * freq_sq)
+        / sinc
+    )
 
 
 def _model(n=300, seed=0):
     g = torch.Generator().manual_seed(seed)
     sigmas = torch.tensor([1.5, 2.0, 2.6])[torch.randint(0, 3, (n,), generator=g)]
-    return GaussianModel(torch.randn(n, 3, generator=g) * 4, torch.rand(n, generator=g) + 0.5, sigmas)
+    return GaussianModel(
+        torch.randn(n, 3, generator=g) * 4, torch.rand(n, generator=g) + 0.5, sigmas
+    )
 
 
 def _relative(a, b):
@@ -66,6 +72,8 @@ def test_projection_matches_direct_formula_and_keeps_gradients():
     sigmas, channel = torch.unique(model.sigmas_angstrom.detach(), return_inverse=True)
     line = model.amplitudes * math.sqrt(2 * math.pi) * model.sigmas_angstrom.detach() / pixel
     for b in range(len(rotations)):
-        xy = (model.positions_angstrom.double() @ rotations[b].double().T)[:, :2] - shifts[b].double()
+        xy = (model.positions_angstrom.double() @ rotations[b].double().T)[:, :2] - shifts[
+            b
+        ].double()
         expected = _direct(xy.flip(-1) / pixel + box // 2, line, sigmas, channel, box, pixel)
         assert _relative(fast[b].detach().to(torch.complex128), expected) < 1e-4

@@ -102,8 +102,13 @@ def test_mask_with_another_box_is_refused(qtbot, data_widget, tmp_path):
 def test_summary_notes_images_and_map_of_different_widths():
     from napari_dynamight._widgets.data import format_summary
 
-    star = {"particles": 5, "poses": True, "optics_groups": [
-        {"optics_group": 1, "particles": 5, "box": 64, "pixel_size_angstrom": 1.5}]}
+    star = {
+        "particles": 5,
+        "poses": True,
+        "optics_groups": [
+            {"optics_group": 1, "particles": 5, "box": 64, "pixel_size_angstrom": 1.5}
+        ],
+    }
     same = format_summary(star, (np.zeros((64, 64, 64)), 1.5, 0.1))
     assert "note" not in same and "5 particles, 1 optics group, poses: yes" in same
     other = format_summary(star, (np.zeros((48, 48, 48)), 1.5, 0.1))

@@ -105,8 +105,12 @@ def test_lasso_in_half_2_exports_exactly_the_enclosed_half_2_rows(qtbot, explore
     assert (source["particles"]["dmHalfSet"].to_numpy()[enclosed_rows] == 1).sum() > 0  # validation
     # saved outside the run folder, the names still lead to the original images
     assert list(exported["particles"]["rlnImageName"]) == [
-        name.replace("@", "@run/") for name in source["particles"]["rlnImageName"].to_numpy()[enclosed_rows]]
-    np.testing.assert_array_equal(read_particles(path).image_files, widget.data.table.image_files[enclosed_rows])
+        name.replace("@", "@run/")
+        for name in source["particles"]["rlnImageName"].to_numpy()[enclosed_rows]
+    ]
+    np.testing.assert_array_equal(
+        read_particles(path).image_files, widget.data.table.image_files[enclosed_rows]
+    )
     assert exported["optics"].equals(source["optics"])
     assert not any(c.startswith("dm") for c in exported["particles"].columns)
     widget._selection_chosen("right")  # choosing a half-2 selection shows half 2 again
@@ -138,8 +142,11 @@ def test_dock_fits_a_laptop_screen(explorer):
     assert widget.sizeHint().height() <= 800 and widget.minimumSizeHint().height() <= 800
     for always in (widget.status.native, widget.tasks.bar, widget.tasks.cancel_button):
         assert always.isVisibleTo(widget) and not widget.sections.isAncestorOf(always)
-    assert [widget.sections.tabText(k) for k in range(widget.sections.count())] == \
-        ["Selection", "Paths", "Validation"]
+    assert [widget.sections.tabText(k) for k in range(widget.sections.count())] == [
+        "Selection",
+        "Paths",
+        "Validation",
+    ]
 
 
 def test_the_plugins_docks_together_fit_a_laptop_screen(qtbot, make_napari_viewer):
@@ -147,13 +154,19 @@ def test_the_plugins_docks_together_fit_a_laptop_screen(qtbot, make_napari_viewe
     least height stays under 800 px (stacked, it was over 2,900)."""
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
-    names = ["Latent-space explorer", "Deformations", "Inverse deformations", "Reconstruction",
-             "Data and consensus"]
+    names = [
+        "Latent-space explorer",
+        "Deformations",
+        "Inverse deformations",
+        "Reconstruction",
+        "Data and consensus",
+    ]
     docks = [viewer.window.add_plugin_dock_widget("napari-dynamight", name)[0] for name in names]
     qtbot.wait(200)
     assert window.minimumSizeHint().height() <= 800
-    assert {dock.windowTitle() for dock in window.tabifiedDockWidgets(docks[0])} == \
-        {dock.windowTitle() for dock in docks[1:]}
+    assert {dock.windowTitle() for dock in window.tabifiedDockWidgets(docks[0])} == {
+        dock.windowTitle() for dock in docks[1:]
+    }
 
 
 def test_a_run_opens_with_a_decoded_volume_fitted_to_the_canvas(qtbot, explorer):
@@ -169,15 +182,19 @@ def test_a_run_opens_with_a_decoded_volume_fitted_to_the_canvas(qtbot, explorer)
     layer = viewer.layers[VOLUME_LAYER]
     assert viewer.dims.ndisplay == 3 and layer.rendering == "iso"
     assert layer.iso_threshold == pytest.approx(automatic_threshold(np.asarray(layer.data)))
-    np.testing.assert_allclose(widget.plot.marker.get_xydata()[0], median_point(widget.embedding.coords))
+    np.testing.assert_allclose(
+        widget.plot.marker.get_xydata()[0], median_point(widget.embedding.coords)
+    )
     for each in viewer.layers:  # the scale bar reads Å
         assert all(str(unit) == "angstrom" for unit in each.units), each.name
     assert not viewer.layers[VECTORS_LAYER].visible  # arrows on demand
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     coverage = molecule_coverage(canvas)
     density, gaussians = density_pixels(canvas).sum(), gaussian_pixels(canvas).sum()
-    print(f"canvas {canvas.shape[:2]}: molecule coverage {coverage:.2f}, density pixels {density}, "
-          f"Gaussian pixels {gaussians}")
+    print(
+        f"canvas {canvas.shape[:2]}: molecule coverage {coverage:.2f}, density pixels {density}, "
+        f"Gaussian pixels {gaussians}"
+    )
     assert coverage >= 0.25 and density > 10 * gaussians
 
 
@@ -230,8 +247,11 @@ def test_click_decodes_and_updates_the_volume(qtbot, explorer):
     assert shift[0] == pytest.approx(6, abs=0.5) and abs(shift[1]) < 0.5
     vectors = viewer.layers[VECTORS_LAYER].data
     np.testing.assert_allclose(vectors[:, 1], np.tile([0, shift[1], shift[0]], (12, 1)), atol=1e-5)
-    np.testing.assert_allclose(viewer.layers[POINTS_LAYER].data,
-                               (decoder.consensus + [shift[0], shift[1], 0])[:, ::-1], atol=1e-5)
+    np.testing.assert_allclose(
+        viewer.layers[POINTS_LAYER].data,
+        (decoder.consensus + [shift[0], shift[1], 0])[:, ::-1],
+        atol=1e-5,
+    )
     shot_1 = viewer.screenshot(canvas_only=True, flash=False)
     assert shot_1[..., :3].std() > 5 and np.abs(shot_1.astype(int) - shot_0).mean() > 0.5
 
@@ -285,7 +305,9 @@ def test_dragging_decodes_without_queueing(qtbot, explorer, monkeypatch):
     assert len(draws) <= 2, len(draws)
     assert widget.runner.requested - requested == 2 and decoder.calls - calls <= 2
     np.testing.assert_allclose(widget.last_point, points[-1], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(widget.last_decoded.latent, widget.embedding.to_latent(widget.last_point))
+    np.testing.assert_allclose(
+        widget.last_decoded.latent, widget.embedding.to_latent(widget.last_point)
+    )
 
 
 def test_path_volumes_and_movie(qtbot, explorer, tmp_path, monkeypatch):
@@ -304,7 +326,9 @@ def test_path_volumes_and_movie(qtbot, explorer, tmp_path, monkeypatch):
     files = sorted((tmp_path / "volumes").glob("path_*.mrc"))
     assert len(files) == 4 and not (tmp_path / "volumes" / LOCK_NAME).exists()
     script = (tmp_path / "volumes" / "path.cxc").read_text()
-    assert " ".join(f'"{f.name}"' for f in files) + " vseries true" in script and "movie" not in script
+    assert (
+        " ".join(f'"{f.name}"' for f in files) + " vseries true" in script and "movie" not in script
+    )
     with mrcfile.open(files[0]) as first, mrcfile.open(files[-1]) as last:
         assert np.abs(first.data - last.data).max() > 0.1 * first.data.max()
         assert float(first.voxel_size.x) == pytest.approx(2.0)
@@ -315,8 +339,11 @@ def test_path_volumes_and_movie(qtbot, explorer, tmp_path, monkeypatch):
     renders, while_capturing = [], []  # the canvas's renders, and their count when capture ended
     viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(lambda _: renders.append(1))
     close = _movie.FrameCapture.close
-    monkeypatch.setattr(_movie.FrameCapture, "close",
-                        lambda capture: (while_capturing.append(len(renders)), close(capture)))
+    monkeypatch.setattr(
+        _movie.FrameCapture,
+        "close",
+        lambda capture: (while_capturing.append(len(renders)), close(capture)),
+    )
     widget.export_movie(movie, also=[tmp_path / "path.mp4"])
     wait_idle(qtbot, widget)
     assert widget.tasks.last_outcome.error is None
@@ -324,7 +351,10 @@ def test_path_volumes_and_movie(qtbot, explorer, tmp_path, monkeypatch):
     frames = iio.imread(movie)
     canvas_height, canvas_width = viewer.window._qt_viewer.canvas.size
     # cropped to the molecule (the canvas is tall and narrow here), background rows around it
-    assert frames.shape[0] == 4 and frames.shape[1] < 0.6 * canvas_height, (frames.shape, canvas_height)
+    assert frames.shape[0] == 4 and frames.shape[1] < 0.6 * canvas_height, (
+        frames.shape,
+        canvas_height,
+    )
     assert max(frames[:, :2].max(), frames[:, -2:].max()) < 30
     mp4 = iio.imread(tmp_path / "path.mp4", plugin="FFMPEG")
     assert mp4.shape[0] == 4 and mp4.shape[1] % 16 == 0 and mp4.shape[2] % 16 == 0
@@ -332,7 +362,11 @@ def test_path_volumes_and_movie(qtbot, explorer, tmp_path, monkeypatch):
     chimerax = tmp_path / "path_chimerax"  # the same series for ChimeraX, recording path.mp4
     assert len(list(chimerax.glob("path_*.mrc"))) == 4 and not (chimerax / LOCK_NAME).exists()
     script = (chimerax / "path.cxc").read_text()
-    assert "vseries true" in script and "wait 4" in script and 'movie encode "path.mp4" framerate 10' in script
+    assert (
+        "vseries true" in script
+        and "wait 4" in script
+        and 'movie encode "path.mp4" framerate 10' in script
+    )
     change, contrast = np.abs(frames[0].astype(int) - frames[-1]).mean(), frames[0].std()
     assert change > 0.5 and contrast > 5, (change, contrast)
 
@@ -341,18 +375,28 @@ def test_gaussian_error_estimates_view(explorer):
     viewer, widget, folder = explorer
     rng = np.random.default_rng(2)
     table = np.column_stack([rng.normal(0, 10, (40, 3)), rng.uniform(0, 3, 40)])
-    np.savetxt(folder / "gaussian_errors.csv", table, delimiter=",", fmt="%.5f", comments="",
-               header="x_angstrom,y_angstrom,z_angstrom,error_angstrom")
+    np.savetxt(
+        folder / "gaussian_errors.csv",
+        table,
+        delimiter=",",
+        fmt="%.5f",
+        comments="",
+        header="x_angstrom,y_angstrom,z_angstrom,error_angstrom",
+    )
     widget.open_run(folder)
     layer = widget.show_gaussian_errors()
     np.testing.assert_allclose(layer.data, table[:, 2::-1], atol=1e-5)
     np.testing.assert_allclose(layer.features["error_angstrom"], table[:, 3], atol=1e-5)
     colours = layer.face_color[np.argsort(table[:, 3])[[0, -1]]]
     assert np.abs(colours[0] - colours[1]).sum() > 0.5  # lowest and highest error differ in colour
-    assert layer.face_colorbar.visible and str(layer.units[0]) == "angstrom"  # a colour legend, in Å
+    assert (
+        layer.face_colorbar.visible and str(layer.units[0]) == "angstrom"
+    )  # a colour legend, in Å
 
 
-def test_reconstruct_selection_shows_the_half_maps_and_the_fsc(qtbot, make_napari_viewer, finished_run):
+def test_reconstruct_selection_shows_the_half_maps_and_the_fsc(
+    qtbot, make_napari_viewer, finished_run
+):
     """A lasso selection in a real run, one click on Reconstruct selection: the half maps and the full
     map of exactly those particles as layers in Å, their FSC plotted, the files in RUN/subsets/."""
     viewer = make_napari_viewer(show=True)
@@ -361,7 +405,9 @@ def test_reconstruct_selection_shows_the_half_maps_and_the_fsc(qtbot, make_napar
     assert not widget.reconstruct_button.enabled
     coords = widget.embedding.coords
     low, high = coords.min(axis=0) - 1, coords.max(axis=0) + 1
-    mask = widget.select_polygon([(low[0], low[1]), (high[0], low[1]), (high[0], high[1]), (low[0], high[1])])
+    mask = widget.select_polygon(
+        [(low[0], low[1]), (high[0], low[1]), (high[0], high[1]), (low[0], high[1])]
+    )
     assert mask.all() and widget.reconstruct_button.enabled
     widget.reconstruct_button.native.click()
     qtbot.waitUntil(lambda: not widget.tasks.running, timeout=120_000)
@@ -371,14 +417,18 @@ def test_reconstruct_selection_shows_the_half_maps_and_the_fsc(qtbot, make_napar
     for role in ("half 1", "half 2", "full"):
         layer = viewer.layers[f"selection: {role}"]
         assert layer.data.shape == (box,) * 3 and tuple(layer.scale) == pytest.approx((voxel,) * 3)
-    assert not viewer.layers["selection: half 1"].visible and viewer.layers["selection: full"].visible
+    assert (
+        not viewer.layers["selection: half 1"].visible and viewer.layers["selection: full"].visible
+    )
     frequency, values = widget.fsc_plot.curve(0, "standard")
     assert len(values) == box // 2 + 1 and np.isfinite(values).all() and values[1] > 0.5
     assert len(read_particles(folder / "particles.star")) == len(widget.view.rows)
     assert (folder / "maps.cxc").is_file() and not (finished_run / LOCK_NAME).exists()
 
 
-def test_one_lasso_in_the_common_space_exports_both_halves(qtbot, make_napari_viewer, finished_run, tmp_path):
+def test_one_lasso_in_the_common_space_exports_both_halves(
+    qtbot, make_napari_viewer, finished_run, tmp_path
+):
     """Half sets "both": every particle in the common motion space; one lasso selects particles of
     both halves, exported as one STAR file of exactly the enclosed rows; a click decodes the nearest
     particle with its own half."""
@@ -399,7 +449,9 @@ def test_one_lasso_in_the_common_space_exports_both_halves(qtbot, make_napari_vi
     assert len(widget.plot.coords) == len(table) and (folder / "common_motion_space.npz").is_file()
     assert widget.colour.value == "dmHalfSet"
     assert not any(name.startswith("latent") for name in widget.colour.choices)
-    np.testing.assert_allclose(widget._validation_marks.get_offsets(), widget.embedding.coords[validation])
+    np.testing.assert_allclose(
+        widget._validation_marks.get_offsets(), widget.embedding.coords[validation]
+    )
 
     widget.mode.value = "lasso"
     coords = widget.embedding.coords
@@ -420,7 +472,9 @@ def test_one_lasso_in_the_common_space_exports_both_halves(qtbot, make_napari_vi
 
     path = tmp_path / "both.star"
     assert widget.export_selection(path) == len(expected)
-    np.testing.assert_array_equal(read_particles(path).image_files, widget.data.table.image_files[expected])
+    np.testing.assert_array_equal(
+        read_particles(path).image_files, widget.data.table.image_files[expected]
+    )
     assert "dmHalfSet 1:" in widget.status.value
 
     target = coords[expected[0]] + 1e-3
@@ -437,12 +491,14 @@ def test_one_lasso_in_the_common_space_exports_both_halves(qtbot, make_napari_vi
     assert widget.compare_halves(coords[second]) == second
     qtbot.waitUntil(lambda: getattr(widget, "last_comparison", None) is not None, timeout=30_000)
     wait_idle(qtbot, widget)
-    np.testing.assert_allclose(widget.last_decoded.latent,
-                               np.load(folder / "latent_means_half2_validation.npy")[second])
+    np.testing.assert_allclose(
+        widget.last_decoded.latent, np.load(folder / "latent_means_half2_validation.npy")[second]
+    )
 
 
-def test_validation_particles_are_marked_on_the_common_density_image(qtbot, make_napari_viewer, finished_run,
-                                                                      tmp_path, monkeypatch):
+def test_validation_particles_are_marked_on_the_common_density_image(
+    qtbot, make_napari_viewer, finished_run, tmp_path, monkeypatch
+):
     """Above the density threshold (lowered here) the common space is a density image; the validation
     particles are still marked, as dots, every one of them or a stated subset."""
     import shutil
@@ -459,15 +515,23 @@ def test_validation_particles_are_marked_on_the_common_density_image(qtbot, make
     qtbot.waitUntil(lambda: widget.view is not None and widget.view.half == BOTH, timeout=60_000)
     validation = widget.data.table.particles.dmValidation.to_numpy() != 0
     assert widget.plot.density and widget.plot.artist.get_array().shape == (200, 200)
-    np.testing.assert_allclose(widget._validation_marks.get_offsets(), widget.embedding.coords[validation])
+    np.testing.assert_allclose(
+        widget._validation_marks.get_offsets(), widget.embedding.coords[validation]
+    )
     assert widget._validation_legend.get_texts()[0].get_text() == f"validation ({validation.sum()})"
 
     monkeypatch.setattr(_explorer_common, "MAX_VALIDATION_DOTS", 5)
     widget.mark_validation()
     shown = widget._validation_marks.get_offsets()
     assert len(shown) == 5 and len(widget.plot.axes.collections) == 1  # replaced, not added
-    assert all((np.abs(widget.embedding.coords[validation] - point).sum(axis=1) < 1e-5).any() for point in shown)
-    assert widget._validation_legend.get_texts()[0].get_text() == f"validation (5 of {validation.sum()} shown)"
+    assert all(
+        (np.abs(widget.embedding.coords[validation] - point).sum(axis=1) < 1e-5).any()
+        for point in shown
+    )
+    assert (
+        widget._validation_legend.get_texts()[0].get_text()
+        == f"validation (5 of {validation.sum()} shown)"
+    )
 
 
 def test_the_common_space_needs_the_runs_decoders(explorer):

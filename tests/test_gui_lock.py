@@ -28,17 +28,23 @@ def locked(tmp_path):
     folder = tmp_path / "locked"
     folder.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    (folder / LOCK_NAME).write_text(json.dumps(
-        {"host": socket.gethostname(), "pid": holder.pid, "command": "optimize-deformations"}) + "\n")
+    (folder / LOCK_NAME).write_text(
+        json.dumps(
+            {"host": socket.gethostname(), "pid": holder.pid, "command": "optimize-deformations"}
+        )
+        + "\n"
+    )
     yield folder, holder.pid
     holder.kill()
     holder.wait()
 
 
 def snapshot(folder):
-    return {path.relative_to(folder): (path.stat().st_size, path.stat().st_mtime_ns, path.read_bytes())
-            for path in sorted(folder.rglob("*")) if path.is_file()} | {
-        path.relative_to(folder): "folder" for path in folder.rglob("*") if path.is_dir()}
+    return {
+        path.relative_to(folder): (path.stat().st_size, path.stat().st_mtime_ns, path.read_bytes())
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    } | {path.relative_to(folder): "folder" for path in folder.rglob("*") if path.is_dir()}
 
 
 def deformations(widget, folder, qtbot, resume=False):
@@ -81,7 +87,8 @@ CASES = {
 
 @pytest.mark.parametrize("title", list(CASES))
 def test_a_folder_locked_by_a_live_process_is_refused_in_one_line(
-        qtbot, make_napari_viewer, locked, title):
+    qtbot, make_napari_viewer, locked, title
+):
     folder, pid = locked
     name, start = CASES[title]
     viewer = make_napari_viewer(show=True)

@@ -32,8 +32,9 @@ def test_explorer_screenshots_per_half_set(qtbot, make_napari_viewer, tmp_path):
         coords = widget.embedding.coords
         low, high = coords.min(axis=0), coords.max(axis=0)
         middle = (low + high) / 2
-        widget.select_polygon([(middle[0], low[1]), (high[0], low[1]), (high[0], high[1]),
-                               (middle[0], high[1])])
+        widget.select_polygon(
+            [(middle[0], low[1]), (high[0], low[1]), (high[0], high[1]), (middle[0], high[1])]
+        )
         widget.add_selection(f"right of half {half}")
         widget.decode_at(coords[widget.view.rows % 3 == 1].mean(axis=0))
         qtbot.waitUntil(lambda: not widget.runner.busy, timeout=30_000)
@@ -52,7 +53,9 @@ def test_explorer_screenshots_per_half_set(qtbot, make_napari_viewer, tmp_path):
         assert molecule_coverage(canvas) > 0.2
     shape = np.minimum(plots[1].shape, plots[2].shape)
     crop = tuple(slice(0, n) for n in shape)
-    assert np.abs(plots[1][crop].astype(int) - plots[2][crop]).mean() > 2  # two different embeddings
+    assert (
+        np.abs(plots[1][crop].astype(int) - plots[2][crop]).mean() > 2
+    )  # two different embeddings
 
 
 def test_common_space_screenshot(qtbot, make_napari_viewer, finished_run, tmp_path):
@@ -72,7 +75,9 @@ def test_common_space_screenshot(qtbot, make_napari_viewer, finished_run, tmp_pa
     coords = widget.embedding.coords
     low, high = coords.min(axis=0) - 0.01, coords.max(axis=0) + 0.01
     middle = float(np.median(coords[:, 0]))
-    mask = widget.select_polygon([(middle, low[1]), (high[0], low[1]), (high[0], high[1]), (middle, high[1])])
+    mask = widget.select_polygon(
+        [(middle, low[1]), (high[0], low[1]), (high[0], high[1]), (middle, high[1])]
+    )
     widget.decode_at(coords[np.nonzero(mask)[0][0]])
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=30_000)
     widget.plot.draw()
@@ -81,16 +86,20 @@ def test_common_space_screenshot(qtbot, make_napari_viewer, finished_run, tmp_pa
     halves = widget.data.table.particles.dmHalfSet.to_numpy()
     assert set(halves[widget.view.rows[mask]]) == {1, 2} and "dmHalfSet 1:" in widget.status.value
     blue = (plot[..., 2] > 150) & (plot[..., 0] < 100)  # matplotlib's C0: half 1
-    orange = (plot[..., 0] > 200) & (plot[..., 1] > 100) & (plot[..., 1] < 180) & (plot[..., 2] < 80)  # C1
+    orange = (
+        (plot[..., 0] > 200) & (plot[..., 1] > 100) & (plot[..., 1] < 180) & (plot[..., 2] < 80)
+    )  # C1
     red = (plot[..., 0] > 200) & (plot[..., 1] < 80) & (plot[..., 2] < 80)  # the lasso's outline
     assert blue.sum() > 100 and orange.sum() > 100 and red.sum() > 50
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     assert density_pixels(canvas).sum() > 10 * gaussian_pixels(canvas).sum()
 
 
-STAGE_WIDGETS = {"Deformations": "deformations_widget.png",
-                 "Inverse deformations": "inverse_widget.png",
-                 "Reconstruction": "reconstruction_widget.png"}
+STAGE_WIDGETS = {
+    "Deformations": "deformations_widget.png",
+    "Inverse deformations": "inverse_widget.png",
+    "Reconstruction": "reconstruction_widget.png",
+}
 
 
 def expected_texts(name: str) -> tuple[set[str], dict[str, str]]:
@@ -103,10 +112,18 @@ def expected_texts(name: str) -> tuple[set[str], dict[str, str]]:
     common = {"run folder", "Open run", "device", "Start"}
     if name == "Deformations":
         defaults = DeformationSettings()
-        return common | {"particles (STAR or cryoSPARC .cs)", "consensus map", "epochs", "latent dimension", "Resume"}, \
-            {"epochs": str(defaults.epochs), "latent_dim": str(defaults.latent_dim), "device": "cpu"}
+        return common | {
+            "particles (STAR or cryoSPARC .cs)",
+            "consensus map",
+            "epochs",
+            "latent dimension",
+            "Resume",
+        }, {"epochs": str(defaults.epochs), "latent_dim": str(defaults.latent_dim), "device": "cpu"}
     if name == "Inverse deformations":
-        return common | {"epochs", "Resume"}, {"epochs": str(InverseSettings().epochs), "device": "cpu"}
+        return common | {"epochs", "Resume"}, {
+            "epochs": str(InverseSettings().epochs),
+            "device": "cpu",
+        }
     return common | {"filter", "use the deformations"}, {"filter": DEFAULT_FILTER, "device": "cpu"}
 
 
@@ -114,8 +131,12 @@ def shown_texts(widget) -> set[str]:
     """The texts of the labels and buttons of ``widget`` that are visible (colons stripped)."""
     from qtpy.QtWidgets import QAbstractButton, QLabel
 
-    return {child.text().strip().rstrip(":") for kind in (QLabel, QAbstractButton)
-            for child in widget.findChildren(kind) if child.isVisibleTo(widget) and child.text().strip()}
+    return {
+        child.text().strip().rstrip(":")
+        for kind in (QLabel, QAbstractButton)
+        for child in widget.findChildren(kind)
+        if child.isVisibleTo(widget) and child.text().strip()
+    }
 
 
 def field_text(field) -> str:
@@ -146,6 +167,6 @@ def test_stage_widget_screenshots(qtbot, make_napari_viewer, tmp_path):
         text = image.max(axis=2) > 180  # light labels and button text
         assert image.shape[0] > 200 and distinct_colours(image) > 20 and image.std() > 10, name
         assert 0.002 < text.mean() < 0.5, name
-        right = window[:, window.shape[1] * 2 // 3:, :3]  # the dock's side of the window
+        right = window[:, window.shape[1] * 2 // 3 :, :3]  # the dock's side of the window
         assert (right.max(axis=2) > 180).mean() > 0.002, f"{name} is not in the window screenshot"
         viewer.window.remove_dock_widget(dock)

@@ -22,8 +22,15 @@ from napari_dynamight.engine.progress import run as drive
 
 torch.set_num_threads(1)
 TRAINED = replace(FAST, epochs=12)  # enough epochs for displacements of a few tenths of an Å
-FAST_INVERSE = dict(epochs=10, batch_size=32, gaussians_per_particle=64, smoothness_points=8,
-                    width=32, depth=2, checkpoint_every=1)
+FAST_INVERSE = dict(
+    epochs=10,
+    batch_size=32,
+    gaussians_per_particle=64,
+    smoothness_points=8,
+    width=32,
+    depth=2,
+    checkpoint_every=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +48,10 @@ def dock(make_napari_viewer, name):
 def wait_for(qtbot, widget, worker, timeout=120_000):
     assert worker is not None, widget.summary.value
     qtbot.waitUntil(lambda: not widget.tasks.running, timeout=timeout)
-    qtbot.waitUntil(lambda: not getattr(widget, "reference_loader", None) or
-                    not widget.reference_loader.busy, timeout=30_000)
+    qtbot.waitUntil(
+        lambda: not getattr(widget, "reference_loader", None) or not widget.reference_loader.busy,
+        timeout=30_000,
+    )
 
 
 def fill_deformations(widget, simulated, folder, settings=FAST):
@@ -66,7 +75,8 @@ def assert_complete_checkpoints(folder):
 
 
 def test_deformations_train_with_live_losses_and_gaussians(
-        qtbot, make_napari_viewer, simulated, tmp_path):
+    qtbot, make_napari_viewer, simulated, tmp_path
+):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     assert isinstance(widget, DeformationsWidget) and widget.device.choices[0] == "cpu"
     folder = tmp_path / "run"
@@ -79,7 +89,9 @@ def test_deformations_train_with_live_losses_and_gaussians(
     for half in (1, 2):
         epochs, data = widget.plot.curve(0, f"half {half}")
         _, lam = widget.plot.curve(1, f"half {half}")
-        np.testing.assert_array_equal(epochs, [1, 2, 3, 4, 6])  # 6: after the refinement round's 2 epochs
+        np.testing.assert_array_equal(
+            epochs, [1, 2, 3, 4, 6]
+        )  # 6: after the refinement round's 2 epochs
         np.testing.assert_allclose(data, [row["data"] for row in log if row["half"] == half])
         np.testing.assert_allclose(lam, [row["lambda"] for row in log if row["half"] == half])
     assert widget.reference_loader.served >= 2  # the Gaussians were updated during training
@@ -92,24 +104,28 @@ def test_deformations_train_with_live_losses_and_gaussians(
     assert not (folder / LOCK_NAME).exists()
 
 
-def test_open_a_command_line_run_fills_the_form(
-        qtbot, make_napari_viewer, trained_run, simulated):
+def test_open_a_command_line_run_fills_the_form(qtbot, make_napari_viewer, trained_run, simulated):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     assert widget.open_run(trained_run)
     assert widget.particles.value == simulated.star.resolve()
     assert widget.consensus_model.value == simulated.model.resolve()
     assert widget.settings() == TRAINED and widget.epochs.value == TRAINED.epochs
     wait_for(qtbot, widget, True)
-    assert len(widget.plot.curve(0, "half 2")[0]) == TRAINED.epochs + TRAINED.refinement_rounds  # a point per round
+    assert (
+        len(widget.plot.curve(0, "half 2")[0]) == TRAINED.epochs + TRAINED.refinement_rounds
+    )  # a point per round
     assert len(viewer.layers[POINTS_LAYER].data) == 300
     refinement = TRAINED.refinement_rounds * TRAINED.refinement_epochs
-    assert (f"finished: 12 training epochs + {refinement} refinement epochs "
-            f"({TRAINED.refinement_rounds} rounds of {TRAINED.refinement_epochs}) = {12 + refinement} epochs"
-            in widget.summary.value)
+    assert (
+        f"finished: 12 training epochs + {refinement} refinement epochs "
+        f"({TRAINED.refinement_rounds} rounds of {TRAINED.refinement_epochs}) = {12 + refinement} epochs"
+        in widget.summary.value
+    )
 
 
-def test_cancel_leaves_loadable_checkpoints_and_resume_finishes(qtbot, make_napari_viewer,
-                                                                simulated, tmp_path):
+def test_cancel_leaves_loadable_checkpoints_and_resume_finishes(
+    qtbot, make_napari_viewer, simulated, tmp_path
+):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     folder = tmp_path / "run"
     fill_deformations(widget, simulated, folder, replace(FAST, epochs=40, checkpoint_every=1))
@@ -132,7 +148,8 @@ def test_cancel_leaves_loadable_checkpoints_and_resume_finishes(qtbot, make_napa
 
 
 def test_closing_napari_during_a_run_cancels_it_cleanly(
-        qtbot, make_napari_viewer, simulated, tmp_path):
+    qtbot, make_napari_viewer, simulated, tmp_path
+):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     folder = tmp_path / "run"
     fill_deformations(widget, simulated, folder, replace(FAST, epochs=40, checkpoint_every=1))
@@ -145,8 +162,7 @@ def test_closing_napari_during_a_run_cancels_it_cleanly(
     assert not (folder / "latent_means.npy").exists() and not (folder / LOCK_NAME).exists()
 
 
-def test_bad_input_is_one_line_naming_the_file(
-        qtbot, make_napari_viewer, simulated, tmp_path):
+def test_bad_input_is_one_line_naming_the_file(qtbot, make_napari_viewer, simulated, tmp_path):
     viewer, widget = dock(make_napari_viewer, "Deformations")
     fill_deformations(widget, simulated, tmp_path / "run")
     missing = tmp_path / "missing.star"
@@ -192,11 +208,15 @@ def test_inverse_widget_learns_the_inverse(qtbot, make_napari_viewer, trained_ru
         assert len(widget.plot.curve(1, f"half {half}")[1]) == 10
     assert "held-out error" in widget.summary.value
     assert widget.open_run(trained_run)  # Open run: each half's held-out error, and the summary
-    assert "half 1: held-out error" in widget.summary.value and "training error" in widget.summary.value
+    assert (
+        "half 1: held-out error" in widget.summary.value
+        and "training error" in widget.summary.value
+    )
 
 
-def test_reconstruction_widget_shows_half_maps_and_fsc(qtbot, make_napari_viewer, trained_run,
-                                                       simulated):
+def test_reconstruction_widget_shows_half_maps_and_fsc(
+    qtbot, make_napari_viewer, trained_run, simulated
+):
     from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
     from napari_dynamight.engine.inverse.settings import InverseSettings
     from napari_dynamight.engine.io.mrc import read_map
@@ -230,12 +250,18 @@ def test_reconstruction_widget_shows_half_maps_and_fsc(qtbot, make_napari_viewer
         viewer.layers.remove(layer)
     widget.plot.clear()
     wait_for(qtbot, widget, widget.open_run(trained_run))
-    assert {"reconstruction: half 1", "reconstruction: half 2"} <= {layer.name for layer in viewer.layers}
+    assert {"reconstruction: half 1", "reconstruction: half 2"} <= {
+        layer.name for layer in viewer.layers
+    }
     assert len(widget.plot.curve(0, "deformed")[1]) == len(table)
     assert "half-map FSC 0.143 at" in widget.summary.value and "(deformed)" in widget.summary.value
     assert f"voxel size {voxel:.4g} Å" in widget.summary.value
     full = viewer.layers["reconstruction: full"]  # an iso-surface at the automatic level, in Å
-    assert full.rendering == "iso" and full.blending == "translucent" and str(full.units[0]) == "angstrom"
+    assert (
+        full.rendering == "iso"
+        and full.blending == "translucent"
+        and str(full.units[0]) == "angstrom"
+    )
 
 
 def test_open_run_summaries_name_their_numbers(trained_run):
@@ -245,10 +271,15 @@ def test_open_run_summaries_name_their_numbers(trained_run):
     from napari_dynamight._widgets.inverse import held_out_errors
     from napari_dynamight.engine.run_folder import read_run_info
 
-    log = [{"epoch": epoch, "half": half, "held_out_error_angstrom": 1.0 / epoch + half}
-           for epoch in (1, 2) for half in (1, 2)]
-    assert held_out_errors(log) == ["half 1: held-out error 1.50 Å at epoch 2",
-                                    "half 2: held-out error 2.50 Å at epoch 2"]
+    log = [
+        {"epoch": epoch, "half": half, "held_out_error_angstrom": 1.0 / epoch + half}
+        for epoch in (1, 2)
+        for half in (1, 2)
+    ]
+    assert held_out_errors(log) == [
+        "half 1: held-out error 1.50 Å at epoch 2",
+        "half 2: held-out error 2.50 Å at epoch 2",
+    ]
     info = read_run_info(trained_run) | {"warnings": ["half 2: the data loss stalled"]}
     text = run_summary(trained_run, info, TRAINED)
     assert f"finished: {TRAINED.epochs} training epochs + " in text and "refinement epochs" in text

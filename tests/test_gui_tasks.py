@@ -42,8 +42,9 @@ def test_panel_delivers_the_result_and_shows_progress(qtbot):
     assert not panel.running and not panel.cancel_button.isEnabled()
 
 
-@pytest.mark.parametrize("error", [InputError("x.star: no column rlnDefocusU;\n add it"),
-                                   RuntimeError("torch failure")])
+@pytest.mark.parametrize(
+    "error", [InputError("x.star: no column rlnDefocusU;\n add it"), RuntimeError("torch failure")]
+)
 def test_errors_become_one_line_and_never_a_result(qtbot, error):
     panel, results = run_panel(qtbot, counting(5, fail=error))
     assert results == []

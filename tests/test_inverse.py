@@ -22,7 +22,9 @@ from napari_dynamight.engine.progress import run
 
 INVERSE = InverseSettings(epochs=40, batch_size=16)
 SHORT = InverseSettings(epochs=4, batch_size=32, checkpoint_every=2)
-ERROR_BOUND_ANGSTROM = 0.6  # a quarter of a pixel at 2.5 Å: measured 0.50 / 0.51 Å held out, 0.5 Å training
+ERROR_BOUND_ANGSTROM = (
+    0.6  # a quarter of a pixel at 2.5 Å: measured 0.50 / 0.51 Å held out, 0.5 Å training
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,8 +34,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def forward_run(simulated, tmp_path_factory):
     """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1.7 Å RMS."""
     out = tmp_path_factory.mktemp("inverse") / "run"
-    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=replace(FAST, epochs=30),
-                              consensus_model=simulated.model))
+    run(
+        optimize_deformations(
+            simulated.star,
+            simulated.consensus,
+            out,
+            settings=replace(FAST, epochs=30),
+            consensus_model=simulated.model,
+        )
+    )
     return out
 
 
@@ -61,18 +70,30 @@ def test_held_out_inverse_error_is_a_small_fraction_of_the_motion(inverse_run):
         numbers = summary[half]
         assert numbers["n_held_out"] == 40 and numbers["n_train"] == 180
         assert numbers["held_out_displacement_angstrom"] > 0.3  # there is motion to undo
-        assert numbers["held_out_error_angstrom"] < INVERSE_FRACTION * numbers["held_out_displacement_angstrom"]
+        assert (
+            numbers["held_out_error_angstrom"]
+            < INVERSE_FRACTION * numbers["held_out_displacement_angstrom"]
+        )
         assert numbers["held_out_error_angstrom"] < ERROR_BOUND_ANGSTROM
         assert numbers["train_error_angstrom"] < ERROR_BOUND_ANGSTROM
-    log = [json.loads(line) for line in (directory / "inverse" / "losses.jsonl").read_text().splitlines()]
-    assert [(e["epoch"], e["half"]) for e in log] == [(k, h) for k in range(1, INVERSE.epochs + 1) for h in (1, 2)]
-    assert log[-1]["held_out_error_angstrom"] < 0.5 * log[0]["held_out_error_angstrom"]  # it learned
+    log = [
+        json.loads(line)
+        for line in (directory / "inverse" / "losses.jsonl").read_text().splitlines()
+    ]
+    assert [(e["epoch"], e["half"]) for e in log] == [
+        (k, h) for k in range(1, INVERSE.epochs + 1) for h in (1, 2)
+    ]
+    assert (
+        log[-1]["held_out_error_angstrom"] < 0.5 * log[0]["held_out_error_angstrom"]
+    )  # it learned
 
 
 def test_forward_then_inverse_returns_the_gaussians(inverse_run):
     directory, result = inverse_run
     forward = DeformationRun.load(directory)
-    latents = torch.as_tensor(np.load(directory / "latent_means_half2_validation.npy")[forward.validation])
+    latents = torch.as_tensor(
+        np.load(directory / "latent_means_half2_validation.npy")[forward.validation]
+    )
     field = load_inverse_field(directory, 2, "cpu")
     assert field.latent_dim == 6
     deformed = forward.positions(latents, half=2)
@@ -81,8 +102,12 @@ def test_forward_then_inverse_returns_the_gaussians(inverse_run):
     rms = float((back - reference).pow(2).sum(-1).mean().sqrt())
     assert rms == pytest.approx(result.summary["half2"]["held_out_error_angstrom"], rel=1e-4)
     assert rms < INVERSE_FRACTION * float((deformed - reference).pow(2).sum(-1).mean().sqrt())
-    shared = field.consensus_positions(latents[:3], reference)  # (P, 3) points are shared by the batch
-    assert torch.allclose(shared, field.consensus_positions(latents[:3], reference.expand(3, -1, -1)), atol=1e-5)
+    shared = field.consensus_positions(
+        latents[:3], reference
+    )  # (P, 3) points are shared by the batch
+    assert torch.allclose(
+        shared, field.consensus_positions(latents[:3], reference.expand(3, -1, -1)), atol=1e-5
+    )
 
 
 def last_basis_layer(decoder_state: dict) -> int:
@@ -150,18 +175,42 @@ def test_bad_inputs_name_the_path(forward_run, tmp_path):
 
 def test_command_line_runs_end_to_end_and_its_example_parses(forward_run, tmp_path, capsys):
     directory = copy_forward(forward_run, tmp_path / "cli")
-    assert main(["optimize-inverse-deformations", str(directory), "--epochs", "2", "--batch-size", "64",
-                 "--smoothness-weight", "0.2", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "optimize-inverse-deformations",
+                str(directory),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "64",
+                "--smoothness-weight",
+                "0.2",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "held out" in out and "2 epochs" in out
-    assert json.loads((directory / "inverse" / "summary.json").read_text())["settings"]["smoothness_weight"] == 0.2
+    assert (
+        json.loads((directory / "inverse" / "summary.json").read_text())["settings"][
+            "smoothness_weight"
+        ]
+        == 0.2
+    )
     assert main(["optimize-inverse-deformations", str(directory), "--epochs", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resume" in err[0] and str(directory) in err[0]
     with pytest.raises(SystemExit):
         main(["optimize-inverse-deformations", "--help"])
     lines = capsys.readouterr().out.splitlines()
-    examples = [line.strip() for line in lines if line.strip().startswith("napari-dynamight optimize-inverse")]
+    examples = [
+        line.strip()
+        for line in lines
+        if line.strip().startswith("napari-dynamight optimize-inverse")
+    ]
     assert examples
     for example in examples:
         args = build_parser("optimize-inverse-deformations").parse_args(shlex.split(example)[1:])

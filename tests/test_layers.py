@@ -21,9 +21,17 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def test_import_contracts_are_kept():
     environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE), environment.get("PYTHONPATH")]))
-    done = subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=environment)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(SOURCE), environment.get("PYTHONPATH")])
+    )
+    done = subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
 
@@ -33,13 +41,21 @@ def _pyplot_uses(path: Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            found += [f"import {a.name}" for a in node.names if a.name.startswith("matplotlib.pyplot")]
+            found += [
+                f"import {a.name}" for a in node.names if a.name.startswith("matplotlib.pyplot")
+            ]
         elif isinstance(node, ast.ImportFrom) and node.module is not None:
             if node.module.startswith("matplotlib.pyplot") or (
-                    node.module == "matplotlib" and any(a.name == "pyplot" for a in node.names)):
+                node.module == "matplotlib" and any(a.name == "pyplot" for a in node.names)
+            ):
                 found.append(f"from {node.module} import ...")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "use" \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "matplotlib":
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "use"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "matplotlib"
+        ):
             found.append("matplotlib.use(...)")
     return [f"{path.relative_to(ROOT)}: {use}" for use in found]
 
@@ -70,8 +86,15 @@ def test_engine_plots_leave_the_matplotlib_backend_alone(tmp_path):
         "run.reconstruction().fsc_plot.stat().st_size > 0)\n"
     )
     environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE), environment.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                          timeout=120, env=environment)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(SOURCE), environment.get("PYTHONPATH")])
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["svg", "True", "True"]

@@ -18,8 +18,12 @@ BIN = Path(sys.executable).parent
 
 
 def test_npe2_validate_passes():
-    done = subprocess.run([str(BIN / "npe2"), "validate", "napari-dynamight"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(BIN / "npe2"), "validate", "napari-dynamight"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "valid" in done.stdout
 
@@ -59,8 +63,17 @@ def test_manifest_commands_are_prefixed_and_used():
 
 @pytest.mark.slow
 def test_wheel_contains_manifest_and_no_test_data(tmp_path):
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
-               str(REPOSITORY)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "-q",
+        "-w",
+        str(tmp_path),
+        str(REPOSITORY),
+    ]
     if importlib.util.find_spec("hatchling") is not None:
         command.insert(4, "--no-build-isolation")  # no download when the backend is installed
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -76,7 +89,14 @@ def test_wheel_contains_manifest_and_no_test_data(tmp_path):
     assert "napari-dynamight = napari_dynamight.cli:main" in entry_points
     assert "napari_dynamight/cli/__init__.py" in names
     assert "napari_dynamight/_reader.py" in names
-    data = {n for n in names if n.startswith("tests/") or "/tests/" in n
-            or n.endswith((".mrcs", ".mrc", ".dcd", ".pdb", ".star"))}
-    assert data == {f"napari_dynamight/sample_data/{name}" for name in ("adk_closed.pdb", "adk_open.pdb",
-                                                                         "adk_dims.dcd")}
+    data = {
+        n
+        for n in names
+        if n.startswith("tests/")
+        or "/tests/" in n
+        or n.endswith((".mrcs", ".mrc", ".dcd", ".pdb", ".star"))
+    }
+    assert data == {
+        f"napari_dynamight/sample_data/{name}"
+        for name in ("adk_closed.pdb", "adk_open.pdb", "adk_dims.dcd")
+    }

@@ -47,8 +47,11 @@ def _atom_map(atoms, centre, moved=None, shift=(0.0, 0.0, 0.0), noise=0.0, seed=
     if moved is not None:
         inside = (atoms.residue_numbers >= moved[0]) & (atoms.residue_numbers <= moved[1])
         xyz = xyz + np.where(inside[:, None], np.asarray(shift), 0.0)
-    model = GaussianModel(torch.as_tensor(xyz), torch.as_tensor(atoms.atomic_numbers, dtype=torch.float64),
-                          torch.tensor(1.5, dtype=torch.float64))
+    model = GaussianModel(
+        torch.as_tensor(xyz),
+        torch.as_tensor(atoms.atomic_numbers, dtype=torch.float64),
+        torch.tensor(1.5, dtype=torch.float64),
+    )
     volume = render_volume(model, BOX, VOXEL).numpy()
     return volume + noise * volume.std() * np.random.default_rng(seed).normal(size=volume.shape)
 
@@ -58,12 +61,20 @@ def test_wrong_models_change_only_their_region(models, tmp_path):
     moved = np.linalg.norm(wrong.positions_angstrom - right.positions_angstrom, axis=1) > 1e-6
     residues = {right.residues[r][1] for r in right.residue[moved]}
     assert residues == set(range(100, 112))
-    assert np.allclose(wrong.positions_angstrom[moved] - right.positions_angstrom[moved], shift, atol=2e-3)  # PDB: 3 decimals
-    assert np.array_equal(wrong.amplitudes, right.amplitudes) and np.array_equal(wrong.bonds, right.bonds)
+    assert np.allclose(
+        wrong.positions_angstrom[moved] - right.positions_angstrom[moved], shift, atol=2e-3
+    )  # PDB: 3 decimals
+    assert np.array_equal(wrong.amplitudes, right.amplitudes) and np.array_equal(
+        wrong.bonds, right.bonds
+    )
     # register shift: main chains stay, each side chain of 100-104 moves onto the next residue's backbone
-    register = coarse_grain(write_register_shifted_structure(ADK, tmp_path / "register.pdb", Region(None, 100, 104)))
+    register = coarse_grain(
+        write_register_shifted_structure(ADK, tmp_path / "register.pdb", Region(None, 100, 104))
+    )
     original = coarse_grain(ADK)
-    changed = np.linalg.norm(register.positions_angstrom - original.positions_angstrom, axis=1) > 1e-3
+    changed = (
+        np.linalg.norm(register.positions_angstrom - original.positions_angstrom, axis=1) > 1e-3
+    )
     assert not changed[original.kind == "main"].any()
     assert {original.residues[r][1] for r in original.residue[changed]} <= set(range(100, 105))
     assert changed.sum() >= 5
@@ -71,7 +82,9 @@ def test_wrong_models_change_only_their_region(models, tmp_path):
     before, after = read_structure(ADK), read_structure(tmp_path / "register.pdb")
 
     def cb(atoms, number):
-        found = atoms.positions_angstrom[(atoms.residue_numbers == number) & (atoms.atom_names == "CB")]
+        found = atoms.positions_angstrom[
+            (atoms.residue_numbers == number) & (atoms.atom_names == "CB")
+        ]
         return found[0] if len(found) else None
 
     pairs = [(cb(after, k), cb(before, k + 1)) for k in range(100, 105)]
@@ -82,7 +95,9 @@ def test_wrong_models_change_only_their_region(models, tmp_path):
 def test_a_map_that_reproduces_the_wrong_model_scores_higher(models):
     atoms, centre, right, wrong, shift = models
     data = _atom_map(atoms, centre, noise=0.5)  # the molecule as it is
-    biased = _atom_map(atoms, centre, moved=(100, 111), shift=shift, noise=0.5, seed=1)  # the wrong feature
+    biased = _atom_map(
+        atoms, centre, moved=(100, 111), shift=shift, noise=0.5, seed=1
+    )  # the wrong feature
     half_way = _atom_map(atoms, centre, moved=(100, 111), shift=0.5 * shift, noise=0.5, seed=2)
     t_right = region_placement(data, VOXEL, right, wrong).t
     t_wrong = region_placement(biased, VOXEL, right, wrong).t
@@ -100,7 +115,9 @@ def test_automatic_region_is_central_and_regions_parse():
     centre = np.average(model.positions_angstrom, axis=0, weights=model.amplitudes)
     distance = np.linalg.norm(model.positions_angstrom - centre, axis=1)
     assert distance[inside].mean() < 0.6 * distance.mean()
-    assert Region.parse("A:10-22") == Region("A", 10, 22) and Region.parse("_:3-4") == Region("", 3, 4)
+    assert Region.parse("A:10-22") == Region("A", 10, 22) and Region.parse("_:3-4") == Region(
+        "", 3, 4
+    )
     assert Region.parse("5-9") == Region(None, 5, 9)
     for bad in ("A:10", "A:x-3", "A:9-3"):
         with pytest.raises(InputError, match="--residues"):

@@ -15,7 +15,7 @@ def moving_square(n: int = 5, height: int = 120, width: int = 200) -> list[np.nd
     frames = []
     for k in range(n):
         frame = np.zeros((height, width, 3), np.uint8)
-        frame[40:60, 50 + 10 * k:70 + 10 * k] = 200
+        frame[40:60, 50 + 10 * k : 70 + 10 * k] = 200
         frames.append(frame)
     return frames
 

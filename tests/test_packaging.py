@@ -44,7 +44,17 @@ print(json.dumps({
 def test_wheel_ships_the_example_data(tmp_path):
     """Build the wheel, unpack it away from the checkout and simulate the sample data set from it."""
     wheels = tmp_path / "wheels"
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPOSITORY)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "-q",
+        "-w",
+        str(wheels),
+        str(REPOSITORY),
+    ]
     if importlib.util.find_spec("hatchling") is not None:
         command.insert(4, "--no-build-isolation")  # no download when the backend is installed
     subprocess.run(command, check=True, capture_output=True, timeout=300)
@@ -54,11 +64,20 @@ def test_wheel_ships_the_example_data(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(unpacked)
-    assert {"napari_dynamight/sample_data/adk_closed.pdb", "napari_dynamight/sample_data/adk_dims.dcd",
-            "napari_dynamight/napari.yaml"} <= names
+    assert {
+        "napari_dynamight/sample_data/adk_closed.pdb",
+        "napari_dynamight/sample_data/adk_dims.dcd",
+        "napari_dynamight/napari.yaml",
+    } <= names
     environment = os.environ | {"PYTHONPATH": str(unpacked)}
-    done = subprocess.run([sys.executable, "-c", CHECK, str(tmp_path / "sample")], cwd=tmp_path, env=environment,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, str(tmp_path / "sample")],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     for key in ("package", "structure", "trajectory"):

@@ -38,7 +38,9 @@ def _smooth_model(seed: int = 0) -> GaussianModel:
     return GaussianModel(centres, torch.ones(n), torch.full((n,), 3.0))
 
 
-def _relion_project(tmp_path: Path, volume: np.ndarray, particles: pd.DataFrame, ctf: bool) -> np.ndarray:
+def _relion_project(
+    tmp_path: Path, volume: np.ndarray, particles: pd.DataFrame, ctf: bool
+) -> np.ndarray:
     """Run relion_project on ``volume`` with the poses (and CTFs) of ``particles``; return its images."""
     with mrcfile.new(tmp_path / "map.mrc", overwrite=True) as handle:
         handle.set_data(volume.astype(np.float32))
@@ -55,8 +57,20 @@ def _relion_project(tmp_path: Path, volume: np.ndarray, particles: pd.DataFrame,
             "rlnImageDimensionality": [2],
         }
     )
-    starfile.write({"optics": optics, "particles": particles}, tmp_path / "angles.star", overwrite=True)
-    command = ["relion_project", "--i", "map.mrc", "--o", "proj", "--ang", "angles.star", "--angpix", str(PIXEL)]
+    starfile.write(
+        {"optics": optics, "particles": particles}, tmp_path / "angles.star", overwrite=True
+    )
+    command = [
+        "relion_project",
+        "--i",
+        "map.mrc",
+        "--o",
+        "proj",
+        "--ang",
+        "angles.star",
+        "--angpix",
+        str(PIXEL),
+    ]
     if ctf:
         command.append("--ctf")
     subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
@@ -115,7 +129,9 @@ def test_gaussian_projections_match_relion_project(tmp_path, with_ctf):
     rotations, shifts = _poses(particles)
     ours = project(model, rotations, shifts, BOX, PIXEL, ctf=_ctf(particles) if with_ctf else None)
     ncc = normalised_cross_correlation(ours, theirs)
-    print(f"NCC with relion_project ({'CTF' if with_ctf else 'no CTF'}): min {ncc.min():.4f} mean {ncc.mean():.4f}")
+    print(
+        f"NCC with relion_project ({'CTF' if with_ctf else 'no CTF'}): min {ncc.min():.4f} mean {ncc.mean():.4f}"
+    )
     assert ncc.min() >= 0.98
     # the same images with RELION's matrix transposed or the origin sign flipped do not match
     transposed = project(model, rotations.transpose(1, 2), shifts, BOX, PIXEL)
@@ -146,7 +162,11 @@ def _aspire(name: str):
     with mrcfile.open(folder / f"{name}.mrcs") as handle:
         images = np.asarray(handle.data, dtype=np.float32)
     angles = torch.tensor(table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy())
-    origin_columns = ["rlnOriginX", "rlnOriginY"] if "rlnOriginX" in table else ["rlnOriginXAngst", "rlnOriginYAngst"]
+    origin_columns = (
+        ["rlnOriginX", "rlnOriginY"]
+        if "rlnOriginX" in table
+        else ["rlnOriginXAngst", "rlnOriginYAngst"]
+    )
     shifts = torch.tensor(table[origin_columns].to_numpy(), dtype=torch.float32)
     return volume, images, euler_to_matrix(angles).float(), shifts  # pixel size 1 Å
 
@@ -162,13 +182,17 @@ def test_relion_made_projections_are_reproduced(name):
     right = shifts - ODD_BOX_IMAGE_OFFSET
 
     def ncc(rot, origin):
-        return normalised_cross_correlation(project_volume_fourier(volume, rot, origin, 1.0), images)
+        return normalised_cross_correlation(
+            project_volume_fourier(volume, rot, origin, 1.0), images
+        )
 
     correct = ncc(rotations, right)
     plain_centre = ncc(rotations, shifts)
     transposed = ncc(rotations.transpose(1, 2), right)
-    print(f"{name}: NCC {np.round(correct, 4)}; at centre N//2 {np.round(plain_centre, 3)}; "
-          f"transposed {np.round(transposed, 3)}")
+    print(
+        f"{name}: NCC {np.round(correct, 4)}; at centre N//2 {np.round(plain_centre, 3)}; "
+        f"transposed {np.round(transposed, 3)}"
+    )
     assert correct.min() >= 0.99
     assert plain_centre.min() >= 0.8  # half a pixel of sampling, not a wrong convention
     assert transposed.max() < 0.5

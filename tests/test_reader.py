@@ -198,7 +198,9 @@ def test_run_folder_opens_the_explorer_by_drag_and_drop(make_napari_viewer, tmp_
     assert isinstance(widget, ExplorerWidget) and docked.isVisible()
     assert widget.data.source == folder and widget.view.half == 1
     np.testing.assert_array_equal(widget.data.latents, np.load(folder / "latent_means.npy"))
-    assert len(widget.plot.coords) == len(widget.view) == 36  # 30 of half 1 + 6 validation of half 2
+    assert (
+        len(widget.plot.coords) == len(widget.view) == 36
+    )  # 30 of half 1 + 6 validation of half 2
 
 
 def test_run_star_opens_its_latent_space(make_napari_viewer, tmp_path):
@@ -208,11 +210,15 @@ def test_run_star_opens_its_latent_space(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer(show=True)
     assert viewer.open(str(folder / "particles.star"), plugin="napari-dynamight") == []
     widget = viewer.window._wrapped_dock_widgets[
-        "Latent-space explorer (napari-dynamight)"].inner_widget()
+        "Latent-space explorer (napari-dynamight)"
+    ].inner_widget()
     assert widget.data.source == folder / "particles.star"
     np.testing.assert_allclose(widget.data.latents, np.load(folder / "latent_means.npy"), atol=1e-5)
-    np.testing.assert_allclose(widget.data.half2_validation,
-                               np.load(folder / "latent_means_half2_validation.npy"), atol=1e-5)
+    np.testing.assert_allclose(
+        widget.data.half2_validation,
+        np.load(folder / "latent_means_half2_validation.npy"),
+        atol=1e-5,
+    )
     # a plain particle STAR file still opens as viewing directions
     [layer] = viewer.open(str(STAR_FILES["trpv1"]), plugin="napari-dynamight")
     assert layer._type_string == "points"
@@ -240,11 +246,15 @@ def test_unfinished_run_folder_opens_its_half_maps(make_napari_viewer, tmp_path)
 
     assert get_readers(str(folder / "run.json")) == {"napari-dynamight": "DynaMight"}
     viewer.layers.clear()
-    layers = viewer.open(str(folder / "run.json"), plugin=None)  # as a drop: no reader named, no dialog
+    layers = viewer.open(
+        str(folder / "run.json"), plugin=None
+    )  # as a drop: no reader named, no dialog
     assert [layer.name for layer in layers] == ["consensus_half1", "consensus_half2"]
 
 
-def test_run_folders_open_without_the_reader_choice_dialog(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+def test_run_folders_open_without_the_reader_choice_dialog(
+    qtbot, make_napari_viewer, tmp_path, monkeypatch
+):
     """napari's builtin reader accepts every folder, so a run folder alone makes napari ask which
     reader to use. A folder the plugin opened once is napari's preference for it; a run folder dropped
     on a window with the explorer opens there. The dialog is never shown."""
@@ -258,7 +268,9 @@ def test_run_folders_open_without_the_reader_choice_dialog(qtbot, make_napari_vi
 
     assert not get_settings().config_path  # conftest: napari saves no settings file in the tests
     asked = []
-    monkeypatch.setattr(QtReaderDialog, "get_user_choices", lambda dialog: (asked.append(1), ("", False))[1])
+    monkeypatch.setattr(
+        QtReaderDialog, "get_user_choices", lambda dialog: (asked.append(1), ("", False))[1]
+    )
     first, second = (make_run(tmp_path / name, n=60) for name in ("first", "second"))
     for folder in (first, second):
         (folder / "run.json").write_text("{}", encoding="utf-8")
@@ -267,8 +279,12 @@ def test_run_folders_open_without_the_reader_choice_dialog(qtbot, make_napari_vi
     qt_viewer._qt_open([str(first)], stack=False)  # what a drop does: napari asks (the problem)
     assert len(asked) == 1 and len(viewer.window._wrapped_dock_widgets) == 0
 
-    viewer.open(str(first / "run.json"), plugin=None)  # one reader for the run file: the explorer docks
-    widget = viewer.window._wrapped_dock_widgets["Latent-space explorer (napari-dynamight)"].inner_widget()
+    viewer.open(
+        str(first / "run.json"), plugin=None
+    )  # one reader for the run file: the explorer docks
+    widget = viewer.window._wrapped_dock_widgets[
+        "Latent-space explorer (napari-dynamight)"
+    ].inner_widget()
     assert widget.data.source == first
     widget.open_run(second)
     widget.open_run(first)
@@ -280,7 +296,12 @@ def test_run_folders_open_without_the_reader_choice_dialog(qtbot, make_napari_vi
     (third / "run.json").write_text("{}", encoding="utf-8")
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(third))])
-    press = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    press = (
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     # never opened before, dragged onto the explorer's window and dropped (Qt delivers a drop after
     # an accepted drag entry only)
     assert QApplication.sendEvent(qt_viewer, QDragEnterEvent(QPoint(20, 20), *press))

@@ -34,23 +34,50 @@ def run_directory(tmp_path_factory):
         handle.voxel_size = PIXEL
     blocks = particle_blocks(N, seed=2, ctf=True)
     starfile.write(blocks, folder / "angles.star")
-    relion(folder, "relion_project", "--i", "truth.mrc", "--o", "proj", "--ang", "angles.star", "--ctf",
-           "--add_noise", "--white_noise", "3")
+    relion(
+        folder,
+        "relion_project",
+        "--i",
+        "truth.mrc",
+        "--o",
+        "proj",
+        "--ang",
+        "angles.star",
+        "--ctf",
+        "--add_noise",
+        "--white_noise",
+        "3",
+    )
     blocks["particles"]["rlnImageName"] = [f"{i + 1:06d}@proj.mrcs" for i in range(N)]
     starfile.write(blocks, folder / "particles.star")
     relion(folder, "relion_reconstruct", "--i", "particles.star", "--o", "relion.mrc", "--ctf")
     halves = np.arange(N) % 2 + 1
     for half in (1, 2):
-        starfile.write({"optics": blocks["optics"], "particles": blocks["particles"][halves == half]},
-                       folder / f"half{half}.star")
-        relion(folder, "relion_reconstruct", "--i", f"half{half}.star", "--o", f"relion_half{half}.mrc", "--ctf")
+        starfile.write(
+            {"optics": blocks["optics"], "particles": blocks["particles"][halves == half]},
+            folder / f"half{half}.star",
+        )
+        relion(
+            folder,
+            "relion_reconstruct",
+            "--i",
+            f"half{half}.star",
+            "--o",
+            f"relion_half{half}.mrc",
+            "--ctf",
+        )
     rundir = folder / "run"
     rundir.mkdir()
     blocks["particles"]["dmHalfSet"] = halves
     blocks["particles"]["dmValidation"] = (np.arange(N) % 10 == 0).astype(int)
     starfile.write(blocks, rundir / "particles.star")
-    info = {"particles": str(folder / "particles.star"), "consensus_box": BOX, "voxel_size_angstrom": PIXEL,
-            "n_particles": N, "result": {"epochs": 1}}
+    info = {
+        "particles": str(folder / "particles.star"),
+        "consensus_box": BOX,
+        "voxel_size_angstrom": PIXEL,
+        "n_particles": N,
+        "result": {"epochs": 1},
+    }
     (rundir / "run.json").write_text(json.dumps(info))
     np.save(rundir / "latent_means.npy", np.zeros((N, 2), np.float32))
     return rundir
@@ -63,8 +90,11 @@ def test_default_standard_maps_agree_with_relion_reconstruct(run_directory):
     Wiener filter fails it: half 1 correlates 0.42 with RELION's map."""
     result = run(reconstruct_run(run_directory, deformations=False))
     assert result.directory == run_directory / "reconstruction_standard"
-    for ours_path, name in zip((*result.half_maps, result.full_map), ("relion_half1", "relion_half2", "relion"),
-                               strict=True):
+    for ours_path, name in zip(
+        (*result.half_maps, result.full_map),
+        ("relion_half1", "relion_half2", "relion"),
+        strict=True,
+    ):
         ours, voxel = read_map(ours_path)
         with mrcfile.open(run_directory.parent / f"{name}.mrc") as handle:
             reference = handle.data.copy()
@@ -73,8 +103,10 @@ def test_default_standard_maps_agree_with_relion_reconstruct(run_directory):
             origin = handle.header.origin
         curve = fsc(ours, reference, PIXEL)[1]
         correlation = masked_correlation(ours, reference)
-        print(f"\nstage (standard) {ours_path.name} vs {name} (relion_reconstruct --ctf): correlation "
-              f"{correlation:.6f}, FSC at 3/4 Nyquist {curve[BOX * 3 // 8]:.4f}")
+        print(
+            f"\nstage (standard) {ours_path.name} vs {name} (relion_reconstruct --ctf): correlation "
+            f"{correlation:.6f}, FSC at 3/4 Nyquist {curve[BOX * 3 // 8]:.4f}"
+        )
         assert ours.shape == reference.shape == (BOX,) * 3
         assert voxel == pytest.approx(PIXEL) and relion_voxel == pytest.approx(PIXEL)
         assert tuple(origin.item()) == pytest.approx(tuple(relion_origin.item()))
@@ -90,15 +122,33 @@ def test_relion_postprocess_agrees_with_our_fsc(run_directory, tmp_path):
     engine.fourier.fsc) shell by shell, and so is the 0.143 resolution of that curve."""
     result = run(reconstruct_run(run_directory, deformations=False))
     offsets = np.arange(BOX) - BOX // 2
-    radius = np.sqrt(offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2)
+    radius = np.sqrt(
+        offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2
+    )
     mask = np.clip((BOX / 2 - 4 - radius) / 3, 0, 1).astype(np.float32)
     with mrcfile.new(tmp_path / "mask.mrc") as handle:
         handle.set_data(mask)
         handle.voxel_size = PIXEL
     half1, half2 = result.half_maps
     (tmp_path / "post").mkdir()
-    done = subprocess.run(["relion_postprocess", "--i", str(half1), "--i2", str(half2), "--mask", "mask.mrc",
-                           "--angpix", str(PIXEL), "--o", "post/postprocess"], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            "relion_postprocess",
+            "--i",
+            str(half1),
+            "--i2",
+            str(half2),
+            "--mask",
+            "mask.mrc",
+            "--angpix",
+            str(PIXEL),
+            "--o",
+            "post/postprocess",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert read_map(tmp_path / "post" / "postprocess.mrc")[0].shape == (BOX,) * 3
     blocks = starfile.read(tmp_path / "post" / "postprocess.star", always_dict=True)
@@ -108,14 +158,20 @@ def test_relion_postprocess_agrees_with_our_fsc(run_directory, tmp_path):
     stage_curve = np.loadtxt(result.fsc_csv, delimiter=",", skiprows=1)[:, 2]
     corrected = table["rlnFourierShellCorrelationCorrected"].to_numpy()
     relion_resolution = float(blocks["general"]["rlnFinalResolution"])
-    print(f"\nlargest FSC difference to RELION's unmasked-map FSC {np.abs(ours - theirs)[1:].max():.1e}; "
-          f"0.143 resolution of the corrected curve: RELION {relion_resolution:.3f} Å, interpolated "
-          f"{resolution_at(frequency, corrected, 0.143):.3f} Å")
+    print(
+        f"\nlargest FSC difference to RELION's unmasked-map FSC {np.abs(ours - theirs)[1:].max():.1e}; "
+        f"0.143 resolution of the corrected curve: RELION {relion_resolution:.3f} Å, interpolated "
+        f"{resolution_at(frequency, corrected, 0.143):.3f} Å"
+    )
     assert len(theirs) == len(ours) == BOX // 2 + 1
-    np.testing.assert_allclose(table["rlnResolution"].to_numpy()[1:], frequency[1:], atol=1e-6)  # shell 0: 0.001
+    np.testing.assert_allclose(
+        table["rlnResolution"].to_numpy()[1:], frequency[1:], atol=1e-6
+    )  # shell 0: 0.001
     np.testing.assert_allclose(theirs[1:], ours[1:], atol=1e-5)  # the STAR file has 6 decimals
     np.testing.assert_allclose(stage_curve, ours, atol=1e-5)
-    assert resolution_at(frequency, theirs, 0.143) == pytest.approx(resolution_at(frequency, ours, 0.143), abs=1e-3)
+    assert resolution_at(frequency, theirs, 0.143) == pytest.approx(
+        resolution_at(frequency, ours, 0.143), abs=1e-3
+    )
     # RELION reports the last shell before its masked, corrected FSC first drops below 0.143
     last = np.nonzero(corrected[1:] < 0.143)[0][0]
     assert relion_resolution == pytest.approx(1 / frequency[last], abs=1e-3)
@@ -138,13 +194,19 @@ def test_the_default_filter_is_the_same_in_the_engine_and_the_cli():
 
 
 def test_cli_writes_the_maps_and_reports_errors_in_one_line(run_directory, tmp_path, capsys):
-    assert main(["reconstruct", str(run_directory), "--no-deformations", "--batch-size", "150"]) == 0
+    assert (
+        main(["reconstruct", str(run_directory), "--no-deformations", "--batch-size", "150"]) == 0
+    )
     for name in ("half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png"):
         assert (run_directory / "reconstruction_standard" / name).is_file()
     capsys.readouterr()
     assert main(["reconstruct", str(run_directory)]) == 2
     error = capsys.readouterr().err.strip()
-    assert "optimize-inverse-deformations" in error and "--no-deformations" in error and "\n" not in error
+    assert (
+        "optimize-inverse-deformations" in error
+        and "--no-deformations" in error
+        and "\n" not in error
+    )
     assert main(["reconstruct", str(tmp_path / "missing"), "--no-deformations"]) == 2
     assert "not a finished deformation run" in capsys.readouterr().err
 
@@ -164,8 +226,14 @@ def test_cancelling_leaves_no_output(run_directory, tmp_path):
     assert step.message == "inverting"
     result = run(reconstruct_run(fresh, deformations=False, batch_size=100))
     assert result.directory == fresh / "reconstruction_standard"
-    assert {p.name for p in result.directory.iterdir()} == {"half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png",
-                                                            "maps.cxc"}
+    assert {p.name for p in result.directory.iterdir()} == {
+        "half1.mrc",
+        "half2.mrc",
+        "full.mrc",
+        "fsc.csv",
+        "fsc.png",
+        "maps.cxc",
+    }
 
 
 def best_frame_correlation(volume: np.ndarray, frames: list[np.ndarray]) -> float:
@@ -179,12 +247,18 @@ def test_deformed_half_maps_match_the_ground_truth_frames(moving_run, simulated)
     torch.set_num_threads(1)
     deformed = run(reconstruct_run(moving_run, batch_size=100, clusters=8))
     standard = run(reconstruct_run(moving_run, deformations=False, batch_size=100))
-    frames = [read_map(path)[0] for path in sorted((simulated.folder / "sim" / "ground_truth").glob("frame_*.mrc"))]
+    frames = [
+        read_map(path)[0]
+        for path in sorted((simulated.folder / "sim" / "ground_truth").glob("frame_*.mrc"))
+    ]
     assert len(frames) == 25
     for ours, theirs in zip(deformed.half_maps, standard.half_maps, strict=True):
         volume, voxel = read_map(ours)
         assert voxel == pytest.approx(2.5) and volume.shape == (32,) * 3
-        c_def, c_std = best_frame_correlation(volume, frames), best_frame_correlation(read_map(theirs)[0], frames)
+        c_def, c_std = (
+            best_frame_correlation(volume, frames),
+            best_frame_correlation(read_map(theirs)[0], frames),
+        )
         print(f"\n{ours.name}: best-frame correlation deformed {c_def:.4f}, standard {c_std:.4f}")
         assert c_def >= c_std - 1e-3 and c_def > 0.8
     header = np.loadtxt(deformed.fsc_csv, delimiter=",", max_rows=1, dtype=str, comments=None)
@@ -240,28 +314,57 @@ def test_subset_agrees_with_relion_reconstruct_of_the_same_subset(run_directory,
     halves = np.arange(N) % 2 + 1
     for half in (1, 2):
         subset_star(run_directory, rows[halves[rows] == half], f"subset_half{half}.star")
-        relion(folder, "relion_reconstruct", "--i", f"subset_half{half}.star", "--o", f"relion_subset{half}.mrc",
-               "--ctf")
-    before = {p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")}
-    assert main(["reconstruct", str(run_directory), "--subset", str(path), "--batch-size", "200"]) == 0
+        relion(
+            folder,
+            "relion_reconstruct",
+            "--i",
+            f"subset_half{half}.star",
+            "--o",
+            f"relion_subset{half}.mrc",
+            "--ctf",
+        )
+    before = {
+        p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")
+    }
+    assert (
+        main(["reconstruct", str(run_directory), "--subset", str(path), "--batch-size", "200"]) == 0
+    )
     output = run_directory / "subsets" / "closed state" / "reconstruction_standard"
     assert f"chimerax {output / 'maps.cxc'}" in capsys.readouterr().out
-    assert {p.name for p in output.iterdir()} == {"half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png",
-                                                  "maps.cxc", "particles.star"}
-    assert {p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")} == before
+    assert {p.name for p in output.iterdir()} == {
+        "half1.mrc",
+        "half2.mrc",
+        "full.mrc",
+        "fsc.csv",
+        "fsc.png",
+        "maps.cxc",
+        "particles.star",
+    }
+    assert {
+        p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")
+    } == before
     from napari_dynamight.engine.io.star import read_particles
     from napari_dynamight.engine.reconstruction import reconstruct_particles
 
-    for ours, theirs in (("half1", "relion_subset1"), ("half2", "relion_subset2"), ("full", "relion_subset")):
+    for ours, theirs in (
+        ("half1", "relion_subset1"),
+        ("half2", "relion_subset2"),
+        ("full", "relion_subset"),
+    ):
         volume, voxel = read_map(output / f"{ours}.mrc")
         reference = read_map(folder / f"{theirs}.mrc")[0]
         correlation = masked_correlation(volume, reference)
-        particles = read_particles(folder / f"{theirs.replace('relion_subset', 'subset_half')}.star"
-                                   if ours != "full" else path)
+        particles = read_particles(
+            folder / f"{theirs.replace('relion_subset', 'subset_half')}.star"
+            if ours != "full"
+            else path
+        )
         direct = run(reconstruct_particles(particles, np.arange(len(particles)), batch_size=200))[0]
-        print(f"\nsubset of 500: {ours} ({len(particles)} particles) vs relion_reconstruct --ctf of the same "
-              f"particles: correlation {correlation:.6f}; vs the standard reconstruction of its STAR file "
-              f"{masked_correlation(volume, direct):.7f}")
+        print(
+            f"\nsubset of 500: {ours} ({len(particles)} particles) vs relion_reconstruct --ctf of the same "
+            f"particles: correlation {correlation:.6f}; vs the standard reconstruction of its STAR file "
+            f"{masked_correlation(volume, direct):.7f}"
+        )
         assert voxel == pytest.approx(PIXEL) and masked_correlation(volume, direct) > 0.99999
         # the whole subset as RELION; a 250-particle half of these noisy images 0.965-0.99 (draw-dependent)
         assert correlation >= (0.98 if ours == "full" else 0.95)
@@ -286,7 +389,9 @@ def test_subset_particle_not_in_the_run_is_refused_in_one_line(run_directory, ca
 
 
 def test_subset_of_one_half_set_is_refused_and_writes_nothing(run_directory, capsys):
-    path = subset_star(run_directory, [0, 2, 4, 6], "one half.star")  # dmHalfSet = row % 2 + 1: all half 1
+    path = subset_star(
+        run_directory, [0, 2, 4, 6], "one half.star"
+    )  # dmHalfSet = row % 2 + 1: all half 1
     assert main(["reconstruct", str(run_directory), "--subset", str(path)]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and str(path) in error and "half set 2" in error, error
@@ -304,8 +409,22 @@ def test_deformed_maps_of_a_subset_with_the_runs_networks(moving_run, tmp_path):
     rows = np.arange(0, len(table), 2)
     path = tmp_path / "elsewhere" / "every other.star"
     write_subset(path, table, rows)
-    assert main(["reconstruct", str(moving_run), "--subset", str(path), "--deformed", "--clusters", "4",
-                 "--batch-size", "100"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(moving_run),
+                "--subset",
+                str(path),
+                "--deformed",
+                "--clusters",
+                "4",
+                "--batch-size",
+                "100",
+            ]
+        )
+        == 0
+    )
     folder = moving_run / "subsets" / "every other" / "reconstruction"
     header = np.loadtxt(folder / "fsc.csv", delimiter=",", max_rows=1, dtype=str, comments=None)
     assert list(header)[-2:] == ["fsc_deformed", "fsc_standard"]
@@ -314,4 +433,6 @@ def test_deformed_maps_of_a_subset_with_the_runs_networks(moving_run, tmp_path):
     assert len(read_run_particles(moving_run).particles) == len(table)
     from napari_dynamight.engine.io.star import read_particles
 
-    assert list(read_particles(folder / "particles.star").image_files) == list(table.image_files[rows])
+    assert list(read_particles(folder / "particles.star").image_files) == list(
+        table.image_files[rows]
+    )

@@ -33,28 +33,48 @@ def domain_motions(n: int, rng) -> torch.Tensor:
     return motion[torch.argsort(motion[:, 1] * 100 + motion[:, 2])]
 
 
-def simulate_domain_motion(rng, n, box, pixel, per_domain, sigma, origin, defocus, noise_seed) -> dict:
+def simulate_domain_motion(
+    rng, n, box, pixel, per_domain, sigma, origin, defocus, noise_seed
+) -> dict:
     """Noisy CTF images (n, box, box) of a two-domain Gaussian model whose moving domain shifts per
     particle (:func:`domain_motions`); origins up to ±``origin`` Å; ``defocus(rng, n)`` gives the CTF's
     (defocus U, defocus V, astigmatism angle)."""
-    fixed = np.column_stack([rng.uniform(-16, -4, per_domain), rng.uniform(-10, 10, (per_domain, 2))])
-    moving = np.column_stack([rng.uniform(4, 16, per_domain), rng.uniform(-10, 10, (per_domain, 2))])
+    fixed = np.column_stack(
+        [rng.uniform(-16, -4, per_domain), rng.uniform(-10, 10, (per_domain, 2))]
+    )
+    moving = np.column_stack(
+        [rng.uniform(4, 16, per_domain), rng.uniform(-10, 10, (per_domain, 2))]
+    )
     positions = torch.tensor(np.vstack([fixed, moving]), dtype=torch.float32)
-    model = GaussianModel(positions, torch.ones(2 * per_domain), torch.full((2 * per_domain,), sigma))
+    model = GaussianModel(
+        positions, torch.ones(2 * per_domain), torch.full((2 * per_domain,), sigma)
+    )
     motion = domain_motions(n, rng)
     deformed = positions + membership(positions[:, 0])[None, :, None] * motion[:, None, :]
     rotations = euler_to_matrix(torch.tensor(random_euler_angles(n, rng))).float()
     shifts = torch.tensor(rng.uniform(-origin, origin, (n, 2)), dtype=torch.float32)
     defocus_u, defocus_v, angle = defocus(rng, n)
-    params = CtfParams.broadcast(n, defocus_u_angstrom=defocus_u, defocus_v_angstrom=defocus_v,
-                                 defocus_angle_degrees=angle, voltage_kilovolts=300.0,
-                                 spherical_aberration_millimetres=2.7, amplitude_contrast=0.1).torch()
+    params = CtfParams.broadcast(
+        n,
+        defocus_u_angstrom=defocus_u,
+        defocus_v_angstrom=defocus_v,
+        defocus_angle_degrees=angle,
+        voltage_kilovolts=300.0,
+        spherical_aberration_millimetres=2.7,
+        amplitude_contrast=0.1,
+    ).torch()
     ctf = compute_ctf(params, box, pixel)
     images = project(model, rotations, shifts, box, pixel, ctf, positions_angstrom=deformed)
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(noise_seed))
     images = images + 0.5 * images.std() * noise
-    return {"truth": render_volume(model, box, pixel).numpy(), "images": images, "rotations": rotations,
-            "shifts": shifts, "ctf": ctf, "latents": motion}
+    return {
+        "truth": render_volume(model, box, pixel).numpy(),
+        "images": images,
+        "rotations": rotations,
+        "shifts": shifts,
+        "ctf": ctf,
+        "latents": motion,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +82,17 @@ def data():
     def defocus(rng, n):
         return rng.uniform(8000, 14000, n), rng.uniform(8000, 14000, n), 0.0
 
-    return simulate_domain_motion(np.random.default_rng(3), N, BOX, PIXEL, per_domain=40, sigma=2.0,
-                                  origin=3.0, defocus=defocus, noise_seed=0)
+    return simulate_domain_motion(
+        np.random.default_rng(3),
+        N,
+        BOX,
+        PIXEL,
+        per_domain=40,
+        sigma=2.0,
+        origin=3.0,
+        defocus=defocus,
+        noise_seed=0,
+    )
 
 
 def exact_inverse(latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -78,14 +107,21 @@ def identity(latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 def reconstruct(data, field, **options) -> np.ndarray:
     accumulator = DeformedAccumulator(BOX, PIXEL, field, **options)
     for part in (slice(0, 300), slice(300, N)):
-        accumulator.add(data["images"][part], data["rotations"][part], data["shifts"][part],
-                        data["ctf"][part], data["latents"][part])
+        accumulator.add(
+            data["images"][part],
+            data["rotations"][part],
+            data["shifts"][part],
+            data["ctf"][part],
+            data["latents"][part],
+        )
     return accumulator.reconstruct().numpy()
 
 
 def scores(volume: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     frequency, curve = fsc(volume, truth, PIXEL)
-    return float(np.corrcoef(volume.ravel(), truth.ravel())[0, 1]), resolution_at(frequency, curve, 0.5)
+    return float(np.corrcoef(volume.ravel(), truth.ravel())[0, 1]), resolution_at(
+        frequency, curve, 0.5
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +131,14 @@ def maps(data):
 
 def test_exact_inverse_field_beats_the_standard_reconstruction(data, maps):
     standard, deformed = maps["standard"], maps["deformed"]
-    (c_std, r_std), (c_def, r_def) = scores(standard, data["truth"]), scores(deformed, data["truth"])
-    print(f"\nvs truth: standard corr {c_std:.4f}, FSC 0.5 at {r_std:.2f} Å; "
-          f"deformed corr {c_def:.4f}, FSC 0.5 at {r_def:.2f} Å")
+    (c_std, r_std), (c_def, r_def) = (
+        scores(standard, data["truth"]),
+        scores(deformed, data["truth"]),
+    )
+    print(
+        f"\nvs truth: standard corr {c_std:.4f}, FSC 0.5 at {r_std:.2f} Å; "
+        f"deformed corr {c_def:.4f}, FSC 0.5 at {r_def:.2f} Å"
+    )
     assert c_def > c_std + 0.01 and c_def > 0.955
     assert r_def < r_std - 0.3  # measured 4.97 vs 5.47 Å
     coarse = reconstruct(data, exact_inverse, grid_factor=4)
@@ -109,12 +150,19 @@ def test_identity_field_is_the_standard_reconstruction(data, maps):
     standard = maps["standard"]
     accumulator = FourierAccumulator(BOX, PIXEL)
     accumulator.add(data["images"], data["rotations"], data["shifts"], data["ctf"])
-    np.testing.assert_allclose(standard, accumulator.reconstruct().numpy(), atol=1e-4 * np.abs(standard).max())
+    np.testing.assert_allclose(
+        standard, accumulator.reconstruct().numpy(), atol=1e-4 * np.abs(standard).max()
+    )
     for codes in (torch.zeros_like(data["latents"]), data["latents"]):
         accumulator = DeformedAccumulator(BOX, PIXEL, identity)
         for part in (slice(0, 300), slice(300, N)):
-            accumulator.add(data["images"][part], data["rotations"][part], data["shifts"][part],
-                            data["ctf"][part], codes[part])
+            accumulator.add(
+                data["images"][part],
+                data["rotations"][part],
+                data["shifts"][part],
+                data["ctf"][part],
+                codes[part],
+            )
         same = accumulator.reconstruct().numpy()
         assert accumulator.warps == 0 and not bool(accumulator.correction.any())
         if not codes.any():  # the same batches as the standard reconstruction: the same numbers
@@ -126,8 +174,13 @@ def test_identity_field_is_the_standard_reconstruction(data, maps):
 def test_the_correction_covers_the_box_not_the_padded_grid(data):
     """Memory: the real-space correction is the box plus a small margin, not the (2L)³ padded grid."""
     accumulator = DeformedAccumulator(BOX, PIXEL, exact_inverse)
-    accumulator.add(data["images"][:40], data["rotations"][:40], data["shifts"][:40], data["ctf"][:40],
-                    data["latents"][:40])
+    accumulator.add(
+        data["images"][:40],
+        data["rotations"][:40],
+        data["shifts"][:40],
+        data["ctf"][:40],
+        data["latents"][:40],
+    )
     accumulator.flush()
     assert accumulator.correction.shape == (BOX + 2 * TAPER_VOXELS,) * 3 and accumulator.warps >= 1
 
@@ -142,26 +195,39 @@ def bump(latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 def test_only_the_block_where_the_field_moves_is_warped(data, monkeypatch):
     """A field that moves only a small part of the box warps a block around it, and gives the same map
     as warping the whole box (the residual below RESIDUAL_TOLERANCE taken as it is)."""
+
     def build():
         accumulator = DeformedAccumulator(BOX, PIXEL, bump)
         for part in (slice(0, 300), slice(300, N)):
-            accumulator.add(data["images"][part], data["rotations"][part], data["shifts"][part],
-                            data["ctf"][part], data["latents"][part])
+            accumulator.add(
+                data["images"][part],
+                data["rotations"][part],
+                data["shifts"][part],
+                data["ctf"][part],
+                data["latents"][part],
+            )
         return accumulator, accumulator.reconstruct().numpy()
 
     local, local_map = build()
     monkeypatch.setattr(deformed, "RESIDUAL_TOLERANCE", 0.0)
     whole, whole_map = build()
     per_warp = local.warped_voxels / local.warps
-    print(f"\nbump field: {per_warp / BOX**3:.2f} of the box warped per code; whole box "
-          f"{whole.warped_voxels / whole.warps / BOX**3:.2f}")
+    print(
+        f"\nbump field: {per_warp / BOX**3:.2f} of the box warped per code; whole box "
+        f"{whole.warped_voxels / whole.warps / BOX**3:.2f}"
+    )
     assert per_warp < 0.5 * BOX**3 and whole.warped_voxels / whole.warps >= BOX**3
     np.testing.assert_allclose(local_map, whole_map, atol=1e-4 * np.abs(whole_map).max())
 
 
 def test_region_restricted_field_matches_for_a_field_defined_everywhere(data, maps):
     truth = torch.as_tensor(data["truth"])
-    region = torch.nn.functional.max_pool3d((truth > 0.05 * truth.max()).float()[None, None], 5, 1, 2)[0, 0] > 0
+    region = (
+        torch.nn.functional.max_pool3d((truth > 0.05 * truth.max()).float()[None, None], 5, 1, 2)[
+            0, 0
+        ]
+        > 0
+    )
     full = maps["deformed"]
     restricted = reconstruct(data, exact_inverse, region=region)
     assert scores(restricted, data["truth"])[0] > scores(full, data["truth"])[0] - 0.01
@@ -171,11 +237,17 @@ def test_bad_arguments_are_reported(data):
     with pytest.raises(InputError, match="grid factor"):
         DeformedAccumulator(BOX, PIXEL, identity, grid_factor=0)
     with pytest.raises(InputError, match="latent"):
-        DeformedAccumulator(BOX, PIXEL, identity).add(data["images"][:2], data["rotations"][:2],
-                                                       data["shifts"][:2], data["ctf"][:2])
+        DeformedAccumulator(BOX, PIXEL, identity).add(
+            data["images"][:2], data["rotations"][:2], data["shifts"][:2], data["ctf"][:2]
+        )
     with pytest.raises(InputError, match="inverse field returned"):
         DeformedAccumulator(BOX, PIXEL, lambda z, p: p).add(
-            data["images"][:2], data["rotations"][:2], data["shifts"][:2], data["ctf"][:2], data["latents"][:2])
+            data["images"][:2],
+            data["rotations"][:2],
+            data["shifts"][:2],
+            data["ctf"][:2],
+            data["latents"][:2],
+        )
 
 
 # Particles like the simulated AdK set: box 32 at 2.5 Å, origins up to ±8 Å, defocus up to 2.5 µm, so
@@ -187,20 +259,34 @@ TRANSLATION = torch.tensor([1.3, -0.8, 0.5])  # Å, x y z
 @pytest.fixture(scope="module")
 def delocalised():
     """One domain moves by up to ±4 Å (y, z) per particle; noisy CTF images of the deformed model."""
+
     def defocus(rng, n):
         values = rng.uniform(*DELOCALISED["defocus"], n)
         return values, values + 300, 30.0
 
-    return simulate_domain_motion(np.random.default_rng(5), DELOCALISED["n"], DELOCALISED["box"],
-                                  DELOCALISED["pixel"], per_domain=30, sigma=2.5, origin=DELOCALISED["origin"],
-                                  defocus=defocus, noise_seed=1)
+    return simulate_domain_motion(
+        np.random.default_rng(5),
+        DELOCALISED["n"],
+        DELOCALISED["box"],
+        DELOCALISED["pixel"],
+        per_domain=30,
+        sigma=2.5,
+        origin=DELOCALISED["origin"],
+        defocus=defocus,
+        noise_seed=1,
+    )
 
 
 def reconstruct_delocalised(data, field) -> np.ndarray:
     accumulator = DeformedAccumulator(DELOCALISED["box"], DELOCALISED["pixel"], field)
     for part in (slice(0, 200), slice(200, DELOCALISED["n"])):
-        accumulator.add(data["images"][part], data["rotations"][part], data["shifts"][part],
-                        data["ctf"][part], data["latents"][part])
+        accumulator.add(
+            data["images"][part],
+            data["rotations"][part],
+            data["shifts"][part],
+            data["ctf"][part],
+            data["latents"][part],
+        )
     return accumulator.reconstruct().numpy()
 
 
@@ -216,7 +302,9 @@ def translated(volume: np.ndarray, shift_angstrom: torch.Tensor, pixel: float) -
 def sphere_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Correlation inside the sphere of radius box/2 − 2 (the corners are masked by the inversion)."""
     offsets = np.arange(a.shape[0]) - a.shape[0] // 2
-    radius = np.sqrt(offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2)
+    radius = np.sqrt(
+        offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2
+    )
     inside = radius < a.shape[0] / 2 - 2
     return float(np.corrcoef(a[inside], b[inside])[0, 1])
 
@@ -229,6 +317,7 @@ def delocalised_standard(delocalised):
 def test_constant_field_translates_the_standard_reconstruction(delocalised, delocalised_standard):
     """A constant inverse field (every deformed point belongs TRANSLATION further on) must give the
     standard map moved by TRANSLATION, even with delocalised CTFs and large origins."""
+
     def constant(latents, points):
         return (points + TRANSLATION).expand(len(latents), -1, -1)
 
@@ -236,16 +325,23 @@ def test_constant_field_translates_the_standard_reconstruction(delocalised, delo
     expected = translated(delocalised_standard, TRANSLATION, DELOCALISED["pixel"])
     correlation = sphere_correlation(moved, expected)
     scale = float((moved * expected).sum() / (expected * expected).sum())
-    print(f"\nconstant field vs translated standard: correlation {correlation:.4f}, scale {scale:.4f} "
-          f"(untranslated: {sphere_correlation(delocalised_standard, expected):.4f})")
-    assert correlation >= 0.999 and abs(scale - 1) < 0.005  # the translation is exact (origins moved)
+    print(
+        f"\nconstant field vs translated standard: correlation {correlation:.4f}, scale {scale:.4f} "
+        f"(untranslated: {sphere_correlation(delocalised_standard, expected):.4f})"
+    )
+    assert (
+        correlation >= 0.999 and abs(scale - 1) < 0.005
+    )  # the translation is exact (origins moved)
 
 
 def test_exact_inverse_field_with_delocalised_ctfs(delocalised, delocalised_standard):
     """The exact inverse of the domain motion improves on the standard map for AdK-like particles."""
     deformed = reconstruct_delocalised(delocalised, exact_inverse)
     truth = delocalised["truth"]
-    c_std, c_def = sphere_correlation(delocalised_standard, truth), sphere_correlation(deformed, truth)
+    c_std, c_def = (
+        sphere_correlation(delocalised_standard, truth),
+        sphere_correlation(deformed, truth),
+    )
     print(f"\ndelocalised, vs truth: standard corr {c_std:.4f}, deformed {c_def:.4f}")
     assert c_def > c_std + 0.01
 
@@ -258,7 +354,9 @@ def test_the_number_of_clusters_follows_the_field_error():
     rng = np.random.default_rng(0)
     groups = np.array([[-3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [3.0, 0.0, 2.0]])
     latents = (groups[rng.integers(0, 3, 600)] + rng.normal(0, 0.05, (600, 3))).astype(np.float32)
-    points = torch.tensor(rng.uniform(0, 20, (200, 3)), dtype=torch.float32)  # membership ≈ 1: the field moves them
+    points = torch.tensor(
+        rng.uniform(0, 20, (200, 3)), dtype=torch.float32
+    )  # membership ≈ 1: the field moves them
     errors = field_errors(latents, exact_inverse, points, (1, 2, 3, 8))
     print(f"\nfield error by clusters: {errors}")
     assert errors[1] > 2.0 and errors[2] > 1.0 and errors[3] < 0.15 and errors[8] < 0.15

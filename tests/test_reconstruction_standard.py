@@ -34,6 +34,8 @@ from napari_dynamight.engine.reconstruction import (
 )
 
 DATA = Path(__file__).parent / "data"
+
+
 @pytest.fixture(scope="module", params=["no_ctf", "ctf"])
 def projected(request, tmp_path_factory):
     """relion_project images of ``blob_volume`` as a STAR data set; and relion_reconstruct of it."""

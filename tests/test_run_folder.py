@@ -20,13 +20,20 @@ from napari_dynamight.engine.run_folder import (
 def test_the_layout_keeps_the_names_of_existing_runs():
     run = RunFolder("r")
     names = {
-        run.info: "r/run.json", run.initial_model: "r/consensus_initial.pt",
-        run.latents: "r/latent_means.npy", run.latents_half2: "r/latent_means_half2_validation.npy",
-        run.particles: "r/particles.star", run.gaussian_errors: "r/gaussian_errors.csv",
-        run.loss_log: "r/losses.jsonl", run.loss_plot: "r/losses.png",
-        run.half_model(2): "r/consensus_half2.pt", run.half_map(1): "r/consensus_half1.mrc",
-        run.final_checkpoint: "r/checkpoints/final.pt", run.checkpoints.epoch(7): "r/checkpoints/epoch_0007.pt",
-        run.inverse.final: "r/inverse/final.pt", run.inverse.summary: "r/inverse/summary.json",
+        run.info: "r/run.json",
+        run.initial_model: "r/consensus_initial.pt",
+        run.latents: "r/latent_means.npy",
+        run.latents_half2: "r/latent_means_half2_validation.npy",
+        run.particles: "r/particles.star",
+        run.gaussian_errors: "r/gaussian_errors.csv",
+        run.loss_log: "r/losses.jsonl",
+        run.loss_plot: "r/losses.png",
+        run.half_model(2): "r/consensus_half2.pt",
+        run.half_map(1): "r/consensus_half1.mrc",
+        run.final_checkpoint: "r/checkpoints/final.pt",
+        run.checkpoints.epoch(7): "r/checkpoints/epoch_0007.pt",
+        run.inverse.final: "r/inverse/final.pt",
+        run.inverse.summary: "r/inverse/summary.json",
         run.inverse.loss_log: "r/inverse/losses.jsonl",
         run.inverse.checkpoints.epoch(3): "r/inverse/checkpoints/epoch_0003.pt",
         run.reconstruction().full_map: "r/reconstruction/full.mrc",
@@ -37,7 +44,10 @@ def test_the_layout_keeps_the_names_of_existing_runs():
     }
     for path, expected in names.items():
         assert path == Path(expected)
-    assert run.reconstruction().half_maps == (Path("r/reconstruction/half1.mrc"), Path("r/reconstruction/half2.mrc"))
+    assert run.reconstruction().half_maps == (
+        Path("r/reconstruction/half1.mrc"),
+        Path("r/reconstruction/half2.mrc"),
+    )
     assert list(run.reconstruction().maps) == ["half1", "half2", "full"]
 
 

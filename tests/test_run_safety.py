@@ -39,8 +39,13 @@ def start_command(argv: list[str]) -> subprocess.Popen:
     """The command line in a new process (this checkout's package), stderr captured."""
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = "import sys; from napari_dynamight.cli import main; sys.exit(main())"
-    return subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -65,11 +70,15 @@ def assert_uninterrupted_result(out: Path, finished: Path) -> None:
     latents, reference = np.load(out / "latent_means.npy"), np.load(finished / "latent_means.npy")
     assert np.abs(latents - reference).max() < SAME
     info = json.loads((out / "run.json").read_text())
-    assert info["result"]["epochs"] == 2 and info["identity"] == json.loads((finished / "run.json").read_text())["identity"]
+    assert (
+        info["result"]["epochs"] == 2
+        and info["identity"] == json.loads((finished / "run.json").read_text())["identity"]
+    )
 
 
 def test_sigterm_cancels_cleanly_a_second_writer_is_refused_and_resume_ends_as_uninterrupted(
-        simulated, finished_run, tmp_path, capsys):
+    simulated, finished_run, tmp_path, capsys
+):
     out = tmp_path / "run"
     process = start_command(optimize_command(simulated, out))
     try:
@@ -77,7 +86,11 @@ def test_sigterm_cancels_cleanly_a_second_writer_is_refused_and_resume_ends_as_u
         # a second writer while the first runs: refused in one line naming the holder, nothing changed
         assert main(optimize_command(simulated, out, "--resume")) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error: ") and f"in use by process {process.pid}" in err[0], err
+        assert (
+            len(err) == 1
+            and err[0].startswith("error: ")
+            and f"in use by process {process.pid}" in err[0]
+        ), err
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -85,7 +98,9 @@ def test_sigterm_cancels_cleanly_a_second_writer_is_refused_and_resume_ends_as_u
             process.kill()
     assert process.returncode == 143, stderr
     assert stderr.strip().splitlines()[-1] == "cancelled (SIGTERM)" and "Traceback" not in stderr
-    assert not (out / "latent_means.npy").exists() and not (out / "checkpoints" / "final.pt").exists()
+    assert (
+        not (out / "latent_means.npy").exists() and not (out / "checkpoints" / "final.pt").exists()
+    )
     assert json.loads((out / "run.json").read_text())["result"] is None
     assert find_leftovers(out) == [] and not (out / lock.LOCK_NAME).exists()
     assert resume_in_process(simulated, out) == 0
@@ -93,7 +108,8 @@ def test_sigterm_cancels_cleanly_a_second_writer_is_refused_and_resume_ends_as_u
 
 
 def test_kill_9_then_a_normal_start_takes_the_stale_lock_removes_leftovers_and_resumes(
-        simulated, finished_run, tmp_path):
+    simulated, finished_run, tmp_path
+):
     out = tmp_path / "run"
     process = start_command(optimize_command(simulated, out))
     try:
@@ -105,7 +121,10 @@ def test_kill_9_then_a_normal_start_takes_the_stale_lock_removes_leftovers_and_r
             process.kill()
     owner = json.loads((out / lock.LOCK_NAME).read_text())
     assert owner["pid"] == process.pid and owner["host"] == socket.gethostname()  # the stale lock
-    planted = [out / ".latent_means.npy.k9a7x2qz.tmp.npy", out / "checkpoints" / ".epoch_0002.pt.ab12cd34.tmp.pt"]
+    planted = [
+        out / ".latent_means.npy.k9a7x2qz.tmp.npy",
+        out / "checkpoints" / ".epoch_0002.pt.ab12cd34.tmp.pt",
+    ]
     for path in planted:  # what a kill during an atomic write leaves
         path.write_bytes(b"half")
     (out / ".simulate-zz99yy88").mkdir()
@@ -115,7 +134,9 @@ def test_kill_9_then_a_normal_start_takes_the_stale_lock_removes_leftovers_and_r
     assert_uninterrupted_result(out, finished_run)
 
 
-def test_sighup_cancels_with_129_and_leaves_no_partial_output(simulated, tmp_path, monkeypatch, capsys):
+def test_sighup_cancels_with_129_and_leaves_no_partial_output(
+    simulated, tmp_path, monkeypatch, capsys
+):
     from napari_dynamight.engine.deformation import checkpoint
 
     real = checkpoint.save_checkpoint
@@ -129,10 +150,14 @@ def test_sighup_cancels_with_129_and_leaves_no_partial_output(simulated, tmp_pat
     import torch
 
     threads = torch.get_num_threads()
-    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (nohup ignores it: next test)
+    previous = signal.signal(
+        signal.SIGHUP, signal.SIG_DFL
+    )  # as in a terminal (nohup ignores it: next test)
     try:
         assert main(optimize_command(simulated, out)) == 129
-        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handlers restored after the command
+        assert (
+            signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+        )  # handlers restored after the command
     finally:
         signal.signal(signal.SIGHUP, previous)
         torch.set_num_threads(threads)
@@ -170,28 +195,42 @@ def test_an_ignored_sighup_stays_ignored_as_under_nohup(simulated, tmp_path, mon
 
 def test_lock_refuses_a_live_writer_and_takes_over_a_dead_one(tmp_path):
     held = lock.acquire(tmp_path, "first")
-    with pytest.raises(InputError, match=f"in use by process {os.getpid()} on {socket.gethostname()} \\(first\\)"):
+    with pytest.raises(
+        InputError, match=f"in use by process {os.getpid()} on {socket.gethostname()} \\(first\\)"
+    ):
         lock.acquire(tmp_path, "second")
     lock.release(held)
     assert not (tmp_path / lock.LOCK_NAME).exists()
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (tmp_path / lock.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    (tmp_path / lock.LOCK_NAME).write_text(
+        json.dumps({"host": socket.gethostname(), "pid": gone.pid})
+    )
     handle = lock.acquire(tmp_path, "after a crash")  # dead PID on this host: stale, taken over
     assert json.loads((tmp_path / lock.LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release(handle)
 
     # a live process of this host named in the file holds it, even where flock is free
-    (tmp_path / lock.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    (tmp_path / lock.LOCK_NAME).write_text(
+        json.dumps({"host": socket.gethostname(), "pid": os.getppid()})
+    )
     with pytest.raises(InputError, match=f"process {os.getppid()}"):
         lock.acquire(tmp_path, "second")
 
 
 def test_leftovers_are_the_hidden_temporaries_and_staging_folders_only(tmp_path):
-    keep = [tmp_path / "latent_means.npy", tmp_path / ".hidden", tmp_path / "a.tmp", tmp_path / "sub" / "x.mrc"]
-    stale = [tmp_path / ".latent_means.npy.abcd_123.tmp.npy", tmp_path / "sub" / ".run.json.zzzzzzzz.tmp.json",
-             tmp_path / ".summary.q1w2e3r4.tmp"]
+    keep = [
+        tmp_path / "latent_means.npy",
+        tmp_path / ".hidden",
+        tmp_path / "a.tmp",
+        tmp_path / "sub" / "x.mrc",
+    ]
+    stale = [
+        tmp_path / ".latent_means.npy.abcd_123.tmp.npy",
+        tmp_path / "sub" / ".run.json.zzzzzzzz.tmp.json",
+        tmp_path / ".summary.q1w2e3r4.tmp",
+    ]
     for path in keep + stale:
         path.parent.mkdir(exist_ok=True)
         path.write_text("x")
@@ -201,7 +240,10 @@ def test_leftovers_are_the_hidden_temporaries_and_staging_folders_only(tmp_path)
     (tmp_path / "maps" / ".latent_0000.mrc.abcdefgh.tmp.mrc").write_text("x")
     removed = remove_leftovers(tmp_path)
     assert sorted(removed) == sorted(stale + [tmp_path / ".simulate-a1b2c3d4"])
-    assert all(path.exists() for path in keep) and (tmp_path / "maps" / ".latent_0000.mrc.abcdefgh.tmp.mrc").exists()
+    assert (
+        all(path.exists() for path in keep)
+        and (tmp_path / "maps" / ".latent_0000.mrc.abcdefgh.tmp.mrc").exists()
+    )
 
 
 def fit_files(out: Path) -> dict[str, bytes]:
@@ -212,10 +254,24 @@ def test_fit_consensus_replaces_its_files_as_a_set(simulated, tmp_path, monkeypa
     from napari_dynamight.engine import consensus_stage
 
     out = tmp_path / "fit"
-    command = ["fit-consensus", "--consensus", str(simulated.consensus), "--output-directory", str(out),
-               "--n-gaussians", "50", "--steps", "2"]
+    command = [
+        "fit-consensus",
+        "--consensus",
+        str(simulated.consensus),
+        "--output-directory",
+        str(out),
+        "--n-gaussians",
+        "50",
+        "--steps",
+        "2",
+    ]
     assert main(command) == 0
-    names = ["consensus_gaussians.csv", "consensus_gaussians.json", "consensus_gaussians.mrc", "consensus_gaussians.pt"]
+    names = [
+        "consensus_gaussians.csv",
+        "consensus_gaussians.json",
+        "consensus_gaussians.mrc",
+        "consensus_gaussians.pt",
+    ]
     assert sorted(p.name for p in out.iterdir()) == names
     check_file_set(out / "consensus_gaussians.json")
     before = fit_files(out)
@@ -236,7 +292,9 @@ def test_fit_consensus_replaces_its_files_as_a_set(simulated, tmp_path, monkeypa
     assert main(command + ["--seed", "1"]) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err, err
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err, (
+        err
+    )
     assert fit_files(out) == before and find_leftovers(out) == []
 
     (out / "consensus_gaussians.csv").write_text("edited")
@@ -244,7 +302,9 @@ def test_fit_consensus_replaces_its_files_as_a_set(simulated, tmp_path, monkeypa
         check_file_set(out / "consensus_gaussians.json")
 
 
-def test_inverse_and_reconstruct_refuse_outputs_of_another_state_of_the_run(finished_run, tmp_path, capsys):
+def test_inverse_and_reconstruct_refuse_outputs_of_another_state_of_the_run(
+    finished_run, tmp_path, capsys
+):
     import torch
 
     run = tmp_path / "run"
@@ -253,8 +313,20 @@ def test_inverse_and_reconstruct_refuse_outputs_of_another_state_of_the_run(fini
     assert main(["reconstruct", str(run)]) == 2
     assert "summary.json" in capsys.readouterr().err  # the inverse stage did not finish
     shutil.rmtree(run / "inverse")
-    inverse = ["optimize-inverse-deformations", str(run), "--epochs", "1", "--checkpoint-every", "1",
-               "--width", "16", "--depth", "1", "--threads", "1"]
+    inverse = [
+        "optimize-inverse-deformations",
+        str(run),
+        "--epochs",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--width",
+        "16",
+        "--depth",
+        "1",
+        "--threads",
+        "1",
+    ]
     threads = torch.get_num_threads()
     try:
         assert main(inverse) == 0

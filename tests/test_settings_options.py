@@ -28,22 +28,45 @@ STAGES = {
     "fit-consensus": (
         ConsensusSettings,
         {"--consensus", "--output-directory", "--mask", "--device"},
-        ["--consensus", "c.mrc", "--output-directory", "out"]),
+        ["--consensus", "c.mrc", "--output-directory", "out"],
+    ),
     "optimize-deformations": (
         DeformationSettings,
-        {"--particles", "--passthrough", "--consensus", "--output-directory", "--mask",
-         "--consensus-model", "--n-gaussians", "--threshold", "--device", "--resume", "--data-root",
-         "--threads", "--box"},
-        ["--particles", "p.star", "--consensus", "c.mrc", "--output-directory", "run"]),
+        {
+            "--particles",
+            "--passthrough",
+            "--consensus",
+            "--output-directory",
+            "--mask",
+            "--consensus-model",
+            "--n-gaussians",
+            "--threshold",
+            "--device",
+            "--resume",
+            "--data-root",
+            "--threads",
+            "--box",
+        },
+        ["--particles", "p.star", "--consensus", "c.mrc", "--output-directory", "run"],
+    ),
     "optimize-inverse-deformations": (
         InverseSettings,
         {"run_directory", "--device", "--resume", "--threads"},
-        ["run"]),
+        ["run"],
+    ),
     "reconstruct": (
         ReconstructionSettings,
-        {"run_directory", "--no-deformations", "--deformed", "--subset", "--output", "--device",
-         "--threads"},
-        ["run"]),
+        {
+            "run_directory",
+            "--no-deformations",
+            "--deformed",
+            "--subset",
+            "--output",
+            "--device",
+            "--threads",
+        },
+        ["run"],
+    ),
 }
 
 
@@ -141,8 +164,12 @@ def stage_widgets():
     from napari_dynamight._widgets.inverse import InverseWidget
     from napari_dynamight._widgets.reconstruction import ReconstructionWidget
 
-    return {"fit-consensus": DataWidget, "optimize-deformations": DeformationsWidget,
-            "optimize-inverse-deformations": InverseWidget, "reconstruct": ReconstructionWidget}
+    return {
+        "fit-consensus": DataWidget,
+        "optimize-deformations": DeformationsWidget,
+        "optimize-inverse-deformations": InverseWidget,
+        "reconstruct": ReconstructionWidget,
+    }
 
 
 @pytest.mark.parametrize("command", sorted(STAGES))
@@ -189,8 +216,15 @@ def test_the_form_reads_back_what_it_shows(qtbot):
 
     widget = InverseWidget(None)
     qtbot.addWidget(widget)
-    chosen = replace(InverseSettings(), epochs=7, learning_rate=0.0035, width=16, depth=2, seed=5,
-                     smoothness_points=3)
+    chosen = replace(
+        InverseSettings(),
+        epochs=7,
+        learning_rate=0.0035,
+        width=16,
+        depth=2,
+        seed=5,
+        smoothness_points=3,
+    )
     widget.options.show(chosen)
     assert widget.options["width"].value == 16  # Qt's own width() is not shadowed
     assert widget.options.settings(chosen) == chosen
@@ -216,8 +250,9 @@ def test_a_new_option_is_one_declaration(qtbot, tmp_path):
     add_options(parser, Extended)
     model = tmp_path / "model.pdb"
     args = parser.parse_args(["--atomic-model", str(model), "--symmetric", "--width", "16"])
-    assert settings_from_args(Extended, args) == Extended(atomic_model=str(model), symmetric=True,
-                                                          width=16)
+    assert settings_from_args(Extended, args) == Extended(
+        atomic_model=str(model), symmetric=True, width=16
+    )
     assert settings_from_args(Extended, parser.parse_args([])) == Extended()
     form = OptionsForm(Extended)
     assert isinstance(form["atomic_model"], FileEdit) and isinstance(form["symmetric"], CheckBox)

@@ -276,8 +276,18 @@ def test_relion_reconstruct_recovers_the_frame_map(tmp_path):
 def test_simulation_settings_record_the_noise_level(tmp_path):
     import json
 
-    summary = run(simulate(ADK / "adk_closed.pdb", None, output_directory=tmp_path / "sim", n_particles=40,
-                           box=32, pixel_size_angstrom=2.5, snr=0.5, seed=3))
+    summary = run(
+        simulate(
+            ADK / "adk_closed.pdb",
+            None,
+            output_directory=tmp_path / "sim",
+            n_particles=40,
+            box=32,
+            pixel_size_angstrom=2.5,
+            snr=0.5,
+            seed=3,
+        )
+    )
     settings = json.loads((tmp_path / "sim" / "ground_truth" / "simulation.json").read_text())
     assert settings["noise_variance"] == summary.noise_variance > 0
     assert settings["signal_variance"] / settings["noise_variance"] == pytest.approx(0.5)
@@ -293,7 +303,10 @@ def test_envelope_bfactor_lowers_high_frequency_power_and_is_not_recorded(tmp_pa
     bfactor = 100.0
     damped = run(
         simulate(
-            CLOSED, DCD, output_directory=tmp_path / "damped", envelope_bfactor_angstrom2=bfactor,
+            CLOSED,
+            DCD,
+            output_directory=tmp_path / "damped",
+            envelope_bfactor_angstrom2=bfactor,
             **settings,
         )
     )
@@ -305,7 +318,9 @@ def test_envelope_bfactor_lowers_high_frequency_power_and_is_not_recorded(tmp_pa
     s2 = fx**2 + fy**2
     for low, high in ((0.05, 0.08), (0.14, 0.2)):  # 1/Å; Nyquist 0.2
         shell = (s2 >= low**2) & (s2 < high**2)
-        expected = (power0[:, shell] * np.exp(-bfactor * s2[shell] / 2)).sum() / power0[:, shell].sum()
+        expected = (power0[:, shell] * np.exp(-bfactor * s2[shell] / 2)).sum() / power0[
+            :, shell
+        ].sum()
         measured = power1[:, shell].sum() / power0[:, shell].sum()
         assert measured == pytest.approx(expected, rel=1e-3)
     # at high frequency the power falls to about exp(-B s²/2) ≈ 0.2 of the undamped images'
@@ -324,8 +339,14 @@ def test_bimodal_and_weighted_frame_distributions(tmp_path):
 
     common = dict(box=16, pixel_size_angstrom=4.5, snr=math.inf, seed=2, chunk_size=1000)
     summary = run(
-        simulate(CLOSED, DCD, output_directory=tmp_path / "bimodal", n_particles=4000,
-                 frame_distribution="bimodal", **common)
+        simulate(
+            CLOSED,
+            DCD,
+            output_directory=tmp_path / "bimodal",
+            n_particles=4000,
+            frame_distribution="bimodal",
+            **common,
+        )
     )
     frames = pd.read_csv(summary.labels_csv)["frame"].to_numpy()
     u = frames / 97.0
@@ -342,8 +363,15 @@ def test_bimodal_and_weighted_frame_distributions(tmp_path):
     assert middle == pytest.approx(expected_middle, abs=0.015)
     assert summary.frame_probabilities == pytest.approx(p)
     weighted = run(
-        simulate(CLOSED, DCD, output_directory=tmp_path / "weights", n_particles=2000,
-                 frames=[0, 10, 20, 30], frame_weights=[0, 1, 0, 3], **common)
+        simulate(
+            CLOSED,
+            DCD,
+            output_directory=tmp_path / "weights",
+            n_particles=2000,
+            frames=[0, 10, 20, 30],
+            frame_weights=[0, 1, 0, 3],
+            **common,
+        )
     )
     counts = pd.read_csv(weighted.labels_csv)["frame"].value_counts()
     assert set(counts.index) == {10, 30}
@@ -358,9 +386,19 @@ def test_independent_domains(tmp_path):
     used = list(range(0, 98, 14))
     domains = ((30, 59), (122, 159))
     summary = run(
-        simulate(CLOSED, DCD, output_directory=tmp_path / "two", n_particles=1500, box=32,
-                 pixel_size_angstrom=3.0, snr=math.inf, frames=used, seed=4,
-                 independent_domains=domains, chunk_size=500)
+        simulate(
+            CLOSED,
+            DCD,
+            output_directory=tmp_path / "two",
+            n_particles=1500,
+            box=32,
+            pixel_size_angstrom=3.0,
+            snr=math.inf,
+            frames=used,
+            seed=4,
+            independent_domains=domains,
+            chunk_size=500,
+        )
     )
     labels = pd.read_csv(summary.labels_csv)
     assert "frame" not in labels.columns
@@ -389,7 +427,9 @@ def test_independent_domains(tmp_path):
     # and the domains really moved: frame 84's LID is far from frame 0's
     assert np.sqrt(((positions[lid] - info.core_positions[lid]) ** 2).sum(-1).mean()) > 5.0
     # the ground-truth map of a drawn state is the rendering of its composite positions
-    drawn = int(states["state"][(states["domain1_frame"] == 42) & (states["domain2_frame"] == 84)].iloc[0])
+    drawn = int(
+        states["state"][(states["domain1_frame"] == 42) & (states["domain2_frame"] == 84)].iloc[0]
+    )
     assert drawn == state
     scene = info.scene([state], 32, 3.0, None, "cpu")
     expected = render_volume(scene.at_frame(0), 32, 3.0).numpy()
@@ -425,13 +465,55 @@ def test_command_line_variants(tmp_path, capsys):
     out = tmp_path / "sim"
     weights = tmp_path / "weights.txt"
     weights.write_text("# one per frame\n1\n0\n3\n")
-    common = ["simulate", "--structure", str(CLOSED), "--trajectory", str(DCD), "--box", "32",
-              "--pixel-size", "3", "--n-particles", "40", "--snr", "0.1"]
-    assert main(common + ["--output-directory", str(out), "--frames", "0,40,80", "--frame-weights",
-                          str(weights), "--envelope-bfactor", "50"]) == 0
+    common = [
+        "simulate",
+        "--structure",
+        str(CLOSED),
+        "--trajectory",
+        str(DCD),
+        "--box",
+        "32",
+        "--pixel-size",
+        "3",
+        "--n-particles",
+        "40",
+        "--snr",
+        "0.1",
+    ]
+    assert (
+        main(
+            common
+            + [
+                "--output-directory",
+                str(out),
+                "--frames",
+                "0,40,80",
+                "--frame-weights",
+                str(weights),
+                "--envelope-bfactor",
+                "50",
+            ]
+        )
+        == 0
+    )
     assert set(pd.read_csv(out / "ground_truth" / "labels.csv")["frame"]) == {0, 80}
-    assert main(common + ["--output-directory", str(tmp_path / "two"), "--frames", "0:98:48",
-                          "--independent-domains", "30-59", "122-159", "--core-frame", "0"]) == 0
+    assert (
+        main(
+            common
+            + [
+                "--output-directory",
+                str(tmp_path / "two"),
+                "--frames",
+                "0:98:48",
+                "--independent-domains",
+                "30-59",
+                "122-159",
+                "--core-frame",
+                "0",
+            ]
+        )
+        == 0
+    )
     labels = pd.read_csv(tmp_path / "two" / "ground_truth" / "labels.csv")
     assert {"state", "domain1_frame", "domain2_frame"} <= set(labels.columns)
     assert "domain states" in capsys.readouterr().out

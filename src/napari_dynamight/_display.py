@@ -35,8 +35,10 @@ def xvfb_needed() -> str | None:
         return None
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
-        raise InputError("no display for napari's screenshots and no Xvfb to make one: install "
-                         "xvfb (apt install xvfb) or run under xvfb-run")
+        raise InputError(
+            "no display for napari's screenshots and no Xvfb to make one: install "
+            "xvfb (apt install xvfb) or run under xvfb-run"
+        )
     return xvfb
 
 
@@ -48,9 +50,12 @@ def virtual_display():
         yield None
         return
     read, write = os.pipe()
-    process = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", SCREEN,
-                                "-nolisten", "tcp"], pass_fds=(write,),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [xvfb, "-displayfd", str(write), "-screen", "0", SCREEN, "-nolisten", "tcp"],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write)
     with os.fdopen(read) as pipe:
         number = pipe.readline().strip()  # Xvfb writes its display number once it is ready

@@ -30,10 +30,20 @@ def add_layers(viewer, result: dict) -> None:
     from ._widgets._layers import show_map, show_points
 
     volume, voxel_size, model = result["volume"], result["voxel_size_angstrom"], result["model"]
-    show_map(viewer, "consensus map", volume, voxel_size,
-             threshold=float(result["summary"]["consensus"]["threshold"]), opacity=0.5)
-    show_points(viewer, "consensus Gaussians", model.positions_angstrom.detach().cpu().numpy(),
-                size_angstrom=float(model.sigmas_angstrom[0]))
+    show_map(
+        viewer,
+        "consensus map",
+        volume,
+        voxel_size,
+        threshold=float(result["summary"]["consensus"]["threshold"]),
+        opacity=0.5,
+    )
+    show_points(
+        viewer,
+        "consensus Gaussians",
+        model.positions_angstrom.detach().cpu().numpy(),
+        size_angstrom=float(model.sigmas_angstrom[0]),
+    )
 
 
 def add_reconstruction(viewer, reconstruction: dict) -> None:
@@ -73,7 +83,9 @@ def _wait(condition, what: str) -> None:
         time.sleep(0.01)
 
 
-def render_views(run_directory: Path, output: Path, add_layers=None, frames: int | None = None) -> dict:
+def render_views(
+    run_directory: Path, output: Path, add_layers=None, frames: int | None = None
+) -> dict:
     """Write the napari screenshots and movies of ``run_directory`` into ``output``; what was written.
 
     The movie has ``frames`` frames (default :data:`MOVIE_FRAMES`).
@@ -106,7 +118,9 @@ def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
                 layer.visible = False
         widget = open_explorer(viewer, run_directory)
         if widget.runner is None:
-            raise RuntimeError(f"{run_directory}: the run cannot be decoded ({widget.status.value})")
+            raise RuntimeError(
+                f"{run_directory}: the run cannot be decoded ({widget.status.value})"
+            )
         coords = widget.embedding.coords  # half 1's PCA: the first axis is its main motion
         height = float(np.median(coords[:, 1]))
         start, end = ((float(np.percentile(coords[:, 0], q)), height) for q in (5, 95))
@@ -129,8 +143,12 @@ def _render(run_directory: Path, output: Path, add_layers, frames: int) -> dict:
         outcome = widget.tasks.last_outcome
         if outcome is None or outcome.error is not None:
             raise RuntimeError(f"movie export failed: {widget.tasks.status.text()}")
-        return {"napari_explorer_png": str(window_png), "napari_volume_png": str(volume_png),
-                "motion_mp4": str(mp4), "motion_napari_gif": str(gif),
-                "napari_movie_frames": len(widget.movie_frames)}
+        return {
+            "napari_explorer_png": str(window_png),
+            "napari_volume_png": str(volume_png),
+            "motion_mp4": str(mp4),
+            "motion_napari_gif": str(gif),
+            "napari_movie_frames": len(widget.movie_frames),
+        }
     finally:
         viewer.close()

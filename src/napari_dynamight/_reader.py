@@ -128,12 +128,19 @@ def read_run(path) -> list[tuple]:
         return NO_LAYERS
     maps = [run.half_map(half) for half in (1, 2) if run.half_map(half).is_file()]
     if not maps:
-        raise InputError(f"{path}: a deformation run without {run.latents.name} or half maps yet; "
-                         "open it again when the run has finished")
-    reason = ("it has no latent means yet (the run has not finished)"
-              if not run.latents.is_file() else "there is no napari viewer to dock it in")
-    show_info(f"{path}: opened the half maps; the latent-space explorer needs the finished run, "
-              f"and {reason}")
+        raise InputError(
+            f"{path}: a deformation run without {run.latents.name} or half maps yet; "
+            "open it again when the run has finished"
+        )
+    reason = (
+        "it has no latent means yet (the run has not finished)"
+        if not run.latents.is_file()
+        else "there is no napari viewer to dock it in"
+    )
+    show_info(
+        f"{path}: opened the half maps; the latent-space explorer needs the finished run, "
+        f"and {reason}"
+    )
     return [layer for map_path in maps for layer in read_mrc(map_path)]
 
 
@@ -241,9 +248,11 @@ def _directions_layer(table, path: Path, summary: dict) -> tuple:
     if n > MAX_POINTS:
         shown = np.sort(np.random.default_rng(0).choice(n, MAX_POINTS, replace=False))
     euler = np.asarray(table.euler_degrees, dtype=np.float64)[shown]
-    radius = np.asarray(table.image_box, dtype=np.float64)[shown] * np.asarray(
-        table.pixel_size_angstrom, dtype=np.float64
-    )[shown] / 2
+    radius = (
+        np.asarray(table.image_box, dtype=np.float64)[shown]
+        * np.asarray(table.pixel_size_angstrom, dtype=np.float64)[shown]
+        / 2
+    )
     known = np.isfinite(radius) & (radius > 0)
     radius[~known] = radius[known].max() if known.any() else 1.0
     xyz = viewing_directions(euler) * radius[:, None]

@@ -22,8 +22,19 @@ def simulated_adk(folder: Path = SAMPLE_FOLDER) -> Path:
 
     if not (folder / "particles.star").is_file():
         check_example_file(EXAMPLE_STRUCTURE, "--structure")
-        run(simulate(EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, output_directory=folder, n_particles=200,
-                     box=64, pixel_size_angstrom=1.5, snr=0.1, frames=list(range(0, 98, 8)), seed=0))
+        run(
+            simulate(
+                EXAMPLE_STRUCTURE,
+                EXAMPLE_TRAJECTORY,
+                output_directory=folder,
+                n_particles=200,
+                box=64,
+                pixel_size_angstrom=1.5,
+                snr=0.1,
+                frames=list(range(0, 98, 8)),
+                seed=0,
+            )
+        )
     return folder
 
 

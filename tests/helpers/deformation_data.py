@@ -22,15 +22,36 @@ from napari_dynamight.engine.simulate import simulate
 ADK = example_file(STRUCTURE).parent  # the example files bundled with the package
 
 # Small networks and few epochs: the whole test set must run in a few minutes on 2 cores.
-FAST = DeformationSettings(epochs=6, batch_size=32, warmup_epochs=1, decoder_width=32, decoder_depth=2,
-                           encoder_width=64, checkpoint_every=2, consensus_period=5, consensus_epochs=1,
-                           reference_update_every=2, alignment_predictions=10, noise_subset=64,
-                           refinement_rounds=1, refinement_epochs=2)
+FAST = DeformationSettings(
+    epochs=6,
+    batch_size=32,
+    warmup_epochs=1,
+    decoder_width=32,
+    decoder_depth=2,
+    encoder_width=64,
+    checkpoint_every=2,
+    consensus_period=5,
+    consensus_epochs=1,
+    reference_update_every=2,
+    alignment_predictions=10,
+    noise_subset=64,
+    refinement_rounds=1,
+    refinement_epochs=2,
+)
 # The noisier set's training in test_deformation_halves.py (and bench/bench_decoders.py): 16 epochs,
 # batch 16, one refinement round.
-HALVES_SETTINGS = replace(FAST, epochs=16, batch_size=16, checkpoint_every=16, consensus_period=30,
-                          consensus_epochs=5, reference_update_every=10, alignment_predictions=50,
-                          refinement_rounds=1, refinement_epochs=3)
+HALVES_SETTINGS = replace(
+    FAST,
+    epochs=16,
+    batch_size=16,
+    checkpoint_every=16,
+    consensus_period=30,
+    consensus_epochs=5,
+    reference_update_every=10,
+    alignment_predictions=50,
+    refinement_rounds=1,
+    refinement_epochs=3,
+)
 
 
 @dataclass
@@ -42,16 +63,35 @@ class Simulated:
     labels: pd.DataFrame
 
 
-def simulate_tiny(folder: Path, n_particles: int = 400, snr: float = 1.0, seed: int = 0) -> Simulated:
+def simulate_tiny(
+    folder: Path, n_particles: int = 400, snr: float = 1.0, seed: int = 0
+) -> Simulated:
     """AdK at box 32 (2.5 Å/px) from every 4th frame, and its fitted 300-Gaussian consensus model."""
-    run(simulate(ADK / "adk_closed.pdb", ADK / "adk_dims.dcd", output_directory=folder / "sim",
-                 n_particles=n_particles, box=32, pixel_size_angstrom=2.5, snr=snr,
-                 frames=list(range(0, 98, 4)), seed=seed))
+    run(
+        simulate(
+            ADK / "adk_closed.pdb",
+            ADK / "adk_dims.dcd",
+            output_directory=folder / "sim",
+            n_particles=n_particles,
+            box=32,
+            pixel_size_angstrom=2.5,
+            snr=snr,
+            frames=list(range(0, 98, 4)),
+            seed=seed,
+        )
+    )
     sim = folder / "sim"
-    fit = run(fit_consensus(sim / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100))
+    fit = run(
+        fit_consensus(sim / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100)
+    )
     assert math.isfinite(fit.correlation) and fit.correlation > 0.9
-    return Simulated(folder, sim / "particles.star", sim / "consensus.mrc", fit.model_path,
-                     pd.read_csv(sim / "ground_truth" / "labels.csv"))
+    return Simulated(
+        folder,
+        sim / "particles.star",
+        sim / "consensus.mrc",
+        fit.model_path,
+        pd.read_csv(sim / "ground_truth" / "labels.csv"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +99,22 @@ def simulated(tmp_path_factory) -> Simulated:
     return simulate_tiny(tmp_path_factory.mktemp("adk_sim"))
 
 
-def train(simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False) -> Path:
+def train(
+    simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False
+) -> Path:
     """A deformation run of the tiny set (its fitted consensus model) into ``out``."""
     from napari_dynamight.engine.deformation.run import optimize_deformations
 
-    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=settings,
-                              consensus_model=simulated.model, resume=resume))
+    run(
+        optimize_deformations(
+            simulated.star,
+            simulated.consensus,
+            out,
+            settings=settings,
+            consensus_model=simulated.model,
+            resume=resume,
+        )
+    )
     return out
 
 
@@ -79,7 +129,14 @@ def moving_run(simulated, tmp_path_factory) -> Path:
     from napari_dynamight.engine.inverse.settings import InverseSettings
 
     out = tmp_path_factory.mktemp("moving") / "run"
-    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=replace(FAST, epochs=30),
-                              consensus_model=simulated.model))
+    run(
+        optimize_deformations(
+            simulated.star,
+            simulated.consensus,
+            out,
+            settings=replace(FAST, epochs=30),
+            consensus_model=simulated.model,
+        )
+    )
     run(optimize_inverse_deformations(out, settings=InverseSettings(epochs=20, batch_size=16)))
     return out

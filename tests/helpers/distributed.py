@@ -20,8 +20,13 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, split: bool | None, call, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     distributed.initialise(split_halves=split)
     call(*args)
@@ -30,4 +35,6 @@ def _worker(rank: int, port: int, split: bool | None, call, args: tuple) -> None
 
 def launch(call, *args, split: bool | None = None) -> None:
     """Run ``call(*args)`` in two gloo processes (as torchrun would start them)."""
-    mp.start_processes(_worker, args=(_free_port(), split, call, args), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(
+        _worker, args=(_free_port(), split, call, args), nprocs=WORLD, start_method="spawn"
+    )

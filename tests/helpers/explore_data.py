@@ -100,7 +100,10 @@ class ShiftDecoder:
         self.calls += 1
         latent = np.asarray(latent, dtype=np.float64)
         positions = self.consensus + self.shift(latent)
-        model = GaussianModel(torch.tensor(positions, dtype=torch.float32), torch.ones(len(positions)),
-                              torch.full((len(positions),), 2.0))
+        model = GaussianModel(
+            torch.tensor(positions, dtype=torch.float32),
+            torch.ones(len(positions)),
+            torch.full((len(positions),), 2.0),
+        )
         volume = render_volume(model, self.box, self.voxel).numpy()
         return Decoded(latent.astype(np.float32), positions, self.consensus, volume, self.voxel)

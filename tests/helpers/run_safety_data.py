@@ -9,17 +9,47 @@ import pytest
 
 from napari_dynamight.cli import main
 
-QUICK = ["--epochs", "2", "--batch-size", "64", "--decoder-width", "16", "--decoder-depth", "1",
-         "--warmup-epochs", "1", "--checkpoint-every", "1", "--refinement-rounds", "1",
-         "--refinement-epochs", "1", "--latent-inference", "encoder", "--posterior-candidates", "16",
-         "--threads", "1"]
+QUICK = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--decoder-width",
+    "16",
+    "--decoder-depth",
+    "1",
+    "--warmup-epochs",
+    "1",
+    "--checkpoint-every",
+    "1",
+    "--refinement-rounds",
+    "1",
+    "--refinement-epochs",
+    "1",
+    "--latent-inference",
+    "encoder",
+    "--posterior-candidates",
+    "16",
+    "--threads",
+    "1",
+]
 
 
 def optimize_command(simulated, out: Path, *extra: str, star: Path | None = None) -> list[str]:
     """``optimize-deformations`` of the tiny set with the quick settings into ``out``."""
-    return ["optimize-deformations", "--particles", str(star or simulated.star), "--consensus",
-            str(simulated.consensus), "--consensus-model", str(simulated.model), "--output-directory",
-            str(out), *QUICK, *extra]
+    return [
+        "optimize-deformations",
+        "--particles",
+        str(star or simulated.star),
+        "--consensus",
+        str(simulated.consensus),
+        "--consensus-model",
+        str(simulated.model),
+        "--output-directory",
+        str(out),
+        *QUICK,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -59,5 +59,6 @@ def plot_history(plot: CurvePlot, log: list[dict], keys: list[str]) -> None:
     for half in (1, 2):
         for panel, key in enumerate(keys):
             rows = [row for row in log if row.get("half") == half and row.get(key) is not None]
-            plot.set_curve(panel, f"half {half}", [row["epoch"] for row in rows],
-                           [row[key] for row in rows])
+            plot.set_curve(
+                panel, f"half {half}", [row["epoch"] for row in rows], [row[key] for row in rows]
+            )

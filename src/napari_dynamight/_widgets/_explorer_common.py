@@ -50,8 +50,11 @@ class CommonSpaceView:
         from ..engine.explore.common_space import common_space
 
         self.status.value = "common motion space: decoding every particle's motion ..."
-        self.tasks.start(common_space(self.decoder.run_directory, self.decoder.run),
-                         "common motion space", self._common_ready)
+        self.tasks.start(
+            common_space(self.decoder.run_directory, self.decoder.run),
+            "common motion space",
+            self._common_ready,
+        )
         return None
 
     def _common_ready(self, space) -> None:
@@ -64,14 +67,19 @@ class CommonSpaceView:
         if HALF_COLUMN in self.columns:
             self.colour_by(HALF_COLUMN)
         variance = ", ".join(f"{100 * v:.1f} %" for v in self.common.explained_variance)
-        self.status.value = (f"{COMMON_LABEL}, axes with {variance} of the motion's variance: "
-                             + self.selection_counts(self.view.rows))
+        self.status.value = (
+            f"{COMMON_LABEL}, axes with {variance} of the motion's variance: "
+            + self.selection_counts(self.view.rows)
+        )
 
     def mark_validation(self) -> None:
         """Mark the validation particles: hollow black rings on the scatter plot; on the density image
         (many particles), small black dots, at most :data:`MAX_VALIDATION_DOTS` of them (a seeded
         random subset, the legend says how many are shown)."""
-        marks, legend = getattr(self, "_validation_marks", None), getattr(self, "_validation_legend", None)
+        marks, legend = (
+            getattr(self, "_validation_marks", None),
+            getattr(self, "_validation_legend", None),
+        )
         if marks is not None:
             marks.remove()
             self._validation_marks = None
@@ -84,20 +92,38 @@ class CommonSpaceView:
         chosen = self.embedding.coords[rows]
         if not self.plot.density:
             self._validation_marks = self.plot.axes.scatter(
-                chosen[:, 0], chosen[:, 1], s=14, facecolors="none", edgecolors="black", linewidths=0.5,
-                label="validation")
+                chosen[:, 0],
+                chosen[:, 1],
+                s=14,
+                facecolors="none",
+                edgecolors="black",
+                linewidths=0.5,
+                label="validation",
+            )
         else:
             label = f"validation ({len(rows)})"
             if len(rows) > MAX_VALIDATION_DOTS:
-                keep = np.sort(np.random.default_rng(0).choice(len(rows), MAX_VALIDATION_DOTS, replace=False))
+                keep = np.sort(
+                    np.random.default_rng(0).choice(len(rows), MAX_VALIDATION_DOTS, replace=False)
+                )
                 chosen = chosen[keep]
                 label = f"validation ({MAX_VALIDATION_DOTS} of {len(rows)} shown)"
             self._validation_marks = self.plot.axes.scatter(
-                chosen[:, 0], chosen[:, 1], s=1.5, color="black", linewidths=0, rasterized=True,
-                label=label)
+                chosen[:, 0],
+                chosen[:, 1],
+                s=1.5,
+                color="black",
+                linewidths=0,
+                rasterized=True,
+                label=label,
+            )
             self._validation_legend = self.plot.axes.legend(
-                handles=[self._validation_marks], loc="upper right", fontsize="small", markerscale=4,
-                framealpha=0.8)
+                handles=[self._validation_marks],
+                loc="upper right",
+                fontsize="small",
+                markerscale=4,
+                framealpha=0.8,
+            )
         self.plot.draw_idle()
 
     def selection_counts(self, rows: np.ndarray) -> str:

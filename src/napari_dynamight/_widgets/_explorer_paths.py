@@ -72,10 +72,19 @@ class PathExport:
         if latents is None:
             return None
         movie = "path.mp4" if self.chimerax_movie.value else None
-        operation = holding(decode_path(self.decoder, latents, folder, movie=movie), folder,
-                            "volume folder", "decode")
-        return self.tasks.start(operation, "save volumes", lambda files: self._done(
-            f"wrote {len(files)} volumes to {folder}; ChimeraX: chimerax {Path(folder) / 'path.cxc'}"))
+        operation = holding(
+            decode_path(self.decoder, latents, folder, movie=movie),
+            folder,
+            "volume folder",
+            "decode",
+        )
+        return self.tasks.start(
+            operation,
+            "save volumes",
+            lambda files: self._done(
+                f"wrote {len(files)} volumes to {folder}; ChimeraX: chimerax {Path(folder) / 'path.cxc'}"
+            ),
+        )
 
     def export_movie(self, path, fps: int = 10, also=()):
         """Decode the path, show each volume with the current camera, render it once into a frame
@@ -113,12 +122,20 @@ class PathExport:
             frames = self.movie_frames = crop_to_content(capture.frames)
             for target in paths:
                 write_movie(target, frames, fps)
-            self._done(f"wrote {len(frames)} frames to {', '.join(map(str, paths))}; volumes "
-                       f"and path.cxc (ChimeraX) in {folder}")
+            self._done(
+                f"wrote {len(frames)} frames to {', '.join(map(str, paths))}; volumes "
+                f"and path.cxc (ChimeraX) in {folder}"
+            )
 
         folder = chimerax_folder(path)
-        operation = holding(decode_path(self.decoder, latents, folder, movie=f"{Path(path).stem}.mp4",
-                                        framerate=fps), folder, "ChimeraX folder", "movie")
+        operation = holding(
+            decode_path(
+                self.decoder, latents, folder, movie=f"{Path(path).stem}.mp4", framerate=fps
+            ),
+            folder,
+            "ChimeraX folder",
+            "movie",
+        )
         capture.open()
         worker = self.tasks.start(operation, "movie", finish, frame)
         if worker is None:

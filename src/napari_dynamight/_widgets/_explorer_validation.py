@@ -50,12 +50,20 @@ class ValidationViews:
             return None
         if ERRORS_LAYER in self.viewer.layers:
             self.viewer.layers.remove(ERRORS_LAYER)
-        layer = show_points(self.viewer, ERRORS_LAYER, positions, size_angstrom=3.0,
-                            features={"error_angstrom": errors}, face_color="error_angstrom",
-                            face_colormap="inferno", **COLOURED)
+        layer = show_points(
+            self.viewer,
+            ERRORS_LAYER,
+            positions,
+            size_angstrom=3.0,
+            features={"error_angstrom": errors},
+            face_color="error_angstrom",
+            face_colormap="inferno",
+            **COLOURED,
+        )
         with_colour_legend(layer)
-        self.status.value = (f"Gaussian error estimates: median {np.median(errors):.2f} Å, "
-                             f"max {errors.max():.2f} Å")
+        self.status.value = (
+            f"Gaussian error estimates: median {np.median(errors):.2f} Å, max {errors.max():.2f} Å"
+        )
         return layer
 
     def compare_halves(self, point_2d=None) -> int | None:
@@ -83,11 +91,20 @@ class ValidationViews:
         self._show_decoded(own)
         if HALVES_LAYER in self.viewer.layers:
             self.viewer.layers.remove(HALVES_LAYER)
-        layer = show_points(self.viewer, HALVES_LAYER, own.positions_angstrom, size_angstrom=3.0,
-                            features={"difference_angstrom": comparison.difference_angstrom},
-                            face_color="difference_angstrom", face_colormap="inferno", **COLOURED)
+        layer = show_points(
+            self.viewer,
+            HALVES_LAYER,
+            own.positions_angstrom,
+            size_angstrom=3.0,
+            features={"difference_angstrom": comparison.difference_angstrom},
+            face_color="difference_angstrom",
+            face_colormap="inferno",
+            **COLOURED,
+        )
         with_colour_legend(layer)
         self.last_comparison = comparison
-        self.status.value = (f"particle {comparison.particle}: the halves' displacements differ by "
-                             f"{comparison.rms_angstrom:.2f} Å RMS (max "
-                             f"{comparison.difference_angstrom.max():.2f} Å)")
+        self.status.value = (
+            f"particle {comparison.particle}: the halves' displacements differ by "
+            f"{comparison.rms_angstrom:.2f} Å RMS (max "
+            f"{comparison.difference_angstrom.max():.2f} Å)"
+        )

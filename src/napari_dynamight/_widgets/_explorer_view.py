@@ -17,11 +17,19 @@ def show_decoded(viewer, decoded, volume_name: str, points_name: str, vectors_na
     """Show ``decoded`` (``engine.explore.decoding.Decoded``) in its three layers; the first time,
     switch to 3D and fit the camera to the molecule. Returns the volume layer."""
     first = volume_name not in viewer.layers
-    layer = show_map(viewer, volume_name, decoded.volume, decoded.voxel_size_angstrom, colormap="gray")
-    show_points(viewer, points_name, decoded.positions_angstrom,
-                size_angstrom=decoded.voxel_size_angstrom)
-    show_vectors(viewer, vectors_name, decoded.consensus_angstrom, decoded.displacements_angstrom,
-                 visible=False)  # arrows on demand: hundreds of them hide the density
+    layer = show_map(
+        viewer, volume_name, decoded.volume, decoded.voxel_size_angstrom, colormap="gray"
+    )
+    show_points(
+        viewer, points_name, decoded.positions_angstrom, size_angstrom=decoded.voxel_size_angstrom
+    )
+    show_vectors(
+        viewer,
+        vectors_name,
+        decoded.consensus_angstrom,
+        decoded.displacements_angstrom,
+        visible=False,
+    )  # arrows on demand: hundreds of them hide the density
     if first:
         show_in_3d(viewer, layer)
     return layer

@@ -13,14 +13,20 @@ import numpy as np
 
 UNITS = "angstrom"
 FILL = 0.9  # the fraction of the canvas's shorter side the molecule's extent fills
-GAUSSIAN_STYLE = {"face_color": "orange", "border_width": 0, "opacity": 0.6,
-                  "blending": "translucent"}  # drawn small, hidden inside the density's surface
+GAUSSIAN_STYLE = {
+    "face_color": "orange",
+    "border_width": 0,
+    "opacity": 0.6,
+    "blending": "translucent",
+}  # drawn small, hidden inside the density's surface
 
 
 def map_placement(shape, voxel_size_angstrom: float) -> dict:
     """``scale`` and ``translate`` that put voxel N // 2 at world 0 (as the readers do)."""
-    return {"scale": [voxel_size_angstrom] * 3,
-            "translate": [-(n // 2) * voxel_size_angstrom for n in shape]}
+    return {
+        "scale": [voxel_size_angstrom] * 3,
+        "translate": [-(n // 2) * voxel_size_angstrom for n in shape],
+    }
 
 
 def xyz_to_napari(positions_xyz) -> np.ndarray:
@@ -35,8 +41,9 @@ def map_level(volume) -> float:
     return automatic_threshold(np.asarray(volume, dtype=np.float32))
 
 
-def show_map(viewer, name: str, volume, voxel_size_angstrom: float, threshold: float | None = None,
-             **kwargs):
+def show_map(
+    viewer, name: str, volume, voxel_size_angstrom: float, threshold: float | None = None, **kwargs
+):
     """Add or update a 3D image layer shown as an iso-surface: at ``threshold`` if given, else (a new
     layer) at :func:`map_level`; an updated layer keeps its level unless ``threshold`` is given."""
     placement = map_placement(volume.shape, voxel_size_angstrom)

@@ -59,8 +59,9 @@ def make_control(setting: Declared):
     low, high = form_limits(setting)
     if setting.type is int:
         return SpinBox(min=int(low), max=int(high), value=setting.default or 0, **common)
-    return FloatSpinBox(min=low, max=high, step=o.step or FLOAT_STEP, value=setting.default,
-                        **common)
+    return FloatSpinBox(
+        min=low, max=high, step=o.step or FLOAT_STEP, value=setting.default, **common
+    )
 
 
 class OptionsForm:
@@ -95,8 +96,9 @@ class OptionsForm:
             try:
                 return float(text)
             except ValueError:
-                raise InputError(f"{form_label(setting)}: {text!r} is not a number; leave it "
-                                 f"empty for {o.auto}") from None
+                raise InputError(
+                    f"{form_label(setting)}: {text!r} is not a number; leave it empty for {o.auto}"
+                ) from None
         if o.auto is not None and value == 0:
             return None
         return setting.type(value)

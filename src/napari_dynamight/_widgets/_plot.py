@@ -27,8 +27,10 @@ DENSITY_THRESHOLD = 200_000
 BINS = 200
 DRAG_INTERVAL_MS = 100  # a drag reports its latest position at most this often
 MAX_CATEGORIES = 10  # integer columns with at most this many values get a legend, not a colour bar
-CATEGORY_NAMES = {"dmHalfSet": {1: "half 1", 2: "half 2"},
-                  "dmValidation": {0: "training", 1: "validation"}}
+CATEGORY_NAMES = {
+    "dmHalfSet": {1: "half 1", 2: "half 2"},
+    "dmValidation": {0: "training", 1: "validation"},
+}
 
 
 def categories(values) -> np.ndarray | None:
@@ -62,8 +64,12 @@ def binned_mean(coords: np.ndarray, values: np.ndarray, extent, bins: int = BINS
 class LatentPlot(FigureCanvasQTAgg):
     """Scatter or density of 2D coordinates; ``mode`` "decode" (click/drag) or "lasso"."""
 
-    def __init__(self, on_point: Callable | None = None, on_lasso: Callable | None = None,
-                 density_threshold: int = DENSITY_THRESHOLD):
+    def __init__(
+        self,
+        on_point: Callable | None = None,
+        on_lasso: Callable | None = None,
+        density_threshold: int = DENSITY_THRESHOLD,
+    ):
         self.figure = Figure(figsize=(4, 3), layout="constrained")
         super().__init__(self.figure)
         self.axes = self.figure.add_subplot(1, 1, 1)
@@ -98,8 +104,14 @@ class LatentPlot(FigureCanvasQTAgg):
         self.mode = mode
         self.lasso.set_active(mode == "lasso")
 
-    def set_data(self, coords: np.ndarray, values: np.ndarray, label: str,
-                 axis_labels: tuple[str, str] = ("", ""), cmap: str = "viridis"):
+    def set_data(
+        self,
+        coords: np.ndarray,
+        values: np.ndarray,
+        label: str,
+        axis_labels: tuple[str, str] = ("", ""),
+        cmap: str = "viridis",
+    ):
         """Draw ``coords`` coloured by ``values`` (a new data set: axes limits reset), with the axes
         labelled ``axis_labels``."""
         self.coords = np.asarray(coords, dtype=np.float32)
@@ -116,12 +128,25 @@ class LatentPlot(FigureCanvasQTAgg):
         if self.density:
             image, _ = binned_mean(self.coords, values, self.extent)
             (x0, x1), (y0, y1) = self.extent
-            self.artist = self.axes.imshow(image, origin="lower", extent=(x0, x1, y0, y1),
-                                           aspect="auto", cmap=cmap, interpolation="nearest")
+            self.artist = self.axes.imshow(
+                image,
+                origin="lower",
+                extent=(x0, x1, y0, y1),
+                aspect="auto",
+                cmap=cmap,
+                interpolation="nearest",
+            )
         else:
             size = float(np.clip(2e4 / max(len(self.coords), 1), 0.5, 20))
-            self.artist = self.axes.scatter(self.coords[:, 0], self.coords[:, 1], c=values, s=size,
-                                            cmap=cmap, linewidths=0, rasterized=True)
+            self.artist = self.axes.scatter(
+                self.coords[:, 0],
+                self.coords[:, 1],
+                c=values,
+                s=size,
+                cmap=cmap,
+                linewidths=0,
+                rasterized=True,
+            )
         self._frame()
         self.set_selected(np.zeros(len(self.coords), dtype=bool))
         self.recolour(values, label)
@@ -179,10 +204,20 @@ class LatentPlot(FigureCanvasQTAgg):
         self.artist.set_cmap(ListedColormap(colours))
         self.artist.set_array(np.searchsorted(found, values).astype(np.float64))
         self.artist.set_clim(-0.5, len(found) - 0.5)
-        handles = [Line2D([], [], marker="o", linestyle="", color=colour,
-                          label=category_label(label, value)) for colour, value in zip(colours, found)]
-        self.legend = self.axes.legend(handles=handles, title=label, fontsize="small",
-                                       title_fontsize="small", loc="best", framealpha=0.8)
+        handles = [
+            Line2D(
+                [], [], marker="o", linestyle="", color=colour, label=category_label(label, value)
+            )
+            for colour, value in zip(colours, found)
+        ]
+        self.legend = self.axes.legend(
+            handles=handles,
+            title=label,
+            fontsize="small",
+            title_fontsize="small",
+            loc="best",
+            framealpha=0.8,
+        )
 
     def set_selected(self, mask: np.ndarray) -> None:
         """Outline the selected particles (density mode: a red-tinted image of their bins)."""
@@ -195,14 +230,21 @@ class LatentPlot(FigureCanvasQTAgg):
                 (x0, x1), (y0, y1) = self.extent
                 overlay = np.zeros((*counts.shape, 4), np.float32)
                 overlay[counts > 0] = (1, 0, 0, 0.5)
-                self.selected_artist = self.axes.imshow(overlay, origin="lower", aspect="auto",
-                                                        extent=(x0, x1, y0, y1))
+                self.selected_artist = self.axes.imshow(
+                    overlay, origin="lower", aspect="auto", extent=(x0, x1, y0, y1)
+                )
                 self.axes.set_aspect("equal", adjustable="datalim")
             else:
                 chosen = self.coords[mask]
-                self.selected_artist = self.axes.scatter(chosen[:, 0], chosen[:, 1], s=8,
-                                                         facecolors="none", edgecolors="red",
-                                                         linewidths=0.6, rasterized=True)
+                self.selected_artist = self.axes.scatter(
+                    chosen[:, 0],
+                    chosen[:, 1],
+                    s=8,
+                    facecolors="none",
+                    edgecolors="red",
+                    linewidths=0.6,
+                    rasterized=True,
+                )
         self.draw_idle()
 
     def show_marker(self, point) -> None:
@@ -217,8 +259,9 @@ class LatentPlot(FigureCanvasQTAgg):
 
     def show_path(self, points_2d) -> None:
         points_2d = np.asarray(points_2d)
-        self.path_line.set_data(points_2d[:, 0], points_2d[:, 1]) if len(points_2d) else \
-            self.path_line.set_data([], [])
+        self.path_line.set_data(points_2d[:, 0], points_2d[:, 1]) if len(
+            points_2d
+        ) else self.path_line.set_data([], [])
         self.draw_idle()
 
     def _press(self, event) -> None:

@@ -91,9 +91,14 @@ def join_plugin_docks(widget) -> bool:
         return False
     area = window.dockWidgetArea(dock)
     for other in window.findChildren(QDockWidget):
-        if (other is not dock and other.isVisible() and not other.isFloating()
-                and PLUGIN_TITLE in other.windowTitle() and window.dockWidgetArea(other) == area
-                and dock not in window.tabifiedDockWidgets(other)):
+        if (
+            other is not dock
+            and other.isVisible()
+            and not other.isFloating()
+            and PLUGIN_TITLE in other.windowTitle()
+            and window.dockWidgetArea(other) == area
+            and dock not in window.tabifiedDockWidgets(other)
+        ):
             window.tabifyDockWidget(other, dock)
             dock.show()
             dock.raise_()

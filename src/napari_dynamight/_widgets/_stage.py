@@ -91,13 +91,13 @@ class StageWidget(QWidget):
         ended = threading.Event()
         self._last_key = None
         tracked = _tracked(operation, ended)
-        worker = self.tasks.start(tracked, title, on_done,
-                                  lambda event: self._watch(event, on_progress))
+        worker = self.tasks.start(
+            tracked, title, on_done, lambda event: self._watch(event, on_progress)
+        )
         if worker is None:
             return None
         self._ended = ended
-        worker.aborted.connect(lambda: _close(tracked, ended),
-                               Qt.ConnectionType.DirectConnection)
+        worker.aborted.connect(lambda: _close(tracked, ended), Qt.ConnectionType.DirectConnection)
         return worker
 
     def refresh(self) -> None:

@@ -111,8 +111,13 @@ class TaskPanel(QWidget):
     def running(self) -> bool:
         return self.worker is not None
 
-    def start(self, operation, title: str, on_done: Callable[[Any], None] | None = None,
-              on_progress: Callable[[Any], None] | None = None):
+    def start(
+        self,
+        operation,
+        title: str,
+        on_done: Callable[[Any], None] | None = None,
+        on_progress: Callable[[Any], None] | None = None,
+    ):
         """Run ``operation`` (a Progress generator); refuse if one is already running."""
         if self.running:
             operation.close()
@@ -141,8 +146,11 @@ class TaskPanel(QWidget):
             self.bar.setRange(0, int(event.total))
             self.bar.setValue(int(min(event.step, event.total)))
         parts = [f"{event.stage}: {event.step}" + (f"/{event.total}" if event.total else "")]
-        parts += [f"{name} {value:.4g}" for name, value in event.metrics.items()
-                  if isinstance(value, (int, float))]
+        parts += [
+            f"{name} {value:.4g}"
+            for name, value in event.metrics.items()
+            if isinstance(value, (int, float))
+        ]
         if event.message:
             parts.append(event.message)
         self.status.setText(", ".join(parts))
@@ -185,8 +193,13 @@ class LatestRequestRunner:
     ``served`` counts delivered results; ``worker`` is the running worker (None when idle).
     """
 
-    def __init__(self, function: Callable, on_result: Callable[[Any], None], title: str = "decode",
-                 on_error: Callable[[Outcome], None] | None = None):
+    def __init__(
+        self,
+        function: Callable,
+        on_result: Callable[[Any], None],
+        title: str = "decode",
+        on_error: Callable[[Outcome], None] | None = None,
+    ):
         self.function = function
         self.on_result = on_result
         self.on_error = on_error or (lambda outcome: report(outcome, title))

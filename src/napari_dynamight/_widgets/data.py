@@ -50,16 +50,21 @@ def load_inputs(star: Path | None, map_path: Path | None, mask: Path | None):
     if map_path is not None:
         volume, voxel_size = read_map(map_path)
         if len(set(volume.shape)) != 1:
-            raise InputError(f"{map_path}: the consensus map must be a cube, got "
-                             f"{volume.shape[::-1]} (x, y, z)")
+            raise InputError(
+                f"{map_path}: the consensus map must be a cube, got {volume.shape[::-1]} (x, y, z)"
+            )
         if not voxel_size > 0:
-            raise InputError(f"{map_path}: the header gives voxel size {voxel_size}; set it "
-                             "(e.g. relion_image_handler --angpix)")
+            raise InputError(
+                f"{map_path}: the header gives voxel size {voxel_size}; set it "
+                "(e.g. relion_image_handler --angpix)"
+            )
         if mask is not None:
             mask_volume, mask_voxel = read_map(mask)
             if mask_volume.shape != volume.shape:
-                raise InputError(f"{mask}: mask box {mask_volume.shape[0]} differs from the map's "
-                                 f"{volume.shape[0]}; give a mask made for this map")
+                raise InputError(
+                    f"{mask}: mask box {mask_volume.shape[0]} differs from the map's "
+                    f"{volume.shape[0]}; give a mask made for this map"
+                )
         loaded["map"] = (volume, voxel_size, automatic_threshold(volume))
     return loaded
 
@@ -70,25 +75,33 @@ def format_summary(star_summary: dict | None, map_info: tuple | None) -> str:
         groups = star_summary["optics_groups"]
         plural = "s" if len(groups) != 1 else ""
         poses = "yes" if star_summary["poses"] else "no"
-        lines.append(f"{star_summary['particles']} particles, {len(groups)} optics group{plural}, "
-                     f"poses: {poses}")
+        lines.append(
+            f"{star_summary['particles']} particles, {len(groups)} optics group{plural}, "
+            f"poses: {poses}"
+        )
         for group in groups:
             pixel = group["pixel_size_angstrom"]
-            lines.append(f"  group {group['optics_group']}: {group['particles']} particles, box "
-                         f"{group['box'] or '?'} px, pixel size "
-                         f"{'?' if pixel is None else f'{pixel:.4g}'} Å")
+            lines.append(
+                f"  group {group['optics_group']}: {group['particles']} particles, box "
+                f"{group['box'] or '?'} px, pixel size "
+                f"{'?' if pixel is None else f'{pixel:.4g}'} Å"
+            )
     if map_info is not None:
         volume, voxel_size, threshold = map_info
-        lines.append(f"map: box {volume.shape[0]} px, voxel size {voxel_size:.4g} Å, "
-                     f"automatic threshold {threshold:.4g}")
+        lines.append(
+            f"map: box {volume.shape[0]} px, voxel size {voxel_size:.4g} Å, "
+            f"automatic threshold {threshold:.4g}"
+        )
     if star_summary is not None and map_info is not None:
         width = map_info[0].shape[0] * map_info[1]
         for group in star_summary["optics_groups"]:
             if group["box"] and group["pixel_size_angstrom"]:
                 image_width = group["box"] * group["pixel_size_angstrom"]
                 if abs(image_width - width) > 0.01 * width:
-                    lines.append(f"note: group {group['optics_group']}'s images are "
-                                 f"{image_width:.1f} Å wide, the map {width:.1f} Å")
+                    lines.append(
+                        f"note: group {group['optics_group']}'s images are "
+                        f"{image_width:.1f} Å wide, the map {width:.1f} Å"
+                    )
     return "\n".join(lines)
 
 
@@ -98,20 +111,34 @@ class DataWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.star = FileEdit(label="particles (STAR or cryoSPARC .cs)", mode="r", filter="*.star *.cs")
+        self.star = FileEdit(
+            label="particles (STAR or cryoSPARC .cs)", mode="r", filter="*.star *.cs"
+        )
         self.map = FileEdit(label="consensus map", mode="r", filter="*.mrc *.map")
         self.mask = FileEdit(label="mask (optional)", mode="r", filter="*.mrc *.map")
         self.output = FileEdit(label="output folder", mode="d")
         self.load_button = PushButton(text="Load")
-        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, value=0.5, step=None,
-                                     enabled=False)
+        self.threshold = FloatSlider(
+            label="threshold", min=0.0, max=1.0, value=0.5, step=None, enabled=False
+        )
         self.options = OptionsForm(ConsensusSettings)  # the threshold is the slider above
         self.options.attach(self)
         self.fit_button = PushButton(text="Fill and fit", enabled=False)
-        self.summary = Label(value="choose a particle file (STAR or .cs) and a consensus map, then Load")
-        self.form = Container(widgets=[self.star, self.map, self.mask, self.load_button,
-                                       self.threshold, self.output, *self.options.controls.values(),
-                                       self.fit_button])
+        self.summary = Label(
+            value="choose a particle file (STAR or .cs) and a consensus map, then Load"
+        )
+        self.form = Container(
+            widgets=[
+                self.star,
+                self.map,
+                self.mask,
+                self.load_button,
+                self.threshold,
+                self.output,
+                *self.options.controls.values(),
+                self.fit_button,
+            ]
+        )
         self.tasks = TaskPanel()
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
@@ -146,8 +173,9 @@ class DataWidget(QWidget):
             self.threshold.min, self.threshold.max = low, high
             self.threshold.value = threshold
             self.threshold.enabled = True
-            layer = show_map(self.viewer, MAP_LAYER, volume, voxel_size, threshold=threshold,
-                             opacity=0.6)
+            layer = show_map(
+                self.viewer, MAP_LAYER, volume, voxel_size, threshold=threshold, opacity=0.6
+            )
             show_in_3d(self.viewer, layer)
             if _optional(self.output.value) is None:
                 self.output.value = Path(self.map.value).parent / "consensus"
@@ -174,8 +202,9 @@ class DataWidget(QWidget):
         except InputError as error:
             self.summary.value = str(error)
             return None
-        operation = fit_consensus(Path(self.map.value), output,
-                                  mask_path=_optional(self.mask.value), **settings.to_dict())
+        operation = fit_consensus(
+            Path(self.map.value), output, mask_path=_optional(self.mask.value), **settings.to_dict()
+        )
         operation = holding(operation, output, "output folder", "fit-consensus")
         return self.tasks.start(operation, "fill and fit", self._fitted)
 
@@ -187,10 +216,16 @@ class DataWidget(QWidget):
         # the fit is what to look at now: a faint surface, every Gaussian drawn over it (one σ wide)
         if MAP_LAYER in self.viewer.layers:
             self.viewer.layers[MAP_LAYER].opacity = FITTED_MAP_OPACITY
-        show_points(self.viewer, GAUSSIANS_LAYER, model.positions_angstrom.numpy(),
-                    size_angstrom=float(model.sigmas_angstrom[0]), opacity=0.9,
-                    blending="translucent_no_depth")
+        show_points(
+            self.viewer,
+            GAUSSIANS_LAYER,
+            model.positions_angstrom.numpy(),
+            size_angstrom=float(model.sigmas_angstrom[0]),
+            opacity=0.9,
+            blending="translucent_no_depth",
+        )
         self.summary.value = (
             format_summary(self.loaded["star"], self.loaded["map"])
             + f"\nconsensus: {fit.n_gaussians} Gaussians, σ {fit.sigma_angstrom:.2f} Å, "
-            f"correlation with the map {fit.correlation:.3f}\nmodel: {fit.model_path}")
+            f"correlation with the map {fit.correlation:.3f}\nmodel: {fit.model_path}"
+        )

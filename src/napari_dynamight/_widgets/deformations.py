@@ -34,8 +34,9 @@ from ._warnings import WarningsLabel
 POINTS_LAYER = "training Gaussians (half 1)"
 _DEFAULTS = DeformationSettings()
 # form control -> DeformationSettings field (the controls are made from the declared settings)
-SETTING_FIELDS = {setting.dest: setting.name for setting in DeformationSettings.declared()
-                  if setting.option.form}
+SETTING_FIELDS = {
+    setting.dest: setting.name for setting in DeformationSettings.declared() if setting.option.form
+}
 
 
 def training_reference(run: Path):
@@ -56,27 +57,34 @@ def _threshold(text: str) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise InputError(f"threshold: {text!r} is not a number; leave it empty for automatic") \
-            from None
+        raise InputError(
+            f"threshold: {text!r} is not a number; leave it empty for automatic"
+        ) from None
 
 
 def run_summary(run, info: dict, settings: DeformationSettings) -> str:
     """A run file's key numbers: particles, Gaussians, box, epochs (training and refinement, each
     labelled) and the count of watchdog warnings (shown in full above the plot)."""
-    lines = [f"{run}: {info['n_particles']} particles, {info['n_gaussians']} Gaussians, "
-             f"training box {info['train_box']} px"]
+    lines = [
+        f"{run}: {info['n_particles']} particles, {info['n_gaussians']} Gaussians, "
+        f"training box {info['train_box']} px"
+    ]
     result = info.get("result") or {}
     if result:
         epochs, rounds = int(result["epochs"]), int(result.get("refinement_rounds") or 0)
         refinement = rounds * settings.refinement_epochs
-        lines.append(f"finished: {epochs} training epochs + {refinement} refinement epochs "
-                     f"({rounds} rounds of {settings.refinement_epochs}) = {epochs + refinement} epochs"
-                     + ("; stopped early" if result.get("stopped_early") else ""))
+        lines.append(
+            f"finished: {epochs} training epochs + {refinement} refinement epochs "
+            f"({rounds} rounds of {settings.refinement_epochs}) = {epochs + refinement} epochs"
+            + ("; stopped early" if result.get("stopped_early") else "")
+        )
     else:
         lines.append("not finished: Resume continues it")
     warnings = info.get("warnings") or []
     if warnings:
-        lines.append(f"{len(warnings)} watchdog warning{'s' if len(warnings) != 1 else ''} (in red above)")
+        lines.append(
+            f"{len(warnings)} watchdog warning{'s' if len(warnings) != 1 else ''} (in red above)"
+        )
     return "\n".join(lines)
 
 
@@ -87,7 +95,9 @@ class DeformationsWidget(StageWidget):
         super().__init__(napari_viewer, parent)
         self.run = FileEdit(label="run folder", mode="d")
         self.open_button = PushButton(text="Open run")
-        self.particles = FileEdit(label="particles (STAR or cryoSPARC .cs)", mode="r", filter="*.star *.cs")
+        self.particles = FileEdit(
+            label="particles (STAR or cryoSPARC .cs)", mode="r", filter="*.star *.cs"
+        )
         self.consensus = FileEdit(label="consensus map", mode="r", filter="*.mrc *.map")
         self.mask = FileEdit(label="mask (optional)", mode="r", filter="*.mrc *.map")
         self.consensus_model = FileEdit(label="consensus model (optional)", mode="r", filter="*.pt")
@@ -96,33 +106,59 @@ class DeformationsWidget(StageWidget):
         self.data_root = FileEdit(label="image folder (optional)", mode="d")
         self.box = SpinBox(label="training box (0: auto)", min=0, max=1024, value=0)
         self.device = ComboBox(label="device", choices=device_choices(), value="cpu")
-        self.threads = SpinBox(label="CPU threads", min=1, max=os.cpu_count() or 1,
-                               value=max(1, (os.cpu_count() or 2) - 1))
+        self.threads = SpinBox(
+            label="CPU threads",
+            min=1,
+            max=os.cpu_count() or 1,
+            value=max(1, (os.cpu_count() or 2) - 1),
+        )
         self.options = OptionsForm(DeformationSettings)  # every declared option
         self.options.attach(self)
         self.start_button = PushButton(text="Start")
         self.resume_button = PushButton(text="Resume")
-        self.form = Container(widgets=[
-            self.run, self.open_button, self.particles, self.consensus, self.mask,
-            self.consensus_model, self.n_gaussians, self.threshold, self.data_root, self.box,
-            self.device, self.threads, *self.options.controls.values()])
+        self.form = Container(
+            widgets=[
+                self.run,
+                self.open_button,
+                self.particles,
+                self.consensus,
+                self.mask,
+                self.consensus_model,
+                self.n_gaussians,
+                self.threshold,
+                self.data_root,
+                self.box,
+                self.device,
+                self.threads,
+                *self.options.controls.values(),
+            ]
+        )
         buttons = Container(widgets=[self.start_button, self.resume_button], layout="horizontal")
         self.plot = CurvePlot(["data loss", "λ"], "epoch")
         self.summary = Label(value="choose particles, consensus map and a run folder, then Start")
         self.summary.native.setWordWrap(True)
         self.warnings_label = WarningsLabel()
         layout = QVBoxLayout(self)
-        scroll = QScrollArea()  # every option: scroll them on small screens, keep buttons and plot in view
+        scroll = (
+            QScrollArea()
+        )  # every option: scroll them on small screens, keep buttons and plot in view
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.form.native)
-        for widget in (scroll, buttons.native, self.tasks, self.warnings_label.native, self.plot,
-                       self.summary.native):
+        for widget in (
+            scroll,
+            buttons.native,
+            self.tasks,
+            self.warnings_label.native,
+            self.plot,
+            self.summary.native,
+        ):
             layout.addWidget(widget)
         self.base_settings = _DEFAULTS
         self.result = None
         self._shown_checkpoint = None
-        self.reference_loader = LatestRequestRunner(training_reference, self._show_reference,
-                                                    title="load Gaussians")
+        self.reference_loader = LatestRequestRunner(
+            training_reference, self._show_reference, title="load Gaussians"
+        )
         self.open_button.changed.connect(lambda: self.open_run())
         self.start_button.changed.connect(lambda: self.start())
         self.resume_button.changed.connect(lambda: self.start(resume=True))
@@ -140,8 +176,12 @@ class DeformationsWidget(StageWidget):
         if chosen is None:
             return False
         run, info = chosen
-        for field, key in (("particles", "particles"), ("consensus", "consensus"),
-                           ("mask", "mask"), ("consensus_model", "consensus_model")):
+        for field, key in (
+            ("particles", "particles"),
+            ("consensus", "consensus"),
+            ("mask", "mask"),
+            ("consensus_model", "consensus_model"),
+        ):
             if info.get(key):
                 getattr(self, field).value = info[key]
         self.base_settings = DeformationSettings.from_dict(info.get("settings", {}))
@@ -175,19 +215,30 @@ class DeformationsWidget(StageWidget):
             return None
         torch.set_num_threads(int(self.threads.value))
         operation = optimize_deformations(
-            particles, consensus, run, settings=settings,
+            particles,
+            consensus,
+            run,
+            settings=settings,
             mask=optional_path(self.mask.value),
             consensus_model=optional_path(self.consensus_model.value),
-            n_gaussians=self.n_gaussians.value or None, threshold=threshold,
-            box=self.box.value or None, data_root=optional_path(self.data_root.value),
-            device=self.device.value, resume=resume)
+            n_gaussians=self.n_gaussians.value or None,
+            threshold=threshold,
+            box=self.box.value or None,
+            data_root=optional_path(self.data_root.value),
+            device=self.device.value,
+            resume=resume,
+        )
         operation = holding(operation, run, "run folder", "optimize-deformations")
         self._shown_checkpoint = None
         if not resume:
             self.plot.clear()
         self.show_warnings([], notify=False)
-        return self.run_task(operation, "resume deformations" if resume else "deformations",
-                             self._finished, self._progress)
+        return self.run_task(
+            operation,
+            "resume deformations" if resume else "deformations",
+            self._finished,
+            self._progress,
+        )
 
     def _progress(self, event) -> None:
         """A watchdog warning from the engine: show it at once."""
@@ -202,10 +253,12 @@ class DeformationsWidget(StageWidget):
         self.result = result
         self.refresh()
         ending = "stopped by the data-loss rule" if result.stopped_early else "done"
-        self.summary.value = (f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, "
-                              f"training box {result.train_box}, {result.seconds:.0f} s; latent "
-                              f"means {result.latents.shape[0]} × {result.latents.shape[1]} in "
-                              f"{result.run_directory}")
+        self.summary.value = (
+            f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, "
+            f"training box {result.train_box}, {result.seconds:.0f} s; latent "
+            f"means {result.latents.shape[0]} × {result.latents.shape[1]} in "
+            f"{result.run_directory}"
+        )
         final = list(getattr(result, "warnings", []))
         if final:
             self.summary.value += f"; {len(final)} warning{'s' if len(final) > 1 else ''} (above)"
@@ -231,5 +284,9 @@ class DeformationsWidget(StageWidget):
             self.reference_loader.request(run)
 
     def _show_reference(self, model) -> None:
-        show_points(self.viewer, POINTS_LAYER, model.positions_angstrom.numpy(),
-                    size_angstrom=2 * float(model.sigmas_angstrom.mean()))
+        show_points(
+            self.viewer,
+            POINTS_LAYER,
+            model.positions_angstrom.numpy(),
+            size_angstrom=2 * float(model.sigmas_angstrom.mean()),
+        )

@@ -52,8 +52,11 @@ SECTION_HEIGHT = 200  # the tabs' most height (px); their pages scroll
 
 def _row(*widgets) -> Container:
     """Widgets side by side, each after its label if it has one (keeps the dock short)."""
-    labels = any(widget.label and widget.label != widget.name for widget in widgets
-                 if not isinstance(widget, (PushButton, CheckBox)))
+    labels = any(
+        widget.label and widget.label != widget.name
+        for widget in widgets
+        if not isinstance(widget, (PushButton, CheckBox))
+    )
     row = Container(widgets=list(widgets), layout="horizontal", labels=labels)
     row.margins = (0, 0, 0, 0)
     return row
@@ -75,37 +78,69 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         self.half = ComboBox(label="half set", choices=_half_choices([1, 2]), value=1)
         self.method = ComboBox(label="embedding", choices=["pca", "umap"], value="pca")
         self.colour = ComboBox(label="colour by", choices=[])
-        self.mode = RadioButtons(label="mouse", choices=["decode", "lasso"], value="decode",
-                                 orientation="horizontal")
-        top = Container(widgets=[_row(self.run, self.open_button), _row(self.half, self.method),
-                                 _row(self.colour, self.mode)])
+        self.mode = RadioButtons(
+            label="mouse", choices=["decode", "lasso"], value="decode", orientation="horizontal"
+        )
+        top = Container(
+            widgets=[
+                _row(self.run, self.open_button),
+                _row(self.half, self.method),
+                _row(self.colour, self.mode),
+            ]
+        )
         self.plot = LatentPlot(on_point=self.decode_at, on_lasso=self.select_polygon)
         self.selected_label = Label(value="selected: 0")
         self.selection_name = LineEdit(label="name", value="selection 1")
         self.add_button = PushButton(text="Add selection")
         self.selections_box = ComboBox(label="selections", choices=[])
-        self.keep_results = CheckBox(text="export with the results", value=False,
-                                     tooltip="add the dm* result columns (STAR) or fields (.cs)")
+        self.keep_results = CheckBox(
+            text="export with the results",
+            value=False,
+            tooltip="add the dm* result columns (STAR) or fields (.cs)",
+        )
         self.export_button = PushButton(text="Export STAR ...")
-        self.deformed = CheckBox(text="deformed", value=False,
-                                 tooltip="deformed maps (the run needs its inverse deformations)")
+        self.deformed = CheckBox(
+            text="deformed",
+            value=False,
+            tooltip="deformed maps (the run needs its inverse deformations)",
+        )
         self.reconstruct_button = PushButton(text="Reconstruct selection", enabled=False)
-        selection = Container(widgets=[self.selected_label, self.selection_name, self.add_button,
-                                       self.selections_box, _row(self.keep_results, self.export_button),
-                                       _row(self.deformed, self.reconstruct_button)])
-        self.fsc_plot = fsc_plot()  # the reconstructed selection's half-map FSC, shown once there is one
+        selection = Container(
+            widgets=[
+                self.selected_label,
+                self.selection_name,
+                self.add_button,
+                self.selections_box,
+                _row(self.keep_results, self.export_button),
+                _row(self.deformed, self.reconstruct_button),
+            ]
+        )
+        self.fsc_plot = (
+            fsc_plot()
+        )  # the reconstructed selection's half-map FSC, shown once there is one
         self.fsc_plot.setVisible(False)
-        self.path_kind = ComboBox(label="path", choices=["straight", "along the data"],
-                                  value="straight")
+        self.path_kind = ComboBox(
+            label="path", choices=["straight", "along the data"], value="straight"
+        )
         self.frames = SpinBox(label="frames", min=2, max=1000, value=20)
         self.start_button = PushButton(text="Start here")
         self.end_button = PushButton(text="End here")
         self.volumes_button = PushButton(text="Save volumes (MRC) ...")
         self.movie_button = PushButton(text="Export movie ...")
-        self.chimerax_movie = CheckBox(text="ChimeraX movie", value=False,
-                                       tooltip="path.cxc, written with the volumes, also records path.mp4")
-        paths = Container(widgets=[_row(self.start_button, self.end_button), self.path_kind, self.frames,
-                                   _row(self.volumes_button, self.chimerax_movie), self.movie_button])
+        self.chimerax_movie = CheckBox(
+            text="ChimeraX movie",
+            value=False,
+            tooltip="path.cxc, written with the volumes, also records path.mp4",
+        )
+        paths = Container(
+            widgets=[
+                _row(self.start_button, self.end_button),
+                self.path_kind,
+                self.frames,
+                _row(self.volumes_button, self.chimerax_movie),
+                self.movie_button,
+            ]
+        )
         self.errors_button = PushButton(text="Show Gaussian error estimates")
         self.compare_button = PushButton(text="Compare halves at the nearest validation particle")
         self.status = Label(value="open a deformation run folder")
@@ -114,14 +149,25 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         self.tasks = TaskPanel()
         # sized for a 1280×800 screen: the rarer controls in tabs that scroll, the status line,
         # progress bar and Cancel always in view below them
-        self.sections = tabs({"Selection": [selection, self.fsc_plot], "Paths": [paths],
-                              "Validation": [self.errors_button, self.compare_button]},
-                             max_height=SECTION_HEIGHT)
+        self.sections = tabs(
+            {
+                "Selection": [selection, self.fsc_plot],
+                "Paths": [paths],
+                "Validation": [self.errors_button, self.compare_button],
+            },
+            max_height=SECTION_HEIGHT,
+        )
         compact(self.half, self.method, self.colour, self.selections_box, self.path_kind)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        for widget in (top.native, self.plot, self.sections, self.warnings_label.native,
-                       self.status.native, self.tasks):
+        for widget in (
+            top.native,
+            self.plot,
+            self.sections,
+            self.warnings_label.native,
+            self.status.native,
+            self.tasks,
+        ):
             layout.addWidget(widget)
         layout.setStretch(1, 1)  # the plot takes the height there is
         self.plot.setMinimumHeight(PLOT_HEIGHT)
@@ -204,8 +250,11 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         self.selections = Selections(len(data))
         self.runner = LatestRequestRunner(decoder.decode, self._show_decoded) if decoder else None
         can_compare = decoder is not None and hasattr(decoder, "compare_halves")
-        self.comparer = LatestRequestRunner(decoder.compare_halves, self._show_comparison,
-                                            "compare halves") if can_compare else None
+        self.comparer = (
+            LatestRequestRunner(decoder.compare_halves, self._show_comparison, "compare halves")
+            if can_compare
+            else None
+        )
         self.selections_box.choices = []
         choices = _half_choices(data.halves) + self.common_choices(data, decoder)
         if list(self.half.choices) != [value for _, value in choices]:
@@ -217,8 +266,11 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
     def set_half(self, half: int | None) -> None:
         """Show half set ``half`` (1 or 2; None without half sets): its particles, embedding, decoder."""
         if (half or 0) not in self.half.choices:
-            self._error(f"{COMMON_LABEL} needs a run folder with its decoders" if half == BOTH
-                        else f"half set {half} is not in these data")
+            self._error(
+                f"{COMMON_LABEL} needs a run folder with its decoders"
+                if half == BOTH
+                else f"half set {half} is not in these data"
+            )
             return
         self.half.value = half or 0  # emits changed → _half_chosen when it differs
 
@@ -261,10 +313,12 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
             self.show_common()
             return
         own = len(self.view) - int(self._validation_in_view().sum())
-        self.status.value = (f"{self.view.label}: {len(self.view)} of {len(self.data)} particles "
-                             f"({own} own, {len(self.view) - own} validation), latent dimension "
-                             f"{self.view.latents.shape[1]}"
-                             + ("" if self.decoder else "; no decoder: clicks only mark points"))
+        self.status.value = (
+            f"{self.view.label}: {len(self.view)} of {len(self.data)} particles "
+            f"({own} own, {len(self.view) - own} validation), latent dimension "
+            f"{self.view.latents.shape[1]}"
+            + ("" if self.decoder else "; no decoder: clicks only mark points")
+        )
 
     def _validation_in_view(self) -> np.ndarray:
         values = self.columns.get("dmValidation")
@@ -278,15 +332,19 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         if self.view is None:
             return
         try:
-            self.embedding = (self.common.embedding() if self.view.half == BOTH
-                              else embed(self.view.latents, self.method.value))
+            self.embedding = (
+                self.common.embedding()
+                if self.view.half == BOTH
+                else embed(self.view.latents, self.method.value)
+            )
         except InputError as error:
             self._error(one_line(error))
             self.method.value = "pca"
             return
         name = self.colour.value or next(iter(self.columns))
-        self.plot.set_data(self.embedding.coords, self.columns[name], name,
-                           self.embedding.axis_labels())
+        self.plot.set_data(
+            self.embedding.coords, self.columns[name], name, self.embedding.axis_labels()
+        )
         if self.runner is not None:  # a volume at once: the median particle's, marked on the plot
             self.decode_at(median_point(self.embedding.coords))
 
@@ -332,8 +390,11 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
     def _selection_changed(self) -> None:
         """Reconstructing needs a selection of a run's particles."""
         self.reconstruct_button.enabled = bool(
-            self.current_mask is not None and self.current_mask.any() and self.data is not None
-            and self.data.table is not None)
+            self.current_mask is not None
+            and self.current_mask.any()
+            and self.data is not None
+            and self.data.table is not None
+        )
 
     def add_selection(self, name: str) -> None:
         """Keep the current lasso selection (rows of the original STAR) under ``name``."""
@@ -349,7 +410,8 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         with self.selections_box.changed.blocked():  # no detour through another selection's half
             self.selections_box.choices = [
                 (f"{key} ({view_label(self.data, self.selections.half_of[key])})", key)
-                for key in counts]
+                for key in counts
+            ]
         self.selections_box.value = name.strip()
         self.selection_name.value = f"selection {len(counts) + 1}"
         self.status.value = ", ".join(f"{key}: {value}" for key, value in counts.items())
@@ -383,8 +445,9 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         return count
 
     def _export_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export selection", "selection.star",
-                                              "RELION STAR (*.star);;cryoSPARC (*.cs)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export selection", "selection.star", "RELION STAR (*.star);;cryoSPARC (*.cs)"
+        )
         if path:
             self.export_selection(path)
 
@@ -404,22 +467,34 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
             return None
         run = RunFolder.of(self.data.source) if self.data.source is not None else None
         if run is None or not run.is_run():
-            self._error(f"{self.data.source}: not a deformation run folder; open the run folder to reconstruct")
+            self._error(
+                f"{self.data.source}: not a deformation run folder; open the run folder to reconstruct"
+            )
             return None
         rows = self.view.rows[self.current_mask]
         name = subset_name(self.current_name or "selection")
         deformed = bool(self.deformed.value)
         folder = subset_folder(run.path, name, deformed)
         try:
-            operation = reconstruct_and_read(run.path, deformations=deformed, subset=rows, output=folder.path)
-            operation = holding(operation, run.path, "run folder", "reconstruct",
-                                outputs=str(folder.path.relative_to(run.path)))
+            operation = reconstruct_and_read(
+                run.path, deformations=deformed, subset=rows, output=folder.path
+            )
+            operation = holding(
+                operation,
+                run.path,
+                "run folder",
+                "reconstruct",
+                outputs=str(folder.path.relative_to(run.path)),
+            )
         except InputError as error:
             self._error(one_line(error))
             return None
 
-        return self.tasks.start(operation, "reconstruct selection",
-                                lambda outputs: self._show_reconstruction(name, folder, outputs))
+        return self.tasks.start(
+            operation,
+            "reconstruct selection",
+            lambda outputs: self._show_reconstruction(name, folder, outputs),
+        )
 
     def _show_reconstruction(self, name: str, folder, outputs) -> None:
         from .reconstruction import show_outputs
@@ -427,8 +502,10 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         result, maps, fsc = outputs
         show_outputs(self.viewer, self.fsc_plot, name, maps, fsc)
         self.fsc_plot.setVisible(True)
-        self.status.value = (f"{name}: half-map FSC 0.143 at {result.resolution_angstrom:.2f} Å; maps and "
-                             f"{folder.chimerax_script.name} (ChimeraX) in {folder.path}")
+        self.status.value = (
+            f"{name}: half-map FSC 0.143 at {result.resolution_angstrom:.2f} Å; maps and "
+            f"{folder.chimerax_script.name} (ChimeraX) in {folder.path}"
+        )
 
     # --- messages -----------------------------------------------------------------------------
     def _done(self, message: str) -> None:
@@ -441,8 +518,9 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         show_error(message)
 
 
-def open_explorer(viewer, run_path, embedding: str = "pca", half: int | None = None,
-                  errors: bool = False) -> ExplorerWidget:
+def open_explorer(
+    viewer, run_path, embedding: str = "pca", half: int | None = None, errors: bool = False
+) -> ExplorerWidget:
     """Dock the explorer in ``viewer`` and load ``run_path`` into it; returns the widget. ``half``: the
     half set to show first (default: half 1); ``errors``: also show the Gaussians' error estimates."""
     _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
@@ -456,7 +534,9 @@ def open_explorer(viewer, run_path, embedding: str = "pca", half: int | None = N
     return widget
 
 
-def show_explorer(run_path, embedding: str = "pca", half: int | None = None, errors: bool = False) -> None:
+def show_explorer(
+    run_path, embedding: str = "pca", half: int | None = None, errors: bool = False
+) -> None:
     """Open napari with the explorer on ``run_path`` (see :func:`open_explorer`) until the window closes."""
     import napari
 

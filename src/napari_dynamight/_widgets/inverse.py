@@ -44,10 +44,15 @@ def format_summary(summary: dict) -> str:
     for half in (1, 2):
         part = summary[f"half{half}"]
         error, moved = part["held_out_error_angstrom"], part["held_out_displacement_angstrom"]
-        held = ("no validation particles" if error is None
-                else f"held-out error {error:.2f} Å for displacements of {moved:.2f} Å")
-        lines.append(f"half {half}: training error {part['train_error_angstrom']:.2f} Å, {held} "
-                     f"({part['n_train']} + {part['n_held_out']} particles)")
+        held = (
+            "no validation particles"
+            if error is None
+            else f"held-out error {error:.2f} Å for displacements of {moved:.2f} Å"
+        )
+        lines.append(
+            f"half {half}: training error {part['train_error_angstrom']:.2f} Å, {held} "
+            f"({part['n_train']} + {part['n_held_out']} particles)"
+        )
     return "\n".join(lines)
 
 
@@ -55,11 +60,16 @@ def held_out_errors(log: list[dict]) -> list[str]:
     """Each half's held-out error (Å) at its last logged epoch, one line per half."""
     lines = []
     for half in (1, 2):
-        rows = [row for row in log if row.get("half") == half
-                and row.get("held_out_error_angstrom") is not None]
+        rows = [
+            row
+            for row in log
+            if row.get("half") == half and row.get("held_out_error_angstrom") is not None
+        ]
         if rows:
-            lines.append(f"half {half}: held-out error {rows[-1]['held_out_error_angstrom']:.2f} Å "
-                         f"at epoch {rows[-1]['epoch']}")
+            lines.append(
+                f"half {half}: held-out error {rows[-1]['held_out_error_angstrom']:.2f} Å "
+                f"at epoch {rows[-1]['epoch']}"
+            )
     return lines
 
 
@@ -78,8 +88,9 @@ class InverseWidget(StageWidget):
         self.options.attach(self)
         self.start_button = PushButton(text="Start")
         self.resume_button = PushButton(text="Resume")
-        form = Container(widgets=[self.run, self.open_button, self.device,
-                                  *self.options.controls.values()])
+        form = Container(
+            widgets=[self.run, self.open_button, self.device, *self.options.controls.values()]
+        )
         buttons = Container(widgets=[self.start_button, self.resume_button], layout="horizontal")
         self.plot = CurvePlot(["loss (Å²)", "held-out error (Å)"], "epoch")
         self.summary = Label(value="choose a finished deformation run folder")
@@ -135,14 +146,17 @@ class InverseWidget(StageWidget):
         except InputError as error:
             self.summary.value = str(error)
             return None
-        operation = optimize_inverse_deformations(run, settings=settings, device=self.device.value,
-                                                  resume=resume)
-        operation = holding(operation, run, "run folder", "optimize-inverse-deformations",
-                            outputs="inverse")
+        operation = optimize_inverse_deformations(
+            run, settings=settings, device=self.device.value, resume=resume
+        )
+        operation = holding(
+            operation, run, "run folder", "optimize-inverse-deformations", outputs="inverse"
+        )
         if not resume:
             self.plot.clear()
-        return self.run_task(operation, "resume inverse" if resume else "inverse deformations",
-                             self._finished)
+        return self.run_task(
+            operation, "resume inverse" if resume else "inverse deformations", self._finished
+        )
 
     def refresh(self) -> None:
         """(Called whenever an epoch ends.) Re-plot the inverse run's loss log."""
@@ -154,5 +168,7 @@ class InverseWidget(StageWidget):
     def _finished(self, result) -> None:
         self.result = result
         self.refresh()
-        self.summary.value = (f"{result.epochs} epochs, {result.seconds:.0f} s, in "
-                              f"{result.directory}\n" + format_summary(result.summary))
+        self.summary.value = (
+            f"{result.epochs} epochs, {result.seconds:.0f} s, in "
+            f"{result.directory}\n" + format_summary(result.summary)
+        )

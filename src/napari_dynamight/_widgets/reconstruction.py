@@ -88,8 +88,16 @@ class ReconstructionWidget(StageWidget):
         self.options = OptionsForm(ReconstructionSettings)  # every declared option
         self.options.attach(self)
         self.start_button = PushButton(text="Start")
-        form = Container(widgets=[self.run, self.open_button, self.deformations, self.device,
-                                  *self.options.controls.values(), self.start_button])
+        form = Container(
+            widgets=[
+                self.run,
+                self.open_button,
+                self.deformations,
+                self.device,
+                *self.options.controls.values(),
+                self.start_button,
+            ]
+        )
         self.plot = fsc_plot()
         self.summary = Label(value="choose a run folder, then Start")
         self.summary.native.setWordWrap(True)
@@ -115,10 +123,16 @@ class ReconstructionWidget(StageWidget):
             self.summary.value = str(error)
             return None
         deformations = bool(self.deformations.value)
-        operation = reconstruct_and_read(run, deformations=deformations, device=self.device.value,
-                                         **settings.to_dict())
-        operation = holding(operation, run, "run folder", "reconstruct",
-                            outputs=ReconstructionFolder.NAMES[deformations])
+        operation = reconstruct_and_read(
+            run, deformations=deformations, device=self.device.value, **settings.to_dict()
+        )
+        operation = holding(
+            operation,
+            run,
+            "run folder",
+            "reconstruct",
+            outputs=ReconstructionFolder.NAMES[deformations],
+        )
         return self.run_task(operation, "reconstruction", self._show)
 
     def open_run(self, folder=None):
@@ -158,9 +172,13 @@ def summary_text(prefix: str, maps, fsc, result=None) -> str:
     volume, voxel_size = maps[-1]
     lines = [f"{prefix}: voxel size {voxel_size:.4g} Å, box {volume.shape[0]} px"]
     if result is not None:
-        lines.append(f"half-map FSC 0.143 at {result.resolution_angstrom:.2f} Å (standard reconstruction: "
-                     f"{result.resolution_standard_angstrom:.2f} Å)")
+        lines.append(
+            f"half-map FSC 0.143 at {result.resolution_angstrom:.2f} Å (standard reconstruction: "
+            f"{result.resolution_standard_angstrom:.2f} Å)"
+        )
     else:
-        lines += [f"half-map FSC 0.143 at {resolution_at(frequency, values, 0.143):.2f} Å ({name})"
-                  for name, values in curves.items()]
+        lines += [
+            f"half-map FSC 0.143 at {resolution_at(frequency, values, 0.143):.2f} Å ({name})"
+            for name, values in curves.items()
+        ]
     return "\n".join(lines)

@@ -24,8 +24,16 @@ from .. import __version__
 
 # Command names in pipeline order; ``fit-consensus`` lives in ``cli/fit_consensus.py``.
 COMMANDS: tuple[str, ...] = (
-    "info", "simulate", "fit-consensus", "optimize-deformations", "decode",
-    "optimize-inverse-deformations", "reconstruct", "model-bias", "explore", "demo",
+    "info",
+    "simulate",
+    "fit-consensus",
+    "optimize-deformations",
+    "decode",
+    "optimize-inverse-deformations",
+    "reconstruct",
+    "model-bias",
+    "explore",
+    "demo",
 )
 
 
@@ -58,7 +66,9 @@ def _selected(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
-def build_parser(selected: str | None = None, parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+def build_parser(
+    selected: str | None = None, parser_class=argparse.ArgumentParser
+) -> argparse.ArgumentParser:
     """The argument parser; only the ``selected`` command's module is imported and configured.
     ``parser_class``: an ``argparse.ArgumentParser`` subclass (e.g. one whose ``error`` raises)."""
     parser = parser_class(
@@ -104,8 +114,11 @@ def _signals_cancel() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {number: signal.signal(number, _terminate) for number in (signal.SIGTERM, signal.SIGHUP)
-              if signal.getsignal(number) is not signal.SIG_IGN}
+    before = {
+        number: signal.signal(number, _terminate)
+        for number in (signal.SIGTERM, signal.SIGHUP)
+        if signal.getsignal(number) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
@@ -151,6 +164,9 @@ def execute(command) -> int:
             raise
         # A full disk or a folder that became read-only during the run: outputs are written atomically,
         # so nothing half-written is left; say which file could not be written.
-        print(f"error: {error.filename or ''}: {error.strerror}; free space or fix the permissions, "
-              "then run the command again (with --resume where it has one)", file=sys.stderr)
+        print(
+            f"error: {error.filename or ''}: {error.strerror}; free space or fix the permissions, "
+            "then run the command again (with --resume where it has one)",
+            file=sys.stderr,
+        )
         return 1

@@ -36,15 +36,25 @@ def train(args, particles_star: Path, consensus_map: Path, model_path: Path, out
         shutil.rmtree(run_directory)  # the demo's own earlier result, not user data
     start = time.perf_counter()
     result = drive(
-        optimize_deformations(particles_star, consensus_map, run_directory,
-                              settings=DeformationSettings(epochs=args.epochs, seed=args.seed,
-                                                           refinement_rounds=args.refinement_rounds),
-                              consensus_model=model_path, device=args.device),
+        optimize_deformations(
+            particles_star,
+            consensus_map,
+            run_directory,
+            settings=DeformationSettings(
+                epochs=args.epochs, seed=args.seed, refinement_rounds=args.refinement_rounds
+            ),
+            consensus_model=model_path,
+            device=args.device,
+        ),
         "optimize deformations",
     )
-    return {"run_directory": str(result.run_directory), "epochs": result.epochs,
-            "n_gaussians": result.n_gaussians, "train_box": result.train_box,
-            "seconds": time.perf_counter() - start}
+    return {
+        "run_directory": str(result.run_directory),
+        "epochs": result.epochs,
+        "n_gaussians": result.n_gaussians,
+        "train_box": result.train_box,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def improve(args, run_directory: Path) -> dict:
@@ -56,19 +66,32 @@ def improve(args, run_directory: Path) -> dict:
     from ._progress import drive
 
     start = time.perf_counter()
-    drive(optimize_inverse_deformations(run_directory, settings=InverseSettings(epochs=args.inverse_epochs,
-                                                                                seed=args.seed),
-                                        device=args.device), "optimize inverse deformations")
+    drive(
+        optimize_inverse_deformations(
+            run_directory,
+            settings=InverseSettings(epochs=args.inverse_epochs, seed=args.seed),
+            device=args.device,
+        ),
+        "optimize inverse deformations",
+    )
     inverse_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    deformed = drive(reconstruct_run(run_directory, deformations=True, device=args.device),
-                     "deformed reconstruction")
-    return {"directory": str(deformed.directory), "full_map": str(deformed.full_map),
-            "half_maps": [str(path) for path in deformed.half_maps], "fsc_csv": str(deformed.fsc_csv),
-            "deformed_resolution_angstrom": float(deformed.resolution_angstrom),
-            "standard_resolution_angstrom": float(deformed.resolution_standard_angstrom),
-            "timings": {"optimize_inverse_deformations_seconds": inverse_seconds,
-                        "reconstruct_seconds": time.perf_counter() - start}}
+    deformed = drive(
+        reconstruct_run(run_directory, deformations=True, device=args.device),
+        "deformed reconstruction",
+    )
+    return {
+        "directory": str(deformed.directory),
+        "full_map": str(deformed.full_map),
+        "half_maps": [str(path) for path in deformed.half_maps],
+        "fsc_csv": str(deformed.fsc_csv),
+        "deformed_resolution_angstrom": float(deformed.resolution_angstrom),
+        "standard_resolution_angstrom": float(deformed.resolution_standard_angstrom),
+        "timings": {
+            "optimize_inverse_deformations_seconds": inverse_seconds,
+            "reconstruct_seconds": time.perf_counter() - start,
+        },
+    }
 
 
 def latent_summary(run_directory: Path, labels_csv: Path) -> dict:
@@ -84,8 +107,10 @@ def latent_summary(run_directory: Path, labels_csv: Path) -> dict:
     for half in (1, 2):
         view = data.own_half(half)
         ordering = latent_frame_ordering(view.latents, frames[view.rows])
-        summary[f"half{half}"] = {"best_component": ordering.best_component,
-                                  "abs_spearman_with_true_frame": ordering.best}
+        summary[f"half{half}"] = {
+            "best_component": ordering.best_component,
+            "abs_spearman_with_true_frame": ordering.best,
+        }
     return {"latent_ordering": summary}
 
 
@@ -100,15 +125,22 @@ def write_outputs(run_directory: Path, labels_csv: Path, output: Path) -> dict:
     frames = pd.read_csv(labels_csv)["frame"].to_numpy()
     own = {half: data.own_half(half) for half in (1, 2)}
     coords = {half: embed(view.latents, "pca").coords for half, view in own.items()}
-    _latent_figure(coords, {half: frames[view.rows] for half, view in own.items()}, demo.latent_space)
+    _latent_figure(
+        coords, {half: frames[view.rows] for half, view in own.items()}, demo.latent_space
+    )
     selected = np.zeros(len(data), dtype=bool)
     for half, view in own.items():
         first = coords[half][:, 0]
         selected[view.rows] = first > np.median(first)
     count = data.export(demo.selection, selected)
     n_frames = _motion_movie(run_directory, own[1].latents, demo.motion_gif)
-    return {"latent_space_png": str(demo.latent_space), "selection_star": str(demo.selection),
-            "selected_particles": int(count), "motion_gif": str(demo.motion_gif), "movie_frames": n_frames}
+    return {
+        "latent_space_png": str(demo.latent_space),
+        "selection_star": str(demo.selection),
+        "selected_particles": int(count),
+        "motion_gif": str(demo.motion_gif),
+        "movie_frames": n_frames,
+    }
 
 
 def _latent_figure(coords: dict, frames: dict, path: Path) -> None:
@@ -119,9 +151,15 @@ def _latent_figure(coords: dict, frames: dict, path: Path) -> None:
     figure = Figure(figsize=(10, 4.5), layout="constrained")
     for half in (1, 2):
         axes = figure.add_subplot(1, 2, half)
-        points = axes.scatter(coords[half][:, 0], coords[half][:, 1], c=frames[half], s=6, cmap="viridis",
-                              vmin=min(f.min() for f in frames.values()),
-                              vmax=max(f.max() for f in frames.values()))
+        points = axes.scatter(
+            coords[half][:, 0],
+            coords[half][:, 1],
+            c=frames[half],
+            s=6,
+            cmap="viridis",
+            vmin=min(f.min() for f in frames.values()),
+            vmax=max(f.max() for f in frames.values()),
+        )
         axes.set_xlabel("latent PC 1")
         axes.set_ylabel("latent PC 2")
         axes.set_title(f"half set {half}")
@@ -140,11 +178,14 @@ def _motion_movie(run_directory: Path, latents: np.ndarray, path: Path) -> int:
     direction = np.linalg.svd(centred, full_matrices=False)[2][0]
     scores = centred @ direction
     low, high = np.percentile(scores, [5, 95])
-    path_latents = straight_path(latents.mean(0) + low * direction, latents.mean(0) + high * direction,
-                                 MOVIE_FRAMES)
+    path_latents = straight_path(
+        latents.mean(0) + low * direction, latents.mean(0) + high * direction, MOVIE_FRAMES
+    )
     volumes = DeformationRun.load(run_directory).decode_volumes(path_latents.astype(np.float32))
     projections = volumes.sum(axis=1)
     scale = np.percentile(projections, 99.9)
     frames = (np.clip(projections / scale, 0, 1) * 255).astype(np.uint8)
-    frames = np.concatenate([frames, frames[-2:0:-1]])  # there and back, no frame shown twice in a row
+    frames = np.concatenate(
+        [frames, frames[-2:0:-1]]
+    )  # there and back, no frame shown twice in a row
     return write_movie(path, frames, fps=MOVIE_FPS)

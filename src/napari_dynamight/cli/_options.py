@@ -37,8 +37,11 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, setti
     """One flag per public declared setting of ``settings_class``."""
     for setting in settings_class.declared():
         o = setting.option
-        keywords: dict = {"dest": setting.dest, "help": help_text(setting),
-                          "default": setting.default}
+        keywords: dict = {
+            "dest": setting.dest,
+            "help": help_text(setting),
+            "default": setting.default,
+        }
         if setting.type is bool:
             keywords["action"] = argparse.BooleanOptionalAction if setting.default else "store_true"
         else:

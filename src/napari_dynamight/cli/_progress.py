@@ -73,7 +73,9 @@ _driving = {"file": None, "should_stop": None, "reason": "cancelled"}
 
 
 @contextlib.contextmanager
-def driving(file=None, should_stop: Callable[[], bool] | None = None, reason: str = "cancelled") -> Iterator[None]:
+def driving(
+    file=None, should_stop: Callable[[], bool] | None = None, reason: str = "cancelled"
+) -> Iterator[None]:
     """For the block, every :func:`drive` without a ``file`` draws its bar on ``file``, and stops its
     operation (:class:`~napari_dynamight.engine.errors.Cancelled` with ``reason``) at the first event
     after which ``should_stop()`` is true: lets a wrapper run a command unchanged under its own rules."""

@@ -22,16 +22,34 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_directory", type=Path, metavar="RUN", help="run directory of optimize-deformations")
+    parser.add_argument(
+        "run_directory", type=Path, metavar="RUN", help="run directory of optimize-deformations"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--particles", type=Path, metavar="INDEX_FILE", help="text file of 0-based particle indices")
-    source.add_argument("--latent", type=Path, metavar="FILE.npy", help="latent points (M x D .npy)")
-    parser.add_argument("--output-directory", type=Path, required=True, metavar="DIR", help="where to write the maps")
-    parser.add_argument("--half", type=int, default=1, choices=(1, 2), help="half set that decodes --latent points")
+    source.add_argument(
+        "--particles", type=Path, metavar="INDEX_FILE", help="text file of 0-based particle indices"
+    )
+    source.add_argument(
+        "--latent", type=Path, metavar="FILE.npy", help="latent points (M x D .npy)"
+    )
+    parser.add_argument(
+        "--output-directory",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="where to write the maps",
+    )
+    parser.add_argument(
+        "--half", type=int, default=1, choices=(1, 2), help="half set that decodes --latent points"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--chimerax-movie", type=Path, metavar="FILE.mp4",
-                        help="the ChimeraX script also plays the series and records this movie "
-                             "(relative to --output-directory)")
+    parser.add_argument(
+        "--chimerax-movie",
+        type=Path,
+        metavar="FILE.mp4",
+        help="the ChimeraX script also plays the series and records this movie "
+        "(relative to --output-directory)",
+    )
 
 
 def read_indices(path: Path) -> list[int]:
@@ -44,7 +62,9 @@ def read_indices(path: Path) -> list[int]:
         indices = [int(word) for word in words]
     except ValueError:
         bad = next(w for w in words if not w.lstrip("-").isdigit())
-        raise InputError(f"{path}: {bad!r} is not a particle index; give 0-based integers") from None
+        raise InputError(
+            f"{path}: {bad!r} is not a particle index; give 0-based integers"
+        ) from None
     if not indices:
         raise InputError(f"{path}: no particle index in the file; give at least one")
     return indices
@@ -60,10 +80,14 @@ def read_latents(path: Path, latent_dim: int):
     try:
         points = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise InputError(f"{path}: not a .npy array ({error}); save the points with numpy.save") from None
+        raise InputError(
+            f"{path}: not a .npy array ({error}); save the points with numpy.save"
+        ) from None
     points = np.atleast_2d(points)
     if points.ndim != 2 or points.shape[1] != latent_dim:
-        raise InputError(f"{path}: latent points have shape {points.shape}; the run's latent dimension is {latent_dim}")
+        raise InputError(
+            f"{path}: latent points have shape {points.shape}; the run's latent dimension is {latent_dim}"
+        )
     return points
 
 
@@ -90,13 +114,19 @@ def run(args: argparse.Namespace) -> int:
     check_finished_run(args.run_directory)
     model = DeformationRun.load(args.run_directory, device=args.device)
     if args.particles is not None:
-        jobs = [(f"particle_{i:06d}.mrc", lambda i=i: model.particle_volume(i)) for i in read_indices(args.particles)]
+        jobs = [
+            (f"particle_{i:06d}.mrc", lambda i=i: model.particle_volume(i))
+            for i in read_indices(args.particles)
+        ]
         script = "particles" + SUFFIX
         for i in read_indices(args.particles):
             model.half_of(i)  # checks every index before any map is written
     else:
         points = read_latents(args.latent, model.latent_dim)
-        jobs = [(f"latent_{k:04d}.mrc", lambda p=p: model.volume(p, args.half)) for k, p in enumerate(points)]
+        jobs = [
+            (f"latent_{k:04d}.mrc", lambda p=p: model.volume(p, args.half))
+            for k, p in enumerate(points)
+        ]
         script = "latents" + SUFFIX
 
     def render():
@@ -108,14 +138,20 @@ def run(args: argparse.Namespace) -> int:
             write_map(args.output_directory / name, volume, model.voxel_size_angstrom)
             statistics.append(map_statistics(volume))
             yield Progress("decode", step, len(jobs))
-        write_series_script(args.output_directory / script, [args.output_directory / name for name, _ in jobs],
-                            display_level(statistics), args.chimerax_movie)
+        write_series_script(
+            args.output_directory / script,
+            [args.output_directory / name for name, _ in jobs],
+            display_level(statistics),
+            args.chimerax_movie,
+        )
 
     with writing(args.output_directory, "--output-directory", "decode"):
         drive(render(), "decode")
     warning = RunFolder(args.run_directory).model_bias_warning()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"wrote {len(jobs)} map(s) to {args.output_directory}; open them in ChimeraX with "
-          f"chimerax {args.output_directory / script}")
+    print(
+        f"wrote {len(jobs)} map(s) to {args.output_directory}; open them in ChimeraX with "
+        f"chimerax {args.output_directory / script}"
+    )
     return 0

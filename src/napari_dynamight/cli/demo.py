@@ -35,48 +35,117 @@ from ..engine.run_folder import DemoFolder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-directory", type=Path, required=True, metavar="DIR",
-                        help="folder for the simulated data and the results (created if needed)")
-    parser.add_argument("--headless", action="store_true",
-                        help="do not open a napari window; write the summary, figures, a selection "
-                             "STAR file, screenshots and movies rendered by napari (on Xvfb if "
-                             "there is no display)")
-    parser.add_argument("--structure", type=Path, default=EXAMPLE_STRUCTURE, metavar="FILE",
-                        help="atomic structure, PDB or mmCIF (default: the bundled AdK "
-                             "closed state)")
-    parser.add_argument("--trajectory", type=Path, default=EXAMPLE_TRAJECTORY, metavar="FILE",
-                        help="DCD trajectory of the structure (default: the bundled AdK "
-                             "DIMS run)")
-    parser.add_argument("--n-particles", type=int, default=1000, metavar="N",
-                        help="number of particles to simulate (default: %(default)s)")
-    parser.add_argument("--box", type=int, default=64, metavar="PX",
-                        help="box size in pixels (default: %(default)s)")
-    parser.add_argument("--pixel-size", type=float, default=1.5, metavar="A",
-                        help="pixel size in Å (default: %(default)s)")
-    parser.add_argument("--snr", type=float, default=0.1, metavar="S",
-                        help="signal-to-noise ratio of the images (default: %(default)s)")
-    parser.add_argument("--frames", default="all",
-                        help="trajectory frames to draw particles from: 'all', "
-                             "START:STOP[:STEP] or 0,10,20 (0-based; default: all)")
-    parser.add_argument("--n-gaussians", type=int, default=None, metavar="N",
-                        help="Gaussians in the consensus model (default: two per residue, "
-                             "estimated from the volume above the threshold)")
-    parser.add_argument("--fit-steps", type=int, default=300, metavar="N",
-                        help="gradient steps fitting the Gaussians to the map "
-                             "(default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=20, metavar="E",
-                        help="deformation training epochs; 0 skips stage 3 (default: %(default)s)")
-    parser.add_argument("--refinement-rounds", type=int, default=3, metavar="R",
-                        help="EM refinement rounds after the deformation epochs (default: %(default)s; "
-                             "optimize-deformations uses 8)")
-    parser.add_argument("--inverse-epochs", type=int, default=10, metavar="E",
-                        help="inverse-deformation epochs before the deformed reconstruction; 0 skips "
-                             "stages 4 and 5 (default: %(default)s)")
-    parser.add_argument("--movie-frames", type=int, default=None, metavar="N",
-                        help="frames of the napari movie written with --headless (default: 12)")
+    parser.add_argument(
+        "--output-directory",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for the simulated data and the results (created if needed)",
+    )
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="do not open a napari window; write the summary, figures, a selection "
+        "STAR file, screenshots and movies rendered by napari (on Xvfb if "
+        "there is no display)",
+    )
+    parser.add_argument(
+        "--structure",
+        type=Path,
+        default=EXAMPLE_STRUCTURE,
+        metavar="FILE",
+        help="atomic structure, PDB or mmCIF (default: the bundled AdK closed state)",
+    )
+    parser.add_argument(
+        "--trajectory",
+        type=Path,
+        default=EXAMPLE_TRAJECTORY,
+        metavar="FILE",
+        help="DCD trajectory of the structure (default: the bundled AdK DIMS run)",
+    )
+    parser.add_argument(
+        "--n-particles",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="number of particles to simulate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--box",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="box size in pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        default=1.5,
+        metavar="A",
+        help="pixel size in Å (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--snr",
+        type=float,
+        default=0.1,
+        metavar="S",
+        help="signal-to-noise ratio of the images (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--frames",
+        default="all",
+        help="trajectory frames to draw particles from: 'all', "
+        "START:STOP[:STEP] or 0,10,20 (0-based; default: all)",
+    )
+    parser.add_argument(
+        "--n-gaussians",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Gaussians in the consensus model (default: two per residue, "
+        "estimated from the volume above the threshold)",
+    )
+    parser.add_argument(
+        "--fit-steps",
+        type=int,
+        default=300,
+        metavar="N",
+        help="gradient steps fitting the Gaussians to the map (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=20,
+        metavar="E",
+        help="deformation training epochs; 0 skips stage 3 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--refinement-rounds",
+        type=int,
+        default=3,
+        metavar="R",
+        help="EM refinement rounds after the deformation epochs (default: %(default)s; "
+        "optimize-deformations uses 8)",
+    )
+    parser.add_argument(
+        "--inverse-epochs",
+        type=int,
+        default=10,
+        metavar="E",
+        help="inverse-deformation epochs before the deformed reconstruction; 0 skips "
+        "stages 4 and 5 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--movie-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="frames of the napari movie written with --headless (default: 12)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_result(result))
     if args.headless:
         write_headless_outputs(result, args.output_directory, args.movie_frames)
-        written = DemoFolder(args.output_directory).headless_files("deformations" in result["summary"])
+        written = DemoFolder(args.output_directory).headless_files(
+            "deformations" in result["summary"]
+        )
         print(f"wrote {', '.join(path.name for path in written)} in {args.output_directory}")
     else:
         from .._napari_demo import show_demo
@@ -122,10 +193,18 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     timings = {}
     start = time.perf_counter()
     simulation = drive(
-        simulate(args.structure, args.trajectory, output_directory=demo.data,
-                 n_particles=args.n_particles, box=args.box, pixel_size_angstrom=args.pixel_size,
-                 snr=args.snr, seed=args.seed, frames=parse_frames(args.frames),
-                 device=args.device),
+        simulate(
+            args.structure,
+            args.trajectory,
+            output_directory=demo.data,
+            n_particles=args.n_particles,
+            box=args.box,
+            pixel_size_angstrom=args.pixel_size,
+            snr=args.snr,
+            seed=args.seed,
+            frames=parse_frames(args.frames),
+            device=args.device,
+        ),
         "simulate",
     )
     timings["simulate_seconds"] = time.perf_counter() - start
@@ -137,8 +216,14 @@ def run_pipeline(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     fit = drive(
-        fit_consensus(simulation.consensus_map, demo.consensus.path, n_gaussians=args.n_gaussians,
-                      n_steps=args.fit_steps, seed=args.seed, device=args.device),
+        fit_consensus(
+            simulation.consensus_map,
+            demo.consensus.path,
+            n_gaussians=args.n_gaussians,
+            n_steps=args.fit_steps,
+            seed=args.seed,
+            device=args.device,
+        ),
         "fit consensus",
     )
     timings["fit_consensus_seconds"] = time.perf_counter() - start
@@ -148,10 +233,14 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     if args.epochs > 0:
         from . import _demo_motion
 
-        motion["deformations"] = _demo_motion.train(args, simulation.particles_star,
-                                                    simulation.consensus_map, fit.model_path, output)
-        motion["deformations"].update(_demo_motion.latent_summary(
-            Path(motion["deformations"]["run_directory"]), simulation.labels_csv))
+        motion["deformations"] = _demo_motion.train(
+            args, simulation.particles_star, simulation.consensus_map, fit.model_path, output
+        )
+        motion["deformations"].update(
+            _demo_motion.latent_summary(
+                Path(motion["deformations"]["run_directory"]), simulation.labels_csv
+            )
+        )
         timings["optimize_deformations_seconds"] = motion["deformations"]["seconds"]
         if args.inverse_epochs > 0:
             run_directory = Path(motion["deformations"]["run_directory"])
@@ -199,17 +288,28 @@ def format_result(result: dict) -> str:
     ]
     if "deformations" in summary:
         motion = summary["deformations"]
-        orderings = ", ".join(f"{half.replace('half', 'half ')} {value['abs_spearman_with_true_frame']:.3f}"
-                              for half, value in motion["latent_ordering"].items())
-        lines.append(f"deformations: {motion['epochs']} epochs at box {motion['train_box']}; the best latent "
-                     f"PC orders the particles by true frame with |Spearman| {orderings}")
+        orderings = ", ".join(
+            f"{half.replace('half', 'half ')} {value['abs_spearman_with_true_frame']:.3f}"
+            for half, value in motion["latent_ordering"].items()
+        )
+        lines.append(
+            f"deformations: {motion['epochs']} epochs at box {motion['train_box']}; the best latent "
+            f"PC orders the particles by true frame with |Spearman| {orderings}"
+        )
     if "reconstruction" in summary:
         maps = summary["reconstruction"]
-        lines.append(f"half-map resolution (FSC 0.143): {maps['deformed_resolution_angstrom']:.2f} Å with the "
-                     f"deformations, {maps['standard_resolution_angstrom']:.2f} Å without; maps in "
-                     f"{maps['directory']}")
-    lines.append("time: " + ", ".join(f"{name.replace('_seconds', '').replace('_', ' ')} {value:.1f} s"
-                                      for name, value in timings.items()))
+        lines.append(
+            f"half-map resolution (FSC 0.143): {maps['deformed_resolution_angstrom']:.2f} Å with the "
+            f"deformations, {maps['standard_resolution_angstrom']:.2f} Å without; maps in "
+            f"{maps['directory']}"
+        )
+    lines.append(
+        "time: "
+        + ", ".join(
+            f"{name.replace('_seconds', '').replace('_', ' ')} {value:.1f} s"
+            for name, value in timings.items()
+        )
+    )
     return "\n".join(lines)
 
 
@@ -231,8 +331,9 @@ def write_headless_outputs(result: dict, output: Path, movie_frames: int | None 
 
         run_directory = Path(result["summary"]["deformations"]["run_directory"])
         outputs = _demo_motion.write_outputs(run_directory, result["labels_csv"], output)
-        outputs |= render_views(run_directory, output, lambda viewer: add_layers(viewer, result),
-                                movie_frames)
+        outputs |= render_views(
+            run_directory, output, lambda viewer: add_layers(viewer, result), movie_frames
+        )
         result["summary"]["deformations"]["outputs"] = outputs
     with atomic_path(demo.summary) as tmp:
         tmp.write_text(json.dumps(result["summary"], indent=2) + "\n", encoding="utf-8")
@@ -251,13 +352,15 @@ def slice_figure(result: dict):
     points = gaussian_points_zyx(model)
     sigma = float(model.sigmas_angstrom[0])
     figure = Figure(figsize=(12, 4.4), layout="constrained")
-    views = [("z = 0 (x right, y up)", 0, (2, 1)), ("y = 0 (x right, z up)", 1, (2, 0)),
-             ("x = 0 (y right, z up)", 2, (1, 0))]
+    views = [
+        ("z = 0 (x right, y up)", 0, (2, 1)),
+        ("y = 0 (x right, z up)", 1, (2, 0)),
+        ("x = 0 (y right, z up)", 2, (1, 0)),
+    ]
     for column, (title, axis, (horizontal, vertical)) in enumerate(views):
         axes = figure.add_subplot(1, 3, column + 1)
         section = np.take(volume, half, axis=axis)
-        axes.imshow(section, cmap="gray", origin="lower",
-                    extent=[low, high, low, high])
+        axes.imshow(section, cmap="gray", origin="lower", extent=[low, high, low, high])
         near = np.abs(points[:, axis]) <= sigma
         axes.scatter(points[near, horizontal], points[near, vertical], s=6, c="orange")
         axes.set_title(title)

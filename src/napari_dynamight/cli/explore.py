@@ -24,14 +24,22 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_path", type=Path, metavar="RUN",
-                        help="deformation run folder, or its particles.star")
-    parser.add_argument("--embedding", choices=("pca", "umap"), default="pca",
-                        help="2D embedding of the latent means (umap needs umap-learn; "
-                             "default: %(default)s)")
-    parser.add_argument("--half", choices=("1", "2", "both"), default="1",
-                        help="half set shown first; both: the common motion space of both halves' "
-                             "particles (default: %(default)s)")
+    parser.add_argument(
+        "run_path", type=Path, metavar="RUN", help="deformation run folder, or its particles.star"
+    )
+    parser.add_argument(
+        "--embedding",
+        choices=("pca", "umap"),
+        default="pca",
+        help="2D embedding of the latent means (umap needs umap-learn; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--half",
+        choices=("1", "2", "both"),
+        default="1",
+        help="half set shown first; both: the common motion space of both halves' "
+        "particles (default: %(default)s)",
+    )
 
 
 def _half(value: str) -> int:
@@ -44,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if args.half == "both" and not args.run_path.is_dir():
         from ..engine.errors import InputError
 
-        raise InputError(f"{args.run_path}: --half both decodes every particle; give the run folder")
+        raise InputError(
+            f"{args.run_path}: --half both decodes every particle; give the run folder"
+        )
     check_explorable(args.run_path, args.embedding)
     from .._widgets.explorer import show_explorer
 
@@ -61,7 +71,9 @@ def check_explorable(run_path: Path, embedding: str) -> None:
     from ..engine.run_identity import check_finished_run
 
     folder = run_path if run_path.is_dir() else run_path.parent
-    if RunFolder(folder).info.is_file():  # a deformation run: finished, its latent means whole and finite
+    if RunFolder(
+        folder
+    ).info.is_file():  # a deformation run: finished, its latent means whole and finite
         check_finished_run(folder)
     data = load_run(run_path)
     _check_finite(data.latents, run_path)
@@ -76,5 +88,7 @@ def _check_finite(latents, path: Path) -> None:
 
     row = first_nonfinite_row(latents)
     if row is not None:
-        raise InputError(f"{path}: the latent means of row {row + 1} are not finite (NaN or Inf); "
-                         "rerun optimize-deformations --resume to write them again")
+        raise InputError(
+            f"{path}: the latent means of row {row + 1} are not finite (NaN or Inf); "
+            "rerun optimize-deformations --resume to write them again"
+        )

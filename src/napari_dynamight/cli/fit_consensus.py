@@ -24,8 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add = parser.add_argument
     add("--consensus", type=Path, required=True, metavar="MAP", help="consensus map (MRC)")
-    add("--output-directory", type=Path, required=True, metavar="DIR",
-        help="where to write the model")
+    add(
+        "--output-directory",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="where to write the model",
+    )
     add("--mask", type=Path, metavar="MAP", help="optional mask (MRC, same box and voxel size)")
     add_options(parser, ConsensusSettings)
     add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
@@ -40,11 +45,18 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(ConsensusSettings, args)
     with writing(args.output_directory, "--output-directory", "fit-consensus"):
         result = drive(
-            fit_consensus(args.consensus, args.output_directory, mask_path=args.mask,
-                          device=args.device, **settings.to_dict()),
+            fit_consensus(
+                args.consensus,
+                args.output_directory,
+                mask_path=args.mask,
+                device=args.device,
+                **settings.to_dict(),
+            ),
             "fit consensus",
         )
-    print(f"{result.n_gaussians} Gaussians (σ {result.sigma_angstrom:.2f} Å) fitted at threshold "
-          f"{result.threshold:.4g}: correlation with the map {result.correlation:.4f}")
+    print(
+        f"{result.n_gaussians} Gaussians (σ {result.sigma_angstrom:.2f} Å) fitted at threshold "
+        f"{result.threshold:.4g}: correlation with the map {result.correlation:.4f}"
+    )
     print(f"model: {result.model_path}")
     return 0

@@ -22,7 +22,12 @@ MAX_MISSING_LISTED = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("star", type=Path, metavar="particles", help="particle file: RELION STAR (3.0, 3.1 or later) or cryoSPARC .cs")
+    parser.add_argument(
+        "star",
+        type=Path,
+        metavar="particles",
+        help="particle file: RELION STAR (3.0, 3.1 or later) or cryoSPARC .cs",
+    )
     parser.add_argument(
         "--data-root",
         type=Path,
@@ -31,8 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder the image names are relative to (default: the STAR file's folder; for .cs the first of "
         "its folder and parents that holds the images)",
     )
-    parser.add_argument("--passthrough", type=Path, action="append", metavar="CS",
-                        help="passthrough .cs file to merge on uid (default: the job's own, found beside it)")
+    parser.add_argument(
+        "--passthrough",
+        type=Path,
+        action="append",
+        metavar="CS",
+        help="passthrough .cs file to merge on uid (default: the job's own, found beside it)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 

@@ -27,15 +27,39 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("run_directory", type=Path, metavar="RUN", help="a finished deformation run made with --atomic-model")
-    add("--residues", metavar="CHAIN:FIRST-LAST", help="the region made wrong, e.g. A:100-111 (default: the 12 "
-        "consecutive residues closest to the model's centre)")
-    add("--mode", choices=("move", "register"), default="move",
-        help="move the region's residues (default) or shift its side chains by one residue register")
-    add("--shift", type=float, default=5.0, metavar="Å", help="how far --mode move moves the region, away from "
-        "the model's centre (default: 5)")
+    add(
+        "run_directory",
+        type=Path,
+        metavar="RUN",
+        help="a finished deformation run made with --atomic-model",
+    )
+    add(
+        "--residues",
+        metavar="CHAIN:FIRST-LAST",
+        help="the region made wrong, e.g. A:100-111 (default: the 12 "
+        "consecutive residues closest to the model's centre)",
+    )
+    add(
+        "--mode",
+        choices=("move", "register"),
+        default="move",
+        help="move the region's residues (default) or shift its side chains by one residue register",
+    )
+    add(
+        "--shift",
+        type=float,
+        default=5.0,
+        metavar="Å",
+        help="how far --mode move moves the region, away from the model's centre (default: 5)",
+    )
     add("--epochs", type=int, metavar="E", help="epochs of the rerun (default: the run's)")
-    add("--inverse-epochs", type=int, default=10, metavar="E", help="inverse-deformation epochs (default: 10)")
+    add(
+        "--inverse-epochs",
+        type=int,
+        default=10,
+        metavar="E",
+        help="inverse-deformation epochs (default: 10)",
+    )
     add("--device", default="cpu", help="torch device (default: cpu)")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
@@ -49,15 +73,28 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     region = None if args.residues is None else Region.parse(args.residues)
     with writing(args.run_directory, "RUN", "model-bias", outputs="model_bias"):
-        result = drive(model_bias(args.run_directory, region=region, mode=args.mode, shift_angstrom=args.shift,
-                                  epochs=args.epochs, inverse_epochs=args.inverse_epochs, device=args.device),
-                       "model bias")
+        result = drive(
+            model_bias(
+                args.run_directory,
+                region=region,
+                mode=args.mode,
+                shift_angstrom=args.shift,
+                epochs=args.epochs,
+                inverse_epochs=args.inverse_epochs,
+                device=args.device,
+            ),
+            "model bias",
+        )
     report = result.report
-    print(f"wrong model ({report['mode']} of residues {report['region']}): the map made with it reproduces "
-          f"{report['reproduced_percent']}% of the wrong feature; the run's own map {100 * report['score_run']:.0f}%")
+    print(
+        f"wrong model ({report['mode']} of residues {report['region']}): the map made with it reproduces "
+        f"{report['reproduced_percent']}% of the wrong feature; the run's own map {100 * report['score_run']:.0f}%"
+    )
     if report["biased"]:
-        print(f"warning: the atomic-model prior copies model errors into maps on these data (above "
-              f"{100 * report['threshold']:.0f}%); trust only features the smoothness prior's maps show too")
+        print(
+            f"warning: the atomic-model prior copies model errors into maps on these data (above "
+            f"{100 * report['threshold']:.0f}%); trust only features the smoothness prior's maps show too"
+        )
     else:
         print("no model bias found: the data override a wrong model in this region")
     print(f"report: {result.path}")

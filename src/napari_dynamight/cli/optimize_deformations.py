@@ -42,32 +42,71 @@ from ._options import add_options, settings_from_args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--particles", type=Path, required=True, metavar="FILE",
+    add(
+        "--particles",
+        type=Path,
+        required=True,
+        metavar="FILE",
         help="particles with poses and CTF: RELION STAR or cryoSPARC .cs (its passthrough files are found "
-             "next to it)")
-    add("--passthrough", type=Path, action="append", metavar="CS",
+        "next to it)",
+    )
+    add(
+        "--passthrough",
+        type=Path,
+        action="append",
+        metavar="CS",
         help="a passthrough .cs file to merge into a .cs --particles on uid (repeatable; default: the job's "
-             "own *_passthrough_*.cs beside it)")
-    add("--consensus", type=Path, required=True, metavar="MAP", help="consensus map of these particles (MRC)")
+        "own *_passthrough_*.cs beside it)",
+    )
+    add(
+        "--consensus",
+        type=Path,
+        required=True,
+        metavar="MAP",
+        help="consensus map of these particles (MRC)",
+    )
     add("--output-directory", type=Path, required=True, metavar="RUN", help="run directory")
     add("--mask", type=Path, metavar="MAP", help="only Gaussians inside this mask (> 0.5) move")
-    add("--consensus-model", type=Path, metavar="FILE", help="consensus Gaussians from fit-consensus "
-        "(default: fitted here from the consensus map)")
-    add("--n-gaussians", type=int, metavar="N", help="Gaussians when fitting here (default: 2 per residue)")
-    add("--threshold", type=float, help="map level for placing Gaussians when fitting here (default: automatic)")
-    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
-        "cuda means each process's own GPU, cuda:LOCAL_RANK")
+    add(
+        "--consensus-model",
+        type=Path,
+        metavar="FILE",
+        help="consensus Gaussians from fit-consensus (default: fitted here from the consensus map)",
+    )
+    add(
+        "--n-gaussians",
+        type=int,
+        metavar="N",
+        help="Gaussians when fitting here (default: 2 per residue)",
+    )
+    add(
+        "--threshold",
+        type=float,
+        help="map level for placing Gaussians when fitting here (default: automatic)",
+    )
+    add(
+        "--device",
+        default="cpu",
+        help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
+        "cuda means each process's own GPU, cuda:LOCAL_RANK",
+    )
     add("--resume", action="store_true", help="continue from the last checkpoint in RUN")
-    add("--data-root", type=Path, metavar="DIR", help="folder that image names are relative to (for .cs: the "
-        "cryoSPARC project folder; default: the particle file's folder, and for .cs also its parents)")
+    add(
+        "--data-root",
+        type=Path,
+        metavar="DIR",
+        help="folder that image names are relative to (for .cs: the "
+        "cryoSPARC project folder; default: the particle file's folder, and for .cs also its parents)",
+    )
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
     add_settings_arguments(parser)
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """The training options: ``--box`` and every declared option of DeformationSettings."""
-    parser.add_argument("--box", type=int, metavar="PX",
-                        help="training box (default: about 3 Å/px, 32-128 px)")
+    parser.add_argument(
+        "--box", type=int, metavar="PX", help="training box (default: about 3 Å/px, 32-128 px)"
+    )
     add_options(parser, DeformationSettings)
 
 
@@ -84,17 +123,28 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     with writing(args.output_directory, "--output-directory", "optimize-deformations"):
         operation = optimize_deformations(
-            args.particles, args.consensus, args.output_directory, settings=settings,
+            args.particles,
+            args.consensus,
+            args.output_directory,
+            settings=settings,
             mask=args.mask,
-            consensus_model=args.consensus_model, n_gaussians=args.n_gaussians, threshold=args.threshold,
-            box=args.box, data_root=args.data_root, device=args.device, resume=args.resume,
-            passthroughs=args.passthrough)
+            consensus_model=args.consensus_model,
+            n_gaussians=args.n_gaussians,
+            threshold=args.threshold,
+            box=args.box,
+            data_root=args.data_root,
+            device=args.device,
+            resume=args.resume,
+            passthroughs=args.passthrough,
+        )
         result = drive_on_main_rank(operation, "optimize deformations")
     if result is None:
         return 0
     ending = "stopped by the data-loss rule" if result.stopped_early else "done"
-    print(f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, training box {result.train_box}: "
-          f"{result.seconds:.0f} s")
+    print(
+        f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, training box {result.train_box}: "
+        f"{result.seconds:.0f} s"
+    )
     print(f"run directory: {result.run_directory}")
     print_warnings(result.warnings)  # again at the end, so they are not lost in the log
     return 0

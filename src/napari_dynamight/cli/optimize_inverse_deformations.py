@@ -31,9 +31,18 @@ from ._options import add_options, settings_from_args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("run_directory", type=Path, metavar="RUN", help="a finished optimize-deformations run directory")
-    add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
-        "cuda means each process's own GPU, cuda:LOCAL_RANK")
+    add(
+        "run_directory",
+        type=Path,
+        metavar="RUN",
+        help="a finished optimize-deformations run directory",
+    )
+    add(
+        "--device",
+        default="cpu",
+        help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
+        "cuda means each process's own GPU, cuda:LOCAL_RANK",
+    )
     add("--resume", action="store_true", help="continue from the last checkpoint in RUN/inverse")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
     add_settings_arguments(parser)
@@ -56,16 +65,19 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)  # out-of-range options end here, naming the flag
     set_threads(args.threads)
     with writing(args.run_directory, "RUN", "optimize-inverse-deformations", outputs="inverse"):
-        operation = optimize_inverse_deformations(args.run_directory, settings=settings,
-                                                  device=args.device, resume=args.resume)
+        operation = optimize_inverse_deformations(
+            args.run_directory, settings=settings, device=args.device, resume=args.resume
+        )
         result = drive_on_main_rank(operation, "optimize inverse deformations")
     if result is None:
         return 0
     for half in (1, 2):
         numbers = result.summary[f"half{half}"]
         held_out = numbers["held_out_error_angstrom"]
-        print(f"half {half}: RMS inverse error {numbers['train_error_angstrom']:.3f} Å (training), "
-              + (f"{held_out:.3f} Å (held out)" if held_out is not None else "no held-out particles")
-              + f"; RMS displacement {numbers['train_displacement_angstrom']:.3f} Å")
+        print(
+            f"half {half}: RMS inverse error {numbers['train_error_angstrom']:.3f} Å (training), "
+            + (f"{held_out:.3f} Å (held out)" if held_out is not None else "no held-out particles")
+            + f"; RMS displacement {numbers['train_displacement_angstrom']:.3f} Å"
+        )
     print(f"{result.epochs} epochs, {result.seconds:.0f} s; wrote {result.directory}")
     return 0

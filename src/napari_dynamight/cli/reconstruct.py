@@ -34,16 +34,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("run_directory", type=Path, metavar="RUN", help="a deformation run directory")
     deformations = parser.add_mutually_exclusive_group()
-    deformations.add_argument("--no-deformations", action="store_true",
-                              help="standard reconstruction (straight rays)")
-    deformations.add_argument("--deformed", action="store_true",
-                              help="with --subset: deformed maps (needs the run's inverse deformations); "
-                                   "without it a subset gives standard maps")
-    add("--subset", type=Path, metavar="FILE",
+    deformations.add_argument(
+        "--no-deformations", action="store_true", help="standard reconstruction (straight rays)"
+    )
+    deformations.add_argument(
+        "--deformed",
+        action="store_true",
+        help="with --subset: deformed maps (needs the run's inverse deformations); "
+        "without it a subset gives standard maps",
+    )
+    add(
+        "--subset",
+        type=Path,
+        metavar="FILE",
         help="reconstruct only the particles in this STAR or cryoSPARC .cs file (a subset of the run's "
-             "particles)")
-    add("--output", type=Path, metavar="DIR",
-        help="folder for the maps (default: RUN/reconstruction, or RUN/subsets/NAME/... for --subset)")
+        "particles)",
+    )
+    add(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="folder for the maps (default: RUN/reconstruction, or RUN/subsets/NAME/... for --subset)",
+    )
     add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     add_options(parser, ReconstructionSettings)
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
@@ -60,29 +72,47 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(ReconstructionSettings, args)
     if args.deformed and args.subset is None:
-        raise InputError("--deformed: only for --subset (a whole run's maps are deformed unless "
-                         "--no-deformations); add --subset FILE.star or leave --deformed out")
+        raise InputError(
+            "--deformed: only for --subset (a whole run's maps are deformed unless "
+            "--no-deformations); add --subset FILE.star or leave --deformed out"
+        )
     set_threads(args.threads)
     deformations = args.deformed if args.subset is not None else not args.no_deformations
     if args.output is not None:
         guard = writing(args.output, "--output", "reconstruct")
     else:
-        folder = (ReconstructionFolder(args.run_directory / ReconstructionFolder.NAMES[deformations])
-                  if args.subset is None else subset_folder(args.run_directory, args.subset, deformations))
-        guard = writing(args.run_directory, "RUN", "reconstruct",
-                        outputs=str(folder.path.relative_to(args.run_directory)))
+        folder = (
+            ReconstructionFolder(args.run_directory / ReconstructionFolder.NAMES[deformations])
+            if args.subset is None
+            else subset_folder(args.run_directory, args.subset, deformations)
+        )
+        guard = writing(
+            args.run_directory,
+            "RUN",
+            "reconstruct",
+            outputs=str(folder.path.relative_to(args.run_directory)),
+        )
     with guard:
-        operation = reconstruct_run(args.run_directory, deformations=deformations,
-                                    device=args.device, subset=args.subset, output=args.output,
-                                    **settings.to_dict())
+        operation = reconstruct_run(
+            args.run_directory,
+            deformations=deformations,
+            device=args.device,
+            subset=args.subset,
+            output=args.output,
+            **settings.to_dict(),
+        )
         result = drive_on_main_rank(operation, "reconstruct")
     if result is None:
         return 0
     warning = RunFolder(args.run_directory).model_bias_warning()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"half-map resolution (FSC 0.143): {result.resolution_angstrom:.2f} Å "
-          f"(standard {result.resolution_standard_angstrom:.2f} Å)")
-    print(f"maps in {result.directory}; open them in ChimeraX with "
-          f"chimerax {ReconstructionFolder(result.directory).chimerax_script}")
+    print(
+        f"half-map resolution (FSC 0.143): {result.resolution_angstrom:.2f} Å "
+        f"(standard {result.resolution_standard_angstrom:.2f} Å)"
+    )
+    print(
+        f"maps in {result.directory}; open them in ChimeraX with "
+        f"chimerax {ReconstructionFolder(result.directory).chimerax_script}"
+    )
     return 0

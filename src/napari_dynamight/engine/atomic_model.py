@@ -54,19 +54,48 @@ KINDS = ("main", "side", "phosphate", "sugar", "base")
 MIN_MAP_CORRELATION = 0.3  # below this the model does not describe the map at all
 SHIFT_GAIN = 0.05  # a shifted placement this much better than the given one means "off by a shift"
 
-_ALIASES = {"HSD": "HIS", "HSE": "HIS", "HSP": "HIS", "HID": "HIS", "HIE": "HIS", "HIP": "HIS",
-            "CYX": "CYS", "ASH": "ASP", "GLH": "GLU", "LYN": "LYS", "MSE": "MET",
-            "A": "A", "G": "G", "C": "C", "U": "U", "DA": "A", "DG": "G", "DC": "C", "DT": "T", "DU": "U",
-            "ADE": "A", "GUA": "G", "CYT": "C", "URA": "U", "THY": "T", "RA": "A", "RG": "G", "RC": "C",
-            "RU": "U"}
+_ALIASES = {
+    "HSD": "HIS",
+    "HSE": "HIS",
+    "HSP": "HIS",
+    "HID": "HIS",
+    "HIE": "HIS",
+    "HIP": "HIS",
+    "CYX": "CYS",
+    "ASH": "ASP",
+    "GLH": "GLU",
+    "LYN": "LYS",
+    "MSE": "MET",
+    "A": "A",
+    "G": "G",
+    "C": "C",
+    "U": "U",
+    "DA": "A",
+    "DG": "G",
+    "DC": "C",
+    "DT": "T",
+    "DU": "U",
+    "ADE": "A",
+    "GUA": "G",
+    "CYT": "C",
+    "URA": "U",
+    "THY": "T",
+    "RA": "A",
+    "RG": "G",
+    "RC": "C",
+    "RU": "U",
+}
 MAIN_CHAIN = ("N", "C", "O", "OXT")
 MAIN_CHAIN_PLACE = ("N", "C", "O")
 CB_ONLY = {"ALA", "SER", "CYS", "VAL", "THR"}
 # side-chain groups after the main chain; an atom of the residue in no group joins the last group
 SIDE_CHAIN_GROUPS: dict[str, tuple[tuple[str, ...], ...]] = {
     "GLY": (),
-    "ALA": (("CB",),), "SER": (("CB", "OG"),), "CYS": (("CB", "SG"),),
-    "VAL": (("CB", "CG1", "CG2"),), "THR": (("CB", "OG1", "CG2"),),
+    "ALA": (("CB",),),
+    "SER": (("CB", "OG"),),
+    "CYS": (("CB", "SG"),),
+    "VAL": (("CB", "CG1", "CG2"),),
+    "THR": (("CB", "OG1", "CG2"),),
     "PRO": (("CA", "CB", "CG", "CD"),),
     "LEU": (("CA", "CB", "CG"), ("CD1", "CD2")),
     "ILE": (("CA", "CB", "CG1", "CG2"), ("CD1",)),
@@ -109,8 +138,15 @@ class CoarseModel:
 
     def moved(self, positions_angstrom: np.ndarray) -> CoarseModel:
         """The same Gaussians and bonds at other positions."""
-        return CoarseModel(self.path, np.asarray(positions_angstrom, dtype=np.float64), self.amplitudes,
-                           self.kind, self.residue, self.residues, self.bonds)
+        return CoarseModel(
+            self.path,
+            np.asarray(positions_angstrom, dtype=np.float64),
+            self.amplitudes,
+            self.kind,
+            self.residue,
+            self.residues,
+            self.bonds,
+        )
 
 
 def _standard_name(name: str) -> str:
@@ -133,7 +169,12 @@ def _groups(residue: str, names: set[str]) -> tuple[str, list[tuple[str, ...]]] 
     if residue in ("A", "G", "C", "U", "T"):
         base = PURINE_BASE if residue in ("A", "G") else PYRIMIDINE_BASE
         sugar = tuple(sorted(n for n in names if n.endswith("'") and n != "O5'"))
-        return "nucleic", [("phosphate", PHOSPHATE), ("sugar", sugar), ("base", base[0]), ("base", base[1])]
+        return "nucleic", [
+            ("phosphate", PHOSPHATE),
+            ("sugar", sugar),
+            ("base", base[0]),
+            ("base", base[1]),
+        ]
     return None
 
 
@@ -187,15 +228,28 @@ def coarse_grain(path: str | os.PathLike) -> CoarseModel:
         bonds.extend(zip(present[:-1], present[1:], strict=True))
         number = int(atoms.residue_numbers[first])
         head = present[0]  # the main chain, or the phosphate (the sugar at a 5' end)
-        if previous is not None and previous[:3] == (chain, polymer, number - 1) and head is not None:
+        if (
+            previous is not None
+            and previous[:3] == (chain, polymer, number - 1)
+            and head is not None
+        ):
             bonds.append((previous[3], head))
         tail = index_of_group[0] if polymer == "protein" else index_of_group[1]
         previous = (chain, polymer, number, tail) if tail is not None else None
     if not positions:
-        raise InputError(f"{path}: no amino acids or nucleotides found; give an atomic model of the molecule")
+        raise InputError(
+            f"{path}: no amino acids or nucleotides found; give an atomic model of the molecule"
+        )
     pairs = np.sort(np.array(bonds, dtype=np.int64).reshape(-1, 2), axis=1)
-    return CoarseModel(Path(path), np.array(positions), np.array(amplitudes), np.array(kinds),
-                       np.array(owners, dtype=np.int64), residues, pairs)
+    return CoarseModel(
+        Path(path),
+        np.array(positions),
+        np.array(amplitudes),
+        np.array(kinds),
+        np.array(owners, dtype=np.int64),
+        residues,
+        pairs,
+    )
 
 
 def model_sigma(voxel_size_angstrom: float) -> float:
@@ -204,18 +258,27 @@ def model_sigma(voxel_size_angstrom: float) -> float:
     return max(2.0, float(voxel_size_angstrom))
 
 
-def box_positions(model: CoarseModel, box: int, voxel_size_angstrom: float, origin_angstrom=(0.0, 0.0, 0.0)) -> np.ndarray:
+def box_positions(
+    model: CoarseModel, box: int, voxel_size_angstrom: float, origin_angstrom=(0.0, 0.0, 0.0)
+) -> np.ndarray:
     """Positions in Å from the box centre of a map with this box, voxel size and origin (x, y, z Å)."""
-    return model.positions_angstrom - np.asarray(origin_angstrom, dtype=np.float64) - (box // 2) * voxel_size_angstrom
+    return (
+        model.positions_angstrom
+        - np.asarray(origin_angstrom, dtype=np.float64)
+        - (box // 2) * voxel_size_angstrom
+    )
 
 
-def gaussian_model(model: CoarseModel, box: int, voxel_size_angstrom: float,
-                   origin_angstrom=(0.0, 0.0, 0.0)) -> GaussianModel:
+def gaussian_model(
+    model: CoarseModel, box: int, voxel_size_angstrom: float, origin_angstrom=(0.0, 0.0, 0.0)
+) -> GaussianModel:
     """The Gaussian model in the map's box (see :func:`box_positions`), one width for all."""
     positions = box_positions(model, box, voxel_size_angstrom, origin_angstrom)
-    return GaussianModel(torch.as_tensor(positions, dtype=torch.float32),
-                         torch.as_tensor(model.amplitudes, dtype=torch.float32),
-                         torch.tensor(model_sigma(voxel_size_angstrom), dtype=torch.float32))
+    return GaussianModel(
+        torch.as_tensor(positions, dtype=torch.float32),
+        torch.as_tensor(model.amplitudes, dtype=torch.float32),
+        torch.tensor(model_sigma(voxel_size_angstrom), dtype=torch.float32),
+    )
 
 
 def correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -244,15 +307,18 @@ def map_fit(model: GaussianModel, volume: np.ndarray, voxel_size_angstrom: float
     rendered = render_volume(model.to(dtype=torch.float64), box, voxel_size_angstrom).numpy()
     here = correlation(rendered, volume)
     a, b = rendered - rendered.mean(), volume - volume.mean()
-    cross = np.fft.irfftn(np.fft.rfftn(b) * np.conj(np.fft.rfftn(a)), s=volume.shape, axes=(0, 1, 2))
+    cross = np.fft.irfftn(
+        np.fft.rfftn(b) * np.conj(np.fft.rfftn(a)), s=volume.shape, axes=(0, 1, 2)
+    )
     cross /= np.sqrt((a * a).sum() * (b * b).sum()) or 1.0
     peak = np.unravel_index(int(np.argmax(cross)), cross.shape)
     shift_zyx = np.array([(p + box // 2) % box - box // 2 for p in peak], dtype=np.float64)
     return MapFit(here, shift_zyx[::-1] * voxel_size_angstrom, float(cross[peak]))
 
 
-def check_model_in_map(path, model: GaussianModel, volume: np.ndarray, voxel_size_angstrom: float,
-                       map_path=None) -> MapFit:
+def check_model_in_map(
+    path, model: GaussianModel, volume: np.ndarray, voxel_size_angstrom: float, map_path=None
+) -> MapFit:
     """Refuse (one-line InputError) an atomic model that lies outside the map's box, is off by a
     shift, or does not describe the map; return the fit otherwise."""
     box = volume.shape[0]
@@ -265,41 +331,53 @@ def check_model_in_map(path, model: GaussianModel, volume: np.ndarray, voxel_siz
         raise InputError(
             f"{path}: {100 * outside.mean():.0f}% of the model lies outside the box{where} (its centre is "
             f"{np.linalg.norm(centre):.0f} Å from the box centre); is it in another map's frame? Fit it into this "
-            "map first (e.g. ChimeraX fitmap)")
+            "map first (e.g. ChimeraX fitmap)"
+        )
     fit = map_fit(model, volume, voxel_size_angstrom)
     shift = np.linalg.norm(fit.best_shift_angstrom)
-    if shift > max(3.0, 2 * voxel_size_angstrom) and fit.best_correlation - fit.correlation > SHIFT_GAIN:
+    if (
+        shift > max(3.0, 2 * voxel_size_angstrom)
+        and fit.best_correlation - fit.correlation > SHIFT_GAIN
+    ):
         x, y, z = fit.best_shift_angstrom
         raise InputError(
             f"{path}: the model is off by a shift: it correlates {fit.correlation:.2f} with the map{where}, "
             f"{fit.best_correlation:.2f} when moved by ({x:.1f}, {y:.1f}, {z:.1f}) Å; fit it into this map first "
-            "(e.g. ChimeraX fitmap)")
+            "(e.g. ChimeraX fitmap)"
+        )
     if fit.correlation < MIN_MAP_CORRELATION:
         raise InputError(
             f"{path}: the model's density correlates only {fit.correlation:.2f} with the map{where} (at least "
-            f"{MIN_MAP_CORRELATION} needed); give a model built into this map")
+            f"{MIN_MAP_CORRELATION} needed); give a model built into this map"
+        )
     return fit
 
 
-def atomic_prior_model(path, consensus_path, volume: np.ndarray | None = None,
-                       voxel_size_angstrom: float | None = None) -> tuple[GaussianModel, torch.Tensor, MapFit]:
+def atomic_prior_model(
+    path, consensus_path, volume: np.ndarray | None = None, voxel_size_angstrom: float | None = None
+) -> tuple[GaussianModel, torch.Tensor, MapFit]:
     """The atomic model at ``path`` as Gaussians in the consensus map's box, its bonds (E, 2) and how it
     fits the map; InputError if it does not sit in the map (:func:`check_model_in_map`)."""
     if volume is None or voxel_size_angstrom is None:
         volume, voxel_size_angstrom = read_map(consensus_path)
     coarse = coarse_grain(path)
-    model = gaussian_model(coarse, volume.shape[0], voxel_size_angstrom, read_map_origin(consensus_path))
+    model = gaussian_model(
+        coarse, volume.shape[0], voxel_size_angstrom, read_map_origin(consensus_path)
+    )
     fit = check_model_in_map(path, model, volume, voxel_size_angstrom, consensus_path)
     return model, torch.as_tensor(coarse.bonds, dtype=torch.long), fit
 
 
 def model_bias_reminder(run) -> str:
     """The line a run made with the atomic-model prior reports until its model-bias control exists."""
-    return (f"maps of {run} are made with the atomic-model prior, which can copy the model's errors into "
-            f"them; run the model-bias control: napari-dynamight model-bias {run}")
+    return (
+        f"maps of {run} are made with the atomic-model prior, which can copy the model's errors into "
+        f"them; run the model-bias control: napari-dynamight model-bias {run}"
+    )
 
 
 # --- models moved or deliberately wrong, written as structure files ------------------------------------------
+
 
 @dataclass(frozen=True)
 class Region:
@@ -310,7 +388,11 @@ class Region:
     last: int
 
     def __str__(self) -> str:
-        return f"{self.first}-{self.last}" if self.chain is None else f"{self.chain or '_'}:{self.first}-{self.last}"
+        return (
+            f"{self.first}-{self.last}"
+            if self.chain is None
+            else f"{self.chain or '_'}:{self.first}-{self.last}"
+        )
 
     @classmethod
     def parse(cls, text: str) -> Region:
@@ -347,8 +429,9 @@ def _elements_fixed(path) -> tuple:
     return structure
 
 
-def write_moved_structure(path, output, shift_angstrom, region: Region | None = None,
-                          rotation: np.ndarray | None = None) -> Path:
+def write_moved_structure(
+    path, output, shift_angstrom, region: Region | None = None, rotation: np.ndarray | None = None
+) -> Path:
     """A copy of a structure with every atom (or the atoms of ``region``) moved by ``shift_angstrom``
     (x, y, z Å; after ``rotation``, a 3×3 matrix about the file's origin, if given), written as PDB:
     fitting a model into a map by a rigid motion, or a deliberately wrong model."""
@@ -365,7 +448,9 @@ def write_moved_structure(path, output, shift_angstrom, region: Region | None = 
                     atom.pos = gemmi.Position(*(matrix @ np.array(atom.pos.tolist()) + shift))
                     moved += 1
     if moved == 0:
-        raise InputError(f"{path}: no residue in {region}; give residues of the model (CHAIN:FIRST-LAST)")
+        raise InputError(
+            f"{path}: no residue in {region}; give residues of the model (CHAIN:FIRST-LAST)"
+        )
     output = Path(output)
     structure.write_pdb(str(output))
     return output
@@ -401,16 +486,26 @@ def write_register_shifted_structure(path, output, region: Region) -> Path:
                 source = np.array([residue[n][0].pos.tolist() for n in backbone])
                 target = np.array([following[n][0].pos.tolist() for n in backbone])
             except (IndexError, RuntimeError, ValueError):
-                raise InputError(f"{path}: residue {residue.seqid.num} or the next lacks N, CA or C; choose "
-                                 "another region for the register shift") from None
+                raise InputError(
+                    f"{path}: residue {residue.seqid.num} or the next lacks N, CA or C; choose "
+                    "another region for the register shift"
+                ) from None
             moves.append((residue, *kabsch(source, target)))
-        for residue, rotation, translation in moves:  # all transforms from the original positions first
+        for (
+            residue,
+            rotation,
+            translation,
+        ) in moves:  # all transforms from the original positions first
             for atom in residue:
                 if atom.name.strip() not in ("N", "CA", "C", "O", "OXT") and not atom.is_hydrogen():
-                    atom.pos = gemmi.Position(*(rotation @ np.array(atom.pos.tolist()) + translation))
+                    atom.pos = gemmi.Position(
+                        *(rotation @ np.array(atom.pos.tolist()) + translation)
+                    )
         if moves:
             output = Path(output)
             structure.write_pdb(str(output))
             return output
-    raise InputError(f"{path}: no residue in {region} with a following residue; give residues of the model "
-                     "(CHAIN:FIRST-LAST)")
+    raise InputError(
+        f"{path}: no residue in {region} with a following residue; give residues of the model "
+        "(CHAIN:FIRST-LAST)"
+    )

@@ -31,8 +31,10 @@ MOVIE_SUFFIXES = (".mp4", ".mov", ".avi", ".webm")  # formats ChimeraX's movie e
 def check_movie_name(path: str | os.PathLike | None, option: str) -> None:
     """Refuse, before any work, a movie name ChimeraX cannot encode (it goes by the suffix)."""
     if path is not None and Path(path).suffix.lower() not in MOVIE_SUFFIXES:
-        raise InputError(f"{option} {path}: ChimeraX cannot write this kind of movie; give a file name "
-                         f"ending in {', '.join(MOVIE_SUFFIXES)}")
+        raise InputError(
+            f"{option} {path}: ChimeraX cannot write this kind of movie; give a file name "
+            f"ending in {', '.join(MOVIE_SUFFIXES)}"
+        )
 
 
 def map_statistics(volume: np.ndarray) -> tuple[float, float, float]:
@@ -69,37 +71,51 @@ def _write(script: Path, lines: list[str]) -> Path:
     return script
 
 
-def write_series_script(script: str | os.PathLike, maps: Sequence[str | os.PathLike], level: float,
-                        movie: str | os.PathLike | None = None,
-                        framerate: int = DEFAULT_FRAMERATE) -> Path:
+def write_series_script(
+    script: str | os.PathLike,
+    maps: Sequence[str | os.PathLike],
+    level: float,
+    movie: str | os.PathLike | None = None,
+    framerate: int = DEFAULT_FRAMERATE,
+) -> Path:
     """A script that opens ``maps`` in order as one volume series at ``level``; with ``movie`` (a
     file name, relative to the script's folder unless absolute) it plays the series once and
     records it there at ``framerate`` frames per second."""
     script = Path(script)
     folder = script.parent
     names = " ".join(quoted(path, folder) for path in maps)
-    lines = ["# ChimeraX: chimerax " + quoted(script, folder) + " (in a new session)",
-             f"open {names} vseries true",
-             f"volume #1 style surface level {level:.6g} color {FULL_COLOUR}",
-             "view"]
+    lines = [
+        "# ChimeraX: chimerax " + quoted(script, folder) + " (in a new session)",
+        f"open {names} vseries true",
+        f"volume #1 style surface level {level:.6g} color {FULL_COLOUR}",
+        "view",
+    ]
     if movie is not None:
         target = Path(movie) if Path(movie).is_absolute() else folder / movie
-        lines += ["movie record",
-                  "vseries play #1 loop false direction forward",
-                  f"wait {len(maps)}",
-                  f"movie encode {quoted(target, folder)} framerate {int(framerate)}"]
+        lines += [
+            "movie record",
+            "vseries play #1 loop false direction forward",
+            f"wait {len(maps)}",
+            f"movie encode {quoted(target, folder)} framerate {int(framerate)}",
+        ]
     return _write(script, lines)
 
 
-def write_maps_script(script: str | os.PathLike, half_maps: Sequence[str | os.PathLike],
-                      full_map: str | os.PathLike, levels: Sequence[float]) -> Path:
+def write_maps_script(
+    script: str | os.PathLike,
+    half_maps: Sequence[str | os.PathLike],
+    full_map: str | os.PathLike,
+    levels: Sequence[float],
+) -> Path:
     """A script that opens the two half maps (hidden, orange and purple) and the full map (grey,
     shown), each at its level in ``levels`` (half 1, half 2, full)."""
     script = Path(script)
     folder = script.parent
     lines = ["# ChimeraX: chimerax " + quoted(script, folder) + " (in a new session)"]
     lines += [f"open {quoted(path, folder)}" for path in (*half_maps, full_map)]
-    for model, (colour, level) in enumerate(zip((*HALF_COLOURS, FULL_COLOUR), levels, strict=True), 1):
+    for model, (colour, level) in enumerate(
+        zip((*HALF_COLOURS, FULL_COLOUR), levels, strict=True), 1
+    ):
         lines.append(f"volume #{model} style surface level {level:.6g} color {colour}")
     lines += ["hide #1,2 models", "view"]
     return _write(script, lines)

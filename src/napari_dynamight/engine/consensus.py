@@ -76,8 +76,10 @@ def fill_with_gaussians(
     if n_gaussians < 1:
         raise InputError(f"number of Gaussians must be at least 1, got {n_gaussians}")
     if n_gaussians > volume.size:
-        raise InputError(f"--n-gaussians {n_gaussians} is more than one per voxel of the map ({volume.shape[0]}³ = "
-                         f"{volume.size} voxels); give fewer Gaussians")
+        raise InputError(
+            f"--n-gaussians {n_gaussians} is more than one per voxel of the map ({volume.shape[0]}³ = "
+            f"{volume.size} voxels); give fewer Gaussians"
+        )
     level = automatic_threshold(volume) if threshold is None else float(threshold)
     inside = volume >= level
     if mask is not None:
@@ -125,7 +127,9 @@ def fit_to_map(
     target = torch.as_tensor(np.asarray(volume, dtype=np.float32), device=device)
     box = target.shape[0]
     positions = model.positions_angstrom.detach().to(device).clone().requires_grad_(True)
-    log_amplitude = torch.log(model.amplitudes[:1].detach().to(device).clamp(min=1e-12)).requires_grad_(True)
+    log_amplitude = torch.log(
+        model.amplitudes[:1].detach().to(device).clamp(min=1e-12)
+    ).requires_grad_(True)
     log_sigma = torch.log(model.sigmas_angstrom[:1].detach().to(device)).requires_grad_(True)
     optimiser = torch.optim.Adam(
         [
@@ -137,7 +141,9 @@ def fit_to_map(
     n = model.n_gaussians
 
     def current() -> GaussianModel:
-        return GaussianModel(positions, torch.exp(log_amplitude).expand(n), torch.exp(log_sigma).expand(n))
+        return GaussianModel(
+            positions, torch.exp(log_amplitude).expand(n), torch.exp(log_sigma).expand(n)
+        )
 
     correlation = float("nan")
     for step in range(1, n_steps + 1):
@@ -148,7 +154,12 @@ def fit_to_map(
         optimiser.step()
         if step % 10 == 0 or step == n_steps:
             correlation = _correlation(rendered.detach(), target)
-            yield Progress("fit consensus", step, n_steps, metrics={"loss": loss.item(), "correlation": correlation})
+            yield Progress(
+                "fit consensus",
+                step,
+                n_steps,
+                metrics={"loss": loss.item(), "correlation": correlation},
+            )
     fitted = current().detach().to("cpu")
     correlation = _correlation(render_volume(fitted.to(device), box, voxel_size_angstrom), target)
     level = automatic_threshold(np.asarray(volume)) if threshold is None else threshold
@@ -176,5 +187,6 @@ def load_model(path: str | Path) -> GaussianModel:
         state = torch.load(path, map_location="cpu", weights_only=True)
         return GaussianModel.from_state_dict(state)
     except (KeyError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise InputError(f"{path}: not a Gaussian model file ({error.__class__.__name__})") from None
-
+        raise InputError(
+            f"{path}: not a Gaussian model file ({error.__class__.__name__})"
+        ) from None

@@ -58,7 +58,9 @@ class CtfParams:
         """The same parameters as tensors on ``device``."""
         return CtfParams(
             **{
-                f.name: torch.as_tensor(np.array(getattr(self, f.name), dtype=np.float64), dtype=dtype, device=device)
+                f.name: torch.as_tensor(
+                    np.array(getattr(self, f.name), dtype=np.float64), dtype=dtype, device=device
+                )
                 if not isinstance(getattr(self, f.name), torch.Tensor)
                 else getattr(self, f.name).to(device=device, dtype=dtype)
                 for f in fields(self)

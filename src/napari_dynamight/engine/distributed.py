@@ -113,7 +113,9 @@ class Context(Group):
     """This process in the world: rank, world size, devices, and the two half groups."""
 
     def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, halves=None):
-        super().__init__(tuple(range(world_size)), rank, None)  # None: torch's default (world) group
+        super().__init__(
+            tuple(range(world_size)), rank, None
+        )  # None: torch's default (world) group
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self._halves = halves or {1: self, 2: self}
 
@@ -165,7 +167,7 @@ def sum_tensors_(group: Group, tensors: list[torch.Tensor]) -> None:
     group.all_reduce_sum_(flat)
     offset = 0
     for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
 
 
@@ -176,7 +178,9 @@ def sum_gradients_(group: Group, parameters: list[torch.Tensor]) -> None:
     if group.size == 1:
         return
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
-    present = torch.tensor([float(p.grad is not None) for p in parameters], device=parameters[0].device)
+    present = torch.tensor(
+        [float(p.grad is not None) for p in parameters], device=parameters[0].device
+    )
     sum_tensors_(group, grads + [present])
     for p, g, seen in zip(parameters, grads, present.tolist(), strict=True):
         p.grad = g if seen > 0 else None
@@ -191,7 +195,9 @@ def _from_environment(split_halves: bool | None) -> Context:
         return Context()
     missing = [name for name in _ENVIRONMENT if name not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; launch with torchrun")
+        raise RuntimeError(
+            f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; launch with torchrun"
+        )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
@@ -201,11 +207,15 @@ def _from_environment(split_halves: bool | None) -> Context:
         split_halves = world_size % 2 == 0
     if split_halves:  # every rank must create every group, members or not
         if world_size % 2:
-            raise ValueError(f"cannot split the half sets over an odd number of ranks ({world_size})")
+            raise ValueError(
+                f"cannot split the half sets over an odd number of ranks ({world_size})"
+            )
         split = world_size // 2
         first, second = tuple(range(split)), tuple(range(split, world_size))
-        halves = {1: Group(first, rank, dist.new_group(list(first))),
-                  2: Group(second, rank, dist.new_group(list(second)))}
+        halves = {
+            1: Group(first, rank, dist.new_group(list(first))),
+            2: Group(second, rank, dist.new_group(list(second))),
+        }
     return Context(rank, world_size, local_rank, halves)
 
 

@@ -24,7 +24,9 @@ def _residue_range(value, name: str) -> tuple[int, int]:
     except (TypeError, ValueError):
         raise InputError(f"{name} {value!r} is invalid: give FIRST-LAST residue numbers") from None
     if low > high:
-        raise InputError(f"{name} {low}-{high} is invalid: the first residue must not exceed the last")
+        raise InputError(
+            f"{name} {low}-{high} is invalid: the first residue must not exceed the last"
+        )
     return low, high
 
 
@@ -64,7 +66,9 @@ class DomainFrames:
     def state_frames(self, states) -> np.ndarray:
         """(S, 2) trajectory frames of domains 1 and 2 of each state."""
         states = np.asarray(states, dtype=np.int64)
-        return np.stack([self.frames[states // len(self.frames)], self.frames[states % len(self.frames)]], 1)
+        return np.stack(
+            [self.frames[states // len(self.frames)], self.frames[states % len(self.frames)]], 1
+        )
 
     def positions(self, states) -> np.ndarray:
         """(S, n, 3) Å composite positions of the given states."""
@@ -105,7 +109,9 @@ def domain_frames(
                 f"(residues {residues.min()}-{residues.max()})"
             )
     if (masks[0] & masks[1]).any():
-        raise InputError(f"domain residue ranges {ranges[0]} and {ranges[1]} overlap; give disjoint ranges")
+        raise InputError(
+            f"domain residue ranges {ranges[0]} and {ranges[1]} overlap; give disjoint ranges"
+        )
     core = ~(masks[0] | masks[1])
     if core.sum() < 3:
         raise InputError("the two domains leave fewer than 3 CORE atoms to superpose on")

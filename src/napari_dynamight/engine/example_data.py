@@ -28,4 +28,6 @@ EXAMPLE_TRAJECTORY = example_file(TRAJECTORY)
 def check_example_file(path: Path, option: str) -> None:
     """Refuse a missing example file, naming the ``option`` that replaces it."""
     if not Path(path).is_file():
-        raise InputError(f"{path}: example file not found; reinstall napari-dynamight or give {option} FILE")
+        raise InputError(
+            f"{path}: example file not found; reinstall napari-dynamight or give {option} FILE"
+        )

@@ -20,7 +20,9 @@ import torch
 from .errors import InputError
 
 MAX_WIDTH_CLASSES = 16
-PAIR_POINTS = 2**19  # projected centres per pass of project_spectrum_pairs (measured: 1.7x faster than 2**23)
+PAIR_POINTS = (
+    2**19
+)  # projected centres per pass of project_spectrum_pairs (measured: 1.7x faster than 2**23)
 
 
 def _per_gaussian(value, n: int) -> torch.Tensor:
@@ -48,13 +50,17 @@ class GaussianModel:
 
     def to(self, device=None, dtype=None) -> GaussianModel:
         return GaussianModel(
-            *(t.to(device=device, dtype=dtype) for t in
-              (self.positions_angstrom, self.amplitudes, self.sigmas_angstrom))
+            *(
+                t.to(device=device, dtype=dtype)
+                for t in (self.positions_angstrom, self.amplitudes, self.sigmas_angstrom)
+            )
         )
 
     def detach(self) -> GaussianModel:
         return GaussianModel(
-            self.positions_angstrom.detach(), self.amplitudes.detach(), self.sigmas_angstrom.detach()
+            self.positions_angstrom.detach(),
+            self.amplitudes.detach(),
+            self.sigmas_angstrom.detach(),
         )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -104,15 +110,26 @@ class _Splat(torch.autograd.Function):
         base = clamped.floor().clamp_(max=box - 1)
         frac = clamped - base
         index = base.long()  # (B, N, 2) row, column in [-1, box - 1]; + 1 in the padded grid
-        flat = ((torch.arange(batch, device=coords.device) * n_channels).view(batch, 1) + channel.view(1, n)) \
-            * padded**2 + (index[..., 0] + 1) * padded + (index[..., 1] + 1)
+        flat = (
+            (
+                (torch.arange(batch, device=coords.device) * n_channels).view(batch, 1)
+                + channel.view(1, n)
+            )
+            * padded**2
+            + (index[..., 0] + 1) * padded
+            + (index[..., 1] + 1)
+        )
         fy, fx = frac[..., 0], frac[..., 1]
         expanded = weights.expand(batch, n)
         top = expanded * (1.0 - fy)
         bottom = expanded * fy
         grid = coords.new_zeros(batch * n_channels * padded**2)
-        for offset, row, column in ((0, top, 1.0 - fx), (1, top, fx), (padded, bottom, 1.0 - fx),
-                                    (padded + 1, bottom, fx)):
+        for offset, row, column in (
+            (0, top, 1.0 - fx),
+            (1, top, fx),
+            (padded, bottom, 1.0 - fx),
+            (padded + 1, bottom, fx),
+        ):
             grid.index_add_(0, (flat + offset).reshape(-1), (row * column).reshape(-1))
         ctx.save_for_backward(flat, frac, weights, coords)
         ctx.save_for_forward(flat, frac, weights, coords)
@@ -134,13 +151,17 @@ class _Splat(torch.autograd.Function):
             moved = coords_tangent * unclamped * weights.expand(batch, n).unsqueeze(-1)
             dy, dx = moved[..., 0], moved[..., 1]
         # d/dt of w (1-fy)(1-fx), w (1-fy) fx, w fy (1-fx), w fy fx
-        values = ((1 - fy) * (1 - fx) * dw - dy * (1 - fx) - dx * (1 - fy),
-                  (1 - fy) * fx * dw - dy * fx + dx * (1 - fy),
-                  fy * (1 - fx) * dw + dy * (1 - fx) - dx * fy,
-                  fy * fx * dw + dy * fx + dx * fy)
+        values = (
+            (1 - fy) * (1 - fx) * dw - dy * (1 - fx) - dx * (1 - fy),
+            (1 - fy) * fx * dw - dy * fx + dx * (1 - fy),
+            fy * (1 - fx) * dw + dy * (1 - fx) - dx * fy,
+            fy * fx * dw + dy * fx + dx * fy,
+        )
         grid = frac.new_zeros(batch * n_channels * padded**2)
         for offset, value in zip((0, 1, padded, padded + 1), values, strict=True):
-            grid = grid.index_add(0, (flat + offset).reshape(-1), value.reshape(-1))  # out of place, for vmap
+            grid = grid.index_add(
+                0, (flat + offset).reshape(-1), value.reshape(-1)
+            )  # out of place, for vmap
         return grid.view(batch, n_channels, padded, padded)[:, :, 1:-1, 1:-1].contiguous()
 
     @staticmethod
@@ -154,11 +175,17 @@ class _Splat(torch.autograd.Function):
         g10, g11 = grad[flat + padded], grad[flat + (padded + 1)]
         fy, fx = frac[..., 0], frac[..., 1]
         left, right = g01 - g00, g11 - g10  # along x, in the top and the bottom row
-        top, bottom = torch.addcmul(g00, fx, left), torch.addcmul(g10, fx, right)  # interpolated along x
+        top, bottom = (
+            torch.addcmul(g00, fx, left),
+            torch.addcmul(g10, fx, right),
+        )  # interpolated along x
         grad_coords = grad_weights = None
         if ctx.needs_input_grad[0]:
             w = weights.expand(batch, frac.shape[1])
-            grad_coords = torch.stack([(bottom - top) * w, torch.lerp(left, right, fy) * w], dim=-1) * unclamped
+            grad_coords = (
+                torch.stack([(bottom - top) * w, torch.lerp(left, right, fy) * w], dim=-1)
+                * unclamped
+            )
         if ctx.needs_input_grad[1]:
             grad_weights = torch.lerp(top, bottom, fy)
             if weights.dim() < 2:
@@ -166,8 +193,9 @@ class _Splat(torch.autograd.Function):
         return grad_coords, grad_weights, None, None, None
 
 
-def _splat(coords: torch.Tensor, weights: torch.Tensor, channel: torch.Tensor, n_channels: int,
-           box: int) -> torch.Tensor:
+def _splat(
+    coords: torch.Tensor, weights: torch.Tensor, channel: torch.Tensor, n_channels: int, box: int
+) -> torch.Tensor:
     """Linear-interpolation splat of points onto a (batch, channel, box^d) grid.
 
     ``coords`` (B, N, d) are continuous pixel indices in the order of the grid axes; points outside
@@ -179,8 +207,9 @@ def _splat(coords: torch.Tensor, weights: torch.Tensor, channel: torch.Tensor, n
     return _splat_checked(coords, weights, channel, n_channels, box)
 
 
-def _splat_checked(coords: torch.Tensor, weights: torch.Tensor, channel: torch.Tensor, n_channels: int,
-                   box: int) -> torch.Tensor:
+def _splat_checked(
+    coords: torch.Tensor, weights: torch.Tensor, channel: torch.Tensor, n_channels: int, box: int
+) -> torch.Tensor:
     """:func:`_splat` with a bounds check per corner and autograd's backward."""
     batch, n, dim = coords.shape
     base = torch.floor(coords)
@@ -188,7 +217,9 @@ def _splat_checked(coords: torch.Tensor, weights: torch.Tensor, channel: torch.T
     base = base.long()
     weights = weights.expand(batch, n)
     grid = coords.new_zeros(batch * n_channels * box**dim)
-    batch_offset = (torch.arange(batch, device=coords.device) * n_channels).view(batch, 1) + channel.view(1, n)
+    batch_offset = (torch.arange(batch, device=coords.device) * n_channels).view(
+        batch, 1
+    ) + channel.view(1, n)
     for corner in range(2**dim):
         offsets = [(corner >> k) & 1 for k in range(dim)]
         flat = batch_offset
@@ -216,7 +247,9 @@ def _kernel_spectrum(sigmas: torch.Tensor, box: int, pixel_size: float, dim: int
     norm = (2 * math.pi * sigmas**2 / pixel_size**2) ** (dim / 2)
     kernel = norm.view(-1, *([1] * dim))
     for axis, f in enumerate([full] * (dim - 1) + [half]):
-        factor = torch.exp(-2 * math.pi**2 * s**2 * f**2) / torch.sinc(f * pixel_size) ** 2  # (C, n)
+        factor = (
+            torch.exp(-2 * math.pi**2 * s**2 * f**2) / torch.sinc(f * pixel_size) ** 2
+        )  # (C, n)
         shape = [len(sigmas)] + [1] * dim
         shape[axis + 1] = len(f)
         kernel = kernel * factor.view(shape)
@@ -234,8 +267,9 @@ def render_volume(model: GaussianModel, box: int, voxel_size_angstrom: float) ->
     return torch.fft.irfftn(spectrum.sum(0), s=(box, box, box), dim=(-3, -2, -1))
 
 
-def image_positions(positions_angstrom: torch.Tensor, rotations: torch.Tensor,
-                    shifts_angstrom: torch.Tensor) -> torch.Tensor:
+def image_positions(
+    positions_angstrom: torch.Tensor, rotations: torch.Tensor, shifts_angstrom: torch.Tensor
+) -> torch.Tensor:
     """Where the centres land in each image (B, N, 2), Å from the box centre, x then y.
 
     ``positions_angstrom`` is (N, 3) or per image (B, N, 3); the image position of map point ``x`` is
@@ -248,8 +282,13 @@ def image_positions(positions_angstrom: torch.Tensor, rotations: torch.Tensor,
     return rotated - shifts_angstrom.unsqueeze(1)
 
 
-def _pixel_coordinates(positions_angstrom: torch.Tensor, rotations: torch.Tensor, shifts_angstrom: torch.Tensor,
-                       box: int, pixel_size_angstrom: float) -> torch.Tensor:
+def _pixel_coordinates(
+    positions_angstrom: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_angstrom: torch.Tensor,
+    box: int,
+    pixel_size_angstrom: float,
+) -> torch.Tensor:
     """Continuous (row, column) pixel indices (B, N, 2) of the centres in each image: the
     :func:`image_positions` flipped to (y, x), in pixels, from the box corner; one batched product."""
     matrix = rotations[:, [1, 0], :].transpose(1, 2) / pixel_size_angstrom  # (B, 3, 2)
@@ -274,7 +313,9 @@ def project(
     ``positions_angstrom`` (B, N, 3) overrides the model's centres per image (deformed models).
     ``ctf`` is (B, box, box//2+1) in ``torch.fft.rfft2`` layout (see :func:`engine.ctf.compute_ctf`).
     """
-    spectrum = project_spectrum(model, rotations, shifts_angstrom, box, pixel_size_angstrom, positions_angstrom)
+    spectrum = project_spectrum(
+        model, rotations, shifts_angstrom, box, pixel_size_angstrom, positions_angstrom
+    )
     if ctf is not None:
         spectrum = spectrum * ctf
     return torch.fft.irfft2(spectrum, s=(box, box))
@@ -294,28 +335,41 @@ def project_spectrum(
     return _spectrum_of_coordinates(model, coords, box, pixel_size_angstrom)
 
 
-def project_spectrum_pairs(model: GaussianModel, rotations: torch.Tensor, shifts_angstrom: torch.Tensor, box: int,
-                           pixel_size_angstrom: float, positions_angstrom: torch.Tensor) -> torch.Tensor:
+def project_spectrum_pairs(
+    model: GaussianModel,
+    rotations: torch.Tensor,
+    shifts_angstrom: torch.Tensor,
+    box: int,
+    pixel_size_angstrom: float,
+    positions_angstrom: torch.Tensor,
+) -> torch.Tensor:
     """The rfft2 (B, K, box, box//2+1) of every pose (B) applied to every set of centres (K, N, 3): what
     :func:`project_spectrum` gives for the B·K repeated poses and positions, without repeating them."""
     matrix = rotations[:, [1, 0], :].transpose(1, 2) / pixel_size_angstrom  # (B, 3, 2)
     offset = (box // 2 - shifts_angstrom.flip(-1) / pixel_size_angstrom).view(-1, 1, 1, 2)
     count, n = positions_angstrom.shape[:2]
-    step = max(1, PAIR_POINTS // max(1, count * n))  # poses per pass: the splat's arrays stay in cache
+    step = max(
+        1, PAIR_POINTS // max(1, count * n)
+    )  # poses per pass: the splat's arrays stay in cache
     parts = []
     for start in range(0, len(rotations), step):
-        coords = torch.matmul(positions_angstrom.unsqueeze(0), matrix[start:start + step].unsqueeze(1)) \
-            + offset[start:start + step]  # (b, K, N, 2)
+        coords = (
+            torch.matmul(positions_angstrom.unsqueeze(0), matrix[start : start + step].unsqueeze(1))
+            + offset[start : start + step]
+        )  # (b, K, N, 2)
         spectra = _spectrum_of_coordinates(model, coords.flatten(0, 1), box, pixel_size_angstrom)
         parts.append(spectra.view(len(coords), count, *spectra.shape[1:]))
     return torch.cat(parts)
 
 
-def _spectrum_of_coordinates(model: GaussianModel, coords: torch.Tensor, box: int,
-                             pixel_size_angstrom: float) -> torch.Tensor:
+def _spectrum_of_coordinates(
+    model: GaussianModel, coords: torch.Tensor, box: int, pixel_size_angstrom: float
+) -> torch.Tensor:
     """The rfft2 (B, box, box//2+1) of the model's Gaussians at pixel coordinates (B, N, 2) (row, column)."""
     sigmas, channel = _width_classes(model.sigmas_angstrom)
-    line_integral = model.amplitudes * math.sqrt(2 * math.pi) * model.sigmas_angstrom / pixel_size_angstrom
+    line_integral = (
+        model.amplitudes * math.sqrt(2 * math.pi) * model.sigmas_angstrom / pixel_size_angstrom
+    )
     grid = _splat(coords, line_integral, channel, len(sigmas), box)
     kernel = _kernel_spectrum(sigmas.to(coords.dtype), box, pixel_size_angstrom, 2)
     return (torch.fft.rfft2(grid) * kernel).sum(1)
@@ -327,10 +381,20 @@ def apply_ctf(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft2(torch.fft.rfft2(images) * ctf, s=(box, box))
 
 
-def normalised_cross_correlation(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> np.ndarray:
+def normalised_cross_correlation(
+    a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray
+) -> np.ndarray:
     """Per-image NCC of two stacks (B, ...): mean-subtracted, unit-norm dot product."""
-    a = torch.as_tensor(np.array(a, dtype=np.float64)) if not isinstance(a, torch.Tensor) else a.double()
-    b = torch.as_tensor(np.array(b, dtype=np.float64)) if not isinstance(b, torch.Tensor) else b.double()
+    a = (
+        torch.as_tensor(np.array(a, dtype=np.float64))
+        if not isinstance(a, torch.Tensor)
+        else a.double()
+    )
+    b = (
+        torch.as_tensor(np.array(b, dtype=np.float64))
+        if not isinstance(b, torch.Tensor)
+        else b.double()
+    )
     a = a.reshape(a.shape[0], -1)
     b = b.reshape(b.shape[0], -1)
     a = a - a.mean(1, keepdim=True)

@@ -72,31 +72,52 @@ class Placement:
     correlation_wrong: float
 
     def to_dict(self) -> dict:
-        return {"t": self.t, "correlation_right": self.correlation_right, "correlation_wrong": self.correlation_wrong}
+        return {
+            "t": self.t,
+            "correlation_right": self.correlation_right,
+            "correlation_wrong": self.correlation_wrong,
+        }
 
 
-def region_placement(volume: np.ndarray, voxel_size_angstrom: float, right: CoarseModel, wrong: CoarseModel,
-                     origin_angstrom=(0.0, 0.0, 0.0)) -> Placement:
+def region_placement(
+    volume: np.ndarray,
+    voxel_size_angstrom: float,
+    right: CoarseModel,
+    wrong: CoarseModel,
+    origin_angstrom=(0.0, 0.0, 0.0),
+) -> Placement:
     """The map's placement of the Gaussians that differ between ``right`` and ``wrong`` (module docstring)."""
     box = volume.shape[0]
     model = gaussian_model(right, box, voxel_size_angstrom, origin_angstrom).to(dtype=torch.float64)
     start = model.positions_angstrom.clone()
-    end = torch.as_tensor(gaussian_model(wrong, box, voxel_size_angstrom, origin_angstrom).positions_angstrom,
-                          dtype=torch.float64)
+    end = torch.as_tensor(
+        gaussian_model(wrong, box, voxel_size_angstrom, origin_angstrom).positions_angstrom,
+        dtype=torch.float64,
+    )
     moved = (end - start).norm(dim=1) > 1e-3
     if not moved.any():
-        raise InputError("the wrong model equals the right one; choose a region and a shift that move something")
+        raise InputError(
+            "the wrong model equals the right one; choose a region and a shift that move something"
+        )
     points = torch.cat([start[moved], end[moved]]).numpy()
-    grid = (np.indices((box,) * 3).reshape(3, -1).T[:, ::-1] - box // 2) * voxel_size_angstrom  # x y z
+    grid = (
+        np.indices((box,) * 3).reshape(3, -1).T[:, ::-1] - box // 2
+    ) * voxel_size_angstrom  # x y z
     near, _ = cKDTree(points).query(grid, distance_upper_bound=MASK_ANGSTROM)
     mask = np.isfinite(near).reshape((box,) * 3)
     scores = []
     for t in PLACEMENTS:
-        model.positions_angstrom = torch.where(moved.view(-1, 1), start + float(t) * (end - start), start)
-        scores.append(correlation(render_volume(model, box, voxel_size_angstrom).numpy(), volume, mask))
+        model.positions_angstrom = torch.where(
+            moved.view(-1, 1), start + float(t) * (end - start), start
+        )
+        scores.append(
+            correlation(render_volume(model, box, voxel_size_angstrom).numpy(), volume, mask)
+        )
     scores = np.array(scores)
     at = {float(t): s for t, s in zip(PLACEMENTS, scores, strict=True)}
-    return Placement(float(PLACEMENTS[int(np.argmax(scores))]) + 0.0, float(at[0.0]), float(at[1.0]))
+    return Placement(
+        float(PLACEMENTS[int(np.argmax(scores))]) + 0.0, float(at[0.0]), float(at[1.0])
+    )
 
 
 def automatic_region(model: CoarseModel, length: int = AUTOMATIC_RESIDUES) -> Region:
@@ -107,23 +128,29 @@ def automatic_region(model: CoarseModel, length: int = AUTOMATIC_RESIDUES) -> Re
     per_residue = np.bincount(model.residue, weights=cost) / np.bincount(model.residue)
     best, best_cost = None, np.inf
     for start in range(len(model.residues) - length + 1):
-        window = model.residues[start:start + length]
+        window = model.residues[start : start + length]
         chain = window[0][0]
         if any(r[0] != chain for r in window) or window[-1][1] - window[0][1] != length - 1:
             continue
-        value = per_residue[start:start + length].mean()
+        value = per_residue[start : start + length].mean()
         if value < best_cost:
             best, best_cost = Region(chain, window[0][1], window[-1][1]), value
     if best is None:
-        raise InputError(f"{model.path}: no {length} consecutive residues in one chain; choose --residues")
+        raise InputError(
+            f"{model.path}: no {length} consecutive residues in one chain; choose --residues"
+        )
     return best
 
 
 def outward_direction(model: CoarseModel, region: Region) -> np.ndarray:
     """The unit vector from the model's centre to the region's centre (x if they coincide)."""
-    inside = np.array([region.contains(model.residues[r][0], model.residues[r][1]) for r in model.residue])
+    inside = np.array(
+        [region.contains(model.residues[r][0], model.residues[r][1]) for r in model.residue]
+    )
     if not inside.any():
-        raise InputError(f"{model.path}: no residue in {region}; give residues of the model (CHAIN:FIRST-LAST)")
+        raise InputError(
+            f"{model.path}: no residue in {region}; give residues of the model (CHAIN:FIRST-LAST)"
+        )
     centre = np.average(model.positions_angstrom, axis=0, weights=model.amplitudes)
     vector = model.positions_angstrom[inside].mean(axis=0) - centre
     norm = np.linalg.norm(vector)
@@ -147,13 +174,23 @@ def _deformed_map(run: Path, inverse_epochs: int, device) -> ProgressGenerator[P
     if full.is_file():
         return full
     if not folder.inverse.final.is_file():
-        yield from optimize_inverse_deformations(run, settings=InverseSettings(epochs=inverse_epochs), device=device)
+        yield from optimize_inverse_deformations(
+            run, settings=InverseSettings(epochs=inverse_epochs), device=device
+        )
     yield from reconstruct_run(run, deformations=True, device=device)
     return full
 
 
-def model_bias(run_directory, *, region: Region | None = None, mode: str = "move", shift_angstrom: float = 5.0,
-               epochs: int | None = None, inverse_epochs: int = 10, device="cpu") -> ProgressGenerator[BiasReport]:
+def model_bias(
+    run_directory,
+    *,
+    region: Region | None = None,
+    mode: str = "move",
+    shift_angstrom: float = 5.0,
+    epochs: int | None = None,
+    inverse_epochs: int = 10,
+    device="cpu",
+) -> ProgressGenerator[BiasReport]:
     """Run the control on a finished run made with ``--atomic-model`` (module docstring); write and return
     the report. ``region``: default :func:`automatic_region`; ``mode``: ``move`` (the region moved
     ``shift_angstrom`` outwards) or ``register``; ``epochs``: default the run's."""
@@ -162,8 +199,10 @@ def model_bias(run_directory, *, region: Region | None = None, mode: str = "move
     info = check_finished_run(folder.path)
     settings = DeformationSettings.from_dict(info.get("settings") or {})
     if not settings.atomic_model:
-        raise InputError(f"{folder.path}: was made without --atomic-model; the model-bias control checks runs "
-                         "made with the atomic-model prior")
+        raise InputError(
+            f"{folder.path}: was made without --atomic-model; the model-bias control checks runs "
+            "made with the atomic-model prior"
+        )
     if mode not in MODES:
         raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "move" and not shift_angstrom > 0:
@@ -186,41 +225,77 @@ def model_bias(run_directory, *, region: Region | None = None, mode: str = "move
         write_register_shifted_structure(settings.atomic_model, wrong_path, region)
     wrong = coarse_grain(wrong_path)
     if wrong.n_gaussians != right.n_gaussians:
-        raise InputError(f"{wrong_path}: the wrong model has another number of Gaussians; choose another region")
-    yield Progress("model bias", 0, None, message=f"wrong model: residues {region} {mode}"
-                   + (f" by {shift_angstrom:g} Å" if shift is not None else ""))
+        raise InputError(
+            f"{wrong_path}: the wrong model has another number of Gaussians; choose another region"
+        )
+    yield Progress(
+        "model bias",
+        0,
+        None,
+        message=f"wrong model: residues {region} {mode}"
+        + (f" by {shift_angstrom:g} Å" if shift is not None else ""),
+    )
 
     own_map = yield from _deformed_map(folder.path, inverse_epochs, device)
     wrong_run = work / "run"
     if wrong_run.exists():
         shutil.rmtree(wrong_run)
-    rerun = replace(settings, atomic_model=str(wrong_path.resolve()), epochs=epochs or settings.epochs)
-    yield from optimize_deformations(info["particles"], info["consensus"], wrong_run, settings=rerun, mask=info.get("mask"),
-                                     box=info.get("train_box"), data_root=info.get("data_root"), device=device)
+    rerun = replace(
+        settings, atomic_model=str(wrong_path.resolve()), epochs=epochs or settings.epochs
+    )
+    yield from optimize_deformations(
+        info["particles"],
+        info["consensus"],
+        wrong_run,
+        settings=rerun,
+        mask=info.get("mask"),
+        box=info.get("train_box"),
+        data_root=info.get("data_root"),
+        device=device,
+    )
     wrong_map = yield from _deformed_map(wrong_run, inverse_epochs, device)
 
     origin = read_map_origin(info["consensus"])
     placements = {}
-    for name, path in (("consensus", Path(info["consensus"])), ("run", own_map), ("wrong_model_run", wrong_map)):
+    for name, path in (
+        ("consensus", Path(info["consensus"])),
+        ("run", own_map),
+        ("wrong_model_run", wrong_map),
+    ):
         volume, voxel = read_map(path)
         placements[name] = region_placement(volume, voxel, right, wrong, origin)
-        yield Progress("model bias", len(placements), 3, message=f"{name}: t = {placements[name].t:.2f}")
+        yield Progress(
+            "model bias", len(placements), 3, message=f"{name}: t = {placements[name].t:.2f}"
+        )
     reference = placements["consensus"].t
     score_wrong = placements["wrong_model_run"].t - reference
     score_right = placements["run"].t - reference
     report = {
-        "run": str(folder.path.resolve()), "atomic_model": settings.atomic_model,
-        "wrong_model": str(wrong_path.resolve()), "mode": mode, "region": str(region),
+        "run": str(folder.path.resolve()),
+        "atomic_model": settings.atomic_model,
+        "wrong_model": str(wrong_path.resolve()),
+        "mode": mode,
+        "region": str(region),
         "shift_angstrom": None if shift is None else [float(v) for v in shift],
-        "n_gaussians_changed": int((np.linalg.norm(wrong.positions_angstrom - right.positions_angstrom,
-                                                   axis=1) > 1e-3).sum()),
-        "epochs": rerun.epochs, "inverse_epochs": inverse_epochs,
-        "maps": {"consensus": str(Path(info["consensus"]).resolve()), "run": str(own_map.resolve()),
-                 "wrong_model_run": str(wrong_map.resolve())},
+        "n_gaussians_changed": int(
+            (
+                np.linalg.norm(wrong.positions_angstrom - right.positions_angstrom, axis=1) > 1e-3
+            ).sum()
+        ),
+        "epochs": rerun.epochs,
+        "inverse_epochs": inverse_epochs,
+        "maps": {
+            "consensus": str(Path(info["consensus"]).resolve()),
+            "run": str(own_map.resolve()),
+            "wrong_model_run": str(wrong_map.resolve()),
+        },
         "placements": {name: p.to_dict() for name, p in placements.items()},
-        "score_wrong_model": score_wrong, "score_run": score_right,
-        "reproduced_percent": int(round(100 * score_wrong)), "threshold": BIAS_THRESHOLD,
-        "biased": bool(score_wrong > BIAS_THRESHOLD), "seconds": time.perf_counter() - started,
+        "score_wrong_model": score_wrong,
+        "score_run": score_right,
+        "reproduced_percent": int(round(100 * score_wrong)),
+        "threshold": BIAS_THRESHOLD,
+        "biased": bool(score_wrong > BIAS_THRESHOLD),
+        "seconds": time.perf_counter() - started,
     }
     with atomic_path(folder.model_bias_report) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

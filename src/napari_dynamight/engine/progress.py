@@ -62,8 +62,9 @@ def run(
         return finished.value
 
 
-def stop_when(operation: ProgressGenerator[T], should_stop: Callable[[], bool],
-              reason: str = "cancelled") -> ProgressGenerator[T]:
+def stop_when(
+    operation: ProgressGenerator[T], should_stop: Callable[[], bool], reason: str = "cancelled"
+) -> ProgressGenerator[T]:
     """``operation``'s events and result, but after an event for which ``should_stop()`` is true the
     operation is closed (its outputs are written atomically, so nothing partial stays) and
     :class:`Cancelled` is raised with ``reason``. Closing this generator closes ``operation``."""

@@ -35,16 +35,19 @@ def project_volume(
     image_frame = torch.stack([xx, yy, zz], -1)  # (depth, y, x, 3): image x, image y, depth
     images = []
     for start in range(0, rotations.shape[0], chunk):
-        rot = rotations[start:start + chunk].to(dtype)
-        shift = shifts_angstrom[start:start + chunk].to(dtype)
+        rot = rotations[start : start + chunk].to(dtype)
+        shift = shifts_angstrom[start : start + chunk].to(dtype)
         frame = image_frame.expand(rot.shape[0], *image_frame.shape).clone()
         frame[..., :2] += shift.view(-1, 1, 1, 1, 2)
         map_points = torch.einsum("bji,bzyxj->bzyxi", rot, frame)
         index = map_points / pixel_size_angstrom + box // 2
         normalised = 2 * index / (box - 1) - 1
         samples = torch.nn.functional.grid_sample(
-            volume.expand(rot.shape[0], 1, box, box, box), normalised, mode="bilinear",
-            padding_mode="zeros", align_corners=True,
+            volume.expand(rot.shape[0], 1, box, box, box),
+            normalised,
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
         )[:, 0]
         images.append(samples.sum(1))
     result = torch.cat(images)
@@ -69,12 +72,17 @@ class FourierProjector:
         size = box * padding
         padded = volume.new_zeros((size, size, size))
         start = size // 2 - box // 2
-        padded[start:start + box, start:start + box, start:start + box] = corrected
+        padded[start : start + box, start : start + box, start : start + box] = corrected
         spectrum = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(padded)))
         self._spectrum = torch.stack([spectrum.real, spectrum.imag]).unsqueeze(0)  # (1, 2, P, P, P)
 
-    def project(self, rotations: torch.Tensor, shifts_angstrom: torch.Tensor,
-                ctf: torch.Tensor | None = None, chunk: int = 32) -> torch.Tensor:
+    def project(
+        self,
+        rotations: torch.Tensor,
+        shifts_angstrom: torch.Tensor,
+        ctf: torch.Tensor | None = None,
+        chunk: int = 32,
+    ) -> torch.Tensor:
         """Projections (B, L, L); ``ctf`` in rfft2 layout as from :func:`engine.ctf.compute_ctf`."""
         box, size = self.box, self.box * self.padding
         device, dtype = self._spectrum.device, self._spectrum.dtype
@@ -84,23 +92,34 @@ class FourierProjector:
         plane = torch.stack([kx, ky, torch.zeros_like(kx)], -1) * self.padding  # (L, L, 3)
         results = []
         for start in range(0, rotations.shape[0], chunk):
-            rot = rotations[start:start + chunk].to(dtype)
-            shift = shifts_angstrom[start:start + chunk].to(dtype) / self.pixel_size_angstrom
+            rot = rotations[start : start + chunk].to(dtype)
+            shift = shifts_angstrom[start : start + chunk].to(dtype) / self.pixel_size_angstrom
             points = torch.einsum("bji,yxj->byxi", rot, plane)  # Aᵀ k, in padded frequency units
             normalised = 2 * (points + size // 2) / (size - 1) - 1
             sampled = torch.nn.functional.grid_sample(
-                self._spectrum.expand(rot.shape[0], -1, -1, -1, -1), normalised.unsqueeze(1),
-                mode="bilinear", padding_mode="zeros", align_corners=True,
+                self._spectrum.expand(rot.shape[0], -1, -1, -1, -1),
+                normalised.unsqueeze(1),
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=True,
             )[:, :, 0]
             slices = torch.complex(sampled[:, 0], sampled[:, 1]) * inside
-            phase = 2 * torch.pi * (kx * shift[:, 0, None, None] + ky * shift[:, 1, None, None]) / box
+            phase = (
+                2 * torch.pi * (kx * shift[:, 0, None, None] + ky * shift[:, 1, None, None]) / box
+            )
             slices = slices * torch.exp(1j * phase)
-            images = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(slices, dim=(-2, -1))), dim=(-2, -1))
+            images = torch.fft.fftshift(
+                torch.fft.ifft2(torch.fft.ifftshift(slices, dim=(-2, -1))), dim=(-2, -1)
+            )
             results.append(images.real)
         result = torch.cat(results)
         return apply_ctf(result, ctf) if ctf is not None else result
 
 
-def project_volume_fourier(volume, rotations, shifts_angstrom, pixel_size_angstrom, ctf=None, padding=2):
+def project_volume_fourier(
+    volume, rotations, shifts_angstrom, pixel_size_angstrom, ctf=None, padding=2
+):
     """One-off :class:`FourierProjector` projection (B, L, L) of a map [z, y, x]."""
-    return FourierProjector(volume, pixel_size_angstrom, padding).project(rotations, shifts_angstrom, ctf)
+    return FourierProjector(volume, pixel_size_angstrom, padding).project(
+        rotations, shifts_angstrom, ctf
+    )

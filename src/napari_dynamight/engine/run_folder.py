@@ -60,7 +60,11 @@ class Checkpoints:
         """The epoch checkpoint with the highest epoch, if any."""
         if not self.folder.is_dir():
             return None
-        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _EPOCH_CHECKPOINT.match(p.name))]
+        found = [
+            (int(m.group(1)), p)
+            for p in self.folder.iterdir()
+            if (m := _EPOCH_CHECKPOINT.match(p.name))
+        ]
         return max(found)[1] if found else None
 
 
@@ -105,7 +109,9 @@ class RunFolder(_Folder):
 
     def newest_checkpoint(self) -> Path | None:
         """``final.pt`` once written, else the highest epoch checkpoint, else None."""
-        return self.final_checkpoint if self.final_checkpoint.is_file() else self.checkpoints.latest()
+        return (
+            self.final_checkpoint if self.final_checkpoint.is_file() else self.checkpoints.latest()
+        )
 
     @property
     def loss_log(self) -> Path:
@@ -170,17 +176,21 @@ class RunFolder(_Folder):
             return None
         command = f"napari-dynamight model-bias {self.path}"
         if not self.model_bias_report.is_file():
-            return (f"maps of {self.path} are made with the atomic-model prior and have no model-bias report; "
-                    f"run {command}")
+            return (
+                f"maps of {self.path} are made with the atomic-model prior and have no model-bias report; "
+                f"run {command}"
+            )
         try:
             report = json.loads(self.model_bias_report.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return f"{self.model_bias_report}: unreadable; run {command} again"
         if report.get("biased", True):
-            return (f"maps of {self.path} are made with the atomic-model prior, and its model-bias control found "
-                    f"that {report.get('reproduced_percent', '?')}% of a deliberately wrong feature shows up "
-                    f"in a map made the same way: features that only the model supports may be model bias "
-                    f"({self.model_bias_report.name})")
+            return (
+                f"maps of {self.path} are made with the atomic-model prior, and its model-bias control found "
+                f"that {report.get('reproduced_percent', '?')}% of a deliberately wrong feature shows up "
+                f"in a map made the same way: features that only the model supports may be model bias "
+                f"({self.model_bias_report.name})"
+            )
         return None
 
     # --- later stages ------------------------------------------------------------------------
@@ -193,7 +203,9 @@ class RunFolder(_Folder):
 
     def subset_reconstruction(self, name: str, deformations: bool = False) -> ReconstructionFolder:
         """The reconstruction of a subset of the particles named ``name`` (``reconstruct --subset``)."""
-        return ReconstructionFolder(self.path / SUBSETS / name / ReconstructionFolder.NAMES[bool(deformations)])
+        return ReconstructionFolder(
+            self.path / SUBSETS / name / ReconstructionFolder.NAMES[bool(deformations)]
+        )
 
     # --- state and reading -------------------------------------------------------------------
     @classmethod
@@ -211,14 +223,20 @@ class RunFolder(_Folder):
     def read_info(self) -> dict:
         """``run.json`` (written by the deformation stage), or InputError naming the file."""
         if not self.info.is_file():
-            raise InputError(f"{self.info}: not found; choose the folder of a deformation run "
-                             "(made by optimize-deformations or the Deformations widget)")
+            raise InputError(
+                f"{self.info}: not found; choose the folder of a deformation run "
+                "(made by optimize-deformations or the Deformations widget)"
+            )
         try:
             info = json.loads(self.info.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise InputError(f"{self.info}: unreadable ({type(error).__name__}); the run folder is damaged") from None
+            raise InputError(
+                f"{self.info}: unreadable ({type(error).__name__}); the run folder is damaged"
+            ) from None
         if not isinstance(info, dict):
-            raise InputError(f"{self.info}: unreadable (not a JSON object); the run folder is damaged")
+            raise InputError(
+                f"{self.info}: unreadable (not a JSON object); the run folder is damaged"
+            )
         return info
 
     def read_loss_log(self) -> list[dict]:
@@ -228,12 +246,16 @@ class RunFolder(_Folder):
         """``run.json`` of a finished deformation run (a result, and the latents written); InputError
         otherwise. ``run_identity.check_finished_run`` also checks the latents' contents."""
         if not self.is_run():
-            raise InputError(f"{self.path}: not a deformation run ({self.info.name} missing); "
-                             "run optimize-deformations first")
+            raise InputError(
+                f"{self.path}: not a deformation run ({self.info.name} missing); "
+                "run optimize-deformations first"
+            )
         info = self.read_info()
         if info.get("result") is None or not self.latents.is_file():
-            raise InputError(f"{self.path}: the deformation run has not finished; finish it (optimize-deformations "
-                             "--resume) first")
+            raise InputError(
+                f"{self.path}: the deformation run has not finished; finish it (optimize-deformations "
+                "--resume) first"
+            )
         return info
 
 
@@ -285,7 +307,10 @@ class InverseFolder(_Folder):
 class ReconstructionFolder(_Folder):
     """``RUN/reconstruction`` (or ``reconstruction_standard``): stage 5's maps and FSC."""
 
-    NAMES = {True: "reconstruction", False: "reconstruction_standard"}  # with / without deformations
+    NAMES = {
+        True: "reconstruction",
+        False: "reconstruction_standard",
+    }  # with / without deformations
     ROLES = ("half1", "half2", "full")
 
     def half_map(self, half: int) -> Path:
@@ -331,8 +356,11 @@ class ReconstructionFolder(_Folder):
         import pandas as pd
 
         table = pd.read_csv(self.fsc_table)
-        curves = {name.removeprefix("fsc_"): table[name].to_numpy(float) for name in table.columns
-                  if name.startswith("fsc")}
+        curves = {
+            name.removeprefix("fsc_"): table[name].to_numpy(float)
+            for name in table.columns
+            if name.startswith("fsc")
+        }
         return table["frequency_per_angstrom"].to_numpy(float), curves
 
 
@@ -388,6 +416,13 @@ class DemoFolder(_Folder):
         """What ``demo --headless`` writes (``motion``: with a deformation run)."""
         files = [self.summary, self.consensus_slices]
         if motion:
-            files += [self.latent_space, self.selection, self.motion_gif, self.napari_explorer,
-                      self.napari_volume, self.napari_movie, self.napari_movie_gif]
+            files += [
+                self.latent_space,
+                self.selection,
+                self.motion_gif,
+                self.napari_explorer,
+                self.napari_volume,
+                self.napari_movie,
+                self.napari_movie_gif,
+            ]
         return files

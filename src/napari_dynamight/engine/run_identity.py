@@ -22,12 +22,16 @@ from .run_folder import RunFolder
 
 # What each identity entry is, for the refusal message.
 _LABELS = {
-    "star_sha256": "particle file content (--particles)", "n_particles": "particle count (--particles)",
+    "star_sha256": "particle file content (--particles)",
+    "n_particles": "particle count (--particles)",
     "passthrough_sha256": "passthrough .cs files (--passthrough)",
     "image_names_sha256": "image names (rlnImageName of --particles)",
-    "consensus_sha256": "consensus map (--consensus)", "mask_sha256": "mask (--mask)",
-    "consensus_model_sha256": "consensus model (--consensus-model)", "train_box": "training box (--box)",
-    "n_gaussians_option": "--n-gaussians", "threshold_option": "--threshold",
+    "consensus_sha256": "consensus map (--consensus)",
+    "mask_sha256": "mask (--mask)",
+    "consensus_model_sha256": "consensus model (--consensus-model)",
+    "train_box": "training box (--box)",
+    "n_gaussians_option": "--n-gaussians",
+    "threshold_option": "--threshold",
     "atomic_model_sha256": "atomic model (--atomic-model)",
 }
 
@@ -47,16 +51,32 @@ def text_sha256(lines) -> str:
     return hashlib.sha256("\n".join(str(line) for line in lines).encode("utf-8")).hexdigest()
 
 
-def input_identity(particles, table, consensus, mask, consensus_model, train_box: int, n_gaussians, threshold,
-                   fixed_settings: dict, passthroughs=(), atomic_model=None) -> dict:
+def input_identity(
+    particles,
+    table,
+    consensus,
+    mask,
+    consensus_model,
+    train_box: int,
+    n_gaussians,
+    threshold,
+    fixed_settings: dict,
+    passthroughs=(),
+    atomic_model=None,
+) -> dict:
     """The identity of a deformation run's inputs (see the module docstring)."""
     return {
-        "star_sha256": file_sha256(particles), "n_particles": len(table),
+        "star_sha256": file_sha256(particles),
+        "n_particles": len(table),
         "passthrough_sha256": [file_sha256(path) for path in passthroughs],
         "image_names_sha256": text_sha256(table.particles["rlnImageName"].astype(str)),
-        "consensus_sha256": file_sha256(consensus), "mask_sha256": file_sha256(mask),
-        "consensus_model_sha256": file_sha256(consensus_model), "train_box": int(train_box),
-        "n_gaussians_option": n_gaussians, "threshold_option": threshold, "settings": fixed_settings,
+        "consensus_sha256": file_sha256(consensus),
+        "mask_sha256": file_sha256(mask),
+        "consensus_model_sha256": file_sha256(consensus_model),
+        "train_box": int(train_box),
+        "n_gaussians_option": n_gaussians,
+        "threshold_option": threshold,
+        "settings": fixed_settings,
         "atomic_model_sha256": file_sha256(atomic_model),
     }
 
@@ -72,18 +92,23 @@ def check_same_inputs(run: Path, current: dict) -> None:
         return  # a run from before identities were recorded: nothing to compare
     for key, label in _LABELS.items():
         if key in recorded and recorded[key] != current.get(key):
+
             def shown(value):
                 return value[:12] if isinstance(value, str) else value
 
-            raise InputError(f"{path}: this run was made with another {label} ({shown(recorded[key])} here, "
-                             f"{shown(current.get(key))} now); resume it with its own inputs and options, "
-                             "or give a new --output-directory")
+            raise InputError(
+                f"{path}: this run was made with another {label} ({shown(recorded[key])} here, "
+                f"{shown(current.get(key))} now); resume it with its own inputs and options, "
+                "or give a new --output-directory"
+            )
     old, new = recorded.get("settings") or {}, current.get("settings") or {}
     for name in sorted(set(old) | set(new)):
         if old.get(name) != new.get(name):
-            raise InputError(f"{path}: this run was made with {name} = {old.get(name)!r}, now "
-                             f"{new.get(name)!r}; resume it with the same options, or give a new "
-                             "--output-directory")
+            raise InputError(
+                f"{path}: this run was made with {name} = {old.get(name)!r}, now "
+                f"{new.get(name)!r}; resume it with the same options, or give a new "
+                "--output-directory"
+            )
 
 
 def first_nonfinite_row(array) -> int | None:
@@ -101,16 +126,22 @@ def check_finished_run(run: str | os.PathLike) -> dict:
     try:
         latents = np.load(latents_path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError):
-        raise InputError(f"{latents_path}: not a readable .npy file (truncated or damaged); rerun "
-                         "optimize-deformations --resume to write it again") from None
+        raise InputError(
+            f"{latents_path}: not a readable .npy file (truncated or damaged); rerun "
+            "optimize-deformations --resume to write it again"
+        ) from None
     n = info.get("n_particles")
     if latents.ndim != 2 or (n is not None and latents.shape[0] != n):
-        raise InputError(f"{latents_path}: shape {latents.shape}, but the run has {n} particles; rerun "
-                         "optimize-deformations --resume to write it again")
+        raise InputError(
+            f"{latents_path}: shape {latents.shape}, but the run has {n} particles; rerun "
+            "optimize-deformations --resume to write it again"
+        )
     row = first_nonfinite_row(latents)
     if row is not None:
-        raise InputError(f"{latents_path}: row {row + 1} is not finite (NaN or Inf); rerun "
-                         "optimize-deformations --resume to write it again")
+        raise InputError(
+            f"{latents_path}: row {row + 1} is not finite (NaN or Inf); rerun "
+            "optimize-deformations --resume to write it again"
+        )
     return info
 
 
@@ -118,5 +149,11 @@ def run_stamp(info: dict) -> str:
     """A fingerprint of a finished run's identity and result: a later stage records it and refuses
     outputs made from another state of the run."""
     result = info.get("result") or {}
-    return text_sha256([json.dumps(info.get("identity"), sort_keys=True), result.get("epochs"),
-                        result.get("refinement_rounds"), info.get("n_particles")])
+    return text_sha256(
+        [
+            json.dumps(info.get("identity"), sort_keys=True),
+            result.get("epochs"),
+            result.get("refinement_rounds"),
+            info.get("n_particles"),
+        ]
+    )

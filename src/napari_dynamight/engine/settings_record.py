@@ -190,13 +190,19 @@ class SettingsRecord:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def refuse_changed_settings(checkpoint: Path, saved: SettingsRecord, requested: SettingsRecord,
-                            changeable: tuple[str, ...] = ("epochs",)) -> None:
+def refuse_changed_settings(
+    checkpoint: Path,
+    saved: SettingsRecord,
+    requested: SettingsRecord,
+    changeable: tuple[str, ...] = ("epochs",),
+) -> None:
     """One-line InputError if a resumed run asks for other settings than its checkpoint was made
     with (except the ``changeable`` ones)."""
     old, new = saved.to_dict(), requested.to_dict()
     changed = [k for k, v in old.items() if k not in changeable and new[k] != v]
     if changed:
         name = changed[0]
-        raise InputError(f"{checkpoint}: was made with {name}={old[name]!r}, not {new[name]!r}; "
-                         "resume with the run's original options")
+        raise InputError(
+            f"{checkpoint}: was made with {name}={old[name]!r}, not {new[name]!r}; "
+            "resume with the run's original options"
+        )

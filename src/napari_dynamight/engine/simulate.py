@@ -132,14 +132,24 @@ def _validate_numbers(
         raise InputError(f"chunk size {chunk_size} is invalid: give a whole number >= 1")
 
 
-def _validate_optics(voltage_kilovolts, spherical_aberration_millimetres, amplitude_contrast) -> None:
+def _validate_optics(
+    voltage_kilovolts, spherical_aberration_millimetres, amplitude_contrast
+) -> None:
     """The microscope: a positive voltage, Cs >= 0 and an amplitude contrast in [0, 1)."""
     if not (math.isfinite(voltage_kilovolts) and voltage_kilovolts > 0):
-        raise InputError(f"--voltage {voltage_kilovolts} kV is invalid: give the acceleration voltage, e.g. 300")
-    if not (math.isfinite(spherical_aberration_millimetres) and spherical_aberration_millimetres >= 0):
-        raise InputError(f"--cs {spherical_aberration_millimetres} mm is invalid: give a number >= 0, e.g. 2.7")
+        raise InputError(
+            f"--voltage {voltage_kilovolts} kV is invalid: give the acceleration voltage, e.g. 300"
+        )
+    if not (
+        math.isfinite(spherical_aberration_millimetres) and spherical_aberration_millimetres >= 0
+    ):
+        raise InputError(
+            f"--cs {spherical_aberration_millimetres} mm is invalid: give a number >= 0, e.g. 2.7"
+        )
     if not (math.isfinite(amplitude_contrast) and 0 <= amplitude_contrast < 1):
-        raise InputError(f"--amplitude-contrast {amplitude_contrast} is invalid: give a fraction in [0, 1), e.g. 0.1")
+        raise InputError(
+            f"--amplitude-contrast {amplitude_contrast} is invalid: give a fraction in [0, 1), e.g. 0.1"
+        )
 
 
 def frame_probabilities(n_frames: int, distribution: str = "uniform", weights=None) -> np.ndarray:
@@ -371,8 +381,9 @@ def simulate(
         raise InputError(f"{output}: exists and is not a folder; give a folder for the outputs")
     domains = None
     if independent_domains is not None:
-        domains = domain_frames(structure, trajectory, frames, independent_domains, core_frame,
-                                include_hydrogens)
+        domains = domain_frames(
+            structure, trajectory, frames, independent_domains, core_frame, include_hydrogens
+        )
         used_frames = domains.frames
     else:
         scene = build_scene(
@@ -400,8 +411,9 @@ def simulate(
         two_domains=domains is not None,
     )
     if domains is not None:
-        scene = domains.scene(labels["state"].to_numpy(), box, pixel_size_angstrom,
-                              atom_sigma_angstrom, device)
+        scene = domains.scene(
+            labels["state"].to_numpy(), box, pixel_size_angstrom, atom_sigma_angstrom, device
+        )
     state_frames = None if domains is None else domains.state_frames(scene.frames)
     optics = (voltage_kilovolts, spherical_aberration_millimetres, amplitude_contrast)
     table = table_from_blocks(
@@ -440,20 +452,30 @@ def simulate(
         if domains is not None:
             with atomic_path(staging / "ground_truth" / "states.csv") as tmp:
                 pd.DataFrame(
-                    {"state": scene.frames, "domain1_frame": state_frames[:, 0],
-                     "domain2_frame": state_frames[:, 1]}
+                    {
+                        "state": scene.frames,
+                        "domain1_frame": state_frames[:, 0],
+                        "domain2_frame": state_frames[:, 1],
+                    }
                 ).to_csv(tmp, index=False)
         settings = {
-            "n_particles": n_particles, "box": box, "pixel_size_angstrom": float(pixel_size_angstrom),
-            "snr": None if math.isinf(snr) else float(snr), "seed": seed,
+            "n_particles": n_particles,
+            "box": box,
+            "pixel_size_angstrom": float(pixel_size_angstrom),
+            "snr": None if math.isinf(snr) else float(snr),
+            "seed": seed,
             "atom_sigma_angstrom": float(scene.model.sigmas_angstrom[0]),
-            "signal_variance": variances[0], "noise_variance": variances[1],
-            "frames": [int(f) for f in used_frames], "structure": str(structure),
+            "signal_variance": variances[0],
+            "noise_variance": variances[1],
+            "frames": [int(f) for f in used_frames],
+            "structure": str(structure),
             "trajectory": None if trajectory is None else str(trajectory),
             "frame_distribution": "weights" if frame_weights is not None else frame_distribution,
             "frame_probabilities": [float(p) for p in probabilities],
             "envelope_bfactor_angstrom2": float(envelope_bfactor_angstrom2),
-            "independent_domains": None if domains is None else {
+            "independent_domains": None
+            if domains is None
+            else {
                 "domain1_residues": list(domains.domains[0]),
                 "domain2_residues": list(domains.domains[1]),
                 "core_frame": domains.core_frame,
@@ -527,7 +549,9 @@ def _write_images(
     n = len(labels)
     accumulators = [FourierAccumulator(box, pixel_size, device=device) for _ in range(2)]
     signal_variance = noise_variance = 0.0
-    envelope = image_envelope(box, pixel_size, envelope_bfactor, device) if envelope_bfactor else None
+    envelope = (
+        image_envelope(box, pixel_size, envelope_bfactor, device) if envelope_bfactor else None
+    )
     with mrcfile.new_mmap(staging / STACK_NAME, shape=(n, box, box), mrc_mode=2) as stack:
         stack.set_image_stack()
         stack.voxel_size = pixel_size
@@ -537,7 +561,9 @@ def _write_images(
             ctf = compute_ctf(_ctf_params(rows, *optics).torch(device), box, pixel_size)
             frame_index = np.searchsorted(scene.frames, rows[key].to_numpy())
             signal_ctf = ctf if envelope is None else ctf * envelope
-            images = project_frames(scene, frame_index, rotations, shifts, box, pixel_size, signal_ctf)
+            images = project_frames(
+                scene, frame_index, rotations, shifts, box, pixel_size, signal_ctf
+            )
             if start == 0:
                 signal_variance = float(images.var(dim=(1, 2)).mean())
                 noise_variance = 0.0 if math.isinf(snr) else signal_variance / snr

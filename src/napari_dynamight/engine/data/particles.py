@@ -40,8 +40,12 @@ LATENT_PREFIX = "dmLatent"
 
 def latent_columns(frame: pd.DataFrame) -> list[str]:
     """The ``dmLatentK`` columns of ``frame`` in the order of K."""
-    names = [c for c in frame.columns if c.startswith(LATENT_PREFIX) and c[len(LATENT_PREFIX):].isdigit()]
-    return sorted(names, key=lambda c: int(c[len(LATENT_PREFIX):]))
+    names = [
+        c
+        for c in frame.columns
+        if c.startswith(LATENT_PREFIX) and c[len(LATENT_PREFIX) :].isdigit()
+    ]
+    return sorted(names, key=lambda c: int(c[len(LATENT_PREFIX) :]))
 
 
 @dataclass
@@ -346,7 +350,9 @@ def table_from_blocks(
     for block, frame in (("particles", particles), ("optics", optics)):
         if frame is not None and frame.columns.duplicated().any():
             column = frame.columns[frame.columns.duplicated()][0]
-            raise InputError(f"{star_path}: column {column} appears twice in data_{block}; remove one of them")
+            raise InputError(
+                f"{star_path}: column {column} appears twice in data_{block}; remove one of them"
+            )
     if "rlnImageName" not in particles.columns:
         raise InputError(f"{star_path}: missing required column rlnImageName; add the image names")
     optics_row = None if optics is None else _optics_rows(particles, optics, star_path)

@@ -30,7 +30,9 @@ def read_run_particles(run_directory: str | os.PathLike, info: dict | None = Non
     run = RunFolder(run_directory)
     if info is None and run.is_run():
         info = run.read_info()
-    return read_particles(run.particles, data_root=image_root(info) if info and info.get("particles") else None)
+    return read_particles(
+        run.particles, data_root=image_root(info) if info and info.get("particles") else None
+    )
 
 
 def read_subset(path: str | os.PathLike) -> ParticleTable:
@@ -50,8 +52,10 @@ def match_subset(table: ParticleTable, subset: ParticleTable) -> np.ndarray:
     """The rows of ``table`` (a run's particles) holding each particle of ``subset``, in its order;
     InputError naming the subset file and the first particle that is not in the run or is listed
     twice."""
-    resolved = {key: row for row, key in
-                enumerate(zip(table.image_indices.tolist(), table.image_files.tolist()))}
+    resolved = {
+        key: row
+        for row, key in enumerate(zip(table.image_indices.tolist(), table.image_files.tolist()))
+    }
     written = {key: row for row, key in enumerate(_written_names(table))}
     by_file_name: dict[tuple[int, str], int | None] = {}
     for (index, stack), row in written.items():
@@ -59,20 +63,30 @@ def match_subset(table: ParticleTable, subset: ParticleTable) -> np.ndarray:
         by_file_name[key] = None if key in by_file_name else row  # None: ambiguous
     rows = np.empty(len(subset), dtype=np.int64)
     names = subset.particles["rlnImageName"].astype(str).str.strip().tolist()
-    keys = zip(subset.image_indices.tolist(), subset.image_files.tolist(), _written_names(subset),
-               strict=True)
+    keys = zip(
+        subset.image_indices.tolist(),
+        subset.image_files.tolist(),
+        _written_names(subset),
+        strict=True,
+    )
     for position, (index, file, (_, stack)) in enumerate(keys):
-        row = resolved.get((index, file), written.get((index, stack),
-                                                      by_file_name.get((index, posixpath.basename(stack)))))
+        row = resolved.get(
+            (index, file),
+            written.get((index, stack), by_file_name.get((index, posixpath.basename(stack)))),
+        )
         if row is None:
-            raise InputError(f"{subset.star_path}: particle {names[position]} (row {position + 1}) is not in "
-                             f"the run's {table.star_path.name}; give a subset of the run's particles")
+            raise InputError(
+                f"{subset.star_path}: particle {names[position]} (row {position + 1}) is not in "
+                f"the run's {table.star_path.name}; give a subset of the run's particles"
+            )
         rows[position] = row
     seen, first = np.unique(rows, return_index=True)
     if len(seen) < len(rows):
         again = int(np.setdiff1d(np.arange(len(rows)), first)[0])
-        raise InputError(f"{subset.star_path}: particle {names[again]} (row {again + 1}) is listed twice; list "
-                         "each particle once")
+        raise InputError(
+            f"{subset.star_path}: particle {names[again]} (row {again + 1}) is listed twice; list "
+            "each particle once"
+        )
     return rows
 
 
@@ -92,7 +106,10 @@ def relocated_names(table: ParticleTable, rows, folder: str | os.PathLike) -> pd
             moved[(stack, file)] = Path(os.path.relpath(file, folder)).as_posix()
     if not moved:
         return text
-    new = [moved.get((stack, file)) for stack, file in zip(stacks.tolist(), files.tolist(), strict=True)]
+    new = [
+        moved.get((stack, file))
+        for stack, file in zip(stacks.tolist(), files.tolist(), strict=True)
+    ]
     changed = pd.Series([n is not None for n in new])
     return text.where(~changed, numbers + "@" + pd.Series([n or "" for n in new]))
 

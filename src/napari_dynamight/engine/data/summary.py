@@ -73,8 +73,12 @@ def summarise(table, star_path) -> dict:
             [float(defocus.min()), float(defocus.max())] if len(defocus) else None
         ),
         "missing_ctf_columns": list(table.missing_ctf_columns),
-        "stacks": {"total": len(stacks), "found": len(stacks) - len(missing) - len(unusable), "missing": missing,
-                   "unusable": unusable},
+        "stacks": {
+            "total": len(stacks),
+            "found": len(stacks) - len(missing) - len(unusable),
+            "missing": missing,
+            "unusable": unusable,
+        },
     }
 
 

@@ -23,7 +23,9 @@ from ..data.particles import ParticleTable
 DEFAULT_MAX_CACHE_BYTES = 2 * 1024**3
 
 
-def soft_circular_mask(box: int, radius_px: float, edge_px: float = 3.0, device=None) -> torch.Tensor:
+def soft_circular_mask(
+    box: int, radius_px: float, edge_px: float = 3.0, device=None
+) -> torch.Tensor:
     """1 inside ``radius_px`` of pixel box // 2, a cosine fall-off over ``edge_px``, 0 beyond."""
     axis = torch.arange(box, device=device, dtype=torch.float32) - box // 2
     radius = torch.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2)
@@ -31,7 +33,9 @@ def soft_circular_mask(box: int, radius_px: float, edge_px: float = 3.0, device=
     return 0.5 * (1.0 + torch.cos(math.pi * ramp))
 
 
-def recentre(spectra: torch.Tensor, origin_angstrom: torch.Tensor, pixel_size_angstrom: float) -> torch.Tensor:
+def recentre(
+    spectra: torch.Tensor, origin_angstrom: torch.Tensor, pixel_size_angstrom: float
+) -> torch.Tensor:
     """Real images (B, L, L) with the particle moved to the box centre (the origin shift undone)."""
     box = spectra.shape[-2]
     fx, fy = frequency_grid_2d(box, pixel_size_angstrom, device=spectra.device)
@@ -43,8 +47,14 @@ def recentre(spectra: torch.Tensor, origin_angstrom: torch.Tensor, pixel_size_an
 class ParticleBatches:
     """Prepared batches of the rows of a particle table at one training box, on one device."""
 
-    def __init__(self, table: ParticleTable, box: int, device: torch.device | str = "cpu",
-                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES, chunk: int = 256):
+    def __init__(
+        self,
+        table: ParticleTable,
+        box: int,
+        device: torch.device | str = "cpu",
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+        chunk: int = 256,
+    ):
         self.dataset = ParticleDataset(table, target_box=box, device=device)
         self.table, self.box, self.device = table, self.dataset.box, torch.device(device)
         self.pixel_size_angstrom = self.dataset.pixel_size_angstrom
@@ -53,7 +63,9 @@ class ParticleBatches:
         per_particle = self.box * (self.box // 2 + 1) * (8 + 4) + self.box**2 * 4
         self._cache = None
         if per_particle * self.n <= max_cache_bytes:
-            parts = [self._prepare(np.arange(s, min(s + chunk, self.n))) for s in range(0, self.n, chunk)]
+            parts = [
+                self._prepare(np.arange(s, min(s + chunk, self.n))) for s in range(0, self.n, chunk)
+            ]
             self._cache = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
     def _prepare(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
@@ -61,7 +73,8 @@ class ParticleBatches:
         spectra = torch.fft.rfft2(data["images"])
         return {
             "spectra": spectra,
-            "encoder_input": recentre(spectra, data["shifts_angstrom"], self.pixel_size_angstrom) * self.mask,
+            "encoder_input": recentre(spectra, data["shifts_angstrom"], self.pixel_size_angstrom)
+            * self.mask,
             "ctf": compute_ctf(data["ctf"], self.box, self.pixel_size_angstrom),
             "rotations": data["rotations"],
             "shifts_angstrom": data["shifts_angstrom"],

@@ -79,7 +79,9 @@ def share_halves(context: distributed.Context, halves: list[HalfSet]) -> None:
         return
     for half in halves:
         source = half.group.leader
-        state = context.broadcast_object(half_state(half) if context.rank == source else None, src=source)
+        state = context.broadcast_object(
+            half_state(half) if context.rank == source else None, src=source
+        )
         if not half.group.contains_me:
             load_half_state(half, state)
 
@@ -99,8 +101,10 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise InputError(f"{path}: not a readable deformation checkpoint ({error.__class__.__name__}); "
-                         "delete it to resume from an earlier one") from None
+        raise InputError(
+            f"{path}: not a readable deformation checkpoint ({error.__class__.__name__}); "
+            "delete it to resume from an earlier one"
+        ) from None
 
 
 def epoch_path(stage_folder: Path, epoch: int) -> Path:
@@ -117,8 +121,15 @@ def latest_checkpoint(stage_folder: Path) -> Path | None:
     return Checkpoints(stage_folder).latest()
 
 
-def state_to_resume(folder: Path, resume: bool, settings: SettingsRecord, final: Path, what: str, hint: str,
-                    changeable: tuple[str, ...] = ("epochs",)) -> dict | None:
+def state_to_resume(
+    folder: Path,
+    resume: bool,
+    settings: SettingsRecord,
+    final: Path,
+    what: str,
+    hint: str,
+    changeable: tuple[str, ...] = ("epochs",),
+) -> dict | None:
     """The state of the last epoch checkpoint in ``folder`` to resume from, or None (nothing to resume).
 
     Without ``resume`` a folder that already holds ``what`` (checkpoints or ``final``) is refused with

@@ -49,7 +49,9 @@ class Interpolation:
         return (values[:, self.index] * self.weights.unsqueeze(-1)).sum(2)
 
 
-def interpolation(centres: torch.Tensor, points: torch.Tensor, neighbours: int = NEIGHBOURS) -> Interpolation:
+def interpolation(
+    centres: torch.Tensor, points: torch.Tensor, neighbours: int = NEIGHBOURS
+) -> Interpolation:
     """Affine-exact interpolation weights from ``centres`` (M, 3) to ``points`` (N, 3) (module docstring)."""
     centres, points = centres.detach().double(), points.detach().double()
     k = min(neighbours, len(centres))
@@ -81,16 +83,22 @@ class ControlPoints:
         """Rebuild the control points and weights if ``reference`` (N, 3) is not the one they were
         built for; returns self."""
         reference = reference.detach()
-        if self.reference is None or self.reference.shape != reference.shape \
-                or not torch.equal(self.reference, reference):
+        if (
+            self.reference is None
+            or self.reference.shape != reference.shape
+            or not torch.equal(self.reference, reference)
+        ):
             self.reference = reference.clone()
-            self.centres = reference[farthest_points(reference, min(self.count, len(reference)))].clone()
+            self.centres = reference[
+                farthest_points(reference, min(self.count, len(reference)))
+            ].clone()
             self.to_reference = interpolation(self.centres, reference)
             self._other = None
         return self
 
-    def displacement(self, decoder: Callable, latents: torch.Tensor,
-                     points: torch.Tensor | None = None) -> torch.Tensor:
+    def displacement(
+        self, decoder: Callable, latents: torch.Tensor, points: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``decoder(latents, centres)`` (B, M, 3) interpolated to the reference or to ``points``."""
         return self._weights(points)(decoder(latents, self.centres))
 
@@ -98,13 +106,22 @@ class ControlPoints:
         if points is None or points is self.reference:
             return self.to_reference
         points = points.detach()
-        if self._other is None or self._other[0].shape != points.shape or not torch.equal(self._other[0], points):
+        if (
+            self._other is None
+            or self._other[0].shape != points.shape
+            or not torch.equal(self._other[0], points)
+        ):
             self._other = (points.clone(), interpolation(self.centres, points))
         return self._other[1]
 
 
-def displacement(decoder: Callable, latents: torch.Tensor, reference: torch.Tensor,
-                 controls: ControlPoints | None, points: torch.Tensor | None = None) -> torch.Tensor:
+def displacement(
+    decoder: Callable,
+    latents: torch.Tensor,
+    reference: torch.Tensor,
+    controls: ControlPoints | None,
+    points: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``decoder``'s displacements (B, N, 3) at ``reference`` (or ``points``): evaluated at every point,
     or at the control points and interpolated when ``controls`` is given."""
     if controls is None:

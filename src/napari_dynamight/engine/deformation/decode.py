@@ -32,26 +32,45 @@ class _Half:
     decoder: torch.nn.Module
     model: GaussianModel
     moving: torch.Tensor
-    controls: ControlPoints | None = None  # the decoder runs on these and is interpolated (settings)
+    controls: ControlPoints | None = (
+        None  # the decoder runs on these and is interpolated (settings)
+    )
 
 
 class DeformationRun:
     """The two halves' decoders and reference models of a run, plus the particles' latent means."""
 
-    def __init__(self, halves: list[_Half], latents: np.ndarray | None, half_sets: np.ndarray,
-                 validation: np.ndarray, box: int, voxel_size_angstrom: float, device: torch.device):
-        self._halves, self.latents, self.half_sets, self.validation = halves, latents, half_sets, validation
+    def __init__(
+        self,
+        halves: list[_Half],
+        latents: np.ndarray | None,
+        half_sets: np.ndarray,
+        validation: np.ndarray,
+        box: int,
+        voxel_size_angstrom: float,
+        device: torch.device,
+    ):
+        self._halves, self.latents, self.half_sets, self.validation = (
+            halves,
+            latents,
+            half_sets,
+            validation,
+        )
         self.box, self.voxel_size_angstrom, self.device = box, voxel_size_angstrom, device
 
     @classmethod
     def load(cls, run_directory: str | Path, device: str | torch.device = "cpu") -> DeformationRun:
         run = RunFolder(run_directory)
         if not run.is_run():
-            raise InputError(f"{run.path}: not a deformation run ({run.info.name} missing); give the run directory")
+            raise InputError(
+                f"{run.path}: not a deformation run ({run.info.name} missing); give the run directory"
+            )
         info = json.loads(run.info.read_text(encoding="utf-8"))
         path = run.newest_checkpoint()
         if path is None:
-            raise InputError(f"{run.path}: no checkpoint yet; wait for the first one or finish the run")
+            raise InputError(
+                f"{run.path}: no checkpoint yet; wait for the first one or finish the run"
+            )
         state = ckpt.load_checkpoint(path)
         settings = DeformationSettings.from_dict(json.loads(state["settings"]))
         device = torch.device(device)
@@ -62,16 +81,30 @@ class DeformationRun:
             decoder = build_decoder(settings, extent)
             decoder.load_state_dict(half["decoder"])
             decoder.to(device).eval()
-            model = GaussianModel(half["positions"], half["base_amplitudes"] * half["log_amplitude_scale"].exp(),
-                                  half["base_sigmas"] * half["log_sigma_scale"].exp()).to(device)
-            controls = ControlPoints(settings.control_points).update(model.positions_angstrom) \
-                if settings.control_points else None
+            model = GaussianModel(
+                half["positions"],
+                half["base_amplitudes"] * half["log_amplitude_scale"].exp(),
+                half["base_sigmas"] * half["log_sigma_scale"].exp(),
+            ).to(device)
+            controls = (
+                ControlPoints(settings.control_points).update(model.positions_angstrom)
+                if settings.control_points
+                else None
+            )
             halves.append(_Half(decoder, model, half["moving"].to(device), controls))
             half_sets[half["train_rows"].numpy()] = number
             half_sets[half["validation_rows"].numpy()] = number
             validation[half["validation_rows"].numpy()] = True
         latents = np.load(run.latents) if run.latents.is_file() else None
-        return cls(halves, latents, half_sets, validation, info["consensus_box"], info["voxel_size_angstrom"], device)
+        return cls(
+            halves,
+            latents,
+            half_sets,
+            validation,
+            info["consensus_box"],
+            info["voxel_size_angstrom"],
+            device,
+        )
 
     @property
     def latent_dim(self) -> int:
@@ -86,8 +119,13 @@ class DeformationRun:
         return self._halves[half - 1]
 
     def _latents(self, latent) -> torch.Tensor:
-        z = torch.as_tensor(np.asarray(latent, dtype=np.float32), device=self.device).reshape(-1, self.latent_dim) \
-            if not isinstance(latent, torch.Tensor) else latent.to(self.device, torch.float32).reshape(-1, self.latent_dim)
+        z = (
+            torch.as_tensor(np.asarray(latent, dtype=np.float32), device=self.device).reshape(
+                -1, self.latent_dim
+            )
+            if not isinstance(latent, torch.Tensor)
+            else latent.to(self.device, torch.float32).reshape(-1, self.latent_dim)
+        )
         if not torch.isfinite(z).all():
             raise InputError("latent point has non-finite coordinates (NaN or Inf)")
         return z
@@ -107,8 +145,13 @@ class DeformationRun:
         chosen = self._half(half)
         index = torch.as_tensor(np.asarray(index), device=self.device)
         points = self._halves[0].model.positions_angstrom[index]
-        moved = displacement(chosen.decoder, self._latents(latent), chosen.model.positions_angstrom,
-                             chosen.controls, points)
+        moved = displacement(
+            chosen.decoder,
+            self._latents(latent),
+            chosen.model.positions_angstrom,
+            chosen.controls,
+            points,
+        )
         return moved * chosen.moving[index].view(-1, 1)
 
     @torch.no_grad()
@@ -128,7 +171,9 @@ class DeformationRun:
         if self.latents is None:
             raise InputError("this run has no latent means yet; finish the run first")
         if not 0 <= int(particle) < len(self.latents):
-            raise InputError(f"particle index {particle} is out of range (0..{len(self.latents) - 1})")
+            raise InputError(
+                f"particle index {particle} is out of range (0..{len(self.latents) - 1})"
+            )
         return int(particle)
 
     def particle_positions(self, particle: int) -> torch.Tensor:

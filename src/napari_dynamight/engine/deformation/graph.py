@@ -35,11 +35,17 @@ def mean_two_neighbour_distance(points: np.ndarray) -> float:
     return float(distances[:, 1:].mean())
 
 
-def bond_graph(edges: torch.Tensor, positions_angstrom: torch.Tensor, mean_neighbour_distance: float) -> NeighbourGraph:
+def bond_graph(
+    edges: torch.Tensor, positions_angstrom: torch.Tensor, mean_neighbour_distance: float
+) -> NeighbourGraph:
     """The graph of fixed edges (E, 2) (an atomic model's bonds) with rest lengths at the given positions."""
     edges = edges.to(positions_angstrom.device)
     points = positions_angstrom.detach()
-    rest = (points[edges[:, 0]] - points[edges[:, 1]]).norm(dim=-1) if len(edges) else points.new_zeros(0)
+    rest = (
+        (points[edges[:, 0]] - points[edges[:, 1]]).norm(dim=-1)
+        if len(edges)
+        else points.new_zeros(0)
+    )
     return NeighbourGraph(edges, rest, mean_neighbour_distance)
 
 
@@ -54,5 +60,8 @@ def build_graph(positions_angstrom: torch.Tensor) -> NeighbourGraph:
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
     edges = torch.as_tensor(pairs, dtype=torch.long, device=positions_angstrom.device)
     rest = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
-    return NeighbourGraph(edges, torch.as_tensor(rest, dtype=positions_angstrom.dtype,
-                                                 device=positions_angstrom.device), c_mean)
+    return NeighbourGraph(
+        edges,
+        torch.as_tensor(rest, dtype=positions_angstrom.dtype, device=positions_angstrom.device),
+        c_mean,
+    )

@@ -53,33 +53,66 @@ def batch_rows(n_candidates: int, n_gaussians: int, box: int) -> int:
 
 
 @torch.no_grad()
-def negative_log_likelihoods(batch: dict, candidates: Candidates, model: GaussianModel, noise: NoiseModel,
-                             box: int, pixel_size_angstrom: float) -> torch.Tensor:
+def negative_log_likelihoods(
+    batch: dict,
+    candidates: Candidates,
+    model: GaussianModel,
+    noise: NoiseModel,
+    box: int,
+    pixel_size_angstrom: float,
+) -> torch.Tensor:
     """(B, K): ``Σ_k |CTF·P(model_k) − Y|² / σ²(|k|)`` of each particle's image under each candidate."""
-    spectra = project_spectrum_pairs(model, batch["rotations"], batch["shifts_angstrom"], box, pixel_size_angstrom,
-                                     candidates.positions) * batch["ctf"][:, None]
+    spectra = (
+        project_spectrum_pairs(
+            model,
+            batch["rotations"],
+            batch["shifts_angstrom"],
+            box,
+            pixel_size_angstrom,
+            candidates.positions,
+        )
+        * batch["ctf"][:, None]
+    )
     residual = (spectra - batch["spectra"][:, None]).abs().pow(2) * noise.weights
     return residual.flatten(2).sum(-1)
 
 
 @torch.no_grad()
-def posteriors(batch: dict, candidates: Candidates, model: GaussianModel, noise: NoiseModel,
-               box: int, pixel_size_angstrom: float) -> torch.Tensor:
+def posteriors(
+    batch: dict,
+    candidates: Candidates,
+    model: GaussianModel,
+    noise: NoiseModel,
+    box: int,
+    pixel_size_angstrom: float,
+) -> torch.Tensor:
     """(B, K) posterior of each particle of a batch over the candidates (uniform prior), computed in
     chunks of :func:`batch_rows` particles."""
     chunk = batch_rows(len(candidates), candidates.positions.shape[1], box)
     parts = []
     for start in range(0, len(batch["rows"]), chunk):
-        part = {key: value[start:start + chunk] for key, value in batch.items()}
-        parts.append(torch.softmax(-negative_log_likelihoods(part, candidates, model, noise, box,
-                                                             pixel_size_angstrom), dim=1))
+        part = {key: value[start : start + chunk] for key, value in batch.items()}
+        parts.append(
+            torch.softmax(
+                -negative_log_likelihoods(part, candidates, model, noise, box, pixel_size_angstrom),
+                dim=1,
+            )
+        )
     return torch.cat(parts)
 
 
-def posterior_mean(batch: dict, candidates: Candidates, model: GaussianModel, noise: NoiseModel,
-                   box: int, pixel_size_angstrom: float) -> torch.Tensor:
+def posterior_mean(
+    batch: dict,
+    candidates: Candidates,
+    model: GaussianModel,
+    noise: NoiseModel,
+    box: int,
+    pixel_size_angstrom: float,
+) -> torch.Tensor:
     """Posterior-mean latents (B, D) of a batch, with a uniform prior over the candidates."""
-    return posteriors(batch, candidates, model, noise, box, pixel_size_angstrom) @ candidates.latents
+    return (
+        posteriors(batch, candidates, model, noise, box, pixel_size_angstrom) @ candidates.latents
+    )
 
 
 def half_candidates(half, batches, batch_size: int = 256) -> Candidates:
@@ -88,10 +121,18 @@ def half_candidates(half, batches, batch_size: int = 256) -> Candidates:
     if half.candidates is not None:
         return Candidates(half.candidates, half.deformed_positions(half.candidates))
     rows = half.train_rows
-    codes = torch.cat([half.encode(batches.get(rows[start:start + batch_size])["encoder_input"])
-                       for start in range(0, len(rows), batch_size)])
-    return Candidates.draw(codes, half.settings.posterior_candidates, half.settings.seed * 1000 + half.half,
-                           half.deformed_positions)
+    codes = torch.cat(
+        [
+            half.encode(batches.get(rows[start : start + batch_size])["encoder_input"])
+            for start in range(0, len(rows), batch_size)
+        ]
+    )
+    return Candidates.draw(
+        codes,
+        half.settings.posterior_candidates,
+        half.settings.seed * 1000 + half.half,
+        half.deformed_positions,
+    )
 
 
 def latent_inference(half, batches) -> Callable[[dict], torch.Tensor]:
@@ -102,5 +143,6 @@ def latent_inference(half, batches) -> Callable[[dict], torch.Tensor]:
         return lambda batch: half.encode(batch["encoder_input"])
     candidates = half_candidates(half, batches)
     model = half.model(detach=True)
-    return lambda batch: posterior_mean(batch, candidates, model, half.noise, batches.box,
-                                        batches.pixel_size_angstrom)
+    return lambda batch: posterior_mean(
+        batch, candidates, model, half.noise, batches.box, batches.pixel_size_angstrom
+    )

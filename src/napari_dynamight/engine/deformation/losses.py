@@ -63,7 +63,9 @@ class NoiseModel:
         """Make the accumulated average the new noise spectrum (kept if nothing was accumulated); with a
         ``distributed.Group`` of several ranks, the average of what all its ranks accumulated."""
         if group is not None and group.size > 1:
-            count = torch.tensor([float(self._count)], dtype=torch.float64, device=self._sums.device)
+            count = torch.tensor(
+                [float(self._count)], dtype=torch.float64, device=self._sums.device
+            )
             group.all_reduce_sum_(self._sums)
             self._count = int(group.all_reduce_sum_(count))
         if self._count:
@@ -80,18 +82,23 @@ class NoiseModel:
         self.power = state["power"].to(self.radius.device)
 
 
-def data_loss(predicted: torch.Tensor, observed: torch.Tensor, weights: torch.Tensor,
-              n_frequencies: int) -> torch.Tensor:
+def data_loss(
+    predicted: torch.Tensor, observed: torch.Tensor, weights: torch.Tensor, n_frequencies: int
+) -> torch.Tensor:
     """Per-particle weighted squared Fourier residual (B,), divided by the number of frequencies."""
     residual = (predicted - observed).abs().pow(2) * weights
     return residual.flatten(1).sum(1) / n_frequencies
 
 
 def _edge_lengths(positions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    return (positions.index_select(-2, edges[:, 0]) - positions.index_select(-2, edges[:, 1])).norm(dim=-1)
+    return (positions.index_select(-2, edges[:, 0]) - positions.index_select(-2, edges[:, 1])).norm(
+        dim=-1
+    )
 
 
-def distance_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph) -> torch.Tensor:
+def distance_loss(
+    deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph
+) -> torch.Tensor:
     """Mean over particles and edges of the squared change of edge length (Å²)."""
     if len(graph.edges) == 0:
         return deformed.sum() * 0.0
@@ -99,7 +106,9 @@ def distance_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: Neighb
     return (_edge_lengths(deformed, graph.edges) - rest).pow(2).mean()
 
 
-def repulsion_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph) -> torch.Tensor:
+def repulsion_loss(
+    deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph
+) -> torch.Tensor:
     """Mean over particles and edges of the squared shortfall below ``min(c_mean, rest length)`` (Å²)."""
     if len(graph.edges) == 0:
         return deformed.sum() * 0.0
@@ -127,27 +136,38 @@ class _EdgeLoss(torch.autograd.Function):
         return vectors * scale.unsqueeze(-1), None, None
 
 
-def _regularisation(vectors: torch.Tensor, rest: torch.Tensor, graph: NeighbourGraph) -> torch.Tensor:
+def _regularisation(
+    vectors: torch.Tensor, rest: torch.Tensor, graph: NeighbourGraph
+) -> torch.Tensor:
     """Distance preservation plus repulsion from deformed edge vectors (B, E, 3) and rest lengths (E,)."""
     return _EdgeLoss.apply(vectors, rest, rest.clamp(max=graph.mean_neighbour_distance))
 
 
-def regularisation_loss(deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph,
-                        bonds: NeighbourGraph | None = None) -> torch.Tensor:
+def regularisation_loss(
+    deformed: torch.Tensor,
+    reference: torch.Tensor,
+    graph: NeighbourGraph,
+    bonds: NeighbourGraph | None = None,
+) -> torch.Tensor:
     """Distance preservation plus repulsion (:func:`distance_loss` + :func:`repulsion_loss`, with the
     deformed edge lengths computed once). With ``bonds`` (the atomic-model prior) distances are kept
     on the bonds and repulsion acts on ``graph``."""
     if bonds is not None:
-        return distance_loss(deformed, reference, bonds) + repulsion_loss(deformed, reference, graph)
+        return distance_loss(deformed, reference, bonds) + repulsion_loss(
+            deformed, reference, graph
+        )
     if len(graph.edges) == 0:
         return deformed.sum() * 0.0
     rest = _edge_lengths(reference.detach(), graph.edges)
     first, second = graph.edges[:, 0], graph.edges[:, 1]
-    return _regularisation(deformed.index_select(-2, first) - deformed.index_select(-2, second), rest, graph)
+    return _regularisation(
+        deformed.index_select(-2, first) - deformed.index_select(-2, second), rest, graph
+    )
 
 
-def linear_regularisation_loss(coefficients: torch.Tensor, basis: torch.Tensor, reference: torch.Tensor,
-                               graph: NeighbourGraph) -> torch.Tensor:
+def linear_regularisation_loss(
+    coefficients: torch.Tensor, basis: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph
+) -> torch.Tensor:
     """:func:`regularisation_loss` of the deformed positions ``reference + coefficients @ basis``
     (coefficients (B, R), basis (R, N·3) Å, reference (N, 3) Å) without forming them: an edge vector is
     linear in the positions, so the edges' vectors are ``rest vectors + coefficients @ (the basis's edge
@@ -161,8 +181,13 @@ def linear_regularisation_loss(coefficients: torch.Tensor, basis: torch.Tensor, 
     edge_basis = (fields.index_select(1, first) - fields.index_select(1, second)).reshape(rank, -1)
     vectors = reference.index_select(0, first) - reference.index_select(0, second)  # (E, 3)
     rest = vectors.detach().norm(dim=-1)
-    return _LinearEdgeLoss.apply(coefficients, edge_basis, vectors.reshape(-1), rest,
-                                 rest.clamp(max=graph.mean_neighbour_distance))
+    return _LinearEdgeLoss.apply(
+        coefficients,
+        edge_basis,
+        vectors.reshape(-1),
+        rest,
+        rest.clamp(max=graph.mean_neighbour_distance),
+    )
 
 
 class _LinearEdgeLoss(torch.autograd.Function):
@@ -175,7 +200,9 @@ class _LinearEdgeLoss(torch.autograd.Function):
         total = coefficients.new_zeros(())
         for block, v in _edge_blocks(coefficients, edge_basis, vectors):
             lengths = v.pow(2).sum(-1).sqrt_()
-            total += ((lengths - rest[block]).pow(2) + torch.relu(floor[block] - lengths).pow(2)).sum()
+            total += (
+                (lengths - rest[block]).pow(2) + torch.relu(floor[block] - lengths).pow(2)
+            ).sum()
         ctx.save_for_backward(coefficients, edge_basis, vectors, rest, floor)
         return total / (len(coefficients) * len(rest))
 
@@ -207,12 +234,22 @@ def _edge_blocks(coefficients, edge_basis, vectors):
     for start in range(0, n_edges, step):
         block = slice(start, min(start + step, n_edges))
         columns = slice(3 * block.start, 3 * block.stop)
-        yield block, torch.addmm(vectors[columns].view(1, -1), coefficients, edge_basis[:, columns]).view(
-            len(coefficients), -1, 3)
+        yield (
+            block,
+            torch.addmm(vectors[columns].view(1, -1), coefficients, edge_basis[:, columns]).view(
+                len(coefficients), -1, 3
+            ),
+        )
 
 
-def data_stiffness(model: GaussianModel, moving: torch.Tensor, ctf_power: torch.Tensor, weights: torch.Tensor,
-                   n_frequencies: int, pixel_size_angstrom: float) -> float:
+def data_stiffness(
+    model: GaussianModel,
+    moving: torch.Tensor,
+    ctf_power: torch.Tensor,
+    weights: torch.Tensor,
+    n_frequencies: int,
+    pixel_size_angstrom: float,
+) -> float:
     """Trace (Å⁻²) of the data term's Gauss–Newton Hessian with respect to the moving Gaussians'
     positions, for a particle of mean squared CTF ``ctf_power`` (box, box//2+1).
 
@@ -229,12 +266,23 @@ def data_stiffness(model: GaussianModel, moving: torch.Tensor, ctf_power: torch.
     f2 = (fy**2 + fx**2).double()
     sigmas = model.sigmas_angstrom.detach().double()
     amplitudes = model.amplitudes.detach().double()
-    peak = amplitudes * math.sqrt(2 * math.pi) * sigmas / pixel_size_angstrom * 2 * math.pi * sigmas**2 \
-        / pixel_size_angstrom**2  # |g_j(0)|
+    peak = (
+        amplitudes
+        * math.sqrt(2 * math.pi)
+        * sigmas
+        / pixel_size_angstrom
+        * 2
+        * math.pi
+        * sigmas**2
+        / pixel_size_angstrom**2
+    )  # |g_j(0)|
     widths, index = torch.unique(sigmas, return_inverse=True)
     power0 = torch.zeros(len(widths), dtype=torch.float64, device=device).index_add_(
-        0, index, moving.detach().double() * peak**2)
-    gaussian_power = (power0.view(-1, 1, 1) * torch.exp(-4 * math.pi**2 * widths.view(-1, 1, 1)**2 * f2)).sum(0)
+        0, index, moving.detach().double() * peak**2
+    )
+    gaussian_power = (
+        power0.view(-1, 1, 1) * torch.exp(-4 * math.pi**2 * widths.view(-1, 1, 1) ** 2 * f2)
+    ).sum(0)
     per_frequency = weights.double() * ctf_power.double() * 4 * math.pi**2 * f2 * gaussian_power
     return float(2.0 * per_frequency.sum() / n_frequencies)
 

@@ -35,12 +35,16 @@ def positional_encoding(points: torch.Tensor, n_frequencies: int) -> torch.Tenso
 class ImageEncoder(nn.Module):
     """Image (B, L, L) -> latent mean (B, D) and log-variance (B, D)."""
 
-    def __init__(self, box: int, latent_dim: int, width: int = 256, initial_log_variance: float = 0.0):
+    def __init__(
+        self, box: int, latent_dim: int, width: int = 256, initial_log_variance: float = 0.0
+    ):
         super().__init__()
         self.box, self.latent_dim = box, latent_dim
         self.layers = nn.Sequential(
-            nn.Linear(box * box, width), nn.ReLU(),
-            nn.Linear(width, width), nn.ReLU(),
+            nn.Linear(box * box, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
             nn.Linear(width, 2 * latent_dim),
         )
         with torch.no_grad():
@@ -60,8 +64,14 @@ class DeformationDecoder(nn.Module):
     matrix product.
     """
 
-    def __init__(self, latent_dim: int, extent_angstrom: float, n_frequencies: int = 10,
-                 width: int = 64, depth: int = 4):
+    def __init__(
+        self,
+        latent_dim: int,
+        extent_angstrom: float,
+        n_frequencies: int = 10,
+        width: int = 64,
+        depth: int = 4,
+    ):
         super().__init__()
         self.latent_dim, self.n_frequencies = latent_dim, n_frequencies
         self.extent_angstrom = float(extent_angstrom)
@@ -83,8 +93,12 @@ class DeformationDecoder(nn.Module):
         hidden = self.hidden(nn.functional.elu(position_part + latent_part))
         return self.out(hidden) * self.extent_angstrom
 
-    def deform(self, latents: torch.Tensor, positions_angstrom: torch.Tensor,
-               moving: torch.Tensor | None = None) -> torch.Tensor:
+    def deform(
+        self,
+        latents: torch.Tensor,
+        positions_angstrom: torch.Tensor,
+        moving: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Deformed positions ``x + δ(z, x)`` (B, N, 3); ``moving`` (N,) 0/1 keeps masked-out ones still."""
         displacement = self(latents, positions_angstrom)
         if moving is not None:
@@ -92,12 +106,12 @@ class DeformationDecoder(nn.Module):
         return positions_angstrom + displacement
 
 
-def reparameterise(mean: torch.Tensor, log_variance: torch.Tensor,
-                   generator: torch.Generator | None) -> torch.Tensor:
+def reparameterise(
+    mean: torch.Tensor, log_variance: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """A sample ``mean + σ ε`` with ε drawn from ``generator`` (on the tensors' device)."""
     noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     return mean + torch.exp(0.5 * log_variance) * noise
-
 
 
 class FactorisedDecoder(nn.Module):
@@ -112,8 +126,15 @@ class FactorisedDecoder(nn.Module):
     motion patterns one half can hold.
     """
 
-    def __init__(self, latent_dim: int, extent_angstrom: float, n_frequencies: int = 10,
-                 width: int = 64, depth: int = 4, rank: int = 32):
+    def __init__(
+        self,
+        latent_dim: int,
+        extent_angstrom: float,
+        n_frequencies: int = 10,
+        width: int = 64,
+        depth: int = 4,
+        rank: int = 32,
+    ):
         super().__init__()
         self.latent_dim, self.n_frequencies, self.rank = latent_dim, n_frequencies, rank
         self.extent_angstrom = float(extent_angstrom)
@@ -121,8 +142,13 @@ class FactorisedDecoder(nn.Module):
         for _ in range(depth):
             layers += [nn.Linear(width, width), nn.ELU()]
         self.basis = nn.Sequential(*layers, nn.Linear(width, 3 * rank))
-        self.coefficients = nn.Sequential(nn.Linear(latent_dim, width), nn.ELU(),
-                                          nn.Linear(width, width), nn.ELU(), nn.Linear(width, rank))
+        self.coefficients = nn.Sequential(
+            nn.Linear(latent_dim, width),
+            nn.ELU(),
+            nn.Linear(width, width),
+            nn.ELU(),
+            nn.Linear(width, rank),
+        )
         nn.init.zeros_(self.basis[-1].weight)
         nn.init.zeros_(self.basis[-1].bias)
 
@@ -141,7 +167,9 @@ class FactorisedDecoder(nn.Module):
             displacement = torch.einsum("br,bnrc->bnc", weights, fields)
         return displacement * self.extent_angstrom
 
-    def basis_matrix(self, positions_angstrom: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    def basis_matrix(
+        self, positions_angstrom: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The basis fields at positions (N, 3) as a (rank, N·3) matrix in Å, each position's entries
         times ``scale`` (N,) if given: ``coefficients(z) @ basis_matrix(x)`` is ``forward(z, x)`` (times
         ``scale``) flattened, one matrix product for a whole batch."""
@@ -158,7 +186,18 @@ def build_decoder(settings, extent_angstrom: float) -> nn.Module:
     :class:`FactorisedDecoder` with ``settings.decoder_rank`` fields) for a box of half-width
     ``extent_angstrom``."""
     if settings.decoder == "factorised":
-        return FactorisedDecoder(settings.latent_dim, extent_angstrom, settings.n_frequencies,
-                                 settings.decoder_width, settings.decoder_depth, settings.decoder_rank)
-    return DeformationDecoder(settings.latent_dim, extent_angstrom, settings.n_frequencies,
-                              settings.decoder_width, settings.decoder_depth)
+        return FactorisedDecoder(
+            settings.latent_dim,
+            extent_angstrom,
+            settings.n_frequencies,
+            settings.decoder_width,
+            settings.decoder_depth,
+            settings.decoder_rank,
+        )
+    return DeformationDecoder(
+        settings.latent_dim,
+        extent_angstrom,
+        settings.n_frequencies,
+        settings.decoder_width,
+        settings.decoder_depth,
+    )

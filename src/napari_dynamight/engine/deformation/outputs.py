@@ -32,14 +32,18 @@ from ..run_folder import RunFolder
 from .validation import ErrorEstimates
 
 
-def own_half_latents(estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
+def own_half_latents(
+    estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray
+) -> np.ndarray:
     """Each particle's code from its own half's encoder; validation particles from half 1's."""
     first, second = estimates.latents
     use_second = (halves == 2) & ~validation
     return np.where(use_second[:, None], second, first).astype(np.float32)
 
 
-def write_latents(run: Path, estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
+def write_latents(
+    run: Path, estimates: ErrorEstimates, halves: np.ndarray, validation: np.ndarray
+) -> np.ndarray:
     latents = own_half_latents(estimates, halves, validation)
     save_npy(RunFolder(run).latents, latents)
     second = np.full_like(latents, np.nan)
@@ -48,8 +52,14 @@ def write_latents(run: Path, estimates: ErrorEstimates, halves: np.ndarray, vali
     return latents
 
 
-def write_particle_table(run: Path, table: ParticleTable, latents: np.ndarray, halves: np.ndarray,
-                         validation: np.ndarray, estimates: ErrorEstimates) -> None:
+def write_particle_table(
+    run: Path,
+    table: ParticleTable,
+    latents: np.ndarray,
+    halves: np.ndarray,
+    validation: np.ndarray,
+    estimates: ErrorEstimates,
+) -> None:
     """The input table with every column kept and the per-particle results added (and a cryoSPARC
     input's original records, so that selections can go back to cryoSPARC with every field)."""
     frame = table.particles.copy()
@@ -58,26 +68,39 @@ def write_particle_table(run: Path, table: ParticleTable, latents: np.ndarray, h
     frame["dmHalfSet"] = halves.astype(np.int64)
     frame["dmValidation"] = validation.astype(np.int64)
     frame["dmErrorAngstrom"] = estimates.particle_error_angstrom.astype(np.float64)
-    own = np.where(halves == 2, estimates.displacement_rms_angstrom[1], estimates.displacement_rms_angstrom[0])
+    own = np.where(
+        halves == 2, estimates.displacement_rms_angstrom[1], estimates.displacement_rms_angstrom[0]
+    )
     frame["dmDisplacementAngstrom"] = own.astype(np.float64)
     write_particles(RunFolder(run).particles, replace(table, particles=frame))
     if table.records is not None:
         save_npy(RunFolder(run).input_records, table.records)
 
 
-def write_half_models(run: Path, models: list[GaussianModel], box: int, voxel_size_angstrom: float) -> None:
+def write_half_models(
+    run: Path, models: list[GaussianModel], box: int, voxel_size_angstrom: float
+) -> None:
     folder = RunFolder(run)
     for half, model in enumerate(models, 1):
         save_model(folder.half_model(half), model, box=box, voxel_size_angstrom=voxel_size_angstrom)
-        write_map(folder.half_map(half), render_volume(model, box, voxel_size_angstrom).numpy(),
-                  voxel_size_angstrom)
+        write_map(
+            folder.half_map(half),
+            render_volume(model, box, voxel_size_angstrom).numpy(),
+            voxel_size_angstrom,
+        )
 
 
 def write_gaussian_errors(run: Path, positions: np.ndarray, errors: np.ndarray) -> None:
     table = np.column_stack([positions, errors])
     with atomic_path(RunFolder(run).gaussian_errors) as tmp:
-        np.savetxt(tmp, table, delimiter=",", fmt="%.5f", comments="",
-                   header="x_angstrom,y_angstrom,z_angstrom,error_angstrom")
+        np.savetxt(
+            tmp,
+            table,
+            delimiter=",",
+            fmt="%.5f",
+            comments="",
+            header="x_angstrom,y_angstrom,z_angstrom,error_angstrom",
+        )
 
 
 def write_loss_log(path: Path, history: list[dict]) -> None:
@@ -86,8 +109,13 @@ def write_loss_log(path: Path, history: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(entry) + "\n" for entry in history), encoding="utf-8")
 
 
-PLOTTED = {"data": "data", "regularisation": "regularisation", "lambda": "lambda",
-           "rms_displacement_angstrom": "RMS displacement (Å)", "latent_gain_z": "latent gain z (watchdog)"}
+PLOTTED = {
+    "data": "data",
+    "regularisation": "regularisation",
+    "lambda": "lambda",
+    "rms_displacement_angstrom": "RMS displacement (Å)",
+    "latent_gain_z": "latent gain z (watchdog)",
+}
 
 
 def plot_losses(run: Path, history: list[dict]) -> None:
@@ -99,7 +127,11 @@ def plot_losses(run: Path, history: list[dict]) -> None:
         rows = [h for h in history if h["half"] == half]
         epochs = [h["epoch"] for h in rows]
         for axis, (key, title) in zip(axes, PLOTTED.items(), strict=True):
-            axis.plot(epochs, [np.nan if h.get(key) is None else h[key] for h in rows], label=f"half {half}")
+            axis.plot(
+                epochs,
+                [np.nan if h.get(key) is None else h[key] for h in rows],
+                label=f"half {half}",
+            )
             axis.set_title(title)
             axis.set_xlabel("epoch")
     axes[0].legend()

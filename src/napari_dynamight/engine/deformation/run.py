@@ -60,31 +60,42 @@ class DeformationResult:
     train_box: int
     seconds: float
     latents: np.ndarray
-    warnings: list[str] = field(default_factory=list)  # the watchdog's, at the end (also in run.json)
+    warnings: list[str] = field(
+        default_factory=list
+    )  # the watchdog's, at the end (also in run.json)
 
 
-def _consensus_model(inputs: RunInputs, n_gaussians, threshold, seed, device) -> ProgressGenerator[GaussianModel]:
+def _consensus_model(
+    inputs: RunInputs, n_gaussians, threshold, seed, device
+) -> ProgressGenerator[GaussianModel]:
     if inputs.consensus_model is not None:
         return inputs.consensus_model
     volume, voxel = inputs.consensus_map, inputs.voxel_size_angstrom
     level = automatic_threshold(volume) if threshold is None else float(threshold)
-    count = suggested_gaussian_count(volume, voxel, level) if n_gaussians is None else int(n_gaussians)
+    count = (
+        suggested_gaussian_count(volume, voxel, level) if n_gaussians is None else int(n_gaussians)
+    )
     start = fill_with_gaussians(volume, voxel, count, threshold=level, mask=None, seed=seed)
     fit = yield from fit_to_map(start, volume, voxel, n_steps=200, device=device, threshold=level)
     return fit.model
 
 
-def _atomic_prior(settings: DeformationSettings, inputs: RunInputs, consensus, consensus_model, n_gaussians):
+def _atomic_prior(
+    settings: DeformationSettings, inputs: RunInputs, consensus, consensus_model, n_gaussians
+):
     """(Gaussians, bonds) of ``settings.atomic_model`` in the consensus map, checked to sit in it; None
     without the prior."""
     if settings.atomic_model is None:
         return None
     if consensus_model is not None or n_gaussians is not None:
         option = "--consensus-model" if consensus_model is not None else "--n-gaussians"
-        raise InputError(f"--atomic-model {settings.atomic_model}: the Gaussians come from the atomic model; "
-                         f"drop {option}")
-    model, bonds, _ = atomic_prior_model(settings.atomic_model, consensus, inputs.consensus_map,
-                                         inputs.voxel_size_angstrom)
+        raise InputError(
+            f"--atomic-model {settings.atomic_model}: the Gaussians come from the atomic model; "
+            f"drop {option}"
+        )
+    model, bonds, _ = atomic_prior_model(
+        settings.atomic_model, consensus, inputs.consensus_map, inputs.voxel_size_angstrom
+    )
     return model, bonds
 
 
@@ -93,8 +104,15 @@ def _check_run_directory(run: Path, resume: bool, settings: DeformationSettings)
     without ``resume``. A resumed run may change the options in ``CHANGEABLE_ON_RESUME``; every other must match."""
     if run.exists() and not run.is_dir():
         raise InputError(f"{run}: exists and is not a folder; give a folder for the run")
-    return ckpt.state_to_resume(run, resume, settings, ckpt.final_path(run), "a deformation run",
-                                "or choose another --output-directory", CHANGEABLE_ON_RESUME)
+    return ckpt.state_to_resume(
+        run,
+        resume,
+        settings,
+        ckpt.final_path(run),
+        "a deformation run",
+        "or choose another --output-directory",
+        CHANGEABLE_ON_RESUME,
+    )
 
 
 def optimize_deformations(
@@ -120,18 +138,40 @@ def optimize_deformations(
     main = context.is_main
     run = Path(output_directory)
     resumed = _check_run_directory(run, resume, settings)
-    inputs = read_inputs(particles, consensus, mask, consensus_model, n_gaussians, box, data_root,
-                         context.device_for(check_device(device)), settings.validation_fraction, settings.seed,
-                         passthroughs)
+    inputs = read_inputs(
+        particles,
+        consensus,
+        mask,
+        consensus_model,
+        n_gaussians,
+        box,
+        data_root,
+        context.device_for(check_device(device)),
+        settings.validation_fraction,
+        settings.seed,
+        passthroughs,
+    )
     prior = _atomic_prior(settings, inputs, consensus, consensus_model, n_gaussians)
-    identity = input_identity(particles, inputs.table, consensus, mask, consensus_model, inputs.train_box, n_gaussians,
-                              threshold, {k: v for k, v in settings.to_dict().items() if k not in CHANGEABLE_ON_RESUME},
-                              passthrough_paths(particles, passthroughs), settings.atomic_model)
+    identity = input_identity(
+        particles,
+        inputs.table,
+        consensus,
+        mask,
+        consensus_model,
+        inputs.train_box,
+        n_gaussians,
+        threshold,
+        {k: v for k, v in settings.to_dict().items() if k not in CHANGEABLE_ON_RESUME},
+        passthrough_paths(particles, passthroughs),
+        settings.atomic_model,
+    )
     if resume:
         check_same_inputs(run, identity)  # before anything is written
     context.barrier()  # every rank has checked the run directory before rank 0 writes to it
     dev = inputs.device
-    yield Progress("preparing", 0, None, message=f"{len(inputs.table)} particles at box {inputs.train_box}")
+    yield Progress(
+        "preparing", 0, None, message=f"{len(inputs.table)} particles at box {inputs.train_box}"
+    )
     batches = ParticleBatches(inputs.table, inputs.train_box, dev)
     try:
         if resumed is not None:
@@ -141,7 +181,9 @@ def optimize_deformations(
             if prior is not None:
                 initial = prior[0]
             elif main:
-                initial = (yield from _consensus_model(inputs, n_gaussians, threshold, settings.seed, dev)).to("cpu")
+                initial = (
+                    yield from _consensus_model(inputs, n_gaussians, threshold, settings.seed, dev)
+                ).to("cpu")
             if context.is_distributed:  # the fit runs once, on rank 0
                 state = context.broadcast_object(initial.state_dict() if main else None)
                 initial = GaussianModel.from_state_dict(state)
@@ -150,10 +192,21 @@ def optimize_deformations(
         halves = []
         for half in (1, 2):
             members = inputs.halves == half
-            halves.append(HalfSet(half, initial, np.nonzero(members & ~inputs.validation)[0],
-                                  np.nonzero(members & inputs.validation)[0], batches.box, extent,
-                                  settings, moving, dev, context.half_group(half),
-                                  bonds=None if prior is None else prior[1]))
+            halves.append(
+                HalfSet(
+                    half,
+                    initial,
+                    np.nonzero(members & ~inputs.validation)[0],
+                    np.nonzero(members & inputs.validation)[0],
+                    batches.box,
+                    extent,
+                    settings,
+                    moving,
+                    dev,
+                    context.half_group(half),
+                    bonds=None if prior is None else prior[1],
+                )
+            )
         history, stop, epoch = [], StopRule(settings.stop_after_increases), 0
         mine = [half for half in halves if context.holds(half.half)]
         if resumed is not None:
@@ -165,21 +218,42 @@ def optimize_deformations(
         else:
             if main:
                 run.mkdir(parents=True, exist_ok=True)
-                save_model(RunFolder(run).initial_model, initial, box=inputs.consensus_map.shape[0],
-                           voxel_size_angstrom=inputs.voxel_size_angstrom)
+                save_model(
+                    RunFolder(run).initial_model,
+                    initial,
+                    box=inputs.consensus_map.shape[0],
+                    voxel_size_angstrom=inputs.voxel_size_angstrom,
+                )
             for half in mine:
                 subset = half.train_rows[: settings.noise_subset]
                 half.fit_amplitude(batches, subset)
                 half.estimate_noise(batches, subset, deform=False)
         if main:
-            _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, None,
-                            identity=identity, data_root=data_root)
+            _write_run_file(
+                run,
+                settings,
+                inputs,
+                particles,
+                consensus,
+                consensus_model,
+                mask,
+                initial,
+                None,
+                identity=identity,
+                data_root=data_root,
+            )
 
         def state(stopped: bool) -> dict:
-            return {"epoch": epoch, "refinement_round": refined, "stopped": stopped,
-                    "settings": json.dumps(settings.to_dict()),
-                    "history": json.dumps(history), "stop": json.dumps(stop.state_dict()),
-                    "initial_model": initial.state_dict(), "halves": [ckpt.half_state(h) for h in halves]}
+            return {
+                "epoch": epoch,
+                "refinement_round": refined,
+                "stopped": stopped,
+                "settings": json.dumps(settings.to_dict()),
+                "history": json.dumps(history),
+                "stop": json.dumps(stop.state_dict()),
+                "initial_model": initial.state_dict(),
+                "halves": [ckpt.half_state(h) for h in halves],
+            }
 
         stopped = bool(resumed["stopped"]) if resumed is not None else False
         reported: set[str] = set()  # kinds of watchdog warning already reported
@@ -192,16 +266,22 @@ def optimize_deformations(
                 losses[half.half] = yield from half.epoch(mode, batches, epoch, settings.epochs)
                 losses[half.half] |= watchdog.diagnose(half, batches)
                 if mode == "warmup":
-                    half.estimate_noise(batches, half.train_rows[: settings.noise_subset], deform=False)
+                    half.estimate_noise(
+                        batches, half.train_rows[: settings.noise_subset], deform=False
+                    )
             losses = _exchange_losses(context, halves, losses)
             for index, half in enumerate(halves):
                 stop.record(index, losses[half.half]["data"])
-                history.append({"epoch": epoch, "half": half.half, "mode": mode} | losses[half.half])
+                history.append(
+                    {"epoch": epoch, "half": half.half, "mode": mode} | losses[half.half]
+                )
             yield from _report_new_warnings(watchdog.check(history), reported, epoch)
             if is_reference_update(epoch, settings):
                 update_references(halves, batches, settings, batches.pixel_size_angstrom, context)
                 for half in mine:
-                    half.estimate_noise(batches, half.train_rows[: settings.noise_subset], deform=True)
+                    half.estimate_noise(
+                        batches, half.train_rows[: settings.noise_subset], deform=True
+                    )
             stopped = stop.should_stop
             if main:
                 outputs.write_loss_log(RunFolder(run).loss_log, history)
@@ -213,24 +293,33 @@ def optimize_deformations(
             refined += 1
             losses = {}
             for half in mine:
-                losses[half.half] = yield from refine_round(half, batches, refined, settings.refinement_rounds)
+                losses[half.half] = yield from refine_round(
+                    half, batches, refined, settings.refinement_rounds
+                )
                 losses[half.half] |= watchdog.diagnose(half, batches)
             losses = _exchange_losses(context, halves, losses)
             done = epoch + refined * settings.refinement_epochs
-            history.extend({"epoch": done, "half": half.half, "mode": "refinement"} | losses[half.half]
-                           for half in halves)
+            history.extend(
+                {"epoch": done, "half": half.half, "mode": "refinement"} | losses[half.half]
+                for half in halves
+            )
             yield from _report_new_warnings(watchdog.check(history), reported, done)
             ckpt.share_halves(context, halves)
             if main:
                 outputs.write_loss_log(RunFolder(run).loss_log, history)
                 ckpt.save_checkpoint(ckpt.epoch_path(run, done), state(stopped))
-        if main:  # the last epoch or round was checkpointed, so every rank holds both halves' final state
+        if (
+            main
+        ):  # the last epoch or round was checkpointed, so every rank holds both halves' final state
             ckpt.save_checkpoint(ckpt.final_path(run), state(stopped))
 
-        estimates = yield from estimate_errors(halves, batches, np.nonzero(inputs.validation)[0], group=context)
+        estimates = yield from estimate_errors(
+            halves, batches, np.nonzero(inputs.validation)[0], group=context
+        )
         latents = outputs.own_half_latents(estimates, inputs.halves, inputs.validation)
-        warnings = watchdog.check(history) + watchdog.final_check(halves, estimates.latents,
-                                                                   np.nonzero(inputs.validation)[0])
+        warnings = watchdog.check(history) + watchdog.final_check(
+            halves, estimates.latents, np.nonzero(inputs.validation)[0]
+        )
         if prior is not None:
             warnings.append(model_bias_reminder(run))
         yield from _report_new_warnings(warnings, reported, epoch)
@@ -238,16 +327,39 @@ def optimize_deformations(
             _write_outputs(run, inputs, estimates, halves, history)
         seconds = time.perf_counter() - started
         if main:
-            _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial,
-                            {"epochs": epoch, "refinement_rounds": refined,
-                             "stopped_early": stopped and epoch < settings.epochs,
-                             "seconds_last_start": seconds, "world_size": context.world_size}, warnings,
-                            identity=identity, data_root=data_root)
+            _write_run_file(
+                run,
+                settings,
+                inputs,
+                particles,
+                consensus,
+                consensus_model,
+                mask,
+                initial,
+                {
+                    "epochs": epoch,
+                    "refinement_rounds": refined,
+                    "stopped_early": stopped and epoch < settings.epochs,
+                    "seconds_last_start": seconds,
+                    "world_size": context.world_size,
+                },
+                warnings,
+                identity=identity,
+                data_root=data_root,
+            )
         context.barrier()  # on return the run directory is complete for every rank
     finally:
         batches.close()
-    return DeformationResult(run, epoch, stopped and epoch < settings.epochs, initial.n_gaussians,
-                             batches.box, seconds, latents, warnings)
+    return DeformationResult(
+        run,
+        epoch,
+        stopped and epoch < settings.epochs,
+        initial.n_gaussians,
+        batches.box,
+        seconds,
+        latents,
+        warnings,
+    )
 
 
 def _report_new_warnings(warnings: list[str], reported: set[str], epoch: int):
@@ -266,36 +378,65 @@ def _exchange_losses(context: distributed.Context, halves: list[HalfSet], losses
     return {h: v for part in context.all_gather_object(led) for h, v in part.items()}
 
 
-def _write_outputs(run: Path, inputs: RunInputs, estimates, halves: list[HalfSet], history: list[dict]) -> None:
+def _write_outputs(
+    run: Path, inputs: RunInputs, estimates, halves: list[HalfSet], history: list[dict]
+) -> None:
     """Rank 0: latents, particle table, half models, per-Gaussian errors and the loss plot."""
     latents = outputs.write_latents(run, estimates, inputs.halves, inputs.validation)
-    outputs.write_particle_table(run, inputs.table, latents, inputs.halves, inputs.validation, estimates)
+    outputs.write_particle_table(
+        run, inputs.table, latents, inputs.halves, inputs.validation, estimates
+    )
     models = [h.model(detach=True).to("cpu") for h in halves]
-    outputs.write_half_models(run, models, inputs.consensus_map.shape[0], inputs.voxel_size_angstrom)
-    outputs.write_gaussian_errors(run, models[0].positions_angstrom.numpy(), estimates.gaussian_error_angstrom)
+    outputs.write_half_models(
+        run, models, inputs.consensus_map.shape[0], inputs.voxel_size_angstrom
+    )
+    outputs.write_gaussian_errors(
+        run, models[0].positions_angstrom.numpy(), estimates.gaussian_error_angstrom
+    )
     outputs.plot_losses(run, history)
 
 
-def _write_run_file(run, settings, inputs, particles, consensus, consensus_model, mask, initial, result,
-                    warnings=(), identity=None, data_root=None) -> None:
+def _write_run_file(
+    run,
+    settings,
+    inputs,
+    particles,
+    consensus,
+    consensus_model,
+    mask,
+    initial,
+    result,
+    warnings=(),
+    identity=None,
+    data_root=None,
+) -> None:
     """The run file (``RunFolder.info``): inputs, settings, sizes, the inputs' identity, and (at the end)
     the result and the watchdog's warnings; decode reads it. ``data_root``: the folder image names are
     relative to, when it is not the STAR file's (``run_folder.image_root``). The result's ``seconds_last_start`` is the
     wall time of the latest start only (a resumed run does not add the time before the resume)."""
     info = {
-        "particles": str(Path(particles).resolve()), "consensus": str(Path(consensus).resolve()),
-        "consensus_model": None if consensus_model is None else str(Path(consensus_model).resolve()),
+        "particles": str(Path(particles).resolve()),
+        "consensus": str(Path(consensus).resolve()),
+        "consensus_model": None
+        if consensus_model is None
+        else str(Path(consensus_model).resolve()),
         "mask": None if mask is None else str(Path(mask).resolve()),
         "data_root": None if data_root is None else str(Path(data_root).resolve()),
-        "n_particles": len(inputs.table), "n_gaussians": initial.n_gaussians,
-        "n_moving_gaussians": int(moving_flags(initial.positions_angstrom, inputs.mask,
-                                               inputs.voxel_size_angstrom).sum()),
+        "n_particles": len(inputs.table),
+        "n_gaussians": initial.n_gaussians,
+        "n_moving_gaussians": int(
+            moving_flags(initial.positions_angstrom, inputs.mask, inputs.voxel_size_angstrom).sum()
+        ),
         "half_sizes": [int((inputs.halves == h).sum()) for h in (1, 2)],
         "n_validation": int(inputs.validation.sum()),
         "consensus_box": int(inputs.consensus_map.shape[0]),
         "voxel_size_angstrom": float(inputs.voxel_size_angstrom),
-        "train_box": int(inputs.train_box), "device": str(inputs.device),
-        "settings": settings.to_dict(), "result": result, "warnings": list(warnings), "identity": identity,
+        "train_box": int(inputs.train_box),
+        "device": str(inputs.device),
+        "settings": settings.to_dict(),
+        "result": result,
+        "warnings": list(warnings),
+        "identity": identity,
     }
     with atomic_path(RunFolder(run).info) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

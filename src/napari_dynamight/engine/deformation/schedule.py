@@ -31,7 +31,9 @@ def epoch_mode(epoch: int, settings: DeformationSettings) -> str:
     if epoch <= settings.warmup_epochs:
         return "warmup"
     position = (epoch - settings.warmup_epochs - 1) % settings.consensus_period
-    return "consensus" if position >= settings.consensus_period - settings.consensus_epochs else "full"
+    return (
+        "consensus" if position >= settings.consensus_period - settings.consensus_epochs else "full"
+    )
 
 
 def full_epochs_until(epoch: int, settings: DeformationSettings) -> int:
@@ -41,13 +43,15 @@ def full_epochs_until(epoch: int, settings: DeformationSettings) -> int:
 
 def is_reference_update(epoch: int, settings: DeformationSettings) -> bool:
     """True after every ``reference_update_every``-th network-training epoch."""
-    return epoch_mode(epoch, settings) == "full" and \
-        full_epochs_until(epoch, settings) % settings.reference_update_every == 0
+    return (
+        epoch_mode(epoch, settings) == "full"
+        and full_epochs_until(epoch, settings) % settings.reference_update_every == 0
+    )
 
 
 def _batched_predictions(half: HalfSet, batches: ParticleBatches, rows: np.ndarray):
     for start in range(0, len(rows), half.settings.batch_size):
-        batch = batches.get(rows[start:start + half.settings.batch_size])
+        batch = batches.get(rows[start : start + half.settings.batch_size])
         yield half.deformed_positions(half.encode(batch["encoder_input"]))
 
 
@@ -65,18 +69,22 @@ def least_deformed(half: HalfSet, batches: ParticleBatches, rows: np.ndarray) ->
     return best.to(half.device)
 
 
-def within_distance_mask(positions: torch.Tensor, box: int, voxel_size_angstrom: float,
-                         radius_angstrom: float) -> torch.Tensor:
+def within_distance_mask(
+    positions: torch.Tensor, box: int, voxel_size_angstrom: float, radius_angstrom: float
+) -> torch.Tensor:
     """Boolean grid [z, y, x] of the voxels within ``radius_angstrom`` of any position."""
     axis = (np.arange(box) - box // 2) * voxel_size_angstrom
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
     grid = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
     distance, _ = cKDTree(positions.detach().cpu().double().numpy()).query(
-        grid, distance_upper_bound=radius_angstrom)
+        grid, distance_upper_bound=radius_angstrom
+    )
     return torch.as_tensor(np.isfinite(distance).reshape(box, box, box), device=positions.device)
 
 
-def count_inside(deformed: torch.Tensor, mask: torch.Tensor, voxel_size_angstrom: float) -> torch.Tensor:
+def count_inside(
+    deformed: torch.Tensor, mask: torch.Tensor, voxel_size_angstrom: float
+) -> torch.Tensor:
     """How many Gaussians of each prediction (B, N, 3) fall into the mask's voxels (B,)."""
     box = mask.shape[0]
     index = torch.round(deformed / voxel_size_angstrom).long() + box // 2
@@ -87,8 +95,14 @@ def count_inside(deformed: torch.Tensor, mask: torch.Tensor, voxel_size_angstrom
 
 
 @torch.no_grad()
-def aligned_reference(half: HalfSet, batches: ParticleBatches, rows: np.ndarray, mask: torch.Tensor,
-                      voxel_size_angstrom: float, n_best: int) -> torch.Tensor:
+def aligned_reference(
+    half: HalfSet,
+    batches: ParticleBatches,
+    rows: np.ndarray,
+    mask: torch.Tensor,
+    voxel_size_angstrom: float,
+    n_best: int,
+) -> torch.Tensor:
     """Average of the ``n_best`` predictions (N, 3) with the most Gaussians inside ``mask``."""
     kept_counts, kept = None, None
     for deformed in _batched_predictions(half, batches, half.group.shard(rows)):
@@ -110,8 +124,13 @@ def aligned_reference(half: HalfSet, batches: ParticleBatches, rows: np.ndarray,
     return kept.mean(0)
 
 
-def update_references(halves: list[HalfSet], batches: ParticleBatches, settings: DeformationSettings,
-                      voxel_size_angstrom: float, context: distributed.Context | None = None) -> None:
+def update_references(
+    halves: list[HalfSet],
+    batches: ParticleBatches,
+    settings: DeformationSettings,
+    voxel_size_angstrom: float,
+    context: distributed.Context | None = None,
+) -> None:
     """Half 1: least-deformed prediction; half 2: aligned to half 1 (see the module docstring).
     Every rank of ``context`` calls this; each half's ranks compute its new reference, which then
     reaches every rank (also those that do not train that half, so all copies agree)."""
@@ -120,14 +139,27 @@ def update_references(halves: list[HalfSet], batches: ParticleBatches, settings:
     with torch.no_grad():
         new = least_deformed(first, batches, first.train_rows) if first.group.contains_me else None
         first.positions.copy_(_from_leader(world, first, new))
-        mask = within_distance_mask(first.positions, batches.box, voxel_size_angstrom,
-                                    settings.alignment_mask_angstrom)
-        new = aligned_reference(second, batches, second.train_rows, mask, voxel_size_angstrom,
-                                settings.alignment_predictions) if second.group.contains_me else None
+        mask = within_distance_mask(
+            first.positions, batches.box, voxel_size_angstrom, settings.alignment_mask_angstrom
+        )
+        new = (
+            aligned_reference(
+                second,
+                batches,
+                second.train_rows,
+                mask,
+                voxel_size_angstrom,
+                settings.alignment_predictions,
+            )
+            if second.group.contains_me
+            else None
+        )
         second.positions.copy_(_from_leader(world, second, new))
 
 
-def _from_leader(world: distributed.Context, half: HalfSet, value: torch.Tensor | None) -> torch.Tensor:
+def _from_leader(
+    world: distributed.Context, half: HalfSet, value: torch.Tensor | None
+) -> torch.Tensor:
     """``value`` as computed by the leader of the half's group, on every rank of the world."""
     if world.size == 1:
         return value

@@ -48,18 +48,29 @@ MODES = ("warmup", "consensus", "full")
 class HalfSet:
     """The VAE of one half set (``half`` 1 or 2) over its table rows."""
 
-    def __init__(self, half: int, consensus: GaussianModel, train_rows: np.ndarray,
-                 validation_rows: np.ndarray, box: int, extent_angstrom: float,
-                 settings: DeformationSettings, moving: torch.Tensor, device: torch.device,
-                 group: distributed.Group | None = None, bonds: torch.Tensor | None = None):
+    def __init__(
+        self,
+        half: int,
+        consensus: GaussianModel,
+        train_rows: np.ndarray,
+        validation_rows: np.ndarray,
+        box: int,
+        extent_angstrom: float,
+        settings: DeformationSettings,
+        moving: torch.Tensor,
+        device: torch.device,
+        group: distributed.Group | None = None,
+        bonds: torch.Tensor | None = None,
+    ):
         self.half, self.settings, self.device = half, settings, device
         self.group = distributed.single() if group is None else group
         self.train_rows = np.asarray(train_rows, dtype=np.int64)
         self.validation_rows = np.asarray(validation_rows, dtype=np.int64)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed * 1000 + half)
-            self.encoder = ImageEncoder(box, settings.latent_dim, settings.encoder_width,
-                                        settings.initial_log_variance).to(device)
+            self.encoder = ImageEncoder(
+                box, settings.latent_dim, settings.encoder_width, settings.initial_log_variance
+            ).to(device)
             self.decoder = build_decoder(settings, extent_angstrom).to(device)
         model = consensus.to(device)
         self.positions = torch.nn.Parameter(model.positions_angstrom.float().clone())
@@ -69,18 +80,31 @@ class HalfSet:
         self.log_sigma_scale = torch.nn.Parameter(torch.zeros((), device=device))
         self.moving = moving.to(device).float()
         self.optimisers = {
-            "encoder": torch.optim.Adam(self.encoder.parameters(), lr=settings.learning_rate_encoder),
-            "decoder": torch.optim.Adam(self.decoder.parameters(), lr=settings.learning_rate_decoder),
-            "gaussians": torch.optim.Adam([
-                {"params": [self.positions], "lr": settings.learning_rate_positions_angstrom},
-                {"params": [self.log_amplitude_scale, self.log_sigma_scale], "lr": settings.learning_rate_scales},
-            ]),
+            "encoder": torch.optim.Adam(
+                self.encoder.parameters(), lr=settings.learning_rate_encoder
+            ),
+            "decoder": torch.optim.Adam(
+                self.decoder.parameters(), lr=settings.learning_rate_decoder
+            ),
+            "gaussians": torch.optim.Adam(
+                [
+                    {"params": [self.positions], "lr": settings.learning_rate_positions_angstrom},
+                    {
+                        "params": [self.log_amplitude_scale, self.log_sigma_scale],
+                        "lr": settings.learning_rate_scales,
+                    },
+                ]
+            ),
         }
-        self.generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + 100 + half)
+        self.generator = torch.Generator(device=device).manual_seed(
+            settings.seed * 1000 + 100 + half
+        )
         self.noise = NoiseModel(box, device)
         self.lam = 0.0
         self.ctf_power: torch.Tensor | None = None  # mean CTF² of the noise subset, for λ
-        self.candidates: torch.Tensor | None = None  # (K, D) latent points once refinement has begun
+        self.candidates: torch.Tensor | None = (
+            None  # (K, D) latent points once refinement has begun
+        )
         self.controls = ControlPoints(settings.control_points) if settings.control_points else None
         self.bonds = None if bonds is None else bonds.to(device)  # the atomic-model prior's edges
         self.rebuild_graph()
@@ -88,15 +112,20 @@ class HalfSet:
     def model(self, detach: bool = False) -> GaussianModel:
         """The current reference Gaussian model (positions, scaled amplitudes and widths)."""
         scale_a, scale_s = self.log_amplitude_scale.exp(), self.log_sigma_scale.exp()
-        model = GaussianModel(self.positions, self.base_amplitudes * scale_a, self.base_sigmas * scale_s)
+        model = GaussianModel(
+            self.positions, self.base_amplitudes * scale_a, self.base_sigmas * scale_s
+        )
         return model.detach() if detach else model
 
     def rebuild_graph(self) -> None:
         """The radius graph (and the bond graph of the atomic-model prior), and the control points'
         weights, of the current reference."""
         self.graph = build_graph(self.positions)
-        self.bond_graph = None if self.bonds is None else \
-            bond_graph(self.bonds, self.positions, self.graph.mean_neighbour_distance)
+        self.bond_graph = (
+            None
+            if self.bonds is None
+            else bond_graph(self.bonds, self.positions, self.graph.mean_neighbour_distance)
+        )
         if self.controls is not None:
             self.controls.update(self.positions)
 
@@ -107,14 +136,28 @@ class HalfSet:
             rows = self.train_rows[: self.settings.noise_subset]
             total = None
             for start in range(0, len(rows), self.settings.batch_size):
-                power = batches.get(rows[start:start + self.settings.batch_size])["ctf"].abs().pow(2).sum(0)
+                power = (
+                    batches.get(rows[start : start + self.settings.batch_size])["ctf"]
+                    .abs()
+                    .pow(2)
+                    .sum(0)
+                )
                 total = power if total is None else total + power
             self.ctf_power = total / max(len(rows), 1)
-        data = data_stiffness(self.model(detach=True), self.moving, self.ctf_power, self.noise.weights,
-                              self.noise.n_frequencies, batches.pixel_size_angstrom)
+        data = data_stiffness(
+            self.model(detach=True),
+            self.moving,
+            self.ctf_power,
+            self.noise.weights,
+            self.noise.n_frequencies,
+            batches.pixel_size_angstrom,
+        )
         distance_graph = self.graph if self.bond_graph is None else self.bond_graph
-        self.lam = stiffness_lambda(data, regulariser_stiffness(distance_graph, self.moving),
-                                    self.settings.regularisation_ratio)
+        self.lam = stiffness_lambda(
+            data,
+            regulariser_stiffness(distance_graph, self.moving),
+            self.settings.regularisation_ratio,
+        )
         return self.lam
 
     @torch.no_grad()
@@ -123,27 +166,39 @@ class HalfSet:
         return self.encoder(encoder_input)[0]
 
     @torch.no_grad()
-    def deformed_positions(self, latents: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def deformed_positions(
+        self, latents: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Deformed reference (or given) positions (B, N, 3) for latents (B, D)."""
         if self.controls is not None:
             self.controls.update(self.positions)
         points = self.positions if positions is None else positions
         return points + self.displacement(latents, positions) * self.moving.view(-1, 1)
 
-    def displacement(self, latents: torch.Tensor, points: torch.Tensor | None = None, call=None) -> torch.Tensor:
+    def displacement(
+        self, latents: torch.Tensor, points: torch.Tensor | None = None, call=None
+    ) -> torch.Tensor:
         """``call``'s (default: the decoder's) displacements at the reference (or ``points``), evaluated
         at every point or, with ``settings.control_points``, at the control points and interpolated."""
-        return control_points.displacement(self.decoder if call is None else call, latents, self.positions,
-                                           self.controls, points)
+        return control_points.displacement(
+            self.decoder if call is None else call, latents, self.positions, self.controls, points
+        )
 
     def predict(self, batch, deformed, model, box, pixel_size):
         """CTF-filtered projection spectra of the deformed ``model`` under the batch's poses."""
-        spectrum = project_spectrum(model, batch["rotations"], batch["shifts_angstrom"], box, pixel_size,
-                                    positions_angstrom=deformed)
+        spectrum = project_spectrum(
+            model,
+            batch["rotations"],
+            batch["shifts_angstrom"],
+            box,
+            pixel_size,
+            positions_angstrom=deformed,
+        )
         return spectrum * batch["ctf"]
 
-    def epoch(self, mode: str, batches: ParticleBatches, epoch: int,
-              total_epochs: int) -> Generator[Progress, None, dict]:
+    def epoch(
+        self, mode: str, batches: ParticleBatches, epoch: int, total_epochs: int
+    ) -> Generator[Progress, None, dict]:
         """Train one epoch in ``mode`` (warmup, consensus or full); returns mean losses and λ.
 
         The progress events' ``data`` is this rank's share of the batch; the returned means are the
@@ -151,26 +206,39 @@ class HalfSet:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode}")
         settings = self.settings
-        rows = self.train_rows if mode != "full" else np.concatenate([self.train_rows, self.validation_rows])
+        rows = (
+            self.train_rows
+            if mode != "full"
+            else np.concatenate([self.train_rows, self.validation_rows])
+        )
         validation = set(self.validation_rows.tolist()) if mode == "full" else set()
-        order = rows[torch.randperm(len(rows), generator=self.generator, device=self.device).cpu().numpy()]
+        order = rows[
+            torch.randperm(len(rows), generator=self.generator, device=self.device).cpu().numpy()
+        ]
         self.rebuild_graph()
         if mode == "full":
             self.update_lambda(batches)
         sums = {"data": 0.0, "regularisation": 0.0, "kl": 0.0}
         n_train, n_batches = 0, (len(order) + settings.batch_size - 1) // settings.batch_size
         stepping = [name for name in self.optimisers if mode == "full" or name == "gaussians"]
-        synced = [p for name in stepping for g in self.optimisers[name].param_groups for p in g["params"]]
+        synced = [
+            p for name in stepping for g in self.optimisers[name].param_groups for p in g["params"]
+        ]
         for step, start in enumerate(range(0, len(order), settings.batch_size), 1):
-            whole = order[start:start + settings.batch_size]
+            whole = order[start : start + settings.batch_size]
             in_validation = np.array([r in validation for r in whole], dtype=bool)
             n_batch_train = int((~in_validation).sum())
             for optimiser in self.optimisers.values():
                 optimiser.zero_grad(set_to_none=True)
             share = self.group.share(len(whole))
             data, reg, kl, count = self._share_step(
-                mode, batches, whole, share, ~torch.as_tensor(in_validation[share], device=self.device),
-                n_batch_train)
+                mode,
+                batches,
+                whole,
+                share,
+                ~torch.as_tensor(in_validation[share], device=self.device),
+                n_batch_train,
+            )
             distributed.sum_gradients_(self.group, synced)
             for name in stepping:
                 self.optimisers[name].step()
@@ -178,8 +246,12 @@ class HalfSet:
             sums["data"] += data * count
             sums["regularisation"] += reg * count
             sums["kl"] += part_of_mean(kl, share.stop - share.start, len(whole)) * n_batch_train
-            yield Progress(f"half {self.half}: epoch {epoch}/{total_epochs} ({mode})", step, n_batches,
-                           metrics={"epoch": epoch, "data": data, "lambda": self.lam})
+            yield Progress(
+                f"half {self.half}: epoch {epoch}/{total_epochs} ({mode})",
+                step,
+                n_batches,
+                metrics={"epoch": epoch, "data": data, "lambda": self.lam},
+            )
         if self.group.size > 1:
             totals = torch.tensor([*sums.values(), n_train], dtype=torch.float64)
             self.group.all_reduce_sum_(totals)
@@ -191,14 +263,20 @@ class HalfSet:
         part of the whole batch's loss. Returns the share's data, regulariser and KL losses and its count
         of training particles."""
         count = int(train.sum())
-        if share.stop == share.start:  # fewer rows than ranks: keep the generator in step, add nothing
+        if (
+            share.stop == share.start
+        ):  # fewer rows than ranks: keep the generator in step, add nothing
             if mode == "full":
                 empty = torch.zeros(0, self.settings.latent_dim, device=self.device)
                 self._sample(empty, empty, share, len(whole))
             return 0.0, 0.0, 0.0, 0
         batch = batches.get(whole[share])
-        weights, n_freq, box, pixel = self.noise.weights, self.noise.n_frequencies, batches.box, \
-            batches.pixel_size_angstrom
+        weights, n_freq, box, pixel = (
+            self.noise.weights,
+            self.noise.n_frequencies,
+            batches.box,
+            batches.pixel_size_angstrom,
+        )
         model = self.model()
         kl = torch.zeros((), device=self.device)
         reg = torch.zeros((), device=self.device)
@@ -210,7 +288,9 @@ class HalfSet:
                 with torch.no_grad():
                     displacement = self.displacement(self.encode(batch["encoder_input"]))
                 deformed = self.positions + displacement * self.moving.view(-1, 1)
-            per_particle = data_loss(self.predict(batch, deformed, model, box, pixel), batch["spectra"], weights, n_freq)
+            per_particle = data_loss(
+                self.predict(batch, deformed, model, box, pixel), batch["spectra"], weights, n_freq
+            )
             data = per_particle.mean()
             total = per_particle.sum()
         else:
@@ -224,21 +304,38 @@ class HalfSet:
                 if not rows.any():
                     continue
                 index = None if rows.all() else rows.nonzero().squeeze(1)
-                part = batch if index is None else {key: batch[key][index] for key in
-                                                    ("rotations", "shifts_angstrom", "ctf", "spectra")}
-                deformed, coefficients = self._deform(z if index is None else z[index], frozen, basis)
-                per_particle = data_loss(self.predict(part, deformed, model.detach() if frozen else model, box, pixel),
-                                         part["spectra"], weights, n_freq)
+                part = (
+                    batch
+                    if index is None
+                    else {
+                        key: batch[key][index]
+                        for key in ("rotations", "shifts_angstrom", "ctf", "spectra")
+                    }
+                )
+                deformed, coefficients = self._deform(
+                    z if index is None else z[index], frozen, basis
+                )
+                per_particle = data_loss(
+                    self.predict(part, deformed, model.detach() if frozen else model, box, pixel),
+                    part["spectra"],
+                    weights,
+                    n_freq,
+                )
                 total = total + per_particle.sum()
                 if not frozen:
                     data = per_particle.mean()
                     if coefficients is None or self.bond_graph is not None:
-                        reg = regularisation_loss(deformed, self.positions, self.graph, self.bond_graph)
+                        reg = regularisation_loss(
+                            deformed, self.positions, self.graph, self.bond_graph
+                        )
                     else:
-                        reg = linear_regularisation_loss(coefficients, basis, self.positions, self.graph)
+                        reg = linear_regularisation_loss(
+                            coefficients, basis, self.positions, self.graph
+                        )
         n_share = share.stop - share.start
-        loss = part_of_mean(total / n_share + kl, n_share, len(whole)) \
-            + self.lam * part_of_mean(reg, count, n_batch_train)
+        loss = part_of_mean(total / n_share + kl, n_share, len(whole)) + self.lam * part_of_mean(
+            reg, count, n_batch_train
+        )
         loss.backward()
         return float(data.detach()), float(reg.detach()), float(kl.detach()), count
 
@@ -257,7 +354,9 @@ class HalfSet:
             return self._deform_general(z, frozen), None
         reference = self.positions.detach() if frozen else self.positions
         if frozen:
-            parameters = {name: p.detach() for name, p in self.decoder.coefficients.named_parameters()}
+            parameters = {
+                name: p.detach() for name, p in self.decoder.coefficients.named_parameters()
+            }
             coefficients = functional_call(self.decoder.coefficients, parameters, (z,))
             basis = basis.detach()
         else:
@@ -271,7 +370,11 @@ class HalfSet:
             return self.positions + self.displacement(z) * self.moving.view(-1, 1)
         parameters = {name: p.detach() for name, p in self.decoder.named_parameters()}
         displacement = self.displacement(
-            z, call=lambda latents, points: functional_call(self.decoder, parameters, (latents, points.detach())))
+            z,
+            call=lambda latents, points: functional_call(
+                self.decoder, parameters, (latents, points.detach())
+            ),
+        )
         return self.positions.detach() + displacement * self.moving.view(-1, 1)
 
     def _sample(self, mean, log_var, share: slice, n_whole: int) -> torch.Tensor:
@@ -293,12 +396,15 @@ class HalfSet:
         model = self.model(detach=True)
         rows = self.group.shard(rows)
         for start in range(0, len(rows), self.settings.batch_size):
-            batch = batches.get(rows[start:start + self.settings.batch_size])
+            batch = batches.get(rows[start : start + self.settings.batch_size])
             if deform:
                 deformed = self.deformed_positions(self.encode(batch["encoder_input"]))
             else:
                 deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
-            residual = self.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom) - batch["spectra"]
+            residual = (
+                self.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
+                - batch["spectra"]
+            )
             self.noise.accumulate(residual)
         self.noise.update(self.group)
 
@@ -309,13 +415,17 @@ class HalfSet:
         cross = power = 0.0
         rows = self.group.shard(rows)
         for start in range(0, len(rows), self.settings.batch_size):
-            batch = batches.get(rows[start:start + self.settings.batch_size])
+            batch = batches.get(rows[start : start + self.settings.batch_size])
             deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
-            predicted = self.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
+            predicted = self.predict(
+                batch, deformed, model, batches.box, batches.pixel_size_angstrom
+            )
             cross += float((predicted.conj() * batch["spectra"]).real.sum())
             power += float(predicted.abs().pow(2).sum())
         if self.group.size > 1:
-            cross, power = self.group.all_reduce_sum_(torch.tensor([cross, power], dtype=torch.float64)).tolist()
+            cross, power = self.group.all_reduce_sum_(
+                torch.tensor([cross, power], dtype=torch.float64)
+            ).tolist()
         scale = cross / power if power > 0 else 1.0
         if scale > 0:
             self.base_amplitudes = self.base_amplitudes * scale

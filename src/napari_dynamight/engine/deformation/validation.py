@@ -34,13 +34,19 @@ class ErrorEstimates:
     latents: tuple[np.ndarray, np.ndarray]  # (N, D) per half, table row order
     particle_error_angstrom: np.ndarray  # (N,)
     gaussian_error_angstrom: np.ndarray  # (N_gaussians,) over validation rows (all rows if none)
-    displacement_rms_angstrom: tuple[np.ndarray, np.ndarray]  # (N,) each half's own RMS displacement
+    displacement_rms_angstrom: tuple[
+        np.ndarray, np.ndarray
+    ]  # (N,) each half's own RMS displacement
 
 
 @torch.no_grad()
-def estimate_errors(halves: list[HalfSet], batches: ParticleBatches, validation_rows: np.ndarray,
-                    batch_size: int = 128, group: distributed.Group | None = None,
-                    ) -> Generator[Progress, None, ErrorEstimates]:
+def estimate_errors(
+    halves: list[HalfSet],
+    batches: ParticleBatches,
+    validation_rows: np.ndarray,
+    batch_size: int = 128,
+    group: distributed.Group | None = None,
+) -> Generator[Progress, None, ErrorEstimates]:
     """Encode every particle with both halves and compare their deformation fields (each rank of
     ``group`` its share; every rank gets the whole result)."""
     group = distributed.single() if group is None else group
@@ -58,7 +64,7 @@ def estimate_errors(halves: list[HalfSet], batches: ParticleBatches, validation_
     infer = [latent_inference(half, batches) for half in halves]
     n_batches = (len(mine) + batch_size - 1) // batch_size
     for step, start in enumerate(range(0, len(mine), batch_size), 1):
-        rows = mine[start:start + batch_size]
+        rows = mine[start : start + batch_size]
         batch = batches.get(rows)
         predicted = []
         for k, half in enumerate(halves):
@@ -69,8 +75,10 @@ def estimate_errors(halves: list[HalfSet], batches: ParticleBatches, validation_
             predicted.append(half.deformed_positions(z, points))
         distance_sq = (predicted[0] - predicted[1]).pow(2).sum(-1)  # (B, N)
         particle_error[rows] = distance_sq.mean(-1).sqrt().cpu().numpy()
-        chosen = torch.as_tensor(is_validation[rows] if is_validation.any() else np.ones(len(rows), bool),
-                                 device=distance_sq.device)
+        chosen = torch.as_tensor(
+            is_validation[rows] if is_validation.any() else np.ones(len(rows), bool),
+            device=distance_sq.device,
+        )
         squares += distance_sq[chosen].sum(0).double()
         counted += int(chosen.sum())
         yield Progress("error estimates", step, n_batches)
@@ -80,4 +88,6 @@ def estimate_errors(halves: list[HalfSet], batches: ParticleBatches, validation_
         counted = int(group.all_reduce_sum_(torch.tensor([float(counted)], dtype=torch.float64)))
         group.all_reduce_sum_(squares)
     gaussian_error = (squares / max(counted, 1)).sqrt().float().cpu().numpy()
-    return ErrorEstimates((latents[0], latents[1]), particle_error, gaussian_error, (motion[0], motion[1]))
+    return ErrorEstimates(
+        (latents[0], latents[1]), particle_error, gaussian_error, (motion[0], motion[1])
+    )

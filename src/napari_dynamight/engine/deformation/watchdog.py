@@ -35,14 +35,26 @@ from .losses import data_loss
 MAX_HELD_OUT = 256  # particles per half and epoch (2 decoder passes and 3 projections each, in double precision)
 MIN_FULL_EPOCHS = 10  # network-training epochs of a half before it is judged
 STALL_RMS_ANGSTROM = 0.1  # below this a half's Gaussians do not move
-NO_GAIN_Z = 3.0  # below this a half's own latents do not measurably improve the fit to held-out particles
+NO_GAIN_Z = (
+    3.0  # below this a half's own latents do not measurably improve the fit to held-out particles
+)
 DISAGREE_Z = 5.0  # the halves' gains differ by more than this many standard errors ...
 DISAGREE_RATIO = 4.0  # ... and by more than this factor
-FINAL_AGREEMENT = 0.3  # final check: below this the halves' motions are unrelated (1 = equal, 0 = unrelated)
-FIELDS = ("rms_displacement_angstrom", "validation_data", "deformation_gain", "deformation_gain_z",
-          "latent_gain", "latent_gain_z")
-ADVICE = ("check the poses and the consensus map, try a smaller --regularisation-ratio, more particles, "
-          "or a mask around the moving part")
+FINAL_AGREEMENT = (
+    0.3  # final check: below this the halves' motions are unrelated (1 = equal, 0 = unrelated)
+)
+FIELDS = (
+    "rms_displacement_angstrom",
+    "validation_data",
+    "deformation_gain",
+    "deformation_gain_z",
+    "latent_gain",
+    "latent_gain_z",
+)
+ADVICE = (
+    "check the poses and the consensus map, try a smaller --regularisation-ratio, more particles, "
+    "or a mask around the moving part"
+)
 
 
 def _held_out_rows(half) -> np.ndarray:
@@ -60,36 +72,67 @@ def diagnose(half, batches) -> dict[str, float]:
     size = half.settings.batch_size
     precise = _precise_dtype(half.device)
     encode, deformed_positions = _in_precision(half, precise)
-    codes = [encode(batches.get(rows[start:start + size])["encoder_input"]) for start in range(0, len(rows), size)]
+    codes = [
+        encode(batches.get(rows[start : start + size])["encoder_input"])
+        for start in range(0, len(rows), size)
+    ]
     others = torch.cat(codes).roll(len(rows) // 2, 0).split(size) if len(rows) else []
     model = half.model(detach=True)
-    model = GaussianModel(model.positions_angstrom.to(precise), model.amplitudes.to(precise),
-                          model.sigmas_angstrom.to(precise))
+    model = GaussianModel(
+        model.positions_angstrom.to(precise),
+        model.amplitudes.to(precise),
+        model.sigmas_angstrom.to(precise),
+    )
     weights, n_freq = half.noise.weights.to(precise), half.noise.n_frequencies
-    sums = torch.zeros(7, dtype=torch.float64)  # count, squared displacement, loss, gain, gain², latent gain, its ²
+    sums = torch.zeros(
+        7, dtype=torch.float64
+    )  # count, squared displacement, loss, gain, gain², latent gain, its ²
     for start, own, other in zip(range(0, len(rows), size), codes, others):
-        batch = batches.get(rows[start:start + size])
+        batch = batches.get(rows[start : start + size])
         deformed = deformed_positions(own)
         reference = half.positions.detach().to(precise).expand(len(own), -1, -1)
         losses = []
         for positions in (deformed, reference, deformed_positions(other)):
-            predicted = project_spectrum(model, batch["rotations"].to(precise), batch["shifts_angstrom"].to(precise),
-                                         batches.box, batches.pixel_size_angstrom,
-                                         positions_angstrom=positions.to(precise)) * batch["ctf"].to(precise)
-            losses.append(data_loss(predicted, batch["spectra"].to(predicted.dtype), weights, n_freq).cpu().double())
+            predicted = project_spectrum(
+                model,
+                batch["rotations"].to(precise),
+                batch["shifts_angstrom"].to(precise),
+                batches.box,
+                batches.pixel_size_angstrom,
+                positions_angstrom=positions.to(precise),
+            ) * batch["ctf"].to(precise)
+            losses.append(
+                data_loss(predicted, batch["spectra"].to(predicted.dtype), weights, n_freq)
+                .cpu()
+                .double()
+            )
         gain, latent_gain = losses[1] - losses[0], losses[2] - losses[0]
         squared = (deformed - reference).pow(2).sum(-1).mean(-1).cpu().double()
-        sums += torch.stack([torch.tensor(float(len(own)), dtype=torch.float64), squared.sum(), losses[0].sum(),
-                             gain.sum(), gain.pow(2).sum(), latent_gain.sum(), latent_gain.pow(2).sum()])
+        sums += torch.stack(
+            [
+                torch.tensor(float(len(own)), dtype=torch.float64),
+                squared.sum(),
+                losses[0].sum(),
+                gain.sum(),
+                gain.pow(2).sum(),
+                latent_gain.sum(),
+                latent_gain.pow(2).sum(),
+            ]
+        )
     if half.group.size > 1:
         sums = half.group.all_reduce_sum_(sums.to(half.device)).cpu()
     count, squared, loss, *moments = sums.tolist()
     n = max(count, 1.0)
     gain, gain_z = _mean_and_z(*moments[:2], n)
     latent_gain, latent_gain_z = _mean_and_z(*moments[2:], n)
-    return {"rms_displacement_angstrom": math.sqrt(squared / n), "validation_data": loss / n,
-            "deformation_gain": gain, "deformation_gain_z": gain_z,
-            "latent_gain": latent_gain, "latent_gain_z": latent_gain_z}
+    return {
+        "rms_displacement_angstrom": math.sqrt(squared / n),
+        "validation_data": loss / n,
+        "deformation_gain": gain,
+        "deformation_gain_z": gain_z,
+        "latent_gain": latent_gain,
+        "latent_gain_z": latent_gain_z,
+    }
 
 
 def _precise_dtype(device: torch.device) -> torch.dtype:
@@ -101,9 +144,12 @@ def _in_precision(half, dtype: torch.dtype):
     """The half's encoder means and deformed positions computed in ``dtype`` (same parameters): the
     gains are small differences of losses near 1, and must come out the same (to 1e-6) in a resumed
     run, whose parameters differ from a straight run's by float32 rounding."""
+
     def converted(module):
-        state = {name: value.detach().to(dtype) if value.is_floating_point() else value
-                 for name, value in [*module.named_parameters(), *module.named_buffers()]}
+        state = {
+            name: value.detach().to(dtype) if value.is_floating_point() else value
+            for name, value in [*module.named_parameters(), *module.named_buffers()]
+        }
         return lambda *args: functional_call(module, state, tuple(a.to(dtype) for a in args))
 
     encoder, decoder = converted(half.encoder), converted(half.decoder)
@@ -111,8 +157,10 @@ def _in_precision(half, dtype: torch.dtype):
     moving = half.moving.to(dtype).view(-1, 1)
     if half.controls is not None:  # interpolated from the control points in single precision
         half.controls.update(half.positions)
-        return (lambda images: encoder(images)[0],
-                lambda z: half.deformed_positions(z.float()).to(dtype))
+        return (
+            lambda images: encoder(images)[0],
+            lambda z: half.deformed_positions(z.float()).to(dtype),
+        )
 
     def deformed_positions(z):
         return reference + half.displacement(z, reference, call=decoder) * moving
@@ -167,16 +215,24 @@ def check(history: list[dict], min_full_epochs: int | None = None) -> list[str]:
         if rms < STALL_RMS_ANGSTROM and z < NO_GAIN_Z:
             stalled.add(half)
             other = latest.get(3 - half)
-            compare = "" if other is None else f" (half {3 - half}: {other['rms_displacement_angstrom']:.2f} Å)"
+            compare = (
+                ""
+                if other is None
+                else f" (half {3 - half}: {other['rms_displacement_angstrom']:.2f} Å)"
+            )
             warnings.append(
                 f"half {half} has stalled: its decoder moves its Gaussians by {rms:.2f} Å RMS{compare} and "
                 f"deforming by its latents does not improve its fit to held-out particles (gain z = {z:.1f}, "
-                f"λ = {row.get('lambda', float('nan')):.3g}); its latent space carries no motion: {ADVICE}")
+                f"λ = {row.get('lambda', float('nan')):.3g}); its latent space carries no motion: {ADVICE}"
+            )
     if len(latest) == 2 and not stalled:
         one, two = latest[1], latest[2]
         rms = (one["rms_displacement_angstrom"], two["rms_displacement_angstrom"])
         gains = (one["latent_gain"], two["latent_gain"])
-        errors = [abs(g / row["latent_gain_z"]) if row["latent_gain_z"] else 0.0 for g, row in zip(gains, (one, two))]
+        errors = [
+            abs(g / row["latent_gain_z"]) if row["latent_gain_z"] else 0.0
+            for g, row in zip(gains, (one, two))
+        ]
         separation = abs(gains[0] - gains[1]) / max(math.hypot(*errors), 1e-30)
         by_motion = max(rms) > DISAGREE_RATIO * min(rms)
         by_gain = separation > DISAGREE_Z and max(gains) > DISAGREE_RATIO * max(min(gains), 0.0)
@@ -186,7 +242,8 @@ def check(history: list[dict], min_full_epochs: int | None = None) -> list[str]:
                 f"the two halves disagree: half 1 moves its Gaussians by {rms[0]:.2f} Å RMS, half 2 by "
                 f"{rms[1]:.2f} Å; deforming by the latents improves the fit to held-out particles by "
                 f"{gains[0]:.3g} and {gains[1]:.3g} ({separation:.1f} standard errors apart); half {weaker} lags "
-                f"behind: train longer, or {ADVICE}")
+                f"behind: train longer, or {ADVICE}"
+            )
     return warnings
 
 
@@ -217,13 +274,27 @@ def final_check(halves, latents: tuple[np.ndarray, np.ndarray], rows: np.ndarray
     sums = [torch.zeros_like(points, dtype=precise) for _ in halves]
     squares = torch.zeros(3, dtype=torch.float64)  # Σ|f₁|², Σ|f₂|², Σ|f₁ − f₂|²
     for start in range(0, len(rows), 64):
-        chunk = rows[start:start + 64]
-        fields = [(half.deformed_positions(torch.as_tensor(z[chunk], device=points.device), points) - points).to(precise)
-                  for half, z in zip(halves, latents, strict=True)]
+        chunk = rows[start : start + 64]
+        fields = [
+            (
+                half.deformed_positions(torch.as_tensor(z[chunk], device=points.device), points)
+                - points
+            ).to(precise)
+            for half, z in zip(halves, latents, strict=True)
+        ]
         for total, field in zip(sums, fields, strict=True):
             total += field.sum(0)
-        squares += torch.stack([fields[0].pow(2).sum(), fields[1].pow(2).sum(),
-                                (fields[0] - fields[1]).pow(2).sum()]).cpu().double()
+        squares += (
+            torch.stack(
+                [
+                    fields[0].pow(2).sum(),
+                    fields[1].pow(2).sum(),
+                    (fields[0] - fields[1]).pow(2).sum(),
+                ]
+            )
+            .cpu()
+            .double()
+        )
     n = len(rows)
     means = [total / n for total in sums]
     one = float(squares[0]) - n * float(means[0].pow(2).sum())
@@ -235,7 +306,9 @@ def final_check(halves, latents: tuple[np.ndarray, np.ndarray], rows: np.ndarray
     if agreement >= FINAL_AGREEMENT:
         return []
     rms = [math.sqrt(max(value, 0.0) / (n * len(points))) for value in (one, two, apart)]
-    return [f"the two halves disagree: on {n} validation particles their final motions differ by {rms[2]:.2f} Å "
-            f"RMS, as much as they move (half 1 {rms[0]:.2f} Å, half 2 {rms[1]:.2f} Å, each without its mean "
-            f"deformation; agreement {agreement:.2f}: 1 = the same motion, 0 = unrelated); the motions are not "
-            f"reproducible: {ADVICE}"]
+    return [
+        f"the two halves disagree: on {n} validation particles their final motions differ by {rms[2]:.2f} Å "
+        f"RMS, as much as they move (half 1 {rms[0]:.2f} Å, half 2 {rms[1]:.2f} Å, each without its mean "
+        f"deformation; agreement {agreement:.2f}: 1 = the same motion, 0 = unrelated); the motions are not "
+        f"reproducible: {ADVICE}"
+    ]

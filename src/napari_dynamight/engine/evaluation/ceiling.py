@@ -215,7 +215,9 @@ def bayes_ceiling(
     norm = np.zeros((n, len(evaluated)))
     residual_energy = signal_energy = 0.0
     with dataset:
-        for step, n_chunks, rows, batch, ctf in ctf_batches(dataset, n, batch_size, box, pixel_size):
+        for step, n_chunks, rows, batch, ctf in ctf_batches(
+            dataset, n, batch_size, box, pixel_size
+        ):
             rotations, shifts = batch["rotations"], batch["shifts_angstrom"]
             images = batch["images"]
             spectrum = torch.fft.rfft2(images)

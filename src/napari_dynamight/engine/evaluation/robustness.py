@@ -69,8 +69,12 @@ class DomainCeilingResult:
     noise_variance: float
 
     def summary(self) -> dict:
-        out = {"n_particles": len(self.half_set), "n_grid_frames_per_domain": len(self.grid_frames),
-               "n_states_evaluated": len(self.grid_frames) ** 2, "noise_variance": self.noise_variance}
+        out = {
+            "n_particles": len(self.half_set),
+            "n_grid_frames_per_domain": len(self.grid_frames),
+            "n_states_evaluated": len(self.grid_frames) ** 2,
+            "noise_variance": self.noise_variance,
+        }
         for d in (0, 1):
             est, true = self.posterior_mean_frames[:, d], self.true_frames[:, d]
             out[f"domain{d + 1}"] = {
@@ -100,7 +104,9 @@ def domain_ceiling(
     directory = Path(simulation_directory)
     settings_path = directory / "ground_truth" / "simulation.json"
     if not settings_path.is_file():
-        raise InputError(f"{settings_path}: not found; give the output folder of napari-dynamight simulate")
+        raise InputError(
+            f"{settings_path}: not found; give the output folder of napari-dynamight simulate"
+        )
     settings = json.loads(settings_path.read_text())
     domains = settings.get("independent_domains")
     if not domains:
@@ -109,21 +115,31 @@ def domain_ceiling(
         raise InputError(f"frame step {frame_step} is invalid: give a whole number >= 1")
     sigma2 = settings["noise_variance"] if noise_variance is None else float(noise_variance)
     if not (sigma2 and math.isfinite(sigma2) and sigma2 > 0):
-        raise InputError(f"{directory}: noise variance {sigma2} is not positive; give one explicitly")
+        raise InputError(
+            f"{directory}: noise variance {sigma2} is not positive; give one explicitly"
+        )
     table = read_particles(directory / "particles.star")
     labels = pd.read_csv(directory / "ground_truth" / "labels.csv")
     if len(labels) != len(table):
-        raise InputError(f"{directory}: labels.csv and particles.star differ in length; re-simulate")
-    frames_info = domain_frames(settings["structure"], settings["trajectory"], settings["frames"],
-                                (domains["domain1_residues"], domains["domain2_residues"]),
-                                domains["core_frame"])
+        raise InputError(
+            f"{directory}: labels.csv and particles.star differ in length; re-simulate"
+        )
+    frames_info = domain_frames(
+        settings["structure"],
+        settings["trajectory"],
+        settings["frames"],
+        (domains["domain1_residues"], domains["domain2_residues"]),
+        domains["core_frame"],
+    )
     n_used = len(frames_info.frames)
     grid = np.arange(0, n_used, int(frame_step))
     states = (grid[:, None] * n_used + grid[None, :]).ravel()
     pixel_size = float(settings["pixel_size_angstrom"])
     dataset = ParticleDataset(table, normalise=False, device=device)
     box = dataset.box
-    scene = frames_info.scene(states, box, pixel_size, settings["atom_sigma_angstrom"], dataset.device)
+    scene = frames_info.scene(
+        states, box, pixel_size, settings["atom_sigma_angstrom"], dataset.device
+    )
     state_frames = frames_info.state_frames(scene.frames)
     probabilities = np.asarray(settings.get("frame_probabilities") or np.full(n_used, 1 / n_used))
     with np.errstate(divide="ignore"):
@@ -136,18 +152,25 @@ def domain_ceiling(
     n = len(table)
     log_likelihood = np.zeros((n, len(scene.frames)))
     with dataset:
-        for step, n_chunks, rows, batch, ctf in ctf_batches(dataset, n, batch_size, box, pixel_size):
+        for step, n_chunks, rows, batch, ctf in ctf_batches(
+            dataset, n, batch_size, box, pixel_size
+        ):
             rotations, shifts = batch["rotations"], batch["shifts_angstrom"]
             if envelope is not None:
                 ctf = ctf * envelope
             spectrum = torch.fft.rfft2(batch["images"])
             for column in range(len(scene.frames)):
-                projection = project_spectrum(scene.at_frame(column), rotations, shifts, box,
-                                              pixel_size) * ctf
-                cross = ((spectrum.real * projection.real + spectrum.imag * projection.imag)
-                         * weights).sum((1, 2))
+                projection = (
+                    project_spectrum(scene.at_frame(column), rotations, shifts, box, pixel_size)
+                    * ctf
+                )
+                cross = (
+                    (spectrum.real * projection.real + spectrum.imag * projection.imag) * weights
+                ).sum((1, 2))
                 norm = (projection.abs() ** 2 * weights).sum((1, 2))
-                log_likelihood[rows, column] = ((cross - 0.5 * norm) / sigma2).double().cpu().numpy()
+                log_likelihood[rows, column] = (
+                    ((cross - 0.5 * norm) / sigma2).double().cpu().numpy()
+                )
             yield Progress("domain ceiling", step + 1, n_chunks)
     log_posterior = log_likelihood + log_prior
     log_posterior -= logsumexp(log_posterior, axis=1, keepdims=True)

@@ -12,5 +12,15 @@ from .paths import graph_path, resample_polyline, straight_path
 from .selection import Selections, points_in_polygon
 from .table import ExplorerData, load_run
 
-__all__ = ["Embedding", "ExplorerData", "HalfView", "Selections", "embed", "graph_path", "load_run",
-           "points_in_polygon", "resample_polyline", "straight_path"]
+__all__ = [
+    "Embedding",
+    "ExplorerData",
+    "HalfView",
+    "Selections",
+    "embed",
+    "graph_path",
+    "load_run",
+    "points_in_polygon",
+    "resample_polyline",
+    "straight_path",
+]

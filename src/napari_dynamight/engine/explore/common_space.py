@@ -71,11 +71,18 @@ class CommonSpace:
         return Embedding(self.coords, self.codes, "common motion space", self.explained_variance)
 
 
-def own_codes(latents: np.ndarray, validation: np.ndarray, half_sets: np.ndarray,
-              half2_validation: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def own_codes(
+    latents: np.ndarray,
+    validation: np.ndarray,
+    half_sets: np.ndarray,
+    half2_validation: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Each particle's code by its own half set and that half (N,): ``latents`` hold the own half's
     codes, validation particles half 1's; a half-2 validation particle gets half 2's code when known."""
-    codes, by = np.array(latents, dtype=np.float32), np.where(validation, 1, half_sets).astype(np.int64)
+    codes, by = (
+        np.array(latents, dtype=np.float32),
+        np.where(validation, 1, half_sets).astype(np.int64),
+    )
     if half2_validation is not None:
         known = validation & (half_sets == 2) & np.isfinite(half2_validation).all(axis=1)
         codes[known], by[known] = half2_validation[known], 2
@@ -86,7 +93,9 @@ def point_subset(n_gaussians: int, n_points: int) -> np.ndarray:
     """Indices of ``n_points`` Gaussians spread evenly over the reference (all when fewer)."""
     if n_points < 1:
         raise InputError(f"the common motion space needs at least 1 point, got {n_points}")
-    return np.unique(np.linspace(0, n_gaussians - 1, min(n_points, n_gaussians)).round().astype(np.int64))
+    return np.unique(
+        np.linspace(0, n_gaussians - 1, min(n_points, n_gaussians)).round().astype(np.int64)
+    )
 
 
 def _displacements(run, codes, by, index, batch_size: int):
@@ -94,7 +103,7 @@ def _displacements(run, codes, by, index, batch_size: int):
     for half in (1, 2):
         rows = np.nonzero(by == half)[0]
         for start in range(0, len(rows), batch_size):
-            chosen = rows[start:start + batch_size]
+            chosen = rows[start : start + batch_size]
             moved = run.displacements_at_half1(codes[chosen], half, index)
             yield chosen, moved.reshape(len(chosen), -1).double().cpu().numpy()
 
@@ -114,9 +123,11 @@ def _disagreement(run, half2_validation, rows, points, batch_size: int, progress
         return None
     sums, scatter = 0.0, 0.0
     for start in range(0, len(rows), batch_size):
-        chosen = rows[start:start + batch_size]
-        moved = [run.displacements_at_half1(codes, half, points).reshape(len(chosen), -1).double()
-                 for half, codes in ((1, run.latents[chosen]), (2, half2_validation[chosen]))]
+        chosen = rows[start : start + batch_size]
+        moved = [
+            run.displacements_at_half1(codes, half, points).reshape(len(chosen), -1).double()
+            for half, codes in ((1, run.latents[chosen]), (2, half2_validation[chosen]))
+        ]
         difference = (moved[0] - moved[1]).cpu().numpy()
         sums, scatter = sums + difference.sum(axis=0), scatter + difference.T @ difference
         yield progress("measuring where the halves disagree")
@@ -126,8 +137,12 @@ def _disagreement(run, half2_validation, rows, points, batch_size: int, progress
     return covariance + floor * np.eye(len(covariance))
 
 
-def compute_common_space(run, half2_validation: np.ndarray | None, n_points: int = DEFAULT_POINTS,
-                         batch_size: int = BATCH_SIZE) -> ProgressGenerator[CommonSpace]:
+def compute_common_space(
+    run,
+    half2_validation: np.ndarray | None,
+    n_points: int = DEFAULT_POINTS,
+    batch_size: int = BATCH_SIZE,
+) -> ProgressGenerator[CommonSpace]:
     """The common motion space of a loaded ``DeformationRun`` (see the module docstring)."""
     if run.latents is None:
         raise InputError("this run has no latent means yet; finish the run first")
@@ -135,7 +150,9 @@ def compute_common_space(run, half2_validation: np.ndarray | None, n_points: int
     points = point_subset(len(run.reference(1).positions_angstrom), n_points)
     counts = {half: int((by == half).sum()) for half in (1, 2)}
     both = _both_codes(run, half2_validation)
-    total = sum(-(-count // batch_size) for count in (*counts.values(), *counts.values(), len(both)))
+    total = sum(
+        -(-count // batch_size) for count in (*counts.values(), *counts.values(), len(both))
+    )
     step = 0
 
     def progress(message: str) -> Progress:
@@ -166,18 +183,30 @@ def _load(path: Path, stamp: str, n_points: int, n: int) -> CommonSpace | None:
     """The cached space when it was made from this state of the run with these settings, else None."""
     try:
         with np.load(path, allow_pickle=False) as cached:
-            same = (str(cached["stamp"]) == stamp and str(cached["method"]) == METHOD
-                    and int(cached["n_points"]) == n_points and len(cached["coords"]) == n)
+            same = (
+                str(cached["stamp"]) == stamp
+                and str(cached["method"]) == METHOD
+                and int(cached["n_points"]) == n_points
+                and len(cached["coords"]) == n
+            )
             if not same:
                 return None
-            return CommonSpace(*(cached[key] for key in ("coords", "explained_variance", "decoded_by",
-                                                         "validation", "codes")))
+            return CommonSpace(
+                *(
+                    cached[key]
+                    for key in ("coords", "explained_variance", "decoded_by", "validation", "codes")
+                )
+            )
     except (OSError, ValueError, KeyError, EOFError):
         return None  # missing, damaged or from another version: made again
 
 
-def common_space(run_directory: str | os.PathLike, run=None, n_points: int = DEFAULT_POINTS,
-                 batch_size: int = BATCH_SIZE) -> ProgressGenerator[CommonSpace]:
+def common_space(
+    run_directory: str | os.PathLike,
+    run=None,
+    n_points: int = DEFAULT_POINTS,
+    batch_size: int = BATCH_SIZE,
+) -> ProgressGenerator[CommonSpace]:
     """The common motion space of a finished run folder: read from its cache when the run is unchanged,
     else computed (``run``: its ``DeformationRun`` if already loaded) and cached atomically."""
     from ..run_identity import check_finished_run, run_stamp
@@ -194,8 +223,15 @@ def common_space(run_directory: str | os.PathLike, run=None, n_points: int = DEF
     half2 = np.load(folder.latents_half2) if folder.latents_half2.is_file() else None
     space = yield from compute_common_space(run, half2, n_points, batch_size)
     with atomic_path(folder.common_space) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, stamp=np.array(run_stamp(info)), method=np.array(METHOD),
-                 n_points=np.array(n_points), coords=space.coords,
-                 explained_variance=space.explained_variance, decoded_by=space.decoded_by,
-                 validation=space.validation, codes=space.codes)
+        np.savez(
+            handle,
+            stamp=np.array(run_stamp(info)),
+            method=np.array(METHOD),
+            n_points=np.array(n_points),
+            coords=space.coords,
+            explained_variance=space.explained_variance,
+            decoded_by=space.decoded_by,
+            validation=space.validation,
+            codes=space.codes,
+        )
     return space

@@ -40,7 +40,7 @@ class Decoder(Protocol):
 def check_latent(latent, latent_dim: int) -> np.ndarray:
     latent = np.asarray(latent, dtype=np.float32).reshape(-1)
     if latent.shape[0] != latent_dim:
-        raise InputError(f"latent point has {latent.shape[0]} values; the run has {latent_dim} "
-                         "latent dimensions")
+        raise InputError(
+            f"latent point has {latent.shape[0]} values; the run has {latent_dim} latent dimensions"
+        )
     return latent
-

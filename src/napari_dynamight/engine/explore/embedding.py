@@ -56,7 +56,9 @@ class Embedding:
 def _check(latents) -> np.ndarray:
     latents = np.asarray(latents, dtype=np.float32)
     if latents.ndim != 2 or len(latents) < 2:
-        raise InputError(f"latent means must be an (N, D) array with N ≥ 2, got shape {latents.shape}")
+        raise InputError(
+            f"latent means must be an (N, D) array with N ≥ 2, got shape {latents.shape}"
+        )
     if not np.isfinite(latents).all():
         raise InputError("latent means hold NaN or Inf; re-run the deformation stage")
     return latents
@@ -67,14 +69,19 @@ def pca(latents) -> Embedding:
     latents = _check(latents)
     centred = latents.astype(np.float64) - latents.mean(axis=0)
     if latents.shape[1] == 1:
-        return Embedding(np.column_stack([centred[:, 0], np.zeros(len(latents))]).astype(np.float32),
-                         latents, "pca", np.array([1.0]))
+        return Embedding(
+            np.column_stack([centred[:, 0], np.zeros(len(latents))]).astype(np.float32),
+            latents,
+            "pca",
+            np.array([1.0]),
+        )
     axes, explained = principal_axes(centred.T @ centred / max(len(latents) - 1, 1))
     return Embedding((centred @ axes).astype(np.float32), latents, "pca", explained)
 
 
-def principal_axes(covariance: np.ndarray,
-                   against: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def principal_axes(
+    covariance: np.ndarray, against: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The two leading eigenvectors (D, 2) of a covariance matrix (D ≥ 2; signs fixed so each axis's
     largest loading is positive) and the fraction of the total variance each explains.
 
@@ -101,8 +108,9 @@ def umap(latents, seed: int = 0) -> Embedding:
     try:
         import umap as umap_learn
     except ImportError:
-        raise InputError("UMAP needs the package umap-learn (pip install umap-learn); "
-                         "or use the PCA embedding") from None
+        raise InputError(
+            "UMAP needs the package umap-learn (pip install umap-learn); or use the PCA embedding"
+        ) from None
     reducer = umap_learn.UMAP(n_components=2, random_state=seed)
     return Embedding(reducer.fit_transform(latents).astype(np.float32), latents, "umap")
 

@@ -43,13 +43,17 @@ def half_membership(frame) -> tuple[np.ndarray, np.ndarray] | None:
     if frame is None or HALF_COLUMN not in frame.columns:
         return None
     halves = frame[HALF_COLUMN].to_numpy(dtype=np.int64)
-    validation = (frame[VALIDATION_COLUMN].to_numpy(dtype=np.int64) != 0
-                  if VALIDATION_COLUMN in frame.columns else np.zeros(len(frame), dtype=bool))
+    validation = (
+        frame[VALIDATION_COLUMN].to_numpy(dtype=np.int64) != 0
+        if VALIDATION_COLUMN in frame.columns
+        else np.zeros(len(frame), dtype=bool)
+    )
     return halves, validation
 
 
-def half_view(latents: np.ndarray, membership, half: int | None,
-              half2_validation: np.ndarray | None = None) -> HalfView:
+def half_view(
+    latents: np.ndarray, membership, half: int | None, half2_validation: np.ndarray | None = None
+) -> HalfView:
     """Half ``half``'s particles and codes (see the module docstring).
 
     ``latents`` (N, D) are each particle's own half's codes, validation particles by half 1;

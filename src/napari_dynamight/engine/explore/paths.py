@@ -25,8 +25,9 @@ def resample_polyline(vertices, n_points: int) -> np.ndarray:
     if arc[-1] == 0:
         return np.repeat(vertices[:1], n_points, axis=0).astype(np.float32)
     targets = np.linspace(0.0, arc[-1], n_points)
-    return np.column_stack([np.interp(targets, arc, vertices[:, d])
-                            for d in range(vertices.shape[1])]).astype(np.float32)
+    return np.column_stack(
+        [np.interp(targets, arc, vertices[:, d]) for d in range(vertices.shape[1])]
+    ).astype(np.float32)
 
 
 def straight_path(start, end, n_points: int) -> np.ndarray:
@@ -60,8 +61,10 @@ def graph_path(latents, start_index: int, end_index: int, n_points: int, k: int 
     while rows[-1] != start_index:
         previous = predecessors[rows[-1]]
         if previous < 0:
-            raise InputError(f"the two points are not connected in the {k}-nearest-neighbour graph; "
-                             "use a straight path or more neighbours")
+            raise InputError(
+                f"the two points are not connected in the {k}-nearest-neighbour graph; "
+                "use a straight path or more neighbours"
+            )
         rows.append(int(previous))
     rows = np.array(rows[::-1])
     return resample_polyline(latents[rows], n_points), rows

@@ -63,8 +63,13 @@ class RunDecoder:
             positions = self.run.positions(latent, half)[0]
             model = GaussianModel(positions, reference.amplitudes, reference.sigmas_angstrom)
             volume = render_volume(model, self.run.box, self.run.voxel_size_angstrom)
-        return Decoded(latent, positions.cpu().numpy(), reference.positions_angstrom.cpu().numpy(),
-                       volume.cpu().numpy(), float(self.run.voxel_size_angstrom))
+        return Decoded(
+            latent,
+            positions.cpu().numpy(),
+            reference.positions_angstrom.cpu().numpy(),
+            volume.cpu().numpy(),
+            float(self.run.voxel_size_angstrom),
+        )
 
     @property
     def validation(self) -> np.ndarray:
@@ -73,16 +78,23 @@ class RunDecoder:
     def compare_halves(self, particle: int) -> HalfComparison:
         """Decode a validation particle with both halves and compare their displacements."""
         if self.run.latents is None:
-            raise InputError(f"{RunFolder(self.run_directory).latents}: not found; finish the run first")
+            raise InputError(
+                f"{RunFolder(self.run_directory).latents}: not found; finish the run first"
+            )
         if not 0 <= particle < len(self.validation) or not self.validation[particle]:
-            raise InputError(f"particle {particle} is not a validation particle; pick one with "
-                             "dmValidation = 1")
+            raise InputError(
+                f"particle {particle} is not a validation particle; pick one with dmValidation = 1"
+            )
         path = RunFolder(self.run_directory).latents_half2
         if not path.is_file():
-            raise InputError(f"{path}: not found; the half-2 codes of validation particles are needed")
+            raise InputError(
+                f"{path}: not found; the half-2 codes of validation particles are needed"
+            )
         first = self.decode(self.run.latents[particle], half=1)
         second = self.decode(np.load(path)[particle], half=2)
-        difference = np.linalg.norm(first.displacements_angstrom - second.displacements_angstrom, axis=1)
+        difference = np.linalg.norm(
+            first.displacements_angstrom - second.displacements_angstrom, axis=1
+        )
         return HalfComparison(particle, first, second, difference)
 
 

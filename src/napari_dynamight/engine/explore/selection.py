@@ -17,12 +17,17 @@ def points_in_polygon(coords: np.ndarray, polygon) -> np.ndarray:
     """Boolean mask (N,) of the 2D ``coords`` inside the closed ``polygon`` (M, 2), M ≥ 3."""
     polygon = np.asarray(polygon, dtype=np.float64)
     if polygon.ndim != 2 or polygon.shape[1] != 2 or len(polygon) < 3:
-        raise InputError("a selection polygon needs at least 3 vertices (x, y), got shape "
-                         f"{polygon.shape}")
+        raise InputError(
+            f"a selection polygon needs at least 3 vertices (x, y), got shape {polygon.shape}"
+        )
     coords = np.asarray(coords)
     low, high = polygon.min(axis=0), polygon.max(axis=0)
-    box = np.nonzero((coords[:, 0] >= low[0]) & (coords[:, 0] <= high[0]) &
-                     (coords[:, 1] >= low[1]) & (coords[:, 1] <= high[1]))[0]
+    box = np.nonzero(
+        (coords[:, 0] >= low[0])
+        & (coords[:, 0] <= high[0])
+        & (coords[:, 1] >= low[1])
+        & (coords[:, 1] <= high[1])
+    )[0]
     inside = np.zeros(len(coords), dtype=bool)
     if len(box):
         inside[box] = Path(polygon).contains_points(coords[box])
@@ -55,7 +60,9 @@ class Selections:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             if rows.shape != (self.n,):
-                raise InputError(f"selection mask has {rows.shape[0]} entries for {self.n} particles")
+                raise InputError(
+                    f"selection mask has {rows.shape[0]} entries for {self.n} particles"
+                )
             rows = np.nonzero(rows)[0]
         rows = rows.astype(np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
@@ -66,8 +73,10 @@ class Selections:
         if name in self.half_of and self.half_of[name] != half:
             drawn = self.half_of[name]
             where = "the common motion space" if drawn == BOTH else f"half {drawn}"
-            raise InputError(f"selection {name!r} was drawn in {where}; the halves' "
-                             "latent spaces differ, so give this one another name")
+            raise InputError(
+                f"selection {name!r} was drawn in {where}; the halves' "
+                "latent spaces differ, so give this one another name"
+            )
         if name not in self.names:
             self.names.append(name)
             self.half_of[name] = half
@@ -78,7 +87,9 @@ class Selections:
     def mask(self, name: str) -> np.ndarray:
         """(N,) bool: the STAR rows in selection ``name``."""
         if name not in self.names:
-            raise InputError(f"no selection named {name!r}; existing: {', '.join(self.names) or 'none'}")
+            raise InputError(
+                f"no selection named {name!r}; existing: {', '.join(self.names) or 'none'}"
+            )
         return self.labels(self.half_of[name]) == self.names.index(name) + 1
 
     def rows(self, name: str) -> np.ndarray:

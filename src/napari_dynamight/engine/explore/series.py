@@ -22,9 +22,14 @@ class FrameProgress(Progress):
     decoded: Decoded | None = None
 
 
-def decode_path(decoder: Decoder, latents: np.ndarray, folder: str | os.PathLike | None = None,
-                prefix: str = "path", movie: str | os.PathLike | None = None,
-                framerate: int = DEFAULT_FRAMERATE) -> ProgressGenerator[list[Path]]:
+def decode_path(
+    decoder: Decoder,
+    latents: np.ndarray,
+    folder: str | os.PathLike | None = None,
+    prefix: str = "path",
+    movie: str | os.PathLike | None = None,
+    framerate: int = DEFAULT_FRAMERATE,
+) -> ProgressGenerator[list[Path]]:
     """Decode every latent point in order, yielding each frame; with ``folder``, write
     ``prefix_NNN.mrc`` files there and, last, ``prefix.cxc`` (ChimeraX), which also records
     ``movie`` (a file name in ``folder``) at ``framerate`` when given."""
@@ -41,6 +46,7 @@ def decode_path(decoder: Decoder, latents: np.ndarray, folder: str | os.PathLike
             statistics.append(map_statistics(decoded.volume))
         yield FrameProgress("decode path", index + 1, len(latents), decoded=decoded)
     if folder is not None and written:
-        write_series_script(Path(folder) / f"{prefix}{SUFFIX}", written, display_level(statistics), movie,
-                            framerate)
+        write_series_script(
+            Path(folder) / f"{prefix}{SUFFIX}", written, display_level(statistics), movie, framerate
+        )
     return written

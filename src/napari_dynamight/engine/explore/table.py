@@ -46,14 +46,18 @@ class ExplorerData:
     def __post_init__(self) -> None:
         self.latents = np.asarray(self.latents, dtype=np.float32)
         if self.table is not None and len(self.table) != len(self.latents):
-            raise InputError(f"{self.source}: {len(self.latents)} latent means for {len(self.table)} "
-                             "particles; the run's files do not belong together")
+            raise InputError(
+                f"{self.source}: {len(self.latents)} latent means for {len(self.table)} "
+                "particles; the run's files do not belong together"
+            )
         if self.half2_validation is not None:
             self.half2_validation = np.asarray(self.half2_validation, dtype=np.float32)
             if self.half2_validation.shape != self.latents.shape:
-                raise InputError(f"{self.source}: the half-2 validation codes have shape "
-                                 f"{self.half2_validation.shape}, the latent means "
-                                 f"{self.latents.shape}; the run's files do not belong together")
+                raise InputError(
+                    f"{self.source}: the half-2 validation codes have shape "
+                    f"{self.half2_validation.shape}, the latent means "
+                    f"{self.latents.shape}; the run's files do not belong together"
+                )
         self._membership = half_membership(None if self.table is None else self.table.particles)
 
     def __len__(self) -> int:
@@ -67,8 +71,10 @@ class ExplorerData:
     def view(self, half: int | None = None) -> HalfView:
         """Half ``half``'s particles with that half's codes (None: all, when there are no halves)."""
         if half not in self.halves:
-            raise InputError(f"half set {half} is not in these data; choose one of "
-                             f"{', '.join(str(h) for h in self.halves)}")
+            raise InputError(
+                f"half set {half} is not in these data; choose one of "
+                f"{', '.join(str(h) for h in self.halves)}"
+            )
         return half_view(self.latents, self._membership, half, self.half2_validation)
 
     def own_half(self, half: int) -> HalfView:
@@ -102,7 +108,9 @@ class ExplorerData:
         columns and the optics table, image names leading to the original images, or as a cryoSPARC .cs
         file when ``path`` ends in ``.cs`` (``engine.io.cryosparc.write_cryosparc``); returns the count."""
         if self.table is None:
-            raise InputError("these latent means have no particle table; open a run folder to export")
+            raise InputError(
+                "these latent means have no particle table; open a run folder to export"
+            )
         rows = np.asarray(rows)
         rows = np.nonzero(rows)[0] if rows.dtype == bool else np.unique(rows.astype(np.int64))
         table = self.table
@@ -113,7 +121,9 @@ class ExplorerData:
             original = [c for c in table.particles.columns if not c.startswith(RESULT_PREFIX)]
             table = replace(table, particles=table.particles[original])
         if len(rows) == 0:
-            raise InputError(f"{path}: empty selection, nothing to write; select at least one particle")
+            raise InputError(
+                f"{path}: empty selection, nothing to write; select at least one particle"
+            )
         write_subset(path, table, rows)
         return len(rows)
 
@@ -121,8 +131,10 @@ class ExplorerData:
 def _latents_from_star(table: ParticleTable, path: Path) -> np.ndarray:
     names = latent_columns(table.particles)
     if not names:
-        raise InputError(f"{path}: has no latent columns ({LATENT_PREFIX}1, ...); open the "
-                         "particles.star of a deformation run, or the run folder")
+        raise InputError(
+            f"{path}: has no latent columns ({LATENT_PREFIX}1, ...); open the "
+            "particles.star of a deformation run, or the run folder"
+        )
     return table.particles[names].to_numpy(dtype=np.float32)
 
 
@@ -132,13 +144,19 @@ def load_run(path: str | os.PathLike) -> ExplorerData:
     if path.is_dir():
         run = RunFolder(path)
         if not run.latents.is_file():
-            raise InputError(f"{path}: no {run.latents.name}; is this a finished deformation run "
-                             "(napari-dynamight optimize-deformations)?")
+            raise InputError(
+                f"{path}: no {run.latents.name}; is this a finished deformation run "
+                "(napari-dynamight optimize-deformations)?"
+            )
         latents = np.load(run.latents)
-        table = _with_input_records(read_run_particles(path), run) if run.particles.is_file() else None
+        table = (
+            _with_input_records(read_run_particles(path), run) if run.particles.is_file() else None
+        )
         return ExplorerData(latents, table, path, _half2_codes(run))
     if not path.exists():
-        raise InputError(f"{path}: not found; give a run folder or its {RunFolder(path).particles.name}")
+        raise InputError(
+            f"{path}: not found; give a run folder or its {RunFolder(path).particles.name}"
+        )
     run = RunFolder(path.parent)
     in_run = path.name == run.particles.name and run.is_run()
     table = read_run_particles(run.path) if in_run else read_particle_file(path)
@@ -155,8 +173,10 @@ def _with_input_records(table: ParticleTable, run: RunFolder) -> ParticleTable:
         return table
     records = np.load(run.input_records, allow_pickle=False)
     if records.dtype.names is None or len(records) != len(table):
-        raise InputError(f"{run.input_records}: {len(records)} records for {len(table)} particles in "
-                         f"{run.particles.name}; the run's files do not belong together")
+        raise InputError(
+            f"{run.input_records}: {len(records)} records for {len(table)} particles in "
+            f"{run.particles.name}; the run's files do not belong together"
+        )
     return replace(table, records=records)
 
 
@@ -171,5 +191,7 @@ def read_gaussian_errors(run_directory: str | os.PathLike) -> tuple[np.ndarray, 
         raise InputError(f"{path}: not found; error estimates come with a finished deformation run")
     table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     if table.shape[1] != 4:
-        raise InputError(f"{path}: expected 4 columns (x, y, z, error in Å), found {table.shape[1]}")
+        raise InputError(
+            f"{path}: expected 4 columns (x, y, z, error in Å), found {table.shape[1]}"
+        )
     return table[:, :3], table[:, 3]

@@ -22,11 +22,17 @@ class InverseNetwork(DeformationDecoder):
         return deformed_angstrom + self(latents, deformed_angstrom)
 
 
-def build_network(settings: InverseSettings, latent_dim: int, extent_angstrom: float, half: int,
-                  device: torch.device | str = "cpu") -> InverseNetwork:
+def build_network(
+    settings: InverseSettings,
+    latent_dim: int,
+    extent_angstrom: float,
+    half: int,
+    device: torch.device | str = "cpu",
+) -> InverseNetwork:
     """A freshly initialised network, seeded by the settings' seed and the half set."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed * 1000 + 500 + half)
-        network = InverseNetwork(latent_dim, extent_angstrom, settings.n_frequencies, settings.width,
-                                 settings.depth)
+        network = InverseNetwork(
+            latent_dim, extent_angstrom, settings.n_frequencies, settings.width, settings.depth
+        )
     return network.to(device)

@@ -63,22 +63,34 @@ def _check_deformation_run(run: RunFolder) -> str:
 def _resume_state(folder: InverseFolder, resume: bool, settings: InverseSettings) -> dict | None:
     """The last checkpoint's state to resume from, or None; refuse to overwrite without ``resume``.
     A resumed run may ask for more epochs; every other setting must match."""
-    return ckpt.state_to_resume(folder.path, resume, settings, folder.final, "an inverse run",
-                                "(or delete the folder to start again)")
+    return ckpt.state_to_resume(
+        folder.path,
+        resume,
+        settings,
+        folder.final,
+        "an inverse run",
+        "(or delete the folder to start again)",
+    )
 
 
-def _particle_sets(run: RunFolder, forward: DeformationRun) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _particle_sets(
+    run: RunFolder, forward: DeformationRun
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per half: the latents of its training particles and the held-out latents of the validation
     particles as that half's encoder saw them (half 2's are in ``RunFolder.latents_half2``)."""
     latents, validation = forward.latents, forward.validation
-    second = np.load(run.latents_half2) if run.latents_half2.is_file() else np.full_like(latents, np.nan)
+    second = (
+        np.load(run.latents_half2) if run.latents_half2.is_file() else np.full_like(latents, np.nan)
+    )
     train, held_out = [], []
     for half, codes in ((1, latents), (2, second)):
         train.append(latents[(forward.half_sets == half) & ~validation])
         candidates = codes[validation]
         held_out.append(candidates[np.isfinite(candidates).all(axis=1)])
     if min(len(t) for t in train) == 0:
-        raise InputError(f"{run.latents}: a half set has no training particles; nothing to learn from")
+        raise InputError(
+            f"{run.latents}: a half set has no training particles; nothing to learn from"
+        )
     return train, held_out
 
 
@@ -99,24 +111,40 @@ def optimize_inverse_deformations(
     folder = run.inverse
     resumed = _resume_state(folder, resume, settings)
     if resumed is not None and resumed.get("deformation_run", stamp) != stamp:
-        raise InputError(f"{folder}: its checkpoints were made from another state of the deformation run "
-                         "(it was resumed or rerun since); delete the folder to start again")
+        raise InputError(
+            f"{folder}: its checkpoints were made from another state of the deformation run "
+            "(it was resumed or rerun since); delete the folder to start again"
+        )
     context.barrier()  # every rank has checked the folder before rank 0 writes to it
     forward = DeformationRun.load(run.path, dev)
     train, held_out = _particle_sets(run, forward)
-    yield Progress("preparing", 0, None, message=f"{len(train[0])} + {len(train[1])} training particles")
-    halves = [InverseHalf(h, forward, train[h - 1], held_out[h - 1], settings, dev, context.half_group(h))
-              for h in (1, 2)]
+    yield Progress(
+        "preparing", 0, None, message=f"{len(train[0])} + {len(train[1])} training particles"
+    )
+    halves = [
+        InverseHalf(h, forward, train[h - 1], held_out[h - 1], settings, dev, context.half_group(h))
+        for h in (1, 2)
+    ]
     mine = [half for half in halves if context.holds(half.half)]
     history, epoch, seconds = [], 0, [0.0, 0.0]
     if resumed is not None:
         for half, state in zip(halves, resumed["halves"], strict=True):
             half.load_state(state)
-        history, epoch, seconds = json.loads(resumed["history"]), int(resumed["epoch"]), json.loads(resumed["seconds"])
+        history, epoch, seconds = (
+            json.loads(resumed["history"]),
+            int(resumed["epoch"]),
+            json.loads(resumed["seconds"]),
+        )
 
     def state() -> dict:
-        return {"epoch": epoch, "settings": json.dumps(settings.to_dict()), "history": json.dumps(history),
-                "seconds": json.dumps(seconds), "halves": [h.state() for h in halves], "deformation_run": stamp}
+        return {
+            "epoch": epoch,
+            "settings": json.dumps(settings.to_dict()),
+            "history": json.dumps(history),
+            "seconds": json.dumps(seconds),
+            "halves": [h.state() for h in halves],
+            "deformation_run": stamp,
+        }
 
     while epoch < settings.epochs:
         epoch += 1
@@ -126,8 +154,10 @@ def optimize_inverse_deformations(
             losses = yield from half.epoch(epoch, settings.epochs)
             elapsed = time.perf_counter() - clock
             check = half.evaluate(held_out=True)["error_angstrom"]
-            entries[half.half] = ({"epoch": epoch, "half": half.half} | losses | {"held_out_error_angstrom": check},
-                                  elapsed)
+            entries[half.half] = (
+                {"epoch": epoch, "half": half.half} | losses | {"held_out_error_angstrom": check},
+                elapsed,
+            )
         for index, (entry, elapsed) in enumerate(_from_leaders(context, entries)):
             seconds[index] += elapsed
             history.append(entry)
@@ -148,17 +178,26 @@ def optimize_inverse_deformations(
                 "held_out_error_angstrom": check["error_angstrom"],
                 "train_displacement_angstrom": trained["displacement_angstrom"],
                 "held_out_displacement_angstrom": check["displacement_angstrom"],
-                "n_train": len(train[index]), "n_held_out": len(held_out[index]), "seconds": seconds[index]}
+                "n_train": len(train[index]),
+                "n_held_out": len(held_out[index]),
+                "seconds": seconds[index],
+            }
         yield Progress("evaluating", index + 1, 2)
     summary = {f"half{h}": values for h, values in enumerate(_from_leaders(context, numbers), 1)}
     summary |= {"epochs": epoch, "settings": settings.to_dict(), "deformation_run": stamp}
     if context.is_main:  # the last epoch was checkpointed, so rank 0 holds both halves' networks
         # the summary marks a complete set: removed first, written last (after the final checkpoint)
         folder.summary.unlink(missing_ok=True)
-        ckpt.save_checkpoint(folder.final, {
-            "epoch": epoch, "settings": json.dumps(settings.to_dict()), "latent_dim": forward.latent_dim,
-            "extent_angstrom": halves[0].extent_angstrom,
-            "halves": [{"network": h.network.state_dict()} for h in halves]})
+        ckpt.save_checkpoint(
+            folder.final,
+            {
+                "epoch": epoch,
+                "settings": json.dumps(settings.to_dict()),
+                "latent_dim": forward.latent_dim,
+                "extent_angstrom": halves[0].extent_angstrom,
+                "halves": [{"network": h.network.state_dict()} for h in halves],
+            },
+        )
         with atomic_path(folder.summary) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     context.barrier()  # on return RUN/inverse is complete for every rank
@@ -181,6 +220,8 @@ def _share_states(context: distributed.Context, halves: list[InverseHalf]) -> No
         return
     for half in halves:
         source = half.group.leader
-        state = context.broadcast_object(half.state() if context.rank == source else None, src=source)
+        state = context.broadcast_object(
+            half.state() if context.rank == source else None, src=source
+        )
         if not half.group.contains_me:
             half.load_state(state)

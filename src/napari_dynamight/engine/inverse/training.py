@@ -35,24 +35,36 @@ def learning_rate(settings: InverseSettings, epoch: int) -> float:
     """Exponential decay from ``learning_rate`` at epoch 1 to ``learning_rate × final_learning_rate_ratio``
     at the last epoch (depends only on the epoch, so resuming needs no scheduler state)."""
     fraction = (epoch - 1) / max(settings.epochs - 1, 1)
-    return settings.learning_rate * settings.final_learning_rate_ratio ** fraction
+    return settings.learning_rate * settings.final_learning_rate_ratio**fraction
 
 
 class InverseHalf:
     """The inverse network of half set ``half`` trained on ``train_latents`` (n, D) by the ranks of
     ``group`` (default: this process alone); a rank outside the group only holds its state."""
 
-    def __init__(self, half: int, run: DeformationRun, train_latents: np.ndarray, held_out_latents: np.ndarray,
-                 settings: InverseSettings, device: torch.device, group: distributed.Group | None = None):
+    def __init__(
+        self,
+        half: int,
+        run: DeformationRun,
+        train_latents: np.ndarray,
+        held_out_latents: np.ndarray,
+        settings: InverseSettings,
+        device: torch.device,
+        group: distributed.Group | None = None,
+    ):
         self.half, self.run, self.settings, self.device = half, run, settings, device
         self.group = distributed.single() if group is None else group
         self.extent_angstrom = 0.5 * run.box * run.voxel_size_angstrom
         self.network = build_network(settings, run.latent_dim, self.extent_angstrom, half, device)
         self.optimiser = torch.optim.Adam(self.network.parameters(), lr=settings.learning_rate)
-        self.generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + 600 + half)
+        self.generator = torch.Generator(device=device).manual_seed(
+            settings.seed * 1000 + 600 + half
+        )
         self.targets = run.reference(half).positions_angstrom.to(device, torch.float32)
         self.train_latents = torch.as_tensor(np.asarray(train_latents, np.float32), device=device)
-        self.held_out_latents = torch.as_tensor(np.asarray(held_out_latents, np.float32), device=device)
+        self.held_out_latents = torch.as_tensor(
+            np.asarray(held_out_latents, np.float32), device=device
+        )
         self._cache = self._held_out_cache = None
         size = (len(self.train_latents) + len(self.held_out_latents)) * self.targets.numel() * 4
         if size <= CACHE_BYTES and self.group.contains_me:
@@ -62,8 +74,10 @@ class InverseHalf:
     @torch.no_grad()
     def forward_positions(self, latents: torch.Tensor) -> torch.Tensor:
         """Deformed Gaussian centres (B, N, 3) Å by this half's forward decoder, in batches."""
-        parts = [self.run.positions(latents[s:s + self.settings.batch_size], self.half)
-                 for s in range(0, len(latents), self.settings.batch_size)]
+        parts = [
+            self.run.positions(latents[s : s + self.settings.batch_size], self.half)
+            for s in range(0, len(latents), self.settings.batch_size)
+        ]
         return torch.cat(parts) if parts else self.targets.new_zeros(0, *self.targets.shape)
 
     def _shared_forward_positions(self, latents: torch.Tensor) -> torch.Tensor:
@@ -81,22 +95,30 @@ class InverseHalf:
             return self._cache[rows]
         return self.forward_positions(self.train_latents[rows])
 
-    def _draws(self, n_batch: int) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    def _draws(
+        self, n_batch: int
+    ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
         """The random choices of one whole batch of ``n_batch`` particles, in the generator's order:
         each particle's Gaussian subset (None: all Gaussians) and the smoothness probes' points and
         directions (None: no smoothness term). Drawn whole on every rank, so ranks stay in step."""
         count, n_gaussians = self.settings.gaussians_per_particle, self.targets.shape[0]
         chosen = None
         if 0 < count < n_gaussians:
-            chosen = torch.randint(n_gaussians, (n_batch, count), generator=self.generator, device=self.device)
+            chosen = torch.randint(
+                n_gaussians, (n_batch, count), generator=self.generator, device=self.device
+            )
         if self.settings.smoothness_weight <= 0:
             return chosen, None
         shape = (n_batch, self.settings.smoothness_points, 3)
-        points = (torch.rand(shape, generator=self.generator, device=self.device) * 2 - 1) * self.extent_angstrom
+        points = (
+            torch.rand(shape, generator=self.generator, device=self.device) * 2 - 1
+        ) * self.extent_angstrom
         direction = torch.randn(shape, generator=self.generator, device=self.device)
         return chosen, (points, direction)
 
-    def _pairs(self, rows: torch.Tensor, chosen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pairs(
+        self, rows: torch.Tensor, chosen: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Deformed points (B, G, 3) and their consensus targets (B, G, 3), G the subset ``chosen``."""
         deformed = self._deformed(rows)
         if chosen is None:
@@ -104,7 +126,9 @@ class InverseHalf:
         index = chosen.unsqueeze(-1).expand(-1, -1, 3)
         return torch.gather(deformed, 1, index), self.targets[chosen]
 
-    def _smoothness(self, latents: torch.Tensor, points: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    def _smoothness(
+        self, latents: torch.Tensor, points: torch.Tensor, direction: torch.Tensor
+    ) -> torch.Tensor:
         """Mean squared finite-difference Jacobian (along the random ``direction``) of the inverse
         displacement at the random ``points`` (B, S, 3) spread over the whole box; dimensionless."""
         n_points = points.shape[1]
@@ -126,7 +150,7 @@ class InverseHalf:
             group["lr"] = learning_rate(settings, epoch)
         self.network.train()
         for step, start in enumerate(range(0, n, settings.batch_size), 1):
-            whole = order[start:start + settings.batch_size]
+            whole = order[start : start + settings.batch_size]
             chosen, probes = self._draws(len(whole))
             share = self.group.share(len(whole))
             count = share.stop - share.start
@@ -136,8 +160,11 @@ class InverseHalf:
                 latents = self.train_latents[rows]
                 deformed, targets = self._pairs(rows, None if chosen is None else chosen[share])
                 data = (self.network.consensus(latents, deformed) - targets).pow(2).sum(-1).mean()
-                smooth = data.new_zeros(()) if probes is None else self._smoothness(
-                    latents, probes[0][share], probes[1][share])
+                smooth = (
+                    data.new_zeros(())
+                    if probes is None
+                    else self._smoothness(latents, probes[0][share], probes[1][share])
+                )
                 loss = data + settings.smoothness_weight * smooth
                 part_of_mean(loss, count, len(whole)).backward()
                 for key, value in (("loss", loss), ("data", data), ("smoothness", smooth)):
@@ -145,11 +172,20 @@ class InverseHalf:
             distributed.sum_gradients_(self.group, parameters)
             self.optimiser.step()
             done += count
-            yield Progress(f"half {self.half}: epoch {epoch}/{total_epochs}", step, n_batches,
-                           metrics={"epoch": epoch, "loss": sums["loss"] / max(done, 1),
-                                    "error_angstrom": (sums["data"] / max(done, 1)) ** 0.5})
+            yield Progress(
+                f"half {self.half}: epoch {epoch}/{total_epochs}",
+                step,
+                n_batches,
+                metrics={
+                    "epoch": epoch,
+                    "loss": sums["loss"] / max(done, 1),
+                    "error_angstrom": (sums["data"] / max(done, 1)) ** 0.5,
+                },
+            )
         if self.group.size > 1:
-            totals = self.group.all_reduce_sum_(torch.tensor(list(sums.values()), dtype=torch.float64))
+            totals = self.group.all_reduce_sum_(
+                torch.tensor(list(sums.values()), dtype=torch.float64)
+            )
             sums = dict(zip(sums, totals.tolist(), strict=True))
         means = {key: value / max(n, 1) for key, value in sums.items()}
         return means | {"error_angstrom": means["data"] ** 0.5}
@@ -167,20 +203,32 @@ class InverseHalf:
         error = displacement = 0.0
         share = self.group.share(len(latents))
         for start in range(share.start, share.stop, self.settings.batch_size):
-            z = latents[start:min(start + self.settings.batch_size, share.stop)]
-            deformed = self.run.positions(z, self.half) if cache is None else cache[start:start + len(z)]
-            error += float((self.network.consensus(z, deformed) - self.targets).pow(2).sum(-1).sum())
+            z = latents[start : min(start + self.settings.batch_size, share.stop)]
+            deformed = (
+                self.run.positions(z, self.half) if cache is None else cache[start : start + len(z)]
+            )
+            error += float(
+                (self.network.consensus(z, deformed) - self.targets).pow(2).sum(-1).sum()
+            )
             displacement += float((deformed - self.targets).pow(2).sum(-1).sum())
         if self.group.size > 1:
-            sums = self.group.all_reduce_sum_(torch.tensor([error, displacement], dtype=torch.float64))
+            sums = self.group.all_reduce_sum_(
+                torch.tensor([error, displacement], dtype=torch.float64)
+            )
             error, displacement = sums.tolist()
         count = len(latents) * self.targets.shape[0]
-        return {"error_angstrom": (error / count) ** 0.5, "displacement_angstrom": (displacement / count) ** 0.5}
+        return {
+            "error_angstrom": (error / count) ** 0.5,
+            "displacement_angstrom": (displacement / count) ** 0.5,
+        }
 
     def state(self) -> dict:
         """The training state as state dicts and plain tensors."""
-        return {"network": self.network.state_dict(), "optimiser": self.optimiser.state_dict(),
-                "generator": self.generator.get_state()}
+        return {
+            "network": self.network.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "generator": self.generator.get_state(),
+        }
 
     def load_state(self, state: dict) -> None:
         self.network.load_state_dict(state["network"])

@@ -38,7 +38,13 @@ from ..data.particles import ParticleTable, latent_columns, positions, table_fro
 from ..errors import InputError
 from .atomic import save_npy
 
-__all__ = ["is_cryosparc", "read_cryosparc", "write_cryosparc", "passthrough_files", "RESULT_FIELDS"]
+__all__ = [
+    "is_cryosparc",
+    "read_cryosparc",
+    "write_cryosparc",
+    "passthrough_files",
+    "RESULT_FIELDS",
+]
 
 NUMPY_MAGIC = b"\x93NUMPY"
 COMPRESSED_MAGIC = b"CSDAT"  # after one version byte (cryosparc-tools writes \x94 or \x95)
@@ -81,22 +87,31 @@ def _load(path: Path) -> np.ndarray:
     with open(path, "rb") as handle:
         head = handle.read(len(NUMPY_MAGIC))
     if head[1:6] == COMPRESSED_MAGIC:
-        raise InputError(f"{path}: compressed cryoSPARC .cs format (CSDAT), which NumPy cannot read; "
-                         "save it again in the plain format (cryosparc-tools: "
-                         "Dataset.load(path).save(out, format=1))")
+        raise InputError(
+            f"{path}: compressed cryoSPARC .cs format (CSDAT), which NumPy cannot read; "
+            "save it again in the plain format (cryosparc-tools: "
+            "Dataset.load(path).save(out, format=1))"
+        )
     if head != NUMPY_MAGIC:
-        raise InputError(f"{path}: not a cryoSPARC .cs file (no NumPy header); give a particles .cs "
-                         "from a cryoSPARC job folder")
+        raise InputError(
+            f"{path}: not a cryoSPARC .cs file (no NumPy header); give a particles .cs "
+            "from a cryoSPARC job folder"
+        )
     try:
         records = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise InputError(f"{path}: cannot read as a cryoSPARC .cs file ({error}); "
-                         "copy or export it again") from None
+        raise InputError(
+            f"{path}: cannot read as a cryoSPARC .cs file ({error}); copy or export it again"
+        ) from None
     if records.dtype.names is None or records.ndim != 1:
-        raise InputError(f"{path}: holds a plain {records.dtype} array of shape {records.shape}, not "
-                         "cryoSPARC particle records; give a particles .cs")
+        raise InputError(
+            f"{path}: holds a plain {records.dtype} array of shape {records.shape}, not "
+            "cryoSPARC particle records; give a particles .cs"
+        )
     if "uid" not in records.dtype.names:
-        raise InputError(f"{path}: no field uid; give a cryoSPARC particles .cs (every record has a uid)")
+        raise InputError(
+            f"{path}: no field uid; give a cryoSPARC particles .cs (every record has a uid)"
+        )
     uid = records["uid"]
     if len(np.unique(uid)) != len(uid):
         raise InputError(f"{path}: field uid repeats a value; each particle needs its own uid")
@@ -122,15 +137,19 @@ def _merge(records: np.ndarray, path: Path, extra: np.ndarray, extra_path: Path)
     if not new:
         return records
     if len(extra) == 0:
-        raise InputError(f"{extra_path}: holds no particles; give the passthrough file of the same job")
+        raise InputError(
+            f"{extra_path}: holds no particles; give the passthrough file of the same job"
+        )
     order = np.argsort(extra["uid"], kind="stable")
     found = np.searchsorted(extra["uid"], records["uid"], sorter=order)
     found = order[np.minimum(found, len(order) - 1)]
     unmatched = extra["uid"][found] != records["uid"]
     if unmatched.any():
         row = int(np.nonzero(unmatched)[0][0])
-        raise InputError(f"{extra_path}: has no uid {int(records['uid'][row])} of {path.name} (row {row + 1}); "
-                         "give the passthrough file of the same job")
+        raise InputError(
+            f"{extra_path}: has no uid {int(records['uid'][row])} of {path.name} (row {row + 1}); "
+            "give the passthrough file of the same job"
+        )
     fields = [(name, records.dtype.fields[name][0]) for name in records.dtype.names]
     fields += [(name, extra.dtype.fields[name][0]) for name in new]
     merged = np.empty(len(records), dtype=fields)
@@ -145,19 +164,27 @@ def _numbers(records: np.ndarray, name: str, path: Path, column: int | None = No
     """Field ``name`` (one column of it for vector fields) as finite float64, or an InputError."""
     values = records[name]
     if values.dtype.kind not in "biuf":
-        raise InputError(f"{path}: field {name} holds {values.dtype} values, not numbers; fix the .cs file")
+        raise InputError(
+            f"{path}: field {name} holds {values.dtype} values, not numbers; fix the .cs file"
+        )
     values = values.astype(np.float64)
     if column is not None:
         if values.ndim != 2 or values.shape[1] <= column:
-            raise InputError(f"{path}: field {name} has shape {values.shape[1:]} per particle; "
-                             f"expected at least {column + 1} values")
+            raise InputError(
+                f"{path}: field {name} has shape {values.shape[1:]} per particle; "
+                f"expected at least {column + 1} values"
+            )
         values = values[:, column]
     elif values.ndim != 1:
-        raise InputError(f"{path}: field {name} has shape {values.shape[1:]} per particle; expected one value")
+        raise InputError(
+            f"{path}: field {name} has shape {values.shape[1:]} per particle; expected one value"
+        )
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.nonzero(bad)[0][0])
-        raise InputError(f"{path}: field {name} is {values[row]} in row {row + 1}; fix the .cs file")
+        raise InputError(
+            f"{path}: field {name} is {values[row]} in row {row + 1}; fix the .cs file"
+        )
     return values
 
 
@@ -189,13 +216,17 @@ def _alignment_prefix(records: np.ndarray) -> str | None:
     return next((p for p in ALIGNMENT_PREFIXES if f"{p}/pose" in names), None)
 
 
-def _blocks(records: np.ndarray, path: Path, data_root) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+def _blocks(
+    records: np.ndarray, path: Path, data_root
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """RELION particles and optics DataFrames equivalent to ``records``, and each column's .cs field."""
     names = set(records.dtype.names)
     for name in REQUIRED_FIELDS:
         if name not in names:
-            raise InputError(f"{path}: missing field {name}; give a particles .cs with image locations "
-                             "(or add its passthrough file)")
+            raise InputError(
+                f"{path}: missing field {name}; give a particles .cs with image locations "
+                "(or add its passthrough file)"
+            )
     sources = dict(PARTICLE_FIELDS) | OPTICS_FIELDS
     blob_paths = [p[1:] if p.startswith(">") else p for p in _text(records["blob/path"])]
     folder = path.parent.resolve()
@@ -204,8 +235,10 @@ def _blocks(records: np.ndarray, path: Path, data_root) -> tuple[pd.DataFrame, p
     index = _numbers(records, "blob/idx", path)
     if (index < 0).any() or (index != np.round(index)).any():
         row = int(np.nonzero((index < 0) | (index != np.round(index)))[0][0])
-        raise InputError(f"{path}: field blob/idx is {index[row]} in row {row + 1}; "
-                         "it must be a 0-based image number")
+        raise InputError(
+            f"{path}: field blob/idx is {index[row]} in row {row + 1}; "
+            "it must be a 0-based image number"
+        )
     image_names = [f"{int(i) + 1:06d}@{unique[p]}" for i, p in zip(index, blob_paths)]
     particles = pd.DataFrame({"rlnImageName": image_names})
 
@@ -228,8 +261,11 @@ def _blocks(records: np.ndarray, path: Path, data_root) -> tuple[pd.DataFrame, p
             particles[column] = euler[:, k]
             sources[column] = f"{prefix}/pose"
         if f"{prefix}/shift" in names:
-            pixel = (_numbers(records, f"{prefix}/psize_A", path) if f"{prefix}/psize_A" in names
-                     else optics_values["rlnImagePixelSize"])
+            pixel = (
+                _numbers(records, f"{prefix}/psize_A", path)
+                if f"{prefix}/psize_A" in names
+                else optics_values["rlnImagePixelSize"]
+            )
             shift = _vectors(records, f"{prefix}/shift", path, 2) * pixel[:, None]
             particles["rlnOriginXAngst"], particles["rlnOriginYAngst"] = shift[:, 0], shift[:, 1]
             sources |= {"rlnOriginXAngst": f"{prefix}/shift", "rlnOriginYAngst": f"{prefix}/shift"}
@@ -239,8 +275,10 @@ def _blocks(records: np.ndarray, path: Path, data_root) -> tuple[pd.DataFrame, p
         bad = ~np.isin(values, (0, 1))
         if bad.any():
             row = int(np.nonzero(bad)[0][0])
-            raise InputError(f"{path}: field {split} is {values[row]:g} in row {row + 1}; expected 0 or 1 "
-                             "(the half set)")
+            raise InputError(
+                f"{path}: field {split} is {values[row]:g} in row {row + 1}; expected 0 or 1 "
+                "(the half set)"
+            )
         particles["rlnRandomSubset"] = values.astype(np.int64) + 1
         sources["rlnRandomSubset"] = split
 
@@ -282,7 +320,9 @@ def read_cryosparc(
         records = _merge(records, path, _load(extra_path), extra_path)
     particles, optics, sources = _blocks(records, path, data_root)
     try:
-        table = table_from_blocks(particles, optics, path, block_names={"particles": "particles", "optics": "optics"})
+        table = table_from_blocks(
+            particles, optics, path, block_names={"particles": "particles", "optics": "optics"}
+        )
     except InputError as error:
         raise _in_cs_terms(error, sources) from None
     return replace(table, version="cryoSPARC", records=records, source_fields=sources)
@@ -291,24 +331,43 @@ def read_cryosparc(
 def _uids(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
     """A stable 64-bit uid per particle of a STAR input: a hash of its image name."""
     names = table.particles["rlnImageName"].astype(str).to_numpy()[rows]
-    return np.array([int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
-                     for name in names], dtype=np.uint64)
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+            for name in names
+        ],
+        dtype=np.uint64,
+    )
 
 
 def _records_from_table(table: ParticleTable, rows: np.ndarray, folder: Path) -> np.ndarray:
     """The documented .cs fields of a STAR input's particles ``rows``; image paths relative to ``folder``."""
     files = [os.path.relpath(name, folder.resolve()) for name in table.image_files[rows]]
     width = max(len(name.encode("utf-8")) for name in files)
-    fields = [("uid", "<u8"), ("blob/path", f"S{width}"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
-              ("blob/psize_A", "<f4")]
+    fields = [
+        ("uid", "<u8"),
+        ("blob/path", f"S{width}"),
+        ("blob/idx", "<u4"),
+        ("blob/shape", "<u4", (2,)),
+        ("blob/psize_A", "<f4"),
+    ]
     ctf = table.ctf.select(rows)
     if table.has_ctf:
-        fields += [("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"),
-                   ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"),
-                   ("ctf/phase_shift_rad", "<f4")]
+        fields += [
+            ("ctf/accel_kv", "<f4"),
+            ("ctf/cs_mm", "<f4"),
+            ("ctf/amp_contrast", "<f4"),
+            ("ctf/df1_A", "<f4"),
+            ("ctf/df2_A", "<f4"),
+            ("ctf/df_angle_rad", "<f4"),
+            ("ctf/phase_shift_rad", "<f4"),
+        ]
     if table.has_poses:
-        fields += [("alignments3D/pose", "<f4", (3,)), ("alignments3D/shift", "<f4", (2,)),
-                   ("alignments3D/psize_A", "<f4")]
+        fields += [
+            ("alignments3D/pose", "<f4", (3,)),
+            ("alignments3D/shift", "<f4", (2,)),
+            ("alignments3D/psize_A", "<f4"),
+        ]
     if "rlnRandomSubset" in table.particles.columns:
         fields += [("alignments3D/split", "<u4")]
     out = np.zeros(len(rows), dtype=fields)
@@ -327,7 +386,9 @@ def _records_from_table(table: ParticleTable, rows: np.ndarray, folder: Path) ->
         out["ctf/df_angle_rad"] = np.deg2rad(ctf.defocus_angle_degrees)
         out["ctf/phase_shift_rad"] = np.deg2rad(ctf.phase_shift_degrees)
     if table.has_poses:
-        out["alignments3D/pose"] = Rotation.from_euler("ZYZ", table.euler_degrees[rows], degrees=True).as_rotvec()
+        out["alignments3D/pose"] = Rotation.from_euler(
+            "ZYZ", table.euler_degrees[rows], degrees=True
+        ).as_rotvec()
         out["alignments3D/shift"] = table.origin_angstrom[rows] / pixel[:, None]
         out["alignments3D/psize_A"] = pixel
     if "rlnRandomSubset" in table.particles.columns:
@@ -351,7 +412,9 @@ def _result_fields(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return fields
 
 
-def write_cryosparc(path: str | os.PathLike, table: ParticleTable, index=None, keep_results: bool = True) -> None:
+def write_cryosparc(
+    path: str | os.PathLike, table: ParticleTable, index=None, keep_results: bool = True
+) -> None:
     """Write the chosen particles (all by default) as a cryoSPARC ``.cs`` file, atomically.
 
     A ``.cs`` input keeps every original field and ``uid`` bit for bit; a STAR input gets the
@@ -362,10 +425,16 @@ def write_cryosparc(path: str | os.PathLike, table: ParticleTable, index=None, k
     rows = positions(index, len(table))
     if len(rows) == 0:
         raise InputError(f"{path}: empty selection, nothing to write; select at least one particle")
-    base = table.records[rows] if table.records is not None else _records_from_table(table, rows, path.parent)
+    base = (
+        table.records[rows]
+        if table.records is not None
+        else _records_from_table(table, rows, path.parent)
+    )
     extra = _result_fields(table.particles.iloc[rows]) if keep_results else {}
     fields = [(name, base.dtype.fields[name][0]) for name in base.dtype.names]
-    fields += [(name, values.dtype) for name, values in extra.items() if name not in base.dtype.names]
+    fields += [
+        (name, values.dtype) for name, values in extra.items() if name not in base.dtype.names
+    ]
     out = np.empty(len(rows), dtype=fields)
     for name in base.dtype.names:
         out[name] = base[name]

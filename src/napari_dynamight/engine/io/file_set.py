@@ -37,14 +37,18 @@ def _signals_held() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def file_set(targets: Sequence[str | os.PathLike], marker: str | os.PathLike) -> Iterator[list[Path]]:
+def file_set(
+    targets: Sequence[str | os.PathLike], marker: str | os.PathLike
+) -> Iterator[list[Path]]:
     """Yield one temporary path per target; on success publish them all, then write ``marker``."""
     targets = [Path(t) for t in targets]
     temporaries = []
     try:
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+            fd, name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
+            )
             os.close(fd)
             temporaries.append(Path(name))
         yield temporaries
@@ -67,10 +71,14 @@ def check_file_set(marker: str | os.PathLike) -> None:
     try:
         files = json.loads(marker.read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise InputError(f"{marker}: missing or unreadable, so the files beside it were not written "
-                         "completely; run the command that writes them again") from None
+        raise InputError(
+            f"{marker}: missing or unreadable, so the files beside it were not written "
+            "completely; run the command that writes them again"
+        ) from None
     for name, size in files.items():
         path = marker.parent / name
         if not path.is_file() or path.stat().st_size != size:
-            raise InputError(f"{path}: does not match {marker.name} (changed or written incompletely); run "
-                             "the command that writes it again")
+            raise InputError(
+                f"{path}: does not match {marker.name} (changed or written incompletely); run "
+                "the command that writes it again"
+            )

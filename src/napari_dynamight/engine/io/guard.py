@@ -26,7 +26,9 @@ def _is_main_rank() -> bool:
 
 
 @contextlib.contextmanager
-def writing(folder: str | os.PathLike, option: str, command: str, outputs: str | None = None) -> Iterator[Path]:
+def writing(
+    folder: str | os.PathLike, option: str, command: str, outputs: str | None = None
+) -> Iterator[Path]:
     """Check ``folder`` (named ``option`` in messages), hold its lock and clean it for the block.
 
     ``outputs``: a subfolder the command writes into (e.g. ``inverse`` of a run folder); then
@@ -34,8 +36,10 @@ def writing(folder: str | os.PathLike, option: str, command: str, outputs: str |
     folder = Path(folder)
     if outputs is not None:
         if not folder.is_dir():
-            raise InputError(f"{folder}: not a finished deformation run (folder not found); give the folder "
-                             "optimize-deformations wrote")
+            raise InputError(
+                f"{folder}: not a finished deformation run (folder not found); give the folder "
+                "optimize-deformations wrote"
+            )
         check_output_folder(folder / outputs, f"{option}/{outputs}")
     folder = check_output_folder(folder, option)
     if not _is_main_rank():
@@ -54,8 +58,13 @@ def writing(folder: str | os.PathLike, option: str, command: str, outputs: str |
                 break
 
 
-def holding(operation: ProgressGenerator, folder: str | os.PathLike, option: str, command: str,
-            outputs: str | None = None) -> ProgressGenerator:
+def holding(
+    operation: ProgressGenerator,
+    folder: str | os.PathLike,
+    option: str,
+    command: str,
+    outputs: str | None = None,
+) -> ProgressGenerator:
     """``operation``'s events under :func:`writing`: the lock is taken at the first step (in the
     thread that drives it) and released when the operation returns, raises or is closed."""
     with writing(folder, option, command, outputs):

@@ -32,7 +32,11 @@ def find_leftovers(folder: str | os.PathLike) -> list[Path]:
         staging = [name for name in folders if STAGING_FOLDER.match(name)]
         found += [here / name for name in staging]
         # a subfolder with its own lock file belongs to another writer (e.g. decode's maps inside a run)
-        folders[:] = [name for name in folders if name not in staging and not (here / name / LOCK_NAME).exists()]
+        folders[:] = [
+            name
+            for name in folders
+            if name not in staging and not (here / name / LOCK_NAME).exists()
+        ]
     return found
 
 

@@ -42,8 +42,10 @@ def _holder(text: str) -> dict:
 
 def _refuse(folder: Path, owner: dict) -> InputError:
     who = f"process {owner.get('pid', '?')} on {owner.get('host', '?')}"
-    return InputError(f"{folder}: in use by {who} ({owner.get('command', 'another command')}); wait for it to "
-                      f"finish, or delete {folder / LOCK_NAME} if that process is no longer running")
+    return InputError(
+        f"{folder}: in use by {who} ({owner.get('command', 'another command')}); wait for it to "
+        f"finish, or delete {folder / LOCK_NAME} if that process is no longer running"
+    )
 
 
 def _try_flock(handle) -> bool | None:
@@ -88,7 +90,9 @@ def acquire(folder: str | os.PathLike, command: str = "") -> object:
         # A live process of this host named in the file still holds it; one of another host does too
         # unless the file system has flock (then holding the flock proves that writer is gone).
         same_host = owner.get("host") == host
-        if other and ((same_host and _alive(int(owner["pid"]))) or (not same_host and locked is None)):
+        if other and (
+            (same_host and _alive(int(owner["pid"]))) or (not same_host and locked is None)
+        ):
             handle.close()
             raise _refuse(folder, owner)
         handle.seek(0)
@@ -97,7 +101,9 @@ def acquire(folder: str | os.PathLike, command: str = "") -> object:
         handle.flush()
         os.fsync(handle.fileno())
         return handle
-    raise InputError(f"{folder}: the lock {path} keeps changing; another writer is starting, try again")
+    raise InputError(
+        f"{folder}: the lock {path} keeps changing; another writer is starting, try again"
+    )
 
 
 def release(handle) -> None:

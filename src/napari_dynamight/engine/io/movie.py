@@ -30,8 +30,10 @@ def check_movie_path(path: str | os.PathLike) -> None:
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
-            raise InputError(f"{path}: MP4 needs the package imageio-ffmpeg (pip install "
-                             "imageio-ffmpeg); or export a .gif") from None
+            raise InputError(
+                f"{path}: MP4 needs the package imageio-ffmpeg (pip install "
+                "imageio-ffmpeg); or export a .gif"
+            ) from None
 
 
 def _rgb(frame) -> np.ndarray:
@@ -56,8 +58,10 @@ def content_box(frames, margin: int = 8, tolerance: int = 12) -> tuple[slice, sl
     rows, columns = np.nonzero(drawn.any(axis=1))[0], np.nonzero(drawn.any(axis=0))[0]
     if len(rows) == 0:
         return slice(0, height), slice(0, width)
-    return (slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, height)),
-            slice(max(int(columns[0]) - margin, 0), min(int(columns[-1]) + 1 + margin, width)))
+    return (
+        slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, height)),
+        slice(max(int(columns[0]) - margin, 0), min(int(columns[-1]) + 1 + margin, width)),
+    )
 
 
 def crop_to_content(frames, margin: int = 8, tolerance: int = 12) -> list[np.ndarray]:
@@ -95,8 +99,9 @@ def write_movie(path: str | os.PathLike, frames, fps: float = 10) -> int:
         if path.suffix.lower() == ".gif":
             iio.imwrite(tmp, np.stack(arrays), extension=".gif", duration=1000 / fps, loop=0)
         else:
-            iio.imwrite(tmp, np.stack(_fit_macro_blocks(arrays)), extension=".mp4", fps=fps,
-                        codec="libx264")
+            iio.imwrite(
+                tmp, np.stack(_fit_macro_blocks(arrays)), extension=".mp4", fps=fps, codec="libx264"
+            )
     return len(arrays)
 
 

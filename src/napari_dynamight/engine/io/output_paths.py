@@ -38,9 +38,15 @@ def check_output_folder(path: str | os.PathLike, option: str = "--output-directo
         raise InputError(f"{existing}: a broken link in {option} {path}; fix or remove it")
     if not existing.is_dir():
         if existing == path:
-            raise InputError(f"{path}: exists and is a file, not a folder; give a folder for {option}")
-        raise InputError(f"{path}: cannot be created because {existing} is a file; give a folder for {option}")
+            raise InputError(
+                f"{path}: exists and is a file, not a folder; give a folder for {option}"
+            )
+        raise InputError(
+            f"{path}: cannot be created because {existing} is a file; give a folder for {option}"
+        )
     if not _writable(existing):
         where = "" if existing == path else f" (its nearest existing folder {existing} is not)"
-        raise InputError(f"{path}: not writable{where}; give a folder you can write to for {option}")
+        raise InputError(
+            f"{path}: not writable{where}; give a folder you can write to for {option}"
+        )
     return path

@@ -30,11 +30,15 @@ def read_particle_file(
     if is_cryosparc(path):
         return read_cryosparc(path, data_root=data_root, passthroughs=passthroughs)
     if passthroughs:
-        raise InputError(f"{path}: passthrough files apply to cryoSPARC .cs input only; drop --passthrough")
+        raise InputError(
+            f"{path}: passthrough files apply to cryoSPARC .cs input only; drop --passthrough"
+        )
     return read_particles(path, data_root=data_root, pixel_size_angstrom=pixel_size_angstrom)
 
 
-def passthrough_paths(path: str | os.PathLike, passthroughs: list[str | os.PathLike] | None = None) -> list[Path]:
+def passthrough_paths(
+    path: str | os.PathLike, passthroughs: list[str | os.PathLike] | None = None
+) -> list[Path]:
     """The passthrough files :func:`read_particle_file` merges into ``path`` (none for a STAR file)."""
     if not is_cryosparc(path):
         return []

@@ -17,7 +17,9 @@ import numpy as np
 DEFAULT_CLUSTERS = 32
 
 
-def kmeans(latents: np.ndarray, k: int, seed: int = 0, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+    latents: np.ndarray, k: int, seed: int = 0, iterations: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
     """Centres (k', D) and each row's cluster (N,) of ``latents`` (N, D); k' = min(k, distinct rows).
 
     k-means++ seeding, then Lloyd iterations; deterministic for a seed. ``k >= N`` keeps every row.
@@ -53,7 +55,9 @@ def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return distances.argmin(1)
 
 
-def quantise(latents: np.ndarray, rows: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def quantise(
+    latents: np.ndarray, rows: np.ndarray, k: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """``rows`` sorted by cluster (so batches share fields) and their codes (len(rows), D): each row's
     cluster centre, or its own code when ``k`` is 0 or at least the number of rows."""
     own = np.asarray(latents, np.float32)[rows]
@@ -64,8 +68,9 @@ def quantise(latents: np.ndarray, rows: np.ndarray, k: int, seed: int = 0) -> tu
     return rows[order], centres[labels[order]]
 
 
-
-def field_errors(latents: np.ndarray, field, points, counts, sample: int = 256, seed: int = 0) -> dict[int, float]:
+def field_errors(
+    latents: np.ndarray, field, points, counts, sample: int = 256, seed: int = 0
+) -> dict[int, float]:
     """RMS error (Å) of the inverse field when every particle uses its cluster centre's code instead of its
     own, for each number of clusters in ``counts``: over up to ``sample`` particles (chosen at random) and
     the ``points`` (P, 3) Å where the field is evaluated (e.g. the reference Gaussians).
@@ -80,7 +85,12 @@ def field_errors(latents: np.ndarray, field, points, counts, sample: int = 256, 
     points = torch.as_tensor(points, dtype=torch.float32)
 
     def evaluate(codes: np.ndarray) -> torch.Tensor:
-        return torch.cat([field(torch.as_tensor(codes[s:s + 32]), points).cpu() for s in range(0, len(codes), 32)])
+        return torch.cat(
+            [
+                field(torch.as_tensor(codes[s : s + 32]), points).cpu()
+                for s in range(0, len(codes), 32)
+            ]
+        )
 
     exact = evaluate(own[chosen])
     errors = {}
@@ -95,9 +105,15 @@ def field_errors(latents: np.ndarray, field, points, counts, sample: int = 256, 
     return errors
 
 
-def choose_clusters(latents: np.ndarray, field, points, tolerance_angstrom: float,
-                    counts=(8, 16, 32, 64, 128, 256, 512), sample: int = 256,
-                    seed: int = 0) -> tuple[int, dict[int, float]]:
+def choose_clusters(
+    latents: np.ndarray,
+    field,
+    points,
+    tolerance_angstrom: float,
+    counts=(8, 16, 32, 64, 128, 256, 512),
+    sample: int = 256,
+    seed: int = 0,
+) -> tuple[int, dict[int, float]]:
     """The fewest clusters of ``counts`` whose field error (:func:`field_errors`) is at most
     ``tolerance_angstrom`` (the largest if none is), and the errors measured."""
     errors = field_errors(latents, field, points, counts, sample, seed)

@@ -92,7 +92,9 @@ class DeformedAccumulator:
         device: torch.device | str = "cpu",
     ) -> None:
         if int(grid_factor) != grid_factor or grid_factor < 1:
-            raise InputError(f"grid factor {grid_factor} is invalid: use an integer >= 1 (2 is usual)")
+            raise InputError(
+                f"grid factor {grid_factor} is invalid: use an integer >= 1 (2 is usual)"
+            )
         self.standard = FourierAccumulator(box, pixel_size_angstrom, padding, device)
         self.box, self.pixel_size_angstrom = self.standard.box, self.standard.pixel_size_angstrom
         self.padding, self.device = self.standard.padding, self.standard.device
@@ -102,8 +104,11 @@ class DeformedAccumulator:
         extent = box + 2 * self.taper
         # Σ R_c∘(x − r_c) − R_c on the box plus the taper margin, [z, y, x]; voxel v from the centre at
         # index v + box // 2 + taper.
-        self.correction = torch.zeros((extent,) * 3, device=self.device) if field is not None else \
-            torch.zeros((0,) * 3, device=self.device)
+        self.correction = (
+            torch.zeros((extent,) * 3, device=self.device)
+            if field is not None
+            else torch.zeros((0,) * 3, device=self.device)
+        )
         self.warps = 0  # codes whose residual was warped
         self.warped_voxels = 0  # voxels warped, summed over those codes
         self._pending: FourierAccumulator | None = None  # allocated when a code needs a warp
@@ -152,7 +157,9 @@ class DeformedAccumulator:
             raise InputError("a deformed reconstruction needs each particle's latent code")
         codes = torch.as_tensor(latents).to(self.device, torch.float32)
         if codes.ndim != 2 or len(codes) != len(images):
-            raise InputError(f"{len(images)} images need latent codes ({len(images)}, D); got {tuple(codes.shape)}")
+            raise InputError(
+                f"{len(images)} images need latent codes ({len(images)}, D); got {tuple(codes.shape)}"
+            )
         change = torch.nonzero((codes[1:] != codes[:-1]).any(1)).squeeze(1) + 1
         bounds = [0, *change.tolist(), len(codes)]
         for start, end in zip(bounds[:-1], bounds[1:], strict=False):
@@ -163,11 +170,21 @@ class DeformedAccumulator:
             shifts = shifts_angstrom[start:end]
             if bool(self._translation.any()):
                 turn = torch.as_tensor(rotations[start:end]).to(self.device, torch.float32)
-                shifts = torch.as_tensor(shifts).to(self.device, torch.float32) + turn[:, :2, :] @ self._translation
+                shifts = (
+                    torch.as_tensor(shifts).to(self.device, torch.float32)
+                    + turn[:, :2, :] @ self._translation
+                )
             if self._residual is not None and self._pending is None:
-                self._pending = FourierAccumulator(self.box, self.pixel_size_angstrom, self.padding, self.device)
+                self._pending = FourierAccumulator(
+                    self.box, self.pixel_size_angstrom, self.padding, self.device
+                )
             target = self.standard if self._residual is None else self._pending
-            target.add(images[start:end], rotations[start:end], shifts, None if ctf is None else ctf[start:end])
+            target.add(
+                images[start:end],
+                rotations[start:end],
+                shifts,
+                None if ctf is None else ctf[start:end],
+            )
 
     def _set_code(self, code: torch.Tensor) -> None:
         """The code's translation (Å) and residual displacement (voxels, None if it has none)."""
@@ -184,7 +201,9 @@ class DeformedAccumulator:
         reach = int(torch.ceil(self._residual.abs().max()).item()) + 1
         n, box, taper = self.standard.padded_box, self.box, self.taper
         starts, sizes = [], []
-        for low, high in zip(lows, highs, strict=True):  # extended indices -> voxels from the centre
+        for low, high in zip(
+            lows, highs, strict=True
+        ):  # extended indices -> voxels from the centre
             size = high - low + 1
             margin = min(reach, (n - size) // 2)
             starts.append(low - taper - box // 2 - margin)
@@ -218,47 +237,73 @@ class DeformedAccumulator:
         fine = self._residual
         tapers = []
         for dim, (low, high) in enumerate(zip(lows, highs, strict=True), 1):
-            voxels = torch.arange(low, high + 1, device=self.device) - taper  # box indices, may be outside
+            voxels = (
+                torch.arange(low, high + 1, device=self.device) - taper
+            )  # box indices, may be outside
             inside = voxels.clamp(0, box - 1)
             first, last = int(inside[0]), int(inside[-1])
             c0, c1 = first // factor, min(fine.shape[dim] - 1, last // factor + 1)
             part = fine.narrow(dim, c0, c1 - c0 + 1)
             if factor > 1:
-                lo, hi = part.narrow(dim, 0, part.shape[dim] - 1), part.narrow(dim, 1, part.shape[dim] - 1)
+                lo, hi = (
+                    part.narrow(dim, 0, part.shape[dim] - 1),
+                    part.narrow(dim, 1, part.shape[dim] - 1),
+                )
                 steps = [torch.lerp(lo, hi, j / factor) for j in range(factor)]
-                part = torch.cat([torch.stack(steps, dim + 1).flatten(dim, dim + 1), part.narrow(dim, -1, 1)], dim)
+                part = torch.cat(
+                    [torch.stack(steps, dim + 1).flatten(dim, dim + 1), part.narrow(dim, -1, 1)],
+                    dim,
+                )
             if first == int(voxels[0]) and last == int(voxels[-1]):  # inside the box: a view
                 fine = part.narrow(dim, first - c0 * factor, last - first + 1)
             else:
                 fine = part.index_select(dim, inside - c0 * factor)
             outside = (voxels - inside).abs().float()
             tapers.append((1 - outside / max(taper, 1)).clamp(min=0))
-        return fine * (tapers[0][:, None, None] * tapers[1][None, :, None] * tapers[2][None, None, :])
+        return fine * (
+            tapers[0][:, None, None] * tapers[1][None, :, None] * tapers[2][None, None, :]
+        )
 
-    def _warp_block(self, block: torch.Tensor, starts: list[int], lows: list[int], highs: list[int]) -> None:
+    def _warp_block(
+        self, block: torch.Tensor, starts: list[int], lows: list[int], highs: list[int]
+    ) -> None:
         """Add ``R(x − r(x)) − R(x)`` to the correction on indices lows..highs; ``block`` is ``R`` on the
         voxels (from the centre) ``starts`` + its shape, per axis (z, y, x)."""
         box, taper = self.box, self.taper
         sizes = [high - low + 1 for low, high in zip(lows, highs, strict=True)]
         offsets = [low - taper - box // 2 - start for low, start in zip(lows, starts, strict=True)]
-        scale = torch.tensor([2 / max(block.shape[2] - 1, 1), 2 / max(block.shape[1] - 1, 1),
-                              2 / max(block.shape[0] - 1, 1)], device=self.device)
+        scale = torch.tensor(
+            [
+                2 / max(block.shape[2] - 1, 1),
+                2 / max(block.shape[1] - 1, 1),
+                2 / max(block.shape[0] - 1, 1),
+            ],
+            device=self.device,
+        )
         volume = block[None, None]
         ay = torch.arange(sizes[1], device=self.device, dtype=torch.float32) + offsets[1]
         ax = torch.arange(sizes[2], device=self.device, dtype=torch.float32) + offsets[2]
         per_slab = max(1, CHUNK_SAMPLES // (sizes[1] * sizes[2]))
         for z0 in range(0, sizes[0], per_slab):
             z1 = min(sizes[0], z0 + per_slab)
-            residual = self._fine_residual([lows[0] + z0, lows[1], lows[2]], [lows[0] + z1 - 1, highs[1], highs[2]])
+            residual = self._fine_residual(
+                [lows[0] + z0, lows[1], lows[2]], [lows[0] + z1 - 1, highs[1], highs[2]]
+            )
             az = torch.arange(z0, z1, device=self.device, dtype=torch.float32) + offsets[0]
             zz, yy, xx = torch.meshgrid(az, ay, ax, indexing="ij")
             source = torch.stack([xx - residual[0], yy - residual[1], zz - residual[2]], -1)
             grid = (source * scale - 1).view(1, -1, 1, 1, 3)
-            sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            straight = block[offsets[0] + z0:offsets[0] + z1, offsets[1]:offsets[1] + sizes[1],
-                             offsets[2]:offsets[2] + sizes[2]]
-            self.correction[lows[0] + z0:lows[0] + z1, lows[1]:highs[1] + 1, lows[2]:highs[2] + 1] += \
-                sampled.view(z1 - z0, sizes[1], sizes[2]) - straight
+            sampled = F.grid_sample(
+                volume, grid, mode="bilinear", padding_mode="border", align_corners=True
+            )
+            straight = block[
+                offsets[0] + z0 : offsets[0] + z1,
+                offsets[1] : offsets[1] + sizes[1],
+                offsets[2] : offsets[2] + sizes[2],
+            ]
+            self.correction[
+                lows[0] + z0 : lows[0] + z1, lows[1] : highs[1] + 1, lows[2] : highs[2] + 1
+            ] += sampled.view(z1 - z0, sizes[1], sizes[2]) - straight
 
     def _displacement(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x − g⁻¹(x)`` in voxels on the coarse grid, (1, 3, S, S, S) [x y z channels; z, y, x],
@@ -266,13 +311,18 @@ class DeformedAccumulator:
         median over the evaluated points, which the field fades to away from a region."""
         consensus = self.field(code[None], self._points_angstrom)
         if consensus.shape != (1, len(self._points_angstrom), 3):
-            raise InputError(f"inverse field returned shape {tuple(consensus.shape)}, expected "
-                             f"(1, {len(self._points_angstrom)}, 3)")
+            raise InputError(
+                f"inverse field returned shape {tuple(consensus.shape)}, expected "
+                f"(1, {len(self._points_angstrom)}, 3)"
+            )
         evaluated = (consensus - self._points_angstrom) / self.pixel_size_angstrom
         constant = evaluated.median(1).values[0]  # where most of the evaluated points move
         size = self._size
-        shift = evaluated if len(self._evaluated) == size**3 else \
-            _extend(evaluated - constant, self._evaluated, size) + constant
+        shift = (
+            evaluated
+            if len(self._evaluated) == size**3
+            else _extend(evaluated - constant, self._evaluated, size) + constant
+        )
         field = shift.transpose(1, 2).reshape(1, 3, size, size, size).contiguous()
         target = self._coarse_voxels
         source = target - shift
@@ -284,8 +334,13 @@ class DeformedAccumulator:
         """Trilinear samples (1, P, 3) of a coarse field at voxels (1, P, 3) from the centre; beyond
         the coarse grid, its border values."""
         grid = (voxels + self.box // 2) * (2 / (self.grid_factor * (self._size - 1))) - 1
-        sampled = F.grid_sample(field, grid[:, :, None, None, :], mode="bilinear",
-                                padding_mode="border", align_corners=True)
+        sampled = F.grid_sample(
+            field,
+            grid[:, :, None, None, :],
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )
         return sampled[:, :, :, 0, 0].transpose(1, 2)
 
     def fourier_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,14 +366,27 @@ class DeformedAccumulator:
         if self.field is not None and other.field is not None:
             self.correction += other.correction.to(self.correction)
 
-    def reconstruct(self, wiener_constant: float = 1e-3, shell_regularisation=None,
-                    gridding_iterations: int = 10, mask_corners: bool = True) -> torch.Tensor:
+    def reconstruct(
+        self,
+        wiener_constant: float = 1e-3,
+        shell_regularisation=None,
+        gridding_iterations: int = 10,
+        mask_corners: bool = True,
+    ) -> torch.Tensor:
         """The map (L, L, L) [z, y, x] (see :func:`.inversion.invert`)."""
         if self.particle_count == 0:
             raise InputError("nothing to reconstruct: no particle was added (check the selection)")
         data, weight = self.fourier_sums()
-        return invert(data, weight, self.box, self.padding, wiener_constant, shell_regularisation,
-                      gridding_iterations, mask_corners).to(torch.float32)
+        return invert(
+            data,
+            weight,
+            self.box,
+            self.padding,
+            wiener_constant,
+            shell_regularisation,
+            gridding_iterations,
+            mask_corners,
+        ).to(torch.float32)
 
 
 def _folded_data(accumulator: FourierAccumulator) -> torch.Tensor:
@@ -340,7 +408,9 @@ def _folded_data(accumulator: FourierAccumulator) -> torch.Tensor:
     return data
 
 
-def _partial_irfftn(data: torch.Tensor, starts: list[int], sizes: list[int], n: int) -> torch.Tensor:
+def _partial_irfftn(
+    data: torch.Tensor, starts: list[int], sizes: list[int], n: int
+) -> torch.Tensor:
     """``irfftn(data, s=(n, n, n))`` only on the block of grid indices ``starts`` + ``sizes`` (z, y, x;
     periodic): one axis at a time, keeping the wanted rows after each, the first axis in chunks of
     spectrum columns."""
@@ -348,8 +418,8 @@ def _partial_irfftn(data: torch.Tensor, starts: list[int], sizes: list[int], n: 
     columns = max(1, CHUNK_SPECTRUM // (n * n))
     first = data.new_empty(sizes[0], n, half)
     for x0 in range(0, half, columns):
-        part = torch.fft.ifft(data[:, :, x0:x0 + columns], dim=0)
-        first[:, :, x0:x0 + columns] = _circular(part, 0, starts[0], sizes[0])
+        part = torch.fft.ifft(data[:, :, x0 : x0 + columns], dim=0)
+        first[:, :, x0 : x0 + columns] = _circular(part, 0, starts[0], sizes[0])
     second = _circular(torch.fft.ifft(first, dim=1), 1, starts[1], sizes[1])
     del first
     return _circular(torch.fft.irfft(second, n=n, dim=2), 2, starts[2], sizes[2]).contiguous()
@@ -361,7 +431,10 @@ def _circular(tensor: torch.Tensor, dim: int, start: int, size: int) -> torch.Te
     start %= length
     if start + size <= length:
         return tensor.narrow(dim, start, size)
-    return torch.cat([tensor.narrow(dim, start, length - start), tensor.narrow(dim, 0, size - length + start)], dim)
+    return torch.cat(
+        [tensor.narrow(dim, start, length - start), tensor.narrow(dim, 0, size - length + start)],
+        dim,
+    )
 
 
 def _partial_rfftn(block: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
@@ -392,7 +465,9 @@ def _extend(evaluated: torch.Tensor, where: torch.Tensor, size: int) -> torch.Te
     known[:, :3, where] = evaluated.transpose(1, 2)
     known[:, 3, where] = 1
     smooth = known.reshape(batch * 4, size, size, size)
-    kernel = _smoothing_kernel(int(round(1.5 * EXTENSION_SIGMA**2))).to(smooth)  # each pass adds variance 2/3
+    kernel = _smoothing_kernel(int(round(1.5 * EXTENSION_SIGMA**2))).to(
+        smooth
+    )  # each pass adds variance 2/3
     reach = len(kernel) // 2
     for dim in (1, 2, 3):
         rows = smooth.movedim(dim, -1)

@@ -13,8 +13,13 @@ from ..io.mrc import write_map
 from ..run_folder import ReconstructionFolder
 
 
-def write_outputs(folder: ReconstructionFolder, maps: dict, voxel_size_angstrom: float, frequency: np.ndarray,
-                  curves: dict[str, np.ndarray]) -> None:
+def write_outputs(
+    folder: ReconstructionFolder,
+    maps: dict,
+    voxel_size_angstrom: float,
+    frequency: np.ndarray,
+    curves: dict[str, np.ndarray],
+) -> None:
     """The half maps, the full map, the FSC table (frequency 1/Å, resolution Å, one column per curve)
     and its plot in ``folder``; last, ``maps.cxc`` opens the maps in ChimeraX."""
     folder.path.mkdir(parents=True, exist_ok=True)
@@ -23,8 +28,14 @@ def write_outputs(folder: ReconstructionFolder, maps: dict, voxel_size_angstrom:
     resolution = np.divide(1.0, frequency, out=np.full_like(frequency, np.inf), where=frequency > 0)
     table = np.column_stack([frequency, resolution, *curves.values()])
     with atomic_path(folder.fsc_table) as tmp:
-        np.savetxt(tmp, table, delimiter=",", fmt="%.6g", comments="",
-                   header=",".join(["frequency_per_angstrom", "resolution_angstrom", *curves]))
+        np.savetxt(
+            tmp,
+            table,
+            delimiter=",",
+            fmt="%.6g",
+            comments="",
+            header=",".join(["frequency_per_angstrom", "resolution_angstrom", *curves]),
+        )
     figure = Figure(figsize=(5, 3.5))
     axis = figure.subplots()
     for name, curve in curves.items():
@@ -35,5 +46,9 @@ def write_outputs(folder: ReconstructionFolder, maps: dict, voxel_size_angstrom:
     axis.legend()
     figure.tight_layout()
     save_figure(figure, folder.fsc_plot, dpi=80)
-    write_maps_script(folder.chimerax_script, folder.half_maps, folder.full_map,
-                      [level_of(maps[name]) for name in folder.maps])
+    write_maps_script(
+        folder.chimerax_script,
+        folder.half_maps,
+        folder.full_map,
+        [level_of(maps[name]) for name in folder.maps],
+    )

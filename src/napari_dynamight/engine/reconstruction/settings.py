@@ -16,13 +16,27 @@ class ReconstructionSettings(SettingsRecord):
     :func:`option` (engine/settings_record.py)."""
 
     batch_size: int = option(64, "particles per batch", minimum=1, maximum=8192, metavar="B")
-    grid_factor: int = option(2, "evaluate the inverse field on a grid F times coarser than the "
-                              "map", minimum=1, maximum=16, metavar="F")
-    filter: str = option(DEFAULT_FILTER, "regularisation: constant = CTF² + 0.001 × its shell "
-                         "mean, unfiltered half maps as relion_reconstruct and RELION's refinement "
-                         "write them (for relion_postprocess); wiener = a Wiener filter from the "
-                         "half-map FSC", choices=FILTERS)
-    clusters: int = option(DEFAULT_CLUSTERS, "k-means clusters of each half's latent codes: the "
-                           "inverse field is evaluated and the backprojection warped once per "
-                           "cluster centre; 0 = per particle (slow)", minimum=0, maximum=100_000,
-                           metavar="K")
+    grid_factor: int = option(
+        2,
+        "evaluate the inverse field on a grid F times coarser than the map",
+        minimum=1,
+        maximum=16,
+        metavar="F",
+    )
+    filter: str = option(
+        DEFAULT_FILTER,
+        "regularisation: constant = CTF² + 0.001 × its shell "
+        "mean, unfiltered half maps as relion_reconstruct and RELION's refinement "
+        "write them (for relion_postprocess); wiener = a Wiener filter from the "
+        "half-map FSC",
+        choices=FILTERS,
+    )
+    clusters: int = option(
+        DEFAULT_CLUSTERS,
+        "k-means clusters of each half's latent codes: the "
+        "inverse field is evaluated and the backprojection warped once per "
+        "cluster centre; 0 = per particle (slow)",
+        minimum=0,
+        maximum=100_000,
+        metavar="K",
+    )

@@ -62,9 +62,18 @@ class ReconstructionResult:
     resolution_standard_angstrom: float  # the same for the standard reconstruction
 
 
-def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", batch_size: int = 64,
-                    grid_factor: int = 2, filter: str = DEFAULT_FILTER, clusters: int = DEFAULT_CLUSTERS,
-                    subset=None, output=None) -> ProgressGenerator[ReconstructionResult]:
+def reconstruct_run(
+    run_directory,
+    *,
+    deformations: bool = True,
+    device="cpu",
+    batch_size: int = 64,
+    grid_factor: int = 2,
+    filter: str = DEFAULT_FILTER,
+    clusters: int = DEFAULT_CLUSTERS,
+    subset=None,
+    output=None,
+) -> ProgressGenerator[ReconstructionResult]:
     """Reconstruct a run's half maps and full map into ``RunFolder.reconstruction(deformations)``.
 
     ``subset``: a STAR file of some of the run's particles (matched by image name), or their row
@@ -82,11 +91,15 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     if filter not in FILTERS:
         raise InputError(f"--filter {filter!r} is unknown: use {' or '.join(FILTERS)}")
     if int(batch_size) < 1 or int(grid_factor) < 1 or (clusters is not None and int(clusters) < 0):
-        raise InputError(f"--batch-size {batch_size} and --grid-factor {grid_factor} must be at least 1 "
-                         f"and --clusters {clusters} at least 0")
+        raise InputError(
+            f"--batch-size {batch_size} and --grid-factor {grid_factor} must be at least 1 "
+            f"and --clusters {clusters} at least 0"
+        )
     if not run.info.is_file() or not run.particles.is_file():
-        raise InputError(f"{run.path}: not a finished deformation run ({run.info.name} or {run.particles.name} "
-                         "missing); run optimize-deformations first")
+        raise InputError(
+            f"{run.path}: not a finished deformation run ({run.info.name} or {run.particles.name} "
+            "missing); run optimize-deformations first"
+        )
     context = distributed.current()
     device = check_device(context.device_for(device))
     info = check_finished_run(run.path)
@@ -98,25 +111,41 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     selected = None if subset is None else subset_rows(table, subset)
     if selected is not None and output is None and not isinstance(subset, (str, os.PathLike)):
         raise InputError("a selection of rows needs an output folder; give output=")
-    folder = (ReconstructionFolder(output) if output is not None else run.reconstruction(deformations)
-              if subset is None else subset_folder(run.path, subset, deformations))
-    fields, latents = (_deformation_inputs(run, run_stamp(info), table, halves, device) if deformations
-                       else ({}, None))
+    folder = (
+        ReconstructionFolder(output)
+        if output is not None
+        else run.reconstruction(deformations)
+        if subset is None
+        else subset_folder(run.path, subset, deformations)
+    )
+    fields, latents = (
+        _deformation_inputs(run, run_stamp(info), table, halves, device)
+        if deformations
+        else ({}, None)
+    )
 
-    half_rows = {half: np.nonzero(halves == half)[0] if selected is None else
-                 np.sort(selected[halves[selected] == half]) for half in (1, 2)}
+    half_rows = {
+        half: np.nonzero(halves == half)[0]
+        if selected is None
+        else np.sort(selected[halves[selected] == half])
+        for half in (1, 2)
+    }
     for half, rows in half_rows.items():
         if len(rows) == 0 and selected is not None:
             source = subset if isinstance(subset, (str, os.PathLike)) else "the selection"
-            raise InputError(f"{source}: none of its particles is in half set {half}; a subset needs "
-                             "particles of both half sets for the half maps and their FSC")
+            raise InputError(
+                f"{source}: none of its particles is in half set {half}; a subset needs "
+                "particles of both half sets for the half maps and their FSC"
+            )
         if len(rows) == 0:
             raise InputError(f"{run.particles}: half set {half} has no particles")
 
     accumulators = []
     for half, rows in half_rows.items():
         codes = None
-        if latents is not None:  # each particle's field code: its cluster centre (rows sorted by cluster)
+        if (
+            latents is not None
+        ):  # each particle's field code: its cluster centre (rows sorted by cluster)
             count = clusters
             if count is None:
                 field, _, points = fields[half]
@@ -127,12 +156,20 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
         rows = context.shard(rows)
         field, region, _ = fields.get(half, (None, None, None))
         accumulator = DeformedAccumulator(box, voxel, field, region, grid_factor, device=device)
-        with ParticleDataset(table, rows, target_box=box, target_pixel_size_angstrom=voxel,
-                             normalise=False, device=device) as dataset:
+        with ParticleDataset(
+            table,
+            rows,
+            target_box=box,
+            target_pixel_size_angstrom=voxel,
+            normalise=False,
+            device=device,
+        ) as dataset:
             for done, batch in enumerate(dataset.batches(batch_size), 1):
                 ctf = compute_ctf(batch["ctf"], box, dataset.pixel_size_angstrom)
                 batch_codes = None if codes is None else codes[batch["indices"].cpu().numpy()]
-                accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, batch_codes)
+                accumulator.add(
+                    batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, batch_codes
+                )
                 yield Progress(STAGE, min(done * batch_size, len(rows)), len(rows), f"half {half}")
         accumulators.append(reduce_sums(accumulator, context))
 
@@ -140,21 +177,34 @@ def reconstruct_run(run_directory, *, deformations: bool = True, device="cpu", b
     if context.is_main:
         yield Progress(STAGE, 0, None, "inverting")
         # The standard half maps (for the standard FSC) first: _divide may merge the halves in place.
-        standard = [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators] \
-            if deformations else None
+        standard = (
+            [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
+            if deformations
+            else None
+        )
         maps, curve = _divide(accumulators, filter)
-        if standard is None:  # without deformations the constant-filter half maps are the standard ones
+        if (
+            standard is None
+        ):  # without deformations the constant-filter half maps are the standard ones
             standard = maps["constant_halves"]
         maps.pop("constant_halves")
         frequency, standard_curve = fsc(*standard, voxel)
-        curves = {"fsc_deformed": curve, "fsc_standard": standard_curve} if deformations else \
-            {"fsc_standard": curve}
+        curves = (
+            {"fsc_deformed": curve, "fsc_standard": standard_curve}
+            if deformations
+            else {"fsc_standard": curve}
+        )
         write_outputs(folder, maps, voxel, frequency, curves)
         if selected is not None:
             write_subset(folder.subset, table, selected)
-        resolutions = (resolution_at(frequency, curve, 0.143), resolution_at(frequency, standard_curve, 0.143))
+        resolutions = (
+            resolution_at(frequency, curve, 0.143),
+            resolution_at(frequency, standard_curve, 0.143),
+        )
     context.barrier()
-    return ReconstructionResult(folder.path, folder.half_maps, folder.full_map, folder.fsc_table, *resolutions)
+    return ReconstructionResult(
+        folder.path, folder.half_maps, folder.full_map, folder.fsc_table, *resolutions
+    )
 
 
 def subset_rows(table, subset) -> np.ndarray:
@@ -162,9 +212,16 @@ def subset_rows(table, subset) -> np.ndarray:
     if isinstance(subset, (str, os.PathLike)):
         return match_subset(table, read_subset(subset))
     rows = np.asarray(subset, dtype=np.int64).reshape(-1)
-    if len(rows) == 0 or rows.min() < 0 or rows.max() >= len(table) or len(np.unique(rows)) < len(rows):
-        raise InputError(f"a selection of {len(rows)} particles: give distinct rows in 0..{len(table) - 1}, at "
-                         "least one")
+    if (
+        len(rows) == 0
+        or rows.min() < 0
+        or rows.max() >= len(table)
+        or len(np.unique(rows)) < len(rows)
+    ):
+        raise InputError(
+            f"a selection of {len(rows)} particles: give distinct rows in 0..{len(table) - 1}, at "
+            "least one"
+        )
     return rows
 
 
@@ -189,12 +246,16 @@ def _check_inverse_is_current(run: RunFolder, stamp: str) -> None:
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise InputError(f"{summary_path}: missing or unreadable, so the inverse deformations did not finish; "
-                         "run optimize-inverse-deformations --resume") from None
+        raise InputError(
+            f"{summary_path}: missing or unreadable, so the inverse deformations did not finish; "
+            "run optimize-inverse-deformations --resume"
+        ) from None
     made_from = summary.get("deformation_run") if isinstance(summary, dict) else None
     if made_from is not None and made_from != stamp:
-        raise InputError(f"{run.inverse.path}: made from another state of the deformation run (resumed or rerun "
-                         "since); delete it and run optimize-inverse-deformations again")
+        raise InputError(
+            f"{run.inverse.path}: made from another state of the deformation run (resumed or rerun "
+            "since); delete it and run optimize-inverse-deformations again"
+        )
 
 
 def _deformation_inputs(run: RunFolder, stamp: str, table, halves: np.ndarray, device):
@@ -202,18 +263,28 @@ def _deformation_inputs(run: RunFolder, stamp: str, table, halves: np.ndarray, d
     ``stamp``: the run's state (``run_identity.run_stamp``), which the inverse must have been made from."""
     hint = "run optimize-inverse-deformations first, or use --no-deformations"
     if not run.inverse.path.is_dir():
-        raise InputError(f"{run.path}: no inverse deformations ({run.inverse.path.name}/ missing); {hint}")
+        raise InputError(
+            f"{run.path}: no inverse deformations ({run.inverse.path.name}/ missing); {hint}"
+        )
     try:
         from ..inverse.field import load_inverse_field
     except ImportError:
-        raise InputError(f"{run.path}: this installation has no inverse-deformation stage; {hint}") from None
+        raise InputError(
+            f"{run.path}: this installation has no inverse-deformation stage; {hint}"
+        ) from None
     _check_inverse_is_current(run, stamp)
     latents = np.load(run.latents).astype(np.float32)
     if len(latents) != len(table):
-        raise InputError(f"{run.latents}: {len(latents)} rows for {len(table)} particles; rerun the run")
+        raise InputError(
+            f"{run.latents}: {len(latents)} rows for {len(table)} particles; rerun the run"
+        )
     if run.latents_half2.is_file() and "dmValidation" in table.particles.columns:
         second = np.load(run.latents_half2).astype(np.float32)
-        own = (halves == 2) & (table.particles["dmValidation"].to_numpy() == 1) & np.isfinite(second).all(1)
+        own = (
+            (halves == 2)
+            & (table.particles["dmValidation"].to_numpy() == 1)
+            & np.isfinite(second).all(1)
+        )
         latents[own] = second[own]
     fields = {}
     for half in (1, 2):
@@ -238,15 +309,22 @@ def _region(run: RunFolder, half: int, device) -> tuple[torch.Tensor | None, tor
         return None, grid
     box, voxel = forward.box, forward.voxel_size_angstrom
     positions = forward.reference(half).positions_angstrom
-    points = positions[torch.linspace(0, len(positions) - 1, min(len(positions), FIELD_ERROR_POINTS),
-                                      device=positions.device).long()]
+    points = positions[
+        torch.linspace(
+            0, len(positions) - 1, min(len(positions), FIELD_ERROR_POINTS), device=positions.device
+        ).long()
+    ]
     index = torch.round(positions / voxel).long() + box // 2
     index = index[((index >= 0) & (index < box)).all(1)]
     occupied = torch.zeros((box,) * 3, device=device)
     occupied[index[:, 2], index[:, 1], index[:, 0]] = 1
     reach = int(np.ceil(REGION_MARGIN_ANGSTROM / voxel))
     dilated = occupied[None, None]
-    for kernel in ((2 * reach + 1, 1, 1), (1, 2 * reach + 1, 1), (1, 1, 2 * reach + 1)):  # a cube, one axis at a time
+    for kernel in (
+        (2 * reach + 1, 1, 1),
+        (1, 2 * reach + 1, 1),
+        (1, 1, 2 * reach + 1),
+    ):  # a cube, one axis at a time
         dilated = torch.nn.functional.max_pool3d(dilated, kernel, 1, tuple(k // 2 for k in kernel))
     return dilated[0, 0] > 0, points
 
@@ -256,7 +334,9 @@ def reduce_sums(accumulator: DeformedAccumulator, group: distributed.Group) -> D
     rank of ``group`` in place, in one collective; a no-op in one process."""
     accumulator.flush()
     count = torch.tensor([float(accumulator.standard.particle_count)], device=accumulator.device)
-    distributed.sum_tensors_(group, [accumulator.standard.sums, accumulator.correction.view(-1), count])
+    distributed.sum_tensors_(
+        group, [accumulator.standard.sums, accumulator.correction.view(-1), count]
+    )
     accumulator.standard.particle_count = int(count.item())
     return accumulator
 
@@ -270,16 +350,30 @@ def _divide(accumulators: list[DeformedAccumulator], filter: str):
     _, curve = fsc(*first, voxel)
     if filter == "constant":
         accumulators[0].merge(accumulators[1])
-        return {"half1": first[0], "half2": first[1], "full": accumulators[0].reconstruct(WIENER_CONSTANT).cpu().numpy(),
-                "constant_halves": first}, curve
-    full = DeformedAccumulator(accumulators[0].box, voxel, accumulators[0].field, None,
-                               accumulators[0].grid_factor, accumulators[0].padding, accumulators[0].device)
+        return {
+            "half1": first[0],
+            "half2": first[1],
+            "full": accumulators[0].reconstruct(WIENER_CONSTANT).cpu().numpy(),
+            "constant_halves": first,
+        }, curve
+    full = DeformedAccumulator(
+        accumulators[0].box,
+        voxel,
+        accumulators[0].field,
+        None,
+        accumulators[0].grid_factor,
+        accumulators[0].padding,
+        accumulators[0].device,
+    )
     for accumulator in accumulators:
         full.merge(accumulator)
     snr = np.clip(curve, 1e-3, 0.999) / (1 - np.clip(curve, 1e-3, 0.999))
     maps = {}
-    for name, accumulator, factor in (("half1", accumulators[0], 1), ("half2", accumulators[1], 1),
-                                      ("full", full, 2)):
+    for name, accumulator, factor in (
+        ("half1", accumulators[0], 1),
+        ("half2", accumulators[1], 1),
+        ("full", full, 2),
+    ):
         regulariser = _shell_mean_weight(accumulator) / torch.as_tensor(factor * snr)
         maps[name] = accumulator.reconstruct(WIENER_CONSTANT, regulariser.float()).cpu().numpy()
     halves = [maps["half1"], maps["half2"]]

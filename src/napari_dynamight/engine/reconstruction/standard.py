@@ -185,9 +185,7 @@ class FourierAccumulator:
         }
 
     @classmethod
-    def from_state_dict(
-        cls, state: dict, device: torch.device | str = "cpu"
-    ) -> FourierAccumulator:
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> FourierAccumulator:
         """An accumulator holding the sums of :meth:`state_dict`."""
         sums = torch.as_tensor(state["sums"])
         result = cls(
