@@ -32,7 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from napari_dynamight.engine.atomic_model import coarse_grain, kabsch, write_moved_structure
+from napari_dynamight.engine.atomic_model import (
+    Region,
+    coarse_grain,
+    kabsch,
+    write_moved_structure,
+)
 from napari_dynamight.engine.deformation.decode import load_run
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.settings import DeformationSettings
@@ -175,6 +180,10 @@ def main() -> int:
     parser.add_argument("--snr", type=float, default=0.1)
     parser.add_argument("--n-decoded", type=int, default=20)
     parser.add_argument("--shift", type=float, default=5.0, help="Å the control moves its region")
+    parser.add_argument("--mode", choices=("move", "register"), default="move")
+    parser.add_argument(
+        "--residues", help="the control's region, CHAIN:FIRST-LAST (default: automatic)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "atomic_prior.json")
@@ -191,12 +200,18 @@ def main() -> int:
         "smoothness": (work / "run_smoothness", base),
         "atomic": (work / "run_atomic", replace(base, atomic_model=str(fitted.resolve()))),
     }
+    given = [("work", "WORK"), ("epochs", args.epochs), ("threads", args.threads)]
+    given += [
+        (key, value)
+        for key, value in vars(args).items()
+        if key not in ("work", "epochs", "threads", "reuse", "output")
+        and value != parser.get_default(key)
+    ]
+    if args.output != RESULTS / "atomic_prior.json":
+        given.append(("output", f"bench/results/{args.output.name}"))
     out = {
         "command": "python bench/bench_atomic_prior.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in (("work", "WORK"), ("epochs", args.epochs), ("threads", args.threads))
-        ),
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given),
         "data": {
             "n_particles": args.n_particles,
             "box": BOX,
@@ -224,7 +239,11 @@ def main() -> int:
         started = time.perf_counter()
         run(
             model_bias(
-                runs["atomic"][0], shift_angstrom=args.shift, inverse_epochs=args.inverse_epochs
+                runs["atomic"][0],
+                region=None if args.residues is None else Region.parse(args.residues),
+                mode=args.mode,
+                shift_angstrom=args.shift,
+                inverse_epochs=args.inverse_epochs,
             )
         )
         out["bias_seconds"] = time.perf_counter() - started

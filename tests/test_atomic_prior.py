@@ -164,3 +164,25 @@ def test_model_bias_warning_follows_the_report(tmp_path):
     assert "80%" in folder.model_bias_warning()
     folder.model_bias_report.write_text(json.dumps({"biased": False, "reproduced_percent": 10}))
     assert folder.model_bias_warning() is None
+
+
+def test_with_the_prior_the_reference_stays_the_model(simulated, tmp_path):
+    """The model is the reference: neither the Gaussians' updates nor the reference replacements (here
+    after every epoch) move it; the deformations alone do."""
+    from helpers.deformation_data import FAST
+    from napari_dynamight.engine.consensus import load_model
+    from napari_dynamight.engine.deformation.decode import DeformationRun
+
+    model = str(fitted_adk(tmp_path).resolve())
+    settings = replace(
+        FAST, epochs=4, reference_update_every=1, refinement_rounds=0, atomic_model=model
+    )
+    out = tmp_path / "run"
+    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=settings))
+    initial = load_model(RunFolder(out).initial_model)
+    trained = DeformationRun.load(out)
+    for half in (1, 2):
+        reference = trained.reference(half)
+        assert torch.equal(reference.positions_angstrom, initial.positions_angstrom.float())
+    log = RunFolder(out).read_loss_log()
+    assert max(row["rms_displacement_angstrom"] for row in log) > 0.05  # the decoders did move
