@@ -170,9 +170,7 @@ def _groups(residue: str, names: set[str]) -> tuple[str, list[tuple[str, ...]]] 
     if residue in ("A", "G", "C", "U", "T"):
         base = PURINE_BASE if residue in ("A", "G") else PYRIMIDINE_BASE
         phosphate = "P" in names  # a 5' end without phosphate: its O5' is the sugar's hydroxyl
-        sugar = tuple(
-            sorted(n for n in names if n.endswith("'") and (n != "O5'" or not phosphate))
-        )
+        sugar = tuple(sorted(n for n in names if n.endswith("'") and (n != "O5'" or not phosphate)))
         return "nucleic", [("phosphate", PHOSPHATE)] * phosphate + [
             ("sugar", sugar),
             ("base", base[0]),
