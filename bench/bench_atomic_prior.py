@@ -50,7 +50,7 @@ from napari_dynamight.engine.io.dcd import read_dcd, read_dcd_info
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.io.structure import read_structure
-from napari_dynamight.engine.model_bias import model_bias, region_placement
+from napari_dynamight.engine.model_bias import mean_decoded_volume, model_bias, region_placement
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.reconstruction.stage import reconstruct_run
 from napari_dynamight.engine.run_folder import RunFolder
@@ -170,6 +170,63 @@ def _measure(sim: Path, out: Path, args) -> dict:
     return result
 
 
+def _control(control: str, runs: dict, sim: Path, fitted: Path, work: Path, args) -> dict:
+    """The model-bias control with one wrong model (``move:SHIFT`` or ``register``) on the
+    atomic-prior run, and where the smoothness prior's map puts the same region; kept in
+    WORK/control_<mode>_<shift>.json for --reuse (each control overwrites RUN/model_bias)."""
+    mode, _, shift = control.partition(":")
+    if mode not in ("move", "register") or (mode == "move") != bool(shift):
+        raise SystemExit(f"--controls: {control!r} is not move:SHIFT or register")
+    cache = work / f"control_{mode}{'_' + shift if shift else ''}.json"
+    if args.reuse and cache.is_file():
+        return json.loads(cache.read_text())
+    started = time.perf_counter()
+    atomic = runs["atomic"][0]
+    result = run(
+        model_bias(
+            atomic,
+            region=None if args.residues is None else Region.parse(args.residues),
+            mode=mode,
+            shift_angstrom=float(shift or 5.0),
+            inverse_epochs=args.inverse_epochs,
+        )
+    )
+    seconds = time.perf_counter() - started
+    report = result.report
+    right, wrong = coarse_grain(fitted), coarse_grain(report["wrong_model"])
+    smooth_map, voxel = read_map(RunFolder(runs["smoothness"][0]).reconstruction(True).full_map)
+    smooth = region_placement(smooth_map, voxel, right, wrong)
+    smooth_decoded = region_placement(
+        mean_decoded_volume(runs["smoothness"][0]), voxel, right, wrong
+    )
+    consensus_t = report["placements"]["consensus"]["t"]
+    wrong_run = RunFolder(atomic).model_bias_folder / "run"
+    entry = {key: report[key] for key in ("region", "mode", "shift_angstrom")}
+    entry |= {
+        "n_gaussians_changed": report["n_gaussians_changed"],
+        "placements": report["placements"] | {"smoothness_map": smooth.to_dict()},
+        "placements_decoded": report["placements_decoded"]
+        | {"smoothness_run": smooth_decoded.to_dict()},
+        "scores": {
+            "wrong_model_map": report["score_wrong_model"],
+            "right_model_map": report["score_run"],
+            "smoothness_map": smooth.t - consensus_t,
+            "wrong_model_decoded": report["score_wrong_model_decoded"],
+            "right_model_decoded": report["score_run_decoded"],
+            "smoothness_decoded": smooth_decoded.t - consensus_t,
+        },
+        "reproduced_percent": report["reproduced_percent"],
+        "reproduced_percent_decoded": report["reproduced_percent_decoded"],
+        "biased_map": report["biased_map"],
+        "biased_decoded": report["biased_decoded"],
+        "biased": report["biased"],
+        "seconds": seconds,
+        "wrong_model_run": _measure(sim, wrong_run, args),
+    }
+    cache.write_text(json.dumps(entry, indent=1) + "\n")
+    return entry
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for data and runs")
@@ -179,8 +236,12 @@ def main() -> int:
     parser.add_argument("--n-particles", type=int, default=1000)
     parser.add_argument("--snr", type=float, default=0.1)
     parser.add_argument("--n-decoded", type=int, default=20)
-    parser.add_argument("--shift", type=float, default=5.0, help="Å the control moves its region")
-    parser.add_argument("--mode", choices=("move", "register"), default="move")
+    parser.add_argument(
+        "--controls",
+        nargs="+",
+        default=["move:5"],
+        help="the control's wrong models, each move:SHIFT_Å or register (default: move:5)",
+    )
     parser.add_argument(
         "--residues", help="the control's region, CHAIN:FIRST-LAST (default: automatic)"
     )
@@ -211,7 +272,9 @@ def main() -> int:
         given.append(("output", f"bench/results/{args.output.name}"))
     out = {
         "command": "python bench/bench_atomic_prior.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given),
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in given
+        ),
         "data": {
             "n_particles": args.n_particles,
             "box": BOX,
@@ -234,43 +297,11 @@ def main() -> int:
             "n_gaussians": RunFolder(folder).read_info()["n_gaussians"],
         } | _measure(sim, folder, args)
         args.output.write_text(json.dumps(out, indent=1) + "\n")
-    report_path = RunFolder(runs["atomic"][0]).model_bias_report
-    if not (args.reuse and report_path.is_file()):
-        started = time.perf_counter()
-        run(
-            model_bias(
-                runs["atomic"][0],
-                region=None if args.residues is None else Region.parse(args.residues),
-                mode=args.mode,
-                shift_angstrom=args.shift,
-                inverse_epochs=args.inverse_epochs,
-            )
-        )
-        out["bias_seconds"] = time.perf_counter() - started
-    report = json.loads(report_path.read_text())
-    right, wrong = coarse_grain(fitted), coarse_grain(report["wrong_model"])
-    smooth_map, voxel = read_map(RunFolder(runs["smoothness"][0]).reconstruction(True).full_map)
-    smooth = region_placement(smooth_map, voxel, right, wrong)
-    wrong_run = RunFolder(runs["atomic"][0]).model_bias_folder / "run"
-    out["runs"]["atomic_wrong_model"] = _measure(sim, wrong_run, args)
-    out["bias"] = {
-        key: report[key]
-        for key in (
-            "region",
-            "mode",
-            "shift_angstrom",
-            "n_gaussians_changed",
-            "placements",
-            "score_wrong_model",
-            "score_run",
-            "reproduced_percent",
-            "biased",
-        )
-    }
-    out["bias"]["placement_smoothness_map"] = smooth.to_dict()
-    out["bias"]["score_smoothness_map"] = smooth.t - report["placements"]["consensus"]["t"]
-    args.output.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(out["bias"], indent=1))
+    out["controls"] = {}
+    for control in args.controls:
+        out["controls"][control] = _control(control, runs, sim, fitted, work, args)
+        args.output.write_text(json.dumps(out, indent=1) + "\n")
+        print(control, json.dumps(out["controls"][control]["scores"]), flush=True)
     return 0
 
 

@@ -55,7 +55,10 @@ def report_summary(report: dict) -> str:
         else "no model bias found: the data override a wrong model in this region"
     )
     return (
-        f"model-bias control (wrong model: {what}): the map made with it reproduces "
-        f"{report['reproduced_percent']}% of the wrong feature, the run's own map "
-        f"{100 * report['score_run']:.0f}% (threshold {100 * report['threshold']:.0f}%)\n{verdict}"
+        f"model-bias control (wrong model: {what}): the deformed map made with it reproduces "
+        f"{report['reproduced_percent']}% of the wrong feature, its decoded volumes "
+        f"{report['reproduced_percent_decoded']}%; the run's own map "
+        f"{100 * report['score_run']:.0f}%, its decoded volumes "
+        f"{100 * report['score_run_decoded']:.0f}% (threshold {100 * report['threshold']:.0f}%)"
+        f"\n{verdict}"
     )

@@ -4,16 +4,18 @@ Every option of the command is a field (same defaults). **Start** runs
 ``engine.deformation.run.optimize_deformations`` in a worker; **Resume** continues the run folder
 from its last checkpoint; **Cancel** stops at the next training step. Whenever an epoch ends the
 widget re-reads the run's own records (``engine.run_folder.RunFolder``): the loss log (the data
-loss and λ per epoch and half, plotted) and the newest checkpoint (half 1's reference Gaussians, shown
-as a points layer, loaded in a latest-request-wins worker). **Open run** fills the form from the run file of a run started
-here or on the command line, and shows its losses and Gaussians. Options that are not on the form
-(encoder width, schedule, learning rates) come from the opened run, else from the defaults.
+loss and λ per epoch and half, plotted) and the newest checkpoint (half 1's reference Gaussians,
+shown as a points layer, loaded in a latest-request-wins worker). **Open run** fills the form from
+the run file of a run started here or on the command line, and shows its losses and Gaussians.
+Options that are not on the form (encoder width, schedule, learning rates) come from the opened
+run, else from the defaults.
 "atomic-model prior" picks a PDB/mmCIF model fitted in the consensus map (``--atomic-model``); a run
 made with it shows the model-bias warning (``RunFolder.model_bias_warning``) until its control ran;
 **Check model bias** runs that control (``napari-dynamight model-bias RUN``, its options under
 "bias check") on the run folder in a worker, with progress and Cancel, and shows its report.
 The engine's watchdog warnings (a half set stalled, the halves disagree) appear in a red line under
-the plot and as napari notifications when they occur, and again from the run file when a run is opened.
+the plot and as napari notifications when they occur, and again from the run file when a run is
+opened.
 """
 
 from __future__ import annotations
