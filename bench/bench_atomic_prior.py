@@ -1,21 +1,26 @@
 """The atomic-model prior against the smoothness prior on the simulated adenylate-kinase set, and the
-model-bias control with a right and a wrong model.
+model-bias control with several wrong models.
 
 Usage (every step is skipped when its result exists and --reuse is given):
   python bench/bench_atomic_prior.py --work WORK --epochs 15 --threads 1 --reuse
+  python bench/bench_atomic_prior.py --work WORK --snr 0.02 --controls move:3 register \
+      --output bench/results/atomic_prior_held_snr002.json
 
-Steps: simulate the closed->open trajectory (the bundled example files, every frame; 1,000 particles,
-box 64, 1.5 Å/px, SNR 0.1); fit the closed structure into the consensus map by translation (its
-atomic-number-weighted centre onto the box centre, as the simulator centres the molecule) and write it
-as WORK/adk_closed_fitted.pdb; train the deformations twice with the same schedule, with the smoothness
-prior (Gaussians fitted to the consensus map) and with the atomic prior (--atomic-model), each followed by
-its inverse deformations and deformed reconstruction; run the model-bias control on the atomic-prior run
-(the automatic region, moved 5 Å outwards). Measured per run: |Spearman| of the best latent principal
-component with the true frame, per half; decoded volumes of 20 particles per half against their true
-frame maps (mean correlation, and the consensus map's); the deformed full map's FSC against the
-ground-truth frame map it correlates with best (resolution at FSC 0.5) and the half-map resolution
-(FSC 0.143); and where each map places the control's region (t = 0 right, 1 wrong). Writes
-bench/results/atomic_prior.json (paths relative to WORK).
+Steps: simulate the closed->open trajectory (the bundled example files, every frame; 1,000
+particles, box 64, 1.5 Å/px, SNR 0.1 or --snr); fit the closed structure into the consensus map
+(superposed on the trajectory's first frame, its atomic-number-weighted centre onto the box centre,
+as the simulator centres the molecule) and write it as WORK/adk_closed_fitted.pdb; train the
+deformations twice with the same schedule, with the smoothness prior (Gaussians fitted to the
+consensus map) and with the atomic prior (--atomic-model, the reference held at the model), each
+followed by its inverse deformations and deformed reconstruction; run the model-bias control on the
+atomic-prior run once per --controls entry (move:S: the automatic region moved S Å outwards;
+register: its side chains threaded one residue on; each kept in WORK/control_*.json). Measured per
+run: |Spearman| of the best latent principal component with the true frame, per half; decoded
+volumes of 20 particles per half against their true frame maps (mean correlation, and the consensus
+map's); the deformed full map's FSC against the ground-truth frame map it correlates with best
+(resolution at FSC 0.5) and the half-map resolution (FSC 0.143); and per control where each map and
+each run's mean decoded volume place the control's region (t = 0 right, 1 wrong), the smoothness
+prior's included. Writes --output (default bench/results/atomic_prior.json; no absolute paths).
 """
 
 from __future__ import annotations
