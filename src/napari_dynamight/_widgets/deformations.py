@@ -137,8 +137,7 @@ class DeformationsWidget(StageWidget):
                 self.box,
                 self.device,
                 self.threads,
-                *self.options.controls.values(),
-                *self.bias.widgets,
+                *self._option_controls(),
             ]
         )
         buttons = Container(
@@ -174,6 +173,13 @@ class DeformationsWidget(StageWidget):
         self.start_button.changed.connect(lambda: self.start())
         self.resume_button.changed.connect(lambda: self.start(resume=True))
         self.bias_button.changed.connect(lambda: self.check_model_bias())
+
+    def _option_controls(self) -> list:
+        """Every option's control, the model-bias control's options right after the atomic model."""
+        names = list(self.options.controls)
+        at = names.index("atomic_model") + 1 if "atomic_model" in names else len(names)
+        controls = list(self.options.controls.values())
+        return controls[:at] + self.bias.widgets + controls[at:]
 
     def busy(self) -> bool:
         return super().busy() or self.reference_loader.busy
