@@ -1,21 +1,26 @@
 """The atomic-model prior against the smoothness prior on the simulated adenylate-kinase set, and the
-model-bias control with a right and a wrong model.
+model-bias control with several wrong models.
 
 Usage (every step is skipped when its result exists and --reuse is given):
   python bench/bench_atomic_prior.py --work WORK --epochs 15 --threads 1 --reuse
+  python bench/bench_atomic_prior.py --work WORK --snr 0.02 --controls move:3 register \
+      --output bench/results/atomic_prior_held_snr002.json
 
-Steps: simulate the closed->open trajectory (the bundled example files, every frame; 1,000 particles,
-box 64, 1.5 Å/px, SNR 0.1); fit the closed structure into the consensus map by translation (its
-atomic-number-weighted centre onto the box centre, as the simulator centres the molecule) and write it
-as WORK/adk_closed_fitted.pdb; train the deformations twice with the same schedule, with the smoothness
-prior (Gaussians fitted to the consensus map) and with the atomic prior (--atomic-model), each followed by
-its inverse deformations and deformed reconstruction; run the model-bias control on the atomic-prior run
-(the automatic region, moved 5 Å outwards). Measured per run: |Spearman| of the best latent principal
-component with the true frame, per half; decoded volumes of 20 particles per half against their true
-frame maps (mean correlation, and the consensus map's); the deformed full map's FSC against the
-ground-truth frame map it correlates with best (resolution at FSC 0.5) and the half-map resolution
-(FSC 0.143); and where each map places the control's region (t = 0 right, 1 wrong). Writes
-bench/results/atomic_prior.json (paths relative to WORK).
+Steps: simulate the closed->open trajectory (the bundled example files, every frame; 1,000
+particles, box 64, 1.5 Å/px, SNR 0.1 or --snr); fit the closed structure into the consensus map
+(superposed on the trajectory's first frame, its atomic-number-weighted centre onto the box centre,
+as the simulator centres the molecule) and write it as WORK/adk_closed_fitted.pdb; train the
+deformations twice with the same schedule, with the smoothness prior (Gaussians fitted to the
+consensus map) and with the atomic prior (--atomic-model, the reference held at the model), each
+followed by its inverse deformations and deformed reconstruction; run the model-bias control on the
+atomic-prior run once per --controls entry (move:S: the automatic region moved S Å outwards;
+register: its side chains threaded one residue on; each kept in WORK/control_*.json). Measured per
+run: |Spearman| of the best latent principal component with the true frame, per half; decoded
+volumes of 20 particles per half against their true frame maps (mean correlation, and the consensus
+map's); the deformed full map's FSC against the ground-truth frame map it correlates with best
+(resolution at FSC 0.5) and the half-map resolution (FSC 0.143); and per control where each map and
+each run's mean decoded volume place the control's region (t = 0 right, 1 wrong), the smoothness
+prior's included. Writes --output (default bench/results/atomic_prior.json; no absolute paths).
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from napari_dynamight.engine.atomic_model import coarse_grain, kabsch, write_moved_structure
+from napari_dynamight.engine.atomic_model import (
+    Region,
+    coarse_grain,
+    kabsch,
+    write_moved_structure,
+)
 from napari_dynamight.engine.deformation.decode import load_run
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.settings import DeformationSettings
@@ -45,7 +55,7 @@ from napari_dynamight.engine.io.dcd import read_dcd, read_dcd_info
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.io.structure import read_structure
-from napari_dynamight.engine.model_bias import model_bias, region_placement
+from napari_dynamight.engine.model_bias import mean_decoded_volume, model_bias, region_placement
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.reconstruction.stage import reconstruct_run
 from napari_dynamight.engine.run_folder import RunFolder
@@ -165,6 +175,63 @@ def _measure(sim: Path, out: Path, args) -> dict:
     return result
 
 
+def _control(control: str, runs: dict, sim: Path, fitted: Path, work: Path, args) -> dict:
+    """The model-bias control with one wrong model (``move:SHIFT`` or ``register``) on the
+    atomic-prior run, and where the smoothness prior's map puts the same region; kept in
+    WORK/control_<mode>_<shift>.json for --reuse (each control overwrites RUN/model_bias)."""
+    mode, _, shift = control.partition(":")
+    if mode not in ("move", "register") or (mode == "move") != bool(shift):
+        raise SystemExit(f"--controls: {control!r} is not move:SHIFT or register")
+    cache = work / f"control_{mode}{'_' + shift if shift else ''}.json"
+    if args.reuse and cache.is_file():
+        return json.loads(cache.read_text())
+    started = time.perf_counter()
+    atomic = runs["atomic"][0]
+    result = run(
+        model_bias(
+            atomic,
+            region=None if args.residues is None else Region.parse(args.residues),
+            mode=mode,
+            shift_angstrom=float(shift or 5.0),
+            inverse_epochs=args.inverse_epochs,
+        )
+    )
+    seconds = time.perf_counter() - started
+    report = result.report
+    right, wrong = coarse_grain(fitted), coarse_grain(report["wrong_model"])
+    smooth_map, voxel = read_map(RunFolder(runs["smoothness"][0]).reconstruction(True).full_map)
+    smooth = region_placement(smooth_map, voxel, right, wrong)
+    smooth_decoded = region_placement(
+        mean_decoded_volume(runs["smoothness"][0]), voxel, right, wrong
+    )
+    consensus_t = report["placements"]["consensus"]["t"]
+    wrong_run = RunFolder(atomic).model_bias_folder / "run"
+    entry = {key: report[key] for key in ("region", "mode", "shift_angstrom")}
+    entry |= {
+        "n_gaussians_changed": report["n_gaussians_changed"],
+        "placements": report["placements"] | {"smoothness_map": smooth.to_dict()},
+        "placements_decoded": report["placements_decoded"]
+        | {"smoothness_run": smooth_decoded.to_dict()},
+        "scores": {
+            "wrong_model_map": report["score_wrong_model"],
+            "right_model_map": report["score_run"],
+            "smoothness_map": smooth.t - consensus_t,
+            "wrong_model_decoded": report["score_wrong_model_decoded"],
+            "right_model_decoded": report["score_run_decoded"],
+            "smoothness_decoded": smooth_decoded.t - consensus_t,
+        },
+        "reproduced_percent": report["reproduced_percent"],
+        "reproduced_percent_decoded": report["reproduced_percent_decoded"],
+        "biased_map": report["biased_map"],
+        "biased_decoded": report["biased_decoded"],
+        "biased": report["biased"],
+        "seconds": seconds,
+        "wrong_model_run": _measure(sim, wrong_run, args),
+    }
+    cache.write_text(json.dumps(entry, indent=1) + "\n")
+    return entry
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for data and runs")
@@ -174,7 +241,15 @@ def main() -> int:
     parser.add_argument("--n-particles", type=int, default=1000)
     parser.add_argument("--snr", type=float, default=0.1)
     parser.add_argument("--n-decoded", type=int, default=20)
-    parser.add_argument("--shift", type=float, default=5.0, help="Å the control moves its region")
+    parser.add_argument(
+        "--controls",
+        nargs="+",
+        default=["move:5"],
+        help="the control's wrong models, each move:SHIFT_Å or register (default: move:5)",
+    )
+    parser.add_argument(
+        "--residues", help="the control's region, CHAIN:FIRST-LAST (default: automatic)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "atomic_prior.json")
@@ -191,11 +266,19 @@ def main() -> int:
         "smoothness": (work / "run_smoothness", base),
         "atomic": (work / "run_atomic", replace(base, atomic_model=str(fitted.resolve()))),
     }
+    given = [("work", "WORK"), ("epochs", args.epochs), ("threads", args.threads)]
+    given += [
+        (key, value)
+        for key, value in vars(args).items()
+        if key not in ("work", "epochs", "threads", "reuse", "output")
+        and value != parser.get_default(key)
+    ]
+    if args.output != RESULTS / "atomic_prior.json":
+        given.append(("output", f"bench/results/{args.output.name}"))
     out = {
         "command": "python bench/bench_atomic_prior.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in (("work", "WORK"), ("epochs", args.epochs), ("threads", args.threads))
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in given
         ),
         "data": {
             "n_particles": args.n_particles,
@@ -219,39 +302,11 @@ def main() -> int:
             "n_gaussians": RunFolder(folder).read_info()["n_gaussians"],
         } | _measure(sim, folder, args)
         args.output.write_text(json.dumps(out, indent=1) + "\n")
-    report_path = RunFolder(runs["atomic"][0]).model_bias_report
-    if not (args.reuse and report_path.is_file()):
-        started = time.perf_counter()
-        run(
-            model_bias(
-                runs["atomic"][0], shift_angstrom=args.shift, inverse_epochs=args.inverse_epochs
-            )
-        )
-        out["bias_seconds"] = time.perf_counter() - started
-    report = json.loads(report_path.read_text())
-    right, wrong = coarse_grain(fitted), coarse_grain(report["wrong_model"])
-    smooth_map, voxel = read_map(RunFolder(runs["smoothness"][0]).reconstruction(True).full_map)
-    smooth = region_placement(smooth_map, voxel, right, wrong)
-    wrong_run = RunFolder(runs["atomic"][0]).model_bias_folder / "run"
-    out["runs"]["atomic_wrong_model"] = _measure(sim, wrong_run, args)
-    out["bias"] = {
-        key: report[key]
-        for key in (
-            "region",
-            "mode",
-            "shift_angstrom",
-            "n_gaussians_changed",
-            "placements",
-            "score_wrong_model",
-            "score_run",
-            "reproduced_percent",
-            "biased",
-        )
-    }
-    out["bias"]["placement_smoothness_map"] = smooth.to_dict()
-    out["bias"]["score_smoothness_map"] = smooth.t - report["placements"]["consensus"]["t"]
-    args.output.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(out["bias"], indent=1))
+    out["controls"] = {}
+    for control in args.controls:
+        out["controls"][control] = _control(control, runs, sim, fitted, work, args)
+        args.output.write_text(json.dumps(out, indent=1) + "\n")
+        print(control, json.dumps(out["controls"][control]["scores"]), flush=True)
     return 0
 
 

@@ -3,6 +3,7 @@ and numbers read independently from the PDB text."""
 
 from __future__ import annotations
 
+import gzip
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from napari_dynamight.engine.gaussians import GaussianModel, render_volume
 
 ADK = example_file("adk_closed.pdb")
 NUCLEIC = Path(__file__).parent / "data" / "nucleic" / "two_nucleotides.pdb"
+DNA = Path(__file__).parent / "data" / "nucleic" / "1pfe.cif.gz"  # real: PDB 1PFE, data/SOURCES.md
 Z = {"C": 6, "N": 7, "O": 8, "S": 16, "P": 15}
 # Gaussians per residue, counted by hand from the rules (main chain + side chain)
 PER_RESIDUE = {
@@ -131,6 +133,86 @@ def test_nucleotides_four_gaussians_each():
         [xyz for n, _, a, *xyz in atoms if n == 1 and a in ("N9", "C8", "N7", "C5", "C4")]
     )
     assert np.allclose(model.positions_angstrom[2], imidazole.mean(0))
+
+
+def _cif_atoms(path):
+    """(chain, residue number, residue name, atom name, Z, x, y, z) of the first conformer's heavy
+    atoms (alternate location '.' or 'A'), read from the mmCIF text of the atom_site loop."""
+    columns, rows = [], []
+    with gzip.open(path, "rt") as file:
+        text = file.read()
+    for line in text.splitlines():
+        if line.startswith("_atom_site."):
+            columns.append(line.split()[0][len("_atom_site.") :])
+        elif line.startswith(("ATOM", "HETATM")):
+            row = dict(zip(columns, (v.strip('"') for v in line.split()), strict=True))
+            if row["label_alt_id"] in (".", "A") and row["type_symbol"] != "H":
+                rows.append(
+                    (
+                        row["auth_asym_id"],
+                        int(row["auth_seq_id"]),
+                        row["auth_comp_id"],
+                        row["auth_atom_id"],
+                        {"CL": 17}.get(row["type_symbol"], Z.get(row["type_symbol"], 0)),
+                        *(float(row[f"Cartn_{a}"]) for a in "xyz"),
+                    )
+                )
+    return rows
+
+
+def test_real_dna_nucleotides_by_hand():
+    """PDB 1PFE (X-ray, 1.1 Å): the DNA strand GCGTACGC (chain A, alternate conformers in C2) with
+    echinomycin (chain B: two Ala and four non-standard residues), quinoxalines, waters and a Cl."""
+    model = coarse_grain(DNA)
+    dna = [r for r in model.residues if r[0] == "A"]
+    assert [r[2] for r in dna] == list("GCGTACGC") and [r[1] for r in dna] == list(range(1, 9))
+    # only the two alanines of the depsipeptide are standard residues; ligands and waters are out
+    assert [r for r in model.residues if r[0] != "A"] == [("B", 2, "ALA"), ("B", 6, "ALA")]
+    # by hand: the 5' G has no phosphate (sugar with its O5' hydroxyl: five C, three O = 54); then
+    # phosphate P OP1 OP2 O5' 39, deoxyribose five C and two O 46, and the bases: G N9 C8 N7 C5 C4
+    # 32 and N1 C2 N3 C6 O6 N2 41; A 32 and N1 C2 N3 C6 N6 33; C N1 C2 O2 C6 27 and N3 C4 N4 C5 26;
+    # T 27 and N3 C4 O4 C5 C7 33
+    bases = {"G": [32, 41], "A": [32, 33], "C": [27, 26], "T": [27, 33]}
+    expected = [54] + bases["G"]
+    for letter in "CGTACGC":
+        expected += [39, 46] + bases[letter]
+    n_dna = len(expected)
+    assert n_dna == 31 and model.amplitudes[:n_dna].tolist() == expected
+    assert (
+        model.kind[:n_dna].tolist()
+        == ["sugar", "base", "base"]
+        + [
+            "phosphate",
+            "sugar",
+            "base",
+            "base",
+        ]
+        * 7
+    )
+    assert model.amplitudes[n_dna:].tolist() == [27, 6, 27, 6]  # Ala: N C O CA, and CB
+    # every heavy atom of a nucleotide in exactly one Gaussian: the text's atomic numbers per residue
+    atoms = _cif_atoms(DNA)
+    for index, (chain, number, _) in enumerate(model.residues):
+        total = sum(a[4] for a in atoms if a[0] == chain and a[1] == number)
+        assert model.amplitudes[model.residue == index].sum() == total, (chain, number)
+    # positions from the text: C2's sugar (its C4' and C5' in conformer A), G1's sugar with O5'
+    sugar2 = [a[5:] for a in atoms if a[:2] == ("A", 2) and a[3].endswith("'") and a[3] != "O5'"]
+    assert len(sugar2) == 7 and np.allclose(model.positions_angstrom[4], np.mean(sugar2, 0))
+    sugar1 = [a[5:] for a in atoms if a[:2] == ("A", 1) and a[3].endswith("'")]
+    assert len(sugar1) == 8 and np.allclose(model.positions_angstrom[0], np.mean(sugar1, 0))
+    # bonds: sugar-base-base of G1, then per nucleotide phosphate-sugar-base-base and the previous
+    # sugar to its phosphate; Ala main-side; nothing between the chains
+    bonds = {(0, 1), (1, 2)}
+    sugar = 0
+    for first in range(3, n_dna, 4):
+        bonds |= {(sugar, first), (first, first + 1), (first + 1, first + 2)}
+        bonds |= {(first + 2, first + 3)}
+        sugar = first + 1
+    bonds |= {(n_dna, n_dna + 1), (n_dna + 2, n_dna + 3)}
+    assert set(map(tuple, model.bonds.tolist())) == bonds and len(model.bonds) == len(bonds)
+    dna_bonds = model.bonds[(model.bonds < n_dna).all(axis=1)]
+    lengths = np.linalg.norm(np.diff(model.positions_angstrom[dna_bonds], axis=1)[:, 0], axis=1)
+    assert lengths.min() > 2.0 and lengths.max() < 6.5  # a real geometry: bonded neighbours
 
 
 def _adk_map(box=64, voxel=1.5):

@@ -1,5 +1,6 @@
 """The atomic-model prior in training: the bond graph replaces the radius graph's distance term,
---atomic-model reaches the settings and the run identity, and a misplaced model is refused in one line."""
+--atomic-model reaches the settings and the run identity, a misplaced model is refused in one line,
+and the reference stays the model in training."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def test_bond_graph_replaces_the_distance_term_and_repulsion_stays():
     assert distance_loss(opened, reference, bonds) == pytest.approx(0.0, abs=1e-10)
     assert distance_loss(opened, reference, graph) > 1.0
     assert regularisation_loss(opened, reference, graph, bonds) == pytest.approx(0.0, abs=1e-10)
-    # swinging point 2 about point 1 towards point 0 (and 3 with it) keeps every bond yet costs repulsion
+    # swinging point 2 about point 1 towards point 0 (and 3 with it) keeps every bond, costs
+    # repulsion
     phi = np.radians(80.0)
     x, y = 3.8 - 3.8 * np.sin(phi), 3.8 * np.cos(phi)
     squeezed = torch.tensor(
@@ -162,5 +164,32 @@ def test_model_bias_warning_follows_the_report(tmp_path):
     assert "no model-bias report" in folder.model_bias_warning()
     folder.model_bias_report.write_text(json.dumps({"biased": True, "reproduced_percent": 80}))
     assert "80%" in folder.model_bias_warning()
+    # the decoded volumes' share, where the report has it
+    report = {"biased": True, "reproduced_percent": 10, "reproduced_percent_decoded": 75}
+    folder.model_bias_report.write_text(json.dumps(report))
+    assert "10% of a deliberately wrong feature" in folder.model_bias_warning()
+    assert "75% in its decoded volumes" in folder.model_bias_warning()
     folder.model_bias_report.write_text(json.dumps({"biased": False, "reproduced_percent": 10}))
     assert folder.model_bias_warning() is None
+
+
+def test_with_the_prior_the_reference_stays_the_model(simulated, tmp_path):
+    """The model is the reference: neither the Gaussians' updates nor the reference replacements
+    (here after every epoch) move it; the deformations alone do."""
+    from helpers.deformation_data import FAST
+    from napari_dynamight.engine.consensus import load_model
+    from napari_dynamight.engine.deformation.decode import DeformationRun
+
+    model = str(fitted_adk(tmp_path).resolve())
+    settings = replace(
+        FAST, epochs=4, reference_update_every=1, refinement_rounds=0, atomic_model=model
+    )
+    out = tmp_path / "run"
+    run(optimize_deformations(simulated.star, simulated.consensus, out, settings=settings))
+    initial = load_model(RunFolder(out).initial_model)
+    trained = DeformationRun.load(out)
+    for half in (1, 2):
+        reference = trained.reference(half)
+        assert torch.equal(reference.positions_angstrom, initial.positions_angstrom.float())
+    log = RunFolder(out).read_loss_log()
+    assert max(row["rms_displacement_angstrom"] for row in log) > 0.05  # the decoders did move

@@ -1,5 +1,6 @@
-"""The Deformations widget's atomic-model picker (Xvfb): it reaches the settings, a misplaced model is
-one line, and a run made with the prior shows the model-bias warning when opened."""
+"""The Deformations widget's atomic-model picker (Xvfb): it reaches the settings, a misplaced model
+is one line, a run made with the prior shows the model-bias warning when opened, and "Check model
+bias" runs the control and shows its report."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
-from napari_dynamight.engine.atomic_model import write_moved_structure
+from helpers.deformation_data import FAST
+from napari_dynamight.engine.atomic_model import coarse_grain, kabsch, write_moved_structure
+from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 from napari_dynamight.engine.example_data import example_file
+from napari_dynamight.engine.io.dcd import read_dcd, read_dcd_info
 from napari_dynamight.engine.io.structure import read_structure
+from napari_dynamight.engine.model_bias import automatic_region
+from napari_dynamight.engine.progress import run as drive
+from napari_dynamight.engine.run_folder import RunFolder
 
 
 def test_picker_reaches_the_settings_and_a_misplaced_model_is_one_line(
@@ -58,3 +66,67 @@ def test_picker_reaches_the_settings_and_a_misplaced_model_is_one_line(
     assert widget.open_run(run)
     assert widget.atomic_model.value == shifted.resolve()
     assert any("no model-bias report" in line for line in widget.warnings_label.shown)
+
+
+def test_check_model_bias_button_runs_the_control_and_shows_its_report(
+    qtbot, make_napari_viewer, simulated, tmp_path
+):
+    # the closed structure fitted into the tiny set's map: superposed on the trajectory's first
+    # frame, its centre where the simulator puts the molecule's (box 32, 2.5 Å)
+    pdb, dcd = example_file("adk_closed.pdb"), example_file("adk_dims.dcd")
+    atoms = read_structure(pdb, drop_hydrogens=True)
+    first = read_dcd(dcd, read_dcd_info(dcd).n_atoms, np.array([0]))[0, atoms.atom_indices]
+    rotation, translation = kabsch(atoms.positions_angstrom, first.astype(np.float64))
+    centre = np.average(first, axis=0, weights=atoms.atomic_numbers)
+    model = write_moved_structure(
+        pdb, tmp_path / "fitted.pdb", translation - centre + 16 * 2.5, rotation=rotation
+    )
+    run = tmp_path / "run"
+    settings = replace(FAST, epochs=3, refinement_rounds=0, atomic_model=str(model.resolve()))
+    drive(optimize_deformations(simulated.star, simulated.consensus, run, settings=settings))
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Deformations")
+    assert widget.open_run(run)
+    assert any("no model-bias report" in line for line in widget.warnings_label.shown)
+    widget.threads.value = 1
+    widget.bias.residues.value = "A:9-3"  # a bad region: one line, nothing starts
+    assert widget.check_model_bias() is None
+    assert "--residues" in widget.summary.value and "\n" not in widget.summary.value
+    widget.bias.residues.value = ""  # the automatic region
+    widget.bias.shift.value = 3.0
+    widget.bias.epochs.value = 1
+    widget.bias.inverse_epochs.value = 1
+    worker = widget.check_model_bias()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.tasks.running, timeout=300_000)
+    assert widget.tasks.last_outcome.error is None, widget.tasks.status.text()
+    report = json.loads((run / "model_bias.json").read_text())
+    right = coarse_grain(model)
+    region = automatic_region(right)
+    inside = [region.contains(*right.residues[r][:2]) for r in right.residue]
+    assert report["region"] == str(region) and report["mode"] == "move"
+    assert report["n_gaussians_changed"] == sum(inside) > 0
+    assert np.linalg.norm(report["shift_angstrom"]) == pytest.approx(3.0)
+    assert (report["epochs"], report["inverse_epochs"]) == (1, 1)
+    placements = report["placements"]
+    assert abs(placements["consensus"]["t"]) <= 0.15  # the consensus map shows the right model
+    score = placements["wrong_model_run"]["t"] - placements["consensus"]["t"]
+    assert report["score_wrong_model"] == pytest.approx(score)
+    assert report["reproduced_percent"] == round(100 * score)
+    decoded = report["placements_decoded"]["wrong_model_run"]["t"] - placements["consensus"]["t"]
+    assert report["score_wrong_model_decoded"] == pytest.approx(decoded)
+    assert report["reproduced_percent_decoded"] == round(100 * decoded)
+    assert (report["biased_map"], report["biased_decoded"]) == (score > 0.5, decoded > 0.5)
+    assert report["biased"] == (score > 0.5 or decoded > 0.5)
+    # one epoch is the warm-up: the decoders have not moved the held wrong model, the run's own
+    # decoders (right model) keep the region where the data have it
+    assert decoded >= 0.8 and report["biased_decoded"] and report["biased"]
+    assert abs(report["score_run_decoded"]) <= 0.2
+    assert (run / "model_bias" / "run" / "reconstruction" / "full.mrc").is_file()
+    assert (
+        f"reproduces {report['reproduced_percent']}% of the wrong feature, its decoded volumes "
+        f"{report['reproduced_percent_decoded']}%" in widget.summary.value
+    )
+    warning = RunFolder(run).model_bias_warning()
+    assert widget.warnings_label.shown == ([warning] if warning else [])
+    assert not any("no model-bias report" in line for line in widget.warnings_label.shown)

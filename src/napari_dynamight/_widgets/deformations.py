@@ -4,14 +4,18 @@ Every option of the command is a field (same defaults). **Start** runs
 ``engine.deformation.run.optimize_deformations`` in a worker; **Resume** continues the run folder
 from its last checkpoint; **Cancel** stops at the next training step. Whenever an epoch ends the
 widget re-reads the run's own records (``engine.run_folder.RunFolder``): the loss log (the data
-loss and λ per epoch and half, plotted) and the newest checkpoint (half 1's reference Gaussians, shown
-as a points layer, loaded in a latest-request-wins worker). **Open run** fills the form from the run file of a run started
-here or on the command line, and shows its losses and Gaussians. Options that are not on the form
-(encoder width, schedule, learning rates) come from the opened run, else from the defaults.
+loss and λ per epoch and half, plotted) and the newest checkpoint (half 1's reference Gaussians,
+shown as a points layer, loaded in a latest-request-wins worker). **Open run** fills the form from
+the run file of a run started here or on the command line, and shows its losses and Gaussians.
+Options that are not on the form (encoder width, schedule, learning rates) come from the opened
+run, else from the defaults.
 "atomic-model prior" picks a PDB/mmCIF model fitted in the consensus map (``--atomic-model``); a run
-made with it shows the model-bias warning (``RunFolder.model_bias_warning``) until its control ran.
+made with it shows the model-bias warning (``RunFolder.model_bias_warning``) until its control ran;
+**Check model bias** runs that control (``napari-dynamight model-bias RUN``, its options under
+"bias check") on the run folder in a worker, with progress and Cancel, and shows its report.
 The engine's watchdog warnings (a half set stalled, the halves disagree) appear in a red line under
-the plot and as napari notifications when they occur, and again from the run file when a run is opened.
+the plot and as napari notifications when they occur, and again from the run file when a run is
+opened.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..engine.deformation.settings import DeformationSettings
 from ..engine.run_folder import RunFolder
 from ._curves import CurvePlot, plot_history
 from ._layers import show_points
+from ._model_bias import ModelBiasControls, report_summary
 from ._options import OptionsForm
 from ._stage import StageWidget, device_choices, optional_path
 from ._tasks import LatestRequestRunner
@@ -116,6 +121,8 @@ class DeformationsWidget(StageWidget):
         self.options.attach(self)
         self.start_button = PushButton(text="Start")
         self.resume_button = PushButton(text="Resume")
+        self.bias = ModelBiasControls()
+        self.bias_button = PushButton(text="Check model bias")
         self.form = Container(
             widgets=[
                 self.run,
@@ -130,10 +137,12 @@ class DeformationsWidget(StageWidget):
                 self.box,
                 self.device,
                 self.threads,
-                *self.options.controls.values(),
+                *self._option_controls(),
             ]
         )
-        buttons = Container(widgets=[self.start_button, self.resume_button], layout="horizontal")
+        buttons = Container(
+            widgets=[self.start_button, self.resume_button, self.bias_button], layout="horizontal"
+        )
         self.plot = CurvePlot(["data loss", "λ"], "epoch")
         self.summary = Label(value="choose particles, consensus map and a run folder, then Start")
         self.summary.native.setWordWrap(True)
@@ -155,6 +164,7 @@ class DeformationsWidget(StageWidget):
             layout.addWidget(widget)
         self.base_settings = _DEFAULTS
         self.result = None
+        self.bias_result = None
         self._shown_checkpoint = None
         self.reference_loader = LatestRequestRunner(
             training_reference, self._show_reference, title="load Gaussians"
@@ -162,6 +172,14 @@ class DeformationsWidget(StageWidget):
         self.open_button.changed.connect(lambda: self.open_run())
         self.start_button.changed.connect(lambda: self.start())
         self.resume_button.changed.connect(lambda: self.start(resume=True))
+        self.bias_button.changed.connect(lambda: self.check_model_bias())
+
+    def _option_controls(self) -> list:
+        """Every option's control, the model-bias control's options right after the atomic model."""
+        names = list(self.options.controls)
+        at = names.index("atomic_model") + 1 if "atomic_model" in names else len(names)
+        controls = list(self.options.controls.values())
+        return controls[:at] + self.bias.widgets + controls[at:]
 
     def busy(self) -> bool:
         return super().busy() or self.reference_loader.busy
@@ -239,6 +257,33 @@ class DeformationsWidget(StageWidget):
             self._finished,
             self._progress,
         )
+
+    def check_model_bias(self):
+        """Run the model-bias control on the run folder (a finished run made with the atomic-model
+        prior); returns the worker."""
+        import torch
+
+        from ..engine.io.guard import holding
+        from ._tasks import one_line
+
+        run = optional_path(self.run.value)
+        if run is None:
+            self.summary.value = "choose a finished run made with the atomic-model prior first"
+            return None
+        try:
+            operation = self.bias.operation(run, self.device.value)
+        except Exception as error:
+            self.summary.value = one_line(error)
+            return None
+        torch.set_num_threads(int(self.threads.value))
+        operation = holding(operation, run, "run folder", "model-bias", outputs="model_bias")
+        return self.run_task(operation, "model bias", self._bias_finished)
+
+    def _bias_finished(self, result) -> None:
+        self.bias_result = result
+        self.summary.value = report_summary(result.report) + f"\nreport: {result.path}"
+        warning = RunFolder(self.run.value).model_bias_warning()
+        self.show_warnings([warning] if warning else [])
 
     def _progress(self, event) -> None:
         """A watchdog warning from the engine: show it at once."""

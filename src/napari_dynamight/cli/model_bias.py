@@ -1,13 +1,17 @@
-"""Check a run made with the atomic-model prior for model bias (docs/deformations.md, "Atomic-model prior").
+"""Check a run made with the atomic-model prior for model bias (docs/deformations.md,
+"Atomic-model prior").
 
 Makes the run's atomic model deliberately wrong in one region (--mode move: the residues moved
---shift Å away from the model's centre; --mode register: their side chains threaded one residue on),
+--shift Å away from the model's centre; --mode register: their side chains threaded one residue
+on),
 trains the deformations again with it and the run's settings, trains the inverse deformations,
-reconstructs, and measures how much of the wrong feature the new map reproduces: 0% when the map
-shows the region where the consensus map (no model) has it, 100% when it shows the wrong model.
-It flags bias above 50%: then features that only the model supports cannot be trusted in maps made
-with the prior on these data. The same measure of the run's own deformed map (made first if
-missing, in RUN/inverse and RUN/reconstruction) is reported beside it.
+reconstructs, and measures how much of the wrong feature the new deformed map and the new decoded
+volumes reproduce: 0% when they show the region where the consensus map (no model) has it, 100%
+when they show the wrong model. It flags bias above 50% in either: then features that only the
+model supports cannot be trusted in maps made with the prior on these data. The same measures of
+the run's own deformed map (made first if missing, in RUN/inverse and RUN/reconstruction) and
+decoded volumes are reported beside them. The Deformations widget's "Check model bias" button runs
+the same control.
 
 Writes RUN/model_bias.json (the report) and RUN/model_bias/ (wrong_model.pdb and its run, run/).
 Opening or exporting maps of a run made with the prior warns until this report exists and found no
@@ -43,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mode",
         choices=("move", "register"),
         default="move",
-        help="move the region's residues (default) or shift its side chains by one residue register",
+        help="move the region's residues (default) or shift its side chains by one residue "
+        "register",
     )
     add(
         "--shift",
@@ -87,13 +92,25 @@ def run(args: argparse.Namespace) -> int:
         )
     report = result.report
     print(
-        f"wrong model ({report['mode']} of residues {report['region']}): the map made with it reproduces "
-        f"{report['reproduced_percent']}% of the wrong feature; the run's own map {100 * report['score_run']:.0f}%"
+        f"wrong model ({report['mode']} of residues {report['region']}): the deformed map made "
+        f"with it reproduces {report['reproduced_percent']}% of the wrong feature, its decoded "
+        f"volumes {report['reproduced_percent_decoded']}%; the run's own map "
+        f"{100 * report['score_run']:.0f}%, its decoded volumes "
+        f"{100 * report['score_run_decoded']:.0f}%"
     )
     if report["biased"]:
+        where = " and ".join(
+            name
+            for name, flag in (
+                ("deformed maps", report["biased_map"]),
+                ("decoded volumes", report["biased_decoded"]),
+            )
+            if flag
+        )
         print(
-            f"warning: the atomic-model prior copies model errors into maps on these data (above "
-            f"{100 * report['threshold']:.0f}%); trust only features the smoothness prior's maps show too"
+            f"warning: the atomic-model prior copies model errors into {where} on these data "
+            f"(above {100 * report['threshold']:.0f}%); trust only features the smoothness "
+            "prior's maps show too"
         )
     else:
         print("no model bias found: the data override a wrong model in this region")

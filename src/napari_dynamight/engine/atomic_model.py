@@ -21,7 +21,7 @@ summed atomic numbers of its atoms):
 - nucleotides: four: phosphate (P, OP1, OP2, OP3, O5'), sugar (the other primed atoms), and two on
   the base (purines: the imidazole ring N9, C8, N7, C5, C4, then the six-membered ring with its
   exocyclic atoms; pyrimidines: N1, C2, O2, C6, then N3, C4, C5 with their exocyclic atoms). A
-  nucleotide without phosphate (a 5' end) has three.
+  nucleotide without phosphate (no P: a 5' end) has three, its O5' hydroxyl in the sugar's.
 - Other residues (ligands, ions) and waters are left out; residue names of MD force fields (HSD, CYX,
   ...) and MSE are read as the standard residue.
 
@@ -114,6 +114,7 @@ SIDE_CHAIN_GROUPS: dict[str, tuple[tuple[str, ...], ...]] = {
 PHOSPHATE = ("P", "OP1", "OP2", "OP3", "O5'")
 PURINE_BASE = (("N9", "C8", "N7", "C5", "C4"), ("N1", "C2", "N3", "C6", "O6", "N6", "N2"))
 PYRIMIDINE_BASE = (("N1", "C2", "O2", "C6"), ("N3", "C4", "O4", "N4", "C5", "C7", "C5M"))
+TAIL_KIND = {"protein": "main", "nucleic": "sugar"}  # bonded to the next residue's head
 _OLD_NAMES = {"O1P": "OP1", "O2P": "OP2", "O3P": "OP3", "C5M": "C7", "OT1": "O", "OT2": "OXT"}
 
 
@@ -168,9 +169,9 @@ def _groups(residue: str, names: set[str]) -> tuple[str, list[tuple[str, ...]]] 
         return "protein", groups
     if residue in ("A", "G", "C", "U", "T"):
         base = PURINE_BASE if residue in ("A", "G") else PYRIMIDINE_BASE
-        sugar = tuple(sorted(n for n in names if n.endswith("'") and n != "O5'"))
-        return "nucleic", [
-            ("phosphate", PHOSPHATE),
+        phosphate = "P" in names  # a 5' end without phosphate: its O5' is the sugar's hydroxyl
+        sugar = tuple(sorted(n for n in names if n.endswith("'") and (n != "O5'" or not phosphate)))
+        return "nucleic", [("phosphate", PHOSPHATE)] * phosphate + [
             ("sugar", sugar),
             ("base", base[0]),
             ("base", base[1]),
@@ -234,7 +235,7 @@ def coarse_grain(path: str | os.PathLike) -> CoarseModel:
             and head is not None
         ):
             bonds.append((previous[3], head))
-        tail = index_of_group[0] if polymer == "protein" else index_of_group[1]
+        tail = index_of_group[[kind for kind, _ in groups].index(TAIL_KIND[polymer])]
         previous = (chain, polymer, number, tail) if tail is not None else None
     if not positions:
         raise InputError(

@@ -1,21 +1,27 @@
 """The model-bias control of the atomic-model prior.
 
-With the prior, the deformations have enough freedom to move a particle's density onto the model, so
-a deformed reconstruction can reproduce the model's features, wrong ones included. The control
+With the prior, the deformations have enough freedom to move a particle's density onto the model,
+so a deformed reconstruction can reproduce the model's features, wrong ones included. The control
 measures whether that happens on the run's own data: it makes the model deliberately wrong in one
-region (the region's residues moved by a few Å, or its side chains threaded one residue on: a register
-error), trains the deformations again with that model and the run's settings, trains the inverse
-deformations and reconstructs, and measures how much of the wrong feature the new map reproduces.
+region (the region's residues moved by a few Å, or its side chains threaded one residue on: a
+register error), trains the deformations again with that model and the run's settings, trains the
+inverse deformations and reconstructs, and measures how much of the wrong feature the new map
+reproduces.
 
 The measure, for a map: the region's Gaussians are slid from their right positions (t = 0) to the
-wrong ones (t = 1), t from -0.5 to 1.5; the rendered model (every other Gaussian in place) is correlated
-with the map inside the region (voxels within ``MASK_ANGSTROM`` of the region's Gaussians, right or
-wrong), and the best t is the map's placement of the region. The score is that t minus the consensus
-map's (a map no model touched): 0 when the map shows the region where the data put it, 1 when it
-shows the wrong model's region. The report gives the score of the map made with the wrong model and
-of the run's own map (the right model, or the model the user trusts), and flags bias when the wrong
-model's map reproduces more than ``BIAS_THRESHOLD`` of the wrong feature: then features that only the
-model supports cannot be trusted in maps made with the prior on these data.
+wrong ones (t = 1), t from -0.5 to 1.5; the rendered model (every other Gaussian in place) is
+correlated with the map inside the region (voxels within ``MASK_ANGSTROM`` of the region's
+Gaussians, right or wrong), and the best t is the map's placement of the region. The score is that t
+minus the consensus map's (a map no model touched): 0 when the map shows the region where the data
+put it, 1 when it shows the wrong model's region. The report gives the score of the map made with
+the wrong model and of the run's own map (the right model, or the model the user trusts), and flags
+bias when the wrong model's map reproduces more than ``BIAS_THRESHOLD`` of the wrong feature: then
+features that only the model supports cannot be trusted in maps made with the prior on these data.
+
+The same measure is taken on the decoded volumes (the mean of ``DECODED_PARTICLES`` particles'
+volumes, each decoded by its own half at its latent): with the prior the reference stays the model,
+so a wrong feature the decoders do not correct is in every decoded volume, even where the deformed
+map (made from the images) shows the data's; the report flags either above the threshold.
 
 The run's own deformed map is made first if it is missing (its inverse deformations and deformed
 reconstruction, in their usual places); the wrong model and its run live in ``RUN/model_bias/``, the
@@ -61,11 +67,12 @@ BIAS_THRESHOLD = 0.5
 MASK_ANGSTROM = 5.0
 PLACEMENTS = np.round(np.arange(-0.5, 1.5001, 0.05), 2)
 AUTOMATIC_RESIDUES = 12
+DECODED_PARTICLES = 64
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a map puts the region: the best t (0 right, 1 wrong) and the correlations at 0 and 1."""
+    """Where a map puts the region: the best t (0 right, 1 wrong), the correlations at 0 and 1."""
 
     t: float
     correlation_right: float
@@ -86,7 +93,8 @@ def region_placement(
     wrong: CoarseModel,
     origin_angstrom=(0.0, 0.0, 0.0),
 ) -> Placement:
-    """The map's placement of the Gaussians that differ between ``right`` and ``wrong`` (module docstring)."""
+    """The map's placement of the Gaussians that differ between ``right`` and ``wrong`` (module
+    docstring)."""
     box = volume.shape[0]
     model = gaussian_model(right, box, voxel_size_angstrom, origin_angstrom).to(dtype=torch.float64)
     start = model.positions_angstrom.clone()
@@ -121,8 +129,8 @@ def region_placement(
 
 
 def automatic_region(model: CoarseModel, length: int = AUTOMATIC_RESIDUES) -> Region:
-    """``length`` consecutive residues of one chain, the most central ones (closest on average to the
-    model's centre): the core, where a map is usually best and moves least."""
+    """``length`` consecutive residues of one chain, the most central ones (closest on average to
+    the model's centre): the core, where a map is usually best and moves least."""
     centre = np.average(model.positions_angstrom, axis=0, weights=model.amplitudes)
     cost = np.linalg.norm(model.positions_angstrom - centre, axis=1)
     per_residue = np.bincount(model.residue, weights=cost) / np.bincount(model.residue)
@@ -181,6 +189,25 @@ def _deformed_map(run: Path, inverse_epochs: int, device) -> ProgressGenerator[P
     return full
 
 
+def mean_decoded_volume(
+    run: Path, n_particles: int = DECODED_PARTICLES, device="cpu"
+) -> np.ndarray:
+    """The mean of ``n_particles`` decoded volumes (an even spread over the particles), each decoded
+    at the particle's latent by the half set that gave it."""
+    from .deformation.decode import load_run
+
+    decoder = load_run(run, device)
+    latents = np.load(RunFolder(run).latents)
+    rows = np.unique(np.linspace(0, len(latents) - 1, min(n_particles, len(latents))).astype(int))
+    halves = np.array([decoder.half_of(row) for row in rows])
+    total = 0.0
+    for half in (1, 2):
+        chosen = rows[halves == half]
+        if len(chosen):
+            total = total + decoder.decode_volumes(latents[chosen], half=half).sum(axis=0)
+    return total / len(rows)
+
+
 def model_bias(
     run_directory,
     *,
@@ -191,9 +218,9 @@ def model_bias(
     inverse_epochs: int = 10,
     device="cpu",
 ) -> ProgressGenerator[BiasReport]:
-    """Run the control on a finished run made with ``--atomic-model`` (module docstring); write and return
-    the report. ``region``: default :func:`automatic_region`; ``mode``: ``move`` (the region moved
-    ``shift_angstrom`` outwards) or ``register``; ``epochs``: default the run's."""
+    """Run the control on a finished run made with ``--atomic-model`` (module docstring); write and
+    return the report. ``region``: default :func:`automatic_region`; ``mode``: ``move`` (the
+    region moved ``shift_angstrom`` outwards) or ``register``; ``epochs``: default the run's."""
     started = time.perf_counter()
     folder = RunFolder(run_directory)
     info = check_finished_run(folder.path)
@@ -267,9 +294,17 @@ def model_bias(
         yield Progress(
             "model bias", len(placements), 3, message=f"{name}: t = {placements[name].t:.2f}"
         )
+    decoded = {}
+    for name, path in (("run", folder.path), ("wrong_model_run", wrong_run)):
+        volume = mean_decoded_volume(path, device=device)
+        decoded[name] = region_placement(volume, voxel, right, wrong, origin)
+        yield Progress("model bias", 3, 3, message=f"{name} decoded: t = {decoded[name].t:.2f}")
     reference = placements["consensus"].t
     score_wrong = placements["wrong_model_run"].t - reference
     score_right = placements["run"].t - reference
+    decoded_wrong = decoded["wrong_model_run"].t - reference
+    biased_map = bool(score_wrong > BIAS_THRESHOLD)
+    biased_decoded = bool(decoded_wrong > BIAS_THRESHOLD)
     report = {
         "run": str(folder.path.resolve()),
         "atomic_model": settings.atomic_model,
@@ -293,8 +328,15 @@ def model_bias(
         "score_wrong_model": score_wrong,
         "score_run": score_right,
         "reproduced_percent": int(round(100 * score_wrong)),
+        "decoded_particles": DECODED_PARTICLES,
+        "placements_decoded": {name: p.to_dict() for name, p in decoded.items()},
+        "score_wrong_model_decoded": decoded_wrong,
+        "score_run_decoded": decoded["run"].t - reference,
+        "reproduced_percent_decoded": int(round(100 * decoded_wrong)),
         "threshold": BIAS_THRESHOLD,
-        "biased": bool(score_wrong > BIAS_THRESHOLD),
+        "biased_map": biased_map,
+        "biased_decoded": biased_decoded,
+        "biased": biased_map or biased_decoded,
         "seconds": time.perf_counter() - started,
     }
     with atomic_path(folder.model_bias_report) as tmp:

@@ -185,10 +185,13 @@ class RunFolder(_Folder):
         except (OSError, ValueError):
             return f"{self.model_bias_report}: unreadable; run {command} again"
         if report.get("biased", True):
+            decoded = report.get("reproduced_percent_decoded")
             return (
-                f"maps of {self.path} are made with the atomic-model prior, and its model-bias control found "
-                f"that {report.get('reproduced_percent', '?')}% of a deliberately wrong feature shows up "
-                f"in a map made the same way: features that only the model supports may be model bias "
+                f"maps of {self.path} are made with the atomic-model prior, and its model-bias "
+                f"control found that {report.get('reproduced_percent', '?')}% of a deliberately "
+                "wrong feature shows up in a deformed map made the same way"
+                + ("" if decoded is None else f" and {decoded}% in its decoded volumes")
+                + ": features that only the model supports may be model bias "
                 f"({self.model_bias_report.name})"
             )
         return None

@@ -2,10 +2,14 @@
 
 ``optimize_deformations`` is a generator of :class:`Progress` events (cancel by closing it) that
 checks every input, builds or loads the consensus Gaussian model, trains the two halves epoch by
-epoch on the schedule of ``schedule.py``, checkpoints every few epochs, refines each half's decoder in
-EM rounds on candidate latents (``refinement.py``; a checkpoint after each), and finally writes the outputs
-listed in ``outputs.py``. With ``resume=True`` it continues from the last checkpoint in the run
-directory and ends with the same result as a run that was never interrupted.
+epoch on the schedule of ``schedule.py``, checkpoints every few epochs, refines each half's decoder
+in EM rounds on candidate latents (``refinement.py``; a checkpoint after each), and finally writes
+the outputs listed in ``outputs.py``. With ``resume=True`` it continues from the last checkpoint in
+the run directory and ends with the same result as a run that was never interrupted.
+
+With the atomic-model prior the reference positions stay the model's: no position updates and no
+reference replacements (the amplitude and width scales still train), so the model is the frame
+every deformation starts from, as in DynaMight, and only the deformations fit the data.
 
 The same function runs in every process of a ``torchrun`` launch (``engine.distributed``): with an even
 number of ranks the first half train half set 1 and the others half set 2, each half data-parallel
@@ -210,6 +214,8 @@ def optimize_deformations(
                     bonds=None if prior is None else prior[1],
                 )
             )
+            if prior is not None:  # the model is the reference: only the deformations move it
+                halves[-1].positions.requires_grad_(False)
         history, stop, epoch = [], StopRule(settings.stop_after_increases), 0
         mine = [half for half in halves if context.holds(half.half)]
         if resumed is not None:
@@ -286,7 +292,10 @@ def optimize_deformations(
                 )
             yield from _report_new_warnings(watchdog.check(history), reported, epoch)
             if is_reference_update(epoch, settings):
-                update_references(halves, batches, settings, batches.pixel_size_angstrom, context)
+                if prior is None:
+                    update_references(
+                        halves, batches, settings, batches.pixel_size_angstrom, context
+                    )
                 for half in mine:
                     half.estimate_noise(
                         batches, half.train_rows[: settings.noise_subset], deform=True
