@@ -263,7 +263,7 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(
 
     monkeypatch.setattr(_napari_demo, "new_viewer", lambda: make_napari_viewer(show=True))
 
-    from napari_dynamight.engine.io.star import read_particles
+    from napari_dynamight.engine.data.particle_file import read_particles
 
     output = tmp_path / "demo"
     status = main(

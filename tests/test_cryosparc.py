@@ -20,6 +20,12 @@ import torch
 
 from napari_dynamight.engine.ctf import compute_ctf
 from napari_dynamight.engine.data.dataset import ParticleDataset
+from napari_dynamight.engine.data.particle_file import (
+    read_cryosparc,
+    read_particle_file,
+    read_particles,
+    write_cryosparc,
+)
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.gaussians import GaussianModel, normalised_cross_correlation, project
 from napari_dynamight.engine.geometry import (
@@ -27,9 +33,7 @@ from napari_dynamight.engine.geometry import (
     euler_to_matrix_numpy,
     random_euler_angles,
 )
-from napari_dynamight.engine.io.cryosparc import passthrough_files, read_cryosparc, write_cryosparc
-from napari_dynamight.engine.io.particle_file import read_particle_file
-from napari_dynamight.engine.io.star import read_particles
+from napari_dynamight.engine.io.cryosparc import passthrough_files
 
 BOX, PIXEL, N = 48, 2.0, 32
 
@@ -477,9 +481,9 @@ def test_star_input_exports_the_documented_fields(project_folder, tmp_path):
 def test_explorer_exports_a_cs_run_back_to_cryosparc(project_folder, tmp_path):
     """A run made from a .cs input keeps its records beside particles.star; the explorer's export to .cs
     keeps every original field and uid and adds the results; export to STAR is unchanged."""
+    from napari_dynamight.engine.data.particle_file import write_particles
     from napari_dynamight.engine.explore.table import load_run
     from napari_dynamight.engine.io.atomic import save_npy
-    from napari_dynamight.engine.io.star import write_particles
     from napari_dynamight.engine.run_folder import RunFolder
 
     table = _with_results(read_cryosparc(project_folder / "J12" / "J12_particles.cs"))

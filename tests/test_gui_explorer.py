@@ -22,10 +22,10 @@ from napari_dynamight._widgets.explorer import (
     VOLUME_LAYER,
     ExplorerWidget,
 )
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.explore import embed, load_run
 from napari_dynamight.engine.io.lock import LOCK_NAME
 from napari_dynamight.engine.io.mrc import read_map
-from napari_dynamight.engine.io.star import read_particles
 
 
 @pytest.fixture

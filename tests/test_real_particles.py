@@ -8,10 +8,10 @@ import torch
 
 from napari_dynamight.engine.ctf import compute_ctf
 from napari_dynamight.engine.data.dataset import ParticleDataset
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.gaussians import normalised_cross_correlation
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
 from napari_dynamight.engine.io.mrc import read_map
-from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.projector import FourierProjector
 
 TRPV1 = Path(__file__).parent / "data" / "cryojax_trpv1"

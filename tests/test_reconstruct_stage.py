@@ -343,7 +343,7 @@ def test_subset_agrees_with_relion_reconstruct_of_the_same_subset(run_directory,
     assert {
         p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")
     } == before
-    from napari_dynamight.engine.io.star import read_particles
+    from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.reconstruction import reconstruct_particles
 
     for ours, theirs in (
@@ -431,7 +431,7 @@ def test_deformed_maps_of_a_subset_with_the_runs_networks(moving_run, tmp_path):
     volume, voxel = read_map(folder / "half1.mrc")
     assert volume.shape == (32,) * 3 and voxel == pytest.approx(2.5) and np.isfinite(volume).all()
     assert len(read_run_particles(moving_run).particles) == len(table)
-    from napari_dynamight.engine.io.star import read_particles
+    from napari_dynamight.engine.data.particle_file import read_particles
 
     assert list(read_particles(folder / "particles.star").image_files) == list(
         table.image_files[rows]

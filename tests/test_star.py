@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from conftest import DATA, STAR_FILES, edit_star
+from napari_dynamight.engine.data.particle_file import read_particles, write_particles
 from napari_dynamight.engine.io.mrc import open_stack
-from napari_dynamight.engine.io.star import read_particles, write_particles
 
 # label: (count, version, pixel sizes Å, voltages kV, Cs mm, Q0 (None: missing), has poses)
 EXPECTED = {

@@ -212,9 +212,9 @@ def read_star(path) -> list[tuple]:
     """Points at the viewing directions, or (without poses) an image of the first particles."""
     import numpy as np
 
+    from .engine.data.particle_file import read_particle_file
     from .engine.data.summary import summarise
     from .engine.errors import InputError
-    from .engine.io.particle_file import read_particle_file
 
     path = Path(_single_path(path))
     if path.suffix.lower() == ".star" and has_latent_columns(path) and _dock_explorer(path):

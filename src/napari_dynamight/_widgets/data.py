@@ -41,8 +41,8 @@ def load_inputs(star: Path | None, map_path: Path | None, mask: Path | None):
     yield Progress("load", 0, 2, message="reading inputs")
     loaded = {"star": None, "map": None}
     if star is not None:
+        from ..engine.data.particle_file import read_particle_file
         from ..engine.data.summary import summarise
-        from ..engine.io.particle_file import read_particle_file
 
         table = read_particle_file(star)
         loaded["star"] = summarise(table, star)

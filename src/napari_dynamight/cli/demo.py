@@ -180,9 +180,9 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     """Simulate, read back, fit the consensus Gaussians; return everything the views need."""
     from ..engine.consensus import load_model
     from ..engine.consensus_stage import fit_consensus
+    from ..engine.data.particle_file import read_particles
     from ..engine.data.summary import summarise
     from ..engine.io.mrc import read_map
-    from ..engine.io.star import read_particles
     from ..engine.simulate import simulate
     from ._progress import drive
     from .info import format_summary

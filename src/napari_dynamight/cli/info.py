@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.data.particle_file import read_particle_file
     from ..engine.data.summary import summarise
-    from ..engine.io.particle_file import read_particle_file
 
     table = read_particle_file(args.star, data_root=args.data_root, passthroughs=args.passthrough)
     summary = summarise(table, args.star)

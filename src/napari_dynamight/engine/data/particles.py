@@ -2,7 +2,7 @@
 
 :func:`table_from_blocks` interprets the parsed STAR blocks (RELION 3.0 single block, or 3.1+
 optics + particles) once, validates them, and keeps the original DataFrames untouched so a subset
-can be written back with every column (see ``engine.io.star.write_particles``).
+can be written back with every column (see ``engine.data.particle_file.write_particles``).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class ParticleTable:
     missing_ctf_columns: tuple[str, ...] = ()
     block_names: dict[str, str] = field(default_factory=dict)
     comments: dict[str, str] = field(default_factory=dict)
-    # cryoSPARC input (``engine.io.cryosparc``): the original records, one per row (every field and
+    # cryoSPARC input (``engine.data.particle_file``): the original records, one per row (every field and
     # ``uid``, kept for exports back to cryoSPARC), and the .cs field each RELION column came from.
     records: np.ndarray | None = None
     source_fields: dict[str, str] = field(default_factory=dict)

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..io.particle_file import read_particle_file
-from ..io.star import read_particles, write_particles
 from ..run_folder import RunFolder, image_root
+from .particle_file import read_particle_file, read_particles, write_particles
 from .particles import ParticleTable
 
 

@@ -31,9 +31,9 @@ from scipy.special import logsumexp
 
 from ..ctf import compute_ctf
 from ..data.dataset import ParticleDataset
+from ..data.particle_file import read_particles
 from ..errors import InputError
 from ..gaussians import project_spectrum
-from ..io.star import read_particles
 from ..progress import Progress, ProgressGenerator
 from ..scene import build_scene, project_frames
 from .metrics import abs_spearman

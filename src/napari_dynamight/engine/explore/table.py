@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.particle_file import read_particle_file, write_cryosparc
 from ..data.particles import LATENT_PREFIX, RESULT_PREFIX, ParticleTable, latent_columns
 from ..data.subset import read_run_particles, write_subset
 from ..errors import InputError
-from ..io.cryosparc import is_cryosparc, write_cryosparc
-from ..io.particle_file import read_particle_file
+from ..io.cryosparc import is_cryosparc
 from ..run_folder import RunFolder
 from .halves import HalfView, half_membership, half_view
 
@@ -106,7 +106,7 @@ class ExplorerData:
     def export(self, path: str | os.PathLike, rows, keep_results: bool = False) -> int:
         """Write particles (a boolean mask (N,) or STAR row indices) as a RELION STAR subset with all
         columns and the optics table, image names leading to the original images, or as a cryoSPARC .cs
-        file when ``path`` ends in ``.cs`` (``engine.io.cryosparc.write_cryosparc``); returns the count."""
+        file when ``path`` ends in ``.cs`` (``engine.data.particle_file.write_cryosparc``); returns the count."""
         if self.table is None:
             raise InputError(
                 "these latent means have no particle table; open a run folder to export"
