@@ -173,14 +173,12 @@ def _motion_movie(run_directory: Path, latents: np.ndarray, path: Path) -> int:
     from ..engine.deformation.decode import DeformationRun
     from ..engine.explore import straight_path
     from ..engine.io.movie import write_movie
+    from ..engine.statistics import principal_directions
 
-    centred = latents - latents.mean(0)
-    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
-    scores = centred @ direction
-    low, high = np.percentile(scores, [5, 95])
-    path_latents = straight_path(
-        latents.mean(0) + low * direction, latents.mean(0) + high * direction, MOVIE_FRAMES
-    )
+    mean, axes, _ = principal_directions(latents, 1)
+    direction = axes[:, 0]
+    low, high = np.percentile((latents - mean) @ direction, [5, 95])
+    path_latents = straight_path(mean + low * direction, mean + high * direction, MOVIE_FRAMES)
     volumes = DeformationRun.load(run_directory).decode_volumes(path_latents.astype(np.float32))
     projections = volumes.sum(axis=1)
     scale = np.percentile(projections, 99.9)

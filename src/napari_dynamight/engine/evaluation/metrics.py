@@ -1,7 +1,7 @@
 """Metrics that compare learned motions with the simulation's ground truth.
 
 - Latent ordering: the latent space has no preferred axes or sign, so we take its principal
-  components (numpy SVD of the centred embedding) and report |Spearman| of each with the true
+  components (``engine.statistics.principal_components``) and report |Spearman| of each with the true
   frame; the issue's criterion is the best of them.
 - Maps: Pearson correlation of a decoded per-particle volume with the particle's true frame map,
   next to the consensus map's correlation with the same true map.
@@ -19,6 +19,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.stats import spearmanr
 
+from ..statistics import map_correlation, principal_components
+
 
 def abs_spearman(a, b) -> float:
     """|Spearman ρ| of two 1D sequences; 0 when either is constant (no ordering at all)."""
@@ -28,22 +30,6 @@ def abs_spearman(a, b) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
     return float(abs(spearmanr(a, b).statistic))
-
-
-def principal_components(latent) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N, D) on the principal axes of a latent embedding (N, D), and explained variance ratios.
-
-    Components are ordered by decreasing variance; the sign of each is arbitrary.
-    """
-    x = np.asarray(latent, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    x = x - x.mean(axis=0)
-    _, singular, axes = np.linalg.svd(x, full_matrices=False)
-    variance = singular**2
-    total = variance.sum()
-    ratio = variance / total if total > 0 else np.zeros_like(variance)
-    return x @ axes.T, ratio
 
 
 @dataclass(frozen=True)
@@ -92,19 +78,6 @@ def latent_frame_ordering(latent, true_frame, n_components: int | None = None) -
         first_component=values[0],
         n_components=k,
     )
-
-
-def map_correlation(a, b, mask=None) -> float:
-    """Pearson correlation of two maps over all voxels (or the voxels where ``mask`` is true)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"maps differ in shape: {a.shape} and {b.shape}")
-    if mask is not None:
-        keep = np.asarray(mask, dtype=bool)
-        a, b = a[keep], b[keep]
-    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-    denominator = np.sqrt((a @ a) * (b @ b))
-    return float(a @ b / denominator) if denominator > 0 else 0.0
 
 
 def decoded_vs_consensus(decoded, truth, consensus, mask=None) -> dict:

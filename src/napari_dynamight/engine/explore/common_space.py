@@ -13,7 +13,7 @@ where the two decoders disagree (half 1's motion bends one way, half 2's the oth
 form an X, same-frame particles 0.4–0.8 RMS apart on the simulated runs). The validation particles,
 decoded by both halves, measure that disagreement: its covariance (regularised by
 :data:`REGULARISATION` of its mean variance) is the unwanted variation, and the two axes are the unit
-directions with the most variance relative to it (``embedding.principal_axes``; 0.08–0.14 RMS apart).
+directions with the most variance relative to it (``engine.statistics.principal_axes``; 0.08–0.14 RMS apart).
 Without validation particles with both codes, plain PCA is used. Coordinates are in Å (RMS over the
 points).
 
@@ -36,7 +36,8 @@ from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import RunFolder
-from .embedding import Embedding, principal_axes
+from ..statistics import principal_axes
+from .embedding import Embedding
 from .halves import HalfView
 
 BOTH = 3  # the half-set value of the common view, beside half 1 and half 2
