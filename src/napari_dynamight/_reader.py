@@ -2,7 +2,7 @@
 
 Maps and images open as image layers whose world coordinates are Å measured from the box centre
 (index N // 2), the frame of the engine's Gaussian positions: scale = voxel size, translate =
-−(N // 2)·voxel size. The file type decides the layout:
+−(N // 2)·voxel size (``_widgets._layers.world_placement``). The file type decides the layout:
 
 - ``*.mrcs``, or a non-cubic ``*.mrc``/``*.map`` with several sections: a stack of 2D images
   (axis 0 = image index, scale 1), memory-mapped. The pixel size is the header's, which is often
@@ -150,16 +150,13 @@ def has_latent_columns(path, max_bytes: int = 1 << 16) -> bool:
         return "_dmLatent1" in handle.read(max_bytes)
 
 
-def _centred(shape: tuple[int, ...], spacing: float) -> list[float]:
-    return [-(n // 2) * spacing for n in shape]
-
-
 def read_mrc(path) -> list[tuple]:
     """One image layer: a 3D map (scale = voxel size) or a stack of 2D images (see module doc)."""
     import mrcfile
     import numpy as np
     from mrcfile.utils import data_dtype_from_header
 
+    from ._widgets._layers import world_placement
     from .engine.io.mrc import read_map, stack_shape
 
     path = Path(_single_path(path))
@@ -172,8 +169,7 @@ def read_mrc(path) -> list[tuple]:
         voxel_size = voxel_size if voxel_size > 0 else 1.0
         kwargs = {
             "name": name,
-            "scale": [voxel_size] * 3,
-            "translate": _centred(volume.shape, voxel_size),
+            **world_placement(volume.shape, voxel_size),
             "colormap": "gray",
             "metadata": {"path": str(path), "voxel_size_angstrom": voxel_size, "kind": "map"},
         }
@@ -189,8 +185,7 @@ def read_mrc(path) -> list[tuple]:
     pixel_size = pixel_size if pixel_size > 0 else 1.0
     kwargs = {
         "name": name,
-        "scale": [1.0, pixel_size, pixel_size],
-        "translate": [0.0, *_centred((ny, nx), pixel_size)],
+        **world_placement((nz, ny, nx), pixel_size, leading=1),
         "colormap": "gray",
         "metadata": {"path": str(path), "pixel_size_angstrom": pixel_size, "kind": "stack"},
     }
@@ -212,6 +207,7 @@ def read_star(path) -> list[tuple]:
     """Points at the viewing directions, or (without poses) an image of the first particles."""
     import numpy as np
 
+    from ._widgets._layers import world_placement
     from .engine.data.particle_file import read_particle_file
     from .engine.data.summary import summarise
     from .engine.errors import InputError
@@ -232,8 +228,7 @@ def read_star(path) -> list[tuple]:
     pixel_size = float(table.pixel_size_angstrom[0])
     kwargs = {
         "name": f"{path.stem} (first {len(images)} particles)",
-        "scale": [1.0, pixel_size, pixel_size],
-        "translate": [0.0, *_centred(images.shape[1:], pixel_size)],
+        **world_placement(images.shape, pixel_size, leading=1),
         "colormap": "gray",
         "metadata": {"path": str(path), "summary": summary, "pixel_size_angstrom": pixel_size},
     }
