@@ -181,8 +181,10 @@ def test_relion_postprocess_agrees_with_our_fsc(run_directory, tmp_path):
 def test_the_default_filter_is_the_same_in_the_engine_and_the_cli():
     import argparse
     import inspect
+    from dataclasses import fields
 
     from napari_dynamight.cli.reconstruct import add_arguments
+    from napari_dynamight.engine.reconstruction.settings import ReconstructionSettings
     from napari_dynamight.engine.reconstruction.stage import DEFAULT_FILTER, FILTERS
 
     parser = argparse.ArgumentParser()
@@ -190,7 +192,10 @@ def test_the_default_filter_is_the_same_in_the_engine_and_the_cli():
     option = next(a for a in parser._actions if a.dest == "filter")
     assert DEFAULT_FILTER == "constant" and FILTERS[0] == DEFAULT_FILTER
     assert option.default == DEFAULT_FILTER and tuple(option.choices) == FILTERS
-    assert inspect.signature(reconstruct_run).parameters["filter"].default == DEFAULT_FILTER
+    assert ReconstructionSettings().filter == DEFAULT_FILTER
+    # the settings record is the one source of the defaults: reconstruct_run repeats none of them
+    parameters = inspect.signature(reconstruct_run).parameters
+    assert not {f.name for f in fields(ReconstructionSettings)} & set(parameters)
 
 
 def test_cli_writes_the_maps_and_reports_errors_in_one_line(run_directory, tmp_path, capsys):

@@ -95,11 +95,11 @@ def run(args: argparse.Namespace) -> int:
     with guard:
         operation = reconstruct_run(
             args.run_directory,
+            settings,
             deformations=deformations,
             device=args.device,
             subset=args.subset,
             output=args.output,
-            **settings.to_dict(),
         )
         result = drive_on_main_rank(operation, "reconstruct")
     if result is None:
