@@ -1,5 +1,5 @@
-"""The Deformations widget's atomic-model picker (Xvfb): it reaches the settings, a misplaced model is
-one line, and a run made with the prior shows the model-bias warning when opened."""
+"""The Deformations widget's atomic-model picker (Xvfb): it reaches the settings, a misplaced model
+is one line, and a run made with the prior shows the model-bias warning when opened."""
 
 from __future__ import annotations
 

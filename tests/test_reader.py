@@ -256,8 +256,8 @@ def test_run_folders_open_without_the_reader_choice_dialog(
     qtbot, make_napari_viewer, tmp_path, monkeypatch
 ):
     """napari's builtin reader accepts every folder, so a run folder alone makes napari ask which
-    reader to use. A folder the plugin opened once is napari's preference for it; a run folder dropped
-    on a window with the explorer opens there. The dialog is never shown."""
+    reader to use. A folder the plugin opened once is napari's preference for it; a run folder
+    dropped on a window with the explorer opens there. The dialog is never shown."""
     from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
     from napari.settings import get_settings
     from qtpy.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl

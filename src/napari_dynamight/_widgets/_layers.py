@@ -1,10 +1,11 @@
-"""Put arrays into napari layers in the engine's frame: Å from the box centre, napari order [z, y, x].
+"""Put arrays into napari layers in the engine's frame: Å from the box centre, napari order [z, y,
+x].
 
-One layer per role: a layer with the given name is updated in place (data replaced) rather than a new
-one added, so repeated loads and decodes never pile up layers. Every layer is in Å (layer ``units``,
-so the scale bar reads Å). Maps are iso-surfaces at the map's automatic level
-(``engine.consensus.automatic_threshold``) and :func:`fit_camera` zooms the 3D view onto the molecule
-(the voxels above that level), not onto the whole box.
+One layer per role: a layer with the given name is updated in place (data replaced) rather than a
+new one added, so repeated loads and decodes never pile up layers. Every layer is in Å (layer
+``units``, so the scale bar reads Å). Maps are iso-surfaces at the map's automatic level
+(``engine.consensus.automatic_threshold``) and :func:`fit_camera` zooms the 3D view onto the
+molecule (the voxels above that level), not onto the whole box.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def map_level(volume) -> float:
 def show_map(
     viewer, name: str, volume, voxel_size_angstrom: float, threshold: float | None = None, **kwargs
 ):
-    """Add or update a 3D image layer shown as an iso-surface: at ``threshold`` if given, else (a new
-    layer) at :func:`map_level`; an updated layer keeps its level unless ``threshold`` is given."""
+    """Add or update a 3D image layer shown as an iso-surface: at ``threshold`` if given, else (a
+    new layer) at :func:`map_level`; an updated layer keeps its level unless ``threshold`` is
+    given."""
     placement = world_placement(volume.shape, voxel_size_angstrom)
     if name in viewer.layers:
         layer = viewer.layers[name]

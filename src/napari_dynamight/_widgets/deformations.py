@@ -4,14 +4,15 @@ Every option of the command is a field (same defaults). **Start** runs
 ``engine.deformation.run.optimize_deformations`` in a worker; **Resume** continues the run folder
 from its last checkpoint; **Cancel** stops at the next training step. Whenever an epoch ends the
 widget re-reads the run's own records (``engine.run_folder.RunFolder``): the loss log (the data
-loss and λ per epoch and half, plotted) and the newest checkpoint (half 1's reference Gaussians, shown
-as a points layer, loaded in a latest-request-wins worker). **Open run** fills the form from the run file of a run started
-here or on the command line, and shows its losses and Gaussians. Options that are not on the form
-(encoder width, schedule, learning rates) come from the opened run, else from the defaults.
-"atomic-model prior" picks a PDB/mmCIF model fitted in the consensus map (``--atomic-model``); a run
-made with it shows the model-bias warning (``RunFolder.model_bias_warning``) until its control ran.
-The engine's watchdog warnings (a half set stalled, the halves disagree) appear in a red line under
-the plot and as napari notifications when they occur, and again from the run file when a run is opened.
+loss and λ per epoch and half, plotted) and the newest checkpoint (half 1's reference Gaussians,
+shown as a points layer, loaded in a latest-request-wins worker). **Open run** fills the form from
+the run file of a run started here or on the command line, and shows its losses and Gaussians.
+Options that are not on the form (encoder width, schedule, learning rates) come from the opened run,
+else from the defaults. "atomic-model prior" picks a PDB/mmCIF model fitted in the consensus map
+(``--atomic-model``); a run made with it shows the model-bias warning
+(``RunFolder.model_bias_warning``) until its control ran. The engine's watchdog warnings (a half set
+stalled, the halves disagree) appear in a red line under the plot and as napari notifications when
+they occur, and again from the run file when a run is opened.
 """
 
 from __future__ import annotations
@@ -66,16 +67,16 @@ def run_summary(run, info: dict, settings: DeformationSettings) -> str:
     """A run file's key numbers: particles, Gaussians, box, epochs (training and refinement, each
     labelled) and the count of watchdog warnings (shown in full above the plot)."""
     lines = [
-        f"{run}: {info['n_particles']} particles, {info['n_gaussians']} Gaussians, "
-        f"training box {info['train_box']} px"
+        f"{run}: {info['n_particles']} particles, {info['n_gaussians']} Gaussians, training box "
+        f"{info['train_box']} px"
     ]
     result = info.get("result") or {}
     if result:
         epochs, rounds = int(result["epochs"]), int(result.get("refinement_rounds") or 0)
         refinement = rounds * settings.refinement_epochs
         lines.append(
-            f"finished: {epochs} training epochs + {refinement} refinement epochs "
-            f"({rounds} rounds of {settings.refinement_epochs}) = {epochs + refinement} epochs"
+            f"finished: {epochs} training epochs + {refinement} refinement epochs ({rounds} "
+            f"rounds of {settings.refinement_epochs}) = {epochs + refinement} epochs"
             + ("; stopped early" if result.get("stopped_early") else "")
         )
     else:
@@ -254,10 +255,9 @@ class DeformationsWidget(StageWidget):
         self.refresh()
         ending = "stopped by the data-loss rule" if result.stopped_early else "done"
         self.summary.value = (
-            f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, "
-            f"training box {result.train_box}, {result.seconds:.0f} s; latent "
-            f"means {result.latents.shape[0]} × {result.latents.shape[1]} in "
-            f"{result.run_directory}"
+            f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, training box "
+            f"{result.train_box}, {result.seconds:.0f} s; latent means {result.latents.shape[0]} "
+            f"× {result.latents.shape[1]} in {result.run_directory}"
         )
         final = list(getattr(result, "warnings", []))
         if final:

@@ -1,4 +1,5 @@
-"""Check a run made with the atomic-model prior for model bias (docs/deformations.md, "Atomic-model prior").
+"""Check a run made with the atomic-model prior for model bias (docs/deformations.md, "Atomic-model
+prior").
 
 Makes the run's atomic model deliberately wrong in one region (--mode move: the residues moved
 --shift Å away from the model's centre; --mode register: their side chains threaded one residue on),
@@ -36,14 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--residues",
         metavar="CHAIN:FIRST-LAST",
-        help="the region made wrong, e.g. A:100-111 (default: the 12 "
-        "consecutive residues closest to the model's centre)",
+        help="the region made wrong, e.g. A:100-111 (default: the 12 consecutive residues "
+        "closest to the model's centre)",
     )
     add(
         "--mode",
         choices=("move", "register"),
         default="move",
-        help="move the region's residues (default) or shift its side chains by one residue register",
+        help="move the region's residues (default) or shift its side chains by one "
+        "residue register",
     )
     add(
         "--shift",
@@ -87,13 +89,15 @@ def run(args: argparse.Namespace) -> int:
         )
     report = result.report
     print(
-        f"wrong model ({report['mode']} of residues {report['region']}): the map made with it reproduces "
-        f"{report['reproduced_percent']}% of the wrong feature; the run's own map {100 * report['score_run']:.0f}%"
+        f"wrong model ({report['mode']} of residues {report['region']}): the map made with it "
+        f"reproduces {report['reproduced_percent']}% of the wrong feature; the run's own map "
+        f"{100 * report['score_run']:.0f}%"
     )
     if report["biased"]:
         print(
-            f"warning: the atomic-model prior copies model errors into maps on these data (above "
-            f"{100 * report['threshold']:.0f}%); trust only features the smoothness prior's maps show too"
+            "warning: the atomic-model prior copies model errors into maps on these data (above "
+            f"{100 * report['threshold']:.0f}%); trust only features the smoothness prior's "
+            "maps show too"
         )
     else:
         print("no model bias found: the data override a wrong model in this region")

@@ -1,8 +1,8 @@
 """Metrics that compare learned motions with the simulation's ground truth.
 
 - Latent ordering: the latent space has no preferred axes or sign, so we take its principal
-  components (``engine.statistics.principal_components``) and report |Spearman| of each with the true
-  frame; the issue's criterion is the best of them.
+  components (``engine.statistics.principal_components``) and report |Spearman| of each with the
+  true frame; the issue's criterion is the best of them.
 - Maps: Pearson correlation of a decoded per-particle volume with the particle's true frame map,
   next to the consensus map's correlation with the same true map.
 - Error estimates: Spearman of the estimated error with the true motion size (per particle: RMSD of
@@ -36,8 +36,8 @@ def abs_spearman(a, b) -> float:
 class LatentOrdering:
     """How well principal components of a latent embedding order particles by their true frame.
 
-    ``per_component[k]`` is |Spearman| of PC k (0-based) with the true frame; ``best`` is the largest
-    over the first ``n_components`` PCs and ``best_component`` its index.
+    ``per_component[k]`` is |Spearman| of PC k (0-based) with the true frame; ``best`` is the
+    largest over the first ``n_components`` PCs and ``best_component`` its index.
     """
 
     per_component: tuple[float, ...]
@@ -83,8 +83,8 @@ def latent_frame_ordering(latent, true_frame, n_components: int | None = None) -
 def decoded_vs_consensus(decoded, truth, consensus, mask=None) -> dict:
     """Per-particle correlation of decoded volumes and of the consensus with each true frame map.
 
-    ``decoded`` and ``truth`` are sequences of maps (one per particle, same order), ``consensus`` one
-    map. Returns the two arrays of correlations, their means and the fraction of particles whose
+    ``decoded`` and ``truth`` are sequences of maps (one per particle, same order), ``consensus``
+    one map. Returns the two arrays of correlations, their means and the fraction of particles whose
     decoded volume beats the consensus.
     """
     decoded_cc, consensus_cc = [], []
@@ -109,7 +109,8 @@ def atom_motion(frame_positions) -> np.ndarray:
 
 
 def frame_motion(frame_positions, reference=None) -> np.ndarray:
-    """RMSD (Å, no superposition) of each frame (F, n, 3) from ``reference`` (n, 3), default the mean."""
+    """RMSD (Å, no superposition) of each frame (F, n, 3) from ``reference`` (n, 3), default the
+    mean."""
     x = np.asarray(frame_positions, dtype=np.float64)
     ref = x.mean(axis=0) if reference is None else np.asarray(reference, dtype=np.float64)
     return np.sqrt(((x - ref) ** 2).sum(-1).mean(-1))

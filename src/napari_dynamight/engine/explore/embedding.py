@@ -1,9 +1,9 @@
 """2D embeddings of latent means for the scatter plot, and the way back from 2D to latent space.
 
-PCA is the default: deterministic, instant at 10⁶ particles, and linear, so straight lines in the plot
-are straight in latent space. UMAP (``umap-learn``, optional) separates clusters better but is slow.
-A clicked 2D point is turned into a latent point as the mean latent of the nearest particles in the
-plot, which works for any embedding and stays on the data.
+PCA is the default: deterministic, instant at 10⁶ particles, and linear, so straight lines in the
+plot are straight in latent space. UMAP (``umap-learn``, optional) separates clusters better but is
+slow. A clicked 2D point is turned into a latent point as the mean latent of the nearest particles
+in the plot, which works for any embedding and stays on the data.
 """
 
 from __future__ import annotations

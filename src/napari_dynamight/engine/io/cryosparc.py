@@ -14,15 +14,17 @@ Conversions (cryoSPARC → RELION; pyem's ``metadata/cryosparc2.py`` and cryoDRG
   ``v``; its rotation matrix ``exp([v]×)`` is the transpose of RELION's matrix ``A``, i.e. ZYZ Euler
   (rot, tilt, psi) are the intrinsic ZYZ angles of ``exp([v]×)``.
 - ``alignments3D/shift`` is RELION's origin in pixels, same sign, in pixels of the alignment
-  (``alignments3D/psize_A``, which differs from ``blob/psize_A`` when the job downsampled the images):
-  origin (Å) = shift × ``alignments3D/psize_A`` (× ``blob/psize_A`` when that field is absent).
-- ``alignments3D/split`` 0/1 is ``rlnRandomSubset`` 1/2 (ignored when every particle has the same value,
-  as in jobs that make no half sets: the halves are then split at random); ``blob/idx`` is 0-based,
-  RELION's ``N@`` 1-based.
-- ``ctf/df1_A``, ``ctf/df2_A`` are defocus U, V (Å); ``ctf/df_angle_rad`` and ``ctf/phase_shift_rad``
-  are radians (RELION: degrees); ``ctf/accel_kv``, ``ctf/cs_mm``, ``ctf/amp_contrast`` as RELION's.
-- ``blob/path`` (a leading ``>`` removed) is relative to the cryoSPARC project folder; it is looked up
-  under ``data_root`` if given, else the ``.cs`` file's folder and then each of its parents.
+  (``alignments3D/psize_A``, which differs from ``blob/psize_A`` when the job downsampled the
+  images): origin (Å) = shift × ``alignments3D/psize_A`` (× ``blob/psize_A`` when that field is
+  absent).
+- ``alignments3D/split`` 0/1 is ``rlnRandomSubset`` 1/2 (ignored when every particle has the same
+  value, as in jobs that make no half sets: the halves are then split at random); ``blob/idx`` is
+  0-based, RELION's ``N@`` 1-based.
+- ``ctf/df1_A``, ``ctf/df2_A`` are defocus U, V (Å); ``ctf/df_angle_rad`` and
+  ``ctf/phase_shift_rad`` are radians (RELION: degrees); ``ctf/accel_kv``, ``ctf/cs_mm``,
+  ``ctf/amp_contrast`` as RELION's.
+- ``blob/path`` (a leading ``>`` removed) is relative to the cryoSPARC project folder; it is looked
+  up under ``data_root`` if given, else the ``.cs`` file's folder and then each of its parents.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ NUMPY_MAGIC = b"\x93NUMPY"
 COMPRESSED_MAGIC = b"CSDAT"  # after one version byte (cryosparc-tools writes \x94 or \x95)
 ALIGNMENT_PREFIXES = ("alignments3D", "alignments_class_0")
 REQUIRED_FIELDS = ("uid", "blob/path", "blob/idx", "blob/psize_A")
-# RELION column: the .cs field it is read from (the pose and shift fields get their prefix at read time).
+# RELION column: the .cs field it is read from (the pose and shift fields get their prefix at read
+# time).
 OPTICS_FIELDS = {
     "rlnImagePixelSize": "blob/psize_A",
     "rlnImageSize": "blob/shape",
@@ -89,14 +92,13 @@ def _load(path: Path) -> np.ndarray:
         head = handle.read(len(NUMPY_MAGIC))
     if head[1:6] == COMPRESSED_MAGIC:
         raise InputError(
-            f"{path}: compressed cryoSPARC .cs format (CSDAT), which NumPy cannot read; "
-            "save it again in the plain format (cryosparc-tools: "
-            "Dataset.load(path).save(out, format=1))"
+            f"{path}: compressed cryoSPARC .cs format (CSDAT), which NumPy cannot read; save it "
+            "again in the plain format (cryosparc-tools: Dataset.load(path).save(out, format=1))"
         )
     if head != NUMPY_MAGIC:
         raise InputError(
-            f"{path}: not a cryoSPARC .cs file (no NumPy header); give a particles .cs "
-            "from a cryoSPARC job folder"
+            f"{path}: not a cryoSPARC .cs file (no NumPy header); give a particles .cs from a "
+            "cryoSPARC job folder"
         )
     try:
         records = np.load(path, allow_pickle=False)
@@ -106,8 +108,8 @@ def _load(path: Path) -> np.ndarray:
         ) from None
     if records.dtype.names is None or records.ndim != 1:
         raise InputError(
-            f"{path}: holds a plain {records.dtype} array of shape {records.shape}, not "
-            "cryoSPARC particle records; give a particles .cs"
+            f"{path}: holds a plain {records.dtype} array of shape {records.shape}, not cryoSPARC "
+            "particle records; give a particles .cs"
         )
     if "uid" not in records.dtype.names:
         raise InputError(
@@ -172,8 +174,8 @@ def _numbers(records: np.ndarray, name: str, path: Path, column: int | None = No
     if column is not None:
         if values.ndim != 2 or values.shape[1] <= column:
             raise InputError(
-                f"{path}: field {name} has shape {values.shape[1:]} per particle; "
-                f"expected at least {column + 1} values"
+                f"{path}: field {name} has shape {values.shape[1:]} per particle; expected at "
+                f"least {column + 1} values"
             )
         values = values[:, column]
     elif values.ndim != 1:
@@ -220,13 +222,14 @@ def _alignment_prefix(records: np.ndarray) -> str | None:
 def relion_blocks(
     records: np.ndarray, path: Path, data_root
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
-    """RELION particles and optics DataFrames equivalent to ``records``, and each column's .cs field."""
+    """RELION particles and optics DataFrames equivalent to ``records``, and each column's .cs
+    field."""
     names = set(records.dtype.names)
     for name in REQUIRED_FIELDS:
         if name not in names:
             raise InputError(
-                f"{path}: missing field {name}; give a particles .cs with image locations "
-                "(or add its passthrough file)"
+                f"{path}: missing field {name}; give a particles .cs with image locations (or add "
+                "its passthrough file)"
             )
     sources = dict(PARTICLE_FIELDS) | OPTICS_FIELDS
     blob_paths = [p[1:] if p.startswith(">") else p for p in _text(records["blob/path"])]
@@ -237,8 +240,8 @@ def relion_blocks(
     if (index < 0).any() or (index != np.round(index)).any():
         row = int(np.nonzero((index < 0) | (index != np.round(index)))[0][0])
         raise InputError(
-            f"{path}: field blob/idx is {index[row]} in row {row + 1}; "
-            "it must be a 0-based image number"
+            f"{path}: field blob/idx is {index[row]} in row {row + 1}; it must be a 0-based "
+            "image number"
         )
     image_names = [f"{int(i) + 1:06d}@{unique[p]}" for i, p in zip(index, blob_paths)]
     particles = pd.DataFrame({"rlnImageName": image_names})
@@ -294,7 +297,8 @@ def relion_blocks(
 
 
 def in_cs_terms(error: InputError, sources: dict[str, str]) -> InputError:
-    """A table check's message with RELION column names replaced by the .cs fields they came from."""
+    """A table check's message with RELION column names replaced by the .cs fields they came
+    from."""
     text = str(error).replace("the STAR file", "the .cs file").replace("STAR file", ".cs file")
     for column in sorted(sources, key=len, reverse=True):
         text = text.replace(column, sources[column])
