@@ -10,8 +10,9 @@ For each SNR: simulate the AdK closed→open trajectory (the bundled example fil
 half-set VAEs (``engine.deformation.run.optimize_deformations``) and measure, per half set, the
 learning criteria: |Spearman| of the best latent principal component with the true frame (and its gap
 to the ceiling), decoded volumes against the consensus, error estimates against the true motion; then
-the noise control (same STAR file, images of pure noise at the same noise level) and its RMS
-displacement next to the one on real signal. Writes the JSON after every stage and a PNG beside it;
+the noise control (same STAR file, images of pure noise at the same noise level): the engine refuses
+such images (they do not show the consensus map) and the refusal is recorded; a run that trains on
+them records its RMS displacement next to the one on real signal. Writes the JSON after every stage and a PNG beside it;
 paths in it are relative: WORK/... inside the work directory, else relative to the repository.
 
 Exit status: 0 when everything was measured; 2 when the deformation engine (or its decode API) is
@@ -39,6 +40,7 @@ import pandas as pd
 import torch
 
 from napari_dynamight.engine.data.particle_file import read_particles
+from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.evaluation import (
     atom_motion,
     bayes_ceiling,
@@ -502,7 +504,12 @@ def main() -> int:
             )
         report.save()
         if not args.no_noise_control:
-            entry["noise_control_training"] = _train(noise, folder / "noise_run", args, engine)
+            try:
+                entry["noise_control_training"] = _train(noise, folder / "noise_run", args, engine)
+            except InputError as refusal:  # the expected outcome: the images do not show the map
+                entry["noise_control"] = {"refused": str(refusal)}
+                report.save()
+                continue
             noise_vae = _vae_metrics(noise, folder / "noise_run", truth, ceiling, args)
             entry["noise_control"] = {
                 "rms_displacement_angstrom_by_half": {

@@ -17,6 +17,9 @@ half-set VAEs (``optimize_deformations``, ``DeformationSettings`` defaults excep
   decoded and consensus maps with each particle's true map, their difference (the gain) and the
   fraction of particles where the decoded volume wins;
 - RMS displacement of the particles' Gaussians (``dmDisplacementAngstrom``);
+- the watchdog (from the run's ``run.json``): its warnings, the two halves' agreement on the
+  validation particles' motion with each half's mean deformation removed (and that per-particle
+  motion's RMS in each half), and the amplitude fit's z-score per half;
 - with ``--maps`` for that variant: inverse deformations, the deformed half maps
   (``reconstruct_run``, its default filter) and ``relion_reconstruct --ctf`` of the same half's
   particles, each against its best-matching ground-truth map: resolution at FSC 0.5 and FSC area
@@ -27,13 +30,15 @@ variant: worst half within 0.1 of its ceiling), SNR 0.01 with 1,000, SNR 0.05 (a
 ≥ 0.9), a two-state (bimodal) frame distribution (ceiling with the simulation's prior), an envelope
 B-factor the STAR file does not record (the oracle is given it), a two-dimensional motion (LID,
 residues 122–159, and NMP, 30–59, of E. coli AdK moving independently on the CORE of frame 0;
-ordering and ceiling per domain), and pure noise (the SNR 0.01 / 1,000 STAR file with images of
-white noise at the same noise level: the noise control; its "motion" should be small and its
-ordering at chance).
+ordering and ceiling per domain), and two controls: pure noise (the SNR 0.01 / 1,000 STAR file with
+images of white noise at the same noise level; the run must refuse it, as its images do not show the
+consensus map, and the refusal is recorded) and one conformation (SNR 0.01, 1,000 particles all in
+frame 48: every per-particle motion is invented, and the halves should not agree on it).
 
 Aggregates per variant (``"aggregate"``): the worst half per seed (min over halves of |Spearman|,
-max of the gap), then the min / mean / max over seeds; decoded-volume gain of the worse half;
-pure noise's largest RMS displacement; acceptance checks where a variant has one.
+max of the gap), then the min / mean / max over seeds; decoded-volume gain of the worse half; the
+larger half's RMS displacement and per-particle motion, the halves' agreement, the seeds with
+warnings and the refused seeds; acceptance checks where a variant has one.
 
 Runtime and trade-off. The defaults (box 64 at 1.5 Å, every 2nd trajectory frame, 20 VAE epochs and
 2 refinement rounds instead of the engine's 60 and 8; ``--jobs 2 --threads 1`` on a 2-core CPU) trade
@@ -66,6 +71,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.example_data import STRUCTURE, example_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +90,7 @@ class Variant:
     envelope_bfactor: float = 0.0
     two_domains: bool = False
     pure_noise: bool = False
+    one_conformation: bool = False  # every particle in the middle frame: there is no motion
     frame_step: int = 2  # simulate every k-th trajectory frame
     note: str = ""
     acceptance: str = ""  # "gap": worst half within 0.1 of its ceiling; "floor": worst half >= 0.9
@@ -110,9 +117,19 @@ VARIANTS = {
         note="LID and NMP move independently; ordering per domain",
     ),
     "pure_noise_n1000": Variant(
-        0.01, 1000, pure_noise=True, note="the snr001_n1000 STAR file with white-noise images"
+        0.01,
+        1000,
+        pure_noise=True,
+        note="the snr001_n1000 STAR file with white-noise images: the run must refuse them",
+    ),
+    "one_conformation_snr001_n1000": Variant(
+        0.01,
+        1000,
+        one_conformation=True,
+        note="every particle in frame 48: any per-particle motion is invented",
     ),
 }
+MIDDLE_FRAME = 48
 QUICK_SIZES = {"n_particles": 200, "frame_step": 14}
 
 
@@ -147,7 +164,9 @@ def _simulate(folder: Path, variant: Variant, seed: int, sizes: dict) -> dict:
             snr=variant.snr,
             defocus_range_angstrom=(5000.0, 25000.0),
             seed=seed,
-            frames=list(range(0, 98, variant.frame_step)),
+            frames=[MIDDLE_FRAME]
+            if variant.one_conformation
+            else list(range(0, 98, variant.frame_step)),
             frame_distribution=variant.distribution,
             envelope_bfactor_angstrom2=variant.envelope_bfactor,
             independent_domains=(NMP, LID) if variant.two_domains else None,
@@ -212,6 +231,8 @@ def _ceiling(
     from napari_dynamight.engine.progress import run
 
     started = time.perf_counter()
+    if variant.one_conformation:
+        return {"skipped": "one conformation: there is no order to recover"}, {}
     if variant.two_domains:
         result = run(domain_ceiling(data, noise_variance=noise_variance))
         summary = result.summary()
@@ -275,6 +296,8 @@ def _coordinates(data: Path, variant: Variant) -> dict[str, np.ndarray]:
     import pandas as pd
 
     labels = pd.read_csv(data / "ground_truth" / "labels.csv")
+    if variant.one_conformation:
+        return {}
     if variant.two_domains:
         return {
             "domain1": labels["domain1_frame"].to_numpy(),
@@ -473,18 +496,37 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
         if variant.pure_noise:
             _pure_noise(data, noise_variance, seed)
         out["ceiling"], ceiling = _ceiling(data, variant, noise_variance, settings)
-        out["training"] = _train(data, folder / "run", seed, settings)
-        started_metrics = time.perf_counter()
-        out["per_half"] = _metrics(data, folder / "run", variant, ceiling, seed, settings)
-        out["metrics_seconds"] = round(time.perf_counter() - started_metrics, 1)
-        if do_maps:
-            out["maps"] = _maps(data, folder / "run", settings)
+        try:
+            out["training"] = _train(data, folder / "run", seed, settings)
+        except InputError as refusal:
+            if not variant.pure_noise:
+                raise
+            out["refused"] = str(refusal)  # the expected outcome: the images do not show the map
+        else:
+            out["watchdog"] = _watchdog(folder / "run")
+            started_metrics = time.perf_counter()
+            out["per_half"] = _metrics(data, folder / "run", variant, ceiling, seed, settings)
+            out["metrics_seconds"] = round(time.perf_counter() - started_metrics, 1)
+            if do_maps:
+                out["maps"] = _maps(data, folder / "run", settings)
     except Exception as error:  # recorded, never skipped silently
         out["error"] = f"{type(error).__name__}: {error}"
         out["traceback"] = traceback.format_exc()
     out["wall_seconds"] = round(time.perf_counter() - started, 1)
     _atomic_json(result_path, out)
     return out
+
+
+def _watchdog(run_dir: Path) -> dict:
+    """The run's warnings, the two halves' agreement on the validation particles' motion (each half's
+    mean deformation removed) and the amplitude fit's z-score per half, from its run.json."""
+    record = json.loads((run_dir / "run.json").read_text())
+    result = record["result"]
+    return {
+        "warnings": record["warnings"],
+        "halves_agreement": result.get("halves_agreement"),
+        "amplitude_z": result.get("amplitude_z"),
+    }
 
 
 def _run_settings(settings: dict, name: str) -> dict:
@@ -518,11 +560,15 @@ def aggregate(runs: list[dict], variants: dict) -> dict:
     out = {}
     for name in variants:
         mine = [r for r in runs if r["variant"] == name and "per_half" in r]
+        refused = [r for r in runs if r["variant"] == name and "refused" in r]
         if not mine:
             out[name] = {
                 "n_runs": 0,
-                "failed_seeds": [r["seed"] for r in runs if r["variant"] == name],
+                "refused_seeds": [r["seed"] for r in refused],
+                "failed_seeds": [r["seed"] for r in runs if r["variant"] == name and "error" in r],
             }
+            if refused:
+                out[name]["refusal"] = refused[0]["refused"]
             continue
         coordinates = [
             k
@@ -533,8 +579,10 @@ def aggregate(runs: list[dict], variants: dict) -> dict:
         entry = {
             "n_runs": len(mine),
             "seeds": [r["seed"] for r in mine],
-            "failed_seeds": [
-                r["seed"] for r in runs if r["variant"] == name and "per_half" not in r
+            "failed_seeds": [r["seed"] for r in runs if r["variant"] == name and "error" in r],
+            "refused_seeds": [r["seed"] for r in refused],
+            "seeds_with_warnings": [
+                r["seed"] for r in mine if r.get("watchdog", {}).get("warnings")
             ],
         }
         for c in coordinates:
@@ -557,6 +605,13 @@ def aggregate(runs: list[dict], variants: dict) -> dict:
             entry["decoded_gain_worse_half"] = _stats(gains)
         rms = [max(r["per_half"][h]["rms_displacement_angstrom"] for h in "12") for r in mine]
         entry["rms_displacement_larger_half_angstrom"] = _stats(rms)
+        agreements = [r["watchdog"]["halves_agreement"] for r in mine if "watchdog" in r]
+        agreements = [a for a in agreements if a is not None]
+        if agreements:
+            entry["halves_agreement"] = _stats([a["agreement"] for a in agreements])
+            entry["per_particle_motion_larger_half_angstrom"] = _stats(
+                [max(a["motion_half1_angstrom"], a["motion_half2_angstrom"]) for a in agreements]
+            )
         maps = [r["maps"] for r in mine if "maps" in r]
         if maps:
 

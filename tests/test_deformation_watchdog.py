@@ -1,7 +1,9 @@
 """The watchdog: quiet while both halves learn, one line when a half stalls, the halves disagree, or
-the images are pure noise (rules on synthetic histories; three short runs of the tiny AdK set)."""
+the images do not show the consensus map (rules on synthetic histories; short runs of the tiny AdK
+set)."""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -11,6 +13,7 @@ import pytest
 
 from helpers.deformation_data import FAST, train
 from napari_dynamight.engine.deformation import trainer, watchdog
+from napari_dynamight.engine.errors import InputError
 
 
 def row(epoch, half, rms, gain_z, gain=None, mode="full", lam=0.1):
@@ -159,7 +162,9 @@ def test_the_cli_prints_each_warning_as_one_line(stalled_run, capsys):
     assert "warning: half 2 has stalled: x\n" in capsys.readouterr().err
 
 
-def test_pure_noise_images_give_a_warning(simulated, tmp_path, one_torch_thread):
+def test_images_that_do_not_show_the_map_are_refused_before_anything_is_written(
+    simulated, tmp_path, one_torch_thread
+):
     noise = tmp_path / "noise"
     shutil.copytree(simulated.star.parent, noise, ignore=shutil.ignore_patterns("ground_truth"))
     for stack in noise.rglob("*.mrcs"):
@@ -168,13 +173,38 @@ def test_pure_noise_images_give_a_warning(simulated, tmp_path, one_torch_thread)
                 0, handle.data.std(), handle.data.shape
             )
     noisy = replace(simulated, star=noise / simulated.star.name)
-    warnings = run_warnings(train(noisy, tmp_path / "run", replace(SHORT, epochs=6)))
-    assert any(w.startswith("the two halves disagree:") for w in warnings), warnings
+    with pytest.raises(InputError, match="the images do not show the consensus map") as refused:
+        train(noisy, tmp_path / "run", replace(SHORT, epochs=6))
+    message = str(refused.value)
+    assert "\n" not in message and str(noisy.star) in message
+    scores = [float(z) for z in re.findall(r"(-?[0-9.]+) in half [12]", message)]
+    assert len(scores) == 2 and all(abs(z) < 4 for z in scores), message  # standard normal
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_amplitude_fit_s_z_score_is_large_on_particles_of_the_map(
+    simulated, tmp_path, one_torch_thread, monkeypatch
+):
+    from napari_dynamight.engine.deformation import run as deformation_run
+
+    threshold = deformation_run.MIN_AMPLITUDE_Z
+    monkeypatch.setattr(
+        deformation_run, "MIN_AMPLITUDE_Z", float("inf")
+    )  # always refuse, to read z
+    with pytest.raises(InputError) as refused:
+        train(simulated, tmp_path / "run", replace(SHORT, epochs=1))
+    scores = [float(z) for z in re.findall(r"(-?[0-9.]+) in half [12]", str(refused.value))]
+    assert len(scores) == 2 and min(scores) > 3 * threshold, scores
 
 
 def test_quiet_when_both_halves_learn(simulated, tmp_path, one_torch_thread):
     out = train(simulated, tmp_path / "run", LEARNING)
     assert run_warnings(out) == []
+    result = json.loads((out / "run.json").read_text())["result"]
+    agreement = result["halves_agreement"]
+    assert agreement["agreement"] >= watchdog.FINAL_AGREEMENT
+    assert 0.2 < agreement["motion_half1_angstrom"] / agreement["motion_half2_angstrom"] < 5
+    assert min(result["amplitude_z"].values()) > 50  # the images show the map
 
 
 def test_the_widgets_show_a_run_s_warnings(stalled_run, qtbot):

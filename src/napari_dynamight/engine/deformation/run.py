@@ -48,6 +48,9 @@ from .trainer import HalfSet
 from .validation import estimate_errors
 
 # Options a resumed run may change: more epochs or refinement rounds, and how the final latents are inferred.
+# The amplitude fit's z-score below which the images are taken not to show the consensus map: a
+# standard normal number on images of noise, hundreds on simulated AdK particles at SNR 0.01.
+MIN_AMPLITUDE_Z = 8.0
 CHANGEABLE_ON_RESUME = ("epochs", "refinement_rounds", "latent_inference", "posterior_candidates")
 
 
@@ -215,7 +218,16 @@ def optimize_deformations(
             history = json.loads(resumed["history"])
             stop.load_state_dict(json.loads(resumed["stop"]))
             epoch = int(resumed["epoch"])
+            amplitude_z = json.loads(resumed.get("amplitude_z", "null"))
         else:
+            fits = {}
+            for half in mine:  # before anything is written: a refusal leaves no run folder
+                subset = half.train_rows[: settings.noise_subset]
+                fits[half.half] = half.fit_amplitude(batches, subset)
+                half.estimate_noise(batches, subset, deform=False)
+            fits = _exchange_losses(context, halves, fits)
+            check_map_in_images(fits, particles, consensus)
+            amplitude_z = {str(h): round(fit.z, 1) for h, fit in sorted(fits.items())}
             if main:
                 run.mkdir(parents=True, exist_ok=True)
                 save_model(
@@ -224,10 +236,6 @@ def optimize_deformations(
                     box=inputs.consensus_map.shape[0],
                     voxel_size_angstrom=inputs.voxel_size_angstrom,
                 )
-            for half in mine:
-                subset = half.train_rows[: settings.noise_subset]
-                half.fit_amplitude(batches, subset)
-                half.estimate_noise(batches, subset, deform=False)
         if main:
             _write_run_file(
                 run,
@@ -251,6 +259,7 @@ def optimize_deformations(
                 "settings": json.dumps(settings.to_dict()),
                 "history": json.dumps(history),
                 "stop": json.dumps(stop.state_dict()),
+                "amplitude_z": json.dumps(amplitude_z),
                 "initial_model": initial.state_dict(),
                 "halves": [ckpt.half_state(h) for h in halves],
             }
@@ -317,8 +326,11 @@ def optimize_deformations(
             halves, batches, np.nonzero(inputs.validation)[0], group=context
         )
         latents = outputs.own_half_latents(estimates, inputs.halves, inputs.validation)
-        warnings = watchdog.check(history) + watchdog.final_check(
+        agreement = watchdog.final_agreement(
             halves, estimates.latents, np.nonzero(inputs.validation)[0]
+        )
+        warnings = watchdog.check(history) + watchdog.final_check(
+            halves, estimates.latents, np.nonzero(inputs.validation)[0], agreement
         )
         if prior is not None:
             warnings.append(model_bias_reminder(run))
@@ -342,6 +354,8 @@ def optimize_deformations(
                     "stopped_early": stopped and epoch < settings.epochs,
                     "seconds_last_start": seconds,
                     "world_size": context.world_size,
+                    "amplitude_z": amplitude_z,
+                    "halves_agreement": agreement,
                 },
                 warnings,
                 identity=identity,
@@ -368,6 +382,21 @@ def _report_new_warnings(warnings: list[str], reported: set[str], epoch: int):
         if watchdog.warning_key(warning) not in reported:
             reported.add(watchdog.warning_key(warning))
             yield Progress("watchdog", epoch, None, message=warning, warning=warning)
+
+
+def check_map_in_images(fits: dict, particles, consensus) -> None:
+    """Refuse (InputError) when a half's images show no trace of the consensus map: the amplitude fit's
+    z-score (``HalfSet.fit_amplitude``) below ``MIN_AMPLITUDE_Z``. Such images (a map of another
+    molecule, a wrong pixel size, a stack of noise) carry nothing a deformation could be learnt from,
+    and training on them only fits noise."""
+    weak = {h: fit.z for h, fit in sorted(fits.items()) if not fit.z >= MIN_AMPLITUDE_Z}
+    if weak:
+        scores = ", ".join(f"{fit.z:.1f} in half {h}" for h, fit in sorted(fits.items()))
+        raise InputError(
+            f"{particles}: the images do not show the consensus map {consensus} (amplitude fit "
+            f"z = {scores}; particles of that map give z > {MIN_AMPLITUDE_Z:g}): check that the "
+            "map, the particles and their pixel size belong together"
+        )
 
 
 def _exchange_losses(context: distributed.Context, halves: list[HalfSet], losses: dict) -> dict:

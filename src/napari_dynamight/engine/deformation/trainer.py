@@ -15,7 +15,9 @@ arithmetic is the single-process one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,6 +45,23 @@ from .networks import ImageEncoder, build_decoder, reparameterise
 from .settings import DeformationSettings
 
 MODES = ("warmup", "consensus", "full")
+
+
+@dataclass(frozen=True)
+class AmplitudeFit:
+    """The least-squares scale of the consensus projections to the images, and its z-score."""
+
+    scale: float
+    z: float
+
+    @classmethod
+    def of(cls, cross: float, power: float, image_power: float, count: float, scale: float):
+        """From the sums ``Σ Re(G*Y)``, ``Σ|G|²``, ``Σ|Y|²`` over ``count`` Fourier coefficients:
+        the residual's variance per coefficient ``σ²`` and ``z = Σ Re(G*Y) / √(Σ|G|² σ²/2)``."""
+        residual = max(image_power - cross**2 / power, 0.0) if power > 0 else image_power
+        variance = residual / max(count, 1.0)
+        spread = math.sqrt(power * variance / 2.0)
+        return cls(float(scale), float(cross / spread) if spread > 0 else math.inf)
 
 
 class HalfSet:
@@ -409,10 +428,15 @@ class HalfSet:
         self.noise.update(self.group)
 
     @torch.no_grad()
-    def fit_amplitude(self, batches: ParticleBatches, rows: np.ndarray) -> float:
-        """Scale the amplitudes by least squares so the consensus projections match the images."""
+    def fit_amplitude(self, batches: ParticleBatches, rows: np.ndarray) -> AmplitudeFit:
+        """Scale the amplitudes by least squares so the consensus projections match the images.
+
+        Returns the scale and its significance: the scale over its standard error under the residual
+        noise. On images that hold no trace of the map this is a standard normal number; on real
+        particles it grows as √(particles × pixels × SNR) (hundreds on any data set worth
+        training on), so a small one means that the map and the images do not belong together."""
         model = self.model(detach=True)
-        cross = power = 0.0
+        cross = power = image_power = count = 0.0
         rows = self.group.shard(rows)
         for start in range(0, len(rows), self.settings.batch_size):
             batch = batches.get(rows[start : start + self.settings.batch_size])
@@ -422,11 +446,13 @@ class HalfSet:
             )
             cross += float((predicted.conj() * batch["spectra"]).real.sum())
             power += float(predicted.abs().pow(2).sum())
+            image_power += float(batch["spectra"].abs().pow(2).sum())
+            count += batch["spectra"].numel()
         if self.group.size > 1:
-            cross, power = self.group.all_reduce_sum_(
-                torch.tensor([cross, power], dtype=torch.float64)
+            cross, power, image_power, count = self.group.all_reduce_sum_(
+                torch.tensor([cross, power, image_power, count], dtype=torch.float64)
             ).tolist()
         scale = cross / power if power > 0 else 1.0
         if scale > 0:
             self.base_amplitudes = self.base_amplitudes * scale
-        return scale
+        return AmplitudeFit.of(cross, power, image_power, count, scale)

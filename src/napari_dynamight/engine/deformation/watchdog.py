@@ -253,22 +253,25 @@ def warning_key(warning: str) -> str:
 
 
 @torch.no_grad()
-def final_check(halves, latents: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> list[str]:
-    """Warnings from the final latents: do the two halves move the same particles the same way?
+def final_agreement(
+    halves, latents: tuple[np.ndarray, np.ndarray], rows: np.ndarray
+) -> dict[str, float] | None:
+    """Do the two halves move the same particles the same way? (None with fewer than 2 rows, or when
+    neither half moves any particle differently from its mean.)
 
     ``halves`` are the two ``trainer.HalfSet``, ``latents`` each half's final (N, D) latents of every
     row (``validation.ErrorEstimates.latents``), ``rows`` the particles to compare (the validation
     particles, which neither decoder saw; at most ``MAX_HELD_OUT`` are used). Both deformation fields
     are evaluated at half 1's reference positions, as for the error estimates, and each half's mean
-    field over the particles is removed (a deformation common to all particles is not motion, and two
-    halves fitting pure noise share one). The agreement ``1 − Σ|v₁ − v₂|² / Σ(|v₁|² + |v₂|²)`` of the
-    remaining per-particle fields is 1 for equal motions and 0 for unrelated ones. Measured on the
-    tiny set: learning halves 0.92; one half's decoder frozen or its λ forced to 1e6: 0.00; pure
-    noise: 0.01 and 0.04; a run whose half 2 lagged (0.4 vs 1.4 Å, λ 45 vs 0.25): 0.10.
+    field over the particles is removed (a deformation common to all particles is not motion: it
+    corrects the consensus model). Returns the agreement ``1 − Σ|v₁ − v₂|² / Σ(|v₁|² + |v₂|²)`` of
+    the remaining per-particle fields (1 for equal motions, 0 for unrelated ones), their RMS per
+    Gaussian in each half (``motion_half1_angstrom``, ``motion_half2_angstrom``) and of their
+    difference (``difference_angstrom``), and the number of particles.
     """
     rows = np.asarray(rows)[:MAX_HELD_OUT]
     if len(rows) < 2:
-        return []
+        return None
     points = halves[0].positions.detach()
     precise = _precise_dtype(points.device)
     sums = [torch.zeros_like(points, dtype=precise) for _ in halves]
@@ -301,11 +304,35 @@ def final_check(halves, latents: tuple[np.ndarray, np.ndarray], rows: np.ndarray
     two = float(squares[1]) - n * float(means[1].pow(2).sum())
     apart = float(squares[2]) - n * float((means[0] - means[1]).pow(2).sum())
     if one + two <= 1e-12 * n:  # neither half moves any particle differently: the stall rule's case
-        return []
-    agreement = 1.0 - apart / (one + two)
-    if agreement >= FINAL_AGREEMENT:
-        return []
+        return None
     rms = [math.sqrt(max(value, 0.0) / (n * len(points))) for value in (one, two, apart)]
+    return {
+        "agreement": 1.0 - apart / (one + two),
+        "motion_half1_angstrom": rms[0],
+        "motion_half2_angstrom": rms[1],
+        "difference_angstrom": rms[2],
+        "n_particles": n,
+    }
+
+
+def final_check(
+    halves, latents: tuple[np.ndarray, np.ndarray], rows: np.ndarray, measured: dict | None = None
+) -> list[str]:
+    """Warnings from the final latents: the two halves' :func:`final_agreement` below
+    ``FINAL_AGREEMENT``.
+
+    Measured on the tiny set: learning halves 0.92; one half's decoder frozen or its λ forced to
+    1e6: 0.00; images of noise: 0.01 and 0.04; a run whose half 2 lagged (0.4 vs 1.4 Å, λ 45 vs
+    0.25): 0.10.
+    """
+    measured = final_agreement(halves, latents, rows) if measured is None else measured
+    if measured is None or measured["agreement"] >= FINAL_AGREEMENT:
+        return []
+    agreement, n = measured["agreement"], measured["n_particles"]
+    rms = [
+        measured[k]
+        for k in ("motion_half1_angstrom", "motion_half2_angstrom", "difference_angstrom")
+    ]
     return [
         f"the two halves disagree: on {n} validation particles their final motions differ by {rms[2]:.2f} Å "
         f"RMS, as much as they move (half 1 {rms[0]:.2f} Å, half 2 {rms[1]:.2f} Å, each without its mean "
