@@ -43,6 +43,7 @@ from napari_dynamight.engine.atomic_model import (
     kabsch,
     write_moved_structure,
 )
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.deformation.decode import load_run
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.settings import DeformationSettings
@@ -53,7 +54,6 @@ from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
 from napari_dynamight.engine.inverse.settings import InverseSettings
 from napari_dynamight.engine.io.dcd import read_dcd, read_dcd_info
 from napari_dynamight.engine.io.mrc import read_map
-from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.io.structure import read_structure
 from napari_dynamight.engine.model_bias import mean_decoded_volume, model_bias, region_placement
 from napari_dynamight.engine.progress import run

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.evaluation import (
     atom_motion,
@@ -52,7 +53,6 @@ from napari_dynamight.engine.evaluation import (
 from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.io.atomic import atomic_path
 from napari_dynamight.engine.io.mrc import read_map
-from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.scene import build_scene
 from napari_dynamight.engine.simulate import simulate

@@ -115,8 +115,8 @@ def relion_maps(folder: Path, sim: Path, reuse: bool) -> tuple[dict, dict]:
 
 def our_maps(run_dir: Path) -> tuple[dict, dict]:
     """{variant: {part: map}}: the stage's filters, and extra constants from the same accumulators."""
+    from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.io.mrc import read_map
-    from napari_dynamight.engine.io.star import read_particles
     from napari_dynamight.engine.progress import run
     from napari_dynamight.engine.reconstruction import accumulate_particles
     from napari_dynamight.engine.reconstruction.stage import FILTERS, reconstruct_run

@@ -87,7 +87,7 @@ def reconstruct(args, run_dir: Path) -> dict:
 def relion_inputs(run_dir: Path, star: Path) -> dict:
     """STAR files for relion_reconstruct beside the input (so image paths resolve): all particles, and
     each half set's particles as the run split them (the like-for-like reference of each half map)."""
-    from napari_dynamight.engine.io.star import read_particles, write_particles
+    from napari_dynamight.engine.data.particle_file import read_particles, write_particles
 
     halves = read_particles(run_dir / "particles.star").particles["dmHalfSet"].to_numpy()
     table = read_particles(star)

@@ -85,7 +85,7 @@ def measure(case: str, star: str, batch_size: int) -> dict:
 
         from napari_dynamight.engine.ctf import compute_ctf
         from napari_dynamight.engine.data.dataset import ParticleDataset
-        from napari_dynamight.engine.io.star import read_particles
+        from napari_dynamight.engine.data.particle_file import read_particles
         from napari_dynamight.engine.reconstruction.deformed import DeformedAccumulator
 
         torch.set_num_threads(1)

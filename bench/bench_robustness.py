@@ -209,7 +209,7 @@ def _oracle_input(data: Path, bfactor: float) -> Path:
     """The data as the oracle sees it: with an envelope, a STAR file that records it as rlnCtfBfactor."""
     if not bfactor:
         return data
-    from napari_dynamight.engine.io.star import read_particles, write_particles
+    from napari_dynamight.engine.data.particle_file import read_particles, write_particles
 
     folder = data.parent / "oracle_input"
     shutil.rmtree(folder, ignore_errors=True)
@@ -318,10 +318,10 @@ def _truth_map_names(data: Path, variant: Variant) -> np.ndarray:
 def _metrics(
     data: Path, run_dir: Path, variant: Variant, ceiling: dict, seed: int, settings: dict
 ) -> dict:
+    from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.deformation.decode import load_run
     from napari_dynamight.engine.evaluation import decoded_vs_consensus, latent_frame_ordering
     from napari_dynamight.engine.io.mrc import read_map
-    from napari_dynamight.engine.io.star import read_particles
 
     columns = read_particles(run_dir / "particles.star").particles
     halves = columns["dmHalfSet"].to_numpy()
@@ -410,9 +410,9 @@ def _fsc_to_truth(path: Path, truths: list[Path]) -> dict:
 
 def _maps(data: Path, run_dir: Path, settings: dict) -> dict:
     """Deformed half maps and relion_reconstruct of each half's particles against the ground truth."""
+    from napari_dynamight.engine.data.particle_file import read_particles, write_particles
     from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
     from napari_dynamight.engine.inverse.settings import InverseSettings
-    from napari_dynamight.engine.io.star import read_particles, write_particles
     from napari_dynamight.engine.progress import run
     from napari_dynamight.engine.reconstruction.stage import reconstruct_run
 

@@ -341,7 +341,7 @@ def memory_training(work: Path, device) -> dict:
 
 def memory_reconstruction(work: Path, device) -> dict:
     """Peak memory of the standard reconstruction of every particle of the stack of ``work``."""
-    from napari_dynamight.engine.io.star import read_particles
+    from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.reconstruction.streaming import reconstruct_particles
 
     operation = reconstruct_particles(
@@ -574,8 +574,8 @@ def analytic_reconstruction(work: Path, deformed: bool, device) -> dict:
     import torch
 
     from napari_dynamight.engine.consensus import automatic_threshold
+    from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.io.mrc import read_map
-    from napari_dynamight.engine.io.star import read_particles
 
     table = read_particles(work / "sim" / "particles.star")
     volume, voxel = read_map(work / "sim" / "consensus.mrc")

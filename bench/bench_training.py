@@ -51,6 +51,7 @@ import torch
 
 from napari_dynamight.engine.consensus import fill_with_gaussians, save_model
 from napari_dynamight.engine.consensus_stage import fit_consensus
+from napari_dynamight.engine.data.particle_file import read_particles, write_particles
 from napari_dynamight.engine.deformation.control_points import ControlPoints
 from napari_dynamight.engine.deformation.decode import DeformationRun, _Half
 from napari_dynamight.engine.deformation.networks import DeformationDecoder
@@ -61,7 +62,6 @@ from napari_dynamight.engine.fourier import centred_resize, fourier_resample
 from napari_dynamight.engine.gaussians import GaussianModel
 from napari_dynamight.engine.io.atomic import atomic_path
 from napari_dynamight.engine.io.mrc import open_stack, read_map, write_map
-from napari_dynamight.engine.io.star import read_particles, write_particles
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.simulate import simulate
 

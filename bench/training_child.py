@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.deformation import run as deformation_run
 from napari_dynamight.engine.deformation.batches import ParticleBatches
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 from napari_dynamight.engine.evaluation import latent_frame_ordering
-from napari_dynamight.engine.io.star import read_particles
 
 
 def _status_mib(field: str) -> float:

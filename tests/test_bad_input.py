@@ -10,10 +10,10 @@ import pytest
 
 from conftest import DATA, STAR_FILES, TRPV1_MAP, TRPV1_STACK, edit_star, write_trpv1_star
 from napari_dynamight.engine.data.dataset import ParticleDataset
+from napari_dynamight.engine.data.particle_file import read_particles, write_particles
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.io import star as star_module
 from napari_dynamight.engine.io.mrc import open_stack, read_map, write_map
-from napari_dynamight.engine.io.star import read_particles, write_particles
 
 
 def raises(match: str, *names: str):

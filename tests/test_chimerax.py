@@ -1,5 +1,5 @@
-"""ChimeraX scripts beside every volume series: files named exist, the series flag, a level inside the
-maps' range, movie commands only when asked."""
+"""ChimeraX scripts beside every volume series: files named exist, the series flag, a level inside
+the maps' range, movie commands only when asked."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def series_level(script) -> float:
 
 
 def check_series_script(script, maps) -> None:
-    """Opens ``maps`` in order as one series, at a finite level inside their values, by relative names."""
+    """Opens ``maps`` in order as one series, at a finite level inside their values, by relative
+    names."""
     text = script.read_text()
     assert opened(script) == list(maps) and all(path.is_file() for path in maps)
     assert re.search(r"^open .* vseries true$", text, re.M) and text.count("open ") == 1
@@ -66,7 +67,8 @@ def test_path_series_script_with_and_without_a_movie(tmp_path):
 
 
 def test_the_level_encloses_the_molecule():
-    """The level of a decoded map lies above the solvent and below the peak, as the Data widget's."""
+    """The level of a decoded map lies above the solvent and below the peak, as the Data
+    widget's."""
     volume = ShiftDecoder().decode(np.zeros(4)).volume
     level = display_level([map_statistics(volume)])
     assert 0 < level < 0.5 * volume.max()

@@ -132,10 +132,10 @@ def test_info_six_optics_groups_matches_the_raw_star_columns(capsys):
     for _, group in optics.iterrows():
         number = int(group["rlnOpticsGroup"])
         expected = (
-            f"group {number}: {counts[number]} particles, "
-            f"pixel size {group['rlnImagePixelSize']:.4g} Å, "
-            f"box {int(group['rlnImageSize'])} px, voltage {group['rlnVoltage']:.4g} kV, "
-            f"Cs {group['rlnSphericalAberration']:.4g} mm, Q0 {group['rlnAmplitudeContrast']:.4g}"
+            f"group {number}: {counts[number]} particles, pixel size "
+            f"{group['rlnImagePixelSize']:.4g} Å, box {int(group['rlnImageSize'])} px, voltage "
+            f"{group['rlnVoltage']:.4g} kV, Cs {group['rlnSphericalAberration']:.4g} mm, Q0 "
+            f"{group['rlnAmplitudeContrast']:.4g}"
         )
         assert expected in out
     halves = particles["rlnRandomSubset"].value_counts()
@@ -263,7 +263,7 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(
 
     monkeypatch.setattr(_napari_demo, "new_viewer", lambda: make_napari_viewer(show=True))
 
-    from napari_dynamight.engine.io.star import read_particles
+    from napari_dynamight.engine.data.particle_file import read_particles
 
     output = tmp_path / "demo"
     status = main(
@@ -326,7 +326,8 @@ def test_demo_headless_trains_and_writes_the_motion_outputs(
 
 
 def best_pc_abs_spearman(latents: np.ndarray, frames: np.ndarray) -> float:
-    """|Spearman| with the frames of the latents' best principal component (numpy SVD, scipy rank)."""
+    """|Spearman| with the frames of the latents' best principal component (numpy SVD, scipy
+    rank)."""
     from scipy.stats import spearmanr
 
     centred = latents - latents.mean(0)
@@ -337,8 +338,9 @@ def best_pc_abs_spearman(latents: np.ndarray, frames: np.ndarray) -> float:
 
 
 def check_demo_numbers(output: Path, maps: dict, ordering: dict) -> None:
-    """The demo summary's resolution and latent ordering, recomputed from its files and held against the
-    simulation's ground truth (200 particles, SNR 1, frames 0:98:10, box 64, 1.5 Å; 3 epochs)."""
+    """The demo summary's resolution and latent ordering, recomputed from its files and held against
+    the simulation's ground truth (200 particles, SNR 1, frames 0:98:10, box 64, 1.5 Å; 3
+    epochs)."""
     import pandas as pd
 
     from napari_dynamight.engine.explore import load_run
@@ -348,8 +350,9 @@ def check_demo_numbers(output: Path, maps: dict, ordering: dict) -> None:
     frequency, curve = fsc(*(read_map(path)[0] for path in maps["half_maps"]), 1.5)
     resolution = resolution_at(frequency, curve, 0.143)
     assert maps["deformed_resolution_angstrom"] == pytest.approx(resolution, rel=1e-6)
-    # Truth: the noise-free frame maps weighted by how many particles each frame gave. The full map's
-    # FSC 0.5 against it is the resolution the half-map FSC 0.143 estimates (measured 4.52 vs 4.70 Å).
+    # Truth: the noise-free frame maps weighted by how many particles each frame gave. The full
+    # map's FSC 0.5 against it is the resolution the half-map FSC 0.143 estimates (measured 4.52 vs
+    # 4.70 Å).
     truth_folder = output / "data" / "ground_truth"
     frames = pd.read_csv(truth_folder / "labels.csv")["frame"].to_numpy()
     truth = sum(
@@ -360,8 +363,9 @@ def check_demo_numbers(output: Path, maps: dict, ordering: dict) -> None:
         frequency, fsc(read_map(maps["full_map"])[0], truth, 1.5)[1], 0.5
     )
     print(
-        f"\nhalf-map FSC 0.143 {resolution:.2f} Å, standard {maps['standard_resolution_angstrom']:.2f} Å, "
-        f"full map vs truth FSC 0.5 {true_resolution:.2f} Å"
+        f"\nhalf-map FSC 0.143 {resolution:.2f} Å, standard "
+        f"{maps['standard_resolution_angstrom']:.2f} Å, full map vs truth FSC 0.5 "
+        f"{true_resolution:.2f} Å"
     )
     assert 4.2 < resolution < 5.2 and 4.0 < true_resolution < 5.0  # Nyquist is 3 Å
     assert resolution == pytest.approx(true_resolution, rel=0.1)
@@ -380,7 +384,8 @@ def check_demo_numbers(output: Path, maps: dict, ordering: dict) -> None:
             for _ in range(200)
         ]
         print(
-            f"half {half}: |Spearman| {ours:.3f}, shuffled frames 99th percentile {np.quantile(null, 0.99):.3f}"
+            f"half {half}: |Spearman| {ours:.3f}, shuffled frames 99th percentile "
+            f"{np.quantile(null, 0.99):.3f}"
         )
         assert ours > np.quantile(null, 0.99)
 

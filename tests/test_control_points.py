@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers.deformation_data import FAST
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.deformation.control_points import (
     ControlPoints,
     farthest_points,
@@ -16,7 +17,6 @@ from napari_dynamight.engine.deformation.control_points import (
 from napari_dynamight.engine.deformation.decode import DeformationRun
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 from napari_dynamight.engine.errors import InputError
-from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.progress import run
 
 

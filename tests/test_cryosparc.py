@@ -1,9 +1,10 @@
-"""cryoSPARC .cs particle files: the pose convention (by projection), passthrough merging, bad files,
-and exports that keep every original field.
+"""cryoSPARC .cs particle files: the pose convention (by projection), passthrough merging, bad
+files, and exports that keep every original field.
 
 The .cs files here are written by hand from the documented fields, with the RELION → cryoSPARC
 conversion inverted independently of the reader: the pose is the axis-angle vector of the transpose
-of RELION's matrix (a log map written out below), the shift is the origin in pixels, angles in radians.
+of RELION's matrix (a log map written out below), the shift is the origin in pixels, angles in
+radians.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ import torch
 
 from napari_dynamight.engine.ctf import compute_ctf
 from napari_dynamight.engine.data.dataset import ParticleDataset
+from napari_dynamight.engine.data.particle_file import (
+    read_cryosparc,
+    read_particle_file,
+    read_particles,
+    write_cryosparc,
+)
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.gaussians import GaussianModel, normalised_cross_correlation, project
 from napari_dynamight.engine.geometry import (
@@ -27,9 +34,7 @@ from napari_dynamight.engine.geometry import (
     euler_to_matrix_numpy,
     random_euler_angles,
 )
-from napari_dynamight.engine.io.cryosparc import passthrough_files, read_cryosparc, write_cryosparc
-from napari_dynamight.engine.io.particle_file import read_particle_file
-from napari_dynamight.engine.io.star import read_particles
+from napari_dynamight.engine.io.cryosparc import passthrough_files
 
 BOX, PIXEL, N = 48, 2.0, 32
 
@@ -67,7 +72,8 @@ def _log_map(matrices: np.ndarray) -> np.ndarray:
 
 
 def _ground_truth(seed: int = 1) -> pd.DataFrame:
-    """Random RELION poses (rotation angle away from π, where the log map is ill-conditioned), origins, CTFs."""
+    """Random RELION poses (rotation angle away from π, where the log map is ill-conditioned),
+    origins, CTFs."""
     rng = np.random.default_rng(seed)
     euler = np.empty((0, 3))
     while len(euler) < N:
@@ -110,8 +116,9 @@ def _optics() -> pd.DataFrame:
 
 
 def _cs_fields(particles: pd.DataFrame, uids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(main, passthrough) records as a cryoSPARC refinement writes them: poses in the main file, image
-    locations and CTF in the passthrough file (shuffled, with particles the main file does not have)."""
+    """(main, passthrough) records as a cryoSPARC refinement writes them: poses in the main file,
+    image locations and CTF in the passthrough file (shuffled, with particles the main file does not
+    have)."""
     n = len(particles)
     euler = particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()
     pose = _log_map(np.transpose(euler_to_matrix_numpy(euler), (0, 2, 1)))
@@ -178,8 +185,8 @@ def _cs_fields(particles: pd.DataFrame, uids: np.ndarray) -> tuple[np.ndarray, n
 
 @pytest.fixture(scope="module")
 def project_folder(tmp_path_factory) -> Path:
-    """A cryoSPARC-like project: images in J5/extract, the refinement's .cs files in J12, a RELION STAR
-    file of the same particles in relion/."""
+    """A cryoSPARC-like project: images in J5/extract, the refinement's .cs files in J12, a RELION
+    STAR file of the same particles in relion/."""
     root = tmp_path_factory.mktemp("P1")
     particles = _ground_truth()
     table_columns = particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()
@@ -233,7 +240,8 @@ def test_cs_poses_project_like_the_star_poses(project_folder):
     ncc = normalised_cross_correlation(from_cs, from_star)
     ncc_images = normalised_cross_correlation(from_cs, cs_images)
     print(
-        f".cs vs STAR projections: NCC min {ncc.min():.6f}; .cs projections vs the images: min {ncc_images.min():.6f}"
+        f".cs vs STAR projections: NCC min {ncc.min():.6f}; .cs projections vs the images: min "
+        f"{ncc_images.min():.6f}"
     )
     assert ncc.min() >= 0.99 and ncc_images.min() >= 0.99
     assert torch.equal(images, cs_images)  # the same stack, found through the project folder
@@ -475,11 +483,11 @@ def test_star_input_exports_the_documented_fields(project_folder, tmp_path):
 
 
 def test_explorer_exports_a_cs_run_back_to_cryosparc(project_folder, tmp_path):
-    """A run made from a .cs input keeps its records beside particles.star; the explorer's export to .cs
-    keeps every original field and uid and adds the results; export to STAR is unchanged."""
+    """A run made from a .cs input keeps its records beside particles.star; the explorer's export to
+    .cs keeps every original field and uid and adds the results; export to STAR is unchanged."""
+    from napari_dynamight.engine.data.particle_file import write_particles
     from napari_dynamight.engine.explore.table import load_run
     from napari_dynamight.engine.io.atomic import save_npy
-    from napari_dynamight.engine.io.star import write_particles
     from napari_dynamight.engine.run_folder import RunFolder
 
     table = _with_results(read_cryosparc(project_folder / "J12" / "J12_particles.cs"))
@@ -528,7 +536,8 @@ def test_cli_info_reads_a_cs_file(project_folder, tmp_path, capsys):
 
 
 def _split_like_cryosparc(folder: Path, records: np.ndarray) -> Path:
-    """Write ``records`` as a job's main file (uid and alignments) and its passthrough file (the rest)."""
+    """Write ``records`` as a job's main file (uid and alignments) and its passthrough file (the
+    rest)."""
     folder.mkdir(parents=True, exist_ok=True)
     main_fields = ["uid"] + [n for n in records.dtype.names if n.startswith("alignments3D/")]
     rest = ["uid"] + [n for n in records.dtype.names if n not in main_fields]
@@ -541,9 +550,9 @@ def _split_like_cryosparc(folder: Path, records: np.ndarray) -> Path:
 
 
 def test_training_from_a_cs_file_resumes_and_checks_its_passthrough(simulated, tmp_path):
-    """optimize-deformations on a cryoSPARC job's files (found passthrough), killed and resumed; the run
-    keeps the input records, its particles.star finds the images as the later stages read it, and a
-    resume after the passthrough file changed is refused."""
+    """optimize-deformations on a cryoSPARC job's files (found passthrough), killed and resumed; the
+    run keeps the input records, its particles.star finds the images as the later stages read it,
+    and a resume after the passthrough file changed is refused."""
     from helpers.deformation_data import FAST
     from napari_dynamight.engine.deformation.run import optimize_deformations
     from napari_dynamight.engine.progress import run
@@ -640,7 +649,8 @@ def test_real_refinement_file_matches_cryodrgns_pose_conversion():
 
 
 def test_real_cryosparc_ctf_matches_the_same_particles_star_file():
-    """EMPIAR-10076's 7 particles as cryoSPARC imported them and as RELION 3.0 STAR: the same CTF."""
+    """EMPIAR-10076's 7 particles as cryoSPARC imported them and as RELION 3.0 STAR: the same
+    CTF."""
     from conftest import CS_FILES, STAR_FILES
 
     cs = read_cryosparc(CS_FILES["empiar10076"])

@@ -11,10 +11,10 @@ import torch
 
 from conftest import DATA, STAR_FILES, TRPV1_MAP, TRPV1_STACK
 from napari_dynamight.engine.data.dataset import ParticleDataset, background_mask
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.geometry import euler_to_matrix
 from napari_dynamight.engine.io.mrc import read_map
-from napari_dynamight.engine.io.star import read_particles
 
 BLOBS = [((6.0, -4.0), 4.0, 1.0), ((-9.0, 7.0), 3.0, 0.6)]  # (x, y) Å, sigma Å, amplitude
 

@@ -1,4 +1,5 @@
-"""`napari-dynamight explore RUN`: inputs checked before napari starts; the run opens in the explorer."""
+"""`napari-dynamight explore RUN`: inputs checked before napari starts; the run opens in the
+explorer."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
-"""The common motion space places both half sets' particles by their motion, in one coordinate system.
+"""The common motion space places both half sets' particles by their motion, in one coordinate
+system.
 
-On the tiny simulated AdK run (true frame known), the common space's best axis must order the particles
-of each half about as well as that half's own latent space does, and particles of the two halves with
-the same true frame must land at the same place: the ordering of all particles together stays high,
-the per-half regression lines of the coordinate on the frame agree, and in the 2D plot the two halves'
-particles of one frame lie close together (plain PCA's second axis pulls them apart: an X).
+On the tiny simulated AdK run (true frame known), the common space's best axis must order the
+particles of each half about as well as that half's own latent space does, and particles of the two
+halves with the same true frame must land at the same place: the ordering of all particles together
+stays high, the per-half regression lines of the coordinate on the frame agree, and in the 2D plot
+the two halves' particles of one frame lie close together (plain PCA's second axis pulls them apart:
+an X).
 """
 
 from __future__ import annotations
@@ -56,13 +58,13 @@ def test_both_halves_land_where_their_true_frames_are(moving_run, simulated, tmp
     apart = np.linalg.norm(centres[0] - centres[1], axis=1).mean() / spread
     print(
         f"own latent |Spearman| {np.round(own, 3)}, common space: all {max(rho):.3f}, per half "
-        f"{np.round(per_half, 3)}, "
-        f"slopes {lines[0][0]:.4f} {lines[1][0]:.4f} Å/frame, line gap {gap:.3f} std, "
-        f"same-frame centres {apart:.3f} RMS apart"
+        f"{np.round(per_half, 3)}, slopes {lines[0][0]:.4f} {lines[1][0]:.4f} Å/frame, line gap "
+        f"{gap:.3f} std, same-frame centres {apart:.3f} RMS apart"
     )
     # measured: own 0.986 / 0.976; common space: all 0.980, per half 0.984 / 0.977, slopes -0.0282 /
-    # -0.0285 Å per frame, lines 0.08 std apart, same-frame centres 0.09 RMS apart (on another run with
-    # these settings, plain PCA: centres 0.43 apart; centred on the whole data set: lines 0.31 apart)
+    # -0.0285 Å per frame, lines 0.08 std apart, same-frame centres 0.09 RMS apart (on another run
+    # with these settings, plain PCA: centres 0.43 apart; centred on the whole data set: lines 0.31
+    # apart)
     assert max(rho) > 0.9 and max(rho) > min(own) - 0.05, (rho, own)
     assert all(p > o - 0.05 for p, o in zip(per_half, own)), (per_half, own)
     assert 0.8 < lines[0][0] / lines[1][0] < 1.25, lines

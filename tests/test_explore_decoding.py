@@ -1,4 +1,5 @@
-"""The explorer on a real (tiny) deformation run: decoding through DeformationRun, half comparison."""
+"""The explorer on a real (tiny) deformation run: decoding through DeformationRun, half
+comparison."""
 
 from __future__ import annotations
 
@@ -95,7 +96,10 @@ def test_explorer_decodes_each_half_with_its_own_decoder(qtbot, make_napari_view
     viewer = make_napari_viewer(show=True)
     widget = open_explorer(viewer, tiny_run)
     reference = DeformationRun.load(tiny_run)
-    busy = lambda: any(r is not None and r.busy for r in (widget.runner, widget.comparer))  # noqa: E731
+
+    def busy():
+        return any(r is not None and r.busy for r in (widget.runner, widget.comparer))
+
     volumes = {}
     for half in (1, 2):
         widget.set_half(half)

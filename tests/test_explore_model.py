@@ -8,6 +8,7 @@ import pytest
 import starfile
 
 from helpers.explore_data import CENTRES, clusters, make_run, to_half2
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.explore import (
     ExplorerData,
@@ -19,7 +20,6 @@ from napari_dynamight.engine.explore import (
     resample_polyline,
     straight_path,
 )
-from napari_dynamight.engine.io.star import read_particles
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from napari_dynamight._widgets.explorer import (
     VOLUME_LAYER,
     ExplorerWidget,
 )
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.explore import embed, load_run
 from napari_dynamight.engine.io.lock import LOCK_NAME
 from napari_dynamight.engine.io.mrc import read_map
-from napari_dynamight.engine.io.star import read_particles
 
 
 @pytest.fixture
@@ -136,7 +136,8 @@ def test_density_image_above_the_threshold(explorer):
 
 
 def test_dock_fits_a_laptop_screen(explorer):
-    """The dock fits 800 px of height; the status line, progress bar and Cancel stay outside the tabs."""
+    """The dock fits 800 px of height; the status line, progress bar and Cancel stay outside the
+    tabs."""
     viewer, widget, folder = explorer
     widget.set_data(load_run(folder))
     assert widget.sizeHint().height() <= 800 and widget.minimumSizeHint().height() <= 800
@@ -397,8 +398,9 @@ def test_gaussian_error_estimates_view(explorer):
 def test_reconstruct_selection_shows_the_half_maps_and_the_fsc(
     qtbot, make_napari_viewer, finished_run
 ):
-    """A lasso selection in a real run, one click on Reconstruct selection: the half maps and the full
-    map of exactly those particles as layers in Å, their FSC plotted, the files in RUN/subsets/."""
+    """A lasso selection in a real run, one click on Reconstruct selection: the half maps and the
+    full map of exactly those particles as layers in Å, their FSC plotted, the files in
+    RUN/subsets/."""
     viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
     widget.open_run(finished_run)
@@ -499,8 +501,8 @@ def test_one_lasso_in_the_common_space_exports_both_halves(
 def test_validation_particles_are_marked_on_the_common_density_image(
     qtbot, make_napari_viewer, finished_run, tmp_path, monkeypatch
 ):
-    """Above the density threshold (lowered here) the common space is a density image; the validation
-    particles are still marked, as dots, every one of them or a stated subset."""
+    """Above the density threshold (lowered here) the common space is a density image; the
+    validation particles are still marked, as dots, every one of them or a stated subset."""
     import shutil
 
     from napari_dynamight._widgets import _explorer_common

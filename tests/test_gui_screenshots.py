@@ -1,4 +1,5 @@
-"""The explorer's screenshots for the user guide (docs/gui.md), one per half set, asserted on pixels.
+"""The explorer's screenshots for the user guide (docs/gui.md), one per half set, asserted on
+pixels.
 
 The data widget's screenshot is taken in test_gui_data.py. DYNAMIGHT_SCREENSHOTS=1 (re)writes the
 guide's images in docs/images/ from these tests.
@@ -146,8 +147,9 @@ def field_text(field) -> str:
 
 
 def test_stage_widget_screenshots(qtbot, make_napari_viewer, tmp_path):
-    """Each stage widget docked in a fresh viewer, before a run: its labels, buttons and the engine's
-    defaults in its fields, a Start button with rendered text, and the dock in the window screenshot."""
+    """Each stage widget docked in a fresh viewer, before a run: its labels, buttons and the
+    engine's defaults in its fields, a Start button with rendered text, and the dock in the window
+    screenshot."""
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1200, 900)
     for name, file_name in STAGE_WIDGETS.items():

@@ -118,8 +118,8 @@ def test_open_a_command_line_run_fills_the_form(qtbot, make_napari_viewer, train
     refinement = TRAINED.refinement_rounds * TRAINED.refinement_epochs
     assert (
         f"finished: 12 training epochs + {refinement} refinement epochs "
-        f"({TRAINED.refinement_rounds} rounds of {TRAINED.refinement_epochs}) = {12 + refinement} epochs"
-        in widget.summary.value
+        f"({TRAINED.refinement_rounds} rounds of {TRAINED.refinement_epochs}) = "
+        f"{12 + refinement} epochs" in widget.summary.value
     )
 
 

@@ -1,8 +1,9 @@
-"""The package's layers hold: import-linter's contracts (pyproject.toml) and no pyplot in the engine.
+"""The package's layers hold: import-linter's contracts (pyproject.toml) and no pyplot in the
+engine.
 
-The engine imports no Qt, napari, magicgui or command line; the napari side (widgets, readers, sample
-data, the demo's napari views) never imports the command line; no two sibling modules import each
-other. import-linter cannot name a submodule of another package, so the rule "no pyplot in the
+The engine imports no Qt, napari, magicgui or command line; the napari side (widgets, readers,
+sample data, the demo's napari views) never imports the command line; no two sibling modules import
+each other. import-linter cannot name a submodule of another package, so the rule "no pyplot in the
 engine" (it would pick a global backend inside napari) is checked here from the source.
 """
 

@@ -1,4 +1,5 @@
-"""The one movie writer (engine.io.movie): frames cropped to what they show, GIF and MP4 read back."""
+"""The one movie writer (engine.io.movie): frames cropped to what they show, GIF and MP4 read
+back."""
 
 from __future__ import annotations
 

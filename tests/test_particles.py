@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import DATA, STAR_FILES, TRPV1_STACK
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.errors import InputError
-from napari_dynamight.engine.io.star import read_particles
 
 
 def test_half_sets_come_from_rlnRandomSubset(trpv1_star):

@@ -256,8 +256,8 @@ def test_run_folders_open_without_the_reader_choice_dialog(
     qtbot, make_napari_viewer, tmp_path, monkeypatch
 ):
     """napari's builtin reader accepts every folder, so a run folder alone makes napari ask which
-    reader to use. A folder the plugin opened once is napari's preference for it; a run folder dropped
-    on a window with the explorer opens there. The dialog is never shown."""
+    reader to use. A folder the plugin opened once is napari's preference for it; a run folder
+    dropped on a window with the explorer opens there. The dialog is never shown."""
     from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
     from napari.settings import get_settings
     from qtpy.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
@@ -307,3 +307,17 @@ def test_run_folders_open_without_the_reader_choice_dialog(
     assert QApplication.sendEvent(qt_viewer, QDragEnterEvent(QPoint(20, 20), *press))
     assert QApplication.sendEvent(qt_viewer, QDropEvent(QPointF(20, 20), *press))
     assert len(asked) == 1 and widget.data.source == third and len(viewer.layers) == 0
+
+
+def test_world_placement_and_positions_put_the_box_centre_at_zero():
+    from napari_dynamight._widgets._layers import world_placement, world_positions
+
+    assert world_placement((5, 64, 63), 2.0, leading=1) == {
+        "scale": [1.0, 2.0, 2.0],
+        "translate": [0.0, -64.0, -62.0],
+    }
+    placement = world_placement((9, 10, 11), 1.5)
+    index = np.array([[0, 9, 5], [4, 5, 5]])
+    expected = index * np.array(placement["scale"]) + np.array(placement["translate"])
+    np.testing.assert_allclose(world_positions(index, (9, 10, 11), 1.5), expected)
+    np.testing.assert_allclose(world_positions([[4, 5, 5]], (9, 10, 11), 1.5), [[0.0, 0.0, 0.0]])

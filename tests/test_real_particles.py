@@ -8,17 +8,18 @@ import torch
 
 from napari_dynamight.engine.ctf import compute_ctf
 from napari_dynamight.engine.data.dataset import ParticleDataset
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.gaussians import normalised_cross_correlation
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
 from napari_dynamight.engine.io.mrc import read_map
-from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.projector import FourierProjector
 
 TRPV1 = Path(__file__).parent / "data" / "cryojax_trpv1"
 
 
 def _trpv1_table(tmp_path):
-    """The fixture's STAR names its stack './batch_0_restacked.mrc'; point a copy at the real stack."""
+    """The fixture's STAR names its stack './batch_0_restacked.mrc'; point a copy at the real
+    stack."""
     text = (
         (TRPV1 / "trpv1_small_stack.star")
         .read_text()
@@ -55,8 +56,8 @@ def test_trpv1_particles_match_their_poses_better_than_random_poses(tmp_path):
     # the contrast sign of this stack is not RELION's, so compare magnitudes
     sign = np.sign(np.mean(posed))
     print(
-        f"TRPV1 NCC under STAR poses: {np.round(posed, 3)}; random poses mean {random_scores.mean():.3f} "
-        f"(sd {random_scores.std():.3f})"
+        f"TRPV1 NCC under STAR poses: {np.round(posed, 3)}; random poses mean "
+        f"{random_scores.mean():.3f} (sd {random_scores.std():.3f})"
     )
     assert np.mean(sign * posed) > 0.12
     assert np.mean(sign * posed) > np.mean(sign * random_scores) + 5 * np.std(

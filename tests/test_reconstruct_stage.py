@@ -181,8 +181,10 @@ def test_relion_postprocess_agrees_with_our_fsc(run_directory, tmp_path):
 def test_the_default_filter_is_the_same_in_the_engine_and_the_cli():
     import argparse
     import inspect
+    from dataclasses import fields
 
     from napari_dynamight.cli.reconstruct import add_arguments
+    from napari_dynamight.engine.reconstruction.settings import ReconstructionSettings
     from napari_dynamight.engine.reconstruction.stage import DEFAULT_FILTER, FILTERS
 
     parser = argparse.ArgumentParser()
@@ -190,7 +192,10 @@ def test_the_default_filter_is_the_same_in_the_engine_and_the_cli():
     option = next(a for a in parser._actions if a.dest == "filter")
     assert DEFAULT_FILTER == "constant" and FILTERS[0] == DEFAULT_FILTER
     assert option.default == DEFAULT_FILTER and tuple(option.choices) == FILTERS
-    assert inspect.signature(reconstruct_run).parameters["filter"].default == DEFAULT_FILTER
+    assert ReconstructionSettings().filter == DEFAULT_FILTER
+    # the settings record is the one source of the defaults: reconstruct_run repeats none of them
+    parameters = inspect.signature(reconstruct_run).parameters
+    assert not {f.name for f in fields(ReconstructionSettings)} & set(parameters)
 
 
 def test_cli_writes_the_maps_and_reports_errors_in_one_line(run_directory, tmp_path, capsys):
@@ -343,7 +348,7 @@ def test_subset_agrees_with_relion_reconstruct_of_the_same_subset(run_directory,
     assert {
         p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")
     } == before
-    from napari_dynamight.engine.io.star import read_particles
+    from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.reconstruction import reconstruct_particles
 
     for ours, theirs in (
@@ -431,7 +436,7 @@ def test_deformed_maps_of_a_subset_with_the_runs_networks(moving_run, tmp_path):
     volume, voxel = read_map(folder / "half1.mrc")
     assert volume.shape == (32,) * 3 and voxel == pytest.approx(2.5) and np.isfinite(volume).all()
     assert len(read_run_particles(moving_run).particles) == len(table)
-    from napari_dynamight.engine.io.star import read_particles
+    from napari_dynamight.engine.data.particle_file import read_particles
 
     assert list(read_particles(folder / "particles.star").image_files) == list(
         table.image_files[rows]

@@ -21,11 +21,11 @@ from helpers.relion_data import (
     relion,
 )
 from napari_dynamight.engine.ctf import CtfParams, compute_ctf
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.fourier import fsc
 from napari_dynamight.engine.geometry import euler_to_matrix
 from napari_dynamight.engine.io.mrc import open_stack
-from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.progress import Progress, run
 from napari_dynamight.engine.reconstruction import (
     FourierAccumulator,

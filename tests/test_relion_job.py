@@ -1,6 +1,7 @@
 """napari-dynamight-relion driven with the command lines RELION-5's DynaMight job builds
 (src/pipeline_jobs.cpp, getCommandsDynaMightJob), in a RELION project folder: the job's files, the
-half maps relion_postprocess reads, the exit and abort files, the CPU fallback and --checkpoint-file."""
+half maps relion_postprocess reads, the exit and abort files, the CPU fallback and
+--checkpoint-file."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from napari_dynamight.cli.relion_job import main
 
 JOB = "DynaMight/job012/"  # RELION's output name ends with a slash
 EXE = "napari-dynamight-relion"
-# Quick training (our options, as a user would give them in "Additional arguments"); --n-epochs is the
-# reference implementation's name for --epochs.
+# Quick training (our options, as a user would give them in "Additional arguments"); --n-epochs is
+# the reference implementation's name for --epochs.
 QUICK = (
     "--n-epochs 2 --batch-size 64 --decoder-width 16 --decoder-depth 1 --warmup-epochs 1 "
     "--checkpoint-every 1 --refinement-rounds 1 --refinement-epochs 1 --latent-inference encoder "
@@ -35,15 +36,16 @@ def new_job(job: str = JOB, other: str = QUICK, gpu: str = "0") -> str:
     """The command line of a new job, as RELION writes it (spaces included)."""
     return (
         f"{EXE} optimize-deformations  --refinement-star-file Refine3D/job010/run_data.star "
-        f"--output-directory {job} --initial-model Refine3D/job010/run_class001.mrc --n-gaussians 300 "
-        f"--regularization-factor 1 --n-threads 1"
+        f"--output-directory {job} --initial-model Refine3D/job010/run_class001.mrc --n-gaussians "
+        "300 --regularization-factor 1 --n-threads 1"
         + (f" --gpu-id {gpu}" if gpu else "")
         + f" {other}"
     )
 
 
 def relion(command: str, project: Path) -> int:
-    """Run a RELION command line (its first word, the executable, dropped) with cwd = the project."""
+    """Run a RELION command line (its first word, the executable, dropped) with cwd = the
+    project."""
     before = Path.cwd()
     os.chdir(project)
     try:
@@ -53,7 +55,8 @@ def relion(command: str, project: Path) -> int:
 
 
 def soft_mask(folder: Path, box: int = 32, voxel: float = 2.5) -> Path:
-    """A soft spherical solvent mask, as a MaskCreate job would write (radius box/2 - 4 px, 3 px edge)."""
+    """A soft spherical solvent mask, as a MaskCreate job would write (radius box/2 - 4 px, 3 px
+    edge)."""
     offsets = np.arange(box) - box // 2
     radius = np.sqrt(
         offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2
@@ -71,7 +74,8 @@ def exit_files(job: Path) -> set[str]:
 
 def make_project(simulated, project: Path) -> Path:
     """A RELION project: Refine3D/job010/run_data.star whose image names are relative to the project
-    folder (Extract/job007/...), as RELION writes them, its map, and the job folder RELION creates."""
+    folder (Extract/job007/...), as RELION writes them, its map, and the job folder RELION
+    creates."""
     (project / "Extract" / "job007").mkdir(parents=True)
     (project / "Refine3D" / "job010").mkdir(parents=True)
     shutil.copy(
@@ -93,7 +97,10 @@ def project(simulated, tmp_path_factory, one_torch_thread):
     project = make_project(simulated, tmp_path_factory.mktemp("relion") / "project")
     assert relion(new_job(), project) == 0
     assert exit_files(project / JOB) == {"RELION_JOB_EXIT_SUCCESS"}
-    inverse = f"{EXE} optimize-inverse-deformations {JOB} --n-epochs 2 --preload-images --gpu-id 0 --batch-size 64"
+    inverse = (
+        f"{EXE} optimize-inverse-deformations {JOB} --n-epochs 2 --preload-images --gpu-id 0 "
+        "--batch-size 64"
+    )
     assert relion(inverse, project) == 0
     assert exit_files(project / JOB) == {"RELION_JOB_EXIT_SUCCESS"}
     return project
@@ -195,7 +202,8 @@ def test_explore_latent_space_opens_the_explorer_on_the_chosen_half(project, mon
     "command, expected",
     [
         (
-            f"{EXE} explore-latent-space {JOB} --half-set 1 --checkpoint-file {JOB}checkpoints/epoch_0001.pt",
+            f"{EXE} explore-latent-space {JOB} --half-set 1 --checkpoint-file "
+            f"{JOB}checkpoints/epoch_0001.pt",
             "an intermediate checkpoint",
         ),
         (
@@ -204,7 +212,8 @@ def test_explore_latent_space_opens_the_explorer_on_the_chosen_half(project, mon
             "not found",
         ),
         (
-            f"{EXE} deformable-backprojection {JOB} --batch-size 10 --checkpoint-file Refine3D/job010/run_data.star",
+            f"{EXE} deformable-backprojection {JOB} --batch-size 10 --checkpoint-file "
+            "Refine3D/job010/run_data.star",
             "not the final checkpoint",
         ),
         (f"{EXE} explore-latent-space {JOB} --half-set 3", "--half-set 3"),

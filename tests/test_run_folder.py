@@ -1,4 +1,5 @@
-"""The run folder layout: the file names existing runs have on disk, reading them back, finished or not."""
+"""The run folder layout: the file names existing runs have on disk, reading them back, finished or
+not."""
 
 from __future__ import annotations
 

@@ -13,13 +13,13 @@ import torch
 
 from napari_dynamight.cli import main
 from napari_dynamight.engine.ctf import compute_ctf
+from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.fourier import fsc
 from napari_dynamight.engine.gaussians import normalised_cross_correlation
 from napari_dynamight.engine.geometry import euler_to_matrix
 from napari_dynamight.engine.io.mrc import read_map
-from napari_dynamight.engine.io.star import read_particles
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.projector import project_volume
 from napari_dynamight.engine.simulate import simulate

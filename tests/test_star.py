@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import DATA, STAR_FILES, edit_star
+from napari_dynamight.engine.data.particle_file import read_particles, write_particles
 from napari_dynamight.engine.io.mrc import open_stack
-from napari_dynamight.engine.io.star import read_particles, write_particles
+from napari_dynamight.engine.io.star import read_particle_blocks, write_star_blocks
 
 # label: (count, version, pixel sizes Å, voltages kV, Cs mm, Q0 (None: missing), has poses)
 EXPECTED = {
@@ -119,6 +120,22 @@ def test_round_trip_is_exact(star_path, tmp_path):
     assert list(again.image_files) == list(table.image_files)
     write_particles(tmp_path / "twice.star", again)
     assert (tmp_path / "twice.star").read_text() == out.read_text()
+
+
+def test_io_blocks_are_plain_frames_that_round_trip(star_path, tmp_path):
+    """engine.io.star alone (no particle table): the blocks read back identical after writing."""
+    particles, optics, names, comments = read_particle_blocks(star_path)
+    assert isinstance(particles, pd.DataFrame) and (optics is None) == ("optics" not in names)
+    blocks = (
+        [(names["optics"], optics, comments.get(names["optics"]))] if optics is not None else []
+    )
+    blocks.append((names["particles"], particles, comments.get(names["particles"])))
+    write_star_blocks(tmp_path / "blocks.star", blocks)
+    again = read_particle_blocks(tmp_path / "blocks.star")
+    pd.testing.assert_frame_equal(again[0], particles)
+    if optics is not None:
+        pd.testing.assert_frame_equal(again[1], optics)
+    assert again[2] == names
 
 
 @pytest.mark.parametrize("label", ["relion31", "pfcrt_relion30", "relion31_6optics"])

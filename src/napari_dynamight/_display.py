@@ -1,8 +1,8 @@
 """Whether napari can draw here: a display for a window, or a virtual one (Xvfb) for pictures.
 
 napari renders only into a shown window on an X display (an offscreen Qt platform gives black
-frames), so without a display :func:`virtual_display` starts an Xvfb server for the duration. Nothing
-here imports Qt: the command line checks the display before any long work starts.
+frames), so without a display :func:`virtual_display` starts an Xvfb server for the duration.
+Nothing here imports Qt: the command line checks the display before any long work starts.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def check_display() -> None:
     has_display = any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY"))
     if sys.platform.startswith("linux") and not has_display and "QT_QPA_PLATFORM" not in os.environ:
         raise InputError(
-            "no display to open napari on (DISPLAY is not set); run with --headless "
-            "(make demo HEADLESS=1) or from a desktop session"
+            "no display to open napari on (DISPLAY is not set); run with --headless (make demo "
+            "HEADLESS=1) or from a desktop session"
         )
 
 
@@ -36,8 +36,8 @@ def xvfb_needed() -> str | None:
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
         raise InputError(
-            "no display for napari's screenshots and no Xvfb to make one: install "
-            "xvfb (apt install xvfb) or run under xvfb-run"
+            "no display for napari's screenshots and no Xvfb to make one: install xvfb (apt "
+            "install xvfb) or run under xvfb-run"
         )
     return xvfb
 

@@ -1,11 +1,12 @@
-"""The demo in napari: its window (:func:`show_demo`), and the headless mode's screenshots and movies.
+"""The demo in napari: its window (:func:`show_demo`), and the headless mode's screenshots and
+movies.
 
 The window holds the consensus map (an image layer in Å), its Gaussians (a points layer), the
 deformed reconstruction and the latent-space explorer on the run. Headless (:func:`render_views`),
 napari renders into a shown window on a real or virtual display (``_display.virtual_display``); in
 the demo folder (``engine.run_folder.DemoFolder``): a screenshot of the whole window (the explorer's
-latent plot of half 1, a decoded volume, its deformed Gaussians and their displacement arrows), one of
-the 3D canvas alone, and a movie as MP4 and GIF (half 1's volumes along its first principal
+latent plot of half 1, a decoded volume, its deformed Gaussians and their displacement arrows), one
+of the 3D canvas alone, and a movie as MP4 and GIF (half 1's volumes along its first principal
 component, rendered with the current camera by the explorer's movie export).
 The command line calls these lazily; nothing here imports the command line.
 """
@@ -56,7 +57,8 @@ def add_reconstruction(viewer, reconstruction: dict) -> None:
 
 
 def show_demo(result: dict) -> None:
-    """Open napari on the demo's result (layers, reconstruction, explorer) until the window closes."""
+    """Open napari on the demo's result (layers, reconstruction, explorer) until the window
+    closes."""
     import napari
 
     from ._widgets.explorer import open_explorer
@@ -86,7 +88,8 @@ def _wait(condition, what: str) -> None:
 def render_views(
     run_directory: Path, output: Path, add_layers=None, frames: int | None = None
 ) -> dict:
-    """Write the napari screenshots and movies of ``run_directory`` into ``output``; what was written.
+    """Write the napari screenshots and movies of ``run_directory`` into ``output``; what was
+    written.
 
     The movie has ``frames`` frames (default :data:`MOVIE_FRAMES`).
     ``add_layers(viewer)`` may add context layers first (the demo's consensus map and Gaussians;

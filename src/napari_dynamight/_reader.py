@@ -1,8 +1,9 @@
-"""napari readers for cryo-EM files: MRC maps, images and stacks, RELION STAR and cryoSPARC .cs particle files.
+"""napari readers for cryo-EM files: MRC maps, images and stacks, RELION STAR and cryoSPARC .cs
+particle files.
 
 Maps and images open as image layers whose world coordinates are Å measured from the box centre
 (index N // 2), the frame of the engine's Gaussian positions: scale = voxel size, translate =
-−(N // 2)·voxel size. The file type decides the layout:
+−(N // 2)·voxel size (``_widgets._layers.world_placement``). The file type decides the layout:
 
 - ``*.mrcs``, or a non-cubic ``*.mrc``/``*.map`` with several sections: a stack of 2D images
   (axis 0 = image index, scale 1), memory-mapped. The pixel size is the header's, which is often
@@ -18,13 +19,13 @@ Maps and images open as image layers whose world coordinates are Å measured fro
   A STAR file with latent columns (``dmLatent1``, ..., a deformation run's ``particles.star``)
   opens its latent space in the explorer instead (decoding too, when it sits in its run folder).
 - a deformation run folder (``engine.run_folder.RunFolder``, with its run file), or that run file
-  (``run.json``, which no other reader claims, so napari asks no question): the latent-space explorer is docked in the current
-  viewer with the run loaded (the reader returns napari's "no layers" value ``[(None,)]``). Without a
-  viewer, or before the run has latent means, its half maps open as layers and a message says why.
-  napari's builtin reader accepts every folder too; the run folders the plugin has opened are made
-  napari's preferred reader choice (``_widgets._run_drop``), so they open without the dialog.
-  A run made with the atomic-model prior, and a map inside one, also shows its model-bias warning
-  (``RunFolder.model_bias_warning``).
+  (``run.json``, which no other reader claims, so napari asks no question): the latent-space
+  explorer is docked in the current viewer with the run loaded (the reader returns napari's "no
+  layers" value ``[(None,)]``). Without a viewer, or before the run has latent means, its half maps
+  open as layers and a message says why. napari's builtin reader accepts every folder too; the run
+  folders the plugin has opened are made napari's preferred reader choice (``_widgets._run_drop``),
+  so they open without the dialog. A run made with the atomic-model prior, and a map inside one,
+  also shows its model-bias warning (``RunFolder.model_bias_warning``).
 
 Nothing heavy is imported at module import time: napari imports readers while it starts.
 """
@@ -70,7 +71,8 @@ def get_star_reader(path):
 
 
 def _run_folder(path) -> Path | None:
-    """The run folder of one path: the folder itself, or the folder of its run file (``run.json``)."""
+    """The run folder of one path: the folder itself, or the folder of its run file
+    (``run.json``)."""
     single = _single_path(path)
     if single is None:
         return None
@@ -81,7 +83,8 @@ def _run_folder(path) -> Path | None:
 
 
 def get_run_reader(path):
-    """Return :func:`read_run` for one folder that holds a run file (or that run file), else None."""
+    """Return :func:`read_run` for one folder that holds a run file (or that run file), else
+    None."""
     return None if _run_folder(path) is None else read_run
 
 
@@ -99,8 +102,9 @@ def _dock_explorer(run_path: Path) -> bool:
 
 
 def model_bias_notice(path) -> str | None:
-    """The model-bias warning of the run that ``path`` (a run folder, or a map inside one, up to four
-    levels down) belongs to, shown as a napari warning; None if there is nothing to warn about."""
+    """The model-bias warning of the run that ``path`` (a run folder, or a map inside one, up to
+    four levels down) belongs to, shown as a napari warning; None if there is nothing to warn
+    about."""
     path = Path(path)
     for folder in [path, *path.parents][:5]:
         if RunFolder(folder).is_run():
@@ -129,8 +133,8 @@ def read_run(path) -> list[tuple]:
     maps = [run.half_map(half) for half in (1, 2) if run.half_map(half).is_file()]
     if not maps:
         raise InputError(
-            f"{path}: a deformation run without {run.latents.name} or half maps yet; "
-            "open it again when the run has finished"
+            f"{path}: a deformation run without {run.latents.name} or half maps yet; open it "
+            "again when the run has finished"
         )
     reason = (
         "it has no latent means yet (the run has not finished)"
@@ -150,16 +154,13 @@ def has_latent_columns(path, max_bytes: int = 1 << 16) -> bool:
         return "_dmLatent1" in handle.read(max_bytes)
 
 
-def _centred(shape: tuple[int, ...], spacing: float) -> list[float]:
-    return [-(n // 2) * spacing for n in shape]
-
-
 def read_mrc(path) -> list[tuple]:
     """One image layer: a 3D map (scale = voxel size) or a stack of 2D images (see module doc)."""
     import mrcfile
     import numpy as np
     from mrcfile.utils import data_dtype_from_header
 
+    from ._widgets._layers import world_placement
     from .engine.io.mrc import read_map, stack_shape
 
     path = Path(_single_path(path))
@@ -172,8 +173,7 @@ def read_mrc(path) -> list[tuple]:
         voxel_size = voxel_size if voxel_size > 0 else 1.0
         kwargs = {
             "name": name,
-            "scale": [voxel_size] * 3,
-            "translate": _centred(volume.shape, voxel_size),
+            **world_placement(volume.shape, voxel_size),
             "colormap": "gray",
             "metadata": {"path": str(path), "voxel_size_angstrom": voxel_size, "kind": "map"},
         }
@@ -189,8 +189,7 @@ def read_mrc(path) -> list[tuple]:
     pixel_size = pixel_size if pixel_size > 0 else 1.0
     kwargs = {
         "name": name,
-        "scale": [1.0, pixel_size, pixel_size],
-        "translate": [0.0, *_centred((ny, nx), pixel_size)],
+        **world_placement((nz, ny, nx), pixel_size, leading=1),
         "colormap": "gray",
         "metadata": {"path": str(path), "pixel_size_angstrom": pixel_size, "kind": "stack"},
     }
@@ -212,9 +211,10 @@ def read_star(path) -> list[tuple]:
     """Points at the viewing directions, or (without poses) an image of the first particles."""
     import numpy as np
 
+    from ._widgets._layers import world_placement
+    from .engine.data.particle_file import read_particle_file
     from .engine.data.summary import summarise
     from .engine.errors import InputError
-    from .engine.io.particle_file import read_particle_file
 
     path = Path(_single_path(path))
     if path.suffix.lower() == ".star" and has_latent_columns(path) and _dock_explorer(path):
@@ -226,14 +226,13 @@ def read_star(path) -> list[tuple]:
     images = _first_images(table, path)
     if images is None:
         raise InputError(
-            f"{path}: has no poses (rlnAngleRot/Tilt/Psi) and its images were not found; "
-            "nothing to show (run 'napari-dynamight info' on it for a summary)"
+            f"{path}: has no poses (rlnAngleRot/Tilt/Psi) and its images were not found; nothing "
+            "to show (run 'napari-dynamight info' on it for a summary)"
         )
     pixel_size = float(table.pixel_size_angstrom[0])
     kwargs = {
         "name": f"{path.stem} (first {len(images)} particles)",
-        "scale": [1.0, pixel_size, pixel_size],
-        "translate": [0.0, *_centred(images.shape[1:], pixel_size)],
+        **world_placement(images.shape, pixel_size, leading=1),
         "colormap": "gray",
         "metadata": {"path": str(path), "summary": summary, "pixel_size_angstrom": pixel_size},
     }

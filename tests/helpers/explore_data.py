@@ -36,7 +36,8 @@ def make_run(folder: Path, n: int = 300, seed: int = 0) -> Path:
     some. Each particle has a half-1 code (CENTRES + noise) and a half-2 code (:func:`to_half2` of
     another noisy draw); latent_means.npy holds the own half's code, validation particles half 1's.
     The STAR file repeats relion31.star's particles (all its columns, its optics table), gives each
-    row a unique rlnImageName and defocus, and adds the dm* result columns the deformation run writes.
+    row a unique rlnImageName and defocus, and adds the dm* result columns the deformation run
+    writes.
     """
     rng = np.random.default_rng(seed)
     cluster = clusters(n)
@@ -65,8 +66,8 @@ def make_run(folder: Path, n: int = 300, seed: int = 0) -> Path:
 
 
 class ShiftDecoder:
-    """A stand-in for a run's decoder: Gaussians on a ring, shifted by (latent 1, latent 2) Å in x, y
-    by half 1's decoder. Half 2's decoder takes its code back to half 1's frame (the inverse of
+    """A stand-in for a run's decoder: Gaussians on a ring, shifted by (latent 1, latent 2) Å in x,
+    y by half 1's decoder. Half 2's decoder takes its code back to half 1's frame (the inverse of
     :func:`to_half2`) and shifts by (latent 2, latent 1) of that in x, z: another motion.
 
     Built from the engine's Gaussian model and renderer, so the explorer sees real volumes.

@@ -1,10 +1,10 @@
 """The explorer's common motion space: both half sets' particles in one plot, one lasso for both.
 
-A mixin of :class:`~napari_dynamight._widgets.explorer.ExplorerWidget` (it uses the widget's ``data``,
-``decoder``, ``runner``, ``tasks``, ``plot``, ``status`` and ``show_half``). The space
+A mixin of :class:`~napari_dynamight._widgets.explorer.ExplorerWidget` (it uses the widget's
+``data``, ``decoder``, ``runner``, ``tasks``, ``plot``, ``status`` and ``show_half``). The space
 (``engine.explore.common_space``) places every particle by the displacements its own half's decoder
-gives it, so it needs the run folder and its decoders; it is computed once in a worker (progress bar,
-Cancel) and cached in the run folder. A click decodes the nearest particle with its own half.
+gives it, so it needs the run folder and its decoders; it is computed once in a worker (progress
+bar, Cancel) and cached in the run folder. A click decodes the nearest particle with its own half.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ class CommonSpaceView:
         )
 
     def mark_validation(self) -> None:
-        """Mark the validation particles: hollow black rings on the scatter plot; on the density image
-        (many particles), small black dots, at most :data:`MAX_VALIDATION_DOTS` of them (a seeded
-        random subset, the legend says how many are shown)."""
+        """Mark the validation particles: hollow black rings on the scatter plot; on the density
+        image (many particles), small black dots, at most :data:`MAX_VALIDATION_DOTS` of them (a
+        seeded random subset, the legend says how many are shown)."""
         marks, legend = (
             getattr(self, "_validation_marks", None),
             getattr(self, "_validation_legend", None),
@@ -127,7 +127,8 @@ class CommonSpaceView:
         self.plot.draw_idle()
 
     def selection_counts(self, rows: np.ndarray) -> str:
-        """Counts of particles (STAR rows) per random subset and half set, and of validation ones."""
+        """Counts of particles (STAR rows) per random subset and half set, and of validation
+        ones."""
         parts = []
         frame = None if self.data.table is None else self.data.table.particles
         for column in (SUBSET_COLUMN, HALF_COLUMN):

@@ -3,8 +3,9 @@
 A mixin of :class:`~napari_dynamight._widgets.explorer.ExplorerWidget` (it uses the widget's
 ``view``, ``embedding``, ``decoder``, ``plot``, ``tasks``, ``viewer`` and ``_show_decoded``). Paths
 live in the current half set's latent space and are decoded by that half's decoder. Saved volumes
-come with ``path.cxc``, which opens them in ChimeraX as a volume series (and records ``path.mp4`` when
-asked); a movie export also writes its volumes and such a script into ``NAME_chimerax/`` beside it.
+come with ``path.cxc``, which opens them in ChimeraX as a volume series (and records ``path.mp4``
+when asked); a movie export also writes its volumes and such a script into ``NAME_chimerax/`` beside
+it.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class PathExport:
             operation,
             "save volumes",
             lambda files: self._done(
-                f"wrote {len(files)} volumes to {folder}; ChimeraX: chimerax {Path(folder) / 'path.cxc'}"
+                f"wrote {len(files)} volumes to {folder}; ChimeraX: chimerax "
+                f"{Path(folder) / 'path.cxc'}"
             ),
         )
 
@@ -123,8 +125,8 @@ class PathExport:
             for target in paths:
                 write_movie(target, frames, fps)
             self._done(
-                f"wrote {len(frames)} frames to {', '.join(map(str, paths))}; volumes "
-                f"and path.cxc (ChimeraX) in {folder}"
+                f"wrote {len(frames)} frames to {', '.join(map(str, paths))}; volumes and "
+                f"path.cxc (ChimeraX) in {folder}"
             )
 
         folder = chimerax_folder(path)

@@ -34,7 +34,8 @@ class ValidationViews:
     """Gaussian error estimates and the two halves' predictions for a validation particle."""
 
     def show_gaussian_errors(self):
-        """Half 1's reference Gaussians coloured by their deformation error estimate (validation)."""
+        """Half 1's reference Gaussians coloured by their deformation error estimate
+        (validation)."""
         from ..engine.errors import InputError
         from ..engine.explore.table import read_gaussian_errors
         from ._tasks import one_line
@@ -105,6 +106,6 @@ class ValidationViews:
         self.last_comparison = comparison
         self.status.value = (
             f"particle {comparison.particle}: the halves' displacements differ by "
-            f"{comparison.rms_angstrom:.2f} Å RMS (max "
-            f"{comparison.difference_angstrom.max():.2f} Å)"
+            f"{comparison.rms_angstrom:.2f} Å RMS "
+            f"(max {comparison.difference_angstrom.max():.2f} Å)"
         )

@@ -1,6 +1,7 @@
 """What the explorer shows in 3D: a decoded volume as an iso-surface at its automatic level, with
-the camera fitted to the molecule, the deformed Gaussians drawn small and depth-tested (the density's
-surface hides those inside it) and the displacement arrows hidden until their layer is ticked.
+the camera fitted to the molecule, the deformed Gaussians drawn small and depth-tested (the
+density's surface hides those inside it) and the displacement arrows hidden until their layer is
+ticked.
 
 Each role is one layer, replaced in place (``_layers``), so decoding, switching half sets or opening
 another run never stacks layers. A run opens with the volume of its median particle decoded.

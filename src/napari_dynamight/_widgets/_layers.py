@@ -1,10 +1,11 @@
-"""Put arrays into napari layers in the engine's frame: Å from the box centre, napari order [z, y, x].
+"""Put arrays into napari layers in the engine's frame: Å from the box centre, napari order [z, y,
+x].
 
-One layer per role: a layer with the given name is updated in place (data replaced) rather than a new
-one added, so repeated loads and decodes never pile up layers. Every layer is in Å (layer ``units``,
-so the scale bar reads Å). Maps are iso-surfaces at the map's automatic level
-(``engine.consensus.automatic_threshold``) and :func:`fit_camera` zooms the 3D view onto the molecule
-(the voxels above that level), not onto the whole box.
+One layer per role: a layer with the given name is updated in place (data replaced) rather than a
+new one added, so repeated loads and decodes never pile up layers. Every layer is in Å (layer
+``units``, so the scale bar reads Å). Maps are iso-surfaces at the map's automatic level
+(``engine.consensus.automatic_threshold``) and :func:`fit_camera` zooms the 3D view onto the
+molecule (the voxels above that level), not onto the whole box.
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ GAUSSIAN_STYLE = {
 }  # drawn small, hidden inside the density's surface
 
 
-def map_placement(shape, voxel_size_angstrom: float) -> dict:
-    """``scale`` and ``translate`` that put voxel N // 2 at world 0 (as the readers do)."""
+def world_placement(shape, spacing_angstrom: float, leading: int = 0) -> dict:
+    """The layer keywords ``scale`` and ``translate`` that put index N // 2 of each axis at world 0,
+    in Å (the engine's frame); the first ``leading`` axes (e.g. the image index of a stack) keep
+    scale 1 and translate 0. Every map, image and stack layer is placed with it."""
+    spatial = list(shape)[leading:]
     return {
-        "scale": [voxel_size_angstrom] * 3,
-        "translate": [-(n // 2) * voxel_size_angstrom for n in shape],
+        "scale": [1.0] * leading + [float(spacing_angstrom)] * len(spatial),
+        "translate": [0.0] * leading + [-(n // 2) * float(spacing_angstrom) for n in spatial],
     }
+
+
+def world_positions(indices, shape, spacing_angstrom: float) -> np.ndarray:
+    """World positions (Å, napari order) of array ``indices`` (N, ndim) of an array of ``shape``
+    placed by :func:`world_placement`."""
+    origin = np.array([n // 2 for n in shape])
+    return (np.asarray(indices) - origin) * float(spacing_angstrom)
 
 
 def xyz_to_napari(positions_xyz) -> np.ndarray:
@@ -44,9 +55,10 @@ def map_level(volume) -> float:
 def show_map(
     viewer, name: str, volume, voxel_size_angstrom: float, threshold: float | None = None, **kwargs
 ):
-    """Add or update a 3D image layer shown as an iso-surface: at ``threshold`` if given, else (a new
-    layer) at :func:`map_level`; an updated layer keeps its level unless ``threshold`` is given."""
-    placement = map_placement(volume.shape, voxel_size_angstrom)
+    """Add or update a 3D image layer shown as an iso-surface: at ``threshold`` if given, else (a
+    new layer) at :func:`map_level`; an updated layer keeps its level unless ``threshold`` is
+    given."""
+    placement = world_placement(volume.shape, voxel_size_angstrom)
     if name in viewer.layers:
         layer = viewer.layers[name]
         layer.data = volume
@@ -70,8 +82,7 @@ def molecule_points(volume, voxel_size_angstrom: float, level: float) -> np.ndar
     inside = np.argwhere(volume > level)
     if len(inside) == 0:
         inside = np.array([[0, 0, 0], np.array(volume.shape) - 1])
-    origin = np.array([n // 2 for n in volume.shape])
-    return (inside - origin) * voxel_size_angstrom
+    return world_positions(inside, volume.shape, voxel_size_angstrom)
 
 
 def fit_camera(viewer, layer, fill: float = FILL) -> None:

@@ -29,7 +29,8 @@ def _scale_bar(viewer):
 
 
 def canvas_widget(widget):
-    """The Qt widget of the napari canvas in ``widget``'s window (its one OpenGL widget), or None."""
+    """The Qt widget of the napari canvas in ``widget``'s window (its one OpenGL widget), or
+    None."""
     from qtpy.QtOpenGLWidgets import QOpenGLWidget
 
     window = widget.window() if widget is not None else None

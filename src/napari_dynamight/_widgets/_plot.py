@@ -3,9 +3,9 @@
 The plot only draws; the selection model lives in numpy (``engine.explore``). Above
 :data:`DENSITY_THRESHOLD` points a 2D histogram is drawn instead of markers (a full scatter of 10⁶
 points takes seconds; a histogram image tens of milliseconds), coloured by the mean of the chosen
-value in each bin. Clicks, drags and lassos are reported through callbacks in data coordinates. A drag
-is coalesced: the cursor's latest position is reported at most every :data:`DRAG_INTERVAL_MS` (and on
-release), so a fast drag over a slow redraw never queues redraws or decodes.
+value in each bin. Clicks, drags and lassos are reported through callbacks in data coordinates. A
+drag is coalesced: the cursor's latest position is reported at most every :data:`DRAG_INTERVAL_MS`
+(and on release), so a fast drag over a slow redraw never queues redraws or decodes.
 
 The plot says what it shows: axis labels from the embedding (a PCA axis with its share of the
 variance, "PC 1 (43%)"), equal aspect (distances in the plot are comparable in both directions), a

@@ -56,7 +56,8 @@ def prefer_this_plugin(path) -> bool:
 
 
 class RunFolderDrop(QObject):
-    """Open a run folder dropped on ``viewer``'s window with the run reader (see the module text)."""
+    """Open a run folder dropped on ``viewer``'s window with the run reader (see the module
+    text)."""
 
     def __init__(self, viewer, window: QWidget):
         super().__init__(window)

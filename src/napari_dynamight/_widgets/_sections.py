@@ -1,5 +1,6 @@
 """Dock layouts that fit a laptop screen (1280×800): tabs and collapsible sections whose contents
-scroll, above a footer (warnings, status line, progress bar and Cancel) that always stays visible."""
+scroll, above a footer (warnings, status line, progress bar and Cancel) that always stays
+visible."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def _dock_of(widget):
 
 def join_plugin_docks(widget) -> bool:
     """Put ``widget``'s dock in tabs with this plugin's other docks on the same side of the window,
-    so that docking several of them never makes the window taller than the screen; True if it did."""
+    so that docking several of them never makes the window taller than the screen; True if it
+    did."""
     from qtpy.QtWidgets import QDockWidget, QMainWindow
 
     dock = _dock_of(widget)

@@ -69,9 +69,9 @@ class StageWidget(QWidget):
         self._last_key = None
 
     def read_chosen_run(self, folder=None) -> tuple[Path, dict] | None:
-        """Take ``folder`` (else the form's run folder), read its run file and adopt its device; None,
-        with the one-line reason in the summary, if it is not a run. Uses the subclass's ``run``,
-        ``device`` and ``summary`` fields."""
+        """Take ``folder`` (else the form's run folder), read its run file and adopt its device;
+        None, with the one-line reason in the summary, if it is not a run. Uses the subclass's
+        ``run``, ``device`` and ``summary`` fields."""
         from ._tasks import one_line
 
         if folder is not None:

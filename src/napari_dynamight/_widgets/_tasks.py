@@ -1,15 +1,15 @@
 """Run engine operations in napari thread workers: progress bar, Cancel, one-line errors.
 
-:class:`TaskPanel` runs one engine :class:`~napari_dynamight.engine.progress.Progress` generator at a
-time (a progress bar, a status line and a Cancel button). :class:`LatestRequestRunner` runs a plain
-function for interactive requests (decoding a clicked latent point): at most one call runs and at most
-one waits, so rapid clicks never queue and the last click is always served.
+:class:`TaskPanel` runs one engine :class:`~napari_dynamight.engine.progress.Progress` generator at
+a time (a progress bar, a status line and a Cancel button). :class:`LatestRequestRunner` runs a
+plain function for interactive requests (decoding a clicked latent point): at most one call runs and
+at most one waits, so rapid clicks never queue and the last click is always served.
 
 superqt's generator worker turns a ``RuntimeError`` raised inside the generator into a *returned*
 value, and torch raises ``RuntimeError``; so the operation is wrapped by :func:`_guarded`, which
-catches everything itself and returns an :class:`Outcome`. Cancel sets a flag that the wrapper reads at
-the next ``yield`` and then closes the engine generator in the worker thread (its outputs are written
-atomically, so nothing partial is left).
+catches everything itself and returns an :class:`Outcome`. Cancel sets a flag that the wrapper reads
+at the next ``yield`` and then closes the engine generator in the worker thread (its outputs are
+written atomically, so nothing partial is left).
 """
 
 from __future__ import annotations
@@ -81,9 +81,10 @@ def report(outcome: Outcome, title: str) -> None:
 class TaskPanel(QWidget):
     """Progress bar, status line and Cancel button for one engine operation at a time.
 
-    ``start(operation, title, on_done)`` runs the generator in a worker; ``on_done(value)`` is called
-    on the main thread with the operation's result if it finished. ``on_progress(event)`` (optional)
-    sees every event on the main thread. ``last_outcome`` and the ``worker`` attribute serve tests.
+    ``start(operation, title, on_done)`` runs the generator in a worker; ``on_done(value)`` is
+    called on the main thread with the operation's result if it finished. ``on_progress(event)``
+    (optional) sees every event on the main thread. ``last_outcome`` and the ``worker`` attribute
+    serve tests.
     """
 
     def __init__(self, parent=None):

@@ -7,7 +7,8 @@ from magicgui.widgets import Label
 
 
 class WarningsLabel(Label):
-    """``show(warnings)`` replaces the warnings shown (``.shown``), one line ``warning: ...`` each."""
+    """``show(warnings)`` replaces the warnings shown (``.shown``), one line ``warning: ...``
+    each."""
 
     def __init__(self):
         super().__init__(value="")

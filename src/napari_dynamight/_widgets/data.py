@@ -1,9 +1,10 @@
 """The "Data and consensus" dock widget: particles, consensus map, mask; fill and fit Gaussians.
 
-Load reads the particle file (STAR or cryoSPARC .cs; a summary: particles, box, pixel size, optics groups) and the map (shown in
-3D as an iso-surface, in Å from the box centre) in a worker. The threshold slider moves the iso-surface
-and is the level "Fill and fit" uses: ``engine.consensus_stage.fit_consensus`` runs in a worker and its
-Gaussians appear as a points layer drawn over the map, whose surface then turns faint. Bad input shows as one line, never a traceback.
+Load reads the particle file (STAR or cryoSPARC .cs; a summary: particles, box, pixel size, optics
+groups) and the map (shown in 3D as an iso-surface, in Å from the box centre) in a worker. The
+threshold slider moves the iso-surface and is the level "Fill and fit" uses:
+``engine.consensus_stage.fit_consensus`` runs in a worker and its Gaussians appear as a points layer
+drawn over the map, whose surface then turns faint. Bad input shows as one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def load_inputs(star: Path | None, map_path: Path | None, mask: Path | None):
     yield Progress("load", 0, 2, message="reading inputs")
     loaded = {"star": None, "map": None}
     if star is not None:
+        from ..engine.data.particle_file import read_particle_file
         from ..engine.data.summary import summarise
-        from ..engine.io.particle_file import read_particle_file
 
         table = read_particle_file(star)
         loaded["star"] = summarise(table, star)
@@ -55,8 +56,8 @@ def load_inputs(star: Path | None, map_path: Path | None, mask: Path | None):
             )
         if not voxel_size > 0:
             raise InputError(
-                f"{map_path}: the header gives voxel size {voxel_size}; set it "
-                "(e.g. relion_image_handler --angpix)"
+                f"{map_path}: the header gives voxel size {voxel_size}; set it (e.g. "
+                "relion_image_handler --angpix)"
             )
         if mask is not None:
             mask_volume, mask_voxel = read_map(mask)
@@ -83,14 +84,14 @@ def format_summary(star_summary: dict | None, map_info: tuple | None) -> str:
             pixel = group["pixel_size_angstrom"]
             lines.append(
                 f"  group {group['optics_group']}: {group['particles']} particles, box "
-                f"{group['box'] or '?'} px, pixel size "
-                f"{'?' if pixel is None else f'{pixel:.4g}'} Å"
+                f"{group['box'] or '?'} px, "
+                f"pixel size {'?' if pixel is None else f'{pixel:.4g}'} Å"
             )
     if map_info is not None:
         volume, voxel_size, threshold = map_info
         lines.append(
-            f"map: box {volume.shape[0]} px, voxel size {voxel_size:.4g} Å, "
-            f"automatic threshold {threshold:.4g}"
+            f"map: box {volume.shape[0]} px, voxel size {voxel_size:.4g} Å, automatic threshold "
+            f"{threshold:.4g}"
         )
     if star_summary is not None and map_info is not None:
         width = map_info[0].shape[0] * map_info[1]
@@ -99,8 +100,8 @@ def format_summary(star_summary: dict | None, map_info: tuple | None) -> str:
                 image_width = group["box"] * group["pixel_size_angstrom"]
                 if abs(image_width - width) > 0.01 * width:
                     lines.append(
-                        f"note: group {group['optics_group']}'s images are "
-                        f"{image_width:.1f} Å wide, the map {width:.1f} Å"
+                        f"note: group {group['optics_group']}'s images are {image_width:.1f} Å "
+                        f"wide, the map {width:.1f} Å"
                     )
     return "\n".join(lines)
 

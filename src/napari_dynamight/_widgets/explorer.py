@@ -1,19 +1,20 @@
-"""The latent-space explorer dock widget: scatter/density plot, click-to-decode, lasso, export, paths.
+"""The latent-space explorer dock widget: scatter/density plot, click-to-decode, lasso, export,
+paths.
 
 The per-particle model (embedding, class ids, columns) lives in ``engine.explore``; this widget only
 draws it and forwards events. The two half sets' latent spaces are unrelated coordinate systems, so
-the widget shows one half set at a time (the *half set* selector): its particles (validation particles
-with that half's codes), an embedding fitted on them alone, and that half's decoder. A click (or
-drag) in "decode" mode decodes the latent point under the cursor in a latest-request-wins worker and
-updates one image layer (the volume), one points layer (the deformed Gaussians) and one vectors layer
-(their displacements from the consensus). A lasso in "lasso" mode selects the particles inside; a
-selection is named, stored as rows of the original STAR file, exported as a STAR subset, or
-reconstructed (**Reconstruct selection**: its half maps, full map and FSC, ``reconstruct --subset``).
-Two clicked points define a path (``_explorer_paths``) to save as MRC files (with a ChimeraX script)
-or a movie. A run opens with its median particle decoded (``_explorer_view``: iso-surface, camera
-fitted to the molecule); the rarer controls sit in tabs (``_sections``) so the dock fits 800 px.
-:func:`open_explorer` docks it in a viewer with a run loaded (the run reader, the demo);
-:func:`show_explorer` opens a napari window with it (``napari-dynamight explore``).
+the widget shows one half set at a time (the *half set* selector): its particles (validation
+particles with that half's codes), an embedding fitted on them alone, and that half's decoder. A
+click (or drag) in "decode" mode decodes the latent point under the cursor in a latest-request-wins
+worker and updates one image layer (the volume), one points layer (the deformed Gaussians) and one
+vectors layer (their displacements from the consensus). A lasso in "lasso" mode selects the
+particles inside; a selection is named, stored as rows of the original STAR file, exported as a STAR
+subset, or reconstructed (**Reconstruct selection**: its half maps, full map and FSC, ``reconstruct
+--subset``). Two clicked points define a path (``_explorer_paths``) to save as MRC files (with a
+ChimeraX script) or a movie. A run opens with its median particle decoded (``_explorer_view``:
+iso-surface, camera fitted to the molecule); the rarer controls sit in tabs (``_sections``) so the
+dock fits 800 px. :func:`open_explorer` docks it in a viewer with a run loaded (the run reader, the
+demo); :func:`show_explorer` opens a napari window with it (``napari-dynamight explore``).
 """
 
 from __future__ import annotations
@@ -229,8 +230,8 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         prefer_this_plugin(path)  # dropping this run folder later opens it without the dialog
 
     def show_run_warnings(self, path) -> list[str]:
-        """The run's watchdog warnings (the run file's ``warnings``), above the status and as a napari
-        notification each, so a stalled half set is not discovered from the plot."""
+        """The run's watchdog warnings (the run file's ``warnings``), above the status and as a
+        napari notification each, so a stalled half set is not discovered from the plot."""
         from pathlib import Path
 
         from ..engine.errors import InputError
@@ -264,7 +265,8 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         self.show_half(self.half.value or None)
 
     def set_half(self, half: int | None) -> None:
-        """Show half set ``half`` (1 or 2; None without half sets): its particles, embedding, decoder."""
+        """Show half set ``half`` (1 or 2; None without half sets): its particles, embedding,
+        decoder."""
         if (half or 0) not in self.half.choices:
             self._error(
                 f"{COMMON_LABEL} needs a run folder with its decoders"
@@ -314,9 +316,8 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
             return
         own = len(self.view) - int(self._validation_in_view().sum())
         self.status.value = (
-            f"{self.view.label}: {len(self.view)} of {len(self.data)} particles "
-            f"({own} own, {len(self.view) - own} validation), latent dimension "
-            f"{self.view.latents.shape[1]}"
+            f"{self.view.label}: {len(self.view)} of {len(self.data)} particles ({own} own, "
+            f"{len(self.view) - own} validation), latent dimension {self.view.latents.shape[1]}"
             + ("" if self.decoder else "; no decoder: clicks only mark points")
         )
 
@@ -452,9 +453,9 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
             self.export_selection(path)
 
     def reconstruct_selection(self):
-        """Reconstruct the current selection's particles in a worker (``reconstruct --subset``: standard
-        half maps, or deformed ones) into ``RUN/subsets/NAME/``; then show the half maps and the full
-        map as layers and the FSC curve."""
+        """Reconstruct the current selection's particles in a worker (``reconstruct --subset``:
+        standard half maps, or deformed ones) into ``RUN/subsets/NAME/``; then show the half maps
+        and the full map as layers and the FSC curve."""
         from ..engine.errors import InputError
         from ..engine.io.guard import holding
         from ..engine.reconstruction.stage import subset_folder, subset_name
@@ -468,7 +469,8 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
         run = RunFolder.of(self.data.source) if self.data.source is not None else None
         if run is None or not run.is_run():
             self._error(
-                f"{self.data.source}: not a deformation run folder; open the run folder to reconstruct"
+                f"{self.data.source}: not a deformation run folder; open the run folder "
+                "to reconstruct"
             )
             return None
         rows = self.view.rows[self.current_mask]
@@ -521,8 +523,9 @@ class ExplorerWidget(PathExport, ValidationViews, CommonSpaceView, QWidget):
 def open_explorer(
     viewer, run_path, embedding: str = "pca", half: int | None = None, errors: bool = False
 ) -> ExplorerWidget:
-    """Dock the explorer in ``viewer`` and load ``run_path`` into it; returns the widget. ``half``: the
-    half set to show first (default: half 1); ``errors``: also show the Gaussians' error estimates."""
+    """Dock the explorer in ``viewer`` and load ``run_path`` into it; returns the widget. ``half``:
+    the half set to show first (default: half 1); ``errors``: also show the Gaussians' error
+    estimates."""
     _, widget = viewer.window.add_plugin_dock_widget("napari-dynamight", "Latent-space explorer")
     widget.method.value = embedding
     widget.run.value = run_path
@@ -537,7 +540,8 @@ def open_explorer(
 def show_explorer(
     run_path, embedding: str = "pca", half: int | None = None, errors: bool = False
 ) -> None:
-    """Open napari with the explorer on ``run_path`` (see :func:`open_explorer`) until the window closes."""
+    """Open napari with the explorer on ``run_path`` (see :func:`open_explorer`) until the window
+    closes."""
     import napari
 
     viewer = napari.Viewer(title=f"napari-dynamight explore {run_path}")

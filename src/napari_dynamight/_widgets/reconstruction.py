@@ -58,11 +58,11 @@ def show_outputs(viewer, plot: CurvePlot, prefix: str, maps, fsc) -> None:
         plot.set_curve(0, name, frequency, values)
 
 
-def reconstruct_and_read(run: Path, **options):
+def reconstruct_and_read(run: Path, settings=None, **options):
     """``reconstruct_run`` followed (still in the worker) by reading what it wrote."""
     from ..engine.reconstruction.stage import reconstruct_run
 
-    result = yield from reconstruct_run(run, **options)
+    result = yield from reconstruct_run(run, settings, **options)
     yield Progress("reading the maps", 0, None)
     maps, fsc = read_outputs(Path(result.directory))
     return result, maps, fsc
@@ -124,7 +124,7 @@ class ReconstructionWidget(StageWidget):
             return None
         deformations = bool(self.deformations.value)
         operation = reconstruct_and_read(
-            run, deformations=deformations, device=self.device.value, **settings.to_dict()
+            run, settings, deformations=deformations, device=self.device.value
         )
         operation = holding(
             operation,

@@ -94,7 +94,8 @@ def build_parser(
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (e.g. from SLURM) or SIGHUP: cancels like Ctrl-C; the exit status is 128 + the signal."""
+    """SIGTERM (e.g. from SLURM) or SIGHUP: cancels like Ctrl-C; the exit status is 128 + the
+    signal."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -109,8 +110,9 @@ def _terminate(signum, frame) -> None:
 
 @contextlib.contextmanager
 def _signals_cancel() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Terminated` for the duration (main thread only). A signal the
-    caller ignores stays ignored: ``nohup napari-dynamight ...`` keeps running when the terminal closes."""
+    """SIGTERM and SIGHUP raise :class:`Terminated` for the duration (main thread only). A signal
+    the caller ignores stays ignored: ``nohup napari-dynamight ...`` keeps running when the terminal
+    closes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -137,9 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def execute(command) -> int:
-    """Call ``command()`` (returning an exit status or None) the way every command line runs: SIGTERM
-    and SIGHUP cancel; bad input, a cancel and a full disk end in one line on stderr and the exit
-    status of the table in docs/cli.md; any other exception is a bug and propagates."""
+    """Call ``command()`` (returning an exit status or None) the way every command line runs:
+    SIGTERM and SIGHUP cancel; bad input, a cancel and a full disk end in one line on stderr and the
+    exit status of the table in docs/cli.md; any other exception is a bug and propagates."""
     from ..engine.errors import Cancelled, InputError
 
     try:
@@ -162,8 +164,8 @@ def execute(command) -> int:
     except OSError as error:
         if error.errno not in _DISK_ERRORS:
             raise
-        # A full disk or a folder that became read-only during the run: outputs are written atomically,
-        # so nothing half-written is left; say which file could not be written.
+        # A full disk or a folder that became read-only during the run: outputs are written
+        # atomically, so nothing half-written is left; say which file could not be written.
         print(
             f"error: {error.filename or ''}: {error.strerror}; free space or fix the permissions, "
             "then run the command again (with --resume where it has one)",

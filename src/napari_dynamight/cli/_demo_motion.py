@@ -1,10 +1,10 @@
 """The demo's motion part: train the deformations on the example data and show what they found.
 
-Headless outputs (in the demo folder, ``engine.run_folder.DemoFolder``): the latent space figure (per
-half set, the latent's first two principal components, coloured by the true trajectory frame), a
-selection STAR file (a RELION subset: in each half set the particles on the high side of its first
-principal component, as a lasso in the explorer would export) and a GIF of the motion (projections of
-half 1's volumes decoded along its first principal component).
+Headless outputs (in the demo folder, ``engine.run_folder.DemoFolder``): the latent space figure
+(per half set, the latent's first two principal components, coloured by the true trajectory frame),
+a selection STAR file (a RELION subset: in each half set the particles on the high side of its first
+principal component, as a lasso in the explorer would export) and a GIF of the motion (projections
+of half 1's volumes decoded along its first principal component).
 
 The two half sets are trained independently, so their latent spaces are separate coordinate systems:
 each is looked at on its own.
@@ -25,7 +25,8 @@ MOVIE_FPS = 8
 
 
 def train(args, particles_star: Path, consensus_map: Path, model_path: Path, output: Path) -> dict:
-    """Run optimize-deformations into the demo's run folder (replacing an earlier demo run); its summary."""
+    """Run optimize-deformations into the demo's run folder (replacing an earlier demo run); its
+    summary."""
     from ..engine.deformation.run import optimize_deformations
     from ..engine.deformation.settings import DeformationSettings
     from ._progress import drive
@@ -95,7 +96,8 @@ def improve(args, run_directory: Path) -> dict:
 
 
 def latent_summary(run_directory: Path, labels_csv: Path) -> dict:
-    """Per half set, how well the latent orders its particles by true frame (|Spearman| of the best PC)."""
+    """Per half set, how well the latent orders its particles by true frame (|Spearman| of the best
+    PC)."""
     import pandas as pd
 
     from ..engine.evaluation.metrics import latent_frame_ordering
@@ -169,18 +171,17 @@ def _latent_figure(coords: dict, frames: dict, path: Path) -> None:
 
 
 def _motion_movie(run_directory: Path, latents: np.ndarray, path: Path) -> int:
-    """Half 1's volumes decoded from the 5th to the 95th percentile of its PC 1, projected, as a GIF."""
+    """Half 1's volumes decoded from the 5th to the 95th percentile of its PC 1, projected, as a
+    GIF."""
     from ..engine.deformation.decode import DeformationRun
     from ..engine.explore import straight_path
     from ..engine.io.movie import write_movie
+    from ..engine.statistics import principal_directions
 
-    centred = latents - latents.mean(0)
-    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
-    scores = centred @ direction
-    low, high = np.percentile(scores, [5, 95])
-    path_latents = straight_path(
-        latents.mean(0) + low * direction, latents.mean(0) + high * direction, MOVIE_FRAMES
-    )
+    mean, axes, _ = principal_directions(latents, 1)
+    direction = axes[:, 0]
+    low, high = np.percentile((latents - mean) @ direction, [5, 95])
+    path_latents = straight_path(mean + low * direction, mean + high * direction, MOVIE_FRAMES)
     volumes = DeformationRun.load(run_directory).decode_volumes(path_latents.astype(np.float32))
     projections = volumes.sum(axis=1)
     scale = np.percentile(projections, 99.9)

@@ -76,9 +76,10 @@ _driving = {"file": None, "should_stop": None, "reason": "cancelled"}
 def driving(
     file=None, should_stop: Callable[[], bool] | None = None, reason: str = "cancelled"
 ) -> Iterator[None]:
-    """For the block, every :func:`drive` without a ``file`` draws its bar on ``file``, and stops its
-    operation (:class:`~napari_dynamight.engine.errors.Cancelled` with ``reason``) at the first event
-    after which ``should_stop()`` is true: lets a wrapper run a command unchanged under its own rules."""
+    """For the block, every :func:`drive` without a ``file`` draws its bar on ``file``, and stops
+    its operation (:class:`~napari_dynamight.engine.errors.Cancelled` with ``reason``) at the first
+    event after which ``should_stop()`` is true: lets a wrapper run a command unchanged under its
+    own rules."""
     before = dict(_driving)
     _driving.update(file=file, should_stop=should_stop, reason=reason)
     try:
@@ -150,9 +151,9 @@ def set_threads(threads: int | None) -> None:
 
 
 def drive_on_main_rank(operation: ProgressGenerator[T], description: str) -> T | None:
-    """:func:`drive` on rank 0 of a ``torchrun`` launch (or in one process), silently elsewhere, then
-    leave the process group; the result on rank 0, None on the others (which print nothing). On a
-    failure the process just exits: torchrun then stops the other ranks."""
+    """:func:`drive` on rank 0 of a ``torchrun`` launch (or in one process), silently elsewhere,
+    then leave the process group; the result on rank 0, None on the others (which print nothing). On
+    a failure the process just exits: torchrun then stops the other ranks."""
     from ..engine import distributed
     from ..engine.progress import run as quietly
 

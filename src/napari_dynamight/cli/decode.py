@@ -1,9 +1,9 @@
 """Render the deformed Gaussian model of chosen particles or latent points as MRC maps.
 
 Give either --particles, a text file of 0-based particle indices (row numbers of the run's input
-STAR file; one per line or separated by spaces or commas), or --latent, a .npy array of latent points
-(M x D, or D for one point). Each map is the deformed model rendered at the consensus box and voxel
-size: DIR/particle_NNNNNN.mrc for particles (decoded by the half set that encoded them) and
+STAR file; one per line or separated by spaces or commas), or --latent, a .npy array of latent
+points (M x D, or D for one point). Each map is the deformed model rendered at the consensus box and
+voxel size: DIR/particle_NNNNNN.mrc for particles (decoded by the half set that encoded them) and
 DIR/latent_NNNN.mrc for latent points (decoded by --half, default 1). Beside them, particles.cxc or
 latents.cxc opens the maps in ChimeraX as a volume series (chimerax DIR/latents.cxc); with
 --chimerax-movie NAME.mp4 the script also records a movie of the series.
@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chimerax-movie",
         type=Path,
         metavar="FILE.mp4",
-        help="the ChimeraX script also plays the series and records this movie "
-        "(relative to --output-directory)",
+        help="the ChimeraX script also plays the series and records this movie (relative to "
+        "--output-directory)",
     )
 
 
@@ -86,7 +86,8 @@ def read_latents(path: Path, latent_dim: int):
     points = np.atleast_2d(points)
     if points.ndim != 2 or points.shape[1] != latent_dim:
         raise InputError(
-            f"{path}: latent points have shape {points.shape}; the run's latent dimension is {latent_dim}"
+            f"{path}: latent points have shape {points.shape}; the run's latent dimension is "
+            f"{latent_dim}"
         )
     return points
 

@@ -45,9 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--headless",
         action="store_true",
-        help="do not open a napari window; write the summary, figures, a selection "
-        "STAR file, screenshots and movies rendered by napari (on Xvfb if "
-        "there is no display)",
+        help="do not open a napari window; write the summary, figures, a selection STAR file, "
+        "screenshots and movies rendered by napari (on Xvfb if there is no display)",
     )
     parser.add_argument(
         "--structure",
@@ -94,16 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frames",
         default="all",
-        help="trajectory frames to draw particles from: 'all', "
-        "START:STOP[:STEP] or 0,10,20 (0-based; default: all)",
+        help="trajectory frames to draw particles from: 'all', START:STOP[:STEP] or 0,10,20 "
+        "(0-based; default: all)",
     )
     parser.add_argument(
         "--n-gaussians",
         type=int,
         default=None,
         metavar="N",
-        help="Gaussians in the consensus model (default: two per residue, "
-        "estimated from the volume above the threshold)",
+        help="Gaussians in the consensus model (default: two per residue, estimated from the "
+        "volume above the threshold)",
     )
     parser.add_argument(
         "--fit-steps",
@@ -132,8 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=10,
         metavar="E",
-        help="inverse-deformation epochs before the deformed reconstruction; 0 skips "
-        "stages 4 and 5 (default: %(default)s)",
+        help="inverse-deformation epochs before the deformed reconstruction; 0 skips stages 4 "
+        "and 5 (default: %(default)s)",
     )
     parser.add_argument(
         "--movie-frames",
@@ -180,9 +179,9 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     """Simulate, read back, fit the consensus Gaussians; return everything the views need."""
     from ..engine.consensus import load_model
     from ..engine.consensus_stage import fit_consensus
+    from ..engine.data.particle_file import read_particles
     from ..engine.data.summary import summarise
     from ..engine.io.mrc import read_map
-    from ..engine.io.star import read_particles
     from ..engine.simulate import simulate
     from ._progress import drive
     from .info import format_summary
@@ -282,9 +281,9 @@ def format_result(result: dict) -> str:
     summary = result["summary"]
     consensus, timings = summary["consensus"], summary["timings"]
     lines = [
-        f"consensus model: {consensus['n_gaussians']} Gaussians, "
-        f"σ {consensus['sigma_angstrom']:.2f} Å, "
-        f"correlation with the map {consensus['correlation_with_map']:.3f}",
+        f"consensus model: {consensus['n_gaussians']} Gaussians, σ "
+        f"{consensus['sigma_angstrom']:.2f} Å, correlation with the map "
+        f"{consensus['correlation_with_map']:.3f}",
     ]
     if "deformations" in summary:
         motion = summary["deformations"]
@@ -293,14 +292,14 @@ def format_result(result: dict) -> str:
             for half, value in motion["latent_ordering"].items()
         )
         lines.append(
-            f"deformations: {motion['epochs']} epochs at box {motion['train_box']}; the best latent "
-            f"PC orders the particles by true frame with |Spearman| {orderings}"
+            f"deformations: {motion['epochs']} epochs at box {motion['train_box']}; the best "
+            f"latent PC orders the particles by true frame with |Spearman| {orderings}"
         )
     if "reconstruction" in summary:
         maps = summary["reconstruction"]
         lines.append(
-            f"half-map resolution (FSC 0.143): {maps['deformed_resolution_angstrom']:.2f} Å with the "
-            f"deformations, {maps['standard_resolution_angstrom']:.2f} Å without; maps in "
+            f"half-map resolution (FSC 0.143): {maps['deformed_resolution_angstrom']:.2f} Å with "
+            f"the deformations, {maps['standard_resolution_angstrom']:.2f} Å without; maps in "
             f"{maps['directory']}"
         )
     lines.append(

@@ -8,8 +8,8 @@ half sets' particles placed by their motion in one common space (--half both; ne
 whose decoders place every particle, cached in common_motion_space.npz). In the explorer,
 click or drag in the plot to see the volume of that latent point, draw a lasso to select particles,
 export a selection as a STAR file (or a cryoSPARC .cs file: name it *.cs; a run made from a .cs
-file keeps every original field and uid), and save the volumes or a movie along a path. Dropping a run
-folder on napari opens the same view.
+file keeps every original field and uid), and save the volumes or a movie along a path. Dropping a
+run folder on napari opens the same view.
 
 example:
   napari-dynamight explore run
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--half",
         choices=("1", "2", "both"),
         default="1",
-        help="half set shown first; both: the common motion space of both halves' "
-        "particles (default: %(default)s)",
+        help="half set shown first; both: the common motion space of both halves' particles "
+        "(default: %(default)s)",
     )
 
 
@@ -89,6 +89,6 @@ def _check_finite(latents, path: Path) -> None:
     row = first_nonfinite_row(latents)
     if row is not None:
         raise InputError(
-            f"{path}: the latent means of row {row + 1} are not finite (NaN or Inf); "
-            "rerun optimize-deformations --resume to write them again"
+            f"{path}: the latent means of row {row + 1} are not finite (NaN or Inf); rerun "
+            "optimize-deformations --resume to write them again"
         )

@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="folder the image names are relative to (default: the STAR file's folder; for .cs the first of "
-        "its folder and parents that holds the images)",
+        help="folder the image names are relative to (default: the STAR file's folder; for .cs "
+        "the first of its folder and parents that holds the images)",
     )
     parser.add_argument(
         "--passthrough",
@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.data.particle_file import read_particle_file
     from ..engine.data.summary import summarise
-    from ..engine.io.particle_file import read_particle_file
 
     table = read_particle_file(args.star, data_root=args.data_root, passthroughs=args.passthrough)
     summary = summarise(table, args.star)
@@ -65,20 +65,20 @@ def _show(value, unit: str = "", digits: int = 4) -> str:
 
 def format_summary(summary: dict) -> str:
     """The summary as aligned text for a terminal."""
+    star = summary["format"] == "STAR"
     lines = [
-        f"{'STAR file:' if summary['format'] == 'STAR' else '.cs file:':17}{summary['star_file']}",
-        f"{'RELION version:' if summary['format'] == 'STAR' else 'format:':17}{summary['relion_version']}",
+        f"{'STAR file:' if star else '.cs file:':17}{summary['star_file']}",
+        f"{'RELION version:' if star else 'format:':17}{summary['relion_version']}",
         f"particles:       {summary['particles']}",
         f"optics groups:   {len(summary['optics_groups'])}",
     ]
     for group in summary["optics_groups"]:
         lines.append(
-            f"  group {group['optics_group']}: {group['particles']} particles, "
-            f"pixel size {_show(group['pixel_size_angstrom'], 'Å')}, "
-            f"box {_show(group['box'], 'px')}, "
-            f"voltage {_show(group['voltage_kilovolts'], 'kV')}, "
-            f"Cs {_show(group['spherical_aberration_millimetres'], 'mm')}, "
-            f"Q0 {_show(group['amplitude_contrast'])}"
+            f"  group {group['optics_group']}: {group['particles']} particles, pixel size "
+            f"{_show(group['pixel_size_angstrom'], 'Å')}, box {_show(group['box'], 'px')}, "
+            f"voltage {_show(group['voltage_kilovolts'], 'kV')}, Cs "
+            f"{_show(group['spherical_aberration_millimetres'], 'mm')}, Q0 "
+            f"{_show(group['amplitude_contrast'])}"
         )
     lines.append(f"poses:           {'yes' if summary['poses'] else 'no'}")
     halves = summary["half_sets"]

@@ -8,15 +8,15 @@ inputs are checked before the first epoch. Images are Fourier-cropped to --box f
 (default: about 3 Å/px, 32-128 px).
 
 Writes into RUN: checkpoints/ (every --checkpoint-every epochs and final.pt), latent_means.npy
-(N x D, input particle order), latent_means_half2_validation.npy, particles.star (all input columns plus
-dmLatent1..D, dmHalfSet, dmValidation, dmErrorAngstrom, dmDisplacementAngstrom; for a cryoSPARC .cs
-input its RELION columns, and input_particles.cs with the original records), consensus_half1/2
+(N x D, input particle order), latent_means_half2_validation.npy, particles.star (all input columns
+plus dmLatent1..D, dmHalfSet, dmValidation, dmErrorAngstrom, dmDisplacementAngstrom; for a cryoSPARC
+.cs input its RELION columns, and input_particles.cs with the original records), consensus_half1/2
 (.pt, .mrc), gaussian_errors.csv, losses.jsonl, losses.png and run.json.
 With --atomic-model FILE (off by default) the Gaussians come from an atomic model fitted in the
 consensus map and the distance regulariser acts on its bonds; the model can bias the maps, so check
-such a run with 'napari-dynamight model-bias RUN' (docs/deformations.md, "Atomic-model prior"). Kill it at any time and
-run the same command with --resume to continue with the same result. See docs/deformations.md
-(cryoSPARC .cs input: docs/cryosparc.md).
+such a run with 'napari-dynamight model-bias RUN' (docs/deformations.md, "Atomic-model prior"). Kill
+it at any time and run the same command with --resume to continue with the same result. See
+docs/deformations.md (cryoSPARC .cs input: docs/cryosparc.md).
 A watchdog prints "warning: ..." on stderr when a half set stalls or the two halves disagree, and
 again at the end (also in run.json's "warnings").
 
@@ -28,7 +28,8 @@ Example:
       --consensus sim/consensus.mrc --output-directory run --epochs 60 --box 32 --seed 0
   napari-dynamight optimize-deformations --particles P3/J12/J12_particles.cs \\
       --consensus P3/J12/J12_volume_map.mrc --output-directory run
-  torchrun --nproc-per-node 4 "$(command -v napari-dynamight)" optimize-deformations --device cuda ...
+  torchrun --nproc-per-node 4 "$(command -v napari-dynamight)" optimize-deformations \\
+      --device cuda ...
 """
 
 from __future__ import annotations
@@ -47,16 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         required=True,
         metavar="FILE",
-        help="particles with poses and CTF: RELION STAR or cryoSPARC .cs (its passthrough files are found "
-        "next to it)",
+        help="particles with poses and CTF: RELION STAR or cryoSPARC .cs (its passthrough files "
+        "are found next to it)",
     )
     add(
         "--passthrough",
         type=Path,
         action="append",
         metavar="CS",
-        help="a passthrough .cs file to merge into a .cs --particles on uid (repeatable; default: the job's "
-        "own *_passthrough_*.cs beside it)",
+        help="a passthrough .cs file to merge into a .cs --particles on uid (repeatable; "
+        "default: the job's own *_passthrough_*.cs beside it)",
     )
     add(
         "--consensus",
@@ -87,16 +88,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--device",
         default="cpu",
-        help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
-        "cuda means each process's own GPU, cuda:LOCAL_RANK",
+        help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun cuda means each "
+        "process's own GPU, cuda:LOCAL_RANK",
     )
     add("--resume", action="store_true", help="continue from the last checkpoint in RUN")
     add(
         "--data-root",
         type=Path,
         metavar="DIR",
-        help="folder that image names are relative to (for .cs: the "
-        "cryoSPARC project folder; default: the particle file's folder, and for .cs also its parents)",
+        help="folder that image names are relative to (for .cs: the cryoSPARC project folder; "
+        "default: the particle file's folder, and for .cs also its parents)",
     )
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
     add_settings_arguments(parser)
@@ -142,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     ending = "stopped by the data-loss rule" if result.stopped_early else "done"
     print(
-        f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, training box {result.train_box}: "
-        f"{result.seconds:.0f} s"
+        f"{result.epochs} epochs ({ending}), {result.n_gaussians} Gaussians, training box "
+        f"{result.train_box}: {result.seconds:.0f} s"
     )
     print(f"run directory: {result.run_directory}")
     print_warnings(result.warnings)  # again at the end, so they are not lost in the log

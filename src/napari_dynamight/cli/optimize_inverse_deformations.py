@@ -17,7 +17,8 @@ disjoint ranks, data-parallel within each, and only rank 0 writes (docs/distribu
 
 Example:
   napari-dynamight optimize-inverse-deformations run --epochs 30 --seed 0
-  torchrun --nproc-per-node 2 "$(command -v napari-dynamight)" optimize-inverse-deformations run --device cuda
+  torchrun --nproc-per-node 2 "$(command -v napari-dynamight)" optimize-inverse-deformations \\
+      run --device cuda
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--device",
         default="cpu",
-        help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun "
-        "cuda means each process's own GPU, cuda:LOCAL_RANK",
+        help="torch device, e.g. cpu or cuda:0 (default: cpu); under torchrun cuda means each "
+        "process's own GPU, cuda:LOCAL_RANK",
     )
     add("--resume", action="store_true", help="continue from the last checkpoint in RUN/inverse")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")

@@ -6,14 +6,15 @@ come out sharp and the half maps stay independent. --no-deformations gives the s
 reconstruction of the same particles (like relion_reconstruct --ctf) for comparison.
 
 Writes RUN/reconstruction/ (or RUN/reconstruction_standard/): half1.mrc, half2.mrc (unfiltered, like
-RELION's run_half1_class001_unfil.mrc, for relion_postprocess), full.mrc (all particles), fsc.csv and
-fsc.png, and maps.cxc, which opens the maps in ChimeraX (chimerax RUN/reconstruction/maps.cxc). See
-docs/reconstruction.md.
+RELION's run_half1_class001_unfil.mrc, for relion_postprocess), full.mrc (all particles), fsc.csv
+and fsc.png, and maps.cxc, which opens the maps in ChimeraX (chimerax RUN/reconstruction/maps.cxc).
+See docs/reconstruction.md.
 
 --subset FILE.star|FILE.cs reconstructs only the particles of a subset of the run (e.g. a selection
-exported by the explorer, or a cryoSPARC .cs; matched by image name), each in its own half set: standard half maps, or with
---deformed the deformed ones, into RUN/subsets/NAME/reconstruction_standard/ (or reconstruction/;
-NAME from the file name) or --output DIR, with the subset's particles.star beside the maps.
+exported by the explorer, or a cryoSPARC .cs; matched by image name), each in its own half set:
+standard half maps, or with --deformed the deformed ones, into
+RUN/subsets/NAME/reconstruction_standard/ (or reconstruction/; NAME from the file name) or --output
+DIR, with the subset's particles.star beside the maps.
 
 Example:
   napari-dynamight reconstruct run --device cpu --batch-size 64
@@ -40,21 +41,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     deformations.add_argument(
         "--deformed",
         action="store_true",
-        help="with --subset: deformed maps (needs the run's inverse deformations); "
-        "without it a subset gives standard maps",
+        help="with --subset: deformed maps (needs the run's inverse deformations); without it a "
+        "subset gives standard maps",
     )
     add(
         "--subset",
         type=Path,
         metavar="FILE",
-        help="reconstruct only the particles in this STAR or cryoSPARC .cs file (a subset of the run's "
-        "particles)",
+        help="reconstruct only the particles in this STAR or cryoSPARC .cs file (a subset of the "
+        "run's particles)",
     )
     add(
         "--output",
         type=Path,
         metavar="DIR",
-        help="folder for the maps (default: RUN/reconstruction, or RUN/subsets/NAME/... for --subset)",
+        help="folder for the maps (default: RUN/reconstruction, or RUN/subsets/NAME/... "
+        "for --subset)",
     )
     add("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     add_options(parser, ReconstructionSettings)
@@ -95,11 +97,11 @@ def run(args: argparse.Namespace) -> int:
     with guard:
         operation = reconstruct_run(
             args.run_directory,
+            settings,
             deformations=deformations,
             device=args.device,
             subset=args.subset,
             output=args.output,
-            **settings.to_dict(),
         )
         result = drive_on_main_rank(operation, "reconstruct")
     if result is None:
@@ -108,11 +110,11 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     print(
-        f"half-map resolution (FSC 0.143): {result.resolution_angstrom:.2f} Å "
-        f"(standard {result.resolution_standard_angstrom:.2f} Å)"
+        f"half-map resolution (FSC 0.143): {result.resolution_angstrom:.2f} Å (standard "
+        f"{result.resolution_standard_angstrom:.2f} Å)"
     )
     print(
-        f"maps in {result.directory}; open them in ChimeraX with "
-        f"chimerax {ReconstructionFolder(result.directory).chimerax_script}"
+        f"maps in {result.directory}; open them in ChimeraX with chimerax "
+        f"{ReconstructionFolder(result.directory).chimerax_script}"
     )
     return 0

@@ -13,11 +13,11 @@ project folder with one of the command lines below, DIR being the job's folder (
       [--preload-images] [--gpu-id G]
 
 Each task runs the napari-dynamight command of that stage on DIR (optimize-deformations, which also
-fits the consensus Gaussians; explore; optimize-inverse-deformations; reconstruct), always continuing
-what an earlier run of the job left. Additional arguments are that command's options (see
+fits the consensus Gaussians; explore; optimize-inverse-deformations; reconstruct), always
+continuing what an earlier run of the job left. Additional arguments are that command's options (see
 'napari-dynamight <command> --help'); the reference names --n-epochs, --n-latent-dimensions and
---mask-file are understood too. deformable-backprojection leaves DIR/backprojection/map_half1.mrc and
-map_half2.mrc, unfiltered half maps for RELION's PostProcess. The job ends with
+--mask-file are understood too. deformable-backprojection leaves DIR/backprojection/map_half1.mrc
+and map_half2.mrc, unfiltered half maps for RELION's PostProcess. The job ends with
 RELION_JOB_EXIT_SUCCESS, _FAILURE or _ABORTED in DIR; RELION_JOB_ABORT_NOW in DIR (the GUI's abort
 button) stops a running task cleanly. See docs/relion.md.
 
@@ -83,8 +83,8 @@ def _common(parser: argparse.ArgumentParser, checkpoint: bool = True) -> None:
             "--checkpoint-file",
             type=Path,
             metavar="FILE",
-            help="the deformation checkpoint to use: only DIR/checkpoints/final.pt, the finished run "
-            "(default: that file)",
+            help="the deformation checkpoint to use: only DIR/checkpoints/final.pt, the finished "
+            "run (default: that file)",
         )
 
 
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--regularization-factor",
         type=float,
         metavar="F",
-        help="weight of the restraints relative to the images: our --regularisation-ratio (default: 0.9)",
+        help="weight of the restraints relative to the images: our --regularisation-ratio "
+        "(default: 0.9)",
     )
     add("--n-threads", type=int, metavar="T", help="CPU threads for torch")
     add(
@@ -186,7 +187,8 @@ def job_directory(argv: Sequence[str]) -> Path | None:
 
 
 class Job:
-    """RELION's files in the job's folder: the exit status it reads and the abort request it writes."""
+    """RELION's files in the job's folder: the exit status it reads and the abort request it
+    writes."""
 
     def __init__(self, directory: Path | None):
         self.directory = directory
@@ -199,7 +201,8 @@ class Job:
                 (self.directory / name).unlink(missing_ok=True)
 
     def abort_requested(self) -> bool:
-        """Whether RELION asked to abort (checked at every progress step); the request is then removed."""
+        """Whether RELION asked to abort (checked at every progress step); the request is then
+        removed."""
         if self.directory is None or not (self.directory / ABORT_NOW).exists():
             return False
         (self.directory / ABORT_NOW).unlink(missing_ok=True)  # as RELION's programs do
@@ -222,7 +225,8 @@ class Job:
 
 
 def torch_device(gpu_id: str | None) -> str:
-    """``--gpu-id G`` as a torch device: cuda:G, or the CPU (with a one-line notice) without CUDA."""
+    """``--gpu-id G`` as a torch device: cuda:G, or the CPU (with a one-line notice) without
+    CUDA."""
     import torch
 
     try:
@@ -235,7 +239,8 @@ def torch_device(gpu_id: str | None) -> str:
     if not torch.cuda.is_available():
         if gpu_id not in (None, ""):
             print(
-                f"notice: --gpu-id {gpu_id}: CUDA is not available on this machine; running on the CPU",
+                f"notice: --gpu-id {gpu_id}: CUDA is not available on this machine; "
+                "running on the CPU",
                 flush=True,
             )
         return "cpu"
@@ -251,8 +256,9 @@ def torch_device(gpu_id: str | None) -> str:
 def check_checkpoint(
     path: Path | None, run_directory: Path, stage: str, also: tuple[Path, ...] = ()
 ) -> None:
-    """``--checkpoint-file``: the later stages work on the finished run, whose latent means belong to its
-    final checkpoint ``DIR/checkpoints/final.pt``; that file (or one of ``also``) is the only choice."""
+    """``--checkpoint-file``: the later stages work on the finished run, whose latent means belong
+    to its final checkpoint ``DIR/checkpoints/final.pt``; that file (or one of ``also``) is the only
+    choice."""
     from ..engine.run_folder import RunFolder
 
     if path is None:
@@ -301,7 +307,8 @@ def _no_extra(extra: Sequence[str], task: str) -> None:
 
 
 def optimize_deformations(args: argparse.Namespace, extra: list[str]) -> int:
-    """A new job (or continuing one without a task): fit the consensus Gaussians, train both halves."""
+    """A new job (or continuing one without a task): fit the consensus Gaussians, train both
+    halves."""
     if args.regularization_factor is not None and not args.regularization_factor >= 0:
         raise InputError(
             f"--regularization-factor {args.regularization_factor}: must not be negative; change "
@@ -373,8 +380,8 @@ def deformable_backprojection(args: argparse.Namespace, extra: list[str]) -> int
     )
     if command.no_deformations:
         raise InputError(
-            "--no-deformations: not for this job, whose output is the deformed half maps; "
-            "remove it from 'Additional arguments'"
+            "--no-deformations: not for this job, whose output is the deformed half maps; remove "
+            "it from 'Additional arguments'"
         )
     status = command.run(command)
     if status:
@@ -394,7 +401,8 @@ def deformable_backprojection(args: argparse.Namespace, extra: list[str]) -> int
 
 
 def explore_latent_space(args: argparse.Namespace, extra: list[str]) -> int:
-    """The explorer on half set H (0: half 1 with the validation error estimates) until its window closes."""
+    """The explorer on half set H (0: half 1 with the validation error estimates) until its window
+    closes."""
     from . import explore
 
     _no_extra(extra, "explore-latent-space")
@@ -419,8 +427,8 @@ RUNS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``napari-dynamight-relion`` console script; returns the exit status and leaves
-    RELION's exit file in the job's folder."""
+    """Entry point of the ``napari-dynamight-relion`` console script; returns the exit status and
+    leaves RELION's exit file in the job's folder."""
     from . import execute
     from ._progress import driving
 
@@ -439,8 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not job.aborted:
                 raise
             print(
-                f"aborted: {ABORT_NOW} found in {job.directory}; outputs are complete or absent; continue "
-                "the job to go on from the last checkpoint",
+                f"aborted: {ABORT_NOW} found in {job.directory}; outputs are complete or absent; "
+                "continue the job to go on from the last checkpoint",
                 file=sys.stderr,
             )
             return 130

@@ -13,10 +13,11 @@ and defocus of every particle; frame_NNN.mrc: the map of every frame used, witho
 written if the run fails or is interrupted.
 
 Variants: --envelope-bfactor B multiplies the signal by exp(-B s^2/4) without writing B to the STAR
-file; --independent-domains 30-59 122-159 moves two domains (residue ranges) independently on a fixed
-CORE (--core-frame), a two-dimensional motion with both domains' frames in labels.csv.
+file; --independent-domains 30-59 122-159 moves two domains (residue ranges) independently on a
+fixed CORE (--core-frame), a two-dimensional motion with both domains' frames in labels.csv.
 
-Example (the adenylate kinase closed-to-open transition bundled in the package's sample_data/ folder):
+Example (the adenylate kinase closed-to-open transition bundled in the package's sample_data/
+folder):
 
   napari-dynamight simulate --structure adk_closed.pdb --trajectory adk_dims.dcd \\
       --output-directory sim --n-particles 2000 --box 64 --pixel-size 1.5 --snr 0.05 \\
@@ -70,7 +71,8 @@ def parse_residue_range(text: str) -> tuple[int, int]:
 
 
 def read_frame_weights(path: str):
-    """One non-negative number per used frame, whitespace or comma separated; '#' starts a comment."""
+    """One non-negative number per used frame, whitespace or comma separated; '#' starts a
+    comment."""
     import numpy as np
 
     try:
@@ -121,8 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frames",
         default="all",
-        help="trajectory frames to draw from: 'all', START:STOP[:STEP] or 0,10,20 "
-        "(0-based; default all)",
+        help="trajectory frames to draw from: 'all', START:STOP[:STEP] or 0,10,20 (0-based; "
+        "default all)",
     )
     parser.add_argument("--voltage", type=float, default=300.0, help="voltage in kV (default 300)")
     parser.add_argument(
@@ -141,14 +143,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frame-weights",
         metavar="FILE",
-        help="text file of one non-negative weight per frame used (instead of --frame-distribution)",
+        help="text file of one non-negative weight per frame used (instead of "
+        "--frame-distribution)",
     )
     parser.add_argument(
         "--envelope-bfactor",
         type=float,
         default=0.0,
         metavar="B",
-        help="envelope B-factor in Å² applied to the signal, NOT written to the STAR file (default 0)",
+        help="envelope B-factor in Å² applied to the signal, NOT written to the STAR "
+        "file (default 0)",
     )
     parser.add_argument(
         "--independent-domains",
@@ -211,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {summary.n_particles} particles ({summary.box} px, "
         f"{summary.pixel_size_angstrom:g} Å/px, {noise}) from {len(summary.frames)} frame(s) of "
-        f"{summary.n_atoms} atoms to "
-        f"{summary.output_directory}: particles.star, particles.mrcs, consensus.mrc, ground_truth/"
+        f"{summary.n_atoms} atoms to {summary.output_directory}: particles.star, particles.mrcs, "
+        "consensus.mrc, ground_truth/"
         + ("" if summary.state_frames is None else f" ({len(summary.state_frames)} domain states)")
     )
     return 0

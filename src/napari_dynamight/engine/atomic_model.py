@@ -49,6 +49,7 @@ from .errors import InputError
 from .gaussians import GaussianModel, render_volume
 from .io.mrc import read_map, read_map_origin
 from .io.structure import read_structure
+from .statistics import map_correlation
 
 KINDS = ("main", "side", "phosphate", "sugar", "base")
 MIN_MAP_CORRELATION = 0.3  # below this the model does not describe the map at all
@@ -282,16 +283,6 @@ def gaussian_model(
     )
 
 
-def correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Pearson correlation of two maps (inside ``mask`` if given)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if mask is not None:
-        a, b = a[mask], b[mask]
-    a, b = a - a.mean(), b - b.mean()
-    denominator = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
-
-
 @dataclass(frozen=True)
 class MapFit:
     """How a model sits in a map: correlation where it is, and the best correlation over shifts."""
@@ -306,7 +297,7 @@ def map_fit(model: GaussianModel, volume: np.ndarray, voxel_size_angstrom: float
     cross-correlation, periodic) that would maximise it."""
     box = volume.shape[0]
     rendered = render_volume(model.to(dtype=torch.float64), box, voxel_size_angstrom).numpy()
-    here = correlation(rendered, volume)
+    here = map_correlation(rendered, volume)
     a, b = rendered - rendered.mean(), volume - volume.mean()
     cross = np.fft.irfftn(
         np.fft.rfftn(b) * np.conj(np.fft.rfftn(a)), s=volume.shape, axes=(0, 1, 2)

@@ -32,8 +32,8 @@ def check_movie_name(path: str | os.PathLike | None, option: str) -> None:
     """Refuse, before any work, a movie name ChimeraX cannot encode (it goes by the suffix)."""
     if path is not None and Path(path).suffix.lower() not in MOVIE_SUFFIXES:
         raise InputError(
-            f"{option} {path}: ChimeraX cannot write this kind of movie; give a file name "
-            f"ending in {', '.join(MOVIE_SUFFIXES)}"
+            f"{option} {path}: ChimeraX cannot write this kind of movie; give a file name ending "
+            f"in {', '.join(MOVIE_SUFFIXES)}"
         )
 
 
@@ -60,7 +60,8 @@ def level_of(volume: np.ndarray) -> float:
 
 
 def quoted(path: str | os.PathLike, folder: str | os.PathLike) -> str:
-    """``path`` relative to ``folder`` with forward slashes, in double quotes (names may hold spaces)."""
+    """``path`` relative to ``folder`` with forward slashes, in double quotes (names may hold
+    spaces)."""
     relative = Path(os.path.relpath(Path(path).absolute(), Path(folder).absolute())).as_posix()
     return '"' + relative.replace('"', '\\"') + '"'
 

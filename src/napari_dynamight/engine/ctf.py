@@ -1,6 +1,8 @@
-"""The contrast transfer function exactly as RELION defines it (``CTF::getCTF``).
+"""The contrast transfer function exactly as RELION defines it (``CTF::getCTF``)::
 
-``ctf(u) = -scale * exp(-B |u|² / 4) * sin(π λ Δf(φ) |u|² + (π/2) Cs λ³ |u|⁴ - φ_shift - atan(Q0 / sqrt(1 - Q0²)))``
+    ctf(u) = -scale * exp(-B |u|² / 4)
+             * sin(π λ Δf(φ) |u|² + (π/2) Cs λ³ |u|⁴ - φ_shift - atan(Q0 / sqrt(1 - Q0²)))
+
 with ``Δf(φ) = -(dU + dV)/2 - (dU - dV)/2 · cos(2(φ - φ_astig))`` and λ the relativistic electron
 wavelength. It is positive at low frequency, so RELION's images are protein-white.
 """
@@ -41,7 +43,8 @@ class CtfParams:
 
     @classmethod
     def broadcast(cls, n: int, **values) -> CtfParams:
-        """Parameters for ``n`` particles from scalars or arrays (defaults: no phase shift, B 0, scale 1)."""
+        """Parameters for ``n`` particles from scalars or arrays (defaults: no phase shift, B 0,
+        scale 1)."""
         defaults = {"phase_shift_degrees": 0.0, "bfactor_angstrom2": 0.0, "scale": 1.0}
         defaults.update(values)
         arrays = {
@@ -89,7 +92,8 @@ def compute_ctf(
 ) -> torch.Tensor:
     """CTF images (N, box, box//2+1) — or (N, box, box) with ``rfft=False`` — for tensor params.
 
-    ``params`` must hold torch tensors (see :meth:`CtfParams.torch`); the result lives on their device.
+    ``params`` must hold torch tensors (see :meth:`CtfParams.torch`); the result lives on their
+    device.
     """
     device, dtype = params.defocus_u_angstrom.device, params.defocus_u_angstrom.dtype
     fx, fy = frequency_grid_2d(box, pixel_size_angstrom, device=device, dtype=dtype, rfft=rfft)

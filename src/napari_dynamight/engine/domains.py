@@ -31,7 +31,8 @@ def _residue_range(value, name: str) -> tuple[int, int]:
 
 
 def _kabsch(mobile: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted least-squares superposition of ``mobile`` (n, 3) onto ``target`` (n, 3), no reflection.
+    """Weighted least-squares superposition of ``mobile`` (n, 3) onto ``target`` (n, 3), no
+    reflection.
 
     Returns a (5, 3) array: rows 0–2 the rotation R, row 3 the mobile centre c_m, row 4 the target
     centre c_t; a point x superposes to ``(x − c_m) @ R.T + c_t``.
@@ -47,7 +48,8 @@ def _kabsch(mobile: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.n
 
 @dataclass
 class DomainFrames:
-    """Trajectory frames superposed on the CORE, for the two-dimensional (independent-domain) motion.
+    """Trajectory frames superposed on the CORE, for the two-dimensional (independent-domain)
+    motion.
 
     ``aligned`` (F, n, 3) Å holds every used frame superposed onto the core frame on the CORE atoms,
     centred on the core frame's atomic-number-weighted centre; ``masks`` (2, n) select the two
@@ -93,7 +95,8 @@ def domain_frames(
     core_frame: int | None = None,
     include_hydrogens: bool = False,
 ) -> DomainFrames:
-    """The used frames superposed on the CORE for an independent-domain simulation (checks inputs)."""
+    """The used frames superposed on the CORE for an independent-domain simulation (checks
+    inputs)."""
     if trajectory is None:
         raise InputError("independent domains need a trajectory: give --trajectory")
     if domains is None or len(domains) != 2:
@@ -105,8 +108,8 @@ def domain_frames(
     for k, (lo, hi) in enumerate(ranges):
         if not masks[k].any():
             raise InputError(
-                f"domain {k + 1} residues {lo}-{hi} select no atom of {atoms.path} "
-                f"(residues {residues.min()}-{residues.max()})"
+                f"domain {k + 1} residues {lo}-{hi} select no atom of {atoms.path} (residues "
+                f"{residues.min()}-{residues.max()})"
             )
     if (masks[0] & masks[1]).any():
         raise InputError(

@@ -9,8 +9,8 @@ import torch
 def fourier_box(box: int, pixel_size_angstrom: float, target_pixel_size_angstrom: float) -> int:
     """The even box that holds the frequencies of ``box`` pixels at the target pixel size.
 
-    The resampled pixel size is exactly ``box * pixel_size / fourier_box(...)``; it equals the target
-    when the ratio of pixel sizes divides the box, and is within ``1 / box`` of it otherwise.
+    The resampled pixel size is exactly ``box * pixel_size / fourier_box(...)``; it equals the
+    target when the ratio of pixel sizes divides the box, and is within ``1 / box`` of it otherwise.
     """
     return max(2, 2 * int(round(box * pixel_size_angstrom / target_pixel_size_angstrom / 2)))
 
@@ -40,7 +40,8 @@ def fourier_resample(
     target_pixel_size_angstrom: float,
     target_box: int,
 ) -> torch.Tensor:
-    """Resample (B, L, L) images to a new pixel size by Fourier cropping/padding, then to ``target_box``.
+    """Resample (B, L, L) images to a new pixel size by Fourier cropping/padding, then to
+    ``target_box``.
 
     Pixel values keep their scale (a constant image stays the same constant). The final real-space
     crop or zero-pad is about the box centre ``L // 2``, so the particle centre stays at the centre.
@@ -56,7 +57,8 @@ def fourier_resample(
 
 
 def radial_index(shape: tuple[int, ...], rfft: bool = True, device=None) -> torch.Tensor:
-    """Integer radius (in Fourier pixels) of each element of an (r)fftn array of a cube of ``shape``."""
+    """Integer radius (in Fourier pixels) of each element of an (r)fftn array of a cube of
+    ``shape``."""
     box = shape[0]
     axes = [torch.fft.fftfreq(box, d=1.0 / box, device=device) for _ in shape[:-1]]
     last = (torch.fft.rfftfreq if rfft else torch.fft.fftfreq)(box, d=1.0 / box, device=device)
@@ -66,7 +68,8 @@ def radial_index(shape: tuple[int, ...], rfft: bool = True, device=None) -> torc
 
 
 def radial_average(values: torch.Tensor, radius: torch.Tensor, n_shells: int) -> torch.Tensor:
-    """Mean of ``values`` over each integer radius shell 0..n_shells-1 (trailing dims match ``radius``)."""
+    """Mean of ``values`` over each integer radius shell 0..n_shells-1 (trailing dims match
+    ``radius``)."""
     flat_r = radius.reshape(-1)
     keep = flat_r < n_shells
     lead = values.shape[: values.ndim - radius.ndim]
@@ -83,7 +86,8 @@ def fsc(
     volume_b: np.ndarray | torch.Tensor,
     voxel_size_angstrom: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fourier shell correlation of two cubic volumes: (shell frequency in 1/Å, FSC), up to Nyquist."""
+    """Fourier shell correlation of two cubic volumes: (shell frequency in 1/Å, FSC), up to
+    Nyquist."""
     a = torch.as_tensor(np.asarray(volume_a), dtype=torch.float64)
     b = torch.as_tensor(np.asarray(volume_b), dtype=torch.float64)
     fa, fb = torch.fft.rfftn(a), torch.fft.rfftn(b)

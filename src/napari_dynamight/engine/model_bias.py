@@ -44,7 +44,6 @@ from .atomic_model import (
     CoarseModel,
     Region,
     coarse_grain,
-    correlation,
     gaussian_model,
     write_moved_structure,
     write_register_shifted_structure,
@@ -61,6 +60,7 @@ from .progress import Progress, ProgressGenerator
 from .reconstruction.stage import reconstruct_run
 from .run_folder import RunFolder
 from .run_identity import check_finished_run
+from .statistics import map_correlation
 
 MODES = ("move", "register")
 BIAS_THRESHOLD = 0.5
@@ -119,7 +119,7 @@ def region_placement(
             moved.view(-1, 1), start + float(t) * (end - start), start
         )
         scores.append(
-            correlation(render_volume(model, box, voxel_size_angstrom).numpy(), volume, mask)
+            map_correlation(render_volume(model, box, voxel_size_angstrom).numpy(), volume, mask)
         )
     scores = np.array(scores)
     at = {float(t): s for t, s in zip(PLACEMENTS, scores, strict=True)}

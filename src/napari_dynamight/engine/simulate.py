@@ -60,6 +60,7 @@ import pandas as pd
 import torch
 
 from .ctf import CtfParams, compute_ctf, frequency_grid_2d
+from .data.particle_file import write_particles
 from .data.particles import table_from_blocks
 from .device import check_device
 from .domains import domain_frames
@@ -69,7 +70,6 @@ from .gaussians import render_volume
 from .geometry import euler_to_matrix, random_euler_angles
 from .io.atomic import atomic_path
 from .io.mrc import write_map
-from .io.star import write_particles
 from .progress import Progress, ProgressGenerator
 from .reconstruction.standard import FourierAccumulator
 from .scene import Scene, build_scene, project_frames

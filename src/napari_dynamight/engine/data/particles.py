@@ -2,7 +2,7 @@
 
 :func:`table_from_blocks` interprets the parsed STAR blocks (RELION 3.0 single block, or 3.1+
 optics + particles) once, validates them, and keeps the original DataFrames untouched so a subset
-can be written back with every column (see ``engine.io.star.write_particles``).
+can be written back with every column (see ``engine.data.particle_file.write_particles``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ CTF_OPTIONAL = {
     "scale": ("rlnCtfScalefactor", 1.0),
 }
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-# The per-particle result columns a deformation run adds to its particle table: dmLatent1..D, dmHalfSet, ...
+# The per-particle result columns a deformation run adds to its particle table: dmLatent1..D,
+# dmHalfSet, ...
 RESULT_PREFIX = "dm"
 LATENT_PREFIX = "dmLatent"
 
@@ -74,8 +75,9 @@ class ParticleTable:
     missing_ctf_columns: tuple[str, ...] = ()
     block_names: dict[str, str] = field(default_factory=dict)
     comments: dict[str, str] = field(default_factory=dict)
-    # cryoSPARC input (``engine.io.cryosparc``): the original records, one per row (every field and
-    # ``uid``, kept for exports back to cryoSPARC), and the .cs field each RELION column came from.
+    # cryoSPARC input (``engine.data.particle_file``): the original records, one per row (every
+    # field and ``uid``, kept for exports back to cryoSPARC), and the .cs field each RELION column
+    # came from.
     records: np.ndarray | None = None
     source_fields: dict[str, str] = field(default_factory=dict)
 
@@ -95,8 +97,8 @@ class ParticleTable:
         if self.missing_ctf_columns:
             missing = ", ".join(self.label(column) for column in self.missing_ctf_columns)
             raise InputError(
-                f"{self.star_path}: missing CTF column(s) {missing}; add them (particles or optics "
-                "table) or run without CTF"
+                f"{self.star_path}: missing CTF column(s) {missing}; add them (particles or "
+                "optics table) or run without CTF"
             )
 
     def require_pixel_size(self) -> None:
@@ -118,8 +120,8 @@ class ParticleTable:
             if bad.any():
                 row = int(np.nonzero(bad)[0][0])
                 raise InputError(
-                    f"{self.star_path}: {self.label('rlnRandomSubset')} is {halves[row]!r} in row {row + 1}; "
-                    "expected 1 or 2 (remove the column for a random split)"
+                    f"{self.star_path}: {self.label('rlnRandomSubset')} is {halves[row]!r} in row "
+                    f"{row + 1}; expected 1 or 2 (remove the column for a random split)"
                 )
             return halves.astype(np.int64)
         n = len(self)
@@ -157,7 +159,8 @@ class ParticleTable:
             in_file = rows[files == name]
             if not os.path.isfile(name):
                 raise InputError(
-                    f"{self.star_path}: image stack {name} not found ({self.label('rlnImageName')} "
+                    f"{self.star_path}: image stack {name} not found "
+                    f"({self.label('rlnImageName')} "
                     f"{self.particles['rlnImageName'].iloc[in_file[0]]!r}); fix the path or give "
                     "the folder the names are relative to (--data-root)"
                 )
@@ -165,9 +168,9 @@ class ParticleTable:
             last = in_file[np.argmax(self.image_indices[in_file])]
             if self.image_indices[last] >= n_images:
                 raise InputError(
-                    f"{self.star_path}: {self.label('rlnImageName')} {self.particles['rlnImageName'].iloc[last]!r} "
-                    f"(row {last + 1}) is past the end of {name} ({n_images} images); "
-                    "fix the STAR file or the stack"
+                    f"{self.star_path}: {self.label('rlnImageName')} "
+                    f"{self.particles['rlnImageName'].iloc[last]!r} (row {last + 1}) is past the "
+                    f"end of {name} ({n_images} images); fix the STAR file or the stack"
                 )
             if ny != nx:
                 raise InputError(f"{name}: images are {ny}×{nx} px; particles must be square")
@@ -176,9 +179,9 @@ class ParticleTable:
             if wrong.any():
                 row = in_file[np.nonzero(wrong)[0][0]]
                 raise InputError(
-                    f"{self.star_path}: {self.label('rlnImageSize')} {int(self.image_box[row])} (optics group "
-                    f"{int(self.optics_group[row])}) disagrees with {name} ({nx}×{nx} px); "
-                    "fix rlnImageSize or use the matching stack"
+                    f"{self.star_path}: {self.label('rlnImageSize')} {int(self.image_box[row])} "
+                    f"(optics group {int(self.optics_group[row])}) disagrees with {name} "
+                    f"({nx}×{nx} px); fix rlnImageSize or use the matching stack"
                 )
             self.image_box[in_file] = nx
 
@@ -222,8 +225,8 @@ class _Columns:
         if bad.any():
             row = int(np.nonzero(bad)[0][0])
             raise InputError(
-                f"{star_path}: column {name} has a non-numeric value '{values.iloc[row]}' "
-                f"(row {row + 1}); fix the STAR file"
+                f"{star_path}: column {name} has a non-numeric value '{values.iloc[row]}' (row "
+                f"{row + 1}); fix the STAR file"
             )
         return numbers
 
@@ -237,8 +240,8 @@ def _optics_rows(particles: pd.DataFrame, optics: pd.DataFrame, star_path: Path)
     if repeated.any():
         row = int(np.nonzero(repeated)[0][0])
         raise InputError(
-            f"{star_path}: rlnOpticsGroup {groups[row]} appears twice in data_optics (row {row + 1}); "
-            "give each optics group once"
+            f"{star_path}: rlnOpticsGroup {groups[row]} appears twice in data_optics (row "
+            f"{row + 1}); give each optics group once"
         )
     if "rlnOpticsGroup" not in particles.columns:
         if len(optics) == 1:
@@ -324,8 +327,8 @@ def _check_names_without_index(names: pd.Series, files: np.ndarray, star_path: P
         if count > 1:
             row = int(np.nonzero(without & (files == name))[0][0])
             raise InputError(
-                f"{star_path}: rlnImageName {names.iloc[row]!r} (row {row + 1}) has no 'N@' but {name} holds "
-                f"{count} images; write the image number, e.g. '1@{Path(name).name}'"
+                f"{star_path}: rlnImageName {names.iloc[row]!r} (row {row + 1}) has no 'N@' but "
+                f"{name} holds {count} images; write the image number, e.g. '1@{Path(name).name}'"
             )
 
 
@@ -394,8 +397,9 @@ def table_from_blocks(
         if negative.any():
             row = int(np.nonzero(negative)[0][0])
             raise InputError(
-                f"{star_path}: {CTF_REQUIRED[field_name]} is {ctf_values[field_name][row]:g} (row {row + 1}); "
-                "defocus must be positive (underfocus, in Å) as RELION writes it; fix the STAR file"
+                f"{star_path}: {CTF_REQUIRED[field_name]} is {ctf_values[field_name][row]:g} (row "
+                f"{row + 1}); defocus must be positive (underfocus, in Å) as RELION writes it; "
+                "fix the STAR file"
             )
 
     base = Path(data_root) if data_root is not None else star_path.parent

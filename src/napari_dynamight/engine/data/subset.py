@@ -1,10 +1,10 @@
-"""Particle subsets of a run: read a subset STAR file, find its particles among the run's, and write a
-subset whose image names still lead to the original images from wherever it is written.
+"""Particle subsets of a run: read a subset STAR file, find its particles among the run's, and write
+a subset whose image names still lead to the original images from wherever it is written.
 
-A run's ``particles.star`` keeps the input STAR's image names, which are relative to the input STAR's
-folder (``run.json``'s ``particles``). A subset particle is found by its image (``NNNNNN@stack``):
-first the stack file it resolves to, then the name as written, then the stack's file name alone
-when only one of the run's stacks has it (a subset saved in another folder).
+A run's ``particles.star`` keeps the input STAR's image names, which are relative to the input
+STAR's folder (``run.json``'s ``particles``). A subset particle is found by its image
+(``NNNNNN@stack``): first the stack file it resolves to, then the name as written, then the stack's
+file name alone when only one of the run's stacks has it (a subset saved in another folder).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..io.particle_file import read_particle_file
-from ..io.star import read_particles, write_particles
 from ..run_folder import RunFolder, image_root
+from .particle_file import read_particle_file, read_particles, write_particles
 from .particles import ParticleTable
 
 
@@ -115,8 +114,8 @@ def relocated_names(table: ParticleTable, rows, folder: str | os.PathLike) -> pd
 
 
 def write_subset(path: str | os.PathLike, table: ParticleTable, rows) -> None:
-    """Write ``rows`` of ``table`` as a STAR subset (all columns, the optics table) whose image names
-    lead to the same original images from ``path``'s folder."""
+    """Write ``rows`` of ``table`` as a STAR subset (all columns, the optics table) whose image
+    names lead to the same original images from ``path``'s folder."""
     rows = np.asarray(rows, dtype=np.int64)
     particles = table.particles.iloc[rows].reset_index(drop=True)
     particles["rlnImageName"] = relocated_names(table, rows, Path(path).parent)

@@ -1,7 +1,8 @@
 """What DynaMight will see in a particle file (STAR or cryoSPARC .cs), as a JSON-ready summary.
 
 ``napari-dynamight info`` prints it, napari's STAR reader keeps it in the layer's metadata and the
-Data widget shows it: particles, optics groups, poses, half sets, defocus range and image stacks found.
+Data widget shows it: particles, optics groups, poses, half sets, defocus range and image stacks
+found.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def _number(value) -> float | None:
 
 
 def _version(table) -> str:
-    """The layout (3.0: one table; 3.1: optics + particles) and the file's ``# version`` comment; for a
-    cryoSPARC file its field count and where the poses came from."""
+    """The layout (3.0: one table; 3.1: optics + particles) and the file's ``# version`` comment;
+    for a cryoSPARC file its field count and where the poses came from."""
     if table.records is not None:
         poses = table.source_fields.get("rlnAngleRot", "none")
         return f"cryoSPARC .cs ({len(table.records.dtype.names)} fields; poses: {poses})"
@@ -32,7 +33,8 @@ def _version(table) -> str:
 
 
 def summarise(table, star_path) -> dict:
-    """A JSON-ready summary of a :class:`ParticleTable` (``info``, the napari reader, the Data widget)."""
+    """A JSON-ready summary of a :class:`ParticleTable` (``info``, the napari reader, the Data
+    widget)."""
     groups = []
     for group in np.unique(table.optics_group):
         rows = np.nonzero(table.optics_group == group)[0]
@@ -83,8 +85,8 @@ def summarise(table, star_path) -> dict:
 
 
 def _unusable_stacks(table) -> list[dict]:
-    """The stacks that exist but cannot be used (not MRC, truncated, too few images, wrong box), each
-    with the one-line problem the training commands would report."""
+    """The stacks that exist but cannot be used (not MRC, truncated, too few images, wrong box),
+    each with the one-line problem the training commands would report."""
     from ..errors import InputError
 
     problems = []

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from ..consensus import load_model
+from ..data.particle_file import read_particle_file
 from ..data.particles import ParticleTable
 from ..device import check_device
 from ..errors import InputError
 from ..fourier import fourier_box
 from ..gaussians import GaussianModel
 from ..io.mrc import read_map
-from ..io.particle_file import read_particle_file
 
 TRAINING_PIXEL_ANGSTROM = 3.0  # default training sampling: domain motions need no finer
 MIN_DEFAULT_BOX, MAX_DEFAULT_BOX = 32, 128

@@ -22,12 +22,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..consensus import save_model
+from ..data.particle_file import write_particles
 from ..data.particles import ParticleTable
 from ..gaussians import GaussianModel, render_volume
 from ..io.atomic import atomic_path, save_npy
 from ..io.figure import save_figure
 from ..io.mrc import write_map
-from ..io.star import write_particles
 from ..run_folder import RunFolder
 from .validation import ErrorEstimates
 

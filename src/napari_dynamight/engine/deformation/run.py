@@ -33,11 +33,11 @@ from .. import distributed
 from ..atomic_model import atomic_prior_model, model_bias_reminder
 from ..consensus import automatic_threshold, fill_with_gaussians, fit_to_map, save_model
 from ..consensus_stage import suggested_gaussian_count
+from ..data.particle_file import passthrough_paths
 from ..device import check_device
 from ..errors import InputError
 from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
-from ..io.particle_file import passthrough_paths
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import RunFolder
 from ..run_identity import check_same_inputs, input_identity

@@ -1,7 +1,7 @@
 """Evaluation against simulated ground truth: the Bayes-optimal latent ceiling and quality metrics.
 
-- :mod:`.ceiling` — for each particle, the posterior over the true trajectory frames given its image,
-  pose, origin and CTF: what no method can beat at a given noise level.
+- :mod:`.ceiling` — for each particle, the posterior over the true trajectory frames given its
+  image, pose, origin and CTF: what no method can beat at a given noise level.
 - :mod:`.metrics` — latent ordering (|Spearman| of principal components with the true frame), map
   correlations, error-versus-motion agreement and RMS displacement.
 """

@@ -31,9 +31,9 @@ from scipy.special import logsumexp
 
 from ..ctf import compute_ctf
 from ..data.dataset import ParticleDataset
+from ..data.particle_file import read_particles
 from ..errors import InputError
 from ..gaussians import project_spectrum
-from ..io.star import read_particles
 from ..progress import Progress, ProgressGenerator
 from ..scene import build_scene, project_frames
 from .metrics import abs_spearman
@@ -169,14 +169,15 @@ def bayes_ceiling(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
 ) -> ProgressGenerator[CeilingResult]:
-    """Posterior over frames for every particle of a simulation; a generator returning CeilingResult.
+    """Posterior over frames for every particle of a simulation; a generator returning
+    CeilingResult.
 
     ``simulation_directory`` is a ``napari-dynamight simulate`` output; ``structure``,
     ``trajectory``, ``atom_sigma_angstrom`` and ``include_hydrogens`` must be those of the
     simulation (a pure-noise control can be a folder with its own ``particles.star`` and stack and
-    the original's ``ground_truth``). The frames evaluated are ``frames`` if given, else the simulated
-    ones, then every ``frame_step``-th of them. ``noise_variance`` (σ² per pixel) defaults to the
-    pooled residual of the images against their true frame's projection.
+    the original's ``ground_truth``). The frames evaluated are ``frames`` if given, else the
+    simulated ones, then every ``frame_step``-th of them. ``noise_variance`` (σ² per pixel) defaults
+    to the pooled residual of the images against their true frame's projection.
     """
     directory = Path(simulation_directory)
     table = read_particles(directory / "particles.star")

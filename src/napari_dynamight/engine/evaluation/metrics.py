@@ -1,8 +1,8 @@
 """Metrics that compare learned motions with the simulation's ground truth.
 
 - Latent ordering: the latent space has no preferred axes or sign, so we take its principal
-  components (numpy SVD of the centred embedding) and report |Spearman| of each with the true
-  frame; the issue's criterion is the best of them.
+  components (``engine.statistics.principal_components``) and report |Spearman| of each with the
+  true frame; the issue's criterion is the best of them.
 - Maps: Pearson correlation of a decoded per-particle volume with the particle's true frame map,
   next to the consensus map's correlation with the same true map.
 - Error estimates: Spearman of the estimated error with the true motion size (per particle: RMSD of
@@ -19,6 +19,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.stats import spearmanr
 
+from ..statistics import map_correlation, principal_components
+
 
 def abs_spearman(a, b) -> float:
     """|Spearman ρ| of two 1D sequences; 0 when either is constant (no ordering at all)."""
@@ -30,28 +32,12 @@ def abs_spearman(a, b) -> float:
     return float(abs(spearmanr(a, b).statistic))
 
 
-def principal_components(latent) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N, D) on the principal axes of a latent embedding (N, D), and explained variance ratios.
-
-    Components are ordered by decreasing variance; the sign of each is arbitrary.
-    """
-    x = np.asarray(latent, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    x = x - x.mean(axis=0)
-    _, singular, axes = np.linalg.svd(x, full_matrices=False)
-    variance = singular**2
-    total = variance.sum()
-    ratio = variance / total if total > 0 else np.zeros_like(variance)
-    return x @ axes.T, ratio
-
-
 @dataclass(frozen=True)
 class LatentOrdering:
     """How well principal components of a latent embedding order particles by their true frame.
 
-    ``per_component[k]`` is |Spearman| of PC k (0-based) with the true frame; ``best`` is the largest
-    over the first ``n_components`` PCs and ``best_component`` its index.
+    ``per_component[k]`` is |Spearman| of PC k (0-based) with the true frame; ``best`` is the
+    largest over the first ``n_components`` PCs and ``best_component`` its index.
     """
 
     per_component: tuple[float, ...]
@@ -94,24 +80,11 @@ def latent_frame_ordering(latent, true_frame, n_components: int | None = None) -
     )
 
 
-def map_correlation(a, b, mask=None) -> float:
-    """Pearson correlation of two maps over all voxels (or the voxels where ``mask`` is true)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"maps differ in shape: {a.shape} and {b.shape}")
-    if mask is not None:
-        keep = np.asarray(mask, dtype=bool)
-        a, b = a[keep], b[keep]
-    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-    denominator = np.sqrt((a @ a) * (b @ b))
-    return float(a @ b / denominator) if denominator > 0 else 0.0
-
-
 def decoded_vs_consensus(decoded, truth, consensus, mask=None) -> dict:
     """Per-particle correlation of decoded volumes and of the consensus with each true frame map.
 
-    ``decoded`` and ``truth`` are sequences of maps (one per particle, same order), ``consensus`` one
-    map. Returns the two arrays of correlations, their means and the fraction of particles whose
+    ``decoded`` and ``truth`` are sequences of maps (one per particle, same order), ``consensus``
+    one map. Returns the two arrays of correlations, their means and the fraction of particles whose
     decoded volume beats the consensus.
     """
     decoded_cc, consensus_cc = [], []
@@ -136,7 +109,8 @@ def atom_motion(frame_positions) -> np.ndarray:
 
 
 def frame_motion(frame_positions, reference=None) -> np.ndarray:
-    """RMSD (Å, no superposition) of each frame (F, n, 3) from ``reference`` (n, 3), default the mean."""
+    """RMSD (Å, no superposition) of each frame (F, n, 3) from ``reference`` (n, 3), default the
+    mean."""
     x = np.asarray(frame_positions, dtype=np.float64)
     ref = x.mean(axis=0) if reference is None else np.asarray(reference, dtype=np.float64)
     return np.sqrt(((x - ref) ** 2).sum(-1).mean(-1))

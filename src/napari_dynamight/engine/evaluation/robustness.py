@@ -26,9 +26,9 @@ import torch
 from scipy.special import logsumexp
 
 from ..data.dataset import ParticleDataset
+from ..data.particle_file import read_particles
 from ..errors import InputError
 from ..gaussians import project_spectrum
-from ..io.star import read_particles
 from ..progress import Progress, ProgressGenerator
 from .ceiling import CeilingResult, _half_plane_weights, ctf_batches
 from .metrics import abs_spearman

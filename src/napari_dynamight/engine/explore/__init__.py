@@ -1,4 +1,5 @@
-"""The latent-space explorer's model, in numpy: embedding, selections, paths, the per-particle table.
+"""The latent-space explorer's model, in numpy: embedding, selections, paths, the per-particle
+table.
 
 No Qt or napari here: the explorer widget draws what these functions compute, and the selection
 model (latent N×2, a class id per particle) lives in plain arrays so it stays fast at 10⁶ particles.

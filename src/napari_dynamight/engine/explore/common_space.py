@@ -1,21 +1,21 @@
 """A common motion space: the particles of both half sets placed in one plot by how they move.
 
-The halves' latent spaces are unrelated, but both decoders displace Gaussian models that the run keeps
-aligned in one conformation, so particles can be compared by their motion. Each particle is decoded by
-its own half (validation particles too, with their own half's code; by half 1 where half 2's code is
-missing) at the same points: a subsample of half 1's reference Gaussians, as the run's error estimates
-do (``engine/deformation/validation.py``). The displacements (3 per point, Å) are centred per half —
-the halves are random splits of one data set, so their mean motions agree, while each half's decoder
-adds its own constant offset from its own reference.
+The halves' latent spaces are unrelated, but both decoders displace Gaussian models that the run
+keeps aligned in one conformation, so particles can be compared by their motion. Each particle is
+decoded by its own half (validation particles too, with their own half's code; by half 1 where half
+2's code is missing) at the same points: a subsample of half 1's reference Gaussians, as the run's
+error estimates do (``engine/deformation/validation.py``). The displacements (3 per point, Å) are
+centred per half — the halves are random splits of one data set, so their mean motions agree, while
+each half's decoder adds its own constant offset from its own reference.
 
-Plain PCA of both halves together orders the particles well on its first axis, but its second axis is
-where the two decoders disagree (half 1's motion bends one way, half 2's the other: in 2D the halves
-form an X, same-frame particles 0.4–0.8 RMS apart on the simulated runs). The validation particles,
-decoded by both halves, measure that disagreement: its covariance (regularised by
-:data:`REGULARISATION` of its mean variance) is the unwanted variation, and the two axes are the unit
-directions with the most variance relative to it (``embedding.principal_axes``; 0.08–0.14 RMS apart).
-Without validation particles with both codes, plain PCA is used. Coordinates are in Å (RMS over the
-points).
+Plain PCA of both halves together orders the particles well on its first axis, but its second axis
+is where the two decoders disagree (half 1's motion bends one way, half 2's the other: in 2D the
+halves form an X, same-frame particles 0.4–0.8 RMS apart on the simulated runs). The validation
+particles, decoded by both halves, measure that disagreement: its covariance (regularised by
+:data:`REGULARISATION` of its mean variance) is the unwanted variation, and the two axes are the
+unit directions with the most variance relative to it (``engine.statistics.principal_axes``;
+0.08–0.14 RMS apart). Without validation particles with both codes, plain PCA is used. Coordinates
+are in Å (RMS over the points).
 
 The features are never held all at once: a pass over the validation particles accumulates the
 disagreement, a pass over all particles the per-half sums and the scatter matrix, and a last one
@@ -36,7 +36,8 @@ from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import RunFolder
-from .embedding import Embedding, principal_axes
+from ..statistics import principal_axes
+from .embedding import Embedding
 from .halves import HalfView
 
 BOTH = 3  # the half-set value of the common view, beside half 1 and half 2
@@ -49,9 +50,9 @@ METHOD = "own-half displacements at half 1's Gaussians, centred per half, agains
 
 @dataclass
 class CommonSpace:
-    """Every STAR row's 2D ``coords`` (N, 2) Å, ``explained_variance`` (2,) of the axes, the half whose
-    decoder placed it (``decoded_by`` (N,)), the ``validation`` flags (N,) and the ``codes`` (N, D) it
-    was decoded from (its own half's)."""
+    """Every STAR row's 2D ``coords`` (N, 2) Å, ``explained_variance`` (2,) of the axes, the half
+    whose decoder placed it (``decoded_by`` (N,)), the ``validation`` flags (N,) and the ``codes``
+    (N, D) it was decoded from (its own half's)."""
 
     coords: np.ndarray
     explained_variance: np.ndarray
@@ -67,7 +68,8 @@ class CommonSpace:
         return HalfView(BOTH, np.arange(len(self)), self.codes)
 
     def embedding(self) -> Embedding:
-        """The plot coordinates as an :class:`Embedding` (``nearest`` finds the particle to decode)."""
+        """The plot coordinates as an :class:`Embedding` (``nearest`` finds the particle to
+        decode)."""
         return Embedding(self.coords, self.codes, "common motion space", self.explained_variance)
 
 
@@ -78,7 +80,8 @@ def own_codes(
     half2_validation: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each particle's code by its own half set and that half (N,): ``latents`` hold the own half's
-    codes, validation particles half 1's; a half-2 validation particle gets half 2's code when known."""
+    codes, validation particles half 1's; a half-2 validation particle gets half 2's code when
+    known."""
     codes, by = (
         np.array(latents, dtype=np.float32),
         np.where(validation, 1, half_sets).astype(np.int64),
@@ -99,7 +102,8 @@ def point_subset(n_gaussians: int, n_points: int) -> np.ndarray:
 
 
 def _displacements(run, codes, by, index, batch_size: int):
-    """(rows, displacements (B, 3P) Å) per batch of one half's particles, at half 1's Gaussians ``index``."""
+    """(rows, displacements (B, 3P) Å) per batch of one half's particles, at half 1's Gaussians
+    ``index``."""
     for half in (1, 2):
         rows = np.nonzero(by == half)[0]
         for start in range(0, len(rows), batch_size):
@@ -180,7 +184,8 @@ def compute_common_space(
 
 
 def _load(path: Path, stamp: str, n_points: int, n: int) -> CommonSpace | None:
-    """The cached space when it was made from this state of the run with these settings, else None."""
+    """The cached space when it was made from this state of the run with these settings, else
+    None."""
     try:
         with np.load(path, allow_pickle=False) as cached:
             same = (
@@ -207,8 +212,9 @@ def common_space(
     n_points: int = DEFAULT_POINTS,
     batch_size: int = BATCH_SIZE,
 ) -> ProgressGenerator[CommonSpace]:
-    """The common motion space of a finished run folder: read from its cache when the run is unchanged,
-    else computed (``run``: its ``DeformationRun`` if already loaded) and cached atomically."""
+    """The common motion space of a finished run folder: read from its cache when the run is
+    unchanged, else computed (``run``: its ``DeformationRun`` if already loaded) and cached
+    atomically."""
     from ..run_identity import check_finished_run, run_stamp
 
     folder = RunFolder.of(run_directory)

@@ -18,7 +18,8 @@ from ..errors import InputError
 
 @dataclass
 class Decoded:
-    """One decoded latent point: positions (G, 3) x, y, z in Å from the box centre; volume [z, y, x]."""
+    """One decoded latent point: positions (G, 3) x, y, z in Å from the box centre; volume [z, y,
+    x]."""
 
     latent: np.ndarray
     positions_angstrom: np.ndarray

@@ -1,9 +1,9 @@
 """2D embeddings of latent means for the scatter plot, and the way back from 2D to latent space.
 
-PCA is the default: deterministic, instant at 10⁶ particles, and linear, so straight lines in the plot
-are straight in latent space. UMAP (``umap-learn``, optional) separates clusters better but is slow.
-A clicked 2D point is turned into a latent point as the mean latent of the nearest particles in the
-plot, which works for any embedding and stays on the data.
+PCA is the default: deterministic, instant at 10⁶ particles, and linear, so straight lines in the
+plot are straight in latent space. UMAP (``umap-learn``, optional) separates clusters better but is
+slow. A clicked 2D point is turned into a latent point as the mean latent of the nearest particles
+in the plot, which works for any embedding and stays on the data.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
+from ..statistics import principal_components
 
 NEIGHBOURS_FOR_LATENT = 16
 
@@ -65,41 +66,13 @@ def _check(latents) -> np.ndarray:
 
 
 def pca(latents) -> Embedding:
-    """Projection on the two principal axes (signs fixed so each axis's largest loading is positive)."""
+    """Projection on the two principal axes (signs fixed so each axis's largest loading is
+    positive; ``engine.statistics.principal_components``)."""
     latents = _check(latents)
-    centred = latents.astype(np.float64) - latents.mean(axis=0)
-    if latents.shape[1] == 1:
-        return Embedding(
-            np.column_stack([centred[:, 0], np.zeros(len(latents))]).astype(np.float32),
-            latents,
-            "pca",
-            np.array([1.0]),
-        )
-    axes, explained = principal_axes(centred.T @ centred / max(len(latents) - 1, 1))
-    return Embedding((centred @ axes).astype(np.float32), latents, "pca", explained)
-
-
-def principal_axes(
-    covariance: np.ndarray, against: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The two leading eigenvectors (D, 2) of a covariance matrix (D ≥ 2; signs fixed so each axis's
-    largest loading is positive) and the fraction of the total variance each explains.
-
-    With ``against`` (D, D), a positive definite covariance of unwanted variation, the axes are the
-    unit vectors with the largest variance relative to it (generalised eigenvectors; not orthogonal).
-    """
-    if against is None:
-        values, vectors = np.linalg.eigh(covariance)
-    else:  # through the Cholesky factor L of ``against``: the eigenvectors of L⁻¹ C L⁻ᵀ, mapped back
-        inverse = np.linalg.inv(np.linalg.cholesky(against))
-        values, vectors = np.linalg.eigh(inverse @ covariance @ inverse.T)
-        vectors = inverse.T @ vectors
-        vectors /= np.linalg.norm(vectors, axis=0)
-    order = np.argsort(values)[::-1][:2]
-    axes = vectors[:, order]
-    axes *= np.sign(axes[np.argmax(np.abs(axes), axis=0), [0, 1]])
-    explained = np.einsum("ik,ij,jk->k", axes, covariance, axes)
-    return axes, explained / max(np.trace(covariance), 1e-30)
+    scores, explained = principal_components(latents, 2)
+    coords = np.zeros((len(latents), 2), np.float32)
+    coords[:, : scores.shape[1]] = scores
+    return Embedding(coords, latents, "pca", explained)
 
 
 def umap(latents, seed: int = 0) -> Embedding:

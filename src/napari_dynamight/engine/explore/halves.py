@@ -2,9 +2,9 @@
 
 The two half sets are trained independently, each with its own encoder and decoder, so their latent
 spaces are unrelated coordinate systems: a latent point only means something to the half that made
-it. The explorer therefore embeds, colours, selects and decodes one half at a time. Half ``h``'s view
-holds its training particles with their own codes and every validation particle (held out from both
-halves' training, encoded by both) with half ``h``'s code: half 1's from the run's latent means
+it. The explorer therefore embeds, colours, selects and decodes one half at a time. Half ``h``'s
+view holds its training particles with their own codes and every validation particle (held out from
+both halves' training, encoded by both) with half ``h``'s code: half 1's from the run's latent means
 (``RunFolder.latents``), half 2's from ``RunFolder.latents_half2``. Rows are always rows of the
 original STAR file.
 """

@@ -1,7 +1,7 @@
 """Lasso/polygon selection in numpy, and named selections as one class id per particle.
 
-The hit test is matplotlib's ``Path.contains_points`` on the points inside the polygon's bounding box
-(a cheap pre-filter): about 30 ms for 10⁶ points, so selection never waits for the plot.
+The hit test is matplotlib's ``Path.contains_points`` on the points inside the polygon's bounding
+box (a cheap pre-filter): about 30 ms for 10⁶ points, so selection never waits for the plot.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ class Selections:
             drawn = self.half_of[name]
             where = "the common motion space" if drawn == BOTH else f"half {drawn}"
             raise InputError(
-                f"selection {name!r} was drawn in {where}; the halves' "
-                "latent spaces differ, so give this one another name"
+                f"selection {name!r} was drawn in {where}; the halves' latent spaces differ, so "
+                "give this one another name"
             )
         if name not in self.names:
             self.names.append(name)

@@ -1,16 +1,18 @@
-"""The explorer's per-particle table: latent means plus every numeric STAR column, and STAR or .cs export.
+"""The explorer's per-particle table: latent means plus every numeric STAR column, and STAR or .cs
+export.
 
 A deformation run (``engine/deformation/outputs.py``; file names in ``engine/run_folder.py``) leaves
-the latent means (N, D, in the row order of the input STAR) and a particle table (every input column plus ``dmLatent1..D``,
-``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom``). Either the run
-folder or that STAR file alone can be opened. The two half sets' latent spaces are separate
-coordinate systems: :meth:`ExplorerData.view` gives one half's particles and codes (``halves.py``), and
-:meth:`ExplorerData.columns` that view's per-particle values. A selection (rows of the original STAR)
-is exported with the original columns and the optics table, its image names leading to the original
-images from wherever it is written (``data/subset.py``); the ``dm*`` result columns are dropped unless
-asked for. A file name ending in ``.cs`` exports to cryoSPARC instead (``engine.io.cryosparc``): a run
-made from a ``.cs`` keeps every original field and ``uid`` (``RunFolder.input_records``), and the
-results become ``dynamight/*`` and ``components_mode_K/value`` fields when asked for.
+the latent means (N, D, in the row order of the input STAR) and a particle table (every input column
+plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``,
+``dmDisplacementAngstrom``). Either the run folder or that STAR file alone can be opened. The two
+half sets' latent spaces are separate coordinate systems: :meth:`ExplorerData.view` gives one half's
+particles and codes (``halves.py``), and :meth:`ExplorerData.columns` that view's per-particle
+values. A selection (rows of the original STAR) is exported with the original columns and the optics
+table, its image names leading to the original images from wherever it is written
+(``data/subset.py``); the ``dm*`` result columns are dropped unless asked for. A file name ending in
+``.cs`` exports to cryoSPARC instead (``engine.io.cryosparc``): a run made from a ``.cs`` keeps
+every original field and ``uid`` (``RunFolder.input_records``), and the results become
+``dynamight/*`` and ``components_mode_K/value`` fields when asked for.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.particle_file import read_particle_file, write_cryosparc
 from ..data.particles import LATENT_PREFIX, RESULT_PREFIX, ParticleTable, latent_columns
 from ..data.subset import read_run_particles, write_subset
 from ..errors import InputError
-from ..io.cryosparc import is_cryosparc, write_cryosparc
-from ..io.particle_file import read_particle_file
+from ..io.cryosparc import is_cryosparc
 from ..run_folder import RunFolder
 from .halves import HalfView, half_membership, half_view
 
@@ -55,8 +57,8 @@ class ExplorerData:
             if self.half2_validation.shape != self.latents.shape:
                 raise InputError(
                     f"{self.source}: the half-2 validation codes have shape "
-                    f"{self.half2_validation.shape}, the latent means "
-                    f"{self.latents.shape}; the run's files do not belong together"
+                    f"{self.half2_validation.shape}, the latent means {self.latents.shape}; the "
+                    "run's files do not belong together"
                 )
         self._membership = half_membership(None if self.table is None else self.table.particles)
 
@@ -69,7 +71,8 @@ class ExplorerData:
         return [None] if self._membership is None else [1, 2]
 
     def view(self, half: int | None = None) -> HalfView:
-        """Half ``half``'s particles with that half's codes (None: all, when there are no halves)."""
+        """Half ``half``'s particles with that half's codes (None: all, when there are no
+        halves)."""
         if half not in self.halves:
             raise InputError(
                 f"half set {half} is not in these data; choose one of "
@@ -78,9 +81,9 @@ class ExplorerData:
         return half_view(self.latents, self._membership, half, self.half2_validation)
 
     def own_half(self, half: int) -> HalfView:
-        """Only half set ``half``'s own particles (its validation particles included), in its own latent
-        space: the codes to judge one half's latent space by (``view`` also shows the other half's
-        validation particles, which are held out of both decoders)."""
+        """Only half set ``half``'s own particles (its validation particles included), in its own
+        latent space: the codes to judge one half's latent space by (``view`` also shows the other
+        half's validation particles, which are held out of both decoders)."""
         view = self.view(half)
         if half is None:
             return view
@@ -104,9 +107,10 @@ class ExplorerData:
         return values
 
     def export(self, path: str | os.PathLike, rows, keep_results: bool = False) -> int:
-        """Write particles (a boolean mask (N,) or STAR row indices) as a RELION STAR subset with all
-        columns and the optics table, image names leading to the original images, or as a cryoSPARC .cs
-        file when ``path`` ends in ``.cs`` (``engine.io.cryosparc.write_cryosparc``); returns the count."""
+        """Write particles (a boolean mask (N,) or STAR row indices) as a RELION STAR subset with
+        all columns and the optics table, image names leading to the original images, or as a
+        cryoSPARC .cs file when ``path`` ends in ``.cs``
+        (``engine.data.particle_file.write_cryosparc``); returns the count."""
         if self.table is None:
             raise InputError(
                 "these latent means have no particle table; open a run folder to export"
@@ -132,8 +136,8 @@ def _latents_from_star(table: ParticleTable, path: Path) -> np.ndarray:
     names = latent_columns(table.particles)
     if not names:
         raise InputError(
-            f"{path}: has no latent columns ({LATENT_PREFIX}1, ...); open the "
-            "particles.star of a deformation run, or the run folder"
+            f"{path}: has no latent columns ({LATENT_PREFIX}1, ...); open the particles.star of a "
+            "deformation run, or the run folder"
         )
     return table.particles[names].to_numpy(dtype=np.float32)
 
@@ -167,8 +171,8 @@ def load_run(path: str | os.PathLike) -> ExplorerData:
 
 
 def _with_input_records(table: ParticleTable, run: RunFolder) -> ParticleTable:
-    """``table`` with the run's cryoSPARC input records (if it was made from a .cs file), so that a .cs
-    export keeps every original field."""
+    """``table`` with the run's cryoSPARC input records (if it was made from a .cs file), so that a
+    .cs export keeps every original field."""
     if not run.input_records.is_file():
         return table
     records = np.load(run.input_records, allow_pickle=False)
@@ -185,7 +189,8 @@ def _half2_codes(run: RunFolder) -> np.ndarray | None:
 
 
 def read_gaussian_errors(run_directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Half 1's reference Gaussians (G, 3) x, y, z in Å and their deformation error estimate (G,) Å."""
+    """Half 1's reference Gaussians (G, 3) x, y, z in Å and their deformation error estimate (G,)
+    Å."""
     path = RunFolder(run_directory).gaussian_errors
     if not path.is_file():
         raise InputError(f"{path}: not found; error estimates come with a finished deformation run")

@@ -1,9 +1,11 @@
-"""cryoSPARC ``.cs`` particle files: read into a :class:`ParticleTable`, write subsets back.
+"""cryoSPARC ``.cs`` particle files as plain records and RELION-column DataFrames.
 
-A ``.cs`` file is a NumPy structured array saved with ``np.save``, one record per particle. Reading
-turns the documented fields into the equivalent RELION columns and builds the table with
-``table_from_blocks``, so every check of a STAR input applies to a ``.cs`` input too; the original
-records (merged with the job's passthrough files on ``uid``) stay on the table for exports.
+A ``.cs`` file is a NumPy structured array saved with ``np.save``, one record per particle.
+:func:`read_records` loads one (merged with the job's passthrough files on ``uid``),
+:func:`relion_blocks` turns the documented fields into the equivalent RELION particles and optics
+DataFrames, and :func:`write_records` saves records back. ``engine.data.particle_file`` builds the
+particle table from those DataFrames, so every check of a STAR input applies to a ``.cs`` input
+too, and keeps the original records on the table for exports.
 
 Conversions (cryoSPARC → RELION; pyem's ``metadata/cryosparc2.py`` and cryoDRGN's
 ``parse_pose_csparc`` agree, and the tests check it with projections):
@@ -12,45 +14,47 @@ Conversions (cryoSPARC → RELION; pyem's ``metadata/cryosparc2.py`` and cryoDRG
   ``v``; its rotation matrix ``exp([v]×)`` is the transpose of RELION's matrix ``A``, i.e. ZYZ Euler
   (rot, tilt, psi) are the intrinsic ZYZ angles of ``exp([v]×)``.
 - ``alignments3D/shift`` is RELION's origin in pixels, same sign, in pixels of the alignment
-  (``alignments3D/psize_A``, which differs from ``blob/psize_A`` when the job downsampled the images):
-  origin (Å) = shift × ``alignments3D/psize_A`` (× ``blob/psize_A`` when that field is absent).
-- ``alignments3D/split`` 0/1 is ``rlnRandomSubset`` 1/2 (ignored when every particle has the same value,
-  as in jobs that make no half sets: the halves are then split at random); ``blob/idx`` is 0-based,
-  RELION's ``N@`` 1-based.
-- ``ctf/df1_A``, ``ctf/df2_A`` are defocus U, V (Å); ``ctf/df_angle_rad`` and ``ctf/phase_shift_rad``
-  are radians (RELION: degrees); ``ctf/accel_kv``, ``ctf/cs_mm``, ``ctf/amp_contrast`` as RELION's.
-- ``blob/path`` (a leading ``>`` removed) is relative to the cryoSPARC project folder; it is looked up
-  under ``data_root`` if given, else the ``.cs`` file's folder and then each of its parents.
+  (``alignments3D/psize_A``, which differs from ``blob/psize_A`` when the job downsampled the
+  images): origin (Å) = shift × ``alignments3D/psize_A`` (× ``blob/psize_A`` when that field is
+  absent).
+- ``alignments3D/split`` 0/1 is ``rlnRandomSubset`` 1/2 (ignored when every particle has the same
+  value, as in jobs that make no half sets: the halves are then split at random); ``blob/idx`` is
+  0-based, RELION's ``N@`` 1-based.
+- ``ctf/df1_A``, ``ctf/df2_A`` are defocus U, V (Å); ``ctf/df_angle_rad`` and
+  ``ctf/phase_shift_rad`` are radians (RELION: degrees); ``ctf/accel_kv``, ``ctf/cs_mm``,
+  ``ctf/amp_contrast`` as RELION's.
+- ``blob/path`` (a leading ``>`` removed) is relative to the cryoSPARC project folder; it is looked
+  up under ``data_root`` if given, else the ``.cs`` file's folder and then each of its parents.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.spatial.transform import Rotation
 
-from ..data.particles import ParticleTable, latent_columns, positions, table_from_blocks
 from ..errors import InputError
 from .atomic import save_npy
 
 __all__ = [
-    "is_cryosparc",
-    "read_cryosparc",
-    "write_cryosparc",
-    "passthrough_files",
     "RESULT_FIELDS",
+    "in_cs_terms",
+    "is_cryosparc",
+    "passthrough_files",
+    "read_records",
+    "relion_blocks",
+    "write_records",
 ]
 
 NUMPY_MAGIC = b"\x93NUMPY"
 COMPRESSED_MAGIC = b"CSDAT"  # after one version byte (cryosparc-tools writes \x94 or \x95)
 ALIGNMENT_PREFIXES = ("alignments3D", "alignments_class_0")
 REQUIRED_FIELDS = ("uid", "blob/path", "blob/idx", "blob/psize_A")
-# RELION column: the .cs field it is read from (the pose and shift fields get their prefix at read time).
+# RELION column: the .cs field it is read from (the pose and shift fields get their prefix at read
+# time).
 OPTICS_FIELDS = {
     "rlnImagePixelSize": "blob/psize_A",
     "rlnImageSize": "blob/shape",
@@ -88,14 +92,13 @@ def _load(path: Path) -> np.ndarray:
         head = handle.read(len(NUMPY_MAGIC))
     if head[1:6] == COMPRESSED_MAGIC:
         raise InputError(
-            f"{path}: compressed cryoSPARC .cs format (CSDAT), which NumPy cannot read; "
-            "save it again in the plain format (cryosparc-tools: "
-            "Dataset.load(path).save(out, format=1))"
+            f"{path}: compressed cryoSPARC .cs format (CSDAT), which NumPy cannot read; save it "
+            "again in the plain format (cryosparc-tools: Dataset.load(path).save(out, format=1))"
         )
     if head != NUMPY_MAGIC:
         raise InputError(
-            f"{path}: not a cryoSPARC .cs file (no NumPy header); give a particles .cs "
-            "from a cryoSPARC job folder"
+            f"{path}: not a cryoSPARC .cs file (no NumPy header); give a particles .cs from a "
+            "cryoSPARC job folder"
         )
     try:
         records = np.load(path, allow_pickle=False)
@@ -105,8 +108,8 @@ def _load(path: Path) -> np.ndarray:
         ) from None
     if records.dtype.names is None or records.ndim != 1:
         raise InputError(
-            f"{path}: holds a plain {records.dtype} array of shape {records.shape}, not "
-            "cryoSPARC particle records; give a particles .cs"
+            f"{path}: holds a plain {records.dtype} array of shape {records.shape}, not cryoSPARC "
+            "particle records; give a particles .cs"
         )
     if "uid" not in records.dtype.names:
         raise InputError(
@@ -171,8 +174,8 @@ def _numbers(records: np.ndarray, name: str, path: Path, column: int | None = No
     if column is not None:
         if values.ndim != 2 or values.shape[1] <= column:
             raise InputError(
-                f"{path}: field {name} has shape {values.shape[1:]} per particle; "
-                f"expected at least {column + 1} values"
+                f"{path}: field {name} has shape {values.shape[1:]} per particle; expected at "
+                f"least {column + 1} values"
             )
         values = values[:, column]
     elif values.ndim != 1:
@@ -216,16 +219,17 @@ def _alignment_prefix(records: np.ndarray) -> str | None:
     return next((p for p in ALIGNMENT_PREFIXES if f"{p}/pose" in names), None)
 
 
-def _blocks(
+def relion_blocks(
     records: np.ndarray, path: Path, data_root
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
-    """RELION particles and optics DataFrames equivalent to ``records``, and each column's .cs field."""
+    """RELION particles and optics DataFrames equivalent to ``records``, and each column's .cs
+    field."""
     names = set(records.dtype.names)
     for name in REQUIRED_FIELDS:
         if name not in names:
             raise InputError(
-                f"{path}: missing field {name}; give a particles .cs with image locations "
-                "(or add its passthrough file)"
+                f"{path}: missing field {name}; give a particles .cs with image locations (or add "
+                "its passthrough file)"
             )
     sources = dict(PARTICLE_FIELDS) | OPTICS_FIELDS
     blob_paths = [p[1:] if p.startswith(">") else p for p in _text(records["blob/path"])]
@@ -236,8 +240,8 @@ def _blocks(
     if (index < 0).any() or (index != np.round(index)).any():
         row = int(np.nonzero((index < 0) | (index != np.round(index)))[0][0])
         raise InputError(
-            f"{path}: field blob/idx is {index[row]} in row {row + 1}; "
-            "it must be a 0-based image number"
+            f"{path}: field blob/idx is {index[row]} in row {row + 1}; it must be a 0-based "
+            "image number"
         )
     image_names = [f"{int(i) + 1:06d}@{unique[p]}" for i, p in zip(index, blob_paths)]
     particles = pd.DataFrame({"rlnImageName": image_names})
@@ -292,25 +296,20 @@ def _blocks(
     return particles, optics, sources
 
 
-def _in_cs_terms(error: InputError, sources: dict[str, str]) -> InputError:
-    """A table check's message with RELION column names replaced by the .cs fields they came from."""
+def in_cs_terms(error: InputError, sources: dict[str, str]) -> InputError:
+    """A table check's message with RELION column names replaced by the .cs fields they came
+    from."""
     text = str(error).replace("the STAR file", "the .cs file").replace("STAR file", ".cs file")
     for column in sorted(sources, key=len, reverse=True):
         text = text.replace(column, sources[column])
     return InputError(text)
 
 
-def read_cryosparc(
-    path: str | os.PathLike,
-    data_root: str | os.PathLike | None = None,
-    passthroughs: list[str | os.PathLike] | None = None,
-) -> ParticleTable:
-    """Read a cryoSPARC particles ``.cs`` file (merged with its passthrough files) into a
-    :class:`ParticleTable`; see the module docstring for the conversions.
-
-    ``passthroughs``: extra ``.cs`` files merged on ``uid``; None finds the job's own
-    (:func:`passthrough_files`). ``data_root``: the cryoSPARC project folder image paths are relative to.
-    """
+def read_records(
+    path: str | os.PathLike, passthroughs: list[str | os.PathLike] | None = None
+) -> np.ndarray:
+    """The particle records of a ``.cs`` file, merged on ``uid`` with ``passthroughs`` (None: the
+    job's own, :func:`passthrough_files`)."""
     path = Path(path)
     records = _load(path)
     if len(records) == 0:
@@ -318,126 +317,20 @@ def read_cryosparc(
     extra = passthrough_files(path) if passthroughs is None else [Path(p) for p in passthroughs]
     for extra_path in extra:
         records = _merge(records, path, _load(extra_path), extra_path)
-    particles, optics, sources = _blocks(records, path, data_root)
-    try:
-        table = table_from_blocks(
-            particles, optics, path, block_names={"particles": "particles", "optics": "optics"}
-        )
-    except InputError as error:
-        raise _in_cs_terms(error, sources) from None
-    return replace(table, version="cryoSPARC", records=records, source_fields=sources)
+    return records
 
 
-def _uids(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
-    """A stable 64-bit uid per particle of a STAR input: a hash of its image name."""
-    names = table.particles["rlnImageName"].astype(str).to_numpy()[rows]
-    return np.array(
-        [
-            int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
-            for name in names
-        ],
-        dtype=np.uint64,
-    )
-
-
-def _records_from_table(table: ParticleTable, rows: np.ndarray, folder: Path) -> np.ndarray:
-    """The documented .cs fields of a STAR input's particles ``rows``; image paths relative to ``folder``."""
-    files = [os.path.relpath(name, folder.resolve()) for name in table.image_files[rows]]
-    width = max(len(name.encode("utf-8")) for name in files)
-    fields = [
-        ("uid", "<u8"),
-        ("blob/path", f"S{width}"),
-        ("blob/idx", "<u4"),
-        ("blob/shape", "<u4", (2,)),
-        ("blob/psize_A", "<f4"),
-    ]
-    ctf = table.ctf.select(rows)
-    if table.has_ctf:
-        fields += [
-            ("ctf/accel_kv", "<f4"),
-            ("ctf/cs_mm", "<f4"),
-            ("ctf/amp_contrast", "<f4"),
-            ("ctf/df1_A", "<f4"),
-            ("ctf/df2_A", "<f4"),
-            ("ctf/df_angle_rad", "<f4"),
-            ("ctf/phase_shift_rad", "<f4"),
-        ]
-    if table.has_poses:
-        fields += [
-            ("alignments3D/pose", "<f4", (3,)),
-            ("alignments3D/shift", "<f4", (2,)),
-            ("alignments3D/psize_A", "<f4"),
-        ]
-    if "rlnRandomSubset" in table.particles.columns:
-        fields += [("alignments3D/split", "<u4")]
-    out = np.zeros(len(rows), dtype=fields)
-    out["uid"] = _uids(table, rows)
-    out["blob/path"] = [name.encode("utf-8") for name in files]
-    out["blob/idx"] = table.image_indices[rows]
-    out["blob/shape"] = table.image_box[rows][:, None]
-    pixel = table.pixel_size_angstrom[rows]
-    out["blob/psize_A"] = pixel
-    if table.has_ctf:
-        out["ctf/accel_kv"] = ctf.voltage_kilovolts
-        out["ctf/cs_mm"] = ctf.spherical_aberration_millimetres
-        out["ctf/amp_contrast"] = ctf.amplitude_contrast
-        out["ctf/df1_A"] = ctf.defocus_u_angstrom
-        out["ctf/df2_A"] = ctf.defocus_v_angstrom
-        out["ctf/df_angle_rad"] = np.deg2rad(ctf.defocus_angle_degrees)
-        out["ctf/phase_shift_rad"] = np.deg2rad(ctf.phase_shift_degrees)
-    if table.has_poses:
-        out["alignments3D/pose"] = Rotation.from_euler(
-            "ZYZ", table.euler_degrees[rows], degrees=True
-        ).as_rotvec()
-        out["alignments3D/shift"] = table.origin_angstrom[rows] / pixel[:, None]
-        out["alignments3D/psize_A"] = pixel
-    if "rlnRandomSubset" in table.particles.columns:
-        out["alignments3D/split"] = table.half_sets()[rows] - 1
-    return out
-
-
-def _result_fields(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The run's result columns of ``frame`` as .cs fields: ``dynamight/...`` and, for each latent
-    dimension K (0-based), ``components_mode_K/value`` (and ``/component`` = K) for cryoSPARC's viewers."""
-    fields = {}
-    for k, column in enumerate(latent_columns(frame)):
-        values = frame[column].to_numpy(dtype=np.float32)
-        fields[f"dynamight/latent_{k + 1}"] = values
-        fields[f"components_mode_{k}/component"] = np.full(len(frame), k, dtype=np.uint32)
-        fields[f"components_mode_{k}/value"] = values
-    for column, name in RESULT_FIELDS.items():
-        if column in frame.columns:
-            kind = np.float32 if "Angstrom" in column else np.uint32
-            fields[name] = frame[column].to_numpy().astype(kind)
-    return fields
-
-
-def write_cryosparc(
-    path: str | os.PathLike, table: ParticleTable, index=None, keep_results: bool = True
-) -> None:
-    """Write the chosen particles (all by default) as a cryoSPARC ``.cs`` file, atomically.
-
-    A ``.cs`` input keeps every original field and ``uid`` bit for bit; a STAR input gets the
-    documented fields converted back (uids hashed from the image names, image paths relative to the
-    new file's folder). With ``keep_results`` the run's ``dm*`` columns are added (see :func:`_result_fields`).
-    """
-    path = Path(path)
-    rows = positions(index, len(table))
-    if len(rows) == 0:
-        raise InputError(f"{path}: empty selection, nothing to write; select at least one particle")
-    base = (
-        table.records[rows]
-        if table.records is not None
-        else _records_from_table(table, rows, path.parent)
-    )
-    extra = _result_fields(table.particles.iloc[rows]) if keep_results else {}
-    fields = [(name, base.dtype.fields[name][0]) for name in base.dtype.names]
+def write_records(path: str | os.PathLike, records: np.ndarray, extra: dict | None = None) -> None:
+    """Write ``records`` with the fields ``extra`` (name: one value per record) added or replaced
+    as a ``.cs`` file, atomically."""
+    extra = extra or {}
+    fields = [(name, records.dtype.fields[name][0]) for name in records.dtype.names]
     fields += [
-        (name, values.dtype) for name, values in extra.items() if name not in base.dtype.names
+        (name, values.dtype) for name, values in extra.items() if name not in records.dtype.names
     ]
-    out = np.empty(len(rows), dtype=fields)
-    for name in base.dtype.names:
-        out[name] = base[name]
+    out = np.empty(len(records), dtype=fields)
+    for name in records.dtype.names:
+        out[name] = records[name]
     for name, values in extra.items():
         out[name] = values
     save_npy(path, out)

@@ -1,7 +1,7 @@
 """Save a matplotlib figure as a PNG file without pyplot, so no global backend is chosen or changed.
 
-The engine draws on a bare ``matplotlib.figure.Figure``; this attaches an Agg canvas to it and writes
-the file atomically. Inside napari (which uses the Qt backend) nothing global is touched.
+The engine draws on a bare ``matplotlib.figure.Figure``; this attaches an Agg canvas to it and
+writes the file atomically. Inside napari (which uses the Qt backend) nothing global is touched.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Write several files as one set: all or none of them change, and a marker written last says so.
 
-Every file is first written to a hidden temporary next to its target (``.NAME.XXXXXXXX.tmp.EXT``, the
-pattern ``leftovers.py`` removes). Only when all are complete is the old marker removed, the files
-renamed into place (with SIGINT, SIGTERM and SIGHUP held back for those few renames) and the new
-marker written, listing each file and its size. A set whose marker is missing, or disagrees with
+Every file is first written to a hidden temporary next to its target (``.NAME.XXXXXXXX.tmp.EXT``,
+the pattern ``leftovers.py`` removes). Only when all are complete is the old marker removed, the
+files renamed into place (with SIGINT, SIGTERM and SIGHUP held back for those few renames) and the
+new marker written, listing each file and its size. A set whose marker is missing, or disagrees with
 the files, was not completed.
 """
 
@@ -79,6 +79,6 @@ def check_file_set(marker: str | os.PathLike) -> None:
         path = marker.parent / name
         if not path.is_file() or path.stat().st_size != size:
             raise InputError(
-                f"{path}: does not match {marker.name} (changed or written incompletely); run "
-                "the command that writes it again"
+                f"{path}: does not match {marker.name} (changed or written incompletely); run the "
+                "command that writes it again"
             )

@@ -1,8 +1,8 @@
 """Remove what a killed process left behind: hidden temporary files and staging folders.
 
-Atomic writes (``atomic.py``) go through ``.NAME.XXXXXXXX.tmp[.EXT]`` files and ``simulate`` stages its
-outputs in a hidden ``.simulate-XXXXXXXX`` folder; a ``kill -9`` leaves them. The next writer of the
-folder, once it holds the folder's lock (``lock.py``), removes them before writing anything.
+Atomic writes (``atomic.py``) go through ``.NAME.XXXXXXXX.tmp[.EXT]`` files and ``simulate`` stages
+its outputs in a hidden ``.simulate-XXXXXXXX`` folder; a ``kill -9`` leaves them. The next writer of
+the folder, once it holds the folder's lock (``lock.py``), removes them before writing anything.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ STAGING_FOLDER = re.compile(r"^\.(simulate|old-ground-truth)-[a-z0-9_]{8}$")
 
 
 def find_leftovers(folder: str | os.PathLike) -> list[Path]:
-    """The temporary files and staging folders anywhere below ``folder`` (none if it is absent), except
-    in subfolders locked by another writer."""
+    """The temporary files and staging folders anywhere below ``folder`` (none if it is absent),
+    except in subfolders locked by another writer."""
     found: list[Path] = []
     root = Path(folder)
     if not root.is_dir():
@@ -31,7 +31,8 @@ def find_leftovers(folder: str | os.PathLike) -> list[Path]:
         found += [here / name for name in files if TEMPORARY_FILE.match(name)]
         staging = [name for name in folders if STAGING_FOLDER.match(name)]
         found += [here / name for name in staging]
-        # a subfolder with its own lock file belongs to another writer (e.g. decode's maps inside a run)
+        # a subfolder with its own lock file belongs to another writer (e.g. decode's maps inside a
+        # run)
         folders[:] = [
             name
             for name in folders

@@ -2,8 +2,8 @@
 
 The lock file (``.dynamight.lock``) is also held with ``flock`` while the writer runs, so a writer
 that died (even by ``kill -9``) leaves a stale file that the next writer takes over: one naming a
-process of this host that no longer exists, or (where the file system has ``flock``) of another host.
-A lock held by a live writer refuses the second one with one line.
+process of this host that no longer exists, or (where the file system has ``flock``) of another
+host. A lock held by a live writer refuses the second one with one line.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Write images and movies from numpy frames: the one writer of every GIF, MP4 and PNG the package makes.
+"""Write images and movies from numpy frames: the one writer of every GIF, MP4 and PNG the package
+makes.
 
 Frames are ``(height, width)`` grey or ``(height, width, 3 or 4)`` colour ``uint8`` arrays (alpha is
 dropped). A movie is a GIF (Pillow, looping) or an MP4 (H.264 through imageio-ffmpeg); every file is
@@ -31,8 +32,8 @@ def check_movie_path(path: str | os.PathLike) -> None:
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
             raise InputError(
-                f"{path}: MP4 needs the package imageio-ffmpeg (pip install "
-                "imageio-ffmpeg); or export a .gif"
+                f"{path}: MP4 needs the package imageio-ffmpeg (pip install imageio-ffmpeg); or "
+                "export a .gif"
             ) from None
 
 
@@ -80,8 +81,8 @@ def _fit_macro_blocks(frames: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def write_movie(path: str | os.PathLike, frames, fps: float = 10) -> int:
-    """Write ``frames`` as a looping GIF or an H.264 MP4 (by the suffix) at ``fps`` frames per second,
-    atomically; returns the number of frames.
+    """Write ``frames`` as a looping GIF or an H.264 MP4 (by the suffix) at ``fps`` frames per
+    second, atomically; returns the number of frames.
 
     Frames of different sizes (a window that relaid out during a capture) are cut to the smallest.
     """

@@ -82,8 +82,8 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
 
 def read_map_origin(path: str | os.PathLike) -> tuple[float, float, float]:
-    """Where voxel index 0 of a map lies, (x, y, z) Å in the frame of models built into it: the header's
-    origin, or where that is zero its start indices (nxstart, ...) times the voxel size."""
+    """Where voxel index 0 of a map lies, (x, y, z) Å in the frame of models built into it: the
+    header's origin, or where that is zero its start indices (nxstart, ...) times the voxel size."""
     path = Path(path)
     with _open(path, header_only=True) as mrc:
         origin = tuple(float(mrc.header.origin[axis]) for axis in ("x", "y", "z"))

@@ -27,7 +27,8 @@ def _writable(folder: Path) -> bool:
 
 
 def check_output_folder(path: str | os.PathLike, option: str = "--output-directory") -> Path:
-    """Raise InputError unless ``path`` is a writable folder or can be created as one; returns it."""
+    """Raise InputError unless ``path`` is a writable folder or can be created as one; returns
+    it."""
     path = Path(path)
     existing = path
     while not existing.exists() and not existing.is_symlink():

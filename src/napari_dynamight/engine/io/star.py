@@ -1,8 +1,10 @@
-"""RELION particle STAR files: read (3.0 single block, 3.1+/5 optics + particles) and write subsets.
+"""RELION STAR files as plain DataFrames: read (3.0 single block, 3.1+/5 optics + particles)
+and write loop blocks.
 
-Parsing uses the ``starfile`` package. Writing keeps every original column, the whole optics
-table and the version comment of each block, and prints floats with Python's shortest exact
-representation so that read → write → read gives identical DataFrames.
+Parsing uses the ``starfile`` package. Writing keeps every column and the version comment of each
+block, and prints floats with Python's shortest exact representation so that read → write → read
+gives identical DataFrames. The particle table built from these blocks is
+``engine.data.particle_file``'s.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import pandas as pd
 import starfile
 from starfile.writer import loop_block
 
-from ..data.particles import ParticleTable, positions, table_from_blocks
 from ..errors import InputError
 from .atomic import atomic_path
 
-__all__ = ["read_particles", "read_star_blocks", "write_particles"]
+__all__ = ["read_particle_blocks", "read_star_blocks", "write_star_blocks"]
 
 _DATA_LINE = re.compile(r"^\s*data_(\S*)")
 
@@ -68,17 +69,15 @@ def _particle_block_name(blocks: dict[str, pd.DataFrame], path: Path) -> str:
     )
 
 
-def read_particles(
+def read_particle_blocks(
     star_path: str | os.PathLike,
-    data_root: str | os.PathLike | None = None,
-    pixel_size_angstrom: float | None = None,
-) -> ParticleTable:
-    """Read a RELION particle STAR file into a validated :class:`ParticleTable`.
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, str], dict[str, str]]:
+    """The particle and optics blocks of a RELION particle STAR file, as parsed.
 
-    Image names are relative to the STAR file's folder, or to ``data_root`` if given (for moved
-    projects). ``pixel_size_angstrom`` is used only if the file has no pixel size at all.
-    Image stacks are not opened here except to learn a missing box size; see
-    :meth:`ParticleTable.check_images`.
+    Returns ``(particles, optics, block_names, comments)``: ``optics`` is None for a RELION 3.0
+    file; ``block_names`` maps ``"particles"`` (and ``"optics"``) to the file's block names and
+    ``comments`` holds each block's version comment, so :func:`write_star_blocks` writes the
+    same layout back. ``engine.data.particle_file.read_particles`` turns them into a table.
     """
     path = Path(star_path)
     blocks, comments = read_star_blocks(path)
@@ -88,9 +87,7 @@ def read_particles(
         raise InputError(f"{path}: the particle table is empty; give a STAR file with particles")
     optics = blocks.get("optics") if name != "optics" else None
     block_names = {"particles": name} | ({"optics": "optics"} if optics is not None else {})
-    return table_from_blocks(
-        particles, optics, path, data_root, pixel_size_angstrom, block_names, comments
-    )
+    return particles, optics, block_names, comments
 
 
 def _format_float(value: float) -> str:
@@ -102,22 +99,15 @@ def _block_lines(name: str, frame: pd.DataFrame, comment: str | None) -> list[st
     return lines + list(loop_block(name, frame, float_format=_format_float, separator=" "))
 
 
-def write_particles(path: str | os.PathLike, table: ParticleTable, index=None) -> None:
-    """Write the chosen particles (all by default) to a STAR file, atomically.
+def write_star_blocks(
+    path: str | os.PathLike, blocks: list[tuple[str, pd.DataFrame, str | None]]
+) -> None:
+    """Write loop blocks ``(name, frame, comment)`` to a STAR file in order, atomically.
 
-    ``index`` is a boolean mask or integer positions into ``table``. Every original column is kept,
-    values are unchanged, and the optics table (3.1+) is written whole.
+    Every column is written with its values unchanged (floats in their shortest exact form).
     """
-    rows = positions(index, len(table))
-    if len(rows) == 0:
-        raise InputError(f"{path}: empty selection, nothing to write; select at least one particle")
-    particles = table.particles.iloc[rows].reset_index(drop=True)
-    default_comment = "# version 30001" if table.optics is not None else None
     lines: list[str] = []
-    if table.optics is not None:
-        name = table.block_names.get("optics", "optics")
-        lines += _block_lines(name, table.optics, table.comments.get(name, default_comment))
-    name = table.block_names.get("particles", "particles")
-    lines += _block_lines(name, particles, table.comments.get(name, default_comment))
+    for name, frame, comment in blocks:
+        lines += _block_lines(name, frame, comment)
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,5 +1,6 @@
 """Every option of the reconstruct stage in one place (the command line and the napari form are
-made from them); :func:`engine.reconstruction.stage.reconstruct_run` takes them as keywords."""
+made from them); :func:`engine.reconstruction.stage.reconstruct_run` takes the settings record,
+whose defaults are the only ones."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from dataclasses import dataclass
 
 from ..settings_record import SettingsRecord, option
 from .clusters import DEFAULT_CLUSTERS
-from .stage import DEFAULT_FILTER, FILTERS
+
+FILTERS = ("constant", "wiener")
+DEFAULT_FILTER = "constant"  # measured in bench/bench_filter.py (docs/reconstruction.md)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +36,14 @@ from ..fourier import fsc, resolution_at
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import ReconstructionFolder, RunFolder
 from ..run_identity import check_finished_run, run_stamp
-from .clusters import DEFAULT_CLUSTERS, choose_clusters, quantise
+from .clusters import choose_clusters, quantise
 from .deformed import DeformedAccumulator
 from .inversion import radius_grid
 from .report import write_outputs
+from .settings import DEFAULT_FILTER as DEFAULT_FILTER  # re-exported: the default filter's name
+from .settings import FILTERS, ReconstructionSettings
 
 STAGE = "reconstruction"
-FILTERS = ("constant", "wiener")
-DEFAULT_FILTER = "constant"  # measured in bench/bench_filter.py (docs/reconstruction.md)
 WIENER_CONSTANT = 1e-3  # the constant filter: a small fraction of the shell-mean CTF² weight
 REGION_MARGIN_ANGSTROM = 8.0  # the field is evaluated within this distance of the half's Gaussians
 #: ``clusters=None``: the fewest clusters whose inverse field, at the half's Gaussians, is within this
@@ -64,17 +64,19 @@ class ReconstructionResult:
 
 def reconstruct_run(
     run_directory,
+    settings: ReconstructionSettings | None = None,
     *,
     deformations: bool = True,
     device="cpu",
-    batch_size: int = 64,
-    grid_factor: int = 2,
-    filter: str = DEFAULT_FILTER,
-    clusters: int = DEFAULT_CLUSTERS,
     subset=None,
     output=None,
+    **overrides,
 ) -> ProgressGenerator[ReconstructionResult]:
     """Reconstruct a run's half maps and full map into ``RunFolder.reconstruction(deformations)``.
+
+    ``settings`` (default: :class:`ReconstructionSettings`'s defaults) holds ``batch_size``,
+    ``grid_factor``, ``filter`` and ``clusters``; keyword ``overrides`` replace single fields of it
+    (``reconstruct_run(run, batch_size=100)``).
 
     ``subset``: a STAR file of some of the run's particles (matched by image name), or their row
     indices; only they are reconstructed, each in its own half set, into ``output`` (default
@@ -87,6 +89,9 @@ def reconstruct_run(
     ``FIELD_ERROR_VOXELS`` (``clusters.choose_clusters``). In a ``torchrun`` launch every rank takes its share of each half set, the sums are
     added over the ranks and only rank 0 inverts and writes.
     """
+    settings = replace(settings or ReconstructionSettings(), **overrides)
+    batch_size, grid_factor = settings.batch_size, settings.grid_factor
+    filter, clusters = settings.filter, settings.clusters
     run = RunFolder(run_directory)
     if filter not in FILTERS:
         raise InputError(f"--filter {filter!r} is unknown: use {' or '.join(FILTERS)}")
