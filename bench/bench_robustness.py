@@ -850,7 +850,7 @@ def main(argv=None) -> int:
         )
         report["aggregate"] = aggregate(report["runs"], settings["variants"])
         report["total_wall_seconds"] = round(time.perf_counter() - started, 1)
-        _atomic_json(args.output, _public(report))
+        _atomic_json(args.output, _public(report, Path(settings["work_directory"])))
         status = result.get("error", "ok")
         _echo(f"{result['variant']} seed {result['seed']}: {status} in {result['wall_seconds']} s")
 
@@ -867,7 +867,7 @@ def main(argv=None) -> int:
             for future in futures:
                 record(future.result())
     plot(args.output.with_suffix(".png"), report["runs"], settings["variants"])
-    _atomic_json(args.output, _public(report))
+    _atomic_json(args.output, _public(report, Path(settings["work_directory"])))
     for name, entry in report["aggregate"].items():
         parts = [f"{name}:"]
         for c in ("frame", "domain1", "domain2"):
@@ -896,13 +896,13 @@ def _command(argv: list[str], args) -> str:
     return " ".join(["bench/bench_robustness.py", *words])
 
 
-def _public(report: dict) -> dict:
-    """The report without machine-specific paths (tracebacks keep only file names)."""
-    clean = json.loads(json.dumps(report))
-    for run in clean["runs"]:
-        if "traceback" in run:
-            run["traceback"] = run["traceback"].replace(str(ROOT) + os.sep, "")
-    return clean
+def _public(report: dict, work: Path) -> dict:
+    """The report without machine-specific paths: the repository's prefix dropped, the work
+    directory written WORK (tracebacks and messages such as a refusal name files)."""
+    text = json.dumps(report)
+    for prefix, name in ((str(work), "WORK"), (str(ROOT) + os.sep, "")):
+        text = text.replace(json.dumps(prefix)[1:-1], name)
+    return json.loads(text)
 
 
 if __name__ == "__main__":

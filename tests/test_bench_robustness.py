@@ -58,6 +58,8 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
         assert run["simulation"]["n_particles"] == 200
     # pure noise is refused before training: the amplitude fit finds no trace of the map
     assert "the images do not show the consensus map" in noise["refused"]
+    assert noise["refused"].startswith("WORK/pure_noise_n1000/seed_0/data/particles.star: ")
+    assert str(tmp_path) not in output.read_text()  # no path of this machine in the report
     assert "per_half" not in noise and "training" not in noise
     assert report["aggregate"]["pure_noise_n1000"]["refused_seeds"] == [0]
     # one conformation: nothing to order, the motion and the halves' agreement are recorded

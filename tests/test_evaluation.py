@@ -88,6 +88,26 @@ def test_ceiling_drops_at_snr_0_01(ceilings):
     assert entropy > 0.5  # the oracle is genuinely unsure
 
 
+def test_ceiling_at_a_coarser_resolution_knows_less(ceilings):
+    summary, full = ceilings[0.01]
+    pixel = summary.pixel_size_angstrom
+    everything = run(
+        bayes_ceiling(summary.output_directory, CLOSED, DCD, resolution_angstrom=pixel)
+    )  # 1/pixel lies beyond the half plane's corners: every frequency, the same posterior
+    np.testing.assert_allclose(everything.posterior, full.posterior, rtol=1e-6, atol=1e-9)
+    coarse = run(
+        bayes_ceiling(summary.output_directory, CLOSED, DCD, resolution_angstrom=8 * pixel)
+    )
+    assert coarse.spearman < full.spearman - 0.02
+    entropy = [
+        -(c.posterior * np.log(np.clip(c.posterior, 1e-300, None))).sum(1).mean()
+        for c in (full, coarse)
+    ]
+    assert entropy[1] > entropy[0]  # a blurrier view, a broader posterior
+    with pytest.raises(InputError, match="resolution"):
+        run(bayes_ceiling(summary.output_directory, CLOSED, DCD, resolution_angstrom=0.0))
+
+
 def test_ceiling_frame_subsample_and_bad_input(ceilings, tmp_path):
     summary, _ = ceilings[10.0]
     every_other = run(bayes_ceiling(summary.output_directory, CLOSED, DCD, frame_step=2))

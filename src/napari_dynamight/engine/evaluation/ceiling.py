@@ -156,6 +156,17 @@ def _half_plane_weights(box: int, device) -> torch.Tensor:
     return weights / box**2
 
 
+def _band(box: int, pixel_size: float, resolution_angstrom: float | None, device) -> torch.Tensor:
+    """1 on the rfft2 half plane's frequencies up to 1/resolution (all without one), else 0."""
+    if resolution_angstrom is None:
+        return torch.ones((), device=device)
+    if not (math.isfinite(resolution_angstrom) and resolution_angstrom > 0):
+        raise InputError(f"resolution {resolution_angstrom} Å is invalid: give a positive number")
+    fy = torch.fft.fftfreq(box, d=pixel_size, device=device).view(-1, 1)
+    fx = torch.fft.rfftfreq(box, d=pixel_size, device=device).view(1, -1)
+    return ((fy**2 + fx**2) <= (1.0 / resolution_angstrom) ** 2).to(torch.float32)
+
+
 def bayes_ceiling(
     simulation_directory: str | os.PathLike,
     structure: str | os.PathLike,
@@ -168,6 +179,7 @@ def bayes_ceiling(
     include_hydrogens: bool = False,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    resolution_angstrom: float | None = None,
 ) -> ProgressGenerator[CeilingResult]:
     """Posterior over frames for every particle of a simulation; a generator returning
     CeilingResult.
@@ -178,6 +190,9 @@ def bayes_ceiling(
     the original's ``ground_truth``). The frames evaluated are ``frames`` if given, else the
     simulated ones, then every ``frame_step``-th of them. ``noise_variance`` (σ² per pixel) defaults
     to the pooled residual of the images against their true frame's projection.
+    ``resolution_angstrom`` keeps only the spatial frequencies up to 1/resolution in the likelihood:
+    the ceiling of a method that sees the images at that resolution, such as a training box's
+    Nyquist (default: all).
     """
     directory = Path(simulation_directory)
     table = read_particles(directory / "particles.star")
@@ -209,7 +224,9 @@ def bayes_ceiling(
     if not np.isin(true_frame, scene.frames).all():
         raise InputError(f"{directory}: labels.csv names frames without a frame map; re-simulate")
     evaluated_index = np.searchsorted(scene.frames, evaluated)
-    weights = _half_plane_weights(box, dataset.device)
+    weights = _half_plane_weights(box, dataset.device) * _band(
+        box, pixel_size, resolution_angstrom, dataset.device
+    )
 
     n = len(table)
     cross = np.zeros((n, len(evaluated)))
