@@ -48,7 +48,13 @@ from .trainer import HalfSet
 from .validation import estimate_errors
 
 # Options a resumed run may change: more epochs or refinement rounds, and how the final latents are inferred.
-CHANGEABLE_ON_RESUME = ("epochs", "refinement_rounds", "latent_inference", "posterior_candidates")
+CHANGEABLE_ON_RESUME = (
+    "epochs",
+    "refinement_rounds",
+    "latent_inference",
+    "posterior_candidates",
+    "exact_posteriors",
+)
 
 
 @dataclass
