@@ -122,7 +122,7 @@ def test_posterior_mean_recovers_the_true_candidate_and_shrinks_under_noise():
 
 
 def _screened_case(count=48, snr=1.0):
-    """The two-domain model, ``count`` candidates 16/(count-1) Å apart and 96 particles at ``snr``."""
+    """The two-domain model, ``count`` candidates 16/(count-1) Å apart, 96 particles at ``snr``."""
     model = two_domain_model(n=200)
     candidates = candidate_set(model, np.linspace(-8.0, 8.0, count))
     truth = np.arange(96) % count
