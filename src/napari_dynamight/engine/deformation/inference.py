@@ -223,7 +223,7 @@ def posteriors(
 ) -> torch.Tensor:
     """(B, K) posterior of each particle of a batch over the candidates (uniform prior), computed in
     chunks of :func:`batch_rows` particles: every candidate exactly, or with a ``screen`` the
-    candidates it keeps (the others get zero)."""
+    likeliest exactly and the others from the screen (:func:`_screened_posteriors`)."""
     chunk = batch_rows(len(candidates), candidates.positions.shape[1], box)
     parts = []
     for start in range(0, len(batch["rows"]), chunk):
