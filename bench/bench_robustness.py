@@ -3,6 +3,7 @@
 Usage:
   python bench/bench_robustness.py --output bench/results/robustness.json \
       [--variants NAME ...] [--seeds 0 1 2 3 4] [--epochs E] [--refinement-rounds R] \
+      [--exact-posteriors] \
       [--decoder mlp|factorised] [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
 
 Every (variant, seed) is one run in its own folder ``WORK/<variant>/seed_<s>``: simulate the AdK
@@ -720,6 +721,12 @@ def _arguments(argv=None) -> argparse.Namespace:
         "--decoder", default=None, help="deformation network (default: the engine's)"
     )
     parser.add_argument(
+        "--exact-posteriors",
+        action="store_true",
+        help="evaluate every candidate exactly in the E-steps and the final posterior "
+        "(default: the engine's screen)",
+    )
+    parser.add_argument(
         "--maps",
         nargs="*",
         default=None,
@@ -783,6 +790,8 @@ def settings_from(args) -> dict:
     }
     if args.decoder is not None:
         overrides["decoder"] = args.decoder
+    if args.exact_posteriors:
+        overrides["exact_posteriors"] = True
     if quick:
         overrides |= {"refinement_epochs": 1, "posterior_candidates": 16, "batch_size": 32}
     work = args.work_directory or Path(tempfile.gettempdir()) / "napari_dynamight_bench_robustness"

@@ -3,6 +3,7 @@
 Usage:
   python bench/bench_training.py --output bench/results/training.json [--threads 1] [--device cpu] [--quick]
   python bench/bench_training.py --decoders --output bench/results/training_decoders.json
+  python bench/bench_training.py --e-step --output bench/results/training_e_step.json
   python bench/bench_training.py --quality --output bench/results/training_quality.json
 
 Data: simulated adenylate kinase (the bundled example files, ``engine.simulate``, SNR 0.05, defocus 0.5-2.5 µm)
@@ -28,6 +29,8 @@ Decode: ``DeformationRun.volume`` at box 128, median of repeats, 1 and 2 threads
 ``--device cuda``: the same on a GPU (the JSON records the device's name and the precision).
 ``--decoders``: the two deformation networks ("mlp", "factorised") side by side at 1,000, 10,000 and
 30,000 Gaussians, image box 64 at the default training crop (``DECODERS`` lists the particle counts).
+``--e-step``: the E-step's posteriors with every candidate evaluated exactly and with the screen
+(``inference.Screen``), side by side in one process, at 1,000, 10,000 and 30,000 Gaussians.
 ``--quality``: best-PC |Spearman| with the true frame and throughput, 10,000 Gaussians, with and
 without decoder control points (a short run on the SNR 0.05 data).
 The recorded command shows absolute paths as WORK/... inside the work directory, else relative to the
@@ -52,10 +55,19 @@ import torch
 from napari_dynamight.engine.consensus import fill_with_gaussians, save_model
 from napari_dynamight.engine.consensus_stage import fit_consensus
 from napari_dynamight.engine.data.particle_file import read_particles, write_particles
+from napari_dynamight.engine.deformation.batches import ParticleBatches
 from napari_dynamight.engine.deformation.control_points import ControlPoints
 from napari_dynamight.engine.deformation.decode import DeformationRun, _Half
+from napari_dynamight.engine.deformation.inference import (
+    Candidates,
+    posteriors,
+    screen_for,
+    screened_choice,
+)
+from napari_dynamight.engine.deformation.inputs import read_inputs
 from napari_dynamight.engine.deformation.networks import DeformationDecoder
 from napari_dynamight.engine.deformation.settings import DeformationSettings
+from napari_dynamight.engine.deformation.trainer import HalfSet
 from napari_dynamight.engine.device import check_device
 from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.fourier import centred_resize, fourier_resample
@@ -86,6 +98,8 @@ THROUGHPUT = {
 MEMORY = {"full": ("box64", 1000, (512, 2048)), "quick": ("box64", 100, (64, 96))}
 # Gaussians -> particles timed, for --decoders (fewer where the MLP decoder is slow)
 DECODERS = {"full": {1000: 1500, 10000: 384, 30000: 192}, "quick": {100: 96, 300: 64}}
+# --e-step: (repeats, {Gaussians: particles})
+E_STEP = {"full": (2, {1000: 256, 10000: 64, 30000: 40}), "quick": (1, {100: 64, 300: 40})}
 DECODE = {"full": (128, 0.75, (1000, 2000, 10000), 20), "quick": (32, 3.0, (100, 300), 2)}
 
 
@@ -347,6 +361,85 @@ def decode_times(mode: str, threads: tuple[int, ...], echo) -> list[dict]:
     return rows
 
 
+def e_step_times(work: Path, data: dict, mode: str, threads: int, echo) -> list[dict]:
+    """E-step posteriors exact and screened, side by side in one process (interleaved, the faster
+    of ``E_STEP[mode]`` repeats each), on the box-64 data at the default training box, for each
+    Gaussian count: the particles' posteriors over 128 candidates, each the reference moved by its
+    own smooth random field (an affine map of RMS ~2 Å; a trained decoder's candidates differ the
+    same way), with the noise spectrum of the undeformed reference. Also the screen's agreement
+    with the exact posteriors (L1 distance, mean over particles) and how many candidates it kept."""
+    repeats, sizes = E_STEP[mode]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    for n_gauss, n in sizes.items():
+        inputs = read_inputs(
+            _subset(data["box64"], n), data["box64"] / "consensus.mrc", None,
+            _model(data["box64"], n_gauss), None, None, None, "cpu", 0.0, 0,
+        )  # fmt: skip
+        batches = ParticleBatches(inputs.table, inputs.train_box, "cpu")
+        settings = DeformationSettings()
+        model = inputs.consensus_model
+        half = HalfSet(
+            1, model, np.arange(n), np.zeros(0, np.int64), batches.box, 48.0, settings,
+            torch.ones(model.n_gaussians), torch.device("cpu"),
+        )  # fmt: skip
+        half.fit_amplitude(batches, np.arange(n))
+        half.estimate_noise(batches, np.arange(n), deform=False)
+        reference = half.model(detach=True)
+        generator = torch.Generator().manual_seed(n_gauss)
+        count = settings.posterior_candidates
+        centred = reference.positions_angstrom - reference.positions_angstrom.mean(0)
+        matrix = torch.randn(count, 3, 3, generator=generator) * 0.1
+        shift = torch.randn(count, 1, 3, generator=generator)
+        candidates = Candidates(
+            torch.randn(count, settings.latent_dim, generator=generator),
+            reference.positions_angstrom + centred @ matrix.transpose(1, 2) + shift,
+        )
+        batch = batches.get(np.arange(n))
+        box, pixel = batches.box, batches.pixel_size_angstrom
+        screen = screen_for(False, reference, candidates, box, pixel)
+        seconds = {"exact": [], "screened": []}
+        result = {}
+        for _ in range(repeats):
+            for name, chosen in (("exact", None), ("screened", screen)):
+                start = time.perf_counter()
+                result[name] = posteriors(
+                    batch, candidates, reference, half.noise, box, pixel, chosen
+                )
+                seconds[name].append(time.perf_counter() - start)
+        kept = screened_choice(screen.negative_log_likelihoods(batch, half.noise))[1].sum(1)
+        exact = result["exact"]
+        rows.append(
+            {
+                "data": "box64",
+                "n_gaussians": n_gauss,
+                "train_box": box,
+                "particles": n,
+                "candidates": count,
+                "screen_box": screen.box,
+                "screen_groups": int(screen.positions.shape[1]),
+                "exact_ms_per_particle": 1e3 * min(seconds["exact"]) / n,
+                "screened_ms_per_particle": 1e3 * min(seconds["screened"]) / n,
+                "exact_candidates_kept_mean": float(kept.float().mean()),
+                "posterior_l1_mean": float((result["screened"] - exact).abs().sum(1).mean()),
+                "posterior_entropy_mean": float(
+                    -(exact * exact.clamp_min(1e-30).log()).sum(1).mean()
+                ),
+            }
+        )
+        batches.close()
+        row = rows[-1]
+        echo(
+            f"E-step, {n_gauss} Gaussians, {n} particles: exact "
+            f"{row['exact_ms_per_particle']:.1f} ms/particle, screened "
+            f"{row['screened_ms_per_particle']:.1f} ({row['screen_groups']} groups, "
+            f"{row['exact_candidates_kept_mean']:.1f} kept, L1 {row['posterior_l1_mean']:.3f})"
+        )
+    torch.set_num_threads(previous)
+    return rows
+
+
 def quality(work: Path, args, echo) -> list[dict]:
     """Short runs at 10,000 Gaussians on the SNR 0.05 box-64 data, default training box, with and
     without control points: throughput and best-PC |Spearman| of each half's latents."""
@@ -501,6 +594,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="only the side-by-side throughput of the mlp and factorised decoders",
     )
+    parser.add_argument(
+        "--e-step",
+        action="store_true",
+        help="only the E-step, exact and screened side by side (box 64, 1,000-30,000 Gaussians)",
+    )
     parser.add_argument("--quality-particles", type=int, default=1500)
     parser.add_argument("--quality-epochs", type=int, default=6)
     parser.add_argument("--quality-control-points", type=int, nargs="+", default=[0, 1000])
@@ -539,6 +637,9 @@ def main(argv=None) -> int:
     try:
         if args.quality:
             report["quality"] = quality(work, args, echo)
+        elif args.e_step:
+            data = {"box64": _dataset(work / "box64", *DATA[mode]["box64"])}
+            report["e_step"] = e_step_times(work, data, mode, args.threads, echo)
         elif args.decoders:
             data = {"box64": _dataset(work / "box64", *DATA[mode]["box64"])}
             report["decoders"] = decoders(work, data, mode, args.threads, args.epochs, echo)
@@ -557,7 +658,7 @@ def main(argv=None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.output) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if not (args.quality or args.decoders):
+    if not (args.quality or args.decoders or args.e_step):
         plot(report, args.output.with_suffix(".png"))
     return 0
 

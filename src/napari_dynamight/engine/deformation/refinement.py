@@ -35,7 +35,7 @@ from .. import distributed
 from ..distributed import part_of_mean
 from ..progress import Progress
 from .batches import ParticleBatches
-from .inference import Candidates, batch_rows, half_candidates, posteriors
+from .inference import Candidates, batch_rows, half_candidates, posteriors, screen_for
 from .losses import data_loss, linear_regularisation_loss, regularisation_loss
 from .trainer import HalfSet
 
@@ -52,6 +52,8 @@ def responsibilities(
     its share of the rows and the parts are summed."""
     candidates = Candidates(latents, half.deformed_positions(latents))
     model = half.model(detach=True)
+    box, pixel = batches.box, batches.pixel_size_angstrom
+    screen = screen_for(half.settings.exact_posteriors, model, candidates, box, pixel)
     posterior = torch.zeros(len(rows), len(latents), device=half.device)
     mine = half.group.shard(np.arange(len(rows)))
     chunk = batch_rows(len(latents), candidates.positions.shape[1], batches.box)
@@ -63,8 +65,9 @@ def responsibilities(
             candidates,
             model,
             half.noise,
-            batches.box,
-            batches.pixel_size_angstrom,
+            box,
+            pixel,
+            screen,
         )
         yield Progress(stage, step, len(starts))
     half.group.all_reduce_sum_(posterior)

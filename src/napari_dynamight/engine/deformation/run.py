@@ -51,11 +51,18 @@ from .settings import DeformationSettings
 from .trainer import HalfSet
 from .validation import estimate_errors
 
-# Options a resumed run may change: more epochs or refinement rounds, and how the final latents are inferred.
 # The amplitude fit's z-score below which the images are taken not to show the consensus map: a
 # standard normal number on images of noise, hundreds on simulated AdK particles at SNR 0.01.
 MIN_AMPLITUDE_Z = 8.0
-CHANGEABLE_ON_RESUME = ("epochs", "refinement_rounds", "latent_inference", "posterior_candidates")
+# Options a resumed run may change: more epochs or refinement rounds, and how the final latents are
+# inferred.
+CHANGEABLE_ON_RESUME = (
+    "epochs",
+    "refinement_rounds",
+    "latent_inference",
+    "posterior_candidates",
+    "exact_posteriors",
+)
 
 
 @dataclass

@@ -120,6 +120,12 @@ class DeformationSettings(SettingsRecord):
         maximum=100_000,
         metavar="K",
     )
+    exact_posteriors: bool = option(
+        False,
+        "evaluate every candidate exactly in the refinement's E-steps and the final posterior, "
+        "instead of screening all at half the training box and evaluating the top ones exactly",
+        public=False,
+    )  # engine/deformation/inference.py, Screen
     refinement_rounds: int = option(
         8,
         "EM rounds after the VAE epochs that train each decoder on "
