@@ -240,6 +240,8 @@ def child(args) -> dict:
         result.update(memory_training(work, device))
     elif args.stage == "memory_reconstruction":
         result.update(memory_reconstruction(work, device))
+    elif args.stage.startswith("inversion_"):
+        result.update(inversion_memory(box, args.stage.removeprefix("inversion_"), device))
     elif (
         args.stage == "decode" and not (run_dir / "inverse").is_dir()
     ):  # render the consensus model only
@@ -355,6 +357,81 @@ def memory_reconstruction(work: Path, device) -> dict:
             break
         anon = max(anon, rss_anon_mib())
     return {"peak_anonymous_mib": anon}
+
+
+INVERSION_VARIANTS = ("standard", "deformed", "stage")
+INVERSION_PARTICLES = 8  # per half set; the memory does not depend on it
+
+
+def inversion_memory(box: int, variant: str, device) -> dict:
+    """Peak memory of one reconstruction at ``box`` on random images (no data set needed):
+    ``standard`` one FourierAccumulator and its map; ``deformed`` one DeformedAccumulator with an
+    analytic domain motion (one latent code, warped) in a central region (radius 0.42 box) and its
+    map; ``stage`` two such half sets held at once (as the reconstruct stage holds them) and the map
+    of the first, the stage's peak (its five inversions share one working set)."""
+    import torch
+
+    from napari_dynamight.engine.geometry import euler_to_matrix
+    from napari_dynamight.engine.reconstruction.deformed import DeformedAccumulator
+    from napari_dynamight.engine.reconstruction.standard import FourierAccumulator
+
+    voxel = pixel_size(box)
+    generator = torch.Generator().manual_seed(0)
+
+    def field(latents, points):
+        return points - torch.sigmoid(points[:, 0] / 3.0)[None, :, None] * latents[:, None, :]
+
+    axis = torch.arange(box, device=device, dtype=torch.float32) - box // 2
+    squared = axis**2
+    radius = (squared[:, None, None] + squared[None, :, None] + squared[None, None, :]).sqrt()
+    region = radius < 0.42 * box
+    del radius
+    halves = 2 if variant == "stage" else 1
+    accumulators = []
+    started = time.perf_counter()
+    for _ in range(halves):
+        if variant == "standard":
+            accumulator = FourierAccumulator(box, voxel, device=device)
+        else:
+            accumulator = DeformedAccumulator(box, voxel, field, region, device=device)
+        images = torch.randn(INVERSION_PARTICLES, box, box, generator=generator)
+        rotations = euler_to_matrix(torch.rand(INVERSION_PARTICLES, 3, generator=generator) * 180)
+        shifts = torch.zeros(INVERSION_PARTICLES, 2)
+        if variant == "standard":
+            accumulator.add(images, rotations, shifts)
+        else:
+            codes = torch.tensor([[1.0, 2.0, -1.0]]).expand(INVERSION_PARTICLES, 3)
+            accumulator.add(images, rotations, shifts, None, codes)
+            accumulator.flush()
+        accumulators.append(accumulator)
+    inserted = time.perf_counter()
+    volume = accumulators[0].reconstruct()
+    return {
+        "variant": variant,
+        "particles_per_half": INVERSION_PARTICLES,
+        "half_sets_held": halves,
+        "insertion_and_warp_seconds": inserted - started,
+        "inversion_seconds": time.perf_counter() - inserted,
+        "map_sum": float(volume.double().sum()),
+    }
+
+
+def inversion_check(args) -> list[dict]:
+    """Peak memory of the reconstruction's accumulation and inversion at each box and variant; a
+    variant whose estimate exceeds the memory available is skipped and says so."""
+    rows = []
+    for box in args.inversion_boxes:
+        for variant in args.inversion_variants:
+            held = 2 if variant == "stage" else 1
+            need = held * needed_gib("deformed" if variant != "standard" else "standard", box) / 2
+            if available_gib() < need + HEADROOM_GIB:
+                row = {"stage": f"inversion_{variant}", "box": box, "skipped": "memory"}
+                row["estimate_gib"] = need
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
+            rows.append(run_child(args, f"inversion_{variant}", box, INVERSION_PARTICLES))
+    return rows
 
 
 def tiled_stack(base: Path, out: Path, count: int) -> None:
@@ -767,6 +844,21 @@ def main() -> None:
         "--project-only", action="store_true", help="recompute the projection from --output"
     )
     parser.add_argument("--memory-particles", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument(
+        "--inversion",
+        action="store_true",
+        help="only the reconstruction's peak memory at --inversion-boxes (adds to --output)",
+    )
+    parser.add_argument("--inversion-boxes", type=int, nargs="+", default=[256, 384])
+    parser.add_argument(
+        "--inversion-variants",
+        nargs="+",
+        default=list(INVERSION_VARIANTS),
+        choices=INVERSION_VARIANTS,
+    )
+    parser.add_argument(
+        "--label", default="current", help="names the code measured in the --inversion rows"
+    )
     args = parser.parse_args()
     if args.child:
         args.stage = args.child
@@ -778,6 +870,22 @@ def main() -> None:
         args.output.write_text(json.dumps(data, indent=1))
         plot(data, args.output.with_suffix(".png"))
         print(json.dumps(data["projection"], indent=1))
+        return
+    if args.inversion:
+        data = json.loads(args.output.read_text()) if args.output.is_file() else {}
+        loads = [os.getloadavg()[0]]
+        check = inversion_check(args)
+        loads.append(os.getloadavg()[0])
+        for row in check:
+            row["code"] = args.label
+            row["load_average_during_run"] = loads
+        section = data.setdefault("inversion_memory", {"rows": []})
+        measured = {(r["box"], r["stage"], args.label) for r in check}
+        section["rows"] = [
+            r for r in section["rows"] if (r["box"], r["stage"], r.get("code")) not in measured
+        ] + check
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(data, indent=1))
         return
     if args.memory:
         data = json.loads(args.output.read_text()) if args.output.is_file() else {}
