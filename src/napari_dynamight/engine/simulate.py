@@ -559,7 +559,7 @@ def _write_images(
         half: FourierAccumulator(box, pixel_size, device=device)
         for half in (1, 2)[: 2 if one_pass else 1]
     }
-    subsets = torch.as_tensor(labels["random_subset"].to_numpy(), device=device)
+    subsets = torch.as_tensor(labels["random_subset"].to_numpy().copy(), device=device)
     signal_variance = noise_variance = 0.0
     envelope = (
         image_envelope(box, pixel_size, envelope_bfactor, device) if envelope_bfactor else None
