@@ -5,7 +5,10 @@ Usage:
   python bench/bench_scale.py --work WORK [--device cpu|cuda] [--threads 1] [--boxes 64 128 256 384]
       [--output bench/results/scale_cpu.json]
   python bench/bench_scale.py --work WORK --memory [--memory-box 64] [--memory-particles 2000 20000]
-      (adds the memory check to --output)
+      [--memory-reconstruct 2000]   (adds the memory check to --output; memory_check_boxB when B != 64)
+  python bench/bench_scale.py --work WORK --inversion [--inversion-boxes 256 384]
+      [--inversion-variants standard deformed stage] [--inversion-iterations 10] [--label NAME]
+      (adds the reconstruction's peak memory per box and variant to --output, rows named by --label)
 
 For each box a small simulated adenylate-kinase set (``engine.simulate``; the pixel size scales with the
 box, 1.5 Å × 64 / box, so the molecule fills the same part of every box) goes through the stages, each in
@@ -30,7 +33,11 @@ Memory check (--memory): a simulated set of 500 particles repeated into memory-m
 count; the peak memory of training's set-up and first batches (MEMORY_EVENTS progress events) and of a
 standard reconstruction of every particle, as the peak resident set (VmHWM, which includes the pages
 of the memory-mapped stack that were read) and the peak anonymous memory (RssAnon, sampled at every
-progress event: what the process itself holds).
+progress event: what the process itself holds). With --memory-reconstruct the reconstruction takes
+that many particles spread over the whole stack (its memory does not depend on how many).
+Reconstruction memory (--inversion): random images at each box, no data set; the peak memory of a
+standard accumulator and its map, of a deformed one (analytic motion, one warped code) and its map, and
+of two deformed half sets held at once with the map of one (the reconstruct stage's peak).
 The projection interpolates every cost as a power law of the box between the two measured boxes
 around the target and adds them up for the stage defaults (epochs, refinement rounds, inverse epochs,
 clusters, five inversions per reconstruction). The JSON records the machine's load average.
@@ -239,9 +246,10 @@ def child(args) -> dict:
     elif args.stage == "memory_training":
         result.update(memory_training(work, device))
     elif args.stage == "memory_reconstruction":
-        result.update(memory_reconstruction(work, device))
+        result.update(memory_reconstruction(work, device, args.memory_reconstruct))
     elif args.stage.startswith("inversion_"):
-        result.update(inversion_memory(box, args.stage.removeprefix("inversion_"), device))
+        variant = args.stage.removeprefix("inversion_")
+        result.update(inversion_memory(box, variant, device, args.inversion_iterations))
     elif (
         args.stage == "decode" and not (run_dir / "inverse").is_dir()
     ):  # render the consensus model only
@@ -341,14 +349,17 @@ def memory_training(work: Path, device) -> dict:
     return {"peak_anonymous_mib": anon, "events": MEMORY_EVENTS}
 
 
-def memory_reconstruction(work: Path, device) -> dict:
-    """Peak memory of the standard reconstruction of every particle of the stack of ``work``."""
+def memory_reconstruction(work: Path, device, limit: int = 0) -> dict:
+    """Peak memory of the standard reconstruction of the particles of the stack of ``work``: all,
+    or ``limit`` of them spread evenly over the stack (the table and dataset still of all)."""
     from napari_dynamight.engine.io.star import read_particles
     from napari_dynamight.engine.reconstruction.streaming import reconstruct_particles
 
-    operation = reconstruct_particles(
-        read_particles(work / "stack" / "particles.star"), batch_size=64, device=device
-    )
+    table = read_particles(work / "stack" / "particles.star")
+    indices = None
+    if 0 < limit < len(table):
+        indices = np.unique(np.linspace(0, len(table) - 1, limit).round().astype(np.int64))
+    operation = reconstruct_particles(table, indices, batch_size=64, device=device)
     anon = rss_anon_mib()
     while True:
         try:
@@ -363,12 +374,13 @@ INVERSION_VARIANTS = ("standard", "deformed", "stage")
 INVERSION_PARTICLES = 8  # per half set; the memory does not depend on it
 
 
-def inversion_memory(box: int, variant: str, device) -> dict:
+def inversion_memory(box: int, variant: str, device, iterations: int = 10) -> dict:
     """Peak memory of one reconstruction at ``box`` on random images (no data set needed):
     ``standard`` one FourierAccumulator and its map; ``deformed`` one DeformedAccumulator with an
     analytic domain motion (one latent code, warped) in a central region (radius 0.42 box) and its
     map; ``stage`` two such half sets held at once (as the reconstruct stage holds them) and the map
-    of the first, the stage's peak (its five inversions share one working set)."""
+    of the first, the stage's peak (its five inversions share one working set). ``iterations``:
+    gridding iterations (the memory does not depend on them, the time does)."""
     import torch
 
     from napari_dynamight.engine.geometry import euler_to_matrix
@@ -405,9 +417,10 @@ def inversion_memory(box: int, variant: str, device) -> dict:
             accumulator.flush()
         accumulators.append(accumulator)
     inserted = time.perf_counter()
-    volume = accumulators[0].reconstruct()
+    volume = accumulators[0].reconstruct(gridding_iterations=iterations)
     return {
         "variant": variant,
+        "gridding_iterations": iterations,
         "particles_per_half": INVERSION_PARTICLES,
         "half_sets_held": halves,
         "insertion_and_warp_seconds": inserted - started,
@@ -513,6 +526,8 @@ def run_child(
     ]
     if work is not None:
         command += ["--child-work", str(work)]
+    command += ["--inversion-iterations", str(args.inversion_iterations)]
+    command += ["--memory-reconstruct", str(args.memory_reconstruct)]
     if gaussians is not None:
         command += ["--gaussians", str(gaussians)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -856,6 +871,13 @@ def main() -> None:
         default=list(INVERSION_VARIANTS),
         choices=INVERSION_VARIANTS,
     )
+    parser.add_argument("--inversion-iterations", type=int, default=10)
+    parser.add_argument(
+        "--memory-reconstruct",
+        type=int,
+        default=0,
+        help="--memory: reconstruct this many particles spread over the stack (0: all)",
+    )
     parser.add_argument(
         "--label", default="current", help="names the code measured in the --inversion rows"
     )
@@ -892,8 +914,10 @@ def main() -> None:
         loads = [os.getloadavg()[0]]
         check = memory_check(args)
         loads.append(os.getloadavg()[0])
-        data["memory_check"] = {
+        key = "memory_check" if args.memory_box == 64 else f"memory_check_box{args.memory_box}"
+        data[key] = {
             "box": args.memory_box,
+            "reconstructed_particles_limit": args.memory_reconstruct,
             "gaussians": MEMORY_GAUSSIANS,
             "base_particles": MEMORY_BASE,
             "training_events": MEMORY_EVENTS,

@@ -20,7 +20,7 @@ from ..errors import InputError
 BLOB_RADIUS = 1.9  # in voxels of the original box, i.e. 1.9 · padding in the padded grid
 BLOB_ALPHA = 15.0
 #: Elements of the padded grid processed at once (slabs, columns) by the inversion.
-CHUNK_ELEMENTS = 1 << 23
+CHUNK_ELEMENTS = 1 << 21
 
 
 def invert(
