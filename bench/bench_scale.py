@@ -991,6 +991,7 @@ def main() -> None:
         "rows": rows,
         "projection": project(rows, args.project_box, args.project_particles),
     }
+    data = {**previous, **data}  # keeps the memory checks and notes of earlier runs
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(data, indent=1))
     plot(data, args.output.with_suffix(".png"))
