@@ -5,7 +5,10 @@ Usage:
   python bench/bench_scale.py --work WORK [--device cpu|cuda] [--threads 1] [--boxes 64 128 256 384]
       [--output bench/results/scale_cpu.json]
   python bench/bench_scale.py --work WORK --memory [--memory-box 64] [--memory-particles 2000 20000]
-      (adds the memory check to --output)
+      [--memory-reconstruct 2000]   (adds the memory check to --output; memory_check_boxB when B != 64)
+  python bench/bench_scale.py --work WORK --inversion [--inversion-boxes 256 384]
+      [--inversion-variants standard deformed stage] [--inversion-iterations 10] [--label NAME]
+      (adds the reconstruction's peak memory per box and variant to --output, rows named by --label)
 
 For each box a small simulated adenylate-kinase set (``engine.simulate``; the pixel size scales with the
 box, 1.5 Å × 64 / box, so the molecule fills the same part of every box) goes through the stages, each in
@@ -30,7 +33,11 @@ Memory check (--memory): a simulated set of 500 particles repeated into memory-m
 count; the peak memory of training's set-up and first batches (MEMORY_EVENTS progress events) and of a
 standard reconstruction of every particle, as the peak resident set (VmHWM, which includes the pages
 of the memory-mapped stack that were read) and the peak anonymous memory (RssAnon, sampled at every
-progress event: what the process itself holds).
+progress event: what the process itself holds). With --memory-reconstruct the reconstruction takes
+that many particles spread over the whole stack (its memory does not depend on how many).
+Reconstruction memory (--inversion): random images at each box, no data set; the peak memory of a
+standard accumulator and its map, of a deformed one (analytic motion, one warped code) and its map, and
+of two deformed half sets held at once with the map of one (the reconstruct stage's peak).
 The projection interpolates every cost as a power law of the box between the two measured boxes
 around the target and adds them up for the stage defaults (epochs, refinement rounds, inverse epochs,
 clusters, five inversions per reconstruction). The JSON records the machine's load average.
@@ -239,7 +246,10 @@ def child(args) -> dict:
     elif args.stage == "memory_training":
         result.update(memory_training(work, device))
     elif args.stage == "memory_reconstruction":
-        result.update(memory_reconstruction(work, device))
+        result.update(memory_reconstruction(work, device, args.memory_reconstruct))
+    elif args.stage.startswith("inversion_"):
+        variant = args.stage.removeprefix("inversion_")
+        result.update(inversion_memory(box, variant, device, args.inversion_iterations))
     elif (
         args.stage == "decode" and not (run_dir / "inverse").is_dir()
     ):  # render the consensus model only
@@ -276,7 +286,7 @@ def child(args) -> dict:
 
 HEADROOM_GIB = 2.0
 SIMULATE_GIB_AT_256 = (
-    8.7  # engine.simulate's measured peak at box 256 (5 ground-truth frames), growing as box³
+    2.2  # engine.simulate's measured peak at box 256 (5 ground-truth frames), growing as box³
 )
 
 
@@ -339,14 +349,17 @@ def memory_training(work: Path, device) -> dict:
     return {"peak_anonymous_mib": anon, "events": MEMORY_EVENTS}
 
 
-def memory_reconstruction(work: Path, device) -> dict:
-    """Peak memory of the standard reconstruction of every particle of the stack of ``work``."""
+def memory_reconstruction(work: Path, device, limit: int = 0) -> dict:
+    """Peak memory of the standard reconstruction of the particles of the stack of ``work``: all,
+    or ``limit`` of them spread evenly over the stack (the table and dataset still of all)."""
     from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.reconstruction.streaming import reconstruct_particles
 
-    operation = reconstruct_particles(
-        read_particles(work / "stack" / "particles.star"), batch_size=64, device=device
-    )
+    table = read_particles(work / "stack" / "particles.star")
+    indices = None
+    if 0 < limit < len(table):
+        indices = np.unique(np.linspace(0, len(table) - 1, limit).round().astype(np.int64))
+    operation = reconstruct_particles(table, indices, batch_size=64, device=device)
     anon = rss_anon_mib()
     while True:
         try:
@@ -354,7 +367,85 @@ def memory_reconstruction(work: Path, device) -> dict:
         except StopIteration:
             break
         anon = max(anon, rss_anon_mib())
-    return {"peak_anonymous_mib": anon}
+    count = len(table) if indices is None else len(indices)
+    return {"peak_anonymous_mib": anon, "reconstructed_particles": count}
+
+
+INVERSION_VARIANTS = ("standard", "deformed", "stage")
+INVERSION_PARTICLES = 8  # per half set; the memory does not depend on it
+
+
+def inversion_memory(box: int, variant: str, device, iterations: int = 10) -> dict:
+    """Peak memory of one reconstruction at ``box`` on random images (no data set needed):
+    ``standard`` one FourierAccumulator and its map; ``deformed`` one DeformedAccumulator with an
+    analytic domain motion (one latent code, warped) in a central region (radius 0.42 box) and its
+    map; ``stage`` two such half sets held at once (as the reconstruct stage holds them) and the map
+    of the first, the stage's peak (its five inversions share one working set). ``iterations``:
+    gridding iterations (the memory does not depend on them, the time does)."""
+    import torch
+
+    from napari_dynamight.engine.geometry import euler_to_matrix
+    from napari_dynamight.engine.reconstruction.deformed import DeformedAccumulator
+    from napari_dynamight.engine.reconstruction.standard import FourierAccumulator
+
+    voxel = pixel_size(box)
+    generator = torch.Generator().manual_seed(0)
+
+    def field(latents, points):
+        return points - torch.sigmoid(points[:, 0] / 3.0)[None, :, None] * latents[:, None, :]
+
+    axis = torch.arange(box, device=device, dtype=torch.float32) - box // 2
+    squared = axis**2
+    radius = (squared[:, None, None] + squared[None, :, None] + squared[None, None, :]).sqrt()
+    region = radius < 0.42 * box
+    del radius
+    halves = 2 if variant == "stage" else 1
+    accumulators = []
+    started = time.perf_counter()
+    for _ in range(halves):
+        if variant == "standard":
+            accumulator = FourierAccumulator(box, voxel, device=device)
+        else:
+            accumulator = DeformedAccumulator(box, voxel, field, region, device=device)
+        images = torch.randn(INVERSION_PARTICLES, box, box, generator=generator)
+        rotations = euler_to_matrix(torch.rand(INVERSION_PARTICLES, 3, generator=generator) * 180)
+        shifts = torch.zeros(INVERSION_PARTICLES, 2)
+        if variant == "standard":
+            accumulator.add(images, rotations, shifts)
+        else:
+            codes = torch.tensor([[1.0, 2.0, -1.0]]).expand(INVERSION_PARTICLES, 3)
+            accumulator.add(images, rotations, shifts, None, codes)
+            accumulator.flush()
+        accumulators.append(accumulator)
+    inserted = time.perf_counter()
+    volume = accumulators[0].reconstruct(gridding_iterations=iterations)
+    return {
+        "variant": variant,
+        "gridding_iterations": iterations,
+        "particles_per_half": INVERSION_PARTICLES,
+        "half_sets_held": halves,
+        "insertion_and_warp_seconds": inserted - started,
+        "inversion_seconds": time.perf_counter() - inserted,
+        "map_sum": float(volume.double().sum()),
+    }
+
+
+def inversion_check(args) -> list[dict]:
+    """Peak memory of the reconstruction's accumulation and inversion at each box and variant; a
+    variant whose estimate exceeds the memory available is skipped and says so."""
+    rows = []
+    for box in args.inversion_boxes:
+        for variant in args.inversion_variants:
+            held = 2 if variant == "stage" else 1
+            need = held * needed_gib("deformed" if variant != "standard" else "standard", box) / 2
+            if available_gib() < need + HEADROOM_GIB:
+                row = {"stage": f"inversion_{variant}", "box": box, "skipped": "memory"}
+                row["estimate_gib"] = need
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
+            rows.append(run_child(args, f"inversion_{variant}", box, INVERSION_PARTICLES))
+    return rows
 
 
 def tiled_stack(base: Path, out: Path, count: int) -> None:
@@ -436,6 +527,8 @@ def run_child(
     ]
     if work is not None:
         command += ["--child-work", str(work)]
+    command += ["--inversion-iterations", str(args.inversion_iterations)]
+    command += ["--memory-reconstruct", str(args.memory_reconstruct)]
     if gaussians is not None:
         command += ["--gaussians", str(gaussians)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -767,6 +860,28 @@ def main() -> None:
         "--project-only", action="store_true", help="recompute the projection from --output"
     )
     parser.add_argument("--memory-particles", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument(
+        "--inversion",
+        action="store_true",
+        help="only the reconstruction's peak memory at --inversion-boxes (adds to --output)",
+    )
+    parser.add_argument("--inversion-boxes", type=int, nargs="+", default=[256, 384])
+    parser.add_argument(
+        "--inversion-variants",
+        nargs="+",
+        default=list(INVERSION_VARIANTS),
+        choices=INVERSION_VARIANTS,
+    )
+    parser.add_argument("--inversion-iterations", type=int, default=10)
+    parser.add_argument(
+        "--memory-reconstruct",
+        type=int,
+        default=0,
+        help="--memory: reconstruct this many particles spread over the stack (0: all)",
+    )
+    parser.add_argument(
+        "--label", default="current", help="names the code measured in the --inversion rows"
+    )
     args = parser.parse_args()
     if args.child:
         args.stage = args.child
@@ -779,13 +894,31 @@ def main() -> None:
         plot(data, args.output.with_suffix(".png"))
         print(json.dumps(data["projection"], indent=1))
         return
+    if args.inversion:
+        data = json.loads(args.output.read_text()) if args.output.is_file() else {}
+        loads = [os.getloadavg()[0]]
+        check = inversion_check(args)
+        loads.append(os.getloadavg()[0])
+        for row in check:
+            row["code"] = args.label
+            row["load_average_during_run"] = loads
+        section = data.setdefault("inversion_memory", {"rows": []})
+        measured = {(r["box"], r["stage"], args.label) for r in check}
+        section["rows"] = [
+            r for r in section["rows"] if (r["box"], r["stage"], r.get("code")) not in measured
+        ] + check
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(data, indent=1))
+        return
     if args.memory:
         data = json.loads(args.output.read_text()) if args.output.is_file() else {}
         loads = [os.getloadavg()[0]]
         check = memory_check(args)
         loads.append(os.getloadavg()[0])
-        data["memory_check"] = {
+        key = "memory_check" if args.memory_box == 64 else f"memory_check_box{args.memory_box}"
+        data[key] = {
             "box": args.memory_box,
+            "reconstructed_particles_limit": args.memory_reconstruct,
             "gaussians": MEMORY_GAUSSIANS,
             "base_particles": MEMORY_BASE,
             "training_events": MEMORY_EVENTS,
@@ -858,6 +991,7 @@ def main() -> None:
         "rows": rows,
         "projection": project(rows, args.project_box, args.project_particles),
     }
+    data = {**previous, **data}  # keeps the memory checks and notes of earlier runs
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(data, indent=1))
     plot(data, args.output.with_suffix(".png"))

@@ -119,6 +119,42 @@ def test_data_parallel_halves_match_one_process_and_resume_across_layouts(
     )  # refinement amplifies rounding (test_deformation_refinement)
 
 
+def train_recording_cache(star, consensus, model, out, settings, folder) -> None:
+    """Train, and record which rows this rank's image cache kept and each row's half set."""
+    from napari_dynamight.engine.deformation import run as deformation_run
+
+    class Recording(deformation_run.ParticleBatches):
+        def close(self) -> None:
+            rank = distributed.current().rank
+            np.save(folder / f"kept{rank}.npy", np.nonzero(self._slot >= 0)[0])
+            np.save(folder / f"halves{rank}.npy", self.table.half_sets(settings.seed))
+            super().close()
+
+    deformation_run.ParticleBatches = Recording
+    train(star, consensus, model, out, settings)
+
+
+def test_each_rank_caches_only_its_half_set(simulated, tmp_path):
+    """Halves split over 2 ranks: each rank keeps the prepared images of its own half set's rows
+    (those it trains on), not the other half's (which it sees once, in the final estimates)."""
+    launch(
+        train_recording_cache,
+        simulated.star,
+        simulated.consensus,
+        simulated.model,
+        tmp_path / "run",
+        FAST,
+        tmp_path,
+    )
+    for rank, half in ((0, 1), (1, 2)):
+        kept, halves = (
+            np.load(tmp_path / f"kept{rank}.npy"),
+            np.load(tmp_path / f"halves{rank}.npy"),
+        )
+        assert np.array_equal(kept, np.nonzero(halves == half)[0])
+        assert len(kept) < 0.6 * len(halves)
+
+
 def reconstruct_counting(run_directory, counts_folder) -> None:
     """Reconstruct (standard) and record how many images this rank backprojected."""
     from napari_dynamight.engine.reconstruction import deformed

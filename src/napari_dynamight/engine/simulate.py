@@ -76,6 +76,10 @@ from .scene import Scene, build_scene, project_frames
 
 STACK_NAME = "particles.mrcs"
 FRAME_DISTRIBUTIONS = ("uniform", "bimodal")
+#: Bytes of Fourier sums the consensus reconstruction may hold during the simulation: both half sets
+#: are inserted as the images are made up to about box 220; above, the second half set is inserted
+#: from the written stack after the first half map is made (memory: one set of sums at a time).
+CONSENSUS_SUMS_BUDGET = 1 << 30
 BIMODAL_CENTRES, BIMODAL_WIDTH = (0.2, 0.8), 0.1  # positions in the used-frame range, 0..1
 
 
@@ -292,14 +296,9 @@ def _star_blocks(
     return particles, optics
 
 
-def _fsc_weighted(accumulators: list[FourierAccumulator], pixel_size: float) -> torch.Tensor:
-    """The mean of the two half-set maps, filtered by sqrt(2 FSC / (1 + FSC)) of their FSC.
-
-    The halves are reconstructed one at a time (each accumulator dropped once used) to save memory.
-    """
-    halves = []
-    while accumulators:
-        halves.append(accumulators.pop(0).reconstruct().to(torch.float64))
+def _fsc_weighted(halves: list[torch.Tensor], pixel_size: float) -> torch.Tensor:
+    """The mean of the two half-set maps, filtered by sqrt(2 FSC / (1 + FSC)) of their FSC."""
+    halves = [half.to(torch.float64) for half in halves]
     _, curve = fsc(halves[0], halves[1], pixel_size)
     full = (halves[0] + halves[1]) / 2
     clipped = np.clip(curve, 0.0, 1.0)
@@ -307,6 +306,11 @@ def _fsc_weighted(accumulators: list[FourierAccumulator], pixel_size: float) -> 
     radius = radial_index(tuple(full.shape)).clamp(max=len(weight) - 1)
     spectrum = torch.fft.rfftn(full) * weight[radius]
     return torch.fft.irfftn(spectrum, s=full.shape).to(torch.float32)
+
+
+def _sums_bytes(box: int) -> int:
+    """Bytes of one half set's Fourier sums (:class:`FourierAccumulator`, padding 2, float32)."""
+    return 3 * (2 * box + 2) ** 2 * (box + 2) * 4
 
 
 def _poses(rows: pd.DataFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -547,11 +551,25 @@ def _write_images(
     (signal variance, noise variance).
     """
     n = len(labels)
-    accumulators = [FourierAccumulator(box, pixel_size, device=device) for _ in range(2)]
+    # Both half sets' sums while they fit in CONSENSUS_SUMS_BUDGET; otherwise the first half set's
+    # during the simulation and the second's in a second pass over the written stack (its images
+    # are re-read, not re-simulated): the sums are identical either way.
+    one_pass = 2 * _sums_bytes(box) <= CONSENSUS_SUMS_BUDGET
+    accumulators = {
+        half: FourierAccumulator(box, pixel_size, device=device)
+        for half in (1, 2)[: 2 if one_pass else 1]
+    }
+    subsets = torch.as_tensor(labels["random_subset"].to_numpy().copy(), device=device)
     signal_variance = noise_variance = 0.0
     envelope = (
         image_envelope(box, pixel_size, envelope_bfactor, device) if envelope_bfactor else None
     )
+
+    def insert(accumulator, half, start, images, rotations, shifts, ctf) -> None:
+        keep = subsets[start : start + len(images)] == half
+        if keep.any():
+            accumulator.add(images[keep], rotations[keep], shifts[keep], ctf[keep])
+
     with mrcfile.new_mmap(staging / STACK_NAME, shape=(n, box, box), mrc_mode=2) as stack:
         stack.set_image_stack()
         stack.voxel_size = pixel_size
@@ -571,20 +589,27 @@ def _write_images(
                 noise = torch.as_tensor(noise_rng.standard_normal(images.shape, dtype=np.float32))
                 images = images + math.sqrt(noise_variance) * noise.to(device)
             stack.data[start : start + len(rows)] = images.cpu().numpy()
-            subset = torch.tensor(rows["random_subset"].to_numpy(), device=device)
-            for half, accumulator in enumerate(accumulators):
-                keep = subset == half + 1
-                if keep.any():
-                    accumulator.add(images[keep], rotations[keep], shifts[keep], ctf[keep])
+            for half, accumulator in accumulators.items():
+                insert(accumulator, half, start, images, rotations, shifts, ctf)
             yield Progress(
                 "simulating particles",
                 start + len(rows),
                 n,
                 metrics={"signal_variance": signal_variance},
             )
-    yield Progress("reconstructing consensus", 0, 1)
+        yield Progress("reconstructing consensus", 0, 1)
+        halves = [accumulators.pop(1).reconstruct(release=True)]
+        if not one_pass:
+            accumulators[2] = FourierAccumulator(box, pixel_size, device=device)
+            for start in range(0, n, chunk_size):
+                rows = labels.iloc[start : start + chunk_size]
+                rotations, shifts = _poses(rows, device)
+                ctf = compute_ctf(_ctf_params(rows, *optics).torch(device), box, pixel_size)
+                images = torch.as_tensor(np.array(stack.data[start : start + len(rows)]))
+                insert(accumulators[2], 2, start, images.to(device), rotations, shifts, ctf)
+        halves.append(accumulators.pop(2).reconstruct(release=True))
     write_map(
-        staging / "consensus.mrc", _fsc_weighted(accumulators, pixel_size).cpu().numpy(), pixel_size
+        staging / "consensus.mrc", _fsc_weighted(halves, pixel_size).cpu().numpy(), pixel_size
     )
     yield Progress("reconstructing consensus", 1, 1)
     return signal_variance, noise_variance

@@ -3,10 +3,16 @@
 Images come from :class:`engine.data.dataset.ParticleDataset` at the training box (Fourier-cropped,
 background-normalised). For the data term we keep the rfft2 of each image; for the encoder the image
 re-centred on the particle (the RELION origin undone by a Fourier phase shift) and multiplied by a
-soft circular mask, so that the encoder sees the molecule, not the shift or the solvent. When the
-prepared arrays of all particles fit in ``max_cache_bytes`` they are computed once and kept in memory
-(a few tens of MB for thousands of particles at box 32-64); otherwise each batch is prepared from the
-memory-mapped stacks when it is needed.
+soft circular mask, so that the encoder sees the molecule, not the shift or the solvent.
+
+The prepared arrays of a row are kept in memory from the second time the row is asked for (the
+first time it is prepared from the memory-mapped stacks), while the kept rows fit in
+``max_cache_bytes``; beyond that, rows are prepared when needed. So the cache holds only the rows
+this process uses again: under ``torchrun`` with the half sets on separate ranks, a rank keeps its
+own half set's rows (those it trains on, epoch after epoch), not those it sees once (its share of
+the other half set in the final error estimates). Cached or not, a row's arrays are the same.
+On the CPU the storage for ``min(N, max_cache_bytes)`` rows is reserved but its pages are only
+used as rows are kept; on a GPU it grows by doubling.
 """
 
 from __future__ import annotations
@@ -60,13 +66,43 @@ class ParticleBatches:
         self.pixel_size_angstrom = self.dataset.pixel_size_angstrom
         self.mask = soft_circular_mask(self.box, 0.5 * self.box - 3.0, device=self.device)
         self.n = len(table)
-        per_particle = self.box * (self.box // 2 + 1) * (8 + 4) + self.box**2 * 4
-        self._cache = None
-        if per_particle * self.n <= max_cache_bytes:
-            parts = [
-                self._prepare(np.arange(s, min(s + chunk, self.n))) for s in range(0, self.n, chunk)
-            ]
-            self._cache = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        self.bytes_per_particle = self.box * (self.box // 2 + 1) * (8 + 4) + self.box**2 * 4
+        self._capacity_rows = min(self.n, max_cache_bytes // self.bytes_per_particle)
+        self._slot = np.full(self.n, -1, dtype=np.int64)  # row -> position in the cache, or -1
+        self._seen = np.zeros(self.n, dtype=bool)  # asked for at least once
+        self._cache: dict[str, torch.Tensor] | None = None
+        self._used = 0  # rows kept
+
+    @property
+    def cached_rows(self) -> int:
+        """How many rows' prepared arrays are kept in memory."""
+        return self._used
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of prepared arrays kept in memory."""
+        return self._used * self.bytes_per_particle
+
+    def _keep(self, rows: np.ndarray, prepared: dict[str, torch.Tensor]) -> None:
+        """Store the prepared arrays of ``rows`` (not yet kept) in the cache."""
+        end = self._used + len(rows)
+        if self._cache is None:
+            initial = self._capacity_rows if self.device.type == "cpu" else max(end, 256)
+            self._cache = {
+                key: value.new_empty((min(initial, self._capacity_rows), *value.shape[1:]))
+                for key, value in prepared.items()
+            }
+        capacity = len(next(iter(self._cache.values())))
+        if end > capacity:  # a GPU cache grows by doubling, up to its capacity
+            grown = min(max(end, 2 * capacity), self._capacity_rows)
+            for key, value in self._cache.items():
+                larger = value.new_empty((grown, *value.shape[1:]))
+                larger[: self._used] = value[: self._used]
+                self._cache[key] = larger
+        for key, value in prepared.items():
+            self._cache[key][self._used : end] = value
+        self._slot[rows] = np.arange(self._used, end)
+        self._used = end
 
     def _prepare(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         data = self.dataset.batch(rows)
@@ -83,11 +119,33 @@ class ParticleBatches:
     def get(self, rows) -> dict[str, torch.Tensor]:
         """The batch of table rows ``rows`` (array of ints)."""
         rows = np.asarray(rows, dtype=np.int64)
-        if self._cache is None:
-            batch = self._prepare(rows)
-        else:
-            index = torch.as_tensor(rows, device=self.device)
+        slots = self._slot[rows]
+        missing = np.nonzero(slots < 0)[0]
+        if len(missing) == 0:  # all kept
+            index = torch.as_tensor(slots, device=self.device)
             batch = {key: value[index] for key, value in self._cache.items()}
+            batch["rows"] = rows
+            return batch
+        prepared = self._prepare(rows[missing])
+        # Keep the rows asked for before (each once), while there is room.
+        unique, first = np.unique(rows[missing], return_index=True)
+        again = np.sort(first[self._seen[unique]])[: self._capacity_rows - self._used]
+        if len(again):
+            self._keep(rows[missing][again], {k: v[again] for k, v in prepared.items()})
+        self._seen[rows] = True
+        if len(missing) == len(rows):
+            prepared["rows"] = rows
+            return prepared
+        present = np.nonzero(slots >= 0)[0]
+        at_missing = torch.as_tensor(missing, device=self.device)
+        at_present = torch.as_tensor(present, device=self.device)
+        index = torch.as_tensor(slots[present], device=self.device)
+        batch = {}
+        for key, value in prepared.items():
+            out = value.new_empty((len(rows), *value.shape[1:]))
+            out[at_missing] = value
+            out[at_present] = self._cache[key][index]
+            batch[key] = out
         batch["rows"] = rows
         return batch
 

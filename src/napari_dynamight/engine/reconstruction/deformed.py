@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .inversion import invert
-from .standard import FourierAccumulator
+from .standard import FourierAccumulator, fold_channel
 
 #: ``field(latents (B, D), points (P, 3) Å) -> consensus points (B, P, 3) Å``, x y z from the centre.
 InverseFieldFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -208,12 +208,16 @@ class DeformedAccumulator:
             margin = min(reach, (n - size) // 2)
             starts.append(low - taper - box // 2 - margin)
             sizes.append(size + 2 * margin)
-        block = _partial_irfftn(_folded_data(self._pending), starts, sizes, n)
+        data = _folded_data(self._pending)
+        self.standard.merge(self._pending)
+        self._pending = None  # allocated again for the next code that needs a warp
+        first = _partial_first_axis(data, starts[0], sizes[0])
+        del data
+        block = _partial_irfftn(first, starts, sizes, n)
+        del first
         self._warp_block(block, starts, lows, highs)
         self.warps += 1
         self.warped_voxels += int(torch.tensor([h - lo + 1 for lo, h in zip(lows, highs)]).prod())
-        self.standard.merge(self._pending)
-        self._pending = None  # allocated again for the next code that needs a warp
 
     def _active_block(self, residual: torch.Tensor) -> tuple[list[int], list[int]]:
         """Per axis (z, y, x), the first and last index of the correction grid where the residual
@@ -352,10 +356,14 @@ class DeformedAccumulator:
             return data, weight
         n, box, taper = self.standard.padded_box, self.box, self.taper
         index = (torch.arange(len(self.correction), device=self.device) - box // 2 - taper) % n
-        correction = _partial_rfftn(self.correction, index, n)
-        correction[:, :, 0] *= 0.5
-        floor = CORRECTION_DAMPING * weight[weight > 0].mean()
-        data += correction * (weight / (weight + floor))
+        total = count = 0
+        rows = max(1, CHUNK_SPECTRUM // (n * weight.shape[2]))
+        for z0 in range(0, n, rows):  # the mean positive weight, one slab at a time
+            part = weight[z0 : z0 + rows]
+            total += float(part.sum(dtype=torch.float64))  # the weights are never negative
+            count += int((part > 0).sum())
+        floor = CORRECTION_DAMPING * total / count
+        _add_partial_rfftn(data, self.correction, index, weight, floor)
         return data, weight
 
     def merge(self, other: DeformedAccumulator) -> None:
@@ -386,21 +394,18 @@ class DeformedAccumulator:
             shell_regularisation,
             gridding_iterations,
             mask_corners,
+            overwrite=True,
         ).to(torch.float32)
 
 
 def _folded_data(accumulator: FourierAccumulator) -> torch.Tensor:
     """An accumulator's complex data (n, n, n//2+1) in FFT order with the Friedel mates of the x = 0
-    plane added (its full, Hermitian spectrum there), folded one channel at a time."""
+    plane added (its full, Hermitian spectrum there), each channel copied straight into place."""
     n = accumulator.padded_box
-    sums, offset = accumulator.sums, accumulator._offset
-    wrapped = (torch.arange(sums.shape[1], device=sums.device) - offset) % n
-    out = torch.zeros(n, n, n // 2 + 1, 2, dtype=sums.dtype, device=sums.device)
+    sums = accumulator.sums
+    out = torch.empty(n, n, n // 2 + 1, 2, dtype=sums.dtype, device=sums.device)
     for channel in range(2):
-        folded = torch.zeros(n, sums.shape[2], sums.shape[3], dtype=sums.dtype, device=sums.device)
-        folded.index_add_(0, wrapped, sums[channel])
-        out[..., channel].index_add_(1, wrapped, folded[..., : n // 2 + 1])
-        del folded
+        fold_channel(sums[channel], out[..., channel], accumulator._offset)
     data = torch.view_as_complex(out)
     mirror = (-torch.arange(n, device=sums.device)) % n
     plane = data[:, :, 0].clone()
@@ -408,21 +413,31 @@ def _folded_data(accumulator: FourierAccumulator) -> torch.Tensor:
     return data
 
 
-def _partial_irfftn(
-    data: torch.Tensor, starts: list[int], sizes: list[int], n: int
-) -> torch.Tensor:
-    """``irfftn(data, s=(n, n, n))`` only on the block of grid indices ``starts`` + ``sizes`` (z, y, x;
-    periodic): one axis at a time, keeping the wanted rows after each, the first axis in chunks of
-    spectrum columns."""
-    half = data.shape[2]
+def _partial_first_axis(data: torch.Tensor, start: int, size: int) -> torch.Tensor:
+    """The inverse transform of ``data`` (n, n, n//2+1) along z, only on the rows ``start`` +
+    ``size`` (periodic), in chunks of spectrum columns."""
+    n, _, half = data.shape
     columns = max(1, CHUNK_SPECTRUM // (n * n))
-    first = data.new_empty(sizes[0], n, half)
+    first = data.new_empty(size, n, half)
     for x0 in range(0, half, columns):
         part = torch.fft.ifft(data[:, :, x0 : x0 + columns], dim=0)
-        first[:, :, x0 : x0 + columns] = _circular(part, 0, starts[0], sizes[0])
-    second = _circular(torch.fft.ifft(first, dim=1), 1, starts[1], sizes[1])
-    del first
-    return _circular(torch.fft.irfft(second, n=n, dim=2), 2, starts[2], sizes[2]).contiguous()
+        first[:, :, x0 : x0 + columns] = _circular(part, 0, start, size)
+    return first
+
+
+def _partial_irfftn(
+    first: torch.Tensor, starts: list[int], sizes: list[int], n: int
+) -> torch.Tensor:
+    """``irfftn(data, s=(n, n, n))`` only on the block of grid indices ``starts`` + ``sizes`` (z, y, x;
+    periodic), from ``first`` = :func:`_partial_first_axis` of ``data``: the y and x axes one slab
+    of z rows at a time."""
+    block = first.real.new_empty(sizes)
+    rows = max(1, CHUNK_SPECTRUM // (n * first.shape[2]))
+    for z0 in range(0, sizes[0], rows):
+        part = _circular(torch.fft.ifft(first[z0 : z0 + rows], dim=1), 1, starts[1], sizes[1])
+        part = torch.fft.irfft(part, n=n, dim=2)
+        block[z0 : z0 + rows] = _circular(part, 2, starts[2], sizes[2])
+    return block
 
 
 def _circular(tensor: torch.Tensor, dim: int, start: int, size: int) -> torch.Tensor:
@@ -437,9 +452,14 @@ def _circular(tensor: torch.Tensor, dim: int, start: int, size: int) -> torch.Te
     )
 
 
-def _partial_rfftn(block: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
-    """``rfftn`` of the (n, n, n) grid that is ``block`` (E, E, E) at the grid indices ``index`` on
-    every axis and zero elsewhere: one axis at a time, each zero-padded only when it is transformed."""
+def _add_partial_rfftn(
+    data: torch.Tensor, block: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, floor: float
+) -> None:
+    """Add to ``data`` the ``rfftn`` of the (n, n, n) grid that is ``block`` (E, E, E) at the grid
+    indices ``index`` on every axis and zero elsewhere, its x = 0 plane halved and damped by
+    ``weight / (weight + floor)``: one axis at a time, each zero-padded only when it is transformed,
+    the last axis (z) in chunks of spectrum columns added in place."""
+    n = data.shape[0]
     size = len(index)
     padded = block.new_zeros(size, size, n)
     padded[:, :, index] = block
@@ -447,12 +467,18 @@ def _partial_rfftn(block: torch.Tensor, index: torch.Tensor, n: int) -> torch.Te
     del padded
     rows = spectrum.new_zeros(size, n, spectrum.shape[2])
     rows[:, index] = spectrum
-    spectrum = torch.fft.fft(rows, dim=1)
-    del rows
-    full = spectrum.new_zeros(n, n, spectrum.shape[2])
-    full[index] = spectrum
     del spectrum
-    return torch.fft.fft(full, dim=0)
+    rows = torch.fft.fft(rows, dim=1)
+    columns = max(1, CHUNK_SPECTRUM // (n * n))
+    for x0 in range(0, rows.shape[2], columns):
+        x1 = min(x0 + columns, rows.shape[2])
+        full = rows.new_zeros(n, n, x1 - x0)
+        full[index] = rows[:, :, x0:x1]
+        full = torch.fft.fft(full, dim=0)
+        if x0 == 0:
+            full[:, :, 0] *= 0.5
+        damping = weight[:, :, x0:x1]
+        data[:, :, x0:x1] += full * (damping / (damping + floor))
 
 
 def _extend(evaluated: torch.Tensor, where: torch.Tensor, size: int) -> torch.Tensor:

@@ -158,20 +158,17 @@ class FourierAccumulator:
             )
 
     def fourier_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(data complex, weight) on the half-spectrum grid (n, n, n//2+1) in FFT order."""
+        """(data complex, weight) on the half-spectrum grid (n, n, n//2+1) in FFT order.
+
+        Memory: the sums and the two outputs; each channel is copied straight into its output (the
+        stored rows that wrap around are added afterwards), with no folded copy.
+        """
         n = self.padded_box
-        half = n // 2 + 1
-        wrapped = (torch.arange(self._shape[0], device=self.device) - self._offset) % n
         options = {"dtype": self.dtype, "device": self.device}
-        # One channel at a time, straight into the outputs: memory is the sums plus the outputs and one
-        # folded channel (not two folded copies of all three channels).
-        data = torch.zeros(n, n, half, 2, **options)
-        weight = torch.zeros(n, n, half, **options)
+        data = torch.empty(n, n, n // 2 + 1, 2, **options)
+        weight = torch.empty(n, n, n // 2 + 1, **options)
         for channel, target in ((0, data[..., 0]), (1, data[..., 1]), (2, weight)):
-            folded = torch.zeros(n, self._shape[1], self._shape[2], **options)
-            folded.index_add_(0, wrapped, self.sums[channel])
-            target.index_add_(1, wrapped, folded[..., :half])
-            del folded
+            fold_channel(self.sums[channel], target, self._offset)
         return torch.view_as_complex(data), weight
 
     def state_dict(self) -> dict:
@@ -213,11 +210,18 @@ class FourierAccumulator:
         shell_regularisation: torch.Tensor | None = None,
         gridding_iterations: int = 10,
         mask_corners: bool = True,
+        release: bool = False,
     ) -> torch.Tensor:
-        """The map (L, L, L) [z, y, x] from the sums so far (see :func:`.inversion.invert`)."""
+        """The map (L, L, L) [z, y, x] from the sums so far (see :func:`.inversion.invert`).
+
+        With ``release`` the sums are freed once folded (the inversion then holds only its own
+        work space); the accumulator cannot be used afterwards.
+        """
         if self.particle_count == 0:
             raise InputError("nothing to reconstruct: no particle was added (check the selection)")
         data, weight = self.fourier_sums()
+        if release:
+            self.sums = torch.empty(0, dtype=self.dtype, device=self.device)
         volume = invert(
             data,
             weight,
@@ -227,5 +231,30 @@ class FourierAccumulator:
             shell_regularisation=shell_regularisation,
             gridding_iterations=gridding_iterations,
             mask_corners=mask_corners,
+            overwrite=True,
         )
         return volume.to(torch.float32)
+
+
+def fold_channel(stored: torch.Tensor, target: torch.Tensor, offset: int) -> None:
+    """Write one stored channel (n + 2, n + 2, n//2 + 2) [z, y, x] (z and y shifted by ``offset``)
+    into ``target`` (n, n, n//2 + 1) in FFT order, adding the rows that wrap around (z, y ≡ ±n/2).
+
+    Stored row ``i`` is frequency ``i − offset``, FFT index ``(i − offset) mod n``: rows 2..n+1 are
+    a permutation of the FFT indices (two blocks per axis, copied), rows 0 and 1 wrap onto them.
+    """
+    n, half = target.shape[0], target.shape[2]
+    stored = stored[..., :half]
+    index = (torch.arange(stored.shape[0], device=stored.device) - offset) % n
+    # Rows 2..n+1: stored row offset + f for f = 0 .. n+1-offset, then rows 2 .. offset-1.
+    blocks = [(offset, n + 2, 0), (2, offset, n + 2 - offset)]  # (first, stop, target start)
+    for z0, z1, tz in blocks:
+        for y0, y1, ty in blocks:
+            target[tz : tz + z1 - z0, ty : ty + y1 - y0] = stored[z0:z1, y0:y1]
+    wrap = index[:2]
+    # Rows z = 0, 1 (every y), then y = 0, 1 for the rows z = 2 .. n+1.
+    rows = target.new_zeros(2, n, half)
+    rows.index_add_(1, index, stored[:2])
+    target.index_add_(0, wrap, rows)
+    for z0, z1, tz in blocks:
+        target[tz : tz + z1 - z0].index_add_(1, wrap, stored[z0:z1, :2])
