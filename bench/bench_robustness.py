@@ -3,7 +3,7 @@
 Usage:
   python bench/bench_robustness.py --output bench/results/robustness.json \
       [--variants NAME ...] [--seeds 0 1 2 3 4] [--epochs E] [--refinement-rounds R] \
-      [--exact-posteriors] \
+      [--exact-posteriors | --screened-posteriors] \
       [--decoder mlp|factorised] [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
 
 Every (variant, seed) is one run in its own folder ``WORK/<variant>/seed_<s>``: simulate the AdK
@@ -724,7 +724,12 @@ def _arguments(argv=None) -> argparse.Namespace:
         "--exact-posteriors",
         action="store_true",
         help="evaluate every candidate exactly in the E-steps and the final posterior "
-        "(default: the engine's screen)",
+        "(the engine's default)",
+    )
+    parser.add_argument(
+        "--screened-posteriors",
+        action="store_true",
+        help="screen the candidates in the E-steps and the final posterior (exact_posteriors=False)",
     )
     parser.add_argument(
         "--maps",
@@ -792,6 +797,8 @@ def settings_from(args) -> dict:
         overrides["decoder"] = args.decoder
     if args.exact_posteriors:
         overrides["exact_posteriors"] = True
+    if args.screened_posteriors:
+        overrides["exact_posteriors"] = False
     if quick:
         overrides |= {"refinement_epochs": 1, "posterior_candidates": 16, "batch_size": 32}
     work = args.work_directory or Path(tempfile.gettempdir()) / "napari_dynamight_bench_robustness"

@@ -9,10 +9,11 @@ spectrum) of the deformed model of each of K candidate latent points, and the po
 latent over those candidates. The candidates are K of the half's own encoder codes, drawn with the
 seed, so they sample the latent distribution that the half learnt (the prior), or the points that
 refinement (``refinement.py``) moved them to; each candidate is decoded once. Evaluating every
-candidate exactly costs particles x K projections (the setting ``exact_posteriors``); by default a
-:class:`Screen` looks at all K at a fraction of that cost (a coarse model at half the training box)
-and only the likeliest few (:func:`screened_choice`) are projected exactly; the others keep their
-screened likelihood, shifted by what the exact ones show the screen misses.
+candidate exactly costs particles x K projections (the default, ``exact_posteriors``); with
+``exact_posteriors=False`` a :class:`Screen` looks at all K at a fraction of that cost (a coarse
+model at half the training box) and only the likeliest few (:func:`screened_choice`) are projected
+exactly; the others keep their screened likelihood, shifted by what the exact ones show the screen
+misses.
 """
 
 from __future__ import annotations

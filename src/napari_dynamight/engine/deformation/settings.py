@@ -121,9 +121,10 @@ class DeformationSettings(SettingsRecord):
         metavar="K",
     )
     exact_posteriors: bool = option(
-        False,
-        "evaluate every candidate exactly in the refinement's E-steps and the final posterior, "
-        "instead of screening all at half the training box and evaluating the top ones exactly",
+        True,
+        "evaluate every candidate exactly in the refinement's E-steps and the final posterior "
+        "(False: screen all at half the training box and evaluate the top ones exactly, 2.5-7x "
+        "faster; on 4,000 particles at SNR 0.01 it ordered the worse half 0.02 worse)",
         public=False,
     )  # engine/deformation/inference.py, Screen
     refinement_rounds: int = option(
