@@ -238,7 +238,7 @@ def optimize_deformations(
                 subset = half.train_rows[: settings.noise_subset]
                 fits[half.half] = half.fit_amplitude(batches, subset)
                 half.estimate_noise(batches, subset, deform=False)
-            fits = _exchange_losses(context, halves, fits)
+            fits = _exchange_by_half(context, halves, fits)
             check_map_in_images(fits, particles, consensus)
             amplitude_z = {str(h): round(fit.z, 1) for h, fit in sorted(fits.items())}
             if main:
@@ -291,7 +291,7 @@ def optimize_deformations(
                     half.estimate_noise(
                         batches, half.train_rows[: settings.noise_subset], deform=False
                     )
-            losses = _exchange_losses(context, halves, losses)
+            losses = _exchange_by_half(context, halves, losses)
             for index, half in enumerate(halves):
                 stop.record(index, losses[half.half]["data"])
                 history.append(
@@ -322,7 +322,7 @@ def optimize_deformations(
                     half, batches, refined, settings.refinement_rounds
                 )
                 losses[half.half] |= watchdog.diagnose(half, batches)
-            losses = _exchange_losses(context, halves, losses)
+            losses = _exchange_by_half(context, halves, losses)
             done = epoch + refined * settings.refinement_epochs
             history.extend(
                 {"epoch": done, "half": half.half, "mode": "refinement"} | losses[half.half]
@@ -415,11 +415,12 @@ def check_map_in_images(fits: dict, particles, consensus) -> None:
         )
 
 
-def _exchange_losses(context: distributed.Context, halves: list[HalfSet], losses: dict) -> dict:
-    """Both halves' epoch losses on every rank (each from the leader of its half's ranks)."""
+def _exchange_by_half(context: distributed.Context, halves: list[HalfSet], values: dict) -> dict:
+    """Both halves' values (epoch losses, amplitude fits) on every rank, each from the leader of its
+    half's ranks."""
     if not context.halves_split:
-        return losses
-    led = {h: v for h, v in losses.items() if context.half_group(h).is_leader}
+        return values
+    led = {h: v for h, v in values.items() if context.half_group(h).is_leader}
     return {h: v for part in context.all_gather_object(led) for h, v in part.items()}
 
 

@@ -33,6 +33,7 @@ from ..ctf import compute_ctf
 from ..data.dataset import ParticleDataset
 from ..data.particle_file import read_particles
 from ..errors import InputError
+from ..fourier import radial_index
 from ..gaussians import project_spectrum
 from ..progress import Progress, ProgressGenerator
 from ..scene import build_scene, project_frames
@@ -157,14 +158,13 @@ def _half_plane_weights(box: int, device) -> torch.Tensor:
 
 
 def _band(box: int, pixel_size: float, resolution_angstrom: float | None, device) -> torch.Tensor:
-    """1 on the rfft2 half plane's frequencies up to 1/resolution (all without one), else 0."""
+    """1 on the rfft2 half plane's Fourier shells up to 1/resolution (all without one), else 0."""
     if resolution_angstrom is None:
         return torch.ones((), device=device)
     if not (math.isfinite(resolution_angstrom) and resolution_angstrom > 0):
         raise InputError(f"resolution {resolution_angstrom} Å is invalid: give a positive number")
-    fy = torch.fft.fftfreq(box, d=pixel_size, device=device).view(-1, 1)
-    fx = torch.fft.rfftfreq(box, d=pixel_size, device=device).view(1, -1)
-    return ((fy**2 + fx**2) <= (1.0 / resolution_angstrom) ** 2).to(torch.float32)
+    shell = box * pixel_size / resolution_angstrom
+    return (radial_index((box, box), device=device) <= shell).to(torch.float32)
 
 
 def bayes_ceiling(
