@@ -17,7 +17,7 @@ from napari_dynamight.engine.deformation.settings import DeformationSettings
 from napari_dynamight.engine.example_data import example_file
 from napari_dynamight.engine.io.dcd import read_dcd, read_dcd_info
 from napari_dynamight.engine.io.structure import read_structure
-from napari_dynamight.engine.model_bias import automatic_region
+from napari_dynamight.engine.model_bias import BIAS_THRESHOLD, automatic_region
 from napari_dynamight.engine.progress import run as drive
 from napari_dynamight.engine.run_folder import RunFolder
 
@@ -116,8 +116,10 @@ def test_check_model_bias_button_runs_the_control_and_shows_its_report(
     decoded = report["placements_decoded"]["wrong_model_run"]["t"] - placements["consensus"]["t"]
     assert report["score_wrong_model_decoded"] == pytest.approx(decoded)
     assert report["reproduced_percent_decoded"] == round(100 * decoded)
-    assert (report["biased_map"], report["biased_decoded"]) == (score > 0.5, decoded > 0.5)
-    assert report["biased"] == (score > 0.5 or decoded > 0.5)
+    limit = report["threshold"]
+    assert limit == BIAS_THRESHOLD == 0.3
+    assert (report["biased_map"], report["biased_decoded"]) == (score > limit, decoded > limit)
+    assert report["biased"] == (score > limit or decoded > limit)
     # one epoch is the warm-up: the decoders have not moved the held wrong model, the run's own
     # decoders (right model) keep the region where the data have it
     assert decoded >= 0.8 and report["biased_decoded"] and report["biased"]
