@@ -10,11 +10,10 @@ from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.deformation.batches import ParticleBatches
 
 
-def assert_same(batch: dict, expected: dict) -> None:
-    assert np.array_equal(batch["rows"], expected["rows"])
-    for key, value in expected.items():
-        if key != "rows":
-            assert torch.equal(batch[key], value), key
+def assert_same(batch, expected) -> None:
+    assert np.array_equal(batch.rows, expected.rows)
+    for key, value in expected.tensors().items():
+        assert torch.equal(getattr(batch, key), value), key
 
 
 def test_rows_are_kept_from_their_second_use(simulated):

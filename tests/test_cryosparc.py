@@ -224,10 +224,10 @@ def _save_cs(path: Path, records) -> Path:
 def _projections(table) -> tuple[torch.Tensor, torch.Tensor, dict]:
     with ParticleDataset(table, normalise=False) as dataset:
         batch = dataset.batch(np.arange(len(table)))
-    ctf = compute_ctf(batch["ctf"], BOX, PIXEL)
+    ctf = compute_ctf(batch.ctf, BOX, PIXEL)
     return (
-        project(_model(), batch["rotations"], batch["shifts_angstrom"], BOX, PIXEL, ctf=ctf),
-        batch["images"],
+        project(_model(), batch.rotations, batch.origin_angstrom, BOX, PIXEL, ctf=ctf),
+        batch.images,
         batch,
     )
 
@@ -247,10 +247,10 @@ def test_cs_poses_project_like_the_star_poses(project_folder):
     assert torch.equal(images, cs_images)  # the same stack, found through the project folder
     # the untransposed matrix or the opposite shift sign would not match
     wrong = project(
-        _model(), cs_batch["rotations"].transpose(1, 2), cs_batch["shifts_angstrom"], BOX, PIXEL
+        _model(), cs_batch.rotations.transpose(1, 2), cs_batch.origin_angstrom, BOX, PIXEL
     )
-    flipped = project(_model(), cs_batch["rotations"], -cs_batch["shifts_angstrom"], BOX, PIXEL)
-    plain = project(_model(), star_batch["rotations"], star_batch["shifts_angstrom"], BOX, PIXEL)
+    flipped = project(_model(), cs_batch.rotations, -cs_batch.origin_angstrom, BOX, PIXEL)
+    plain = project(_model(), star_batch.rotations, star_batch.origin_angstrom, BOX, PIXEL)
     wrong_ncc, flipped_ncc = (
         normalised_cross_correlation(x, plain).mean() for x in (wrong, flipped)
     )

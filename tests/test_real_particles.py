@@ -37,9 +37,9 @@ def test_trpv1_particles_match_their_poses_better_than_random_poses(tmp_path):
     dataset = ParticleDataset(table)
     batch = dataset.batch(np.arange(len(table)))
     projector = FourierProjector(torch.tensor(volume), 4.88)
-    ctf = compute_ctf(batch["ctf"], dataset.box, dataset.pixel_size_angstrom)
+    ctf = compute_ctf(batch.ctf, dataset.box, dataset.pixel_size_angstrom)
     posed = normalised_cross_correlation(
-        projector.project(batch["rotations"], batch["shifts_angstrom"], ctf), batch["images"]
+        projector.project(batch.rotations, batch.origin_angstrom, ctf), batch.images
     )
     rng = np.random.default_rng(0)
     random_scores = []
@@ -49,7 +49,7 @@ def test_trpv1_particles_match_their_poses_better_than_random_poses(tmp_path):
         )
         random_scores.append(
             normalised_cross_correlation(
-                projector.project(rotations, batch["shifts_angstrom"], ctf), batch["images"]
+                projector.project(rotations, batch.origin_angstrom, ctf), batch.images
             )
         )
     random_scores = np.concatenate(random_scores)

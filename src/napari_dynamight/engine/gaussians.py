@@ -268,7 +268,7 @@ def render_volume(model: GaussianModel, box: int, voxel_size_angstrom: float) ->
 
 
 def image_positions(
-    positions_angstrom: torch.Tensor, rotations: torch.Tensor, shifts_angstrom: torch.Tensor
+    positions_angstrom: torch.Tensor, rotations: torch.Tensor, origin_angstrom: torch.Tensor
 ) -> torch.Tensor:
     """Where the centres land in each image (B, N, 2), Å from the box centre, x then y.
 
@@ -279,20 +279,20 @@ def image_positions(
         rotated = torch.einsum("bij,nj->bni", rotations[:, :2, :], positions_angstrom)
     else:
         rotated = torch.einsum("bij,bnj->bni", rotations[:, :2, :], positions_angstrom)
-    return rotated - shifts_angstrom.unsqueeze(1)
+    return rotated - origin_angstrom.unsqueeze(1)
 
 
 def _pixel_coordinates(
     positions_angstrom: torch.Tensor,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     box: int,
     pixel_size_angstrom: float,
 ) -> torch.Tensor:
     """Continuous (row, column) pixel indices (B, N, 2) of the centres in each image: the
     :func:`image_positions` flipped to (y, x), in pixels, from the box corner; one batched product."""
     matrix = rotations[:, [1, 0], :].transpose(1, 2) / pixel_size_angstrom  # (B, 3, 2)
-    offset = (box // 2 - shifts_angstrom.flip(-1) / pixel_size_angstrom).unsqueeze(1)  # (B, 1, 2)
+    offset = (box // 2 - origin_angstrom.flip(-1) / pixel_size_angstrom).unsqueeze(1)  # (B, 1, 2)
     positions = positions_angstrom
     if positions.ndim == 2:
         positions = positions.expand(len(rotations), -1, -1)
@@ -302,7 +302,7 @@ def _pixel_coordinates(
 def project(
     model: GaussianModel,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     box: int,
     pixel_size_angstrom: float,
     ctf: torch.Tensor | None = None,
@@ -314,7 +314,7 @@ def project(
     ``ctf`` is (B, box, box//2+1) in ``torch.fft.rfft2`` layout (see :func:`engine.ctf.compute_ctf`).
     """
     spectrum = project_spectrum(
-        model, rotations, shifts_angstrom, box, pixel_size_angstrom, positions_angstrom
+        model, rotations, origin_angstrom, box, pixel_size_angstrom, positions_angstrom
     )
     if ctf is not None:
         spectrum = spectrum * ctf
@@ -324,21 +324,21 @@ def project(
 def project_spectrum(
     model: GaussianModel,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     box: int,
     pixel_size_angstrom: float,
     positions_angstrom: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The rfft2 (B, box, box//2+1) of the projections, before any CTF (training losses use this)."""
     positions = model.positions_angstrom if positions_angstrom is None else positions_angstrom
-    coords = _pixel_coordinates(positions, rotations, shifts_angstrom, box, pixel_size_angstrom)
+    coords = _pixel_coordinates(positions, rotations, origin_angstrom, box, pixel_size_angstrom)
     return _spectrum_of_coordinates(model, coords, box, pixel_size_angstrom)
 
 
 def project_spectrum_pairs(
     model: GaussianModel,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     box: int,
     pixel_size_angstrom: float,
     positions_angstrom: torch.Tensor,
@@ -346,7 +346,7 @@ def project_spectrum_pairs(
     """The rfft2 (B, K, box, box//2+1) of every pose (B) applied to every set of centres (K, N, 3): what
     :func:`project_spectrum` gives for the B·K repeated poses and positions, without repeating them."""
     matrix = rotations[:, [1, 0], :].transpose(1, 2) / pixel_size_angstrom  # (B, 3, 2)
-    offset = (box // 2 - shifts_angstrom.flip(-1) / pixel_size_angstrom).view(-1, 1, 1, 2)
+    offset = (box // 2 - origin_angstrom.flip(-1) / pixel_size_angstrom).view(-1, 1, 1, 2)
     count, n = positions_angstrom.shape[:2]
     step = max(
         1, PAIR_POINTS // max(1, count * n)

@@ -18,7 +18,7 @@ def _centred_axis(box: int, device, dtype) -> torch.Tensor:
 def project_volume(
     volume: torch.Tensor,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     pixel_size_angstrom: float,
     ctf: torch.Tensor | None = None,
     chunk: int = 8,
@@ -36,7 +36,7 @@ def project_volume(
     images = []
     for start in range(0, rotations.shape[0], chunk):
         rot = rotations[start : start + chunk].to(dtype)
-        shift = shifts_angstrom[start : start + chunk].to(dtype)
+        shift = origin_angstrom[start : start + chunk].to(dtype)
         frame = image_frame.expand(rot.shape[0], *image_frame.shape).clone()
         frame[..., :2] += shift.view(-1, 1, 1, 1, 2)
         map_points = torch.einsum("bji,bzyxj->bzyxi", rot, frame)
@@ -79,7 +79,7 @@ class FourierProjector:
     def project(
         self,
         rotations: torch.Tensor,
-        shifts_angstrom: torch.Tensor,
+        origin_angstrom: torch.Tensor,
         ctf: torch.Tensor | None = None,
         chunk: int = 32,
     ) -> torch.Tensor:
@@ -93,7 +93,7 @@ class FourierProjector:
         results = []
         for start in range(0, rotations.shape[0], chunk):
             rot = rotations[start : start + chunk].to(dtype)
-            shift = shifts_angstrom[start : start + chunk].to(dtype) / self.pixel_size_angstrom
+            shift = origin_angstrom[start : start + chunk].to(dtype) / self.pixel_size_angstrom
             points = torch.einsum("bji,yxj->byxi", rot, plane)  # Aᵀ k, in padded frequency units
             normalised = 2 * (points + size // 2) / (size - 1) - 1
             sampled = torch.nn.functional.grid_sample(
@@ -117,9 +117,9 @@ class FourierProjector:
 
 
 def project_volume_fourier(
-    volume, rotations, shifts_angstrom, pixel_size_angstrom, ctf=None, padding=2
+    volume, rotations, origin_angstrom, pixel_size_angstrom, ctf=None, padding=2
 ):
     """One-off :class:`FourierProjector` projection (B, L, L) of a map [z, y, x]."""
     return FourierProjector(volume, pixel_size_angstrom, padding).project(
-        rotations, shifts_angstrom, ctf
+        rotations, origin_angstrom, ctf
     )

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..gaussians import PAIR_POINTS, GaussianModel, project_spectrum, project_spectrum_pairs
+from .batches import TrainingBatch
 from .losses import NoiseModel
 
 MEMORY_BUDGET_BYTES = 256 * 1024**2
@@ -105,17 +106,17 @@ class Screen:
         half = self.box // 2
         return torch.cat([spectra[..., :half, : half + 1], spectra[..., -half:, : half + 1]], -2)
 
-    def negative_log_likelihoods(self, batch: dict, noise: NoiseModel) -> torch.Tensor:
+    def negative_log_likelihoods(self, batch: TrainingBatch, noise: NoiseModel) -> torch.Tensor:
         """(B, K): the screen's ``Σ_k |CTF·P(coarse model_k) − Y|² / σ²(|k|)`` over the crop."""
         spectra = project_spectrum_pairs(
             self.model,
-            batch["rotations"],
-            batch["shifts_angstrom"],
+            batch.rotations,
+            batch.origin_angstrom,
             self.box,
             self.pixel_size_angstrom,
             self.positions,
-        ) * (self.scale * self.crop(batch["ctf"])[:, None])
-        residual = (spectra - self.crop(batch["spectra"])[:, None]).abs().pow(2)
+        ) * (self.scale * self.crop(batch.ctf)[:, None])
+        residual = (spectra - self.crop(batch.spectra)[:, None]).abs().pow(2)
         return (residual * self.crop(noise.weights)).flatten(2).sum(-1)
 
 
@@ -131,7 +132,7 @@ def screened_choice(nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pair_likelihoods(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
@@ -148,20 +149,20 @@ def _pair_likelihoods(
         b, k = particle[start : start + step], candidate[start : start + step]
         spectra = project_spectrum(
             model,
-            batch["rotations"][b],
-            batch["shifts_angstrom"][b],
+            batch.rotations[b],
+            batch.origin_angstrom[b],
             box,
             pixel_size_angstrom,
             positions_angstrom=candidates.positions[k],
         )
-        residual = (spectra * batch["ctf"][b] - batch["spectra"][b]).abs().pow(2) * noise.weights
+        residual = (spectra * batch.ctf[b] - batch.spectra[b]).abs().pow(2) * noise.weights
         parts.append(residual.flatten(1).sum(-1))
     return torch.cat(parts) if parts else torch.zeros(0, device=candidates.positions.device)
 
 
 @torch.no_grad()
 def negative_log_likelihoods(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
@@ -172,21 +173,21 @@ def negative_log_likelihoods(
     spectra = (
         project_spectrum_pairs(
             model,
-            batch["rotations"],
-            batch["shifts_angstrom"],
+            batch.rotations,
+            batch.origin_angstrom,
             box,
             pixel_size_angstrom,
             candidates.positions,
         )
-        * batch["ctf"][:, None]
+        * batch.ctf[:, None]
     )
-    residual = (spectra - batch["spectra"][:, None]).abs().pow(2) * noise.weights
+    residual = (spectra - batch.spectra[:, None]).abs().pow(2) * noise.weights
     return residual.flatten(2).sum(-1)
 
 
 @torch.no_grad()
 def _screened_posteriors(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
@@ -214,7 +215,7 @@ def _screened_posteriors(
 
 @torch.no_grad()
 def posteriors(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
@@ -227,8 +228,8 @@ def posteriors(
     likeliest exactly and the others from the screen (:func:`_screened_posteriors`)."""
     chunk = batch_rows(len(candidates), candidates.positions.shape[1], box)
     parts = []
-    for start in range(0, len(batch["rows"]), chunk):
-        part = {key: value[start : start + chunk] for key, value in batch.items()}
+    for start in range(0, len(batch), chunk):
+        part = batch.select(slice(start, start + chunk))
         if screen is not None:
             parts.append(
                 _screened_posteriors(
@@ -246,7 +247,7 @@ def posteriors(
 
 
 def posterior_mean(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
@@ -284,7 +285,7 @@ def half_candidates(half, batches, batch_size: int = 256) -> Candidates:
     rows = half.train_rows
     codes = torch.cat(
         [
-            half.encode(batches.get(rows[start : start + batch_size])["encoder_input"])
+            half.encode(batches.get(rows[start : start + batch_size]).encoder_input)
             for start in range(0, len(rows), batch_size)
         ]
     )
@@ -301,7 +302,7 @@ def latent_inference(half, batches) -> Callable[[dict], torch.Tensor]:
     its encoder's means, or their posterior mean over :func:`half_candidates` (``half`` is a
     :class:`~.trainer.HalfSet`, ``batches`` its :class:`~.batches.ParticleBatches`)."""
     if half.settings.latent_inference == "encoder":
-        return lambda batch: half.encode(batch["encoder_input"])
+        return lambda batch: half.encode(batch.encoder_input)
     candidates = half_candidates(half, batches)
     model = half.model(detach=True)
     box, pixel = batches.box, batches.pixel_size_angstrom

@@ -169,7 +169,7 @@ def _share_loss(
         )
     predicted = half.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
     data = part_of_mean(
-        data_loss(predicted, batch["spectra"], half.noise.weights, half.noise.n_frequencies).mean(),
+        data_loss(predicted, batch.spectra, half.noise.weights, half.noise.n_frequencies).mean(),
         len(rows),
         n_whole,
     )

@@ -52,7 +52,7 @@ def is_reference_update(epoch: int, settings: DeformationSettings) -> bool:
 def _batched_predictions(half: HalfSet, batches: ParticleBatches, rows: np.ndarray):
     for start in range(0, len(rows), half.settings.batch_size):
         batch = batches.get(rows[start : start + half.settings.batch_size])
-        yield half.deformed_positions(half.encode(batch["encoder_input"]))
+        yield half.deformed_positions(half.encode(batch.encoder_input))
 
 
 @torch.no_grad()

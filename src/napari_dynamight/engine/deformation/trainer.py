@@ -156,8 +156,8 @@ class HalfSet:
             total = None
             for start in range(0, len(rows), self.settings.batch_size):
                 power = (
-                    batches.get(rows[start : start + self.settings.batch_size])["ctf"]
-                    .abs()
+                    batches.get(rows[start : start + self.settings.batch_size])
+                    .ctf.abs()
                     .pow(2)
                     .sum(0)
                 )
@@ -207,13 +207,13 @@ class HalfSet:
         """CTF-filtered projection spectra of the deformed ``model`` under the batch's poses."""
         spectrum = project_spectrum(
             model,
-            batch["rotations"],
-            batch["shifts_angstrom"],
+            batch.rotations,
+            batch.origin_angstrom,
             box,
             pixel_size,
             positions_angstrom=deformed,
         )
-        return spectrum * batch["ctf"]
+        return spectrum * batch.ctf
 
     def epoch(
         self, mode: str, batches: ParticleBatches, epoch: int, total_epochs: int
@@ -302,18 +302,18 @@ class HalfSet:
         data = torch.zeros((), device=self.device)
         if mode != "full":  # only training rows
             if mode == "warmup":
-                deformed = self.positions.expand(len(batch["rows"]), -1, -1)
+                deformed = self.positions.expand(len(batch), -1, -1)
             else:
                 with torch.no_grad():
-                    displacement = self.displacement(self.encode(batch["encoder_input"]))
+                    displacement = self.displacement(self.encode(batch.encoder_input))
                 deformed = self.positions + displacement * self.moving.view(-1, 1)
             per_particle = data_loss(
-                self.predict(batch, deformed, model, box, pixel), batch["spectra"], weights, n_freq
+                self.predict(batch, deformed, model, box, pixel), batch.spectra, weights, n_freq
             )
             data = per_particle.mean()
             total = per_particle.sum()
         else:
-            mean, log_var = self.encoder(batch["encoder_input"])
+            mean, log_var = self.encoder(batch.encoder_input)
             z = self._sample(mean, log_var, share, len(whole))
             kl = kl_divergence(mean, log_var).mean() * self.settings.kl_weight / n_freq
             basis = self.linear_basis()
@@ -323,20 +323,13 @@ class HalfSet:
                 if not rows.any():
                     continue
                 index = None if rows.all() else rows.nonzero().squeeze(1)
-                part = (
-                    batch
-                    if index is None
-                    else {
-                        key: batch[key][index]
-                        for key in ("rotations", "shifts_angstrom", "ctf", "spectra")
-                    }
-                )
+                part = batch if index is None else batch.select(index)
                 deformed, coefficients = self._deform(
                     z if index is None else z[index], frozen, basis
                 )
                 per_particle = data_loss(
                     self.predict(part, deformed, model.detach() if frozen else model, box, pixel),
-                    part["spectra"],
+                    part.spectra,
                     weights,
                     n_freq,
                 )
@@ -417,12 +410,12 @@ class HalfSet:
         for start in range(0, len(rows), self.settings.batch_size):
             batch = batches.get(rows[start : start + self.settings.batch_size])
             if deform:
-                deformed = self.deformed_positions(self.encode(batch["encoder_input"]))
+                deformed = self.deformed_positions(self.encode(batch.encoder_input))
             else:
-                deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
+                deformed = self.positions.detach().expand(len(batch), -1, -1)
             residual = (
                 self.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
-                - batch["spectra"]
+                - batch.spectra
             )
             self.noise.accumulate(residual)
         self.noise.update(self.group)
@@ -440,14 +433,14 @@ class HalfSet:
         rows = self.group.shard(rows)
         for start in range(0, len(rows), self.settings.batch_size):
             batch = batches.get(rows[start : start + self.settings.batch_size])
-            deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
+            deformed = self.positions.detach().expand(len(batch), -1, -1)
             predicted = self.predict(
                 batch, deformed, model, batches.box, batches.pixel_size_angstrom
             )
-            cross += float((predicted.conj() * batch["spectra"]).real.sum())
+            cross += float((predicted.conj() * batch.spectra).real.sum())
             power += float(predicted.abs().pow(2).sum())
-            image_power += float(batch["spectra"].abs().pow(2).sum())
-            count += batch["spectra"].numel()
+            image_power += float(batch.spectra.abs().pow(2).sum())
+            count += batch.spectra.numel()
         if self.group.size > 1:
             cross, power, image_power, count = self.group.all_reduce_sum_(
                 torch.tensor([cross, power, image_power, count], dtype=torch.float64)

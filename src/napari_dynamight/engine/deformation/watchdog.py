@@ -73,7 +73,7 @@ def diagnose(half, batches) -> dict[str, float]:
     precise = _precise_dtype(half.device)
     encode, deformed_positions = _in_precision(half, precise)
     codes = [
-        encode(batches.get(rows[start : start + size])["encoder_input"])
+        encode(batches.get(rows[start : start + size]).encoder_input)
         for start in range(0, len(rows), size)
     ]
     others = torch.cat(codes).roll(len(rows) // 2, 0).split(size) if len(rows) else []
@@ -95,14 +95,14 @@ def diagnose(half, batches) -> dict[str, float]:
         for positions in (deformed, reference, deformed_positions(other)):
             predicted = project_spectrum(
                 model,
-                batch["rotations"].to(precise),
-                batch["shifts_angstrom"].to(precise),
+                batch.rotations.to(precise),
+                batch.origin_angstrom.to(precise),
                 batches.box,
                 batches.pixel_size_angstrom,
                 positions_angstrom=positions.to(precise),
-            ) * batch["ctf"].to(precise)
+            ) * batch.ctf.to(precise)
             losses.append(
-                data_loss(predicted, batch["spectra"].to(predicted.dtype), weights, n_freq)
+                data_loss(predicted, batch.spectra.to(predicted.dtype), weights, n_freq)
                 .cpu()
                 .double()
             )

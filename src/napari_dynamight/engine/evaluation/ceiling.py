@@ -145,7 +145,7 @@ def ctf_batches(dataset, n: int, batch_size: int, box: int, pixel_size: float):
     for step, start in enumerate(chunks):
         rows = np.arange(start, min(n, start + int(batch_size)))
         batch = dataset.batch(rows)
-        yield step, len(chunks), rows, batch, compute_ctf(batch["ctf"], box, pixel_size)
+        yield step, len(chunks), rows, batch, compute_ctf(batch.ctf, box, pixel_size)
 
 
 def _half_plane_weights(box: int, device) -> torch.Tensor:
@@ -236,8 +236,8 @@ def bayes_ceiling(
         for step, n_chunks, rows, batch, ctf in ctf_batches(
             dataset, n, batch_size, box, pixel_size
         ):
-            rotations, shifts = batch["rotations"], batch["shifts_angstrom"]
-            images = batch["images"]
+            rotations, shifts = batch.rotations, batch.origin_angstrom
+            images = batch.images
             spectrum = torch.fft.rfft2(images)
             truth = project_frames(
                 scene,

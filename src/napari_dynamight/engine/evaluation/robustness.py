@@ -155,10 +155,10 @@ def domain_ceiling(
         for step, n_chunks, rows, batch, ctf in ctf_batches(
             dataset, n, batch_size, box, pixel_size
         ):
-            rotations, shifts = batch["rotations"], batch["shifts_angstrom"]
+            rotations, shifts = batch.rotations, batch.origin_angstrom
             if envelope is not None:
                 ctf = ctf * envelope
-            spectrum = torch.fft.rfft2(batch["images"])
+            spectrum = torch.fft.rfft2(batch.images)
             for column in range(len(scene.frames)):
                 projection = (
                     project_spectrum(scene.at_frame(column), rotations, shifts, box, pixel_size)

@@ -143,7 +143,7 @@ class DeformedAccumulator:
         pending = 0 if self._pending is None else self._pending.particle_count
         return self.standard.particle_count + pending
 
-    def add(self, images, rotations, shifts_angstrom, ctf=None, latents=None) -> None:
+    def add(self, images, rotations, origin_angstrom, ctf=None, latents=None) -> None:
         """Insert a batch: as :meth:`FourierAccumulator.add`, plus each particle's field code (B, D).
 
         Each run of consecutive equal codes is inserted with its origins moved by the code's
@@ -151,7 +151,7 @@ class DeformedAccumulator:
         the pending accumulator, which is warped (:meth:`flush`) when the code changes.
         """
         if self.field is None:
-            self.standard.add(images, rotations, shifts_angstrom, ctf)
+            self.standard.add(images, rotations, origin_angstrom, ctf)
             return
         if latents is None:
             raise InputError("a deformed reconstruction needs each particle's latent code")
@@ -167,7 +167,7 @@ class DeformedAccumulator:
                 self.flush()
                 self._pending_code = codes[start].clone()
                 self._set_code(self._pending_code)
-            shifts = shifts_angstrom[start:end]
+            shifts = origin_angstrom[start:end]
             if bool(self._translation.any()):
                 turn = torch.as_tensor(rotations[start:end]).to(self.device, torch.float32)
                 shifts = (

@@ -170,10 +170,10 @@ def reconstruct_run(
             device=device,
         ) as dataset:
             for done, batch in enumerate(dataset.batches(batch_size), 1):
-                ctf = compute_ctf(batch["ctf"], box, dataset.pixel_size_angstrom)
-                batch_codes = None if codes is None else codes[batch["indices"].cpu().numpy()]
+                ctf = compute_ctf(batch.ctf, box, dataset.pixel_size_angstrom)
+                batch_codes = None if codes is None else codes[batch.rows]
                 accumulator.add(
-                    batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, batch_codes
+                    batch.images, batch.rotations, batch.origin_angstrom, ctf, batch_codes
                 )
                 yield Progress(STAGE, min(done * batch_size, len(rows)), len(rows), f"half {half}")
         accumulators.append(reduce_sums(accumulator, context))
