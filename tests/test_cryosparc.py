@@ -34,6 +34,7 @@ from napari_dynamight.engine.geometry import (
     euler_to_matrix_numpy,
     random_euler_angles,
 )
+from napari_dynamight.engine.image_formation import Pose, form_images
 from napari_dynamight.engine.io.cryosparc import passthrough_files
 
 BOX, PIXEL, N = 48, 2.0, 32
@@ -201,7 +202,9 @@ def project_folder(tmp_path_factory) -> Path:
     star = read_particles(root / "relion" / "particles.star", data_root=root / "relion")
     ctf_images = compute_ctf(star.ctf.torch(), BOX, PIXEL)
     images = (
-        project(_model(), rotations, shifts, BOX, PIXEL, ctf=ctf_images).numpy().astype(np.float32)
+        form_images(_model(), Pose(rotations, shifts), BOX, PIXEL, ctf_images)
+        .numpy()
+        .astype(np.float32)
     )
     (root / "J5" / "extract").mkdir(parents=True)
     with mrcfile.new(root / "J5" / "extract" / "particles.mrc") as handle:
@@ -226,7 +229,7 @@ def _projections(table) -> tuple[torch.Tensor, torch.Tensor, dict]:
         batch = dataset.batch(np.arange(len(table)))
     ctf = compute_ctf(batch.ctf, BOX, PIXEL)
     return (
-        project(_model(), batch.rotations, batch.origin_angstrom, BOX, PIXEL, ctf=ctf),
+        form_images(_model(), batch.pose, BOX, PIXEL, ctf),
         batch.images,
         batch,
     )

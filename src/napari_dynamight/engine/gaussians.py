@@ -305,19 +305,16 @@ def project(
     origin_angstrom: torch.Tensor,
     box: int,
     pixel_size_angstrom: float,
-    ctf: torch.Tensor | None = None,
     positions_angstrom: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Projection images (B, box, box) [y, x] of the model under RELION poses, optionally CTF-filtered.
+    """Projection images (B, box, box) [y, x] of the model under RELION poses, without CTF (images
+    as the microscope forms them: ``engine.image_formation``).
 
     ``positions_angstrom`` (B, N, 3) overrides the model's centres per image (deformed models).
-    ``ctf`` is (B, box, box//2+1) in ``torch.fft.rfft2`` layout (see :func:`engine.ctf.compute_ctf`).
     """
     spectrum = project_spectrum(
         model, rotations, origin_angstrom, box, pixel_size_angstrom, positions_angstrom
     )
-    if ctf is not None:
-        spectrum = spectrum * ctf
     return torch.fft.irfft2(spectrum, s=(box, box))
 
 
@@ -329,7 +326,8 @@ def project_spectrum(
     pixel_size_angstrom: float,
     positions_angstrom: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The rfft2 (B, box, box//2+1) of the projections, before any CTF (training losses use this)."""
+    """The rfft2 (B, box, box//2+1) of the projections, before any CTF (see
+    ``engine.image_formation``)."""
     positions = model.positions_angstrom if positions_angstrom is None else positions_angstrom
     coords = _pixel_coordinates(positions, rotations, origin_angstrom, box, pixel_size_angstrom)
     return _spectrum_of_coordinates(model, coords, box, pixel_size_angstrom)
@@ -373,12 +371,6 @@ def _spectrum_of_coordinates(
     grid = _splat(coords, line_integral, channel, len(sigmas), box)
     kernel = _kernel_spectrum(sigmas.to(coords.dtype), box, pixel_size_angstrom, 2)
     return (torch.fft.rfft2(grid) * kernel).sum(1)
-
-
-def apply_ctf(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
-    """Filter real images (B, L, L) by CTFs (B, L, L//2+1) in rfft2 layout."""
-    box = images.shape[-1]
-    return torch.fft.irfft2(torch.fft.rfft2(images) * ctf, s=(box, box))
 
 
 def normalised_cross_correlation(

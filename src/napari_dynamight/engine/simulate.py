@@ -12,8 +12,7 @@ Each particle draws a frame (uniformly among the frames used, or with ``frame_di
 ``frame_weights``), an orientation (uniform on SO(3)), an
 origin (normal, σ = ``origin_sd_angstrom`` per axis), a mean defocus (uniform in the range), an
 astigmatism ``|dU − dV|`` (uniform in 0..``astigmatism_angstrom``) at a uniform angle. The image is
-the Gaussian model's projection (``engine.gaussians.project``), multiplied by the CTF in Fourier
-space (and, with ``envelope_bfactor``, by ``exp(−B s²/4)``: an envelope the STAR file does not
+the Gaussian model's projection multiplied by the CTF in Fourier space (``engine.image_formation``) (and, with ``envelope_bfactor``, by ``exp(−B s²/4)``: an envelope the STAR file does not
 record, as a real microscope's would not be), plus white Gaussian noise.
 
 Frame distributions. ``uniform`` (default) gives every used frame the same probability;
@@ -59,7 +58,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .ctf import CtfParams, compute_ctf, frequency_grid_2d
+from .ctf import CtfParams, compute_ctf
 from .data.particle_file import write_particles
 from .data.particles import table_from_blocks
 from .device import check_device
@@ -68,11 +67,12 @@ from .errors import InputError
 from .fourier import fsc, radial_index
 from .gaussians import render_volume
 from .geometry import euler_to_matrix, random_euler_angles
+from .image_formation import Pose, frame_images, image_envelope, transfer
 from .io.atomic import atomic_path
 from .io.mrc import write_map
 from .progress import Progress, ProgressGenerator
 from .reconstruction.standard import FourierAccumulator
-from .scene import Scene, build_scene, project_frames
+from .scene import Scene, build_scene
 
 STACK_NAME = "particles.mrcs"
 FRAME_DISTRIBUTIONS = ("uniform", "bimodal")
@@ -313,12 +313,13 @@ def _sums_bytes(box: int) -> int:
     return 3 * (2 * box + 2) ** 2 * (box + 2) * 4
 
 
-def _poses(rows: pd.DataFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """RELION rotation matrices (B, 3, 3) and origins (B, 2) Å of some label rows."""
+def _poses(rows: pd.DataFrame, device) -> Pose:
+    """The RELION poses (rotation matrices and origins in Å) of some label rows."""
     euler = torch.tensor(rows[["rot", "tilt", "psi"]].to_numpy(), dtype=torch.float32)
     origins = rows[["origin_x_angstrom", "origin_y_angstrom"]].to_numpy()
-    return euler_to_matrix(euler).to(device), torch.tensor(
-        origins, dtype=torch.float32, device=device
+    return Pose(
+        euler_to_matrix(euler).to(device),
+        torch.tensor(origins, dtype=torch.float32, device=device),
     )
 
 
@@ -523,12 +524,6 @@ def _truth_map_name(frame: int, state: bool) -> str:
     return f"state_{frame:04d}.mrc" if state else f"frame_{frame:03d}.mrc"
 
 
-def image_envelope(box: int, pixel_size: float, bfactor: float, device=None) -> torch.Tensor:
-    """``exp(−B s²/4)`` on the rfft2 half plane (box, box//2+1); s in 1/Å."""
-    fx, fy = frequency_grid_2d(box, pixel_size, device=device, dtype=torch.float32, rfft=True)
-    return torch.exp(-bfactor * (fx**2 + fy**2) / 4.0)
-
-
 def _write_images(
     staging: Path,
     scene: Scene,
@@ -565,22 +560,23 @@ def _write_images(
         image_envelope(box, pixel_size, envelope_bfactor, device) if envelope_bfactor else None
     )
 
-    def insert(accumulator, half, start, images, rotations, shifts, ctf) -> None:
+    def insert(accumulator, half, start, images, pose, ctf) -> None:
         keep = subsets[start : start + len(images)] == half
         if keep.any():
-            accumulator.add(images[keep], rotations[keep], shifts[keep], ctf[keep])
+            accumulator.add(
+                images[keep], pose.rotations[keep], pose.origin_angstrom[keep], ctf[keep]
+            )
 
     with mrcfile.new_mmap(staging / STACK_NAME, shape=(n, box, box), mrc_mode=2) as stack:
         stack.set_image_stack()
         stack.voxel_size = pixel_size
         for start in range(0, n, chunk_size):
             rows = labels.iloc[start : start + chunk_size]
-            rotations, shifts = _poses(rows, device)
+            pose = _poses(rows, device)
             ctf = compute_ctf(_ctf_params(rows, *optics).torch(device), box, pixel_size)
             frame_index = np.searchsorted(scene.frames, rows[key].to_numpy())
-            signal_ctf = ctf if envelope is None else ctf * envelope
-            images = project_frames(
-                scene, frame_index, rotations, shifts, box, pixel_size, signal_ctf
+            images = frame_images(
+                scene, frame_index, pose, box, pixel_size, transfer(ctf, envelope)
             )
             if start == 0:
                 signal_variance = float(images.var(dim=(1, 2)).mean())
@@ -590,7 +586,7 @@ def _write_images(
                 images = images + math.sqrt(noise_variance) * noise.to(device)
             stack.data[start : start + len(rows)] = images.cpu().numpy()
             for half, accumulator in accumulators.items():
-                insert(accumulator, half, start, images, rotations, shifts, ctf)
+                insert(accumulator, half, start, images, pose, ctf)
             yield Progress(
                 "simulating particles",
                 start + len(rows),
@@ -603,10 +599,9 @@ def _write_images(
             accumulators[2] = FourierAccumulator(box, pixel_size, device=device)
             for start in range(0, n, chunk_size):
                 rows = labels.iloc[start : start + chunk_size]
-                rotations, shifts = _poses(rows, device)
                 ctf = compute_ctf(_ctf_params(rows, *optics).torch(device), box, pixel_size)
                 images = torch.as_tensor(np.array(stack.data[start : start + len(rows)]))
-                insert(accumulators[2], 2, start, images.to(device), rotations, shifts, ctf)
+                insert(accumulators[2], 2, start, images.to(device), _poses(rows, device), ctf)
         halves.append(accumulators.pop(2).reconstruct(release=True))
     write_map(
         staging / "consensus.mrc", _fsc_weighted(halves, pixel_size).cpu().numpy(), pixel_size

@@ -21,6 +21,7 @@ from ..ctf import CtfParams
 from ..errors import InputError
 from ..fourier import centred_resize, fourier_box, fourier_resample
 from ..geometry import euler_to_matrix
+from ..image_formation import Pose
 from ..io.mrc import MrcStack, open_stack
 from .particles import ParticleTable, positions
 
@@ -66,6 +67,10 @@ class ParticleBatch:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def pose(self) -> Pose:
+        return Pose(self.rotations, self.origin_angstrom)
 
 
 class ParticleDataset:

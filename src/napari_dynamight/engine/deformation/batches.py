@@ -26,6 +26,7 @@ import torch
 from ..ctf import compute_ctf, frequency_grid_2d
 from ..data.dataset import ParticleDataset
 from ..data.particles import ParticleTable
+from ..image_formation import Pose
 
 DEFAULT_MAX_CACHE_BYTES = 2 * 1024**3
 
@@ -69,6 +70,10 @@ class TrainingBatch:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def pose(self) -> Pose:
+        return Pose(self.rotations, self.origin_angstrom)
 
     @classmethod
     def tensor_names(cls) -> tuple[str, ...]:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..gaussians import PAIR_POINTS, GaussianModel, project_spectrum, project_spectrum_pairs
+from ..gaussians import PAIR_POINTS, GaussianModel
+from ..image_formation import image_spectra, image_spectra_pairs
 from .batches import TrainingBatch
 from .losses import NoiseModel
 
@@ -108,14 +109,14 @@ class Screen:
 
     def negative_log_likelihoods(self, batch: TrainingBatch, noise: NoiseModel) -> torch.Tensor:
         """(B, K): the screen's ``Σ_k |CTF·P(coarse model_k) − Y|² / σ²(|k|)`` over the crop."""
-        spectra = project_spectrum_pairs(
+        spectra = image_spectra_pairs(
             self.model,
-            batch.rotations,
-            batch.origin_angstrom,
+            batch.pose,
             self.box,
             self.pixel_size_angstrom,
+            self.scale * self.crop(batch.ctf),
             self.positions,
-        ) * (self.scale * self.crop(batch.ctf)[:, None])
+        )
         residual = (spectra - self.crop(batch.spectra)[:, None]).abs().pow(2)
         return (residual * self.crop(noise.weights)).flatten(2).sum(-1)
 
@@ -147,15 +148,15 @@ def _pair_likelihoods(
     parts = []
     for start in range(0, len(particle), step):
         b, k = particle[start : start + step], candidate[start : start + step]
-        spectra = project_spectrum(
+        spectra = image_spectra(
             model,
-            batch.rotations[b],
-            batch.origin_angstrom[b],
+            batch.pose.select(b),
             box,
             pixel_size_angstrom,
-            positions_angstrom=candidates.positions[k],
+            batch.ctf[b],
+            candidates.positions[k],
         )
-        residual = (spectra * batch.ctf[b] - batch.spectra[b]).abs().pow(2) * noise.weights
+        residual = (spectra - batch.spectra[b]).abs().pow(2) * noise.weights
         parts.append(residual.flatten(1).sum(-1))
     return torch.cat(parts) if parts else torch.zeros(0, device=candidates.positions.device)
 
@@ -170,16 +171,8 @@ def negative_log_likelihoods(
     pixel_size_angstrom: float,
 ) -> torch.Tensor:
     """(B, K): ``Σ_k |CTF·P(model_k) − Y|² / σ²(|k|)`` of each particle's image under each candidate."""
-    spectra = (
-        project_spectrum_pairs(
-            model,
-            batch.rotations,
-            batch.origin_angstrom,
-            box,
-            pixel_size_angstrom,
-            candidates.positions,
-        )
-        * batch.ctf[:, None]
+    spectra = image_spectra_pairs(
+        model, batch.pose, box, pixel_size_angstrom, batch.ctf, candidates.positions
     )
     residual = (spectra - batch.spectra[:, None]).abs().pow(2) * noise.weights
     return residual.flatten(2).sum(-1)

@@ -25,7 +25,8 @@ from torch.func import functional_call
 
 from .. import distributed
 from ..distributed import part_of_mean
-from ..gaussians import GaussianModel, project_spectrum
+from ..gaussians import GaussianModel
+from ..image_formation import image_spectra
 from ..progress import Progress
 from . import control_points
 from .batches import ParticleBatches
@@ -204,16 +205,9 @@ class HalfSet:
         )
 
     def predict(self, batch, deformed, model, box, pixel_size):
-        """CTF-filtered projection spectra of the deformed ``model`` under the batch's poses."""
-        spectrum = project_spectrum(
-            model,
-            batch.rotations,
-            batch.origin_angstrom,
-            box,
-            pixel_size,
-            positions_angstrom=deformed,
-        )
-        return spectrum * batch.ctf
+        """Predicted image spectra (``engine.image_formation``) of the deformed ``model`` under the
+        batch's poses and CTFs."""
+        return image_spectra(model, batch.pose, box, pixel_size, batch.ctf, deformed)
 
     def epoch(
         self, mode: str, batches: ParticleBatches, epoch: int, total_epochs: int

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ..gaussians import GaussianModel, project_spectrum
+from ..gaussians import GaussianModel
+from ..image_formation import image_spectra
 from .losses import data_loss
 
 MAX_HELD_OUT = 256  # particles per half and epoch (2 decoder passes and 3 projections each, in double precision)
@@ -89,18 +90,19 @@ def diagnose(half, batches) -> dict[str, float]:
     )  # count, squared displacement, loss, gain, gain², latent gain, its ²
     for start, own, other in zip(range(0, len(rows), size), codes, others):
         batch = batches.get(rows[start : start + size])
+        pose = batch.pose.to(dtype=precise)
         deformed = deformed_positions(own)
         reference = half.positions.detach().to(precise).expand(len(own), -1, -1)
         losses = []
         for positions in (deformed, reference, deformed_positions(other)):
-            predicted = project_spectrum(
+            predicted = image_spectra(
                 model,
-                batch.rotations.to(precise),
-                batch.origin_angstrom.to(precise),
+                pose,
                 batches.box,
                 batches.pixel_size_angstrom,
-                positions_angstrom=positions.to(precise),
-            ) * batch.ctf.to(precise)
+                batch.ctf.to(precise),
+                positions.to(precise),
+            )
             losses.append(
                 data_loss(predicted, batch.spectra.to(predicted.dtype), weights, n_freq)
                 .cpu()

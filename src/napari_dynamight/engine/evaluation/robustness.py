@@ -28,7 +28,7 @@ from scipy.special import logsumexp
 from ..data.dataset import ParticleDataset
 from ..data.particle_file import read_particles
 from ..errors import InputError
-from ..gaussians import project_spectrum
+from ..image_formation import image_envelope, image_spectra
 from ..progress import Progress, ProgressGenerator
 from .ceiling import CeilingResult, _half_plane_weights, ctf_batches
 from .metrics import abs_spearman
@@ -99,7 +99,6 @@ def domain_ceiling(
     the simulation's.
     """
     from ..domains import domain_frames
-    from ..simulate import image_envelope
 
     directory = Path(simulation_directory)
     settings_path = directory / "ground_truth" / "simulation.json"
@@ -153,17 +152,11 @@ def domain_ceiling(
     log_likelihood = np.zeros((n, len(scene.frames)))
     with dataset:
         for step, n_chunks, rows, batch, ctf in ctf_batches(
-            dataset, n, batch_size, box, pixel_size
+            dataset, n, batch_size, box, pixel_size, envelope
         ):
-            rotations, shifts = batch.rotations, batch.origin_angstrom
-            if envelope is not None:
-                ctf = ctf * envelope
             spectrum = torch.fft.rfft2(batch.images)
             for column in range(len(scene.frames)):
-                projection = (
-                    project_spectrum(scene.at_frame(column), rotations, shifts, box, pixel_size)
-                    * ctf
-                )
+                projection = image_spectra(scene.at_frame(column), batch.pose, box, pixel_size, ctf)
                 cross = (
                     (spectrum.real * projection.real + spectrum.imag * projection.imag) * weights
                 ).sum((1, 2))
