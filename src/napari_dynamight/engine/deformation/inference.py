@@ -290,7 +290,7 @@ def half_candidates(half, batches, batch_size: int = 256) -> Candidates:
     )
 
 
-def latent_inference(half, batches) -> Callable[[dict], torch.Tensor]:
+def latent_inference(half, batches) -> Callable[[TrainingBatch], torch.Tensor]:
     """The function that gives a half set's latents (B, D) for a prepared batch, as its settings ask:
     its encoder's means, or their posterior mean over :func:`half_candidates` (``half`` is a
     :class:`~.trainer.HalfSet`, ``batches`` its :class:`~.batches.ParticleBatches`)."""

@@ -102,7 +102,7 @@ class FourierAccumulator:
         shifts = torch.as_tensor(origin_angstrom).to(device=self.device, dtype=self.dtype)
         if rotations.shape != (batch, 3, 3) or shifts.shape != (batch, 2):
             raise InputError(
-                f"{batch} images need rotations ({batch}, 3, 3) and shifts ({batch}, 2); got "
+                f"{batch} images need rotations ({batch}, 3, 3) and origins ({batch}, 2); got "
                 f"{tuple(rotations.shape)} and {tuple(shifts.shape)}"
             )
         if ctf is not None:
