@@ -1,9 +1,10 @@
 """The Gaussian pseudo-atom model and its image formation (render to a map, project to images).
 
-Density: ``f(x) = Σ_j a_j exp(-|x - c_j|² / (2 σ_j²))`` with centres ``c_j`` in Å from the box centre
-(order x, y, z). Rendering and projection splat the centres onto the grid (tri/bilinear), Fourier
-transform, multiply by the exact Gaussian kernel and divide by the splat's own sinc² blur, so the result
-is the band-limited image of the continuous model, fast and differentiable on any device.
+Density: ``f(x) = Σ_j a_j exp(-|x - c_j|² / (2 σ_j²))`` with centres ``c_j`` in Å from the box
+centre (order x, y, z). Rendering and projection splat the centres onto the grid (tri/bilinear),
+Fourier transform, multiply by the exact Gaussian kernel and divide by the splat's own sinc² blur,
+so the result is the band-limited image of the continuous model, fast and differentiable on any
+device.
 
 A projection is the line integral along the beam divided by the voxel size: what summing a rendered
 map along z gives, which is also ``relion_project``'s scale.
@@ -96,11 +97,11 @@ class _Splat(torch.autograd.Function):
     """Bilinear splat of image points with a hand-written backward (and forward-mode derivative).
 
     The grid is padded by one pixel on each side, so that every point whose coordinates lie in
-    [-1, box] writes its four corners without bounds checks (the padding is cropped away, which drops
-    what lands outside, exactly as the bounds checks would); points further out are clamped into the
-    padding and get no gradient along the clamped axis. The backward gathers the grid's gradient at
-    the four corners once and forms the coordinate and weight gradients from them, instead of keeping
-    every intermediate of the forward for autograd."""
+    [-1, box] writes its four corners without bounds checks (the padding is cropped away, which
+    drops what lands outside, exactly as the bounds checks would); points further out are clamped
+    into the padding and get no gradient along the clamped axis. The backward gathers the grid's
+    gradient at the four corners once and forms the coordinate and weight gradients from them,
+    instead of keeping every intermediate of the forward for autograd."""
 
     @staticmethod
     def forward(ctx, coords, weights, channel, n_channels: int, box: int):
@@ -199,8 +200,9 @@ def _splat(
     """Linear-interpolation splat of points onto a (batch, channel, box^d) grid.
 
     ``coords`` (B, N, d) are continuous pixel indices in the order of the grid axes; points outside
-    the grid are dropped. ``weights`` (B, N) or (N,), ``channel`` (N,) class per point. Images (d = 2)
-    use :class:`_Splat`; volumes use bounds checks (a padded copy of a large volume would cost memory).
+    the grid are dropped. ``weights`` (B, N) or (N,), ``channel`` (N,) class per point. Images
+    (d = 2) use :class:`_Splat`; volumes use bounds checks (a padded copy of a large volume would
+    cost memory).
     """
     if coords.shape[-1] == 2:
         return _Splat.apply(coords, weights, channel, n_channels, box)
@@ -235,12 +237,12 @@ def _splat_checked(
 
 
 def _kernel_spectrum(sigmas: torch.Tensor, box: int, pixel_size: float, dim: int) -> torch.Tensor:
-    """Fourier transform (C, box, ..., box//2+1) of the sampled Gaussian kernel of each width class on
-    an rfftn grid, with the splat's sinc² blur divided out.
+    """Fourier transform (C, box, ..., box//2+1) of the sampled Gaussian kernel of each width class
+    on an rfftn grid, with the splat's sinc² blur divided out.
 
-    Both the Gaussian ``exp(-2π²σ²|f|²)`` and the blur ``Π sinc²(f_k p)`` are products over the axes,
-    so the kernel is the outer product of 1D factors: no box^dim frequency grid is ever built (that
-    grid cost more than the FFTs of a box-128 render)."""
+    Both the Gaussian ``exp(-2π²σ²|f|²)`` and the blur ``Π sinc²(f_k p)`` are products over the
+    axes, so the kernel is the outer product of 1D factors: no box^dim frequency grid is ever built
+    (that grid cost more than the FFTs of a box-128 render)."""
     full = torch.fft.fftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
     half = torch.fft.rfftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
     s = sigmas.view(-1, 1)
@@ -272,8 +274,8 @@ def image_positions(
 ) -> torch.Tensor:
     """Where the centres land in each image (B, N, 2), Å from the box centre, x then y.
 
-    ``positions_angstrom`` is (N, 3) or per image (B, N, 3); the image position of map point ``x`` is
-    ``(A x)[:2] - origin`` (RELION: the particle centre sits at box centre − origin).
+    ``positions_angstrom`` is (N, 3) or per image (B, N, 3); the image position of map point ``x``
+    is ``(A x)[:2] - origin`` (RELION: the particle centre sits at box centre − origin).
     """
     if positions_angstrom.ndim == 2:
         rotated = torch.einsum("bij,nj->bni", rotations[:, :2, :], positions_angstrom)
@@ -290,7 +292,8 @@ def _pixel_coordinates(
     pixel_size_angstrom: float,
 ) -> torch.Tensor:
     """Continuous (row, column) pixel indices (B, N, 2) of the centres in each image: the
-    :func:`image_positions` flipped to (y, x), in pixels, from the box corner; one batched product."""
+    :func:`image_positions` flipped to (y, x), in pixels, from the box corner; one batched
+    product."""
     matrix = rotations[:, [1, 0], :].transpose(1, 2) / pixel_size_angstrom  # (B, 3, 2)
     offset = (box // 2 - origin_angstrom.flip(-1) / pixel_size_angstrom).unsqueeze(1)  # (B, 1, 2)
     positions = positions_angstrom
@@ -341,8 +344,9 @@ def project_spectrum_pairs(
     pixel_size_angstrom: float,
     positions_angstrom: torch.Tensor,
 ) -> torch.Tensor:
-    """The rfft2 (B, K, box, box//2+1) of every pose (B) applied to every set of centres (K, N, 3): what
-    :func:`project_spectrum` gives for the B·K repeated poses and positions, without repeating them."""
+    """The rfft2 (B, K, box, box//2+1) of every pose (B) applied to every set of centres (K, N, 3):
+    what :func:`project_spectrum` gives for the B·K repeated poses and positions, without repeating
+    them."""
     matrix = rotations[:, [1, 0], :].transpose(1, 2) / pixel_size_angstrom  # (B, 3, 2)
     offset = (box // 2 - origin_angstrom.flip(-1) / pixel_size_angstrom).view(-1, 1, 1, 2)
     count, n = positions_angstrom.shape[:2]
@@ -363,7 +367,8 @@ def project_spectrum_pairs(
 def _spectrum_of_coordinates(
     model: GaussianModel, coords: torch.Tensor, box: int, pixel_size_angstrom: float
 ) -> torch.Tensor:
-    """The rfft2 (B, box, box//2+1) of the model's Gaussians at pixel coordinates (B, N, 2) (row, column)."""
+    """The rfft2 (B, box, box//2+1) of the model's Gaussians at pixel coordinates (B, N, 2)
+    (row, column)."""
     sigmas, channel = _width_classes(model.sigmas_angstrom)
     line_integral = (
         model.amplitudes * math.sqrt(2 * math.pi) * model.sigmas_angstrom / pixel_size_angstrom

@@ -24,8 +24,8 @@ def project_volume(
 ) -> torch.Tensor:
     """Real-space projections (B, L, L) of a map [z, y, x] by trilinear sampling along each ray.
 
-    Matches ``relion_project`` to NCC 0.999 on smooth maps; on maps with strong content at the box edge
-    prefer :func:`project_volume_fourier`, which reproduces RELION's padded Fourier projector.
+    Matches ``relion_project`` to NCC 0.999 on smooth maps; on maps with strong content at the box
+    edge prefer :func:`project_volume_fourier`, which reproduces RELION's padded Fourier projector.
     """
     box = volume.shape[-1]
     device, dtype = volume.device, volume.dtype

@@ -87,8 +87,8 @@ def build_scene(
 def scene_of(
     atoms, used, xyz: np.ndarray, box: int, pixel_size: float, sigma: float | None, device
 ) -> Scene:
-    """The Scene of atom positions ``xyz`` (F, N, 3) Å from the box centre, one per entry of ``used``;
-    refuses atoms outside the box and a width that is not positive."""
+    """The Scene of atom positions ``xyz`` (F, N, 3) Å from the box centre, one per entry of
+    ``used``; refuses atoms outside the box and a width that is not positive."""
     max_radius = float(np.linalg.norm(xyz, axis=-1).max())
     if max_radius > box * pixel_size / 2:
         raise InputError(

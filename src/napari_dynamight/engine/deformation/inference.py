@@ -1,8 +1,9 @@
 """Latent codes from the trained forward model: the posterior mean over candidate latent points.
 
-The encoder is amortised: one network maps any image to a latent mean. At the noise of real particles
-(SNR ~0.01) it is the weak link: on the simulated AdK set its codes ordered the frames with |Spearman|
-0.55, while the Bayes-optimal estimate that knows the true maps reaches 0.94 (docs/deformations.md).
+The encoder is amortised: one network maps any image to a latent mean. At the noise of real
+particles (SNR ~0.01) it is the weak link: on the simulated AdK set its codes ordered the frames
+with |Spearman| 0.55, while the Bayes-optimal estimate that knows the true maps reaches 0.94
+(docs/deformations.md).
 The decoder, however, is a forward model, and with it we can do what that ceiling does: for each
 particle, the likelihood of its image under the projection (own pose, own CTF, the half's noise
 spectrum) of the deformed model of each of K candidate latent points, and the posterior mean of the
@@ -30,8 +31,8 @@ from .batches import TrainingBatch
 from .losses import NoiseModel
 
 MEMORY_BUDGET_BYTES = 256 * 1024**2
-# the screen (``Screen``, ``screened_choice``): exact likelihoods for the fewest candidates that carry
-# SCREEN_MASS of the screened posterior, at least SCREEN_LEAST and at most SCREEN_MOST of them
+# the screen (``Screen``, ``screened_choice``): exact likelihoods for the fewest candidates that
+# carry SCREEN_MASS of the screened posterior, at least SCREEN_LEAST and at most SCREEN_MOST of them
 SCREEN_MASS = 0.999
 SCREEN_LEAST = 4
 SCREEN_MOST = 24
@@ -60,7 +61,8 @@ class Candidates:
 
 
 def batch_rows(n_candidates: int, n_gaussians: int, box: int) -> int:
-    """Particles per chunk so that the (particles x candidates) positions and spectra fit the budget."""
+    """Particles per chunk so that the (particles x candidates) positions and spectra fit the
+    budget."""
     per_pair = 4 * (3 * n_gaussians + 4 * box * (box // 2 + 1))
     return max(1, MEMORY_BUDGET_BYTES // max(1, per_pair * n_candidates))
 
@@ -170,7 +172,8 @@ def negative_log_likelihoods(
     box: int,
     pixel_size_angstrom: float,
 ) -> torch.Tensor:
-    """(B, K): ``Σ_k |CTF·P(model_k) − Y|² / σ²(|k|)`` of each particle's image under each candidate."""
+    """(B, K): ``Σ_k |CTF·P(model_k) − Y|² / σ²(|k|)`` of each particle's image under each
+    candidate."""
     spectra = image_spectra_pairs(
         model, batch.pose, box, pixel_size_angstrom, batch.ctf, candidates.positions
     )
@@ -272,7 +275,8 @@ def screen_for(
 
 def half_candidates(half, batches, batch_size: int = 256) -> Candidates:
     """The half's candidate latent points: the refined ones once refinement (``refinement.py``) has
-    run, else ``posterior_candidates`` of its training particles' encoder codes drawn with the seed."""
+    run, else ``posterior_candidates`` of its training particles' encoder codes drawn with the
+    seed."""
     if half.candidates is not None:
         return Candidates(half.candidates, half.deformed_positions(half.candidates))
     rows = half.train_rows
@@ -291,8 +295,8 @@ def half_candidates(half, batches, batch_size: int = 256) -> Candidates:
 
 
 def latent_inference(half, batches) -> Callable[[TrainingBatch], torch.Tensor]:
-    """The function that gives a half set's latents (B, D) for a prepared batch, as its settings ask:
-    its encoder's means, or their posterior mean over :func:`half_candidates` (``half`` is a
+    """The function that gives a half set's latents (B, D) for a prepared batch, as its settings
+    ask: its encoder's means, or their posterior mean over :func:`half_candidates` (``half`` is a
     :class:`~.trainer.HalfSet`, ``batches`` its :class:`~.batches.ParticleBatches`)."""
     if half.settings.latent_inference == "encoder":
         return lambda batch: half.encode(batch.encoder_input)

@@ -1,16 +1,16 @@
 """One half set's VAE: its networks, its Gaussians, its optimisers and one epoch of training.
 
 The two halves never share a tensor; the only exchange is the reference alignment done in
-``schedule.py``. Validation particles pass through the encoder and the decoder with the decoder's and
-the Gaussians' parameters detached, so they train the encoder but not the decoder or the model.
+``schedule.py``. Validation particles pass through the encoder and the decoder with the decoder's
+and the Gaussians' parameters detached, so they train the encoder but not the decoder or the model.
 
-Data parallel: a half set trains on a group of ranks (``engine.distributed``; one rank in one process).
-Every rank draws the same batch order and reparameterisation noise, takes its contiguous share of each
-batch, and weights its loss by its share of the batch, so that the gradients summed over the group
-(one explicit all-reduce after ``backward``) are the single-process gradients of the whole batch.
-Noise spectra, the amplitude fit and the epoch's loss sums are reduced the same way; λ is computed
-from the same rows' CTFs on every rank. In a group of one every collective is skipped and the
-arithmetic is the single-process one.
+Data parallel: a half set trains on a group of ranks (``engine.distributed``; one rank in one
+process). Every rank draws the same batch order and reparameterisation noise, takes its contiguous
+share of each batch, and weights its loss by its share of the batch, so that the gradients summed
+over the group (one explicit all-reduce after ``backward``) are the single-process gradients of the
+whole batch. Noise spectra, the amplitude fit and the epoch's loss sums are reduced the same way; λ
+is computed from the same rows' CTFs on every rank. In a group of one every collective is skipped
+and the arithmetic is the single-process one.
 """
 
 from __future__ import annotations
@@ -198,8 +198,9 @@ class HalfSet:
     def displacement(
         self, latents: torch.Tensor, points: torch.Tensor | None = None, call=None
     ) -> torch.Tensor:
-        """``call``'s (default: the decoder's) displacements at the reference (or ``points``), evaluated
-        at every point or, with ``settings.control_points``, at the control points and interpolated."""
+        """``call``'s (default: the decoder's) displacements at the reference (or ``points``),
+        evaluated at every point or, with ``settings.control_points``, at the control points and
+        interpolated."""
         return control_points.displacement(
             self.decoder if call is None else call, latents, self.positions, self.controls, points
         )
@@ -272,9 +273,9 @@ class HalfSet:
         return {key: value / max(n_train, 1) for key, value in sums.items()} | {"lambda": self.lam}
 
     def _share_step(self, mode, batches, whole, share, train, n_batch_train):
-        """Forward and backward of this rank's ``share`` of the batch ``whole``: the loss is the share's
-        part of the whole batch's loss. Returns the share's data, regulariser and KL losses and its count
-        of training particles."""
+        """Forward and backward of this rank's ``share`` of the batch ``whole``: the loss is the
+        share's part of the whole batch's loss. Returns the share's data, regulariser and KL losses
+        and its count of training particles."""
         count = int(train.sum())
         if (
             share.stop == share.start
@@ -312,7 +313,8 @@ class HalfSet:
             kl = kl_divergence(mean, log_var).mean() * self.settings.kl_weight / n_freq
             basis = self.linear_basis()
             total = torch.zeros((), device=self.device)
-            # training rows, then validation rows (decoder and Gaussians detached), each as one sub-batch
+            # training rows, then validation rows (decoder and Gaussians detached), each as one
+            # sub-batch
             for rows, frozen in ((train, False), (~train, True)):
                 if not rows.any():
                     continue
@@ -346,16 +348,17 @@ class HalfSet:
         return float(data.detach()), float(reg.detach()), float(kl.detach()), count
 
     def linear_basis(self, points: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The factorised decoder's basis at the reference (or ``points``) as a (rank, N·3) matrix, zero
-        for the Gaussians that do not move, so that deformed positions are ``points + coefficients(z) @
-        basis``; None for a decoder without one or with control points."""
+        """The factorised decoder's basis at the reference (or ``points``) as a (rank, N·3) matrix,
+        zero for the Gaussians that do not move, so that deformed positions are ``points +
+        coefficients(z) @ basis``; None for a decoder without one or with control points."""
         if self.controls is not None or not hasattr(self.decoder, "basis_matrix"):
             return None
         return self.decoder.basis_matrix(self.positions if points is None else points, self.moving)
 
     def _deform(self, z: torch.Tensor, frozen: bool, basis: torch.Tensor | None):
-        """Deformed positions (B, N, 3) of latents ``z`` and, with a ``basis``, their coefficients (else
-        None). ``frozen``: the decoder's and the Gaussians' parameters detached (validation rows)."""
+        """Deformed positions (B, N, 3) of latents ``z`` and, with a ``basis``, their coefficients
+        (else None). ``frozen``: the decoder's and the Gaussians' parameters detached (validation
+        rows)."""
         if basis is None:
             return self._deform_general(z, frozen), None
         reference = self.positions.detach() if frozen else self.positions
@@ -397,8 +400,9 @@ class HalfSet:
 
     @torch.no_grad()
     def estimate_noise(self, batches: ParticleBatches, rows: np.ndarray, deform: bool) -> None:
-        """Re-estimate the noise spectrum from the residuals of ``rows`` (latent means, no sampling);
-        each rank of the group takes its share of the rows and the power sums are added up."""
+        """Re-estimate the noise spectrum from the residuals of ``rows`` (latent means, no
+        sampling); each rank of the group takes its share of the rows and the power sums are added
+        up."""
         model = self.model(detach=True)
         rows = self.group.shard(rows)
         for start in range(0, len(rows), self.settings.batch_size):
