@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from napari_dynamight.engine.ctf import CtfParams, compute_ctf
-from napari_dynamight.engine.gaussians import GaussianModel, project
+from napari_dynamight.engine.gaussians import GaussianModel
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
+from napari_dynamight.engine.image_formation import Pose, form_images
 
 
 def _measure(
@@ -55,7 +56,7 @@ def _measure(
     )
 
     def step():
-        images = project(model, rotations, shifts, box, pixel, ctf=ctf)
+        images = form_images(model, Pose(rotations, shifts), box, pixel, ctf)
         if backward:
             images.pow(2).sum().backward()
 

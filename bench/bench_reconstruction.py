@@ -95,12 +95,10 @@ def measure(case: str, star: str, batch_size: int) -> dict:
             field = smooth_field if case == "deformed" else None
             accumulator = DeformedAccumulator(dataset.box, dataset.pixel_size_angstrom, field)
             for batch in dataset.batches(batch_size):
-                ctf = compute_ctf(batch["ctf"], dataset.box, dataset.pixel_size_angstrom)
-                code = (batch["indices"].cpu() * CODES // len(table)).float() / CODES
+                ctf = compute_ctf(batch.ctf, dataset.box, dataset.pixel_size_angstrom)
+                code = (torch.as_tensor(batch.rows) * CODES // len(table)).float() / CODES
                 latents = torch.stack([code, torch.zeros_like(code)], 1)
-                accumulator.add(
-                    batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, latents
-                )
+                accumulator.add(batch.images, batch.rotations, batch.origin_angstrom, ctf, latents)
             accumulator.reconstruct()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": time.perf_counter() - started, "peak_memory_mb": peak}

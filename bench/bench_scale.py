@@ -601,10 +601,10 @@ def insertion_costs(table, rows, box, voxel, field, region, chosen, device) -> d
             device=device,
         ) as dataset:
             for batch in dataset.batches(64):
-                ctf = compute_ctf(batch["ctf"], box, dataset.pixel_size_angstrom)
-                batch_codes = codes[batch["indices"].cpu().numpy()] if with_codes else None
+                ctf = compute_ctf(batch.ctf, box, dataset.pixel_size_angstrom)
+                batch_codes = codes[batch.rows] if with_codes else None
                 accumulator.add(
-                    batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, batch_codes
+                    batch.images, batch.rotations, batch.origin_angstrom, ctf, batch_codes
                 )
             accumulator.flush()
         sync()

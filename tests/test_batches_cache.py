@@ -10,11 +10,10 @@ from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.deformation.batches import ParticleBatches
 
 
-def assert_same(batch: dict, expected: dict) -> None:
-    assert np.array_equal(batch["rows"], expected["rows"])
-    for key, value in expected.items():
-        if key != "rows":
-            assert torch.equal(batch[key], value), key
+def assert_same(batch, expected) -> None:
+    assert np.array_equal(batch.rows, expected.rows)
+    for key, value in expected.tensors().items():
+        assert torch.equal(getattr(batch, key), value), key
 
 
 def test_rows_are_kept_from_their_second_use(simulated):
@@ -51,3 +50,16 @@ def test_the_cache_stays_within_its_budget(simulated):
     assert_same(batches.get(rows[::-1]), reference.get(rows[::-1]))
     batches.close()
     reference.close()
+
+
+def test_a_selection_of_a_batch_is_the_batch_of_the_selected_rows(simulated):
+    batches = ParticleBatches(read_particles(simulated.star), 32, max_cache_bytes=0)
+    rows = np.array([7, 2, 11, 4, 0])
+    batch = batches.get(rows)
+    mask = torch.tensor([True, False, True, True, False])
+    assert_same(batch.select(mask), batches.get(rows[mask.numpy()]))
+    assert_same(batch.select(slice(1, 3)), batches.get(rows[1:3]))
+    pose = batch.pose.select(torch.tensor([4, 0]))
+    assert torch.equal(pose.rotations, batches.get(rows[[4, 0]]).rotations)
+    assert torch.equal(pose.origin_angstrom, batches.get(rows[[4, 0]]).origin_angstrom)
+    batches.close()

@@ -34,6 +34,7 @@ from napari_dynamight.engine.geometry import (
     euler_to_matrix_numpy,
     random_euler_angles,
 )
+from napari_dynamight.engine.image_formation import Pose, form_images
 from napari_dynamight.engine.io.cryosparc import passthrough_files
 
 BOX, PIXEL, N = 48, 2.0, 32
@@ -201,7 +202,9 @@ def project_folder(tmp_path_factory) -> Path:
     star = read_particles(root / "relion" / "particles.star", data_root=root / "relion")
     ctf_images = compute_ctf(star.ctf.torch(), BOX, PIXEL)
     images = (
-        project(_model(), rotations, shifts, BOX, PIXEL, ctf=ctf_images).numpy().astype(np.float32)
+        form_images(_model(), Pose(rotations, shifts), BOX, PIXEL, ctf_images)
+        .numpy()
+        .astype(np.float32)
     )
     (root / "J5" / "extract").mkdir(parents=True)
     with mrcfile.new(root / "J5" / "extract" / "particles.mrc") as handle:
@@ -224,10 +227,10 @@ def _save_cs(path: Path, records) -> Path:
 def _projections(table) -> tuple[torch.Tensor, torch.Tensor, dict]:
     with ParticleDataset(table, normalise=False) as dataset:
         batch = dataset.batch(np.arange(len(table)))
-    ctf = compute_ctf(batch["ctf"], BOX, PIXEL)
+    ctf = compute_ctf(batch.ctf, BOX, PIXEL)
     return (
-        project(_model(), batch["rotations"], batch["shifts_angstrom"], BOX, PIXEL, ctf=ctf),
-        batch["images"],
+        form_images(_model(), batch.pose, BOX, PIXEL, ctf),
+        batch.images,
         batch,
     )
 
@@ -247,10 +250,10 @@ def test_cs_poses_project_like_the_star_poses(project_folder):
     assert torch.equal(images, cs_images)  # the same stack, found through the project folder
     # the untransposed matrix or the opposite shift sign would not match
     wrong = project(
-        _model(), cs_batch["rotations"].transpose(1, 2), cs_batch["shifts_angstrom"], BOX, PIXEL
+        _model(), cs_batch.rotations.transpose(1, 2), cs_batch.origin_angstrom, BOX, PIXEL
     )
-    flipped = project(_model(), cs_batch["rotations"], -cs_batch["shifts_angstrom"], BOX, PIXEL)
-    plain = project(_model(), star_batch["rotations"], star_batch["shifts_angstrom"], BOX, PIXEL)
+    flipped = project(_model(), cs_batch.rotations, -cs_batch.origin_angstrom, BOX, PIXEL)
+    plain = project(_model(), star_batch.rotations, star_batch.origin_angstrom, BOX, PIXEL)
     wrong_ncc, flipped_ncc = (
         normalised_cross_correlation(x, plain).mean() for x in (wrong, flipped)
     )

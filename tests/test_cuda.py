@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from napari_dynamight.engine.ctf import CtfParams, compute_ctf
-from napari_dynamight.engine.gaussians import GaussianModel, project
+from napari_dynamight.engine.gaussians import GaussianModel
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
+from napari_dynamight.engine.image_formation import Pose, form_images
 from napari_dynamight.engine.reconstruction.deformed import DeformedAccumulator
 
 pytestmark = pytest.mark.cuda
@@ -33,7 +34,7 @@ def particles():
         amplitude_contrast=0.1,
     ).torch()
     ctf = compute_ctf(params, BOX, PIXEL)
-    images = project(model, rotations, shifts, BOX, PIXEL, ctf)
+    images = form_images(model, Pose(rotations, shifts), BOX, PIXEL, ctf)
     latents = torch.zeros(N, 3)
     latents[:, 1] = (
         torch.arange(N).div(N // 4, rounding_mode="floor").float() - 1.5

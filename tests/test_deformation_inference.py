@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from napari_dynamight.engine.ctf import CtfParams, compute_ctf
+from napari_dynamight.engine.deformation.batches import TrainingBatch
 from napari_dynamight.engine.deformation.inference import (
     SCREEN_LEAST,
     SCREEN_MOST,
@@ -71,13 +72,14 @@ def simulated_batch(model, candidates, truth, noise_sigma, seed=1):
     noise = torch.fft.rfft2(
         torch.as_tensor(rng.normal(0, noise_sigma, (count, BOX, BOX)), dtype=torch.float32)
     )
-    return {
-        "rows": np.arange(count),
-        "rotations": rotations.float(),
-        "shifts_angstrom": shifts,
-        "ctf": ctf,
-        "spectra": clean + noise,
-    }
+    return TrainingBatch(
+        rows=np.arange(count),
+        spectra=clean + noise,
+        encoder_input=torch.zeros(count, BOX, BOX),
+        ctf=ctf,
+        rotations=rotations.float(),
+        origin_angstrom=shifts,
+    )
 
 
 def white_noise_model(noise_sigma):
@@ -101,9 +103,7 @@ def test_posterior_mean_recovers_the_true_candidate_and_shrinks_under_noise():
     candidates = candidate_set(model, [-6.0, -3.0, 0.0, 3.0, 6.0])
     truth = np.tile(np.arange(5), 20)
     signal = float(
-        torch.fft.irfft2(
-            simulated_batch(model, candidates, truth, 0.0)["spectra"], s=(BOX, BOX)
-        ).std()
+        torch.fft.irfft2(simulated_batch(model, candidates, truth, 0.0).spectra, s=(BOX, BOX)).std()
     )
     clean = simulated_batch(model, candidates, truth, noise_sigma=signal)  # SNR 1
     estimate = posterior_mean(clean, candidates, model, white_noise_model(signal), BOX, PIXEL)[
@@ -127,9 +127,7 @@ def _screened_case(count=48, snr=1.0):
     candidates = candidate_set(model, np.linspace(-8.0, 8.0, count))
     truth = np.arange(96) % count
     signal = float(
-        torch.fft.irfft2(
-            simulated_batch(model, candidates, truth, 0.0)["spectra"], s=(BOX, BOX)
-        ).std()
+        torch.fft.irfft2(simulated_batch(model, candidates, truth, 0.0).spectra, s=(BOX, BOX)).std()
     )
     sigma = signal / np.sqrt(snr)
     batch = simulated_batch(model, candidates, truth, noise_sigma=sigma)

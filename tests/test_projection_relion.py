@@ -20,6 +20,7 @@ from napari_dynamight.engine.gaussians import (
     render_volume,
 )
 from napari_dynamight.engine.geometry import euler_to_matrix
+from napari_dynamight.engine.image_formation import Pose, form_images
 from napari_dynamight.engine.projector import project_volume, project_volume_fourier
 
 SHARED = Path(__file__).parent / "data"
@@ -127,7 +128,8 @@ def test_gaussian_projections_match_relion_project(tmp_path, with_ctf):
     particles = _random_particles(12, seed=1)
     theirs = _relion_project(tmp_path, volume, particles, ctf=with_ctf)
     rotations, shifts = _poses(particles)
-    ours = project(model, rotations, shifts, BOX, PIXEL, ctf=_ctf(particles) if with_ctf else None)
+    ctf = _ctf(particles) if with_ctf else None
+    ours = form_images(model, Pose(rotations, shifts), BOX, PIXEL, ctf)
     ncc = normalised_cross_correlation(ours, theirs)
     print(
         f"NCC with relion_project ({'CTF' if with_ctf else 'no CTF'}): min {ncc.min():.4f} mean {ncc.mean():.4f}"

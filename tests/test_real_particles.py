@@ -11,6 +11,7 @@ from napari_dynamight.engine.data.dataset import ParticleDataset
 from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.gaussians import normalised_cross_correlation
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
+from napari_dynamight.engine.image_formation import filter_images
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.projector import FourierProjector
 
@@ -37,9 +38,9 @@ def test_trpv1_particles_match_their_poses_better_than_random_poses(tmp_path):
     dataset = ParticleDataset(table)
     batch = dataset.batch(np.arange(len(table)))
     projector = FourierProjector(torch.tensor(volume), 4.88)
-    ctf = compute_ctf(batch["ctf"], dataset.box, dataset.pixel_size_angstrom)
+    ctf = compute_ctf(batch.ctf, dataset.box, dataset.pixel_size_angstrom)
     posed = normalised_cross_correlation(
-        projector.project(batch["rotations"], batch["shifts_angstrom"], ctf), batch["images"]
+        filter_images(projector.project(batch.rotations, batch.origin_angstrom), ctf), batch.images
     )
     rng = np.random.default_rng(0)
     random_scores = []
@@ -49,7 +50,8 @@ def test_trpv1_particles_match_their_poses_better_than_random_poses(tmp_path):
         )
         random_scores.append(
             normalised_cross_correlation(
-                projector.project(rotations, batch["shifts_angstrom"], ctf), batch["images"]
+                filter_images(projector.project(rotations, batch.origin_angstrom), ctf),
+                batch.images,
             )
         )
     random_scores = np.concatenate(random_scores)

@@ -10,8 +10,9 @@ import torch
 from napari_dynamight.engine.ctf import CtfParams, compute_ctf
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.fourier import fsc, resolution_at
-from napari_dynamight.engine.gaussians import GaussianModel, project, render_volume
+from napari_dynamight.engine.gaussians import GaussianModel, render_volume
 from napari_dynamight.engine.geometry import euler_to_matrix, random_euler_angles
+from napari_dynamight.engine.image_formation import Pose, form_images
 from napari_dynamight.engine.reconstruction import FourierAccumulator, deformed
 from napari_dynamight.engine.reconstruction.deformed import TAPER_VOXELS, DeformedAccumulator
 
@@ -64,7 +65,7 @@ def simulate_domain_motion(
         amplitude_contrast=0.1,
     ).torch()
     ctf = compute_ctf(params, box, pixel)
-    images = project(model, rotations, shifts, box, pixel, ctf, positions_angstrom=deformed)
+    images = form_images(model, Pose(rotations, shifts), box, pixel, ctf, deformed)
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(noise_seed))
     images = images + 0.5 * images.std() * noise
     return {

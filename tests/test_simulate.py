@@ -19,6 +19,7 @@ from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.fourier import fsc
 from napari_dynamight.engine.gaussians import normalised_cross_correlation
 from napari_dynamight.engine.geometry import euler_to_matrix
+from napari_dynamight.engine.image_formation import filter_images
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.projector import project_volume
@@ -118,7 +119,9 @@ def test_images_show_their_own_frame(clean):
     shifts = torch.as_tensor(table.origin_angstrom)
     ctf = compute_ctf(table.ctf.torch(dtype=torch.float64), 32, 2.5)
     scores = {
-        f: normalised_cross_correlation(project_volume(maps[f], rotations, shifts, 2.5, ctf), data)
+        f: normalised_cross_correlation(
+            filter_images(project_volume(maps[f], rotations, shifts, 2.5), ctf), data
+        )
         for f in FRAMES
     }
     far = {0: 97, 48: 0, 97: 0}

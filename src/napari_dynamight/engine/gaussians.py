@@ -1,9 +1,10 @@
 """The Gaussian pseudo-atom model and its image formation (render to a map, project to images).
 
-Density: ``f(x) = Σ_j a_j exp(-|x - c_j|² / (2 σ_j²))`` with centres ``c_j`` in Å from the box centre
-(order x, y, z). Rendering and projection splat the centres onto the grid (tri/bilinear), Fourier
-transform, multiply by the exact Gaussian kernel and divide by the splat's own sinc² blur, so the result
-is the band-limited image of the continuous model, fast and differentiable on any device.
+Density: ``f(x) = Σ_j a_j exp(-|x - c_j|² / (2 σ_j²))`` with centres ``c_j`` in Å from the box
+centre (order x, y, z). Rendering and projection splat the centres onto the grid (tri/bilinear),
+Fourier transform, multiply by the exact Gaussian kernel and divide by the splat's own sinc² blur,
+so the result is the band-limited image of the continuous model, fast and differentiable on any
+device.
 
 A projection is the line integral along the beam divided by the voxel size: what summing a rendered
 map along z gives, which is also ``relion_project``'s scale.
@@ -96,11 +97,11 @@ class _Splat(torch.autograd.Function):
     """Bilinear splat of image points with a hand-written backward (and forward-mode derivative).
 
     The grid is padded by one pixel on each side, so that every point whose coordinates lie in
-    [-1, box] writes its four corners without bounds checks (the padding is cropped away, which drops
-    what lands outside, exactly as the bounds checks would); points further out are clamped into the
-    padding and get no gradient along the clamped axis. The backward gathers the grid's gradient at
-    the four corners once and forms the coordinate and weight gradients from them, instead of keeping
-    every intermediate of the forward for autograd."""
+    [-1, box] writes its four corners without bounds checks (the padding is cropped away, which
+    drops what lands outside, exactly as the bounds checks would); points further out are clamped
+    into the padding and get no gradient along the clamped axis. The backward gathers the grid's
+    gradient at the four corners once and forms the coordinate and weight gradients from them,
+    instead of keeping every intermediate of the forward for autograd."""
 
     @staticmethod
     def forward(ctx, coords, weights, channel, n_channels: int, box: int):
@@ -199,8 +200,9 @@ def _splat(
     """Linear-interpolation splat of points onto a (batch, channel, box^d) grid.
 
     ``coords`` (B, N, d) are continuous pixel indices in the order of the grid axes; points outside
-    the grid are dropped. ``weights`` (B, N) or (N,), ``channel`` (N,) class per point. Images (d = 2)
-    use :class:`_Splat`; volumes use bounds checks (a padded copy of a large volume would cost memory).
+    the grid are dropped. ``weights`` (B, N) or (N,), ``channel`` (N,) class per point. Images
+    (d = 2) use :class:`_Splat`; volumes use bounds checks (a padded copy of a large volume would
+    cost memory).
     """
     if coords.shape[-1] == 2:
         return _Splat.apply(coords, weights, channel, n_channels, box)
@@ -235,12 +237,12 @@ def _splat_checked(
 
 
 def _kernel_spectrum(sigmas: torch.Tensor, box: int, pixel_size: float, dim: int) -> torch.Tensor:
-    """Fourier transform (C, box, ..., box//2+1) of the sampled Gaussian kernel of each width class on
-    an rfftn grid, with the splat's sinc² blur divided out.
+    """Fourier transform (C, box, ..., box//2+1) of the sampled Gaussian kernel of each width class
+    on an rfftn grid, with the splat's sinc² blur divided out.
 
-    Both the Gaussian ``exp(-2π²σ²|f|²)`` and the blur ``Π sinc²(f_k p)`` are products over the axes,
-    so the kernel is the outer product of 1D factors: no box^dim frequency grid is ever built (that
-    grid cost more than the FFTs of a box-128 render)."""
+    Both the Gaussian ``exp(-2π²σ²|f|²)`` and the blur ``Π sinc²(f_k p)`` are products over the
+    axes, so the kernel is the outer product of 1D factors: no box^dim frequency grid is ever built
+    (that grid cost more than the FFTs of a box-128 render)."""
     full = torch.fft.fftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
     half = torch.fft.rfftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
     s = sigmas.view(-1, 1)
@@ -268,31 +270,32 @@ def render_volume(model: GaussianModel, box: int, voxel_size_angstrom: float) ->
 
 
 def image_positions(
-    positions_angstrom: torch.Tensor, rotations: torch.Tensor, shifts_angstrom: torch.Tensor
+    positions_angstrom: torch.Tensor, rotations: torch.Tensor, origin_angstrom: torch.Tensor
 ) -> torch.Tensor:
     """Where the centres land in each image (B, N, 2), Å from the box centre, x then y.
 
-    ``positions_angstrom`` is (N, 3) or per image (B, N, 3); the image position of map point ``x`` is
-    ``(A x)[:2] - origin`` (RELION: the particle centre sits at box centre − origin).
+    ``positions_angstrom`` is (N, 3) or per image (B, N, 3); the image position of map point ``x``
+    is ``(A x)[:2] - origin`` (RELION: the particle centre sits at box centre − origin).
     """
     if positions_angstrom.ndim == 2:
         rotated = torch.einsum("bij,nj->bni", rotations[:, :2, :], positions_angstrom)
     else:
         rotated = torch.einsum("bij,bnj->bni", rotations[:, :2, :], positions_angstrom)
-    return rotated - shifts_angstrom.unsqueeze(1)
+    return rotated - origin_angstrom.unsqueeze(1)
 
 
 def _pixel_coordinates(
     positions_angstrom: torch.Tensor,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     box: int,
     pixel_size_angstrom: float,
 ) -> torch.Tensor:
     """Continuous (row, column) pixel indices (B, N, 2) of the centres in each image: the
-    :func:`image_positions` flipped to (y, x), in pixels, from the box corner; one batched product."""
+    :func:`image_positions` flipped to (y, x), in pixels, from the box corner; one batched
+    product."""
     matrix = rotations[:, [1, 0], :].transpose(1, 2) / pixel_size_angstrom  # (B, 3, 2)
-    offset = (box // 2 - shifts_angstrom.flip(-1) / pixel_size_angstrom).unsqueeze(1)  # (B, 1, 2)
+    offset = (box // 2 - origin_angstrom.flip(-1) / pixel_size_angstrom).unsqueeze(1)  # (B, 1, 2)
     positions = positions_angstrom
     if positions.ndim == 2:
         positions = positions.expand(len(rotations), -1, -1)
@@ -302,51 +305,50 @@ def _pixel_coordinates(
 def project(
     model: GaussianModel,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     box: int,
     pixel_size_angstrom: float,
-    ctf: torch.Tensor | None = None,
     positions_angstrom: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Projection images (B, box, box) [y, x] of the model under RELION poses, optionally CTF-filtered.
+    """Projection images (B, box, box) [y, x] of the model under RELION poses, without CTF (images
+    as the microscope forms them: ``engine.image_formation``).
 
     ``positions_angstrom`` (B, N, 3) overrides the model's centres per image (deformed models).
-    ``ctf`` is (B, box, box//2+1) in ``torch.fft.rfft2`` layout (see :func:`engine.ctf.compute_ctf`).
     """
     spectrum = project_spectrum(
-        model, rotations, shifts_angstrom, box, pixel_size_angstrom, positions_angstrom
+        model, rotations, origin_angstrom, box, pixel_size_angstrom, positions_angstrom
     )
-    if ctf is not None:
-        spectrum = spectrum * ctf
     return torch.fft.irfft2(spectrum, s=(box, box))
 
 
 def project_spectrum(
     model: GaussianModel,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     box: int,
     pixel_size_angstrom: float,
     positions_angstrom: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The rfft2 (B, box, box//2+1) of the projections, before any CTF (training losses use this)."""
+    """The rfft2 (B, box, box//2+1) of the projections, before any CTF (see
+    ``engine.image_formation``)."""
     positions = model.positions_angstrom if positions_angstrom is None else positions_angstrom
-    coords = _pixel_coordinates(positions, rotations, shifts_angstrom, box, pixel_size_angstrom)
+    coords = _pixel_coordinates(positions, rotations, origin_angstrom, box, pixel_size_angstrom)
     return _spectrum_of_coordinates(model, coords, box, pixel_size_angstrom)
 
 
 def project_spectrum_pairs(
     model: GaussianModel,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     box: int,
     pixel_size_angstrom: float,
     positions_angstrom: torch.Tensor,
 ) -> torch.Tensor:
-    """The rfft2 (B, K, box, box//2+1) of every pose (B) applied to every set of centres (K, N, 3): what
-    :func:`project_spectrum` gives for the B·K repeated poses and positions, without repeating them."""
+    """The rfft2 (B, K, box, box//2+1) of every pose (B) applied to every set of centres (K, N, 3):
+    what :func:`project_spectrum` gives for the B·K repeated poses and positions, without repeating
+    them."""
     matrix = rotations[:, [1, 0], :].transpose(1, 2) / pixel_size_angstrom  # (B, 3, 2)
-    offset = (box // 2 - shifts_angstrom.flip(-1) / pixel_size_angstrom).view(-1, 1, 1, 2)
+    offset = (box // 2 - origin_angstrom.flip(-1) / pixel_size_angstrom).view(-1, 1, 1, 2)
     count, n = positions_angstrom.shape[:2]
     step = max(
         1, PAIR_POINTS // max(1, count * n)
@@ -365,7 +367,8 @@ def project_spectrum_pairs(
 def _spectrum_of_coordinates(
     model: GaussianModel, coords: torch.Tensor, box: int, pixel_size_angstrom: float
 ) -> torch.Tensor:
-    """The rfft2 (B, box, box//2+1) of the model's Gaussians at pixel coordinates (B, N, 2) (row, column)."""
+    """The rfft2 (B, box, box//2+1) of the model's Gaussians at pixel coordinates (B, N, 2)
+    (row, column)."""
     sigmas, channel = _width_classes(model.sigmas_angstrom)
     line_integral = (
         model.amplitudes * math.sqrt(2 * math.pi) * model.sigmas_angstrom / pixel_size_angstrom
@@ -373,12 +376,6 @@ def _spectrum_of_coordinates(
     grid = _splat(coords, line_integral, channel, len(sigmas), box)
     kernel = _kernel_spectrum(sigmas.to(coords.dtype), box, pixel_size_angstrom, 2)
     return (torch.fft.rfft2(grid) * kernel).sum(1)
-
-
-def apply_ctf(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
-    """Filter real images (B, L, L) by CTFs (B, L, L//2+1) in rfft2 layout."""
-    box = images.shape[-1]
-    return torch.fft.irfft2(torch.fft.rfft2(images) * ctf, s=(box, box))
 
 
 def normalised_cross_correlation(

@@ -1,5 +1,7 @@
 """Projectors of voxel maps under RELION poses: real space (simple) and Fourier slice (RELION-like).
 
+They project only; ``engine.image_formation`` applies the CTF.
+
 Both use RELION's geometry: image pixel ``q`` (Å from the box centre ``N // 2``) integrates the map
 along ``x = Aᵀ (q + origin, z)``; values are sums over voxels along the beam.
 """
@@ -7,8 +9,6 @@ along ``x = Aᵀ (q + origin, z)``; values are sums over voxels along the beam.
 from __future__ import annotations
 
 import torch
-
-from .gaussians import apply_ctf
 
 
 def _centred_axis(box: int, device, dtype) -> torch.Tensor:
@@ -18,15 +18,14 @@ def _centred_axis(box: int, device, dtype) -> torch.Tensor:
 def project_volume(
     volume: torch.Tensor,
     rotations: torch.Tensor,
-    shifts_angstrom: torch.Tensor,
+    origin_angstrom: torch.Tensor,
     pixel_size_angstrom: float,
-    ctf: torch.Tensor | None = None,
     chunk: int = 8,
 ) -> torch.Tensor:
     """Real-space projections (B, L, L) of a map [z, y, x] by trilinear sampling along each ray.
 
-    Matches ``relion_project`` to NCC 0.999 on smooth maps; on maps with strong content at the box edge
-    prefer :func:`project_volume_fourier`, which reproduces RELION's padded Fourier projector.
+    Matches ``relion_project`` to NCC 0.999 on smooth maps; on maps with strong content at the box
+    edge prefer :func:`project_volume_fourier`, which reproduces RELION's padded Fourier projector.
     """
     box = volume.shape[-1]
     device, dtype = volume.device, volume.dtype
@@ -36,7 +35,7 @@ def project_volume(
     images = []
     for start in range(0, rotations.shape[0], chunk):
         rot = rotations[start : start + chunk].to(dtype)
-        shift = shifts_angstrom[start : start + chunk].to(dtype)
+        shift = origin_angstrom[start : start + chunk].to(dtype)
         frame = image_frame.expand(rot.shape[0], *image_frame.shape).clone()
         frame[..., :2] += shift.view(-1, 1, 1, 1, 2)
         map_points = torch.einsum("bji,bzyxj->bzyxi", rot, frame)
@@ -50,8 +49,7 @@ def project_volume(
             align_corners=True,
         )[:, 0]
         images.append(samples.sum(1))
-    result = torch.cat(images)
-    return apply_ctf(result, ctf) if ctf is not None else result
+    return torch.cat(images)
 
 
 class FourierProjector:
@@ -79,11 +77,10 @@ class FourierProjector:
     def project(
         self,
         rotations: torch.Tensor,
-        shifts_angstrom: torch.Tensor,
-        ctf: torch.Tensor | None = None,
+        origin_angstrom: torch.Tensor,
         chunk: int = 32,
     ) -> torch.Tensor:
-        """Projections (B, L, L); ``ctf`` in rfft2 layout as from :func:`engine.ctf.compute_ctf`."""
+        """Projections (B, L, L), without CTF (``engine.image_formation.filter_images`` adds it)."""
         box, size = self.box, self.box * self.padding
         device, dtype = self._spectrum.device, self._spectrum.dtype
         k = _centred_axis(box, device, dtype)
@@ -93,7 +90,7 @@ class FourierProjector:
         results = []
         for start in range(0, rotations.shape[0], chunk):
             rot = rotations[start : start + chunk].to(dtype)
-            shift = shifts_angstrom[start : start + chunk].to(dtype) / self.pixel_size_angstrom
+            shift = origin_angstrom[start : start + chunk].to(dtype) / self.pixel_size_angstrom
             points = torch.einsum("bji,yxj->byxi", rot, plane)  # Aᵀ k, in padded frequency units
             normalised = 2 * (points + size // 2) / (size - 1) - 1
             sampled = torch.nn.functional.grid_sample(
@@ -112,14 +109,11 @@ class FourierProjector:
                 torch.fft.ifft2(torch.fft.ifftshift(slices, dim=(-2, -1))), dim=(-2, -1)
             )
             results.append(images.real)
-        result = torch.cat(results)
-        return apply_ctf(result, ctf) if ctf is not None else result
+        return torch.cat(results)
 
 
-def project_volume_fourier(
-    volume, rotations, shifts_angstrom, pixel_size_angstrom, ctf=None, padding=2
-):
+def project_volume_fourier(volume, rotations, origin_angstrom, pixel_size_angstrom, padding=2):
     """One-off :class:`FourierProjector` projection (B, L, L) of a map [z, y, x]."""
     return FourierProjector(volume, pixel_size_angstrom, padding).project(
-        rotations, shifts_angstrom, ctf
+        rotations, origin_angstrom
     )

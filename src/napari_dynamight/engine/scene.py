@@ -1,7 +1,8 @@
 """The simulated molecule: atoms of a structure (and its trajectory frames) as Gaussians.
 
-Shared by the simulator, which projects them into particle images, and by the evaluation code, which
-must project exactly the same model (for example for the Bayes-optimal latent ceiling).
+Shared by the simulator, which projects them into particle images (``engine.image_formation``), and
+by the evaluation code, which must project exactly the same model (for example for the Bayes-optimal
+latent ceiling).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .gaussians import GaussianModel, project
+from .gaussians import GaussianModel
 from .io.dcd import read_dcd, read_dcd_info
 from .io.structure import AtomicStructure, read_structure
 
@@ -86,8 +87,8 @@ def build_scene(
 def scene_of(
     atoms, used, xyz: np.ndarray, box: int, pixel_size: float, sigma: float | None, device
 ) -> Scene:
-    """The Scene of atom positions ``xyz`` (F, N, 3) Å from the box centre, one per entry of ``used``;
-    refuses atoms outside the box and a width that is not positive."""
+    """The Scene of atom positions ``xyz`` (F, N, 3) Å from the box centre, one per entry of
+    ``used``; refuses atoms outside the box and a width that is not positive."""
     max_radius = float(np.linalg.norm(xyz, axis=-1).max())
     if max_radius > box * pixel_size / 2:
         raise InputError(
@@ -104,22 +105,3 @@ def scene_of(
         torch.tensor(float(sigma), dtype=torch.float32, device=device),
     )
     return Scene(atoms, used, model, positions, max_radius)
-
-
-def project_frames(
-    scene: Scene,
-    frame_of_image: np.ndarray,
-    rotations,
-    shifts,
-    box: int,
-    pixel_size: float,
-    ctf: torch.Tensor,
-) -> torch.Tensor:
-    """CTF-filtered projections of a batch whose images show different frames (a call per frame)."""
-    images = torch.empty(len(frame_of_image), box, box, dtype=ctf.dtype, device=ctf.device)
-    for k in np.unique(frame_of_image):
-        index = torch.as_tensor(np.nonzero(frame_of_image == k)[0], device=ctf.device)
-        images[index] = project(
-            scene.at_frame(k), rotations[index], shifts[index], box, pixel_size, ctf=ctf[index]
-        )
-    return images

@@ -12,9 +12,9 @@ Each particle draws a frame (uniformly among the frames used, or with ``frame_di
 ``frame_weights``), an orientation (uniform on SO(3)), an
 origin (normal, σ = ``origin_sd_angstrom`` per axis), a mean defocus (uniform in the range), an
 astigmatism ``|dU − dV|`` (uniform in 0..``astigmatism_angstrom``) at a uniform angle. The image is
-the Gaussian model's projection (``engine.gaussians.project``), multiplied by the CTF in Fourier
-space (and, with ``envelope_bfactor``, by ``exp(−B s²/4)``: an envelope the STAR file does not
-record, as a real microscope's would not be), plus white Gaussian noise.
+the Gaussian model's projection multiplied by the CTF in Fourier space (and, with
+``envelope_bfactor``, by ``exp(−B s²/4)``: an envelope the STAR file does not record, as a real
+microscope's would not be), formed by ``engine.image_formation``, plus white Gaussian noise.
 
 Frame distributions. ``uniform`` (default) gives every used frame the same probability;
 ``bimodal`` is a two-state mixture over the position u = k / (F − 1) of the k-th of the F used
@@ -40,13 +40,17 @@ Outputs, in ``output_directory``: ``particles.star``, ``particles.mrcs``, ``cons
 standard reconstruction of the simulated particles: mean of the half-set maps, FSC-weighted as
 refinement programs do) and ``ground_truth/labels.csv`` plus ``ground_truth/frame_NNN.mrc`` (each
 frame used, rendered without CTF or envelope at the same box and voxel size; NNN is the 0-based
-trajectory frame; with independent domains ``state_NNNN.mrc`` and ``states.csv`` instead). Everything is written to a hidden staging folder first and moved into place only when the
-whole run succeeded.
+trajectory frame; with independent domains ``state_NNNN.mrc`` and ``states.csv`` instead).
+Everything is written to a hidden staging folder first and moved into place only when the whole run
+succeeded.
+
+Code: this module checks the inputs and runs the steps of ``engine.simulation`` (``particles``:
+the draws and STAR blocks; ``images``: the stack and the consensus; ``ground_truth``: the truth
+files and the publishing).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -54,33 +58,40 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import mrcfile
 import numpy as np
-import pandas as pd
 import torch
 
-from .ctf import CtfParams, compute_ctf, frequency_grid_2d
 from .data.particle_file import write_particles
 from .data.particles import table_from_blocks
 from .device import check_device
 from .domains import domain_frames
 from .errors import InputError
-from .fourier import fsc, radial_index
-from .gaussians import render_volume
-from .geometry import euler_to_matrix, random_euler_angles
-from .io.atomic import atomic_path
-from .io.mrc import write_map
-from .progress import Progress, ProgressGenerator
-from .reconstruction.standard import FourierAccumulator
-from .scene import Scene, build_scene, project_frames
+from .image_formation import image_envelope
+from .progress import ProgressGenerator
+from .scene import build_scene
+from .simulation.ground_truth import publish, truth_map_name, write_ground_truth
+from .simulation.images import sums_bytes, write_images
+from .simulation.particles import (
+    FRAME_DISTRIBUTIONS,
+    STACK_NAME,
+    draw_particles,
+    frame_probabilities,
+    star_blocks,
+)
 
-STACK_NAME = "particles.mrcs"
-FRAME_DISTRIBUTIONS = ("uniform", "bimodal")
+__all__ = [
+    "FRAME_DISTRIBUTIONS",
+    "STACK_NAME",
+    "SimulationSummary",
+    "frame_probabilities",
+    "image_envelope",
+    "simulate",
+]
+
 #: Bytes of Fourier sums the consensus reconstruction may hold during the simulation: both half sets
 #: are inserted as the images are made up to about box 220; above, the second half set is inserted
 #: from the written stack after the first half map is made (memory: one set of sums at a time).
 CONSENSUS_SUMS_BUDGET = 1 << 30
-BIMODAL_CENTRES, BIMODAL_WIDTH = (0.2, 0.8), 0.1  # positions in the used-frame range, 0..1
 
 
 @dataclass(frozen=True)
@@ -152,174 +163,9 @@ def _validate_optics(
         )
     if not (math.isfinite(amplitude_contrast) and 0 <= amplitude_contrast < 1):
         raise InputError(
-            f"--amplitude-contrast {amplitude_contrast} is invalid: give a fraction in [0, 1), e.g. 0.1"
+            f"--amplitude-contrast {amplitude_contrast} is invalid: give a fraction in [0, 1), "
+            "e.g. 0.1"
         )
-
-
-def frame_probabilities(n_frames: int, distribution: str = "uniform", weights=None) -> np.ndarray:
-    """The probability of each of ``n_frames`` used frames (see the module docstring)."""
-    if weights is not None:
-        if distribution != "uniform":
-            raise InputError(
-                f"frame distribution {distribution!r} and frame weights both given: give one of them"
-            )
-        w = np.asarray(weights, dtype=np.float64).ravel()
-        if len(w) != n_frames:
-            raise InputError(
-                f"frame weights: {len(w)} values for {n_frames} frames used; give one weight per frame"
-            )
-        if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
-            raise InputError("frame weights must be finite, >= 0 and not all 0")
-        return w / w.sum()
-    if distribution == "uniform":
-        return np.full(n_frames, 1.0 / n_frames)
-    if distribution == "bimodal":
-        u = np.linspace(0.0, 1.0, n_frames) if n_frames > 1 else np.zeros(1)
-        w = sum(np.exp(-((u - c) ** 2) / (2 * BIMODAL_WIDTH**2)) for c in BIMODAL_CENTRES)
-        return w / w.sum()
-    raise InputError(
-        f"frame distribution {distribution!r} is unknown: give one of {', '.join(FRAME_DISTRIBUTIONS)}"
-    )
-
-
-def _draw_particles(
-    rng: np.random.Generator,
-    n: int,
-    frames: np.ndarray,
-    defocus_range,
-    astigmatism,
-    origin_sd,
-    probabilities: np.ndarray | None = None,
-    two_domains: bool = False,
-) -> pd.DataFrame:
-    """Per-particle ground truth: frame (or state and domain frames), pose, origin, defocus, half set.
-
-    ``probabilities`` None draws frames uniformly with the generator's integers (the stream of the
-    uniform simulations, unchanged).
-    """
-    euler = random_euler_angles(n, rng)
-
-    def draw() -> np.ndarray:
-        if probabilities is None:
-            return rng.integers(0, len(frames), n)
-        return rng.choice(len(frames), size=n, p=probabilities)
-
-    first = draw()
-    frame = frames[first]
-    origin = rng.normal(0.0, origin_sd, (n, 2))
-    mean_defocus = rng.uniform(defocus_range[0], defocus_range[1], n)
-    astig = np.minimum(rng.uniform(0.0, astigmatism, n), mean_defocus)  # keeps defocus V >= 0
-    angle = rng.uniform(0.0, 180.0, n)
-    subset = np.zeros(n, dtype=np.int64)
-    subset[rng.permutation(n)[: n // 2]] = 1
-    if two_domains:
-        second = draw()
-        motion = {
-            "state": first * len(frames) + second,
-            "domain1_frame": frame,
-            "domain2_frame": frames[second],
-        }
-    else:
-        motion = {"frame": frame}
-    return pd.DataFrame(
-        {
-            "index": np.arange(n),
-            "image_name": [f"{i + 1:06d}@{STACK_NAME}" for i in range(n)],
-            **motion,
-            "rot": euler[:, 0],
-            "tilt": euler[:, 1],
-            "psi": euler[:, 2],
-            "origin_x_angstrom": origin[:, 0],
-            "origin_y_angstrom": origin[:, 1],
-            "defocus_u_angstrom": mean_defocus + astig / 2,
-            "defocus_v_angstrom": mean_defocus - astig / 2,
-            "defocus_angle_degrees": angle,
-            "random_subset": subset + 1,
-        }
-    )
-
-
-def _ctf_params(
-    rows: pd.DataFrame, voltage: float, cs: float, amplitude_contrast: float
-) -> CtfParams:
-    return CtfParams.broadcast(
-        len(rows),
-        defocus_u_angstrom=rows["defocus_u_angstrom"].to_numpy(),
-        defocus_v_angstrom=rows["defocus_v_angstrom"].to_numpy(),
-        defocus_angle_degrees=rows["defocus_angle_degrees"].to_numpy(),
-        voltage_kilovolts=voltage,
-        spherical_aberration_millimetres=cs,
-        amplitude_contrast=amplitude_contrast,
-    )
-
-
-def _star_blocks(
-    labels: pd.DataFrame,
-    box: int,
-    pixel_size: float,
-    voltage: float,
-    cs: float,
-    amplitude_contrast: float,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The RELION 3.1 particles and optics tables of the simulated set."""
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnOpticsGroup": [1],
-            "rlnImagePixelSize": [pixel_size],
-            "rlnImageSize": [box],
-            "rlnImageDimensionality": [2],
-            "rlnVoltage": [voltage],
-            "rlnSphericalAberration": [cs],
-            "rlnAmplitudeContrast": [amplitude_contrast],
-        }
-    )
-    n = len(labels)
-    particles = pd.DataFrame(
-        {
-            "rlnImageName": labels["image_name"],
-            "rlnAngleRot": labels["rot"],
-            "rlnAngleTilt": labels["tilt"],
-            "rlnAnglePsi": labels["psi"],
-            "rlnOriginXAngst": labels["origin_x_angstrom"],
-            "rlnOriginYAngst": labels["origin_y_angstrom"],
-            "rlnDefocusU": labels["defocus_u_angstrom"],
-            "rlnDefocusV": labels["defocus_v_angstrom"],
-            "rlnDefocusAngle": labels["defocus_angle_degrees"],
-            "rlnPhaseShift": np.zeros(n),
-            "rlnCtfBfactor": np.zeros(n),
-            "rlnCtfScalefactor": np.ones(n),
-            "rlnOpticsGroup": np.ones(n, dtype=np.int64),
-            "rlnRandomSubset": labels["random_subset"],
-        }
-    )
-    return particles, optics
-
-
-def _fsc_weighted(halves: list[torch.Tensor], pixel_size: float) -> torch.Tensor:
-    """The mean of the two half-set maps, filtered by sqrt(2 FSC / (1 + FSC)) of their FSC."""
-    halves = [half.to(torch.float64) for half in halves]
-    _, curve = fsc(halves[0], halves[1], pixel_size)
-    full = (halves[0] + halves[1]) / 2
-    clipped = np.clip(curve, 0.0, 1.0)
-    weight = torch.as_tensor(np.sqrt(2 * clipped / (1 + clipped)))
-    radius = radial_index(tuple(full.shape)).clamp(max=len(weight) - 1)
-    spectrum = torch.fft.rfftn(full) * weight[radius]
-    return torch.fft.irfftn(spectrum, s=full.shape).to(torch.float32)
-
-
-def _sums_bytes(box: int) -> int:
-    """Bytes of one half set's Fourier sums (:class:`FourierAccumulator`, padding 2, float32)."""
-    return 3 * (2 * box + 2) ** 2 * (box + 2) * 4
-
-
-def _poses(rows: pd.DataFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """RELION rotation matrices (B, 3, 3) and origins (B, 2) Å of some label rows."""
-    euler = torch.tensor(rows[["rot", "tilt", "psi"]].to_numpy(), dtype=torch.float32)
-    origins = rows[["origin_x_angstrom", "origin_y_angstrom"]].to_numpy()
-    return euler_to_matrix(euler).to(device), torch.tensor(
-        origins, dtype=torch.float32, device=device
-    )
 
 
 def simulate(
@@ -404,7 +250,7 @@ def simulate(
     probabilities = frame_probabilities(len(used_frames), frame_distribution, frame_weights)
     uniform = frame_weights is None and frame_distribution == "uniform"
     seeds = np.random.SeedSequence(seed).spawn(2)
-    labels = _draw_particles(
+    labels = draw_particles(
         np.random.default_rng(seeds[0]),
         n_particles,
         used_frames,
@@ -421,14 +267,14 @@ def simulate(
     state_frames = None if domains is None else domains.state_frames(scene.frames)
     optics = (voltage_kilovolts, spherical_aberration_millimetres, amplitude_contrast)
     table = table_from_blocks(
-        *_star_blocks(labels, box, pixel_size_angstrom, *optics), output / "particles.star"
+        *star_blocks(labels, box, pixel_size_angstrom, *optics), output / "particles.star"
     )
 
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".simulate-", dir=output))
     try:
-        variances = yield from _write_images(
+        variances = yield from write_images(
             staging,
             scene,
             labels,
@@ -441,27 +287,8 @@ def simulate(
             device,
             float(envelope_bfactor_angstrom2),
             "frame" if domains is None else "state",
+            one_pass=2 * sums_bytes(box) <= CONSENSUS_SUMS_BUDGET,
         )
-        (staging / "ground_truth").mkdir()
-        for k, frame in enumerate(scene.frames):
-            volume = render_volume(scene.at_frame(k), box, pixel_size_angstrom).cpu().numpy()
-            write_map(
-                staging / "ground_truth" / _truth_map_name(frame, domains is not None),
-                volume,
-                pixel_size_angstrom,
-            )
-            yield Progress("rendering frame maps", k + 1, len(scene.frames))
-        with atomic_path(staging / "ground_truth" / "labels.csv") as tmp:
-            labels.to_csv(tmp, index=False)
-        if domains is not None:
-            with atomic_path(staging / "ground_truth" / "states.csv") as tmp:
-                pd.DataFrame(
-                    {
-                        "state": scene.frames,
-                        "domain1_frame": state_frames[:, 0],
-                        "domain2_frame": state_frames[:, 1],
-                    }
-                ).to_csv(tmp, index=False)
         settings = {
             "n_particles": n_particles,
             "box": box,
@@ -486,10 +313,11 @@ def simulate(
                 "states_drawn": len(scene.frames),
             },
         }
-        with atomic_path(staging / "ground_truth" / "simulation.json") as tmp:
-            tmp.write_text(json.dumps(settings, indent=2) + "\n")
+        yield from write_ground_truth(
+            staging, scene, labels, box, pixel_size_angstrom, state_frames, settings
+        )
         write_particles(staging / "particles.star", table)
-        _publish(staging, output)
+        publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created and output.is_dir() and not any(output.iterdir()):
@@ -502,7 +330,7 @@ def simulate(
         consensus_map=output / "consensus.mrc",
         labels_csv=output / "ground_truth" / "labels.csv",
         frame_maps=tuple(
-            output / "ground_truth" / _truth_map_name(f, domains is not None) for f in scene.frames
+            output / "ground_truth" / truth_map_name(f, domains is not None) for f in scene.frames
         ),
         frames=used_frames,
         frame_probabilities=probabilities,
@@ -517,116 +345,3 @@ def simulate(
         envelope_bfactor_angstrom2=float(envelope_bfactor_angstrom2),
         state_frames=state_frames,
     )
-
-
-def _truth_map_name(frame: int, state: bool) -> str:
-    return f"state_{frame:04d}.mrc" if state else f"frame_{frame:03d}.mrc"
-
-
-def image_envelope(box: int, pixel_size: float, bfactor: float, device=None) -> torch.Tensor:
-    """``exp(−B s²/4)`` on the rfft2 half plane (box, box//2+1); s in 1/Å."""
-    fx, fy = frequency_grid_2d(box, pixel_size, device=device, dtype=torch.float32, rfft=True)
-    return torch.exp(-bfactor * (fx**2 + fy**2) / 4.0)
-
-
-def _write_images(
-    staging: Path,
-    scene: Scene,
-    labels: pd.DataFrame,
-    box: int,
-    pixel_size: float,
-    optics: tuple[float, float, float],
-    snr: float,
-    noise_rng: np.random.Generator,
-    chunk_size: int,
-    device,
-    envelope_bfactor: float = 0.0,
-    key: str = "frame",
-):
-    """Make the images chunk by chunk into a memory-mapped stack, then reconstruct the consensus.
-
-    The consensus is reconstructed with the recorded CTF only (not the envelope), as a user would.
-
-    Writes ``staging/particles.mrcs`` and ``staging/consensus.mrc``; yields Progress and returns
-    (signal variance, noise variance).
-    """
-    n = len(labels)
-    # Both half sets' sums while they fit in CONSENSUS_SUMS_BUDGET; otherwise the first half set's
-    # during the simulation and the second's in a second pass over the written stack (its images
-    # are re-read, not re-simulated): the sums are identical either way.
-    one_pass = 2 * _sums_bytes(box) <= CONSENSUS_SUMS_BUDGET
-    accumulators = {
-        half: FourierAccumulator(box, pixel_size, device=device)
-        for half in (1, 2)[: 2 if one_pass else 1]
-    }
-    subsets = torch.as_tensor(labels["random_subset"].to_numpy().copy(), device=device)
-    signal_variance = noise_variance = 0.0
-    envelope = (
-        image_envelope(box, pixel_size, envelope_bfactor, device) if envelope_bfactor else None
-    )
-
-    def insert(accumulator, half, start, images, rotations, shifts, ctf) -> None:
-        keep = subsets[start : start + len(images)] == half
-        if keep.any():
-            accumulator.add(images[keep], rotations[keep], shifts[keep], ctf[keep])
-
-    with mrcfile.new_mmap(staging / STACK_NAME, shape=(n, box, box), mrc_mode=2) as stack:
-        stack.set_image_stack()
-        stack.voxel_size = pixel_size
-        for start in range(0, n, chunk_size):
-            rows = labels.iloc[start : start + chunk_size]
-            rotations, shifts = _poses(rows, device)
-            ctf = compute_ctf(_ctf_params(rows, *optics).torch(device), box, pixel_size)
-            frame_index = np.searchsorted(scene.frames, rows[key].to_numpy())
-            signal_ctf = ctf if envelope is None else ctf * envelope
-            images = project_frames(
-                scene, frame_index, rotations, shifts, box, pixel_size, signal_ctf
-            )
-            if start == 0:
-                signal_variance = float(images.var(dim=(1, 2)).mean())
-                noise_variance = 0.0 if math.isinf(snr) else signal_variance / snr
-            if noise_variance > 0:
-                noise = torch.as_tensor(noise_rng.standard_normal(images.shape, dtype=np.float32))
-                images = images + math.sqrt(noise_variance) * noise.to(device)
-            stack.data[start : start + len(rows)] = images.cpu().numpy()
-            for half, accumulator in accumulators.items():
-                insert(accumulator, half, start, images, rotations, shifts, ctf)
-            yield Progress(
-                "simulating particles",
-                start + len(rows),
-                n,
-                metrics={"signal_variance": signal_variance},
-            )
-        yield Progress("reconstructing consensus", 0, 1)
-        halves = [accumulators.pop(1).reconstruct(release=True)]
-        if not one_pass:
-            accumulators[2] = FourierAccumulator(box, pixel_size, device=device)
-            for start in range(0, n, chunk_size):
-                rows = labels.iloc[start : start + chunk_size]
-                rotations, shifts = _poses(rows, device)
-                ctf = compute_ctf(_ctf_params(rows, *optics).torch(device), box, pixel_size)
-                images = torch.as_tensor(np.array(stack.data[start : start + len(rows)]))
-                insert(accumulators[2], 2, start, images.to(device), rotations, shifts, ctf)
-        halves.append(accumulators.pop(2).reconstruct(release=True))
-    write_map(
-        staging / "consensus.mrc", _fsc_weighted(halves, pixel_size).cpu().numpy(), pixel_size
-    )
-    yield Progress("reconstructing consensus", 1, 1)
-    return signal_variance, noise_variance
-
-
-def _publish(staging: Path, output: Path) -> None:
-    """Move the finished outputs from the staging folder into place (renames on one file system).
-
-    An old ``ground_truth`` folder is replaced as a whole so no stale frame maps remain.
-    """
-    old_truth = output / "ground_truth"
-    retired = None
-    if old_truth.exists():
-        retired = Path(tempfile.mkdtemp(prefix=".old-ground-truth-", dir=output))
-        os.replace(old_truth, retired / "ground_truth")
-    for name in ("particles.mrcs", "consensus.mrc", "ground_truth", "particles.star"):
-        os.replace(staging / name, output / name)
-    staging.rmdir()
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Batches of particle images with their poses, shifts and CTF parameters, on any torch device.
+"""Batches of particle images with their poses, origins and CTF parameters, on any torch device.
 
 Images are read lazily from memory-mapped stacks (grouped per file, stacks kept open), brought to
 one pixel size and box by Fourier cropping/padding (``engine.fourier.fourier_resample``), and
@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..ctf import CtfParams
 from ..errors import InputError
 from ..fourier import centred_resize, fourier_box, fourier_resample
 from ..geometry import euler_to_matrix
+from ..image_formation import Pose
 from ..io.mrc import MrcStack, open_stack
 from .particles import ParticleTable, positions
 
@@ -43,6 +46,31 @@ def normalise_background(images: torch.Tensor) -> torch.Tensor:
     flat = std <= 1e-6 * whole.clamp(min=torch.finfo(images.dtype).tiny)
     std = torch.where(flat, whole, std).clamp(min=torch.finfo(images.dtype).tiny)
     return (images - mean[:, None, None]) / std[:, None, None]
+
+
+@dataclass(frozen=True)
+class ParticleBatch:
+    """Images of some table rows with their RELION poses and CTF parameters, on one device.
+
+    ``images`` (B, L, L); ``rotations`` (B, 3, 3) RELION matrices; ``origin_angstrom`` (B, 2) RELION
+    origins (the particle centre is at box centre − origin); ``ctf`` the rows' :class:`CtfParams`
+    as tensors, or None without CTF; ``rows`` (B,) the table rows.
+    """
+
+    rows: np.ndarray
+    images: torch.Tensor
+    rotations: torch.Tensor
+    origin_angstrom: torch.Tensor
+    ctf: CtfParams | None
+    pixel_size_angstrom: float
+    box: int
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def pose(self) -> Pose:
+        return Pose(self.rotations, self.origin_angstrom)
 
 
 class ParticleDataset:
@@ -158,29 +186,26 @@ class ParticleDataset:
             out[torch.as_tensor(where, device=self.device)] = images.to(torch.float32)
         return normalise_background(out) if self.normalise else out
 
-    def batch(self, rows) -> dict:
-        """One batch for table rows ``rows`` (see :meth:`batches`)."""
+    def batch(self, rows) -> ParticleBatch:
+        """The :class:`ParticleBatch` of table rows ``rows``."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         table = self.table
         euler = torch.as_tensor(table.euler_degrees[rows], dtype=torch.float64)
-        return {
-            "images": self.read_images(rows),
-            "rotations": euler_to_matrix(euler).to(device=self.device, dtype=torch.float32),
-            "shifts_angstrom": torch.as_tensor(
+        return ParticleBatch(
+            rows=rows,
+            images=self.read_images(rows),
+            rotations=euler_to_matrix(euler).to(device=self.device, dtype=torch.float32),
+            origin_angstrom=torch.as_tensor(
                 table.origin_angstrom[rows], dtype=torch.float32, device=self.device
             ),
-            "ctf": table.ctf.select(rows).torch(self.device) if self.has_ctf else None,
-            "indices": torch.as_tensor(rows, dtype=torch.int64, device=self.device),
-            "pixel_size_angstrom": self.pixel_size_angstrom,
-            "box": self.box,
-        }
+            ctf=table.ctf.select(rows).torch(self.device) if self.has_ctf else None,
+            pixel_size_angstrom=self.pixel_size_angstrom,
+            box=self.box,
+        )
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0):
-        """Yield dicts: images (B, L, L), rotations (B, 3, 3) RELION matrices, shifts_angstrom
-        (B, 2)
-        (RELION origins: the particle centre is at box centre − shift), ctf (CtfParams of tensors,
-        or None without CTF), indices (B,) table rows, pixel_size_angstrom, box.
-        """
+        """Yield the :class:`ParticleBatch` of consecutive ``batch_size`` rows (shuffled with
+        ``seed`` if asked)."""
         order = self.rows
         if shuffle:
             order = order[np.random.default_rng(seed).permutation(len(order))]

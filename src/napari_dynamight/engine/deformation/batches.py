@@ -18,6 +18,7 @@ used as rows are kept; on a GPU it grows by doubling.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ import torch
 from ..ctf import compute_ctf, frequency_grid_2d
 from ..data.dataset import ParticleDataset
 from ..data.particles import ParticleTable
+from ..image_formation import Pose
 
 DEFAULT_MAX_CACHE_BYTES = 2 * 1024**3
 
@@ -50,6 +52,43 @@ def recentre(
     return torch.fft.irfft2(spectra * phase, s=(box, box))
 
 
+@dataclass(frozen=True)
+class TrainingBatch:
+    """Prepared rows as training uses them, on one device.
+
+    ``spectra`` (B, L, L//2+1) rfft2 of the images; ``encoder_input`` (B, L, L) the masked images
+    re-centred on the particle; ``ctf`` (B, L, L//2+1) CTF images in rfft2 layout; ``rotations``
+    (B, 3, 3) RELION matrices; ``origin_angstrom`` (B, 2) RELION origins; ``rows`` (B,) table rows.
+    """
+
+    rows: np.ndarray
+    spectra: torch.Tensor
+    encoder_input: torch.Tensor
+    ctf: torch.Tensor
+    rotations: torch.Tensor
+    origin_angstrom: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def pose(self) -> Pose:
+        return Pose(self.rotations, self.origin_angstrom)
+
+    @classmethod
+    def tensor_names(cls) -> tuple[str, ...]:
+        """The per-row tensors (every field but ``rows``)."""
+        return tuple(f.name for f in fields(cls) if f.name != "rows")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.tensor_names()}
+
+    def select(self, index) -> TrainingBatch:
+        """The rows at ``index`` (a slice, or positions / a mask as a tensor or array)."""
+        at = index.cpu().numpy() if isinstance(index, torch.Tensor) else index
+        return TrainingBatch(rows=self.rows[at], **{k: v[index] for k, v in self.tensors().items()})
+
+
 class ParticleBatches:
     """Prepared batches of the rows of a particle table at one training box, on one device."""
 
@@ -70,7 +109,7 @@ class ParticleBatches:
         self._capacity_rows = min(self.n, max_cache_bytes // self.bytes_per_particle)
         self._slot = np.full(self.n, -1, dtype=np.int64)  # row -> position in the cache, or -1
         self._seen = np.zeros(self.n, dtype=bool)  # asked for at least once
-        self._cache: dict[str, torch.Tensor] | None = None
+        self._cache: dict[str, torch.Tensor] | None = None  # TrainingBatch's tensors, by name
         self._used = 0  # rows kept
 
     @property
@@ -106,26 +145,24 @@ class ParticleBatches:
 
     def _prepare(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         data = self.dataset.batch(rows)
-        spectra = torch.fft.rfft2(data["images"])
+        spectra = torch.fft.rfft2(data.images)
         return {
             "spectra": spectra,
-            "encoder_input": recentre(spectra, data["shifts_angstrom"], self.pixel_size_angstrom)
+            "encoder_input": recentre(spectra, data.origin_angstrom, self.pixel_size_angstrom)
             * self.mask,
-            "ctf": compute_ctf(data["ctf"], self.box, self.pixel_size_angstrom),
-            "rotations": data["rotations"],
-            "shifts_angstrom": data["shifts_angstrom"],
+            "ctf": compute_ctf(data.ctf, self.box, self.pixel_size_angstrom),
+            "rotations": data.rotations,
+            "origin_angstrom": data.origin_angstrom,
         }
 
-    def get(self, rows) -> dict[str, torch.Tensor]:
+    def get(self, rows) -> TrainingBatch:
         """The batch of table rows ``rows`` (array of ints)."""
         rows = np.asarray(rows, dtype=np.int64)
         slots = self._slot[rows]
         missing = np.nonzero(slots < 0)[0]
         if len(missing) == 0:  # all kept
             index = torch.as_tensor(slots, device=self.device)
-            batch = {key: value[index] for key, value in self._cache.items()}
-            batch["rows"] = rows
-            return batch
+            return TrainingBatch(rows, **{key: value[index] for key, value in self._cache.items()})
         prepared = self._prepare(rows[missing])
         # Keep the rows asked for before (each once), while there is room.
         unique, first = np.unique(rows[missing], return_index=True)
@@ -134,8 +171,7 @@ class ParticleBatches:
             self._keep(rows[missing][again], {k: v[again] for k, v in prepared.items()})
         self._seen[rows] = True
         if len(missing) == len(rows):
-            prepared["rows"] = rows
-            return prepared
+            return TrainingBatch(rows, **prepared)
         present = np.nonzero(slots >= 0)[0]
         at_missing = torch.as_tensor(missing, device=self.device)
         at_present = torch.as_tensor(present, device=self.device)
@@ -146,8 +182,7 @@ class ParticleBatches:
             out[at_missing] = value
             out[at_present] = self._cache[key][index]
             batch[key] = out
-        batch["rows"] = rows
-        return batch
+        return TrainingBatch(rows, **batch)
 
     def close(self) -> None:
         self.dataset.close()

@@ -1,8 +1,9 @@
 """Latent codes from the trained forward model: the posterior mean over candidate latent points.
 
-The encoder is amortised: one network maps any image to a latent mean. At the noise of real particles
-(SNR ~0.01) it is the weak link: on the simulated AdK set its codes ordered the frames with |Spearman|
-0.55, while the Bayes-optimal estimate that knows the true maps reaches 0.94 (docs/deformations.md).
+The encoder is amortised: one network maps any image to a latent mean. At the noise of real
+particles (SNR ~0.01) it is the weak link: on the simulated AdK set its codes ordered the frames
+with |Spearman| 0.55, while the Bayes-optimal estimate that knows the true maps reaches 0.94
+(docs/deformations.md).
 The decoder, however, is a forward model, and with it we can do what that ceiling does: for each
 particle, the likelihood of its image under the projection (own pose, own CTF, the half's noise
 spectrum) of the deformed model of each of K candidate latent points, and the posterior mean of the
@@ -24,12 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..gaussians import PAIR_POINTS, GaussianModel, project_spectrum, project_spectrum_pairs
+from ..gaussians import PAIR_POINTS, GaussianModel
+from ..image_formation import image_spectra, image_spectra_pairs
+from .batches import TrainingBatch
 from .losses import NoiseModel
 
 MEMORY_BUDGET_BYTES = 256 * 1024**2
-# the screen (``Screen``, ``screened_choice``): exact likelihoods for the fewest candidates that carry
-# SCREEN_MASS of the screened posterior, at least SCREEN_LEAST and at most SCREEN_MOST of them
+# the screen (``Screen``, ``screened_choice``): exact likelihoods for the fewest candidates that
+# carry SCREEN_MASS of the screened posterior, at least SCREEN_LEAST and at most SCREEN_MOST of them
 SCREEN_MASS = 0.999
 SCREEN_LEAST = 4
 SCREEN_MOST = 24
@@ -58,7 +61,8 @@ class Candidates:
 
 
 def batch_rows(n_candidates: int, n_gaussians: int, box: int) -> int:
-    """Particles per chunk so that the (particles x candidates) positions and spectra fit the budget."""
+    """Particles per chunk so that the (particles x candidates) positions and spectra fit the
+    budget."""
     per_pair = 4 * (3 * n_gaussians + 4 * box * (box // 2 + 1))
     return max(1, MEMORY_BUDGET_BYTES // max(1, per_pair * n_candidates))
 
@@ -105,17 +109,17 @@ class Screen:
         half = self.box // 2
         return torch.cat([spectra[..., :half, : half + 1], spectra[..., -half:, : half + 1]], -2)
 
-    def negative_log_likelihoods(self, batch: dict, noise: NoiseModel) -> torch.Tensor:
+    def negative_log_likelihoods(self, batch: TrainingBatch, noise: NoiseModel) -> torch.Tensor:
         """(B, K): the screen's ``Σ_k |CTF·P(coarse model_k) − Y|² / σ²(|k|)`` over the crop."""
-        spectra = project_spectrum_pairs(
+        spectra = image_spectra_pairs(
             self.model,
-            batch["rotations"],
-            batch["shifts_angstrom"],
+            batch.pose,
             self.box,
             self.pixel_size_angstrom,
+            self.scale * self.crop(batch.ctf),
             self.positions,
-        ) * (self.scale * self.crop(batch["ctf"])[:, None])
-        residual = (spectra - self.crop(batch["spectra"])[:, None]).abs().pow(2)
+        )
+        residual = (spectra - self.crop(batch.spectra)[:, None]).abs().pow(2)
         return (residual * self.crop(noise.weights)).flatten(2).sum(-1)
 
 
@@ -131,7 +135,7 @@ def screened_choice(nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pair_likelihoods(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
@@ -146,47 +150,40 @@ def _pair_likelihoods(
     parts = []
     for start in range(0, len(particle), step):
         b, k = particle[start : start + step], candidate[start : start + step]
-        spectra = project_spectrum(
+        spectra = image_spectra(
             model,
-            batch["rotations"][b],
-            batch["shifts_angstrom"][b],
+            batch.pose.select(b),
             box,
             pixel_size_angstrom,
-            positions_angstrom=candidates.positions[k],
+            batch.ctf[b],
+            candidates.positions[k],
         )
-        residual = (spectra * batch["ctf"][b] - batch["spectra"][b]).abs().pow(2) * noise.weights
+        residual = (spectra - batch.spectra[b]).abs().pow(2) * noise.weights
         parts.append(residual.flatten(1).sum(-1))
     return torch.cat(parts) if parts else torch.zeros(0, device=candidates.positions.device)
 
 
 @torch.no_grad()
 def negative_log_likelihoods(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
     box: int,
     pixel_size_angstrom: float,
 ) -> torch.Tensor:
-    """(B, K): ``Σ_k |CTF·P(model_k) − Y|² / σ²(|k|)`` of each particle's image under each candidate."""
-    spectra = (
-        project_spectrum_pairs(
-            model,
-            batch["rotations"],
-            batch["shifts_angstrom"],
-            box,
-            pixel_size_angstrom,
-            candidates.positions,
-        )
-        * batch["ctf"][:, None]
+    """(B, K): ``Σ_k |CTF·P(model_k) − Y|² / σ²(|k|)`` of each particle's image under each
+    candidate."""
+    spectra = image_spectra_pairs(
+        model, batch.pose, box, pixel_size_angstrom, batch.ctf, candidates.positions
     )
-    residual = (spectra - batch["spectra"][:, None]).abs().pow(2) * noise.weights
+    residual = (spectra - batch.spectra[:, None]).abs().pow(2) * noise.weights
     return residual.flatten(2).sum(-1)
 
 
 @torch.no_grad()
 def _screened_posteriors(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
@@ -214,7 +211,7 @@ def _screened_posteriors(
 
 @torch.no_grad()
 def posteriors(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
@@ -227,8 +224,8 @@ def posteriors(
     likeliest exactly and the others from the screen (:func:`_screened_posteriors`)."""
     chunk = batch_rows(len(candidates), candidates.positions.shape[1], box)
     parts = []
-    for start in range(0, len(batch["rows"]), chunk):
-        part = {key: value[start : start + chunk] for key, value in batch.items()}
+    for start in range(0, len(batch), chunk):
+        part = batch.select(slice(start, start + chunk))
         if screen is not None:
             parts.append(
                 _screened_posteriors(
@@ -246,7 +243,7 @@ def posteriors(
 
 
 def posterior_mean(
-    batch: dict,
+    batch: TrainingBatch,
     candidates: Candidates,
     model: GaussianModel,
     noise: NoiseModel,
@@ -278,13 +275,14 @@ def screen_for(
 
 def half_candidates(half, batches, batch_size: int = 256) -> Candidates:
     """The half's candidate latent points: the refined ones once refinement (``refinement.py``) has
-    run, else ``posterior_candidates`` of its training particles' encoder codes drawn with the seed."""
+    run, else ``posterior_candidates`` of its training particles' encoder codes drawn with the
+    seed."""
     if half.candidates is not None:
         return Candidates(half.candidates, half.deformed_positions(half.candidates))
     rows = half.train_rows
     codes = torch.cat(
         [
-            half.encode(batches.get(rows[start : start + batch_size])["encoder_input"])
+            half.encode(batches.get(rows[start : start + batch_size]).encoder_input)
             for start in range(0, len(rows), batch_size)
         ]
     )
@@ -296,12 +294,12 @@ def half_candidates(half, batches, batch_size: int = 256) -> Candidates:
     )
 
 
-def latent_inference(half, batches) -> Callable[[dict], torch.Tensor]:
-    """The function that gives a half set's latents (B, D) for a prepared batch, as its settings ask:
-    its encoder's means, or their posterior mean over :func:`half_candidates` (``half`` is a
+def latent_inference(half, batches) -> Callable[[TrainingBatch], torch.Tensor]:
+    """The function that gives a half set's latents (B, D) for a prepared batch, as its settings
+    ask: its encoder's means, or their posterior mean over :func:`half_candidates` (``half`` is a
     :class:`~.trainer.HalfSet`, ``batches`` its :class:`~.batches.ParticleBatches`)."""
     if half.settings.latent_inference == "encoder":
-        return lambda batch: half.encode(batch["encoder_input"])
+        return lambda batch: half.encode(batch.encoder_input)
     candidates = half_candidates(half, batches)
     model = half.model(detach=True)
     box, pixel = batches.box, batches.pixel_size_angstrom

@@ -1,27 +1,30 @@
 """Posterior refinement: EM rounds on K candidate latent points after the VAE epochs.
 
 The VAE's decoder learns from the encoder's codes. At the noise of real particles those codes are
-poor (on the simulated AdK set at SNR 0.01 they ordered the frames with |Spearman| 0.55, the posterior
-over the same decoder's candidates 0.81, the Bayes-optimal estimate 0.94), so the decoder learns the
-motion blurred by the codes' errors. Refinement trains the decoder on better latents, in rounds:
+poor (on the simulated AdK set at SNR 0.01 they ordered the frames with |Spearman| 0.55, the
+posterior over the same decoder's candidates 0.81, the Bayes-optimal estimate 0.94), so the decoder
+learns the motion blurred by the codes' errors. Refinement trains the decoder on better latents, in
+rounds:
 
 - E-step: each training particle's posterior over the half's K candidate latent points
   (``inference.py``: the likelihood of its image under the projection of each candidate's deformed
   model, own pose, CTF and noise spectrum);
 - M-step: a few epochs in which each particle's latent is a candidate drawn from its posterior (an
   unbiased sample of the expected loss, at the cost of one decoder pass per particle), and both the
-  decoder and the candidate points themselves follow the data term plus the regulariser (λ set by the
-  stiffness rule of ``losses.py`` at the start of the round; the Gaussians stay as the VAE left them).
+  decoder and the candidate points themselves follow the data term plus the regulariser (λ set by
+  the stiffness rule of ``losses.py`` at the start of the round; the Gaussians stay as the VAE left
+  them).
 
 The first round's candidates are K of the half's encoder codes (drawn with the seed); the refined
 candidates then replace the encoder codes as the prior of the final posterior-mean latents.
 Validation particles stay out of the M-step, so the error estimates keep their meaning.
 
 Each round is deterministic given the state at its start (its random numbers come from a generator
-seeded by the seed, the half and the round, and its optimiser is created afresh), so a run resumes from
-the checkpoint written at the end of the previous round. Data parallel like the VAE epochs: the E-step
-is sharded over the half's ranks and gathered by a sum; in the M-step every rank draws the same batch
-order and the same candidates and takes its share; gradients are summed after ``backward``.
+seeded by the seed, the half and the round, and its optimiser is created afresh), so a run resumes
+from the checkpoint written at the end of the previous round. Data parallel like the VAE epochs: the
+E-step is sharded over the half's ranks and gathered by a sum; in the M-step every rank draws the
+same batch order and the same candidates and takes its share; gradients are summed after
+``backward``.
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ def responsibilities(
     latents: torch.Tensor,
     stage: str = "posteriors",
 ) -> Generator[Progress, None, torch.Tensor]:
-    """(len(rows), K) posterior of each row over the candidate latents (uniform prior), in chunks that
-    fit the inference memory budget (a progress event each); each rank of the half's group computes
-    its share of the rows and the parts are summed."""
+    """(len(rows), K) posterior of each row over the candidate latents (uniform prior), in chunks
+    that fit the inference memory budget (a progress event each); each rank of the half's group
+    computes its share of the rows and the parts are summed."""
     candidates = Candidates(latents, half.deformed_positions(latents))
     model = half.model(detach=True)
     box, pixel = batches.box, batches.pixel_size_angstrom
@@ -150,8 +153,8 @@ def _share_loss(
     reference: torch.Tensor,
     n_whole: int,
 ) -> tuple[float, float]:
-    """Backward of this rank's share of a batch's loss; returns the share's parts of the mean data and
-    regulariser losses (summed over the group they are the whole batch's)."""
+    """Backward of this rank's share of a batch's loss; returns the share's parts of the mean data
+    and regulariser losses (summed over the group they are the whole batch's)."""
     if len(rows) == 0:
         return 0.0, 0.0
     batch = batches.get(rows)
@@ -169,7 +172,7 @@ def _share_loss(
         )
     predicted = half.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
     data = part_of_mean(
-        data_loss(predicted, batch["spectra"], half.noise.weights, half.noise.n_frequencies).mean(),
+        data_loss(predicted, batch.spectra, half.noise.weights, half.noise.n_frequencies).mean(),
         len(rows),
         n_whole,
     )

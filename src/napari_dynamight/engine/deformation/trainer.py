@@ -1,16 +1,16 @@
 """One half set's VAE: its networks, its Gaussians, its optimisers and one epoch of training.
 
 The two halves never share a tensor; the only exchange is the reference alignment done in
-``schedule.py``. Validation particles pass through the encoder and the decoder with the decoder's and
-the Gaussians' parameters detached, so they train the encoder but not the decoder or the model.
+``schedule.py``. Validation particles pass through the encoder and the decoder with the decoder's
+and the Gaussians' parameters detached, so they train the encoder but not the decoder or the model.
 
-Data parallel: a half set trains on a group of ranks (``engine.distributed``; one rank in one process).
-Every rank draws the same batch order and reparameterisation noise, takes its contiguous share of each
-batch, and weights its loss by its share of the batch, so that the gradients summed over the group
-(one explicit all-reduce after ``backward``) are the single-process gradients of the whole batch.
-Noise spectra, the amplitude fit and the epoch's loss sums are reduced the same way; λ is computed
-from the same rows' CTFs on every rank. In a group of one every collective is skipped and the
-arithmetic is the single-process one.
+Data parallel: a half set trains on a group of ranks (``engine.distributed``; one rank in one
+process). Every rank draws the same batch order and reparameterisation noise, takes its contiguous
+share of each batch, and weights its loss by its share of the batch, so that the gradients summed
+over the group (one explicit all-reduce after ``backward``) are the single-process gradients of the
+whole batch. Noise spectra, the amplitude fit and the epoch's loss sums are reduced the same way; λ
+is computed from the same rows' CTFs on every rank. In a group of one every collective is skipped
+and the arithmetic is the single-process one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from torch.func import functional_call
 
 from .. import distributed
 from ..distributed import part_of_mean
-from ..gaussians import GaussianModel, project_spectrum
+from ..gaussians import GaussianModel
+from ..image_formation import image_spectra
 from ..progress import Progress
 from . import control_points
 from .batches import ParticleBatches
@@ -156,8 +157,8 @@ class HalfSet:
             total = None
             for start in range(0, len(rows), self.settings.batch_size):
                 power = (
-                    batches.get(rows[start : start + self.settings.batch_size])["ctf"]
-                    .abs()
+                    batches.get(rows[start : start + self.settings.batch_size])
+                    .ctf.abs()
                     .pow(2)
                     .sum(0)
                 )
@@ -197,23 +198,17 @@ class HalfSet:
     def displacement(
         self, latents: torch.Tensor, points: torch.Tensor | None = None, call=None
     ) -> torch.Tensor:
-        """``call``'s (default: the decoder's) displacements at the reference (or ``points``), evaluated
-        at every point or, with ``settings.control_points``, at the control points and interpolated."""
+        """``call``'s (default: the decoder's) displacements at the reference (or ``points``),
+        evaluated at every point or, with ``settings.control_points``, at the control points and
+        interpolated."""
         return control_points.displacement(
             self.decoder if call is None else call, latents, self.positions, self.controls, points
         )
 
     def predict(self, batch, deformed, model, box, pixel_size):
-        """CTF-filtered projection spectra of the deformed ``model`` under the batch's poses."""
-        spectrum = project_spectrum(
-            model,
-            batch["rotations"],
-            batch["shifts_angstrom"],
-            box,
-            pixel_size,
-            positions_angstrom=deformed,
-        )
-        return spectrum * batch["ctf"]
+        """Predicted image spectra (``engine.image_formation``) of the deformed ``model`` under the
+        batch's poses and CTFs."""
+        return image_spectra(model, batch.pose, box, pixel_size, batch.ctf, deformed)
 
     def epoch(
         self, mode: str, batches: ParticleBatches, epoch: int, total_epochs: int
@@ -278,9 +273,9 @@ class HalfSet:
         return {key: value / max(n_train, 1) for key, value in sums.items()} | {"lambda": self.lam}
 
     def _share_step(self, mode, batches, whole, share, train, n_batch_train):
-        """Forward and backward of this rank's ``share`` of the batch ``whole``: the loss is the share's
-        part of the whole batch's loss. Returns the share's data, regulariser and KL losses and its count
-        of training particles."""
+        """Forward and backward of this rank's ``share`` of the batch ``whole``: the loss is the
+        share's part of the whole batch's loss. Returns the share's data, regulariser and KL losses
+        and its count of training particles."""
         count = int(train.sum())
         if (
             share.stop == share.start
@@ -302,41 +297,35 @@ class HalfSet:
         data = torch.zeros((), device=self.device)
         if mode != "full":  # only training rows
             if mode == "warmup":
-                deformed = self.positions.expand(len(batch["rows"]), -1, -1)
+                deformed = self.positions.expand(len(batch), -1, -1)
             else:
                 with torch.no_grad():
-                    displacement = self.displacement(self.encode(batch["encoder_input"]))
+                    displacement = self.displacement(self.encode(batch.encoder_input))
                 deformed = self.positions + displacement * self.moving.view(-1, 1)
             per_particle = data_loss(
-                self.predict(batch, deformed, model, box, pixel), batch["spectra"], weights, n_freq
+                self.predict(batch, deformed, model, box, pixel), batch.spectra, weights, n_freq
             )
             data = per_particle.mean()
             total = per_particle.sum()
         else:
-            mean, log_var = self.encoder(batch["encoder_input"])
+            mean, log_var = self.encoder(batch.encoder_input)
             z = self._sample(mean, log_var, share, len(whole))
             kl = kl_divergence(mean, log_var).mean() * self.settings.kl_weight / n_freq
             basis = self.linear_basis()
             total = torch.zeros((), device=self.device)
-            # training rows, then validation rows (decoder and Gaussians detached), each as one sub-batch
+            # training rows, then validation rows (decoder and Gaussians detached), each as one
+            # sub-batch
             for rows, frozen in ((train, False), (~train, True)):
                 if not rows.any():
                     continue
                 index = None if rows.all() else rows.nonzero().squeeze(1)
-                part = (
-                    batch
-                    if index is None
-                    else {
-                        key: batch[key][index]
-                        for key in ("rotations", "shifts_angstrom", "ctf", "spectra")
-                    }
-                )
+                part = batch if index is None else batch.select(index)
                 deformed, coefficients = self._deform(
                     z if index is None else z[index], frozen, basis
                 )
                 per_particle = data_loss(
                     self.predict(part, deformed, model.detach() if frozen else model, box, pixel),
-                    part["spectra"],
+                    part.spectra,
                     weights,
                     n_freq,
                 )
@@ -359,16 +348,17 @@ class HalfSet:
         return float(data.detach()), float(reg.detach()), float(kl.detach()), count
 
     def linear_basis(self, points: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The factorised decoder's basis at the reference (or ``points``) as a (rank, N·3) matrix, zero
-        for the Gaussians that do not move, so that deformed positions are ``points + coefficients(z) @
-        basis``; None for a decoder without one or with control points."""
+        """The factorised decoder's basis at the reference (or ``points``) as a (rank, N·3) matrix,
+        zero for the Gaussians that do not move, so that deformed positions are ``points +
+        coefficients(z) @ basis``; None for a decoder without one or with control points."""
         if self.controls is not None or not hasattr(self.decoder, "basis_matrix"):
             return None
         return self.decoder.basis_matrix(self.positions if points is None else points, self.moving)
 
     def _deform(self, z: torch.Tensor, frozen: bool, basis: torch.Tensor | None):
-        """Deformed positions (B, N, 3) of latents ``z`` and, with a ``basis``, their coefficients (else
-        None). ``frozen``: the decoder's and the Gaussians' parameters detached (validation rows)."""
+        """Deformed positions (B, N, 3) of latents ``z`` and, with a ``basis``, their coefficients
+        (else None). ``frozen``: the decoder's and the Gaussians' parameters detached (validation
+        rows)."""
         if basis is None:
             return self._deform_general(z, frozen), None
         reference = self.positions.detach() if frozen else self.positions
@@ -410,19 +400,20 @@ class HalfSet:
 
     @torch.no_grad()
     def estimate_noise(self, batches: ParticleBatches, rows: np.ndarray, deform: bool) -> None:
-        """Re-estimate the noise spectrum from the residuals of ``rows`` (latent means, no sampling);
-        each rank of the group takes its share of the rows and the power sums are added up."""
+        """Re-estimate the noise spectrum from the residuals of ``rows`` (latent means, no
+        sampling); each rank of the group takes its share of the rows and the power sums are added
+        up."""
         model = self.model(detach=True)
         rows = self.group.shard(rows)
         for start in range(0, len(rows), self.settings.batch_size):
             batch = batches.get(rows[start : start + self.settings.batch_size])
             if deform:
-                deformed = self.deformed_positions(self.encode(batch["encoder_input"]))
+                deformed = self.deformed_positions(self.encode(batch.encoder_input))
             else:
-                deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
+                deformed = self.positions.detach().expand(len(batch), -1, -1)
             residual = (
                 self.predict(batch, deformed, model, batches.box, batches.pixel_size_angstrom)
-                - batch["spectra"]
+                - batch.spectra
             )
             self.noise.accumulate(residual)
         self.noise.update(self.group)
@@ -440,14 +431,14 @@ class HalfSet:
         rows = self.group.shard(rows)
         for start in range(0, len(rows), self.settings.batch_size):
             batch = batches.get(rows[start : start + self.settings.batch_size])
-            deformed = self.positions.detach().expand(len(batch["rows"]), -1, -1)
+            deformed = self.positions.detach().expand(len(batch), -1, -1)
             predicted = self.predict(
                 batch, deformed, model, batches.box, batches.pixel_size_angstrom
             )
-            cross += float((predicted.conj() * batch["spectra"]).real.sum())
+            cross += float((predicted.conj() * batch.spectra).real.sum())
             power += float(predicted.abs().pow(2).sum())
-            image_power += float(batch["spectra"].abs().pow(2).sum())
-            count += batch["spectra"].numel()
+            image_power += float(batch.spectra.abs().pow(2).sum())
+            count += batch.spectra.numel()
         if self.group.size > 1:
             cross, power, image_power, count = self.group.all_reduce_sum_(
                 torch.tensor([cross, power, image_power, count], dtype=torch.float64)

@@ -1,9 +1,9 @@
 """The watchdog: per half and per epoch, is the half learning motion, and do the two halves agree?
 
-A half-set VAE can stall (its decoder stops moving, λ grows, the data loss goes flat) while the other
-half learns; nothing in the losses shows it. After every epoch :func:`diagnose` measures, for one half
-on a fixed subset of its particles (its validation particles, at most ``MAX_HELD_OUT``; training
-particles only when it has none), with the encoder's latent means and no random draw:
+A half-set VAE can stall (its decoder stops moving, λ grows, the data loss goes flat) while the
+other half learns; nothing in the losses shows it. After every epoch :func:`diagnose` measures, for
+one half on a fixed subset of its particles (its validation particles, at most ``MAX_HELD_OUT``;
+training particles only when it has none), with the encoder's latent means and no random draw:
 
 - ``rms_displacement_angstrom``: RMS over particles and Gaussians of the deformed minus reference
   positions;
@@ -12,9 +12,9 @@ particles only when it has none), with the encoder's latent means and no random 
   positions) minus deformed, and ``deformation_gain_z``, that mean over its standard error;
 - ``latent_gain`` / ``latent_gain_z``: the same with each particle deformed by another particle's
   latent (the list rolled by half its length) instead of the reference: only a latent space that
-  carries each particle's own motion gains. A stalled half gains nothing either way; a half that fits
-  noise may still gain against the reference (a deformed model with less power fits noise better:
-  0.2 on pure noise), which is why the rules use the latent gain.
+  carries each particle's own motion gains. A stalled half gains nothing either way; a half that
+  fits noise may still gain against the reference (a deformed model with less power fits noise
+  better: 0.2 on pure noise), which is why the rules use the latent gain.
 
 :func:`check` turns a loss history with these fields into one-line warnings; :func:`final_check`
 compares the two halves' final deformation fields with the error estimate. Thresholds and the
@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ..gaussians import GaussianModel, project_spectrum
+from ..gaussians import GaussianModel
+from ..image_formation import image_spectra
 from .losses import data_loss
 
-MAX_HELD_OUT = 256  # particles per half and epoch (2 decoder passes and 3 projections each, in double precision)
+# particles per half and epoch (2 decoder passes and 3 projections each, in double precision)
+MAX_HELD_OUT = 256
 MIN_FULL_EPOCHS = 10  # network-training epochs of a half before it is judged
 STALL_RMS_ANGSTROM = 0.1  # below this a half's Gaussians do not move
 NO_GAIN_Z = (
@@ -73,7 +75,7 @@ def diagnose(half, batches) -> dict[str, float]:
     precise = _precise_dtype(half.device)
     encode, deformed_positions = _in_precision(half, precise)
     codes = [
-        encode(batches.get(rows[start : start + size])["encoder_input"])
+        encode(batches.get(rows[start : start + size]).encoder_input)
         for start in range(0, len(rows), size)
     ]
     others = torch.cat(codes).roll(len(rows) // 2, 0).split(size) if len(rows) else []
@@ -89,20 +91,21 @@ def diagnose(half, batches) -> dict[str, float]:
     )  # count, squared displacement, loss, gain, gain², latent gain, its ²
     for start, own, other in zip(range(0, len(rows), size), codes, others):
         batch = batches.get(rows[start : start + size])
+        pose = batch.pose.to(dtype=precise)
         deformed = deformed_positions(own)
         reference = half.positions.detach().to(precise).expand(len(own), -1, -1)
         losses = []
         for positions in (deformed, reference, deformed_positions(other)):
-            predicted = project_spectrum(
+            predicted = image_spectra(
                 model,
-                batch["rotations"].to(precise),
-                batch["shifts_angstrom"].to(precise),
+                pose,
                 batches.box,
                 batches.pixel_size_angstrom,
-                positions_angstrom=positions.to(precise),
-            ) * batch["ctf"].to(precise)
+                batch.ctf.to(precise),
+                positions.to(precise),
+            )
             losses.append(
-                data_loss(predicted, batch["spectra"].to(predicted.dtype), weights, n_freq)
+                data_loss(predicted, batch.spectra.to(predicted.dtype), weights, n_freq)
                 .cpu()
                 .double()
             )
@@ -221,9 +224,10 @@ def check(history: list[dict], min_full_epochs: int | None = None) -> list[str]:
                 else f" (half {3 - half}: {other['rms_displacement_angstrom']:.2f} Å)"
             )
             warnings.append(
-                f"half {half} has stalled: its decoder moves its Gaussians by {rms:.2f} Å RMS{compare} and "
-                f"deforming by its latents does not improve its fit to held-out particles (gain z = {z:.1f}, "
-                f"λ = {row.get('lambda', float('nan')):.3g}); its latent space carries no motion: {ADVICE}"
+                f"half {half} has stalled: its decoder moves its Gaussians by {rms:.2f} Å "
+                f"RMS{compare} and deforming by its latents does not improve its fit to held-out "
+                f"particles (gain z = {z:.1f}, λ = {row.get('lambda', float('nan')):.3g}); its "
+                f"latent space carries no motion: {ADVICE}"
             )
     if len(latest) == 2 and not stalled:
         one, two = latest[1], latest[2]
@@ -239,10 +243,10 @@ def check(history: list[dict], min_full_epochs: int | None = None) -> list[str]:
         if by_motion or by_gain:
             weaker = 1 + int(rms[1] < rms[0]) if by_motion else 1 + int(gains[1] < gains[0])
             warnings.append(
-                f"the two halves disagree: half 1 moves its Gaussians by {rms[0]:.2f} Å RMS, half 2 by "
-                f"{rms[1]:.2f} Å; deforming by the latents improves the fit to held-out particles by "
-                f"{gains[0]:.3g} and {gains[1]:.3g} ({separation:.1f} standard errors apart); half {weaker} lags "
-                f"behind: train longer, or {ADVICE}"
+                f"the two halves disagree: half 1 moves its Gaussians by {rms[0]:.2f} Å RMS, "
+                f"half 2 by {rms[1]:.2f} Å; deforming by the latents improves the fit to held-out "
+                f"particles by {gains[0]:.3g} and {gains[1]:.3g} ({separation:.1f} standard errors "
+                f"apart); half {weaker} lags behind: train longer, or {ADVICE}"
             )
     return warnings
 
@@ -259,15 +263,16 @@ def final_agreement(
     """Do the two halves move the same particles the same way? (None with fewer than 2 rows, or when
     neither half moves any particle differently from its mean.)
 
-    ``halves`` are the two ``trainer.HalfSet``, ``latents`` each half's final (N, D) latents of every
-    row (``validation.ErrorEstimates.latents``), ``rows`` the particles to compare (the validation
-    particles, which neither decoder saw; at most ``MAX_HELD_OUT`` are used). Both deformation fields
-    are evaluated at half 1's reference positions, as for the error estimates, and each half's mean
-    field over the particles is removed (a deformation common to all particles is not motion: it
-    corrects the consensus model). Returns the agreement ``1 − Σ|v₁ − v₂|² / Σ(|v₁|² + |v₂|²)`` of
-    the remaining per-particle fields (1 for equal motions, 0 for unrelated ones), their RMS per
-    Gaussian in each half (``motion_half1_angstrom``, ``motion_half2_angstrom``) and of their
-    difference (``difference_angstrom``), and the number of particles.
+    ``halves`` are the two ``trainer.HalfSet``, ``latents`` each half's final (N, D) latents of
+    every row (``validation.ErrorEstimates.latents``), ``rows`` the particles to compare (the
+    validation particles, which neither decoder saw; at most ``MAX_HELD_OUT`` are used). Both
+    deformation fields are evaluated at half 1's reference positions, as for the error estimates,
+    and each half's mean field over the particles is removed (a deformation common to all particles
+    is not motion: it corrects the consensus model). Returns the agreement ``1 − Σ|v₁ − v₂|² /
+    Σ(|v₁|² + |v₂|²)`` of the remaining per-particle fields (1 for equal motions, 0 for unrelated
+    ones), their RMS per Gaussian in each half (``motion_half1_angstrom``,
+    ``motion_half2_angstrom``) and of their difference (``difference_angstrom``), and the number of
+    particles.
     """
     rows = np.asarray(rows)[:MAX_HELD_OUT]
     if len(rows) < 2:
@@ -334,8 +339,8 @@ def final_check(
         for k in ("motion_half1_angstrom", "motion_half2_angstrom", "difference_angstrom")
     ]
     return [
-        f"the two halves disagree: on {n} validation particles their final motions differ by {rms[2]:.2f} Å "
-        f"RMS, as much as they move (half 1 {rms[0]:.2f} Å, half 2 {rms[1]:.2f} Å, each without its mean "
-        f"deformation; agreement {agreement:.2f}: 1 = the same motion, 0 = unrelated); the motions are not "
-        f"reproducible: {ADVICE}"
+        f"the two halves disagree: on {n} validation particles their final motions differ by "
+        f"{rms[2]:.2f} Å RMS, as much as they move (half 1 {rms[0]:.2f} Å, half 2 {rms[1]:.2f} Å, "
+        f"each without its mean deformation; agreement {agreement:.2f}: 1 = the same motion, "
+        f"0 = unrelated); the motions are not reproducible: {ADVICE}"
     ]

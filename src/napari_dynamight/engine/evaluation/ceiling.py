@@ -9,8 +9,8 @@ variance σ², so with a uniform prior over the frames
 
 The posterior-mean frame is the oracle's best one-number estimate; |Spearman| of it with the true
 frame is the ceiling for any latent ordering at that noise level. The projections ``s_k`` are made
-with the simulator's own code (``engine.simulate``'s scene of atom Gaussians and
-``engine.gaussians.project_spectrum``), so the likelihood is exact, not an approximation.
+with the simulator's own code (``engine.scene``'s atom Gaussians and ``engine.image_formation``),
+so the likelihood is exact, not an approximation.
 
 The inner products are taken in Fourier space (Parseval on the rfft2 half plane), so each of the
 frames × particles projections costs one splat and one FFT, and nothing is transformed back.
@@ -29,14 +29,13 @@ import pandas as pd
 import torch
 from scipy.special import logsumexp
 
-from ..ctf import compute_ctf
 from ..data.dataset import ParticleDataset
 from ..data.particle_file import read_particles
 from ..errors import InputError
 from ..fourier import radial_index
-from ..gaussians import project_spectrum
+from ..image_formation import frame_images, image_spectra, transfer_of
 from ..progress import Progress, ProgressGenerator
-from ..scene import build_scene, project_frames
+from ..scene import build_scene
 from .metrics import abs_spearman
 
 FRAME_MAP = re.compile(r"frame_(\d+)\.mrc$")
@@ -138,14 +137,15 @@ def _read_labels(directory: Path, table) -> pd.DataFrame:
     return labels
 
 
-def ctf_batches(dataset, n: int, batch_size: int, box: int, pixel_size: float):
+def ctf_batches(dataset, n: int, batch_size: int, box: int, pixel_size: float, envelope=None):
     """``(step, n_chunks, rows, batch, ctf)`` over the first ``n`` particles of an open
-    ``ParticleDataset`` in chunks of ``batch_size``, with each chunk's CTFs at ``box``."""
+    ``ParticleDataset`` in chunks of ``batch_size``, with each chunk's CTFs at ``box`` (times an
+    ``envelope``: ``engine.image_formation.transfer_of``)."""
     chunks = range(0, n, int(batch_size))
     for step, start in enumerate(chunks):
         rows = np.arange(start, min(n, start + int(batch_size)))
         batch = dataset.batch(rows)
-        yield step, len(chunks), rows, batch, compute_ctf(batch["ctf"], box, pixel_size)
+        yield step, len(chunks), rows, batch, transfer_of(batch.ctf, box, pixel_size, envelope)
 
 
 def _half_plane_weights(box: int, device) -> torch.Tensor:
@@ -236,14 +236,12 @@ def bayes_ceiling(
         for step, n_chunks, rows, batch, ctf in ctf_batches(
             dataset, n, batch_size, box, pixel_size
         ):
-            rotations, shifts = batch["rotations"], batch["shifts_angstrom"]
-            images = batch["images"]
+            images = batch.images
             spectrum = torch.fft.rfft2(images)
-            truth = project_frames(
+            truth = frame_images(
                 scene,
                 np.searchsorted(scene.frames, true_frame[rows]),
-                rotations,
-                shifts,
+                batch.pose,
                 box,
                 pixel_size,
                 ctf,
@@ -252,7 +250,7 @@ def bayes_ceiling(
             signal_energy += float((truth.double() ** 2).sum())
             for column, k in enumerate(evaluated_index):
                 model = scene.at_frame(int(k))
-                projection = project_spectrum(model, rotations, shifts, box, pixel_size) * ctf
+                projection = image_spectra(model, batch.pose, box, pixel_size, ctf)
                 cross[rows, column] = (
                     ((spectrum.real * projection.real + spectrum.imag * projection.imag) * weights)
                     .sum((1, 2))

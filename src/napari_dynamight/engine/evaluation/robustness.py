@@ -1,4 +1,5 @@
-"""Ceilings for the robustness benchmark's data variants that the plain Bayes ceiling does not cover.
+"""Ceilings for the robustness benchmark's data variants that the plain Bayes ceiling does not
+cover.
 
 - :func:`prior_ceiling` — the oracle posterior of :func:`.ceiling.bayes_ceiling` with the
   simulation's own frame prior (a two-state or weighted frame distribution) instead of a uniform
@@ -28,7 +29,7 @@ from scipy.special import logsumexp
 from ..data.dataset import ParticleDataset
 from ..data.particle_file import read_particles
 from ..errors import InputError
-from ..gaussians import project_spectrum
+from ..image_formation import image_envelope, image_spectra
 from ..progress import Progress, ProgressGenerator
 from .ceiling import CeilingResult, _half_plane_weights, ctf_batches
 from .metrics import abs_spearman
@@ -44,7 +45,8 @@ def prior_ceiling(result: CeilingResult, probabilities) -> dict:
     prior = np.asarray(probabilities, dtype=np.float64).ravel()
     if len(prior) != len(result.frames):
         raise InputError(
-            f"frame prior has {len(prior)} values but the ceiling evaluated {len(result.frames)} frames"
+            f"frame prior has {len(prior)} values but the ceiling evaluated "
+            f"{len(result.frames)} frames"
         )
     with np.errstate(divide="ignore"):
         log_prior = np.log(prior / prior.sum())
@@ -99,7 +101,6 @@ def domain_ceiling(
     the simulation's.
     """
     from ..domains import domain_frames
-    from ..simulate import image_envelope
 
     directory = Path(simulation_directory)
     settings_path = directory / "ground_truth" / "simulation.json"
@@ -153,17 +154,11 @@ def domain_ceiling(
     log_likelihood = np.zeros((n, len(scene.frames)))
     with dataset:
         for step, n_chunks, rows, batch, ctf in ctf_batches(
-            dataset, n, batch_size, box, pixel_size
+            dataset, n, batch_size, box, pixel_size, envelope
         ):
-            rotations, shifts = batch["rotations"], batch["shifts_angstrom"]
-            if envelope is not None:
-                ctf = ctf * envelope
-            spectrum = torch.fft.rfft2(batch["images"])
+            spectrum = torch.fft.rfft2(batch.images)
             for column in range(len(scene.frames)):
-                projection = (
-                    project_spectrum(scene.at_frame(column), rotations, shifts, box, pixel_size)
-                    * ctf
-                )
+                projection = image_spectra(scene.at_frame(column), batch.pose, box, pixel_size, ctf)
                 cross = (
                     (spectrum.real * projection.real + spectrum.imag * projection.imag) * weights
                 ).sum((1, 2))

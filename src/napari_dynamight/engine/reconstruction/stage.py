@@ -46,8 +46,8 @@ from .settings import FILTERS, ReconstructionSettings
 STAGE = "reconstruction"
 WIENER_CONSTANT = 1e-3  # the constant filter: a small fraction of the shell-mean CTF² weight
 REGION_MARGIN_ANGSTROM = 8.0  # the field is evaluated within this distance of the half's Gaussians
-#: ``clusters=None``: the fewest clusters whose inverse field, at the half's Gaussians, is within this
-#: many voxels (RMS) of each particle's own field (``clusters.choose_clusters``).
+#: ``clusters=None``: the fewest clusters whose inverse field, at the half's Gaussians, is within
+#: this many voxels (RMS) of each particle's own field (``clusters.choose_clusters``).
 FIELD_ERROR_VOXELS = 0.5
 FIELD_ERROR_POINTS = 2000  # Gaussians (at most) where that error is measured
 
@@ -84,10 +84,11 @@ def reconstruct_run(
     ``particles.star``. ``output`` also replaces the folder of a whole-run reconstruction.
 
     ``clusters``: k-means clusters of each half's latent codes; the field is evaluated and the
-    backprojection warped once per centre (particles sorted by cluster); 0 warps every particle on its
-    own (slow); ``None`` chooses per half the fewest clusters whose field error is within
-    ``FIELD_ERROR_VOXELS`` (``clusters.choose_clusters``). In a ``torchrun`` launch every rank takes its share of each half set, the sums are
-    added over the ranks and only rank 0 inverts and writes.
+    backprojection warped once per centre (particles sorted by cluster); 0 warps every particle on
+    its own (slow); ``None`` chooses per half the fewest clusters whose field error is within
+    ``FIELD_ERROR_VOXELS`` (``clusters.choose_clusters``). In a ``torchrun`` launch every rank takes
+    its share of each half set, the sums are added over the ranks and only rank 0 inverts and
+    writes.
     """
     settings = replace(settings or ReconstructionSettings(), **overrides)
     batch_size, grid_factor = settings.batch_size, settings.grid_factor
@@ -170,10 +171,10 @@ def reconstruct_run(
             device=device,
         ) as dataset:
             for done, batch in enumerate(dataset.batches(batch_size), 1):
-                ctf = compute_ctf(batch["ctf"], box, dataset.pixel_size_angstrom)
-                batch_codes = None if codes is None else codes[batch["indices"].cpu().numpy()]
+                ctf = compute_ctf(batch.ctf, box, dataset.pixel_size_angstrom)
+                batch_codes = None if codes is None else codes[batch.rows]
                 accumulator.add(
-                    batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf, batch_codes
+                    batch.images, batch.rotations, batch.origin_angstrom, ctf, batch_codes
                 )
                 yield Progress(STAGE, min(done * batch_size, len(rows)), len(rows), f"half {half}")
         accumulators.append(reduce_sums(accumulator, context))
@@ -181,7 +182,8 @@ def reconstruct_run(
     resolutions = (float("nan"), float("nan"))
     if context.is_main:
         yield Progress(STAGE, 0, None, "inverting")
-        # The standard half maps (for the standard FSC) first: _divide may merge the halves in place.
+        # The standard half maps (for the standard FSC) first: _divide may merge the halves in
+        # place.
         standard = (
             [a.standard.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
             if deformations
@@ -231,22 +233,22 @@ def subset_rows(table, subset) -> np.ndarray:
 
 
 def subset_name(text: str) -> str:
-    """A folder name for a subset: ``text`` with characters other than letters, digits, ``.``, ``-``,
-    ``_`` and spaces replaced by ``_``."""
+    """A folder name for a subset: ``text`` with characters other than letters, digits, ``.``,
+    ``-``, ``_`` and spaces replaced by ``_``."""
     name = re.sub(r"[^\w.\- ]", "_", str(text)).strip(" .")
     return name or "subset"
 
 
 def subset_folder(run_directory, subset, deformations: bool = False) -> ReconstructionFolder:
-    """Where a subset's maps go by default: ``RUN/subsets/NAME/reconstruction[_standard]``, NAME from the
-    subset file's name (a selection's name for rows)."""
+    """Where a subset's maps go by default: ``RUN/subsets/NAME/reconstruction[_standard]``, NAME
+    from the subset file's name (a selection's name for rows)."""
     name = Path(subset).stem if isinstance(subset, (str, os.PathLike)) else str(subset)
     return RunFolder(run_directory).subset_reconstruction(subset_name(name), deformations)
 
 
 def _check_inverse_is_current(run: RunFolder, stamp: str) -> None:
-    """The run's inverse folder must be complete (its summary, written last) and made from the run as it
-    is now."""
+    """The run's inverse folder must be complete (its summary, written last) and made from the run
+    as it is now."""
     summary_path = run.inverse.summary
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -265,7 +267,8 @@ def _check_inverse_is_current(run: RunFolder, stamp: str) -> None:
 
 def _deformation_inputs(run: RunFolder, stamp: str, table, halves: np.ndarray, device):
     """Each half's inverse field (as a callable) and each particle's latent code from its own half;
-    ``stamp``: the run's state (``run_identity.run_stamp``), which the inverse must have been made from."""
+    ``stamp``: the run's state (``run_identity.run_stamp``), which the inverse must have been made
+    from."""
     hint = "run optimize-inverse-deformations first, or use --no-deformations"
     if not run.inverse.path.is_dir():
         raise InputError(
@@ -300,8 +303,8 @@ def _deformation_inputs(run: RunFolder, stamp: str, table, halves: np.ndarray, d
 
 def _region(run: RunFolder, half: int, device) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Voxels within about REGION_MARGIN_ANGSTROM of the half's reference Gaussians (a cube
-    dilation), where the field is evaluated, and up to FIELD_ERROR_POINTS of those Gaussians (Å); None
-    (everywhere) and the coarse box points when the run has no checkpoint."""
+    dilation), where the field is evaluated, and up to FIELD_ERROR_POINTS of those Gaussians (Å);
+    None (everywhere) and the coarse box points when the run has no checkpoint."""
     from ..deformation.decode import DeformationRun
 
     try:
@@ -335,8 +338,8 @@ def _region(run: RunFolder, half: int, device) -> tuple[torch.Tensor | None, tor
 
 
 def reduce_sums(accumulator: DeformedAccumulator, group: distributed.Group) -> DeformedAccumulator:
-    """Add the partial sums (Fourier data and weights, real-space correction, particle count) of every
-    rank of ``group`` in place, in one collective; a no-op in one process."""
+    """Add the partial sums (Fourier data and weights, real-space correction, particle count) of
+    every rank of ``group`` in place, in one collective; a no-op in one process."""
     accumulator.flush()
     count = torch.tensor([float(accumulator.standard.particle_count)], device=accumulator.device)
     distributed.sum_tensors_(
@@ -348,8 +351,8 @@ def reduce_sums(accumulator: DeformedAccumulator, group: distributed.Group) -> D
 
 def _divide(accumulators: list[DeformedAccumulator], filter: str):
     """Half maps and full map (and, as ``constant_halves``, the constant-filter half maps), and the
-    half-map FSC of the constant-filter maps. With the constant filter the second half's sums are added
-    to the first's in place for the full map (no third set of sums in memory)."""
+    half-map FSC of the constant-filter maps. With the constant filter the second half's sums are
+    added to the first's in place for the full map (no third set of sums in memory)."""
     first = [a.reconstruct(WIENER_CONSTANT).cpu().numpy() for a in accumulators]
     voxel = accumulators[0].pixel_size_angstrom
     _, curve = fsc(*first, voxel)

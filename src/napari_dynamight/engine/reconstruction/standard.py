@@ -85,7 +85,7 @@ class FourierAccumulator:
         self,
         images: torch.Tensor,
         rotations: torch.Tensor,
-        shifts_angstrom: torch.Tensor,
+        origin_angstrom: torch.Tensor,
         ctf: torch.Tensor | None = None,
     ) -> None:
         """Insert a batch: images (B, L, L), RELION matrices (B, 3, 3), origins (B, 2) in Å
@@ -99,10 +99,10 @@ class FourierAccumulator:
             )
         batch = images.shape[0]
         rotations = torch.as_tensor(rotations).to(device=self.device, dtype=self.dtype)
-        shifts = torch.as_tensor(shifts_angstrom).to(device=self.device, dtype=self.dtype)
+        shifts = torch.as_tensor(origin_angstrom).to(device=self.device, dtype=self.dtype)
         if rotations.shape != (batch, 3, 3) or shifts.shape != (batch, 2):
             raise InputError(
-                f"{batch} images need rotations ({batch}, 3, 3) and shifts ({batch}, 2); got "
+                f"{batch} images need rotations ({batch}, 3, 3) and origins ({batch}, 2); got "
                 f"{tuple(rotations.shape)} and {tuple(shifts.shape)}"
             )
         if ctf is not None:

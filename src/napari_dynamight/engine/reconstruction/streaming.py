@@ -88,10 +88,10 @@ def accumulate_particles(
         done = 0
         for batch in dataset.batches(batch_size):
             ctf = None
-            if use_ctf and batch["ctf"] is not None:
-                ctf = compute_ctf(batch["ctf"], box, pixel_size)
-            accumulator.add(batch["images"], batch["rotations"], batch["shifts_angstrom"], ctf)
-            done += len(batch["indices"])
+            if use_ctf and batch.ctf is not None:
+                ctf = compute_ctf(batch.ctf, box, pixel_size)
+            accumulator.add(batch.images, batch.rotations, batch.origin_angstrom, ctf)
+            done += len(batch)
             yield Progress(STAGE, done, len(dataset), "inserting particles")
     return accumulator
 
