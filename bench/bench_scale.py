@@ -509,6 +509,8 @@ MEMORY_GAUSSIANS = 2000
 def run_child(
     args, stage: str, box: int, particles: int, work: Path | None = None, gaussians: int = None
 ) -> dict:
+    """Runs ``stage`` at ``box`` on ``particles`` in a child process of this script (a fresh
+    process: its peak memory is its own); prints and returns its row."""
     command = [
         sys.executable,
         __file__,
@@ -940,30 +942,9 @@ def main() -> None:
         for stage in args.stages:
             if stage in ("training", "inverse") and box > TRAINED_UP_TO_BOX:
                 continue
-            command = [
-                sys.executable,
-                __file__,
-                "--work",
-                str(args.work),
-                "--device",
-                args.device,
-                "--threads",
-                str(args.threads),
-                "--child",
-                stage,
-                "--box",
-                str(box),
-                "--particles",
-                str(PARTICLES[box]),
-            ]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(done.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"box {box}, {stage}: failed")
-            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row = run_child(args, stage, box, PARTICLES[box])
             rows.append(row)
             loads.append(os.getloadavg()[0])
-            print(json.dumps(row), flush=True)
             if stage == "simulate" and "skipped" in row:
                 break  # no data set at this box
     rows = sorted(kept + rows, key=lambda r: (r["box"], STAGES.index(r["stage"])))

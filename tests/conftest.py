@@ -100,7 +100,7 @@ def trpv1_star(tmp_path) -> Path:
 # Session fixtures of the deformation tests (a tiny simulated AdK data set and a trained run on it),
 # registered here so that test modules use them without importing them.
 from helpers.deformation_data import moving_run, simulated  # noqa: E402, F401
-from helpers.run_safety_data import finished_run  # noqa: E402, F401
+from helpers.optimize_cli import finished_run  # noqa: E402, F401
 
 
 def pytest_collection_modifyitems(config, items):

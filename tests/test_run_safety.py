@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import napari_dynamight
-from helpers.run_safety_data import optimize_command
+from helpers.optimize_cli import one_line_error, optimize_command
 from napari_dynamight.cli import main
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.io import lock
@@ -84,13 +84,11 @@ def test_sigterm_cancels_cleanly_a_second_writer_is_refused_and_resume_ends_as_u
     try:
         wait_for(out / "checkpoints" / "epoch_0001.pt", process)
         # a second writer while the first runs: refused in one line naming the holder, nothing changed
-        assert main(optimize_command(simulated, out, "--resume")) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert (
-            len(err) == 1
-            and err[0].startswith("error: ")
-            and f"in use by process {process.pid}" in err[0]
-        ), err
+        one_line_error(
+            capsys,
+            main(optimize_command(simulated, out, "--resume")),
+            f"in use by process {process.pid}",
+        )
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
