@@ -104,17 +104,27 @@ def identity(latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return points.expand(len(latents), -1, -1)
 
 
-def reconstruct(data, field, **options) -> np.ndarray:
-    accumulator = DeformedAccumulator(BOX, PIXEL, field, **options)
-    for part in (slice(0, 300), slice(300, N)):
+def add_parts(accumulator, data, parts, latents=None):
+    """Adds the particles of ``data`` to ``accumulator`` in ``parts`` (slices, one batch each), with
+    ``latents`` (those of ``data`` if None); returns the accumulator."""
+    latents = data["latents"] if latents is None else latents
+    for part in parts:
         accumulator.add(
             data["images"][part],
             data["rotations"][part],
             data["shifts"][part],
             data["ctf"][part],
-            data["latents"][part],
+            latents[part],
         )
-    return accumulator.reconstruct().numpy()
+    return accumulator
+
+
+TWO_PARTS = (slice(0, 300), slice(300, N))
+
+
+def reconstruct(data, field, **options) -> np.ndarray:
+    accumulator = DeformedAccumulator(BOX, PIXEL, field, **options)
+    return add_parts(accumulator, data, TWO_PARTS).reconstruct().numpy()
 
 
 def scores(volume: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -154,15 +164,7 @@ def test_identity_field_is_the_standard_reconstruction(data, maps):
         standard, accumulator.reconstruct().numpy(), atol=1e-4 * np.abs(standard).max()
     )
     for codes in (torch.zeros_like(data["latents"]), data["latents"]):
-        accumulator = DeformedAccumulator(BOX, PIXEL, identity)
-        for part in (slice(0, 300), slice(300, N)):
-            accumulator.add(
-                data["images"][part],
-                data["rotations"][part],
-                data["shifts"][part],
-                data["ctf"][part],
-                codes[part],
-            )
+        accumulator = add_parts(DeformedAccumulator(BOX, PIXEL, identity), data, TWO_PARTS, codes)
         same = accumulator.reconstruct().numpy()
         assert accumulator.warps == 0 and not bool(accumulator.correction.any())
         if not codes.any():  # the same batches as the standard reconstruction: the same numbers
@@ -173,14 +175,7 @@ def test_identity_field_is_the_standard_reconstruction(data, maps):
 
 def test_the_correction_covers_the_box_not_the_padded_grid(data):
     """Memory: the real-space correction is the box plus a small margin, not the (2L)³ padded grid."""
-    accumulator = DeformedAccumulator(BOX, PIXEL, exact_inverse)
-    accumulator.add(
-        data["images"][:40],
-        data["rotations"][:40],
-        data["shifts"][:40],
-        data["ctf"][:40],
-        data["latents"][:40],
-    )
+    accumulator = add_parts(DeformedAccumulator(BOX, PIXEL, exact_inverse), data, [slice(0, 40)])
     accumulator.flush()
     assert accumulator.correction.shape == (BOX + 2 * TAPER_VOXELS,) * 3 and accumulator.warps >= 1
 
@@ -197,15 +192,7 @@ def test_only_the_block_where_the_field_moves_is_warped(data, monkeypatch):
     as warping the whole box (the residual below RESIDUAL_TOLERANCE taken as it is)."""
 
     def build():
-        accumulator = DeformedAccumulator(BOX, PIXEL, bump)
-        for part in (slice(0, 300), slice(300, N)):
-            accumulator.add(
-                data["images"][part],
-                data["rotations"][part],
-                data["shifts"][part],
-                data["ctf"][part],
-                data["latents"][part],
-            )
+        accumulator = add_parts(DeformedAccumulator(BOX, PIXEL, bump), data, TWO_PARTS)
         return accumulator, accumulator.reconstruct().numpy()
 
     local, local_map = build()
@@ -279,15 +266,8 @@ def delocalised():
 
 def reconstruct_delocalised(data, field) -> np.ndarray:
     accumulator = DeformedAccumulator(DELOCALISED["box"], DELOCALISED["pixel"], field)
-    for part in (slice(0, 200), slice(200, DELOCALISED["n"])):
-        accumulator.add(
-            data["images"][part],
-            data["rotations"][part],
-            data["shifts"][part],
-            data["ctf"][part],
-            data["latents"][part],
-        )
-    return accumulator.reconstruct().numpy()
+    parts = (slice(0, 200), slice(200, DELOCALISED["n"]))
+    return add_parts(accumulator, data, parts).reconstruct().numpy()
 
 
 def translated(volume: np.ndarray, shift_angstrom: torch.Tensor, pixel: float) -> np.ndarray:
