@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.deformation_data import FAST, train
+from helpers.deformation_data import FAST, deformation_operation, train
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.batches import ParticleBatches
 from napari_dynamight.engine.deformation.inference import half_candidates
 from napari_dynamight.engine.deformation.inputs import moving_flags, read_inputs
 from napari_dynamight.engine.deformation.refinement import refine_round, responsibilities
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.trainer import HalfSet
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.evaluation import latent_frame_ordering
@@ -123,13 +122,7 @@ def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, st
     on the candidates, draws from the posteriors) amplifies such rounding, so the latents (spanning
     about ±1) agree to 1e-3 rather than 1e-6."""
     out = tmp_path / "killed"
-    operation = optimize_deformations(
-        simulated.star,
-        simulated.consensus,
-        out,
-        settings=TWO_ROUNDS,
-        consensus_model=simulated.model,
-    )
+    operation = deformation_operation(simulated, out, TWO_ROUNDS)
     for event in operation:
         if event.stage == "half 1: refinement round 2/2" and event.step == 1:
             break
@@ -160,13 +153,4 @@ def test_refinement_rounds_can_be_added_to_a_finished_run(simulated, straight, t
         < 1e-3
     )
     with pytest.raises(InputError, match="refinement_epochs=2"):
-        run(
-            optimize_deformations(
-                simulated.star,
-                simulated.consensus,
-                out,
-                consensus_model=simulated.model,
-                settings=replace(TWO_ROUNDS, refinement_epochs=3),
-                resume=True,
-            )
-        )
+        train(simulated, out, replace(TWO_ROUNDS, refinement_epochs=3), resume=True)

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import FAST, deformation_operation
 from napari_dynamight.engine.deformation import checkpoint
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.progress import run
 
 # Latents of a resumed run equal the straight run's to rounding: the VAE epochs agree to ~1e-7 (summation
@@ -14,14 +13,7 @@ SAME = 1e-4
 
 
 def start(simulated, out, resume=False):
-    return optimize_deformations(
-        simulated.star,
-        simulated.consensus,
-        out,
-        settings=FAST,
-        consensus_model=simulated.model,
-        resume=resume,
-    )
+    return deformation_operation(simulated, out, FAST, resume)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,10 @@ import starfile
 import torch
 from scipy.stats import spearmanr
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import FAST, deformation_operation, train
 from napari_dynamight.engine.consensus import load_model
 from napari_dynamight.engine.deformation.checkpoint import final_path
 from napari_dynamight.engine.deformation.decode import DeformationRun
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.progress import run
 
@@ -23,12 +22,7 @@ from napari_dynamight.engine.progress import run
 def trained(simulated, tmp_path_factory):
     out = tmp_path_factory.mktemp("deform") / "run"
     events = []
-    result = run(
-        optimize_deformations(
-            simulated.star, simulated.consensus, out, settings=FAST, consensus_model=simulated.model
-        ),
-        on_progress=events.append,
-    )
+    result = run(deformation_operation(simulated, out, FAST), on_progress=events.append)
     return out, result, events
 
 
@@ -176,15 +170,7 @@ def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_pa
         alignment_predictions=100,
         seed=0,
     )
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            tmp_path / "run",
-            settings=settings,
-            consensus_model=simulated.model,
-        )
-    )
+    train(simulated, tmp_path / "run", settings)
     latents = np.load(tmp_path / "run" / "latent_means.npy")
     labels = simulated.labels
     halves = labels.random_subset.to_numpy()
@@ -224,16 +210,7 @@ def test_only_gaussians_inside_the_mask_move(simulated, tmp_path):
     mask[:, :, 16:] = 1.0  # x ≥ 0 Å
     write_map(tmp_path / "mask.mrc", mask, 2.5)
     settings = replace(FAST, epochs=3, checkpoint_every=3)
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            tmp_path / "run",
-            settings=settings,
-            consensus_model=simulated.model,
-            mask=tmp_path / "mask.mrc",
-        )
-    )
+    train(simulated, tmp_path / "run", settings, mask=tmp_path / "mask.mrc")
     decoded = DeformationRun.load(tmp_path / "run")
     latents = np.load(tmp_path / "run" / "latent_means.npy")
     for half in (1, 2):

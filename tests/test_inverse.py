@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import FAST, deformation_operation
 from napari_dynamight.cli import build_parser, main
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.decode import DeformationRun
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.inverse.field import load_inverse_field
 from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
@@ -34,15 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def forward_run(simulated, tmp_path_factory):
     """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1.7 Å RMS."""
     out = tmp_path_factory.mktemp("inverse") / "run"
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            out,
-            settings=replace(FAST, epochs=30),
-            consensus_model=simulated.model,
-        )
-    )
+    run(deformation_operation(simulated, out, replace(FAST, epochs=30)))
     return out
 
 

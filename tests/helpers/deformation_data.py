@@ -99,22 +99,29 @@ def simulated(tmp_path_factory) -> Simulated:
     return simulate_tiny(tmp_path_factory.mktemp("adk_sim"))
 
 
-def train(
-    simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False
-) -> Path:
-    """A deformation run of the tiny set (its fitted consensus model) into ``out``."""
+def deformation_operation(
+    simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False, **options
+):
+    """The optimize-deformations operation (a generator) of the tiny set and its fitted consensus
+    model into ``out``; ``options`` are further keywords of ``optimize_deformations``."""
     from napari_dynamight.engine.deformation.run import optimize_deformations
 
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            out,
-            settings=settings,
-            consensus_model=simulated.model,
-            resume=resume,
-        )
+    return optimize_deformations(
+        simulated.star,
+        simulated.consensus,
+        out,
+        settings=settings,
+        consensus_model=simulated.model,
+        resume=resume,
+        **options,
     )
+
+
+def train(
+    simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False, **options
+) -> Path:
+    """A deformation run of the tiny set (its fitted consensus model) into ``out``."""
+    run(deformation_operation(simulated, out, settings, resume, **options))
     return out
 
 
@@ -122,21 +129,9 @@ def train(
 def moving_run(simulated, tmp_path_factory) -> Path:
     """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1 Å RMS, with
     its inverse deformations (20 epochs, batch 16: held-out error about 0.2 Å) in ``RUN/inverse``."""
-    from dataclasses import replace
-
-    from napari_dynamight.engine.deformation.run import optimize_deformations
     from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
     from napari_dynamight.engine.inverse.settings import InverseSettings
 
-    out = tmp_path_factory.mktemp("moving") / "run"
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            out,
-            settings=replace(FAST, epochs=30),
-            consensus_model=simulated.model,
-        )
-    )
+    out = train(simulated, tmp_path_factory.mktemp("moving") / "run", replace(FAST, epochs=30))
     run(optimize_inverse_deformations(out, settings=InverseSettings(epochs=20, batch_size=16)))
     return out
