@@ -3,7 +3,6 @@ data use are package data, found and readable from an unpacked wheel."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,8 +11,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter whose only copy of the package is the unpacked wheel.
 CHECK = """
@@ -41,24 +38,8 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-def test_wheel_ships_the_example_data(tmp_path):
-    """Build the wheel, unpack it away from the checkout and simulate the sample data set from it."""
-    wheels = tmp_path / "wheels"
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "-q",
-        "-w",
-        str(wheels),
-        str(REPOSITORY),
-    ]
-    if importlib.util.find_spec("hatchling") is not None:
-        command.insert(4, "--no-build-isolation")  # no download when the backend is installed
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
-    [wheel] = wheels.glob("napari_dynamight-*.whl")
+def test_wheel_ships_the_example_data(wheel, tmp_path):
+    """Unpack the wheel away from the checkout and simulate the sample data set from it."""
     assert wheel.stat().st_size < 5e6
     unpacked = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
