@@ -12,6 +12,7 @@ import pytest
 import starfile
 import torch
 
+from helpers.relion_data import optics_block
 from napari_dynamight.engine.ctf import CtfParams, compute_ctf
 from napari_dynamight.engine.gaussians import (
     GaussianModel,
@@ -45,20 +46,10 @@ def _relion_project(
     with mrcfile.new(tmp_path / "map.mrc", overwrite=True) as handle:
         handle.set_data(volume.astype(np.float32))
         handle.voxel_size = PIXEL
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroup": [1],
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnVoltage": [300.0],
-            "rlnSphericalAberration": [2.7],
-            "rlnAmplitudeContrast": [0.1],
-            "rlnImagePixelSize": [PIXEL],
-            "rlnImageSize": [BOX],
-            "rlnImageDimensionality": [2],
-        }
-    )
     starfile.write(
-        {"optics": optics, "particles": particles}, tmp_path / "angles.star", overwrite=True
+        {"optics": optics_block(BOX, PIXEL), "particles": particles},
+        tmp_path / "angles.star",
+        overwrite=True,
     )
     command = [
         "relion_project",
