@@ -33,10 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_dynamight.engine.example_data import STRUCTURE, example_file
-
 ROOT = Path(__file__).resolve().parents[1]
-ADK = example_file(STRUCTURE).parent
 BATCH = 32
 LAYOUTS = {  # name: (processes, threads per process, split halves, batch size)
     "1 process, 1 thread": (1, 1, None, BATCH),
@@ -65,33 +62,13 @@ def settings(epochs: int, batch_size: int = BATCH):
 
 
 def prepare(folder: Path, n_particles: int) -> dict[str, Path]:
-    from napari_dynamight.engine.consensus_stage import fit_consensus
-    from napari_dynamight.engine.progress import run
-    from napari_dynamight.engine.simulate import simulate
+    """The tests' tiny simulated set (``simulate_tiny`` in tests/helpers/deformation_data.py: box 32,
+    2.5 Å/px, SNR 1, every 4th frame, seed 0) and its fitted 300-Gaussian consensus model."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers.deformation_data import simulate_tiny
 
-    run(
-        simulate(
-            ADK / "adk_closed.pdb",
-            ADK / "adk_dims.dcd",
-            output_directory=folder / "sim",
-            n_particles=n_particles,
-            box=32,
-            pixel_size_angstrom=2.5,
-            snr=1.0,
-            frames=list(range(0, 98, 4)),
-            seed=0,
-        )
-    )
-    fit = run(
-        fit_consensus(
-            folder / "sim" / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100
-        )
-    )
-    return {
-        "star": folder / "sim" / "particles.star",
-        "consensus": folder / "sim" / "consensus.mrc",
-        "model": fit.model_path,
-    }
+    data = simulate_tiny(folder, n_particles)
+    return {"star": data.star, "consensus": data.consensus, "model": data.model}
 
 
 def worker(args) -> None:
