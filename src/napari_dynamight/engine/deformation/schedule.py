@@ -1,17 +1,18 @@
 """The training schedule (method.md, "Training schedule").
 
 - Epochs 1..warm-up: only the Gaussian parameters train (no deformation yet).
-- Afterwards, in every period of ``consensus_period`` epochs the last ``consensus_epochs`` update only
-  the Gaussians (encoder and decoder frozen); the others train everything.
+- Afterwards, in every period of ``consensus_period`` epochs the last ``consensus_epochs`` update
+  only the Gaussians (encoder and decoder frozen); the others train everything.
 - After every ``reference_update_every``-th epoch that trained the networks, the reference positions
   of half 1 are replaced by its least-deformed prediction, and those of half 2 by the average of the
-  ``alignment_predictions`` half-2 predictions with the most Gaussians inside a mask of voxels within
-  ``alignment_mask_angstrom`` of half 1's Gaussians: both references then stay in one conformation
-  inside the distribution of real ones. This is the only exchange between the halves. With several
-  ranks, each half's ranks predict their share of its particles and merge their candidates (ties go
-  to the earlier particle, as in one process), and the new references are broadcast to every rank.
-- Stop when the epoch's data loss has risen ``stop_after_increases`` times (in both halves), or after
-  exactly ``epochs`` epochs.
+  ``alignment_predictions`` half-2 predictions with the most Gaussians inside a mask of voxels
+  within ``alignment_mask_angstrom`` of half 1's Gaussians: both references then stay in one
+  conformation inside the distribution of real ones. This is the only exchange between the halves.
+  With several ranks, each half's ranks predict their share of its particles and merge their
+  candidates (ties go to the earlier particle, as in one process), and the new references are
+  broadcast to every rank.
+- Stop when the epoch's data loss has risen ``stop_after_increases`` times (in both halves), or
+  after exactly ``epochs`` epochs.
 """
 
 from __future__ import annotations

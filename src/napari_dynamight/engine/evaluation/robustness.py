@@ -1,4 +1,5 @@
-"""Ceilings for the robustness benchmark's data variants that the plain Bayes ceiling does not cover.
+"""Ceilings for the robustness benchmark's data variants that the plain Bayes ceiling does not
+cover.
 
 - :func:`prior_ceiling` — the oracle posterior of :func:`.ceiling.bayes_ceiling` with the
   simulation's own frame prior (a two-state or weighted frame distribution) instead of a uniform
@@ -44,7 +45,8 @@ def prior_ceiling(result: CeilingResult, probabilities) -> dict:
     prior = np.asarray(probabilities, dtype=np.float64).ravel()
     if len(prior) != len(result.frames):
         raise InputError(
-            f"frame prior has {len(prior)} values but the ceiling evaluated {len(result.frames)} frames"
+            f"frame prior has {len(prior)} values but the ceiling evaluated {len(result.frames)} "
+            "frames"
         )
     with np.errstate(divide="ignore"):
         log_prior = np.log(prior / prior.sum())

@@ -8,30 +8,30 @@ the map is ``Σ_i B_i(g_i⁻¹(x))`` divided by ``Σ_i CTF_i²`` in Fourier spac
 (the paper's approximation).
 
 Each field code's displacement ``u(x) = x − g⁻¹(x)`` is split into a constant ``t`` (the field's
-value far from the moving parts: its median over the evaluated points) and a residual ``r = u − t`` that is
-zero away from the molecule (where the field is constant). The translation is exact and free: every particle of the code is inserted
-with its origin moved by the projection of ``t`` (a translated backprojection is the backprojection of
-the translated image), into the ordinary Fourier sums, everywhere on the periodic padded grid. Only
-the residual is a warp. Particles sharing one code (one latent code, or one cluster centre) go into a
-pending Fourier accumulator; when the code changes, the real-space equivalent of its data,
-``R_c = irfftn(D_c)``, is computed only on the block where ``r`` is not zero (plus the largest
-residual displacement), by a partial inverse transform, warped there, ``R_c(x − r(x))``, and the
-difference ``R_c∘(x − r) − R_c`` is added to a real-space correction that covers the box plus a
-``TAPER_VOXELS`` margin (beyond the box the residual takes its border values, tapered linearly to
-zero across the margin). So the correction is consistent with the Fourier insertion, including the
-wrapped-around, CTF-delocalised part of the backprojection outside the box, which moves with the
-exact translation. The identity field gives the standard reconstruction exactly (no warp, no
-correction), a constant field the exactly translated standard map. Where ``Σ CTF²`` is small the
-correction is damped (``CORRECTION_DAMPING``): warping the CTF-weighted backprojection is only
-approximately consistent with the weights ("as if homogeneous"), and dividing by a tiny weight
-amplified that error into a ruined map. ``g⁻¹`` comes from fixed-point steps ``y ← x − d(y)``
-(``d = g − identity``) on a grid ``grid_factor`` times coarser than the map, extended beyond the box
-by its border values.
+value far from the moving parts: its median over the evaluated points) and a residual ``r = u − t``
+that is zero away from the molecule (where the field is constant). The translation is exact and
+free: every particle of the code is inserted with its origin moved by the projection of ``t`` (a
+translated backprojection is the backprojection of the translated image), into the ordinary Fourier
+sums, everywhere on the periodic padded grid. Only the residual is a warp. Particles sharing one
+code (one latent code, or one cluster centre) go into a pending Fourier accumulator; when the code
+changes, the real-space equivalent of its data, ``R_c = irfftn(D_c)``, is computed only on the block
+where ``r`` is not zero (plus the largest residual displacement), by a partial inverse transform,
+warped there, ``R_c(x − r(x))``, and the difference ``R_c∘(x − r) − R_c`` is added to a real-space
+correction that covers the box plus a ``TAPER_VOXELS`` margin (beyond the box the residual takes its
+border values, tapered linearly to zero across the margin). So the correction is consistent with the
+Fourier insertion, including the wrapped-around, CTF-delocalised part of the backprojection outside
+the box, which moves with the exact translation. The identity field gives the standard
+reconstruction exactly (no warp, no correction), a constant field the exactly translated standard
+map. Where ``Σ CTF²`` is small the correction is damped (``CORRECTION_DAMPING``): warping the
+CTF-weighted backprojection is only approximately consistent with the weights ("as if homogeneous"),
+and dividing by a tiny weight amplified that error into a ruined map. ``g⁻¹`` comes from fixed-point
+steps ``y ← x − d(y)`` (``d = g − identity``) on a grid ``grid_factor`` times coarser than the map,
+extended beyond the box by its border values.
 
 Where the field is known only near the molecule (``region``), it is evaluated at the coarse points
 of the region and extended outside by normalised Gaussian smoothing that fades to the constant
-``t`` (``EXTENSION_FLOOR``), so rays bend smoothly, the solvent near the molecule follows the nearest
-density, and the warped block is the molecule plus a margin rather than the whole box.
+``t`` (``EXTENSION_FLOOR``), so rays bend smoothly, the solvent near the molecule follows the
+nearest density, and the warped block is the molecule plus a margin rather than the whole box.
 
 Memory: the standard and (while a code that needs a warp is inserted) the pending Fourier sums
 (3 × (2L+2)² × (L+2) floats each), the correction
@@ -50,15 +50,17 @@ from ..errors import InputError
 from .inversion import invert
 from .standard import FourierAccumulator, fold_channel
 
-#: ``field(latents (B, D), points (P, 3) Å) -> consensus points (B, P, 3) Å``, x y z from the centre.
+#: ``field(latents (B, D), points (P, 3) Å) -> consensus points (B, P, 3) Å``, x y z from the
+#: centre.
 InverseFieldFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Maximum voxels warped at once; bounds memory for any box.
 CHUNK_SAMPLES = 2_000_000
 #: Fixed-point steps that invert the inverse field.
 PULL_ITERATIONS = 2
-#: The correction is damped by ``W / (W + this · mean W)``: where the CTF² weight ``W`` is small (low
-#: frequencies, CTF zeros) the division would amplify the warp's inconsistencies (measured: 0.3).
+#: The correction is damped by ``W / (W + this · mean W)``: where the CTF² weight ``W`` is small
+#: (low frequencies, CTF zeros) the division would amplify the warp's inconsistencies (measured:
+#: 0.3).
 CORRECTION_DAMPING = 0.3
 #: Width (σ, in coarse grid steps) of the smoothing that extends the field outside the region.
 EXTENSION_SIGMA = 3.0
@@ -66,7 +68,8 @@ EXTENSION_SIGMA = 3.0
 EXTENSION_FLOOR = 0.1
 #: Beyond the box the residual displacement falls linearly to zero across this many voxels.
 TAPER_VOXELS = 4
-#: A residual displacement (voxels) below this everywhere is none: the code's field is a translation.
+#: A residual displacement (voxels) below this everywhere is none: the code's field is a
+#: translation.
 RESIDUAL_TOLERANCE = 1e-4
 #: Complex spectrum elements transformed at once in the partial inverse transform.
 CHUNK_SPECTRUM = 1 << 24
@@ -102,8 +105,8 @@ class DeformedAccumulator:
         n = self.standard.padded_box
         self.taper = min(TAPER_VOXELS, (n - box) // 2)
         extent = box + 2 * self.taper
-        # Σ R_c∘(x − r_c) − R_c on the box plus the taper margin, [z, y, x]; voxel v from the centre at
-        # index v + box // 2 + taper.
+        # Σ R_c∘(x − r_c) − R_c on the box plus the taper margin, [z, y, x]; voxel v from the centre
+        # at index v + box // 2 + taper.
         self.correction = (
             torch.zeros((extent,) * 3, device=self.device)
             if field is not None
@@ -124,7 +127,8 @@ class DeformedAccumulator:
         self._points_angstrom = coarse[self._evaluated] * self.pixel_size_angstrom
 
     def _coarse_region(self, region: torch.Tensor | None) -> torch.Tensor:
-        """Indices of the coarse points where the field is evaluated (those of the region's cells)."""
+        """Indices of the coarse points where the field is evaluated (those of the region's
+        cells)."""
         box, size = self.box, self._size
         if region is None:
             return torch.arange(size**3, device=self.device)
@@ -144,11 +148,12 @@ class DeformedAccumulator:
         return self.standard.particle_count + pending
 
     def add(self, images, rotations, shifts_angstrom, ctf=None, latents=None) -> None:
-        """Insert a batch: as :meth:`FourierAccumulator.add`, plus each particle's field code (B, D).
+        """Insert a batch: as :meth:`FourierAccumulator.add`, plus each particle's field code (B,
+        D).
 
         Each run of consecutive equal codes is inserted with its origins moved by the code's
-        translation, into the standard sums when the code's field is a translation and otherwise into
-        the pending accumulator, which is warped (:meth:`flush`) when the code changes.
+        translation, into the standard sums when the code's field is a translation and otherwise
+        into the pending accumulator, which is warped (:meth:`flush`) when the code changes.
         """
         if self.field is None:
             self.standard.add(images, rotations, shifts_angstrom, ctf)
@@ -158,7 +163,8 @@ class DeformedAccumulator:
         codes = torch.as_tensor(latents).to(self.device, torch.float32)
         if codes.ndim != 2 or len(codes) != len(images):
             raise InputError(
-                f"{len(images)} images need latent codes ({len(images)}, D); got {tuple(codes.shape)}"
+                f"{len(images)} images need latent codes ({len(images)}, D); got "
+                f"{tuple(codes.shape)}"
             )
         change = torch.nonzero((codes[1:] != codes[:-1]).any(1)).squeeze(1) + 1
         bounds = [0, *change.tolist(), len(codes)]
@@ -194,7 +200,8 @@ class DeformedAccumulator:
         self._residual = residual if bool((residual.abs() > RESIDUAL_TOLERANCE).any()) else None
 
     def flush(self) -> None:
-        """Warp the pending particles' backprojection by their residual field and move their sums over."""
+        """Warp the pending particles' backprojection by their residual field and move their sums
+        over."""
         if self._pending is None or self._pending.particle_count == 0:
             return
         lows, highs = self._active_block(self._residual)
@@ -235,8 +242,9 @@ class DeformedAccumulator:
         return lows, highs
 
     def _fine_residual(self, lows: list[int], highs: list[int]) -> torch.Tensor:
-        """The residual displacement (3, Z, Y, X) voxels on correction-grid indices lows..highs per axis
-        (z, y, x): trilinear from the coarse grid, border values beyond the box tapered to zero."""
+        """The residual displacement (3, Z, Y, X) voxels on correction-grid indices lows..highs per
+        axis (z, y, x): trilinear from the coarse grid, border values beyond the box tapered to
+        zero."""
         box, factor, taper = self.box, self.grid_factor, self.taper
         fine = self._residual
         tapers = []
@@ -271,8 +279,8 @@ class DeformedAccumulator:
     def _warp_block(
         self, block: torch.Tensor, starts: list[int], lows: list[int], highs: list[int]
     ) -> None:
-        """Add ``R(x − r(x)) − R(x)`` to the correction on indices lows..highs; ``block`` is ``R`` on the
-        voxels (from the centre) ``starts`` + its shape, per axis (z, y, x)."""
+        """Add ``R(x − r(x)) − R(x)`` to the correction on indices lows..highs; ``block`` is ``R``
+        on the voxels (from the centre) ``starts`` + its shape, per axis (z, y, x)."""
         box, taper = self.box, self.taper
         sizes = [high - low + 1 for low, high in zip(lows, highs, strict=True)]
         offsets = [low - taper - box // 2 - start for low, start in zip(lows, starts, strict=True)]
@@ -428,9 +436,9 @@ def _partial_first_axis(data: torch.Tensor, start: int, size: int) -> torch.Tens
 def _partial_irfftn(
     first: torch.Tensor, starts: list[int], sizes: list[int], n: int
 ) -> torch.Tensor:
-    """``irfftn(data, s=(n, n, n))`` only on the block of grid indices ``starts`` + ``sizes`` (z, y, x;
-    periodic), from ``first`` = :func:`_partial_first_axis` of ``data``: the y and x axes one slab
-    of z rows at a time."""
+    """``irfftn(data, s=(n, n, n))`` only on the block of grid indices ``starts`` + ``sizes`` (z, y,
+    x; periodic), from ``first`` = :func:`_partial_first_axis` of ``data``: the y and x axes one
+    slab of z rows at a time."""
     block = first.real.new_empty(sizes)
     rows = max(1, CHUNK_SPECTRUM // (n * first.shape[2]))
     for z0 in range(0, sizes[0], rows):
@@ -441,7 +449,8 @@ def _partial_irfftn(
 
 
 def _circular(tensor: torch.Tensor, dim: int, start: int, size: int) -> torch.Tensor:
-    """Indices ``start`` .. ``start + size − 1`` (modulo the length) of ``dim``: a view unless they wrap."""
+    """Indices ``start`` .. ``start + size − 1`` (modulo the length) of ``dim``: a view unless they
+    wrap."""
     length = tensor.shape[dim]
     start %= length
     if start + size <= length:
