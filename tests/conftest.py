@@ -131,7 +131,8 @@ from helpers.optimize_cli import finished_run  # noqa: E402, F401
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` run where torch sees a CUDA device and are skipped, with the reason, elsewhere."""
+    """Tests marked ``cuda`` run where torch sees a CUDA device and are skipped, with the reason,
+    elsewhere."""
     marked = [item for item in items if item.get_closest_marker("cuda")]
     if not marked:
         return

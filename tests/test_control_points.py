@@ -1,5 +1,5 @@
-"""Decoder control points: exact for affine displacement fields; a run with them trains, and its decode
-API gives the displacements the trainer measured."""
+"""Decoder control points: exact for affine displacement fields; a run with them trains, and its
+decode API gives the displacements the trainer measured."""
 
 from dataclasses import replace
 

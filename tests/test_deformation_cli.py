@@ -1,4 +1,5 @@
-"""optimize-deformations and decode from the command line; bad inputs fail in one line before epoch 1."""
+"""optimize-deformations and decode from the command line; bad inputs fail in one line before
+epoch 1."""
 
 import numpy as np
 import pytest

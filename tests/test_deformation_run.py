@@ -1,4 +1,5 @@
-"""End to end on a tiny simulated ADK data set: outputs, row order, STAR columns, learning signal."""
+"""End to end on a tiny simulated ADK data set: outputs, row order, STAR columns, learning
+signal."""
 
 import json
 from dataclasses import replace
@@ -158,7 +159,8 @@ def test_decode_api_matches_latents_and_renders_at_consensus_box(trained):
 
 
 def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_path):
-    """SNR 1, 400 particles: the best principal component of each half's latents follows the frame."""
+    """SNR 1, 400 particles: the best principal component of each half's latents follows the
+    frame."""
     settings = replace(
         FAST,
         epochs=20,
@@ -179,10 +181,12 @@ def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_pa
     ]
     print("best-PC |Spearman| per half", scores)
     assert min(scores) > 0.5, scores
-    # the decoded deformed models move: their RMS displacement is well above the noise control's 0.1 Å scale
+    # the decoded deformed models move: their RMS displacement is well above the noise control's
+    # 0.1 Å scale
     moved = starfile.read(tmp_path / "run" / "particles.star")["particles"].dmDisplacementAngstrom
     assert moved.mean() > 0.3
-    # decoded volumes match the particle's true frame map better than the half's reference model does
+    # decoded volumes match the particle's true frame map better than the half's reference model
+    # does
     decoder = DeformationRun.load(tmp_path / "run")
     truth_folder = simulated.star.parent / "ground_truth"
     maps = {f: read_map(truth_folder / f"frame_{f:03d}.mrc")[0] for f in np.unique(labels.frame)}
@@ -198,7 +202,8 @@ def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_pa
         decoded = [cc(decoder.particle_volume(i).numpy(), maps[labels.frame[i]]) for i in rows]
         static = [cc(reference, maps[labels.frame[i]]) for i in rows]
         print(
-            f"half {half}: decoded vs true map {np.mean(decoded):.4f}, reference {np.mean(static):.4f}"
+            f"half {half}: decoded vs true map {np.mean(decoded):.4f}, reference "
+            f"{np.mean(static):.4f}"
         )
         assert np.mean(decoded) > np.mean(static)
 

@@ -92,10 +92,11 @@ def test_halves_that_move_by_very_different_amounts_disagree():
     assert watchdog.check(history([(1.0, 4.0, 0.2)] * 12, [(0.8, 3.5, 0.05)] * 12)) == []
 
 
-# --- end to end on the tiny simulated set ------------------------------------------------------------
+# --- end to end on the tiny simulated set ---------------------------------------------------------
 
 SHORT = replace(FAST, epochs=4, refinement_rounds=0, latent_inference="encoder", checkpoint_every=4)
-# Batch 16 and no consensus epochs: both halves learn 1.6-1.9 Å within 20 epochs (final agreement 0.92).
+# Batch 16 and no consensus epochs: both halves learn 1.6-1.9 Å within 20 epochs (final agreement
+# 0.92).
 LEARNING = replace(
     FAST,
     epochs=20,

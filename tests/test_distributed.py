@@ -4,8 +4,8 @@ Layouts: two ranks split the half sets (each half on its own rank: the single-pr
 the latents must agree to float rounding), and two ranks both training each half data-parallel
 (shares of every batch, gradients all-reduced: float summation order differs, so we compare the
 latents' difference and correlation). Checkpoints written by one layout resume in another. The
-standard reconstruction on two ranks backprojects half of the particles on each and gives the maps of
-one process.
+standard reconstruction on two ranks backprojects half of the particles on each and gives the maps
+of one process.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def test_data_parallel_halves_match_one_process_and_resume_across_layouts(
     simulated, single, tmp_path
 ):
     """Both halves data-parallel over two ranks up to epoch 4, resumed with the halves split (two
-    ranks) for epochs 5-6 and the refinement round, then compared with the straight single-process run."""
+    ranks) for epochs 5-6 and the refinement round, then compared with the straight single-process
+    run."""
     out = tmp_path / "run"
     launch(
         train,

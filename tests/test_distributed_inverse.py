@@ -29,7 +29,8 @@ def train(directory, settings, resume=False) -> None:
 
 
 def networks(directory, name="final.pt") -> list[dict]:
-    """Both halves' network state dicts in ``RUN/inverse/name`` (final.pt or checkpoints/epoch_*.pt)."""
+    """Both halves' network state dicts in ``RUN/inverse/name`` (final.pt or
+    checkpoints/epoch_*.pt)."""
     return [
         h["network"] for h in checkpoint.load_checkpoint(directory / "inverse" / name)["halves"]
     ]
@@ -48,7 +49,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def single(simulated, tmp_path_factory):
-    """A short deformation run (motions of about 1.6 Å RMS) and its short inverse run in one process."""
+    """A short deformation run (motions of about 1.6 Å RMS) and its short inverse run in one
+    process."""
     out = tmp_path_factory.mktemp("distributed_inverse") / "run"
     run(deformation_operation(simulated, out, replace(FAST, epochs=10)))
     train(out, SETTINGS)

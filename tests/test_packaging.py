@@ -19,7 +19,9 @@ from pathlib import Path
 import napari_dynamight
 from napari_dynamight._reader import read_mrc, read_star
 from napari_dynamight._sample import simulated_adk
-from napari_dynamight.engine.example_data import EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, check_example_file
+from napari_dynamight.engine.example_data import (
+    EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, check_example_file
+)
 from napari_dynamight.engine.io.dcd import read_dcd_info
 from napari_dynamight.engine.io.structure import read_structure
 
@@ -30,8 +32,10 @@ folder = simulated_adk(Path(sys.argv[1]))
 points = read_star(folder / "particles.star")
 print(json.dumps({
     "package": napari_dynamight.__file__, "structure": str(EXAMPLE_STRUCTURE),
-    "trajectory": str(EXAMPLE_TRAJECTORY), "atoms": len(read_structure(EXAMPLE_STRUCTURE).atomic_numbers),
-    "frames": read_dcd_info(EXAMPLE_TRAJECTORY).n_frames, "volume": list(volume.shape), "kind": kind,
+    "trajectory": str(EXAMPLE_TRAJECTORY),
+    "atoms": len(read_structure(EXAMPLE_STRUCTURE).atomic_numbers),
+    "frames": read_dcd_info(EXAMPLE_TRAJECTORY).n_frames, "volume": list(volume.shape),
+    "kind": kind,
     "points": [len(data) for data, _, _ in points],
 }))
 """

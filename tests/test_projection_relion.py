@@ -42,7 +42,8 @@ def _smooth_model(seed: int = 0) -> GaussianModel:
 def _relion_project(
     tmp_path: Path, volume: np.ndarray, particles: pd.DataFrame, ctf: bool
 ) -> np.ndarray:
-    """Run relion_project on ``volume`` with the poses (and CTFs) of ``particles``; return its images."""
+    """Run relion_project on ``volume`` with the poses (and CTFs) of ``particles``; return its
+    images."""
     with mrcfile.new(tmp_path / "map.mrc", overwrite=True) as handle:
         handle.set_data(volume.astype(np.float32))
         handle.voxel_size = PIXEL
@@ -121,7 +122,8 @@ def test_gaussian_projections_match_relion_project(tmp_path, with_ctf):
     ours = project(model, rotations, shifts, BOX, PIXEL, ctf=_ctf(particles) if with_ctf else None)
     ncc = normalised_cross_correlation(ours, theirs)
     print(
-        f"NCC with relion_project ({'CTF' if with_ctf else 'no CTF'}): min {ncc.min():.4f} mean {ncc.mean():.4f}"
+        f"NCC with relion_project ({'CTF' if with_ctf else 'no CTF'}): min {ncc.min():.4f} mean "
+        f"{ncc.mean():.4f}"
     )
     assert ncc.min() >= 0.98
     # the same images with RELION's matrix transposed or the origin sign flipped do not match
@@ -162,8 +164,9 @@ def _aspire(name: str):
     return volume, images, euler_to_matrix(angles).float(), shifts  # pixel size 1 Å
 
 
-# relion_project puts the centre of an odd-sized image one pixel past N // 2 (measured here: a constant
-# (+1, +1) pixel offset, whatever the pose, gives NCC 1.0000; RELION only extracts even boxes).
+# relion_project puts the centre of an odd-sized image one pixel past N // 2 (measured here: a
+# constant (+1, +1) pixel offset, whatever the pose, gives NCC 1.0000; RELION only extracts even
+# boxes).
 ODD_BOX_IMAGE_OFFSET = torch.tensor([1.0, 1.0])
 
 

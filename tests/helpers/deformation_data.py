@@ -1,4 +1,5 @@
-"""A tiny simulated adenylate-kinase data set shared by the deformation tests (made once per session).
+"""A tiny simulated adenylate-kinase data set shared by the deformation tests (made once per
+session).
 
 400 particles at box 32 (2.5 Å/px, SNR 1) drawn from 25 frames spread over the closed -> open
 trajectory, and a 300-Gaussian consensus model fitted to its consensus map.
@@ -66,7 +67,8 @@ class Simulated:
 def simulate_tiny(
     folder: Path, n_particles: int = 400, snr: float = 1.0, seed: int = 0
 ) -> Simulated:
-    """AdK at box 32 (2.5 Å/px) from every 4th frame, and its fitted 300-Gaussian consensus model."""
+    """AdK at box 32 (2.5 Å/px) from every 4th frame, and its fitted 300-Gaussian consensus
+    model."""
     run(
         simulate(
             ADK / "adk_closed.pdb",
@@ -127,8 +129,9 @@ def train(
 
 @pytest.fixture(scope="session")
 def moving_run(simulated, tmp_path_factory) -> Path:
-    """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1 Å RMS, with
-    its inverse deformations (20 epochs, batch 16: held-out error about 0.2 Å) in ``RUN/inverse``."""
+    """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1 Å RMS,
+    with its inverse deformations (20 epochs, batch 16: held-out error about 0.2 Å) in
+    ``RUN/inverse``."""
     from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
     from napari_dynamight.engine.inverse.settings import InverseSettings
 
