@@ -636,8 +636,8 @@ def main(argv=None) -> int:
             "full epoch covers its training and validation particles; mean of the timed epochs "
             "after one warm-up epoch; batch 64, latent dimension 6, default networks; refinement: "
             "E-step seconds per training particle (posterior over the candidates), M-step epoch "
-            "seconds; a default round per particle = (E-step + refinement_epochs x M-step epoch) "
-            "/ particles"
+            "seconds; a default round per particle = "
+            "(E-step + refinement_epochs x M-step epoch) / particles"
         ),
     }
     started = time.perf_counter()

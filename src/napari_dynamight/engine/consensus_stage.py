@@ -93,8 +93,8 @@ def fit_consensus(
     volume, voxel_size = read_map(consensus_path)
     if volume.shape[0] != volume.shape[1] or volume.shape[1] != volume.shape[2]:
         raise InputError(
-            f"{consensus_path}: the consensus map must be a cube, got {volume.shape[::-1]} (x, y, "
-            "z)"
+            f"{consensus_path}: the consensus map must be a cube, got {volume.shape[::-1]} "
+            "(x, y, z)"
         )
     mask = None
     if mask_path is not None:

@@ -63,8 +63,8 @@ class DeformationRun:
         run = RunFolder(run_directory)
         if not run.is_run():
             raise InputError(
-                f"{run.path}: not a deformation run ({run.info.name} missing); give the run "
-                "directory"
+                f"{run.path}: not a deformation run ({run.info.name} missing); "
+                "give the run directory"
             )
         info = json.loads(run.info.read_text(encoding="utf-8"))
         path = run.newest_checkpoint()

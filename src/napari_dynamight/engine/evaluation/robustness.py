@@ -45,8 +45,8 @@ def prior_ceiling(result: CeilingResult, probabilities) -> dict:
     prior = np.asarray(probabilities, dtype=np.float64).ravel()
     if len(prior) != len(result.frames):
         raise InputError(
-            f"frame prior has {len(prior)} values but the ceiling evaluated {len(result.frames)} "
-            "frames"
+            f"frame prior has {len(prior)} values but the ceiling evaluated "
+            f"{len(result.frames)} frames"
         )
     with np.errstate(divide="ignore"):
         log_prior = np.log(prior / prior.sum())
