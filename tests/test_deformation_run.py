@@ -11,7 +11,13 @@ import starfile
 import torch
 from scipy.stats import spearmanr
 
-from helpers.deformation_data import FAST, deformation_operation, train
+from helpers.deformation_data import (
+    FAST,
+    FAST_CHECKPOINTS,
+    LEARNING,
+    deformation_operation,
+    train,
+)
 from napari_dynamight.engine.consensus import load_model
 from napari_dynamight.engine.deformation.checkpoint import final_path
 from napari_dynamight.engine.deformation.decode import DeformationRun
@@ -52,13 +58,7 @@ def test_run_writes_every_output(trained):
         "consensus_initial.pt",
         "checkpoints",
     } <= names
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_0002.pt",
-        "epoch_0004.pt",
-        "epoch_0006.pt",
-        "epoch_0008.pt",
-        "final.pt",
-    ]  # 8: refinement round 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == FAST_CHECKPOINTS
     assert result.epochs == 6 and not result.stopped_early and result.train_box == 32
     recorded = json.loads((out / "run.json").read_text())["result"]
     assert (
@@ -161,18 +161,7 @@ def test_decode_api_matches_latents_and_renders_at_consensus_box(trained):
 def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_path):
     """SNR 1, 400 particles: the best principal component of each half's latents follows the
     frame."""
-    settings = replace(
-        FAST,
-        epochs=20,
-        batch_size=16,
-        checkpoint_every=20,
-        consensus_period=30,
-        consensus_epochs=5,
-        reference_update_every=10,
-        alignment_predictions=100,
-        seed=0,
-    )
-    train(simulated, tmp_path / "run", settings)
+    train(simulated, tmp_path / "run", replace(LEARNING, seed=0))
     latents = np.load(tmp_path / "run" / "latent_means.npy")
     labels = simulated.labels
     halves = labels.random_subset.to_numpy()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import FAST, FAST_CHECKPOINTS
 from helpers.distributed import WORLD, launch
 from napari_dynamight.engine import distributed
 from napari_dynamight.engine.deformation.run import optimize_deformations
@@ -76,13 +76,7 @@ def test_two_ranks_split_halves_match_one_process(simulated, single, tmp_path):
     print("split halves: max |latent difference|", difference)
     assert difference < 1e-5
     assert (out / "losses.jsonl").read_text() == (single / "losses.jsonl").read_text()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_0002.pt",
-        "epoch_0004.pt",
-        "epoch_0006.pt",
-        "epoch_0008.pt",
-        "final.pt",
-    ]  # 8: refinement
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == FAST_CHECKPOINTS
 
 
 def test_data_parallel_halves_match_one_process_and_resume_across_layouts(

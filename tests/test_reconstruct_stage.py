@@ -22,6 +22,8 @@ from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.reconstruction.stage import reconstruct_run
 
 N = 800
+# The files of a reconstruction folder.
+MAP_FILES = {"half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png", "maps.cxc"}
 
 
 @pytest.fixture(scope="module")
@@ -233,14 +235,7 @@ def test_cancelling_leaves_no_output(run_directory, tmp_path):
     assert step.message == "inverting"
     result = run(reconstruct_run(fresh, deformations=False, batch_size=100))
     assert result.directory == fresh / "reconstruction_standard"
-    assert {p.name for p in result.directory.iterdir()} == {
-        "half1.mrc",
-        "half2.mrc",
-        "full.mrc",
-        "fsc.csv",
-        "fsc.png",
-        "maps.cxc",
-    }
+    assert {p.name for p in result.directory.iterdir()} == MAP_FILES
 
 
 def best_frame_correlation(volume: np.ndarray, frames: list[np.ndarray]) -> float:
@@ -340,15 +335,7 @@ def test_subset_agrees_with_relion_reconstruct_of_the_same_subset(run_directory,
     )
     output = run_directory / "subsets" / "closed state" / "reconstruction_standard"
     assert f"chimerax {output / 'maps.cxc'}" in capsys.readouterr().out
-    assert {p.name for p in output.iterdir()} == {
-        "half1.mrc",
-        "half2.mrc",
-        "full.mrc",
-        "fsc.csv",
-        "fsc.png",
-        "maps.cxc",
-        "particles.star",
-    }
+    assert {p.name for p in output.iterdir()} == MAP_FILES | {"particles.star"}
     assert {
         p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")
     } == before

@@ -55,6 +55,22 @@ HALVES_SETTINGS = replace(
 )
 
 
+# Batch 16 and a long consensus period: both halves of the tiny set learn their motion within 20
+# epochs (the learning-signal and watchdog tests).
+LEARNING = replace(
+    FAST,
+    epochs=20,
+    batch_size=16,
+    checkpoint_every=20,
+    consensus_period=30,
+    consensus_epochs=5,
+    reference_update_every=10,
+    alignment_predictions=100,
+)
+# The checkpoint files of a FAST run: every 2nd of the 6 VAE epochs, refinement round 1 (epoch 8).
+FAST_CHECKPOINTS = ["epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "epoch_0008.pt", "final.pt"]
+
+
 @dataclass
 class Simulated:
     folder: Path
