@@ -1,5 +1,5 @@
-"""The atomic-model prior against the smoothness prior on the simulated adenylate-kinase set, and the
-model-bias control with several wrong models.
+"""The atomic-model prior against the smoothness prior on the simulated adenylate-kinase set, and
+the model-bias control with several wrong models.
 
 Usage (every step is skipped when its result exists and --reuse is given):
   python bench/bench_atomic_prior.py --work WORK --epochs 15 --threads 1 --reuse
@@ -85,8 +85,9 @@ def _simulate(work: Path, args) -> Path:
 
 
 def _fitted_model(work: Path) -> Path:
-    """The closed structure superposed on the trajectory's first frame (of which it is a rigid copy, 0.7 Å
-    RMSD) and moved as the simulator moves that frame: its atomic-number-weighted centre to the box centre."""
+    """The closed structure superposed on the trajectory's first frame (of which it is a rigid copy,
+    0.7 Å RMSD) and moved as the simulator moves that frame: its atomic-number-weighted centre to
+    the box centre."""
     pdb, dcd = example_file("adk_closed.pdb"), example_file("adk_dims.dcd")
     atoms = read_structure(pdb, drop_hydrogens=True)
     first = read_dcd(dcd, read_dcd_info(dcd).n_atoms, np.array([0]))[0, atoms.atom_indices].astype(
@@ -103,7 +104,8 @@ def _fitted_model(work: Path) -> Path:
 
 
 def _pipeline(sim: Path, out: Path, settings: DeformationSettings, args) -> dict:
-    """Deformations, inverse deformations and the deformed reconstruction of one run; their seconds."""
+    """Deformations, inverse deformations and the deformed reconstruction of one run; their
+    seconds."""
     seconds = {}
     folder = RunFolder(out)
     if not (args.reuse and folder.reconstruction(True).full_map.is_file()):
@@ -233,7 +235,7 @@ def _control(control: str, runs: dict, sim: Path, fitted: Path, work: Path, args
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for data and runs")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--refinement-rounds", type=int, default=1)
@@ -291,7 +293,9 @@ def main() -> int:
             "refinement_rounds": args.refinement_rounds,
             "inverse_epochs": args.inverse_epochs,
         },
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s), shared",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s), shared"
+        ),
         "n_gaussians_atomic": coarse_grain(fitted).n_gaussians,
         "runs": {},
     }

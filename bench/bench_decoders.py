@@ -1,15 +1,16 @@
-"""The two deformation networks side by side on a small noisy set, over seeds: the worse half's latent
-ordering, the motion each half learns and the wall time.
+"""The two deformation networks side by side on a small noisy set, over seeds: the worse half's
+latent ordering, the motion each half learns and the wall time.
 
 Usage:
   python bench/bench_decoders.py --output bench/results/decoders_tiny.json [--seeds 0 1 2] \
       [--decoders factorised mlp] [--work-directory DIR]
 
-Data and training are those of tests/test_deformation_halves.py (500 simulated AdK particles at box 32,
-2.5 Å, SNR 0.1, a fitted 300-Gaussian model; 16 epochs and one refinement round, small networks), one
-torch thread. Per decoder and seed: |Spearman| of the best latent principal component with the true
-frame in each half (each half's particles in its own latent space) and the mean displacement
-(``dmDisplacementAngstrom``). The numbers are meant for comparing the networks, not for absolute quality.
+Data and training are those of tests/test_deformation_halves.py (500 simulated AdK particles at box
+32, 2.5 Å, SNR 0.1, a fitted 300-Gaussian model; 16 epochs and one refinement round, small
+networks), one torch thread. Per decoder and seed: |Spearman| of the best latent principal component
+with the true frame in each half (each half's particles in its own latent space) and the mean
+displacement (``dmDisplacementAngstrom``). The numbers are meant for comparing the networks, not for
+absolute quality.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from napari_dynamight.engine.io.atomic import atomic_path  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--output", type=Path, default=ROOT / "bench" / "results" / "decoders_tiny.json"
     )

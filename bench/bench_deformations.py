@@ -1,19 +1,21 @@
-"""Deformation quality on simulated adenylate kinase data, measured against the Bayes-optimal ceiling.
+"""Deformation quality on simulated adenylate kinase data, measured against the Bayes-optimal
+ceiling.
 
 Usage:
   python bench/bench_deformations.py --output bench/results/deformations.json \
       [--snr 0.05 0.01] [--n-particles 3000] [--box 64] [--epochs 60] [--ceiling-only] \
       [--latent-inference posterior|encoder] [--refinement-rounds R] [--reuse-runs]
 
-For each SNR: simulate the AdK closed→open trajectory (the bundled example files, all 98 frames) with
-``engine.simulate``; compute the Bayes-optimal ceiling (``engine.evaluation.ceiling``); train the two
-half-set VAEs (``engine.deformation.run.optimize_deformations``) and measure, per half set, the
-learning criteria: |Spearman| of the best latent principal component with the true frame (and its gap
-to the ceiling), decoded volumes against the consensus, error estimates against the true motion; then
-the noise control (same STAR file, images of pure noise at the same noise level): the engine refuses
-such images (they do not show the consensus map) and the refusal is recorded; a run that trains on
-them records its RMS displacement next to the one on real signal. Writes the JSON after every stage and a PNG beside it;
-paths in it are relative: WORK/... inside the work directory, else relative to the repository.
+For each SNR: simulate the AdK closed→open trajectory (the bundled example files, all 98 frames)
+with ``engine.simulate``; compute the Bayes-optimal ceiling (``engine.evaluation.ceiling``); train
+the two half-set VAEs (``engine.deformation.run.optimize_deformations``) and measure, per half set,
+the learning criteria: |Spearman| of the best latent principal component with the true frame (and
+its gap to the ceiling), decoded volumes against the consensus, error estimates against the true
+motion; then the noise control (same STAR file, images of pure noise at the same noise level): the
+engine refuses such images (they do not show the consensus map) and the refusal is recorded; a run
+that trains on them records its RMS displacement next to the one on real signal. Writes the JSON
+after every stage and a PNG beside it; paths in it are relative: WORK/... inside the work directory,
+else relative to the repository.
 
 Exit status: 0 when everything was measured; 2 when the deformation engine (or its decode API) is
 missing, after writing what could be measured; nothing is ever silently skipped.
@@ -64,8 +66,8 @@ MISSING = 2
 
 
 def _portable(path, work: Path) -> str:
-    """``path`` as the JSON records it: WORK/... inside the work directory, relative to the repository
-    inside it, else its name (no machine-specific absolute paths)."""
+    """``path`` as the JSON records it: WORK/... inside the work directory, relative to the
+    repository inside it, else its name (no machine-specific absolute paths)."""
     resolved = Path(path).resolve()
     for base, prefix in ((Path(work).resolve(), "WORK"), (ROOT, ".")):
         if resolved == base or base in resolved.parents:
@@ -231,7 +233,8 @@ def _train(folder: Path, run_dir: Path, args, engine) -> dict:
 
 
 def _own_half_latents(run_dir: Path, halves: np.ndarray, validation: np.ndarray) -> np.ndarray:
-    """Every particle encoded by its own half's encoder (half 2's validation codes from their file)."""
+    """Every particle encoded by its own half's encoder (half 2's validation codes from their
+    file)."""
     latents = np.load(run_dir / "latent_means.npy").astype(np.float64)
     second = run_dir / "latent_means_half2_validation.npy"
     replace = (halves == 2) & validation
@@ -298,7 +301,8 @@ def _vae_metrics(folder: Path, run_dir: Path, truth: dict, ceiling, args) -> dic
 
 
 def _decode_api():
-    """A callable (run_dir, latents (B, D), half) -> volumes (B, L, L, L), or None if not available."""
+    """A callable (run_dir, latents (B, D), half) -> volumes (B, L, L, L), or None if not
+    available."""
     for name in (
         "napari_dynamight.engine.deformation.decode",
         "napari_dynamight.engine.deformation.api",
@@ -465,7 +469,8 @@ def main() -> int:
         entry["ceiling"], ceiling = _ceiling(data, args, noise_variance, args.frame_step)
         _echo(
             f"SNR {snr}: ceiling |Spearman| {entry['ceiling']['abs_spearman_posterior_mean']:.4f} "
-            f"(halves {entry['ceiling']['abs_spearman_by_half']}) in {entry['ceiling']['seconds']} s"
+            f"(halves {entry['ceiling']['abs_spearman_by_half']}) in "
+            f"{entry['ceiling']['seconds']} s"
         )
         report.save()
         panel = {"snr": snr, "ceiling": ceiling}

@@ -1,10 +1,13 @@
-"""Speed-up of two processes over one for deformation training, and the numbers behind a scaling estimate.
+"""Speed-up of two processes over one for deformation training, and the numbers behind a scaling
+estimate.
 
 Usage:
-  python bench/bench_distributed.py --output bench/results/distributed.json [--n-particles 400] [--epochs 8]
+  python bench/bench_distributed.py --output bench/results/distributed.json
+      [--n-particles 400] [--epochs 8]
 
-Simulates the AdK closed→open data set (the bundled example files) at box 32, fits the consensus Gaussians, then
-trains the same run (same seed, same settings, fixed number of epochs) launched by ``torchrun`` as
+Simulates the AdK closed→open data set (the bundled example files) at box 32, fits the consensus
+Gaussians, then trains the same run (same seed, same settings, fixed number of epochs) launched by
+``torchrun`` as
 - 1 process, 1 thread (the baseline), and 1 process, 2 threads (the other way to use two cores);
 - 2 processes × 1 thread, half sets split over the ranks (the default for an even world size);
 - 2 processes × 1 thread, both half sets data-parallel over both ranks (shares of every batch,
@@ -33,10 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_dynamight.engine.example_data import STRUCTURE, example_file
-
 ROOT = Path(__file__).resolve().parents[1]
-ADK = example_file(STRUCTURE).parent
 BATCH = 32
 LAYOUTS = {  # name: (processes, threads per process, split halves, batch size)
     "1 process, 1 thread": (1, 1, None, BATCH),
@@ -65,33 +65,13 @@ def settings(epochs: int, batch_size: int = BATCH):
 
 
 def prepare(folder: Path, n_particles: int) -> dict[str, Path]:
-    from napari_dynamight.engine.consensus_stage import fit_consensus
-    from napari_dynamight.engine.progress import run
-    from napari_dynamight.engine.simulate import simulate
+    """The tests' tiny simulated set (``simulate_tiny`` in tests/helpers/deformation_data.py: box
+    32, 2.5 Å/px, SNR 1, every 4th frame, seed 0) and its fitted 300-Gaussian consensus model."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers.deformation_data import simulate_tiny
 
-    run(
-        simulate(
-            ADK / "adk_closed.pdb",
-            ADK / "adk_dims.dcd",
-            output_directory=folder / "sim",
-            n_particles=n_particles,
-            box=32,
-            pixel_size_angstrom=2.5,
-            snr=1.0,
-            frames=list(range(0, 98, 4)),
-            seed=0,
-        )
-    )
-    fit = run(
-        fit_consensus(
-            folder / "sim" / "consensus.mrc", folder / "consensus", n_gaussians=300, n_steps=100
-        )
-    )
-    return {
-        "star": folder / "sim" / "particles.star",
-        "consensus": folder / "sim" / "consensus.mrc",
-        "model": fit.model_path,
-    }
+    data = simulate_tiny(folder, n_particles)
+    return {"star": data.star, "consensus": data.consensus, "model": data.model}
 
 
 def worker(args) -> None:
@@ -135,7 +115,8 @@ def worker(args) -> None:
 
 
 def _time_allreduce(context, count: int, repeats: int = 20) -> float | None:
-    """Median seconds of one all-reduce of ``count`` float32 values over the world (None in one process)."""
+    """Median seconds of one all-reduce of ``count`` float32 values over the world (None in one
+    process)."""
     if context.world_size == 1:
         return None
     buffer = torch.zeros(count)
@@ -208,7 +189,7 @@ def launch(name: str, data: dict, folder: Path, epochs: int, parameters: int) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--output", type=Path, default=ROOT / "bench" / "results" / "distributed.json"
     )

@@ -1,23 +1,24 @@
-"""Latent explorer responsiveness: lasso and recolour at 10⁵ and 10⁶ points; click-to-volume latency.
+"""Latent explorer responsiveness: lasso and recolour at 10⁵ and 10⁶ points; click-to-volume
+latency.
 
 For each size: the polygon hit test alone (numpy, ``engine.explore.points_in_polygon``), the whole
 lasso (hit test + drawing the selection + canvas redraw) and a recolour (new per-particle values +
 redraw), each the median of 5 rounds, in ms. At 10⁵ points the plot is a scatter, at 10⁶ a density
-image (the switch is at 200,000). Needs a Qt platform (a display, Xvfb, or QT_QPA_PLATFORM=offscreen:
-matplotlib draws with Agg either way).
+image (the switch is at 200,000). Needs a Qt platform (a display, Xvfb, or
+QT_QPA_PLATFORM=offscreen: matplotlib draws with Agg either way).
 
 Click latency (--latency-boxes 64 128): a small AdK data set is simulated at each box (200
 particles, 1.5 Å/px at box 64, 0.75 Å/px at box 128), one deformation epoch is trained (training box
 32), and the run is opened in a shown napari viewer; for 10 points the time from the click
-(``decode_at``) until the volume, points and vectors layers hold the new data is measured, as well as
-the decoder alone and a screenshot (the canvas redraw). Needs a display: run under xvfb-run.
+(``decode_at``) until the volume, points and vectors layers hold the new data is measured, as well
+as the decoder alone and a screenshot (the canvas redraw). Needs a display: run under xvfb-run.
 
 Movie (--movie-frames 20, on the first latency box's run): a path between the 5th and 95th
-percentile of the first plot axis is exported as a GIF (the explorer's ``export_movie``: decode, show,
-capture, crop, write), timed from the request until the file is written, with the canvas renders
-counted (vispy draw events) while the frames are captured. Each frame is rendered once, into the
-captured image; for comparison the same export runs with the on-screen repaint left on (each frame
-rendered twice: on screen after the layer update, then for the capture), the two interleaved.
+percentile of the first plot axis is exported as a GIF (the explorer's ``export_movie``: decode,
+show, capture, crop, write), timed from the request until the file is written, with the canvas
+renders counted (vispy draw events) while the frames are captured. Each frame is rendered once, into
+the captured image; for comparison the same export runs with the on-screen repaint left on (each
+frame rendered twice: on screen after the layer update, then for the capture), the two interleaved.
 
 Usage: xvfb-run -a python bench/bench_explorer.py --output bench/results/explorer.json
 """
@@ -94,8 +95,8 @@ def measure(n: int, seed: int = 0) -> dict:
 
 
 def movie_timing(viewer, widget, folder: Path, frames: int, rounds: int = 1) -> dict:
-    """Seconds and canvas renders of a ``frames``-frame GIF export, rendered once and (for comparison)
-    with the on-screen repaint left on."""
+    """Seconds and canvas renders of a ``frames``-frame GIF export, rendered once and (for
+    comparison) with the on-screen repaint left on."""
     from qtpy.QtWidgets import QApplication
 
     from napari_dynamight._widgets import _movie
@@ -115,9 +116,13 @@ def movie_timing(viewer, widget, folder: Path, frames: int, rounds: int = 1) -> 
             _movie.canvas_widget = (
                 find_canvas if mode == "rendered once" else (lambda _widget: None)
             )
-            counted = []
-            close = _movie.FrameCapture.close
-            _movie.FrameCapture.close = lambda capture: (counted.append(len(draws)), close(capture))  # noqa: B023 (restored below, in this iteration)
+            counted, close = [], _movie.FrameCapture.close
+
+            def counting_close(capture, counted=counted, close=close):
+                counted.append(len(draws))
+                return close(capture)
+
+            _movie.FrameCapture.close = counting_close  # restored below, in this iteration
             try:
                 start, before = time.perf_counter(), len(draws)
                 widget.export_movie(folder / f"movie_{round_}_{mode.split()[1]}.gif")

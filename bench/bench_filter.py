@@ -1,23 +1,25 @@
 """Which regularisation should the reconstruction stage use by default? The standard reconstruction
-(``reconstruct RUN --no-deformations``) with each filter, against ``relion_reconstruct --ctf`` of the
-same particles and against the ground truth, on simulated adenylate-kinase data sets.
+(``reconstruct RUN --no-deformations``) with each filter, against ``relion_reconstruct --ctf`` of
+the same particles and against the ground truth, on simulated adenylate-kinase data sets.
 
 Usage:
-  python bench/bench_filter.py --work WORK --output bench/results/filter.json   (about 5 min, 2 cores)
-Per SNR and seed: ``engine.simulate.simulate`` (the bundled example files, box 64, 1.5 Å, all 98 trajectory
-frames); a run folder (run.json, particles.star with dmHalfSet = the simulator's rlnRandomSubset; the
-standard reconstruction needs no trained network); ``reconstruct_run(deformations=False, filter=F)``
-for every filter of the stage; extra constants ``c`` (denominator CTF² + c·⟨CTF²⟩_shell) from the same
-particles' accumulators; the constant filter's maps weighted by their half-map FSC as PostProcess
-does (``constant_fsc_weighted``); ``relion_reconstruct --ctf`` of all particles and of each half set.
+  python bench/bench_filter.py --work WORK --output bench/results/filter.json
+      (about 5 min, 2 cores)
+Per SNR and seed: ``engine.simulate.simulate`` (the bundled example files, box 64, 1.5 Å, all 98
+trajectory frames); a run folder (run.json, particles.star with dmHalfSet = the simulator's
+rlnRandomSubset; the standard reconstruction needs no trained network);
+``reconstruct_run(deformations=False, filter=F)`` for every filter of the stage; extra constants
+``c`` (denominator CTF² + c·⟨CTF²⟩_shell) from the same particles' accumulators; the constant
+filter's maps weighted by their half-map FSC as PostProcess does (``constant_fsc_weighted``);
+``relion_reconstruct --ctf`` of all particles and of each half set.
 
-Truth: each map's own particles' frames averaged, weighted by how many particles came from each frame
-(the expected map of a moving molecule). Metrics: correlation with RELION's map of the same particles
-in the sphere of radius box/2; FSC against the truth and the resolution where it falls below 0.5 and
-0.143; the same inside a soft mask of the mobile domains (voxels where the frame maps' standard
-deviation exceeds a quarter of its maximum, dilated by 3 voxels; a masked FSC is raised by the mask
-itself, so compare it between maps only) and the correlation with the truth weighted by that mask.
-"mean_halves" is the mean of the two half maps, compared with the truth of all particles.
+Truth: each map's own particles' frames averaged, weighted by how many particles came from each
+frame (the expected map of a moving molecule). Metrics: correlation with RELION's map of the same
+particles in the sphere of radius box/2; FSC against the truth and the resolution where it falls
+below 0.5 and 0.143; the same inside a soft mask of the mobile domains (voxels where the frame maps'
+standard deviation exceeds a quarter of its maximum, dilated by 3 voxels; a masked FSC is raised by
+the mask itself, so compare it between maps only) and the correlation with the truth weighted by
+that mask. "mean_halves" is the mean of the two half maps, compared with the truth of all particles.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def relion_maps(folder: Path, sim: Path, reuse: bool) -> tuple[dict, dict]:
 
 
 def our_maps(run_dir: Path) -> tuple[dict, dict]:
-    """{variant: {part: map}}: the stage's filters, and extra constants from the same accumulators."""
+    """{variant: {part: map}}: the stage's filters, and extra constants from the same
+    accumulators."""
     from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.io.mrc import read_map
     from napari_dynamight.engine.progress import run

@@ -5,13 +5,14 @@ relion_reconstruct of that half's particles; the full map against relion_reconst
 Usage (the whole chain; every step is skipped when its result exists and --reuse is given):
   python bench/bench_improved_map.py --source-run DEFORMATION_RUN --work WORK --epochs 30 --reuse
 Steps: copy the finished deformation run into WORK/run (the source is never modified);
-optimize_inverse_deformations; our deformed and standard reconstructions with both filters (constant,
-the default, and Wiener; the headline numbers use the default); relion_reconstruct --ctf of the run's input STAR file. Each map is compared with the
-ground-truth frame map (DATA/ground_truth/frame_NNN.mrc) it correlates with best: FSC against it
-and the resolution at FSC 0.5. For the deformed halves the half-map FSC is checked against what the
-FSC against the truth supports: a half map with FSC_half to its twin has FSC_truth ≈ sqrt(FSC_half)
-against a perfect reference (the full map: sqrt(2·FSC_half / (1 + FSC_half))). Writes
-bench/results/improved_map.json (the run recorded as WORK/run) and .png.
+optimize_inverse_deformations; our deformed and standard reconstructions with both filters
+(constant, the default, and Wiener; the headline numbers use the default); relion_reconstruct --ctf
+of the run's input STAR file. Each map is compared with the ground-truth frame map
+(DATA/ground_truth/frame_NNN.mrc) it correlates with best: FSC against it and the resolution at FSC
+0.5. For the deformed halves the half-map FSC is checked against what the FSC against the truth
+supports: a half map with FSC_half to its twin has FSC_truth ≈ sqrt(FSC_half) against a perfect
+reference (the full map: sqrt(2·FSC_half / (1 + FSC_half))). Writes bench/results/improved_map.json
+(the run recorded as WORK/run) and .png.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def reconstruct(args, run_dir: Path) -> dict:
 
 
 def relion_inputs(run_dir: Path, star: Path) -> dict:
-    """STAR files for relion_reconstruct beside the input (so image paths resolve): all particles, and
-    each half set's particles as the run split them (the like-for-like reference of each half map)."""
+    """STAR files for relion_reconstruct beside the input (so image paths resolve): all particles,
+    and each half set's particles as the run split them (the like-for-like reference of each half
+    map)."""
     from napari_dynamight.engine.data.particle_file import read_particles, write_particles
 
     halves = read_particles(run_dir / "particles.star").particles["dmHalfSet"].to_numpy()
@@ -265,7 +267,8 @@ def main() -> None:
         print(f"improvement {key}: {value:+.2f} Å")
     for key, check in summary["half_map_checks"].items():
         print(
-            f"{key}: mean sqrt(FSC_half) − FSC_truth up to FSC_truth 0.143: {check['mean_excess_to_fsc_truth_0143']:+.3f}"
+            f"{key}: mean sqrt(FSC_half) − FSC_truth up to FSC_truth 0.143: "
+            f"{check['mean_excess_to_fsc_truth_0143']:+.3f}"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=1) + "\n")

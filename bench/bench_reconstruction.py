@@ -6,7 +6,8 @@ Each measurement runs in its own process (peak memory = that process's maximum r
 The deformed reconstruction uses a smooth analytic inverse field with CODES distinct latent codes
 (consecutive particles share one, like the stage's 64 latent clusters per half: one warp of the
 padded grid per code); the cost of a learned field's network is not included (see
-bench_improved_map.py for the whole stage with the real network). Writes the JSON and a PNG plot beside it.
+bench_improved_map.py for the whole stage with the real network). Writes the JSON and a PNG plot
+beside it.
 """
 
 from __future__ import annotations

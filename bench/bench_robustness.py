@@ -4,13 +4,14 @@ Usage:
   python bench/bench_robustness.py --output bench/results/robustness.json \
       [--variants NAME ...] [--seeds 0 1 2 3 4] [--epochs E] [--refinement-rounds R] \
       [--exact-posteriors | --screened-posteriors] \
-      [--decoder mlp|factorised] [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
+      [--decoder mlp|factorised] [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR]
+      [--reuse] [--quick]
 
 Every (variant, seed) is one run in its own folder ``WORK/<variant>/seed_<s>``: simulate the AdK
-closed→open trajectory we ship (the bundled example files) with ``engine.simulate.simulate`` (the code behind
-``napari-dynamight simulate``), compute the Bayes-optimal ceiling of that data set, train the two
-half-set VAEs (``optimize_deformations``, ``DeformationSettings`` defaults except ``--epochs`` and
-``--refinement-rounds``), and measure per half set:
+closed→open trajectory we ship (the bundled example files) with ``engine.simulate.simulate`` (the
+code behind ``napari-dynamight simulate``), compute the Bayes-optimal ceiling of that data set,
+train the two half-set VAEs (``optimize_deformations``, ``DeformationSettings`` defaults except
+``--epochs`` and ``--refinement-rounds``), and measure per half set:
 
 - |Spearman| of the best latent principal component with the true frame (``latent_frame_ordering``;
   every particle encoded by its own half), the half's ceiling and the gap;
@@ -27,10 +28,10 @@ half-set VAEs (``optimize_deformations``, ``DeformationSettings`` defaults excep
   (mean FSC from the lowest shell to Nyquist).
 
 Variants (``--variants``, default all; see VARIANTS): SNR 0.01 with 4,000 particles (the acceptance
-variant: worst half within 0.1 of its ceiling), SNR 0.01 with 1,000, SNR 0.05 (acceptance: worst half
-≥ 0.9), a two-state (bimodal) frame distribution (ceiling with the simulation's prior), an envelope
-B-factor the STAR file does not record (the oracle is given it), a two-dimensional motion (LID,
-residues 122–159, and NMP, 30–59, of E. coli AdK moving independently on the CORE of frame 0;
+variant: worst half within 0.1 of its ceiling), SNR 0.01 with 1,000, SNR 0.05 (acceptance: worst
+half ≥ 0.9), a two-state (bimodal) frame distribution (ceiling with the simulation's prior), an
+envelope B-factor the STAR file does not record (the oracle is given it), a two-dimensional motion
+(LID, residues 122–159, and NMP, 30–59, of E. coli AdK moving independently on the CORE of frame 0;
 ordering and ceiling per domain), and two controls: pure noise (the SNR 0.01 / 1,000 STAR file with
 images of white noise at the same noise level; the run must refuse it, as its images do not show the
 consensus map, and the refusal is recorded) and one conformation (SNR 0.01, 1,000 particles all in
@@ -42,8 +43,9 @@ larger half's RMS displacement and per-particle motion, the halves' agreement, t
 warnings and the refused seeds; acceptance checks where a variant has one.
 
 Runtime and trade-off. The defaults (box 64 at 1.5 Å, every 2nd trajectory frame, 20 VAE epochs and
-2 refinement rounds instead of the engine's 60 and 8; ``--jobs 2 --threads 1`` on a 2-core CPU) trade
-training length for coverage: the numbers are a lower bound of what the engine's defaults reach.
+2 refinement rounds instead of the engine's 60 and 8; ``--jobs 2 --threads 1`` on a 2-core CPU)
+trade training length for coverage: the numbers are a lower bound of what the engine's defaults
+reach.
 Measured: one 1,000-particle run took 666 s at load ~7 on the shared 2-core CPU, so 5 seeds × 7
 variants take several hours there (about 1.5–2 h on a quiet machine; docs/evaluation.md); for an
 hour, run fewer seeds or variants. For the acceptance judgement with the engine's training run e.g.
@@ -207,7 +209,8 @@ def _pure_noise(folder: Path, noise_variance: float, seed: int) -> None:
 
 
 def _oracle_input(data: Path, bfactor: float) -> Path:
-    """The data as the oracle sees it: with an envelope, a STAR file that records it as rlnCtfBfactor."""
+    """The data as the oracle sees it: with an envelope, a STAR file that records it as
+    rlnCtfBfactor."""
     if not bfactor:
         return data
     from napari_dynamight.engine.data.particle_file import read_particles, write_particles
@@ -410,7 +413,8 @@ def _fsc_to_truth(path: Path, truths: list[Path]) -> dict:
 
 
 def _maps(data: Path, run_dir: Path, settings: dict) -> dict:
-    """Deformed half maps and relion_reconstruct of each half's particles against the ground truth."""
+    """Deformed half maps and relion_reconstruct of each half's particles against the ground
+    truth."""
     from napari_dynamight.engine.data.particle_file import read_particles, write_particles
     from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
     from napari_dynamight.engine.inverse.settings import InverseSettings
@@ -469,7 +473,8 @@ def _maps(data: Path, run_dir: Path, settings: dict) -> dict:
 
 
 def run_one(name: str, seed: int, settings: dict) -> dict:
-    """One (variant, seed): every stage, in WORK/name/seed_<seed>; the result is also saved there."""
+    """One (variant, seed): every stage, in WORK/name/seed_<seed>; the result is also saved
+    there."""
     import torch
 
     torch.set_num_threads(settings["threads"])
@@ -519,8 +524,8 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
 
 
 def _watchdog(run_dir: Path) -> dict:
-    """The run's warnings, the two halves' agreement on the validation particles' motion (each half's
-    mean deformation removed) and the amplitude fit's z-score per half, from its run.json."""
+    """The run's warnings, the two halves' agreement on the validation particles' motion (each
+    half's mean deformation removed) and the amplitude fit's z-score per half, from its run.json."""
     record = json.loads((run_dir / "run.json").read_text())
     result = record["result"]
     return {
@@ -729,7 +734,8 @@ def _arguments(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--screened-posteriors",
         action="store_true",
-        help="screen the candidates in the E-steps and the final posterior (exact_posteriors=False)",
+        help="screen the candidates in the E-steps and the final posterior "
+        "(exact_posteriors=False)",
     )
     parser.add_argument(
         "--maps",
@@ -851,8 +857,10 @@ def main(argv=None) -> int:
         "variant_notes": {k: VARIANTS[k].note for k in settings["variants"]},
         "seeds": settings["seeds"],
         "maps_measured_for": settings["maps"],
-        "maps_note": "deformed half maps vs relion_reconstruct of the same half's particles, only for "
-        "the variants in maps_measured_for (expensive)",
+        "maps_note": (
+            "deformed half maps vs relion_reconstruct of the same half's particles, only for "
+            "the variants in maps_measured_for (expensive)"
+        ),
         "work_directory": "set by --work-directory" if args.work_directory else "system temp dir",
         "runs": [],
     }
@@ -894,7 +902,8 @@ def main(argv=None) -> int:
                 )
         if "rms_displacement_larger_half_angstrom" in entry and entry["n_runs"]:
             parts.append(
-                f"RMS displacement max {entry['rms_displacement_larger_half_angstrom']['max']:.2f} Å"
+                "RMS displacement max "
+                f"{entry['rms_displacement_larger_half_angstrom']['max']:.2f} Å"
             )
         _echo(" ".join(parts))
     return 1 if any("error" in r for r in report["runs"]) else 0

@@ -1,46 +1,48 @@
-"""Time per particle and peak memory of every stage at box 64 / 128 / 256 / 384 with 10,000 Gaussians,
-on one device, and a projection to a user's data set (default: 100,000 particles at box 320).
+"""Time per particle and peak memory of every stage at box 64 / 128 / 256 / 384 with 10,000
+Gaussians, on one device, and a projection to a user's data set (default: 100,000 particles at box
+320).
 
 Usage:
   python bench/bench_scale.py --work WORK [--device cpu|cuda] [--threads 1] [--boxes 64 128 256 384]
       [--output bench/results/scale_cpu.json]
   python bench/bench_scale.py --work WORK --memory [--memory-box 64] [--memory-particles 2000 20000]
-      [--memory-reconstruct 2000]   (adds the memory check to --output; memory_check_boxB when B != 64)
+      [--memory-reconstruct 2000]
+      (adds the memory check to --output; memory_check_boxB when B != 64)
   python bench/bench_scale.py --work WORK --inversion [--inversion-boxes 256 384]
       [--inversion-variants standard deformed stage] [--inversion-iterations 10] [--label NAME]
       (adds the reconstruction's peak memory per box and variant to --output, rows named by --label)
 
-For each box a small simulated adenylate-kinase set (``engine.simulate``; the pixel size scales with the
-box, 1.5 Å × 64 / box, so the molecule fills the same part of every box) goes through the stages, each in
-a fresh child process so that its peak memory is its own (``VmHWM``, the peak resident set; on CUDA
-also ``torch.cuda.max_memory_allocated``):
+For each box a small simulated adenylate-kinase set (``engine.simulate``; the pixel size scales with
+the box, 1.5 Å × 64 / box, so the molecule fills the same part of every box) goes through the
+stages, each in a fresh child process so that its peak memory is its own (``VmHWM``, the peak
+resident set; on CUDA also ``torch.cuda.max_memory_allocated``):
   consensus    fit_consensus with 10,000 Gaussians (a per-map cost: seconds per optimiser step)
   training     optimize_deformations, one VAE epoch and one refinement round of one M-step epoch
                (default settings otherwise: posterior inference, factorised decoder)
   inverse      optimize_inverse_deformations, one epoch
   standard     the standard reconstruction: insertion per particle, and one inversion (per map)
-  deformed     the deformed reconstruction with the run's learned inverse field and region: insertion
-               per particle, and per latent code the field evaluation and the warp
+  deformed     the deformed reconstruction with the run's learned inverse field and region:
+               insertion per particle, and per latent code the field evaluation and the warp
   decode       decode one latent code and render its map at the box
-Few particles per box (--particles), so the whole CPU run takes minutes; per-particle costs come from
-the progress events of each stage, fixed costs (inversions, warps, per-map steps) are reported apart.
-Training needs 16 particles per half set, so it and the inverse stage run only up to box 128
+Few particles per box (--particles), so the whole CPU run takes minutes; per-particle costs come
+from the progress events of each stage, fixed costs (inversions, warps, per-map steps) are reported
+apart. Training needs 16 particles per half set, so it and the inverse stage run only up to box 128
 (TRAINED_UP_TO_BOX); above it their per-particle costs are extrapolated, the deformed reconstruction
 uses an analytic domain motion (the learned network's cost per code is extrapolated from the smaller
-boxes) and decode renders the consensus model. A stage whose estimated memory exceeds what the machine
-has available is skipped and says so in its row.
+boxes) and decode renders the consensus model. A stage whose estimated memory exceeds what the
+machine has available is skipped and says so in its row.
 Memory check (--memory): a simulated set of 500 particles repeated into memory-mapped stacks of each
-count; the peak memory of training's set-up and first batches (MEMORY_EVENTS progress events) and of a
-standard reconstruction of every particle, as the peak resident set (VmHWM, which includes the pages
-of the memory-mapped stack that were read) and the peak anonymous memory (RssAnon, sampled at every
-progress event: what the process itself holds). With --memory-reconstruct the reconstruction takes
-that many particles spread over the whole stack (its memory does not depend on how many).
+count; the peak memory of training's set-up and first batches (MEMORY_EVENTS progress events) and of
+a standard reconstruction of every particle, as the peak resident set (VmHWM, which includes the
+pages of the memory-mapped stack that were read) and the peak anonymous memory (RssAnon, sampled at
+every progress event: what the process itself holds). With --memory-reconstruct the reconstruction
+takes that many particles spread over the whole stack (its memory does not depend on how many).
 Reconstruction memory (--inversion): random images at each box, no data set; the peak memory of a
-standard accumulator and its map, of a deformed one (analytic motion, one warped code) and its map, and
-of two deformed half sets held at once with the map of one (the reconstruct stage's peak).
+standard accumulator and its map, of a deformed one (analytic motion, one warped code) and its map,
+and of two deformed half sets held at once with the map of one (the reconstruct stage's peak).
 The projection interpolates every cost as a power law of the box between the two measured boxes
-around the target and adds them up for the stage defaults (epochs, refinement rounds, inverse epochs,
-clusters, five inversions per reconstruction). The JSON records the machine's load average.
+around the target and adds them up for the stage defaults (epochs, refinement rounds, inverse
+epochs, clusters, five inversions per reconstruction). The JSON records the machine's load average.
 """
 
 from __future__ import annotations
@@ -59,16 +61,17 @@ import numpy as np
 
 BOXES = (64, 128, 256, 384)
 PARTICLES = {64: 32, 128: 32, 256: 8, 384: 4}
-#: Training needs 16 particles per half set; above this box training and the inverse stage are not run
-#: (their cost per particle is projected from the smaller boxes), and the deformed reconstruction uses an
-#: analytic domain motion as its inverse field, evaluated in the region of the consensus map.
+#: Training needs 16 particles per half set; above this box training and the inverse stage are not
+#: run (their cost per particle is projected from the smaller boxes), and the deformed
+#: reconstruction uses an analytic domain motion as its inverse field, evaluated in the region of
+#: the consensus map.
 TRAINED_UP_TO_BOX = 128
 GAUSSIANS = 10_000
 STAGES = ("simulate", "consensus", "training", "inverse", "standard", "deformed", "decode")
 CONSENSUS_STEPS = 5  # measured steps; the stage default is 300
 CODES = 3  # latent codes (clusters) measured in the deformed reconstruction
-#: Inversions of the reconstruct stage: two half maps and the full map, and with deformations the two
-#: standard half maps for the standard FSC.
+#: Inversions of the reconstruct stage: two half maps and the full map, and with deformations the
+#: two standard half maps for the standard FSC.
 INVERSIONS = {"standard": 3, "deformed": 5}
 
 
@@ -86,7 +89,8 @@ def peak_host_mib() -> float:
 
 
 def timed_events(operation) -> tuple[object, list[tuple[str, str, float]]]:
-    """Drive a progress generator; its result and (stage, message, seconds since start) of each event."""
+    """Drive a progress generator; its result and (stage, message, seconds since start) of each
+    event."""
     events, started = [], time.perf_counter()
     while True:
         try:
@@ -97,7 +101,8 @@ def timed_events(operation) -> tuple[object, list[tuple[str, str, float]]]:
 
 
 def phase_seconds(events, select) -> float:
-    """Seconds spent in the events whose stage ``select`` accepts: each event's time since the one before."""
+    """Seconds spent in the events whose stage ``select`` accepts: each event's time since the one
+    before."""
     total, previous = 0.0, 0.0
     for stage, _, now in events:
         if select(stage):
@@ -298,8 +303,8 @@ def available_gib() -> float:
 
 
 def needed_gib(stage: str, box: int) -> float:
-    """A generous estimate of a reconstruction child's peak: the padded sums (standard; deformed also the
-    pending sums) and the inversion's complex and real (2L)³ arrays."""
+    """A generous estimate of a reconstruction child's peak: the padded sums (standard; deformed
+    also the pending sums) and the inversion's complex and real (2L)³ arrays."""
     sums = 3 * (2 * box + 2) ** 2 * (box + 2) * 4 / 2**30
     spectrum = (2 * box) ** 2 * (box + 1) * 8 / 2**30
     return (2 if stage == "deformed" else 1) * sums + 5 * spectrum
@@ -449,8 +454,8 @@ def inversion_check(args) -> list[dict]:
 
 
 def tiled_stack(base: Path, out: Path, count: int) -> None:
-    """``out/particles.star`` and ``particles.mrcs``: the base set's particles repeated to ``count`` rows,
-    written image block by image block (never all in memory)."""
+    """``out/particles.star`` and ``particles.mrcs``: the base set's particles repeated to ``count``
+    rows, written image block by image block (never all in memory)."""
     import mrcfile
     import starfile
 
@@ -476,7 +481,8 @@ def tiled_stack(base: Path, out: Path, count: int) -> None:
 
 
 def memory_check(args) -> list[dict]:
-    """Peak memory of training's start and of a standard reconstruction against the particle count."""
+    """Peak memory of training's start and of a standard reconstruction against the particle
+    count."""
     base = Path(args.work) / f"memory_box{args.memory_box}" / "base"
     rows = []
     for stage in ("simulate", "consensus"):
@@ -509,6 +515,8 @@ MEMORY_GAUSSIANS = 2000
 def run_child(
     args, stage: str, box: int, particles: int, work: Path | None = None, gaussians: int = None
 ) -> dict:
+    """Runs ``stage`` at ``box`` on ``particles`` in a child process of this script (a fresh
+    process: its peak memory is its own); prints and returns its row."""
     command = [
         sys.executable,
         __file__,
@@ -547,7 +555,8 @@ def forward_latents(run_dir: Path) -> Path:
 
 
 def reconstruction(run_dir: Path, deformed: bool, device) -> dict:
-    """Insertion per particle (both halves, the stage's data path), per-code costs, one inversion."""
+    """Insertion per particle (both halves, the stage's data path), per-code costs, one
+    inversion."""
     from napari_dynamight.engine.data.subset import read_run_particles
     from napari_dynamight.engine.reconstruction import stage
     from napari_dynamight.engine.run_folder import RunFolder
@@ -569,8 +578,9 @@ def reconstruction(run_dir: Path, deformed: bool, device) -> dict:
 
 
 def insertion_costs(table, rows, box, voxel, field, region, chosen, device) -> dict:
-    """Seconds per particle of the insertion, per latent code of the field and of the warp (``chosen``
-    codes, consecutive), and of one inversion with the default 10 gridding iterations."""
+    """Seconds per particle of the insertion, per latent code of the field and of the warp
+    (``chosen`` codes, consecutive), and of one inversion with the default 10 gridding
+    iterations."""
     import torch
 
     from napari_dynamight.engine.ctf import compute_ctf
@@ -662,8 +672,9 @@ def insertion_costs(table, rows, box, voxel, field, region, chosen, device) -> d
 
 
 def analytic_reconstruction(work: Path, deformed: bool, device) -> dict:
-    """As :func:`reconstruction` on the simulated set itself: the inverse field an analytic domain motion
-    (the half x > 0 moves by the code, Å), evaluated in the region of the consensus map (dilated 8 Å)."""
+    """As :func:`reconstruction` on the simulated set itself: the inverse field an analytic domain
+    motion (the half x > 0 moves by the code, Å), evaluated in the region of the consensus map
+    (dilated 8 Å)."""
     import torch
 
     from napari_dynamight.engine.consensus import automatic_threshold
@@ -707,7 +718,8 @@ def dilate(volume, reach: int):
 
 
 def power_law(x: float, points: list[tuple[float, float]]) -> float:
-    """Interpolate (or extrapolate from the last two) y(x) as a power law between measured points."""
+    """Interpolate (or extrapolate from the last two) y(x) as a power law between measured
+    points."""
     points = sorted((a, b) for a, b in points if b is not None and b > 0 and math.isfinite(b))
     if not points:
         return float("nan")
@@ -752,7 +764,8 @@ def project(rows: list[dict], box: int, particles: int) -> dict:
         "inverse": particles * inverse.epochs * value("inverse", "seconds_epoch_per_particle"),
         "standard reconstruction": particles * value("standard", "seconds_insert_per_particle")
         + INVERSIONS["standard"] * value("standard", "seconds_inversion"),
-        # the insertion and the inversions are the standard ones (the same operations; measured once)
+        # the insertion and the inversions are the standard ones (the same operations; measured
+        # once)
         "deformed reconstruction": particles * value("standard", "seconds_insert_per_particle")
         + INVERSIONS["deformed"] * value("standard", "seconds_inversion")
         + 2
@@ -940,30 +953,9 @@ def main() -> None:
         for stage in args.stages:
             if stage in ("training", "inverse") and box > TRAINED_UP_TO_BOX:
                 continue
-            command = [
-                sys.executable,
-                __file__,
-                "--work",
-                str(args.work),
-                "--device",
-                args.device,
-                "--threads",
-                str(args.threads),
-                "--child",
-                stage,
-                "--box",
-                str(box),
-                "--particles",
-                str(PARTICLES[box]),
-            ]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(done.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"box {box}, {stage}: failed")
-            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row = run_child(args, stage, box, PARTICLES[box])
             rows.append(row)
             loads.append(os.getloadavg()[0])
-            print(json.dumps(row), flush=True)
             if stage == "simulate" and "skipped" in row:
                 break  # no data set at this box
     rows = sorted(kept + rows, key=lambda r: (r["box"], STAGES.index(r["stage"])))
@@ -983,8 +975,10 @@ def main() -> None:
         "particles_per_box": PARTICLES,
         "pixel_size": "1.5 Å × 64 / box",
         "load_average_during_run": [min(loads), max(loads)],
-        "machine_note": "2-core machine shared with other jobs during the run: times are inflated by the load "
-        "average above"
+        "machine_note": (
+            "2-core machine shared with other jobs during the run: times are inflated by the "
+            "load average above"
+        )
         if args.device == "cpu"
         else "",
         "seconds": time.perf_counter() - started,

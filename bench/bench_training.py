@@ -1,40 +1,44 @@
-"""Training throughput, refinement cost, peak memory and decode-and-render time of the deformation engine.
+"""Training throughput, refinement cost, peak memory and decode-and-render time of the deformation
+engine.
 
 Usage:
-  python bench/bench_training.py --output bench/results/training.json [--threads 1] [--device cpu] [--quick]
+  python bench/bench_training.py --output bench/results/training.json [--threads 1] [--device cpu]
+      [--quick]
   python bench/bench_training.py --decoders --output bench/results/training_decoders.json
   python bench/bench_training.py --e-step --output bench/results/training_e_step.json
   python bench/bench_training.py --quality --output bench/results/training_quality.json
 
-Data: simulated adenylate kinase (the bundled example files, ``engine.simulate``, SNR 0.05, defocus 0.5-2.5 µm)
-at image box 64 (1.5 Å); box 128 (0.75 Å) and 256 (0.375 Å) are the same images and consensus map
-Fourier-padded: the same 96 Å field of view and content, sampled ever finer (the default training crop
-of all three is 32 px at 3 Å).
-Gaussians: 1,000, 10,000 and 30,000 spread inside the consensus map (no fit: timing does not depend on it).
-Every configuration runs in a fresh process (bench/training_child.py) at the default training box (the
-Fourier crop ``optimize_deformations`` picks): a warm-up epoch, timed full epochs (batch 64, latent
-dimension 6, the default networks), then one refinement round with one M-step epoch, timed as its E-step
-(posteriors of every training particle over the 128 candidates) and its M-step epoch. A default round is
-the E-step plus ``refinement_epochs`` (6) M-step epochs; the final posterior-mean latents cost one E-step
-over all particles. Reference line: the projector alone, forward and backward (64 images at the training
-box, per-image positions, CTF and data loss), in images per second, in the same child.
+Data: simulated adenylate kinase (the bundled example files, ``engine.simulate``, SNR 0.05, defocus
+0.5-2.5 µm) at image box 64 (1.5 Å); box 128 (0.75 Å) and 256 (0.375 Å) are the same images and
+consensus map Fourier-padded: the same 96 Å field of view and content, sampled ever finer (the
+default training crop of all three is 32 px at 3 Å).
+Gaussians: 1,000, 10,000 and 30,000 spread inside the consensus map (no fit: timing does not depend
+on it). Every configuration runs in a fresh process (bench/training_child.py) at the default
+training box (the Fourier crop ``optimize_deformations`` picks): a warm-up epoch, timed full epochs
+(batch 64, latent dimension 6, the default networks), then one refinement round with one M-step
+epoch, timed as its E-step (posteriors of every training particle over the 128 candidates) and its
+M-step epoch. A default round is the E-step plus ``refinement_epochs`` (6) M-step epochs; the final
+posterior-mean latents cost one E-step over all particles. Reference line: the projector alone,
+forward and backward (64 images at the training box, per-image positions, CTF and data loss), in
+images per second, in the same child.
 Counting: one full epoch of a half goes through that half's training and validation particles, so
 both halves together see every particle once; particle-epochs per second = particles / (seconds of
 half 1's epoch + half 2's epoch), the way the reference's 4,000 particles / 23.5 s = 170 is counted.
 Memory: the child's peak RSS (VmHWM; it includes the file pages of the memory-mapped stack it has
-read, which the kernel may drop; getrusage's ru_maxrss is kept too, but Linux carries the parent's RSS
-at fork into it) and its peak anonymous RSS sampled at every progress event; ``memory`` rows: two
-particle counts with the image cache on (default) and off (every batch read from the stack).
+read, which the kernel may drop; getrusage's ru_maxrss is kept too, but Linux carries the parent's
+RSS at fork into it) and its peak anonymous RSS sampled at every progress event; ``memory`` rows:
+two particle counts with the image cache on (default) and off (every batch read from the stack).
 Decode: ``DeformationRun.volume`` at box 128, median of repeats, 1 and 2 threads.
 ``--device cuda``: the same on a GPU (the JSON records the device's name and the precision).
 ``--decoders``: the two deformation networks ("mlp", "factorised") side by side at 1,000, 10,000 and
-30,000 Gaussians, image box 64 at the default training crop (``DECODERS`` lists the particle counts).
+30,000 Gaussians, image box 64 at the default training crop (``DECODERS`` lists the particle
+counts).
 ``--e-step``: the E-step's posteriors with every candidate evaluated exactly and with the screen
 (``inference.Screen``), side by side in one process, at 1,000, 10,000 and 30,000 Gaussians.
 ``--quality``: best-PC |Spearman| with the true frame and throughput, 10,000 Gaussians, with and
 without decoder control points (a short run on the SNR 0.05 data).
-The recorded command shows absolute paths as WORK/... inside the work directory, else relative to the
-repository, else by name.
+The recorded command shows absolute paths as WORK/... inside the work directory, else relative to
+the repository, else by name.
 """
 
 from __future__ import annotations
@@ -80,7 +84,8 @@ from napari_dynamight.engine.simulate import simulate
 ROOT = Path(__file__).resolve().parents[1]
 ADK = example_file(STRUCTURE).parent
 CHILD = Path(__file__).with_name("training_child.py")
-# name: (image box, pixel Å, particles simulated); the larger boxes are the first one's images Fourier-padded
+# name: (image box, pixel Å, particles simulated); the larger boxes are the first one's images
+# Fourier-padded
 DATA = {
     "full": {"box64": (64, 1.5, 2048), "box128": (128, 0.75, 1024), "box256": (256, 0.375, 1024)},
     "quick": {"box64": (32, 3.0, 96), "box128": (64, 1.5, 64)},
@@ -122,8 +127,9 @@ def _dataset(folder: Path, box: int, pixel: float, n: int) -> Path:
 
 
 def _finer(source: Path, folder: Path, box: int, pixel: float, n: int) -> Path:
-    """The first ``n`` particles and the consensus map of ``source`` Fourier-padded to ``box`` (the same
-    content sampled at ``pixel``): simulating at box 256 would render every frame's map at 256³."""
+    """The first ``n`` particles and the consensus map of ``source`` Fourier-padded to ``box`` (the
+    same content sampled at ``pixel``): simulating at box 256 would render every frame's map at
+    256³."""
     if (folder / "particles.star").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,8 +167,8 @@ def _subset(folder: Path, n: int) -> Path:
 
 
 def _portable(word: str, work: Path) -> str:
-    """A command-line word with an absolute path in it (``/p`` or ``--option=/p``) shown as WORK/... inside
-    the work directory, relative to the repository inside it, else by name."""
+    """A command-line word with an absolute path in it (``/p`` or ``--option=/p``) shown as WORK/...
+    inside the work directory, relative to the repository inside it, else by name."""
     option, equals, value = word.rpartition("=") if word.startswith("--") else ("", "", word)
     if not os.path.isabs(value):
         return word
@@ -251,9 +257,9 @@ def decoders(work: Path, data: dict, mode: str, threads: int, epochs: int, echo)
                 ),
             }
             echo(
-                f"{decoder} decoder, {n_gauss} Gaussians, train box {out['train_box']}, {n} particles: "
-                f"{out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, "
-                f"peak RSS {out['peak_rss_mib']:.0f} MiB"
+                f"{decoder} decoder, {n_gauss} Gaussians, train box {out['train_box']}, {n} "
+                f"particles: {out['particle_epochs_per_second_both_halves']:.0f} "
+                f"particle-epochs/s, peak RSS {out['peak_rss_mib']:.0f} MiB"
             )
             rows.append(out)
     return rows
@@ -283,9 +289,9 @@ def _training(work: Path, data: dict, mode: str, args, echo) -> tuple[list, list
             **_child(config),
         }
         text = (
-            f"{name} {n_gauss} Gaussians, train box {out['train_box']}, {n} particles, cache {cache}: "
-            f"{out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, "
-            f"peak RSS {out['peak_rss_mib']:.0f} MiB (anon {out['peak_rss_anon_mib_sampled']:.0f})"
+            f"{name} {n_gauss} Gaussians, train box {out['train_box']}, {n} particles, cache "
+            f"{cache}: {out['particle_epochs_per_second_both_halves']:.0f} particle-epochs/s, peak "
+            f"RSS {out['peak_rss_mib']:.0f} MiB (anon {out['peak_rss_anon_mib_sampled']:.0f})"
         )
         if refinement:
             refine = out["refinement"]
@@ -294,8 +300,8 @@ def _training(work: Path, data: dict, mode: str, args, echo) -> tuple[list, list
                 + DeformationSettings.refinement_epochs * refine["m_step_epoch_seconds_both_halves"]
             ) / n
             text += (
-                f"; E-step {1e3 * refine['e_step_seconds_per_particle']:.1f} ms/particle, M-step epoch "
-                f"{refine['m_step_epoch_seconds_both_halves']:.1f} s; projection alone "
+                f"; E-step {1e3 * refine['e_step_seconds_per_particle']:.1f} ms/particle, M-step "
+                f"epoch {refine['m_step_epoch_seconds_both_halves']:.1f} s; projection alone "
                 f"{out['projection_images_per_second']:.0f} images/s"
             )
         echo(text)
@@ -310,9 +316,9 @@ def _training(work: Path, data: dict, mode: str, args, echo) -> tuple[list, list
 
 
 def decode_times(mode: str, threads: tuple[int, ...], echo) -> list[dict]:
-    """``DeformationRun.volume`` of one latent point: a box-128 run with decoders whose last layer is
-    random (so the decoder really computes), for each Gaussian count, thread count, with and without
-    1,000 control points (for 10,000 Gaussians)."""
+    """``DeformationRun.volume`` of one latent point: a box-128 run with decoders whose last layer
+    is random (so the decoder really computes), for each Gaussian count, thread count, with and
+    without 1,000 control points (for 10,000 Gaussians)."""
     box, voxel, counts, repeats = DECODE[mode]
     rows, previous = [], torch.get_num_threads()
     for n in counts:
@@ -354,8 +360,8 @@ def decode_times(mode: str, threads: tuple[int, ...], echo) -> list[dict]:
                     }
                 )
                 echo(
-                    f"decode+render box {box}, {n} Gaussians, {rows[-1]['control_points']} control points, "
-                    f"{t} threads: {rows[-1]['decode_and_render_ms_median']:.1f} ms"
+                    f"decode+render box {box}, {n} Gaussians, {rows[-1]['control_points']} control "
+                    f"points, {t} threads: {rows[-1]['decode_and_render_ms_median']:.1f} ms"
                 )
     torch.set_num_threads(previous)
     return rows
@@ -566,7 +572,7 @@ def _device_name(device: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "training.json")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads for training (default: 1)"
@@ -613,7 +619,9 @@ def main(argv=None) -> int:
     words = ["python", *sys.argv] if argv is None else ["bench_training.py", *argv]
     check_device(args.device)
     report = {
-        "benchmark": "deformation training throughput, refinement cost, peak memory, decode-and-render",
+        "benchmark": (
+            "deformation training throughput, refinement cost, peak memory, decode-and-render"
+        ),
         "command": " ".join(_portable(word, work) for word in words),
         "mode": mode,
         "torch": torch.__version__,
@@ -623,11 +631,14 @@ def main(argv=None) -> int:
         "device_name": _device_name(args.device),
         "precision": "float32 (the engine trains in single precision)",
         "load_average_before": list(os.getloadavg()),
-        "counting": "particle-epochs/s = particles / (half-1 epoch + half-2 epoch seconds); each half's "
-        "full epoch covers its training and validation particles; mean of the timed epochs "
-        "after one warm-up epoch; batch 64, latent dimension 6, default networks; refinement: E-step seconds per "
-        "training particle (posterior over the candidates), M-step epoch seconds; a default round "
-        "per particle = (E-step + refinement_epochs x M-step epoch) / particles",
+        "counting": (
+            "particle-epochs/s = particles / (half-1 epoch + half-2 epoch seconds); each half's "
+            "full epoch covers its training and validation particles; mean of the timed epochs "
+            "after one warm-up epoch; batch 64, latent dimension 6, default networks; refinement: "
+            "E-step seconds per training particle (posterior over the candidates), M-step epoch "
+            "seconds; a default round per particle = "
+            "(E-step + refinement_epochs x M-step epoch) / particles"
+        ),
     }
     started = time.perf_counter()
 

@@ -1,17 +1,19 @@
-"""One configuration of bench_training.py, measured in a fresh process so that its peak memory is its own.
+"""One configuration of bench_training.py, measured in a fresh process so that its peak memory is
+its own.
 
-Usage (by bench_training.py): ``python bench/training_child.py '{"star": ..., "epochs": 3, ...}'``; prints
-one JSON line. Trains with :func:`optimize_deformations` and times every epoch from its Progress events:
-an epoch of one half lasts from the event before its first one to its last one. ``"stop_early"`` closes
-the generator (the engine's cancellation) once the last epoch (or, with ``"refinement": true``, the one
-refinement round of one M-step epoch) ends, skipping the final outputs; otherwise the run completes and
-the best-PC |Spearman| of each half's latents with the true frames is measured. A refinement round is
-timed in two parts: its E-step (the posteriors over the candidates: from the event before the first
-``posteriors`` event to the last) and its M-step epoch (from there to the round's last event).
-``"projection": true`` then times the projector alone (64 images of the run's Gaussians at the training
-box, forward and backward with respect to per-image positions, CTF and data loss included).
-``"decoder"`` picks the deformation network (default: the engine's). ``"cache": false`` builds the
-particle batches with ``max_cache_bytes=0``, so every batch is read from the memory-mapped stack.
+Usage (by bench_training.py): ``python bench/training_child.py '{"star": ..., "epochs": 3, ...}'``;
+prints one JSON line. Trains with :func:`optimize_deformations` and times every epoch from its
+Progress events: an epoch of one half lasts from the event before its first one to its last one.
+``"stop_early"`` closes the generator (the engine's cancellation) once the last epoch (or, with
+``"refinement": true``, the one refinement round of one M-step epoch) ends, skipping the final
+outputs; otherwise the run completes and the best-PC |Spearman| of each half's latents with the true
+frames is measured. A refinement round is timed in two parts: its E-step (the posteriors over the
+candidates: from the event before the first ``posteriors`` event to the last) and its M-step epoch
+(from there to the round's last event). ``"projection": true`` then times the projector alone (64
+images of the run's Gaussians at the training box, forward and backward with respect to per-image
+positions, CTF and data loss included). ``"decoder"`` picks the deformation network (default: the
+engine's). ``"cache": false`` builds the particle batches with ``max_cache_bytes=0``, so every batch
+is read from the memory-mapped stack.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from napari_dynamight.engine.evaluation import latent_frame_ordering
 
 def _status_mib(field: str) -> float:
     """A memory field of /proc/self/status in MiB: ``RssAnon`` (resident anonymous memory now, i.e.
-    without the file pages of the memory-mapped stack) or ``VmHWM`` (peak RSS of this program; unlike
-    getrusage's ru_maxrss it does not count the parent's RSS at fork, which Linux keeps across exec)."""
+    without the file pages of the memory-mapped stack) or ``VmHWM`` (peak RSS of this program;
+    unlike getrusage's ru_maxrss it does not count the parent's RSS at fork, which Linux keeps
+    across exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
@@ -49,7 +52,8 @@ def _rss_anon_mib() -> float:
 
 
 def _stage_seconds(events: list[tuple[str, int, int, float]], match) -> dict[str, float]:
-    """Seconds of each stage that ``match(stage)`` accepts: from the event before its first to its last."""
+    """Seconds of each stage that ``match(stage)`` accepts: from the event before its first to its
+    last."""
     starts, ends, previous = {}, {}, None
     for stage, _, _, now in events:
         if match(stage):
@@ -62,7 +66,8 @@ def _stage_seconds(events: list[tuple[str, int, int, float]], match) -> dict[str
 def projection_rate(
     model_path: str, box: int, pixel: float, device: str, repeats: int = 3
 ) -> float:
-    """Images per second of the projector's forward and backward (per-image positions, CTF, data loss)."""
+    """Images per second of the projector's forward and backward (per-image positions, CTF, data
+    loss)."""
     from napari_dynamight.engine.consensus import load_model
     from napari_dynamight.engine.deformation.losses import data_loss
     from napari_dynamight.engine.gaussians import project_spectrum

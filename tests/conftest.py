@@ -97,14 +97,42 @@ def trpv1_star(tmp_path) -> Path:
     return write_trpv1_star(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The package's wheel, built once from this checkout (without dependencies)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("wheels")
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "-q",
+        "-w",
+        str(folder),
+        str(Path(__file__).resolve().parents[1]),
+    ]
+    if importlib.util.find_spec("hatchling") is not None:
+        command.insert(4, "--no-build-isolation")  # no download when the backend is installed
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [built] = folder.glob("napari_dynamight-*.whl")
+    return built
+
+
 # Session fixtures of the deformation tests (a tiny simulated AdK data set and a trained run on it),
 # registered here so that test modules use them without importing them.
 from helpers.deformation_data import moving_run, simulated  # noqa: E402, F401
-from helpers.run_safety_data import finished_run  # noqa: E402, F401
+from helpers.optimize_cli import finished_run  # noqa: E402, F401
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` run where torch sees a CUDA device and are skipped, with the reason, elsewhere."""
+    """Tests marked ``cuda`` run where torch sees a CUDA device and are skipped, with the reason,
+    elsewhere."""
     marked = [item for item in items if item.get_closest_marker("cuda")]
     if not marked:
         return

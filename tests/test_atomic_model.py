@@ -40,7 +40,8 @@ PER_RESIDUE = {
 
 
 def _pdb_atoms(path):
-    """(residue number, residue name, atom name, x, y, z) of the heavy atoms, read from the PDB text."""
+    """(residue number, residue name, atom name, x, y, z) of the heavy atoms, read from the PDB
+    text."""
     rows = []
     for line in Path(path).read_text().splitlines():
         if line.startswith("ATOM"):
@@ -76,12 +77,14 @@ def test_adk_gaussians_per_residue_type_and_amplitudes():
         mass[number] += Z[atom[0]]
     sums = np.bincount(model.residue, weights=model.amplitudes)
     assert np.array_equal(sums, [mass[number] for _, number, _ in model.residues])
-    # Met 1 by hand: main chain N C O = 21, CA CB CG = 18, SD CE = 22; the main chain at mean(N, C, O)
+    # Met 1 by hand: main chain N C O = 21, CA CB CG = 18, SD CE = 22; the main chain at
+    # mean(N, C, O)
     assert model.amplitudes[:3].tolist() == [21, 18, 22]
     first = {atom: np.array(xyz) for number, _, atom, *xyz in atoms if number == 1}
     assert np.allclose(model.positions_angstrom[0], (first["N"] + first["C"] + first["O"]) / 3)
     assert np.allclose(model.positions_angstrom[1], (first["CA"] + first["CB"] + first["CG"]) / 3)
-    # a Tyr: 21 | CA CB CG 18 | CD1 CD2 CE1 CE2 24 | CZ OH 14; a Val: main with CA 27 | CB CG1 CG2 at CB 18
+    # a Tyr: 21 | CA CB CG 18 | CD1 CD2 CE1 CE2 24 | CZ OH 14; a Val: main with CA 27 | CB CG1 CG2
+    # at CB 18
     tyr = [i for i, r in enumerate(model.residues) if r[2] == "TYR"][0]
     assert model.amplitudes[model.residue == tyr].tolist() == [21, 18, 24, 14]
     val = [i for i, r in enumerate(model.residues) if r[2] == "VAL"][0]
@@ -116,8 +119,8 @@ def test_adk_bonds_follow_the_chain_and_side_chains():
 def test_nucleotides_four_gaussians_each():
     model = coarse_grain(NUCLEIC)
     assert model.kind.tolist() == ["phosphate", "sugar", "base", "base"] * 2
-    # by hand: P OP1 OP2 O5' 39; five C and three O of the sugar 54; G's imidazole N9 C8 N7 C5 C4 32 and
-    # N1 C2 N3 C6 O6 N2 41; U's N1 C2 O2 C6 27 and N3 C4 O4 C5 27
+    # by hand: P OP1 OP2 O5' 39; five C and three O of the sugar 54; G's imidazole N9 C8 N7 C5 C4 32
+    # and N1 C2 N3 C6 O6 N2 41; U's N1 C2 O2 C6 27 and N3 C4 O4 C5 27
     assert model.amplitudes.tolist() == [39, 54, 32, 41, 39, 54, 27, 27]
     assert sorted(map(tuple, model.bonds.tolist())) == [
         (0, 1),
@@ -190,7 +193,8 @@ def test_real_dna_nucleotides_by_hand():
         * 7
     )
     assert model.amplitudes[n_dna:].tolist() == [27, 6, 27, 6]  # Ala: N C O CA, and CB
-    # every heavy atom of a nucleotide in exactly one Gaussian: the text's atomic numbers per residue
+    # every heavy atom of a nucleotide in exactly one Gaussian: the text's atomic numbers per
+    # residue
     atoms = _cif_atoms(DNA)
     for index, (chain, number, _) in enumerate(model.residues):
         total = sum(a[4] for a in atoms if a[0] == chain and a[1] == number)
@@ -216,8 +220,8 @@ def test_real_dna_nucleotides_by_hand():
 
 
 def _adk_map(box=64, voxel=1.5):
-    """A map of the AdK atoms (every heavy atom a Gaussian) centred in the box, and the origin (Å) that
-    puts the PDB's coordinates into it."""
+    """A map of the AdK atoms (every heavy atom a Gaussian) centred in the box, and the origin (Å)
+    that puts the PDB's coordinates into it."""
     atoms = _pdb_atoms(ADK)
     xyz = np.array([a[3:] for a in atoms])
     centre = xyz.mean(0)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.optimize_cli import one_line_error, optimize_command, quick_options
 from napari_dynamight.cli import main
 from napari_dynamight.cli.optimize_deformations import add_arguments, settings_from
 from napari_dynamight.engine.atomic_model import write_moved_structure
@@ -28,22 +29,7 @@ from napari_dynamight.engine.io.structure import read_structure
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.run_folder import RunFolder
 
-QUICK = [
-    "--epochs",
-    "1",
-    "--batch-size",
-    "64",
-    "--decoder-width",
-    "16",
-    "--decoder-depth",
-    "1",
-    "--warmup-epochs",
-    "1",
-    "--checkpoint-every",
-    "1",
-    "--refinement-rounds",
-    "0",
-]
+QUICK = quick_options(epochs=1, refinement_rounds=0)
 
 
 def fitted_adk(folder, box=32, pixel=2.5, offset=(0.0, 0.0, 0.0)):
@@ -97,26 +83,9 @@ def test_option_reaches_the_settings_off_by_default(tmp_path):
 
 
 def _command(simulated, out, model, *extra):
-    return [
-        "optimize-deformations",
-        "--particles",
-        str(simulated.star),
-        "--consensus",
-        str(simulated.consensus),
-        "--output-directory",
-        str(out),
-        "--atomic-model",
-        str(model),
-        *QUICK,
-        *extra,
-    ]
-
-
-def one_line_error(capsys, status, *words):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    for word in words:
-        assert word in err[0], err[0]
+    return optimize_command(
+        simulated, out, "--atomic-model", str(model), *extra, quick=QUICK, consensus_model=False
+    )
 
 
 def test_run_with_the_prior_records_it_and_refuses_another_model(simulated, tmp_path, capsys):

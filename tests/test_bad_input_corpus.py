@@ -20,7 +20,7 @@ import pytest
 import starfile
 
 from helpers.deformation_data import ADK
-from helpers.run_safety_data import QUICK, optimize_command
+from helpers.optimize_cli import QUICK, optimize_command
 from napari_dynamight.cli import main
 from napari_dynamight.engine.io.mrc import write_map
 

@@ -81,39 +81,19 @@ def test_decode_writes_a_script_and_refuses_a_movie_chimerax_cannot_write(
     dim = np.load(finished_run / "latent_means.npy").shape[1]
     np.save(tmp_path / "points.npy", np.zeros((3, dim), np.float32))
     out = tmp_path / "maps"
-    assert (
-        main(
-            [
-                "decode",
-                str(finished_run),
-                "--latent",
-                str(tmp_path / "points.npy"),
-                "--output-directory",
-                str(out),
-                "--chimerax-movie",
-                "motion.mp4",
-            ]
+
+    def decode(output, movie):
+        points = str(tmp_path / "points.npy")
+        return main(
+            ["decode", str(finished_run), "--latent", points, "--output-directory", str(output)]
+            + ["--chimerax-movie", movie]
         )
-        == 0
-    )
+
+    assert decode(out, "motion.mp4") == 0
     assert "chimerax " + str(out / "latents.cxc") in capsys.readouterr().out
     check_series_script(out / "latents.cxc", [out / f"latent_{k:04d}.mrc" for k in range(3)])
     assert 'movie encode "motion.mp4" framerate 10' in (out / "latents.cxc").read_text()
-    assert (
-        main(
-            [
-                "decode",
-                str(finished_run),
-                "--latent",
-                str(tmp_path / "points.npy"),
-                "--output-directory",
-                str(tmp_path / "other"),
-                "--chimerax-movie",
-                "motion.gif",
-            ]
-        )
-        == 2
-    )
+    assert decode(tmp_path / "other", "motion.gif") == 2
     error = capsys.readouterr().err.strip()
     assert (
         "\n" not in error

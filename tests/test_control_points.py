@@ -1,5 +1,5 @@
-"""Decoder control points: exact for affine displacement fields; a run with them trains, and its decode
-API gives the displacements the trainer measured."""
+"""Decoder control points: exact for affine displacement fields; a run with them trains, and its
+decode API gives the displacements the trainer measured."""
 
 from dataclasses import replace
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import FAST, deformation_operation
 from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.deformation.control_points import (
     ControlPoints,
@@ -74,19 +74,9 @@ def test_setting_defaults_to_zero_and_is_checked():
 
 
 def test_run_with_control_points_trains_and_decodes_consistently(simulated, tmp_path):
-    from napari_dynamight.engine.deformation.run import optimize_deformations
-
     settings = replace(FAST, epochs=4, control_points=60, latent_inference="encoder")
     out = tmp_path / "run"
-    result = run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            out,
-            settings=settings,
-            consensus_model=simulated.model,
-        )
-    )
+    result = run(deformation_operation(simulated, out, settings))
     assert result.epochs == 4
     decoded = DeformationRun.load(out)
     half = decoded._half(1)

@@ -19,6 +19,7 @@ import pytest
 import starfile
 import torch
 
+from helpers.relion_data import optics_block
 from napari_dynamight.engine.ctf import compute_ctf
 from napari_dynamight.engine.data.dataset import ParticleDataset
 from napari_dynamight.engine.data.particle_file import (
@@ -97,21 +98,6 @@ def _ground_truth(seed: int = 1) -> pd.DataFrame:
             "rlnPhaseShift": _f32(rng.uniform(0, 40, N)),
             "rlnRandomSubset": rng.permutation(np.arange(N) % 2 + 1),
             "rlnOpticsGroup": 1,
-        }
-    )
-
-
-def _optics() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "rlnOpticsGroup": [1],
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnVoltage": [300.0],
-            "rlnSphericalAberration": [2.7],
-            "rlnAmplitudeContrast": [0.1],
-            "rlnImagePixelSize": [PIXEL],
-            "rlnImageSize": [BOX],
-            "rlnImageDimensionality": [2],
         }
     )
 
@@ -195,7 +181,7 @@ def project_folder(tmp_path_factory) -> Path:
     shifts = torch.tensor(particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()).float()
     (root / "relion").mkdir()
     starfile.write(
-        {"optics": _optics(), "particles": particles},
+        {"optics": optics_block(BOX, PIXEL), "particles": particles},
         root / "relion" / "particles.star",
         float_format="%.17g",
     )

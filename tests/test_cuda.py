@@ -1,4 +1,5 @@
-"""The reconstructions on a CUDA device give the CPU's maps (run where torch sees a GPU; skipped elsewhere)."""
+"""The reconstructions on a CUDA device give the CPU's maps (run where torch sees a GPU; skipped
+elsewhere)."""
 
 from __future__ import annotations
 

@@ -1,47 +1,21 @@
-"""optimize-deformations and decode from the command line; bad inputs fail in one line before epoch 1."""
+"""optimize-deformations and decode from the command line; bad inputs fail in one line before
+epoch 1."""
 
 import numpy as np
 import pytest
 
+from helpers.optimize_cli import one_line_error, optimize_command, quick_options
 from napari_dynamight.cli import main
 from napari_dynamight.engine.consensus import load_model, save_model
 from napari_dynamight.engine.deformation.decode import DeformationRun
 from napari_dynamight.engine.io.mrc import read_map, write_map
 
-QUICK = [
-    "--epochs",
-    "2",
-    "--batch-size",
-    "64",
-    "--decoder-width",
-    "16",
-    "--decoder-depth",
-    "1",
-    "--warmup-epochs",
-    "1",
-    "--checkpoint-every",
-    "1",
-    "--refinement-rounds",
-    "1",
-    "--refinement-epochs",
-    "1",
-]
+# the quick settings without the finished run's encoder latents and thread count
+QUICK = quick_options()
 
 
 def command(simulated, out, *extra):
-    return [
-        "optimize-deformations",
-        "--particles",
-        str(simulated.star),
-        "--consensus",
-        str(simulated.consensus),
-        "--consensus-model",
-        str(simulated.model),
-        "--output-directory",
-        str(out),
-        *QUICK,
-        *extra,
-    ]
+    return optimize_command(simulated, out, *extra, quick=QUICK)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +74,6 @@ def test_optimize_then_decode_particles_and_latent_points(cli_run, tmp_path, cap
         "latents.cxc",
     ]
     assert "wrote 2 map(s)" in capsys.readouterr().out
-
-
-def one_line_error(capsys, status, *words):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    for word in words:
-        assert word in err[0], err[0]
 
 
 def test_bad_inputs_fail_in_one_line_before_anything_is_written(simulated, tmp_path, capsys):

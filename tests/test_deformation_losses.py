@@ -1,4 +1,5 @@
-"""Losses: data term and noise weights, regularisers (zero for rigid motion), λ from the stiffness ratio."""
+"""Losses: data term and noise weights, regularisers (zero for rigid motion), λ from the stiffness
+ratio."""
 
 import math
 
@@ -83,7 +84,8 @@ def test_regulariser_stiffness_is_the_trace_of_the_distance_terms_gauss_newton_h
 
 def test_data_stiffness_is_the_trace_of_the_data_terms_gauss_newton_hessian():
     """Against autograd through the real projector: the weighted squared derivative of the
-    CTF-filtered projection spectrum, summed over moving Gaussians and axes, averaged over particles."""
+    CTF-filtered projection spectrum, summed over moving Gaussians and axes, averaged over
+    particles."""
     box, pixel, n = 32, 2.0, 12
     generator = torch.Generator().manual_seed(1)
     positions = torch.randn(n, 3, generator=generator, dtype=torch.float64) * 8.0

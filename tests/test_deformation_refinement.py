@@ -1,4 +1,5 @@
-"""Posterior refinement (EM on candidate latents): the E-step's posteriors, the M-step's effect, resume."""
+"""Posterior refinement (EM on candidate latents): the E-step's posteriors, the M-step's effect,
+resume."""
 
 from dataclasses import replace
 
@@ -6,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.deformation_data import FAST, train
+from helpers.deformation_data import FAST, deformation_operation, train
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.batches import ParticleBatches
 from napari_dynamight.engine.deformation.inference import half_candidates
 from napari_dynamight.engine.deformation.inputs import moving_flags, read_inputs
 from napari_dynamight.engine.deformation.refinement import refine_round, responsibilities
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.trainer import HalfSet
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.evaluation import latent_frame_ordering
@@ -61,8 +61,8 @@ def _half_of_trained_run(simulated, folder, settings):
 
 
 def test_identical_candidates_get_equal_posteriors(simulated, tmp_path):
-    """A decoder that ignores the latent (zero-initialised, no training) makes every candidate the same
-    model: each row's posterior is exactly uniform, and rows sum to one."""
+    """A decoder that ignores the latent (zero-initialised, no training) makes every candidate the
+    same model: each row's posterior is exactly uniform, and rows sum to one."""
     settings = replace(FAST, epochs=1, warmup_epochs=1, refinement_rounds=0)
     half, batches = _half_of_trained_run(simulated, tmp_path / "run", settings)
     latents = torch.randn(16, settings.latent_dim, generator=torch.Generator().manual_seed(0))
@@ -72,9 +72,9 @@ def test_identical_candidates_get_equal_posteriors(simulated, tmp_path):
 
 
 def test_rounds_move_the_candidates_and_keep_the_ordering(simulated, tmp_path):
-    """After the VAE epochs, two rounds of refinement move the candidate points away from the encoder
-    codes they start from and the posterior latents order the particles by their true frame at least as
-    well as with the encoder's candidates (SNR 1, 400 particles)."""
+    """After the VAE epochs, two rounds of refinement move the candidate points away from the
+    encoder codes they start from and the posterior latents order the particles by their true frame
+    at least as well as with the encoder's candidates (SNR 1, 400 particles)."""
     settings = replace(FAST, epochs=12, refinement_rounds=0, refinement_epochs=3)
     half, batches = _half_of_trained_run(simulated, tmp_path / "run", settings)
     rows = np.concatenate([half.train_rows, half.validation_rows])
@@ -119,17 +119,11 @@ def straight(simulated, tmp_path_factory):
 
 
 def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, straight, tmp_path):
-    """Round 2 restarts from the checkpoint of round 1. The VAE epochs resume to ~1e-6; the M-step (Adam
-    on the candidates, draws from the posteriors) amplifies such rounding, so the latents (spanning
-    about ±1) agree to 1e-3 rather than 1e-6."""
+    """Round 2 restarts from the checkpoint of round 1. The VAE epochs resume to ~1e-6; the M-step
+    (Adam on the candidates, draws from the posteriors) amplifies such rounding, so the latents
+    (spanning about ±1) agree to 1e-3 rather than 1e-6."""
     out = tmp_path / "killed"
-    operation = optimize_deformations(
-        simulated.star,
-        simulated.consensus,
-        out,
-        settings=TWO_ROUNDS,
-        consensus_model=simulated.model,
-    )
+    operation = deformation_operation(simulated, out, TWO_ROUNDS)
     for event in operation:
         if event.stage == "half 1: refinement round 2/2" and event.step == 1:
             break
@@ -150,7 +144,8 @@ def test_a_run_killed_inside_refinement_resumes_to_the_same_result(simulated, st
 
 
 def test_refinement_rounds_can_be_added_to_a_finished_run(simulated, straight, tmp_path):
-    """A finished run resumed with more rounds refines further and gives what a straight run gives."""
+    """A finished run resumed with more rounds refines further and gives what a straight run
+    gives."""
     one = replace(TWO_ROUNDS, refinement_rounds=1)
     out = tmp_path / "run"
     train(simulated, out, one)
@@ -160,13 +155,4 @@ def test_refinement_rounds_can_be_added_to_a_finished_run(simulated, straight, t
         < 1e-3
     )
     with pytest.raises(InputError, match="refinement_epochs=2"):
-        run(
-            optimize_deformations(
-                simulated.star,
-                simulated.consensus,
-                out,
-                consensus_model=simulated.model,
-                settings=replace(TWO_ROUNDS, refinement_epochs=3),
-                resume=True,
-            )
-        )
+        train(simulated, out, replace(TWO_ROUNDS, refinement_epochs=3), resume=True)

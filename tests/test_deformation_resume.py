@@ -1,27 +1,21 @@
-"""Resume: a run killed after a checkpoint, or during a checkpoint write, ends exactly like a straight run."""
+"""Resume: a run killed after a checkpoint, or during a checkpoint write, ends exactly like a
+straight run."""
 
 import numpy as np
 import pytest
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import FAST, deformation_operation
 from napari_dynamight.engine.deformation import checkpoint
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.progress import run
 
-# Latents of a resumed run equal the straight run's to rounding: the VAE epochs agree to ~1e-7 (summation
-# order), which the refinement's posterior sampling can amplify to ~1e-5 (latents span about ±1).
+# Latents of a resumed run equal the straight run's to rounding: the VAE epochs agree to ~1e-7
+# (summation order), which the refinement's posterior sampling can amplify to ~1e-5 (latents span
+# about ±1).
 SAME = 1e-4
 
 
 def start(simulated, out, resume=False):
-    return optimize_deformations(
-        simulated.star,
-        simulated.consensus,
-        out,
-        settings=FAST,
-        consensus_model=simulated.model,
-        resume=resume,
-    )
+    return deformation_operation(simulated, out, FAST, resume)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +25,8 @@ def straight(simulated, tmp_path_factory):
     return np.load(out / "latent_means.npy"), out
 
 
-# Means of near-cancelling differences (loss gains; distance changes along graph edges): rounding shows
-# earlier than in the data term.
+# Means of near-cancelling differences (loss gains; distance changes along graph edges): rounding
+# shows earlier than in the data term.
 NEAR_CANCELLING = (
     "deformation_gain",
     "deformation_gain_z",

@@ -1,4 +1,5 @@
-"""End to end on a tiny simulated ADK data set: outputs, row order, STAR columns, learning signal."""
+"""End to end on a tiny simulated ADK data set: outputs, row order, STAR columns, learning
+signal."""
 
 import json
 from dataclasses import replace
@@ -10,11 +11,16 @@ import starfile
 import torch
 from scipy.stats import spearmanr
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import (
+    FAST,
+    FAST_CHECKPOINTS,
+    LEARNING,
+    deformation_operation,
+    train,
+)
 from napari_dynamight.engine.consensus import load_model
 from napari_dynamight.engine.deformation.checkpoint import final_path
 from napari_dynamight.engine.deformation.decode import DeformationRun
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.progress import run
 
@@ -23,12 +29,7 @@ from napari_dynamight.engine.progress import run
 def trained(simulated, tmp_path_factory):
     out = tmp_path_factory.mktemp("deform") / "run"
     events = []
-    result = run(
-        optimize_deformations(
-            simulated.star, simulated.consensus, out, settings=FAST, consensus_model=simulated.model
-        ),
-        on_progress=events.append,
-    )
+    result = run(deformation_operation(simulated, out, FAST), on_progress=events.append)
     return out, result, events
 
 
@@ -57,13 +58,7 @@ def test_run_writes_every_output(trained):
         "consensus_initial.pt",
         "checkpoints",
     } <= names
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_0002.pt",
-        "epoch_0004.pt",
-        "epoch_0006.pt",
-        "epoch_0008.pt",
-        "final.pt",
-    ]  # 8: refinement round 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == FAST_CHECKPOINTS
     assert result.epochs == 6 and not result.stopped_early and result.train_box == 32
     recorded = json.loads((out / "run.json").read_text())["result"]
     assert (
@@ -164,27 +159,9 @@ def test_decode_api_matches_latents_and_renders_at_consensus_box(trained):
 
 
 def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_path):
-    """SNR 1, 400 particles: the best principal component of each half's latents follows the frame."""
-    settings = replace(
-        FAST,
-        epochs=20,
-        batch_size=16,
-        checkpoint_every=20,
-        consensus_period=30,
-        consensus_epochs=5,
-        reference_update_every=10,
-        alignment_predictions=100,
-        seed=0,
-    )
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            tmp_path / "run",
-            settings=settings,
-            consensus_model=simulated.model,
-        )
-    )
+    """SNR 1, 400 particles: the best principal component of each half's latents follows the
+    frame."""
+    train(simulated, tmp_path / "run", replace(LEARNING, seed=0))
     latents = np.load(tmp_path / "run" / "latent_means.npy")
     labels = simulated.labels
     halves = labels.random_subset.to_numpy()
@@ -193,10 +170,12 @@ def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_pa
     ]
     print("best-PC |Spearman| per half", scores)
     assert min(scores) > 0.5, scores
-    # the decoded deformed models move: their RMS displacement is well above the noise control's 0.1 Å scale
+    # the decoded deformed models move: their RMS displacement is well above the noise control's
+    # 0.1 Å scale
     moved = starfile.read(tmp_path / "run" / "particles.star")["particles"].dmDisplacementAngstrom
     assert moved.mean() > 0.3
-    # decoded volumes match the particle's true frame map better than the half's reference model does
+    # decoded volumes match the particle's true frame map better than the half's reference model
+    # does
     decoder = DeformationRun.load(tmp_path / "run")
     truth_folder = simulated.star.parent / "ground_truth"
     maps = {f: read_map(truth_folder / f"frame_{f:03d}.mrc")[0] for f in np.unique(labels.frame)}
@@ -212,7 +191,8 @@ def test_learning_signal_latent_orders_particles_by_true_frame(simulated, tmp_pa
         decoded = [cc(decoder.particle_volume(i).numpy(), maps[labels.frame[i]]) for i in rows]
         static = [cc(reference, maps[labels.frame[i]]) for i in rows]
         print(
-            f"half {half}: decoded vs true map {np.mean(decoded):.4f}, reference {np.mean(static):.4f}"
+            f"half {half}: decoded vs true map {np.mean(decoded):.4f}, reference "
+            f"{np.mean(static):.4f}"
         )
         assert np.mean(decoded) > np.mean(static)
 
@@ -224,16 +204,7 @@ def test_only_gaussians_inside_the_mask_move(simulated, tmp_path):
     mask[:, :, 16:] = 1.0  # x ≥ 0 Å
     write_map(tmp_path / "mask.mrc", mask, 2.5)
     settings = replace(FAST, epochs=3, checkpoint_every=3)
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            tmp_path / "run",
-            settings=settings,
-            consensus_model=simulated.model,
-            mask=tmp_path / "mask.mrc",
-        )
-    )
+    train(simulated, tmp_path / "run", settings, mask=tmp_path / "mask.mrc")
     decoded = DeformationRun.load(tmp_path / "run")
     latents = np.load(tmp_path / "run" / "latent_means.npy")
     for half in (1, 2):

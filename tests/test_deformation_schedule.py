@@ -1,4 +1,5 @@
-"""The training schedule: warm-up, consensus-only epochs, reference updates, stopping rule, alignment mask."""
+"""The training schedule: warm-up, consensus-only epochs, reference updates, stopping rule,
+alignment mask."""
 
 import torch
 

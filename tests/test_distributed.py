@@ -4,8 +4,8 @@ Layouts: two ranks split the half sets (each half on its own rank: the single-pr
 the latents must agree to float rounding), and two ranks both training each half data-parallel
 (shares of every batch, gradients all-reduced: float summation order differs, so we compare the
 latents' difference and correlation). Checkpoints written by one layout resume in another. The
-standard reconstruction on two ranks backprojects half of the particles on each and gives the maps of
-one process.
+standard reconstruction on two ranks backprojects half of the particles on each and gives the maps
+of one process.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import FAST, FAST_CHECKPOINTS
 from helpers.distributed import WORLD, launch
 from napari_dynamight.engine import distributed
 from napari_dynamight.engine.deformation.run import optimize_deformations
@@ -76,20 +76,15 @@ def test_two_ranks_split_halves_match_one_process(simulated, single, tmp_path):
     print("split halves: max |latent difference|", difference)
     assert difference < 1e-5
     assert (out / "losses.jsonl").read_text() == (single / "losses.jsonl").read_text()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_0002.pt",
-        "epoch_0004.pt",
-        "epoch_0006.pt",
-        "epoch_0008.pt",
-        "final.pt",
-    ]  # 8: refinement
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == FAST_CHECKPOINTS
 
 
 def test_data_parallel_halves_match_one_process_and_resume_across_layouts(
     simulated, single, tmp_path
 ):
     """Both halves data-parallel over two ranks up to epoch 4, resumed with the halves split (two
-    ranks) for epochs 5-6 and the refinement round, then compared with the straight single-process run."""
+    ranks) for epochs 5-6 and the refinement round, then compared with the straight single-process
+    run."""
     out = tmp_path / "run"
     launch(
         train,

@@ -14,10 +14,9 @@ from dataclasses import replace
 
 import pytest
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import FAST, deformation_operation
 from helpers.distributed import launch
 from napari_dynamight.engine.deformation import checkpoint
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
 from napari_dynamight.engine.inverse.settings import InverseSettings
 from napari_dynamight.engine.progress import run
@@ -30,7 +29,8 @@ def train(directory, settings, resume=False) -> None:
 
 
 def networks(directory, name="final.pt") -> list[dict]:
-    """Both halves' network state dicts in ``RUN/inverse/name`` (final.pt or checkpoints/epoch_*.pt)."""
+    """Both halves' network state dicts in ``RUN/inverse/name`` (final.pt or
+    checkpoints/epoch_*.pt)."""
     return [
         h["network"] for h in checkpoint.load_checkpoint(directory / "inverse" / name)["halves"]
     ]
@@ -49,17 +49,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def single(simulated, tmp_path_factory):
-    """A short deformation run (motions of about 1.6 Å RMS) and its short inverse run in one process."""
+    """A short deformation run (motions of about 1.6 Å RMS) and its short inverse run in one
+    process."""
     out = tmp_path_factory.mktemp("distributed_inverse") / "run"
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            out,
-            settings=replace(FAST, epochs=10),
-            consensus_model=simulated.model,
-        )
-    )
+    run(deformation_operation(simulated, out, replace(FAST, epochs=10)))
     train(out, SETTINGS)
     summary = json.loads((out / "inverse" / "summary.json").read_text())
     for half in (

@@ -1,5 +1,5 @@
-"""The separable Fourier kernel of gaussians.py gives the same band-limited render and projections as
-the direct formula on the full frequency grid (what the engine computed before), within 1e-4."""
+"""The separable Fourier kernel of gaussians.py gives the same band-limited render and projections
+as the direct formula on the full frequency grid (what the engine computed before), within 1e-4."""
 
 import math
 

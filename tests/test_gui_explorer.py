@@ -43,6 +43,15 @@ def mouse(plot, kind: str, xy) -> None:
     MouseEvent(kind, plot, x, y, button=1)._process()
 
 
+def drag(plot, points) -> None:
+    """Press at the first of ``points`` (data coordinates), move through the others, release at the
+    last: a lasso in lasso mode."""
+    mouse(plot, "button_press_event", points[0])
+    for point in points[1:]:
+        mouse(plot, "motion_notify_event", point)
+    mouse(plot, "button_release_event", points[-1])
+
+
 def cluster_centre(widget, k: int) -> np.ndarray:
     """Plot position of cluster ``k`` (STAR row % 3) in the current half set's view."""
     return widget.embedding.coords[widget.view.rows % 3 == k].mean(axis=0)
@@ -86,10 +95,7 @@ def test_lasso_in_half_2_exports_exactly_the_enclosed_half_2_rows(qtbot, explore
     corners = [(x_mid, -reach), (reach, -reach), (reach, reach), (x_mid, reach)]
     widget.plot.axes.set_xlim(-reach - 5, reach + 5)
     widget.plot.axes.set_ylim(-reach - 5, reach + 5)
-    mouse(widget.plot, "button_press_event", corners[0])
-    for corner in corners[1:]:
-        mouse(widget.plot, "motion_notify_event", corner)
-    mouse(widget.plot, "button_release_event", corners[-1])
+    drag(widget.plot, corners)
     expected = coords[:, 0] > x_mid
     np.testing.assert_array_equal(widget.current_mask, expected)
     assert widget.selected_label.value == f"selected: {expected.sum()}"
@@ -461,10 +467,7 @@ def test_one_lasso_in_the_common_space_exports_both_halves(
     corners = [(x_mid, -reach), (reach, -reach), (reach, reach), (x_mid, reach)]
     widget.plot.axes.set_xlim(-reach - 1, reach + 1)
     widget.plot.axes.set_ylim(-reach - 1, reach + 1)
-    mouse(widget.plot, "button_press_event", corners[0])
-    for corner in corners[1:]:
-        mouse(widget.plot, "motion_notify_event", corner)
-    mouse(widget.plot, "button_release_event", corners[-1])
+    drag(widget.plot, corners)
     expected = np.nonzero(points_in_polygon(coords, corners))[0]  # view rows are the STAR rows
     np.testing.assert_array_equal(np.nonzero(widget.current_mask)[0], expected)
     assert {1, 2} <= set(halves[expected]) and validation[expected].any()

@@ -1,4 +1,5 @@
-"""Stage 4: the inverse networks undo the forward deformations, resume exactly, and refuse bad inputs."""
+"""Stage 4: the inverse networks undo the forward deformations, resume exactly, and refuse bad
+inputs."""
 
 import json
 import shlex
@@ -9,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.deformation_data import FAST
+from helpers.deformation_data import FAST, deformation_operation
 from napari_dynamight.cli import build_parser, main
 from napari_dynamight.engine.deformation import checkpoint
 from napari_dynamight.engine.deformation.decode import DeformationRun
-from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.inverse.field import load_inverse_field
 from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
@@ -32,17 +32,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def forward_run(simulated, tmp_path_factory):
-    """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1.7 Å RMS."""
+    """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1.7 Å
+    RMS."""
     out = tmp_path_factory.mktemp("inverse") / "run"
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            out,
-            settings=replace(FAST, epochs=30),
-            consensus_model=simulated.model,
-        )
-    )
+    run(deformation_operation(simulated, out, replace(FAST, epochs=30)))
     return out
 
 
@@ -56,9 +49,9 @@ def copy_forward(forward_run, target):
     return target
 
 
-# The inverse must undo most of the motion. Measured held out, on the factorised decoder's fields (1.95 /
-# 1.74 Å of motion): 37% / 36% of it after 20 epochs, 25% / 24% after 60; the MLP decoder's fields (1.67 /
-# 1.74 Å): 30% / 30% after 20 epochs, 23% / 22% after 60.
+# The inverse must undo most of the motion. Measured held out, on the factorised decoder's fields
+# (1.95 / 1.74 Å of motion): 37% / 36% of it after 20 epochs, 25% / 24% after 60; the MLP decoder's
+# fields (1.67 / 1.74 Å): 30% / 30% after 20 epochs, 23% / 22% after 60.
 INVERSE_FRACTION = 0.35
 
 

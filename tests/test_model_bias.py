@@ -28,8 +28,8 @@ BOX, VOXEL = 48, 2.0
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The AdK model centred in a box-48 map at 2 Å, and a wrong copy with residues 100-111 moved 5 Å
-    outwards."""
+    """The AdK model centred in a box-48 map at 2 Å, and a wrong copy with residues 100-111 moved
+    5 Å outwards."""
     folder = tmp_path_factory.mktemp("bias")
     atoms = read_structure(ADK, drop_hydrogens=True)
     centre = np.average(atoms.positions_angstrom, axis=0, weights=atoms.atomic_numbers)
@@ -42,7 +42,8 @@ def models(tmp_path_factory):
 
 
 def _atom_map(atoms, centre, moved=None, shift=(0.0, 0.0, 0.0), noise=0.0, seed=0):
-    """A map of every heavy atom (the data), with the atoms of residues ``moved`` shifted, plus noise."""
+    """A map of every heavy atom (the data), with the atoms of residues ``moved`` shifted, plus
+    noise."""
     xyz = atoms.positions_angstrom - centre
     if moved is not None:
         inside = (atoms.residue_numbers >= moved[0]) & (atoms.residue_numbers <= moved[1])
@@ -67,7 +68,8 @@ def test_wrong_models_change_only_their_region(models, tmp_path):
     assert np.array_equal(wrong.amplitudes, right.amplitudes) and np.array_equal(
         wrong.bonds, right.bonds
     )
-    # register shift: main chains stay, each side chain of 100-104 moves onto the next residue's backbone
+    # register shift: main chains stay, each side chain of 100-104 moves onto the next residue's
+    # backbone
     register = coarse_grain(
         write_register_shifted_structure(ADK, tmp_path / "register.pdb", Region(None, 100, 104))
     )

@@ -3,7 +3,6 @@ data use are package data, found and readable from an unpacked wheel."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-
 # Runs in a fresh interpreter whose only copy of the package is the unpacked wheel.
 CHECK = """
 import json, sys
@@ -22,7 +19,9 @@ from pathlib import Path
 import napari_dynamight
 from napari_dynamight._reader import read_mrc, read_star
 from napari_dynamight._sample import simulated_adk
-from napari_dynamight.engine.example_data import EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, check_example_file
+from napari_dynamight.engine.example_data import (
+    EXAMPLE_STRUCTURE, EXAMPLE_TRAJECTORY, check_example_file
+)
 from napari_dynamight.engine.io.dcd import read_dcd_info
 from napari_dynamight.engine.io.structure import read_structure
 
@@ -33,32 +32,18 @@ folder = simulated_adk(Path(sys.argv[1]))
 points = read_star(folder / "particles.star")
 print(json.dumps({
     "package": napari_dynamight.__file__, "structure": str(EXAMPLE_STRUCTURE),
-    "trajectory": str(EXAMPLE_TRAJECTORY), "atoms": len(read_structure(EXAMPLE_STRUCTURE).atomic_numbers),
-    "frames": read_dcd_info(EXAMPLE_TRAJECTORY).n_frames, "volume": list(volume.shape), "kind": kind,
+    "trajectory": str(EXAMPLE_TRAJECTORY),
+    "atoms": len(read_structure(EXAMPLE_STRUCTURE).atomic_numbers),
+    "frames": read_dcd_info(EXAMPLE_TRAJECTORY).n_frames, "volume": list(volume.shape),
+    "kind": kind,
     "points": [len(data) for data, _, _ in points],
 }))
 """
 
 
 @pytest.mark.slow
-def test_wheel_ships_the_example_data(tmp_path):
-    """Build the wheel, unpack it away from the checkout and simulate the sample data set from it."""
-    wheels = tmp_path / "wheels"
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "-q",
-        "-w",
-        str(wheels),
-        str(REPOSITORY),
-    ]
-    if importlib.util.find_spec("hatchling") is not None:
-        command.insert(4, "--no-build-isolation")  # no download when the backend is installed
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
-    [wheel] = wheels.glob("napari_dynamight-*.whl")
+def test_wheel_ships_the_example_data(wheel, tmp_path):
+    """Unpack the wheel away from the checkout and simulate the sample data set from it."""
     assert wheel.stat().st_size < 5e6
     unpacked = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:

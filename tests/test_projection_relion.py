@@ -12,6 +12,7 @@ import pytest
 import starfile
 import torch
 
+from helpers.relion_data import optics_block
 from napari_dynamight.engine.ctf import CtfParams, compute_ctf
 from napari_dynamight.engine.gaussians import (
     GaussianModel,
@@ -42,24 +43,15 @@ def _smooth_model(seed: int = 0) -> GaussianModel:
 def _relion_project(
     tmp_path: Path, volume: np.ndarray, particles: pd.DataFrame, ctf: bool
 ) -> np.ndarray:
-    """Run relion_project on ``volume`` with the poses (and CTFs) of ``particles``; return its images."""
+    """Run relion_project on ``volume`` with the poses (and CTFs) of ``particles``; return its
+    images."""
     with mrcfile.new(tmp_path / "map.mrc", overwrite=True) as handle:
         handle.set_data(volume.astype(np.float32))
         handle.voxel_size = PIXEL
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroup": [1],
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnVoltage": [300.0],
-            "rlnSphericalAberration": [2.7],
-            "rlnAmplitudeContrast": [0.1],
-            "rlnImagePixelSize": [PIXEL],
-            "rlnImageSize": [BOX],
-            "rlnImageDimensionality": [2],
-        }
-    )
     starfile.write(
-        {"optics": optics, "particles": particles}, tmp_path / "angles.star", overwrite=True
+        {"optics": optics_block(BOX, PIXEL), "particles": particles},
+        tmp_path / "angles.star",
+        overwrite=True,
     )
     command = [
         "relion_project",
@@ -132,7 +124,8 @@ def test_gaussian_projections_match_relion_project(tmp_path, with_ctf):
     ours = form_images(model, Pose(rotations, shifts), BOX, PIXEL, ctf)
     ncc = normalised_cross_correlation(ours, theirs)
     print(
-        f"NCC with relion_project ({'CTF' if with_ctf else 'no CTF'}): min {ncc.min():.4f} mean {ncc.mean():.4f}"
+        f"NCC with relion_project ({'CTF' if with_ctf else 'no CTF'}): min {ncc.min():.4f} mean "
+        f"{ncc.mean():.4f}"
     )
     assert ncc.min() >= 0.98
     # the same images with RELION's matrix transposed or the origin sign flipped do not match
@@ -173,8 +166,9 @@ def _aspire(name: str):
     return volume, images, euler_to_matrix(angles).float(), shifts  # pixel size 1 Å
 
 
-# relion_project puts the centre of an odd-sized image one pixel past N // 2 (measured here: a constant
-# (+1, +1) pixel offset, whatever the pose, gives NCC 1.0000; RELION only extracts even boxes).
+# relion_project puts the centre of an odd-sized image one pixel past N // 2 (measured here: a
+# constant (+1, +1) pixel offset, whatever the pose, gives NCC 1.0000; RELION only extracts even
+# boxes).
 ODD_BOX_IMAGE_OFFSET = torch.tensor([1.0, 1.0])
 
 

@@ -22,6 +22,8 @@ from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.reconstruction.stage import reconstruct_run
 
 N = 800
+# The files of a reconstruction folder.
+MAP_FILES = {"half1.mrc", "half2.mrc", "full.mrc", "fsc.csv", "fsc.png", "maps.cxc"}
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +87,9 @@ def run_directory(tmp_path_factory):
 
 @pytest.mark.relion
 def test_default_standard_maps_agree_with_relion_reconstruct(run_directory):
-    """With deformations off, the default filter's half maps and full map are relion_reconstruct --ctf
-    of the same particles (the unfiltered maps RELION's PostProcess expects), header included. The
-    Wiener filter fails it: half 1 correlates 0.42 with RELION's map."""
+    """With deformations off, the default filter's half maps and full map are relion_reconstruct
+    --ctf of the same particles (the unfiltered maps RELION's PostProcess expects), header included.
+    The Wiener filter fails it: half 1 correlates 0.42 with RELION's map."""
     result = run(reconstruct_run(run_directory, deformations=False))
     assert result.directory == run_directory / "reconstruction_standard"
     for ours_path, name in zip(
@@ -104,8 +106,8 @@ def test_default_standard_maps_agree_with_relion_reconstruct(run_directory):
         curve = fsc(ours, reference, PIXEL)[1]
         correlation = masked_correlation(ours, reference)
         print(
-            f"\nstage (standard) {ours_path.name} vs {name} (relion_reconstruct --ctf): correlation "
-            f"{correlation:.6f}, FSC at 3/4 Nyquist {curve[BOX * 3 // 8]:.4f}"
+            f"\nstage (standard) {ours_path.name} vs {name} (relion_reconstruct --ctf): "
+            f"correlation {correlation:.6f}, FSC at 3/4 Nyquist {curve[BOX * 3 // 8]:.4f}"
         )
         assert ours.shape == reference.shape == (BOX,) * 3
         assert voxel == pytest.approx(PIXEL) and relion_voxel == pytest.approx(PIXEL)
@@ -159,8 +161,9 @@ def test_relion_postprocess_agrees_with_our_fsc(run_directory, tmp_path):
     corrected = table["rlnFourierShellCorrelationCorrected"].to_numpy()
     relion_resolution = float(blocks["general"]["rlnFinalResolution"])
     print(
-        f"\nlargest FSC difference to RELION's unmasked-map FSC {np.abs(ours - theirs)[1:].max():.1e}; "
-        f"0.143 resolution of the corrected curve: RELION {relion_resolution:.3f} Å, interpolated "
+        "\nlargest FSC difference to RELION's unmasked-map FSC "
+        f"{np.abs(ours - theirs)[1:].max():.1e}; 0.143 resolution of the corrected curve: RELION "
+        f"{relion_resolution:.3f} Å, interpolated "
         f"{resolution_at(frequency, corrected, 0.143):.3f} Å"
     )
     assert len(theirs) == len(ours) == BOX // 2 + 1
@@ -217,8 +220,9 @@ def test_cli_writes_the_maps_and_reports_errors_in_one_line(run_directory, tmp_p
 
 
 def test_cancelling_leaves_no_output(run_directory, tmp_path):
-    """Closing the stage at its first progress step, in half 2, or at "inverting" (the last step before
-    the maps are written) adds no file to a fresh copy of the run; running it to the end adds the maps."""
+    """Closing the stage at its first progress step, in half 2, or at "inverting" (the last step
+    before the maps are written) adds no file to a fresh copy of the run; running it to the end adds
+    the maps."""
     fresh = tmp_path / "run"
     shutil.copytree(run_directory, fresh, ignore=shutil.ignore_patterns("reconstruction*"))
     before = sorted(fresh.rglob("*"))
@@ -231,14 +235,7 @@ def test_cancelling_leaves_no_output(run_directory, tmp_path):
     assert step.message == "inverting"
     result = run(reconstruct_run(fresh, deformations=False, batch_size=100))
     assert result.directory == fresh / "reconstruction_standard"
-    assert {p.name for p in result.directory.iterdir()} == {
-        "half1.mrc",
-        "half2.mrc",
-        "full.mrc",
-        "fsc.csv",
-        "fsc.png",
-        "maps.cxc",
-    }
+    assert {p.name for p in result.directory.iterdir()} == MAP_FILES
 
 
 def best_frame_correlation(volume: np.ndarray, frames: list[np.ndarray]) -> float:
@@ -279,8 +276,9 @@ def chimerax_files(script) -> list:
 
 
 def test_maps_script_opens_the_three_maps_at_levels_inside_their_range(run_directory, tmp_path):
-    """maps.cxc beside a reconstruction: opens half1, half2 and full by relative names, each at a finite
-    level inside the map's values, the half maps hidden and coloured apart from the full map."""
+    """maps.cxc beside a reconstruction: opens half1, half2 and full by relative names, each at a
+    finite level inside the map's values, the half maps hidden and coloured apart from the full
+    map."""
     import re
 
     output = tmp_path / "a folder with spaces"
@@ -309,9 +307,10 @@ def subset_star(run_directory, rows, name="closed state.star"):
 
 @pytest.mark.relion
 def test_subset_agrees_with_relion_reconstruct_of_the_same_subset(run_directory, capsys):
-    """reconstruct --subset: half maps and full map of exactly the subset's particles (each in its run
-    half set), as relion_reconstruct --ctf of the same particles, in a folder of their own; the run's
-    whole reconstruction is not touched; the subset beside the maps leads to the same images."""
+    """reconstruct --subset: half maps and full map of exactly the subset's particles (each in its
+    run half set), as relion_reconstruct --ctf of the same particles, in a folder of their own; the
+    run's whole reconstruction is not touched; the subset beside the maps leads to the same
+    images."""
     rows = np.sort(np.random.default_rng(5).choice(N, 500, replace=False))
     path = subset_star(run_directory, rows)
     folder = run_directory.parent
@@ -336,15 +335,7 @@ def test_subset_agrees_with_relion_reconstruct_of_the_same_subset(run_directory,
     )
     output = run_directory / "subsets" / "closed state" / "reconstruction_standard"
     assert f"chimerax {output / 'maps.cxc'}" in capsys.readouterr().out
-    assert {p.name for p in output.iterdir()} == {
-        "half1.mrc",
-        "half2.mrc",
-        "full.mrc",
-        "fsc.csv",
-        "fsc.png",
-        "maps.cxc",
-        "particles.star",
-    }
+    assert {p.name for p in output.iterdir()} == MAP_FILES | {"particles.star"}
     assert {
         p: p.stat().st_mtime_ns for p in (run_directory / "reconstruction_standard").glob("*")
     } == before
@@ -366,12 +357,13 @@ def test_subset_agrees_with_relion_reconstruct_of_the_same_subset(run_directory,
         )
         direct = run(reconstruct_particles(particles, np.arange(len(particles)), batch_size=200))[0]
         print(
-            f"\nsubset of 500: {ours} ({len(particles)} particles) vs relion_reconstruct --ctf of the same "
-            f"particles: correlation {correlation:.6f}; vs the standard reconstruction of its STAR file "
-            f"{masked_correlation(volume, direct):.7f}"
+            f"\nsubset of 500: {ours} ({len(particles)} particles) vs relion_reconstruct --ctf of "
+            f"the same particles: correlation {correlation:.6f}; vs the standard reconstruction of "
+            f"its STAR file {masked_correlation(volume, direct):.7f}"
         )
         assert voxel == pytest.approx(PIXEL) and masked_correlation(volume, direct) > 0.99999
-        # the whole subset as RELION; a 250-particle half of these noisy images 0.965-0.99 (draw-dependent)
+        # the whole subset as RELION; a 250-particle half of these noisy images 0.965-0.99
+        # (draw-dependent)
         assert correlation >= (0.98 if ours == "full" else 0.95)
     table = np.loadtxt(output / "fsc.csv", delimiter=",", skiprows=1)
     assert table.shape == (BOX // 2 + 1, 3) and np.isfinite(table[:, 2]).all() and table[1, 2] > 0.9
@@ -405,8 +397,8 @@ def test_subset_of_one_half_set_is_refused_and_writes_nothing(run_directory, cap
 
 def test_deformed_maps_of_a_subset_with_the_runs_networks(moving_run, tmp_path):
     """--subset --deformed: the subset's particles through the run's inverse fields, in
-    RUN/subsets/NAME/reconstruction, with the deformed and the standard FSC as the whole run's report;
-    the subset, saved in another folder, is found by its image names."""
+    RUN/subsets/NAME/reconstruction, with the deformed and the standard FSC as the whole run's
+    report; the subset, saved in another folder, is found by its image names."""
     from napari_dynamight.engine.data.subset import read_run_particles, write_subset
 
     torch.set_num_threads(1)

@@ -38,8 +38,8 @@ def simulate_domain_motion(
     rng, n, box, pixel, per_domain, sigma, origin, defocus, noise_seed
 ) -> dict:
     """Noisy CTF images (n, box, box) of a two-domain Gaussian model whose moving domain shifts per
-    particle (:func:`domain_motions`); origins up to ±``origin`` Å; ``defocus(rng, n)`` gives the CTF's
-    (defocus U, defocus V, astigmatism angle)."""
+    particle (:func:`domain_motions`); origins up to ±``origin`` Å; ``defocus(rng, n)`` gives the
+    CTF's (defocus U, defocus V, astigmatism angle)."""
     fixed = np.column_stack(
         [rng.uniform(-16, -4, per_domain), rng.uniform(-10, 10, (per_domain, 2))]
     )
@@ -105,17 +105,27 @@ def identity(latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return points.expand(len(latents), -1, -1)
 
 
-def reconstruct(data, field, **options) -> np.ndarray:
-    accumulator = DeformedAccumulator(BOX, PIXEL, field, **options)
-    for part in (slice(0, 300), slice(300, N)):
+def add_parts(accumulator, data, parts, latents=None):
+    """Adds the particles of ``data`` to ``accumulator`` in ``parts`` (slices, one batch each), with
+    ``latents`` (those of ``data`` if None); returns the accumulator."""
+    latents = data["latents"] if latents is None else latents
+    for part in parts:
         accumulator.add(
             data["images"][part],
             data["rotations"][part],
             data["shifts"][part],
             data["ctf"][part],
-            data["latents"][part],
+            latents[part],
         )
-    return accumulator.reconstruct().numpy()
+    return accumulator
+
+
+TWO_PARTS = (slice(0, 300), slice(300, N))
+
+
+def reconstruct(data, field, **options) -> np.ndarray:
+    accumulator = DeformedAccumulator(BOX, PIXEL, field, **options)
+    return add_parts(accumulator, data, TWO_PARTS).reconstruct().numpy()
 
 
 def scores(volume: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -155,15 +165,7 @@ def test_identity_field_is_the_standard_reconstruction(data, maps):
         standard, accumulator.reconstruct().numpy(), atol=1e-4 * np.abs(standard).max()
     )
     for codes in (torch.zeros_like(data["latents"]), data["latents"]):
-        accumulator = DeformedAccumulator(BOX, PIXEL, identity)
-        for part in (slice(0, 300), slice(300, N)):
-            accumulator.add(
-                data["images"][part],
-                data["rotations"][part],
-                data["shifts"][part],
-                data["ctf"][part],
-                codes[part],
-            )
+        accumulator = add_parts(DeformedAccumulator(BOX, PIXEL, identity), data, TWO_PARTS, codes)
         same = accumulator.reconstruct().numpy()
         assert accumulator.warps == 0 and not bool(accumulator.correction.any())
         if not codes.any():  # the same batches as the standard reconstruction: the same numbers
@@ -173,15 +175,9 @@ def test_identity_field_is_the_standard_reconstruction(data, maps):
 
 
 def test_the_correction_covers_the_box_not_the_padded_grid(data):
-    """Memory: the real-space correction is the box plus a small margin, not the (2L)³ padded grid."""
-    accumulator = DeformedAccumulator(BOX, PIXEL, exact_inverse)
-    accumulator.add(
-        data["images"][:40],
-        data["rotations"][:40],
-        data["shifts"][:40],
-        data["ctf"][:40],
-        data["latents"][:40],
-    )
+    """Memory: the real-space correction is the box plus a small margin, not the (2L)³ padded
+    grid."""
+    accumulator = add_parts(DeformedAccumulator(BOX, PIXEL, exact_inverse), data, [slice(0, 40)])
     accumulator.flush()
     assert accumulator.correction.shape == (BOX + 2 * TAPER_VOXELS,) * 3 and accumulator.warps >= 1
 
@@ -194,19 +190,11 @@ def bump(latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def test_only_the_block_where_the_field_moves_is_warped(data, monkeypatch):
-    """A field that moves only a small part of the box warps a block around it, and gives the same map
-    as warping the whole box (the residual below RESIDUAL_TOLERANCE taken as it is)."""
+    """A field that moves only a small part of the box warps a block around it, and gives the same
+    map as warping the whole box (the residual below RESIDUAL_TOLERANCE taken as it is)."""
 
     def build():
-        accumulator = DeformedAccumulator(BOX, PIXEL, bump)
-        for part in (slice(0, 300), slice(300, N)):
-            accumulator.add(
-                data["images"][part],
-                data["rotations"][part],
-                data["shifts"][part],
-                data["ctf"][part],
-                data["latents"][part],
-            )
+        accumulator = add_parts(DeformedAccumulator(BOX, PIXEL, bump), data, TWO_PARTS)
         return accumulator, accumulator.reconstruct().numpy()
 
     local, local_map = build()
@@ -251,15 +239,16 @@ def test_bad_arguments_are_reported(data):
         )
 
 
-# Particles like the simulated AdK set: box 32 at 2.5 Å, origins up to ±8 Å, defocus up to 2.5 µm, so
-# the CTF delocalises the signal across the whole (periodic) box.
+# Particles like the simulated AdK set: box 32 at 2.5 Å, origins up to ±8 Å, defocus up to 2.5 µm,
+# so the CTF delocalises the signal across the whole (periodic) box.
 DELOCALISED = {"box": 32, "pixel": 2.5, "n": 300, "origin": 8.0, "defocus": (5000.0, 25000.0)}
 TRANSLATION = torch.tensor([1.3, -0.8, 0.5])  # Å, x y z
 
 
 @pytest.fixture(scope="module")
 def delocalised():
-    """One domain moves by up to ±4 Å (y, z) per particle; noisy CTF images of the deformed model."""
+    """One domain moves by up to ±4 Å (y, z) per particle; noisy CTF images of the deformed
+    model."""
 
     def defocus(rng, n):
         values = rng.uniform(*DELOCALISED["defocus"], n)
@@ -280,15 +269,8 @@ def delocalised():
 
 def reconstruct_delocalised(data, field) -> np.ndarray:
     accumulator = DeformedAccumulator(DELOCALISED["box"], DELOCALISED["pixel"], field)
-    for part in (slice(0, 200), slice(200, DELOCALISED["n"])):
-        accumulator.add(
-            data["images"][part],
-            data["rotations"][part],
-            data["shifts"][part],
-            data["ctf"][part],
-            data["latents"][part],
-        )
-    return accumulator.reconstruct().numpy()
+    parts = (slice(0, 200), slice(200, DELOCALISED["n"]))
+    return add_parts(accumulator, data, parts).reconstruct().numpy()
 
 
 def translated(volume: np.ndarray, shift_angstrom: torch.Tensor, pixel: float) -> np.ndarray:
@@ -301,7 +283,8 @@ def translated(volume: np.ndarray, shift_angstrom: torch.Tensor, pixel: float) -
 
 
 def sphere_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Correlation inside the sphere of radius box/2 − 2 (the corners are masked by the inversion)."""
+    """Correlation inside the sphere of radius box/2 − 2 (the corners are masked by the
+    inversion)."""
     offsets = np.arange(a.shape[0]) - a.shape[0] // 2
     radius = np.sqrt(
         offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2
@@ -327,8 +310,8 @@ def test_constant_field_translates_the_standard_reconstruction(delocalised, delo
     correlation = sphere_correlation(moved, expected)
     scale = float((moved * expected).sum() / (expected * expected).sum())
     print(
-        f"\nconstant field vs translated standard: correlation {correlation:.4f}, scale {scale:.4f} "
-        f"(untranslated: {sphere_correlation(delocalised_standard, expected):.4f})"
+        f"\nconstant field vs translated standard: correlation {correlation:.4f}, scale "
+        f"{scale:.4f} (untranslated: {sphere_correlation(delocalised_standard, expected):.4f})"
     )
     assert (
         correlation >= 0.999 and abs(scale - 1) < 0.005
@@ -336,7 +319,8 @@ def test_constant_field_translates_the_standard_reconstruction(delocalised, delo
 
 
 def test_exact_inverse_field_with_delocalised_ctfs(delocalised, delocalised_standard):
-    """The exact inverse of the domain motion improves on the standard map for AdK-like particles."""
+    """The exact inverse of the domain motion improves on the standard map for AdK-like
+    particles."""
     deformed = reconstruct_delocalised(delocalised, exact_inverse)
     truth = delocalised["truth"]
     c_std, c_def = (
@@ -348,8 +332,9 @@ def test_exact_inverse_field_with_delocalised_ctfs(delocalised, delocalised_stan
 
 
 def test_the_number_of_clusters_follows_the_field_error():
-    """Codes in three tight groups: one or two clusters leave a field error of about the groups' distance,
-    three or more one of about their spread, so the tolerance between them chooses three or four."""
+    """Codes in three tight groups: one or two clusters leave a field error of about the groups'
+    distance, three or more one of about their spread, so the tolerance between them chooses three
+    or four."""
     from napari_dynamight.engine.reconstruction.clusters import choose_clusters, field_errors
 
     rng = np.random.default_rng(0)

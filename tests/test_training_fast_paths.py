@@ -1,6 +1,6 @@
-"""The training step's fast paths compute the same function as the plain formulas: the image splat with
-its hand-written derivatives, the regulariser from the factorised decoder's basis, and the deformed
-positions as one matrix product (values and gradients, to float rounding)."""
+"""The training step's fast paths compute the same function as the plain formulas: the image splat
+with its hand-written derivatives, the regulariser from the factorised decoder's basis, and the
+deformed positions as one matrix product (values and gradients, to float rounding)."""
 
 from dataclasses import replace
 

@@ -1,4 +1,5 @@
-"""A tiny simulated adenylate-kinase data set shared by the deformation tests (made once per session).
+"""A tiny simulated adenylate-kinase data set shared by the deformation tests (made once per
+session).
 
 400 particles at box 32 (2.5 Å/px, SNR 1) drawn from 25 frames spread over the closed -> open
 trajectory, and a 300-Gaussian consensus model fitted to its consensus map.
@@ -54,6 +55,22 @@ HALVES_SETTINGS = replace(
 )
 
 
+# Batch 16 and a long consensus period: both halves of the tiny set learn their motion within 20
+# epochs (the learning-signal and watchdog tests).
+LEARNING = replace(
+    FAST,
+    epochs=20,
+    batch_size=16,
+    checkpoint_every=20,
+    consensus_period=30,
+    consensus_epochs=5,
+    reference_update_every=10,
+    alignment_predictions=100,
+)
+# The checkpoint files of a FAST run: every 2nd of the 6 VAE epochs, refinement round 1 (epoch 8).
+FAST_CHECKPOINTS = ["epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt", "epoch_0008.pt", "final.pt"]
+
+
 @dataclass
 class Simulated:
     folder: Path
@@ -66,7 +83,8 @@ class Simulated:
 def simulate_tiny(
     folder: Path, n_particles: int = 400, snr: float = 1.0, seed: int = 0
 ) -> Simulated:
-    """AdK at box 32 (2.5 Å/px) from every 4th frame, and its fitted 300-Gaussian consensus model."""
+    """AdK at box 32 (2.5 Å/px) from every 4th frame, and its fitted 300-Gaussian consensus
+    model."""
     run(
         simulate(
             ADK / "adk_closed.pdb",
@@ -99,44 +117,40 @@ def simulated(tmp_path_factory) -> Simulated:
     return simulate_tiny(tmp_path_factory.mktemp("adk_sim"))
 
 
-def train(
-    simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False
-) -> Path:
-    """A deformation run of the tiny set (its fitted consensus model) into ``out``."""
+def deformation_operation(
+    simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False, **options
+):
+    """The optimize-deformations operation (a generator) of the tiny set and its fitted consensus
+    model into ``out``; ``options`` are further keywords of ``optimize_deformations``."""
     from napari_dynamight.engine.deformation.run import optimize_deformations
 
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            out,
-            settings=settings,
-            consensus_model=simulated.model,
-            resume=resume,
-        )
+    return optimize_deformations(
+        simulated.star,
+        simulated.consensus,
+        out,
+        settings=settings,
+        consensus_model=simulated.model,
+        resume=resume,
+        **options,
     )
+
+
+def train(
+    simulated: Simulated, out: Path, settings: DeformationSettings, resume: bool = False, **options
+) -> Path:
+    """A deformation run of the tiny set (its fitted consensus model) into ``out``."""
+    run(deformation_operation(simulated, out, settings, resume, **options))
     return out
 
 
 @pytest.fixture(scope="session")
 def moving_run(simulated, tmp_path_factory) -> Path:
-    """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1 Å RMS, with
-    its inverse deformations (20 epochs, batch 16: held-out error about 0.2 Å) in ``RUN/inverse``."""
-    from dataclasses import replace
-
-    from napari_dynamight.engine.deformation.run import optimize_deformations
+    """A tiny deformation run trained long enough (30 epochs) to learn motions of about 1 Å RMS,
+    with its inverse deformations (20 epochs, batch 16: held-out error about 0.2 Å) in
+    ``RUN/inverse``."""
     from napari_dynamight.engine.inverse.run import optimize_inverse_deformations
     from napari_dynamight.engine.inverse.settings import InverseSettings
 
-    out = tmp_path_factory.mktemp("moving") / "run"
-    run(
-        optimize_deformations(
-            simulated.star,
-            simulated.consensus,
-            out,
-            settings=replace(FAST, epochs=30),
-            consensus_model=simulated.model,
-        )
-    )
+    out = train(simulated, tmp_path_factory.mktemp("moving") / "run", replace(FAST, epochs=30))
     run(optimize_inverse_deformations(out, settings=InverseSettings(epochs=20, batch_size=16)))
     return out

@@ -30,7 +30,8 @@ def _worker(rank: int, port: int, split: bool | None, call, args: tuple) -> None
     torch.set_num_threads(1)
     distributed.initialise(split_halves=split)
     call(*args)
-    distributed.shutdown()  # on failure the process just exits and the launcher stops the other rank
+    # on failure the process just exits and the launcher stops the other rank
+    distributed.shutdown()
 
 
 def launch(call, *args, split: bool | None = None) -> None:

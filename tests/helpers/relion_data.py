@@ -48,19 +48,23 @@ def particle_blocks(n: int, seed: int, ctf: bool) -> dict[str, pd.DataFrame]:
         particles["rlnDefocusU"] = rng.uniform(8000, 15000, n)
         particles["rlnDefocusV"] = particles["rlnDefocusU"] - rng.uniform(0, 500, n)
         particles["rlnDefocusAngle"] = rng.uniform(0, 180, n)
-    optics = pd.DataFrame(
+    return {"optics": optics_block(), "particles": particles}
+
+
+def optics_block(box: int = BOX, pixel: float = PIXEL) -> pd.DataFrame:
+    """A RELION 3.1 optics block of one group: 300 kV, Cs 2.7 mm, amplitude contrast 0.1."""
+    return pd.DataFrame(
         {
             "rlnOpticsGroup": [1],
             "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnImagePixelSize": [PIXEL],
-            "rlnImageSize": [BOX],
-            "rlnImageDimensionality": [2],
             "rlnVoltage": [300.0],
             "rlnSphericalAberration": [2.7],
             "rlnAmplitudeContrast": [0.1],
+            "rlnImagePixelSize": [pixel],
+            "rlnImageSize": [box],
+            "rlnImageDimensionality": [2],
         }
     )
-    return {"optics": optics, "particles": particles}
 
 
 def relion(folder: Path, *command: str) -> None:

@@ -6,7 +6,8 @@ sits at the barycentre of its atoms, except where said otherwise, with an amplit
 summed atomic numbers of its atoms):
 
 - amino acids: one main-chain Gaussian at the barycentre of N, C and O (its amplitude also counts
-  OXT (CHARMM's OT1/OT2 are read as O/OXT), and CA where CA is not part of a side-chain Gaussian: for Gly and the five residues below);
+  OXT (CHARMM's OT1/OT2 are read as O/OXT), and CA where CA is not part of a side-chain Gaussian:
+  for Gly and the five residues below);
   side-chain Gaussians by residue type:
 
   - Gly: none;
@@ -22,18 +23,19 @@ summed atomic numbers of its atoms):
   the base (purines: the imidazole ring N9, C8, N7, C5, C4, then the six-membered ring with its
   exocyclic atoms; pyrimidines: N1, C2, O2, C6, then N3, C4, C5 with their exocyclic atoms). A
   nucleotide without phosphate (no P: a 5' end) has three, its O5' hydroxyl in the sugar's.
-- Other residues (ligands, ions) and waters are left out; residue names of MD force fields (HSD, CYX,
-  ...) and MSE are read as the standard residue.
+- Other residues (ligands, ions) and waters are left out; residue names of MD force fields (HSD,
+  CYX, ...) and MSE are read as the standard residue.
 
 Bonds (the graph of the prior): the main-chain Gaussians of consecutively numbered residues of a
 chain (a gap in the numbering, i.e. missing residues, breaks the chain), each residue's side-chain
-Gaussians in a chain starting at its main-chain Gaussian, and per nucleotide phosphate–sugar–base–base
-plus the sugar to the next nucleotide's phosphate. Bonds follow the sequence, not distances, so a
-model whose segment is misplaced keeps the bonds of the right model.
+Gaussians in a chain starting at its main-chain Gaussian, and per nucleotide
+phosphate–sugar–base–base plus the sugar to the next nucleotide's phosphate. Bonds follow the
+sequence, not distances, so a model whose segment is misplaced keeps the bonds of the right model.
 
-Positions in the map's box: Å from the box centre, ``file coordinates − map origin − (box//2)·voxel``,
-the frame in which a model fitted into the map in ChimeraX or Coot sits. :func:`check_model_in_map`
-refuses a model that is off by a shift or outside the box, with one line saying which.
+Positions in the map's box: Å from the box centre,
+``file coordinates − map origin − (box//2)·voxel``, the frame in which a model fitted into the map
+in ChimeraX or Coot sits. :func:`check_model_in_map` refuses a model that is off by a shift or
+outside the box, with one line saying which.
 """
 
 from __future__ import annotations
@@ -162,7 +164,8 @@ def _atom_name(name: str) -> str:
 
 
 def _groups(residue: str, names: set[str]) -> tuple[str, list[tuple[str, ...]]] | None:
-    """(kind of polymer, [(kind, atom names), ...]) of a standard residue, or None for other residues."""
+    """(kind of polymer, [(kind, atom names), ...]) of a standard residue, or None for other
+    residues."""
     if residue in SIDE_CHAIN_GROUPS:
         side = list(SIDE_CHAIN_GROUPS[residue])
         main = MAIN_CHAIN + (("CA",) if residue == "GLY" or residue in CB_ONLY else ())
@@ -263,7 +266,8 @@ def model_sigma(voxel_size_angstrom: float) -> float:
 def box_positions(
     model: CoarseModel, box: int, voxel_size_angstrom: float, origin_angstrom=(0.0, 0.0, 0.0)
 ) -> np.ndarray:
-    """Positions in Å from the box centre of a map with this box, voxel size and origin (x, y, z Å)."""
+    """Positions in Å from the box centre of a map with this box, voxel size and origin (x, y, z
+    Å)."""
     return (
         model.positions_angstrom
         - np.asarray(origin_angstrom, dtype=np.float64)
@@ -321,9 +325,9 @@ def check_model_in_map(
     if outside.mean() > 0.05:
         centre = positions.mean(axis=0)
         raise InputError(
-            f"{path}: {100 * outside.mean():.0f}% of the model lies outside the box{where} (its centre is "
-            f"{np.linalg.norm(centre):.0f} Å from the box centre); is it in another map's frame? Fit it into this "
-            "map first (e.g. ChimeraX fitmap)"
+            f"{path}: {100 * outside.mean():.0f}% of the model lies outside the box{where} (its "
+            f"centre is {np.linalg.norm(centre):.0f} Å from the box centre); is it in another "
+            "map's frame? Fit it into this map first (e.g. ChimeraX fitmap)"
         )
     fit = map_fit(model, volume, voxel_size_angstrom)
     shift = np.linalg.norm(fit.best_shift_angstrom)
@@ -333,14 +337,14 @@ def check_model_in_map(
     ):
         x, y, z = fit.best_shift_angstrom
         raise InputError(
-            f"{path}: the model is off by a shift: it correlates {fit.correlation:.2f} with the map{where}, "
-            f"{fit.best_correlation:.2f} when moved by ({x:.1f}, {y:.1f}, {z:.1f}) Å; fit it into this map first "
-            "(e.g. ChimeraX fitmap)"
+            f"{path}: the model is off by a shift: it correlates {fit.correlation:.2f} with the "
+            f"map{where}, {fit.best_correlation:.2f} when moved by ({x:.1f}, {y:.1f}, {z:.1f}) Å; "
+            "fit it into this map first (e.g. ChimeraX fitmap)"
         )
     if fit.correlation < MIN_MAP_CORRELATION:
         raise InputError(
-            f"{path}: the model's density correlates only {fit.correlation:.2f} with the map{where} (at least "
-            f"{MIN_MAP_CORRELATION} needed); give a model built into this map"
+            f"{path}: the model's density correlates only {fit.correlation:.2f} with the "
+            f"map{where} (at least {MIN_MAP_CORRELATION} needed); give a model built into this map"
         )
     return fit
 
@@ -348,8 +352,8 @@ def check_model_in_map(
 def atomic_prior_model(
     path, consensus_path, volume: np.ndarray | None = None, voxel_size_angstrom: float | None = None
 ) -> tuple[GaussianModel, torch.Tensor, MapFit]:
-    """The atomic model at ``path`` as Gaussians in the consensus map's box, its bonds (E, 2) and how it
-    fits the map; InputError if it does not sit in the map (:func:`check_model_in_map`)."""
+    """The atomic model at ``path`` as Gaussians in the consensus map's box, its bonds (E, 2) and
+    how it fits the map; InputError if it does not sit in the map (:func:`check_model_in_map`)."""
     if volume is None or voxel_size_angstrom is None:
         volume, voxel_size_angstrom = read_map(consensus_path)
     coarse = coarse_grain(path)
@@ -361,14 +365,15 @@ def atomic_prior_model(
 
 
 def model_bias_reminder(run) -> str:
-    """The line a run made with the atomic-model prior reports until its model-bias control exists."""
+    """The line a run made with the atomic-model prior reports until its model-bias control
+    exists."""
     return (
-        f"maps of {run} are made with the atomic-model prior, which can copy the model's errors into "
-        f"them; run the model-bias control: napari-dynamight model-bias {run}"
+        f"maps of {run} are made with the atomic-model prior, which can copy the model's errors "
+        f"into them; run the model-bias control: napari-dynamight model-bias {run}"
     )
 
 
-# --- models moved or deliberately wrong, written as structure files ------------------------------------------
+# --- models moved or deliberately wrong, written as structure files -------------------------------
 
 
 @dataclass(frozen=True)
@@ -403,8 +408,8 @@ class Region:
 
 
 def _elements_fixed(path) -> tuple:
-    """gemmi's structure of ``path`` with every kept atom's element set as :func:`read_structure` reads it
-    (MD files without element columns would otherwise be written with gemmi's guesses)."""
+    """gemmi's structure of ``path`` with every kept atom's element set as :func:`read_structure`
+    reads it (MD files without element columns would otherwise be written with gemmi's guesses)."""
     import gemmi
 
     atoms = read_structure(path, drop_waters=False, drop_hydrogens=False)
@@ -424,9 +429,10 @@ def _elements_fixed(path) -> tuple:
 def write_moved_structure(
     path, output, shift_angstrom, region: Region | None = None, rotation: np.ndarray | None = None
 ) -> Path:
-    """A copy of a structure with every atom (or the atoms of ``region``) moved by ``shift_angstrom``
-    (x, y, z Å; after ``rotation``, a 3×3 matrix about the file's origin, if given), written as PDB:
-    fitting a model into a map by a rigid motion, or a deliberately wrong model."""
+    """A copy of a structure with every atom (or the atoms of ``region``) moved by
+    ``shift_angstrom`` (x, y, z Å; after ``rotation``, a 3×3 matrix about the file's origin, if
+    given), written as PDB: fitting a model into a map by a rigid motion, or a deliberately wrong
+    model."""
     import gemmi
 
     structure = _elements_fixed(path)
@@ -449,7 +455,8 @@ def write_moved_structure(
 
 
 def kabsch(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation R and translation t with ``R @ source + t ≈ target`` (least squares, rows are points)."""
+    """Rotation R and translation t with ``R @ source + t ≈ target`` (least squares, rows are
+    points)."""
     a, b = source.mean(0), target.mean(0)
     u, _, vt = np.linalg.svd((source - a).T @ (target - b))
     d = np.sign(np.linalg.det(vt.T @ u.T))
@@ -458,9 +465,9 @@ def kabsch(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def write_register_shifted_structure(path, output, region: Region) -> Path:
-    """A copy with the side chains of ``region`` threaded one residue on: each residue's side chain is
-    moved by the rigid motion that takes its N, CA, C onto the next residue's (a register error of one).
-    The main chain stays; the residue after ``region`` must exist."""
+    """A copy with the side chains of ``region`` threaded one residue on: each residue's side chain
+    is moved by the rigid motion that takes its N, CA, C onto the next residue's (a register error
+    of one). The main chain stays; the residue after ``region`` must exist."""
     import gemmi
 
     structure = _elements_fixed(path)

@@ -1,8 +1,9 @@
 """Consensus Gaussian model: threshold a map, fill it with Gaussians, fit them to the map.
 
 This is stage 2's initialisation (method.md, "Consensus Gaussian model"): Gaussians are placed at
-random inside the thresholded region, share one amplitude and one width (so motion cannot be faked by
-Gaussians fading in and out), and their positions, amplitude and width are then fitted to the map.
+random inside the thresholded region, share one amplitude and one width (so motion cannot be faked
+by Gaussians fading in and out), and their positions, amplitude and width are then fitted to the
+map.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from .progress import Progress, ProgressGenerator
 
 
 def background_statistics(volume: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation of the voxels outside a sphere of 0.45·box (the solvent corner)."""
+    """Mean and standard deviation of the voxels outside a sphere of 0.45·box (the solvent
+    corner)."""
     box = volume.shape[0]
     axis = np.arange(box) - box // 2
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
@@ -34,9 +36,9 @@ def background_statistics(volume: np.ndarray) -> tuple[float, float]:
 def automatic_threshold(volume: np.ndarray) -> float:
     """A level at which the molecule shows and solvent noise does not.
 
-    Four standard deviations above the solvent (voxels outside 0.45·box), kept between 5% of the map's
-    99.9th percentile (noise-free maps have a flat solvent) and half of it (very noisy maps, whose
-    solvent noise would otherwise push the level above all of the molecule).
+    Four standard deviations above the solvent (voxels outside 0.45·box), kept between 5% of the
+    map's 99.9th percentile (noise-free maps have a flat solvent) and half of it (very noisy maps,
+    whose solvent noise would otherwise push the level above all of the molecule).
     """
     mean, std = background_statistics(volume)
     peak = float(np.percentile(volume, 99.9))
@@ -67,8 +69,8 @@ def fill_with_gaussians(
 ) -> GaussianModel:
     """Place ``n_gaussians`` at random inside the thresholded map (and inside ``mask`` if given).
 
-    All share one width, from the volume per Gaussian (σ = half the mean spacing), and one amplitude,
-    set by least squares so the rendered model matches the map.
+    All share one width, from the volume per Gaussian (σ = half the mean spacing), and one
+    amplitude, set by least squares so the rendered model matches the map.
     """
     volume = np.asarray(volume, dtype=np.float32)
     if volume.ndim != 3 or len(set(volume.shape)) != 1:
@@ -77,8 +79,8 @@ def fill_with_gaussians(
         raise InputError(f"number of Gaussians must be at least 1, got {n_gaussians}")
     if n_gaussians > volume.size:
         raise InputError(
-            f"--n-gaussians {n_gaussians} is more than one per voxel of the map ({volume.shape[0]}³ = "
-            f"{volume.size} voxels); give fewer Gaussians"
+            f"--n-gaussians {n_gaussians} is more than one per voxel of the map "
+            f"({volume.shape[0]}³ = {volume.size} voxels); give fewer Gaussians"
         )
     level = automatic_threshold(volume) if threshold is None else float(threshold)
     inside = volume >= level
@@ -120,7 +122,8 @@ def fit_to_map(
     device: str | torch.device = "cpu",
     threshold: float | None = None,
 ) -> ProgressGenerator[FitResult]:
-    """Fit positions, the shared amplitude and the shared width to the map by gradient descent (MSE).
+    """Fit positions, the shared amplitude and the shared width to the map by gradient descent
+    (MSE).
 
     Yields a Progress event every few steps with the current real-space correlation.
     """

@@ -1,9 +1,10 @@
 """Stage 2 as one operation: read the consensus map (and mask), fill it, fit it, write the model.
 
 Outputs in the output directory (each written atomically):
-``consensus_gaussians.pt`` (plain tensors: positions in Å from the box centre, amplitudes, widths, plus
-box, voxel size and threshold), ``consensus_gaussians.mrc`` (the model rendered at the map's box and voxel
-size, to compare with the map) and ``consensus_gaussians.csv`` (one row per Gaussian, for inspection).
+``consensus_gaussians.pt`` (plain tensors: positions in Å from the box centre, amplitudes, widths,
+plus box, voxel size and threshold), ``consensus_gaussians.mrc`` (the model rendered at the map's
+box and voxel size, to compare with the map) and ``consensus_gaussians.csv`` (one row per Gaussian,
+for inspection).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from .progress import Progress, ProgressGenerator
 from .run_folder import ConsensusFolder
 from .settings_record import SettingsRecord, option
 
-# A residue occupies about 133 Å³ of protein (110 Da at 1.21 Å³/Da); the method recommends 2 Gaussians each.
+# A residue occupies about 133 Å³ of protein (110 Da at 1.21 Å³/Da); the method recommends 2
+# Gaussians each.
 VOLUME_PER_RESIDUE_ANGSTROM3 = 133.0
 GAUSSIANS_PER_RESIDUE = 2
 
@@ -71,7 +73,8 @@ class ConsensusFit:
 def suggested_gaussian_count(
     volume: np.ndarray, voxel_size_angstrom: float, threshold: float
 ) -> int:
-    """Two Gaussians per residue, with the residue count estimated from the volume above the threshold."""
+    """Two Gaussians per residue, with the residue count estimated from the volume above the
+    threshold."""
     enclosed = float((volume >= threshold).sum()) * voxel_size_angstrom**3
     return max(1, int(round(GAUSSIANS_PER_RESIDUE * enclosed / VOLUME_PER_RESIDUE_ANGSTROM3)))
 
@@ -90,18 +93,21 @@ def fit_consensus(
     volume, voxel_size = read_map(consensus_path)
     if volume.shape[0] != volume.shape[1] or volume.shape[1] != volume.shape[2]:
         raise InputError(
-            f"{consensus_path}: the consensus map must be a cube, got {volume.shape[::-1]} (x, y, z)"
+            f"{consensus_path}: the consensus map must be a cube, got {volume.shape[::-1]} "
+            "(x, y, z)"
         )
     mask = None
     if mask_path is not None:
         mask, mask_voxel = read_map(mask_path)
         if mask.shape != volume.shape:
             raise InputError(
-                f"{mask_path}: mask box {mask.shape[0]} differs from the consensus map's {volume.shape[0]}"
+                f"{mask_path}: mask box {mask.shape[0]} differs from the consensus map's "
+                f"{volume.shape[0]}"
             )
         if not np.isclose(mask_voxel, voxel_size, rtol=1e-3):
             raise InputError(
-                f"{mask_path}: mask voxel size {mask_voxel:.4f} Å differs from the map's {voxel_size:.4f} Å"
+                f"{mask_path}: mask voxel size {mask_voxel:.4f} Å differs from the map's "
+                f"{voxel_size:.4f} Å"
             )
         if not (mask > 0.5).any():
             raise InputError(

@@ -2,9 +2,9 @@
 
 Launched by ``torchrun`` (directly or under SLURM's ``srun``), every process finds RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT in its environment; :func:`current` then joins the process
-group (``gloo`` for CPU tensors, plus ``nccl`` for CUDA tensors when CUDA is present) once and caches
-the result. Without those variables, or with WORLD_SIZE 1, it is a single-process context whose
-collectives are no-ops that cost nothing, so the engine's stages call them unconditionally.
+group (``gloo`` for CPU tensors, plus ``nccl`` for CUDA tensors when CUDA is present) once and
+caches the result. Without those variables, or with WORLD_SIZE 1, it is a single-process context
+whose collectives are no-ops that cost nothing, so the engine's stages call them unconditionally.
 
 A :class:`Group` is a set of ranks working on one thing together: the whole world, or the ranks of
 one half set. With an even world size of at least 2 the first half of the ranks train half set 1 and
@@ -15,7 +15,8 @@ concatenating the shares in rank order restores it.
 
 Data-parallel training with these pieces: every rank of a group builds the same batch, takes its
 :meth:`Group.share`, weights its loss with :func:`part_of_mean`, and after ``backward`` calls
-:func:`sum_gradients_`; then every rank takes the same optimiser step. Only ``is_main`` writes files.
+:func:`sum_gradients_`; then every rank takes the same optimiser step. Only ``is_main`` writes
+files.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class Group:
         return self._rank == self.leader
 
     def share(self, n: int, index: int | None = None) -> slice:
-        """The contiguous slice of ``n`` items that group member ``index`` (default: this rank) takes;
-        sizes differ by at most one and the first members take the larger shares."""
+        """The contiguous slice of ``n`` items that group member ``index`` (default: this rank)
+        takes; sizes differ by at most one and the first members take the larger shares."""
         index = self.index if index is None else index
         base, extra = divmod(n, self.size)
         start = index * base + min(index, extra)
@@ -97,7 +98,8 @@ class Group:
         return gathered
 
     def broadcast_object(self, obj: Any, src: int | None = None) -> Any:
-        """``obj`` of global rank ``src`` (default: the leader) on every member; tensors on the CPU."""
+        """``obj`` of global rank ``src`` (default: the leader) on every member; tensors on the
+        CPU."""
         if self.size == 1:
             return obj
         box = [_to_cpu(obj) if self._rank == (self.leader if src is None else src) else None]
@@ -142,8 +144,9 @@ class Context(Group):
         return self._halves[half].contains_me
 
     def device_for(self, requested: str | torch.device) -> torch.device:
-        """The device this process uses when the user asked for ``requested``: with several processes
-        a CUDA request means this process's own GPU, ``cuda:LOCAL_RANK`` (one process per GPU)."""
+        """The device this process uses when the user asked for ``requested``: with several
+        processes a CUDA request means this process's own GPU, ``cuda:LOCAL_RANK`` (one process per
+        GPU)."""
         device = torch.device(requested)
         if device.type == "cuda" and self.is_distributed and torch.cuda.is_available():
             device = torch.device("cuda", self.local_rank)
@@ -172,9 +175,10 @@ def sum_tensors_(group: Group, tensors: list[torch.Tensor]) -> None:
 
 
 def sum_gradients_(group: Group, parameters: list[torch.Tensor]) -> None:
-    """Sum ``.grad`` of ``parameters`` over the group (each member's loss being its share of the batch
-    mean, the sum is the whole batch's gradient). A missing gradient counts as zeros and stays missing
-    only when it is missing on every member, as it would be in one process (Adam skips such tensors)."""
+    """Sum ``.grad`` of ``parameters`` over the group (each member's loss being its share of the
+    batch mean, the sum is the whole batch's gradient). A missing gradient counts as zeros and stays
+    missing only when it is missing on every member, as it would be in one process (Adam skips such
+    tensors)."""
     if group.size == 1:
         return
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
@@ -240,8 +244,8 @@ def single() -> Context:
 
 
 def shutdown() -> None:
-    """Leave the process group (if joined; after a barrier, so that no rank tears down its connections
-    while a peer's last collective is still in flight) and forget the cached context."""
+    """Leave the process group (if joined; after a barrier, so that no rank tears down its
+    connections while a peer's last collective is still in flight) and forget the cached context."""
     global _CURRENT
     if _CURRENT is not None and _CURRENT.is_distributed and dist.is_initialized():
         dist.barrier()

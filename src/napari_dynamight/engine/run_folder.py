@@ -9,19 +9,27 @@ A deformation run (stage 3) is one folder; the later stages write into subfolder
     RUN/latent_means.npy                      (N, D) latent codes, input STAR row order
     RUN/latent_means_half2_validation.npy     half 2's codes of the validation particles
     RUN/particles.star                        the input STAR plus the dm* result columns
-    RUN/input_particles.cs                    a cryoSPARC input's records (every field, uid), for exports
+    RUN/input_particles.cs                    a cryoSPARC input's records (every field, uid), for
+                                              exports
     RUN/consensus_half{1,2}.pt, .mrc          each half's final reference model, and rendered
     RUN/gaussian_errors.csv                   per-Gaussian error estimates (half 1's reference)
-    RUN/common_motion_space.npz               both halves' particles placed by their motion (explorer)
-    RUN/model_bias.json                       the model-bias control's report (runs with --atomic-model)
-    RUN/model_bias/                           its deliberately wrong model and the rerun made with it (run/)
-    RUN/inverse/                              stage 4: checkpoints/, final.pt, losses.jsonl, summary.json
-    RUN/reconstruction[_standard]/            stage 5: half1.mrc, half2.mrc, full.mrc, fsc.csv, fsc.png, maps.cxc
-    RUN/subsets/NAME/reconstruction[_standard]/  the same for a subset of the particles (reconstruct --subset)
+    RUN/common_motion_space.npz               both halves' particles placed by their motion
+                                              (explorer)
+    RUN/model_bias.json                       the model-bias control's report (runs with
+                                              --atomic-model)
+    RUN/model_bias/                           its deliberately wrong model and the rerun made with
+                                              it (run/)
+    RUN/inverse/                              stage 4: checkpoints/, final.pt, losses.jsonl,
+                                              summary.json
+    RUN/reconstruction[_standard]/            stage 5: half1.mrc, half2.mrc, full.mrc, fsc.csv,
+                                              fsc.png, maps.cxc
+    RUN/subsets/NAME/reconstruction[_standard]/  the same for a subset of the particles (reconstruct
+                                                 --subset)
 
 The consensus stage writes its own folder (:class:`ConsensusFolder`) and the demo one folder around
-all of them (:class:`DemoFolder`). Stages, widgets, readers and the command line take every path from
-here, so the layout is defined once. Only the standard library is imported: napari's readers use it.
+all of them (:class:`DemoFolder`). Stages, widgets, readers and the command line take every path
+from here, so the layout is defined once. Only the standard library is imported: napari's readers
+use it.
 """
 
 from __future__ import annotations
@@ -139,7 +147,8 @@ class RunFolder(_Folder):
 
     @property
     def input_records(self) -> Path:
-        """A cryoSPARC input's original records (merged with its passthrough files), input row order."""
+        """A cryoSPARC input's original records (merged with its passthrough files), input row
+        order."""
         return self.path / "input_particles.cs"
 
     def half_model(self, half: int) -> Path:
@@ -159,12 +168,13 @@ class RunFolder(_Folder):
 
     @property
     def model_bias_folder(self) -> Path:
-        """The control's work: ``wrong_model.pdb`` and ``run/``, the deformation run made with it."""
+        """The control's work: ``wrong_model.pdb`` and ``run/``, the deformation run made with
+        it."""
         return self.path / "model_bias"
 
     def model_bias_warning(self) -> str | None:
-        """For a run made with the atomic-model prior: a warning line unless its model-bias report exists
-        and found no bias; None for other runs (and for folders that are no runs)."""
+        """For a run made with the atomic-model prior: a warning line unless its model-bias report
+        exists and found no bias; None for other runs (and for folders that are no runs)."""
         if not self.is_run():
             return None
         try:
@@ -177,8 +187,8 @@ class RunFolder(_Folder):
         command = f"napari-dynamight model-bias {self.path}"
         if not self.model_bias_report.is_file():
             return (
-                f"maps of {self.path} are made with the atomic-model prior and have no model-bias report; "
-                f"run {command}"
+                f"maps of {self.path} are made with the atomic-model prior and have no model-bias "
+                f"report; run {command}"
             )
         try:
             report = json.loads(self.model_bias_report.read_text(encoding="utf-8"))
@@ -205,7 +215,8 @@ class RunFolder(_Folder):
         return ReconstructionFolder(self.path / ReconstructionFolder.NAMES[bool(deformations)])
 
     def subset_reconstruction(self, name: str, deformations: bool = False) -> ReconstructionFolder:
-        """The reconstruction of a subset of the particles named ``name`` (``reconstruct --subset``)."""
+        """The reconstruction of a subset of the particles named ``name``
+        (``reconstruct --subset``)."""
         return ReconstructionFolder(
             self.path / SUBSETS / name / ReconstructionFolder.NAMES[bool(deformations)]
         )
@@ -213,7 +224,8 @@ class RunFolder(_Folder):
     # --- state and reading -------------------------------------------------------------------
     @classmethod
     def of(cls, path: str | os.PathLike) -> RunFolder:
-        """The run folder of ``path``: the folder itself, or the folder of its ``particles.star``."""
+        """The run folder of ``path``: the folder itself, or the folder of its
+        ``particles.star``."""
         path = Path(path)
         if path.is_file() and cls(path.parent).is_run():
             return cls(path.parent)
@@ -246,8 +258,9 @@ class RunFolder(_Folder):
         return read_loss_log(self.loss_log)
 
     def require_finished(self) -> dict:
-        """``run.json`` of a finished deformation run (a result, and the latents written); InputError
-        otherwise. ``run_identity.check_finished_run`` also checks the latents' contents."""
+        """``run.json`` of a finished deformation run (a result, and the latents written);
+        InputError otherwise. ``run_identity.check_finished_run`` also checks the latents'
+        contents."""
         if not self.is_run():
             raise InputError(
                 f"{self.path}: not a deformation run ({self.info.name} missing); "
@@ -256,8 +269,8 @@ class RunFolder(_Folder):
         info = self.read_info()
         if info.get("result") is None or not self.latents.is_file():
             raise InputError(
-                f"{self.path}: the deformation run has not finished; finish it (optimize-deformations "
-                "--resume) first"
+                f"{self.path}: the deformation run has not finished; finish it "
+                "(optimize-deformations --resume) first"
             )
         return info
 
@@ -342,7 +355,8 @@ class ReconstructionFolder(_Folder):
 
     @property
     def subset(self) -> Path:
-        """The particles of a subset's reconstruction, image names leading to the original images."""
+        """The particles of a subset's reconstruction, image names leading to the original
+        images."""
         return self.path / "particles.star"
 
     @property
@@ -390,7 +404,8 @@ class ConsensusFolder(_Folder):
 
 
 class DemoFolder(_Folder):
-    """The demo's output folder: the stages' folders, and the headless mode's summary and pictures."""
+    """The demo's output folder: the stages' folders, and the headless mode's summary and
+    pictures."""
 
     @property
     def data(self) -> Path:

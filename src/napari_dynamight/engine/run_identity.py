@@ -1,11 +1,11 @@
 """What a deformation run was made from, and the checks that its consumers and ``--resume`` make.
 
-``run.json`` records, under ``identity``, fingerprints of the particle file's content (STAR or cryoSPARC
-.cs, with its passthrough .cs files), of its image names,
-of the consensus map, mask, consensus model and atomic model (the prior), the particle count, the training box and the
-settings a resumed run may not change. A resume with other inputs is refused before anything is
-written; the stages that read a run (inverse, reconstruct, decode, explore) first check that it
-finished and that its outputs agree with its particle count.
+``run.json`` records, under ``identity``, fingerprints of the particle file's content (STAR or
+cryoSPARC .cs, with its passthrough .cs files), of its image names,
+of the consensus map, mask, consensus model and atomic model (the prior), the particle count, the
+training box and the settings a resumed run may not change. A resume with other inputs is refused
+before anything is written; the stages that read a run (inverse, reconstruct, decode, explore) first
+check that it finished and that its outputs agree with its particle count.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def first_nonfinite_row(array) -> int | None:
 
 
 def check_finished_run(run: str | os.PathLike) -> dict:
-    """run.json of a finished deformation run (``RunFolder.require_finished``) whose latent means hold
-    one finite row per particle; InputError otherwise."""
+    """run.json of a finished deformation run (``RunFolder.require_finished``) whose latent means
+    hold one finite row per particle; InputError otherwise."""
     folder = RunFolder(run)
     info = folder.require_finished()
     latents_path = folder.latents

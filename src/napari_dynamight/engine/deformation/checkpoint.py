@@ -1,11 +1,12 @@
-"""Checkpoints: state dicts and plain tensors only (``torch.load(..., weights_only=True)`` reads them).
+"""Checkpoints: state dicts and plain tensors only (``torch.load(..., weights_only=True)`` reads
+them).
 
 A checkpoint holds, per half set, the encoder, decoder and optimiser state dicts, the Gaussian
 parameters, the noise spectrum, λ, the random generator's state and (once refinement has begun) the
 candidate latent points, plus the epoch, the refinement round, the loss history,
-the stopping rule and the settings. Restoring it and training on gives exactly the run that was never
-interrupted. Files are written atomically (a temporary file renamed into place), so a kill during a
-write leaves the previous checkpoint intact and the new one absent.
+the stopping rule and the settings. Restoring it and training on gives exactly the run that was
+never interrupted. Files are written atomically (a temporary file renamed into place), so a kill
+during a write leaves the previous checkpoint intact and the new one absent.
 
 With several ranks only rank 0 writes; when the halves train on disjoint ranks, :func:`share_halves`
 first gives every rank both halves' state, so a checkpoint always holds both halves and any launch
@@ -73,8 +74,8 @@ def load_half_state(half: HalfSet, state: dict) -> None:
 
 
 def share_halves(context: distributed.Context, halves: list[HalfSet]) -> None:
-    """Give every rank the current state of both halves, each from the leader of the ranks that train
-    it (a no-op when every rank trains both)."""
+    """Give every rank the current state of both halves, each from the leader of the ranks that
+    train it (a no-op when every rank trains both)."""
     if not context.halves_split:
         return
     for half in halves:
@@ -130,10 +131,11 @@ def state_to_resume(
     hint: str,
     changeable: tuple[str, ...] = ("epochs",),
 ) -> dict | None:
-    """The state of the last epoch checkpoint in ``folder`` to resume from, or None (nothing to resume).
+    """The state of the last epoch checkpoint in ``folder`` to resume from, or None (nothing to
+    resume).
 
-    Without ``resume`` a folder that already holds ``what`` (checkpoints or ``final``) is refused with
-    ``hint``; a resume that changes settings other than ``changeable`` is refused too.
+    Without ``resume`` a folder that already holds ``what`` (checkpoints or ``final``) is refused
+    with ``hint``; a resume that changes settings other than ``changeable`` is refused too.
     """
     latest = latest_checkpoint(folder)
     if not resume:

@@ -9,10 +9,12 @@ interpolating is nearly free and cuts the cost by N / M.
   it starts from the Gaussian nearest the centroid), so they cover the density evenly.
 - Interpolation: each Gaussian takes its ``NEIGHBOURS`` nearest control points with inverse-square
   distance weights φ, corrected to the weights of a moving-least-squares affine fit,
-  ``w = φ ∘ (A ((A φ Aᵀ)⁻¹ e₀))`` with ``A = [1; c_j - x]``: they sum to one and reproduce any affine
-  field exactly (a rigid domain motion stays rigid), and a Gaussian at a control point takes its value.
+  ``w = φ ∘ (A ((A φ Aᵀ)⁻¹ e₀))`` with ``A = [1; c_j - x]``: they sum to one and reproduce any
+  affine field exactly (a rigid domain motion stays rigid), and a Gaussian at a control point takes
+  its value.
 
-The weights are fixed tensors, rebuilt when the reference positions change (:meth:`ControlPoints.update`).
+The weights are fixed tensors, rebuilt when the reference positions change
+(:meth:`ControlPoints.update`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ NEIGHBOURS = 8
 
 
 def farthest_points(positions: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices (count,) of well-spread points among ``positions`` (N, 3), by farthest-point sampling."""
+    """Indices (count,) of well-spread points among ``positions`` (N, 3), by farthest-point
+    sampling."""
     points = positions.detach()
     chosen = torch.empty(count, dtype=torch.long, device=points.device)
     chosen[0] = (points - points.mean(0)).pow(2).sum(1).argmin()
@@ -52,7 +55,8 @@ class Interpolation:
 def interpolation(
     centres: torch.Tensor, points: torch.Tensor, neighbours: int = NEIGHBOURS
 ) -> Interpolation:
-    """Affine-exact interpolation weights from ``centres`` (M, 3) to ``points`` (N, 3) (module docstring)."""
+    """Affine-exact interpolation weights from ``centres`` (M, 3) to ``points`` (N, 3) (module
+    docstring)."""
     centres, points = centres.detach().double(), points.detach().double()
     k = min(neighbours, len(centres))
     distance, index = torch.cdist(points, centres).topk(k, largest=False)
@@ -70,7 +74,8 @@ def interpolation(
 
 
 class ControlPoints:
-    """``count`` control points of a reference and the interpolation back to it (and to other points)."""
+    """``count`` control points of a reference and the interpolation back to it (and to other
+    points)."""
 
     def __init__(self, count: int):
         self.count = int(count)
@@ -99,7 +104,8 @@ class ControlPoints:
     def displacement(
         self, decoder: Callable, latents: torch.Tensor, points: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``decoder(latents, centres)`` (B, M, 3) interpolated to the reference or to ``points``."""
+        """``decoder(latents, centres)`` (B, M, 3) interpolated to the reference or to
+        ``points``."""
         return self._weights(points)(decoder(latents, self.centres))
 
     def _weights(self, points: torch.Tensor | None) -> Interpolation:
@@ -122,8 +128,8 @@ def displacement(
     controls: ControlPoints | None,
     points: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``decoder``'s displacements (B, N, 3) at ``reference`` (or ``points``): evaluated at every point,
-    or at the control points and interpolated when ``controls`` is given."""
+    """``decoder``'s displacements (B, N, 3) at ``reference`` (or ``points``): evaluated at every
+    point, or at the control points and interpolated when ``controls`` is given."""
     if controls is None:
         return decoder(latents, reference if points is None else points)
     return controls.displacement(decoder, latents, points)

@@ -1,8 +1,8 @@
 """Load a finished deformation run and decode any latent point or particle, fast enough for a GUI.
 
 >>> run = DeformationRun.load("run")
->>> positions = run.positions(run.latents[17], half=run.half_of(17))   # (1, N, 3) Å
->>> volume = run.particle_volume(17)                                     # [z, y, x] at the consensus box
+>>> positions = run.positions(run.latents[17], half=run.half_of(17))  # (1, N, 3) Å
+>>> volume = run.particle_volume(17)  # [z, y, x] at the consensus box
 
 Decoding is one decoder pass over the Gaussians (or the run's control points, then interpolation;
 ``engine/deformation/control_points.py``), no gradients, and rendering one splat and FFT of
@@ -63,7 +63,8 @@ class DeformationRun:
         run = RunFolder(run_directory)
         if not run.is_run():
             raise InputError(
-                f"{run.path}: not a deformation run ({run.info.name} missing); give the run directory"
+                f"{run.path}: not a deformation run ({run.info.name} missing); "
+                "give the run directory"
             )
         info = json.loads(run.info.read_text(encoding="utf-8"))
         path = run.newest_checkpoint()
@@ -140,8 +141,9 @@ class DeformationRun:
 
     @torch.no_grad()
     def displacements_at_half1(self, latent, half: int, index) -> torch.Tensor:
-        """Half ``half``'s displacements (M, K, 3) Å for M latent points at half 1's reference Gaussians
-        ``index`` (K,): the points where the error estimates compare the two halves' fields."""
+        """Half ``half``'s displacements (M, K, 3) Å for M latent points at half 1's reference
+        Gaussians ``index`` (K,): the points where the error estimates compare the two halves'
+        fields."""
         chosen = self._half(half)
         index = torch.as_tensor(np.asarray(index), device=self.device)
         points = self._halves[0].model.positions_angstrom[index]
@@ -156,7 +158,8 @@ class DeformationRun:
 
     @torch.no_grad()
     def volume(self, latent, half: int = 1) -> torch.Tensor:
-        """The deformed model of one latent point rendered at the consensus box and voxel size [z, y, x]."""
+        """The deformed model of one latent point rendered at the consensus box and voxel size [z,
+        y, x]."""
         chosen = self._half(half)
         centres = self.positions(latent, half)[0]
         model = GaussianModel(centres, chosen.model.amplitudes, chosen.model.sigmas_angstrom)

@@ -1,8 +1,9 @@
 """The neighbour graph that the regularisers act on (method.md, "Losses").
 
 Gaussians closer than ``1.5 · c_mean`` are connected, where ``c_mean`` is the mean over Gaussians of
-the mean distance to their two nearest neighbours. It is rebuilt from the reference model every epoch. With the atomic-model prior the distance term
-uses the model's bonds instead (:func:`bond_graph`).
+the mean distance to their two nearest neighbours. It is rebuilt from the reference model every
+epoch. With the atomic-model prior the distance term uses the model's bonds instead
+(:func:`bond_graph`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def mean_two_neighbour_distance(points: np.ndarray) -> float:
 def bond_graph(
     edges: torch.Tensor, positions_angstrom: torch.Tensor, mean_neighbour_distance: float
 ) -> NeighbourGraph:
-    """The graph of fixed edges (E, 2) (an atomic model's bonds) with rest lengths at the given positions."""
+    """The graph of fixed edges (E, 2) (an atomic model's bonds) with rest lengths at the given
+    positions."""
     edges = edges.to(positions_angstrom.device)
     points = positions_angstrom.detach()
     rest = (

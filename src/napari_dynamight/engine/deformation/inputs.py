@@ -1,7 +1,7 @@
 """Read and check every input of a deformation run before the first epoch.
 
-Each problem is an :class:`InputError` with one line naming the file, option or value and what to do,
-raised before anything is trained or written, so a run never fails hours in on a bad input.
+Each problem is an :class:`InputError` with one line naming the file, option or value and what to
+do, raised before anything is trained or written, so a run never fails hours in on a bad input.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ MIN_DEFAULT_BOX, MAX_DEFAULT_BOX = 32, 128
 
 @dataclass
 class RunInputs:
-    """The checked inputs: particles, half sets, validation flags, consensus map and optional model."""
+    """The checked inputs: particles, half sets, validation flags, consensus map and optional
+    model."""
 
     table: ParticleTable
     halves: np.ndarray  # (N,) 1 or 2
@@ -42,7 +43,8 @@ class RunInputs:
 
 
 def default_train_box(image_box: int, pixel_size_angstrom: float) -> int:
-    """The image box Fourier-cropped to about 3 Å/px, between 32 and 128 px, never above the image box."""
+    """The image box Fourier-cropped to about 3 Å/px, between 32 and 128 px, never above the image
+    box."""
     box = fourier_box(image_box, pixel_size_angstrom, TRAINING_PIXEL_ANGSTROM)
     return int(min(image_box, max(MIN_DEFAULT_BOX, min(MAX_DEFAULT_BOX, box))))
 
@@ -78,8 +80,8 @@ def read_inputs(
     seed=0,
     passthroughs=None,
 ) -> RunInputs:
-    """Read and check everything; see the module docstring. ``particles_path``: STAR or cryoSPARC .cs
-    (``passthroughs``: its passthrough .cs files; None finds the job's own)."""
+    """Read and check everything; see the module docstring. ``particles_path``: STAR or cryoSPARC
+    .cs (``passthroughs``: its passthrough .cs files; None finds the job's own)."""
     chosen_device = check_device(device)
     table = read_particle_file(particles_path, data_root=data_root, passthroughs=passthroughs)
     table.require_ctf()

@@ -7,17 +7,17 @@
   frequencies so that a perfect fit to noise gives a data loss of about one.
 - Distance preservation on the neighbour graph: ``(|c_i − c_j| − |Γc_i − Γc_j|)²``.
 - Repulsion: edges whose deformed length falls below ``τ_ij = min(c_mean, rest length)`` pay
-  ``(length − τ_ij)²``. (Taking the minimum with the rest length keeps both regularisers exactly zero
-  for rigid motions, even for edges that are already shorter than ``c_mean``.)
-- With the atomic-model prior the distance term acts on the model's bonds instead of the radius graph
-  (``bonds``); repulsion stays on the radius graph.
+  ``(length − τ_ij)²``. (Taking the minimum with the rest length keeps both regularisers exactly
+  zero for rigid motions, even for edges that are already shorter than ``c_mean``.)
+- With the atomic-model prior the distance term acts on the model's bonds instead of the radius
+  graph (``bonds``); repulsion stays on the radius graph.
 - λ: the weight of the regularisers, chosen so that the regulariser is ``ratio`` times as stiff as
   the data term (ratio 0.9: the data term weighs slightly more). Stiffness is the trace of each
-  term's Gauss–Newton Hessian with respect to the Gaussian positions: a property of the images (noise
-  spectrum, CTFs, Gaussian amplitudes and widths) and of the graph, not of the current deformation, so
-  λ cannot feed back on the motion it regularises. (Balancing gradient norms, as the paper does, does:
-  the regulariser's gradient vanishes with the deformation, λ grows, the deformation shrinks further,
-  and a half set could freeze with no motion at all.)
+  term's Gauss–Newton Hessian with respect to the Gaussian positions: a property of the images
+  (noise spectrum, CTFs, Gaussian amplitudes and widths) and of the graph, not of the current
+  deformation, so λ cannot feed back on the motion it regularises. (Balancing gradient norms, as the
+  paper does, does: the regulariser's gradient vanishes with the deformation, λ grows, the
+  deformation shrinks further, and a half set could freeze with no motion at all.)
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ class NoiseModel:
         self._count += residual_spectrum.shape[0]
 
     def update(self, group=None) -> None:
-        """Make the accumulated average the new noise spectrum (kept if nothing was accumulated); with a
-        ``distributed.Group`` of several ranks, the average of what all its ranks accumulated."""
+        """Make the accumulated average the new noise spectrum (kept if nothing was accumulated);
+        with a ``distributed.Group`` of several ranks, the average of what all its ranks
+        accumulated."""
         if group is not None and group.size > 1:
             count = torch.tensor(
                 [float(self._count)], dtype=torch.float64, device=self._sums.device
@@ -109,7 +110,8 @@ def distance_loss(
 def repulsion_loss(
     deformed: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph
 ) -> torch.Tensor:
-    """Mean over particles and edges of the squared shortfall below ``min(c_mean, rest length)`` (Å²)."""
+    """Mean over particles and edges of the squared shortfall below ``min(c_mean, rest length)``
+    (Å²)."""
     if len(graph.edges) == 0:
         return deformed.sum() * 0.0
     rest = _edge_lengths(reference.detach(), graph.edges)
@@ -118,8 +120,9 @@ def repulsion_loss(
 
 
 class _EdgeLoss(torch.autograd.Function):
-    """Mean over (B, E) of ``(length − rest)² + relu(floor − length)²`` from edge vectors (B, E, 3), with
-    the gradient written out (``v · ℓ'(|v|) / |v|``) instead of autograd's chain of (B, E, 3) steps."""
+    """Mean over (B, E) of ``(length − rest)² + relu(floor − length)²`` from edge vectors (B, E, 3),
+    with the gradient written out (``v · ℓ'(|v|) / |v|``) instead of autograd's chain of (B, E, 3)
+    steps."""
 
     @staticmethod
     def forward(ctx, vectors, rest, floor):
@@ -139,7 +142,8 @@ class _EdgeLoss(torch.autograd.Function):
 def _regularisation(
     vectors: torch.Tensor, rest: torch.Tensor, graph: NeighbourGraph
 ) -> torch.Tensor:
-    """Distance preservation plus repulsion from deformed edge vectors (B, E, 3) and rest lengths (E,)."""
+    """Distance preservation plus repulsion from deformed edge vectors (B, E, 3) and rest lengths
+    (E,)."""
     return _EdgeLoss.apply(vectors, rest, rest.clamp(max=graph.mean_neighbour_distance))
 
 
@@ -149,9 +153,9 @@ def regularisation_loss(
     graph: NeighbourGraph,
     bonds: NeighbourGraph | None = None,
 ) -> torch.Tensor:
-    """Distance preservation plus repulsion (:func:`distance_loss` + :func:`repulsion_loss`, with the
-    deformed edge lengths computed once). With ``bonds`` (the atomic-model prior) distances are kept
-    on the bonds and repulsion acts on ``graph``."""
+    """Distance preservation plus repulsion (:func:`distance_loss` + :func:`repulsion_loss`, with
+    the deformed edge lengths computed once). With ``bonds`` (the atomic-model prior) distances are
+    kept on the bonds and repulsion acts on ``graph``."""
     if bonds is not None:
         return distance_loss(deformed, reference, bonds) + repulsion_loss(
             deformed, reference, graph
@@ -169,10 +173,10 @@ def linear_regularisation_loss(
     coefficients: torch.Tensor, basis: torch.Tensor, reference: torch.Tensor, graph: NeighbourGraph
 ) -> torch.Tensor:
     """:func:`regularisation_loss` of the deformed positions ``reference + coefficients @ basis``
-    (coefficients (B, R), basis (R, N·3) Å, reference (N, 3) Å) without forming them: an edge vector is
-    linear in the positions, so the edges' vectors are ``rest vectors + coefficients @ (the basis's edge
-    differences)``; the gather runs over R basis rows once instead of over B particles, and the rest is
-    one matrix product."""
+    (coefficients (B, R), basis (R, N·3) Å, reference (N, 3) Å) without forming them: an edge vector
+    is linear in the positions, so the edges' vectors are
+    ``rest vectors + coefficients @ (the basis's edge differences)``; the gather runs over R basis
+    rows once instead of over B particles, and the rest is one matrix product."""
     if len(graph.edges) == 0:
         return (coefficients.sum() + basis.sum()) * 0.0
     first, second = graph.edges[:, 0], graph.edges[:, 1]
@@ -191,9 +195,10 @@ def linear_regularisation_loss(
 
 
 class _LinearEdgeLoss(torch.autograd.Function):
-    """:class:`_EdgeLoss` of the edge vectors ``vectors + coefficients @ edge_basis`` (B, E·3), formed a
-    block of edges at a time (forward, and again in the backward) so that the (B, E, 3) vectors never
-    leave the cache: the matrix products stay, the memory traffic of a (B, E, 3) array goes."""
+    """:class:`_EdgeLoss` of the edge vectors ``vectors + coefficients @ edge_basis`` (B, E·3),
+    formed a block of edges at a time (forward, and again in the backward) so that the (B, E, 3)
+    vectors never leave the cache: the matrix products stay, the memory traffic of a (B, E, 3) array
+    goes."""
 
     @staticmethod
     def forward(ctx, coefficients, edge_basis, vectors, rest, floor):
@@ -258,7 +263,8 @@ def data_stiffness(
     them, the two in-plane ones count) ``Σ_axes |∂G_k/∂c_j|² = 4π²|k|² |g_j(k)|²`` for any pose.
     ``|g_j(k)|`` is the analytic transform of the projected Gaussian (line integral × 2πσ²/p² ×
     ``exp(-2π²σ²|k|²)``), the same scale as ``gaussians.project_spectrum``. The trace is
-    ``2 Σ_j Σ_k W_k ⟨CTF²⟩_k 4π²|k|² |g_j(k)|² / n_frequencies``, like the data loss per particle."""
+    ``2 Σ_j Σ_k W_k ⟨CTF²⟩_k 4π²|k|² |g_j(k)|² / n_frequencies``, like the data loss per
+    particle."""
     box = ctf_power.shape[0]
     device = ctf_power.device
     fy = torch.fft.fftfreq(box, d=pixel_size_angstrom, device=device).view(-1, 1)
@@ -298,8 +304,9 @@ def regulariser_stiffness(graph: NeighbourGraph, moving: torch.Tensor) -> float:
 
 
 def stiffness_lambda(data: float, regulariser: float, ratio: float) -> float:
-    """λ with ``λ · tr H_reg = ratio · tr H_data``: the regulariser resists an incoherent displacement of
-    the Gaussians ``ratio`` times as much as the images do (0 when nothing is regularised)."""
+    """λ with ``λ · tr H_reg = ratio · tr H_data``: the regulariser resists an incoherent
+    displacement of the Gaussians ``ratio`` times as much as the images do (0 when nothing is
+    regularised)."""
     return ratio * data / regulariser if regulariser > 0.0 else 0.0
 
 

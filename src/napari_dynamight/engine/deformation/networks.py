@@ -3,16 +3,16 @@
 - :class:`ImageEncoder`: three linear layers with ReLU on the masked, re-centred image; outputs the
   mean and log-variance of the latent.
 - :class:`DeformationDecoder`: a coordinate network. Input: the positional encoding of a 3D position
-  (sines and cosines, as in NeRF) concatenated with the latent; ELU layers; output a displacement, so
-  ``D(z, x) = x + δ(z, x)``. The last layer starts at zero, so training starts from no motion.
+  (sines and cosines, as in NeRF) concatenated with the latent; ELU layers; output a displacement,
+  so ``D(z, x) = x + δ(z, x)``. The last layer starts at zero, so training starts from no motion.
 - :class:`FactorisedDecoder`: the same displacement as a sum of ``rank`` basis fields of position,
   mixed by coefficients of the latent, ``δ(z, x) = Σ_r c_r(z) φ_r(x)``. The basis network runs once
   per step for all Gaussians and the coefficient network once per particle, so a particle costs
   Gaussians × rank × 3 instead of Gaussians × width² × depth.
 - :func:`build_decoder`: the decoder a run's settings ask for (``settings.decoder``).
 
-Positions enter and leave in Å; inside, they are divided by ``extent_angstrom`` (half the box width),
-so one set of learning rates suits any box and pixel size.
+Positions enter and leave in Å; inside, they are divided by ``extent_angstrom`` (half the box
+width), so one set of learning rates suits any box and pixel size.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ class DeformationDecoder(nn.Module):
     """Displacements (B, N, 3) Å of positions (N, 3) Å for latents (B, D).
 
     ``depth`` hidden layers of ``width`` units after the input layer, ELU activations, and a linear
-    output layer initialised to zero. The input layer is split into its position part (evaluated once
-    per position) and its latent part (once per particle), which is exact and saves a B·N·(6F+3)·W
-    matrix product.
+    output layer initialised to zero. The input layer is split into its position part (evaluated
+    once per position) and its latent part (once per particle), which is exact and saves a
+    B·N·(6F+3)·W matrix product.
     """
 
     def __init__(
@@ -99,7 +99,8 @@ class DeformationDecoder(nn.Module):
         positions_angstrom: torch.Tensor,
         moving: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Deformed positions ``x + δ(z, x)`` (B, N, 3); ``moving`` (N,) 0/1 keeps masked-out ones still."""
+        """Deformed positions ``x + δ(z, x)`` (B, N, 3); ``moving`` (N,) 0/1 keeps masked-out ones
+        still."""
         displacement = self(latents, positions_angstrom)
         if moving is not None:
             displacement = displacement * moving.view(-1, 1)
@@ -118,12 +119,12 @@ class FactorisedDecoder(nn.Module):
     """Displacements (B, N, 3) Å of positions (N, 3) or (B, N, 3) Å for latents (B, D), as
     ``Σ_r c_r(z) φ_r(x)`` with ``rank`` basis fields.
 
-    Basis: positional encoding → ``depth`` ELU layers of ``width`` → ``3·rank`` outputs. Coefficients:
-    latent → two ELU layers of ``width`` → ``rank`` outputs. The basis's last layer starts at zero, so
-    training starts from no motion while the coefficients, random from the start, pass gradients to
-    the basis in the first step (a zero coefficient layer would starve both factors). A smooth,
-    low-rank field is what domain motions of a protein need; the rank bounds how many independent
-    motion patterns one half can hold.
+    Basis: positional encoding → ``depth`` ELU layers of ``width`` → ``3·rank`` outputs.
+    Coefficients: latent → two ELU layers of ``width`` → ``rank`` outputs. The basis's last layer
+    starts at zero, so training starts from no motion while the coefficients, random from the start,
+    pass gradients to the basis in the first step (a zero coefficient layer would starve both
+    factors). A smooth, low-rank field is what domain motions of a protein need; the rank bounds how
+    many independent motion patterns one half can hold.
     """
 
     def __init__(
@@ -170,9 +171,9 @@ class FactorisedDecoder(nn.Module):
     def basis_matrix(
         self, positions_angstrom: torch.Tensor, scale: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The basis fields at positions (N, 3) as a (rank, N·3) matrix in Å, each position's entries
-        times ``scale`` (N,) if given: ``coefficients(z) @ basis_matrix(x)`` is ``forward(z, x)`` (times
-        ``scale``) flattened, one matrix product for a whole batch."""
+        """The basis fields at positions (N, 3) as a (rank, N·3) matrix in Å, each position's
+        entries times ``scale`` (N,) if given: ``coefficients(z) @ basis_matrix(x)`` is
+        ``forward(z, x)`` (times ``scale``) flattened, one matrix product for a whole batch."""
         fields = self.fields(positions_angstrom) * self.extent_angstrom  # (N, R, 3)
         if scale is not None:
             fields = fields * scale.view(-1, 1, 1)

@@ -1,15 +1,21 @@
 """The files a deformation run leaves in its run directory, each written atomically (the paths:
 ``engine.run_folder.RunFolder``).
 
-| ``RunFolder`` | content |
-| --- | --- |
-| ``latents`` | (N, D) float32, input STAR row order; each particle by its own half's encoder, validation particles by half 1's |
-| ``latents_half2`` | (N, D) float32: half 2's codes of the validation particles, NaN elsewhere |
-| ``particles`` | the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``, ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` (a cryoSPARC input: its RELION columns) |
-| ``input_records`` | a cryoSPARC input only: its original records, every field and ``uid`` (exports back to cryoSPARC) |
-| ``half_model(h)`` / ``half_map(h)`` | each half's final reference Gaussian model (``engine.consensus.load_model``), and rendered at the consensus box |
-| ``gaussian_errors`` | per Gaussian of half 1's reference: position (Å) and error estimate (Å) |
-| ``loss_log`` / ``loss_plot`` | one JSON line per epoch and half: mode, data, regularisation, KL, λ and the watchdog's fields (``watchdog.py``); and their plot |
+The files, by their name in ``RunFolder``:
+
+- ``latents``: (N, D) float32, input STAR row order; each particle by its own half's encoder,
+  validation particles by half 1's
+- ``latents_half2``: (N, D) float32: half 2's codes of the validation particles, NaN elsewhere
+- ``particles``: the input STAR with every column kept, plus ``dmLatent1..D``, ``dmHalfSet``,
+  ``dmValidation``, ``dmErrorAngstrom``, ``dmDisplacementAngstrom`` (a cryoSPARC input: its RELION
+  columns)
+- ``input_records``: a cryoSPARC input only: its original records, every field and ``uid``
+  (exports back to cryoSPARC)
+- ``half_model(h)`` / ``half_map(h)``: each half's final reference Gaussian model
+  (``engine.consensus.load_model``), and rendered at the consensus box
+- ``gaussian_errors``: per Gaussian of half 1's reference: position (Å) and error estimate (Å)
+- ``loss_log`` / ``loss_plot``: one JSON line per epoch and half: mode, data, regularisation, KL,
+  λ and the watchdog's fields (``watchdog.py``); and their plot
 """
 
 from __future__ import annotations
@@ -104,7 +110,8 @@ def write_gaussian_errors(run: Path, positions: np.ndarray, errors: np.ndarray) 
 
 
 def write_loss_log(path: Path, history: list[dict]) -> None:
-    """Rewrite the whole JSON-lines log ``path`` (it is short) so a resumed run never duplicates lines."""
+    """Rewrite the whole JSON-lines log ``path`` (it is short) so a resumed run never duplicates
+    lines."""
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(entry) + "\n" for entry in history), encoding="utf-8")
 

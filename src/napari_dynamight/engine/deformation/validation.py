@@ -1,15 +1,17 @@
 """Deformation error estimates from the two independent half-set models (method.md, "Validation").
 
-Each particle goes through both halves' encoder/decoder pairs (its latent by each half: the encoder's
-mean, or by default the posterior mean of ``inference.py``). Both deformation fields are evaluated
-at the same points, half 1's reference positions (the references are kept in one conformation by the
-alignment step), and the distance between the two predicted positions of each Gaussian is the error
-estimate: per particle its RMS over Gaussians, per Gaussian its RMS over the validation particles.
-For validation particles neither decoder has seen the image, so their estimate is unbiased; for
-training particles one of the two halves was trained on it, so the value is a lower estimate.
+Each particle goes through both halves' encoder/decoder pairs (its latent by each half: the
+encoder's mean, or by default the posterior mean of ``inference.py``). Both deformation fields are
+evaluated at the same points, half 1's reference positions (the references are kept in one
+conformation by the alignment step), and the distance between the two predicted positions of each
+Gaussian is the error estimate: per particle its RMS over Gaussians, per Gaussian its RMS over the
+validation particles. For validation particles neither decoder has seen the image, so their estimate
+is unbiased; for training particles one of the two halves was trained on it, so the value is a lower
+estimate.
 
-With several ranks (each holding both halves' final state), each rank takes its share of the rows and
-the per-row arrays and per-Gaussian sums are added up over the group (every row is filled by one rank).
+With several ranks (each holding both halves' final state), each rank takes its share of the rows
+and the per-row arrays and per-Gaussian sums are added up over the group (every row is filled by one
+rank).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Load a finished inverse run and map deformed points back to the consensus, batched and without grad.
+"""Load a finished inverse run and map deformed points back to the consensus, batched and without
+grad.
 
 >>> field = load_inverse_field("run", half=1)
 >>> field.consensus_positions(latents, grid_points)   # (B, D), (P, 3) Å -> (B, P, 3) Å

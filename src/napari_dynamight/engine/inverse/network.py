@@ -1,9 +1,10 @@
-"""The inverse deformation network of one half set: (latent, deformed position) -> consensus position.
+"""The inverse deformation network of one half set: (latent, deformed position) -> consensus
+position.
 
 It is the forward decoder's architecture (``deformation.networks.DeformationDecoder``): a coordinate
 network with positional encoding and the latent as input, ELU layers and a residual connection, so
-``I(z, y) = y + ε(z, y)``; the last layer starts at zero, so training starts from the identity (and a
-run without motion stays exactly the identity).
+``I(z, y) = y + ε(z, y)``; the last layer starts at zero, so training starts from the identity (and
+a run without motion stays exactly the identity).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from .settings import InverseSettings
 
 
 class InverseNetwork(DeformationDecoder):
-    """``I(z, y) = y + ε(z, y)``; positions in Å, ``forward`` gives the displacement ε (B, P, 3) Å."""
+    """``I(z, y) = y + ε(z, y)``; positions in Å, ``forward`` gives the displacement ε (B, P, 3)
+    Å."""
 
     def consensus(self, latents: torch.Tensor, deformed_angstrom: torch.Tensor) -> torch.Tensor:
-        """Consensus positions (B, P, 3) Å of deformed points (P, 3) or (B, P, 3) for latents (B, D)."""
+        """Consensus positions (B, P, 3) Å of deformed points (P, 3) or (B, P, 3) for latents (B,
+        D)."""
         return deformed_angstrom + self(latents, deformed_angstrom)
 
 

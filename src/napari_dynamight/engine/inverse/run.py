@@ -4,8 +4,8 @@
 It reads a finished deformation run, trains the two halves' inverse networks epoch by epoch on their
 own training particles (the validation particles stay out and give an honest held-out error),
 checkpoints every few epochs into ``RUN/inverse`` (``RunFolder.inverse``: checkpoints, the final
-networks, the loss log and the summary). With ``resume=True`` it continues from the last checkpoint and
-ends with the same networks as a run that was never interrupted.
+networks, the loss log and the summary). With ``resume=True`` it continues from the last checkpoint
+and ends with the same networks as a run that was never interrupted.
 
 The same function runs in every process of a ``torchrun`` launch (``engine.distributed``), as the
 deformation stage does: each half set trains on the ranks of ``context.half_group(half)``,
@@ -101,7 +101,8 @@ def optimize_inverse_deformations(
     device: str | torch.device = "cpu",
     resume: bool = False,
 ) -> ProgressGenerator[InverseResult]:
-    """Train both halves' inverse networks and write ``RunFolder.inverse`` (see the module docstring)."""
+    """Train both halves' inverse networks and write ``RunFolder.inverse`` (see the module
+    docstring)."""
     started = time.perf_counter()
     settings.check()
     context = distributed.current()
@@ -214,8 +215,8 @@ def _from_leaders(context: distributed.Context, values: dict) -> list:
 
 
 def _share_states(context: distributed.Context, halves: list[InverseHalf]) -> None:
-    """Give every rank both halves' training state, each from the leader of its ranks, so that rank 0
-    writes checkpoints holding both (a no-op when every rank trains both)."""
+    """Give every rank both halves' training state, each from the leader of its ranks, so that rank
+    0 writes checkpoints holding both (a no-op when every rank trains both)."""
     if not context.halves_split:
         return
     for half in halves:

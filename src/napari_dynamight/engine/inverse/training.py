@@ -1,8 +1,8 @@
 """One half set's inverse network, its optimiser, its training pairs and one epoch of training.
 
 Training pairs come from the finished forward decoder of the same half: for particle i with latent
-mean z_i, the deformed Gaussian centres y_ij = D(z_i, c_j) must map back to the reference centres c_j.
-The forward positions are computed without gradients, once for all particles when they fit in
+mean z_i, the deformed Gaussian centres y_ij = D(z_i, c_j) must map back to the reference centres
+c_j. The forward positions are computed without gradients, once for all particles when they fit in
 memory (``CACHE_BYTES``), else per batch. Non-moving Gaussians are pairs with y = c, so the network
 learns the identity there too.
 
@@ -32,8 +32,9 @@ FINITE_DIFFERENCE_FRACTION = 1.0 / 32.0  # step of the smoothness term, in units
 
 
 def learning_rate(settings: InverseSettings, epoch: int) -> float:
-    """Exponential decay from ``learning_rate`` at epoch 1 to ``learning_rate × final_learning_rate_ratio``
-    at the last epoch (depends only on the epoch, so resuming needs no scheduler state)."""
+    """Exponential decay from ``learning_rate`` at epoch 1 to
+    ``learning_rate × final_learning_rate_ratio`` at the last epoch (depends only on the epoch, so
+    resuming needs no scheduler state)."""
     fraction = (epoch - 1) / max(settings.epochs - 1, 1)
     return settings.learning_rate * settings.final_learning_rate_ratio**fraction
 
@@ -81,8 +82,8 @@ class InverseHalf:
         return torch.cat(parts) if parts else self.targets.new_zeros(0, *self.targets.shape)
 
     def _shared_forward_positions(self, latents: torch.Tensor) -> torch.Tensor:
-        """All of :meth:`forward_positions` on every rank of the group, each rank computing its share
-        (the others' rows are zeros before the sum, which adds them exactly)."""
+        """All of :meth:`forward_positions` on every rank of the group, each rank computing its
+        share (the others' rows are zeros before the sum, which adds them exactly)."""
         if self.group.size == 1:
             return self.forward_positions(latents)
         share = self.group.share(len(latents))
@@ -119,7 +120,8 @@ class InverseHalf:
     def _pairs(
         self, rows: torch.Tensor, chosen: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deformed points (B, G, 3) and their consensus targets (B, G, 3), G the subset ``chosen``."""
+        """Deformed points (B, G, 3) and their consensus targets (B, G, 3), G the subset
+        ``chosen``."""
         deformed = self._deformed(rows)
         if chosen is None:
             return deformed, self.targets.expand_as(deformed)
@@ -193,8 +195,8 @@ class InverseHalf:
     @torch.no_grad()
     def evaluate(self, held_out: bool) -> dict:
         """RMS inverse error ‖I(z, D(z, c)) − c‖ and RMS forward displacement ‖D(z, c) − c‖ (Å) over
-        all Gaussians of the training or the held-out particles (None for no particles); each rank of
-        the group takes its share of the particles and the sums are added up."""
+        all Gaussians of the training or the held-out particles (None for no particles); each rank
+        of the group takes its share of the particles and the sums are added up."""
         latents = self.held_out_latents if held_out else self.train_latents
         cache = self._held_out_cache if held_out else self._cache
         if len(latents) == 0:

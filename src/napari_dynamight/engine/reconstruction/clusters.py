@@ -1,26 +1,27 @@
 """Latent quantisation for the deformed reconstruction: particles whose codes are nearly equal share
 one inverse-field evaluation.
 
-The inverse network costs far more per particle than the backprojection itself (about 1.3 GFLOP for a
-33³ grid), so each half set's latent codes are grouped by k-means into ``k`` clusters and every
-particle uses its cluster's centre. On the AdK benchmark 32 and 64 clusters per half gave the same maps
-(docs/reconstruction.md).
+The inverse network costs far more per particle than the backprojection itself (about 1.3 GFLOP for
+a 33³ grid), so each half set's latent codes are grouped by k-means into ``k`` clusters and every
+particle uses its cluster's centre. On the AdK benchmark 32 and 64 clusters per half gave the same
+maps (docs/reconstruction.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-#: Default clusters per half set. On the AdK benchmark (1,500 particles per half) 32 and 64 clusters gave
-#: the same maps to 0.03 Å at FSC 0.5 (5.90 / 5.57 vs 5.88 / 5.54 Å) and 32 halves the cost (one warp of
-#: ~0.26 s per cluster at box 64): bench/bench_improved_map.py --clusters.
+#: Default clusters per half set. On the AdK benchmark (1,500 particles per half) 32 and 64 clusters
+#: gave the same maps to 0.03 Å at FSC 0.5 (5.90 / 5.57 vs 5.88 / 5.54 Å) and 32 halves the cost
+#: (one warp of ~0.26 s per cluster at box 64): bench/bench_improved_map.py --clusters.
 DEFAULT_CLUSTERS = 32
 
 
 def kmeans(
     latents: np.ndarray, k: int, seed: int = 0, iterations: int = 30
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Centres (k', D) and each row's cluster (N,) of ``latents`` (N, D); k' = min(k, distinct rows).
+    """Centres (k', D) and each row's cluster (N,) of ``latents`` (N, D); k' = min(k, distinct
+    rows).
 
     k-means++ seeding, then Lloyd iterations; deterministic for a seed. ``k >= N`` keeps every row.
     """
@@ -58,8 +59,8 @@ def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
 def quantise(
     latents: np.ndarray, rows: np.ndarray, k: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``rows`` sorted by cluster (so batches share fields) and their codes (len(rows), D): each row's
-    cluster centre, or its own code when ``k`` is 0 or at least the number of rows."""
+    """``rows`` sorted by cluster (so batches share fields) and their codes (len(rows), D): each
+    row's cluster centre, or its own code when ``k`` is 0 or at least the number of rows."""
     own = np.asarray(latents, np.float32)[rows]
     if k <= 0 or k >= len(rows):
         return rows, own
@@ -71,11 +72,13 @@ def quantise(
 def field_errors(
     latents: np.ndarray, field, points, counts, sample: int = 256, seed: int = 0
 ) -> dict[int, float]:
-    """RMS error (Å) of the inverse field when every particle uses its cluster centre's code instead of its
-    own, for each number of clusters in ``counts``: over up to ``sample`` particles (chosen at random) and
-    the ``points`` (P, 3) Å where the field is evaluated (e.g. the reference Gaussians).
+    """RMS error (Å) of the inverse field when every particle uses its cluster centre's code instead
+    of its own, for each number of clusters in ``counts``: over up to ``sample`` particles (chosen
+    at random) and the ``points`` (P, 3) Å where the field is evaluated (e.g. the reference
+    Gaussians).
 
-    ``field(latents (B, D), points (P, 3)) -> (B, P, 3)`` Å, as :class:`.deformed.DeformedAccumulator`'s.
+    ``field(latents (B, D), points (P, 3)) -> (B, P, 3)`` Å, as
+    :class:`.deformed.DeformedAccumulator`'s.
     """
     import torch
 

@@ -20,8 +20,8 @@ def write_outputs(
     frequency: np.ndarray,
     curves: dict[str, np.ndarray],
 ) -> None:
-    """The half maps, the full map, the FSC table (frequency 1/Å, resolution Å, one column per curve)
-    and its plot in ``folder``; last, ``maps.cxc`` opens the maps in ChimeraX."""
+    """The half maps, the full map, the FSC table (frequency 1/Å, resolution Å, one column per
+    curve) and its plot in ``folder``; last, ``maps.cxc`` opens the maps in ChimeraX."""
     folder.path.mkdir(parents=True, exist_ok=True)
     for name, path in folder.maps.items():
         write_map(path, maps[name], voxel_size_angstrom)
