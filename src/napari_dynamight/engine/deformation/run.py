@@ -11,12 +11,12 @@ With the atomic-model prior the reference positions stay the model's: no positio
 reference replacements (the amplitude and width scales still train), so the model is the frame
 every deformation starts from, as in DynaMight, and only the deformations fit the data.
 
-The same function runs in every process of a ``torchrun`` launch (``engine.distributed``): with an even
-number of ranks the first half train half set 1 and the others half set 2, each half data-parallel
-over its ranks; with one rank or an odd number every rank trains both halves in turn. Every rank
-reads the inputs and the checkpoint; only rank 0 writes files. Epoch losses are exchanged every
-epoch (so every rank takes the same stopping decision), references at the agreed epochs, and the
-halves' full state before each checkpoint and before the error estimates.
+The same function runs in every process of a ``torchrun`` launch (``engine.distributed``): with an
+even number of ranks the first half train half set 1 and the others half set 2, each half
+data-parallel over its ranks; with one rank or an odd number every rank trains both halves in turn.
+Every rank reads the inputs and the checkpoint; only rank 0 writes files. Epoch losses are
+exchanged every epoch (so every rank takes the same stopping decision), references at the agreed
+epochs, and the halves' full state before each checkpoint and before the error estimates.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def _consensus_model(
 def _atomic_prior(
     settings: DeformationSettings, inputs: RunInputs, consensus, consensus_model, n_gaussians
 ):
-    """(Gaussians, bonds) of ``settings.atomic_model`` in the consensus map, checked to sit in it; None
-    without the prior."""
+    """(Gaussians, bonds) of ``settings.atomic_model`` in the consensus map, checked to sit in it;
+    None without the prior."""
     if settings.atomic_model is None:
         return None
     if consensus_model is not None or n_gaussians is not None:
@@ -115,7 +115,8 @@ def _atomic_prior(
 
 def _check_run_directory(run: Path, resume: bool, settings: DeformationSettings) -> dict | None:
     """The state of the last epoch checkpoint to resume from, or None; refuse to overwrite a run
-    without ``resume``. A resumed run may change the options in ``CHANGEABLE_ON_RESUME``; every other must match."""
+    without ``resume``. A resumed run may change the options in ``CHANGEABLE_ON_RESUME``; every
+    other must match."""
     if run.exists() and not run.is_dir():
         raise InputError(f"{run}: exists and is not a folder; give a folder for the run")
     return ckpt.state_to_resume(
@@ -393,7 +394,8 @@ def optimize_deformations(
 
 
 def _report_new_warnings(warnings: list[str], reported: set[str], epoch: int):
-    """A ``Progress`` event (with ``warning`` set) for each watchdog warning of a kind not reported yet."""
+    """A ``Progress`` event (with ``warning`` set) for each watchdog warning of a kind not reported
+    yet."""
     for warning in warnings:
         if watchdog.warning_key(warning) not in reported:
             reported.add(watchdog.warning_key(warning))
@@ -401,10 +403,10 @@ def _report_new_warnings(warnings: list[str], reported: set[str], epoch: int):
 
 
 def check_map_in_images(fits: dict, particles, consensus) -> None:
-    """Refuse (InputError) when a half's images show no trace of the consensus map: the amplitude fit's
-    z-score (``HalfSet.fit_amplitude``) below ``MIN_AMPLITUDE_Z``. Such images (a map of another
-    molecule, a wrong pixel size, a stack of noise) carry nothing a deformation could be learnt from,
-    and training on them only fits noise."""
+    """Refuse (InputError) when a half's images show no trace of the consensus map: the amplitude
+    fit's z-score (``HalfSet.fit_amplitude``) below ``MIN_AMPLITUDE_Z``. Such images (a map of
+    another molecule, a wrong pixel size, a stack of noise) carry nothing a deformation could be
+    learnt from, and training on them only fits noise."""
     weak = {h: fit.z for h, fit in sorted(fits.items()) if not fit.z >= MIN_AMPLITUDE_Z}
     if weak:
         scores = ", ".join(f"{fit.z:.1f} in half {h}" for h, fit in sorted(fits.items()))
@@ -456,10 +458,11 @@ def _write_run_file(
     identity=None,
     data_root=None,
 ) -> None:
-    """The run file (``RunFolder.info``): inputs, settings, sizes, the inputs' identity, and (at the end)
-    the result and the watchdog's warnings; decode reads it. ``data_root``: the folder image names are
-    relative to, when it is not the STAR file's (``run_folder.image_root``). The result's ``seconds_last_start`` is the
-    wall time of the latest start only (a resumed run does not add the time before the resume)."""
+    """The run file (``RunFolder.info``): inputs, settings, sizes, the inputs' identity, and (at the
+    end) the result and the watchdog's warnings; decode reads it. ``data_root``: the folder image
+    names are relative to, when it is not the STAR file's (``run_folder.image_root``). The result's
+    ``seconds_last_start`` is the wall time of the latest start only (a resumed run does not add the
+    time before the resume)."""
     info = {
         "particles": str(Path(particles).resolve()),
         "consensus": str(Path(consensus).resolve()),
