@@ -283,7 +283,11 @@ def _train(data: Path, run_dir: Path, seed: int, settings: dict) -> dict:
     started = time.perf_counter()
     result = run(
         optimize_deformations(
-            data / "particles.star", data / "consensus.mrc", run_dir, settings=deformation
+            data / "particles.star",
+            data / "consensus.mrc",
+            run_dir,
+            settings=deformation,
+            box=settings.get("train_box"),
         )
     )
     return {
@@ -540,6 +544,7 @@ def _run_settings(settings: dict, name: str) -> dict:
         "variant": settings["variants"][name],
         "sizes": settings["sizes"],
         "deformation_overrides": settings["deformation_overrides"],
+        "train_box": settings["train_box"],
         "n_decoded": settings["n_decoded"],
         "maps": name in settings["maps"],
         "inverse_epochs": settings["inverse_epochs"],
@@ -726,6 +731,13 @@ def _arguments(argv=None) -> argparse.Namespace:
         "--decoder", default=None, help="deformation network (default: the engine's)"
     )
     parser.add_argument(
+        "--train-box",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="training box (default: the engine's, about 3 Å/px)",
+    )
+    parser.add_argument(
         "--exact-posteriors",
         action="store_true",
         help="evaluate every candidate exactly in the E-steps and the final posterior "
@@ -814,6 +826,7 @@ def settings_from(args) -> dict:
         "seeds": args.seeds,
         "sizes": {"box": 32, "pixel_size": 3.0} if quick else {"box": 64, "pixel_size": 1.5},
         "deformation_overrides": overrides,
+        "train_box": args.train_box,
         "maps": list(args.maps)
         if args.maps is not None
         else ([v for v in args.variants if not VARIANTS[v].pure_noise][:1] if quick else []),
@@ -853,6 +866,7 @@ def main(argv=None) -> int:
         "sizes": settings["sizes"],
         "deformation_settings": deformation,
         "deformation_overrides": settings["deformation_overrides"],
+        "train_box": settings["train_box"] or "the engine's",
         "variants": settings["variants"],
         "variant_notes": {k: VARIANTS[k].note for k in settings["variants"]},
         "seeds": settings["seeds"],
