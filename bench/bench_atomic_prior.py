@@ -38,7 +38,6 @@ import pandas as pd
 import torch
 
 from napari_dynamight.engine.atomic_model import (
-    Region,
     coarse_grain,
     kabsch,
     write_moved_structure,
@@ -55,7 +54,12 @@ from napari_dynamight.engine.inverse.settings import InverseSettings
 from napari_dynamight.engine.io.dcd import read_dcd, read_dcd_info
 from napari_dynamight.engine.io.mrc import read_map
 from napari_dynamight.engine.io.structure import read_structure
-from napari_dynamight.engine.model_bias import mean_decoded_volume, model_bias, region_placement
+from napari_dynamight.engine.model_bias import (
+    BiasCheckSettings,
+    mean_decoded_volume,
+    model_bias,
+    region_placement,
+)
 from napari_dynamight.engine.progress import run
 from napari_dynamight.engine.reconstruction.stage import reconstruct_run
 from napari_dynamight.engine.run_folder import RunFolder
@@ -192,10 +196,12 @@ def _control(control: str, runs: dict, sim: Path, fitted: Path, work: Path, args
     result = run(
         model_bias(
             atomic,
-            region=None if args.residues is None else Region.parse(args.residues),
-            mode=mode,
-            shift_angstrom=float(shift or 5.0),
-            inverse_epochs=args.inverse_epochs,
+            BiasCheckSettings(
+                residues=args.residues,
+                mode=mode,
+                shift=float(shift or 5.0),
+                inverse_epochs=args.inverse_epochs,
+            ),
         )
     )
     seconds = time.perf_counter() - started

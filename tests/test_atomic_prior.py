@@ -162,3 +162,42 @@ def test_with_the_prior_the_reference_stays_the_model(simulated, tmp_path):
         assert torch.equal(reference.positions_angstrom, initial.positions_angstrom.float())
     log = RunFolder(out).read_loss_log()
     assert max(row["rms_displacement_angstrom"] for row in log) > 0.05  # the decoders did move
+
+
+def test_a_run_with_the_prior_ends_with_its_bias_report(simulated, tmp_path):
+    """Training with the prior runs the model-bias control as it ends (the run's report is written,
+    no reminder left); with the check off the run ends with the reminder and no report."""
+    from helpers.atomic_data import closed_model_in_tiny_set
+    from helpers.deformation_data import FAST
+    from napari_dynamight.engine.model_bias import BiasCheckSettings, optimize_deformations_checked
+
+    model = str(closed_model_in_tiny_set(tmp_path).resolve())
+    settings = replace(FAST, epochs=3, refinement_rounds=0, atomic_model=model)
+    control = BiasCheckSettings(shift=3.0, epochs=1, inverse_epochs=1)
+    out = tmp_path / "run"
+    result = run(
+        optimize_deformations_checked(
+            simulated.star, simulated.consensus, out, settings=settings, control=control
+        )
+    )
+    report = json.loads(RunFolder(out).model_bias_report.read_text())
+    assert result.bias_report.report == report
+    assert (report["epochs"], report["inverse_epochs"], report["mode"]) == (1, 1, "move")
+    assert np.linalg.norm(report["shift_angstrom"]) == pytest.approx(3.0)
+    # the rerun's one epoch is the warm-up: its decoders keep the held wrong model
+    assert report["score_wrong_model_decoded"] >= 0.8 and report["biased"]
+    assert not any("model-bias" in line for line in result.warnings)
+    assert f"{report['reproduced_percent']}%" in RunFolder(out).model_bias_warning()
+
+    unchecked = tmp_path / "unchecked"
+    result = run(
+        optimize_deformations_checked(
+            simulated.star,
+            simulated.consensus,
+            unchecked,
+            settings=replace(settings, bias_check=False, epochs=1),
+        )
+    )
+    assert result.bias_report is None and not RunFolder(unchecked).model_bias_report.exists()
+    assert any(f"model-bias {unchecked}" in line for line in result.warnings)
+    assert "no model-bias report" in RunFolder(unchecked).model_bias_warning()

@@ -10,12 +10,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from helpers.atomic_data import closed_model_in_tiny_set
 from helpers.deformation_data import FAST
-from napari_dynamight.engine.atomic_model import coarse_grain, kabsch, write_moved_structure
+from napari_dynamight.engine.atomic_model import coarse_grain, write_moved_structure
 from napari_dynamight.engine.deformation.run import optimize_deformations
 from napari_dynamight.engine.deformation.settings import DeformationSettings
 from napari_dynamight.engine.example_data import example_file
-from napari_dynamight.engine.io.dcd import read_dcd, read_dcd_info
 from napari_dynamight.engine.io.structure import read_structure
 from napari_dynamight.engine.model_bias import BIAS_THRESHOLD, automatic_region
 from napari_dynamight.engine.progress import run as drive
@@ -71,16 +71,7 @@ def test_picker_reaches_the_settings_and_a_misplaced_model_is_one_line(
 def test_check_model_bias_button_runs_the_control_and_shows_its_report(
     qtbot, make_napari_viewer, simulated, tmp_path
 ):
-    # the closed structure fitted into the tiny set's map: superposed on the trajectory's first
-    # frame, its centre where the simulator puts the molecule's (box 32, 2.5 Å)
-    pdb, dcd = example_file("adk_closed.pdb"), example_file("adk_dims.dcd")
-    atoms = read_structure(pdb, drop_hydrogens=True)
-    first = read_dcd(dcd, read_dcd_info(dcd).n_atoms, np.array([0]))[0, atoms.atom_indices]
-    rotation, translation = kabsch(atoms.positions_angstrom, first.astype(np.float64))
-    centre = np.average(first, axis=0, weights=atoms.atomic_numbers)
-    model = write_moved_structure(
-        pdb, tmp_path / "fitted.pdb", translation - centre + 16 * 2.5, rotation=rotation
-    )
+    model = closed_model_in_tiny_set(tmp_path)
     run = tmp_path / "run"
     settings = replace(FAST, epochs=3, refinement_rounds=0, atomic_model=str(model.resolve()))
     drive(optimize_deformations(simulated.star, simulated.consensus, run, settings=settings))

@@ -1,49 +1,39 @@
 """The Deformations widget's model-bias control: the options of ``napari-dynamight model-bias RUN``
-and the report's summary line.
+(``engine.model_bias.BiasCheckSettings``, as a form) and the report's summary line.
 
 **Check model bias** runs ``engine.model_bias.model_bias`` on the run folder (a finished run made
 with the atomic-model prior) in the widget's task panel, under the run folder's lock as the command
-holds it; the report (``RUN/model_bias.json``) is summarised in the widget, and a report that found
-bias becomes a warning.
+holds it; a run trained with the prior runs it with these options when training ends (unless its
+"check model bias" setting is off). The report (``RUN/model_bias.json``) is summarised in the
+widget, and a report that found bias becomes a warning.
 """
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, FloatSpinBox, LineEdit, SpinBox
+from ._options import OptionsForm
 
 
 class ModelBiasControls:
-    """The control's options, as on the command line (same defaults)."""
+    """The control's options, as on the command line (same names, defaults and limits)."""
 
     def __init__(self):
-        from ..engine.model_bias import MODES
+        from ..engine.model_bias import BiasCheckSettings
 
-        self.residues = LineEdit(label="bias check: residues (empty: automatic)", value="")
-        self.mode = ComboBox(label="bias check: wrong model", choices=list(MODES), value="move")
-        self.shift = FloatSpinBox(
-            label="bias check: shift (Å, move)", min=0.1, max=50.0, step=0.5, value=5.0
-        )
-        self.epochs = SpinBox(label="bias check: epochs (0: the run's)", min=0, max=100_000)
-        self.inverse_epochs = SpinBox(
-            label="bias check: inverse epochs", min=1, max=100_000, value=10
-        )
-        self.widgets = [self.residues, self.mode, self.shift, self.epochs, self.inverse_epochs]
+        self.form = OptionsForm(BiasCheckSettings)
+        self.widgets = list(self.form.controls.values())
+        self.form.attach(self)  # self.residues, self.mode, self.shift, ...
+
+    def settings(self):
+        """The options on the form, checked (InputError naming the control on a bad value)."""
+        settings = self.form.settings()
+        settings.check()
+        return settings
 
     def operation(self, run, device):
         """The engine generator of the control with these options (InputError on a bad region)."""
-        from ..engine.atomic_model import Region
         from ..engine.model_bias import model_bias
 
-        text = self.residues.value.strip()
-        return model_bias(
-            run,
-            region=Region.parse(text) if text else None,
-            mode=self.mode.value,
-            shift_angstrom=float(self.shift.value),
-            epochs=int(self.epochs.value) or None,
-            inverse_epochs=int(self.inverse_epochs.value),
-            device=device,
-        )
+        return model_bias(run, self.settings(), device=device)
 
 
 def report_summary(report: dict) -> str:

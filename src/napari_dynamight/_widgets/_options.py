@@ -4,8 +4,9 @@
 ``FloatSpinBox`` with the declared limits, a ``ComboBox`` of the choices, a ``CheckBox``, a
 ``FileEdit``), labelled and with the help as tooltip, in declaration order; it reads them back into
 the settings and fills them from settings. A setting that may be None (``auto``) shows as 0 in a
-spin box, or as an empty text field for a float. Settings declared with ``form=False`` have a
-control of the widget's own (e.g. the consensus threshold slider, whose range follows the map).
+spin box, or as an empty text field for a float or a text. Settings declared with ``form=False``
+have a control of the widget's own (e.g. the consensus threshold slider, whose range follows the
+map).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def form_label(setting: Declared) -> str:
     auto = setting.option.auto
     if auto is None:
         return setting.label
-    return f"{setting.label} ({'empty' if setting.type is float else '0'}: {auto})"
+    return f"{setting.label} ({'0' if setting.type is int else 'empty'}: {auto})"
 
 
 def form_limits(setting: Declared) -> tuple[float, float]:
@@ -54,6 +55,8 @@ def make_control(setting: Declared):
         return FileEdit(mode="r", value=setting.default or "", **common)
     if setting.type is float and o.auto is not None:
         return LineEdit(value="" if setting.default is None else f"{setting.default:g}", **common)
+    if setting.type is str:
+        return LineEdit(value=setting.default or "", **common)
     if o.minimum is None or o.maximum is None:
         raise TypeError(f"{setting.name}: a setting on the form needs a minimum and a maximum")
     low, high = form_limits(setting)
@@ -99,6 +102,9 @@ class OptionsForm:
                 raise InputError(
                     f"{form_label(setting)}: {text!r} is not a number; leave it empty for {o.auto}"
                 ) from None
+        if setting.type is str:
+            text = str(value).strip()
+            return None if not text and o.auto is not None else text
         if o.auto is not None and value == 0:
             return None
         return setting.type(value)
@@ -124,5 +130,7 @@ class OptionsForm:
                     control.line_edit.value = ""
             elif s.type is float and s.option.auto is not None:
                 control.value = "" if value is None else f"{value:g}"
+            elif s.type is str:
+                control.value = value or ""
             else:
                 control.value = 0 if value is None else value

@@ -216,8 +216,8 @@ class DeformationsWidget(StageWidget):
         """Run (or, with ``resume``, continue) the deformation stage; returns the worker."""
         import torch
 
-        from ..engine.deformation.run import optimize_deformations
         from ..engine.io.guard import holding
+        from ..engine.model_bias import optimize_deformations_checked
         from ._tasks import one_line
 
         run, particles = optional_path(self.run.value), optional_path(self.particles.value)
@@ -228,15 +228,17 @@ class DeformationsWidget(StageWidget):
         try:
             threshold = _threshold(self.threshold.value)
             settings = self.settings()
+            control = self.bias.settings() if settings.atomic_model else None
         except Exception as error:
             self.summary.value = one_line(error)
             return None
         torch.set_num_threads(int(self.threads.value))
-        operation = optimize_deformations(
+        operation = optimize_deformations_checked(
             particles,
             consensus,
             run,
             settings=settings,
+            control=control,
             mask=optional_path(self.mask.value),
             consensus_model=optional_path(self.consensus_model.value),
             n_gaussians=self.n_gaussians.value or None,
@@ -307,6 +309,11 @@ class DeformationsWidget(StageWidget):
         final = list(getattr(result, "warnings", []))
         if final:
             self.summary.value += f"; {len(final)} warning{'s' if len(final) > 1 else ''} (above)"
+        if result.bias_report is not None:
+            self.bias_result = result.bias_report
+            self.summary.value += "\n" + report_summary(result.bias_report.report)
+            bias = RunFolder(result.run_directory).model_bias_warning()
+            final += [bias] if bias else []
         self.show_warnings(final)
 
     def refresh(self) -> None:

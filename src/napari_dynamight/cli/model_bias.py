@@ -7,7 +7,7 @@ on),
 trains the deformations again with it and the run's settings, trains the inverse deformations,
 reconstructs, and measures how much of the wrong feature the new deformed map and the new decoded
 volumes reproduce: 0% when they show the region where the consensus map (no model) has it, 100%
-when they show the wrong model. It flags bias above 50% in either: then features that only the
+when they show the wrong model. It flags bias above 30% in either: then features that only the
 model supports cannot be trusted in maps made with the prior on these data. The same measures of
 the run's own deformed map (made first if missing, in RUN/inverse and RUN/reconstruction) and
 decoded volumes are reported beside them. The Deformations widget's "Check model bias" button runs
@@ -15,8 +15,9 @@ the same control.
 
 Writes RUN/model_bias.json (the report) and RUN/model_bias/ (wrong_model.pdb and its run, run/).
 Opening or exporting maps of a run made with the prior warns until this report exists and found no
-bias. Takes as long as the run's deformations, inverse deformations and reconstruction together
-(--epochs shortens the rerun).
+bias. optimize-deformations runs this control with its defaults when a run with --atomic-model
+ends (unless --no-bias-check). Takes as long as the run's deformations, inverse deformations and
+reconstruction together (--epochs shortens the rerun).
 
 Example:
   napari-dynamight model-bias run --residues A:100-111 --mode move --shift 5
@@ -30,66 +31,37 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add(
+    from ..engine.model_bias import BiasCheckSettings
+    from ._options import add_options
+
+    parser.add_argument(
         "run_directory",
         type=Path,
         metavar="RUN",
         help="a finished deformation run made with --atomic-model",
     )
-    add(
-        "--residues",
-        metavar="CHAIN:FIRST-LAST",
-        help="the region made wrong, e.g. A:100-111 (default: the 12 "
-        "consecutive residues closest to the model's centre)",
-    )
-    add(
-        "--mode",
-        choices=("move", "register"),
-        default="move",
-        help="move the region's residues (default) or shift its side chains by one residue "
-        "register",
-    )
-    add(
-        "--shift",
-        type=float,
-        default=5.0,
-        metavar="Å",
-        help="how far --mode move moves the region, away from the model's centre (default: 5)",
-    )
-    add("--epochs", type=int, metavar="E", help="epochs of the rerun (default: the run's)")
-    add(
-        "--inverse-epochs",
-        type=int,
-        default=10,
-        metavar="E",
-        help="inverse-deformation epochs (default: 10)",
-    )
-    add("--device", default="cpu", help="torch device (default: cpu)")
-    add("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add_options(parser, BiasCheckSettings)
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.atomic_model import Region
     from ..engine.io.guard import writing
-    from ..engine.model_bias import model_bias
+    from ..engine.model_bias import BiasCheckSettings, model_bias
+    from ._options import settings_from_args
     from ._progress import drive, set_threads
 
+    control = settings_from_args(BiasCheckSettings, args)
+    control.check()
     set_threads(args.threads)
-    region = None if args.residues is None else Region.parse(args.residues)
     with writing(args.run_directory, "RUN", "model-bias", outputs="model_bias"):
-        result = drive(
-            model_bias(
-                args.run_directory,
-                region=region,
-                mode=args.mode,
-                shift_angstrom=args.shift,
-                epochs=args.epochs,
-                inverse_epochs=args.inverse_epochs,
-                device=args.device,
-            ),
-            "model bias",
-        )
+        result = drive(model_bias(args.run_directory, control, device=args.device), "model bias")
+    print_report(result)
+    return 0
+
+
+def print_report(result) -> None:
+    """The report of the control (``model_bias.BiasReport``) in a few lines, with its warning."""
     report = result.report
     print(
         f"wrong model ({report['mode']} of residues {report['region']}): the deformed map made "
@@ -114,5 +86,4 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print("no model bias found: the data override a wrong model in this region")
-    print(f"report: {result.path}")
-    return 0
+    print(f"model-bias report: {result.path}")

@@ -116,14 +116,14 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.deformation.run import optimize_deformations
     from ..engine.io.guard import writing
+    from ..engine.model_bias import optimize_deformations_checked
     from ._progress import drive_on_main_rank, print_warnings, set_threads
 
     settings = settings_from(args)  # out-of-range options end here, naming the flag
     set_threads(args.threads)
     with writing(args.output_directory, "--output-directory", "optimize-deformations"):
-        operation = optimize_deformations(
+        operation = optimize_deformations_checked(
             args.particles,
             args.consensus,
             args.output_directory,
@@ -147,5 +147,9 @@ def run(args: argparse.Namespace) -> int:
         f"{result.train_box}: {result.seconds:.0f} s"
     )
     print(f"run directory: {result.run_directory}")
+    if result.bias_report is not None:
+        from .model_bias import print_report
+
+        print_report(result.bias_report)
     print_warnings(result.warnings)  # again at the end, so they are not lost in the log
     return 0

@@ -26,6 +26,11 @@ volumes, each decoded by its own half at its latent): with the prior the referen
 so a wrong feature the decoders do not correct is in every decoded volume, even where the deformed
 map (made from the images) shows the data's; the report flags either above the threshold.
 
+The control's options are :class:`BiasCheckSettings` (the ``model-bias`` command's flags and the
+Deformations widget's "bias check" controls). A run trained with the prior ends with the control
+(:func:`optimize_deformations_checked`, used by ``optimize-deformations`` and the widget) unless its
+``bias_check`` setting is off, so every map made with the prior has its report.
+
 The run's own deformed map is made first if it is missing (its inverse deformations and deformed
 reconstruction, in their usual places); the wrong model and its run live in ``RUN/model_bias/``, the
 report in ``RUN/model_bias.json`` (``run_folder.RunFolder``).
@@ -34,6 +39,7 @@ report in ``RUN/model_bias.json`` (``run_folder.RunFolder``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -51,7 +57,7 @@ from .atomic_model import (
     write_moved_structure,
     write_register_shifted_structure,
 )
-from .deformation.run import optimize_deformations
+from .deformation.run import DeformationResult, optimize_deformations
 from .deformation.settings import DeformationSettings
 from .errors import InputError
 from .gaussians import render_volume
@@ -63,6 +69,7 @@ from .progress import Progress, ProgressGenerator
 from .reconstruction.stage import reconstruct_run
 from .run_folder import RunFolder
 from .run_identity import check_finished_run
+from .settings_record import SettingsRecord, option
 from .statistics import map_correlation
 
 MODES = ("move", "register")
@@ -168,6 +175,63 @@ def outward_direction(model: CoarseModel, region: Region) -> np.ndarray:
     return vector / norm if norm > 1.0 else np.array([1.0, 0.0, 0.0])
 
 
+@dataclass(frozen=True)
+class BiasCheckSettings(SettingsRecord):
+    """The control's options, declared once: the ``model-bias`` command's flags and the
+    Deformations widget's "bias check" controls are made from them."""
+
+    residues: str | None = option(
+        None,
+        "the region made wrong, e.g. A:100-111",
+        auto=f"the {AUTOMATIC_RESIDUES} consecutive residues closest to the model's centre",
+        metavar="CHAIN:FIRST-LAST",
+        label="bias check: residues",
+    )
+    mode: str = option(
+        "move",
+        "move the region's residues, or shift its side chains by one residue register",
+        choices=MODES,
+        label="bias check: wrong model",
+    )
+    shift: float = option(
+        5.0,
+        "how far --mode move moves the region, away from the model's centre",
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=50.0,
+        unit="Å",
+        step=0.5,
+        label="bias check: shift (move)",
+    )
+    epochs: int | None = option(
+        None,
+        "epochs of the rerun with the wrong model",
+        auto="the run's",
+        minimum=1,
+        maximum=100_000,
+        metavar="E",
+        label="bias check: epochs",
+    )
+    inverse_epochs: int = option(
+        10,
+        "inverse-deformation epochs of each deformed map the control makes",
+        minimum=1,
+        maximum=100_000,
+        metavar="E",
+        label="bias check: inverse epochs",
+    )
+
+    def region(self) -> Region | None:
+        """The region asked for (None: automatic); InputError naming ``--residues`` if malformed."""
+        text = (self.residues or "").strip()
+        return Region.parse(text) if text else None
+
+    def check(self) -> None:
+        """One-line InputError for a value outside its limits or a malformed region."""
+        self.check_limits()
+        self.region()
+
+
 @dataclass
 class BiasReport:
     path: Path
@@ -212,19 +276,16 @@ def mean_decoded_volume(
 
 
 def model_bias(
-    run_directory,
-    *,
-    region: Region | None = None,
-    mode: str = "move",
-    shift_angstrom: float = 5.0,
-    epochs: int | None = None,
-    inverse_epochs: int = 10,
-    device="cpu",
+    run_directory, control: BiasCheckSettings | None = None, *, device="cpu"
 ) -> ProgressGenerator[BiasReport]:
-    """Run the control on a finished run made with ``--atomic-model`` (module docstring); write and
-    return the report. ``region``: default :func:`automatic_region`; ``mode``: ``move`` (the
-    region moved ``shift_angstrom`` outwards) or ``register``; ``epochs``: default the run's."""
+    """Run the control on a finished run made with ``--atomic-model`` (module docstring) with the
+    options ``control`` (default: :class:`BiasCheckSettings`' defaults); write and return the
+    report."""
     started = time.perf_counter()
+    control = control or BiasCheckSettings()
+    control.check()
+    region, mode, epochs = control.region(), control.mode, control.epochs
+    shift_angstrom, inverse_epochs = control.shift, control.inverse_epochs
     folder = RunFolder(run_directory)
     info = check_finished_run(folder.path)
     settings = DeformationSettings.from_dict(info.get("settings") or {})
@@ -233,14 +294,6 @@ def model_bias(
             f"{folder.path}: was made without --atomic-model; the model-bias control checks runs "
             "made with the atomic-model prior"
         )
-    if mode not in MODES:
-        raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "move" and not shift_angstrom > 0:
-        raise InputError(f"--shift must be positive, got {shift_angstrom}")
-    if epochs is not None and epochs < 1:
-        raise InputError(f"--epochs must be at least 1, got {epochs}")
-    if inverse_epochs < 1:
-        raise InputError(f"--inverse-epochs must be at least 1, got {inverse_epochs}")
     right = coarse_grain(settings.atomic_model)
     if region is None:
         region = automatic_region(right)
@@ -271,7 +324,10 @@ def model_bias(
     if wrong_run.exists():
         shutil.rmtree(wrong_run)
     rerun = replace(
-        settings, atomic_model=str(wrong_path.resolve()), epochs=epochs or settings.epochs
+        settings,
+        atomic_model=str(wrong_path.resolve()),
+        epochs=epochs or settings.epochs,
+        bias_check=False,
     )
     yield from optimize_deformations(
         info["particles"],
@@ -345,3 +401,36 @@ def model_bias(
     with atomic_path(folder.model_bias_report) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return BiasReport(folder.model_bias_report, report)
+
+
+def optimize_deformations_checked(
+    particles,
+    consensus,
+    output_directory,
+    *,
+    settings: DeformationSettings | None = None,
+    control: BiasCheckSettings | None = None,
+    device="cpu",
+    **options,
+) -> ProgressGenerator[DeformationResult | None]:
+    """``optimize_deformations`` (same arguments), then, for a run made with the atomic-model prior
+    and ``settings.bias_check`` on, the model-bias control with ``control``: the run's report is
+    written as the run ends. The result's ``bias_report`` holds it (None without the control).
+    Under ``torchrun`` the control is left to ``napari-dynamight model-bias`` (one process), with a
+    warning."""
+    settings = settings or DeformationSettings()
+    if control is not None:
+        control.check()  # before the training, not after it
+    result = yield from optimize_deformations(
+        particles, consensus, output_directory, settings=settings, device=device, **options
+    )
+    if result is None or not (settings.atomic_model and settings.bias_check):
+        return result
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        result.warnings.append(
+            f"the model-bias control does not run under torchrun: run napari-dynamight "
+            f"model-bias {result.run_directory} in one process"
+        )
+        return result
+    result.bias_report = yield from model_bias(result.run_directory, control, device=device)
+    return result

@@ -54,14 +54,15 @@ from .validation import estimate_errors
 # The amplitude fit's z-score below which the images are taken not to show the consensus map: a
 # standard normal number on images of noise, hundreds on simulated AdK particles at SNR 0.01.
 MIN_AMPLITUDE_Z = 8.0
-# Options a resumed run may change: more epochs or refinement rounds, and how the final latents are
-# inferred.
+# Options a resumed run may change: more epochs or refinement rounds, how the final latents are
+# inferred, and whether the model-bias control follows.
 CHANGEABLE_ON_RESUME = (
     "epochs",
     "refinement_rounds",
     "latent_inference",
     "posterior_candidates",
     "exact_posteriors",
+    "bias_check",
 )
 
 
@@ -77,6 +78,7 @@ class DeformationResult:
     warnings: list[str] = field(
         default_factory=list
     )  # the watchdog's, at the end (also in run.json)
+    bias_report: object | None = None  # model_bias.BiasReport, where the control followed the run
 
 
 def _consensus_model(
@@ -349,7 +351,7 @@ def optimize_deformations(
         warnings = watchdog.check(history) + watchdog.final_check(
             halves, estimates.latents, np.nonzero(inputs.validation)[0], agreement
         )
-        if prior is not None:
+        if prior is not None and not settings.bias_check:  # else the control follows the run
             warnings.append(model_bias_reminder(run))
         yield from _report_new_warnings(warnings, reported, epoch)
         if main:

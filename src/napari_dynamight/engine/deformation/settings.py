@@ -165,6 +165,13 @@ class DeformationSettings(SettingsRecord):
         file=True,
         label="atomic-model prior (optional; can bias maps)",
     )  # engine/atomic_model.py
+    bias_check: bool = option(
+        True,
+        "with --atomic-model: run the model-bias control (napari-dynamight model-bias, its "
+        "defaults) when training ends, so the run's maps have their bias report; it takes about "
+        "as long again as the training (--no-bias-check leaves it for later)",
+        label="check model bias when training ends (atomic-model prior)",
+    )  # engine/model_bias.py
     seed: int = option(0, "seed of every random choice", minimum=0, maximum=2**31 - 1, metavar="S")
 
     def check(self) -> None:
