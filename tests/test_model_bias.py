@@ -129,7 +129,7 @@ def test_automatic_region_is_central_and_regions_parse():
 def test_command_refuses_a_run_without_the_prior(finished_run, capsys):
     assert main(["model-bias", str(finished_run), "--shift", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--shift 0" in err[0] and "must be positive" in err[0]
+    assert len(err) == 1 and "--shift 0: must be in (0, 50]" in err[0]
     assert main(["model-bias", str(finished_run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "without --atomic-model" in err[0]

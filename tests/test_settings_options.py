@@ -13,7 +13,7 @@ import argparse
 import inspect
 
 import pytest
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox
 
 from napari_dynamight.cli import build_parser, main
 from napari_dynamight.engine.consensus_stage import ConsensusSettings, fit_consensus
@@ -187,9 +187,12 @@ def test_the_form_offers_exactly_the_declared_settings(command, qtbot):
         control, o = controls[setting.dest], setting.option
         assert widget.isAncestorOf(control.native), setting.name
         label = o.label or setting.flag[2:].replace("-", " ")
-        assert control.label.startswith(label), control.label
+        shown = control.text if setting.type is bool else control.label  # a box's text
+        assert shown.startswith(label), shown
         assert control.tooltip == o.help
-        if o.choices:
+        if setting.type is bool:
+            assert isinstance(control, CheckBox) and control.value == setting.default
+        elif o.choices:
             assert isinstance(control, ComboBox) and tuple(control.choices) == o.choices
             assert control.value == setting.default
         elif o.file:
