@@ -731,6 +731,13 @@ def _arguments(argv=None) -> argparse.Namespace:
         "--decoder", default=None, help="deformation network (default: the engine's)"
     )
     parser.add_argument(
+        "--latent-dim",
+        type=int,
+        default=None,
+        metavar="D",
+        help="latent dimension (default: the engine's)",
+    )
+    parser.add_argument(
         "--train-box",
         type=int,
         default=None,
@@ -813,6 +820,8 @@ def settings_from(args) -> dict:
     }
     if args.decoder is not None:
         overrides["decoder"] = args.decoder
+    if args.latent_dim is not None:
+        overrides["latent_dim"] = args.latent_dim
     if args.exact_posteriors:
         overrides["exact_posteriors"] = True
     if args.screened_posteriors:
