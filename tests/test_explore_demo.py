@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -29,6 +33,38 @@ def test_virtual_display_starts_and_stops_xvfb(monkeypatch):
         assert "QT_QPA_PLATFORM" not in os.environ
     assert process.poll() is not None
     assert "DISPLAY" not in os.environ and os.environ["QT_QPA_PLATFORM"] == "offscreen"
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_xvfb_under_a_qt_application_ends_with_the_process():
+    """A Qt application opened on the virtual display keeps its X connection until the process
+    ends: the block leaves Xvfb running then, and Xvfb ends when the process does."""
+    script = (
+        "from napari_dynamight import _display\n"
+        "states = iter([False, True])  # no Qt application at the start, one at the end\n"
+        "_display._qt_application_exists = lambda: next(states)\n"
+        "with _display.virtual_display() as process:\n"
+        "    pass\n"
+        "print(process.pid, process.poll() is None, flush=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    pid, left_running = int(out[0]), out[1] == "True"
+    assert left_running
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
 
 
 @pytest.mark.slow

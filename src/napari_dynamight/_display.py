@@ -7,11 +7,11 @@ Nothing here imports Qt: the command line checks the display before any long wor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 
 from .engine.errors import InputError
 
@@ -42,7 +42,7 @@ def xvfb_needed() -> str | None:
     return xvfb
 
 
-@contextmanager
+@contextlib.contextmanager
 def virtual_display():
     """Keep the current X display, or start Xvfb and point DISPLAY at it until the block ends."""
     xvfb = xvfb_needed()
@@ -50,11 +50,13 @@ def virtual_display():
         yield None
         return
     read, write = os.pipe()
+    qt_before = _qt_application_exists()
     process = subprocess.Popen(
         [xvfb, "-displayfd", str(write), "-screen", "0", SCREEN, "-nolisten", "tcp"],
         pass_fds=(write,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_end_with_parent,
     )
     os.close(write)
     with os.fdopen(read) as pipe:
@@ -71,5 +73,27 @@ def virtual_display():
             os.environ.pop(name, None)
             if value is not None:
                 os.environ[name] = value
-        process.terminate()
-        process.wait(timeout=10)
+        if qt_before or not _qt_application_exists():
+            process.terminate()
+            process.wait(timeout=10)
+        # else a Qt application opened on this display keeps its connection until the process
+        # ends (ending Xvfb under it makes Qt abort in its X11 error handler, which can hang
+        # instead of exiting): Xvfb then ends with this process (``_end_with_parent``)
+
+
+def _qt_application_exists() -> bool:
+    """Whether a Qt application exists in this process (looked up, never imported)."""
+    for binding in ("PyQt5", "PyQt6", "PySide2", "PySide6"):
+        widgets = sys.modules.get(f"{binding}.QtWidgets")
+        if widgets is not None and widgets.QApplication.instance() is not None:
+            return True
+    return False
+
+
+def _end_with_parent() -> None:
+    """In the Xvfb child, before it starts: on Linux, ask for SIGTERM when this process ends."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
