@@ -282,10 +282,16 @@ class DeformationsWidget(StageWidget):
         return self.run_task(operation, "model bias", self._bias_finished)
 
     def _bias_finished(self, result) -> None:
+        summary, warnings = self._bias_outcome(result)
+        self.summary.value = summary + f"\nreport: {result.path}"
+        self.show_warnings(warnings)
+
+    def _bias_outcome(self, result) -> tuple[str, list[str]]:
+        """Keep the control's result (``model_bias.BiasReport``); its summary and the run folder's
+        model-bias warning (none where the report found no bias)."""
         self.bias_result = result
-        self.summary.value = report_summary(result.report) + f"\nreport: {result.path}"
-        warning = RunFolder(self.run.value).model_bias_warning()
-        self.show_warnings([warning] if warning else [])
+        warning = RunFolder(result.path.parent).model_bias_warning()  # RUN/model_bias.json
+        return report_summary(result.report), [warning] if warning else []
 
     def _progress(self, event) -> None:
         """A watchdog warning from the engine: show it at once."""
@@ -310,10 +316,9 @@ class DeformationsWidget(StageWidget):
         if final:
             self.summary.value += f"; {len(final)} warning{'s' if len(final) > 1 else ''} (above)"
         if result.bias_report is not None:
-            self.bias_result = result.bias_report
-            self.summary.value += "\n" + report_summary(result.bias_report.report)
-            bias = RunFolder(result.run_directory).model_bias_warning()
-            final += [bias] if bias else []
+            summary, warnings = self._bias_outcome(result.bias_report)
+            self.summary.value += "\n" + summary
+            final += warnings
         self.show_warnings(final)
 
     def refresh(self) -> None:

@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ._options import settings_from_args
     from ._progress import drive, set_threads
 
-    control = settings_from_args(BiasCheckSettings, args)
-    control.check()
+    control = settings_from_args(BiasCheckSettings, args)  # limits; model_bias checks the region
     set_threads(args.threads)
     with writing(args.run_directory, "RUN", "model-bias", outputs="model_bias"):
         result = drive(model_bias(args.run_directory, control, device=args.device), "model bias")

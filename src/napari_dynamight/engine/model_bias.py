@@ -39,7 +39,6 @@ report in ``RUN/model_bias.json`` (``run_folder.RunFolder``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -49,6 +48,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from . import distributed
 from .atomic_model import (
     CoarseModel,
     Region,
@@ -426,7 +426,7 @@ def optimize_deformations_checked(
     )
     if result is None or not (settings.atomic_model and settings.bias_check):
         return result
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed.current().is_distributed:
         result.warnings.append(
             f"the model-bias control does not run under torchrun: run napari-dynamight "
             f"model-bias {result.run_directory} in one process"
