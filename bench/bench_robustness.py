@@ -4,8 +4,8 @@ Usage:
   python bench/bench_robustness.py --output bench/results/robustness.json \
       [--variants NAME ...] [--seeds 0 1 2 3 4] [--epochs E] [--refinement-rounds R] \
       [--exact-posteriors | --screened-posteriors] \
-      [--decoder mlp|factorised] [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR]
-      [--reuse] [--quick]
+      [--decoder mlp|factorised] [--latent-dim D] [--kl-weight W] [--train-box PX] \
+      [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
 
 Every (variant, seed) is one run in its own folder ``WORK/<variant>/seed_<s>``: simulate the AdK
 closed→open trajectory we ship (the bundled example files) with ``engine.simulate.simulate`` (the
@@ -738,6 +738,13 @@ def _arguments(argv=None) -> argparse.Namespace:
         help="latent dimension (default: the engine's)",
     )
     parser.add_argument(
+        "--kl-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of the encoder's KL term (default: the engine's)",
+    )
+    parser.add_argument(
         "--train-box",
         type=int,
         default=None,
@@ -822,6 +829,8 @@ def settings_from(args) -> dict:
         overrides["decoder"] = args.decoder
     if args.latent_dim is not None:
         overrides["latent_dim"] = args.latent_dim
+    if args.kl_weight is not None:
+        overrides["kl_weight"] = args.kl_weight
     if args.exact_posteriors:
         overrides["exact_posteriors"] = True
     if args.screened_posteriors:
