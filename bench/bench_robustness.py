@@ -488,8 +488,21 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
     do_maps = name in settings["maps"]
     if settings["reuse"] and result_path.is_file():
         old = json.loads(result_path.read_text())
-        if old.get("run_settings") == _run_settings(settings, name) and "error" not in old:
+        wanted = _run_settings(settings, name)
+        if "error" not in old and old.get("run_settings") == wanted:
             old["reused"] = True
+            return old
+        if (
+            "error" not in old
+            and "per_half" in old
+            and do_maps
+            and old.get("run_settings") == wanted | {"maps": False}
+        ):  # the same training without maps: add them
+            started = time.perf_counter()
+            old["maps"] = _maps(folder / "data", folder / "run", settings)
+            old |= {"run_settings": wanted, "maps_measured": True, "reused": True}
+            old["maps_seconds"] = round(time.perf_counter() - started, 1)
+            _atomic_json(result_path, old)
             return old
     started = time.perf_counter()
     out = {
@@ -791,7 +804,10 @@ def _arguments(argv=None) -> argparse.Namespace:
         help="where simulations and runs go (default: a folder in the system temp dir)",
     )
     parser.add_argument(
-        "--reuse", action="store_true", help="reuse finished runs with the same settings"
+        "--reuse",
+        action="store_true",
+        help="reuse finished runs with the same settings (a run trained without --maps for its "
+        "variant gets its maps added)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny data, few epochs: every code path once"

@@ -121,6 +121,28 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
         ]
     )
     assert status == 0 and json.loads(output.read_text())["runs"][0].get("reused") is True
+    # --reuse with --maps adds the maps to a run trained without them, and does not train again
+    status = bench.main(
+        [
+            "--quick",
+            "--variants",
+            "one_conformation_snr001_n1000",
+            "--maps",
+            "one_conformation_snr001_n1000",
+            "--seeds",
+            "0",
+            "--reuse",
+            "--output",
+            str(output),
+            "--work-directory",
+            str(tmp_path / "work"),
+        ]
+    )
+    run = json.loads(output.read_text())["runs"][0]
+    assert status == 0 and run.get("reused") is True and run["training"] == rigid["training"]
+    assert run["maps_measured"] is True and run["run_settings"]["maps"] is True
+    for half in "12":
+        assert run["maps"]["per_half"][half]["deformed"]["resolution_fsc05_angstrom"] > 0
 
 
 def test_unknown_variant_is_refused(bench, capsys):
