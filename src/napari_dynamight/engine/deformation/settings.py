@@ -85,7 +85,7 @@ class DeformationSettings(SettingsRecord):
         maximum=100.0,
         step=0.05,
     )
-    kl_weight: float = option(0.02, "KL weight", minimum=0.0, public=False)
+    kl_weight: float = option(0.1, "KL weight", minimum=0.0, public=False)
     initial_log_variance: float = option(0.0, "initial log variance of the encoder", public=False)
     learning_rate_encoder: float = option(1e-3, "encoder learning rate", public=False, **POSITIVE)
     learning_rate_decoder: float = option(1e-3, "decoder learning rate", public=False, **POSITIVE)
