@@ -105,41 +105,20 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
         ]["n"]
         == 1
     )
+
+    def reused(*arguments: str) -> dict:
+        """The one run of a --quick --reuse call of seed 0 in the same folders."""
+        common = ["--quick", "--seeds", "0", "--reuse", "--output", str(output)]
+        status = bench.main([*common, "--work-directory", str(tmp_path / "work"), *arguments])
+        assert status == 0
+        return json.loads(output.read_text())["runs"][0]
+
     # --reuse takes finished runs as they are
-    status = bench.main(
-        [
-            "--quick",
-            "--variants",
-            "pure_noise_n1000",
-            "--seeds",
-            "0",
-            "--reuse",
-            "--output",
-            str(output),
-            "--work-directory",
-            str(tmp_path / "work"),
-        ]
-    )
-    assert status == 0 and json.loads(output.read_text())["runs"][0].get("reused") is True
+    assert reused("--variants", "pure_noise_n1000").get("reused") is True
     # --reuse with --maps adds the maps to a run trained without them, and does not train again
-    status = bench.main(
-        [
-            "--quick",
-            "--variants",
-            "one_conformation_snr001_n1000",
-            "--maps",
-            "one_conformation_snr001_n1000",
-            "--seeds",
-            "0",
-            "--reuse",
-            "--output",
-            str(output),
-            "--work-directory",
-            str(tmp_path / "work"),
-        ]
-    )
-    run = json.loads(output.read_text())["runs"][0]
-    assert status == 0 and run.get("reused") is True and run["training"] == rigid["training"]
+    variant = "one_conformation_snr001_n1000"
+    run = reused("--variants", variant, "--maps", variant)
+    assert run.get("reused") is True and run["training"] == rigid["training"]
     assert run["maps_measured"] is True and run["run_settings"]["maps"] is True
     for half in "12":
         assert run["maps"]["per_half"][half]["deformed"]["resolution_fsc05_angstrom"] > 0
