@@ -109,9 +109,9 @@ def test_data_parallel_halves_match_one_process_and_resume_across_layouts(
         f"data parallel + resume: max |latent difference| {difference:.3g} "
         f"(latent range {np.ptp(theirs):.3g}), lowest per-dimension correlation {correlation:.6f}"
     )
-    assert (
-        difference < 1e-3 and correlation > 0.9999
-    )  # refinement amplifies rounding (test_deformation_refinement)
+    # refinement amplifies rounding (test_deformation_refinement): 0.00025-0.0011 of a latent range
+    # of 3.6 measured, depending on the threads and the load
+    assert difference < 1e-3 * np.ptp(theirs) and correlation > 0.9999
 
 
 def train_recording_cache(star, consensus, model, out, settings, folder) -> None:
