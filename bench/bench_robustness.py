@@ -4,7 +4,8 @@ Usage:
   python bench/bench_robustness.py --output bench/results/robustness.json \
       [--variants NAME ...] [--seeds 0 1 2 3 4] [--epochs E] [--refinement-rounds R] \
       [--exact-posteriors | --screened-posteriors] \
-      [--decoder mlp|factorised] [--latent-dim D] [--kl-weight W] [--train-box PX] \
+      [--decoder mlp|factorised] [--latent-dim D] [--kl-weight W] [--n-gaussians N] \
+      [--train-box PX] \
       [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
 
 Every (variant, seed) is one run in its own folder ``WORK/<variant>/seed_<s>``: simulate the AdK
@@ -287,6 +288,7 @@ def _train(data: Path, run_dir: Path, seed: int, settings: dict) -> dict:
             data / "consensus.mrc",
             run_dir,
             settings=deformation,
+            n_gaussians=settings.get("n_gaussians"),
             box=settings.get("train_box"),
         )
     )
@@ -558,6 +560,7 @@ def _run_settings(settings: dict, name: str) -> dict:
         "sizes": settings["sizes"],
         "deformation_overrides": settings["deformation_overrides"],
         "train_box": settings["train_box"],
+        **({} if settings.get("n_gaussians") is None else {"n_gaussians": settings["n_gaussians"]}),
         "n_decoded": settings["n_decoded"],
         "maps": name in settings["maps"],
         "inverse_epochs": settings["inverse_epochs"],
@@ -758,6 +761,13 @@ def _arguments(argv=None) -> argparse.Namespace:
         help="weight of the encoder's KL term (default: the engine's)",
     )
     parser.add_argument(
+        "--n-gaussians",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Gaussians of the consensus model (default: the engine's, 2 per residue from the map)",
+    )
+    parser.add_argument(
         "--train-box",
         type=int,
         default=None,
@@ -861,6 +871,7 @@ def settings_from(args) -> dict:
         "sizes": {"box": 32, "pixel_size": 3.0} if quick else {"box": 64, "pixel_size": 1.5},
         "deformation_overrides": overrides,
         "train_box": args.train_box,
+        "n_gaussians": args.n_gaussians,
         "maps": list(args.maps)
         if args.maps is not None
         else ([v for v in args.variants if not VARIANTS[v].pure_noise][:1] if quick else []),
