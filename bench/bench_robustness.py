@@ -491,15 +491,12 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
     if settings["reuse"] and result_path.is_file():
         old = json.loads(result_path.read_text())
         wanted = _run_settings(settings, name)
-        if "error" not in old and old.get("run_settings") == wanted:
+        previous = None if "error" in old else old.get("run_settings")
+        if previous == wanted:
             old["reused"] = True
             return old
-        if (
-            "error" not in old
-            and "per_half" in old
-            and do_maps
-            and old.get("run_settings") == wanted | {"maps": False}
-        ):  # the same training without maps: add them
+        if do_maps and "per_half" in old and previous == wanted | {"maps": False}:
+            # the same training without maps: add them
             started = time.perf_counter()
             old["maps"] = _maps(folder / "data", folder / "run", settings)
             old |= {"run_settings": wanted, "maps_measured": True, "reused": True}
@@ -560,6 +557,7 @@ def _run_settings(settings: dict, name: str) -> dict:
         "sizes": settings["sizes"],
         "deformation_overrides": settings["deformation_overrides"],
         "train_box": settings["train_box"],
+        # only when set, so that runs finished before the option existed are still reused
         **({} if settings.get("n_gaussians") is None else {"n_gaussians": settings["n_gaussians"]}),
         "n_decoded": settings["n_decoded"],
         "maps": name in settings["maps"],
