@@ -4,8 +4,8 @@ Usage:
   python bench/bench_robustness.py --output bench/results/robustness.json \
       [--variants NAME ...] [--seeds 0 1 2 3 4] [--epochs E] [--refinement-rounds R] \
       [--exact-posteriors | --screened-posteriors] \
-      [--decoder mlp|factorised] [--latent-dim D] [--kl-weight W] [--n-gaussians N] \
-      [--train-box PX] \
+      [--decoder mlp|factorised] [--latent-dim D] [--kl-weight W] \
+      [--positional-frequencies F] [--n-gaussians N] [--train-box PX] \
       [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
 
 Every (variant, seed) is one run in its own folder ``WORK/<variant>/seed_<s>``: simulate the AdK
@@ -759,6 +759,13 @@ def _arguments(argv=None) -> argparse.Namespace:
         help="weight of the encoder's KL term (default: the engine's)",
     )
     parser.add_argument(
+        "--positional-frequencies",
+        type=int,
+        default=None,
+        metavar="F",
+        help="positional-encoding frequencies of the decoder (default: the engine's)",
+    )
+    parser.add_argument(
         "--n-gaussians",
         type=int,
         default=None,
@@ -855,6 +862,8 @@ def settings_from(args) -> dict:
         overrides["latent_dim"] = args.latent_dim
     if args.kl_weight is not None:
         overrides["kl_weight"] = args.kl_weight
+    if args.positional_frequencies is not None:
+        overrides["n_frequencies"] = args.positional_frequencies
     if args.exact_posteriors:
         overrides["exact_posteriors"] = True
     if args.screened_posteriors:
