@@ -18,7 +18,9 @@ train the two half-set VAEs (``optimize_deformations``, ``DeformationSettings`` 
   every particle encoded by its own half), the half's ceiling and the gap;
 - decoded volumes against the consensus map (``decoded_vs_consensus``): mean correlation of
   decoded and consensus maps with each particle's true map, their difference (the gain) and the
-  fraction of particles where the decoded volume wins;
+  fraction of particles where the decoded volume wins, over all frequencies and again with every
+  map low-passed to the training images' Nyquist (the finest detail the motion was learnt from;
+  ``--reuse`` adds it to runs measured before it existed);
 - RMS displacement of the particles' Gaussians (``dmDisplacementAngstrom``);
 - the watchdog (from the run's ``run.json``): its warnings, the two halves' agreement on the
   validation particles' motion with each half's mean deformation removed (and that per-particle
@@ -345,7 +347,9 @@ def _metrics(
     displacement = columns["dmDisplacementAngstrom"].to_numpy()
     loaded = None if variant.pure_noise else load_run(run_dir)
     names = _truth_map_names(data, variant)
-    consensus, _ = read_map(data / "consensus.mrc")
+    consensus, voxel = read_map(data / "consensus.mrc")
+    info = json.loads((run_dir / "run.json").read_text())
+    train_nyquist = 2.0 * voxel * consensus.shape[0] / info["train_box"]
     cache: dict[str, np.ndarray] = {}
 
     def truth_map(name: str) -> np.ndarray:
@@ -385,12 +389,18 @@ def _metrics(
                 stacked = np.stack([truth_map(n) for n in np.unique(names)])
                 mask = stacked.max(0) > 0.02 * stacked.max()
             versus = decoded_vs_consensus(volumes, truths, consensus, mask)
+            banded = decoded_vs_consensus(volumes, truths, consensus, mask, (voxel, train_nyquist))
             entry["decoded_volumes"] = {
                 "n_particles": len(chosen),
                 "mean_cc_decoded": versus["mean_decoded"],
                 "mean_cc_consensus": versus["mean_consensus"],
                 "gain": versus["mean_decoded"] - versus["mean_consensus"],
                 "fraction_decoded_better": versus["fraction_decoded_better"],
+                # the same up to the training images' Nyquist, the finest detail the Gaussians'
+                # motion was learnt from
+                "train_nyquist_angstrom": train_nyquist,
+                "gain_to_train_nyquist": banded["mean_decoded"] - banded["mean_consensus"],
+                "fraction_decoded_better_to_train_nyquist": banded["fraction_decoded_better"],
             }
         per_half[str(half)] = entry
     return per_half
@@ -494,6 +504,11 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
         previous = None if "error" in old else old.get("run_settings")
         if previous == wanted:
             old["reused"] = True
+            if _lacks_current_metrics(old):  # finished before a metric was added: measure again
+                old["per_half"] = _metrics(
+                    folder / "data", folder / "run", variant, _ceiling_of(old), seed, settings
+                )
+                _atomic_json(result_path, old)
             return old
         if do_maps and "per_half" in old and previous == wanted | {"maps": False}:
             # the same training without maps: add them
@@ -537,6 +552,25 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
     out["wall_seconds"] = round(time.perf_counter() - started, 1)
     _atomic_json(result_path, out)
     return out
+
+
+def _lacks_current_metrics(result: dict) -> bool:
+    """Whether a finished run's decoded-volume metrics predate the gain to the training Nyquist."""
+    halves = result.get("per_half", {}).values()
+    return any(
+        "decoded_volumes" in half and "gain_to_train_nyquist" not in half["decoded_volumes"]
+        for half in halves
+    )
+
+
+def _ceiling_of(result: dict) -> dict:
+    """The per-half ceilings by coordinate that a finished run was measured against."""
+    ceiling: dict[str, dict[str, float]] = {}
+    for half, entry in result["per_half"].items():
+        for name, value in entry.items():
+            if isinstance(value, dict) and "ceiling_abs_spearman" in value:
+                ceiling.setdefault(name, {})[half] = value["ceiling_abs_spearman"]
+    return ceiling
 
 
 def _watchdog(run_dir: Path) -> dict:
@@ -628,6 +662,13 @@ def aggregate(runs: list[dict], variants: dict) -> dict:
         ]
         if gains:
             entry["decoded_gain_worse_half"] = _stats(gains)
+        banded = [
+            min(r["per_half"][h]["decoded_volumes"]["gain_to_train_nyquist"] for h in "12")
+            for r in mine
+            if "gain_to_train_nyquist" in r["per_half"]["1"].get("decoded_volumes", {})
+        ]
+        if banded:
+            entry["decoded_gain_to_train_nyquist_worse_half"] = _stats(banded)
         rms = [max(r["per_half"][h]["rms_displacement_angstrom"] for h in "12") for r in mine]
         entry["rms_displacement_larger_half_angstrom"] = _stats(rms)
         agreements = [r["watchdog"]["halves_agreement"] for r in mine if "watchdog" in r]

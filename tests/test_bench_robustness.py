@@ -87,6 +87,11 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
         assert decoded["gain"] == pytest.approx(
             decoded["mean_cc_decoded"] - decoded["mean_cc_consensus"]
         )
+        # two training pixels: the quick set is box 32 at 3 Å, Fourier-cropped to the training box
+        assert decoded["train_nyquist_angstrom"] == pytest.approx(
+            2 * 3.0 * 32 / signal["training"]["train_box"]
+        )
+        assert -2 <= decoded["gain_to_train_nyquist"] <= 2
         maps = signal["maps"]["per_half"][half]
         assert (
             maps["deformed"]["resolution_fsc05_angstrom"] > 0
@@ -115,6 +120,18 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
 
     # --reuse takes finished runs as they are
     assert reused("--variants", "pure_noise_n1000").get("reused") is True
+    # ... and measures again what a run measured before a metric existed, without training
+    result_path = tmp_path / "work" / "snr001_n4000" / "seed_0" / "result.json"
+    older = json.loads(result_path.read_text())
+    for half in "12":
+        del older["per_half"][half]["decoded_volumes"]["gain_to_train_nyquist"]
+    result_path.write_text(json.dumps(older))
+    again = reused("--variants", "snr001_n4000", "--maps", "snr001_n4000")
+    assert again["training"] == signal["training"]
+    for half in "12":
+        assert again["per_half"][half]["decoded_volumes"]["gain_to_train_nyquist"] == (
+            pytest.approx(signal["per_half"][half]["decoded_volumes"]["gain_to_train_nyquist"])
+        )
     # --reuse with --maps adds the maps to a run trained without them, and does not train again
     variant = "one_conformation_snr001_n1000"
     run = reused("--variants", variant, "--maps", variant)

@@ -17,6 +17,7 @@ from napari_dynamight.engine.evaluation import (
     error_motion_spearman,
     frame_motion,
     latent_frame_ordering,
+    low_pass,
     map_correlation,
     motion_at,
     principal_components,
@@ -180,6 +181,20 @@ def test_map_correlations_and_decoded_versus_consensus():
     assert result["fraction_decoded_better"] == 1.0
     assert result["mean_decoded"] > 0.99
     assert result["mean_consensus"] < 0.6
+
+
+def test_low_pass_keeps_coarse_waves_exactly_and_removes_fine_ones():
+    box, voxel = 32, 1.5
+    z = np.arange(box)[:, None, None] * np.ones((1, box, box))
+    coarse = np.cos(2 * np.pi * 2 * z / box)  # wavelength 16 px = 24 Å
+    fine = np.cos(2 * np.pi * 10 * z / box)  # wavelength 3.2 px = 4.8 Å
+    filtered = low_pass(coarse + fine, voxel, 6.0)
+    np.testing.assert_allclose(filtered, coarse, atol=1e-9)
+    # a decoded volume that differs from the truth only beyond 6 Å wins there, not to Nyquist
+    truth, decoded, consensus = coarse, coarse + fine, 0.5 * coarse + np.sin(np.pi * z / box)
+    full = decoded_vs_consensus([decoded], [truth], consensus)
+    banded = decoded_vs_consensus([decoded], [truth], consensus, low_pass_to=(voxel, 6.0))
+    assert full["mean_decoded"] < 0.75 and banded["mean_decoded"] > 0.999
 
 
 def test_motion_sizes_and_rms_displacement():

@@ -80,16 +80,36 @@ def latent_frame_ordering(latent, true_frame, n_components: int | None = None) -
     )
 
 
-def decoded_vs_consensus(decoded, truth, consensus, mask=None) -> dict:
+def low_pass(volume, voxel_size_angstrom: float, resolution_angstrom: float) -> np.ndarray:
+    """``volume`` with every Fourier component finer than ``resolution_angstrom`` set to zero."""
+    volume = np.asarray(volume, dtype=np.float64)
+    axes = [np.fft.fftfreq(n, d=voxel_size_angstrom) for n in volume.shape[:-1]]
+    axes.append(np.fft.rfftfreq(volume.shape[-1], d=voxel_size_angstrom))
+    grid = np.meshgrid(*axes, indexing="ij")
+    radius = np.sqrt(sum(g**2 for g in grid))
+    spectrum = np.fft.rfftn(volume) * (radius <= 1.0 / resolution_angstrom)
+    return np.fft.irfftn(spectrum, s=volume.shape)
+
+
+def decoded_vs_consensus(
+    decoded, truth, consensus, mask=None, low_pass_to: tuple[float, float] | None = None
+) -> dict:
     """Per-particle correlation of decoded volumes and of the consensus with each true frame map.
 
     ``decoded`` and ``truth`` are sequences of maps (one per particle, same order), ``consensus``
-    one map. Returns the two arrays of correlations, their means and the fraction of particles whose
-    decoded volume beats the consensus.
+    one map; ``low_pass_to`` = (voxel size, resolution) Å compares all of them up to that
+    resolution only. Returns the two arrays of correlations, their means and the fraction of
+    particles whose decoded volume beats the consensus.
     """
+
+    def band(volume):
+        return volume if low_pass_to is None else low_pass(volume, *low_pass_to)
+
+    consensus = band(consensus)
     decoded_cc, consensus_cc = [], []
     for volume, true_map in zip(decoded, truth, strict=True):
-        decoded_cc.append(map_correlation(volume, true_map, mask))
+        true_map = band(true_map)
+        decoded_cc.append(map_correlation(band(volume), true_map, mask))
         consensus_cc.append(map_correlation(consensus, true_map, mask))
     decoded_cc, consensus_cc = np.array(decoded_cc), np.array(consensus_cc)
     return {
