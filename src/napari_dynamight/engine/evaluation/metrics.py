@@ -88,7 +88,7 @@ def low_pass(volume, voxel_size_angstrom: float, resolution_angstrom: float) -> 
     grid = np.meshgrid(*axes, indexing="ij")
     radius = np.sqrt(sum(g**2 for g in grid))
     spectrum = np.fft.rfftn(volume) * (radius <= 1.0 / resolution_angstrom)
-    return np.fft.irfftn(spectrum, s=volume.shape)
+    return np.fft.irfftn(spectrum, s=volume.shape, axes=tuple(range(volume.ndim)))
 
 
 def decoded_vs_consensus(
