@@ -655,20 +655,17 @@ def aggregate(runs: list[dict], variants: dict) -> dict:
                 "worst_half_gap_to_ceiling": _stats(gap),
                 "lower_half_ceiling": _stats(ceiling),
             }
-        gains = [
-            min(r["per_half"][h]["decoded_volumes"]["gain"] for h in "12")
-            for r in mine
-            if "decoded_volumes" in r["per_half"]["1"]
-        ]
-        if gains:
-            entry["decoded_gain_worse_half"] = _stats(gains)
-        banded = [
-            min(r["per_half"][h]["decoded_volumes"]["gain_to_train_nyquist"] for h in "12")
-            for r in mine
-            if "gain_to_train_nyquist" in r["per_half"]["1"].get("decoded_volumes", {})
-        ]
-        if banded:
-            entry["decoded_gain_to_train_nyquist_worse_half"] = _stats(banded)
+        for key, field in (
+            ("gain", "decoded_gain_worse_half"),
+            ("gain_to_train_nyquist", "decoded_gain_to_train_nyquist_worse_half"),
+        ):
+            worse = [
+                min(r["per_half"][h]["decoded_volumes"][key] for h in "12")
+                for r in mine
+                if key in r["per_half"]["1"].get("decoded_volumes", {})
+            ]
+            if worse:
+                entry[field] = _stats(worse)
         rms = [max(r["per_half"][h]["rms_displacement_angstrom"] for h in "12") for r in mine]
         entry["rms_displacement_larger_half_angstrom"] = _stats(rms)
         agreements = [r["watchdog"]["halves_agreement"] for r in mine if "watchdog" in r]
