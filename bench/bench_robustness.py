@@ -804,6 +804,14 @@ def _arguments(argv=None) -> argparse.Namespace:
         help="positional-encoding frequencies of the decoder (default: the engine's)",
     )
     parser.add_argument(
+        "--regularisation-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="stiffness of the distance regulariser relative to the images' "
+        "(default: the engine's)",
+    )
+    parser.add_argument(
         "--n-gaussians",
         type=int,
         default=None,
@@ -902,6 +910,8 @@ def settings_from(args) -> dict:
         overrides["kl_weight"] = args.kl_weight
     if args.positional_frequencies is not None:
         overrides["n_frequencies"] = args.positional_frequencies
+    if args.regularisation_ratio is not None:
+        overrides["regularisation_ratio"] = args.regularisation_ratio
     if args.exact_posteriors:
         overrides["exact_posteriors"] = True
     if args.screened_posteriors:
