@@ -3,7 +3,7 @@ reconstruction, time and peak memory, with the learned inverse field and the sta
 
 Usage:
   python bench/bench_reconstruct_stage.py --work WORK [--box 256] [--particles 20000]
-      [--base-particles 64] [--device cpu] [--threads 1]
+      [--base-particles 128] [--device cpu] [--threads 1]
       [--output bench/results/reconstruct_stage_box256_n20000.json]
 
 Training a run on tens of thousands of particles at box 256 takes days on a CPU, and the
@@ -43,7 +43,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_scale import peak_host_mib, phases, pixel_size, rss_anon_mib, timed_events
+from bench_scale import (
+    peak_host_mib,
+    phases,
+    pixel_size,
+    rss_anon_mib,
+    simulate_adk,
+    timed_events,
+)
 
 STEPS = ("simulate", "consensus", "training", "inverse")
 RECONSTRUCTIONS = ("standard", "deformed")
@@ -74,24 +81,7 @@ def child(args) -> dict:
     result: dict = {"step": args.child}
     started = time.perf_counter()
     if args.child == "simulate":
-        from napari_dynamight.engine.example_data import STRUCTURE, example_file
-        from napari_dynamight.engine.simulate import simulate
-
-        adk = example_file(STRUCTURE).parent
-        drive(
-            simulate(
-                adk / "adk_closed.pdb",
-                adk / "adk_dims.dcd",
-                output_directory=paths["sim"],
-                n_particles=args.base_particles,
-                box=args.box,
-                pixel_size_angstrom=pixel_size(args.box),
-                snr=0.05,
-                seed=0,
-                frames=list(range(0, 98, 24)),
-                device=device,
-            )
-        )
+        simulate_adk(paths["sim"], args.base_particles, args.box, 24, device)
     elif args.child == "consensus":
         from napari_dynamight.engine.consensus_stage import fit_consensus
 
@@ -142,10 +132,15 @@ def child(args) -> dict:
     elif args.child in RECONSTRUCTIONS:
         from napari_dynamight.engine.reconstruction.stage import reconstruct_run
 
-        outcome, events = timed_events(
-            reconstruct_run(paths["repeated"], deformations=args.child == "deformed", device=device)
-        )
-        result["phases"] = phases(events)
+        with AnonymousPeak() as anonymous:
+            outcome, events = timed_events(
+                reconstruct_run(
+                    paths["repeated"], deformations=args.child == "deformed", device=device
+                )
+            )
+            finished = time.perf_counter() - started
+        result["phases"] = stage_phases(events, finished)
+        result["peak_anonymous_mib"] = anonymous.peak
         result["particles"] = args.particles
         result["resolution_angstrom"] = outcome.resolution_angstrom
         result["resolution_standard_angstrom"] = outcome.resolution_standard_angstrom
@@ -317,7 +312,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (data, runs)")
     parser.add_argument("--box", type=int, default=256)
     parser.add_argument("--particles", type=int, default=20_000)
-    parser.add_argument("--base-particles", type=int, default=64)
+    parser.add_argument("--base-particles", type=int, default=128)
     parser.add_argument("--gaussians", type=int, default=10_000)
     parser.add_argument("--consensus-steps", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=2)

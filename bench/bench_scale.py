@@ -79,6 +79,30 @@ def pixel_size(box: int) -> float:
     return 1.5 * 64 / box
 
 
+def simulate_adk(output_directory: Path, count: int, box: int, frame_step: int, device) -> None:
+    """The benches' simulated adenylate-kinase set: ``count`` particles at ``box`` (pixel
+    :func:`pixel_size`), SNR 0.05, seed 0, from every ``frame_step``-th frame of the trajectory."""
+    from napari_dynamight.engine.example_data import STRUCTURE, example_file
+    from napari_dynamight.engine.progress import run
+    from napari_dynamight.engine.simulate import simulate
+
+    adk = example_file(STRUCTURE).parent
+    run(
+        simulate(
+            adk / "adk_closed.pdb",
+            adk / "adk_dims.dcd",
+            output_directory=output_directory,
+            n_particles=count,
+            box=box,
+            pixel_size_angstrom=pixel_size(box),
+            snr=0.05,
+            seed=0,
+            frames=list(range(0, 98, frame_step)),
+            device=device,
+        )
+    )
+
+
 def peak_host_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -140,7 +164,6 @@ def child(args) -> dict:
     )
     gaussians = args.gaussians
     sim, consensus, run_dir = work / "sim", work / "consensus", work / "run"
-    from napari_dynamight.engine.progress import run as drive
 
     result: dict = {"stage": args.stage, "box": box, "particles": count}
     started = time.perf_counter()
@@ -153,24 +176,7 @@ def child(args) -> dict:
             f"{SIMULATE_GIB_AT_256 * (box / 256) ** 3:.0f} GiB at this box"
         )
     elif args.stage == "simulate":
-        from napari_dynamight.engine.example_data import STRUCTURE, example_file
-        from napari_dynamight.engine.simulate import simulate
-
-        adk = example_file(STRUCTURE).parent
-        drive(
-            simulate(
-                adk / "adk_closed.pdb",
-                adk / "adk_dims.dcd",
-                output_directory=sim,
-                n_particles=count,
-                box=box,
-                pixel_size_angstrom=pixel_size(box),
-                snr=0.05,
-                seed=0,
-                frames=list(range(0, 98, 4 if box <= TRAINED_UP_TO_BOX else 24)),
-                device=device,
-            )
-        )
+        simulate_adk(sim, count, box, 4 if box <= TRAINED_UP_TO_BOX else 24, device)
         result["seconds_per_particle"] = (time.perf_counter() - started) / count
     elif args.stage == "consensus":
         from napari_dynamight.engine.consensus_stage import fit_consensus
