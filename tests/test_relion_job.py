@@ -20,6 +20,7 @@ import starfile
 
 from napari_dynamight.cli import relion_job
 from napari_dynamight.cli.relion_job import main
+from napari_dynamight.engine.deformation.settings import DeformationSettings
 
 JOB = "DynaMight/job012/"  # RELION's output name ends with a slash
 EXE = "napari-dynamight-relion"
@@ -117,7 +118,8 @@ def test_a_new_job_fits_the_consensus_and_trains_both_halves_in_the_job_folder(p
         and info["consensus_model"] is None
     )
     assert info["data_root"] == str(project.resolve())  # image names are relative to the project
-    assert info["settings"]["regularisation_ratio"] == 1.0  # --regularization-factor 1
+    # --regularization-factor 1: the default weighting
+    assert info["settings"]["regularisation_ratio"] == DeformationSettings().regularisation_ratio
     assert (
         info["settings"]["epochs"] == 2 and info["settings"]["decoder_width"] == 16
     )  # additional arguments

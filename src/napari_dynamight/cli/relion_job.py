@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--regularization-factor",
         type=float,
         metavar="F",
-        help="weight of the restraints relative to the images: our --regularisation-ratio "
-        "(default: 0.9)",
+        help="weight of the restraints relative to the images, 1 = our default: our "
+        "--regularisation-ratio is this factor times its default",
     )
     add("--n-threads", type=int, metavar="T", help="CPU threads for torch")
     add(
@@ -222,6 +222,14 @@ class Job:
             else "failure"
         )
         (self.directory / EXIT_FILES[ending]).touch()
+
+
+def _ratio(factor: float | None) -> float | None:
+    """Our --regularisation-ratio for RELION's --regularization-factor, whose default 1 means the
+    default weighting: the factor times our default ratio."""
+    from ..engine.deformation.settings import DeformationSettings
+
+    return None if factor is None else factor * DeformationSettings().regularisation_ratio
 
 
 def torch_device(gpu_id: str | None) -> str:
@@ -332,7 +340,7 @@ def optimize_deformations(args: argparse.Namespace, extra: list[str]) -> int:
         ("--n-gaussians", args.n_gaussians),
         ("--threshold", args.initial_threshold),
         ("--threads", args.n_threads),
-        ("--regularisation-ratio", args.regularization_factor),
+        ("--regularisation-ratio", _ratio(args.regularization_factor)),
     ):
         if value is not None:
             argv += [option, str(value)]

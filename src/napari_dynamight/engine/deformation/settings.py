@@ -79,7 +79,7 @@ class DeformationSettings(SettingsRecord):
         40, "stop after this many increases of the data loss", minimum=1, public=False
     )
     regularisation_ratio: float = option(
-        0.9,
+        9.0,
         "stiffness of the distance regulariser relative to the images', λ·tr H_reg / tr H_data",
         minimum=0.0,
         maximum=100.0,
