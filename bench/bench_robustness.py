@@ -22,6 +22,9 @@ train the two half-set VAEs (``optimize_deformations``, ``DeformationSettings`` 
   map low-passed to the training images' Nyquist (the finest detail the motion was learnt from;
   ``--reuse`` adds it to runs measured before it existed);
 - RMS displacement of the particles' Gaussians (``dmDisplacementAngstrom``);
+- per run, the rank correlation of the per-Gaussian error estimates (``gaussian_errors.csv``) with
+  the true motion near each Gaussian, as ``bench_deformations.py`` measures it (frame variants;
+  ``--reuse`` adds it to runs measured before it existed);
 - the watchdog (from the run's ``run.json``): its warnings, the two halves' agreement on the
   validation particles' motion with each half's mean deformation removed (and that per-particle
   motion's RMS in each half), and the amplitude fit's z-score per half;
@@ -509,6 +512,11 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
                     folder / "data", folder / "run", variant, _ceiling_of(old), seed, settings
                 )
                 _atomic_json(result_path, old)
+            if "per_half" in old and "gaussian_error_vs_motion_spearman" not in old:
+                old["gaussian_error_vs_motion_spearman"] = _gaussian_error_vs_motion(
+                    folder / "data", folder / "run", variant, settings["sizes"]
+                )
+                _atomic_json(result_path, old)
             return old
         if do_maps and "per_half" in old and previous == wanted | {"maps": False}:
             # the same training without maps: add them
@@ -543,6 +551,9 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
             out["watchdog"] = _watchdog(folder / "run")
             started_metrics = time.perf_counter()
             out["per_half"] = _metrics(data, folder / "run", variant, ceiling, seed, settings)
+            out["gaussian_error_vs_motion_spearman"] = _gaussian_error_vs_motion(
+                data, folder / "run", variant, settings["sizes"]
+            )
             out["metrics_seconds"] = round(time.perf_counter() - started_metrics, 1)
             if do_maps:
                 out["maps"] = _maps(data, folder / "run", settings)
@@ -552,6 +563,42 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
     out["wall_seconds"] = round(time.perf_counter() - started, 1)
     _atomic_json(result_path, out)
     return out
+
+
+def _gaussian_error_vs_motion(data: Path, run_dir: Path, variant: Variant, sizes: dict):
+    """Spearman of the run's per-Gaussian error estimates (``gaussian_errors.csv``) with the true
+    motion near each Gaussian (the RMS motion over the simulated frames of its 8 nearest atoms), as
+    ``bench_deformations.py`` measures it; None where the motion is not one trajectory's frames
+    (two domains) or there is none (one conformation)."""
+    if (
+        variant.two_domains
+        or variant.one_conformation
+        or not (run_dir / "gaussian_errors.csv").is_file()
+    ):
+        return None
+    from napari_dynamight.engine.evaluation.metrics import (
+        atom_motion,
+        error_motion_spearman,
+        motion_at,
+    )
+    from napari_dynamight.engine.example_data import STRUCTURE, example_file
+    from napari_dynamight.engine.scene import build_scene
+
+    adk = example_file(STRUCTURE).parent
+    frames = sorted(int(p.stem.split("_")[1]) for p in (data / "ground_truth").glob("frame_*.mrc"))
+    positions = build_scene(
+        adk / "adk_closed.pdb",
+        adk / "adk_dims.dcd",
+        np.array(frames),
+        sizes["box"],
+        sizes["pixel_size"],
+        None,
+        False,
+        "cpu",
+    ).frame_positions.numpy()
+    gaussians = np.loadtxt(run_dir / "gaussian_errors.csv", delimiter=",", skiprows=1)
+    motion = motion_at(gaussians[:, :3], positions.mean(0), atom_motion(positions))
+    return error_motion_spearman(gaussians[:, 3], motion)
 
 
 def _lacks_current_metrics(result: dict) -> bool:
@@ -668,6 +715,9 @@ def aggregate(runs: list[dict], variants: dict) -> dict:
                 entry[field] = _stats(worse)
         rms = [max(r["per_half"][h]["rms_displacement_angstrom"] for h in "12") for r in mine]
         entry["rms_displacement_larger_half_angstrom"] = _stats(rms)
+        errors = [r.get("gaussian_error_vs_motion_spearman") for r in mine]
+        if any(e is not None for e in errors):
+            entry["gaussian_error_vs_motion_spearman"] = _stats(errors)
         agreements = [r["watchdog"]["halves_agreement"] for r in mine if "watchdog" in r]
         agreements = [a for a in agreements if a is not None]
         if agreements:

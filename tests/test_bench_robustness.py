@@ -66,6 +66,10 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
     assert rigid["ceiling"] == {"skipped": "one conformation: there is no order to recover"}
     assert set(rigid["per_half"]["1"]) >= {"rms_displacement_angstrom", "decoded_volumes"}
     assert "frame" not in rigid["per_half"]["1"]
+    # the per-Gaussian error estimate against the true motion: a rank correlation for the signal,
+    # none without motion
+    assert -1 <= signal["gaussian_error_vs_motion_spearman"] <= 1
+    assert rigid["gaussian_error_vs_motion_spearman"] is None
     for run in (signal, rigid):
         assert min(run["watchdog"]["amplitude_z"].values()) > 8
         assert isinstance(run["watchdog"]["warnings"], list)
