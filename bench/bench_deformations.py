@@ -44,13 +44,12 @@ import torch
 from napari_dynamight.engine.data.particle_file import read_particles
 from napari_dynamight.engine.errors import InputError
 from napari_dynamight.engine.evaluation import (
-    atom_motion,
     bayes_ceiling,
     decoded_vs_consensus,
     error_motion_spearman,
     frame_motion,
+    gaussian_error_vs_motion,
     latent_frame_ordering,
-    motion_at,
 )
 from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.io.atomic import atomic_path
@@ -244,7 +243,7 @@ def _own_half_latents(run_dir: Path, halves: np.ndarray, validation: np.ndarray)
 
 
 def _truth(folder: Path, args) -> dict:
-    """True frame per particle, per-frame and per-atom motion sizes, mean atom positions."""
+    """True frame per particle, per-frame motion sizes and every frame's atom positions."""
     labels = (
         pd.read_csv(folder / "ground_truth" / "labels.csv")["frame"].to_numpy().astype(np.int64)
     )
@@ -260,8 +259,7 @@ def _truth(folder: Path, args) -> dict:
         "frame": labels,
         "frames": frames,
         "particle_motion": per_frame[np.searchsorted(frames, labels)],
-        "atom_motion": atom_motion(positions),
-        "mean_atoms": positions.mean(0),
+        "frame_positions": positions,
     }
 
 
@@ -292,8 +290,9 @@ def _vae_metrics(folder: Path, run_dir: Path, truth: dict, ceiling, args) -> dic
             "rms_displacement_angstrom": float(np.sqrt(np.mean(displacement[rows] ** 2))),
         }
     gaussians = np.loadtxt(run_dir / "gaussian_errors.csv", delimiter=",", skiprows=1)
-    motion = motion_at(gaussians[:, :3], truth["mean_atoms"], truth["atom_motion"])
-    out["gaussian_error_vs_motion_spearman"] = error_motion_spearman(gaussians[:, 3], motion)
+    out["gaussian_error_vs_motion_spearman"] = gaussian_error_vs_motion(
+        gaussians[:, :3], gaussians[:, 3], truth["frame_positions"]
+    )
     out["true_rms_motion_angstrom"] = float(np.sqrt(np.mean(truth["particle_motion"] ** 2)))
     out["latents"] = latents
     out["halves"] = halves

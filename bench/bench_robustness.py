@@ -507,15 +507,18 @@ def run_one(name: str, seed: int, settings: dict) -> dict:
         previous = None if "error" in old else old.get("run_settings")
         if previous == wanted:
             old["reused"] = True
-            if _lacks_current_metrics(old):  # finished before a metric was added: measure again
+            measured = False  # finished before a metric was added: measure it now
+            if _lacks_current_metrics(old):
                 old["per_half"] = _metrics(
                     folder / "data", folder / "run", variant, _ceiling_of(old), seed, settings
                 )
-                _atomic_json(result_path, old)
+                measured = True
             if "per_half" in old and "gaussian_error_vs_motion_spearman" not in old:
                 old["gaussian_error_vs_motion_spearman"] = _gaussian_error_vs_motion(
                     folder / "data", folder / "run", variant, settings["sizes"]
                 )
+                measured = True
+            if measured:
                 _atomic_json(result_path, old)
             return old
         if do_maps and "per_half" in old and previous == wanted | {"maps": False}:
@@ -576,11 +579,7 @@ def _gaussian_error_vs_motion(data: Path, run_dir: Path, variant: Variant, sizes
         or not (run_dir / "gaussian_errors.csv").is_file()
     ):
         return None
-    from napari_dynamight.engine.evaluation.metrics import (
-        atom_motion,
-        error_motion_spearman,
-        motion_at,
-    )
+    from napari_dynamight.engine.evaluation import gaussian_error_vs_motion
     from napari_dynamight.engine.example_data import STRUCTURE, example_file
     from napari_dynamight.engine.scene import build_scene
 
@@ -597,8 +596,7 @@ def _gaussian_error_vs_motion(data: Path, run_dir: Path, variant: Variant, sizes
         "cpu",
     ).frame_positions.numpy()
     gaussians = np.loadtxt(run_dir / "gaussian_errors.csv", delimiter=",", skiprows=1)
-    motion = motion_at(gaussians[:, :3], positions.mean(0), atom_motion(positions))
-    return error_motion_spearman(gaussians[:, 3], motion)
+    return gaussian_error_vs_motion(gaussians[:, :3], gaussians[:, 3], positions)
 
 
 def _lacks_current_metrics(result: dict) -> bool:

@@ -16,6 +16,7 @@ from napari_dynamight.engine.evaluation import (
     decoded_vs_consensus,
     error_motion_spearman,
     frame_motion,
+    gaussian_error_vs_motion,
     latent_frame_ordering,
     low_pass,
     map_correlation,
@@ -210,6 +211,11 @@ def test_motion_sizes_and_rms_displacement():
     np.testing.assert_allclose(
         motion_at([[29.0, 0, 0], [1.0, 0, 0]], base, motion, k=1), [math.sqrt(6), 0]
     )
+    # errors that grow towards the moving atom rank with the motion there; reversed ones against it
+    points = [[1.0, 0, 0], [19.0, 0, 0], [29.0, 0, 0]]
+    frames[:, 2, 1] += frames[:, 3, 1] / 3  # atom 2 moves a third as much
+    assert gaussian_error_vs_motion(points, [0.1, 0.2, 0.5], frames, k=1) == pytest.approx(1.0)
+    assert gaussian_error_vs_motion(points, [0.5, 0.2, 0.1], frames, k=1) == pytest.approx(-1.0)
     assert rms_displacement(np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])) == pytest.approx(
         math.sqrt(12.5)
     )

@@ -144,6 +144,15 @@ def motion_at(points, atom_positions, motion, k: int = 8) -> np.ndarray:
     return np.asarray(motion, dtype=np.float64)[np.asarray(nearest).reshape(len(points), k)].mean(1)
 
 
+def gaussian_error_vs_motion(points, errors, frame_positions, k: int = 8) -> float:
+    """Spearman ρ of per-Gaussian error estimates ``errors`` (G,) at ``points`` (G, 3) Å with the
+    true motion there: the RMS motion over the simulated frames ``frame_positions`` (F, n, 3) of
+    the ``k`` atoms nearest to each point (their mean positions)."""
+    frames = np.asarray(frame_positions, dtype=np.float64)
+    motion = motion_at(points, frames.mean(axis=0), atom_motion(frames), k)
+    return error_motion_spearman(errors, motion)
+
+
 def error_motion_spearman(errors, motion) -> float:
     """Signed Spearman ρ of error estimates with true motion size (positive = agreement)."""
     a, b = (
