@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,29 @@ def test_pixel_size_comes_from_star_not_stack_header():
     table = read_particles(STAR_FILES["relion31"])  # the stack header says 1.0 Å
     np.testing.assert_allclose(table.pixel_size_angstrom, 2.806)
     assert TRPV1_STACK.exists() and (DATA / "cryodrgn" / "relion31.mrcs").exists()
+
+
+def test_particles_of_one_stack_share_its_path(tmp_path):
+    """One path object per stack, not one per particle: 100,000 particles would otherwise hold
+    ~10 MB of copies of the same few paths."""
+    import pandas as pd
+
+    from napari_dynamight.engine.data.particles import table_from_blocks
+
+    names = [f"{i % 50 + 1:06d}@Extract/job007/{'ab'[i % 2]}.mrcs" for i in range(200)]
+    frame = pd.DataFrame({"rlnImageName": names, "rlnImageSize": 64})
+    table = table_from_blocks(frame, None, tmp_path / "particles.star")
+    assert len(set(table.image_files)) == 2
+    assert len({id(name) for name in table.image_files}) == 2
+    assert [Path(f).name for f in table.image_files] == ["ab"[i % 2] + ".mrcs" for i in range(200)]
+    assert Path(table.image_files[0]).parent == (tmp_path / "Extract" / "job007").resolve()
+    np.testing.assert_array_equal(table.image_indices, np.arange(200) % 50)
+
+
+def test_release_freed_memory_keeps_live_data():
+    from napari_dynamight.engine.memory import release_freed_memory
+
+    table = read_particles(STAR_FILES["relion31_6optics"])
+    before = table.particles.copy()
+    release_freed_memory()
+    assert table.particles.equals(before)
