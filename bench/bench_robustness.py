@@ -860,6 +860,13 @@ def _arguments(argv=None) -> argparse.Namespace:
         "(default: the engine's)",
     )
     parser.add_argument(
+        "--position-learning-rate",
+        type=float,
+        default=None,
+        metavar="Å",
+        help="learning rate of the reference Gaussians' positions (default: the engine's)",
+    )
+    parser.add_argument(
         "--n-gaussians",
         type=int,
         default=None,
@@ -960,6 +967,8 @@ def settings_from(args) -> dict:
         overrides["n_frequencies"] = args.positional_frequencies
     if args.regularisation_ratio is not None:
         overrides["regularisation_ratio"] = args.regularisation_ratio
+    if args.position_learning_rate is not None:
+        overrides["learning_rate_positions_angstrom"] = args.position_learning_rate
     if args.exact_posteriors:
         overrides["exact_posteriors"] = True
     if args.screened_posteriors:
