@@ -44,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 from bench_scale import (
+    AnonymousPeak,
     peak_host_mib,
     phases,
     pixel_size,
-    rss_anon_mib,
     simulate_adk,
     timed_events,
 )
@@ -160,32 +160,6 @@ def stage_phases(events, finished: float) -> dict[str, float]:
         previous = now
     seconds["inverting and writing"] = seconds.pop("inverting", 0.0) + finished - previous
     return seconds
-
-
-class AnonymousPeak:
-    """The largest anonymous resident memory (RssAnon: what the process itself holds, without the
-    pages of memory-mapped stacks that VmHWM counts) seen by a thread sampling every 0.2 s, MiB."""
-
-    def __init__(self, interval: float = 0.2):
-        import threading
-
-        self.peak, self._interval = 0.0, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_anon_mib())
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> AnonymousPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_anon_mib())
 
 
 def clean_map(sim: Path) -> Path:

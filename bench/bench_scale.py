@@ -327,6 +327,33 @@ def rss_anon_mib() -> float:
     return float("nan")
 
 
+class AnonymousPeak:
+    """The largest anonymous resident memory (RssAnon: what the process itself holds, without the
+    pages of memory-mapped stacks that VmHWM counts) seen by a thread sampling every ``interval``
+    seconds, MiB."""
+
+    def __init__(self, interval: float = 0.2):
+        import threading
+
+        self.peak, self._interval = 0.0, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_anon_mib())
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> AnonymousPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_anon_mib())
+
+
 MEMORY_EVENTS = (
     6  # training progress events driven in the memory check (set-up and the first batches)
 )
@@ -353,11 +380,11 @@ def memory_training(work: Path, device) -> dict:
         consensus_model=ConsensusFolder(work.parent / "base" / "consensus").model,
         device=device,
     )
-    anon = rss_anon_mib()
-    for _ in zip(range(MEMORY_EVENTS), operation):
-        anon = max(anon, rss_anon_mib())
-    operation.close()
-    return {"peak_anonymous_mib": anon, "events": MEMORY_EVENTS}
+    with AnonymousPeak(interval=0.01) as peak:  # often enough to see the table's parsing
+        for _ in zip(range(MEMORY_EVENTS), operation):
+            pass
+        operation.close()
+    return {"peak_anonymous_mib": peak.peak, "events": MEMORY_EVENTS}
 
 
 def memory_reconstruction(work: Path, device, limit: int = 0) -> dict:
@@ -366,20 +393,15 @@ def memory_reconstruction(work: Path, device, limit: int = 0) -> dict:
     from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.reconstruction.streaming import reconstruct_particles
 
-    table = read_particles(work / "stack" / "particles.star")
-    indices = None
-    if 0 < limit < len(table):
-        indices = np.unique(np.linspace(0, len(table) - 1, limit).round().astype(np.int64))
-    operation = reconstruct_particles(table, indices, batch_size=64, device=device)
-    anon = rss_anon_mib()
-    while True:
-        try:
-            next(operation)
-        except StopIteration:
-            break
-        anon = max(anon, rss_anon_mib())
+    with AnonymousPeak(interval=0.01) as peak:
+        table = read_particles(work / "stack" / "particles.star")
+        indices = None
+        if 0 < limit < len(table):
+            indices = np.unique(np.linspace(0, len(table) - 1, limit).round().astype(np.int64))
+        for _ in reconstruct_particles(table, indices, batch_size=64, device=device):
+            pass
     count = len(table) if indices is None else len(indices)
-    return {"peak_anonymous_mib": anon, "reconstructed_particles": count}
+    return {"peak_anonymous_mib": peak.peak, "reconstructed_particles": count}
 
 
 INVERSION_VARIANTS = ("standard", "deformed", "stage")
