@@ -867,6 +867,14 @@ def _arguments(argv=None) -> argparse.Namespace:
         help="learning rate of the reference Gaussians' positions (default: the engine's)",
     )
     parser.add_argument(
+        "--reference-smoothing",
+        type=float,
+        default=None,
+        metavar="S",
+        help="width of the kernel that smooths the reference positions' changes, in training "
+        "pixels; 0: not smoothed (default: the engine's)",
+    )
+    parser.add_argument(
         "--n-gaussians",
         type=int,
         default=None,
@@ -969,6 +977,8 @@ def settings_from(args) -> dict:
         overrides["regularisation_ratio"] = args.regularisation_ratio
     if args.position_learning_rate is not None:
         overrides["learning_rate_positions_angstrom"] = args.position_learning_rate
+    if args.reference_smoothing is not None:
+        overrides["reference_smoothing"] = args.reference_smoothing
     if args.exact_posteriors:
         overrides["exact_posteriors"] = True
     if args.screened_posteriors:

@@ -139,7 +139,7 @@ def update_references(
     first, second = halves
     with torch.no_grad():
         new = least_deformed(first, batches, first.train_rows) if first.group.contains_me else None
-        first.positions.copy_(_from_leader(world, first, new))
+        first.move_reference(_from_leader(world, first, new))
         mask = within_distance_mask(
             first.positions, batches.box, voxel_size_angstrom, settings.alignment_mask_angstrom
         )
@@ -155,7 +155,7 @@ def update_references(
             if second.group.contains_me
             else None
         )
-        second.positions.copy_(_from_leader(world, second, new))
+        second.move_reference(_from_leader(world, second, new))
 
 
 def _from_leader(

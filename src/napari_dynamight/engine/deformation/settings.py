@@ -92,6 +92,14 @@ class DeformationSettings(SettingsRecord):
     learning_rate_positions_angstrom: float = option(
         0.01, "learning rate of the Gaussian positions", unit="Å", public=False, **POSITIVE
     )
+    reference_smoothing: float = option(
+        1.0,
+        "width of the kernel that smooths the reference positions' changes, in training pixels "
+        "(0: not smoothed)",
+        minimum=0.0,
+        maximum=10.0,
+        public=False,
+    )
     learning_rate_scales: float = option(
         1e-3, "learning rate of the Gaussian amplitudes and widths", public=False, **POSITIVE
     )

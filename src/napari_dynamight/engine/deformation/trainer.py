@@ -44,6 +44,7 @@ from .losses import (
 )
 from .networks import ImageEncoder, build_decoder, reparameterise
 from .settings import DeformationSettings
+from .smoothing import PositionSmoother
 
 MODES = ("warmup", "consensus", "full")
 
@@ -126,8 +127,23 @@ class HalfSet:
             None  # (K, D) latent points once refinement has begun
         )
         self.controls = ControlPoints(settings.control_points) if settings.control_points else None
+        # the reference positions change only as smoothly as the training images resolve
+        pixel = 2 * extent_angstrom / box  # of the training images, Å
+        self.smoother = (
+            PositionSmoother(self.positions, settings.reference_smoothing * pixel)
+            if settings.reference_smoothing > 0
+            else None
+        )
         self.bonds = None if bonds is None else bonds.to(device)  # the atomic-model prior's edges
         self.rebuild_graph()
+
+    @torch.no_grad()
+    def move_reference(self, target: torch.Tensor, start: torch.Tensor | None = None) -> None:
+        """Move the reference positions from ``start`` (default: where they are) towards
+        ``target`` by the smoothed change (all of it without a smoother)."""
+        start = self.positions.detach().clone() if start is None else start
+        change = target - start
+        self.positions.copy_(start + (change if self.smoother is None else self.smoother(change)))
 
     def model(self, detach: bool = False) -> GaussianModel:
         """The current reference Gaussian model (positions, scaled amplitudes and widths)."""
@@ -254,8 +270,11 @@ class HalfSet:
                 n_batch_train,
             )
             distributed.sum_gradients_(self.group, synced)
+            before = self.positions.detach().clone() if self.smoother is not None else None
             for name in stepping:
                 self.optimisers[name].step()
+            if before is not None:
+                self.move_reference(self.positions.detach(), before)
             n_train += count
             sums["data"] += data * count
             sums["regularisation"] += reg * count
