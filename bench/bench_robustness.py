@@ -19,8 +19,9 @@ train the two half-set VAEs (``optimize_deformations``, ``DeformationSettings`` 
 - decoded volumes against the consensus map (``decoded_vs_consensus``): mean correlation of
   decoded and consensus maps with each particle's true map, their difference (the gain) and the
   fraction of particles where the decoded volume wins, over all frequencies and again with every
-  map low-passed to the training images' Nyquist (the finest detail the motion was learnt from;
-  ``--reuse`` adds it to runs measured before it existed);
+  map low-passed to the training images' Nyquist (the finest detail the motion was learnt from),
+  and the gain of the half's trained reference rendered undeformed (``reference_gain``: what the
+  changes of its positions alone did); ``--reuse`` adds both to runs measured before they existed;
 - RMS displacement of the particles' Gaussians (``dmDisplacementAngstrom``);
 - per run, the rank correlation of the per-Gaussian error estimates (``gaussian_errors.csv``) with
   the true motion near each Gaussian, as ``bench_deformations.py`` measures it (frame variants;
@@ -336,6 +337,7 @@ def _metrics(
     from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.deformation.decode import load_run
     from napari_dynamight.engine.evaluation import decoded_vs_consensus, latent_frame_ordering
+    from napari_dynamight.engine.gaussians import render_volume
     from napari_dynamight.engine.io.mrc import read_map
 
     columns = read_particles(run_dir / "particles.star").particles
@@ -393,6 +395,9 @@ def _metrics(
                 mask = stacked.max(0) > 0.02 * stacked.max()
             versus = decoded_vs_consensus(volumes, truths, consensus, mask)
             banded = decoded_vs_consensus(volumes, truths, consensus, mask, (voxel, train_nyquist))
+            # the half's trained reference, undeformed: what its position changes alone did
+            reference = render_volume(loaded.reference(half), consensus.shape[0], voxel).numpy()
+            undeformed = decoded_vs_consensus([reference] * len(truths), truths, consensus, mask)
             entry["decoded_volumes"] = {
                 "n_particles": len(chosen),
                 "mean_cc_decoded": versus["mean_decoded"],
@@ -404,6 +409,7 @@ def _metrics(
                 "train_nyquist_angstrom": train_nyquist,
                 "gain_to_train_nyquist": banded["mean_decoded"] - banded["mean_consensus"],
                 "fraction_decoded_better_to_train_nyquist": banded["fraction_decoded_better"],
+                "reference_gain": undeformed["mean_decoded"] - undeformed["mean_consensus"],
             }
         per_half[str(half)] = entry
     return per_half
@@ -600,10 +606,12 @@ def _gaussian_error_vs_motion(data: Path, run_dir: Path, variant: Variant, sizes
 
 
 def _lacks_current_metrics(result: dict) -> bool:
-    """Whether a finished run's decoded-volume metrics predate the gain to the training Nyquist."""
+    """Whether a finished run's decoded-volume metrics predate the gain to the training Nyquist
+    or the undeformed reference's gain."""
     halves = result.get("per_half", {}).values()
     return any(
-        "decoded_volumes" in half and "gain_to_train_nyquist" not in half["decoded_volumes"]
+        "decoded_volumes" in half
+        and not {"gain_to_train_nyquist", "reference_gain"} <= set(half["decoded_volumes"])
         for half in halves
     )
 

@@ -96,6 +96,7 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
             2 * 3.0 * 32 / signal["training"]["train_box"]
         )
         assert -2 <= decoded["gain_to_train_nyquist"] <= 2
+        assert -2 <= decoded["reference_gain"] <= 2
         maps = signal["maps"]["per_half"][half]
         assert (
             maps["deformed"]["resolution_fsc05_angstrom"] > 0
@@ -129,12 +130,16 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
     older = json.loads(result_path.read_text())
     for half in "12":
         del older["per_half"][half]["decoded_volumes"]["gain_to_train_nyquist"]
+        del older["per_half"][half]["decoded_volumes"]["reference_gain"]
     result_path.write_text(json.dumps(older))
     again = reused("--variants", "snr001_n4000", "--maps", "snr001_n4000")
     assert again["training"] == signal["training"]
     for half in "12":
         assert again["per_half"][half]["decoded_volumes"]["gain_to_train_nyquist"] == (
             pytest.approx(signal["per_half"][half]["decoded_volumes"]["gain_to_train_nyquist"])
+        )
+        assert again["per_half"][half]["decoded_volumes"]["reference_gain"] == (
+            pytest.approx(signal["per_half"][half]["decoded_volumes"]["reference_gain"])
         )
     # --reuse with --maps adds the maps to a run trained without them, and does not train again
     variant = "one_conformation_snr001_n1000"
