@@ -148,6 +148,10 @@ def test_quick_run_writes_a_complete_report(bench, tmp_path):
     assert run["maps_measured"] is True and run["run_settings"]["maps"] is True
     for half in "12":
         assert run["maps"]["per_half"][half]["deformed"]["resolution_fsc05_angstrom"] > 0
+    # ... and a later --reuse without --maps takes that run as it is, maps included
+    again = reused("--variants", variant)
+    assert again.get("reused") is True and again["training"] == rigid["training"]
+    assert again["maps"] == run["maps"]
 
 
 def test_unknown_variant_is_refused(bench, capsys):
