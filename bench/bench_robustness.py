@@ -336,7 +336,11 @@ def _metrics(
 ) -> dict:
     from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.deformation.decode import load_run
-    from napari_dynamight.engine.evaluation import decoded_vs_consensus, latent_frame_ordering
+    from napari_dynamight.engine.evaluation import (
+        decoded_vs_consensus,
+        latent_frame_ordering,
+        map_correlation,
+    )
     from napari_dynamight.engine.gaussians import render_volume
     from napari_dynamight.engine.io.mrc import read_map
 
@@ -397,7 +401,7 @@ def _metrics(
             banded = decoded_vs_consensus(volumes, truths, consensus, mask, (voxel, train_nyquist))
             # the half's trained reference, undeformed: what its position changes alone did
             reference = render_volume(loaded.reference(half), consensus.shape[0], voxel).numpy()
-            undeformed = decoded_vs_consensus([reference] * len(truths), truths, consensus, mask)
+            undeformed = np.mean([map_correlation(reference, truth, mask) for truth in truths])
             entry["decoded_volumes"] = {
                 "n_particles": len(chosen),
                 "mean_cc_decoded": versus["mean_decoded"],
@@ -409,7 +413,7 @@ def _metrics(
                 "train_nyquist_angstrom": train_nyquist,
                 "gain_to_train_nyquist": banded["mean_decoded"] - banded["mean_consensus"],
                 "fraction_decoded_better_to_train_nyquist": banded["fraction_decoded_better"],
-                "reference_gain": undeformed["mean_decoded"] - undeformed["mean_consensus"],
+                "reference_gain": float(undeformed) - versus["mean_consensus"],
             }
         per_half[str(half)] = entry
     return per_half
