@@ -6,7 +6,7 @@ Usage:
   python bench/bench_scale.py --work WORK [--device cpu|cuda] [--threads 1] [--boxes 64 128 256 384]
       [--output bench/results/scale_cpu.json]
   python bench/bench_scale.py --work WORK --memory [--memory-box 64] [--memory-particles 2000 20000]
-      [--memory-reconstruct 2000] [--memory-whole-epoch]
+      [--memory-reconstruct 2000]
       (adds the memory check to --output; memory_check_boxB when B != 64)
   python bench/bench_scale.py --work WORK --inversion [--inversion-boxes 256 384]
       [--inversion-variants standard deformed stage] [--inversion-iterations 10] [--label NAME]
@@ -255,7 +255,7 @@ def child(args) -> dict:
         )
         result["inverse_field"] = "learned" if trained else "analytic domain motion"
     elif args.stage == "memory_training":
-        result.update(memory_training(work, device, args.memory_whole_epoch))
+        result.update(memory_training(work, device))
     elif args.stage == "memory_reconstruction":
         result.update(memory_reconstruction(work, device, args.memory_reconstruct))
     elif args.stage.startswith("inversion_"):
@@ -359,9 +359,8 @@ MEMORY_EVENTS = (
 )
 
 
-def memory_training(work: Path, device, whole_epoch: bool = False) -> dict:
-    """Peak memory of training's set-up and first batches (``whole_epoch``: of a whole epoch, both
-    half sets) on a memory-mapped stack of ``work``."""
+def memory_training(work: Path, device) -> dict:
+    """Peak memory of training's set-up and first batches on a memory-mapped stack of ``work``."""
     import shutil
     from dataclasses import replace
 
@@ -381,20 +380,11 @@ def memory_training(work: Path, device, whole_epoch: bool = False) -> dict:
         consensus_model=ConsensusFolder(work.parent / "base" / "consensus").model,
         device=device,
     )
-    started = time.perf_counter()
-    events = 0
     with AnonymousPeak(interval=0.01) as peak:  # often enough to see the table's parsing
-        for _ in operation:
-            events += 1
-            if not whole_epoch and events == MEMORY_EVENTS:
-                break
+        for _ in zip(range(MEMORY_EVENTS), operation):
+            pass
         operation.close()
-    return {
-        "peak_anonymous_mib": peak.peak,
-        "events": events,
-        "whole_epoch": whole_epoch,
-        "seconds": time.perf_counter() - started,
-    }
+    return {"peak_anonymous_mib": peak.peak, "events": MEMORY_EVENTS}
 
 
 def memory_reconstruction(work: Path, device, limit: int = 0) -> dict:
@@ -403,7 +393,6 @@ def memory_reconstruction(work: Path, device, limit: int = 0) -> dict:
     from napari_dynamight.engine.data.particle_file import read_particles
     from napari_dynamight.engine.reconstruction.streaming import reconstruct_particles
 
-    started = time.perf_counter()
     with AnonymousPeak(interval=0.01) as peak:
         table = read_particles(work / "stack" / "particles.star")
         indices = None
@@ -412,11 +401,7 @@ def memory_reconstruction(work: Path, device, limit: int = 0) -> dict:
         for _ in reconstruct_particles(table, indices, batch_size=64, device=device):
             pass
     count = len(table) if indices is None else len(indices)
-    return {
-        "peak_anonymous_mib": peak.peak,
-        "reconstructed_particles": count,
-        "seconds": time.perf_counter() - started,
-    }
+    return {"peak_anonymous_mib": peak.peak, "reconstructed_particles": count}
 
 
 INVERSION_VARIANTS = ("standard", "deformed", "stage")
@@ -580,8 +565,6 @@ def run_child(
         command += ["--child-work", str(work)]
     command += ["--inversion-iterations", str(args.inversion_iterations)]
     command += ["--memory-reconstruct", str(args.memory_reconstruct)]
-    if args.memory_whole_epoch:
-        command.append("--memory-whole-epoch")
     if gaussians is not None:
         command += ["--gaussians", str(gaussians)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -938,11 +921,6 @@ def main() -> None:
         help="--memory: reconstruct this many particles spread over the stack (0: all)",
     )
     parser.add_argument(
-        "--memory-whole-epoch",
-        action="store_true",
-        help="--memory: train a whole epoch instead of the set-up and first batches",
-    )
-    parser.add_argument(
         "--label", default="current", help="names the code measured in the --inversion rows"
     )
     args = parser.parse_args()
@@ -979,14 +957,12 @@ def main() -> None:
         check = memory_check(args)
         loads.append(os.getloadavg()[0])
         key = "memory_check" if args.memory_box == 64 else f"memory_check_box{args.memory_box}"
-        if args.memory_whole_epoch:
-            key += "_whole_epoch"
         data[key] = {
             "box": args.memory_box,
             "reconstructed_particles_limit": args.memory_reconstruct,
             "gaussians": MEMORY_GAUSSIANS,
             "base_particles": MEMORY_BASE,
-            "training_events": "whole epoch" if args.memory_whole_epoch else MEMORY_EVENTS,
+            "training_events": MEMORY_EVENTS,
             "load_average_during_run": loads,
             "rows": [r for r in check if r["stage"].startswith("memory")],
         }
