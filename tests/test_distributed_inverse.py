@@ -49,19 +49,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def single(simulated, tmp_path_factory):
+def single(simulated, tmp_path_factory, one_torch_thread):
     """A short deformation run (motions of about 1.6 Å RMS) and its short inverse run in one
-    process."""
-    import torch
-
+    process, on one thread whatever the tests before it left (BLAS rounding)."""
     out = tmp_path_factory.mktemp("distributed_inverse") / "run"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same run whatever the tests before it left (BLAS rounding)
-    try:
-        run(deformation_operation(simulated, out, replace(FAST, epochs=10)))
-        train(out, SETTINGS)
-    finally:
-        torch.set_num_threads(before)
+    run(deformation_operation(simulated, out, replace(FAST, epochs=10)))
+    train(out, SETTINGS)
     summary = json.loads((out / "inverse" / "summary.json").read_text())
     for half in (
         "half1",

@@ -15,6 +15,9 @@ pixels are splatted on a grid ``oversampling`` times finer, whose spectrum is cr
 box. Against the exact band-limited model (``tests/test_gaussians.py``) the error falls from 16% to
 0.8% for projections at σ = 0.28 pixel, and from 15% to 2.3% for a map at σ = 0.53 voxel. The finer
 grid is capped at 256³ for a map, so large boxes splat as before.
+
+A projection is the line integral along the beam divided by the voxel size: what summing a rendered
+map along z gives, which is also ``relion_project``'s scale.
 """
 
 from __future__ import annotations
