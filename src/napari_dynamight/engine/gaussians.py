@@ -118,12 +118,15 @@ def oversampling(sigmas: torch.Tensor, pixel_size_angstrom: float, box: int, dim
     return max(1, min(MAX_OVERSAMPLING, wanted, fits))
 
 
-def _crop_spectrum(spectrum: torch.Tensor, box: int, dim: int) -> torch.Tensor:
-    """The frequencies of a ``box`` grid from the rfftn (…, F, …, F//2+1) of a finer grid of the
-    same extent: per full axis the first ``box - box//2`` and last ``box//2``, then the half axis'
-    first ``box//2 + 1`` (the Fourier crop that ``fourier.fourier_resample`` applies to images)."""
-    fine = spectrum.shape[-2]
-    for axis in range(-dim, -1):
+def _cropped_rfftn(grid: torch.Tensor, box: int, dim: int) -> torch.Tensor:
+    """The frequencies of a ``box`` grid in the rfftn of a finer ``grid`` (…, F, …, F) of the same
+    extent: per full axis the first ``box - box//2`` and last ``box//2``, on the half axis the first
+    ``box//2 + 1`` (the Fourier crop that ``fourier.fourier_resample`` applies to images). One axis
+    at a time, each cropped before the next is transformed, so the later passes run on the crop."""
+    spectrum = torch.fft.rfft(grid, dim=-1)[..., : box // 2 + 1]
+    for axis in range(-2, -dim - 1, -1):
+        spectrum = torch.fft.fft(spectrum, dim=axis)
+        fine = spectrum.shape[axis]
         spectrum = torch.cat(
             [
                 spectrum.narrow(axis, 0, box - box // 2),
@@ -131,7 +134,7 @@ def _crop_spectrum(spectrum: torch.Tensor, box: int, dim: int) -> torch.Tensor:
             ],
             dim=axis,
         )
-    return spectrum[..., : box // 2 + 1]
+    return spectrum
 
 
 def _splat_spectrum(
@@ -151,14 +154,13 @@ def _splat_spectrum(
     if factor > 1:
         coords = coords * factor
     grid = _splat(coords, weights, channel, len(sigmas), size)
-    dims = tuple(range(-dim, 0))
-    spectrum = torch.fft.rfftn(grid, dim=dims)
-    spectrum = spectrum * _kernel_spectrum(
-        sigmas.to(coords.dtype), size, pixel_size_angstrom / factor, dim
-    )
     if factor == 1:
-        return spectrum
-    return _crop_spectrum(spectrum, box, dim) / factor**dim
+        spectrum = torch.fft.rfftn(grid, dim=tuple(range(-dim, 0)))
+    else:
+        spectrum = _cropped_rfftn(grid, box, dim)
+    return spectrum * _kernel_spectrum(
+        sigmas.to(coords.dtype), box, pixel_size_angstrom, dim, pixel_size_angstrom / factor
+    )
 
 
 class _Splat(torch.autograd.Function):
@@ -175,31 +177,32 @@ class _Splat(torch.autograd.Function):
     def forward(ctx, coords, weights, channel, n_channels: int, box: int):
         batch, n, _ = coords.shape
         padded = box + 2
+        plane = padded**2
         clamped = coords.clamp(-1.0, float(box))
         base = clamped.floor().clamp_(max=box - 1)
         frac = clamped - base
-        index = base.long()  # (B, N, 2) row, column in [-1, box - 1]; + 1 in the padded grid
-        flat = (
-            (
-                (torch.arange(batch, device=coords.device) * n_channels).view(batch, 1)
-                + channel.view(1, n)
-            )
-            * padded**2
-            + (index[..., 0] + 1) * padded
-            + (index[..., 1] + 1)
-        )
+        # flat index of each point's top-left corner in the padded grid; 32-bit where it fits
+        # (half the memory traffic of the index arithmetic)
+        itype = torch.int32 if batch * n_channels * plane < 2**31 else torch.int64
+        index = base.to(itype)  # (B, N, 2) row, column in [-1, box - 1]; + 1 in the padded grid
+        flat = index[..., 0] * padded + index[..., 1]
+        if n_channels > 1:
+            flat += channel.to(itype).view(1, n) * plane
+        flat += (
+            torch.arange(batch, device=coords.device, dtype=itype) * (n_channels * plane)
+        ).view(batch, 1) + (padded + 1)
         fy, fx = frac[..., 0], frac[..., 1]
-        expanded = weights.expand(batch, n)
-        top = expanded * (1.0 - fy)
-        bottom = expanded * fy
-        grid = coords.new_zeros(batch * n_channels * padded**2)
-        for offset, row, column in (
-            (0, top, 1.0 - fx),
-            (1, top, fx),
-            (padded, bottom, 1.0 - fx),
-            (padded + 1, bottom, fx),
+        bottom = weights.expand(batch, n) * fy
+        top = weights - bottom
+        top_right, bottom_right = top * fx, bottom * fx
+        grid = coords.new_zeros(batch * n_channels * plane)
+        for offset, value in (
+            (0, top - top_right),
+            (1, top_right),
+            (padded, bottom - bottom_right),
+            (padded + 1, bottom_right),
         ):
-            grid.index_add_(0, (flat + offset).reshape(-1), (row * column).reshape(-1))
+            grid.index_add_(0, (flat + offset if offset else flat).view(-1), value.reshape(-1))
         ctx.save_for_backward(flat, frac, weights, coords)
         ctx.save_for_forward(flat, frac, weights, coords)
         ctx.shape = (batch, n_channels, box)
@@ -304,22 +307,28 @@ def _splat_checked(
     return grid.view(batch, n_channels, *([box] * dim))
 
 
-def _kernel_spectrum(sigmas: torch.Tensor, box: int, pixel_size: float, dim: int) -> torch.Tensor:
+def _kernel_spectrum(
+    sigmas: torch.Tensor,
+    box: int,
+    pixel_size: float,
+    dim: int,
+    splat_pixel_size: float | None = None,
+) -> torch.Tensor:
     """Fourier transform (C, box, ..., box//2+1) of the sampled Gaussian kernel of each width class
-    on an rfftn grid, with the splat's sinc² blur divided out.
+    on an rfftn grid, with the blur of a splat on a grid of ``splat_pixel_size`` (default: the
+    pixel; finer when oversampled) divided out.
 
     Both the Gaussian ``exp(-2π²σ²|f|²)`` and the blur ``Π sinc²(f_k p)`` are products over the
     axes, so the kernel is the outer product of 1D factors: no box^dim frequency grid is ever built
     (that grid cost more than the FFTs of a box-128 render)."""
+    splat = pixel_size if splat_pixel_size is None else splat_pixel_size
     full = torch.fft.fftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
     half = torch.fft.rfftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
     s = sigmas.view(-1, 1)
     norm = (2 * math.pi * sigmas**2 / pixel_size**2) ** (dim / 2)
     kernel = norm.view(-1, *([1] * dim))
     for axis, f in enumerate([full] * (dim - 1) + [half]):
-        factor = (
-            torch.exp(-2 * math.pi**2 * s**2 * f**2) / torch.sinc(f * pixel_size) ** 2
-        )  # (C, n)
+        factor = torch.exp(-2 * math.pi**2 * s**2 * f**2) / torch.sinc(f * splat) ** 2  # (C, n)
         shape = [len(sigmas)] + [1] * dim
         shape[axis + 1] = len(f)
         kernel = kernel * factor.view(shape)
@@ -421,10 +430,13 @@ def project_spectrum_pairs(
     step = max(
         1, PAIR_POINTS // max(1, count * n)
     )  # poses per pass: the splat's arrays stay in cache
+    points = positions_angstrom.reshape(count * n, 3)
     parts = []
     for start in range(0, len(rotations), step):
+        poses = matrix[start : start + step]  # (b, 3, 2)
+        projected = torch.mm(points, poses.permute(1, 0, 2).reshape(3, -1))  # one product, (KN, 2b)
         coords = (
-            torch.matmul(positions_angstrom.unsqueeze(0), matrix[start : start + step].unsqueeze(1))
+            projected.view(count, n, len(poses), 2).permute(2, 0, 1, 3)
             + offset[start : start + step]
         )  # (b, K, N, 2)
         spectra = _spectrum_of_coordinates(model, coords.flatten(0, 1), box, pixel_size_angstrom)
