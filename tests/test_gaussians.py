@@ -200,3 +200,29 @@ def test_oversampling_follows_the_narrowest_width_within_the_memory_cap():
     assert oversampling(torch.tensor([0.8]), 1.5, 64, 3) == 2
     assert oversampling(torch.tensor([0.8]), 1.5, 128, 3) == 2
     assert oversampling(torch.tensor([0.8]), 1.5, 256, 3) == 1
+
+
+@pytest.mark.parametrize("dim, box, factor", [(2, 16, 2), (2, 15, 3), (3, 8, 2), (3, 7, 2)])
+def test_cropped_transform_equals_the_crop_of_the_whole_transform(dim, box, factor):
+    """The finer grid's spectrum, transformed and cropped one axis at a time, is the box's
+    frequencies of its whole rfftn (even and odd boxes, images and volumes)."""
+    from napari_dynamight.engine.gaussians import _cropped_rfftn
+
+    fine = box * factor
+    grid = torch.randn(
+        2, *([fine] * dim), dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    whole = torch.fft.rfftn(grid, dim=tuple(range(-dim, 0)))
+    expected = whole
+    for axis in range(-dim, -1):
+        expected = torch.cat(
+            [
+                expected.narrow(axis, 0, box - box // 2),
+                expected.narrow(axis, fine - box // 2, box // 2),
+            ],
+            dim=axis,
+        )
+    expected = expected[..., : box // 2 + 1]
+    got = _cropped_rfftn(grid, box, dim)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-10)
