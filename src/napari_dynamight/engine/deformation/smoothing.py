@@ -56,23 +56,27 @@ class PositionSmoother:
         radius = int(math.ceil(TRUNCATE * self.sigma / step))
         # the separable blur: one banded matrix per axis (x, y, z), applied as matrix products
         self.blur = [_band(n, radius, step / self.sigma, points.device) for n in self.shape]
+        self.norm: torch.Tensor | None = None
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """Kernel averages (N, C) of ``values`` (N, C), in their dtype."""
+        if self.norm is None:  # the kernel's total weight at each Gaussian: fixed by the points
+            self.norm = self._blurred(torch.ones_like(self.weights[:, :1])).clamp_min(1e-12)
+        return (self._blurred(values.float()) / self.norm).to(values.dtype)
+
+    def _blurred(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, C): ``values`` (N, C) spread onto the grid, blurred and read back at the points."""
         nx, ny, nz = self.shape
-        channels = values.shape[1] + 1
-        ones = torch.ones_like(values[:, :1], dtype=torch.float32)
-        weighted = torch.cat([values.float(), ones], 1).T[:, :, None] * self.weights  # (C, N, 8)
+        channels = values.shape[1]
+        weighted = values.T[:, :, None] * self.weights  # (C, N, 8)
         spread = torch.zeros(channels, nz * ny * nx, device=values.device)
         spread.index_add_(1, self.index.reshape(-1), weighted.flatten(1))
-        volume = spread.view(channels, nz, ny, nx)
-        bx, by, bz = self.blur
-        volume = volume @ bx
-        volume = (volume.transpose(2, 3) @ by).transpose(2, 3)
-        volume = (volume.transpose(1, 3) @ bz).transpose(1, 3)
+        bx, by, bz = self.blur  # symmetric: each is its own transpose
+        volume = spread.view(channels * nz * ny, nx) @ bx  # along x
+        volume = torch.matmul(by, volume.view(channels * nz, ny, nx))  # along y
+        volume = torch.matmul(bz, volume.view(channels, nz, ny * nx))  # along z
         flat = volume.reshape(channels, -1)
-        read = (flat[:, self.index] * self.weights).sum(-1).T  # (N, channels)
-        return (read[:, :-1] / read[:, -1:].clamp_min(1e-12)).to(values.dtype)
+        return (flat[:, self.index] * self.weights).sum(-1).T
 
 
 def _band(n: int, radius: int, step_in_sigma: float, device) -> torch.Tensor:
