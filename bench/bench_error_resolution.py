@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_robustness import true_frame_positions
 
 from napari_dynamight.engine.deformation.validation import resolved_gaussian_errors
 from napari_dynamight.engine.evaluation import gaussian_error_vs_motion
-from napari_dynamight.engine.example_data import STRUCTURE, example_file
 from napari_dynamight.engine.io.mrc import read_map
-from napari_dynamight.engine.scene import build_scene
 
 KERNELS_IN_PIXELS = (0.5, 1.0, 1.5, 2.0)
 
@@ -39,12 +38,7 @@ def measure(folder: Path) -> dict:
     box = consensus.shape[0]
     settings = json.loads((run / "run.json").read_text())
     pixel = box * voxel / settings["train_box"]
-    frames = sorted(int(p.stem.split("_")[1]) for p in (data / "ground_truth").glob("frame_*.mrc"))
-    adk = example_file(STRUCTURE).parent
-    truth = build_scene(
-        adk / "adk_closed.pdb", adk / "adk_dims.dcd", np.array(frames), box, voxel, None, False,
-        "cpu",
-    ).frame_positions.numpy()  # fmt: skip
+    truth = true_frame_positions(data, box, voxel)
     table = np.loadtxt(run / "gaussian_errors.csv", delimiter=",", skiprows=1)
     points, errors = table[:, :3], table[:, 3]
     row = {

@@ -591,23 +591,24 @@ def _gaussian_error_vs_motion(data: Path, run_dir: Path, variant: Variant, sizes
     ):
         return None
     from napari_dynamight.engine.evaluation import gaussian_error_vs_motion
+
+    positions = true_frame_positions(data, sizes["box"], sizes["pixel_size"])
+    gaussians = np.loadtxt(run_dir / "gaussian_errors.csv", delimiter=",", skiprows=1)
+    return gaussian_error_vs_motion(gaussians[:, :3], gaussians[:, 3], positions)
+
+
+def true_frame_positions(data: Path, box: int, pixel_size: float) -> np.ndarray:
+    """Atom positions (F, n, 3) Å of the simulated frames whose true maps ``data/ground_truth``
+    holds (``frame_NNN.mrc``), from the bundled AdK trajectory."""
     from napari_dynamight.engine.example_data import STRUCTURE, example_file
     from napari_dynamight.engine.scene import build_scene
 
     adk = example_file(STRUCTURE).parent
     frames = sorted(int(p.stem.split("_")[1]) for p in (data / "ground_truth").glob("frame_*.mrc"))
-    positions = build_scene(
-        adk / "adk_closed.pdb",
-        adk / "adk_dims.dcd",
-        np.array(frames),
-        sizes["box"],
-        sizes["pixel_size"],
-        None,
-        False,
-        "cpu",
-    ).frame_positions.numpy()
-    gaussians = np.loadtxt(run_dir / "gaussian_errors.csv", delimiter=",", skiprows=1)
-    return gaussian_error_vs_motion(gaussians[:, :3], gaussians[:, 3], positions)
+    return build_scene(
+        adk / "adk_closed.pdb", adk / "adk_dims.dcd", np.array(frames), box, pixel_size, None,
+        False, "cpu",
+    ).frame_positions.numpy()  # fmt: skip
 
 
 def _lacks_current_metrics(result: dict) -> bool:

@@ -308,27 +308,24 @@ def _splat_checked(
 
 
 def _kernel_spectrum(
-    sigmas: torch.Tensor,
-    box: int,
-    pixel_size: float,
-    dim: int,
-    splat_pixel_size: float | None = None,
+    sigmas: torch.Tensor, box: int, pixel_size: float, dim: int, splat_pixel_size: float
 ) -> torch.Tensor:
     """Fourier transform (C, box, ..., box//2+1) of the sampled Gaussian kernel of each width class
-    on an rfftn grid, with the blur of a splat on a grid of ``splat_pixel_size`` (default: the
-    pixel; finer when oversampled) divided out.
+    on an rfftn grid, with the blur of a splat on a grid of ``splat_pixel_size`` (the pixel, or
+    finer when oversampled) divided out.
 
     Both the Gaussian ``exp(-2π²σ²|f|²)`` and the blur ``Π sinc²(f_k p)`` are products over the
     axes, so the kernel is the outer product of 1D factors: no box^dim frequency grid is ever built
     (that grid cost more than the FFTs of a box-128 render)."""
-    splat = pixel_size if splat_pixel_size is None else splat_pixel_size
     full = torch.fft.fftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
     half = torch.fft.rfftfreq(box, d=pixel_size, device=sigmas.device, dtype=sigmas.dtype)
     s = sigmas.view(-1, 1)
     norm = (2 * math.pi * sigmas**2 / pixel_size**2) ** (dim / 2)
     kernel = norm.view(-1, *([1] * dim))
     for axis, f in enumerate([full] * (dim - 1) + [half]):
-        factor = torch.exp(-2 * math.pi**2 * s**2 * f**2) / torch.sinc(f * splat) ** 2  # (C, n)
+        factor = (
+            torch.exp(-2 * math.pi**2 * s**2 * f**2) / torch.sinc(f * splat_pixel_size) ** 2
+        )  # (C, n)
         shape = [len(sigmas)] + [1] * dim
         shape[axis + 1] = len(f)
         kernel = kernel * factor.view(shape)

@@ -56,12 +56,11 @@ class PositionSmoother:
         radius = int(math.ceil(TRUNCATE * self.sigma / step))
         # the separable blur: one banded matrix per axis (x, y, z), applied as matrix products
         self.blur = [_band(n, radius, step / self.sigma, points.device) for n in self.shape]
-        self.norm: torch.Tensor | None = None
+        # the kernel's total weight at each Gaussian: fixed by the points
+        self.norm = self._blurred(torch.ones_like(self.weights[:, :1])).clamp_min(1e-12)
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """Kernel averages (N, C) of ``values`` (N, C), in their dtype."""
-        if self.norm is None:  # the kernel's total weight at each Gaussian: fixed by the points
-            self.norm = self._blurred(torch.ones_like(self.weights[:, :1])).clamp_min(1e-12)
         return (self._blurred(values.float()) / self.norm).to(values.dtype)
 
     def _blurred(self, values: torch.Tensor) -> torch.Tensor:
