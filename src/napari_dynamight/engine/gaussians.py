@@ -163,6 +163,49 @@ def _splat_spectrum(
     )
 
 
+def _splat_rows(
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    weights: torch.Tensor,
+    channel: torch.Tensor,
+    n_channels: int,
+    box: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The padded grid (B, C·(box+2)²) of a bilinear splat of points at continuous pixel indices
+    ``rows`` and ``columns`` (B, N each, any strides), and what a derivative needs: each point's
+    top-left corner as an index into its image's padded grid, and its fractional offsets (fy, fx).
+
+    Each image's points are added into its own row of the grid (``scatter_add_`` along the row),
+    which spreads the images over the threads; a single ``index_add_`` into the flattened grid runs
+    on one thread."""
+    padded = box + 2
+    plane = padded**2
+    y = rows.clamp(-1.0, float(box))
+    x = columns.clamp(-1.0, float(box))
+    base_y = y.floor().clamp_(max=box - 1)
+    base_x = x.floor().clamp_(max=box - 1)
+    corner = base_y.long().mul_(padded).add_(base_x.long()).add_(padded + 1)
+    if n_channels > 1:
+        corner += channel.view(1, -1) * plane
+    fy, fx = y.sub_(base_y), x.sub_(base_x)
+    bottom = weights * fy
+    top = weights - bottom
+    top_right, bottom_right = top * fx, bottom * fx
+    grid = rows.new_zeros(rows.shape[0], n_channels * plane)
+    index = corner.clone()
+    grid.scatter_add_(1, index, top.sub_(top_right))
+    grid.scatter_add_(1, index.add_(1), top_right)
+    grid.scatter_add_(1, index.add_(padded - 1), bottom.sub_(bottom_right))
+    grid.scatter_add_(1, index.add_(1), bottom_right)
+    return grid, corner, fy, fx
+
+
+def _crop_padding(grid: torch.Tensor, n_channels: int, box: int) -> torch.Tensor:
+    """(B, C, box, box): the padded grid (B, C·(box+2)²) without its one-pixel border."""
+    padded = box + 2
+    return grid.view(-1, n_channels, padded, padded)[:, :, 1:-1, 1:-1].contiguous()
+
+
 class _Splat(torch.autograd.Function):
     """Bilinear splat of image points with a hand-written backward (and forward-mode derivative).
 
@@ -175,46 +218,21 @@ class _Splat(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, coords, weights, channel, n_channels: int, box: int):
-        batch, n, _ = coords.shape
-        padded = box + 2
-        plane = padded**2
-        clamped = coords.clamp(-1.0, float(box))
-        base = clamped.floor().clamp_(max=box - 1)
-        frac = clamped - base
-        # flat index of each point's top-left corner in the padded grid; 32-bit where it fits
-        # (half the memory traffic of the index arithmetic)
-        itype = torch.int32 if batch * n_channels * plane < 2**31 else torch.int64
-        index = base.to(itype)  # (B, N, 2) row, column in [-1, box - 1]; + 1 in the padded grid
-        flat = index[..., 0] * padded + index[..., 1]
-        if n_channels > 1:
-            flat += channel.to(itype).view(1, n) * plane
-        flat += (
-            torch.arange(batch, device=coords.device, dtype=itype) * (n_channels * plane)
-        ).view(batch, 1) + (padded + 1)
-        fy, fx = frac[..., 0], frac[..., 1]
-        bottom = weights.expand(batch, n) * fy
-        top = weights - bottom
-        top_right, bottom_right = top * fx, bottom * fx
-        grid = coords.new_zeros(batch * n_channels * plane)
-        for offset, value in (
-            (0, top - top_right),
-            (1, top_right),
-            (padded, bottom - bottom_right),
-            (padded + 1, bottom_right),
-        ):
-            grid.index_add_(0, (flat + offset if offset else flat).view(-1), value.reshape(-1))
-        ctx.save_for_backward(flat, frac, weights, coords)
-        ctx.save_for_forward(flat, frac, weights, coords)
-        ctx.shape = (batch, n_channels, box)
-        return grid.view(batch, n_channels, padded, padded)[:, :, 1:-1, 1:-1].contiguous()
+        grid, corner, fy, fx = _splat_rows(
+            coords[..., 0], coords[..., 1], weights, channel, n_channels, box
+        )
+        ctx.save_for_backward(corner, fy, fx, weights, coords)
+        ctx.save_for_forward(corner, fy, fx, weights, coords)
+        ctx.shape = (n_channels, box)
+        return _crop_padding(grid, n_channels, box)
 
     @staticmethod
     def jvp(ctx, coords_tangent, weights_tangent, *_):
-        flat, frac, weights, coords = ctx.saved_tensors
-        batch, n_channels, box = ctx.shape
-        padded, n = box + 2, frac.shape[1]
+        corner, fy, fx, weights, coords = ctx.saved_tensors
+        n_channels, box = ctx.shape
+        padded = box + 2
+        batch, n = fy.shape
         unclamped = (coords >= -1.0) & (coords < float(box))
-        fy, fx = frac[..., 0], frac[..., 1]
         zero = torch.zeros_like(fy)
         dw = zero if weights_tangent is None else weights_tangent.expand(batch, n)
         if coords_tangent is None:
@@ -229,23 +247,20 @@ class _Splat(torch.autograd.Function):
             fy * (1 - fx) * dw + dy * (1 - fx) - dx * fy,
             fy * fx * dw + dy * fx + dx * fy,
         )
-        grid = frac.new_zeros(batch * n_channels * padded**2)
+        grid = fy.new_zeros(batch, n_channels * padded**2)
         for offset, value in zip((0, 1, padded, padded + 1), values, strict=True):
-            grid = grid.index_add(
-                0, (flat + offset).reshape(-1), value.reshape(-1)
-            )  # out of place, for vmap
-        return grid.view(batch, n_channels, padded, padded)[:, :, 1:-1, 1:-1].contiguous()
+            grid = grid.scatter_add(1, corner + offset, value)  # out of place, for vmap
+        return _crop_padding(grid, n_channels, box)
 
     @staticmethod
     def backward(ctx, grad_grid):
-        flat, frac, weights, coords = ctx.saved_tensors
-        batch, _, box = ctx.shape
+        corner, fy, fx, weights, coords = ctx.saved_tensors
+        _, box = ctx.shape
         padded = box + 2
         unclamped = (coords >= -1.0) & (coords < float(box))
-        grad = torch.nn.functional.pad(grad_grid, [1, 1, 1, 1]).reshape(-1)
-        g00, g01 = grad[flat], grad[flat + 1]
-        g10, g11 = grad[flat + padded], grad[flat + (padded + 1)]
-        fy, fx = frac[..., 0], frac[..., 1]
+        grad = torch.nn.functional.pad(grad_grid, [1, 1, 1, 1]).flatten(1)
+        g00, g01 = grad.gather(1, corner), grad.gather(1, corner + 1)
+        g10, g11 = grad.gather(1, corner + padded), grad.gather(1, corner + (padded + 1))
         left, right = g01 - g00, g11 - g10  # along x, in the top and the bottom row
         top, bottom = (
             torch.addcmul(g00, fx, left),
@@ -253,7 +268,7 @@ class _Splat(torch.autograd.Function):
         )  # interpolated along x
         grad_coords = grad_weights = None
         if ctx.needs_input_grad[0]:
-            w = weights.expand(batch, frac.shape[1])
+            w = weights.expand(fy.shape)
             grad_coords = (
                 torch.stack([(bottom - top) * w, torch.lerp(left, right, fy) * w], dim=-1)
                 * unclamped
@@ -421,23 +436,25 @@ def project_spectrum_pairs(
     """The rfft2 (B, K, box, box//2+1) of every pose (B) applied to every set of centres (K, N, 3):
     what :func:`project_spectrum` gives for the B·K repeated poses and positions, without repeating
     them."""
-    matrix = rotations[:, [1, 0], :].transpose(1, 2) / pixel_size_angstrom  # (B, 3, 2)
-    offset = (box // 2 - origin_angstrom.flip(-1) / pixel_size_angstrom).view(-1, 1, 1, 2)
+    matrix = rotations[:, [1, 0], :] / pixel_size_angstrom  # (B, 2, 3): row, column
+    offset = box // 2 - origin_angstrom.flip(-1) / pixel_size_angstrom  # (B, 2)
     count, n = positions_angstrom.shape[:2]
     step = max(
         1, PAIR_POINTS // max(1, count * n)
     )  # poses per pass: the splat's arrays stay in cache
-    points = positions_angstrom.reshape(count * n, 3)
+    points = positions_angstrom.reshape(count * n, 3).t().contiguous()  # (3, KN)
     parts = []
     for start in range(0, len(rotations), step):
-        poses = matrix[start : start + step]  # (b, 3, 2)
-        projected = torch.mm(points, poses.permute(1, 0, 2).reshape(3, -1))  # one product, (KN, 2b)
-        coords = (
-            projected.view(count, n, len(poses), 2).permute(2, 0, 1, 3)
-            + offset[start : start + step]
-        )  # (b, K, N, 2)
-        spectra = _spectrum_of_coordinates(model, coords.flatten(0, 1), box, pixel_size_angstrom)
-        parts.append(spectra.view(len(coords), count, *spectra.shape[1:]))
+        poses = slice(start, start + step)
+        b = len(matrix[poses])
+        # one product gives all rows, then all columns: (2, b·K, N), seen as (b·K, N, 2)
+        coords = torch.addmm(
+            offset[poses].t().reshape(2 * b, 1),
+            matrix[poses].transpose(0, 1).reshape(2 * b, 3),
+            points,
+        ).view(2, b * count, n)
+        spectra = _spectrum_of_coordinates(model, coords.permute(1, 2, 0), box, pixel_size_angstrom)
+        parts.append(spectra.view(b, count, *spectra.shape[1:]))
     return torch.cat(parts)
 
 

@@ -14,8 +14,9 @@ Every image the engine predicts is made here, as in a forward model of the micro
 
 Training's data term, the posterior E-step (``deformation.inference``), the watchdog, the amplitude
 fit, the Bayes ceilings (``evaluation``) and the simulator all call :func:`image_spectra` (or
-:func:`image_spectra_pairs` for every pose with every candidate model, :func:`form_images` /
-:func:`frame_images` in real space), so they form images in one way.
+:func:`pair_residuals` for every pose with every candidate model, :func:`form_images` /
+:func:`frame_images` in real space), so they form images in one way; the data term and the
+E-step's likelihoods weigh the residual with :func:`weighted_squared_residual`.
 """
 
 from __future__ import annotations
@@ -87,20 +88,42 @@ def image_spectra(
     return spectrum if ctf is None else spectrum * ctf
 
 
-def image_spectra_pairs(
+def weighted_squared_residual(
+    predicted: torch.Tensor,
+    observed: torch.Tensor,
+    weights: torch.Tensor,
+    ctf: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``Σ_k w(k) |CTF(k)·P(k) − Y(k)|²`` over the last two axes of rfft2 arrays: ``predicted``
+    (…, L, L//2+1) before the ``ctf`` (None: already applied), ``observed`` and the ``ctf``
+    broadcast against it, ``weights`` (L, L//2+1) shared by all.
+
+    One fused multiply-add, one square of the real and imaginary parts and one product with the
+    weights: the plain expression (multiply, subtract, complex modulus, square, weight, sum) makes
+    twice as many passes over the (particles × candidates) spectra of the E-step and takes a square
+    root it then undoes."""
+    residual = predicted - observed if ctf is None else torch.addcmul(-observed, predicted, ctf)
+    power = torch.view_as_real(residual).square().flatten(-3)
+    return power @ weights.unsqueeze(-1).expand(*weights.shape, 2).reshape(-1)
+
+
+def pair_residuals(
     model: GaussianModel,
     pose: Pose,
     box: int,
     pixel_size_angstrom: float,
     ctf: torch.Tensor,
     positions_angstrom: torch.Tensor,
+    observed: torch.Tensor,
+    weights: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, K, box, box//2+1): :func:`image_spectra` of every pose (B) with every set of centres
-    ``positions_angstrom`` (K, N, 3), each image filtered by its own ``ctf`` (B, box, box//2+1)."""
+    """(B, K): :func:`weighted_squared_residual` of each image's spectrum ``observed`` (B, box,
+    box//2+1) against the prediction of its pose (B) and ``ctf`` with every set of centres
+    ``positions_angstrom`` (K, N, 3)."""
     spectra = project_spectrum_pairs(
         model, pose.rotations, pose.origin_angstrom, box, pixel_size_angstrom, positions_angstrom
     )
-    return spectra * ctf[:, None]
+    return weighted_squared_residual(spectra, observed[:, None], weights, ctf[:, None])
 
 
 def filter_images(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:

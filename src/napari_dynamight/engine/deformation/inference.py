@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..gaussians import PAIR_POINTS, GaussianModel
-from ..image_formation import image_spectra, image_spectra_pairs
+from ..image_formation import image_spectra, pair_residuals, weighted_squared_residual
 from .batches import TrainingBatch
 from .losses import NoiseModel
 
@@ -111,16 +111,16 @@ class Screen:
 
     def negative_log_likelihoods(self, batch: TrainingBatch, noise: NoiseModel) -> torch.Tensor:
         """(B, K): the screen's ``Σ_k |CTF·P(coarse model_k) − Y|² / σ²(|k|)`` over the crop."""
-        spectra = image_spectra_pairs(
+        return pair_residuals(
             self.model,
             batch.pose,
             self.box,
             self.pixel_size_angstrom,
             self.scale * self.crop(batch.ctf),
             self.positions,
+            self.crop(batch.spectra),
+            self.crop(noise.weights),
         )
-        residual = (spectra - self.crop(batch.spectra)[:, None]).abs().pow(2)
-        return (residual * self.crop(noise.weights)).flatten(2).sum(-1)
 
 
 def screened_choice(nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,15 +151,11 @@ def _pair_likelihoods(
     for start in range(0, len(particle), step):
         b, k = particle[start : start + step], candidate[start : start + step]
         spectra = image_spectra(
-            model,
-            batch.pose.select(b),
-            box,
-            pixel_size_angstrom,
-            batch.ctf[b],
-            candidates.positions[k],
+            model, batch.pose.select(b), box, pixel_size_angstrom, None, candidates.positions[k]
         )
-        residual = (spectra - batch.spectra[b]).abs().pow(2) * noise.weights
-        parts.append(residual.flatten(1).sum(-1))
+        parts.append(
+            weighted_squared_residual(spectra, batch.spectra[b], noise.weights, batch.ctf[b])
+        )
     return torch.cat(parts) if parts else torch.zeros(0, device=candidates.positions.device)
 
 
@@ -174,11 +170,16 @@ def negative_log_likelihoods(
 ) -> torch.Tensor:
     """(B, K): ``Σ_k |CTF·P(model_k) − Y|² / σ²(|k|)`` of each particle's image under each
     candidate."""
-    spectra = image_spectra_pairs(
-        model, batch.pose, box, pixel_size_angstrom, batch.ctf, candidates.positions
+    return pair_residuals(
+        model,
+        batch.pose,
+        box,
+        pixel_size_angstrom,
+        batch.ctf,
+        candidates.positions,
+        batch.spectra,
+        noise.weights,
     )
-    residual = (spectra - batch.spectra[:, None]).abs().pow(2) * noise.weights
-    return residual.flatten(2).sum(-1)
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ import torch
 
 from ..fourier import radial_average, radial_index
 from ..gaussians import GaussianModel
+from ..image_formation import weighted_squared_residual
 from .graph import NeighbourGraph
 
 
@@ -87,8 +88,7 @@ def data_loss(
     predicted: torch.Tensor, observed: torch.Tensor, weights: torch.Tensor, n_frequencies: int
 ) -> torch.Tensor:
     """Per-particle weighted squared Fourier residual (B,), divided by the number of frequencies."""
-    residual = (predicted - observed).abs().pow(2) * weights
-    return residual.flatten(1).sum(1) / n_frequencies
+    return weighted_squared_residual(predicted, observed, weights) / n_frequencies
 
 
 def _edge_lengths(positions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
