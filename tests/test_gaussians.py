@@ -90,11 +90,13 @@ def test_width_classes_and_per_image_positions():
     )
 
 
-@pytest.mark.parametrize("sigmas", [(1.2,), (1.2, 2.5, 4.0)])
-def test_pair_projections_equal_the_projections_of_each_pair(sigmas):
+@pytest.mark.parametrize("sigmas, pair_points", [((1.2,), None), ((1.2, 2.5, 4.0), 250)])
+def test_pair_projections_equal_the_projections_of_each_pair(sigmas, pair_points, monkeypatch):
     """Every pose with every set of centres (the E-step's pairs, one product and one splat per
     pass) gives each pair's own projection: narrow Gaussians (a finer grid), several width classes,
-    and centres beyond the box's edge."""
+    centres beyond the box's edge, and passes of a few candidates of one pose."""
+    if pair_points is not None:
+        monkeypatch.setattr("napari_dynamight.engine.gaussians.PAIR_POINTS", pair_points)
     generator = torch.Generator().manual_seed(3)
     n, k, b, box, pixel = 120, 5, 4, 24, 2.0
     widths = torch.tensor(sigmas)[torch.randint(len(sigmas), (n,), generator=generator)]
