@@ -120,6 +120,16 @@ def test_pair_projections_equal_the_projections_of_each_pair(sigmas, pair_points
     ).view(b, k, box, box // 2 + 1)
     scale = float(single.abs().max())
     assert float((pairs - single).abs().max()) < 1e-5 * scale
+    # reduced pass by pass (the E-step's residuals), each pass told its poses and candidates
+    seen = torch.zeros(b, k)
+
+    def power(spectra, poses, candidates):
+        seen[poses, candidates] += 1
+        return spectra.abs().pow(2).sum((-2, -1))
+
+    reduced = project_spectrum_pairs(model, rotations, shifts, box, pixel, positions, reduce=power)
+    assert torch.equal(seen, torch.ones(b, k))
+    assert torch.allclose(reduced, single.abs().pow(2).sum((-2, -1)), rtol=1e-5)
 
 
 def test_projection_is_differentiable_in_positions_and_amplitudes():

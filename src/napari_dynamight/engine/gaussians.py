@@ -23,6 +23,7 @@ map along z gives, which is also ``relion_project``'s scale.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -432,10 +433,16 @@ def project_spectrum_pairs(
     box: int,
     pixel_size_angstrom: float,
     positions_angstrom: torch.Tensor,
+    reduce: Callable[[torch.Tensor, slice, slice], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The rfft2 (B, K, box, box//2+1) of every pose (B) applied to every set of centres (K, N, 3):
     what :func:`project_spectrum` gives for the B·K repeated poses and positions, without repeating
-    them."""
+    them.
+
+    With ``reduce``, each pass's spectra (b, k, box, box//2+1) of the poses and candidates of two
+    slices go to ``reduce(spectra, poses, candidates)`` and the (B, K, …) result holds what it
+    returns for them (b, k, …): the spectra of all pairs, which run to hundreds of MB, are never
+    held at once, and each pass's stay in the cache for it."""
     matrix = rotations[:, [1, 0], :] / pixel_size_angstrom  # (B, 2, 3): row, column
     offset = box // 2 - origin_angstrom.flip(-1) / pixel_size_angstrom  # (B, 2)
     count, n = positions_angstrom.shape[:2]
@@ -455,9 +462,12 @@ def project_spectrum_pairs(
             coords = torch.addmm(shift, rows, points[:, first * n : (first + k) * n])
             coords = coords.view(2, b * k, n).permute(1, 2, 0)
             spectra = _spectrum_of_coordinates(model, coords, box, pixel_size_angstrom)
+            spectra = spectra.view(b, k, *spectra.shape[1:])
+            if reduce is not None:
+                spectra = reduce(spectra, poses, slice(first, first + k))
             if out is None:
-                out = spectra.new_empty(len(rotations), count, *spectra.shape[1:])
-            out[poses, first : first + k] = spectra.view(b, k, *spectra.shape[1:])
+                out = spectra.new_empty(len(rotations), count, *spectra.shape[2:])
+            out[poses, first : first + k] = spectra
     return out
 
 

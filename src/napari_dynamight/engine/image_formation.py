@@ -119,11 +119,21 @@ def pair_residuals(
 ) -> torch.Tensor:
     """(B, K): :func:`weighted_squared_residual` of each image's spectrum ``observed`` (B, box,
     box//2+1) against the prediction of its pose (B) and ``ctf`` with every set of centres
-    ``positions_angstrom`` (K, N, 3)."""
-    spectra = project_spectrum_pairs(
-        model, pose.rotations, pose.origin_angstrom, box, pixel_size_angstrom, positions_angstrom
+    ``positions_angstrom`` (K, N, 3), formed pass by pass as the projections are made (the (B, K)
+    spectra are never held at once)."""
+
+    def residual(spectra: torch.Tensor, poses: slice, _candidates: slice) -> torch.Tensor:
+        return weighted_squared_residual(spectra, observed[poses, None], weights, ctf[poses, None])
+
+    return project_spectrum_pairs(
+        model,
+        pose.rotations,
+        pose.origin_angstrom,
+        box,
+        pixel_size_angstrom,
+        positions_angstrom,
+        reduce=residual,
     )
-    return weighted_squared_residual(spectra, observed[:, None], weights, ctf[:, None])
 
 
 def filter_images(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
