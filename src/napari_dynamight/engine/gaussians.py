@@ -452,8 +452,8 @@ def project_spectrum_pairs(
     points = positions_angstrom.reshape(count * n, 3).t().contiguous()  # (3, KN)
     out = None
     for start in range(0, len(rotations), poses_per_pass):
-        poses = slice(start, start + poses_per_pass)
-        b = len(matrix[poses])
+        b = min(poses_per_pass, len(rotations) - start)
+        poses = slice(start, start + b)
         rows = matrix[poses].transpose(0, 1).reshape(2 * b, 3)
         shift = offset[poses].t().reshape(2 * b, 1)
         for first in range(0, count, per_pass):
