@@ -338,6 +338,11 @@ CASES = [
         lambda c: (c.od("--validation-fraction", "0.7"), ["--validation-fraction"]),
     ),
     ("zero threads", lambda c: (c.od("--threads", "0"), ["--threads"])),
+    ("zero processes", lambda c: (c.od("--processes", "0"), ["--processes 0"])),
+    (
+        "a process per GPU, more than there are",
+        lambda c: (c.od("--processes", "64", "--device", "cuda"), ["--processes 64", "GPU"]),
+    ),
     (
         "all-zero mask",
         lambda c: (

@@ -10,6 +10,7 @@ of one process.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from dataclasses import replace
 
 import numpy as np
@@ -193,3 +194,76 @@ def test_two_ranks_reconstruct_the_half_maps_of_one_process(single, tmp_path):
         correlation = np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]
         print(f"{name}: correlation of two ranks with one process {correlation:.8f}")
         assert correlation >= 0.999
+
+
+def test_local_processes_train_the_halves_side_by_side_as_one_process(simulated, single, tmp_path):
+    """``processes=2`` (the command line's default on a CPU given 2 threads) spawns two ranks, one
+    per half set, each with half the threads: the single-process arithmetic at one thread, so the
+    same latents and loss log; the caller sees rank 0's progress and its result."""
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    events = []
+    try:
+        result = run(
+            optimize_deformations(
+                simulated.star,
+                simulated.consensus,
+                out,
+                settings=FAST,
+                consensus_model=simulated.model,
+                processes=2,
+            ),
+            events.append,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    ours, theirs = np.load(out / "latent_means.npy"), np.load(single / "latent_means.npy")
+    difference = float(np.abs(ours - theirs).max())
+    print("local processes: max |latent difference|", difference)
+    assert difference < 1e-5
+    assert np.array_equal(result.latents, ours) and result.epochs == FAST.epochs
+    assert (out / "losses.jsonl").read_text() == (single / "losses.jsonl").read_text()
+    stages = {event.stage for event in events}
+    assert any(stage.startswith("half 1: refinement") for stage in stages)
+    assert not any(stage.startswith("half 2") for stage in stages)  # rank 1's stay there
+    assert not mp.active_children()
+
+
+def test_local_processes_pass_on_a_one_line_error_and_stop_on_cancel(simulated, tmp_path):
+    from napari_dynamight.engine.errors import InputError
+
+    missing = tmp_path / "no_such_map.mrc"
+    with pytest.raises(InputError, match="no_such_map.mrc"):
+        run(optimize_deformations(simulated.star, missing, tmp_path / "bad", processes=2))
+    assert not (tmp_path / "bad").exists() and not mp.active_children()
+
+    out = tmp_path / "cancelled"
+    operation = optimize_deformations(
+        simulated.star,
+        simulated.consensus,
+        out,
+        settings=FAST,
+        consensus_model=simulated.model,
+        processes=2,
+    )
+    for event in operation:
+        if event.stage.startswith("half 1: epoch 4"):
+            break
+    operation.close()
+    assert not mp.active_children()  # both ranks stopped
+    # what is on disk is a run that resumes: the checkpoint of epoch 2 (one every 2 epochs)
+    assert (out / "checkpoints" / "epoch_0002.pt").exists()
+
+
+def test_process_counts_that_cannot_run_are_refused_in_one_line():
+    from napari_dynamight.engine.errors import InputError
+    from napari_dynamight.engine.local_processes import automatic_processes, check_processes
+
+    assert automatic_processes("cpu", 2) == 2 and automatic_processes("cpu", 8) == 2
+    assert automatic_processes("cpu", 1) == 1
+    with pytest.raises(InputError, match="--processes 0: give at least 1"):
+        check_processes(0, "cpu")
+    if torch.cuda.device_count() < 64:
+        with pytest.raises(InputError, match="each process needs its own GPU"):
+            check_processes(64, "cuda")

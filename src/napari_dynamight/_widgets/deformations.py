@@ -217,6 +217,7 @@ class DeformationsWidget(StageWidget):
         import torch
 
         from ..engine.io.guard import holding
+        from ..engine.local_processes import automatic_processes
         from ..engine.model_bias import optimize_deformations_checked
         from ._tasks import one_line
 
@@ -233,6 +234,7 @@ class DeformationsWidget(StageWidget):
             self.summary.value = one_line(error)
             return None
         torch.set_num_threads(int(self.threads.value))
+        processes = automatic_processes(self.device.value, int(self.threads.value))
         operation = optimize_deformations_checked(
             particles,
             consensus,
@@ -247,6 +249,7 @@ class DeformationsWidget(StageWidget):
             data_root=optional_path(self.data_root.value),
             device=self.device.value,
             resume=resume,
+            processes=processes,
         )
         operation = holding(operation, run, "run folder", "optimize-deformations")
         self._shown_checkpoint = None

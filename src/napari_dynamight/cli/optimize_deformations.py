@@ -20,7 +20,9 @@ docs/deformations.md (cryoSPARC .cs input: docs/cryosparc.md).
 A watchdog prints "warning: ..." on stderr when a half set stalls or the two halves disagree, and
 again at the end (also in run.json's "warnings").
 
-Several processes (GPUs, nodes): launch the same command with torchrun; the half sets train on
+On a CPU given 2 or more threads the two half sets train side by side in two processes, each
+with half the threads (--processes 1: one after the other in this process). Several GPUs or nodes:
+--processes N (one GPU each) or launch the same command with torchrun; the half sets train on
 disjoint ranks, data-parallel within each, and only rank 0 writes (docs/distributed.md).
 
 Example:
@@ -100,6 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the particle file's folder, and for .cs also its parents)",
     )
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add(
+        "--processes",
+        type=int,
+        metavar="P",
+        help="processes on this machine, the half sets side by side, the threads shared among "
+        "them (default: 2 on a CPU given 2 or more threads, else 1; several GPUs: one each)",
+    )
     add_settings_arguments(parser)
 
 
@@ -116,12 +125,18 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..engine.io.guard import writing
+    from ..engine.local_processes import automatic_processes
     from ..engine.model_bias import optimize_deformations_checked
     from ._progress import drive_on_main_rank, print_warnings, set_threads
 
     settings = settings_from(args)  # out-of-range options end here, naming the flag
     set_threads(args.threads)
+    processes = args.processes
+    if processes is None:
+        processes = automatic_processes(args.device, torch.get_num_threads())
     with writing(args.output_directory, "--output-directory", "optimize-deformations"):
         operation = optimize_deformations_checked(
             args.particles,
@@ -137,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             resume=args.resume,
             passthroughs=args.passthrough,
+            processes=processes,
         )
         result = drive_on_main_rank(operation, "optimize deformations")
     if result is None:

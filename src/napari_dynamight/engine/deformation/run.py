@@ -38,6 +38,7 @@ from ..device import check_device
 from ..errors import InputError
 from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
+from ..local_processes import check_processes, on_local_processes
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import RunFolder
 from ..run_identity import check_same_inputs, input_identity
@@ -147,11 +148,25 @@ def optimize_deformations(
     device: str | torch.device = "cpu",
     resume: bool = False,
     passthroughs: list[str | Path] | None = None,
+    processes: int = 1,
 ) -> ProgressGenerator[DeformationResult]:
-    """Train the two half-set VAEs and write the run directory (see the module docstring)."""
+    """Train the two half-set VAEs and write the run directory (see the module docstring).
+    ``processes`` > 1 runs it on that many local processes (``engine.local_processes``: the half
+    sets side by side), each with its share of this process's torch threads."""
+    arguments = dict(locals())  # every argument, for the processes of ``processes`` > 1
     started = time.perf_counter()
     settings.check()
     context = distributed.current()
+    check_processes(processes, device)
+    if processes > 1:
+        result = yield from on_local_processes(
+            optimize_deformations,
+            arguments | {"processes": 1},
+            processes,
+            max(1, torch.get_num_threads() // processes),
+        )
+        result.seconds = time.perf_counter() - started
+        return result
     main = context.is_main
     run = Path(output_directory)
     resumed = _check_run_directory(run, resume, settings)
