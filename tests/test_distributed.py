@@ -252,6 +252,7 @@ def test_local_processes_pass_on_a_one_line_error_and_stop_on_cancel(simulated, 
             break
     operation.close()
     assert not mp.active_children()  # both ranks stopped
+    assert not [p.name for p in out.rglob(".*")], "a temporary file was left"
     # what is on disk is a run that resumes: the checkpoint of epoch 2 (one every 2 epochs)
     assert (out / "checkpoints" / "epoch_0002.pt").exists()
 

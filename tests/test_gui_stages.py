@@ -6,6 +6,7 @@ Every stage runs for real on the tiny simulated ADK set (400 particles, box 32) 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from dataclasses import replace
 
@@ -129,13 +130,17 @@ def test_cancel_leaves_loadable_checkpoints_and_resume_finishes(
     viewer, widget = dock(make_napari_viewer, "Deformations")
     folder = tmp_path / "run"
     fill_deformations(widget, simulated, folder, replace(FAST, epochs=40, checkpoint_every=1))
+    widget.threads.value = 2  # on a CPU: the half sets in two processes of one thread each
     worker = widget.start()
     qtbot.waitUntil(lambda: (folder / CHECKPOINT_FOLDER).is_dir(), timeout=60_000)
     holder = json.loads((folder / LOCK_NAME).read_text())  # held while the worker runs
     assert holder["pid"] == os.getpid() and holder["command"] == "optimize-deformations"
+    assert len(multiprocessing.active_children()) == (2 if (os.cpu_count() or 1) >= 2 else 0)
     widget.tasks.cancel_button.click()
     wait_for(qtbot, widget, worker)
     assert widget.tasks.last_outcome.cancelled and not (folder / LOCK_NAME).exists()
+    assert not multiprocessing.active_children()  # the processes stopped with the worker
+    widget.threads.value = 1  # and the run resumes in one process
     done = assert_complete_checkpoints(folder)
     assert "final.pt" not in {p.name for p in done} and not (folder / "latent_means.npy").exists()
     epochs_done = max(load_checkpoint(p)["epoch"] for p in done)

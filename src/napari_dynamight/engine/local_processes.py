@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -31,6 +32,7 @@ from .errors import InputError
 from .progress import ProgressGenerator
 
 POLL_SECONDS = 0.5  # how often the relay looks for processes that ended without a word
+STOP_SECONDS = 30.0  # how long a cancelled process may take to unwind before it is killed
 
 
 def automatic_processes(device: str | torch.device, threads: int) -> int:
@@ -96,9 +98,19 @@ def _end_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+class _Stopped(BaseException):
+    """Raised in a process by SIGTERM (the caller's cancel): unwinds it, so that an atomic write in
+    progress removes its temporary file."""
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped
+
+
 def _process(rank, world_size, port, threads, parent, operation, kwargs, messages) -> None:
     """The body of one spawned process: run ``operation(**kwargs)`` as rank ``rank``; rank 0 sends
     its events and result, every rank its failure."""
+    signal.signal(signal.SIGTERM, _stop)
     _end_with_parent(parent)
     try:
         join_as_rank(rank, world_size, port, threads)
@@ -113,6 +125,8 @@ def _process(rank, world_size, port, threads, parent, operation, kwargs, message
                 messages.put(("event", rank, event))
         distributed.shutdown()
         messages.put(("result", rank, result if rank == 0 else None))
+    except _Stopped:
+        pass
     except InputError as error:
         messages.put(("input error", rank, str(error)))
     except BaseException:  # noqa: BLE001 - any failure must reach the parent, not vanish
@@ -160,9 +174,12 @@ def on_local_processes(
     finally:
         for worker in workers:
             if worker.is_alive():
-                worker.terminate()
+                worker.terminate()  # SIGTERM: the process unwinds (``_Stopped``)
         for worker in workers:
-            worker.join()
+            worker.join(STOP_SECONDS)
+            if worker.is_alive():  # stuck in a long native call: stop it outright
+                worker.kill()
+                worker.join()
         messages.close()
 
 
