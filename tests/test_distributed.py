@@ -268,3 +268,33 @@ def test_process_counts_that_cannot_run_are_refused_in_one_line():
     if torch.cuda.device_count() < 64:
         with pytest.raises(InputError, match="each process needs its own GPU"):
             check_processes(64, "cuda")
+
+
+def test_the_command_trains_the_halves_side_by_side_given_two_threads(simulated, tmp_path):
+    """``optimize-deformations --threads 2`` on a CPU runs two processes of one thread (run.json's
+    world size 2) and writes what ``--threads 1`` (one process) writes; ``--processes 1`` keeps one
+    process."""
+    import json
+
+    from helpers.optimize_cli import optimize_command
+    from napari_dynamight.cli import main
+
+    threads = torch.get_num_threads()
+    runs = {}
+    try:
+        for name, extra in (
+            ("one", ()),
+            ("two", ("--threads", "2")),
+            ("kept", ("--threads", "2", "--processes", "1")),
+        ):
+            runs[name] = tmp_path / name
+            assert main(optimize_command(simulated, runs[name], *extra)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    sizes = {
+        n: json.loads((r / "run.json").read_text())["result"]["world_size"] for n, r in runs.items()
+    }
+    assert sizes == {"one": 1, "two": 2, "kept": 1}
+    one, two = (np.load(runs[n] / "latent_means.npy") for n in ("one", "two"))
+    assert float(np.abs(one - two).max()) < 1e-5
+    assert (runs["one"] / "losses.jsonl").read_text() == (runs["two"] / "losses.jsonl").read_text()
