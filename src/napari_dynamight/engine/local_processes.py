@@ -111,6 +111,7 @@ def _process(rank, world_size, port, threads, parent, operation, kwargs, message
     """The body of one spawned process: run ``operation(**kwargs)`` as rank ``rank``; rank 0 sends
     its events and result, every rank its failure."""
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the caller, which stops us
     _end_with_parent(parent)
     try:
         join_as_rank(rank, world_size, port, threads)
