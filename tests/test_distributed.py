@@ -196,6 +196,18 @@ def test_two_ranks_reconstruct_the_half_maps_of_one_process(single, tmp_path):
         assert correlation >= 0.999
 
 
+def on_two_processes(simulated, out):
+    """The tiny set's run into ``out`` on two local processes (``processes=2``), as a generator."""
+    return optimize_deformations(
+        simulated.star,
+        simulated.consensus,
+        out,
+        settings=FAST,
+        consensus_model=simulated.model,
+        processes=2,
+    )
+
+
 def test_local_processes_train_the_halves_side_by_side_as_one_process(simulated, single, tmp_path):
     """``processes=2`` (the command line's default on a CPU given 2 threads) spawns two ranks, one
     per half set, each with half the threads: the single-process arithmetic at one thread, so the
@@ -206,14 +218,7 @@ def test_local_processes_train_the_halves_side_by_side_as_one_process(simulated,
     events = []
     try:
         result = run(
-            optimize_deformations(
-                simulated.star,
-                simulated.consensus,
-                out,
-                settings=FAST,
-                consensus_model=simulated.model,
-                processes=2,
-            ),
+            on_two_processes(simulated, out),
             events.append,
         )
     finally:
@@ -239,14 +244,7 @@ def test_local_processes_pass_on_a_one_line_error_and_stop_on_cancel(simulated, 
     assert not (tmp_path / "bad").exists() and not mp.active_children()
 
     out = tmp_path / "cancelled"
-    operation = optimize_deformations(
-        simulated.star,
-        simulated.consensus,
-        out,
-        settings=FAST,
-        consensus_model=simulated.model,
-        processes=2,
-    )
+    operation = on_two_processes(simulated, out)
     for event in operation:
         if event.stage.startswith("half 1: epoch 4"):
             break
