@@ -120,3 +120,24 @@ def test_two_ranks_data_parallel_agree_with_one_process(single, copy):
         json.loads(line) for line in (copy / "inverse" / "losses.jsonl").read_text().splitlines()
     ]
     assert [(e["epoch"], e["half"]) for e in log] == [(k, h) for k in range(1, 5) for h in (1, 2)]
+
+
+def test_local_processes_train_the_inverse_halves_side_by_side_as_one_process(single, copy):
+    """``processes=2`` (the command line's default on a CPU given 2 threads): two spawned ranks of
+    one thread, one per half set, give the one-process networks, loss log and errors exactly."""
+    import multiprocessing
+
+    import torch
+
+    torch.set_num_threads(2)
+    try:
+        result = run(optimize_inverse_deformations(copy, settings=SETTINGS, processes=2))
+    finally:
+        torch.set_num_threads(1)  # as one_torch_thread keeps it for the module
+    assert largest_difference(networks(copy), networks(single)) == 0.0
+    assert (copy / "inverse" / "losses.jsonl").read_text() == (
+        single / "inverse" / "losses.jsonl"
+    ).read_text()
+    assert result.epochs == SETTINGS.epochs and not multiprocessing.active_children()
+    ours = json.loads((copy / "inverse" / "summary.json").read_text())
+    assert result.summary["half1"] == ours["half1"]

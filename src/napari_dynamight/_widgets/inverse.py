@@ -133,9 +133,12 @@ class InverseWidget(StageWidget):
 
     def start(self, resume: bool = False):
         """Run (or continue) stage 4 on the chosen run folder; returns the worker."""
+        import torch
+
         from ..engine.errors import InputError
         from ..engine.inverse.run import optimize_inverse_deformations
         from ..engine.io.guard import holding
+        from ..engine.local_processes import automatic_processes
 
         run = optional_path(self.run.value)
         if run is None:
@@ -146,8 +149,9 @@ class InverseWidget(StageWidget):
         except InputError as error:
             self.summary.value = str(error)
             return None
+        processes = automatic_processes(self.device.value, torch.get_num_threads())
         operation = optimize_inverse_deformations(
-            run, settings=settings, device=self.device.value, resume=resume
+            run, settings=settings, device=self.device.value, resume=resume, processes=processes
         )
         operation = holding(
             operation, run, "run folder", "optimize-inverse-deformations", outputs="inverse"

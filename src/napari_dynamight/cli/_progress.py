@@ -150,6 +150,29 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def add_processes_argument(parser) -> None:
+    """``--processes``: the half sets side by side in local processes (default automatic)."""
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="P",
+        help="processes on this machine, the half sets side by side, the threads shared among "
+        "them (default: 2 on a CPU given 2 or more threads, else 1; several GPUs: one each)",
+    )
+
+
+def processes_from(args) -> int:
+    """``--processes``, or the automatic count for ``--device`` and torch's threads (after
+    :func:`set_threads`)."""
+    import torch
+
+    from ..engine.local_processes import automatic_processes
+
+    if args.processes is not None:
+        return args.processes
+    return automatic_processes(args.device, torch.get_num_threads())
+
+
 def drive_on_main_rank(operation: ProgressGenerator[T], description: str) -> T | None:
     """:func:`drive` on rank 0 of a ``torchrun`` launch (or in one process), silently elsewhere,
     then leave the process group; the result on rank 0, None on the others (which print nothing). On

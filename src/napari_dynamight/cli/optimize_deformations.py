@@ -41,6 +41,7 @@ from pathlib import Path
 
 from ..engine.deformation.settings import DeformationSettings
 from ._options import add_options, settings_from_args
+from ._progress import add_processes_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,13 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the particle file's folder, and for .cs also its parents)",
     )
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
-    add(
-        "--processes",
-        type=int,
-        metavar="P",
-        help="processes on this machine, the half sets side by side, the threads shared among "
-        "them (default: 2 on a CPU given 2 or more threads, else 1; several GPUs: one each)",
-    )
+    add_processes_argument(parser)
     add_settings_arguments(parser)
 
 
@@ -125,18 +120,13 @@ def settings_from(args: argparse.Namespace) -> DeformationSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..engine.io.guard import writing
-    from ..engine.local_processes import automatic_processes
     from ..engine.model_bias import optimize_deformations_checked
-    from ._progress import drive_on_main_rank, print_warnings, set_threads
+    from ._progress import drive_on_main_rank, print_warnings, processes_from, set_threads
 
     settings = settings_from(args)  # out-of-range options end here, naming the flag
     set_threads(args.threads)
-    processes = args.processes
-    if processes is None:
-        processes = automatic_processes(args.device, torch.get_num_threads())
+    processes = processes_from(args)
     with writing(args.output_directory, "--output-directory", "optimize-deformations"):
         operation = optimize_deformations_checked(
             args.particles,

@@ -12,7 +12,9 @@ half: training and held-out RMS inverse error and RMS forward displacement in Å
 at any time and run the same command with --resume to continue with the same result. See
 docs/inverse.md.
 
-Several processes (GPUs, nodes): launch the same command with torchrun; the half sets train on
+On a CPU given 2 or more threads the two half sets train side by side in two processes, each
+with half the threads (--processes 1: one after the other in this process). Several GPUs or nodes:
+--processes N (one GPU each) or launch the same command with torchrun; the half sets train on
 disjoint ranks, data-parallel within each, and only rank 0 writes (docs/distributed.md).
 
 Example:
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from ..engine.inverse.settings import InverseSettings
 from ._options import add_options, settings_from_args
+from ._progress import add_processes_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--resume", action="store_true", help="continue from the last checkpoint in RUN/inverse")
     add("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add_processes_argument(parser)
     add_settings_arguments(parser)
 
 
@@ -61,13 +65,18 @@ def settings_from(args: argparse.Namespace) -> InverseSettings:
 def run(args: argparse.Namespace) -> int:
     from ..engine.inverse.run import optimize_inverse_deformations
     from ..engine.io.guard import writing
-    from ._progress import drive_on_main_rank, set_threads
+    from ._progress import drive_on_main_rank, processes_from, set_threads
 
     settings = settings_from(args)  # out-of-range options end here, naming the flag
     set_threads(args.threads)
+    processes = processes_from(args)
     with writing(args.run_directory, "RUN", "optimize-inverse-deformations", outputs="inverse"):
         operation = optimize_inverse_deformations(
-            args.run_directory, settings=settings, device=args.device, resume=args.resume
+            args.run_directory,
+            settings=settings,
+            device=args.device,
+            resume=args.resume,
+            processes=processes,
         )
         result = drive_on_main_rank(operation, "optimize inverse deformations")
     if result is None:

@@ -195,3 +195,14 @@ def _check_alive(workers, done: set[int], silent: set[int]) -> set[int]:
             "before it finished (out of memory? killed?)"
         )
     return ended
+
+
+def on_processes_asked(
+    operation: Callable[..., ProgressGenerator], arguments: dict
+) -> ProgressGenerator:
+    """``operation(**arguments)`` on ``arguments["processes"]`` local processes, each running it
+    with ``processes=1`` and its share of this process's torch threads (what an operation with a
+    ``processes`` argument does when that is above 1)."""
+    processes = arguments["processes"]
+    threads = max(1, torch.get_num_threads() // processes)
+    return on_local_processes(operation, arguments | {"processes": 1}, processes, threads)

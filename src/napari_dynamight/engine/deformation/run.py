@@ -38,7 +38,7 @@ from ..device import check_device
 from ..errors import InputError
 from ..gaussians import GaussianModel
 from ..io.atomic import atomic_path
-from ..local_processes import check_processes, on_local_processes
+from ..local_processes import check_processes, on_processes_asked
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import RunFolder
 from ..run_identity import check_same_inputs, input_identity
@@ -159,12 +159,7 @@ def optimize_deformations(
     context = distributed.current()
     check_processes(processes, device)
     if processes > 1:
-        result = yield from on_local_processes(
-            optimize_deformations,
-            arguments | {"processes": 1},
-            processes,
-            max(1, torch.get_num_threads() // processes),
-        )
+        result = yield from on_processes_asked(optimize_deformations, arguments)
         result.seconds = time.perf_counter() - started
         return result
     main = context.is_main

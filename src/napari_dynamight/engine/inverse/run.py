@@ -31,6 +31,7 @@ from ..deformation.outputs import write_loss_log
 from ..device import check_device
 from ..errors import InputError
 from ..io.atomic import atomic_path
+from ..local_processes import check_processes, on_processes_asked
 from ..progress import Progress, ProgressGenerator
 from ..run_folder import InverseFolder, RunFolder
 from ..run_identity import check_finished_run, run_stamp
@@ -100,12 +101,20 @@ def optimize_inverse_deformations(
     settings: InverseSettings = InverseSettings(),
     device: str | torch.device = "cpu",
     resume: bool = False,
+    processes: int = 1,
 ) -> ProgressGenerator[InverseResult]:
     """Train both halves' inverse networks and write ``RunFolder.inverse`` (see the module
-    docstring)."""
+    docstring). ``processes`` > 1 runs it on that many local processes (``engine.local_processes``:
+    the half sets side by side), each with its share of this process's torch threads."""
+    arguments = dict(locals())  # every argument, for the processes of ``processes`` > 1
     started = time.perf_counter()
     settings.check()
     context = distributed.current()
+    check_processes(processes, device)
+    if processes > 1:
+        result = yield from on_processes_asked(optimize_inverse_deformations, arguments)
+        result.seconds = time.perf_counter() - started
+        return result
     dev = context.device_for(check_device(device))
     run = RunFolder(run_directory)
     stamp = _check_deformation_run(run)
