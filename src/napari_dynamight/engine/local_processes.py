@@ -3,7 +3,7 @@
 The two half sets never exchange gradients, so on a CPU they train best side by side: one process
 per half set, each with its share of the threads, instead of one process that trains them in turn
 with all of them (a step at batch 64 keeps two threads only partly busy: on a 2-core CPU the default
-4,000-particle run took 213 s this way against about 350 s in one process with two threads,
+4,000-particle run took 195-261 s this way against 342-346 s in one process with two threads,
 docs/deformations.md). :func:`on_local_processes` spawns the processes, joins them into a gloo
 process group exactly as ``torchrun`` would (``engine.distributed``), runs the operation in each and
 relays rank 0's progress events and result, so the caller (the command line's bar, a napari worker)
