@@ -268,31 +268,34 @@ def test_process_counts_that_cannot_run_are_refused_in_one_line():
             check_processes(64, "cuda")
 
 
-def test_the_command_trains_the_halves_side_by_side_given_two_threads(simulated, tmp_path):
+def test_the_command_trains_the_halves_side_by_side_given_two_threads(
+    simulated, finished_run, tmp_path
+):
     """``optimize-deformations --threads 2`` on a CPU runs two processes of one thread (run.json's
-    world size 2) and writes what ``--threads 1`` (one process) writes; ``--processes 1`` keeps one
-    process."""
+    world size 2) and writes what ``--threads 1`` (one process: ``finished_run``) writes;
+    ``--processes 1`` keeps one process."""
+    import argparse
     import json
 
     from helpers.optimize_cli import optimize_command
     from napari_dynamight.cli import main
+    from napari_dynamight.cli._progress import processes_from
 
     threads = torch.get_num_threads()
-    runs = {}
+    out = tmp_path / "two"
     try:
-        for name, extra in (
-            ("one", ()),
-            ("two", ("--threads", "2")),
-            ("kept", ("--threads", "2", "--processes", "1")),
-        ):
-            runs[name] = tmp_path / name
-            assert main(optimize_command(simulated, runs[name], *extra)) == 0
+        assert main(optimize_command(simulated, out, "--threads", "2")) == 0
+        torch.set_num_threads(2)
+        for given, expected in ((None, 2), (1, 1), (3, 3)):
+            args = argparse.Namespace(processes=given, device="cpu")
+            assert processes_from(args) == expected
     finally:
         torch.set_num_threads(threads)
-    sizes = {
-        n: json.loads((r / "run.json").read_text())["result"]["world_size"] for n, r in runs.items()
-    }
-    assert sizes == {"one": 1, "two": 2, "kept": 1}
-    one, two = (np.load(runs[n] / "latent_means.npy") for n in ("one", "two"))
+    sizes = [
+        json.loads((r / "run.json").read_text())["result"]["world_size"]
+        for r in (finished_run, out)
+    ]
+    assert sizes == [1, 2]
+    one, two = (np.load(r / "latent_means.npy") for r in (finished_run, out))
     assert float(np.abs(one - two).max()) < 1e-5
-    assert (runs["one"] / "losses.jsonl").read_text() == (runs["two"] / "losses.jsonl").read_text()
+    assert (finished_run / "losses.jsonl").read_text() == (out / "losses.jsonl").read_text()
