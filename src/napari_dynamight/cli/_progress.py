@@ -157,7 +157,8 @@ def add_processes_argument(parser) -> None:
         type=int,
         metavar="P",
         help="processes on this machine, the half sets side by side, the threads shared among "
-        "them (default: 2 on a CPU given 2 or more threads, else 1; several GPUs: one each)",
+        "them (default: 2 on a CPU given 2 or more threads, else 1); with --device cuda each "
+        "process takes its own GPU",
     )
 
 
