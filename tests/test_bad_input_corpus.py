@@ -340,8 +340,8 @@ CASES = [
     ("zero threads", lambda c: (c.od("--threads", "0"), ["--threads"])),
     ("zero processes", lambda c: (c.od("--processes", "0"), ["--processes 0"])),
     (
-        "a process per GPU, more than there are",
-        lambda c: (c.od("--processes", "64", "--device", "cuda"), ["--processes 64", "GPU"]),
+        "two processes on an unknown device",
+        lambda c: (c.od("--processes", "2", "--device", "warp9"), ["--device", "warp9"]),
     ),
     (
         "all-zero mask",

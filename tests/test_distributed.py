@@ -263,9 +263,15 @@ def test_process_counts_that_cannot_run_are_refused_in_one_line():
     assert automatic_processes("cpu", 1) == 1
     with pytest.raises(InputError, match="--processes 0: give at least 1"):
         check_processes(0, "cpu")
-    if torch.cuda.device_count() < 64:
+    if torch.cuda.is_available():
         with pytest.raises(InputError, match="each process needs its own GPU"):
-            check_processes(64, "cuda")
+            check_processes(torch.cuda.device_count() + 1, "cuda")
+    else:
+        with pytest.raises(InputError, match="--device cuda: CUDA is not available"):
+            check_processes(2, "cuda")
+    with pytest.raises(InputError, match="--device 'warp9' is not a torch device"):
+        check_processes(2, "warp9")
+    assert automatic_processes("warp9", 2) == 1  # the operation itself refuses it, in one line
 
 
 def test_the_command_trains_the_halves_side_by_side_given_two_threads(

@@ -45,13 +45,14 @@ STAGES = {
             "--resume",
             "--data-root",
             "--threads",
+            "--processes",
             "--box",
         },
         ["--particles", "p.star", "--consensus", "c.mrc", "--output-directory", "run"],
     ),
     "optimize-inverse-deformations": (
         InverseSettings,
-        {"run_directory", "--device", "--resume", "--threads"},
+        {"run_directory", "--device", "--resume", "--threads", "--processes"},
         ["run"],
     ),
     "reconstruct": (

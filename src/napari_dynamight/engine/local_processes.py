@@ -28,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 from . import distributed
+from .device import check_device
 from .errors import InputError
 from .progress import ProgressGenerator
 
@@ -39,9 +40,17 @@ def automatic_processes(device: str | torch.device, threads: int) -> int:
     """How many processes a run of two half sets should use when the user did not say: 2 (one per
     half set, ``threads // 2`` threads each) on a CPU given at least 2 threads, else 1 (a GPU, one
     thread, or a process that ``torchrun`` already started)."""
-    if distributed.current().is_distributed or torch.device(device).type != "cpu":
-        return 1
+    if distributed.current().is_distributed or _device_type(device) != "cpu":
+        return 1  # an unknown device too: the operation refuses it in one line
     return 2 if threads >= 2 else 1
+
+
+def _device_type(device: str | torch.device) -> str | None:
+    """``cpu``, ``cuda``, ...; None for a string that names no torch device."""
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        return None
 
 
 def check_processes(processes: int, device: str | torch.device) -> None:
@@ -54,7 +63,7 @@ def check_processes(processes: int, device: str | torch.device) -> None:
             f"--processes {processes} under torchrun: torchrun starts the processes "
             "(--nproc-per-node); drop --processes"
         )
-    if processes > 1 and torch.device(device).type == "cuda":
+    if processes > 1 and check_device(device).type == "cuda":  # a bad device: refused here
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if processes > gpus:
             raise InputError(
