@@ -62,3 +62,15 @@ def settings_from_args(settings_class, args: argparse.Namespace, base=None):
     settings = replace(base if base is not None else settings_class(), **values)
     settings.check_limits()
     return settings
+
+
+def add_processes_argument(parser: argparse.ArgumentParser) -> None:
+    """``--processes``: the half sets side by side in local processes (default automatic)."""
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="P",
+        help="processes on this machine, the half sets side by side, the threads shared among "
+        "them (default: 2 on a CPU given 2 or more threads, else 1); with --device cuda each "
+        "process takes its own GPU",
+    )

@@ -150,18 +150,6 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def add_processes_argument(parser) -> None:
-    """``--processes``: the half sets side by side in local processes (default automatic)."""
-    parser.add_argument(
-        "--processes",
-        type=int,
-        metavar="P",
-        help="processes on this machine, the half sets side by side, the threads shared among "
-        "them (default: 2 on a CPU given 2 or more threads, else 1); with --device cuda each "
-        "process takes its own GPU",
-    )
-
-
 def processes_from(args) -> int:
     """``--processes``, or the automatic count for ``--device`` and torch's threads (after
     :func:`set_threads`)."""

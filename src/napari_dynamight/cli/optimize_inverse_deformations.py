@@ -29,8 +29,7 @@ import argparse
 from pathlib import Path
 
 from ..engine.inverse.settings import InverseSettings
-from ._options import add_options, settings_from_args
-from ._progress import add_processes_argument
+from ._options import add_options, add_processes_argument, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
