@@ -255,6 +255,20 @@ def test_local_processes_pass_on_a_one_line_error_and_stop_on_cancel(simulated, 
     assert (out / "checkpoints" / "epoch_0002.pt").exists()
 
 
+def test_local_processes_that_are_slow_to_exit_end_without_a_traceback(capfd):
+    """A process that has sent its result but is still exiting (exit handlers, here 1 s) ends
+    quietly: no exception from the stop signal is printed in an exit handler."""
+    from helpers.local_operations import slow_to_exit
+    from napari_dynamight.engine.local_processes import on_local_processes
+
+    events = []
+    result = run(on_local_processes(slow_to_exit, {"seconds": 1.0}, 2, 1), events.append)
+    assert result == "done" and [e.stage for e in events] == ["working"]
+    assert not mp.active_children()
+    errors = capfd.readouterr().err
+    assert "Traceback" not in errors and "_Stopped" not in errors, errors
+
+
 def test_process_counts_that_cannot_run_are_refused_in_one_line():
     from napari_dynamight.engine.errors import InputError
     from napari_dynamight.engine.local_processes import automatic_processes, check_processes

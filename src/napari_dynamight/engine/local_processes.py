@@ -141,6 +141,10 @@ def _process(rank, world_size, port, threads, parent, operation, kwargs, message
         messages.put(("input error", rank, str(error)))
     except BaseException:  # noqa: BLE001 - any failure must reach the parent, not vanish
         messages.put(("error", rank, traceback.format_exc()))
+    finally:
+        # nothing is left to unwind: a SIGTERM during the interpreter's exit (the parent stopping
+        # a process slow to exit) ends it quietly instead of raising in an exit handler
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def on_local_processes(
@@ -180,6 +184,8 @@ def on_local_processes(
                 raise InputError(payload)
             else:
                 raise RuntimeError(f"process {rank} of {processes} failed:\n{payload}")
+        for worker in workers:  # finished: let them exit on their own first
+            worker.join(STOP_SECONDS)
         return result
     finally:
         for worker in workers:
