@@ -5,7 +5,7 @@ Usage:
       [--variants NAME ...] [--seeds 0 1 2 3 4] [--epochs E] [--refinement-rounds R] \
       [--exact-posteriors | --screened-posteriors] \
       [--decoder mlp|factorised] [--latent-dim D] [--kl-weight W] \
-      [--positional-frequencies F] [--n-gaussians N] [--train-box PX] \
+      [--positional-frequencies F] [--reference-update-every E] [--n-gaussians N] [--train-box PX] \
       [--maps NAME ...] [--jobs N] [--threads T] [--work-directory DIR] [--reuse] [--quick]
 
 Every (variant, seed) is one run in its own folder ``WORK/<variant>/seed_<s>``: simulate the AdK
@@ -890,6 +890,14 @@ def _arguments(argv=None) -> argparse.Namespace:
         "pixels; 0: not smoothed (default: the engine's)",
     )
     parser.add_argument(
+        "--reference-update-every",
+        type=int,
+        default=None,
+        metavar="E",
+        help="network-training epochs between reference replacements; more than the run has: "
+        "none (default: the engine's)",
+    )
+    parser.add_argument(
         "--n-gaussians",
         type=int,
         default=None,
@@ -1002,6 +1010,8 @@ def settings_from(args) -> dict:
         overrides["learning_rate_positions_angstrom"] = args.position_learning_rate
     if args.reference_smoothing is not None:
         overrides["reference_smoothing"] = args.reference_smoothing
+    if args.reference_update_every is not None:
+        overrides["reference_update_every"] = args.reference_update_every
     if args.exact_posteriors:
         overrides["exact_posteriors"] = True
     if args.screened_posteriors:
