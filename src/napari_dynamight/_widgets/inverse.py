@@ -133,8 +133,6 @@ class InverseWidget(StageWidget):
 
     def start(self, resume: bool = False):
         """Run (or continue) stage 4 on the chosen run folder; returns the worker."""
-        import torch
-
         from ..engine.errors import InputError
         from ..engine.inverse.run import optimize_inverse_deformations
         from ..engine.io.guard import holding
@@ -149,7 +147,7 @@ class InverseWidget(StageWidget):
         except InputError as error:
             self.summary.value = str(error)
             return None
-        processes = automatic_processes(self.device.value, torch.get_num_threads())
+        processes = automatic_processes(self.device.value)
         operation = optimize_inverse_deformations(
             run, settings=settings, device=self.device.value, resume=resume, processes=processes
         )

@@ -27,8 +27,6 @@ MOVIE_FPS = 8
 def train(args, particles_star: Path, consensus_map: Path, model_path: Path, output: Path) -> dict:
     """Run optimize-deformations into the demo's run folder (replacing an earlier demo run); its
     summary."""
-    import torch
-
     from ..engine.deformation.run import optimize_deformations
     from ..engine.deformation.settings import DeformationSettings
     from ..engine.local_processes import automatic_processes
@@ -49,7 +47,7 @@ def train(args, particles_star: Path, consensus_map: Path, model_path: Path, out
             ),
             consensus_model=model_path,
             device=args.device,
-            processes=automatic_processes(args.device, torch.get_num_threads()),
+            processes=automatic_processes(args.device),
         ),
         "optimize deformations",
     )

@@ -153,13 +153,11 @@ def set_threads(threads: int | None) -> None:
 def processes_from(args) -> int:
     """``--processes``, or the automatic count for ``--device`` and torch's threads (after
     :func:`set_threads`)."""
-    import torch
-
     from ..engine.local_processes import automatic_processes
 
     if args.processes is not None:
         return args.processes
-    return automatic_processes(args.device, torch.get_num_threads())
+    return automatic_processes(args.device)
 
 
 def drive_on_main_rank(operation: ProgressGenerator[T], description: str) -> T | None:

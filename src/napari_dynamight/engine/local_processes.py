@@ -36,12 +36,14 @@ POLL_SECONDS = 0.5  # how often the relay looks for processes that ended without
 STOP_SECONDS = 30.0  # how long a cancelled process may take to unwind before it is killed
 
 
-def automatic_processes(device: str | torch.device, threads: int) -> int:
+def automatic_processes(device: str | torch.device, threads: int | None = None) -> int:
     """How many processes a run of two half sets should use when the user did not say: 2 (one per
-    half set, ``threads // 2`` threads each) on a CPU given at least 2 threads, else 1 (a GPU, one
-    thread, or a process that ``torchrun`` already started)."""
+    half set, ``threads // 2`` threads each) on a CPU given at least 2 threads (default: torch's
+    thread count in this process), else 1 (a GPU, one thread, or a process that ``torchrun``
+    already started)."""
     if distributed.current().is_distributed or _device_type(device) != "cpu":
         return 1  # an unknown device too: the operation refuses it in one line
+    threads = torch.get_num_threads() if threads is None else threads
     return 2 if threads >= 2 else 1
 
 
